@@ -1,0 +1,70 @@
+// Helpers shared by the binding files: numpy argument checks whose messages say the fix,
+// and arrays that keep a C++ owner alive.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "pylocalize/util/check.h"
+
+namespace pylocalize {
+namespace bindings {
+
+namespace py = pybind11;
+
+template <typename T>
+const char* DTypeName() {
+  if (std::is_same<T, uint8_t>::value) return "uint8";
+  if (std::is_same<T, int32_t>::value) return "int32";
+  if (std::is_same<T, int64_t>::value) return "int64";
+  if (std::is_same<T, float>::value) return "float32";
+  return "?";
+}
+
+// Returns a typed view of `a` after checking dtype, rank and C-contiguity; ncols >= 0
+// also checks the number of columns of a 2-D array.
+template <typename T>
+py::array_t<T> CheckArray(const py::handle& obj, const char* name, int ndim, int64_t ncols = -1) {
+  PYL_CHECK(py::isinstance<py::array>(obj), name, " must be a numpy array of ", DTypeName<T>(),
+            ", got ", std::string(py::str(py::type::of(obj).attr("__name__"))));
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  PYL_CHECK(a.dtype().is(py::dtype::of<T>()), name, " must have dtype ", DTypeName<T>(),
+            ", got ", std::string(py::str(a.dtype())), "; convert with .astype(np.",
+            DTypeName<T>(), ")");
+  PYL_CHECK(a.ndim() == ndim, name, " must be ", ndim, "-D, got shape with ", a.ndim(),
+            " dimensions", ndim == 2 ? "; use x.reshape(1, -1) for a single row" : "");
+  PYL_CHECK(a.flags() & py::array::c_style, name,
+            " must be C-contiguous; pass np.ascontiguousarray(", name, ")");
+  if (ncols >= 0) {
+    PYL_CHECK(a.shape(1) == ncols, name, " must have ", ncols, " columns, got ", a.shape(1));
+  }
+  return py::array_t<T>(a);
+}
+
+// A numpy array over `data` whose lifetime holds `owner`.
+template <typename T>
+py::array_t<T> ViewArray(std::vector<py::ssize_t> shape, const T* data,
+                         std::shared_ptr<const void> owner) {
+  auto* holder = new std::shared_ptr<const void>(std::move(owner));
+  py::capsule base(holder, [](void* p) { delete static_cast<std::shared_ptr<const void>*>(p); });
+  return py::array_t<T>(shape, data, base);
+}
+
+// Moves a std::vector into a numpy array without copying.
+template <typename T>
+py::array_t<T> MoveArray(std::vector<T>&& v, std::vector<py::ssize_t> shape) {
+  auto* heap = new std::vector<T>(std::move(v));
+  py::capsule base(heap, [](void* p) { delete static_cast<std::vector<T>*>(p); });
+  return py::array_t<T>(shape, heap->data(), base);
+}
+
+void BindUtil(py::module_& m);
+void BindHamming(py::module_& m);
+
+}  // namespace bindings
+}  // namespace pylocalize

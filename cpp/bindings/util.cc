@@ -1,0 +1,166 @@
+// Bindings for cpp/pylocalize/util: SIMD level, threads, errors, the container format.
+#include <pybind11/stl.h>
+
+#include "common.h"
+#include "pylocalize/util/cpu.h"
+#include "pylocalize/util/format.h"
+#include "pylocalize/util/threads.h"
+
+#ifndef PYLOCALIZE_VERSION
+#define PYLOCALIZE_VERSION "0.0.0"
+#endif
+
+namespace pylocalize {
+namespace bindings {
+namespace {
+
+bool CheckSignals() {
+  py::gil_scoped_acquire gil;
+  if (PyErr_CheckSignals() != 0) {
+    PyErr_Clear();  // re-raised as KeyboardInterrupt by the Interrupted translator
+    return true;
+  }
+  return false;
+}
+
+py::dtype NumpyDType(DType t) {
+  switch (t) {
+    case DType::kUInt8: return py::dtype::of<uint8_t>();
+    case DType::kInt32: return py::dtype::of<int32_t>();
+    case DType::kInt64: return py::dtype::of<int64_t>();
+    case DType::kFloat32: return py::dtype::of<float>();
+    case DType::kUInt64: return py::dtype::of<uint64_t>();
+    case DType::kFloat64: return py::dtype::of<double>();
+  }
+  return py::dtype::of<uint8_t>();
+}
+
+DType FromNumpy(const py::dtype& d, const std::string& name) {
+  if (d.is(py::dtype::of<uint8_t>())) return DType::kUInt8;
+  if (d.is(py::dtype::of<int32_t>())) return DType::kInt32;
+  if (d.is(py::dtype::of<int64_t>())) return DType::kInt64;
+  if (d.is(py::dtype::of<float>())) return DType::kFloat32;
+  if (d.is(py::dtype::of<uint64_t>())) return DType::kUInt64;
+  if (d.is(py::dtype::of<double>())) return DType::kFloat64;
+  PYL_CHECK(false, "section '", name, "' has dtype ", std::string(py::str(d)),
+            "; use uint8, int32, int64, uint64, float32 or float64");
+  return DType::kUInt8;
+}
+
+py::tuple ContainerToPython(const Container& c) {
+  py::dict meta;
+  for (const auto& kv : c.meta()) meta[py::str(kv.first)] = kv.second;
+  py::dict sections;
+  for (const auto& kv : c.sections()) {
+    const ArrayView& v = kv.second;
+    std::vector<py::ssize_t> shape(v.shape.begin(), v.shape.end());
+    auto* holder = new std::shared_ptr<const void>(c.owner());
+    py::capsule base(holder, [](void* p) { delete static_cast<std::shared_ptr<const void>*>(p); });
+    py::array arr(NumpyDType(v.dtype), shape, {}, v.data, base);
+    // Views of a file are read-only: writing through them would corrupt the file's CRC.
+    arr.attr("flags").attr("writeable") = false;
+    sections[py::str(kv.first)] = arr;
+  }
+  return py::make_tuple(c.tag(), py::make_tuple(c.major(), c.minor()), meta, sections);
+}
+
+}  // namespace
+
+void BindUtil(py::module_& m) {
+  m.attr("__version__") = PYLOCALIZE_VERSION;
+  static py::exception<FormatError> format_error(m, "FormatError", PyExc_ValueError);
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const Interrupted&) {
+      PyErr_SetNone(PyExc_KeyboardInterrupt);
+    } catch (const FormatError& e) {
+      PyErr_SetString(format_error.ptr(), e.what());
+    }
+  });
+  SetInterruptHook(&CheckSignals);
+
+  m.def("simd_level", [] { return std::string(SimdLevelName(ActiveSimdLevel())); },
+        "SIMD level the kernels use now.");
+  m.def("detected_simd_level", [] { return std::string(SimdLevelName(DetectedSimdLevel())); },
+        "Best SIMD level this CPU supports.");
+  m.def("supported_simd_levels", [] {
+    std::vector<std::string> out;
+    for (SimdLevel l : SupportedSimdLevels()) out.emplace_back(SimdLevelName(l));
+    return out;
+  });
+  m.def("set_simd_level", [](const std::string& name) { SetSimdLevel(ParseSimdLevel(name)); },
+        py::arg("level"));
+  m.def("get_num_threads", &GetNumThreads);
+  m.def("set_num_threads", &SetNumThreads, py::arg("n"));
+  m.def("num_cores", &NumCores);
+  m.def("has_cuda", [] {
+#ifdef PYLOCALIZE_WITH_CUDA
+    return true;
+#else
+    return false;
+#endif
+  });
+  m.def("has_openmp", [] {
+#ifdef _OPENMP
+    return true;
+#else
+    return false;
+#endif
+  });
+
+  m.def(
+      "write_container",
+      [](py::object path, const std::string& tag, const py::dict& meta,
+         const py::dict& sections) -> py::object {
+        ContainerWriter w(tag);
+        for (auto kv : meta) w.SetMeta(py::cast<std::string>(kv.first), py::cast<int64_t>(kv.second));
+        std::vector<py::array> keep;
+        for (auto kv : sections) {
+          const std::string name = py::cast<std::string>(kv.first);
+          PYL_CHECK(py::isinstance<py::array>(kv.second), "section '", name, "' must be a numpy array");
+          py::array a = py::reinterpret_borrow<py::array>(kv.second);
+          PYL_CHECK(a.flags() & py::array::c_style, "section '", name,
+                    "' must be C-contiguous; pass np.ascontiguousarray(...)");
+          std::vector<int64_t> shape(a.shape(), a.shape() + a.ndim());
+          w.AddSection(name, FromNumpy(a.dtype(), name), shape, a.data());
+          keep.push_back(a);
+        }
+        if (path.is_none()) {
+          std::vector<uint8_t> bytes;
+          {
+            py::gil_scoped_release release;
+            bytes = w.ToBytes();
+          }
+          const py::ssize_t n = static_cast<py::ssize_t>(bytes.size());
+          return MoveArray(std::move(bytes), {n});
+        }
+        const std::string p = py::cast<std::string>(py::str(path));
+        py::gil_scoped_release release;
+        w.WriteFile(p);
+        return py::none();
+      },
+      py::arg("path"), py::arg("tag"), py::arg("meta"), py::arg("sections"),
+      "Writes a pylocalize container to path (atomically), or returns its bytes if path is None.");
+  m.def(
+      "read_container",
+      [](py::object source, bool mmap, bool verify) {
+        if (py::isinstance<py::array>(source)) {
+          auto a = CheckArray<uint8_t>(source, "data", 1);
+          std::vector<uint8_t> bytes(a.data(), a.data() + a.size());
+          return ContainerToPython(Container::FromBytes(std::move(bytes), verify));
+        }
+        const std::string p = py::cast<std::string>(py::str(source));
+        Container c;
+        {
+          py::gil_scoped_release release;
+          c = Container::FromFile(p, mmap, verify);
+        }
+        return ContainerToPython(c);
+      },
+      py::arg("source"), py::arg("mmap") = false, py::arg("verify") = true,
+      "Reads a container from a path or a uint8 array: (tag, (major, minor), meta, sections).");
+}
+
+}  // namespace bindings
+}  // namespace pylocalize

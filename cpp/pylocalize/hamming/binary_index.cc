@@ -1,0 +1,208 @@
+#include "pylocalize/hamming/binary_index.h"
+
+#include <algorithm>
+#include <climits>
+#include <cstring>
+#include <mutex>
+#include <unordered_set>
+
+#include "pylocalize/util/check.h"
+#include "pylocalize/util/cpu.h"
+#include "pylocalize/util/threads.h"
+
+namespace pylocalize {
+namespace {
+
+constexpr const char* kTag = "BinaryIndex";
+
+void HammingTile(const hamming::ScanArgs& args, const void* context) {
+  reinterpret_cast<hamming::HammingKernel>(const_cast<void*>(context))(args);
+}
+
+}  // namespace
+
+BinaryIndex::BinaryIndex(int64_t nbits)
+    : nbits_(nbits), words_((nbits + 63) / 64), store_((nbits + 63) / 64) {
+  PYL_CHECK(nbits > 0 && nbits % 8 == 0, "nbits must be a positive multiple of 8, got ", nbits);
+}
+
+int64_t BinaryIndex::ntotal() const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  return store_.size();
+}
+
+void BinaryIndex::ToWords(const uint8_t* codes, int64_t n, std::vector<uint64_t>* words) const {
+  words->assign(static_cast<size_t>(n * words_), 0);
+  const int64_t cs = code_size();
+  for (int64_t i = 0; i < n; ++i) {
+    std::memcpy(words->data() + i * words_, codes + i * cs, static_cast<size_t>(cs));
+  }
+}
+
+void BinaryIndex::Add(const uint8_t* codes, int64_t n, const int64_t* ids) {
+  PYL_CHECK(n >= 0, "negative number of codes");
+  if (n == 0) return;
+  std::vector<uint64_t> words;
+  ToWords(codes, n, &words);
+  std::unique_lock<std::shared_mutex> lock(mutex_);
+  if (ids_owner_ != nullptr) {  // borrowed from a mapped file: copy before changing
+    ids_owned_.assign(ids_, ids_ + store_.size());
+    ids_owner_.reset();
+  }
+  const int64_t first = next_id_;
+  int64_t prev = ids_owned_.empty() ? INT64_MIN : ids_owned_.back();
+  ids_owned_.reserve(ids_owned_.size() + static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t id = ids != nullptr ? ids[i] : first + i;
+    if (id <= prev) ids_ascending_ = false;
+    prev = id;
+    next_id_ = std::max(next_id_, id + 1);
+    ids_owned_.push_back(id);
+  }
+  ids_ = ids_owned_.data();
+  store_.Append(words.data(), n);
+}
+
+void BinaryIndex::Search(const uint8_t* queries, int64_t nq, int64_t k, int32_t* distances,
+                         int64_t* ids) const {
+  PYL_CHECK(k > 0, "k must be >= 1, got ", k);
+  std::vector<uint64_t> qwords;
+  ToWords(queries, nq, &qwords);
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  const hamming::ScanSource src{&store_, ids_, ids_ascending_, &HammingTile,
+                                reinterpret_cast<const void*>(
+                                    hamming::GetHammingKernel(ActiveSimdLevel()))};
+  hamming::KnnScan(src, qwords.data(), nq, words_, k, distances, ids, INT32_MAX,
+                   GetNumThreads());
+}
+
+hamming::RangeResult BinaryIndex::RangeSearch(const uint8_t* queries, int64_t nq,
+                                              int32_t radius) const {
+  PYL_CHECK(radius >= 0, "radius must be >= 0, got ", radius);
+  std::vector<uint64_t> qwords;
+  ToWords(queries, nq, &qwords);
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  const hamming::ScanSource src{&store_, ids_, ids_ascending_, &HammingTile,
+                                reinterpret_cast<const void*>(
+                                    hamming::GetHammingKernel(ActiveSimdLevel()))};
+  return hamming::RangeScan(src, qwords.data(), nq, words_, radius, GetNumThreads());
+}
+
+int64_t BinaryIndex::RemoveIds(const int64_t* ids, int64_t n) {
+  std::unordered_set<int64_t> drop(ids, ids + n);
+  std::unique_lock<std::shared_mutex> lock(mutex_);
+  const int64_t total = store_.size();
+  std::vector<uint8_t> keep(static_cast<size_t>(total), 1);
+  std::vector<int64_t> kept;
+  kept.reserve(static_cast<size_t>(total));
+  for (int64_t i = 0; i < total; ++i) {
+    if (drop.count(ids_[i])) {
+      keep[static_cast<size_t>(i)] = 0;
+    } else {
+      kept.push_back(ids_[i]);
+    }
+  }
+  const int64_t removed = total - static_cast<int64_t>(kept.size());
+  if (removed == 0) return 0;
+  store_.Compact(keep);
+  ids_owned_ = std::move(kept);
+  ids_owner_.reset();
+  ids_ = ids_owned_.data();
+  return removed;  // removal keeps order, so ids_ascending_ still holds if it did
+}
+
+void BinaryIndex::Reset() {
+  std::unique_lock<std::shared_mutex> lock(mutex_);
+  store_.Clear();
+  ids_owned_.clear();
+  ids_owner_.reset();
+  ids_ = ids_owned_.data();
+  ids_ascending_ = true;
+  next_id_ = 0;
+}
+
+std::vector<uint8_t> BinaryIndex::Codes() const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  const int64_t n = store_.size(), cs = code_size();
+  std::vector<uint8_t> out(static_cast<size_t>(n * cs));
+  std::vector<uint64_t> row(static_cast<size_t>(words_));
+  for (int64_t i = 0; i < n; ++i) {
+    store_.GetRow(i, row.data());
+    std::memcpy(out.data() + i * cs, row.data(), static_cast<size_t>(cs));
+  }
+  return out;
+}
+
+std::vector<int64_t> BinaryIndex::Ids() const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  return std::vector<int64_t>(ids_, ids_ + store_.size());
+}
+
+ContainerWriter BinaryIndex::Writer() const {
+  ContainerWriter w(kTag);
+  w.SetMeta("nbits", nbits_);
+  w.SetMeta("ntotal", store_.size());
+  w.SetMeta("next_id", next_id_);
+  w.AddSection("blocks", DType::kUInt64, {store_.num_words()}, store_.blocks());
+  w.AddSection("ids", DType::kInt64, {store_.size()}, ids_);
+  return w;
+}
+
+void BinaryIndex::Save(const std::string& path) const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  Writer().WriteFile(path);
+}
+
+std::vector<uint8_t> BinaryIndex::Serialize() const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  return Writer().ToBytes();
+}
+
+std::unique_ptr<BinaryIndex> BinaryIndex::FromContainer(const Container& c, bool borrow) {
+  c.ExpectTag(kTag);
+  const int64_t nbits = c.Meta("nbits");
+  const int64_t n = c.Meta("ntotal");
+  PYL_CHECK_FORMAT(nbits > 0 && nbits % 8 == 0 && nbits < (1 << 24) && n >= 0,
+                   "BinaryIndex file has invalid nbits or ntotal (corrupt)");
+  auto index = std::make_unique<BinaryIndex>(nbits);
+  const ArrayView& blocks = c.Section("blocks", DType::kUInt64);
+  const ArrayView& ids = c.Section("ids", DType::kInt64);
+  const int64_t words = (nbits + 63) / 64;
+  PYL_CHECK_FORMAT(ids.size() == n && blocks.size() == (n + 7) / 8 * 8 * words,
+                   "BinaryIndex file sections do not match ntotal (corrupt)");
+  const auto* bptr = reinterpret_cast<const uint64_t*>(blocks.data);
+  const auto* iptr = reinterpret_cast<const int64_t*>(ids.data);
+  if (borrow) {
+    index->store_.Borrow(bptr, n, c.owner());
+    index->ids_ = iptr;
+    index->ids_owner_ = c.owner();
+  } else {
+    std::vector<uint64_t> rows(static_cast<size_t>(n * words));
+    for (int64_t i = 0; i < n; ++i) {
+      const uint64_t* blk = bptr + (i / 8) * words * 8 + i % 8;
+      for (int64_t w = 0; w < words; ++w) rows[static_cast<size_t>(i * words + w)] = blk[w * 8];
+    }
+    index->store_.Append(rows.data(), n);
+    index->ids_owned_.assign(iptr, iptr + n);
+    index->ids_ = index->ids_owned_.data();
+  }
+  index->next_id_ = c.Meta("next_id");
+  // Derived from the ids rather than trusted from the file: it decides tie handling.
+  for (int64_t i = 1; i < n; ++i) {
+    if (index->ids_[i] <= index->ids_[i - 1]) {
+      index->ids_ascending_ = false;
+      break;
+    }
+  }
+  return index;
+}
+
+std::unique_ptr<BinaryIndex> BinaryIndex::Load(const std::string& path, bool mmap) {
+  return FromContainer(Container::FromFile(path, mmap), mmap);
+}
+
+std::unique_ptr<BinaryIndex> BinaryIndex::Deserialize(std::vector<uint8_t> bytes) {
+  return FromContainer(Container::FromBytes(std::move(bytes)), false);
+}
+
+}  // namespace pylocalize

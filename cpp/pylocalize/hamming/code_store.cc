@@ -1,0 +1,277 @@
+#include "pylocalize/hamming/code_store.h"
+
+#include <algorithm>
+#include <climits>
+#include <cstring>
+#include <utility>
+
+#include "pylocalize/util/check.h"
+#include "pylocalize/util/threads.h"
+#include "pylocalize/util/topk.h"
+
+namespace pylocalize {
+namespace hamming {
+
+void CodeStore::MakeOwned() {
+  if (owner_ == nullptr) return;
+  owned_.assign(data_, data_ + num_words());
+  data_ = owned_.data();
+  owner_.reset();
+}
+
+void CodeStore::Append(const uint64_t* rows, int64_t n) {
+  if (n <= 0) return;
+  MakeOwned();
+  const int64_t total = n_ + n;
+  owned_.resize(static_cast<size_t>((total + kBlock - 1) / kBlock * words_ * kBlock), 0);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t pos = n_ + i;
+    uint64_t* blk = owned_.data() + (pos / kBlock) * words_ * kBlock + pos % kBlock;
+    for (int64_t w = 0; w < words_; ++w) blk[w * kBlock] = rows[i * words_ + w];
+  }
+  n_ = total;
+  data_ = owned_.data();
+}
+
+void CodeStore::GetRow(int64_t i, uint64_t* out) const {
+  const uint64_t* blk = data_ + (i / kBlock) * words_ * kBlock + i % kBlock;
+  for (int64_t w = 0; w < words_; ++w) out[w] = blk[w * kBlock];
+}
+
+void CodeStore::Compact(const std::vector<uint8_t>& keep) {
+  MakeOwned();
+  std::vector<uint64_t> row(static_cast<size_t>(words_));
+  int64_t out = 0;
+  for (int64_t i = 0; i < n_; ++i) {
+    if (!keep[static_cast<size_t>(i)]) continue;
+    if (out != i) {
+      GetRow(i, row.data());
+      uint64_t* blk = owned_.data() + (out / kBlock) * words_ * kBlock + out % kBlock;
+      for (int64_t w = 0; w < words_; ++w) blk[w * kBlock] = row[static_cast<size_t>(w)];
+    }
+    ++out;
+  }
+  n_ = out;
+  owned_.resize(static_cast<size_t>(num_words()));
+  // Padding lanes of the last block must be zero, as Append leaves them.
+  for (int64_t pos = n_; pos < num_blocks() * kBlock; ++pos) {
+    uint64_t* blk = owned_.data() + (pos / kBlock) * words_ * kBlock + pos % kBlock;
+    for (int64_t w = 0; w < words_; ++w) blk[w * kBlock] = 0;
+  }
+  data_ = owned_.data();
+}
+
+void CodeStore::Clear() {
+  owned_.clear();
+  owned_.shrink_to_fit();
+  owner_.reset();
+  data_ = nullptr;
+  n_ = 0;
+}
+
+void CodeStore::Borrow(const uint64_t* blocks, int64_t n, std::shared_ptr<const void> owner) {
+  owned_.clear();
+  owner_ = std::move(owner);
+  data_ = blocks;
+  n_ = n;
+}
+
+namespace {
+
+// Tiles: a chunk of blocks small enough to stay in L1/L2 while a group of queries
+// passes over it, and query groups whose distance rows fit beside it.
+constexpr int64_t kQueryGroup = 8;
+
+int64_t ChunkBlocks(int64_t words) {
+  const int64_t bytes_per_block = words * kBlock * 8;
+  int64_t cb = std::max<int64_t>(8, 16384 / bytes_per_block);
+  cb = std::min<int64_t>(cb, 128);
+  return cb / 8 * 8;  // mask words cover 8 blocks
+}
+
+struct TileBuffers {
+  std::vector<int32_t> dist;
+  std::vector<uint64_t> mask;
+};
+
+// Scans queries [q0, q1) against blocks [b0, b1), calling visit(q, pos, dist) for each
+// code whose distance is below threshold(q) at the time its tile was scanned; threshold
+// values are refreshed by `refresh(q)` after each tile.
+template <class Threshold, class Visit>
+void ScanTiles(const ScanSource& src, const uint64_t* queries, int64_t query_stride, int64_t q0,
+               int64_t q1, int64_t b0, int64_t b1, TileBuffers* buf, Threshold threshold,
+               Visit visit) {
+  const CodeStore& store = *src.store;
+  const int64_t words = store.words_per_code();
+  const int64_t cb = ChunkBlocks(words);
+  const int64_t ld = cb * kBlock;
+  const int64_t mld = cb / 8;
+  buf->dist.resize(static_cast<size_t>(kQueryGroup * ld));
+  buf->mask.resize(static_cast<size_t>(kQueryGroup * mld));
+  int32_t thr[kQueryGroup];
+  const int64_t n = store.size();
+  for (int64_t c = b0; c < b1; c += cb) {
+    const int64_t nb = std::min(cb, b1 - c);
+    for (int64_t g = q0; g < q1; g += kQueryGroup) {
+      const int64_t ng = std::min(kQueryGroup, q1 - g);
+      for (int64_t j = 0; j < ng; ++j) thr[j] = threshold(g + j);
+      ScanArgs a;
+      a.queries = queries + g * query_stride;
+      a.nq = ng;
+      a.query_stride = query_stride;
+      a.blocks = store.blocks() + c * words * kBlock;
+      a.nblocks = nb;
+      a.words_per_code = words;
+      a.thresholds = thr;
+      a.dist = buf->dist.data();
+      a.ld = ld;
+      a.mask = buf->mask.data();
+      a.mld = mld;
+      src.kernel(a, src.context);
+      const int64_t nmask = (nb + 7) / 8;
+      for (int64_t j = 0; j < ng; ++j) {
+        const uint64_t* m = a.mask + j * mld;
+        const int32_t* d = a.dist + j * ld;
+        for (int64_t mw = 0; mw < nmask; ++mw) {
+          uint64_t bits = m[mw];
+          while (bits != 0) {
+            const int64_t local = mw * 64 + __builtin_ctzll(bits);
+            bits &= bits - 1;
+            const int64_t pos = c * kBlock + local;
+            if (pos < n) visit(g + j, pos, d[local]);
+          }
+        }
+      }
+    }
+  }
+}
+
+inline int64_t IdAt(const ScanSource& src, int64_t pos) {
+  return src.ids != nullptr ? src.ids[pos] : pos;
+}
+
+// Threshold that lets through exactly the candidates that can still enter the heap.
+inline int32_t HeapThreshold(const TopK<int32_t>& h, bool ids_ascending) {
+  if (!h.full()) return INT32_MAX;
+  const int32_t worst = h.Threshold();
+  return ids_ascending ? worst : (worst == INT32_MAX ? worst : worst + 1);
+}
+
+// Below this many query x code words, threads cost more than they save.
+constexpr int64_t kMinWorkPerThread = 1 << 15;
+
+int EffectiveThreads(int num_threads, int64_t nq, const CodeStore& store) {
+  const int64_t work = nq * store.num_blocks() * kBlock * store.words_per_code();
+  const int64_t cap = std::max<int64_t>(1, work / kMinWorkPerThread);
+  return static_cast<int>(std::min<int64_t>(num_threads, cap));
+}
+
+}  // namespace
+
+void KnnScan(const ScanSource& src, const uint64_t* queries, int64_t nq, int64_t query_stride,
+             int64_t k, int32_t* distances, int64_t* ids, int32_t pad, int num_threads) {
+  if (nq <= 0) return;
+  const CodeStore& store = *src.store;
+  const int64_t nblocks = store.num_blocks();
+  const int threads = EffectiveThreads(num_threads, nq, store);
+  const bool asc = src.ids_ascending;
+  if (threads <= 1 || nq >= 4 * threads) {
+    // Many queries: each task owns a chunk of queries and scans the whole database.
+    const int64_t qch = std::max<int64_t>(
+        kQueryGroup, std::min<int64_t>(256, (nq + 2 * threads - 1) / (2 * threads)));
+    const int64_t ntasks = (nq + qch - 1) / qch;
+    std::vector<TileBuffers> bufs(static_cast<size_t>(std::max(threads, 1)));
+    ParallelFor(ntasks, threads, [&](int64_t t, int tid) {
+      const int64_t q0 = t * qch, q1 = std::min(nq, q0 + qch);
+      std::vector<TopK<int32_t>> heaps(static_cast<size_t>(q1 - q0), TopK<int32_t>(k));
+      ScanTiles(
+          src, queries, query_stride, q0, q1, 0, nblocks, &bufs[static_cast<size_t>(tid)],
+          [&](int64_t q) { return HeapThreshold(heaps[static_cast<size_t>(q - q0)], asc); },
+          [&](int64_t q, int64_t pos, int32_t d) {
+            heaps[static_cast<size_t>(q - q0)].Push(d, IdAt(src, pos));
+          });
+      for (int64_t q = q0; q < q1; ++q) {
+        heaps[static_cast<size_t>(q - q0)].Extract(distances + q * k, ids + q * k, pad);
+      }
+    });
+    return;
+  }
+  // Few queries: split the database across threads (FAISS parallelizes over queries only,
+  // so a single query runs on one core there), then merge the per-thread heaps.
+  const int64_t ranges = std::min<int64_t>((nblocks + 7) / 8, 4 * threads);
+  const int64_t per = ((nblocks + ranges - 1) / ranges + 7) / 8 * 8;
+  std::vector<std::vector<TopK<int32_t>>> heaps(
+      static_cast<size_t>(threads), std::vector<TopK<int32_t>>(static_cast<size_t>(nq), TopK<int32_t>(k)));
+  std::vector<TileBuffers> bufs(static_cast<size_t>(threads));
+  ParallelFor(ranges, threads, [&](int64_t r, int tid) {
+    const int64_t b0 = r * per, b1 = std::min(nblocks, b0 + per);
+    if (b0 >= b1) return;
+    auto& mine = heaps[static_cast<size_t>(tid)];
+    ScanTiles(
+        src, queries, query_stride, 0, nq, b0, b1, &bufs[static_cast<size_t>(tid)],
+        // A thread may take ranges out of order, so positions (and ids) are not
+        // ascending within its heap: let ties through and compare ids in Push.
+        [&](int64_t q) { return HeapThreshold(mine[static_cast<size_t>(q)], false); },
+        [&](int64_t q, int64_t pos, int32_t d) { mine[static_cast<size_t>(q)].Push(d, IdAt(src, pos)); });
+  });
+  for (int64_t q = 0; q < nq; ++q) {
+    auto& h = heaps[0][static_cast<size_t>(q)];
+    for (int t = 1; t < threads; ++t) h.Merge(heaps[static_cast<size_t>(t)][static_cast<size_t>(q)]);
+    h.Extract(distances + q * k, ids + q * k, pad);
+  }
+}
+
+RangeResult RangeScan(const ScanSource& src, const uint64_t* queries, int64_t nq,
+                      int64_t query_stride, int32_t radius, int num_threads) {
+  RangeResult out;
+  out.lims.assign(static_cast<size_t>(nq + 1), 0);
+  if (nq <= 0) return out;
+  const CodeStore& store = *src.store;
+  const int64_t nblocks = store.num_blocks();
+  const int threads = EffectiveThreads(num_threads, nq, store);
+  const int32_t thr = radius == INT32_MAX ? INT32_MAX : radius + 1;
+  using Hits = std::vector<std::pair<int32_t, int64_t>>;
+  std::vector<Hits> hits(static_cast<size_t>(nq));
+  const bool by_queries = threads <= 1 || nq >= 4 * threads;
+  const int64_t ranges = by_queries ? 1 : std::min<int64_t>((nblocks + 7) / 8, 4 * threads);
+  const int64_t per = by_queries ? nblocks : ((nblocks + ranges - 1) / ranges + 7) / 8 * 8;
+  const int64_t qch = by_queries ? std::max<int64_t>(kQueryGroup, (nq + 2 * threads - 1) / (2 * threads)) : nq;
+  const int64_t qtasks = (nq + qch - 1) / qch;
+  // One hit list per (range, query), concatenated in range order below.
+  std::vector<Hits> parts(static_cast<size_t>(ranges * nq));
+  std::vector<TileBuffers> bufs(static_cast<size_t>(std::max(threads, 1)));
+  ParallelFor(qtasks * ranges, threads, [&](int64_t t, int tid) {
+    const int64_t r = t % ranges, qt = t / ranges;
+    const int64_t q0 = qt * qch, q1 = std::min(nq, q0 + qch);
+    const int64_t b0 = r * per, b1 = std::min(nblocks, b0 + per);
+    if (b0 >= b1) return;
+    ScanTiles(
+        src, queries, query_stride, q0, q1, b0, b1, &bufs[static_cast<size_t>(tid)],
+        [&](int64_t) { return thr; },
+        [&](int64_t q, int64_t pos, int32_t d) {
+          parts[static_cast<size_t>(r * nq + q)].emplace_back(d, IdAt(src, pos));
+        });
+  });
+  for (int64_t q = 0; q < nq; ++q) {
+    Hits& h = hits[static_cast<size_t>(q)];
+    for (int64_t r = 0; r < ranges; ++r) {
+      Hits& p = parts[static_cast<size_t>(r * nq + q)];
+      h.insert(h.end(), p.begin(), p.end());
+      Hits().swap(p);
+    }
+    std::sort(h.begin(), h.end());
+    out.lims[static_cast<size_t>(q + 1)] = out.lims[static_cast<size_t>(q)] + static_cast<int64_t>(h.size());
+  }
+  out.distances.reserve(static_cast<size_t>(out.lims.back()));
+  out.ids.reserve(static_cast<size_t>(out.lims.back()));
+  for (const Hits& h : hits) {
+    for (const auto& e : h) {
+      out.distances.push_back(e.first);
+      out.ids.push_back(e.second);
+    }
+  }
+  return out;
+}
+
+}  // namespace hamming
+}  // namespace pylocalize

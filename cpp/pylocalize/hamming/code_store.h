@@ -1,0 +1,70 @@
+// Codes in the blocked layout of kernels.h, owned or borrowed from a memory-mapped file,
+// and the scan drivers that run a kernel over them for k-NN and range search.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "pylocalize/hamming/kernels.h"
+
+namespace pylocalize {
+namespace hamming {
+
+class CodeStore {
+ public:
+  explicit CodeStore(int64_t words_per_code) : words_(words_per_code) {}
+
+  int64_t size() const { return n_; }
+  int64_t words_per_code() const { return words_; }
+  int64_t num_blocks() const { return (n_ + kBlock - 1) / kBlock; }
+  const uint64_t* blocks() const { return data_; }
+  int64_t num_words() const { return num_blocks() * words_ * kBlock; }
+
+  // rows: n codes, words_per_code words each (padding bits zero).
+  void Append(const uint64_t* rows, int64_t n);
+  void GetRow(int64_t i, uint64_t* out) const;
+  // Keeps the codes whose keep[i] != 0, in order.
+  void Compact(const std::vector<uint8_t>& keep);
+  void Clear();
+  // Borrows blocks from a mapping that `owner` keeps alive; copied on the first change.
+  void Borrow(const uint64_t* blocks, int64_t n, std::shared_ptr<const void> owner);
+  bool borrowed() const { return owner_ != nullptr; }
+
+ private:
+  void MakeOwned();
+  int64_t words_;
+  int64_t n_ = 0;
+  std::vector<uint64_t> owned_;
+  const uint64_t* data_ = nullptr;
+  std::shared_ptr<const void> owner_;
+};
+
+// Calls a kernel on one tile; the drivers below cut the work into tiles.
+using TileKernel = void (*)(const ScanArgs& args, const void* context);
+
+struct ScanSource {
+  const CodeStore* store;
+  const int64_t* ids;   // ids[i] of code i; nullptr: the position is the id
+  bool ids_ascending;   // ids strictly increase with position: strict thresholds suffice
+  TileKernel kernel;
+  const void* context;
+};
+
+// k nearest codes per query by kernel distance, ties to the smaller id; rows of
+// distances/ids padded with (pad, -1). queries: nq rows of query_stride words.
+void KnnScan(const ScanSource& src, const uint64_t* queries, int64_t nq, int64_t query_stride,
+             int64_t k, int32_t* distances, int64_t* ids, int32_t pad, int num_threads);
+
+struct RangeResult {
+  std::vector<int64_t> lims;  // nq + 1
+  std::vector<int32_t> distances;
+  std::vector<int64_t> ids;
+};
+
+// All codes with distance <= radius, per query sorted by (distance, id).
+RangeResult RangeScan(const ScanSource& src, const uint64_t* queries, int64_t nq,
+                      int64_t query_stride, int32_t radius, int num_threads);
+
+}  // namespace hamming
+}  // namespace pylocalize

@@ -1,0 +1,128 @@
+// The kernel bodies, written once over an `Ops` policy that each ISA translation unit
+// defines in an anonymous namespace (so every instantiation is local to its unit and
+// no AVX-512 code can leak into a function the scalar path calls).
+//
+// Ops provides: V (8 lanes of uint64), Zero(), Load(p) (8 words), XorBroadcast(x, q),
+// Popcount(v) (per lane), Add(a, b), ShiftLeft(v, s), LessMask(v, t) -> 8-bit mask of
+// lanes < t, Store32(int32_t* out, v) (the 8 lanes narrowed to int32).
+#pragma once
+
+#include <cstdint>
+
+#include "pylocalize/hamming/kernels.h"
+
+namespace pylocalize {
+namespace hamming {
+namespace impl {
+
+template <class Ops>
+inline void Emit(const ScanArgs& a, int64_t q, int64_t b, typename Ops::V d) {
+  Ops::Store32(a.dist + q * a.ld + b * kBlock, d);
+  const uint64_t m = Ops::LessMask(d, a.thresholds[q]);
+  uint64_t* word = a.mask + q * a.mld + (b >> 3);
+  const int shift = static_cast<int>((b & 7) * 8);
+  *word = (shift == 0 ? 0 : *word) | (m << shift);
+}
+
+// W > 0: compile-time words per code; W == 0: run-time a.words_per_code.
+template <class Ops, int W, int QB>
+inline void HammingGroup(const ScanArgs& a, int64_t q0) {
+  using V = typename Ops::V;
+  const int64_t nw = W > 0 ? W : a.words_per_code;
+  const uint64_t* qs[QB];
+  for (int j = 0; j < QB; ++j) qs[j] = a.queries + (q0 + j) * a.query_stride;
+  for (int64_t b = 0; b < a.nblocks; ++b) {
+    const uint64_t* blk = a.blocks + b * nw * kBlock;
+    V acc[QB];
+    for (int j = 0; j < QB; ++j) acc[j] = Ops::Zero();
+    for (int64_t w = 0; w < nw; ++w) {
+      const V x = Ops::Load(blk + w * kBlock);
+      for (int j = 0; j < QB; ++j) {
+        acc[j] = Ops::Add(acc[j], Ops::Popcount(Ops::XorBroadcast(x, qs[j][w])));
+      }
+    }
+    for (int j = 0; j < QB; ++j) Emit<Ops>(a, q0 + j, b, acc[j]);
+  }
+}
+
+template <class Ops, int W>
+inline void HammingAll(const ScanArgs& a) {
+  constexpr int QB = Ops::kQueryBlock;
+  int64_t q = 0;
+  for (; q + QB <= a.nq; q += QB) HammingGroup<Ops, W, QB>(a, q);
+  for (; q < a.nq; ++q) HammingGroup<Ops, W, 1>(a, q);
+}
+
+template <class Ops>
+inline void Hamming(const ScanArgs& a) {
+  switch (a.words_per_code) {
+    case 1: return HammingAll<Ops, 1>(a);
+    case 2: return HammingAll<Ops, 2>(a);
+    case 3: return HammingAll<Ops, 3>(a);
+    case 4: return HammingAll<Ops, 4>(a);
+    case 8: return HammingAll<Ops, 8>(a);
+    case 16: return HammingAll<Ops, 16>(a);
+    default: return HammingAll<Ops, 0>(a);
+  }
+}
+
+// Accumulates per level s = i + j, then weights levels by 2^(2(U-1)-s) once per block.
+template <class Ops, int U, bool kFull, int QB>
+inline void SdcGroup(const ScanArgs& a, int64_t q0) {
+  using V = typename Ops::V;
+  constexpr int kLevels = 2 * U - 1;
+  const int64_t wp = a.words_per_code / U;
+  const uint64_t* qs[QB];
+  for (int j = 0; j < QB; ++j) qs[j] = a.queries + (q0 + j) * a.query_stride;
+  for (int64_t b = 0; b < a.nblocks; ++b) {
+    const uint64_t* blk = a.blocks + b * a.words_per_code * kBlock;
+    V acc[QB][kLevels];
+    for (int j = 0; j < QB; ++j) {
+      for (int s = 0; s < kLevels; ++s) acc[j][s] = Ops::Zero();
+    }
+    for (int64_t w = 0; w < wp; ++w) {
+      for (int xp = 0; xp < U; ++xp) {
+        const V x = Ops::Load(blk + (xp * wp + w) * kBlock);
+        for (int qp = 0; qp < U; ++qp) {
+          if (!kFull && qp + xp > U - 1) continue;
+          for (int j = 0; j < QB; ++j) {
+            acc[j][qp + xp] = Ops::Add(acc[j][qp + xp],
+                                       Ops::Popcount(Ops::XorBroadcast(x, qs[j][qp * wp + w])));
+          }
+        }
+      }
+    }
+    for (int j = 0; j < QB; ++j) {
+      V d = acc[j][kLevels - 1];
+      for (int s = 0; s < kLevels - 1; ++s) {
+        d = Ops::Add(d, Ops::ShiftLeft(acc[j][s], 2 * (U - 1) - s));
+      }
+      Emit<Ops>(a, q0 + j, b, d);
+    }
+  }
+}
+
+template <class Ops, int U, bool kFull>
+inline void SdcAll(const ScanArgs& a) {
+  constexpr int QB = U <= 2 ? 2 : 1;
+  int64_t q = 0;
+  for (; q + QB <= a.nq; q += QB) SdcGroup<Ops, U, kFull, QB>(a, q);
+  for (; q < a.nq; ++q) SdcGroup<Ops, U, kFull, 1>(a, q);
+}
+
+template <class Ops>
+inline void Sdc(const ScanArgs& a, int u, bool full) {
+  switch (u * 2 + (full ? 1 : 0)) {
+    case 2: case 3: return SdcAll<Ops, 1, true>(a);
+    case 4: return SdcAll<Ops, 2, false>(a);
+    case 5: return SdcAll<Ops, 2, true>(a);
+    case 6: return SdcAll<Ops, 3, false>(a);
+    case 7: return SdcAll<Ops, 3, true>(a);
+    case 8: return SdcAll<Ops, 4, false>(a);
+    default: return SdcAll<Ops, 4, true>(a);
+  }
+}
+
+}  // namespace impl
+}  // namespace hamming
+}  // namespace pylocalize

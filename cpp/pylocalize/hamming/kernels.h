@@ -1,0 +1,62 @@
+// Popcount kernels over the blocked code layout, one set per SIMD level.
+//
+// Layout: codes are padded to W 64-bit words and stored in blocks of 8 codes, word-major
+// inside a block: word w of code (8*b + l) is at blocks[(b*W + w)*8 + l]. One 512-bit
+// load then holds word w of 8 codes, so a query word is broadcast once and XOR + popcount
+// give 8 partial distances with no horizontal reduction.
+//
+// A kernel scans nq queries against blocks [0, nblocks) of a chunk. For query q it writes
+// the distance to code j into dist[q*ld + j] and sets bit j of mask[q*mld + j/64] when
+// that distance is below thresholds[q] (strictly). The callers turn the mask into rare
+// top-k insertions, so the hot loop is compare-and-branch-free.
+#pragma once
+
+#include <cstdint>
+
+#include "pylocalize/util/cpu.h"
+
+namespace pylocalize {
+namespace hamming {
+
+constexpr int64_t kBlock = 8;  // codes per block
+
+struct ScanArgs {
+  const uint64_t* queries;   // nq rows, query_stride words apart
+  int64_t nq;
+  int64_t query_stride;
+  const uint64_t* blocks;    // nblocks blocks of words_per_code*8 words
+  int64_t nblocks;
+  int64_t words_per_code;    // W (Hamming) or bits_per_dim * words_per_plane (SDC)
+  const int32_t* thresholds; // nq
+  int32_t* dist;             // nq rows of ld
+  int64_t ld;
+  uint64_t* mask;            // nq rows of mld
+  int64_t mld;
+};
+
+// Hamming: dist = popcount(q ^ x) over W words.
+using HammingKernel = void (*)(const ScanArgs& args);
+
+// Symmetric distance between multi-bit codes of `bits_per_dim` bit planes of
+// `words_per_plane` words each (plane-major): dist = sum over plane pairs (i, j) kept by
+// the term set of 2^(2(u-1)-i-j) * popcount(q_i ^ x_j). Smaller is a larger inner product
+// of the reconstructions; see multibit.h for the conversion to a score.
+using SdcKernel = void (*)(const ScanArgs& args, int bits_per_dim, bool full_terms);
+
+HammingKernel GetHammingKernel(SimdLevel level);
+SdcKernel GetSdcKernel(SimdLevel level);
+
+// Per-ISA entry points (each defined in its own translation unit).
+void HammingScalar(const ScanArgs& a);
+void SdcScalar(const ScanArgs& a, int bits_per_dim, bool full_terms);
+#if defined(__x86_64__) || defined(_M_X64)
+void HammingAVX2(const ScanArgs& a);
+void SdcAVX2(const ScanArgs& a, int bits_per_dim, bool full_terms);
+void HammingAVX512BW(const ScanArgs& a);
+void SdcAVX512BW(const ScanArgs& a, int bits_per_dim, bool full_terms);
+void HammingAVX512(const ScanArgs& a);
+void SdcAVX512(const ScanArgs& a, int bits_per_dim, bool full_terms);
+#endif
+
+}  // namespace hamming
+}  // namespace pylocalize

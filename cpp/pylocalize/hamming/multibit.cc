@@ -1,0 +1,268 @@
+#include "pylocalize/hamming/multibit.h"
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <mutex>
+
+#include "pylocalize/util/check.h"
+#include "pylocalize/util/cpu.h"
+#include "pylocalize/util/threads.h"
+#include "pylocalize/util/topk.h"
+
+namespace pylocalize {
+namespace {
+
+constexpr const char* kTag = "MultiBitIndex";
+
+struct SdcContext {
+  hamming::SdcKernel kernel;
+  int bits_per_dim;
+  bool full;
+};
+
+void SdcTile(const hamming::ScanArgs& args, const void* context) {
+  const auto* c = static_cast<const SdcContext*>(context);
+  c->kernel(args, c->bits_per_dim, c->full);
+}
+
+}  // namespace
+
+void Binarize(const float* x, int64_t n, int64_t dim, int u, uint8_t* codes) {
+  PYL_CHECK(u >= 1 && u <= 4, "bits_per_dim must be 1..4, got ", u);
+  const int64_t plane_bytes = (dim + 7) / 8;
+  const int64_t cs = u * plane_bytes;
+  std::memset(codes, 0, static_cast<size_t>(n * cs));
+  ParallelFor((n + 255) / 256, GetNumThreads(), [&](int64_t chunk, int) {
+    std::vector<float> residual(static_cast<size_t>(dim));
+    for (int64_t i = chunk * 256; i < std::min(n, (chunk + 1) * 256); ++i) {
+      const float* v = x + i * dim;
+      double alpha = 0.0;
+      for (int64_t d = 0; d < dim; ++d) alpha += std::fabs(v[d]);
+      alpha /= static_cast<double>(dim);
+      std::copy(v, v + dim, residual.begin());
+      uint8_t* out = codes + i * cs;
+      for (int p = 0; p < u; ++p) {
+        const float step = static_cast<float>(alpha * std::ldexp(1.0, -p));
+        uint8_t* plane = out + p * plane_bytes;
+        for (int64_t d = 0; d < dim; ++d) {
+          const bool bit = residual[static_cast<size_t>(d)] >= 0.0f;
+          plane[d >> 3] |= static_cast<uint8_t>(bit) << (d & 7);
+          residual[static_cast<size_t>(d)] -= bit ? step : -step;
+        }
+      }
+    }
+  });
+}
+
+MultiBitIndex::MultiBitIndex(int64_t dim, int bits_per_dim)
+    : dim_(dim),
+      bits_(bits_per_dim),
+      words_per_plane_((dim + 63) / 64),
+      store_(bits_per_dim * ((dim + 63) / 64)) {
+  PYL_CHECK(dim > 0, "dim must be >= 1, got ", dim);
+  PYL_CHECK(bits_per_dim >= 1 && bits_per_dim <= 4, "bits_per_dim must be 1..4, got ",
+            bits_per_dim);
+}
+
+int64_t MultiBitIndex::ntotal() const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  return store_.size();
+}
+
+bool MultiBitIndex::has_vectors() const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  return has_vectors_;
+}
+
+void MultiBitIndex::ToWords(const uint8_t* codes, int64_t n, std::vector<uint64_t>* words) const {
+  const int64_t pb = (dim_ + 7) / 8, w = bits_ * words_per_plane_, cs = code_size();
+  words->assign(static_cast<size_t>(n * w), 0);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int p = 0; p < bits_; ++p) {
+      std::memcpy(words->data() + i * w + p * words_per_plane_, codes + i * cs + p * pb,
+                  static_cast<size_t>(pb));
+    }
+  }
+}
+
+void MultiBitIndex::Add(const uint8_t* codes, int64_t n, const int64_t* ids, const float* vectors) {
+  if (n <= 0) return;
+  std::vector<uint64_t> words;
+  ToWords(codes, n, &words);
+  std::unique_lock<std::shared_mutex> lock(mutex_);
+  const int64_t n0 = store_.size();
+  if (n0 == 0) has_vectors_ = vectors != nullptr;
+  PYL_CHECK(has_vectors_ == (vectors != nullptr),
+            has_vectors_ ? "this index keeps float vectors for re-ranking: pass vectors= to add"
+                         : "this index was built without float vectors: add codes only, or "
+                           "start a new index and pass vectors= to every add");
+  if (owner_ != nullptr) {  // borrowed from a mapped file: copy before changing
+    ids_owned_.assign(ids_, ids_ + n0);
+    if (has_vectors_) vectors_owned_.assign(vectors_, vectors_ + n0 * dim_);
+    owner_.reset();
+  }
+  int64_t prev = ids_owned_.empty() ? INT64_MIN : ids_owned_.back();
+  const int64_t first = next_id_;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t id = ids != nullptr ? ids[i] : first + i;
+    if (id <= prev) ids_ascending_ = false;
+    prev = id;
+    next_id_ = std::max(next_id_, id + 1);
+    ids_owned_.push_back(id);
+  }
+  ids_ = ids_owned_.data();
+  if (has_vectors_) {
+    vectors_owned_.insert(vectors_owned_.end(), vectors, vectors + n * dim_);
+    vectors_ = vectors_owned_.data();
+  }
+  store_.Append(words.data(), n);
+}
+
+void MultiBitIndex::Search(const uint8_t* query_codes, int64_t nq, int64_t k, bool full_terms,
+                           const float* query_vectors, int64_t rerank, float* scores,
+                           int64_t* ids) const {
+  PYL_CHECK(k > 0, "k must be >= 1, got ", k);
+  PYL_CHECK(rerank >= 0, "rerank must be >= 0");
+  std::vector<uint64_t> qwords;
+  ToWords(query_codes, nq, &qwords);
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  PYL_CHECK(rerank == 0 || has_vectors_,
+            "rerank needs float vectors: build the index with add(codes, vectors=...)");
+  PYL_CHECK(rerank == 0 || query_vectors != nullptr,
+            "rerank needs the float query vectors: pass query_vectors=");
+  const SdcContext ctx{hamming::GetSdcKernel(ActiveSimdLevel()), bits_, full_terms || bits_ == 1};
+  const bool reranking = rerank > 0;
+  const hamming::ScanSource src{&store_, reranking ? nullptr : ids_,
+                                reranking ? true : ids_ascending_, &SdcTile, &ctx};
+  const int64_t kc = reranking ? std::max(rerank, k) : k;
+  std::vector<int32_t> dist(static_cast<size_t>(nq * kc));
+  std::vector<int64_t> cand(static_cast<size_t>(nq * kc));
+  hamming::KnnScan(src, qwords.data(), nq, bits_ * words_per_plane_, kc, dist.data(), cand.data(),
+                   INT32_MAX, GetNumThreads());
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  if (!reranking) {
+    // score = sum over kept pairs of 2^-(i+j) (dim - 2 |q_i ^ x_j|) = A - B * dist.
+    double a = 0.0;
+    for (int i = 0; i < bits_; ++i) {
+      for (int j = 0; j < bits_; ++j) {
+        if (ctx.full || i + j <= bits_ - 1) a += std::ldexp(static_cast<double>(dim_), -(i + j));
+      }
+    }
+    const double b = std::ldexp(1.0, 1 - 2 * (bits_ - 1));
+    for (int64_t i = 0; i < nq * k; ++i) {
+      ids[i] = cand[static_cast<size_t>(i)];
+      scores[i] = ids[i] < 0 ? neg_inf : static_cast<float>(a - b * dist[static_cast<size_t>(i)]);
+    }
+    return;
+  }
+  ParallelFor(nq, GetNumThreads(), [&](int64_t q, int) {
+    TopK<float> top(k);
+    const float* qv = query_vectors + q * dim_;
+    for (int64_t c = 0; c < kc; ++c) {
+      const int64_t pos = cand[static_cast<size_t>(q * kc + c)];
+      if (pos < 0) break;
+      const float* xv = vectors_ + pos * dim_;
+      float ip = 0.0f;
+      for (int64_t d = 0; d < dim_; ++d) ip += qv[d] * xv[d];
+      top.Push(-ip, ids_[pos]);  // TopK keeps the smallest: negate to keep the largest
+    }
+    top.Extract(scores + q * k, ids + q * k, std::numeric_limits<float>::infinity());
+    for (int64_t i = q * k; i < (q + 1) * k; ++i) scores[i] = -scores[i];
+  });
+}
+
+void MultiBitIndex::Reset() {
+  std::unique_lock<std::shared_mutex> lock(mutex_);
+  store_.Clear();
+  ids_owned_.clear();
+  vectors_owned_.clear();
+  owner_.reset();
+  ids_ = ids_owned_.data();
+  vectors_ = nullptr;
+  has_vectors_ = false;
+  ids_ascending_ = true;
+  next_id_ = 0;
+}
+
+std::vector<int64_t> MultiBitIndex::Ids() const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  return std::vector<int64_t>(ids_, ids_ + store_.size());
+}
+
+ContainerWriter MultiBitIndex::Writer() const {
+  ContainerWriter w(kTag);
+  w.SetMeta("dim", dim_);
+  w.SetMeta("bits_per_dim", bits_);
+  w.SetMeta("ntotal", store_.size());
+  w.SetMeta("next_id", next_id_);
+  w.SetMeta("has_vectors", has_vectors_ ? 1 : 0);
+  w.AddSection("blocks", DType::kUInt64, {store_.num_words()}, store_.blocks());
+  w.AddSection("ids", DType::kInt64, {store_.size()}, ids_);
+  if (has_vectors_) w.AddSection("vectors", DType::kFloat32, {store_.size(), dim_}, vectors_);
+  return w;
+}
+
+void MultiBitIndex::Save(const std::string& path) const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  Writer().WriteFile(path);
+}
+
+std::vector<uint8_t> MultiBitIndex::Serialize() const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  return Writer().ToBytes();
+}
+
+std::unique_ptr<MultiBitIndex> MultiBitIndex::FromContainer(const Container& c, bool borrow_codes) {
+  c.ExpectTag(kTag);
+  const int64_t dim = c.Meta("dim"), u = c.Meta("bits_per_dim"), n = c.Meta("ntotal");
+  PYL_CHECK_FORMAT(dim > 0 && dim < (1 << 24) && u >= 1 && u <= 4 && n >= 0,
+                   "MultiBitIndex file has invalid dim, bits_per_dim or ntotal (corrupt)");
+  auto index = std::make_unique<MultiBitIndex>(dim, static_cast<int>(u));
+  const int64_t words = u * ((dim + 63) / 64);
+  const ArrayView& blocks = c.Section("blocks", DType::kUInt64);
+  const ArrayView& ids = c.Section("ids", DType::kInt64);
+  PYL_CHECK_FORMAT(ids.size() == n && blocks.size() == (n + 7) / 8 * 8 * words,
+                   "MultiBitIndex file sections do not match ntotal (corrupt)");
+  const auto* bptr = reinterpret_cast<const uint64_t*>(blocks.data);
+  if (borrow_codes) {
+    index->store_.Borrow(bptr, n, c.owner());
+  } else {
+    std::vector<uint64_t> rows(static_cast<size_t>(n * words));
+    for (int64_t i = 0; i < n; ++i) {
+      const uint64_t* blk = bptr + (i / 8) * words * 8 + i % 8;
+      for (int64_t w = 0; w < words; ++w) rows[static_cast<size_t>(i * words + w)] = blk[w * 8];
+    }
+    index->store_.Append(rows.data(), n);
+  }
+  // ids and vectors are read from the mapping in place; they are copied on the first add.
+  index->owner_ = c.owner();
+  index->ids_ = reinterpret_cast<const int64_t*>(ids.data);
+  index->has_vectors_ = c.Meta("has_vectors") != 0;
+  if (index->has_vectors_) {
+    const ArrayView& v = c.Section("vectors", DType::kFloat32);
+    PYL_CHECK_FORMAT(v.size() == n * dim, "MultiBitIndex vectors do not match ntotal (corrupt)");
+    index->vectors_ = reinterpret_cast<const float*>(v.data);
+  }
+  index->next_id_ = c.Meta("next_id");
+  for (int64_t i = 1; i < n; ++i) {
+    if (index->ids_[i] <= index->ids_[i - 1]) {
+      index->ids_ascending_ = false;
+      break;
+    }
+  }
+  return index;
+}
+
+std::unique_ptr<MultiBitIndex> MultiBitIndex::Load(const std::string& path, bool mmap) {
+  // Always mapped, so float vectors stay on disk; mmap=false copies the codes into RAM.
+  return FromContainer(Container::FromFile(path, /*mmap=*/true), mmap);
+}
+
+std::unique_ptr<MultiBitIndex> MultiBitIndex::Deserialize(std::vector<uint8_t> bytes) {
+  return FromContainer(Container::FromBytes(std::move(bytes)), false);
+}
+
+}  // namespace pylocalize

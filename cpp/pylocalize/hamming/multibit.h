@@ -1,0 +1,80 @@
+// Multi-bit binary codes and symmetric distance calculation (SDC), after "Binary
+// Embedding-based Retrieval at Tencent" (Gan et al., KDD 2023).
+//
+// Code layout (what Binarize writes and MultiBitIndex takes): bits_per_dim = u bit planes,
+// plane-major, each plane ceil(dim/8) bytes with bit j of dimension group stored as bit
+// (j % 8) of byte j / 8 (little-endian bit order, np.packbits(..., bitorder="little")).
+// Plane 0 is the sign (1 = x >= 0); plane p > 0 is the sign of the residual left by the
+// planes before it. The reconstruction, up to a per-vector scale, is
+//   x_hat = sum_p 2^-p * (2 b_p - 1).
+// SDC scores a pair of codes by <q_hat, x_hat> = sum_{i,j} 2^-(i+j) (dim - 2 |q_i ^ x_j|),
+// i.e. u^2 popcounts of plane pairs run by the kernels of kernels.h. "Truncated" SDC keeps
+// only the pairs with i + j <= u - 1 (the products of two residuals are dropped): 3 of 4
+// popcounts at 2 bits/dim, for a small loss of accuracy.
+//
+// Optional float vectors ride along for exact inner-product re-ranking of the SDC
+// candidates; after Load they stay memory-mapped, so only the codes need RAM.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <shared_mutex>
+#include <string>
+#include <vector>
+
+#include "pylocalize/hamming/code_store.h"
+#include "pylocalize/util/format.h"
+
+namespace pylocalize {
+
+// Training-free recurrent binarization: per vector, alpha = mean |x|; plane 0 = sign(x);
+// plane p = sign(x - alpha * sum_{i<p} 2^-i s_i). codes: n x (u * ceil(dim/8)) bytes.
+void Binarize(const float* x, int64_t n, int64_t dim, int bits_per_dim, uint8_t* codes);
+
+class MultiBitIndex {
+ public:
+  MultiBitIndex(int64_t dim, int bits_per_dim);
+
+  int64_t dim() const { return dim_; }
+  int bits_per_dim() const { return bits_; }
+  int64_t code_size() const { return bits_ * ((dim_ + 7) / 8); }
+  int64_t ntotal() const;
+  bool has_vectors() const;
+
+  // vectors: n x dim float32 kept for re-ranking, or nullptr. Every add must agree.
+  void Add(const uint8_t* codes, int64_t n, const int64_t* ids, const float* vectors);
+  // scores: SDC inner products of the reconstructions (or exact inner products of the
+  // float vectors when rerank > 0), best (largest) first, ties to the smaller id,
+  // padded with (-inf, -1). rerank > 0 takes the max(rerank, k) SDC candidates and
+  // re-ranks them by <query_vectors[q], vectors[i]>.
+  void Search(const uint8_t* query_codes, int64_t nq, int64_t k, bool full_terms,
+              const float* query_vectors, int64_t rerank, float* scores, int64_t* ids) const;
+  void Reset();
+  std::vector<int64_t> Ids() const;
+
+  void Save(const std::string& path) const;
+  static std::unique_ptr<MultiBitIndex> Load(const std::string& path, bool mmap);
+  std::vector<uint8_t> Serialize() const;
+  static std::unique_ptr<MultiBitIndex> Deserialize(std::vector<uint8_t> bytes);
+
+ private:
+  void ToWords(const uint8_t* codes, int64_t n, std::vector<uint64_t>* words) const;
+  ContainerWriter Writer() const;
+  static std::unique_ptr<MultiBitIndex> FromContainer(const Container& c, bool borrow_codes);
+
+  int64_t dim_;
+  int bits_;
+  int64_t words_per_plane_;
+  hamming::CodeStore store_;
+  std::vector<int64_t> ids_owned_;
+  const int64_t* ids_ = nullptr;
+  bool ids_ascending_ = true;
+  int64_t next_id_ = 0;
+  std::vector<float> vectors_owned_;
+  const float* vectors_ = nullptr;
+  bool has_vectors_ = false;
+  std::shared_ptr<const void> owner_;  // mapping behind borrowed ids_/vectors_
+  mutable std::shared_mutex mutex_;
+};
+
+}  // namespace pylocalize
