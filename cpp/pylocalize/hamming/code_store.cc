@@ -82,16 +82,19 @@ namespace {
 // passes over it, and query groups whose distance rows fit beside it.
 constexpr int64_t kQueryGroup = 8;
 
-int64_t ChunkBlocks(int64_t words) {
+// With many queries a chunk is sized for L1 reuse across query groups; with one or two
+// there is nothing to reuse and larger chunks cut per-tile overhead.
+int64_t ChunkBlocks(int64_t words, int64_t nq) {
   const int64_t bytes_per_block = words * kBlock * 8;
-  int64_t cb = std::max<int64_t>(8, 16384 / bytes_per_block);
-  cb = std::min<int64_t>(cb, 128);
-  return cb / 8 * 8;  // mask words cover 8 blocks
+  const int64_t budget = nq <= 2 ? 262144 : 16384;
+  int64_t cb = std::max<int64_t>(8, budget / bytes_per_block);
+  cb = std::min<int64_t>(cb, nq <= 2 ? 2048 : 128);
+  return cb / 8 * 8;  // a mask word covers 8 blocks
 }
 
 struct TileBuffers {
   std::vector<int32_t> dist;
-  std::vector<uint64_t> mask;
+  std::vector<uint8_t> mask;
 };
 
 // Scans queries [q0, q1) against blocks [b0, b1), calling visit(q, pos, dist) for each
@@ -103,9 +106,9 @@ void ScanTiles(const ScanSource& src, const uint64_t* queries, int64_t query_str
                Visit visit) {
   const CodeStore& store = *src.store;
   const int64_t words = store.words_per_code();
-  const int64_t cb = ChunkBlocks(words);
+  const int64_t cb = ChunkBlocks(words, q1 - q0);
   const int64_t ld = cb * kBlock;
-  const int64_t mld = cb / 8;
+  const int64_t mld = cb;  // one mask byte per block; cb is a multiple of 8
   buf->dist.resize(static_cast<size_t>(kQueryGroup * ld));
   buf->mask.resize(static_cast<size_t>(kQueryGroup * mld));
   int32_t thr[kQueryGroup];
@@ -130,10 +133,12 @@ void ScanTiles(const ScanSource& src, const uint64_t* queries, int64_t query_str
       src.kernel(a, src.context);
       const int64_t nmask = (nb + 7) / 8;
       for (int64_t j = 0; j < ng; ++j) {
-        const uint64_t* m = a.mask + j * mld;
+        uint8_t* m = a.mask + j * mld;
         const int32_t* d = a.dist + j * ld;
+        for (int64_t b = nb; b < nmask * 8; ++b) m[b] = 0;  // tail of a partial chunk
         for (int64_t mw = 0; mw < nmask; ++mw) {
-          uint64_t bits = m[mw];
+          uint64_t bits;
+          std::memcpy(&bits, m + mw * 8, 8);  // byte b -> bits 8b..8b+7 (little-endian)
           while (bits != 0) {
             const int64_t local = mw * 64 + __builtin_ctzll(bits);
             bits &= bits - 1;

@@ -17,11 +17,9 @@ namespace impl {
 
 template <class Ops>
 inline void Emit(const ScanArgs& a, int64_t q, int64_t b, typename Ops::V d) {
-  Ops::Store32(a.dist + q * a.ld + b * kBlock, d);
   const uint64_t m = Ops::LessMask(d, a.thresholds[q]);
-  uint64_t* word = a.mask + q * a.mld + (b >> 3);
-  const int shift = static_cast<int>((b & 7) * 8);
-  *word = (shift == 0 ? 0 : *word) | (m << shift);
+  a.mask[q * a.mld + b] = static_cast<uint8_t>(m);
+  if (m != 0) Ops::Store32(a.dist + q * a.ld + b * kBlock, d);
 }
 
 // W > 0: compile-time words per code; W == 0: run-time a.words_per_code.

@@ -5,10 +5,11 @@
 // load then holds word w of 8 codes, so a query word is broadcast once and XOR + popcount
 // give 8 partial distances with no horizontal reduction.
 //
-// A kernel scans nq queries against blocks [0, nblocks) of a chunk. For query q it writes
-// the distance to code j into dist[q*ld + j] and sets bit j of mask[q*mld + j/64] when
-// that distance is below thresholds[q] (strictly). The callers turn the mask into rare
-// top-k insertions, so the hot loop is compare-and-branch-free.
+// A kernel scans nq queries against blocks [0, nblocks) of a chunk. For query q and block
+// b it writes mask[q*mld + b], whose bit l says that code 8*b + l is strictly below
+// thresholds[q], and, only for blocks with a set bit, the 8 distances into
+// dist[q*ld + 8*b ...]. Callers read the mask 8 bytes (64 codes) at a time and turn set
+// bits into top-k insertions; with a tight threshold almost no block stores distances.
 #pragma once
 
 #include <cstdint>
@@ -28,9 +29,9 @@ struct ScanArgs {
   int64_t nblocks;
   int64_t words_per_code;    // W (Hamming) or bits_per_dim * words_per_plane (SDC)
   const int32_t* thresholds; // nq
-  int32_t* dist;             // nq rows of ld
+  int32_t* dist;             // nq rows of ld (>= 8 * nblocks)
   int64_t ld;
-  uint64_t* mask;            // nq rows of mld
+  uint8_t* mask;             // nq rows of mld (>= nblocks) bytes
   int64_t mld;
 };
 
