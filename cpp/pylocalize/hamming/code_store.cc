@@ -114,6 +114,7 @@ void ScanTiles(const ScanSource& src, const uint64_t* queries, int64_t query_str
   int32_t thr[kQueryGroup];
   const int64_t n = store.size();
   for (int64_t c = b0; c < b1; c += cb) {
+    InterruptPoint();
     const int64_t nb = std::min(cb, b1 - c);
     for (int64_t g = q0; g < q1; g += kQueryGroup) {
       const int64_t ng = std::min(kQueryGroup, q1 - g);

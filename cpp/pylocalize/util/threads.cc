@@ -17,6 +17,27 @@ namespace {
 std::atomic<int> g_num_threads{-1};
 std::atomic<bool (*)()> g_interrupt_hook{nullptr};
 
+using Clock = std::chrono::steady_clock;
+
+// The state of the innermost ParallelFor a thread is working for.
+struct LoopState {
+  std::atomic<bool> stop{false};
+  std::atomic<bool> interrupted{false};
+  Clock::time_point last_poll = Clock::now();
+};
+thread_local LoopState* t_loop = nullptr;
+thread_local int t_tid = 0;
+
+struct Abandon {};  // unwinds an item once the loop is stopping
+
+// Polls the hook from the calling thread at most every 50 ms.
+bool PollThrottled(LoopState* s) {
+  const auto now = Clock::now();
+  if (now - s->last_poll < std::chrono::milliseconds(50)) return false;
+  s->last_poll = now;
+  return PollInterrupt();
+}
+
 }  // namespace
 
 int NumCores() {
@@ -45,37 +66,51 @@ bool PollInterrupt() {
   return hook != nullptr && hook();
 }
 
+void InterruptPoint() {
+  LoopState* s = t_loop;
+  if (s == nullptr) {
+    if (PollInterrupt()) throw Interrupted();
+    return;
+  }
+  if (t_tid == 0 && PollThrottled(s)) {
+    s->interrupted = true;
+    s->stop = true;
+  }
+  if (s->stop.load(std::memory_order_relaxed)) throw Abandon();
+}
+
 void ParallelFor(int64_t n, int num_threads, const std::function<void(int64_t, int)>& fn) {
   if (n <= 0) return;
   if (num_threads <= 0) num_threads = GetNumThreads();
   if (num_threads > n) num_threads = static_cast<int>(n);
   std::exception_ptr error;
   std::mutex error_mutex;
-  std::atomic<bool> stop{false};
-  std::atomic<bool> interrupted{false};
-  using Clock = std::chrono::steady_clock;
-  auto last_poll = Clock::now();
+  LoopState state;
+  LoopState* const outer_loop = t_loop;
+  const int outer_tid = t_tid;
 
   auto body = [&](int64_t i, int tid) {
-    if (stop.load(std::memory_order_relaxed)) return;
-    if (tid == 0) {
-      const auto now = Clock::now();
-      if (now - last_poll > std::chrono::milliseconds(50)) {
-        last_poll = now;
-        if (PollInterrupt()) {
-          interrupted = true;
-          stop = true;
-          return;
-        }
-      }
-    }
+    if (state.stop.load(std::memory_order_relaxed)) return;
+    LoopState* const saved = t_loop;
+    const int saved_tid = t_tid;
+    t_loop = &state;
+    t_tid = tid;
     try {
-      fn(i, tid);
+      if (tid == 0 && PollThrottled(&state)) {
+        state.interrupted = true;
+        state.stop = true;
+      } else {
+        fn(i, tid);
+      }
+    } catch (const Abandon&) {
+      // stopping: the reason is already recorded
     } catch (...) {
       std::lock_guard<std::mutex> lock(error_mutex);
       if (!error) error = std::current_exception();
-      stop = true;
+      state.stop = true;
     }
+    t_loop = saved;
+    t_tid = saved_tid;
   };
 
 #ifdef _OPENMP
@@ -88,8 +123,10 @@ void ParallelFor(int64_t n, int num_threads, const std::function<void(int64_t, i
 #else
   for (int64_t i = 0; i < n; ++i) body(i, 0);
 #endif
+  t_loop = outer_loop;
+  t_tid = outer_tid;
   if (error) std::rethrow_exception(error);
-  if (interrupted) throw Interrupted();
+  if (state.interrupted) throw Interrupted();
 }
 
 }  // namespace pylocalize

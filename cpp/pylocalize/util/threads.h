@@ -23,6 +23,11 @@ void SetInterruptHook(bool (*hook)());
 // Called by long loops on the calling thread; throws Interrupted when the hook says so.
 bool PollInterrupt();
 
+// Call inside a long ParallelFor item (e.g. per tile) so Ctrl-C or an error elsewhere
+// stops it promptly; throws an internal exception that ParallelFor absorbs. Outside a
+// ParallelFor it only polls the hook and throws Interrupted.
+void InterruptPoint();
+
 // Runs fn(i, thread_id) for i in [0, n) on up to num_threads threads (dynamic schedule),
 // re-throwing the first exception on the caller. Thread 0 polls for Ctrl-C between
 // items; once interrupted the remaining items are skipped and Interrupted is thrown.

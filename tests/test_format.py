@@ -1,0 +1,112 @@
+"""The versioned container format: round trips and every kind of broken file."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+
+import pylocalize
+from pylocalize import _core
+
+
+def make_index_file(tmp_path):
+    rng = np.random.default_rng(0)
+    index = pylocalize.BinaryIndex(128)
+    index.add(rng.integers(0, 256, (500, 16), dtype=np.uint8))
+    path = tmp_path / "index.pyloc"
+    index.save(path)
+    return path
+
+
+def test_container_round_trip(tmp_path):
+    sections = {
+        "a": np.arange(10, dtype=np.float32).reshape(2, 5),
+        "b": np.array([1, -2, 3], dtype=np.int64),
+        "empty": np.zeros((0, 4), dtype=np.uint8),
+    }
+    path = tmp_path / "c.pyloc"
+    _core.write_container(str(path), "Thing", {"n": 3, "neg": -7}, sections)
+    for source in (str(path), _core.write_container(None, "Thing", {"n": 3, "neg": -7}, sections)):
+        for mmap in (False, True):
+            tag, version, meta, got = _core.read_container(source, mmap=mmap)
+            assert tag == "Thing" and version == (1, 0) and meta == {"n": 3, "neg": -7}
+            for name, arr in sections.items():
+                assert got[name].dtype == arr.dtype and got[name].shape == arr.shape
+                np.testing.assert_array_equal(got[name], arr)
+                assert not got[name].flags.writeable
+                if mmap and isinstance(source, str) and arr.size:  # mapped sections feed SIMD loads
+                    assert got[name].ctypes.data % 64 == 0
+
+
+def test_crc_is_standard_crc32(tmp_path):
+    path = make_index_file(tmp_path)
+    data = path.read_bytes()
+    assert data[:6] == b"PYLOC\x00"
+    (header_crc,) = struct.unpack_from("<I", data, 60)
+    assert header_crc == zlib.crc32(data[:60])
+
+
+def test_truncated_file(tmp_path):
+    path = make_index_file(tmp_path)
+    data = path.read_bytes()
+    for size in (0, 10, 63, 64, 200, len(data) - 1):
+        path.write_bytes(data[:size])
+        with pytest.raises(pylocalize.FormatError):
+            pylocalize.BinaryIndex.load(path)
+        with pytest.raises(pylocalize.FormatError):
+            pylocalize.BinaryIndex.load(path, mmap=True)
+
+
+def test_bit_flips_anywhere_are_detected(tmp_path):
+    path = make_index_file(tmp_path)
+    data = bytearray(path.read_bytes())
+    rng = np.random.default_rng(1)
+    for pos in list(range(0, 64, 7)) + rng.integers(64, len(data), 40).tolist():
+        flipped = bytearray(data)
+        flipped[pos] ^= 1 << int(rng.integers(0, 8))
+        path.write_bytes(bytes(flipped))
+        try:
+            index = pylocalize.BinaryIndex.load(path)
+        except pylocalize.FormatError:
+            continue
+        # Only alignment padding between sections carries no meaning.
+        np.testing.assert_array_equal(index.codes(), pylocalize.BinaryIndex.deserialize(np.frombuffer(bytes(data), np.uint8)).codes())
+
+
+def test_wrong_magic_and_not_a_file(tmp_path):
+    path = make_index_file(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[0:5] = b"NOTPY"
+    path.write_bytes(bytes(data))
+    with pytest.raises(pylocalize.FormatError, match="magic"):
+        pylocalize.BinaryIndex.load(path)
+    with pytest.raises(ValueError, match="cannot open"):
+        pylocalize.BinaryIndex.load(tmp_path / "missing.pyloc")
+    assert issubclass(pylocalize.FormatError, ValueError)
+
+
+def test_newer_major_version_is_refused(tmp_path):
+    path = make_index_file(tmp_path)
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<H", data, 6, 2)
+    struct.pack_into("<I", data, 60, zlib.crc32(bytes(data[:60])))
+    path.write_bytes(bytes(data))
+    with pytest.raises(pylocalize.FormatError, match="newer.*upgrade"):
+        pylocalize.BinaryIndex.load(path)
+
+
+def test_deserialize_garbage():
+    with pytest.raises(pylocalize.FormatError):
+        pylocalize.BinaryIndex.deserialize(np.zeros(100, np.uint8))
+    with pytest.raises(pylocalize.FormatError):
+        pylocalize.MultiBitIndex.deserialize(np.frombuffer(b"PYLOC\x00" + b"\x00" * 80, np.uint8))
+
+
+def test_atomic_write_leaves_no_temp(tmp_path):
+    path = make_index_file(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    with pytest.raises(ValueError, match="cannot write"):
+        pylocalize.BinaryIndex(64).save(tmp_path / "no" / "such" / "dir.pyloc")

@@ -1,0 +1,185 @@
+"""binarize and MultiBitIndex (SDC) against independent numpy references."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+import pylocalize
+from conftest import brute_knn
+
+
+def numpy_binarize(x: np.ndarray, u: int) -> np.ndarray:
+    """Reference recurrent binarization, written from the definition."""
+    alpha = np.abs(x.astype(np.float64)).mean(1, keepdims=True)
+    residual = x.astype(np.float64).copy()
+    planes = []
+    for p in range(u):
+        bit = residual >= 0
+        planes.append(np.packbits(bit, axis=1, bitorder="little"))
+        residual -= np.where(bit, 1.0, -1.0) * alpha * 2.0 ** -p
+    return np.concatenate(planes, axis=1)
+
+
+def sdc_scores(cq, cx, dim, u, full=True):
+    """sum over plane pairs of 2^-(i+j) <s_qi, s_xj> with s = 2b - 1."""
+    pb = (dim + 7) // 8
+    sq = [2.0 * pylocalize.unpack_bits(np.ascontiguousarray(cq[:, p * pb:(p + 1) * pb]), dim) - 1 for p in range(u)]
+    sx = [2.0 * pylocalize.unpack_bits(np.ascontiguousarray(cx[:, p * pb:(p + 1) * pb]), dim) - 1 for p in range(u)]
+    out = np.zeros((len(cq), len(cx)))
+    for i in range(u):
+        for j in range(u):
+            if full or i + j <= u - 1:
+                out += 2.0 ** -(i + j) * (sq[i] @ sx[j].T)
+    return out
+
+
+@pytest.mark.parametrize("dim", [5, 64, 100, 128])
+@pytest.mark.parametrize("u", [1, 2, 3, 4])
+def test_binarize_matches_reference(dim, u):
+    rng = np.random.default_rng(dim * 10 + u)
+    x = rng.standard_normal((300, dim)).astype(np.float32)
+    codes = pylocalize.binarize(x, u)
+    assert codes.shape == (300, u * ((dim + 7) // 8)) and codes.dtype == np.uint8
+    ref = numpy_binarize(x, u)
+    # float32 vs float64 residuals may differ on values within rounding of zero
+    assert (codes != ref).mean() < 1e-3
+    # plane 0 is exactly the sign
+    pb = (dim + 7) // 8
+    np.testing.assert_array_equal(codes[:, :pb], np.packbits(x >= 0, axis=1, bitorder="little"))
+
+
+def test_more_bits_reconstruct_better():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((500, 96)).astype(np.float32)
+    alpha = np.abs(x).mean(1, keepdims=True)
+    errors = [np.linalg.norm(pylocalize.reconstruct(pylocalize.binarize(x, u), 96, u) * alpha - x)
+              for u in (1, 2, 3, 4)]
+    assert errors == sorted(errors, reverse=True)
+
+
+@pytest.mark.parametrize("dim", [16, 100, 128, 256])
+@pytest.mark.parametrize("u", [1, 2, 3, 4])
+@pytest.mark.parametrize("sdc", ["full", "truncated"])
+def test_sdc_search_matches_numpy(dim, u, sdc, simd_level):
+    rng = np.random.default_rng(dim + u)
+    x = rng.standard_normal((700, dim)).astype(np.float32)
+    q = rng.standard_normal((9, dim)).astype(np.float32)
+    cx, cq = pylocalize.binarize(x, u), pylocalize.binarize(q, u)
+    index = pylocalize.MultiBitIndex(dim, u)
+    index.add(cx)
+    scores, ids = index.search(cq, 15, sdc=sdc)
+    ref = sdc_scores(cq, cx, dim, u, full=(sdc == "full"))
+    rs, ri = brute_knn(ref, np.arange(700), 15, largest=True)
+    np.testing.assert_array_equal(ids, ri)
+    np.testing.assert_allclose(scores, rs, rtol=1e-5, atol=1e-3)
+    if sdc == "full":  # the score is the inner product of the reconstructions
+        rec = pylocalize.reconstruct(cq, dim, u) @ pylocalize.reconstruct(cx, dim, u).T
+        np.testing.assert_allclose(scores, np.take_along_axis(rec, ids, 1), rtol=1e-5, atol=1e-3)
+
+
+def test_sdc_parallel_and_padding(num_threads):
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((30_000, 64)).astype(np.float32)
+    cx = pylocalize.binarize(x, 2)
+    index = pylocalize.MultiBitIndex(64, 2)
+    index.add(cx, np.arange(30_000, dtype=np.int64)[::-1].copy())
+    s, i = index.search(cx[:2], 20)
+    rs, ri = brute_knn(sdc_scores(cx[:2], cx, 64, 2), np.arange(30_000)[::-1], 20, largest=True)
+    np.testing.assert_array_equal(i, ri)
+    small = pylocalize.MultiBitIndex(64, 2)
+    small.add(cx[:3])
+    s, i = small.search(cx[:1], 5)
+    assert i[0, 3:].tolist() == [-1, -1] and np.isneginf(s[0, 3:]).all()
+
+
+def structured(rng, n, dim=64, clusters=50):
+    centers = rng.standard_normal((clusters, dim)) * 2
+    mix = rng.standard_normal((dim, dim)) * (0.7 ** np.arange(dim) / 4 + 0.05)
+    x = centers[rng.integers(0, clusters, n)] + rng.standard_normal((n, dim)) @ mix
+    return x.astype(np.float32)
+
+
+def recall_at(ids, truth):
+    return np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(ids, truth)])
+
+
+def test_more_bits_retrieve_better_and_rerank_is_exact():
+    rng = np.random.default_rng(12)
+    x = structured(rng, 5000)
+    q = structured(np.random.default_rng(13), 50)
+    truth = np.argsort(-(q @ x.T), axis=1, kind="stable")[:, :10]
+    recalls = []
+    for u in (1, 2, 4):
+        index = pylocalize.MultiBitIndex(64, u)
+        index.add(pylocalize.binarize(x, u))
+        recalls.append(recall_at(index.search(pylocalize.binarize(q, u), 10)[1], truth))
+    assert recalls[0] < recalls[1] < recalls[2]
+    index = pylocalize.MultiBitIndex(64, 2)
+    index.add(pylocalize.binarize(x, 2), vectors=x)
+    s, i = index.search(pylocalize.binarize(q, 2), 10, query_vectors=q, rerank=5000)
+    ip = q @ x.T
+    rs, ri = brute_knn(ip, np.arange(5000), 10, largest=True)
+    np.testing.assert_array_equal(i, ri)
+    np.testing.assert_allclose(s, rs, rtol=1e-5)
+    s2, i2 = index.search(pylocalize.binarize(q, 2), 10, query_vectors=q, rerank=200)
+    assert recall_at(i2, truth) > recalls[1]
+    np.testing.assert_allclose(s2, np.take_along_axis(ip, i2, 1), rtol=1e-5)
+
+
+def test_multibit_persistence(tmp_path):
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((400, 40)).astype(np.float32)
+    codes = pylocalize.binarize(x, 3)
+    index = pylocalize.MultiBitIndex(40, 3)
+    index.add(codes, np.arange(1000, 1400, dtype=np.int64), vectors=x)
+    qc = codes[:7]
+    expected = index.search(qc, 5, query_vectors=x[:7], rerank=50)
+    path = tmp_path / "mb.pyloc"
+    index.save(path)
+    for loaded in (pylocalize.MultiBitIndex.load(path), pylocalize.MultiBitIndex.load(path, mmap=True),
+                   pickle.loads(pickle.dumps(index))):
+        assert (loaded.dim, loaded.bits_per_dim, loaded.ntotal, loaded.has_vectors) == (40, 3, 400, True)
+        got = loaded.search(qc, 5, query_vectors=x[:7], rerank=50)
+        np.testing.assert_array_equal(got[1], expected[1])
+        np.testing.assert_allclose(got[0], expected[0])
+    loaded = pylocalize.MultiBitIndex.load(path, mmap=True)
+    loaded.add(codes[:1], vectors=x[:1])  # copy-on-write from the mapping
+    assert loaded.ntotal == 401 and pylocalize.MultiBitIndex.load(path).ntotal == 400
+    with pytest.raises(pylocalize.FormatError, match="not a BinaryIndex"):
+        pylocalize.BinaryIndex.load(path)
+
+
+def test_multibit_errors():
+    rng = np.random.default_rng(15)
+    x = rng.standard_normal((10, 32)).astype(np.float32)
+    codes = pylocalize.binarize(x, 2)
+    for u in (0, 5):
+        with pytest.raises(ValueError, match="1..4"):
+            pylocalize.MultiBitIndex(32, u)
+        with pytest.raises(ValueError, match="1..4"):
+            pylocalize.binarize(x, u)
+    bad = x.copy()
+    bad[3, 4] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        pylocalize.binarize(bad, 2)
+    with pytest.raises(ValueError, match="astype"):
+        pylocalize.binarize(x.astype(np.float64), 2)
+    index = pylocalize.MultiBitIndex(32, 2)
+    with pytest.raises(ValueError, match="8 columns"):
+        index.add(pylocalize.binarize(x, 1))
+    index.add(codes)
+    with pytest.raises(ValueError, match="vectors"):
+        index.add(codes, vectors=x)
+    with pytest.raises(ValueError, match="rerank needs float vectors"):
+        index.search(codes, 3, query_vectors=x, rerank=5)
+    with pytest.raises(ValueError, match="sdc must be"):
+        index.search(codes, 3, sdc="approx")
+    with_vectors = pylocalize.MultiBitIndex(32, 2)
+    with_vectors.add(codes, vectors=x)
+    with pytest.raises(ValueError, match="query_vectors"):
+        with_vectors.search(codes, 3, rerank=5)
+    with pytest.raises(ValueError, match="pass vectors="):
+        with_vectors.add(codes)
