@@ -8,7 +8,7 @@ Multi-bit codes (``bits_per_dim = u``) are ``u`` bit planes, plane-major, each p
 left by the planes before it (recurrent binarization, "Binary Embedding-based Retrieval
 at Tencent", Gan et al., KDD 2023). The reconstruction, up to a per-vector scale, is
 ``sum_p 2**-p * (2 * b_p - 1)``; :class:`pylocalize.MultiBitIndex` scores pairs of codes
-by the inner product of their reconstructions (symmetric distance calculation).
+by the cosine of their reconstructions (symmetric distance calculation).
 """
 
 from __future__ import annotations
@@ -92,8 +92,8 @@ def binarize(x: np.ndarray, bits_per_dim: int) -> np.ndarray:
 def reconstruct(codes: np.ndarray, dim: int, bits_per_dim: int) -> np.ndarray:
     """Decodes multi-bit codes to their unit-scale reconstructions ``float32 (n, dim)``.
 
-    The inner product of two reconstructions is the SDC score
-    :class:`pylocalize.MultiBitIndex` ranks by.
+    The cosine of two reconstructions is the SDC score :class:`pylocalize.MultiBitIndex`
+    ranks by.
     """
     codes = np.asarray(codes)
     plane_bytes = (int(dim) + 7) // 8

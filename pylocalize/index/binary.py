@@ -170,9 +170,10 @@ class MultiBitIndex:
 
     Codes come from :func:`pylocalize.binarize` (or any encoder writing the same layout):
     ``bits_per_dim`` bit planes of ``ceil(dim/8)`` bytes each. A pair of codes is scored
-    by the inner product of their reconstructions,
-    ``sum_{i,j} 2**-(i+j) * (dim - 2 * popcount(q_i ^ x_j))``, computed with SIMD popcounts
-    over bit-plane pairs. Optionally keeps the float vectors to re-rank the best SDC
+    by the cosine of their reconstructions: the inner product
+    ``sum_{i,j} 2**-(i+j) * (dim - 2 * popcount(q_i ^ x_j))`` from SIMD popcounts over
+    bit-plane pairs, times each code's precomputed inverse reconstruction norm (codes carry
+    no scale, and without it the ranking would follow the reconstruction norm). Optionally keeps the float vectors to re-rank the best SDC
     candidates by exact inner product; after :meth:`load` those stay memory-mapped.
 
     Parameters
@@ -235,7 +236,7 @@ class MultiBitIndex:
         Returns
         -------
         scores : numpy.ndarray of float32, shape (nq, k)
-            SDC inner products (or exact ones when re-ranking); ``-inf`` in padded slots.
+            SDC cosines (or exact inner products when re-ranking); ``-inf`` in padded slots.
         ids : numpy.ndarray of int64, shape (nq, k)
             Ties to the smaller id; ``-1`` in padded slots.
         """

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <climits>
+#include <cmath>
+#include <limits>
 #include <cstring>
 #include <utility>
 
@@ -92,17 +94,28 @@ int64_t ChunkBlocks(int64_t words, int64_t nq) {
   return cb / 8 * 8;  // a mask word covers 8 blocks
 }
 
+template <typename D>
 struct TileBuffers {
-  std::vector<int32_t> dist;
+  std::vector<D> dist;
   std::vector<uint8_t> mask;
 };
+
+// Points the kernel's threshold and distance slots of type D at the buffers.
+inline void SetSlots(ScanArgs* a, const int32_t* thr, int32_t* dist) {
+  a->thresholds = thr;
+  a->dist = dist;
+}
+inline void SetSlots(ScanArgs* a, const float* thr, float* dist) {
+  a->fthresholds = thr;
+  a->fdist = dist;
+}
 
 // Scans queries [q0, q1) against blocks [b0, b1), calling visit(q, pos, dist) for each
 // code whose distance is below threshold(q) at the time its tile was scanned; threshold
 // values are refreshed by `refresh(q)` after each tile.
-template <class Threshold, class Visit>
+template <typename D, class Threshold, class Visit>
 void ScanTiles(const ScanSource& src, const uint64_t* queries, int64_t query_stride, int64_t q0,
-               int64_t q1, int64_t b0, int64_t b1, TileBuffers* buf, Threshold threshold,
+               int64_t q1, int64_t b0, int64_t b1, TileBuffers<D>* buf, Threshold threshold,
                Visit visit) {
   const CodeStore& store = *src.store;
   const int64_t words = store.words_per_code();
@@ -111,7 +124,7 @@ void ScanTiles(const ScanSource& src, const uint64_t* queries, int64_t query_str
   const int64_t mld = cb;  // one mask byte per block; cb is a multiple of 8
   buf->dist.resize(static_cast<size_t>(kQueryGroup * ld));
   buf->mask.resize(static_cast<size_t>(kQueryGroup * mld));
-  int32_t thr[kQueryGroup];
+  D thr[kQueryGroup];
   const int64_t n = store.size();
   for (int64_t c = b0; c < b1; c += cb) {
     InterruptPoint();
@@ -126,16 +139,18 @@ void ScanTiles(const ScanSource& src, const uint64_t* queries, int64_t query_str
       a.blocks = store.blocks() + c * words * kBlock;
       a.nblocks = nb;
       a.words_per_code = words;
-      a.thresholds = thr;
-      a.dist = buf->dist.data();
+      SetSlots(&a, thr, buf->dist.data());
       a.ld = ld;
       a.mask = buf->mask.data();
       a.mld = mld;
+      a.scales = src.scales != nullptr ? src.scales + c * kBlock : nullptr;
+      a.sdc_a = src.sdc_a;
+      a.sdc_b = src.sdc_b;
       src.kernel(a, src.context);
       const int64_t nmask = (nb + 7) / 8;
       for (int64_t j = 0; j < ng; ++j) {
         uint8_t* m = a.mask + j * mld;
-        const int32_t* d = a.dist + j * ld;
+        const D* d = buf->dist.data() + j * ld;
         for (int64_t b = nb; b < nmask * 8; ++b) m[b] = 0;  // tail of a partial chunk
         for (int64_t mw = 0; mw < nmask; ++mw) {
           uint64_t bits;
@@ -157,10 +172,15 @@ inline int64_t IdAt(const ScanSource& src, int64_t pos) {
 }
 
 // Threshold that lets through exactly the candidates that can still enter the heap.
-inline int32_t HeapThreshold(const TopK<int32_t>& h, bool ids_ascending) {
-  if (!h.full()) return INT32_MAX;
-  const int32_t worst = h.Threshold();
-  return ids_ascending ? worst : (worst == INT32_MAX ? worst : worst + 1);
+// (Kernels test distance < threshold; with unordered ids a tie may still win on its id.)
+inline int32_t NextUp(int32_t d) { return d == INT32_MAX ? d : d + 1; }
+inline float NextUp(float d) { return std::nextafter(d, std::numeric_limits<float>::infinity()); }
+
+template <typename D>
+D HeapThreshold(const TopK<D>& h, bool ids_ascending) {
+  if (!h.full()) return std::numeric_limits<D>::max();
+  const D worst = h.Threshold();
+  return ids_ascending ? worst : NextUp(worst);
 }
 
 // Below this many query x code words, threads cost more than they save.
@@ -174,8 +194,9 @@ int EffectiveThreads(int num_threads, int64_t nq, const CodeStore& store) {
 
 }  // namespace
 
+template <typename D>
 void KnnScan(const ScanSource& src, const uint64_t* queries, int64_t nq, int64_t query_stride,
-             int64_t k, int32_t* distances, int64_t* ids, int32_t pad, int num_threads) {
+             int64_t k, D* distances, int64_t* ids, D pad, int num_threads) {
   if (nq <= 0) return;
   const CodeStore& store = *src.store;
   const int64_t nblocks = store.num_blocks();
@@ -186,14 +207,14 @@ void KnnScan(const ScanSource& src, const uint64_t* queries, int64_t nq, int64_t
     const int64_t qch = std::max<int64_t>(
         kQueryGroup, std::min<int64_t>(256, (nq + 2 * threads - 1) / (2 * threads)));
     const int64_t ntasks = (nq + qch - 1) / qch;
-    std::vector<TileBuffers> bufs(static_cast<size_t>(std::max(threads, 1)));
+    std::vector<TileBuffers<D>> bufs(static_cast<size_t>(std::max(threads, 1)));
     ParallelFor(ntasks, threads, [&](int64_t t, int tid) {
       const int64_t q0 = t * qch, q1 = std::min(nq, q0 + qch);
-      std::vector<TopK<int32_t>> heaps(static_cast<size_t>(q1 - q0), TopK<int32_t>(k));
+      std::vector<TopK<D>> heaps(static_cast<size_t>(q1 - q0), TopK<D>(k));
       ScanTiles(
           src, queries, query_stride, q0, q1, 0, nblocks, &bufs[static_cast<size_t>(tid)],
           [&](int64_t q) { return HeapThreshold(heaps[static_cast<size_t>(q - q0)], asc); },
-          [&](int64_t q, int64_t pos, int32_t d) {
+          [&](int64_t q, int64_t pos, D d) {
             heaps[static_cast<size_t>(q - q0)].Push(d, IdAt(src, pos));
           });
       for (int64_t q = q0; q < q1; ++q) {
@@ -206,9 +227,9 @@ void KnnScan(const ScanSource& src, const uint64_t* queries, int64_t nq, int64_t
   // so a single query runs on one core there), then merge the per-thread heaps.
   const int64_t ranges = std::min<int64_t>((nblocks + 7) / 8, 4 * threads);
   const int64_t per = ((nblocks + ranges - 1) / ranges + 7) / 8 * 8;
-  std::vector<std::vector<TopK<int32_t>>> heaps(
-      static_cast<size_t>(threads), std::vector<TopK<int32_t>>(static_cast<size_t>(nq), TopK<int32_t>(k)));
-  std::vector<TileBuffers> bufs(static_cast<size_t>(threads));
+  std::vector<std::vector<TopK<D>>> heaps(
+      static_cast<size_t>(threads), std::vector<TopK<D>>(static_cast<size_t>(nq), TopK<D>(k)));
+  std::vector<TileBuffers<D>> bufs(static_cast<size_t>(threads));
   ParallelFor(ranges, threads, [&](int64_t r, int tid) {
     const int64_t b0 = r * per, b1 = std::min(nblocks, b0 + per);
     if (b0 >= b1) return;
@@ -218,7 +239,7 @@ void KnnScan(const ScanSource& src, const uint64_t* queries, int64_t nq, int64_t
         // A thread may take ranges out of order, so positions (and ids) are not
         // ascending within its heap: let ties through and compare ids in Push.
         [&](int64_t q) { return HeapThreshold(mine[static_cast<size_t>(q)], false); },
-        [&](int64_t q, int64_t pos, int32_t d) { mine[static_cast<size_t>(q)].Push(d, IdAt(src, pos)); });
+        [&](int64_t q, int64_t pos, D d) { mine[static_cast<size_t>(q)].Push(d, IdAt(src, pos)); });
   });
   for (int64_t q = 0; q < nq; ++q) {
     auto& h = heaps[0][static_cast<size_t>(q)];
@@ -226,6 +247,11 @@ void KnnScan(const ScanSource& src, const uint64_t* queries, int64_t nq, int64_t
     h.Extract(distances + q * k, ids + q * k, pad);
   }
 }
+
+template void KnnScan<int32_t>(const ScanSource&, const uint64_t*, int64_t, int64_t, int64_t,
+                               int32_t*, int64_t*, int32_t, int);
+template void KnnScan<float>(const ScanSource&, const uint64_t*, int64_t, int64_t, int64_t, float*,
+                             int64_t*, float, int);
 
 RangeResult RangeScan(const ScanSource& src, const uint64_t* queries, int64_t nq,
                       int64_t query_stride, int32_t radius, int num_threads) {
@@ -245,7 +271,7 @@ RangeResult RangeScan(const ScanSource& src, const uint64_t* queries, int64_t nq
   const int64_t qtasks = (nq + qch - 1) / qch;
   // One hit list per (range, query), concatenated in range order below.
   std::vector<Hits> parts(static_cast<size_t>(ranges * nq));
-  std::vector<TileBuffers> bufs(static_cast<size_t>(std::max(threads, 1)));
+  std::vector<TileBuffers<int32_t>> bufs(static_cast<size_t>(std::max(threads, 1)));
   ParallelFor(qtasks * ranges, threads, [&](int64_t t, int tid) {
     const int64_t r = t % ranges, qt = t / ranges;
     const int64_t q0 = qt * qch, q1 = std::min(nq, q0 + qch);

@@ -49,12 +49,17 @@ struct ScanSource {
   bool ids_ascending;   // ids strictly increase with position: strict thresholds suffice
   TileKernel kernel;
   const void* context;
+  // SDC kernels only (see ScanArgs): per-code scales and the score's affine constants.
+  const float* scales = nullptr;
+  float sdc_a = 0.0f, sdc_b = 0.0f;
 };
 
-// k nearest codes per query by kernel distance, ties to the smaller id; rows of
-// distances/ids padded with (pad, -1). queries: nq rows of query_stride words.
+// k nearest codes per query by kernel distance (D = int32_t for Hamming, float for the
+// SDC keys), ties to the smaller id; rows padded with (pad, -1). queries: nq rows of
+// query_stride words.
+template <typename D>
 void KnnScan(const ScanSource& src, const uint64_t* queries, int64_t nq, int64_t query_stride,
-             int64_t k, int32_t* distances, int64_t* ids, int32_t pad, int num_threads);
+             int64_t k, D* distances, int64_t* ids, D pad, int num_threads);
 
 struct RangeResult {
   std::vector<int64_t> lims;  // nq + 1

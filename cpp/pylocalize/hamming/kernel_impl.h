@@ -4,7 +4,8 @@
 //
 // Ops provides: V (8 lanes of uint64), Zero(), Load(p) (8 words), XorBroadcast(x, q),
 // Popcount(v) (per lane), Add(a, b), ShiftLeft(v, s), LessMask(v, t) -> 8-bit mask of
-// lanes < t, Store32(int32_t* out, v) (the 8 lanes narrowed to int32).
+// lanes < t, Store32(int32_t* out, v) (the 8 lanes narrowed to int32); for SDC, F (8
+// floats), Key(v, scales, a, b) = -(a - b * v) * scales, LessMaskF(f, t), StoreF(out, f).
 #pragma once
 
 #include <cstdint>
@@ -20,6 +21,14 @@ inline void Emit(const ScanArgs& a, int64_t q, int64_t b, typename Ops::V d) {
   const uint64_t m = Ops::LessMask(d, a.thresholds[q]);
   a.mask[q * a.mld + b] = static_cast<uint8_t>(m);
   if (m != 0) Ops::Store32(a.dist + q * a.ld + b * kBlock, d);
+}
+
+template <class Ops>
+inline void EmitKey(const ScanArgs& a, int64_t q, int64_t b, typename Ops::V d) {
+  const typename Ops::F key = Ops::Key(d, a.scales + b * kBlock, a.sdc_a, a.sdc_b);
+  const uint64_t m = Ops::LessMaskF(key, a.fthresholds[q]);
+  a.mask[q * a.mld + b] = static_cast<uint8_t>(m);
+  if (m != 0) Ops::StoreF(a.fdist + q * a.ld + b * kBlock, key);
 }
 
 // W > 0: compile-time words per code; W == 0: run-time a.words_per_code.
@@ -95,7 +104,7 @@ inline void SdcGroup(const ScanArgs& a, int64_t q0) {
       for (int s = 0; s < kLevels - 1; ++s) {
         d = Ops::Add(d, Ops::ShiftLeft(acc[j][s], 2 * (U - 1) - s));
       }
-      Emit<Ops>(a, q0 + j, b, d);
+      EmitKey<Ops>(a, q0 + j, b, d);
     }
   }
 }

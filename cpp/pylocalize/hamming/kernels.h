@@ -33,15 +33,21 @@ struct ScanArgs {
   int64_t ld;
   uint8_t* mask;             // nq rows of mld (>= nblocks) bytes
   int64_t mld;
+  // SDC only: the kernel ranks by the float key -(a - b * S) * scales[code] (smaller is
+  // better) and uses fthresholds / fdist in place of thresholds / dist.
+  const float* scales = nullptr;  // per code of the chunk
+  float sdc_a = 0.0f, sdc_b = 0.0f;
+  const float* fthresholds = nullptr;
+  float* fdist = nullptr;
 };
 
 // Hamming: dist = popcount(q ^ x) over W words.
 using HammingKernel = void (*)(const ScanArgs& args);
 
 // Symmetric distance between multi-bit codes of `bits_per_dim` bit planes of
-// `words_per_plane` words each (plane-major): dist = sum over plane pairs (i, j) kept by
-// the term set of 2^(2(u-1)-i-j) * popcount(q_i ^ x_j). Smaller is a larger inner product
-// of the reconstructions; see multibit.h for the conversion to a score.
+// `words_per_plane` words each (plane-major): S = sum over plane pairs (i, j) kept by
+// the term set of 2^(2(u-1)-i-j) * popcount(q_i ^ x_j), an integer; the kernel emits the
+// float key -(a - b * S) * scales[code] (see multibit.h for a, b and the scales).
 using SdcKernel = void (*)(const ScanArgs& args, int bits_per_dim, bool full_terms);
 
 HammingKernel GetHammingKernel(SimdLevel level);

@@ -43,12 +43,27 @@ struct AVX2Ops {
     const int hi = _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(tv, d.hi)));
     return static_cast<uint64_t>(lo | (hi << 4));
   }
-  static void Store32(int32_t* out, V d) {
+  // The 8 lanes narrowed to int32 (values are < 2^31).
+  static __m256i Pack32(V d) {
     const __m256i idx = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
     const __m256i lo = _mm256_permutevar8x32_epi32(d.lo, idx);
     const __m256i hi = _mm256_permutevar8x32_epi32(d.hi, idx);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_permute2x128_si256(lo, hi, 0x20));
+    return _mm256_permute2x128_si256(lo, hi, 0x20);
   }
+  static void Store32(int32_t* out, V d) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), Pack32(d));
+  }
+  using F = __m256;
+  static F Key(V d, const float* scales, float a, float b) {
+    const __m256 df = _mm256_cvtepi32_ps(Pack32(d));
+    const __m256 sim = _mm256_fnmadd_ps(_mm256_set1_ps(b), df, _mm256_set1_ps(a));
+    return _mm256_mul_ps(_mm256_sub_ps(_mm256_setzero_ps(), sim), _mm256_loadu_ps(scales));
+  }
+  static uint64_t LessMaskF(F f, float t) {
+    return static_cast<uint64_t>(
+        _mm256_movemask_ps(_mm256_cmp_ps(f, _mm256_set1_ps(t), _CMP_LT_OQ)));
+  }
+  static void StoreF(float* out, F f) { _mm256_storeu_ps(out, f); }
 };
 
 }  // namespace

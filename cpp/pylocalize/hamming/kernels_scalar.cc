@@ -51,6 +51,22 @@ struct ScalarOps {
   static void Store32(int32_t* out, const V& d) {
     for (int i = 0; i < kBlock; ++i) out[i] = static_cast<int32_t>(d.l[i]);
   }
+  struct F {
+    float l[kBlock];
+  };
+  static F Key(const V& d, const float* scales, float a, float b) {
+    F f;
+    for (int i = 0; i < kBlock; ++i) {
+      f.l[i] = -((a - b * static_cast<float>(d.l[i])) * scales[i]);
+    }
+    return f;
+  }
+  static uint64_t LessMaskF(const F& f, float t) {
+    uint64_t m = 0;
+    for (int i = 0; i < kBlock; ++i) m |= static_cast<uint64_t>(f.l[i] < t) << i;
+    return m;
+  }
+  static void StoreF(float* out, const F& f) { std::memcpy(out, f.l, sizeof(f.l)); }
 };
 
 }  // namespace

@@ -88,6 +88,33 @@ void MultiBitIndex::ToWords(const uint8_t* codes, int64_t n, std::vector<uint64_
   }
 }
 
+double MultiBitIndex::ReconstructionNorm(const uint64_t* row) const {
+  // |x_hat|^2 = sum_{p,q} 2^-(p+q) <s_p, s_q> with <s_p, s_q> = dim - 2 |x_p ^ x_q|.
+  double sq = 0.0;
+  for (int p = 0; p < bits_; ++p) {
+    for (int q = 0; q < bits_; ++q) {
+      int64_t diff = 0;
+      for (int64_t w = 0; w < words_per_plane_; ++w) {
+        diff += __builtin_popcountll(row[p * words_per_plane_ + w] ^ row[q * words_per_plane_ + w]);
+      }
+      sq += std::ldexp(static_cast<double>(dim_ - 2 * diff), -(p + q));
+    }
+  }
+  return std::sqrt(std::max(sq, 0.0));
+}
+
+void MultiBitIndex::ExtendInvNorms(int64_t first) {
+  const int64_t n = store_.size();
+  inv_norms_.resize(static_cast<size_t>(first));
+  inv_norms_.resize(static_cast<size_t>(store_.num_blocks() * hamming::kBlock), 0.0f);
+  std::vector<uint64_t> row(static_cast<size_t>(store_.words_per_code()));
+  for (int64_t i = first; i < n; ++i) {
+    store_.GetRow(i, row.data());
+    const double norm = ReconstructionNorm(row.data());
+    inv_norms_[static_cast<size_t>(i)] = norm > 0.0 ? static_cast<float>(1.0 / norm) : 0.0f;
+  }
+}
+
 void MultiBitIndex::Add(const uint8_t* codes, int64_t n, const int64_t* ids, const float* vectors) {
   if (n <= 0) return;
   std::vector<uint64_t> words;
@@ -119,6 +146,7 @@ void MultiBitIndex::Add(const uint8_t* codes, int64_t n, const int64_t* ids, con
     vectors_ = vectors_owned_.data();
   }
   store_.Append(words.data(), n);
+  ExtendInvNorms(n0);
 }
 
 void MultiBitIndex::Search(const uint8_t* query_codes, int64_t nq, int64_t k, bool full_terms,
@@ -135,26 +163,33 @@ void MultiBitIndex::Search(const uint8_t* query_codes, int64_t nq, int64_t k, bo
             "rerank needs the float query vectors: pass query_vectors=");
   const SdcContext ctx{hamming::GetSdcKernel(ActiveSimdLevel()), bits_, full_terms || bits_ == 1};
   const bool reranking = rerank > 0;
-  const hamming::ScanSource src{&store_, reranking ? nullptr : ids_,
-                                reranking ? true : ids_ascending_, &SdcTile, &ctx};
-  const int64_t kc = reranking ? std::max(rerank, k) : k;
-  std::vector<int32_t> dist(static_cast<size_t>(nq * kc));
-  std::vector<int64_t> cand(static_cast<size_t>(nq * kc));
-  hamming::KnnScan(src, qwords.data(), nq, bits_ * words_per_plane_, kc, dist.data(), cand.data(),
-                   INT32_MAX, GetNumThreads());
-  const float neg_inf = -std::numeric_limits<float>::infinity();
-  if (!reranking) {
-    // score = sum over kept pairs of 2^-(i+j) (dim - 2 |q_i ^ x_j|) = A - B * dist.
-    double a = 0.0;
-    for (int i = 0; i < bits_; ++i) {
-      for (int j = 0; j < bits_; ++j) {
-        if (ctx.full || i + j <= bits_ - 1) a += std::ldexp(static_cast<double>(dim_), -(i + j));
-      }
+  hamming::ScanSource src{&store_, reranking ? nullptr : ids_,
+                          reranking ? true : ids_ascending_, &SdcTile, &ctx};
+  // <q_hat, x_hat> over the kept pairs = sum 2^-(i+j) (dim - 2 |q_i ^ x_j|) = A - B * S,
+  // where S is the kernel's integer sum with weights 2^(2(u-1)-i-j).
+  double a = 0.0;
+  for (int i = 0; i < bits_; ++i) {
+    for (int j = 0; j < bits_; ++j) {
+      if (ctx.full || i + j <= bits_ - 1) a += std::ldexp(static_cast<double>(dim_), -(i + j));
     }
-    const double b = std::ldexp(1.0, 1 - 2 * (bits_ - 1));
-    for (int64_t i = 0; i < nq * k; ++i) {
-      ids[i] = cand[static_cast<size_t>(i)];
-      scores[i] = ids[i] < 0 ? neg_inf : static_cast<float>(a - b * dist[static_cast<size_t>(i)]);
+  }
+  src.scales = inv_norms_.data();
+  src.sdc_a = static_cast<float>(a);
+  src.sdc_b = static_cast<float>(std::ldexp(1.0, 1 - 2 * (bits_ - 1)));
+  const int64_t kc = reranking ? std::max(rerank, k) : k;
+  const float inf = std::numeric_limits<float>::infinity();
+  std::vector<float> keys(static_cast<size_t>(nq * kc));
+  std::vector<int64_t> cand(static_cast<size_t>(nq * kc));
+  hamming::KnnScan<float>(src, qwords.data(), nq, bits_ * words_per_plane_, kc, keys.data(),
+                          cand.data(), inf, GetNumThreads());
+  if (!reranking) {
+    for (int64_t q = 0; q < nq; ++q) {
+      const double qn = ReconstructionNorm(qwords.data() + q * bits_ * words_per_plane_);
+      const float inv_q = qn > 0.0 ? static_cast<float>(1.0 / qn) : 0.0f;
+      for (int64_t i = q * k; i < (q + 1) * k; ++i) {
+        ids[i] = cand[static_cast<size_t>(i)];
+        scores[i] = ids[i] < 0 ? -inf : -keys[static_cast<size_t>(i)] * inv_q;
+      }
     }
     return;
   }
@@ -177,6 +212,7 @@ void MultiBitIndex::Search(const uint8_t* query_codes, int64_t nq, int64_t k, bo
 void MultiBitIndex::Reset() {
   std::unique_lock<std::shared_mutex> lock(mutex_);
   store_.Clear();
+  inv_norms_.clear();
   ids_owned_.clear();
   vectors_owned_.clear();
   owner_.reset();
@@ -237,6 +273,7 @@ std::unique_ptr<MultiBitIndex> MultiBitIndex::FromContainer(const Container& c, 
     }
     index->store_.Append(rows.data(), n);
   }
+  index->ExtendInvNorms(0);
   // ids and vectors are read from the mapping in place; they are copied on the first add.
   index->owner_ = c.owner();
   index->ids_ = reinterpret_cast<const int64_t*>(ids.data);

@@ -7,10 +7,14 @@
 // Plane 0 is the sign (1 = x >= 0); plane p > 0 is the sign of the residual left by the
 // planes before it. The reconstruction, up to a per-vector scale, is
 //   x_hat = sum_p 2^-p * (2 b_p - 1).
-// SDC scores a pair of codes by <q_hat, x_hat> = sum_{i,j} 2^-(i+j) (dim - 2 |q_i ^ x_j|),
-// i.e. u^2 popcounts of plane pairs run by the kernels of kernels.h. "Truncated" SDC keeps
-// only the pairs with i + j <= u - 1 (the products of two residuals are dropped): 3 of 4
-// popcounts at 2 bits/dim, for a small loss of accuracy.
+// SDC scores a pair of codes by the cosine of their reconstructions,
+//   <q_hat, x_hat> / (|q_hat| |x_hat|),  <q_hat, x_hat> = sum_{i,j} 2^-(i+j) (dim - 2 |q_i ^ x_j|),
+// i.e. u^2 popcounts of plane pairs run by the kernels of kernels.h, then one multiply by
+// the code's precomputed 1 / |x_hat|. Codes carry no scale, and the reconstruction norm
+// varies from code to code (it grows with the number of large coordinates), so the raw
+// inner product would rank by that norm; normalising makes SDC rank like cosine, which is
+// what binarized (unit) embeddings approximate. "Truncated" SDC keeps only the pairs with
+// i + j <= u - 1 (products of two residuals dropped): 3 of 4 popcounts at 2 bits/dim.
 //
 // Optional float vectors ride along for exact inner-product re-ranking of the SDC
 // candidates; after Load they stay memory-mapped, so only the codes need RAM.
@@ -43,8 +47,8 @@ class MultiBitIndex {
 
   // vectors: n x dim float32 kept for re-ranking, or nullptr. Every add must agree.
   void Add(const uint8_t* codes, int64_t n, const int64_t* ids, const float* vectors);
-  // scores: SDC inner products of the reconstructions (or exact inner products of the
-  // float vectors when rerank > 0), best (largest) first, ties to the smaller id,
+  // scores: SDC cosines of the reconstructions (or exact inner products of the float
+  // vectors when rerank > 0), best (largest) first, ties to the smaller id,
   // padded with (-inf, -1). rerank > 0 takes the max(rerank, k) SDC candidates and
   // re-ranks them by <query_vectors[q], vectors[i]>.
   void Search(const uint8_t* query_codes, int64_t nq, int64_t k, bool full_terms,
@@ -60,12 +64,17 @@ class MultiBitIndex {
  private:
   void ToWords(const uint8_t* codes, int64_t n, std::vector<uint64_t>* words) const;
   ContainerWriter Writer() const;
+  // |x_hat| of a code given as u planes of words_per_plane_ words.
+  double ReconstructionNorm(const uint64_t* row) const;
+  // Appends 1 / |x_hat| of codes [first, store_.size()) to inv_norms_ (block padded).
+  void ExtendInvNorms(int64_t first);
   static std::unique_ptr<MultiBitIndex> FromContainer(const Container& c, bool borrow_codes);
 
   int64_t dim_;
   int bits_;
   int64_t words_per_plane_;
   hamming::CodeStore store_;
+  std::vector<float> inv_norms_;  // derived from the codes, never stored in files
   std::vector<int64_t> ids_owned_;
   const int64_t* ids_ = nullptr;
   bool ids_ascending_ = true;

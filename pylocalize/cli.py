@@ -1,0 +1,74 @@
+"""The ``pylocalize`` command line: ``info``, ``demo``, ``bench``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import pylocalize
+
+
+def _info(args) -> int:
+    from pylocalize import _core
+
+    print(f"pylocalize {pylocalize.__version__}")
+    print(f"simd: {pylocalize.simd_level()} (detected {pylocalize.detected_simd_level()}; "
+          f"supported {', '.join(pylocalize.supported_simd_levels())})")
+    print(f"threads: {pylocalize.get_num_threads()} of {_core.num_cores()} cores"
+          f" (OpenMP {'on' if _core.has_openmp() else 'off'})")
+    print(f"cuda: {'yes' if pylocalize.has_cuda() else 'no'}")
+    return 0
+
+
+def _demo(args) -> int:
+    from pylocalize.demo import run_demo
+
+    summary = run_demo(args.out, nb=args.nb, nq=args.nq, seed=args.seed)
+    print(f"\n{summary['nb']:,} database vectors, {summary['nq']} queries, {summary['dim']}-d, "
+          f"SIMD {summary['simd']}, {summary['threads']} threads")
+    print(f"{'method':40s} {'bits':>5s} {'recall@10':>10s} {'QPS':>10s}")
+    for r in summary["results"]:
+        print(f"{r['method']:40s} {r['bits']:5d} {r['recall@10']:10.3f} {r['qps']:10.0f}")
+    print(f"\nfigure, results and index written to {args.out}/")
+    return 0
+
+
+def _bench(args) -> int:
+    if args.topic == "binary":
+        from pylocalize.bench.binary import main as bench_main
+
+        return bench_main(["--small"] + list(args.rest))
+    raise SystemExit(f"unknown benchmark {args.topic!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pylocalize", description=__doc__)
+    parser.add_argument("--threads", type=int, default=None, help="threads for the core (-1 = all)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="version, SIMD level, threads, CUDA")
+    p.set_defaults(func=_info)
+
+    p = sub.add_parser("demo", help="run the main job on built-in generated data")
+    p.add_argument("--out", default="pylocalize_demo", help="output folder (default: %(default)s)")
+    p.add_argument("--nb", type=int, default=200_000, help="database size")
+    p.add_argument("--nq", type=int, default=1000, help="number of queries")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("bench", help="run a benchmark at a small size (full runs: benchmarks/)")
+    p.add_argument("topic", choices=["binary"])
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="extra flags for the benchmark")
+    p.set_defaults(func=_bench)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads is not None:
+        pylocalize.set_num_threads(args.threads)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
