@@ -29,18 +29,20 @@ print(pylocalize.simd_level())
 
 
 @pytest.mark.parametrize("level", SIMD_LEVELS)
-def test_env_forces_simd_level(level):
+def test_env_forces_simd_level(level, tmp_path):
+    # cwd away from the checkout, so the installed package is imported, not the sources
     env = dict(os.environ, PYLOCALIZE_SIMD=level)
-    out = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == level
 
 
-def test_env_bad_value_warns():
+def test_env_bad_value_warns(tmp_path):
     env = dict(os.environ, PYLOCALIZE_SIMD="sse9")
     code = "import warnings, pylocalize; print(pylocalize.simd_level())"
     out = subprocess.run([sys.executable, "-W", "always", "-c", code], env=env, capture_output=True,
-                         text=True, timeout=300)
+                         text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0
     assert "not a SIMD level" in out.stderr
     assert out.stdout.strip().splitlines()[-1] == pylocalize.detected_simd_level()

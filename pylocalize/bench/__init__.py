@@ -1,0 +1,1 @@
+"""Benchmarks against the strongest installed peers; ``benchmarks/`` holds the runners and figures."""
