@@ -177,23 +177,13 @@ std::unique_ptr<BinaryIndex> BinaryIndex::FromContainer(const Container& c, bool
     index->ids_ = iptr;
     index->ids_owner_ = c.owner();
   } else {
-    std::vector<uint64_t> rows(static_cast<size_t>(n * words));
-    for (int64_t i = 0; i < n; ++i) {
-      const uint64_t* blk = bptr + (i / 8) * words * 8 + i % 8;
-      for (int64_t w = 0; w < words; ++w) rows[static_cast<size_t>(i * words + w)] = blk[w * 8];
-    }
-    index->store_.Append(rows.data(), n);
+    index->store_.AssignBlocks(bptr, n);
     index->ids_owned_.assign(iptr, iptr + n);
     index->ids_ = index->ids_owned_.data();
   }
   index->next_id_ = c.Meta("next_id");
   // Derived from the ids rather than trusted from the file: it decides tie handling.
-  for (int64_t i = 1; i < n; ++i) {
-    if (index->ids_[i] <= index->ids_[i - 1]) {
-      index->ids_ascending_ = false;
-      break;
-    }
-  }
+  index->ids_ascending_ = hamming::IdsAscending(index->ids_, n);
   return index;
 }
 

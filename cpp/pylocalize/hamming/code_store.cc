@@ -71,6 +71,20 @@ void CodeStore::Clear() {
   n_ = 0;
 }
 
+void CodeStore::AssignBlocks(const uint64_t* blocks, int64_t n) {
+  owner_.reset();
+  n_ = n;
+  owned_.assign(blocks, blocks + num_words());
+  data_ = owned_.data();
+}
+
+bool IdsAscending(const int64_t* ids, int64_t n) {
+  for (int64_t i = 1; i < n; ++i) {
+    if (ids[i] <= ids[i - 1]) return false;
+  }
+  return true;
+}
+
 void CodeStore::Borrow(const uint64_t* blocks, int64_t n, std::shared_ptr<const void> owner) {
   owned_.clear();
   owner_ = std::move(owner);

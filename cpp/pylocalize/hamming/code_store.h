@@ -27,6 +27,8 @@ class CodeStore {
   // Keeps the codes whose keep[i] != 0, in order.
   void Compact(const std::vector<uint8_t>& keep);
   void Clear();
+  // Copies n codes already in the blocked layout (e.g. from a file).
+  void AssignBlocks(const uint64_t* blocks, int64_t n);
   // Borrows blocks from a mapping that `owner` keeps alive; copied on the first change.
   void Borrow(const uint64_t* blocks, int64_t n, std::shared_ptr<const void> owner);
   bool borrowed() const { return owner_ != nullptr; }
@@ -39,6 +41,9 @@ class CodeStore {
   const uint64_t* data_ = nullptr;
   std::shared_ptr<const void> owner_;
 };
+
+// Whether ids strictly increase (then strict thresholds suffice for ties to the smaller id).
+bool IdsAscending(const int64_t* ids, int64_t n);
 
 // Calls a kernel on one tile; the drivers below cut the work into tiles.
 using TileKernel = void (*)(const ScanArgs& args, const void* context);

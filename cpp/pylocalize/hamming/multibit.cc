@@ -266,12 +266,7 @@ std::unique_ptr<MultiBitIndex> MultiBitIndex::FromContainer(const Container& c, 
   if (borrow_codes) {
     index->store_.Borrow(bptr, n, c.owner());
   } else {
-    std::vector<uint64_t> rows(static_cast<size_t>(n * words));
-    for (int64_t i = 0; i < n; ++i) {
-      const uint64_t* blk = bptr + (i / 8) * words * 8 + i % 8;
-      for (int64_t w = 0; w < words; ++w) rows[static_cast<size_t>(i * words + w)] = blk[w * 8];
-    }
-    index->store_.Append(rows.data(), n);
+    index->store_.AssignBlocks(bptr, n);
   }
   index->ExtendInvNorms(0);
   // ids and vectors are read from the mapping in place; they are copied on the first add.
@@ -284,12 +279,8 @@ std::unique_ptr<MultiBitIndex> MultiBitIndex::FromContainer(const Container& c, 
     index->vectors_ = reinterpret_cast<const float*>(v.data);
   }
   index->next_id_ = c.Meta("next_id");
-  for (int64_t i = 1; i < n; ++i) {
-    if (index->ids_[i] <= index->ids_[i - 1]) {
-      index->ids_ascending_ = false;
-      break;
-    }
-  }
+  // Derived from the ids rather than trusted from the file: it decides tie handling.
+  index->ids_ascending_ = hamming::IdsAscending(index->ids_, n);
   return index;
 }
 
