@@ -23,7 +23,7 @@ def numpy_binarize(x: np.ndarray, u: int) -> np.ndarray:
     return np.concatenate(planes, axis=1)
 
 
-def sdc_scores(cq, cx, dim, u, full=True):
+def sdc_scores(cq, cx, dim, u):
     """Cosine SDC: sum over plane pairs of 2^-(i+j) <s_qi, s_xj> (s = 2b - 1), divided by
     the norms of the full reconstructions."""
     pb = (dim + 7) // 8
@@ -32,8 +32,7 @@ def sdc_scores(cq, cx, dim, u, full=True):
     out = np.zeros((len(cq), len(cx)))
     for i in range(u):
         for j in range(u):
-            if full or i + j <= u - 1:
-                out += 2.0 ** -(i + j) * (sq[i] @ sx[j].T)
+            out += 2.0 ** -(i + j) * (sq[i] @ sx[j].T)
     norm_q = np.linalg.norm(sum(2.0 ** -p * sq[p] for p in range(u)), axis=1)
     norm_x = np.linalg.norm(sum(2.0 ** -p * sx[p] for p in range(u)), axis=1)
     return out / norm_q[:, None] / norm_x[None, :]
@@ -77,21 +76,19 @@ def test_more_bits_reconstruct_better():
 
 @pytest.mark.parametrize("dim", [16, 100, 128, 256])
 @pytest.mark.parametrize("u", [1, 2, 3, 4])
-@pytest.mark.parametrize("sdc", ["full", "truncated"])
-def test_sdc_search_matches_numpy(dim, u, sdc, simd_level):
+def test_sdc_search_matches_numpy(dim, u, simd_level):
     rng = np.random.default_rng(dim + u)
     x = rng.standard_normal((700, dim)).astype(np.float32)
     q = rng.standard_normal((9, dim)).astype(np.float32)
     cx, cq = pylocalize.binarize(x, u), pylocalize.binarize(q, u)
     index = pylocalize.MultiBitIndex(dim, u)
     index.add(cx)
-    scores, ids = index.search(cq, 15, sdc=sdc)
-    ref = sdc_scores(cq, cx, dim, u, full=(sdc == "full"))
-    assert_topk_equivalent(scores, ids, ref, 15)
-    if sdc == "full":  # the score is the cosine of the reconstructions
-        rq, rx = pylocalize.reconstruct(cq, dim, u), pylocalize.reconstruct(cx, dim, u)
-        cos = (rq @ rx.T) / np.linalg.norm(rq, axis=1)[:, None] / np.linalg.norm(rx, axis=1)[None, :]
-        np.testing.assert_allclose(scores, np.take_along_axis(cos, ids, 1), rtol=1e-5, atol=1e-5)
+    scores, ids = index.search(cq, 15)
+    assert_topk_equivalent(scores, ids, sdc_scores(cq, cx, dim, u), 15)
+    # the score is the cosine of the reconstructions
+    rq, rx = pylocalize.reconstruct(cq, dim, u), pylocalize.reconstruct(cx, dim, u)
+    cos = (rq @ rx.T) / np.linalg.norm(rq, axis=1)[:, None] / np.linalg.norm(rx, axis=1)[None, :]
+    np.testing.assert_allclose(scores, np.take_along_axis(cos, ids, 1), rtol=1e-5, atol=1e-5)
 
 
 def test_sdc_parallel_and_padding(num_threads):
@@ -188,8 +185,6 @@ def test_multibit_errors():
         index.add(codes, vectors=x)
     with pytest.raises(ValueError, match="rerank needs float vectors"):
         index.search(codes, 3, query_vectors=x, rerank=5)
-    with pytest.raises(ValueError, match="sdc must be"):
-        index.search(codes, 3, sdc="approx")
     with_vectors = pylocalize.MultiBitIndex(32, 2)
     with_vectors.add(codes, vectors=x)
     with pytest.raises(ValueError, match="query_vectors"):

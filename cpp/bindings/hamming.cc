@@ -152,7 +152,7 @@ void BindHamming(py::module_& m) {
           py::arg("codes"), py::arg("ids") = py::none(), py::arg("vectors") = py::none())
       .def(
           "search",
-          [](const MultiBitIndex& self, const py::object& query_codes, int64_t k, bool full,
+          [](const MultiBitIndex& self, const py::object& query_codes, int64_t k,
              const py::object& query_vectors, int64_t rerank) {
             auto q = CheckArray<uint8_t>(query_codes, "query_codes", 2, self.code_size());
             PYL_CHECK(k >= 1, "k must be >= 1, got ", k);
@@ -171,11 +171,11 @@ void BindHamming(py::module_& m) {
             int64_t* ip = i.mutable_data();
             {
               py::gil_scoped_release release;
-              self.Search(q.data(), nq, k, full, qvp, rerank, sp, ip);
+              self.Search(q.data(), nq, k, qvp, rerank, sp, ip);
             }
             return py::make_tuple(s, i);
           },
-          py::arg("query_codes"), py::arg("k"), py::arg("full_terms") = true,
+          py::arg("query_codes"), py::arg("k"),
           py::arg("query_vectors") = py::none(), py::arg("rerank") = 0)
       .def("reset", &MultiBitIndex::Reset, py::call_guard<py::gil_scoped_release>())
       .def("ids",

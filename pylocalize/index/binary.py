@@ -215,7 +215,7 @@ class MultiBitIndex:
         """
         self._impl.add(codes, ids, vectors)
 
-    def search(self, query_codes: np.ndarray, k: int, *, sdc: str = "full",
+    def search(self, query_codes: np.ndarray, k: int, *,
                query_vectors: Optional[np.ndarray] = None,
                rerank: int = 0) -> Tuple[np.ndarray, np.ndarray]:
         """The ``k`` best codes of each query by SDC score (largest first).
@@ -224,9 +224,6 @@ class MultiBitIndex:
         ----------
         query_codes : numpy.ndarray of uint8, shape (nq, code_size)
         k : int
-        sdc : {"full", "truncated"}
-            ``"truncated"`` drops the bit-plane pairs with ``i + j > bits_per_dim - 1``
-            (products of two residuals): fewer popcounts, slightly lower accuracy.
         query_vectors : numpy.ndarray of float32, shape (nq, dim), optional
             Needed when ``rerank > 0``.
         rerank : int
@@ -240,9 +237,7 @@ class MultiBitIndex:
         ids : numpy.ndarray of int64, shape (nq, k)
             Ties to the smaller id; ``-1`` in padded slots.
         """
-        if sdc not in ("full", "truncated"):
-            raise ValueError(f"sdc must be 'full' or 'truncated', got {sdc!r}")
-        return self._impl.search(query_codes, _int_scalar(k, "k"), sdc == "full", query_vectors,
+        return self._impl.search(query_codes, _int_scalar(k, "k"), query_vectors,
                                  _int_scalar(rerank, "rerank"))
 
     def reset(self) -> None:

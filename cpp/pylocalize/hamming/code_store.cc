@@ -124,6 +124,18 @@ inline void SetSlots(ScanArgs* a, const float* thr, float* dist) {
   a->fdist = dist;
 }
 
+// For SDC keys -(a - b S) * s with s in [s_min, s_max] (s > 0), the integer bound on S
+// that every code with key < t meets, with a margin for float rounding.
+int32_t SdcPreBound(const ScanSource& src, float t) {
+  if (!(t < std::numeric_limits<float>::max())) return INT32_MAX;
+  const double s = t < 0.0f ? src.scale_max : src.scale_min;
+  if (s <= 0.0) return INT32_MAX;
+  const double bound = (static_cast<double>(src.sdc_a) + t / s) / src.sdc_b;
+  if (bound >= static_cast<double>(INT32_MAX) - 4.0) return INT32_MAX;
+  if (bound < -2.0) return INT32_MIN;
+  return static_cast<int32_t>(std::floor(bound)) + 2;
+}
+
 // Scans queries [q0, q1) against blocks [b0, b1), calling visit(q, pos, dist) for each
 // code whose distance is below threshold(q) at the time its tile was scanned; threshold
 // values are refreshed by `refresh(q)` after each tile.
@@ -139,6 +151,7 @@ void ScanTiles(const ScanSource& src, const uint64_t* queries, int64_t query_str
   buf->dist.resize(static_cast<size_t>(kQueryGroup * ld));
   buf->mask.resize(static_cast<size_t>(kQueryGroup * mld));
   D thr[kQueryGroup];
+  int32_t pre[kQueryGroup];  // SDC: integer pre-test bounds
   const int64_t n = store.size();
   for (int64_t c = b0; c < b1; c += cb) {
     InterruptPoint();
@@ -154,6 +167,10 @@ void ScanTiles(const ScanSource& src, const uint64_t* queries, int64_t query_str
       a.nblocks = nb;
       a.words_per_code = words;
       SetSlots(&a, thr, buf->dist.data());
+      if (src.scales != nullptr) {
+        for (int64_t j = 0; j < ng; ++j) pre[j] = SdcPreBound(src, static_cast<float>(thr[j]));
+        a.thresholds = pre;
+      }
       a.ld = ld;
       a.mask = buf->mask.data();
       a.mld = mld;

@@ -57,6 +57,7 @@ struct ScanSource {
   // SDC kernels only (see ScanArgs): per-code scales and the score's affine constants.
   const float* scales = nullptr;
   float sdc_a = 0.0f, sdc_b = 0.0f;
+  float scale_min = 0.0f, scale_max = 0.0f;  // over the stored codes
 };
 
 // k nearest codes per query by kernel distance (D = int32_t for Hamming, float for the

@@ -25,8 +25,13 @@ inline void Emit(const ScanArgs& a, int64_t q, int64_t b, typename Ops::V d) {
 
 template <class Ops>
 inline void EmitKey(const ScanArgs& a, int64_t q, int64_t b, typename Ops::V d) {
+  uint64_t m = Ops::LessMask(d, a.thresholds[q]);  // integer pre-test, exact below
+  if (m == 0) {
+    a.mask[q * a.mld + b] = 0;
+    return;
+  }
   const typename Ops::F key = Ops::Key(d, a.scales + b * kBlock, a.sdc_a, a.sdc_b);
-  const uint64_t m = Ops::LessMaskF(key, a.fthresholds[q]);
+  m &= Ops::LessMaskF(key, a.fthresholds[q]);
   a.mask[q * a.mld + b] = static_cast<uint8_t>(m);
   if (m != 0) Ops::StoreF(a.fdist + q * a.ld + b * kBlock, key);
 }
@@ -74,15 +79,17 @@ inline void Hamming(const ScanArgs& a) {
 }
 
 // Accumulates per level s = i + j, then weights levels by 2^(2(U-1)-s) once per block.
-template <class Ops, int U, bool kFull, int QB>
+// WP > 0: compile-time words per plane (fully unrolled, accumulators stay in registers).
+template <class Ops, int U, int WP, int QB>
 inline void SdcGroup(const ScanArgs& a, int64_t q0) {
   using V = typename Ops::V;
   constexpr int kLevels = 2 * U - 1;
-  const int64_t wp = a.words_per_code / U;
+  const int64_t wp = WP > 0 ? WP : a.words_per_code / U;
+  const int64_t words = U * wp;
   const uint64_t* qs[QB];
   for (int j = 0; j < QB; ++j) qs[j] = a.queries + (q0 + j) * a.query_stride;
   for (int64_t b = 0; b < a.nblocks; ++b) {
-    const uint64_t* blk = a.blocks + b * a.words_per_code * kBlock;
+    const uint64_t* blk = a.blocks + b * words * kBlock;
     V acc[QB][kLevels];
     for (int j = 0; j < QB; ++j) {
       for (int s = 0; s < kLevels; ++s) acc[j][s] = Ops::Zero();
@@ -91,7 +98,6 @@ inline void SdcGroup(const ScanArgs& a, int64_t q0) {
       for (int xp = 0; xp < U; ++xp) {
         const V x = Ops::Load(blk + (xp * wp + w) * kBlock);
         for (int qp = 0; qp < U; ++qp) {
-          if (!kFull && qp + xp > U - 1) continue;
           for (int j = 0; j < QB; ++j) {
             acc[j][qp + xp] = Ops::Add(acc[j][qp + xp],
                                        Ops::Popcount(Ops::XorBroadcast(x, qs[j][qp * wp + w])));
@@ -109,24 +115,36 @@ inline void SdcGroup(const ScanArgs& a, int64_t q0) {
   }
 }
 
-template <class Ops, int U, bool kFull>
+template <class Ops, int U, int WP>
 inline void SdcAll(const ScanArgs& a) {
-  constexpr int QB = U <= 2 ? 2 : 1;
+  constexpr int QB = U <= 2 ? 4 : 1;  // 2U-1 accumulators per query must stay in registers
   int64_t q = 0;
-  for (; q + QB <= a.nq; q += QB) SdcGroup<Ops, U, kFull, QB>(a, q);
-  for (; q < a.nq; ++q) SdcGroup<Ops, U, kFull, 1>(a, q);
+  for (; q + QB <= a.nq; q += QB) SdcGroup<Ops, U, WP, QB>(a, q);
+  for (; q < a.nq; ++q) SdcGroup<Ops, U, WP, 1>(a, q);
+}
+
+// Unrolled for the common sizes: 1 or 2 bits per dimension of 64..512 dimensions.
+template <class Ops, int U>
+inline void SdcWords(const ScanArgs& a) {
+  if (U <= 2) {
+    switch (a.words_per_code / U) {
+      case 1: return SdcAll<Ops, U, 1>(a);
+      case 2: return SdcAll<Ops, U, 2>(a);
+      case 4: return SdcAll<Ops, U, 4>(a);
+      case 8: return SdcAll<Ops, U, 8>(a);
+      default: break;
+    }
+  }
+  SdcAll<Ops, U, 0>(a);
 }
 
 template <class Ops>
-inline void Sdc(const ScanArgs& a, int u, bool full) {
-  switch (u * 2 + (full ? 1 : 0)) {
-    case 2: case 3: return SdcAll<Ops, 1, true>(a);
-    case 4: return SdcAll<Ops, 2, false>(a);
-    case 5: return SdcAll<Ops, 2, true>(a);
-    case 6: return SdcAll<Ops, 3, false>(a);
-    case 7: return SdcAll<Ops, 3, true>(a);
-    case 8: return SdcAll<Ops, 4, false>(a);
-    default: return SdcAll<Ops, 4, true>(a);
+inline void Sdc(const ScanArgs& a, int u) {
+  switch (u) {
+    case 1: return SdcWords<Ops, 1>(a);
+    case 2: return SdcWords<Ops, 2>(a);
+    case 3: return SdcWords<Ops, 3>(a);
+    default: return SdcWords<Ops, 4>(a);
   }
 }
 

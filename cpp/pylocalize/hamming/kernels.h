@@ -34,7 +34,9 @@ struct ScanArgs {
   uint8_t* mask;             // nq rows of mld (>= nblocks) bytes
   int64_t mld;
   // SDC only: the kernel ranks by the float key -(a - b * S) * scales[code] (smaller is
-  // better) and uses fthresholds / fdist in place of thresholds / dist.
+  // better). `thresholds` then hold integer bounds on S that every code with
+  // key < fthresholds must meet, so the float key is computed only for the rare blocks
+  // that pass the integer test; fdist receives the keys.
   const float* scales = nullptr;  // per code of the chunk
   float sdc_a = 0.0f, sdc_b = 0.0f;
   const float* fthresholds = nullptr;
@@ -45,24 +47,24 @@ struct ScanArgs {
 using HammingKernel = void (*)(const ScanArgs& args);
 
 // Symmetric distance between multi-bit codes of `bits_per_dim` bit planes of
-// `words_per_plane` words each (plane-major): S = sum over plane pairs (i, j) kept by
-// the term set of 2^(2(u-1)-i-j) * popcount(q_i ^ x_j), an integer; the kernel emits the
+// `words_per_plane` words each (plane-major): S = sum over all plane pairs (i, j) of
+// 2^(2(u-1)-i-j) * popcount(q_i ^ x_j), an integer; the kernel emits the
 // float key -(a - b * S) * scales[code] (see multibit.h for a, b and the scales).
-using SdcKernel = void (*)(const ScanArgs& args, int bits_per_dim, bool full_terms);
+using SdcKernel = void (*)(const ScanArgs& args, int bits_per_dim);
 
 HammingKernel GetHammingKernel(SimdLevel level);
 SdcKernel GetSdcKernel(SimdLevel level);
 
 // Per-ISA entry points (each defined in its own translation unit).
 void HammingScalar(const ScanArgs& a);
-void SdcScalar(const ScanArgs& a, int bits_per_dim, bool full_terms);
+void SdcScalar(const ScanArgs& a, int bits_per_dim);
 #if defined(__x86_64__) || defined(_M_X64)
 void HammingAVX2(const ScanArgs& a);
-void SdcAVX2(const ScanArgs& a, int bits_per_dim, bool full_terms);
+void SdcAVX2(const ScanArgs& a, int bits_per_dim);
 void HammingAVX512BW(const ScanArgs& a);
-void SdcAVX512BW(const ScanArgs& a, int bits_per_dim, bool full_terms);
+void SdcAVX512BW(const ScanArgs& a, int bits_per_dim);
 void HammingAVX512(const ScanArgs& a);
-void SdcAVX512(const ScanArgs& a, int bits_per_dim, bool full_terms);
+void SdcAVX512(const ScanArgs& a, int bits_per_dim);
 #endif
 
 }  // namespace hamming

@@ -69,7 +69,7 @@ struct AVX2Ops {
 }  // namespace
 
 void HammingAVX2(const ScanArgs& a) { impl::Hamming<AVX2Ops>(a); }
-void SdcAVX2(const ScanArgs& a, int u, bool full) { impl::Sdc<AVX2Ops>(a, u, full); }
+void SdcAVX2(const ScanArgs& a, int u) { impl::Sdc<AVX2Ops>(a, u); }
 
 }  // namespace hamming
 }  // namespace pylocalize

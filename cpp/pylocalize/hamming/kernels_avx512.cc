@@ -42,7 +42,7 @@ struct AVX512Ops {
 }  // namespace
 
 void HammingAVX512(const ScanArgs& a) { impl::Hamming<AVX512Ops>(a); }
-void SdcAVX512(const ScanArgs& a, int u, bool full) { impl::Sdc<AVX512Ops>(a, u, full); }
+void SdcAVX512(const ScanArgs& a, int u) { impl::Sdc<AVX512Ops>(a, u); }
 
 }  // namespace hamming
 }  // namespace pylocalize

@@ -50,7 +50,7 @@ struct AVX512BWOps {
 }  // namespace
 
 void HammingAVX512BW(const ScanArgs& a) { impl::Hamming<AVX512BWOps>(a); }
-void SdcAVX512BW(const ScanArgs& a, int u, bool full) { impl::Sdc<AVX512BWOps>(a, u, full); }
+void SdcAVX512BW(const ScanArgs& a, int u) { impl::Sdc<AVX512BWOps>(a, u); }
 
 }  // namespace hamming
 }  // namespace pylocalize

@@ -72,7 +72,7 @@ struct ScalarOps {
 }  // namespace
 
 void HammingScalar(const ScanArgs& a) { impl::Hamming<ScalarOps>(a); }
-void SdcScalar(const ScanArgs& a, int u, bool full) { impl::Sdc<ScalarOps>(a, u, full); }
+void SdcScalar(const ScanArgs& a, int u) { impl::Sdc<ScalarOps>(a, u); }
 
 }  // namespace hamming
 }  // namespace pylocalize

@@ -20,12 +20,11 @@ constexpr const char* kTag = "MultiBitIndex";
 struct SdcContext {
   hamming::SdcKernel kernel;
   int bits_per_dim;
-  bool full;
 };
 
 void SdcTile(const hamming::ScanArgs& args, const void* context) {
   const auto* c = static_cast<const SdcContext*>(context);
-  c->kernel(args, c->bits_per_dim, c->full);
+  c->kernel(args, c->bits_per_dim);
 }
 
 }  // namespace
@@ -113,6 +112,11 @@ void MultiBitIndex::ExtendInvNorms(int64_t first) {
     const double norm = ReconstructionNorm(row.data());
     inv_norms_[static_cast<size_t>(i)] = norm > 0.0 ? static_cast<float>(1.0 / norm) : 0.0f;
   }
+  if (n > 0) {
+    const auto range = std::minmax_element(inv_norms_.begin(), inv_norms_.begin() + n);
+    inv_norm_min_ = *range.first;
+    inv_norm_max_ = *range.second;
+  }
 }
 
 void MultiBitIndex::Add(const uint8_t* codes, int64_t n, const int64_t* ids, const float* vectors) {
@@ -149,7 +153,7 @@ void MultiBitIndex::Add(const uint8_t* codes, int64_t n, const int64_t* ids, con
   ExtendInvNorms(n0);
 }
 
-void MultiBitIndex::Search(const uint8_t* query_codes, int64_t nq, int64_t k, bool full_terms,
+void MultiBitIndex::Search(const uint8_t* query_codes, int64_t nq, int64_t k,
                            const float* query_vectors, int64_t rerank, float* scores,
                            int64_t* ids) const {
   PYL_CHECK(k > 0, "k must be >= 1, got ", k);
@@ -161,19 +165,21 @@ void MultiBitIndex::Search(const uint8_t* query_codes, int64_t nq, int64_t k, bo
             "rerank needs float vectors: build the index with add(codes, vectors=...)");
   PYL_CHECK(rerank == 0 || query_vectors != nullptr,
             "rerank needs the float query vectors: pass query_vectors=");
-  const SdcContext ctx{hamming::GetSdcKernel(ActiveSimdLevel()), bits_, full_terms || bits_ == 1};
+  const SdcContext ctx{hamming::GetSdcKernel(ActiveSimdLevel()), bits_};
   const bool reranking = rerank > 0;
   hamming::ScanSource src{&store_, reranking ? nullptr : ids_,
                           reranking ? true : ids_ascending_, &SdcTile, &ctx};
-  // <q_hat, x_hat> over the kept pairs = sum 2^-(i+j) (dim - 2 |q_i ^ x_j|) = A - B * S,
+  // <q_hat, x_hat> = sum 2^-(i+j) (dim - 2 |q_i ^ x_j|) = A - B * S,
   // where S is the kernel's integer sum with weights 2^(2(u-1)-i-j).
   double a = 0.0;
   for (int i = 0; i < bits_; ++i) {
     for (int j = 0; j < bits_; ++j) {
-      if (ctx.full || i + j <= bits_ - 1) a += std::ldexp(static_cast<double>(dim_), -(i + j));
+      a += std::ldexp(static_cast<double>(dim_), -(i + j));
     }
   }
   src.scales = inv_norms_.data();
+  src.scale_min = inv_norm_min_;
+  src.scale_max = inv_norm_max_;
   src.sdc_a = static_cast<float>(a);
   src.sdc_b = static_cast<float>(std::ldexp(1.0, 1 - 2 * (bits_ - 1)));
   const int64_t kc = reranking ? std::max(rerank, k) : k;
@@ -213,6 +219,7 @@ void MultiBitIndex::Reset() {
   std::unique_lock<std::shared_mutex> lock(mutex_);
   store_.Clear();
   inv_norms_.clear();
+  inv_norm_min_ = inv_norm_max_ = 0.0f;
   ids_owned_.clear();
   vectors_owned_.clear();
   owner_.reset();

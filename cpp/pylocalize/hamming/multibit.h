@@ -13,8 +13,8 @@
 // the code's precomputed 1 / |x_hat|. Codes carry no scale, and the reconstruction norm
 // varies from code to code (it grows with the number of large coordinates), so the raw
 // inner product would rank by that norm; normalising makes SDC rank like cosine, which is
-// what binarized (unit) embeddings approximate. "Truncated" SDC keeps only the pairs with
-// i + j <= u - 1 (products of two residuals dropped): 3 of 4 popcounts at 2 bits/dim.
+// what binarized (unit) embeddings approximate. (Dropping the pairs with i + j > u - 1 to
+// save popcounts was measured and ranks worse than 1-bit codes, so it is not offered.)
 //
 // Optional float vectors ride along for exact inner-product re-ranking of the SDC
 // candidates; after Load they stay memory-mapped, so only the codes need RAM.
@@ -51,7 +51,7 @@ class MultiBitIndex {
   // vectors when rerank > 0), best (largest) first, ties to the smaller id,
   // padded with (-inf, -1). rerank > 0 takes the max(rerank, k) SDC candidates and
   // re-ranks them by <query_vectors[q], vectors[i]>.
-  void Search(const uint8_t* query_codes, int64_t nq, int64_t k, bool full_terms,
+  void Search(const uint8_t* query_codes, int64_t nq, int64_t k,
               const float* query_vectors, int64_t rerank, float* scores, int64_t* ids) const;
   void Reset();
   std::vector<int64_t> Ids() const;
@@ -75,6 +75,7 @@ class MultiBitIndex {
   int64_t words_per_plane_;
   hamming::CodeStore store_;
   std::vector<float> inv_norms_;  // derived from the codes, never stored in files
+  float inv_norm_min_ = 0.0f, inv_norm_max_ = 0.0f;
   std::vector<int64_t> ids_owned_;
   const int64_t* ids_ = nullptr;
   bool ids_ascending_ = true;
