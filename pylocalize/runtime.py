@@ -1,9 +1,10 @@
 """Process-wide settings of the core: threads, SIMD level, CUDA availability.
 
 The SIMD level defaults to the best the CPU supports. ``PYLOCALIZE_SIMD`` (one of
-``scalar``, ``avx2``, ``avx512bw``, ``avx512``), read when pylocalize is first imported,
-forces a lower level; :func:`set_simd_level` changes it at run time. ``avx512bw`` is
-AVX-512 without VPOPCNTDQ (Skylake-X), ``avx512`` adds VPOPCNTDQ/BITALG/VBMI.
+``scalar``, ``avx2``, ``avx512bw``, ``avx512`` on x86-64, ``scalar``, ``neon`` on AArch64),
+read when pylocalize is first imported, forces another supported level;
+:func:`set_simd_level` changes it at run time. ``avx512bw`` is AVX-512 without VPOPCNTDQ
+(Skylake-X), ``avx512`` adds VPOPCNTDQ/BITALG/VBMI.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import warnings
 
 from pylocalize import _core
 
-SIMD_LEVELS = ("scalar", "avx2", "avx512bw", "avx512")
+SIMD_LEVELS = ("scalar", "avx2", "avx512bw", "avx512", "neon")
 
 
 def get_num_threads() -> int:

@@ -10,6 +10,9 @@ HammingKernel GetHammingKernel(SimdLevel level) {
     case SimdLevel::kAVX512BW: return &HammingAVX512BW;
     case SimdLevel::kAVX2: return &HammingAVX2;
 #endif
+#if defined(__aarch64__)
+    case SimdLevel::kNEON: return &HammingNEON;
+#endif
     default: return &HammingScalar;
   }
 }
@@ -20,6 +23,9 @@ SdcKernel GetSdcKernel(SimdLevel level) {
     case SimdLevel::kAVX512: return &SdcAVX512;
     case SimdLevel::kAVX512BW: return &SdcAVX512BW;
     case SimdLevel::kAVX2: return &SdcAVX2;
+#endif
+#if defined(__aarch64__)
+    case SimdLevel::kNEON: return &SdcNEON;
 #endif
     default: return &SdcScalar;
   }

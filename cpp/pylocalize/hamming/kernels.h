@@ -66,6 +66,10 @@ void SdcAVX512BW(const ScanArgs& a, int bits_per_dim);
 void HammingAVX512(const ScanArgs& a);
 void SdcAVX512(const ScanArgs& a, int bits_per_dim);
 #endif
+#if defined(__aarch64__)
+void HammingNEON(const ScanArgs& a);
+void SdcNEON(const ScanArgs& a, int bits_per_dim);
+#endif
 
 }  // namespace hamming
 }  // namespace pylocalize

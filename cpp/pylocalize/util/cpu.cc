@@ -24,8 +24,17 @@ SimdLevel Detect() {
   if (avx512) return SimdLevel::kAVX512;
   if (avx512bw) return SimdLevel::kAVX512BW;
   if (avx2) return SimdLevel::kAVX2;
+#elif defined(__aarch64__)
+  return SimdLevel::kNEON;
 #endif
   return SimdLevel::kScalar;
+}
+
+bool Supported(SimdLevel level) {
+  for (SimdLevel l : SupportedSimdLevels()) {
+    if (l == level) return true;
+  }
+  return false;
 }
 
 SimdLevel InitialLevel() {
@@ -38,7 +47,7 @@ SimdLevel InitialLevel() {
   } catch (const std::invalid_argument&) {
     return best;  // reported by the Python layer, which warns on a bad value
   }
-  return static_cast<int>(wanted) <= static_cast<int>(best) ? wanted : best;
+  return Supported(wanted) ? wanted : best;
 }
 
 std::atomic<int>& LevelSlot() {
@@ -56,7 +65,7 @@ SimdLevel DetectedSimdLevel() {
 SimdLevel ActiveSimdLevel() { return static_cast<SimdLevel>(LevelSlot().load()); }
 
 void SetSimdLevel(SimdLevel level) {
-  PYL_CHECK(static_cast<int>(level) <= static_cast<int>(DetectedSimdLevel()),
+  PYL_CHECK(Supported(level),
             "this CPU does not support SIMD level '", SimdLevelName(level),
             "'; the best it supports is '", SimdLevelName(DetectedSimdLevel()), "'");
   LevelSlot().store(static_cast<int>(level));
@@ -68,25 +77,26 @@ const char* SimdLevelName(SimdLevel level) {
     case SimdLevel::kAVX2: return "avx2";
     case SimdLevel::kAVX512BW: return "avx512bw";
     case SimdLevel::kAVX512: return "avx512";
+    case SimdLevel::kNEON: return "neon";
   }
   return "unknown";
 }
 
 SimdLevel ParseSimdLevel(const std::string& name) {
   for (SimdLevel l : {SimdLevel::kScalar, SimdLevel::kAVX2, SimdLevel::kAVX512BW,
-                      SimdLevel::kAVX512}) {
+                      SimdLevel::kAVX512, SimdLevel::kNEON}) {
     if (name == SimdLevelName(l)) return l;
   }
   PYL_CHECK(false, "unknown SIMD level '", name,
-            "': use one of scalar, avx2, avx512bw, avx512");
+            "': use one of scalar, avx2, avx512bw, avx512, neon");
   return SimdLevel::kScalar;
 }
 
 std::vector<SimdLevel> SupportedSimdLevels() {
-  std::vector<SimdLevel> out;
-  for (int l = 0; l <= static_cast<int>(DetectedSimdLevel()); ++l) {
-    out.push_back(static_cast<SimdLevel>(l));
-  }
+  const SimdLevel best = DetectedSimdLevel();
+  if (best == SimdLevel::kNEON) return {SimdLevel::kScalar, SimdLevel::kNEON};
+  std::vector<SimdLevel> out;  // the x86-64 levels are ordered
+  for (int l = 0; l <= static_cast<int>(best); ++l) out.push_back(static_cast<SimdLevel>(l));
   return out;
 }
 
