@@ -2,10 +2,11 @@
 pylocalize C++ core (see the pylocalize package for the documented API)
 """
 from __future__ import annotations
+import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['BinaryIndex', 'FormatError', 'MultiBitIndex', 'binarize', 'detected_simd_level', 'get_num_threads', 'has_cuda', 'has_openmp', 'num_cores', 'read_container', 'set_num_threads', 'set_simd_level', 'simd_level', 'supported_simd_levels', 'write_container']
+__all__: list[str] = ['BinaryIndex', 'FormatError', 'MultiBitIndex', 'Shading', 'binarize', 'detected_simd_level', 'get_num_threads', 'has_cuda', 'has_openmp', 'num_cores', 'read_container', 'render_batch', 'set_num_threads', 'set_simd_level', 'simd_level', 'supported_simd_levels', 'write_container']
 class FormatError(ValueError):
     pass
 class BinaryIndex:
@@ -80,6 +81,51 @@ class MultiBitIndex:
     @property
     def ntotal(self) -> int:
         ...
+class Shading:
+    """
+    Members:
+    
+      LAMBERT
+    
+      UNLIT
+    """
+    LAMBERT: typing.ClassVar[Shading]
+    UNLIT: typing.ClassVar[Shading]
+    __members__: typing.ClassVar[dict[str, Shading]]
+    @typing.overload
+    def __eq__(self, other: Shading) -> bool:
+        ...
+    @typing.overload
+    def __eq__(self, other: typing.Any) -> bool:
+        ...
+    def __getstate__(self) -> int:
+        ...
+    def __hash__(self) -> int:
+        ...
+    def __index__(self) -> int:
+        ...
+    def __init__(self, value: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    def __int__(self) -> int:
+        ...
+    @typing.overload
+    def __ne__(self, other: Shading) -> bool:
+        ...
+    @typing.overload
+    def __ne__(self, other: typing.Any) -> bool:
+        ...
+    def __repr__(self) -> str:
+        ...
+    def __setstate__(self, state: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    def __str__(self) -> str:
+        ...
+    @property
+    def name(self) -> str:
+        ...
+    @property
+    def value(self) -> int:
+        ...
 def binarize(x: typing.Any, bits_per_dim: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.uint8]:
     ...
 def detected_simd_level() -> str:
@@ -97,6 +143,10 @@ def num_cores() -> int:
 def read_container(source: typing.Any, mmap: bool = False, verify: bool = True) -> tuple:
     """
     Reads a container from a path or a uint8 array: (tag, (major, minor), meta, sections).
+    """
+def render_batch(vertices: typing.Any, faces: typing.Any, poses: typing.Any, K: typing.Any, width: typing.SupportsInt | typing.SupportsIndex, height: typing.SupportsInt | typing.SupportsIndex, near: typing.SupportsFloat | typing.SupportsIndex, far: typing.SupportsFloat | typing.SupportsIndex, vertex_normals: typing.Any, colors: typing.Any, uvs: typing.Any, texture: typing.Any, shading: Shading, ambient: typing.SupportsFloat | typing.SupportsIndex, supersample: typing.SupportsInt | typing.SupportsIndex, cull_back: bool, background: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], outputs: collections.abc.Sequence[str]) -> dict:
+    """
+    Renders a batch of views; see pylocalize.render.Renderer for the documented API.
     """
 def set_num_threads(n: typing.SupportsInt | typing.SupportsIndex) -> None:
     ...

@@ -23,6 +23,7 @@ const char* DTypeName() {
   if (std::is_same<T, int32_t>::value) return "int32";
   if (std::is_same<T, int64_t>::value) return "int64";
   if (std::is_same<T, float>::value) return "float32";
+  if (std::is_same<T, double>::value) return "float64";
   return "?";
 }
 
@@ -65,6 +66,7 @@ py::array_t<T> MoveArray(std::vector<T>&& v, std::vector<py::ssize_t> shape) {
 
 void BindUtil(py::module_& m);
 void BindHamming(py::module_& m);
+void BindRender(py::module_& m);
 
 }  // namespace bindings
 }  // namespace pylocalize

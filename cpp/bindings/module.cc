@@ -5,4 +5,5 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "pylocalize C++ core (see the pylocalize package for the documented API)";
   pylocalize::bindings::BindUtil(m);
   pylocalize::bindings::BindHamming(m);
+  pylocalize::bindings::BindRender(m);
 }

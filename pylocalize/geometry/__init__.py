@@ -1,0 +1,10 @@
+"""Camera poses: look-at construction and viewpoint sampling on a sphere.
+
+Poses follow the project convention (COLMAP): ``cam_from_world`` (or ``cam_from_model``)
+as a 3x4 ``[R | t]`` with ``x_cam = R @ x_world + t``; cameras look along +z with x right
+and y down (OpenCV).
+"""
+
+from pylocalize.geometry.views import fibonacci_sphere, look_at, viewpoint_poses
+
+__all__ = ["fibonacci_sphere", "look_at", "viewpoint_poses"]
