@@ -56,62 +56,86 @@ struct ClipVertex {
   float b[3];
 };
 
-// Z-buffer of the nearest fragment per sample.
+// A vertex in front of the near plane, projected to sample coordinates.
+struct Projected {
+  double x, y, iz;  // iz = 1 / z
+};
+
+inline Projected Project(Vec3 p, const Camera& cam) {
+  const double iz = 1.0 / p.z;
+  const double x = p.x * iz, y = p.y * iz;
+  return {cam.fx * x + cam.skew * y + cam.cx, cam.fy * y + cam.cy, iz};
+}
+
+// Z-buffer of the nearest fragment per sample, kept as 1/z (larger is nearer) so occluded
+// fragments are rejected without a division.
 struct GBuffer {
-  std::vector<float> z;
+  std::vector<float> inv_z;
   std::vector<int32_t> face;
   std::vector<float> b0, b1;
   void Reset(size_t n) {
-    z.assign(n, std::numeric_limits<float>::infinity());
-    face.assign(n, -1);
-    b0.resize(n);
-    b1.resize(n);
+    if (inv_z.size() < n) {
+      inv_z.resize(n);
+      face.resize(n);
+      b0.resize(n);
+      b1.resize(n);
+    }
   }
+};
+
+// The part of the buffer this view may touch (inclusive sample bounds).
+struct Region {
+  int x0, x1, y0, y1;
+  bool empty() const { return x0 > x1 || y0 > y1; }
 };
 
 // Shared edges get exactly one owner: with both triangles oriented positively, an edge is
 // walked in opposite directions, and only one direction passes this test.
 inline bool OwnsEdge(double dx, double dy) { return dy > 0.0 || (dy == 0.0 && dx < 0.0); }
 
-void RasterizeTriangle(ClipVertex v0, ClipVertex v1, ClipVertex v2, int32_t face, int row0, int row1,
-                       const Camera& cam, bool cull_back, GBuffer* g) {
-  double px[3], py[3], iz[3];
-  const ClipVertex* vs[3] = {&v0, &v1, &v2};
-  for (int i = 0; i < 3; ++i) {
-    iz[i] = 1.0 / vs[i]->p.z;
-    const double x = vs[i]->p.x * iz[i], y = vs[i]->p.y * iz[i];
-    px[i] = cam.fx * x + cam.skew * y + cam.cx;
-    py[i] = cam.fy * y + cam.cy;
-  }
-  double area = (px[1] - px[0]) * (py[2] - py[0]) - (px[2] - px[0]) * (py[1] - py[0]);
+// Scan-converts one projected triangle. clip_bary: barycentrics of the three vertices on
+// the original face (nullptr: the vertices are the face's own, in order).
+void RasterizeTriangle(Projected v0, Projected v1, Projected v2, const float (*clip_bary)[3],
+                       int32_t face, const Camera& cam, const Region& region, bool cull_back,
+                       GBuffer* g) {
+  Projected v[3] = {v0, v1, v2};
+  int order[3] = {0, 1, 2};
+  double area = (v[1].x - v[0].x) * (v[2].y - v[0].y) - (v[2].x - v[0].x) * (v[1].y - v[0].y);
   if (area == 0.0 || !std::isfinite(area)) return;
   // Front faces (outward normal towards the camera) have negative area in y-down images.
   if (cull_back && area > 0.0) return;
   if (area < 0.0) {
-    std::swap(vs[1], vs[2]);
-    std::swap(px[1], px[2]);
-    std::swap(py[1], py[2]);
-    std::swap(iz[1], iz[2]);
+    std::swap(v[1], v[2]);
+    std::swap(order[1], order[2]);
     area = -area;
   }
-  const int x_lo = std::max(0, static_cast<int>(std::ceil(std::min({px[0], px[1], px[2]}))));
-  const int x_hi = std::min(cam.w - 1, static_cast<int>(std::floor(std::max({px[0], px[1], px[2]}))));
-  const int y_lo = std::max(row0, static_cast<int>(std::ceil(std::min({py[0], py[1], py[2]}))));
-  const int y_hi = std::min(row1 - 1, static_cast<int>(std::floor(std::max({py[0], py[1], py[2]}))));
+  const int x_lo = std::max(region.x0, static_cast<int>(std::ceil(std::min({v[0].x, v[1].x, v[2].x}))));
+  const int x_hi = std::min(region.x1, static_cast<int>(std::floor(std::max({v[0].x, v[1].x, v[2].x}))));
+  const int y_lo = std::max(region.y0, static_cast<int>(std::ceil(std::min({v[0].y, v[1].y, v[2].y}))));
+  const int y_hi = std::min(region.y1, static_cast<int>(std::floor(std::max({v[0].y, v[1].y, v[2].y}))));
   if (x_lo > x_hi || y_lo > y_hi) return;
   // Edge i is opposite vertex i: e_i(x, y) = a_i x + b_i y + c_i, >= 0 inside.
   double a[3], b[3], c[3];
   bool owns[3];
+  const double inv_area = 1.0 / area;
   for (int i = 0; i < 3; ++i) {
     const int j = (i + 1) % 3, k = (i + 2) % 3;
-    const double dx = px[k] - px[j], dy = py[k] - py[j];
-    a[i] = -dy;
-    b[i] = dx;
-    c[i] = dy * px[j] - dx * py[j];
+    const double dx = v[k].x - v[j].x, dy = v[k].y - v[j].y;
     owns[i] = OwnsEdge(dx, dy);
+    // Normalised so that e_i is the screen barycentric of vertex i.
+    a[i] = -dy * inv_area;
+    b[i] = dx * inv_area;
+    c[i] = (dy * v[j].x - dx * v[j].y) * inv_area;
   }
-  const double inv_area = 1.0 / area;
-  const float near_z = static_cast<float>(cam.near_plane), far_z = static_cast<float>(cam.far_plane);
+  // Face barycentrics per clipped vertex (identity for an unclipped face).
+  float fb[3][3];
+  for (int i = 0; i < 3; ++i) {
+    for (int k = 0; k < 3; ++k) {
+      fb[i][k] = clip_bary != nullptr ? clip_bary[order[i]][k] : (order[i] == k ? 1.0f : 0.0f);
+    }
+  }
+  const float inv_near = static_cast<float>(1.0 / cam.near_plane);
+  const float inv_far = static_cast<float>(1.0 / cam.far_plane);
   for (int y = y_lo; y <= y_hi; ++y) {
     double e[3];
     for (int i = 0; i < 3; ++i) e[i] = a[i] * x_lo + b[i] * y + c[i];
@@ -119,37 +143,30 @@ void RasterizeTriangle(ClipVertex v0, ClipVertex v1, ClipVertex v2, int32_t face
     for (int x = x_lo; x <= x_hi; ++x, e[0] += a[0], e[1] += a[1], e[2] += a[2]) {
       if (e[0] < 0.0 || e[1] < 0.0 || e[2] < 0.0) continue;
       if ((e[0] == 0.0 && !owns[0]) || (e[1] == 0.0 && !owns[1]) || (e[2] == 0.0 && !owns[2])) continue;
-      const double l0 = e[0] * inv_area, l1 = e[1] * inv_area, l2 = e[2] * inv_area;
-      const double invz = l0 * iz[0] + l1 * iz[1] + l2 * iz[2];
-      const float z = static_cast<float>(1.0 / invz);
+      const double invz = e[0] * v[0].iz + e[1] * v[1].iz + e[2] * v[2].iz;
+      const float fiz = static_cast<float>(invz);
       const size_t s = row + static_cast<size_t>(x);
-      if (!(z >= near_z && z <= far_z) || z >= g->z[s]) continue;
+      if (!(fiz <= inv_near && fiz >= inv_far) || fiz <= g->inv_z[s]) continue;
       // Perspective-correct barycentrics on the clipped triangle, then on the face.
-      const double w0 = l0 * iz[0] / invz, w1 = l1 * iz[1] / invz, w2 = l2 * iz[2] / invz;
-      g->z[s] = z;
+      const double zr = 1.0 / invz;
+      const double w0 = e[0] * v[0].iz * zr, w1 = e[1] * v[1].iz * zr, w2 = e[2] * v[2].iz * zr;
+      g->inv_z[s] = fiz;
       g->face[s] = face;
-      g->b0[s] = static_cast<float>(w0 * vs[0]->b[0] + w1 * vs[1]->b[0] + w2 * vs[2]->b[0]);
-      g->b1[s] = static_cast<float>(w0 * vs[0]->b[1] + w1 * vs[1]->b[1] + w2 * vs[2]->b[1]);
+      g->b0[s] = static_cast<float>(w0 * fb[0][0] + w1 * fb[1][0] + w2 * fb[2][0]);
+      g->b1[s] = static_cast<float>(w0 * fb[0][1] + w1 * fb[1][1] + w2 * fb[2][1]);
     }
   }
 }
 
-// Clips a triangle against z >= near (Sutherland-Hodgman on one plane) and rasterizes
-// the 0, 1 or 2 triangles left.
-void ClipAndRasterize(const Vec3 p[3], int32_t face, int row0, int row1, const Camera& cam,
+// Clips a face crossing z = near (Sutherland-Hodgman on one plane) and rasterizes the
+// 1 or 2 triangles left.
+void ClipAndRasterize(const Vec3 p[3], int32_t face, const Camera& cam, const Region& region,
                       bool cull_back, GBuffer* g) {
   const float near_z = static_cast<float>(cam.near_plane);
   ClipVertex in[3];
-  int outside = 0;
   for (int i = 0; i < 3; ++i) {
     in[i].p = p[i];
     for (int k = 0; k < 3; ++k) in[i].b[k] = i == k ? 1.0f : 0.0f;
-    outside += p[i].z < near_z;
-  }
-  if (outside == 3) return;
-  if (outside == 0) {
-    RasterizeTriangle(in[0], in[1], in[2], face, row0, row1, cam, cull_back, g);
-    return;
   }
   ClipVertex poly[4];
   int n = 0;
@@ -168,7 +185,11 @@ void ClipAndRasterize(const Vec3 p[3], int32_t face, int row0, int row1, const C
     }
   }
   for (int i = 1; i + 1 < n; ++i) {
-    RasterizeTriangle(poly[0], poly[i], poly[i + 1], face, row0, row1, cam, cull_back, g);
+    const float bary[3][3] = {{poly[0].b[0], poly[0].b[1], poly[0].b[2]},
+                              {poly[i].b[0], poly[i].b[1], poly[i].b[2]},
+                              {poly[i + 1].b[0], poly[i + 1].b[1], poly[i + 1].b[2]}};
+    RasterizeTriangle(Project(poly[0].p, cam), Project(poly[i].p, cam), Project(poly[i + 1].p, cam),
+                      bary, face, cam, region, cull_back, g);
   }
 }
 
@@ -246,66 +267,119 @@ inline uint8_t ToByte(float v) {
   return static_cast<uint8_t>(std::clamp(v * 255.0f + 0.5f, 0.0f, 255.0f));
 }
 
+struct Scratch {
+  std::vector<Vec3> cam;
+  std::vector<Projected> proj;
+  GBuffer g;
+};
+
 // Renders output rows [r0, r1) of one view.
 void RenderRows(const MeshView& m, const Pose& pose, const RenderOptions& o, int64_t view, int r0,
-                int r1, const RenderTargets& out, std::vector<Vec3>* cam_vertices, GBuffer* g) {
+                int r1, const RenderTargets& out, Scratch* sc) {
   const int s = o.supersample;
+  const int row0 = r0 * s, row1 = r1 * s;
+  // Sample grid of this band of rows: row0 maps to buffer row 0.
   Camera cam;
   cam.w = o.width * s;
-  cam.h = o.height * s;
+  cam.h = row1 - row0;
   cam.fx = o.fx * s;
   cam.fy = o.fy * s;
   cam.skew = o.skew * s;
   cam.cx = (o.cx + 0.5) * s - 0.5;
-  cam.cy = (o.cy + 0.5) * s - 0.5;
+  cam.cy = (o.cy + 0.5) * s - 0.5 - row0;
   cam.near_plane = o.near_plane;
   cam.far_plane = o.far_plane;
-  const int row0 = r0 * s, row1 = r1 * s;
-  cam_vertices->resize(static_cast<size_t>(m.num_vertices));
-  for (int64_t i = 0; i < m.num_vertices; ++i) (*cam_vertices)[i] = pose.Apply(Load3(m.vertices, i));
-  g->Reset(static_cast<size_t>(row1 - row0) * static_cast<size_t>(cam.w));
-  // The buffer covers only this band: shift rows so that row0 maps to 0.
-  Camera band = cam;
-  band.cy -= row0;
-  band.h = row1 - row0;
-  for (int64_t f = 0; f < m.num_faces; ++f) {
-    const int32_t* idx = m.faces + 3 * f;
-    const Vec3 p[3] = {(*cam_vertices)[idx[0]], (*cam_vertices)[idx[1]], (*cam_vertices)[idx[2]]};
-    ClipAndRasterize(p, static_cast<int32_t>(f), 0, band.h, band, o.cull_back, g);
+  const float near_z = static_cast<float>(o.near_plane);
+  sc->cam.resize(static_cast<size_t>(m.num_vertices));
+  sc->proj.resize(static_cast<size_t>(m.num_vertices));
+  // The region the mesh can cover: the projected box of its vertices, unless some vertex
+  // is behind the near plane (then clipped faces may reach anywhere).
+  double bx0 = 1e300, bx1 = -1e300, by0 = 1e300, by1 = -1e300;
+  bool behind = false;
+  for (int64_t i = 0; i < m.num_vertices; ++i) {
+    const Vec3 p = pose.Apply(Load3(m.vertices, i));
+    sc->cam[static_cast<size_t>(i)] = p;
+    if (p.z < near_z) {
+      behind = true;
+      continue;
+    }
+    const Projected q = Project(p, cam);
+    sc->proj[static_cast<size_t>(i)] = q;
+    bx0 = std::min(bx0, q.x);
+    bx1 = std::max(bx1, q.x);
+    by0 = std::min(by0, q.y);
+    by1 = std::max(by1, q.y);
+  }
+  Region region{0, cam.w - 1, 0, cam.h - 1};
+  if (!behind) {
+    region.x0 = std::max(region.x0, static_cast<int>(std::floor(std::max(bx0, -1.0))));
+    region.x1 = std::min(region.x1, static_cast<int>(std::ceil(std::min(bx1, 1e9))));
+    region.y0 = std::max(region.y0, static_cast<int>(std::floor(std::max(by0, -1.0))));
+    region.y1 = std::min(region.y1, static_cast<int>(std::ceil(std::min(by1, 1e9))));
+  }
+  GBuffer* g = &sc->g;
+  g->Reset(static_cast<size_t>(cam.h) * static_cast<size_t>(cam.w));
+  if (!region.empty()) {
+    for (int y = region.y0; y <= region.y1; ++y) {
+      const size_t row = static_cast<size_t>(y) * static_cast<size_t>(cam.w);
+      std::fill(g->inv_z.begin() + row + region.x0, g->inv_z.begin() + row + region.x1 + 1, 0.0f);
+      std::fill(g->face.begin() + row + region.x0, g->face.begin() + row + region.x1 + 1, -1);
+    }
+    for (int64_t f = 0; f < m.num_faces; ++f) {
+      const int32_t* idx = m.faces + 3 * f;
+      const Vec3& p0 = sc->cam[idx[0]];
+      const Vec3& p1 = sc->cam[idx[1]];
+      const Vec3& p2 = sc->cam[idx[2]];
+      const int outside = (p0.z < near_z) + (p1.z < near_z) + (p2.z < near_z);
+      if (outside == 0) {
+        RasterizeTriangle(sc->proj[idx[0]], sc->proj[idx[1]], sc->proj[idx[2]], nullptr,
+                          static_cast<int32_t>(f), cam, region, o.cull_back, g);
+      } else if (outside < 3) {
+        const Vec3 p[3] = {p0, p1, p2};
+        ClipAndRasterize(p, static_cast<int32_t>(f), cam, region, o.cull_back, g);
+      }
+    }
   }
   const int64_t w = o.width, h = o.height;
   const int64_t base = view * h * w;
   const int center = s / 2;
+  const float inv_samples = 1.0f / static_cast<float>(s * s);
   for (int v = r0; v < r1; ++v) {
+    const int sy0 = v * s - row0;
+    const bool row_in = !region.empty() && sy0 + s - 1 >= region.y0 && sy0 <= region.y1;
     for (int u = 0; u < o.width; ++u) {
       const int64_t pix = base + static_cast<int64_t>(v) * w + u;
+      const int sx0 = u * s;
       float acc[3] = {0.0f, 0.0f, 0.0f};
       bool have_center = false;
       Shaded center_sample{};
-      for (int i = 0; i < s; ++i) {
-        for (int j = 0; j < s; ++j) {
-          const size_t k = static_cast<size_t>((v * s + i - row0)) * static_cast<size_t>(cam.w) +
-                           static_cast<size_t>(u * s + j);
-          const int32_t face = g->face[k];
-          const bool is_center = i == center && j == center;
-          if (face < 0) {
-            for (int ch = 0; ch < 3; ++ch) acc[ch] += o.background[ch] * (1.0f / 255.0f);
-            continue;
-          }
-          const Shaded sh = ShadeSample(m, pose, o, face, g->b0[k], g->b1[k]);
-          acc[0] += sh.color.x;
-          acc[1] += sh.color.y;
-          acc[2] += sh.color.z;
-          if (is_center) {
-            have_center = true;
-            center_sample = sh;
-            center_sample.depth = g->z[k];
+      if (row_in && sx0 + s - 1 >= region.x0 && sx0 <= region.x1) {
+        for (int i = 0; i < s; ++i) {
+          for (int j = 0; j < s; ++j) {
+            const int sy = sy0 + i, sx = sx0 + j;
+            const bool inside = sy >= region.y0 && sy <= region.y1 && sx >= region.x0 && sx <= region.x1;
+            const size_t k = static_cast<size_t>(sy) * static_cast<size_t>(cam.w) + static_cast<size_t>(sx);
+            const int32_t face = inside ? g->face[k] : -1;
+            if (face < 0) {
+              for (int ch = 0; ch < 3; ++ch) acc[ch] += o.background[ch] * (1.0f / 255.0f);
+              continue;
+            }
+            const Shaded sh = ShadeSample(m, pose, o, face, g->b0[k], g->b1[k]);
+            acc[0] += sh.color.x;
+            acc[1] += sh.color.y;
+            acc[2] += sh.color.z;
+            if (i == center && j == center) {
+              have_center = true;
+              center_sample = sh;
+              center_sample.depth = 1.0f / g->inv_z[k];
+            }
           }
         }
+      } else {
+        for (int ch = 0; ch < 3; ++ch) acc[ch] = o.background[ch] * (1.0f / 255.0f) * (s * s);
       }
-      const float inv = 1.0f / static_cast<float>(s * s);
       if (out.rgb != nullptr) {
-        for (int ch = 0; ch < 3; ++ch) out.rgb[pix * 3 + ch] = ToByte(acc[ch] * inv);
+        for (int ch = 0; ch < 3; ++ch) out.rgb[pix * 3 + ch] = ToByte(acc[ch] * inv_samples);
       }
       if (out.mask != nullptr) out.mask[pix] = have_center ? 1 : 0;
       if (out.depth != nullptr) out.depth[pix] = have_center ? center_sample.depth : 0.0f;
@@ -356,10 +430,6 @@ void RenderBatch(const MeshView& m, const double* poses, int64_t n, const Render
   const int bands = n >= num_threads ? 1 : std::min(o.height, (num_threads + static_cast<int>(n) - 1) /
                                                                   static_cast<int>(std::max<int64_t>(n, 1)) * 2);
   const int rows_per_band = (o.height + bands - 1) / bands;
-  struct Scratch {
-    std::vector<Vec3> cam;
-    GBuffer g;
-  };
   std::vector<Scratch> scratch(static_cast<size_t>(std::max(num_threads, 1)));
   ParallelFor(n * bands, num_threads, [&](int64_t task, int tid) {
     InterruptPoint();
@@ -368,7 +438,7 @@ void RenderBatch(const MeshView& m, const double* poses, int64_t n, const Render
     const int r0 = band * rows_per_band, r1 = std::min(o.height, r0 + rows_per_band);
     if (r0 >= r1) return;
     Scratch& sc = scratch[static_cast<size_t>(tid)];
-    RenderRows(m, ps[static_cast<size_t>(view)], o, view, r0, r1, out, &sc.cam, &sc.g);
+    RenderRows(m, ps[static_cast<size_t>(view)], o, view, r0, r1, out, &sc);
   });
 }
 
