@@ -5,6 +5,20 @@ as a 3x4 ``[R | t]`` with ``x_cam = R @ x_world + t``; cameras look along +z wit
 and y down (OpenCV).
 """
 
+from pylocalize.geometry.poses import (
+    matrix_from_quaternion,
+    quaternion_from_matrix,
+    read_pose_file,
+    write_pose_file,
+)
 from pylocalize.geometry.views import fibonacci_sphere, look_at, viewpoint_poses
 
-__all__ = ["fibonacci_sphere", "look_at", "viewpoint_poses"]
+__all__ = [
+    "fibonacci_sphere",
+    "look_at",
+    "matrix_from_quaternion",
+    "quaternion_from_matrix",
+    "read_pose_file",
+    "viewpoint_poses",
+    "write_pose_file",
+]
