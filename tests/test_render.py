@@ -287,6 +287,8 @@ def test_bad_inputs():
         Renderer(W, H, K, near=2, far=1).render(cube(), IDENTITY)
     with pytest.raises(ValueError, match="K must be 3x3"):
         Renderer(W, H, np.eye(4))
+    with pytest.raises(ValueError, match="supersample must be 1, 3, 5 or 7"):
+        Renderer(W, H, K, supersample=2).render(cube(), IDENTITY)
     with pytest.raises(ValueError, match="unknown outputs"):
         r.render(cube(), IDENTITY, outputs=("rgb", "albedo"))
     with pytest.raises(ValueError, match="not found"):

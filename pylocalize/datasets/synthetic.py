@@ -61,7 +61,7 @@ class SyntheticScene:
     @property
     def renderer(self) -> Renderer:
         return Renderer(self.width, self.height, self.K, near=0.05, far=100.0, ambient=0.6,
-                        supersample=2, background=(150, 180, 215))
+                        supersample=3, background=(150, 180, 215))
 
     def render(self, cam_from_world: np.ndarray):
         """Renders views of the scene: ``(images uint8 (n, h, w, 3), depths float32 (n, h, w))``."""

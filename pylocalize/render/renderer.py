@@ -52,8 +52,8 @@ class Renderer:
     ambient : float
         Ambient share of the Lambert intensity, in [0, 1].
     supersample : int
-        ``s x s`` samples per pixel for anti-aliased RGB (1 = off); depth, mask, xyz and
-        normals come from the sample nearest each pixel centre.
+        ``s x s`` samples per pixel for anti-aliased RGB: 1 (off), 3, 5 or 7. Odd, so that
+        depth, mask, xyz and normals come from a sample exactly at each pixel centre.
     cull_back : bool
         Skip triangles facing away from the camera (their vertices appear clockwise
         when seen from outside, i.e. normals by the right-hand rule point inwards).

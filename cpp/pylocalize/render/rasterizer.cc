@@ -199,24 +199,24 @@ inline Vec3 Load3(const float* p, int64_t i) { return {p[3 * i], p[3 * i + 1], p
 Vec3 SampleTexture(const MeshView& m, float u, float v) {
   u -= std::floor(u);
   v -= std::floor(v);
-  const float x = u * static_cast<float>(m.tex_width) - 0.5f;
-  const float y = (1.0f - v) * static_cast<float>(m.tex_height) - 0.5f;
+  const int64_t tw = m.tex_width, th = m.tex_height;
+  const float x = u * static_cast<float>(tw) - 0.5f;
+  const float y = (1.0f - v) * static_cast<float>(th) - 0.5f;
   const float fx = std::floor(x), fy = std::floor(y);
   const float ax = x - fx, ay = y - fy;
-  const int64_t x0 = std::clamp<int64_t>(static_cast<int64_t>(fx), 0, m.tex_width - 1);
-  const int64_t x1 = std::clamp<int64_t>(static_cast<int64_t>(fx) + 1, 0, m.tex_width - 1);
-  const int64_t y0 = std::clamp<int64_t>(static_cast<int64_t>(fy), 0, m.tex_height - 1);
-  const int64_t y1 = std::clamp<int64_t>(static_cast<int64_t>(fy) + 1, 0, m.tex_height - 1);
-  auto px = [&](int64_t yy, int64_t xx, int ch) {
-    return static_cast<float>(m.texture[(yy * m.tex_width + xx) * 3 + ch]);
-  };
-  float out[3];
-  for (int ch = 0; ch < 3; ++ch) {
-    const float top = px(y0, x0, ch) + ax * (px(y0, x1, ch) - px(y0, x0, ch));
-    const float bottom = px(y1, x0, ch) + ax * (px(y1, x1, ch) - px(y1, x0, ch));
-    out[ch] = (top + ay * (bottom - top)) * (1.0f / 255.0f);
-  }
-  return {out[0], out[1], out[2]};
+  const int64_t xi = static_cast<int64_t>(fx), yi = static_cast<int64_t>(fy);
+  const int64_t x0 = std::clamp<int64_t>(xi, 0, tw - 1), x1 = std::clamp<int64_t>(xi + 1, 0, tw - 1);
+  const int64_t y0 = std::clamp<int64_t>(yi, 0, th - 1), y1 = std::clamp<int64_t>(yi + 1, 0, th - 1);
+  const uint8_t* p00 = m.texture + (y0 * tw + x0) * 3;
+  const uint8_t* p01 = m.texture + (y0 * tw + x1) * 3;
+  const uint8_t* p10 = m.texture + (y1 * tw + x0) * 3;
+  const uint8_t* p11 = m.texture + (y1 * tw + x1) * 3;
+  const float k = 1.0f / 255.0f;
+  const float w00 = (1.0f - ax) * (1.0f - ay) * k, w01 = ax * (1.0f - ay) * k;
+  const float w10 = (1.0f - ax) * ay * k, w11 = ax * ay * k;
+  return {w00 * p00[0] + w01 * p01[0] + w10 * p10[0] + w11 * p11[0],
+          w00 * p00[1] + w01 * p01[1] + w10 * p10[1] + w11 * p11[1],
+          w00 * p00[2] + w01 * p01[2] + w10 * p10[2] + w11 * p11[2]};
 }
 
 struct Shaded {
@@ -226,24 +226,35 @@ struct Shaded {
   float depth;
 };
 
-Shaded ShadeSample(const MeshView& m, const Pose& pose, const RenderOptions& o, int32_t face,
-                   float b0, float b1) {
+// What one view's shading pass needs, computed once per view.
+struct ViewShading {
+  const std::vector<Vec3>* cam;            // vertices in the camera frame
+  const std::vector<Vec3>* face_normals;   // camera frame, when the mesh has no vertex normals
+  bool want_xyz, want_normal, lambert;
+};
+
+Shaded ShadeSample(const MeshView& m, const Pose& pose, const RenderOptions& o,
+                   const ViewShading& vs, int32_t face, float b0, float b1) {
   const float b2 = 1.0f - b0 - b1;
   const int32_t* f = m.faces + 3 * static_cast<int64_t>(face);
-  const Vec3 x0 = Load3(m.vertices, f[0]), x1 = Load3(m.vertices, f[1]), x2 = Load3(m.vertices, f[2]);
   Shaded s;
-  s.xyz = b0 * x0 + b1 * x1 + b2 * x2;
-  const Vec3 p = pose.Apply(s.xyz);
-  s.depth = p.z;
-  Vec3 n;
-  if (m.vertex_normals != nullptr) {
-    n = b0 * Load3(m.vertex_normals, f[0]) + b1 * Load3(m.vertex_normals, f[1]) +
-        b2 * Load3(m.vertex_normals, f[2]);
-  } else {
-    n = Cross(x1 - x0, x2 - x0);
+  if (vs.want_xyz) {
+    s.xyz = b0 * Load3(m.vertices, f[0]) + b1 * Load3(m.vertices, f[1]) + b2 * Load3(m.vertices, f[2]);
   }
-  n = Normalized(pose.Rotate(n));
-  if (Dot(n, p) > 0.0f) n = -1.0f * n;
+  const std::vector<Vec3>& cam = *vs.cam;
+  const Vec3 p = b0 * cam[f[0]] + b1 * cam[f[1]] + b2 * cam[f[2]];
+  s.depth = p.z;
+  Vec3 n{0, 0, 0};
+  if (vs.want_normal || vs.lambert) {
+    if (m.vertex_normals != nullptr) {
+      n = pose.Rotate(b0 * Load3(m.vertex_normals, f[0]) + b1 * Load3(m.vertex_normals, f[1]) +
+                      b2 * Load3(m.vertex_normals, f[2]));
+      n = Normalized(n);
+    } else {
+      n = (*vs.face_normals)[static_cast<size_t>(face)];
+    }
+    if (Dot(n, p) > 0.0f) n = -1.0f * n;
+  }
   s.normal = n;
   Vec3 c;
   if (m.texture != nullptr && m.uvs != nullptr) {
@@ -255,8 +266,8 @@ Shaded ShadeSample(const MeshView& m, const Pose& pose, const RenderOptions& o, 
   } else {
     c = {o.default_color[0], o.default_color[1], o.default_color[2]};
   }
-  if (o.shading == Shading::kLambert) {
-    const float ndotl = std::max(0.0f, -Dot(n, Normalized(p)));  // light at the camera
+  if (vs.lambert) {
+    const float ndotl = std::max(0.0f, -Dot(n, p) / std::sqrt(Dot(p, p)));  // light at the camera
     c = (o.ambient + (1.0f - o.ambient) * ndotl) * c;
   }
   s.color = c;
@@ -270,6 +281,7 @@ inline uint8_t ToByte(float v) {
 struct Scratch {
   std::vector<Vec3> cam;
   std::vector<Projected> proj;
+  std::vector<Vec3> face_normals;
   GBuffer g;
 };
 
@@ -340,6 +352,20 @@ void RenderRows(const MeshView& m, const Pose& pose, const RenderOptions& o, int
       }
     }
   }
+  ViewShading vs;
+  vs.cam = &sc->cam;
+  vs.face_normals = &sc->face_normals;
+  vs.want_xyz = out.xyz != nullptr;
+  vs.want_normal = out.normals != nullptr;
+  vs.lambert = o.shading == Shading::kLambert && out.rgb != nullptr;
+  if ((vs.want_normal || vs.lambert) && m.vertex_normals == nullptr) {
+    sc->face_normals.resize(static_cast<size_t>(m.num_faces));
+    for (int64_t f = 0; f < m.num_faces; ++f) {
+      const int32_t* idx = m.faces + 3 * f;
+      const Vec3 &p0 = sc->cam[idx[0]], &p1 = sc->cam[idx[1]], &p2 = sc->cam[idx[2]];
+      sc->face_normals[static_cast<size_t>(f)] = Normalized(Cross(p1 - p0, p2 - p0));
+    }
+  }
   const int64_t w = o.width, h = o.height;
   const int64_t base = view * h * w;
   const int center = s / 2;
@@ -364,7 +390,7 @@ void RenderRows(const MeshView& m, const Pose& pose, const RenderOptions& o, int
               for (int ch = 0; ch < 3; ++ch) acc[ch] += o.background[ch] * (1.0f / 255.0f);
               continue;
             }
-            const Shaded sh = ShadeSample(m, pose, o, face, g->b0[k], g->b1[k]);
+            const Shaded sh = ShadeSample(m, pose, o, vs, face, g->b0[k], g->b1[k]);
             acc[0] += sh.color.x;
             acc[1] += sh.color.y;
             acc[2] += sh.color.z;
@@ -408,8 +434,10 @@ void RenderBatch(const MeshView& m, const double* poses, int64_t n, const Render
   PYL_CHECK(o.fx > 0 && o.fy > 0, "focal lengths must be positive: check K");
   PYL_CHECK(o.near_plane > 0 && o.far_plane > o.near_plane,
             "need 0 < near < far, got near=", o.near_plane, " far=", o.far_plane);
-  PYL_CHECK(o.supersample >= 1 && o.supersample <= 8, "supersample must be 1..8, got ",
-            o.supersample);
+  // Odd factors put a sample exactly on each pixel centre, where depth, mask, xyz and
+  // normals are taken: with even ones they would be off by a fraction of a pixel.
+  PYL_CHECK(o.supersample >= 1 && o.supersample <= 7 && o.supersample % 2 == 1,
+            "supersample must be 1, 3, 5 or 7, got ", o.supersample);
   PYL_CHECK(o.ambient >= 0.0f && o.ambient <= 1.0f, "ambient must be in [0, 1]");
   PYL_CHECK(m.texture == nullptr || (m.uvs != nullptr && m.tex_width > 0 && m.tex_height > 0),
             "a texture needs per-vertex uvs and a non-empty image");

@@ -11,8 +11,8 @@
 // edges are drawn once) into a z-buffer that keeps the face id and perspective-correct
 // barycentrics of the nearest fragment; a second, deferred pass shades only the visible
 // samples (Lambert + ambient with the light at the camera, or unlit) and fills the
-// geometric buffers. Supersampling renders s x s samples per pixel and averages RGB;
-// the geometric buffers come from the sample nearest the pixel centre.
+// geometric buffers. Supersampling renders s x s samples per pixel (s odd) and averages
+// RGB; the geometric buffers come from the centre sample, exactly at the pixel centre.
 #pragma once
 
 #include <cstdint>
@@ -41,7 +41,7 @@ struct RenderOptions {
   double near_plane = 0.01, far_plane = 1e6;
   Shading shading = Shading::kLambert;
   float ambient = 0.3f;  // intensity = ambient + (1 - ambient) * |n . l|
-  int supersample = 1;
+  int supersample = 1;  // 1, 3, 5 or 7
   bool cull_back = false;
   uint8_t background[3] = {0, 0, 0};
   float default_color[3] = {0.8f, 0.8f, 0.8f};  // without vertex colours or texture
