@@ -164,7 +164,7 @@ def _noise(rng, h, w, cells) -> np.ndarray:
     return np.asarray(Image.fromarray(grid, mode="F").resize((w, h), Image.BICUBIC), dtype=np.float32)
 
 
-def _texture(rng, h, w) -> np.ndarray:
+def procedural_texture(rng, h, w) -> np.ndarray:
     """A tile: coloured multi-octave noise, then shapes and glyphs at many sizes."""
     from PIL import Image, ImageDraw, ImageFont
 
@@ -206,11 +206,11 @@ def _texture(rng, h, w) -> np.ndarray:
 def _atlas(rng) -> np.ndarray:
     """Ground (2048^2), four walls (2048 x 512 each) and eight box tiles (512^2)."""
     atlas = np.zeros((ATLAS_H, ATLAS_W, 3), np.uint8)
-    atlas[:2048, :2048] = _texture(rng, 2048, 2048)
+    atlas[:2048, :2048] = procedural_texture(rng, 2048, 2048)
     for k in range(4):
-        atlas[512 * k:512 * (k + 1), 2048:] = _texture(rng, 512, 2048)
+        atlas[512 * k:512 * (k + 1), 2048:] = procedural_texture(rng, 512, 2048)
     for j in range(8):
-        atlas[2048:, BOX_TILE * j:BOX_TILE * (j + 1)] = _texture(rng, BOX_TILE, BOX_TILE)
+        atlas[2048:, BOX_TILE * j:BOX_TILE * (j + 1)] = procedural_texture(rng, BOX_TILE, BOX_TILE)
     return atlas
 
 
