@@ -1,4 +1,4 @@
-"""The ``pylocalize`` command line: ``info``, ``demo``, ``bench``."""
+"""The ``pylocalize`` command line: ``info``, ``demo``, ``render``, ``bench``."""
 
 from __future__ import annotations
 
@@ -33,6 +33,41 @@ def _demo(args) -> int:
     return 0
 
 
+def _render(args) -> int:
+    """Renders template views of a mesh and writes a contact sheet PNG."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from pylocalize.geometry import viewpoint_poses
+    from pylocalize.render import Renderer, load_mesh
+
+    mesh = load_mesh(args.mesh)
+    size = args.size
+    inplane = max(1, args.inplane)
+    poses = viewpoint_poses(max(1, -(-args.views // inplane)), inplane,
+                            radius=args.distance * mesh.extent, center=mesh.center)[: args.views]
+    # Fit the object's bounding sphere into the image with some margin.
+    focal = 0.5 * size * args.distance / 0.6
+    K = np.array([[focal, 0, (size - 1) / 2], [0, focal, (size - 1) / 2], [0, 0, 1]])
+    renderer = Renderer(size, size, K, near=0.01 * mesh.extent, far=100 * mesh.extent,
+                        supersample=3, background=(40, 40, 40))
+    rgb = renderer.render(mesh, poses, outputs=("rgb",)).rgb
+    cols = int(np.ceil(np.sqrt(len(rgb))))
+    rows = int(np.ceil(len(rgb) / cols))
+    sheet = np.full((rows * size, cols * size, 3), 20, np.uint8)
+    for i, image in enumerate(rgb):
+        r, c = divmod(i, cols)
+        sheet[r * size:(r + 1) * size, c * size:(c + 1) * size] = image
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / (Path(args.mesh).stem + "_templates.png")
+    Image.fromarray(sheet).save(path)
+    print(f"{len(rgb)} views of {args.mesh} ({len(mesh.faces):,} triangles) -> {path}")
+    return 0
+
+
 def _bench(args) -> int:
     if args.topic == "binary":
         from pylocalize.bench.binary import main as bench_main
@@ -55,6 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nq", type=int, default=1000, help="number of queries")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("render", help="render template views of a mesh into a contact sheet PNG")
+    p.add_argument("--mesh", required=True, help="mesh file (PLY, OBJ, ...)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--views", type=int, default=48, help="number of views (default: %(default)s)")
+    p.add_argument("--inplane", type=int, default=1, help="in-plane rotations per viewpoint")
+    p.add_argument("--size", type=int, default=200, help="view size in pixels")
+    p.add_argument("--distance", type=float, default=1.5, help="camera distance in object diameters")
+    p.set_defaults(func=_render)
 
     p = sub.add_parser("bench", help="run a benchmark at a small size (full runs: benchmarks/)")
     p.add_argument("topic", choices=["binary"])

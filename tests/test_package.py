@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import json
+
+import numpy as np
 from pathlib import Path
 
 import pylocalize
@@ -37,3 +39,17 @@ def test_demo_small(tmp_path, capsys):
     assert by_name["SDC 2 bits/dim"]["recall@10"] > by_name["sign codes, Hamming"]["recall@10"]
     index = pylocalize.MultiBitIndex.load(tmp_path / "sdc2.pyloc")
     assert index.ntotal == 5000 and index.has_vectors
+
+
+def test_cli_render_contact_sheet(tmp_path, capsys):
+    from PIL import Image
+    trimesh = __import__("pytest").importorskip("trimesh")
+    mesh_path = tmp_path / "box.ply"
+    trimesh.creation.box(extents=(1, 2, 3)).export(mesh_path)
+    assert main(["render", "--mesh", str(mesh_path), "--out", str(tmp_path / "out"), "--views", "6",
+                 "--size", "64"]) == 0
+    sheet = np.asarray(Image.open(tmp_path / "out" / "box_templates.png"))
+    assert sheet.shape == (2 * 64, 3 * 64, 3)
+    tiles = [sheet[r * 64:(r + 1) * 64, c * 64:(c + 1) * 64] for r in range(2) for c in range(3)]
+    for tile in tiles:  # every view shows the object on the background
+        assert (np.abs(tile.astype(int) - 40).sum(-1) > 30).mean() > 0.05
