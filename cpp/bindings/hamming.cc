@@ -34,10 +34,41 @@ py::tuple RangeToPython(hamming::RangeResult&& r) {
                         MoveArray(std::move(r.ids), {total}));
 }
 
+// ids(), save/load, serialize/deserialize: the same for every index of the container format.
+template <class Index>
+void BindIdsAndPersistence(py::class_<Index>& cls) {
+  cls.def("ids",
+          [](const Index& self) {
+            std::vector<int64_t> v = self.Ids();
+            const py::ssize_t n = static_cast<py::ssize_t>(v.size());
+            return MoveArray(std::move(v), {n});
+          })
+      .def("save", &Index::Save, py::arg("path"), py::call_guard<py::gil_scoped_release>())
+      .def_static("load", &Index::Load, py::arg("path"), py::arg("mmap") = false,
+                  py::call_guard<py::gil_scoped_release>())
+      .def("serialize",
+           [](const Index& self) {
+             std::vector<uint8_t> b;
+             {
+               py::gil_scoped_release release;
+               b = self.Serialize();
+             }
+             const py::ssize_t n = static_cast<py::ssize_t>(b.size());
+             return MoveArray(std::move(b), {n});
+           })
+      .def_static("deserialize", [](const py::object& data) {
+        auto a = CheckArray<uint8_t>(data, "data", 1);
+        std::vector<uint8_t> bytes(a.data(), a.data() + a.size());
+        py::gil_scoped_release release;
+        return Index::Deserialize(std::move(bytes));
+      });
+}
+
 }  // namespace
 
 void BindHamming(py::module_& m) {
-  py::class_<BinaryIndex>(m, "BinaryIndex")
+  py::class_<BinaryIndex> binary(m, "BinaryIndex");
+  binary
       .def(py::init<int64_t>(), py::arg("nbits"))
       .def_property_readonly("nbits", &BinaryIndex::nbits)
       .def_property_readonly("code_size", &BinaryIndex::code_size)
@@ -95,34 +126,11 @@ void BindHamming(py::module_& m) {
              std::vector<uint8_t> c = self.Codes();
              const py::ssize_t n = static_cast<py::ssize_t>(c.size()) / self.code_size();
              return MoveArray(std::move(c), {n, static_cast<py::ssize_t>(self.code_size())});
-           })
-      .def("ids",
-           [](const BinaryIndex& self) {
-             std::vector<int64_t> v = self.Ids();
-             const py::ssize_t n = static_cast<py::ssize_t>(v.size());
-             return MoveArray(std::move(v), {n});
-           })
-      .def("save", &BinaryIndex::Save, py::arg("path"), py::call_guard<py::gil_scoped_release>())
-      .def_static("load", &BinaryIndex::Load, py::arg("path"), py::arg("mmap") = false,
-                  py::call_guard<py::gil_scoped_release>())
-      .def("serialize",
-           [](const BinaryIndex& self) {
-             std::vector<uint8_t> b;
-             {
-               py::gil_scoped_release release;
-               b = self.Serialize();
-             }
-             const py::ssize_t n = static_cast<py::ssize_t>(b.size());
-             return MoveArray(std::move(b), {n});
-           })
-      .def_static("deserialize", [](const py::object& data) {
-        auto a = CheckArray<uint8_t>(data, "data", 1);
-        std::vector<uint8_t> bytes(a.data(), a.data() + a.size());
-        py::gil_scoped_release release;
-        return BinaryIndex::Deserialize(std::move(bytes));
-      });
+           });
+  BindIdsAndPersistence(binary);
 
-  py::class_<MultiBitIndex>(m, "MultiBitIndex")
+  py::class_<MultiBitIndex> multibit(m, "MultiBitIndex");
+  multibit
       .def(py::init<int64_t, int>(), py::arg("dim"), py::arg("bits_per_dim"))
       .def_property_readonly("dim", &MultiBitIndex::dim)
       .def_property_readonly("bits_per_dim", &MultiBitIndex::bits_per_dim)
@@ -177,32 +185,8 @@ void BindHamming(py::module_& m) {
           },
           py::arg("query_codes"), py::arg("k"),
           py::arg("query_vectors") = py::none(), py::arg("rerank") = 0)
-      .def("reset", &MultiBitIndex::Reset, py::call_guard<py::gil_scoped_release>())
-      .def("ids",
-           [](const MultiBitIndex& self) {
-             std::vector<int64_t> v = self.Ids();
-             const py::ssize_t n = static_cast<py::ssize_t>(v.size());
-             return MoveArray(std::move(v), {n});
-           })
-      .def("save", &MultiBitIndex::Save, py::arg("path"), py::call_guard<py::gil_scoped_release>())
-      .def_static("load", &MultiBitIndex::Load, py::arg("path"), py::arg("mmap") = false,
-                  py::call_guard<py::gil_scoped_release>())
-      .def("serialize",
-           [](const MultiBitIndex& self) {
-             std::vector<uint8_t> b;
-             {
-               py::gil_scoped_release release;
-               b = self.Serialize();
-             }
-             const py::ssize_t n = static_cast<py::ssize_t>(b.size());
-             return MoveArray(std::move(b), {n});
-           })
-      .def_static("deserialize", [](const py::object& data) {
-        auto a = CheckArray<uint8_t>(data, "data", 1);
-        std::vector<uint8_t> bytes(a.data(), a.data() + a.size());
-        py::gil_scoped_release release;
-        return MultiBitIndex::Deserialize(std::move(bytes));
-      });
+      .def("reset", &MultiBitIndex::Reset, py::call_guard<py::gil_scoped_release>());
+  BindIdsAndPersistence(multibit);
 
   m.def(
       "binarize",

@@ -45,21 +45,7 @@ void BinaryIndex::Add(const uint8_t* codes, int64_t n, const int64_t* ids) {
   std::vector<uint64_t> words;
   ToWords(codes, n, &words);
   std::unique_lock<std::shared_mutex> lock(mutex_);
-  if (ids_owner_ != nullptr) {  // borrowed from a mapped file: copy before changing
-    ids_owned_.assign(ids_, ids_ + store_.size());
-    ids_owner_.reset();
-  }
-  const int64_t first = next_id_;
-  int64_t prev = ids_owned_.empty() ? INT64_MIN : ids_owned_.back();
-  ids_owned_.reserve(ids_owned_.size() + static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t id = ids != nullptr ? ids[i] : first + i;
-    if (id <= prev) ids_ascending_ = false;
-    prev = id;
-    next_id_ = std::max(next_id_, id + 1);
-    ids_owned_.push_back(id);
-  }
-  ids_ = ids_owned_.data();
+  ids_.Append(ids, n);
   store_.Append(words.data(), n);
 }
 
@@ -69,7 +55,7 @@ void BinaryIndex::Search(const uint8_t* queries, int64_t nq, int64_t k, int32_t*
   std::vector<uint64_t> qwords;
   ToWords(queries, nq, &qwords);
   std::shared_lock<std::shared_mutex> lock(mutex_);
-  const hamming::ScanSource src{&store_, ids_, ids_ascending_, &HammingTile,
+  const hamming::ScanSource src{&store_, ids_.data(), ids_.ascending(), &HammingTile,
                                 reinterpret_cast<const void*>(
                                     hamming::GetHammingKernel(ActiveSimdLevel()))};
   hamming::KnnScan(src, qwords.data(), nq, words_, k, distances, ids, INT32_MAX,
@@ -82,7 +68,7 @@ hamming::RangeResult BinaryIndex::RangeSearch(const uint8_t* queries, int64_t nq
   std::vector<uint64_t> qwords;
   ToWords(queries, nq, &qwords);
   std::shared_lock<std::shared_mutex> lock(mutex_);
-  const hamming::ScanSource src{&store_, ids_, ids_ascending_, &HammingTile,
+  const hamming::ScanSource src{&store_, ids_.data(), ids_.ascending(), &HammingTile,
                                 reinterpret_cast<const void*>(
                                     hamming::GetHammingKernel(ActiveSimdLevel()))};
   return hamming::RangeScan(src, qwords.data(), nq, words_, radius, GetNumThreads());
@@ -93,32 +79,23 @@ int64_t BinaryIndex::RemoveIds(const int64_t* ids, int64_t n) {
   std::unique_lock<std::shared_mutex> lock(mutex_);
   const int64_t total = store_.size();
   std::vector<uint8_t> keep(static_cast<size_t>(total), 1);
-  std::vector<int64_t> kept;
-  kept.reserve(static_cast<size_t>(total));
+  int64_t removed = 0;
   for (int64_t i = 0; i < total; ++i) {
-    if (drop.count(ids_[i])) {
+    if (drop.count(ids_.data()[i])) {
       keep[static_cast<size_t>(i)] = 0;
-    } else {
-      kept.push_back(ids_[i]);
+      ++removed;
     }
   }
-  const int64_t removed = total - static_cast<int64_t>(kept.size());
   if (removed == 0) return 0;
   store_.Compact(keep);
-  ids_owned_ = std::move(kept);
-  ids_owner_.reset();
-  ids_ = ids_owned_.data();
-  return removed;  // removal keeps order, so ids_ascending_ still holds if it did
+  ids_.Compact(keep);
+  return removed;
 }
 
 void BinaryIndex::Reset() {
   std::unique_lock<std::shared_mutex> lock(mutex_);
   store_.Clear();
-  ids_owned_.clear();
-  ids_owner_.reset();
-  ids_ = ids_owned_.data();
-  ids_ascending_ = true;
-  next_id_ = 0;
+  ids_.Clear();
 }
 
 std::vector<uint8_t> BinaryIndex::Codes() const {
@@ -135,16 +112,16 @@ std::vector<uint8_t> BinaryIndex::Codes() const {
 
 std::vector<int64_t> BinaryIndex::Ids() const {
   std::shared_lock<std::shared_mutex> lock(mutex_);
-  return std::vector<int64_t>(ids_, ids_ + store_.size());
+  return std::vector<int64_t>(ids_.data(), ids_.data() + ids_.size());
 }
 
 ContainerWriter BinaryIndex::Writer() const {
   ContainerWriter w(kTag);
   w.SetMeta("nbits", nbits_);
   w.SetMeta("ntotal", store_.size());
-  w.SetMeta("next_id", next_id_);
+  w.SetMeta("next_id", ids_.next_id());
   w.AddSection("blocks", DType::kUInt64, {store_.num_words()}, store_.blocks());
-  w.AddSection("ids", DType::kInt64, {store_.size()}, ids_);
+  w.AddSection("ids", DType::kInt64, {store_.size()}, ids_.data());
   return w;
 }
 
@@ -174,16 +151,10 @@ std::unique_ptr<BinaryIndex> BinaryIndex::FromContainer(const Container& c, bool
   const auto* iptr = reinterpret_cast<const int64_t*>(ids.data);
   if (borrow) {
     index->store_.Borrow(bptr, n, c.owner());
-    index->ids_ = iptr;
-    index->ids_owner_ = c.owner();
   } else {
     index->store_.AssignBlocks(bptr, n);
-    index->ids_owned_.assign(iptr, iptr + n);
-    index->ids_ = index->ids_owned_.data();
   }
-  index->next_id_ = c.Meta("next_id");
-  // Derived from the ids rather than trusted from the file: it decides tie handling.
-  index->ids_ascending_ = hamming::IdsAscending(index->ids_, n);
+  index->ids_.Assign(iptr, n, c.Meta("next_id"), borrow ? c.owner() : nullptr);
   return index;
 }
 

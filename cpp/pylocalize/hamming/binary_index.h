@@ -51,11 +51,7 @@ class BinaryIndex {
   int64_t nbits_;
   int64_t words_;
   hamming::CodeStore store_;
-  std::vector<int64_t> ids_owned_;
-  const int64_t* ids_ = nullptr;  // ids_owned_ or a mapped file kept by ids_owner_
-  std::shared_ptr<const void> ids_owner_;
-  bool ids_ascending_ = true;
-  int64_t next_id_ = 0;
+  hamming::IdList ids_;
   mutable std::shared_mutex mutex_;
 };
 

@@ -78,11 +78,69 @@ void CodeStore::AssignBlocks(const uint64_t* blocks, int64_t n) {
   data_ = owned_.data();
 }
 
-bool IdsAscending(const int64_t* ids, int64_t n) {
-  for (int64_t i = 1; i < n; ++i) {
-    if (ids[i] <= ids[i - 1]) return false;
+void IdList::MakeOwned() {
+  if (owner_ == nullptr) return;
+  owned_.assign(data_, data_ + n_);
+  data_ = owned_.data();
+  owner_.reset();
+}
+
+void IdList::Append(const int64_t* ids, int64_t n) {
+  MakeOwned();
+  int64_t prev = n_ > 0 ? owned_.back() : INT64_MIN;
+  const int64_t first = next_id_;
+  owned_.reserve(owned_.size() + static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t id = ids != nullptr ? ids[i] : first + i;
+    if (id <= prev) ascending_ = false;
+    prev = id;
+    next_id_ = std::max(next_id_, id + 1);
+    owned_.push_back(id);
   }
-  return true;
+  data_ = owned_.data();
+  n_ += n;
+}
+
+void IdList::Compact(const std::vector<uint8_t>& keep) {
+  MakeOwned();
+  int64_t out = 0;
+  for (int64_t i = 0; i < n_; ++i) {
+    if (keep[static_cast<size_t>(i)]) owned_[static_cast<size_t>(out++)] = owned_[static_cast<size_t>(i)];
+  }
+  owned_.resize(static_cast<size_t>(out));
+  data_ = owned_.data();
+  n_ = out;  // removal keeps order: ascending ids stay ascending
+}
+
+void IdList::Clear() {
+  owned_.clear();
+  owner_.reset();
+  data_ = owned_.data();
+  n_ = 0;
+  ascending_ = true;
+  next_id_ = 0;
+}
+
+void IdList::Assign(const int64_t* ids, int64_t n, int64_t next_id,
+                    std::shared_ptr<const void> owner) {
+  if (owner != nullptr) {
+    owned_.clear();
+    data_ = ids;
+    owner_ = std::move(owner);
+  } else {
+    owned_.assign(ids, ids + n);
+    data_ = owned_.data();
+    owner_.reset();
+  }
+  n_ = n;
+  next_id_ = next_id;
+  ascending_ = true;
+  for (int64_t i = 1; i < n; ++i) {
+    if (ids[i] <= ids[i - 1]) {
+      ascending_ = false;
+      break;
+    }
+  }
 }
 
 void CodeStore::Borrow(const uint64_t* blocks, int64_t n, std::shared_ptr<const void> owner) {

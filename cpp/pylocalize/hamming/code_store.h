@@ -42,8 +42,35 @@ class CodeStore {
   std::shared_ptr<const void> owner_;
 };
 
-// Whether ids strictly increase (then strict thresholds suffice for ties to the smaller id).
-bool IdsAscending(const int64_t* ids, int64_t n);
+// The ids of stored codes, owned or borrowed from a mapped file (copied on the first
+// change), and what scans need to know of them.
+class IdList {
+ public:
+  const int64_t* data() const { return data_; }
+  int64_t size() const { return n_; }
+  // Ids strictly increase with position: then strict thresholds give ties to the smaller id.
+  bool ascending() const { return ascending_; }
+  // Default id of the next code: one past the largest id ever added.
+  int64_t next_id() const { return next_id_; }
+
+  // Appends n ids, or next_id(), next_id() + 1, ... when ids is nullptr.
+  void Append(const int64_t* ids, int64_t n);
+  // Keeps the ids whose keep[i] != 0, in order.
+  void Compact(const std::vector<uint8_t>& keep);
+  void Clear();
+  // Takes ids read from a file: borrowed while `owner` (if not null) keeps them alive,
+  // copied otherwise. `ascending` is derived here, never trusted from the file.
+  void Assign(const int64_t* ids, int64_t n, int64_t next_id, std::shared_ptr<const void> owner);
+
+ private:
+  void MakeOwned();
+  std::vector<int64_t> owned_;
+  const int64_t* data_ = nullptr;
+  int64_t n_ = 0;
+  bool ascending_ = true;
+  int64_t next_id_ = 0;
+  std::shared_ptr<const void> owner_;
+};
 
 // Calls a kernel on one tile; the drivers below cut the work into tiles.
 using TileKernel = void (*)(const ScanArgs& args, const void* context);

@@ -3,12 +3,13 @@
 #include <immintrin.h>
 
 #include "pylocalize/hamming/kernel_impl.h"
+#include "pylocalize/hamming/kernels_x86_key.h"
 
 namespace pylocalize {
 namespace hamming {
 namespace {
 
-struct AVX2Ops {
+struct AVX2Ops : X86FloatKey<AVX2Ops> {
   static constexpr int kQueryBlock = 2;
   struct V {
     __m256i lo, hi;
@@ -53,17 +54,6 @@ struct AVX2Ops {
   static void Store32(int32_t* out, V d) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), Pack32(d));
   }
-  using F = __m256;
-  static F Key(V d, const float* scales, float a, float b) {
-    const __m256 df = _mm256_cvtepi32_ps(Pack32(d));
-    const __m256 sim = _mm256_fnmadd_ps(_mm256_set1_ps(b), df, _mm256_set1_ps(a));
-    return _mm256_mul_ps(_mm256_sub_ps(_mm256_setzero_ps(), sim), _mm256_loadu_ps(scales));
-  }
-  static uint64_t LessMaskF(F f, float t) {
-    return static_cast<uint64_t>(
-        _mm256_movemask_ps(_mm256_cmp_ps(f, _mm256_set1_ps(t), _CMP_LT_OQ)));
-  }
-  static void StoreF(float* out, F f) { _mm256_storeu_ps(out, f); }
 };
 
 }  // namespace

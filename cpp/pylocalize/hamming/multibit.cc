@@ -131,20 +131,10 @@ void MultiBitIndex::Add(const uint8_t* codes, int64_t n, const int64_t* ids, con
                          : "this index was built without float vectors: add codes only, or "
                            "start a new index and pass vectors= to every add");
   if (owner_ != nullptr) {  // borrowed from a mapped file: copy before changing
-    ids_owned_.assign(ids_, ids_ + n0);
     if (has_vectors_) vectors_owned_.assign(vectors_, vectors_ + n0 * dim_);
     owner_.reset();
   }
-  int64_t prev = ids_owned_.empty() ? INT64_MIN : ids_owned_.back();
-  const int64_t first = next_id_;
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t id = ids != nullptr ? ids[i] : first + i;
-    if (id <= prev) ids_ascending_ = false;
-    prev = id;
-    next_id_ = std::max(next_id_, id + 1);
-    ids_owned_.push_back(id);
-  }
-  ids_ = ids_owned_.data();
+  ids_.Append(ids, n);
   if (has_vectors_) {
     vectors_owned_.insert(vectors_owned_.end(), vectors, vectors + n * dim_);
     vectors_ = vectors_owned_.data();
@@ -167,8 +157,8 @@ void MultiBitIndex::Search(const uint8_t* query_codes, int64_t nq, int64_t k,
             "rerank needs the float query vectors: pass query_vectors=");
   const SdcContext ctx{hamming::GetSdcKernel(ActiveSimdLevel()), bits_};
   const bool reranking = rerank > 0;
-  hamming::ScanSource src{&store_, reranking ? nullptr : ids_,
-                          reranking ? true : ids_ascending_, &SdcTile, &ctx};
+  hamming::ScanSource src{&store_, reranking ? nullptr : ids_.data(),
+                          reranking ? true : ids_.ascending(), &SdcTile, &ctx};
   // <q_hat, x_hat> = sum 2^-(i+j) (dim - 2 |q_i ^ x_j|) = A - B * S,
   // where S is the kernel's integer sum with weights 2^(2(u-1)-i-j).
   double a = 0.0;
@@ -208,7 +198,7 @@ void MultiBitIndex::Search(const uint8_t* query_codes, int64_t nq, int64_t k,
       const float* xv = vectors_ + pos * dim_;
       float ip = 0.0f;
       for (int64_t d = 0; d < dim_; ++d) ip += qv[d] * xv[d];
-      top.Push(-ip, ids_[pos]);  // TopK keeps the smallest: negate to keep the largest
+      top.Push(-ip, ids_.data()[pos]);  // TopK keeps the smallest: negate to keep the largest
     }
     top.Extract(scores + q * k, ids + q * k, std::numeric_limits<float>::infinity());
     for (int64_t i = q * k; i < (q + 1) * k; ++i) scores[i] = -scores[i];
@@ -220,19 +210,16 @@ void MultiBitIndex::Reset() {
   store_.Clear();
   inv_norms_.clear();
   inv_norm_min_ = inv_norm_max_ = 0.0f;
-  ids_owned_.clear();
+  ids_.Clear();
   vectors_owned_.clear();
   owner_.reset();
-  ids_ = ids_owned_.data();
   vectors_ = nullptr;
   has_vectors_ = false;
-  ids_ascending_ = true;
-  next_id_ = 0;
 }
 
 std::vector<int64_t> MultiBitIndex::Ids() const {
   std::shared_lock<std::shared_mutex> lock(mutex_);
-  return std::vector<int64_t>(ids_, ids_ + store_.size());
+  return std::vector<int64_t>(ids_.data(), ids_.data() + ids_.size());
 }
 
 ContainerWriter MultiBitIndex::Writer() const {
@@ -240,10 +227,10 @@ ContainerWriter MultiBitIndex::Writer() const {
   w.SetMeta("dim", dim_);
   w.SetMeta("bits_per_dim", bits_);
   w.SetMeta("ntotal", store_.size());
-  w.SetMeta("next_id", next_id_);
+  w.SetMeta("next_id", ids_.next_id());
   w.SetMeta("has_vectors", has_vectors_ ? 1 : 0);
   w.AddSection("blocks", DType::kUInt64, {store_.num_words()}, store_.blocks());
-  w.AddSection("ids", DType::kInt64, {store_.size()}, ids_);
+  w.AddSection("ids", DType::kInt64, {store_.size()}, ids_.data());
   if (has_vectors_) w.AddSection("vectors", DType::kFloat32, {store_.size(), dim_}, vectors_);
   return w;
 }
@@ -278,16 +265,13 @@ std::unique_ptr<MultiBitIndex> MultiBitIndex::FromContainer(const Container& c, 
   index->ExtendInvNorms(0);
   // ids and vectors are read from the mapping in place; they are copied on the first add.
   index->owner_ = c.owner();
-  index->ids_ = reinterpret_cast<const int64_t*>(ids.data);
+  index->ids_.Assign(reinterpret_cast<const int64_t*>(ids.data), n, c.Meta("next_id"), c.owner());
   index->has_vectors_ = c.Meta("has_vectors") != 0;
   if (index->has_vectors_) {
     const ArrayView& v = c.Section("vectors", DType::kFloat32);
     PYL_CHECK_FORMAT(v.size() == n * dim, "MultiBitIndex vectors do not match ntotal (corrupt)");
     index->vectors_ = reinterpret_cast<const float*>(v.data);
   }
-  index->next_id_ = c.Meta("next_id");
-  // Derived from the ids rather than trusted from the file: it decides tie handling.
-  index->ids_ascending_ = hamming::IdsAscending(index->ids_, n);
   return index;
 }
 

@@ -76,14 +76,11 @@ class MultiBitIndex {
   hamming::CodeStore store_;
   std::vector<float> inv_norms_;  // derived from the codes, never stored in files
   float inv_norm_min_ = 0.0f, inv_norm_max_ = 0.0f;
-  std::vector<int64_t> ids_owned_;
-  const int64_t* ids_ = nullptr;
-  bool ids_ascending_ = true;
-  int64_t next_id_ = 0;
+  hamming::IdList ids_;
   std::vector<float> vectors_owned_;
   const float* vectors_ = nullptr;
   bool has_vectors_ = false;
-  std::shared_ptr<const void> owner_;  // mapping behind borrowed ids_/vectors_
+  std::shared_ptr<const void> owner_;  // mapping behind borrowed vectors_
   mutable std::shared_mutex mutex_;
 };
 
