@@ -3,6 +3,7 @@
 The core (``pylocalize._core``) holds the search kernels; this package names the public
 API. Main names:
 
+- :class:`CANNIndex` — image retrieval from local features (constrained nearest neighbours).
 - :class:`BinaryIndex` — exact Hamming k-NN / range search over binary codes.
 - :class:`MultiBitIndex`, :func:`binarize` — multi-bit codes scored by symmetric
   distance calculation (SDC), with optional exact re-ranking.
@@ -13,7 +14,7 @@ API. Main names:
 
 from pylocalize._core import FormatError, __version__
 from pylocalize.codes import binarize, pack_bits, unpack_bits, reconstruct
-from pylocalize.index import BinaryIndex, MultiBitIndex
+from pylocalize.index import BinaryIndex, CANNIndex, MultiBitIndex
 from pylocalize.runtime import (
     detected_simd_level,
     get_num_threads,
@@ -26,6 +27,7 @@ from pylocalize.runtime import (
 
 __all__ = [
     "BinaryIndex",
+    "CANNIndex",
     "FormatError",
     "MultiBitIndex",
     "__version__",

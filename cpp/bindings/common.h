@@ -67,6 +67,7 @@ py::array_t<T> MoveArray(std::vector<T>&& v, std::vector<py::ssize_t> shape) {
 void BindUtil(py::module_& m);
 void BindHamming(py::module_& m);
 void BindRender(py::module_& m);
+void BindCann(py::module_& m);
 
 }  // namespace bindings
 }  // namespace pylocalize

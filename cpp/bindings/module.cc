@@ -6,4 +6,5 @@ PYBIND11_MODULE(_core, m) {
   pylocalize::bindings::BindUtil(m);
   pylocalize::bindings::BindHamming(m);
   pylocalize::bindings::BindRender(m);
+  pylocalize::bindings::BindCann(m);
 }

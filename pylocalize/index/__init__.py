@@ -1,5 +1,7 @@
 """Search indexes over codes and vectors, backed by the C++ core."""
 
 from pylocalize.index.binary import BinaryIndex, MultiBitIndex
+from pylocalize.index.cann import CANNIndex
+from pylocalize.index.pairs import read_pairs, write_pairs_hloc, write_pairs_kapture
 
-__all__ = ["BinaryIndex", "MultiBitIndex"]
+__all__ = ["BinaryIndex", "CANNIndex", "MultiBitIndex", "read_pairs", "write_pairs_hloc", "write_pairs_kapture"]

@@ -1,0 +1,179 @@
+// Bindings for cpp/pylocalize/cann: the CANN image index.
+#include <pybind11/stl.h>
+
+#include "common.h"
+#include "pylocalize/cann/cann_index.h"
+#include "pylocalize/util/threads.h"
+
+namespace pylocalize {
+namespace bindings {
+namespace {
+
+// A query feature set as float32 rows (uint8 descriptors are widened).
+std::vector<float> QueryRows(const py::handle& obj, int64_t dim, int64_t* nq) {
+  PYL_CHECK(py::isinstance<py::array>(obj), "query descriptors must be a numpy array");
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  std::vector<float> rows;
+  if (a.dtype().is(py::dtype::of<uint8_t>())) {
+    auto u = CheckArray<uint8_t>(obj, "query descriptors", 2, dim);
+    rows.assign(u.data(), u.data() + u.size());
+    *nq = u.shape(0);
+  } else {
+    auto f = CheckArray<float>(obj, "query descriptors", 2, dim);
+    for (int64_t i = 0; i < f.size(); ++i) {
+      PYL_CHECK(std::isfinite(f.data()[i]), "query descriptors contain NaN or Inf");
+    }
+    rows.assign(f.data(), f.data() + f.size());
+    *nq = f.shape(0);
+  }
+  return rows;
+}
+
+CannKernel MakeKernel(const std::string& name, double p0, double p1, double sigma) {
+  CannKernel k;
+  PYL_CHECK(name == "cann" || name == "gaussian", "kernel must be 'cann' or 'gaussian', got '",
+            name, "'");
+  k.type = name == "cann" ? CannKernelType::kCann : CannKernelType::kGaussian;
+  k.p0 = p0;
+  k.p1 = p1;
+  k.sigma = sigma;
+  k.Validate();
+  return k;
+}
+
+}  // namespace
+
+void BindCann(py::module_& m) {
+  py::class_<CannKernel>(m, "CannKernel")
+      .def(py::init(&MakeKernel), py::arg("kind") = "cann", py::arg("p0") = 120.0,
+           py::arg("p1") = 0.4592, py::arg("sigma") = 60.0)
+      .def("__call__", [](const CannKernel& k, double r) { return k(r); })
+      .def_property_readonly("cutoff", &CannKernel::Cutoff);
+
+  py::class_<CannIndex>(m, "CannIndex")
+      .def(py::init<int64_t>(), py::arg("dim"))
+      .def_property_readonly("dim", &CannIndex::dim)
+      .def_property_readonly("ntotal", &CannIndex::ntotal)
+      .def_property_readonly("num_images", &CannIndex::num_images)
+      .def_property_readonly("dtype", [](const CannIndex& self) -> py::object {
+        if (!self.has_element()) return py::none();
+        return py::str(self.element() == knn::Element::kUInt8 ? "uint8" : "float32");
+      })
+      .def(
+          "add",
+          [](CannIndex& self, const py::object& descriptors, const py::object& image_ids) {
+            PYL_CHECK(py::isinstance<py::array>(descriptors), "descriptors must be a numpy array");
+            py::array a = py::reinterpret_borrow<py::array>(descriptors);
+            auto ids = CheckArray<int64_t>(image_ids, "image_ids", 1);
+            const void* data;
+            knn::Element element;
+            int64_t n;
+            py::array keep;
+            if (a.dtype().is(py::dtype::of<uint8_t>())) {
+              auto u = CheckArray<uint8_t>(descriptors, "descriptors", 2, self.dim());
+              data = u.data();
+              n = u.shape(0);
+              element = knn::Element::kUInt8;
+              keep = u;
+            } else {
+              PYL_CHECK(a.dtype().is(py::dtype::of<float>()), "descriptors must be float32 or uint8, got ",
+                        std::string(py::str(a.dtype())), "; convert with .astype(np.float32)");
+              auto f = CheckArray<float>(descriptors, "descriptors", 2, self.dim());
+              data = f.data();
+              n = f.shape(0);
+              element = knn::Element::kFloat32;
+              keep = f;
+            }
+            PYL_CHECK(ids.shape(0) == n, "image_ids must have one entry per descriptor: got ",
+                      ids.shape(0), " for ", n);
+            py::gil_scoped_release release;
+            self.Add(data, element, ids.data(), n);
+          },
+          py::arg("descriptors"), py::arg("image_ids"))
+      .def(
+          "remove_images",
+          [](CannIndex& self, const py::object& ids) {
+            auto a = CheckArray<int64_t>(ids, "image_ids", 1);
+            py::gil_scoped_release release;
+            return self.RemoveImages(a.data(), a.shape(0));
+          },
+          py::arg("image_ids"))
+      .def("reset", &CannIndex::Reset, py::call_guard<py::gil_scoped_release>())
+      .def("image_ids",
+           [](const CannIndex& self) {
+             std::vector<int64_t> v = self.ImageIds();
+             const py::ssize_t n = static_cast<py::ssize_t>(v.size());
+             return MoveArray(std::move(v), {n});
+           })
+      .def(
+          "search_exact",
+          [](const CannIndex& self, const py::object& queries, int64_t k, const CannKernel& kernel) {
+            PYL_CHECK(k >= 1, "k must be >= 1, got ", k);
+            int64_t nq = 0;
+            std::vector<float> rows = QueryRows(queries, self.dim(), &nq);
+            py::array_t<float> scores(k);
+            py::array_t<int64_t> ids(k);
+            float* sp = scores.mutable_data();
+            int64_t* ip = ids.mutable_data();
+            {
+              py::gil_scoped_release release;
+              self.SearchExact(rows.data(), nq, k, kernel, sp, ip, GetNumThreads());
+            }
+            return py::make_tuple(scores, ids);
+          },
+          py::arg("queries"), py::arg("k"), py::arg("kernel"))
+      .def(
+          "search_exact_batch",
+          [](const CannIndex& self, const py::list& query_sets, int64_t k, const CannKernel& kernel) {
+            PYL_CHECK(k >= 1, "k must be >= 1, got ", k);
+            const int64_t n = static_cast<int64_t>(query_sets.size());
+            std::vector<std::vector<float>> rows(static_cast<size_t>(n));
+            std::vector<int64_t> nq(static_cast<size_t>(n));
+            for (int64_t i = 0; i < n; ++i) {
+              rows[static_cast<size_t>(i)] = QueryRows(query_sets[static_cast<size_t>(i)], self.dim(), &nq[static_cast<size_t>(i)]);
+            }
+            py::array_t<float> scores({n, k});
+            py::array_t<int64_t> ids({n, k});
+            float* sp = scores.mutable_data();
+            int64_t* ip = ids.mutable_data();
+            {
+              py::gil_scoped_release release;
+              // Many query images: one per thread, each searched single-threaded.
+              const int threads = GetNumThreads();
+              if (n >= threads) {
+                ParallelFor(n, threads, [&](int64_t i, int) {
+                  self.SearchExact(rows[static_cast<size_t>(i)].data(), nq[static_cast<size_t>(i)], k, kernel,
+                                   sp + i * k, ip + i * k, 1);
+                });
+              } else {
+                for (int64_t i = 0; i < n; ++i) {
+                  self.SearchExact(rows[static_cast<size_t>(i)].data(), nq[static_cast<size_t>(i)], k, kernel,
+                                   sp + i * k, ip + i * k, threads);
+                }
+              }
+            }
+            return py::make_tuple(scores, ids);
+          },
+          py::arg("query_sets"), py::arg("k"), py::arg("kernel"))
+      .def("save", &CannIndex::Save, py::arg("path"), py::call_guard<py::gil_scoped_release>())
+      .def_static("load", &CannIndex::Load, py::arg("path"), py::call_guard<py::gil_scoped_release>())
+      .def("serialize",
+           [](const CannIndex& self) {
+             std::vector<uint8_t> b;
+             {
+               py::gil_scoped_release release;
+               b = self.Serialize();
+             }
+             const py::ssize_t n = static_cast<py::ssize_t>(b.size());
+             return MoveArray(std::move(b), {n});
+           })
+      .def_static("deserialize", [](const py::object& data) {
+        auto a = CheckArray<uint8_t>(data, "data", 1);
+        std::vector<uint8_t> bytes(a.data(), a.data() + a.size());
+        py::gil_scoped_release release;
+        return CannIndex::Deserialize(std::move(bytes));
+      });
+}
+
+}  // namespace bindings
+}  // namespace pylocalize

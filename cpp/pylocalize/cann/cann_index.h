@@ -1,0 +1,88 @@
+// Constrained (colored) nearest-neighbour image retrieval over local features: CANN, after
+// Aiger, Araujo, Lynen, "Yes, we CANN: Constrained Approximate Nearest Neighbors for local
+// feature-based visual localization", ICCV 2023.
+//
+// Every database feature carries a descriptor and a "colour", the id of the image that saw
+// it. For a query image with features Q, database image m scores
+//   S(m) = (1 / |Q|) sum_q s(d(q, m)),
+// d(q, m) the L2 distance from q to the nearest feature of m and s a decreasing kernel, so
+// an image ranks high when many query features find a close match inside that one image:
+// appearance and the single-camera constraint at once, with no global descriptor.
+//
+// Features are kept in insertion order (the source of truth, saved to files) and, for
+// search, in a layout grouped by image and blocked for the knn kernels, rebuilt lazily
+// after a change. The exact method computes every distance with the blocked SIMD dot
+// kernels, takes per-(query feature, image) minima and sums the kernel.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <vector>
+
+#include "pylocalize/knn/kernels.h"
+#include "pylocalize/util/format.h"
+
+namespace pylocalize {
+
+enum class CannKernelType : int { kCann = 0, kGaussian = 1 };
+
+// s(r). kCann: max(0, 1 - (r/p0)^(p1/(1-p1)))^((1-p1)/p1), zero beyond p0 (the paper's,
+// p0 = 120, p1 = 0.4592 for SIFT-scale descriptors). kGaussian: exp(-r^2 / (2 sigma^2)).
+struct CannKernel {
+  CannKernelType type = CannKernelType::kCann;
+  double p0 = 120.0;
+  double p1 = 0.4592;
+  double sigma = 60.0;
+  void Validate() const;
+  double operator()(double r) const;
+  // Distance beyond which s(r) is 0 (or negligible, < 1e-12, for the Gaussian).
+  double Cutoff() const;
+};
+
+class CannIndex {
+ public:
+  explicit CannIndex(int64_t dim);
+
+  int64_t dim() const { return dim_; }
+  int64_t ntotal() const;
+  int64_t num_images() const;
+  // Element type of the stored descriptors, fixed by the first add.
+  bool has_element() const;
+  knn::Element element() const;
+
+  // descriptors: n x dim of `element`; image_ids: n.
+  void Add(const void* descriptors, knn::Element element, const int64_t* image_ids, int64_t n);
+  int64_t RemoveImages(const int64_t* image_ids, int64_t n);
+  void Reset();
+  std::vector<int64_t> ImageIds() const;  // the distinct image ids, ascending
+
+  // Exact S(m) of one query feature set (nq x dim float32), best k images: scores
+  // descending, ties to the smaller image id, padded with (-inf, -1).
+  void SearchExact(const float* queries, int64_t nq, int64_t k, const CannKernel& kernel,
+                   float* scores, int64_t* image_ids, int num_threads) const;
+
+  void Save(const std::string& path) const;
+  static std::unique_ptr<CannIndex> Load(const std::string& path);
+  std::vector<uint8_t> Serialize() const;
+  static std::unique_ptr<CannIndex> Deserialize(std::vector<uint8_t> bytes);
+
+ private:
+  struct Layout;  // the grouped, blocked search layout
+  std::shared_ptr<const Layout> GetLayout() const;
+  ContainerWriter Writer() const;
+  static std::unique_ptr<CannIndex> FromContainer(const Container& c);
+  size_t ElementSize() const;
+
+  int64_t dim_;
+  int element_ = -1;               // knn::Element, -1 before the first add
+  std::vector<uint8_t> rows_;      // insertion order, n x dim elements
+  std::vector<int64_t> image_ids_; // n
+  mutable std::shared_ptr<const Layout> layout_;  // null when stale
+  mutable std::mutex layout_mutex_;
+  mutable std::shared_mutex mutex_;
+};
+
+}  // namespace pylocalize

@@ -1,0 +1,151 @@
+"""Image retrieval from local features by constrained nearest neighbours (CANN).
+
+After Aiger, Araujo, Lynen, "Yes, we CANN: Constrained Approximate Nearest Neighbors for
+local feature-based visual localization" (ICCV 2023). Each database feature has a
+descriptor and the id of the image that saw it; a query image's features Q score image m as
+
+    S(m) = (1 / |Q|) * sum_q s(d(q, m)),
+
+with d(q, m) the L2 distance from q to the nearest feature of image m and s a decreasing
+kernel: the paper's ``s(r) = max(0, 1 - (r/p0)^(p1/(1-p1)))^((1-p1)/p1)`` (p0 = 120,
+p1 = 0.4592, for SIFT-scale descriptors) or a Gaussian. Images are ranked jointly by
+appearance and by the constraint that matches come from one camera, with no global
+descriptor.
+
+``method="exact"`` computes every distance with the core's blocked SIMD kernels; it is the
+reference the approximate methods are measured against.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from pylocalize import _core
+
+PathLike = Union[str, "os.PathLike[str]"]
+METHODS = ("exact",)
+
+
+class CANNIndex:
+    """Ranks database images for a query image's local features.
+
+    Parameters
+    ----------
+    dim : int
+        Descriptor dimension.
+    metric : {"l2"}
+        Distance between descriptors.
+    method : {"exact"}
+        Search method.
+    kernel : {"cann", "gaussian"}
+        The score kernel s(r).
+    p0, p1 : float
+        Parameters of the CANN kernel (s = 0 beyond p0).
+    sigma : float
+        Width of the Gaussian kernel ``exp(-r^2 / (2 sigma^2))``.
+    """
+
+    def __init__(self, dim: int, metric: str = "l2", method: str = "exact", kernel: str = "cann",
+                 p0: float = 120.0, p1: float = 0.4592, sigma: float = 60.0,
+                 *, _impl: Optional[_core.CannIndex] = None):
+        if metric != "l2":
+            raise ValueError(f"metric must be 'l2', got {metric!r}")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        self.metric, self.method = metric, method
+        self._kernel = _core.CannKernel(kernel, float(p0), float(p1), float(sigma))
+        self._kernel_args = dict(kernel=kernel, p0=float(p0), p1=float(p1), sigma=float(sigma))
+        self._impl = _impl if _impl is not None else _core.CannIndex(int(dim))
+
+    dim = property(lambda self: self._impl.dim, doc="Descriptor dimension.")
+    ntotal = property(lambda self: self._impl.ntotal, doc="Number of database features.")
+    num_images = property(lambda self: self._impl.num_images, doc="Number of distinct images.")
+    dtype = property(lambda self: self._impl.dtype,
+                     doc="Descriptor dtype ('float32' or 'uint8'), fixed by the first add; None before.")
+
+    def __len__(self) -> int:
+        return self.ntotal
+
+    def __repr__(self) -> str:
+        return (f"CANNIndex(dim={self.dim}, method={self.method!r}, kernel={self._kernel_args['kernel']!r}, "
+                f"ntotal={self.ntotal}, num_images={self.num_images})")
+
+    def kernel(self, r):
+        """The score kernel s(r), for scalars or arrays."""
+        return np.vectorize(self._kernel, otypes=[float])(r)
+
+    def add(self, descriptors: np.ndarray, image_ids) -> None:
+        """Adds features: descriptors ``float32 or uint8 (n, dim)`` and their image ids.
+
+        ``image_ids`` may be one int (all features from one image) or ``int64 (n,)``. Features
+        of an image may arrive over several calls. The first add fixes the dtype.
+        """
+        if np.isscalar(image_ids):
+            image_ids = np.full(len(descriptors), int(image_ids), dtype=np.int64)
+        else:
+            image_ids = np.ascontiguousarray(np.asarray(image_ids).astype(np.int64, casting="safe"))
+        self._impl.add(descriptors, image_ids)
+
+    def search(self, query_descriptors: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+        """The ``k`` best database images for one query image.
+
+        Parameters
+        ----------
+        query_descriptors : numpy.ndarray, float32 or uint8, shape (nq, dim)
+            The query image's features (nq may be 0: every score is then 0).
+        k : int
+
+        Returns
+        -------
+        scores : float32 (k,)
+            S(m), descending; ``-inf`` where fewer than k images exist.
+        image_ids : int64 (k,)
+            Ties go to the smaller image id; ``-1`` in padded slots.
+        """
+        return self._impl.search_exact(query_descriptors, int(k), self._kernel)
+
+    def search_batch(self, query_sets: Sequence[np.ndarray], k: int) -> Tuple[np.ndarray, np.ndarray]:
+        """:meth:`search` for many query images in parallel: ``(scores (n, k), image_ids (n, k))``."""
+        return self._impl.search_exact_batch(list(query_sets), int(k), self._kernel)
+
+    def remove_images(self, image_ids) -> int:
+        """Removes every feature of these images; returns the number of features removed."""
+        ids = np.ascontiguousarray(np.atleast_1d(np.asarray(image_ids, dtype=np.int64)))
+        return self._impl.remove_images(ids)
+
+    def reset(self) -> None:
+        """Removes every feature."""
+        self._impl.reset()
+
+    def image_ids(self) -> np.ndarray:
+        """The distinct database image ids, ascending."""
+        return self._impl.image_ids()
+
+    def save(self, path: PathLike) -> None:
+        """Writes the features (pylocalize container, atomically); options are not stored."""
+        self._impl.save(os.fspath(path))
+
+    @classmethod
+    def load(cls, path: PathLike, **options) -> "CANNIndex":
+        """Reads an index written by :meth:`save`; ``options`` as in the constructor."""
+        impl = _core.CannIndex.load(os.fspath(path))
+        return cls(impl.dim, _impl=impl, **options)
+
+    def serialize(self) -> np.ndarray:
+        """The features as bytes (``uint8`` array) in the container format."""
+        return self._impl.serialize()
+
+    @classmethod
+    def deserialize(cls, data: np.ndarray, **options) -> "CANNIndex":
+        impl = _core.CannIndex.deserialize(np.ascontiguousarray(data, dtype=np.uint8))
+        return cls(impl.dim, _impl=impl, **options)
+
+    def __reduce__(self):
+        return (_rebuild, (self.serialize(), dict(metric=self.metric, method=self.method, **self._kernel_args)))
+
+
+def _rebuild(data, options):
+    return CANNIndex.deserialize(data, **options)

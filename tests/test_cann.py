@@ -1,0 +1,176 @@
+"""CANNIndex (exact) against a numpy brute-force S(m), and its edge cases."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+import pylocalize
+from pylocalize.index import read_pairs, write_pairs_hloc, write_pairs_kapture
+
+
+def kernel_cann(r, p0=120.0, p1=0.4592):
+    a = p1 / (1 - p1)
+    x = np.clip(r / p0, 0, 1)
+    return np.where(r < p0, (1 - x ** a) ** (1 / a), 0.0)
+
+
+def kernel_gauss(r, sigma=60.0):
+    return np.exp(-r ** 2 / (2 * sigma ** 2))
+
+
+def brute_scores(x, ids, q, kernel):
+    """S(m) for every image id in ids (ascending), by the definition."""
+    d = np.sqrt(((q.astype(np.float64)[:, None, :] - x.astype(np.float64)[None]) ** 2).sum(-1))
+    images = np.unique(ids)
+    s = np.array([kernel(d[:, ids == m].min(1)).mean() if len(q) else 0.0 for m in images])
+    return images, s
+
+
+def check_ranking(scores, ids, images, ref, k, atol=1e-4):
+    """Returned ids are a valid top-k of ref (up to float ties) with matching scores."""
+    k_eff = min(k, len(images))
+    lookup = dict(zip(images.tolist(), ref.tolist()))
+    got = np.array([lookup[i] for i in ids[:k_eff]])
+    np.testing.assert_allclose(scores[:k_eff], got, atol=atol)
+    assert (np.diff(scores[:k_eff]) <= atol).all()
+    np.testing.assert_allclose(scores[k_eff - 1], np.sort(ref)[::-1][k_eff - 1], atol=atol)
+    assert (ids[k_eff:] == -1).all() and np.isneginf(scores[k_eff:]).all()
+
+
+def make_db(rng, n_images=20, per_image=40, dim=32, dtype=np.float32):
+    centers = rng.uniform(0, 120, (n_images, dim))
+    x = np.concatenate([c + rng.normal(0, 25, (per_image, dim)) for c in centers])
+    ids = np.repeat(np.arange(n_images) * 3 + 5, per_image)  # non-contiguous ids
+    perm = rng.permutation(len(x))
+    x, ids = x[perm], ids[perm]
+    if dtype == np.uint8:
+        x = np.clip(x, 0, 255).astype(np.uint8)
+    return x.astype(dtype), ids.astype(np.int64), centers
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.uint8])
+@pytest.mark.parametrize("kernel", ["cann", "gaussian"])
+def test_exact_matches_bruteforce(dtype, kernel, simd_level, num_threads):
+    rng = np.random.default_rng(0)
+    x, ids, centers = make_db(rng, dtype=dtype)
+    index = pylocalize.CANNIndex(32, kernel=kernel, sigma=40.0)
+    index.add(x[:300], ids[:300])
+    index.add(x[300:], ids[300:])  # images spread over two calls
+    q = (centers[4] + rng.normal(0, 25, (50, 32)))
+    q = np.clip(q, 0, 255).astype(dtype) if dtype == np.uint8 else q.astype(np.float32)
+    images, ref = brute_scores(x, ids, q, kernel_cann if kernel == "cann" else (lambda r: kernel_gauss(r, 40.0)))
+    for k in (1, 5, 20, 25):
+        scores, got = index.search(q, k)
+        assert scores.dtype == np.float32 and got.dtype == np.int64 and scores.shape == (k,)
+        check_ranking(scores, got, images, ref, k)
+    assert index.search(q, 1)[1][0] == 4 * 3 + 5  # the query's own image wins
+
+
+def test_uint8_queries_on_float_index_and_batch():
+    rng = np.random.default_rng(1)
+    x, ids, centers = make_db(rng)
+    index = pylocalize.CANNIndex(32)
+    index.add(x, ids)
+    queries = [(centers[i] + rng.normal(0, 25, (n, 32))).astype(np.float32) for i, n in [(0, 30), (3, 1), (7, 60)]]
+    queries.append(np.zeros((0, 32), np.float32))
+    scores, got = index.search_batch(queries, 6)
+    for j, q in enumerate(queries):
+        s1, i1 = index.search(q, 6)
+        np.testing.assert_array_equal(i1, got[j])
+        np.testing.assert_allclose(s1, scores[j], rtol=1e-6)
+    # no query features: every image scores 0, ties to the smaller id
+    assert (scores[3] == 0).all() and (got[3] == np.sort(np.unique(ids))[:6]).all()
+    qu = np.clip(queries[0], 0, 255).astype(np.uint8)
+    images, ref = brute_scores(x, ids, qu.astype(np.float32), kernel_cann)
+    s, i = index.search(qu, 5)
+    check_ranking(s, i, images, ref, 5)
+
+
+def test_edge_cases():
+    index = pylocalize.CANNIndex(8)
+    s, i = index.search(np.zeros((3, 8), np.float32), 4)
+    assert (i == -1).all() and np.isneginf(s).all() and index.num_images == 0 and index.dtype is None
+    index.add(np.ones((5, 8), np.float32), 42)  # one image, scalar id
+    s, i = index.search(np.ones((2, 8), np.float32), 3)
+    assert i.tolist() == [42, -1, -1] and s[0] == pytest.approx(1.0)
+    assert index.num_images == 1 and index.ntotal == 5 and index.image_ids().tolist() == [42]
+
+
+def test_remove_images_and_readd():
+    rng = np.random.default_rng(2)
+    x, ids, centers = make_db(rng)
+    index = pylocalize.CANNIndex(32)
+    index.add(x, ids)
+    q = (centers[2] + rng.normal(0, 25, (40, 32))).astype(np.float32)
+    top = index.search(q, 1)[1][0]
+    assert index.remove_images([top, 999]) == (ids == top).sum()
+    assert top not in index.image_ids() and index.num_images == 19
+    keep = ids != top
+    images, ref = brute_scores(x[keep], ids[keep], q, kernel_cann)
+    s, i = index.search(q, 19)
+    check_ranking(s, i, images, ref, 19)
+    index.add(x[~keep], ids[~keep])
+    assert index.search(q, 1)[1][0] == top
+
+
+def test_round_trips(tmp_path):
+    rng = np.random.default_rng(3)
+    x, ids, centers = make_db(rng, dtype=np.uint8)
+    index = pylocalize.CANNIndex(32, kernel="gaussian", sigma=30.0)
+    index.add(x, ids)
+    q = np.clip(centers[5] + rng.normal(0, 25, (20, 32)), 0, 255).astype(np.uint8)
+    expected = index.search(q, 7)
+    index.save(tmp_path / "cann.pyloc")
+    for other in (pylocalize.CANNIndex.load(tmp_path / "cann.pyloc", kernel="gaussian", sigma=30.0),
+                  pickle.loads(pickle.dumps(index))):
+        assert other.dtype == "uint8" and other.ntotal == len(x)
+        got = other.search(q, 7)
+        np.testing.assert_array_equal(got[1], expected[1])
+        np.testing.assert_allclose(got[0], expected[0])
+    data = bytearray((tmp_path / "cann.pyloc").read_bytes())
+    data[len(data) // 2] ^= 0x10
+    (tmp_path / "bad.pyloc").write_bytes(bytes(data))
+    with pytest.raises(pylocalize.FormatError):
+        pylocalize.CANNIndex.load(tmp_path / "bad.pyloc")
+
+
+def test_bad_inputs():
+    index = pylocalize.CANNIndex(16)
+    with pytest.raises(ValueError, match="float32 or uint8"):
+        index.add(np.zeros((2, 16), np.float64), [0, 0])
+    with pytest.raises(ValueError, match="16 columns"):
+        index.add(np.zeros((2, 8), np.float32), [0, 0])
+    with pytest.raises(ValueError, match="one entry per descriptor"):
+        index.add(np.zeros((2, 16), np.float32), np.array([0], np.int64))
+    bad = np.zeros((2, 16), np.float32)
+    bad[1, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        index.add(bad, [0, 0])
+    index.add(np.zeros((2, 16), np.float32), [0, 0])
+    with pytest.raises(ValueError, match="holds float32"):
+        index.add(np.zeros((2, 16), np.uint8), [1, 1])
+    with pytest.raises(ValueError, match="k must be"):
+        index.search(np.zeros((1, 16), np.float32), 0)
+    with pytest.raises(ValueError, match="ascontiguousarray"):
+        index.search(np.zeros((4, 32), np.float32)[:, ::2], 1)
+    with pytest.raises(ValueError, match="kernel must be"):
+        pylocalize.CANNIndex(16, kernel="box")
+    with pytest.raises(ValueError, match="p1"):
+        pylocalize.CANNIndex(16, p1=1.5)
+    with pytest.raises(ValueError, match="method"):
+        pylocalize.CANNIndex(16, method="magic")
+
+
+def test_pairs_files(tmp_path):
+    pairs = {"q1.jpg": [("db3.jpg", 0.5), ("db1.jpg", 0.25)], "q2.jpg": [("db2.jpg", 0.125)]}
+    write_pairs_kapture(tmp_path / "pairsfile.txt", pairs)
+    assert read_pairs(tmp_path / "pairsfile.txt") == pairs
+    write_pairs_hloc(tmp_path / "pairs.txt", {q: [d for d, _ in v] for q, v in pairs.items()})
+    assert (tmp_path / "pairs.txt").read_text().splitlines() == ["q1.jpg db3.jpg", "q1.jpg db1.jpg", "q2.jpg db2.jpg"]
+    got = read_pairs(tmp_path / "pairs.txt")
+    assert [d for d, _ in got["q1.jpg"]] == ["db3.jpg", "db1.jpg"]
+    with pytest.raises(ValueError, match="whitespace"):
+        write_pairs_hloc(tmp_path / "x.txt", {"a b": ["c"]})
