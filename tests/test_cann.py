@@ -174,3 +174,66 @@ def test_pairs_files(tmp_path):
     assert [d for d, _ in got["q1.jpg"]] == ["db3.jpg", "db1.jpg"]
     with pytest.raises(ValueError, match="whitespace"):
         write_pairs_hloc(tmp_path / "x.txt", {"a b": ["c"]})
+
+
+def vocabulary_db(rng, n_images=300, per_image=60, dim=32, words=3000):
+    """Images as random subsets of shared visual words: realistic repeated structure."""
+    vocab = rng.normal(0, 40, (words, dim))
+    pick = rng.integers(0, words, (n_images, per_image))
+    x = (vocab[pick.ravel()] + rng.normal(0, 5, (n_images * per_image, dim))).astype(np.float32)
+    ids = np.repeat(np.arange(n_images, dtype=np.int64), per_image)
+    return x, ids, vocab, pick
+
+
+def test_ivf_reaches_recall_of_exact(num_threads):
+    rng = np.random.default_rng(7)
+    x, ids, vocab, pick = vocabulary_db(rng)
+    exact = pylocalize.CANNIndex(32)
+    exact.add(x, ids)
+    approx = pylocalize.CANNIndex(32, method="ivf", nprobe=8)
+    approx.add(x, ids)
+    with pytest.raises(ValueError, match="train"):
+        approx.search(x[:5], 3)
+    approx.train(nlist=64, seed=1)
+    assert approx.is_trained and approx.nlist == 64
+    queries = [(vocab[pick[i, :40]] + rng.normal(0, 5, (40, 32))).astype(np.float32) for i in range(0, 300, 15)]
+    se, ie = exact.search_batch(queries, 20)
+    sa, ia = approx.search_batch(queries, 20)
+    recall = np.mean([len(set(a) & set(e)) / 20 for a, e in zip(ia, ie)])
+    assert recall >= 0.95
+    assert (ia[:, 0] == np.arange(0, 300, 15)).all()
+    # approximate scores never exceed exact ones: missed pairs only lower S(m)
+    exact_lookup = [dict(zip(e, s)) for e, s in zip(ie, se)]
+    for ids_a, s_a, lookup in zip(ia, sa, exact_lookup):
+        for i, s in zip(ids_a, s_a):
+            if i in lookup:
+                assert s <= lookup[i] + 1e-5
+    # probing every list is exact
+    full = pylocalize.CANNIndex(32, method="ivf", nprobe=64)
+    full._impl = approx._impl
+    sf, if_ = full.search_batch(queries, 20)
+    np.testing.assert_allclose(sf, se, atol=1e-4)
+
+
+def test_ivf_persistence_and_updates(tmp_path):
+    rng = np.random.default_rng(8)
+    x, ids, vocab, pick = vocabulary_db(rng, n_images=50)
+    index = pylocalize.CANNIndex(32, method="ivf", nprobe=4)
+    index.add(x[:2000], ids[:2000])
+    with pytest.raises(ValueError, match="at least"):
+        index.train(nlist=5000)
+    index.train(nlist=16)
+    index.add(x[2000:], ids[2000:])  # added after training: assigned to the trained lists
+    q = (vocab[pick[45, :30]] + rng.normal(0, 5, (30, 32))).astype(np.float32)
+    expected = index.search(q, 5)
+    assert expected[1][0] == 45
+    index.save(tmp_path / "ivf.pyloc")
+    loaded = pylocalize.CANNIndex.load(tmp_path / "ivf.pyloc", method="ivf", nprobe=4)
+    assert loaded.is_trained and loaded.nlist == 16
+    got = loaded.search(q, 5)
+    np.testing.assert_array_equal(got[1], expected[1])
+    again = pickle.loads(pickle.dumps(index))
+    assert again.method == "ivf" and again.nprobe == 4
+    np.testing.assert_array_equal(again.search(q, 5)[1], expected[1])
+    index.remove_images([45])
+    assert index.search(q, 1)[1][0] != 45

@@ -29,6 +29,18 @@ std::vector<float> QueryRows(const py::handle& obj, int64_t dim, int64_t* nq) {
   return rows;
 }
 
+// One query image by the chosen method.
+void Search(const CannIndex& index, const std::string& method, const float* q, int64_t nq, int64_t k,
+            const CannKernel& kernel, int64_t nprobe, float* scores, int64_t* ids, int threads) {
+  if (method == "exact") {
+    index.SearchExact(q, nq, k, kernel, scores, ids, threads);
+  } else if (method == "ivf") {
+    index.SearchIvf(q, nq, k, kernel, nprobe, scores, ids, threads);
+  } else {
+    PYL_CHECK(false, "method must be 'exact' or 'ivf', got '", method, "'");
+  }
+}
+
 CannKernel MakeKernel(const std::string& name, double p0, double p1, double sigma) {
   CannKernel k;
   PYL_CHECK(name == "cann" || name == "gaussian", "kernel must be 'cann' or 'gaussian', got '",
@@ -106,8 +118,18 @@ void BindCann(py::module_& m) {
              return MoveArray(std::move(v), {n});
            })
       .def(
-          "search_exact",
-          [](const CannIndex& self, const py::object& queries, int64_t k, const CannKernel& kernel) {
+          "train",
+          [](CannIndex& self, int64_t nlist, int iterations, uint64_t seed) {
+            py::gil_scoped_release release;
+            self.Train(nlist, iterations, seed, GetNumThreads());
+          },
+          py::arg("nlist"), py::arg("iterations") = 10, py::arg("seed") = 0)
+      .def_property_readonly("is_trained", &CannIndex::is_trained)
+      .def_property_readonly("nlist", &CannIndex::nlist)
+      .def(
+          "search",
+          [](const CannIndex& self, const py::object& queries, int64_t k, const CannKernel& kernel,
+             const std::string& method, int64_t nprobe) {
             PYL_CHECK(k >= 1, "k must be >= 1, got ", k);
             int64_t nq = 0;
             std::vector<float> rows = QueryRows(queries, self.dim(), &nq);
@@ -117,14 +139,15 @@ void BindCann(py::module_& m) {
             int64_t* ip = ids.mutable_data();
             {
               py::gil_scoped_release release;
-              self.SearchExact(rows.data(), nq, k, kernel, sp, ip, GetNumThreads());
+              Search(self, method, rows.data(), nq, k, kernel, nprobe, sp, ip, GetNumThreads());
             }
             return py::make_tuple(scores, ids);
           },
-          py::arg("queries"), py::arg("k"), py::arg("kernel"))
+          py::arg("queries"), py::arg("k"), py::arg("kernel"), py::arg("method"), py::arg("nprobe"))
       .def(
-          "search_exact_batch",
-          [](const CannIndex& self, const py::list& query_sets, int64_t k, const CannKernel& kernel) {
+          "search_batch",
+          [](const CannIndex& self, const py::list& query_sets, int64_t k, const CannKernel& kernel,
+             const std::string& method, int64_t nprobe) {
             PYL_CHECK(k >= 1, "k must be >= 1, got ", k);
             const int64_t n = static_cast<int64_t>(query_sets.size());
             std::vector<std::vector<float>> rows(static_cast<size_t>(n));
@@ -142,19 +165,19 @@ void BindCann(py::module_& m) {
               const int threads = GetNumThreads();
               if (n >= threads) {
                 ParallelFor(n, threads, [&](int64_t i, int) {
-                  self.SearchExact(rows[static_cast<size_t>(i)].data(), nq[static_cast<size_t>(i)], k, kernel,
-                                   sp + i * k, ip + i * k, 1);
+                  Search(self, method, rows[static_cast<size_t>(i)].data(), nq[static_cast<size_t>(i)], k, kernel,
+                         nprobe, sp + i * k, ip + i * k, 1);
                 });
               } else {
                 for (int64_t i = 0; i < n; ++i) {
-                  self.SearchExact(rows[static_cast<size_t>(i)].data(), nq[static_cast<size_t>(i)], k, kernel,
-                                   sp + i * k, ip + i * k, threads);
+                  Search(self, method, rows[static_cast<size_t>(i)].data(), nq[static_cast<size_t>(i)], k, kernel,
+                         nprobe, sp + i * k, ip + i * k, threads);
                 }
               }
             }
             return py::make_tuple(scores, ids);
           },
-          py::arg("query_sets"), py::arg("k"), py::arg("kernel"))
+          py::arg("query_sets"), py::arg("k"), py::arg("kernel"), py::arg("method"), py::arg("nprobe"))
       .def("save", &CannIndex::Save, py::arg("path"), py::call_guard<py::gil_scoped_release>())
       .def_static("load", &CannIndex::Load, py::arg("path"), py::call_guard<py::gil_scoped_release>())
       .def("serialize",

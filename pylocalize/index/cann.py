@@ -12,8 +12,18 @@ p1 = 0.4592, for SIFT-scale descriptors) or a Gaussian. Images are ranked jointl
 appearance and by the constraint that matches come from one camera, with no global
 descriptor.
 
-``method="exact"`` computes every distance with the core's blocked SIMD kernels; it is the
-reference the approximate methods are measured against.
+Methods:
+
+- ``"exact"`` computes every distance with the core's blocked SIMD kernels; it is the
+  reference the approximate methods are measured against.
+- ``"ivf"`` (approximate): an inverted file over the features. k-means lists hold their
+  features grouped by image; each query feature probes its ``nprobe`` nearest lists, where
+  distances are exact. Only pairs within the kernel's cutoff (p0 for the CANN kernel) can
+  score, and those are near neighbours that fall in the nearest lists with high
+  probability, so probing a few lists keeps nearly every scoring pair while computing a
+  small fraction of the distances. The work per query scales with nprobe / nlist, the
+  distance computations run on the same blocked kernels as the exact method, and no
+  per-(query, image) state is kept beyond the candidate pairs.
 """
 
 from __future__ import annotations
@@ -26,7 +36,7 @@ import numpy as np
 from pylocalize import _core
 
 PathLike = Union[str, "os.PathLike[str]"]
-METHODS = ("exact",)
+METHODS = ("exact", "ivf")
 
 
 class CANNIndex:
@@ -38,8 +48,10 @@ class CANNIndex:
         Descriptor dimension.
     metric : {"l2"}
         Distance between descriptors.
-    method : {"exact"}
-        Search method.
+    method : {"exact", "ivf"}
+        Search method; "ivf" needs :meth:`train`.
+    nprobe : int
+        Lists probed per query feature (method "ivf").
     kernel : {"cann", "gaussian"}
         The score kernel s(r).
     p0, p1 : float
@@ -49,13 +61,16 @@ class CANNIndex:
     """
 
     def __init__(self, dim: int, metric: str = "l2", method: str = "exact", kernel: str = "cann",
-                 p0: float = 120.0, p1: float = 0.4592, sigma: float = 60.0,
+                 p0: float = 120.0, p1: float = 0.4592, sigma: float = 60.0, nprobe: int = 16,
                  *, _impl: Optional[_core.CannIndex] = None):
         if metric != "l2":
             raise ValueError(f"metric must be 'l2', got {metric!r}")
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         self.metric, self.method = metric, method
+        if int(nprobe) < 1:
+            raise ValueError(f"nprobe must be >= 1, got {nprobe}")
+        self.nprobe = int(nprobe)
         self._kernel = _core.CannKernel(kernel, float(p0), float(p1), float(sigma))
         self._kernel_args = dict(kernel=kernel, p0=float(p0), p1=float(p1), sigma=float(sigma))
         self._impl = _impl if _impl is not None else _core.CannIndex(int(dim))
@@ -72,6 +87,24 @@ class CANNIndex:
     def __repr__(self) -> str:
         return (f"CANNIndex(dim={self.dim}, method={self.method!r}, kernel={self._kernel_args['kernel']!r}, "
                 f"ntotal={self.ntotal}, num_images={self.num_images})")
+
+    is_trained = property(lambda self: self._impl.is_trained, doc="Whether the ivf lists are trained.")
+    nlist = property(lambda self: self._impl.nlist, doc="Number of ivf lists (0 before training).")
+
+    def train(self, nlist: Optional[int] = None, iterations: int = 10, seed: int = 0) -> None:
+        """Clusters the stored features into ``nlist`` lists for ``method="ivf"``.
+
+        Parameters
+        ----------
+        nlist : int, optional
+            Number of lists; default ``4 * sqrt(ntotal)`` rounded, at least 1.
+        iterations : int
+            Lloyd iterations of k-means (on at most 256 points per list).
+        seed : int
+        """
+        if nlist is None:
+            nlist = max(1, int(round(4 * np.sqrt(max(self.ntotal, 1)))))
+        self._impl.train(int(nlist), int(iterations), int(seed))
 
     def kernel(self, r):
         """The score kernel s(r), for scalars or arrays."""
@@ -105,11 +138,11 @@ class CANNIndex:
         image_ids : int64 (k,)
             Ties go to the smaller image id; ``-1`` in padded slots.
         """
-        return self._impl.search_exact(query_descriptors, int(k), self._kernel)
+        return self._impl.search(query_descriptors, int(k), self._kernel, self.method, self.nprobe)
 
     def search_batch(self, query_sets: Sequence[np.ndarray], k: int) -> Tuple[np.ndarray, np.ndarray]:
         """:meth:`search` for many query images in parallel: ``(scores (n, k), image_ids (n, k))``."""
-        return self._impl.search_exact_batch(list(query_sets), int(k), self._kernel)
+        return self._impl.search_batch(list(query_sets), int(k), self._kernel, self.method, self.nprobe)
 
     def remove_images(self, image_ids) -> int:
         """Removes every feature of these images; returns the number of features removed."""
@@ -125,7 +158,8 @@ class CANNIndex:
         return self._impl.image_ids()
 
     def save(self, path: PathLike) -> None:
-        """Writes the features (pylocalize container, atomically); options are not stored."""
+        """Writes the features and trained lists (pylocalize container, atomically); the
+        search options (method, kernel, nprobe) are not stored."""
         self._impl.save(os.fspath(path))
 
     @classmethod
@@ -144,7 +178,8 @@ class CANNIndex:
         return cls(impl.dim, _impl=impl, **options)
 
     def __reduce__(self):
-        return (_rebuild, (self.serialize(), dict(metric=self.metric, method=self.method, **self._kernel_args)))
+        options = dict(metric=self.metric, method=self.method, nprobe=self.nprobe, **self._kernel_args)
+        return (_rebuild, (self.serialize(), options))
 
 
 def _rebuild(data, options):

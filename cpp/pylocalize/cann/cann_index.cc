@@ -7,6 +7,7 @@
 #include <numeric>
 #include <unordered_set>
 
+#include "pylocalize/knn/kmeans.h"
 #include "pylocalize/util/check.h"
 #include "pylocalize/util/cpu.h"
 #include "pylocalize/util/threads.h"
@@ -50,6 +51,16 @@ struct CannIndex::Layout {
   std::vector<float> norms;         // ||x||^2, grouped order
   std::vector<int64_t> images;      // distinct image ids, ascending
   std::vector<int64_t> offsets;     // features of images[i]: [offsets[i], offsets[i+1])
+};
+
+// Features ordered by (list, image), each list padded to whole knn blocks.
+struct CannIndex::IvfLayout {
+  knn::Element element;
+  std::vector<uint8_t> blocks;
+  std::vector<int64_t> list_block;  // nlist + 1: first block of each list
+  std::vector<int32_t> slot_image;  // per slot: index into `images`, -1 for padding
+  std::vector<float> norms;         // per slot
+  std::vector<int64_t> images;      // distinct image ids, ascending
 };
 
 CannIndex::CannIndex(int64_t dim) : dim_(dim) {
@@ -100,6 +111,7 @@ void CannIndex::Add(const void* descriptors, knn::Element element, const int64_t
   image_ids_.insert(image_ids_.end(), image_ids, image_ids + n);
   std::lock_guard<std::mutex> guard(layout_mutex_);
   layout_.reset();
+  ivf_layout_.reset();
 }
 
 int64_t CannIndex::RemoveImages(const int64_t* ids, int64_t n) {
@@ -123,6 +135,7 @@ int64_t CannIndex::RemoveImages(const int64_t* ids, int64_t n) {
   rows_.resize(out * row);
   std::lock_guard<std::mutex> guard(layout_mutex_);
   layout_.reset();
+  ivf_layout_.reset();
   return removed;  // features removed
 }
 
@@ -130,9 +143,11 @@ void CannIndex::Reset() {
   std::unique_lock<std::shared_mutex> lock(mutex_);
   rows_.clear();
   image_ids_.clear();
+  centroids_.clear();
   element_ = -1;
   std::lock_guard<std::mutex> guard(layout_mutex_);
   layout_.reset();
+  ivf_layout_.reset();
 }
 
 std::shared_ptr<const CannIndex::Layout> CannIndex::GetLayout() const {
@@ -234,13 +249,225 @@ void CannIndex::SearchExact(const float* queries, int64_t nq, int64_t k, const C
       }
     });
   }
-  TopK<float> top(k);  // smallest first: rank by -S
-  for (int64_t i = 0; i < num_images; ++i) {
-    top.Push(-static_cast<float>(total[static_cast<size_t>(i)] / static_cast<double>(std::max<int64_t>(nq, 1))),
-             L->images[static_cast<size_t>(i)]);
-  }
+  TopImages(total, L->images, nq, k, scores, out_ids);
+}
+
+void CannIndex::TopImages(const std::vector<double>& total, const std::vector<int64_t>& images,
+                          int64_t nq, int64_t k, float* scores, int64_t* out_ids) const {
+  TopK<float> top(k);  // keeps the smallest: rank by -S
+  const double inv = 1.0 / static_cast<double>(std::max<int64_t>(nq, 1));
+  for (size_t i = 0; i < images.size(); ++i) top.Push(-static_cast<float>(total[i] * inv), images[i]);
   top.Extract(scores, out_ids, std::numeric_limits<float>::infinity());
   for (int64_t i = 0; i < k; ++i) scores[i] = -scores[i];
+}
+
+std::vector<float> CannIndex::FloatRows() const {
+  std::vector<float> out(image_ids_.size() * static_cast<size_t>(dim_));
+  if (element_ == static_cast<int>(knn::Element::kUInt8)) {
+    for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<float>(rows_[i]);
+  } else if (!out.empty()) {
+    std::memcpy(out.data(), rows_.data(), out.size() * sizeof(float));
+  }
+  return out;
+}
+
+void CannIndex::Train(int64_t nlist, int iterations, uint64_t seed, int num_threads) {
+  std::unique_lock<std::shared_mutex> lock(mutex_);
+  const int64_t n = static_cast<int64_t>(image_ids_.size());
+  PYL_CHECK(nlist >= 1, "nlist must be >= 1, got ", nlist);
+  PYL_CHECK(n >= nlist, "training ", nlist, " lists needs at least that many features; the index has ", n,
+            ": add features first or lower nlist");
+  const std::vector<float> x = FloatRows();
+  knn::KMeansResult km = knn::KMeans(x.data(), n, dim_, nlist, iterations, seed, 256, num_threads);
+  centroids_ = std::move(km.centroids);
+  std::lock_guard<std::mutex> guard(layout_mutex_);
+  ivf_layout_.reset();
+}
+
+bool CannIndex::is_trained() const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  return !centroids_.empty();
+}
+
+int64_t CannIndex::nlist() const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  return static_cast<int64_t>(centroids_.size()) / dim_;
+}
+
+std::shared_ptr<const CannIndex::IvfLayout> CannIndex::GetIvfLayout(int num_threads) const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  PYL_CHECK(!centroids_.empty(), "the ivf method needs train() first");
+  std::lock_guard<std::mutex> guard(layout_mutex_);
+  if (ivf_layout_ != nullptr) return ivf_layout_;
+  auto L = std::make_shared<IvfLayout>();
+  const int64_t n = static_cast<int64_t>(image_ids_.size());
+  const int64_t nlist = static_cast<int64_t>(centroids_.size()) / dim_;
+  L->element = static_cast<knn::Element>(std::max(element_, 0));
+  std::vector<int64_t> list(static_cast<size_t>(n));
+  {
+    const std::vector<float> x = FloatRows();
+    knn::AssignNearest(centroids_.data(), nlist, x.data(), n, dim_, list.data(), nullptr, num_threads);
+  }
+  L->images = image_ids_;
+  std::sort(L->images.begin(), L->images.end());
+  L->images.erase(std::unique(L->images.begin(), L->images.end()), L->images.end());
+  std::vector<int64_t> order(static_cast<size_t>(n));
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+    if (list[a] != list[b]) return list[a] < list[b];
+    if (image_ids_[a] != image_ids_[b]) return image_ids_[a] < image_ids_[b];
+    return a < b;
+  });
+  // Blocks per list, then slots.
+  std::vector<int64_t> count(static_cast<size_t>(nlist), 0);
+  for (int64_t i = 0; i < n; ++i) ++count[static_cast<size_t>(list[i])];
+  L->list_block.assign(static_cast<size_t>(nlist + 1), 0);
+  for (int64_t l = 0; l < nlist; ++l) {
+    L->list_block[static_cast<size_t>(l + 1)] = L->list_block[static_cast<size_t>(l)] + (count[static_cast<size_t>(l)] + knn::kBlock - 1) / knn::kBlock;
+  }
+  const int64_t nblocks = L->list_block.back();
+  const size_t es = ElementSize();
+  L->blocks.assign(static_cast<size_t>(nblocks * dim_ * knn::kBlock) * es, 0);
+  L->slot_image.assign(static_cast<size_t>(nblocks * knn::kBlock), -1);
+  L->norms.assign(static_cast<size_t>(nblocks * knn::kBlock), 0.0f);
+  std::vector<int64_t> fill(static_cast<size_t>(nlist), 0);
+  for (int64_t pos = 0; pos < n; ++pos) {
+    const int64_t src = order[static_cast<size_t>(pos)];
+    const int64_t l = list[static_cast<size_t>(src)];
+    const int64_t slot = L->list_block[static_cast<size_t>(l)] * knn::kBlock + fill[static_cast<size_t>(l)]++;
+    const int64_t b = slot / knn::kBlock, lane = slot % knn::kBlock;
+    const uint8_t* row = rows_.data() + static_cast<size_t>(src * dim_) * es;
+    double norm = 0.0;
+    for (int64_t d = 0; d < dim_; ++d) {
+      std::memcpy(L->blocks.data() + static_cast<size_t>((b * dim_ + d) * knn::kBlock + lane) * es, row + d * es, es);
+      const double v = es == 1 ? static_cast<double>(row[d]) : static_cast<double>(reinterpret_cast<const float*>(row)[d]);
+      norm += v * v;
+    }
+    L->norms[static_cast<size_t>(slot)] = static_cast<float>(norm);
+    L->slot_image[static_cast<size_t>(slot)] = static_cast<int32_t>(
+        std::lower_bound(L->images.begin(), L->images.end(), image_ids_[static_cast<size_t>(src)]) - L->images.begin());
+  }
+  ivf_layout_ = L;
+  return ivf_layout_;
+}
+
+void CannIndex::SearchIvf(const float* queries, int64_t nq, int64_t k, const CannKernel& kernel,
+                          int64_t nprobe, float* scores, int64_t* out_ids, int num_threads) const {
+  PYL_CHECK(k >= 1, "k must be >= 1, got ", k);
+  PYL_CHECK(nprobe >= 1, "nprobe must be >= 1, got ", nprobe);
+  kernel.Validate();
+  const std::shared_ptr<const IvfLayout> L = GetIvfLayout(num_threads);
+  std::vector<float> centroids;
+  {
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    centroids = centroids_;
+  }
+  const int64_t nlist = static_cast<int64_t>(L->list_block.size()) - 1;
+  const int64_t num_images = static_cast<int64_t>(L->images.size());
+  std::vector<double> total(static_cast<size_t>(num_images), 0.0);
+  if (nq > 0 && num_images > 0) {
+    nprobe = std::min(nprobe, nlist);
+    std::vector<int64_t> probes(static_cast<size_t>(nq * nprobe));
+    knn::AssignNearestM(centroids.data(), nlist, queries, nq, dim_, nprobe, probes.data(), nullptr, num_threads);
+    // Invert: the query features probing each list.
+    std::vector<std::vector<int32_t>> by_list(static_cast<size_t>(nlist));
+    for (int64_t q = 0; q < nq; ++q) {
+      for (int64_t j = 0; j < nprobe; ++j) by_list[static_cast<size_t>(probes[static_cast<size_t>(q * nprobe + j)])].push_back(static_cast<int32_t>(q));
+    }
+    std::vector<float> qnorm(static_cast<size_t>(nq));
+    for (int64_t q = 0; q < nq; ++q) {
+      double s = 0.0;
+      for (int64_t d = 0; d < dim_; ++d) s += static_cast<double>(queries[q * dim_ + d]) * queries[q * dim_ + d];
+      qnorm[static_cast<size_t>(q)] = static_cast<float>(s);
+    }
+    const double cut = kernel.Cutoff();
+    const float cut2 = static_cast<float>(cut * cut);
+    struct Candidate {
+      int32_t q, image;
+      float d2;
+    };
+    const int threads = std::max(1, num_threads);
+    std::vector<std::vector<Candidate>> found(static_cast<size_t>(threads));
+    const knn::DotKernel dot = knn::GetDotKernel(ActiveSimdLevel());
+    const size_t es = ElementSize();
+    constexpr int64_t kGroup = 32;
+    ParallelFor(nlist, threads, [&](int64_t l, int tid) {
+      const std::vector<int32_t>& qs = by_list[static_cast<size_t>(l)];
+      const int64_t b0 = L->list_block[static_cast<size_t>(l)], b1 = L->list_block[static_cast<size_t>(l + 1)];
+      if (qs.empty() || b0 == b1) return;
+      InterruptPoint();
+      const int64_t ld = (b1 - b0) * knn::kBlock;
+      std::vector<float> qrows(static_cast<size_t>(kGroup * dim_));
+      std::vector<float> tile(static_cast<size_t>(kGroup * ld));
+      std::vector<Candidate>& out = found[static_cast<size_t>(tid)];
+      for (size_t g = 0; g < qs.size(); g += kGroup) {
+        const int64_t ng = std::min<int64_t>(kGroup, static_cast<int64_t>(qs.size() - g));
+        for (int64_t j = 0; j < ng; ++j) {
+          std::memcpy(qrows.data() + j * dim_, queries + static_cast<int64_t>(qs[g + j]) * dim_, static_cast<size_t>(dim_) * sizeof(float));
+        }
+        knn::DotArgs a;
+        a.queries = qrows.data();
+        a.nq = ng;
+        a.dim = dim_;
+        a.blocks = L->blocks.data() + static_cast<size_t>(b0 * dim_ * knn::kBlock) * es;
+        a.element = L->element;
+        a.nblocks = b1 - b0;
+        a.out = tile.data();
+        a.ld = ld;
+        dot(a);
+        for (int64_t j = 0; j < ng; ++j) {
+          const int32_t q = qs[g + j];
+          const float qn = qnorm[static_cast<size_t>(q)];
+          const float* row = tile.data() + j * ld;
+          for (int64_t c = 0; c < ld; ++c) {
+            const int64_t slot = b0 * knn::kBlock + c;
+            const float d2 = qn + L->norms[static_cast<size_t>(slot)] - 2.0f * row[c];
+            const int32_t img = L->slot_image[static_cast<size_t>(slot)];
+            if (d2 < cut2 && img >= 0) out.push_back({q, img, std::max(0.0f, d2)});
+          }
+        }
+      }
+    });
+    // Per query feature: the nearest probed feature of each image, then the kernel.
+    std::vector<int64_t> start(static_cast<size_t>(nq + 1), 0);
+    for (const auto& v : found) {
+      for (const Candidate& c : v) ++start[static_cast<size_t>(c.q + 1)];
+    }
+    for (int64_t q = 0; q < nq; ++q) start[static_cast<size_t>(q + 1)] += start[static_cast<size_t>(q)];
+    std::vector<Candidate> byq(static_cast<size_t>(start.back()));
+    {
+      std::vector<int64_t> pos(start.begin(), start.end() - 1);
+      for (auto& v : found) {
+        for (const Candidate& c : v) byq[static_cast<size_t>(pos[static_cast<size_t>(c.q)]++)] = c;
+        std::vector<Candidate>().swap(v);
+      }
+    }
+    std::vector<std::vector<double>> partial(static_cast<size_t>(threads));
+    const int64_t chunks = std::min<int64_t>(nq, 4 * threads);
+    ParallelFor(chunks, threads, [&](int64_t t, int tid) {
+      std::vector<double>& acc = partial[static_cast<size_t>(tid)];
+      if (acc.empty()) acc.assign(static_cast<size_t>(num_images), 0.0);
+      std::vector<float> best(static_cast<size_t>(num_images), std::numeric_limits<float>::infinity());
+      std::vector<int32_t> touched;
+      for (int64_t q = t * nq / chunks; q < (t + 1) * nq / chunks; ++q) {
+        for (int64_t i = start[static_cast<size_t>(q)]; i < start[static_cast<size_t>(q + 1)]; ++i) {
+          const Candidate& c = byq[static_cast<size_t>(i)];
+          float& b = best[static_cast<size_t>(c.image)];
+          if (b == std::numeric_limits<float>::infinity()) touched.push_back(c.image);
+          b = std::min(b, c.d2);
+        }
+        for (int32_t img : touched) {
+          acc[static_cast<size_t>(img)] += kernel(std::sqrt(static_cast<double>(best[static_cast<size_t>(img)])));
+          best[static_cast<size_t>(img)] = std::numeric_limits<float>::infinity();
+        }
+        touched.clear();
+      }
+    });
+    for (const auto& acc : partial) {
+      for (size_t i = 0; i < acc.size(); ++i) total[i] += acc[i];
+    }
+  }
+  TopImages(total, L->images, nq, k, scores, out_ids);
 }
 
 ContainerWriter CannIndex::Writer() const {
@@ -252,6 +479,10 @@ ContainerWriter CannIndex::Writer() const {
   w.AddSection("descriptors", element_ == static_cast<int>(knn::Element::kUInt8) ? DType::kUInt8 : DType::kFloat32,
                {n, dim_}, rows_.data());
   w.AddSection("image_ids", DType::kInt64, {n}, image_ids_.data());
+  if (!centroids_.empty()) {
+    w.AddSection("centroids", DType::kFloat32, {static_cast<int64_t>(centroids_.size()) / dim_, dim_},
+                 centroids_.data());
+  }
   return w;
 }
 
@@ -283,6 +514,13 @@ std::unique_ptr<CannIndex> CannIndex::FromContainer(const Container& c) {
   index->rows_.assign(d.data, d.data + d.nbytes);
   const auto* ip = reinterpret_cast<const int64_t*>(ids.data);
   index->image_ids_.assign(ip, ip + n);
+  if (c.HasSection("centroids")) {
+    const ArrayView& cv = c.Section("centroids", DType::kFloat32);
+    PYL_CHECK_FORMAT(cv.shape.size() == 2 && cv.shape[1] == dim && cv.shape[0] >= 1,
+                     "CANNIndex centroids do not match dim (corrupt)");
+    const auto* cp = reinterpret_cast<const float*>(cv.data);
+    index->centroids_.assign(cp, cp + cv.size());
+  }
   return index;
 }
 

@@ -64,14 +64,31 @@ class CannIndex {
   void SearchExact(const float* queries, int64_t nq, int64_t k, const CannKernel& kernel,
                    float* scores, int64_t* image_ids, int num_threads) const;
 
+  // Approximate search through an inverted file over features (method "ivf"): k-means
+  // lists, each holding its features grouped by image; a query feature probes its `nprobe`
+  // nearest lists, distances there are exact, and only pairs within the kernel's cutoff
+  // count. Train() clusters the stored features into nlist lists (once; later adds are
+  // assigned to the trained lists).
+  void Train(int64_t nlist, int iterations, uint64_t seed, int num_threads);
+  bool is_trained() const;
+  int64_t nlist() const;
+  void SearchIvf(const float* queries, int64_t nq, int64_t k, const CannKernel& kernel,
+                 int64_t nprobe, float* scores, int64_t* image_ids, int num_threads) const;
+
   void Save(const std::string& path) const;
   static std::unique_ptr<CannIndex> Load(const std::string& path);
   std::vector<uint8_t> Serialize() const;
   static std::unique_ptr<CannIndex> Deserialize(std::vector<uint8_t> bytes);
 
  private:
-  struct Layout;  // the grouped, blocked search layout
+  struct Layout;     // the grouped, blocked search layout
+  struct IvfLayout;  // features by (list, image), blocked per list
   std::shared_ptr<const Layout> GetLayout() const;
+  std::shared_ptr<const IvfLayout> GetIvfLayout(int num_threads) const;
+  // Rows as float32 (widened from uint8), insertion order.
+  std::vector<float> FloatRows() const;
+  void TopImages(const std::vector<double>& total, const std::vector<int64_t>& images,
+                 int64_t nq, int64_t k, float* scores, int64_t* out_ids) const;
   ContainerWriter Writer() const;
   static std::unique_ptr<CannIndex> FromContainer(const Container& c);
   size_t ElementSize() const;
@@ -80,7 +97,9 @@ class CannIndex {
   int element_ = -1;               // knn::Element, -1 before the first add
   std::vector<uint8_t> rows_;      // insertion order, n x dim elements
   std::vector<int64_t> image_ids_; // n
+  std::vector<float> centroids_;   // nlist x dim once trained
   mutable std::shared_ptr<const Layout> layout_;  // null when stale
+  mutable std::shared_ptr<const IvfLayout> ivf_layout_;
   mutable std::mutex layout_mutex_;
   mutable std::shared_mutex mutex_;
 };

@@ -1,0 +1,154 @@
+#include "pylocalize/knn/kmeans.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <random>
+
+#include "pylocalize/knn/kernels.h"
+#include "pylocalize/util/check.h"
+#include "pylocalize/util/cpu.h"
+#include "pylocalize/util/threads.h"
+#include "pylocalize/util/topk.h"
+
+namespace pylocalize {
+namespace knn {
+namespace {
+
+struct BlockedCentroids {
+  std::vector<float> blocks;
+  std::vector<float> norms;  // padded lanes: +inf, so they never win
+  int64_t nblocks;
+};
+
+BlockedCentroids Block(const float* c, int64_t k, int64_t dim) {
+  BlockedCentroids b;
+  b.nblocks = (k + kBlock - 1) / kBlock;
+  b.blocks.assign(static_cast<size_t>(b.nblocks * dim * kBlock), 0.0f);
+  b.norms.assign(static_cast<size_t>(b.nblocks * kBlock), std::numeric_limits<float>::infinity());
+  for (int64_t i = 0; i < k; ++i) {
+    double norm = 0.0;
+    for (int64_t d = 0; d < dim; ++d) {
+      const float v = c[i * dim + d];
+      b.blocks[static_cast<size_t>(((i / kBlock) * dim + d) * kBlock + i % kBlock)] = v;
+      norm += static_cast<double>(v) * v;
+    }
+    b.norms[static_cast<size_t>(i)] = static_cast<float>(norm);
+  }
+  return b;
+}
+
+}  // namespace
+
+void AssignNearestM(const float* centroids, int64_t k, const float* x, int64_t n, int64_t dim,
+                    int64_t m, int64_t* labels, float* distances, int num_threads) {
+  PYL_CHECK(k >= 1 && m >= 1 && m <= k, "need 1 <= m <= k centroids");
+  const BlockedCentroids b = Block(centroids, k, dim);
+  const DotKernel dot = GetDotKernel(ActiveSimdLevel());
+  constexpr int64_t kRows = 64;
+  const int64_t ld = b.nblocks * kBlock;
+  ParallelFor((n + kRows - 1) / kRows, num_threads, [&](int64_t t, int) {
+    InterruptPoint();
+    const int64_t r0 = t * kRows, r1 = std::min(n, r0 + kRows);
+    std::vector<float> tile(static_cast<size_t>((r1 - r0) * ld));
+    DotArgs a;
+    a.queries = x + r0 * dim;
+    a.nq = r1 - r0;
+    a.dim = dim;
+    a.blocks = b.blocks.data();
+    a.element = Element::kFloat32;
+    a.nblocks = b.nblocks;
+    a.out = tile.data();
+    a.ld = ld;
+    dot(a);
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* row = tile.data() + (r - r0) * ld;
+      double xn = 0.0;
+      for (int64_t d = 0; d < dim; ++d) xn += static_cast<double>(x[r * dim + d]) * x[r * dim + d];
+      TopK<float> top(m);
+      for (int64_t c = 0; c < k; ++c) top.Push(b.norms[static_cast<size_t>(c)] - 2.0f * row[c], c);
+      float* dst = distances != nullptr ? distances + r * m : nullptr;
+      std::vector<float> dd(static_cast<size_t>(m));
+      top.Extract(dd.data(), labels + r * m, 0.0f);
+      if (dst != nullptr) {
+        for (int64_t j = 0; j < m; ++j) dst[j] = std::max(0.0f, dd[static_cast<size_t>(j)] + static_cast<float>(xn));
+      }
+    }
+  });
+}
+
+void AssignNearest(const float* centroids, int64_t k, const float* x, int64_t n, int64_t dim,
+                   int64_t* labels, float* distances, int num_threads) {
+  AssignNearestM(centroids, k, x, n, dim, 1, labels, distances, num_threads);
+}
+
+KMeansResult KMeans(const float* x, int64_t n, int64_t dim, int64_t k, int iterations,
+                    uint64_t seed, int64_t max_points_per_centroid, int num_threads) {
+  PYL_CHECK(k >= 1, "k must be >= 1, got ", k);
+  PYL_CHECK(n >= k, "k-means needs at least k = ", k, " points, got ", n);
+  PYL_CHECK(iterations >= 0, "iterations must be >= 0");
+  std::mt19937_64 rng(seed);
+  // Subsample the training set (without replacement).
+  std::vector<int64_t> sample(static_cast<size_t>(n));
+  std::iota(sample.begin(), sample.end(), 0);
+  const int64_t ns = max_points_per_centroid > 0 ? std::min(n, k * max_points_per_centroid) : n;
+  for (int64_t i = 0; i < ns; ++i) {
+    std::uniform_int_distribution<int64_t> pick(i, n - 1);
+    std::swap(sample[static_cast<size_t>(i)], sample[static_cast<size_t>(pick(rng))]);
+  }
+  sample.resize(static_cast<size_t>(ns));
+  // The first k of the shuffled sample are distinct random points: the initial centroids.
+  std::vector<int64_t> init(sample.begin(), sample.begin() + k);
+  std::sort(sample.begin(), sample.end());  // gather in memory order
+  std::vector<float> xs(static_cast<size_t>(ns * dim));
+  for (int64_t i = 0; i < ns; ++i) {
+    std::memcpy(xs.data() + i * dim, x + sample[static_cast<size_t>(i)] * dim, static_cast<size_t>(dim) * sizeof(float));
+  }
+  KMeansResult result;
+  result.centroids.resize(static_cast<size_t>(k * dim));
+  for (int64_t c = 0; c < k; ++c) {
+    std::memcpy(result.centroids.data() + c * dim, x + init[static_cast<size_t>(c)] * dim,
+                static_cast<size_t>(dim) * sizeof(float));
+  }
+  std::vector<int64_t> labels(static_cast<size_t>(ns));
+  std::vector<float> dist(static_cast<size_t>(ns));
+  for (int it = 0; it <= iterations; ++it) {
+    AssignNearest(result.centroids.data(), k, xs.data(), ns, dim, labels.data(), dist.data(), num_threads);
+    result.inertia = std::accumulate(dist.begin(), dist.end(), 0.0);
+    if (it == iterations) break;
+    std::vector<double> sum(static_cast<size_t>(k * dim), 0.0);
+    std::vector<int64_t> count(static_cast<size_t>(k), 0);
+    for (int64_t i = 0; i < ns; ++i) {
+      const int64_t c = labels[static_cast<size_t>(i)];
+      ++count[static_cast<size_t>(c)];
+      for (int64_t d = 0; d < dim; ++d) sum[static_cast<size_t>(c * dim + d)] += xs[static_cast<size_t>(i * dim + d)];
+    }
+    for (int64_t c = 0; c < k; ++c) {
+      if (count[static_cast<size_t>(c)] == 0) continue;
+      for (int64_t d = 0; d < dim; ++d) {
+        result.centroids[static_cast<size_t>(c * dim + d)] =
+            static_cast<float>(sum[static_cast<size_t>(c * dim + d)] / count[static_cast<size_t>(c)]);
+      }
+    }
+    // Empty clusters: split the largest cluster with a small symmetric perturbation.
+    for (int64_t c = 0; c < k; ++c) {
+      if (count[static_cast<size_t>(c)] != 0) continue;
+      const int64_t big = std::max_element(count.begin(), count.end()) - count.begin();
+      std::uniform_real_distribution<float> jitter(-1.0f, 1.0f);
+      for (int64_t d = 0; d < dim; ++d) {
+        const float v = result.centroids[static_cast<size_t>(big * dim + d)];
+        const float e = 1e-3f * (std::fabs(v) + 1e-3f) * jitter(rng);
+        result.centroids[static_cast<size_t>(c * dim + d)] = v + e;
+        result.centroids[static_cast<size_t>(big * dim + d)] = v - e;
+      }
+      count[static_cast<size_t>(c)] = count[static_cast<size_t>(big)] / 2;
+      count[static_cast<size_t>(big)] -= count[static_cast<size_t>(c)];
+    }
+  }
+  return result;
+}
+
+}  // namespace knn
+}  // namespace pylocalize
