@@ -119,11 +119,12 @@ void BindCann(py::module_& m) {
            })
       .def(
           "train",
-          [](CannIndex& self, int64_t nlist, int iterations, uint64_t seed) {
+          [](CannIndex& self, int64_t nlist, int iterations, uint64_t seed, int64_t max_points_per_list) {
             py::gil_scoped_release release;
-            self.Train(nlist, iterations, seed, GetNumThreads());
+            self.Train(nlist, iterations, seed, max_points_per_list, GetNumThreads());
           },
-          py::arg("nlist"), py::arg("iterations") = 10, py::arg("seed") = 0)
+          py::arg("nlist"), py::arg("iterations") = 8, py::arg("seed") = 0,
+          py::arg("max_points_per_list") = 64)
       .def_property_readonly("is_trained", &CannIndex::is_trained)
       .def_property_readonly("nlist", &CannIndex::nlist)
       .def(

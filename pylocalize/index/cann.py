@@ -91,20 +91,23 @@ class CANNIndex:
     is_trained = property(lambda self: self._impl.is_trained, doc="Whether the ivf lists are trained.")
     nlist = property(lambda self: self._impl.nlist, doc="Number of ivf lists (0 before training).")
 
-    def train(self, nlist: Optional[int] = None, iterations: int = 10, seed: int = 0) -> None:
+    def train(self, nlist: Optional[int] = None, iterations: int = 8, seed: int = 0,
+              max_points_per_list: int = 64) -> None:
         """Clusters the stored features into ``nlist`` lists for ``method="ivf"``.
 
         Parameters
         ----------
         nlist : int, optional
-            Number of lists; default ``4 * sqrt(ntotal)`` rounded, at least 1.
+            Number of lists; default ``2 * sqrt(ntotal)`` rounded, at least 1.
         iterations : int
-            Lloyd iterations of k-means (on at most 256 points per list).
+            Lloyd iterations of k-means.
         seed : int
+        max_points_per_list : int
+            k-means trains on at most this many features per list (a random subsample).
         """
         if nlist is None:
-            nlist = max(1, int(round(4 * np.sqrt(max(self.ntotal, 1)))))
-        self._impl.train(int(nlist), int(iterations), int(seed))
+            nlist = max(1, int(round(2 * np.sqrt(max(self.ntotal, 1)))))
+        self._impl.train(int(nlist), int(iterations), int(seed), int(max_points_per_list))
 
     def kernel(self, r):
         """The score kernel s(r), for scalars or arrays."""

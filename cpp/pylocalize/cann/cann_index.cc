@@ -271,14 +271,16 @@ std::vector<float> CannIndex::FloatRows() const {
   return out;
 }
 
-void CannIndex::Train(int64_t nlist, int iterations, uint64_t seed, int num_threads) {
+void CannIndex::Train(int64_t nlist, int iterations, uint64_t seed, int64_t max_points_per_list,
+                      int num_threads) {
   std::unique_lock<std::shared_mutex> lock(mutex_);
   const int64_t n = static_cast<int64_t>(image_ids_.size());
   PYL_CHECK(nlist >= 1, "nlist must be >= 1, got ", nlist);
   PYL_CHECK(n >= nlist, "training ", nlist, " lists needs at least that many features; the index has ", n,
             ": add features first or lower nlist");
   const std::vector<float> x = FloatRows();
-  knn::KMeansResult km = knn::KMeans(x.data(), n, dim_, nlist, iterations, seed, 256, num_threads);
+  knn::KMeansResult km =
+      knn::KMeans(x.data(), n, dim_, nlist, iterations, seed, max_points_per_list, num_threads);
   centroids_ = std::move(km.centroids);
   std::lock_guard<std::mutex> guard(layout_mutex_);
   ivf_layout_.reset();

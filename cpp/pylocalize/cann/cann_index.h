@@ -69,7 +69,8 @@ class CannIndex {
   // nearest lists, distances there are exact, and only pairs within the kernel's cutoff
   // count. Train() clusters the stored features into nlist lists (once; later adds are
   // assigned to the trained lists).
-  void Train(int64_t nlist, int iterations, uint64_t seed, int num_threads);
+  void Train(int64_t nlist, int iterations, uint64_t seed, int64_t max_points_per_list,
+             int num_threads);
   bool is_trained() const;
   int64_t nlist() const;
   void SearchIvf(const float* queries, int64_t nq, int64_t k, const CannKernel& kernel,
