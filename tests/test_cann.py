@@ -237,3 +237,24 @@ def test_ivf_persistence_and_updates(tmp_path):
     np.testing.assert_array_equal(again.search(q, 5)[1], expected[1])
     index.remove_images([45])
     assert index.search(q, 1)[1][0] != 45
+
+
+def test_grid_method_reaches_recall():
+    rng = np.random.default_rng(9)
+    x, ids, vocab, pick = vocabulary_db(rng)
+    exact = pylocalize.CANNIndex(32, p0=60.0)
+    exact.add(x, ids)
+    grid = pylocalize.CANNIndex(32, method="grid", p0=60.0, grid=dict(num_grids=16, dims=6, cell_factor=0.5))
+    grid.add(x, ids)
+    queries = [(vocab[pick[i, :40]] + rng.normal(0, 5, (40, 32))).astype(np.float32) for i in range(0, 300, 15)]
+    se, ie = exact.search_batch(queries, 20)
+    sg, ig = grid.search_batch(queries, 20)
+    recall = np.mean([len(set(a) & set(e)) / 20 for a, e in zip(ig, ie)])
+    assert recall >= 0.9
+    assert (ig[:, 0] == np.arange(0, 300, 15)).all()
+    # found pairs use exact distances: grid scores never exceed exact ones
+    lookups = [dict(zip(e, s)) for e, s in zip(ie, se)]
+    for ids_g, s_g, lookup in zip(ig, sg, lookups):
+        assert all(s <= lookup.get(i, np.inf) + 1e-5 for i, s in zip(ids_g, s_g))
+    with pytest.raises(ValueError, match="unknown grid options"):
+        pylocalize.CANNIndex(32, method="grid", grid=dict(cells=3))

@@ -36,8 +36,10 @@ void Search(const CannIndex& index, const std::string& method, const float* q, i
     index.SearchExact(q, nq, k, kernel, scores, ids, threads);
   } else if (method == "ivf") {
     index.SearchIvf(q, nq, k, kernel, nprobe, scores, ids, threads);
+  } else if (method == "grid") {
+    index.SearchGrid(q, nq, k, kernel, scores, ids, threads);
   } else {
-    PYL_CHECK(false, "method must be 'exact' or 'ivf', got '", method, "'");
+    PYL_CHECK(false, "method must be 'exact', 'ivf' or 'grid', got '", method, "'");
   }
 }
 
@@ -125,6 +127,26 @@ void BindCann(py::module_& m) {
           },
           py::arg("nlist"), py::arg("iterations") = 8, py::arg("seed") = 0,
           py::arg("max_points_per_list") = 64)
+      .def(
+          "set_grid_params",
+          [](CannIndex& self, int num_grids, int num_radii, int dims, double cell_factor,
+             int64_t max_bin, uint64_t seed, double r_max) {
+            cann::GridParams p;
+            p.num_grids = num_grids;
+            p.num_radii = num_radii;
+            p.dims = dims;
+            p.cell_factor = cell_factor;
+            p.max_bin = max_bin;
+            p.seed = seed;
+            PYL_CHECK(num_grids >= 1 && num_radii >= 1 && dims >= 1 && dims <= self.dim() &&
+                          cell_factor > 0 && max_bin >= 1 && r_max > 0,
+                      "grid parameters: need num_grids, num_radii, max_bin >= 1, 1 <= dims <= dim, "
+                      "cell_factor > 0 and r_max > 0");
+            self.SetGridParams(p, r_max);
+          },
+          py::arg("num_grids"), py::arg("num_radii"), py::arg("dims"), py::arg("cell_factor"),
+          py::arg("max_bin"), py::arg("seed"), py::arg("r_max"))
+      .def_property_readonly("grid_memory_bytes", &CannIndex::GridMemoryBytes)
       .def_property_readonly("is_trained", &CannIndex::is_trained)
       .def_property_readonly("nlist", &CannIndex::nlist)
       .def(

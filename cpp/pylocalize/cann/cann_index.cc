@@ -53,6 +53,14 @@ struct CannIndex::Layout {
   std::vector<int64_t> offsets;     // features of images[i]: [offsets[i], offsets[i+1])
 };
 
+// Random grids over the features, with each feature's image index and its float row.
+struct CannIndex::GridLayout {
+  cann::RandomGrids grids;
+  std::vector<float> rows;            // n x dim, insertion order
+  std::vector<int32_t> feature_image; // index into `images`
+  std::vector<int64_t> images;        // distinct image ids, ascending
+};
+
 // Features ordered by (list, image), each list padded to whole knn blocks.
 struct CannIndex::IvfLayout {
   knn::Element element;
@@ -112,6 +120,7 @@ void CannIndex::Add(const void* descriptors, knn::Element element, const int64_t
   std::lock_guard<std::mutex> guard(layout_mutex_);
   layout_.reset();
   ivf_layout_.reset();
+  grid_layout_.reset();
 }
 
 int64_t CannIndex::RemoveImages(const int64_t* ids, int64_t n) {
@@ -136,6 +145,7 @@ int64_t CannIndex::RemoveImages(const int64_t* ids, int64_t n) {
   std::lock_guard<std::mutex> guard(layout_mutex_);
   layout_.reset();
   ivf_layout_.reset();
+  grid_layout_.reset();
   return removed;  // features removed
 }
 
@@ -148,6 +158,7 @@ void CannIndex::Reset() {
   std::lock_guard<std::mutex> guard(layout_mutex_);
   layout_.reset();
   ivf_layout_.reset();
+  grid_layout_.reset();
 }
 
 std::shared_ptr<const CannIndex::Layout> CannIndex::GetLayout() const {
@@ -461,6 +472,109 @@ void CannIndex::SearchIvf(const float* queries, int64_t nq, int64_t k, const Can
         for (int32_t img : touched) {
           acc[static_cast<size_t>(img)] += kernel(std::sqrt(static_cast<double>(best[static_cast<size_t>(img)])));
           best[static_cast<size_t>(img)] = std::numeric_limits<float>::infinity();
+        }
+        touched.clear();
+      }
+    });
+    for (const auto& acc : partial) {
+      for (size_t i = 0; i < acc.size(); ++i) total[i] += acc[i];
+    }
+  }
+  TopImages(total, L->images, nq, k, scores, out_ids);
+}
+
+void CannIndex::SetGridParams(const cann::GridParams& params, double r_max) {
+  std::unique_lock<std::shared_mutex> lock(mutex_);
+  grid_params_ = params;
+  grid_r_max_ = r_max;
+  std::lock_guard<std::mutex> guard(layout_mutex_);
+  grid_layout_.reset();
+}
+
+std::shared_ptr<const CannIndex::GridLayout> CannIndex::GetGridLayout(int num_threads) const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  PYL_CHECK(grid_r_max_ > 0, "the grid method needs its parameters first (set_grid_params)");
+  std::lock_guard<std::mutex> guard(layout_mutex_);
+  if (grid_layout_ != nullptr) return grid_layout_;
+  auto L = std::make_shared<GridLayout>();
+  L->rows = FloatRows();
+  const int64_t n = static_cast<int64_t>(image_ids_.size());
+  L->images = image_ids_;
+  std::sort(L->images.begin(), L->images.end());
+  L->images.erase(std::unique(L->images.begin(), L->images.end()), L->images.end());
+  L->feature_image.resize(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    L->feature_image[static_cast<size_t>(i)] = static_cast<int32_t>(
+        std::lower_bound(L->images.begin(), L->images.end(), image_ids_[static_cast<size_t>(i)]) - L->images.begin());
+  }
+  if (n > 0) L->grids.Build(L->rows.data(), n, dim_, grid_r_max_, grid_params_, num_threads);
+  grid_layout_ = L;
+  return grid_layout_;
+}
+
+int64_t CannIndex::GridMemoryBytes() const {
+  std::lock_guard<std::mutex> guard(layout_mutex_);
+  return grid_layout_ != nullptr ? grid_layout_->grids.MemoryBytes() : 0;
+}
+
+void CannIndex::SearchGrid(const float* queries, int64_t nq, int64_t k, const CannKernel& kernel,
+                           float* scores, int64_t* out_ids, int num_threads) const {
+  PYL_CHECK(k >= 1, "k must be >= 1, got ", k);
+  kernel.Validate();
+  const std::shared_ptr<const GridLayout> L = GetGridLayout(num_threads);
+  const int64_t num_images = static_cast<int64_t>(L->images.size());
+  std::vector<double> total(static_cast<size_t>(num_images), 0.0);
+  if (nq > 0 && num_images > 0 && L->grids.built()) {
+    const int threads = std::max(1, num_threads);
+    std::vector<std::vector<double>> partial(static_cast<size_t>(threads));
+    const int64_t chunks = std::min<int64_t>(nq, 8 * threads);
+    const cann::GridParams& gp = L->grids.params();
+    ParallelFor(chunks, threads, [&](int64_t t, int tid) {
+      InterruptPoint();
+      std::vector<double>& acc = partial[static_cast<size_t>(tid)];
+      if (acc.empty()) acc.assign(static_cast<size_t>(num_images), 0.0);
+      const float inf = std::numeric_limits<float>::infinity();
+      std::vector<float> best(static_cast<size_t>(num_images), inf);
+      std::vector<uint8_t> done(static_cast<size_t>(num_images), 0);
+      // A feature met in several grids or radii is measured once per query feature.
+      std::vector<int64_t> seen(L->feature_image.size(), -1);
+      std::vector<float> seen_d2(L->feature_image.size());
+      std::vector<int32_t> touched, cell;
+      for (int64_t q = t * nq / chunks; q < (t + 1) * nq / chunks; ++q) {
+        const float* qv = queries + q * dim_;
+        for (int j = 0; j < gp.num_radii; ++j) {
+          const float r2 = static_cast<float>(L->grids.radius(j) * L->grids.radius(j));
+          for (int g = 0; g < gp.num_grids; ++g) {
+            cell.clear();
+            L->grids.Lookup(qv, j, g, &cell);
+            for (int32_t f : cell) {
+              const int32_t img = L->feature_image[static_cast<size_t>(f)];
+              if (done[static_cast<size_t>(img)]) continue;  // found at a smaller radius
+              float d2;
+              if (seen[static_cast<size_t>(f)] == q) {
+                d2 = seen_d2[static_cast<size_t>(f)];
+              } else {
+                const float* xv = L->rows.data() + static_cast<int64_t>(f) * dim_;
+                d2 = 0.0f;
+                for (int64_t d = 0; d < dim_; ++d) {
+                  const float e = qv[d] - xv[d];
+                  d2 += e * e;
+                }
+                seen[static_cast<size_t>(f)] = q;
+                seen_d2[static_cast<size_t>(f)] = d2;
+              }
+              if (d2 > r2) continue;
+              if (best[static_cast<size_t>(img)] == inf) touched.push_back(img);
+              best[static_cast<size_t>(img)] = std::min(best[static_cast<size_t>(img)], d2);
+            }
+          }
+          // Images found at this radius keep their distance: close them for larger radii.
+          for (int32_t img : touched) done[static_cast<size_t>(img)] = 1;
+        }
+        for (int32_t img : touched) {
+          acc[static_cast<size_t>(img)] += kernel(std::sqrt(static_cast<double>(best[static_cast<size_t>(img)])));
+          best[static_cast<size_t>(img)] = inf;
+          done[static_cast<size_t>(img)] = 0;
         }
         touched.clear();
       }

@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "pylocalize/cann/grid.h"
 #include "pylocalize/knn/kernels.h"
 #include "pylocalize/util/format.h"
 
@@ -76,6 +77,14 @@ class CannIndex {
   void SearchIvf(const float* queries, int64_t nq, int64_t k, const CannKernel& kernel,
                  int64_t nprobe, float* scores, int64_t* image_ids, int num_threads) const;
 
+  // The paper's random-grids colored range search (method "grid"): grids for a geometric
+  // schedule of radii up to `r_max` (normally the kernel's cutoff), built lazily on the
+  // current features with these parameters.
+  void SetGridParams(const cann::GridParams& params, double r_max);
+  void SearchGrid(const float* queries, int64_t nq, int64_t k, const CannKernel& kernel,
+                  float* scores, int64_t* image_ids, int num_threads) const;
+  int64_t GridMemoryBytes() const;
+
   void Save(const std::string& path) const;
   static std::unique_ptr<CannIndex> Load(const std::string& path);
   std::vector<uint8_t> Serialize() const;
@@ -84,6 +93,8 @@ class CannIndex {
  private:
   struct Layout;     // the grouped, blocked search layout
   struct IvfLayout;  // features by (list, image), blocked per list
+  struct GridLayout;  // random grids over the features, insertion order
+  std::shared_ptr<const GridLayout> GetGridLayout(int num_threads) const;
   std::shared_ptr<const Layout> GetLayout() const;
   std::shared_ptr<const IvfLayout> GetIvfLayout(int num_threads) const;
   // Rows as float32 (widened from uint8), insertion order.
@@ -101,6 +112,9 @@ class CannIndex {
   std::vector<float> centroids_;   // nlist x dim once trained
   mutable std::shared_ptr<const Layout> layout_;  // null when stale
   mutable std::shared_ptr<const IvfLayout> ivf_layout_;
+  cann::GridParams grid_params_;
+  double grid_r_max_ = 0.0;  // 0: no grid configured
+  mutable std::shared_ptr<const GridLayout> grid_layout_;
   mutable std::mutex layout_mutex_;
   mutable std::shared_mutex mutex_;
 };

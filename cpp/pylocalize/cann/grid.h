@@ -1,0 +1,59 @@
+// The random-grids colored range search of the CANN paper (the released approach), used
+// as a baseline next to the inverted file.
+//
+// For a geometric schedule of radii r_1 < ... < r_J (ending at the kernel's cutoff) and L
+// grids per radius, every feature is hashed to a cell of each grid: project with a random
+// orthonormal map to `dims` dimensions, add a random shift, divide by a cell size
+// proportional to the radius and floor. A query feature looks up its cell in every grid
+// of the smallest radius first; database features in those cells that are truly within
+// the radius (exact distance) give their images a match, and an image keeps the distance of
+// the first radius at which it is found. Cells keep at most `max_bin` features (a random
+// subset), which bounds the work per lookup.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <unordered_map>
+#include <vector>
+
+namespace pylocalize {
+namespace cann {
+
+struct GridParams {
+  int num_grids = 16;         // grids per radius
+  int num_radii = 4;          // radii r_max * 2^-(J-1) ... r_max
+  int dims = 8;               // projected dimensions hashed per grid
+  double cell_factor = 0.5;   // cell size = cell_factor * radius
+  int64_t max_bin = 256;      // features kept per cell
+  uint64_t seed = 0;
+};
+
+class RandomGrids {
+ public:
+  // rows: n x dim float32 (insertion order); r_max: the largest radius.
+  void Build(const float* rows, int64_t n, int64_t dim, double r_max, const GridParams& params,
+             int num_threads);
+  bool built() const { return !grids_.empty(); }
+  const GridParams& params() const { return params_; }
+  int num_radii() const { return params_.num_radii; }
+  double radius(int j) const { return radii_[static_cast<size_t>(j)]; }
+  // Appends to `out` the features in q's cell of grid g of radius j.
+  void Lookup(const float* q, int j, int g, std::vector<int32_t>* out) const;
+  int64_t MemoryBytes() const;
+
+ private:
+  struct Grid {
+    std::vector<float> projection;  // dims x dim, scaled by 1 / cell size
+    std::vector<float> shift;       // dims, in cells
+    std::unordered_map<uint64_t, std::pair<uint32_t, uint32_t>> cells;  // key -> range in members
+    std::vector<int32_t> members;
+  };
+  uint64_t Key(const Grid& grid, const float* x) const;
+  int64_t dim_ = 0;
+  GridParams params_;
+  std::vector<double> radii_;
+  std::vector<Grid> grids_;  // num_radii * num_grids, radius-major
+};
+
+}  // namespace cann
+}  // namespace pylocalize
