@@ -14,7 +14,7 @@ API. Main names:
 
 from pylocalize._core import FormatError, __version__
 from pylocalize.codes import binarize, pack_bits, unpack_bits, reconstruct
-from pylocalize.index import BinaryIndex, CANNIndex, MultiBitIndex
+from pylocalize.index import BinaryIndex, CANNIndex, MultiBitIndex, assign, kmeans
 from pylocalize.runtime import (
     detected_simd_level,
     get_num_threads,
@@ -31,10 +31,12 @@ __all__ = [
     "FormatError",
     "MultiBitIndex",
     "__version__",
+    "assign",
     "binarize",
     "detected_simd_level",
     "get_num_threads",
     "has_cuda",
+    "kmeans",
     "pack_bits",
     "reconstruct",
     "set_num_threads",

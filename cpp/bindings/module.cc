@@ -7,4 +7,5 @@ PYBIND11_MODULE(_core, m) {
   pylocalize::bindings::BindHamming(m);
   pylocalize::bindings::BindRender(m);
   pylocalize::bindings::BindCann(m);
+  pylocalize::bindings::BindKnn(m);
 }

@@ -2,6 +2,7 @@
 
 from pylocalize.index.binary import BinaryIndex, MultiBitIndex
 from pylocalize.index.cann import CANNIndex
+from pylocalize.index.knn import assign, kmeans
 from pylocalize.index.pairs import read_pairs, write_pairs_hloc, write_pairs_kapture
 
-__all__ = ["BinaryIndex", "CANNIndex", "MultiBitIndex", "read_pairs", "write_pairs_hloc", "write_pairs_kapture"]
+__all__ = ["BinaryIndex", "CANNIndex", "assign", "kmeans", "MultiBitIndex", "read_pairs", "write_pairs_hloc", "write_pairs_kapture"]

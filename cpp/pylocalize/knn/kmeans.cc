@@ -108,9 +108,58 @@ KMeansResult KMeans(const float* x, int64_t n, int64_t dim, int64_t k, int itera
   }
   KMeansResult result;
   result.centroids.resize(static_cast<size_t>(k * dim));
-  for (int64_t c = 0; c < k; ++c) {
-    std::memcpy(result.centroids.data() + c * dim, x + init[static_cast<size_t>(c)] * dim,
-                static_cast<size_t>(dim) * sizeof(float));
+  const int trials = 2 + static_cast<int>(std::log(static_cast<double>(k)));
+  if (static_cast<double>(ns) * static_cast<double>(k) * static_cast<double>(dim) * trials <= 4e9) {
+    // Greedy k-means++ seeding: of a few D^2-sampled candidates, keep the one that lowers
+    // the potential most (random points can share a cluster, which Lloyd never undoes).
+    auto sqdist = [&](const float* a, const float* b) {
+      double e = 0.0;
+      for (int64_t d = 0; d < dim; ++d) {
+        const double diff = static_cast<double>(a[d]) - b[d];
+        e += diff * diff;
+      }
+      return e;
+    };
+    std::vector<double> d2(static_cast<size_t>(ns));
+    const int64_t first = std::uniform_int_distribution<int64_t>(0, ns - 1)(rng);
+    std::memcpy(result.centroids.data(), xs.data() + first * dim, static_cast<size_t>(dim) * sizeof(float));
+    double sum = 0.0;
+    for (int64_t i = 0; i < ns; ++i) sum += d2[static_cast<size_t>(i)] = sqdist(xs.data() + i * dim, xs.data() + first * dim);
+    std::vector<double> cand_d2(static_cast<size_t>(ns)), best_d2(static_cast<size_t>(ns));
+    for (int64_t c = 1; c < k; ++c) {
+      double best_sum = std::numeric_limits<double>::infinity();
+      int64_t best_pick = 0;
+      for (int t = 0; t < trials; ++t) {
+        double r = std::uniform_real_distribution<double>(0.0, sum)(rng);
+        int64_t pick = ns - 1;
+        for (int64_t i = 0; i < ns; ++i) {
+          r -= d2[static_cast<size_t>(i)];
+          if (r <= 0.0) {
+            pick = i;
+            break;
+          }
+        }
+        double s = 0.0;
+        for (int64_t i = 0; i < ns; ++i) {
+          cand_d2[static_cast<size_t>(i)] = std::min(d2[static_cast<size_t>(i)], sqdist(xs.data() + i * dim, xs.data() + pick * dim));
+          s += cand_d2[static_cast<size_t>(i)];
+        }
+        if (s < best_sum) {
+          best_sum = s;
+          best_pick = pick;
+          best_d2.swap(cand_d2);
+        }
+      }
+      std::memcpy(result.centroids.data() + c * dim, xs.data() + best_pick * dim, static_cast<size_t>(dim) * sizeof(float));
+      d2.swap(best_d2);
+      sum = best_sum;
+    }
+  } else {
+    // Large problems: k distinct random points (as FAISS), seeding would cost more than training.
+    for (int64_t c = 0; c < k; ++c) {
+      std::memcpy(result.centroids.data() + c * dim, x + init[static_cast<size_t>(c)] * dim,
+                  static_cast<size_t>(dim) * sizeof(float));
+    }
   }
   std::vector<int64_t> labels(static_cast<size_t>(ns));
   std::vector<float> dist(static_cast<size_t>(ns));

@@ -1,9 +1,10 @@
 // k-means (Lloyd) and nearest-centroid assignment on the blocked dot kernels.
 //
 // Assignment computes ||c||^2 - 2 <x, c> against centroids stored in knn blocks, so it runs
-// at the speed of the SIMD dot kernel; training subsamples to at most
-// max_points_per_centroid * k points, initialises from distinct random points (seeded),
-// and re-seeds an empty cluster by splitting the largest one, as FAISS does.
+// at the speed of the SIMD dot kernel. Training subsamples to at most
+// max_points_per_centroid * k points, seeds with k-means++ where that costs no more than a
+// few seconds (else k distinct random points, as FAISS), and re-seeds an empty cluster by
+// splitting the largest one. Everything follows from the seed.
 #pragma once
 
 #include <cstdint>

@@ -1,0 +1,50 @@
+// Bindings for cpp/pylocalize/knn: k-means and nearest-centroid assignment.
+#include "common.h"
+#include "pylocalize/knn/kmeans.h"
+#include "pylocalize/util/threads.h"
+
+namespace pylocalize {
+namespace bindings {
+
+void BindKnn(py::module_& m) {
+  m.def(
+      "kmeans",
+      [](const py::object& x, int64_t k, int iterations, uint64_t seed, int64_t max_points_per_centroid) {
+        auto a = CheckArray<float>(x, "x", 2);
+        const int64_t n = a.shape(0), d = a.shape(1);
+        for (int64_t i = 0; i < a.size(); ++i) {
+          PYL_CHECK(std::isfinite(a.data()[i]), "x contains NaN or Inf");
+        }
+        knn::KMeansResult r;
+        std::vector<int64_t> labels(static_cast<size_t>(n));
+        {
+          py::gil_scoped_release release;
+          r = knn::KMeans(a.data(), n, d, k, iterations, seed, max_points_per_centroid, GetNumThreads());
+          knn::AssignNearest(r.centroids.data(), k, a.data(), n, d, labels.data(), nullptr, GetNumThreads());
+        }
+        return py::make_tuple(MoveArray(std::move(r.centroids), {static_cast<py::ssize_t>(k), static_cast<py::ssize_t>(d)}),
+                              MoveArray(std::move(labels), {static_cast<py::ssize_t>(n)}), r.inertia);
+      },
+      py::arg("x"), py::arg("k"), py::arg("iterations"), py::arg("seed"), py::arg("max_points_per_centroid"));
+  m.def(
+      "assign",
+      [](const py::object& x, const py::object& centroids, int64_t m) {
+        auto c = CheckArray<float>(centroids, "centroids", 2);
+        auto a = CheckArray<float>(x, "x", 2, c.shape(1));
+        const int64_t n = a.shape(0), k = c.shape(0);
+        PYL_CHECK(m >= 1 && m <= k, "m must be in 1..", k, ", got ", m);
+        py::array_t<int64_t> labels({n, m});
+        py::array_t<float> dist({n, m});
+        int64_t* lp = labels.mutable_data();
+        float* dp = dist.mutable_data();
+        {
+          py::gil_scoped_release release;
+          knn::AssignNearestM(c.data(), k, a.data(), n, c.shape(1), m, lp, dp, GetNumThreads());
+        }
+        return py::make_tuple(labels, dist);
+      },
+      py::arg("x"), py::arg("centroids"), py::arg("m") = 1);
+}
+
+}  // namespace bindings
+}  // namespace pylocalize

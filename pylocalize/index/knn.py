@@ -1,0 +1,50 @@
+"""k-means and nearest-centroid assignment on the core's blocked SIMD kernels.
+
+Used for the CANN inverted file, visual vocabularies (bag of words, VLAD) and anywhere a
+clustering of float vectors is needed. Training subsamples to at most
+``max_points_per_centroid * k`` points, seeds with k-means++ (random distinct points for
+very large problems) and splits the largest cluster when one empties; deterministic for a
+seed.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import numpy as np
+
+from pylocalize import _core
+
+
+def kmeans(x: np.ndarray, k: int, n_iter: int = 20, seed: int = 0,
+           max_points_per_centroid: int = 256) -> Tuple[np.ndarray, np.ndarray]:
+    """Lloyd's k-means.
+
+    Parameters
+    ----------
+    x : float32 (n, d)
+    k : int
+        Number of centroids, ``1 <= k <= n``.
+    n_iter : int
+    seed : int
+    max_points_per_centroid : int
+        Training subsample size per centroid (0: use every point).
+
+    Returns
+    -------
+    centroids : float32 (k, d)
+    labels : int64 (n,)
+        Nearest centroid of every point of ``x``.
+    """
+    centroids, labels, _ = _core.kmeans(np.ascontiguousarray(x, dtype=np.float32) if x.dtype != np.float32 else x,
+                                        int(k), int(n_iter), int(seed), int(max_points_per_centroid))
+    return centroids, labels
+
+
+def assign(x: np.ndarray, centroids: np.ndarray, m: int = 1) -> Tuple[np.ndarray, np.ndarray]:
+    """The ``m`` nearest centroids of each row: ``labels int64`` and squared L2 ``distances
+    float32``, shaped ``(n,)`` for ``m = 1`` and ``(n, m)`` otherwise, nearest first."""
+    labels, dist = _core.assign(x, centroids, int(m))
+    if m == 1:
+        return labels[:, 0], dist[:, 0]
+    return labels, dist
