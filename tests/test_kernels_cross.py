@@ -21,6 +21,9 @@ SOURCES = [
     "cpp/pylocalize/hamming/kernels_scalar.cc",
     "cpp/pylocalize/hamming/kernels_neon.cc",
     "cpp/pylocalize/hamming/kernels_test.cc",
+    "cpp/pylocalize/knn/kernels.cc",
+    "cpp/pylocalize/knn/kernels_scalar.cc",
+    "cpp/pylocalize/knn/kernels_neon.cc",
 ]
 CXX = shutil.which("aarch64-linux-gnu-g++")
 QEMU = shutil.which("qemu-aarch64") or shutil.which("qemu-aarch64-static")

@@ -1,5 +1,5 @@
-// Checks every SIMD kernel this CPU supports against a naive row-major reference, and
-// the blocked layout contract of kernels.h. Built by CMake with -DPYLOCALIZE_BUILD_TESTS=ON
+// Checks every SIMD kernel this CPU supports against a naive reference: the Hamming and
+// SDC kernels of hamming/ and the dot-product kernels of knn/, and the blocked layouts. Built by CMake with -DPYLOCALIZE_BUILD_TESTS=ON
 // (ctest), and cross-compiled for AArch64 and run under qemu by tests/test_kernels_cross.py.
 // Exit status 0 when every kernel agrees.
 #include <algorithm>
@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "pylocalize/hamming/kernels.h"
+#include "pylocalize/knn/kernels.h"
 #include "pylocalize/util/cpu.h"
 
 namespace pylocalize {
@@ -176,6 +177,57 @@ void CheckSdc(SimdLevel level, std::mt19937_64& rng) {
   }
 }
 
+// The knn dot-product kernels (float32 and uint8 blocks) against double-precision sums.
+void CheckDot(SimdLevel level, std::mt19937_64& rng) {
+  std::uniform_real_distribution<float> unit(-1.0f, 1.0f);
+  for (int64_t dim : {1, 7, 32, 128}) {
+    for (int64_t nq : {1, 3, 9}) {
+      const int64_t nblocks = 3, n = nblocks * knn::kBlock;
+      std::vector<float> q(static_cast<size_t>(nq * dim)), xf(static_cast<size_t>(n * dim));
+      std::vector<uint8_t> xu(static_cast<size_t>(n * dim));
+      for (auto& v : q) v = unit(rng);
+      for (size_t i = 0; i < xf.size(); ++i) {
+        xf[i] = unit(rng);
+        xu[i] = static_cast<uint8_t>(rng() & 0xFF);
+      }
+      for (int element = 0; element < 2; ++element) {
+        // blocked layout: element `d` of vector (16 b + l) at ((b * dim + d) * 16 + l)
+        std::vector<float> bf(xf.size());
+        std::vector<uint8_t> bu(xu.size());
+        for (int64_t i = 0; i < n; ++i) {
+          for (int64_t d = 0; d < dim; ++d) {
+            const size_t dst = static_cast<size_t>(((i / knn::kBlock) * dim + d) * knn::kBlock + i % knn::kBlock);
+            bf[dst] = xf[static_cast<size_t>(i * dim + d)];
+            bu[dst] = xu[static_cast<size_t>(i * dim + d)];
+          }
+        }
+        std::vector<float> out(static_cast<size_t>(nq * n));
+        knn::DotArgs a;
+        a.queries = q.data();
+        a.nq = nq;
+        a.dim = dim;
+        a.blocks = element == 0 ? static_cast<const void*>(bf.data()) : static_cast<const void*>(bu.data());
+        a.element = element == 0 ? knn::Element::kFloat32 : knn::Element::kUInt8;
+        a.nblocks = nblocks;
+        a.out = out.data();
+        a.ld = n;
+        knn::GetDotKernel(level)(a);
+        for (int64_t j = 0; j < nq; ++j) {
+          for (int64_t i = 0; i < n; ++i) {
+            double ref = 0.0, mag = 0.0;
+            for (int64_t d = 0; d < dim; ++d) {
+              const double x = element == 0 ? xf[static_cast<size_t>(i * dim + d)] : xu[static_cast<size_t>(i * dim + d)];
+              ref += q[static_cast<size_t>(j * dim + d)] * x;
+              mag += std::fabs(q[static_cast<size_t>(j * dim + d)] * x);
+            }
+            if (std::fabs(out[static_cast<size_t>(j * n + i)] - ref) > 1e-5 * (mag + 1.0)) Fail("dot", level, dim, j, i);
+          }
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace hamming
 }  // namespace pylocalize
@@ -187,6 +239,7 @@ int main() {
     const int before = hamming::g_failures;
     hamming::CheckHamming(level, rng);
     hamming::CheckSdc(level, rng);
+    hamming::CheckDot(level, rng);
     std::printf("%-8s %s\n", SimdLevelName(level), hamming::g_failures == before ? "ok" : "FAILED");
   }
   return hamming::g_failures == 0 ? 0 : 1;

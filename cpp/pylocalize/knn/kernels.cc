@@ -10,6 +10,9 @@ DotKernel GetDotKernel(SimdLevel level) {
     case SimdLevel::kAVX512BW: return &DotAVX512;
     case SimdLevel::kAVX2: return &DotAVX2;
 #endif
+#if defined(__aarch64__)
+    case SimdLevel::kNEON: return &DotNEON;
+#endif
     default: return &DotScalar;
   }
 }

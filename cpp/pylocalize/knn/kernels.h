@@ -37,6 +37,9 @@ void DotScalar(const DotArgs& a);
 void DotAVX2(const DotArgs& a);
 void DotAVX512(const DotArgs& a);
 #endif
+#if defined(__aarch64__)
+void DotNEON(const DotArgs& a);
+#endif
 
 }  // namespace knn
 }  // namespace pylocalize
