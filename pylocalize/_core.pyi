@@ -6,7 +6,7 @@ import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['BinaryIndex', 'CannIndex', 'CannKernel', 'FormatError', 'MultiBitIndex', 'Shading', 'binarize', 'detected_simd_level', 'get_num_threads', 'has_cuda', 'has_openmp', 'num_cores', 'read_container', 'render_batch', 'set_num_threads', 'set_simd_level', 'simd_level', 'supported_simd_levels', 'write_container']
+__all__: list[str] = ['BinaryIndex', 'CannIndex', 'CannKernel', 'FormatError', 'MultiBitIndex', 'Shading', 'assign', 'binarize', 'detected_simd_level', 'get_num_threads', 'has_cuda', 'has_openmp', 'kmeans', 'num_cores', 'read_container', 'render_batch', 'set_num_threads', 'set_simd_level', 'simd_level', 'supported_simd_levels', 'write_container']
 class FormatError(ValueError):
     pass
 class BinaryIndex:
@@ -184,6 +184,8 @@ class CannIndex:
     @property
     def num_images(self) -> int:
         ...
+def assign(x: typing.Any, centroids: typing.Any, m: typing.SupportsInt | typing.SupportsIndex = 1) -> tuple[numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.float32]]:
+    ...
 def binarize(x: typing.Any, bits_per_dim: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.uint8]:
     ...
 def detected_simd_level() -> str:
@@ -195,6 +197,8 @@ def get_num_threads() -> int:
 def has_cuda() -> bool:
     ...
 def has_openmp() -> bool:
+    ...
+def kmeans(x: typing.Any, k: typing.SupportsInt | typing.SupportsIndex, iterations: typing.SupportsInt | typing.SupportsIndex, seed: typing.SupportsInt | typing.SupportsIndex, max_points_per_centroid: typing.SupportsInt | typing.SupportsIndex) -> tuple[numpy.typing.NDArray[numpy.float32], numpy.typing.NDArray[numpy.int64], float]:
     ...
 def num_cores() -> int:
     ...
