@@ -64,7 +64,8 @@ void BindCann(py::module_& m) {
       .def("__call__", [](const CannKernel& k, double r) { return k(r); })
       .def_property_readonly("cutoff", &CannKernel::Cutoff);
 
-  py::class_<CannIndex>(m, "CannIndex")
+  py::class_<CannIndex> cann_index(m, "CannIndex");
+  cann_index
       .def(py::init<int64_t>(), py::arg("dim"))
       .def_property_readonly("dim", &CannIndex::dim)
       .def_property_readonly("ntotal", &CannIndex::ntotal)
@@ -202,23 +203,8 @@ void BindCann(py::module_& m) {
           },
           py::arg("query_sets"), py::arg("k"), py::arg("kernel"), py::arg("method"), py::arg("nprobe"))
       .def("save", &CannIndex::Save, py::arg("path"), py::call_guard<py::gil_scoped_release>())
-      .def_static("load", &CannIndex::Load, py::arg("path"), py::call_guard<py::gil_scoped_release>())
-      .def("serialize",
-           [](const CannIndex& self) {
-             std::vector<uint8_t> b;
-             {
-               py::gil_scoped_release release;
-               b = self.Serialize();
-             }
-             const py::ssize_t n = static_cast<py::ssize_t>(b.size());
-             return MoveArray(std::move(b), {n});
-           })
-      .def_static("deserialize", [](const py::object& data) {
-        auto a = CheckArray<uint8_t>(data, "data", 1);
-        std::vector<uint8_t> bytes(a.data(), a.data() + a.size());
-        py::gil_scoped_release release;
-        return CannIndex::Deserialize(std::move(bytes));
-      });
+      .def_static("load", &CannIndex::Load, py::arg("path"), py::call_guard<py::gil_scoped_release>());
+  BindSerialization(cann_index);
 }
 
 }  // namespace bindings

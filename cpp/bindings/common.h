@@ -64,6 +64,28 @@ py::array_t<T> MoveArray(std::vector<T>&& v, std::vector<py::ssize_t> shape) {
   return py::array_t<T>(shape, heap->data(), base);
 }
 
+// serialize() -> uint8 array and deserialize(data), for any class with
+// std::vector<uint8_t> Serialize() const and static Deserialize(std::vector<uint8_t>).
+template <class Index, class... Extra>
+void BindSerialization(py::class_<Index, Extra...>& cls) {
+  cls.def("serialize",
+          [](const Index& self) {
+            std::vector<uint8_t> b;
+            {
+              py::gil_scoped_release release;
+              b = self.Serialize();
+            }
+            const py::ssize_t n = static_cast<py::ssize_t>(b.size());
+            return MoveArray(std::move(b), {n});
+          })
+      .def_static("deserialize", [](const py::object& data) {
+        auto a = CheckArray<uint8_t>(data, "data", 1);
+        std::vector<uint8_t> bytes(a.data(), a.data() + a.size());
+        py::gil_scoped_release release;
+        return Index::Deserialize(std::move(bytes));
+      });
+}
+
 void BindUtil(py::module_& m);
 void BindHamming(py::module_& m);
 void BindRender(py::module_& m);

@@ -45,23 +45,8 @@ void BindIdsAndPersistence(py::class_<Index>& cls) {
           })
       .def("save", &Index::Save, py::arg("path"), py::call_guard<py::gil_scoped_release>())
       .def_static("load", &Index::Load, py::arg("path"), py::arg("mmap") = false,
-                  py::call_guard<py::gil_scoped_release>())
-      .def("serialize",
-           [](const Index& self) {
-             std::vector<uint8_t> b;
-             {
-               py::gil_scoped_release release;
-               b = self.Serialize();
-             }
-             const py::ssize_t n = static_cast<py::ssize_t>(b.size());
-             return MoveArray(std::move(b), {n});
-           })
-      .def_static("deserialize", [](const py::object& data) {
-        auto a = CheckArray<uint8_t>(data, "data", 1);
-        std::vector<uint8_t> bytes(a.data(), a.data() + a.size());
-        py::gil_scoped_release release;
-        return Index::Deserialize(std::move(bytes));
-      });
+                  py::call_guard<py::gil_scoped_release>());
+  BindSerialization(cls);
 }
 
 }  // namespace

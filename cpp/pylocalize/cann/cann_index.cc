@@ -209,12 +209,7 @@ void CannIndex::SearchExact(const float* queries, int64_t nq, int64_t k, const C
   const int64_t num_images = static_cast<int64_t>(L->images.size());
   std::vector<double> total(static_cast<size_t>(num_images), 0.0);
   if (nq > 0 && num_images > 0) {
-    std::vector<float> qnorm(static_cast<size_t>(nq));
-    for (int64_t q = 0; q < nq; ++q) {
-      double s = 0.0;
-      for (int64_t d = 0; d < dim_; ++d) s += static_cast<double>(queries[q * dim_ + d]) * queries[q * dim_ + d];
-      qnorm[static_cast<size_t>(q)] = static_cast<float>(s);
-    }
+    const std::vector<float> qnorm = knn::SquaredNorms(queries, nq, dim_);
     // Chunks of whole images, so each image's score has a single writer.
     std::vector<int64_t> chunk_start{0};
     for (int64_t i = 0; i < num_images; ++i) {
@@ -224,7 +219,6 @@ void CannIndex::SearchExact(const float* queries, int64_t nq, int64_t k, const C
     }
     if (chunk_start.back() != num_images) chunk_start.push_back(num_images);
     const int64_t nchunks = static_cast<int64_t>(chunk_start.size()) - 1;
-    const knn::DotKernel dot = knn::GetDotKernel(ActiveSimdLevel());
     const size_t es = L->element == knn::Element::kUInt8 ? 1 : 4;
     ParallelFor(nchunks, num_threads, [&](int64_t c, int) {
       const int64_t i0 = chunk_start[static_cast<size_t>(c)], i1 = chunk_start[static_cast<size_t>(c + 1)];
@@ -235,16 +229,9 @@ void CannIndex::SearchExact(const float* queries, int64_t nq, int64_t k, const C
       for (int64_t g = 0; g < nq; g += kQueryGroup) {
         InterruptPoint();
         const int64_t ng = std::min(kQueryGroup, nq - g);
-        knn::DotArgs a;
-        a.queries = queries + g * dim_;
-        a.nq = ng;
-        a.dim = dim_;
-        a.blocks = L->blocks.data() + static_cast<size_t>(b0 * dim_ * knn::kBlock) * es;
-        a.element = L->element;
-        a.nblocks = b1 - b0;
-        a.out = tile.data();
-        a.ld = ld;
-        dot(a);
+        knn::DotTile(queries + g * dim_, ng, dim_,
+                     L->blocks.data() + static_cast<size_t>(b0 * dim_ * knn::kBlock) * es, L->element,
+                     b1 - b0, tile.data(), ld);
         for (int64_t j = 0; j < ng; ++j) {
           const float* row = tile.data() + j * ld;
           const float qn = qnorm[static_cast<size_t>(g + j)];
@@ -387,12 +374,7 @@ void CannIndex::SearchIvf(const float* queries, int64_t nq, int64_t k, const Can
     for (int64_t q = 0; q < nq; ++q) {
       for (int64_t j = 0; j < nprobe; ++j) by_list[static_cast<size_t>(probes[static_cast<size_t>(q * nprobe + j)])].push_back(static_cast<int32_t>(q));
     }
-    std::vector<float> qnorm(static_cast<size_t>(nq));
-    for (int64_t q = 0; q < nq; ++q) {
-      double s = 0.0;
-      for (int64_t d = 0; d < dim_; ++d) s += static_cast<double>(queries[q * dim_ + d]) * queries[q * dim_ + d];
-      qnorm[static_cast<size_t>(q)] = static_cast<float>(s);
-    }
+    const std::vector<float> qnorm = knn::SquaredNorms(queries, nq, dim_);
     const double cut = kernel.Cutoff();
     const float cut2 = static_cast<float>(cut * cut);
     struct Candidate {
@@ -401,7 +383,6 @@ void CannIndex::SearchIvf(const float* queries, int64_t nq, int64_t k, const Can
     };
     const int threads = std::max(1, num_threads);
     std::vector<std::vector<Candidate>> found(static_cast<size_t>(threads));
-    const knn::DotKernel dot = knn::GetDotKernel(ActiveSimdLevel());
     const size_t es = ElementSize();
     constexpr int64_t kGroup = 32;
     ParallelFor(nlist, threads, [&](int64_t l, int tid) {
@@ -418,16 +399,9 @@ void CannIndex::SearchIvf(const float* queries, int64_t nq, int64_t k, const Can
         for (int64_t j = 0; j < ng; ++j) {
           std::memcpy(qrows.data() + j * dim_, queries + static_cast<int64_t>(qs[g + j]) * dim_, static_cast<size_t>(dim_) * sizeof(float));
         }
-        knn::DotArgs a;
-        a.queries = qrows.data();
-        a.nq = ng;
-        a.dim = dim_;
-        a.blocks = L->blocks.data() + static_cast<size_t>(b0 * dim_ * knn::kBlock) * es;
-        a.element = L->element;
-        a.nblocks = b1 - b0;
-        a.out = tile.data();
-        a.ld = ld;
-        dot(a);
+        knn::DotTile(qrows.data(), ng, dim_,
+                     L->blocks.data() + static_cast<size_t>(b0 * dim_ * knn::kBlock) * es, L->element,
+                     b1 - b0, tile.data(), ld);
         for (int64_t j = 0; j < ng; ++j) {
           const int32_t q = qs[g + j];
           const float qn = qnorm[static_cast<size_t>(q)];

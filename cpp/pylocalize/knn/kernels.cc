@@ -17,5 +17,29 @@ DotKernel GetDotKernel(SimdLevel level) {
   }
 }
 
+void DotTile(const float* queries, int64_t nq, int64_t dim, const void* blocks, Element element,
+             int64_t nblocks, float* out, int64_t ld) {
+  DotArgs a;
+  a.queries = queries;
+  a.nq = nq;
+  a.dim = dim;
+  a.blocks = blocks;
+  a.element = element;
+  a.nblocks = nblocks;
+  a.out = out;
+  a.ld = ld;
+  GetDotKernel(ActiveSimdLevel())(a);
+}
+
+std::vector<float> SquaredNorms(const float* x, int64_t n, int64_t dim) {
+  std::vector<float> out(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    double s = 0.0;
+    for (int64_t d = 0; d < dim; ++d) s += static_cast<double>(x[i * dim + d]) * x[i * dim + d];
+    out[static_cast<size_t>(i)] = static_cast<float>(s);
+  }
+  return out;
+}
+
 }  // namespace knn
 }  // namespace pylocalize

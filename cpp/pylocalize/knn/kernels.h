@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "pylocalize/util/cpu.h"
 
@@ -31,6 +32,14 @@ struct DotArgs {
 
 using DotKernel = void (*)(const DotArgs& args);
 DotKernel GetDotKernel(SimdLevel level);
+
+// out (nq x ld) = dot products of nq float rows with the vectors of nblocks blocks, by the
+// kernel of the active SIMD level.
+void DotTile(const float* queries, int64_t nq, int64_t dim, const void* blocks, Element element,
+             int64_t nblocks, float* out, int64_t ld);
+
+// Squared L2 norms of n float rows (accumulated in double).
+std::vector<float> SquaredNorms(const float* x, int64_t n, int64_t dim);
 
 void DotScalar(const DotArgs& a);
 #if defined(__x86_64__) || defined(_M_X64)

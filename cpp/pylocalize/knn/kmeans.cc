@@ -46,23 +46,13 @@ void AssignNearestM(const float* centroids, int64_t k, const float* x, int64_t n
                     int64_t m, int64_t* labels, float* distances, int num_threads) {
   PYL_CHECK(k >= 1 && m >= 1 && m <= k, "need 1 <= m <= k centroids");
   const BlockedCentroids b = Block(centroids, k, dim);
-  const DotKernel dot = GetDotKernel(ActiveSimdLevel());
   constexpr int64_t kRows = 64;
   const int64_t ld = b.nblocks * kBlock;
   ParallelFor((n + kRows - 1) / kRows, num_threads, [&](int64_t t, int) {
     InterruptPoint();
     const int64_t r0 = t * kRows, r1 = std::min(n, r0 + kRows);
     std::vector<float> tile(static_cast<size_t>((r1 - r0) * ld));
-    DotArgs a;
-    a.queries = x + r0 * dim;
-    a.nq = r1 - r0;
-    a.dim = dim;
-    a.blocks = b.blocks.data();
-    a.element = Element::kFloat32;
-    a.nblocks = b.nblocks;
-    a.out = tile.data();
-    a.ld = ld;
-    dot(a);
+    DotTile(x + r0 * dim, r1 - r0, dim, b.blocks.data(), Element::kFloat32, b.nblocks, tile.data(), ld);
     for (int64_t r = r0; r < r1; ++r) {
       const float* row = tile.data() + (r - r0) * ld;
       double xn = 0.0;
