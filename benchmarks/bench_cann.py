@@ -114,8 +114,8 @@ def main(argv=None) -> int:
     approx._impl = index._impl
     approx.search(queries[0], k)  # builds the inverted lists
     t_build = time.perf_counter() - t0
-    mem = x.nbytes * 2 + len(x) * 8  # insertion-order rows + list layout + ids
-    print(f"\nivf: nlist {index.nlist}, build (k-means + lists) {t_build:.1f} s, ~{mem / 2**20:.0f} MiB")
+    print(f"\nivf: nlist {index.nlist}, build (k-means + lists) {t_build:.1f} s, index memory "
+          f"{index.memory_bytes / 2**20:.0f} MiB (features stored once in insertion order, once per layout)")
     print(f"{'nprobe':>6} | {'ms/query':>9} | {'recall@50':>9} | {'vs FAISS exact':>14} | {'vs pylocalize exact':>19}")
     for nprobe in [int(v) for v in args.nprobe.split(",")]:
         approx.nprobe = nprobe
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         got = grid.search_batch(queries, k)
         t = (time.perf_counter() - t0) / len(queries)
-        mib = grid._impl.grid_memory_bytes / 2**20
+        mib = grid.memory_bytes / 2**20
         print(f"{num_grids:>6} | {t_build:7.1f} | {mib:6.0f} | {1e3 * t:9.1f} | {recall(got[1], exact[1]):9.3f} | "
               f"{t_faiss / t:13.1f}x | {t_exact / t:18.1f}x")
         del grid

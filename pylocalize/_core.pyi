@@ -176,6 +176,9 @@ class CannIndex:
     def is_trained(self) -> bool:
         ...
     @property
+    def memory_bytes(self) -> int:
+        ...
+    @property
     def nlist(self) -> int:
         ...
     @property

@@ -148,6 +148,7 @@ void BindCann(py::module_& m) {
           py::arg("num_grids"), py::arg("num_radii"), py::arg("dims"), py::arg("cell_factor"),
           py::arg("max_bin"), py::arg("seed"), py::arg("r_max"))
       .def_property_readonly("grid_memory_bytes", &CannIndex::GridMemoryBytes)
+      .def_property_readonly("memory_bytes", &CannIndex::MemoryBytes)
       .def_property_readonly("is_trained", &CannIndex::is_trained)
       .def_property_readonly("nlist", &CannIndex::nlist)
       .def(

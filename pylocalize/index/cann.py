@@ -112,6 +112,8 @@ class CANNIndex:
                 f"ntotal={self.ntotal}, num_images={self.num_images})")
 
     is_trained = property(lambda self: self._impl.is_trained, doc="Whether the ivf lists are trained.")
+    memory_bytes = property(lambda self: self._impl.memory_bytes,
+                            doc="Bytes held: features, ids and the search layouts built so far.")
     nlist = property(lambda self: self._impl.nlist, doc="Number of ivf lists (0 before training).")
 
     def train(self, nlist: Optional[int] = None, iterations: int = 8, seed: int = 0,

@@ -486,6 +486,28 @@ std::shared_ptr<const CannIndex::GridLayout> CannIndex::GetGridLayout(int num_th
   return grid_layout_;
 }
 
+int64_t CannIndex::MemoryBytes() const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  std::lock_guard<std::mutex> guard(layout_mutex_);
+  int64_t bytes = static_cast<int64_t>(rows_.size() + image_ids_.size() * sizeof(int64_t) +
+                                       centroids_.size() * sizeof(float));
+  if (layout_ != nullptr) {
+    bytes += static_cast<int64_t>(layout_->blocks.size() + layout_->norms.size() * sizeof(float) +
+                                  (layout_->images.size() + layout_->offsets.size()) * sizeof(int64_t));
+  }
+  if (ivf_layout_ != nullptr) {
+    bytes += static_cast<int64_t>(ivf_layout_->blocks.size() + ivf_layout_->norms.size() * sizeof(float) +
+                                  ivf_layout_->slot_image.size() * sizeof(int32_t) +
+                                  (ivf_layout_->images.size() + ivf_layout_->list_block.size()) * sizeof(int64_t));
+  }
+  if (grid_layout_ != nullptr) {
+    bytes += grid_layout_->grids.MemoryBytes() +
+             static_cast<int64_t>(grid_layout_->rows.size() * sizeof(float) +
+                                  grid_layout_->feature_image.size() * sizeof(int32_t));
+  }
+  return bytes;
+}
+
 int64_t CannIndex::GridMemoryBytes() const {
   std::lock_guard<std::mutex> guard(layout_mutex_);
   return grid_layout_ != nullptr ? grid_layout_->grids.MemoryBytes() : 0;

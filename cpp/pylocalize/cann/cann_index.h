@@ -84,6 +84,8 @@ class CannIndex {
   void SearchGrid(const float* queries, int64_t nq, int64_t k, const CannKernel& kernel,
                   float* scores, int64_t* image_ids, int num_threads) const;
   int64_t GridMemoryBytes() const;
+  // Bytes held now: stored features and ids, and every search layout built so far.
+  int64_t MemoryBytes() const;
 
   void Save(const std::string& path) const;
   static std::unique_ptr<CannIndex> Load(const std::string& path);
