@@ -110,8 +110,8 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     index.train(seed=args.seed)
-    approx = pylocalize.CANNIndex(dim, method="ivf", nprobe=1)
-    approx._impl = index._impl
+    approx = index
+    approx.method, approx.nprobe = "ivf", 1
     approx.search(queries[0], k)  # builds the inverted lists
     t_build = time.perf_counter() - t0
     print(f"\nivf: nlist {index.nlist}, build (k-means + lists) {t_build:.1f} s, index memory "
@@ -128,7 +128,7 @@ def main(argv=None) -> int:
     print(f"{'grids':>6} | {'build s':>7} | {'MiB':>6} | {'ms/query':>9} | {'recall@50':>9} | {'vs FAISS exact':>14} | {'vs pylocalize exact':>19}")
     for num_grids in [int(v) for v in args.grids.split(",")]:
         grid = pylocalize.CANNIndex(dim, method="grid", grid=dict(num_grids=num_grids))
-        grid.add(x, ids)
+        grid.add(x, ids)  # its own grids; the features are copied once more
         t0 = time.perf_counter()
         grid.search(queries[0], k)  # builds the grids
         t_build = time.perf_counter() - t0

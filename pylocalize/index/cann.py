@@ -56,7 +56,8 @@ class CANNIndex:
     metric : {"l2"}
         Distance between descriptors.
     method : {"exact", "ivf", "grid"}
-        Search method; "ivf" needs :meth:`train`.
+        Search method; "ivf" needs :meth:`train`. The attributes ``method`` and ``nprobe``
+        may be changed between searches: the methods share the stored features.
     nprobe : int
         Lists probed per query feature (method "ivf").
     grid : dict, optional
@@ -89,14 +90,23 @@ class CANNIndex:
         unknown = set(self.grid) - set(GRID_DEFAULTS)
         if unknown:
             raise ValueError(f"unknown grid options {sorted(unknown)}: use {sorted(GRID_DEFAULTS)}")
-        if method == "grid":
+        self._grid_configured = False
+
+    def _prepare(self) -> str:
+        """Validates the current method (it may be changed between searches) and
+        configures the grids once before the first grid search."""
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.method == "grid" and not self._grid_configured:
             self._configure_grid()
+        return self.method
 
     def _configure_grid(self) -> None:
         g = self.grid
         self._impl.set_grid_params(int(g["num_grids"]), int(g["num_radii"]), int(min(g["dims"], self.dim)),
                                    float(g["cell_factor"]), int(g["max_bin"]), int(g["seed"]),
                                    float(self._kernel.cutoff))
+        self._grid_configured = True
 
     dim = property(lambda self: self._impl.dim, doc="Descriptor dimension.")
     ntotal = property(lambda self: self._impl.ntotal, doc="Number of database features.")
@@ -166,11 +176,11 @@ class CANNIndex:
         image_ids : int64 (k,)
             Ties go to the smaller image id; ``-1`` in padded slots.
         """
-        return self._impl.search(query_descriptors, int(k), self._kernel, self.method, self.nprobe)
+        return self._impl.search(query_descriptors, int(k), self._kernel, self._prepare(), int(self.nprobe))
 
     def search_batch(self, query_sets: Sequence[np.ndarray], k: int) -> Tuple[np.ndarray, np.ndarray]:
         """:meth:`search` for many query images in parallel: ``(scores (n, k), image_ids (n, k))``."""
-        return self._impl.search_batch(list(query_sets), int(k), self._kernel, self.method, self.nprobe)
+        return self._impl.search_batch(list(query_sets), int(k), self._kernel, self._prepare(), int(self.nprobe))
 
     def remove_images(self, image_ids) -> int:
         """Removes every feature of these images; returns the number of features removed."""
