@@ -170,32 +170,46 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", default="exact,ivf")
     parser.add_argument("--vlad-k", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kernel", default="cann", choices=["cann", "gaussian"],
+                        help="score kernel; for gaussian the --p0 values are sigmas")
+    parser.add_argument("--cache", help="npz file to keep features and ground truth between runs")
     args = parser.parse_args(argv)
-    data = Path(args.data)
-    sets = [(p, False) for p in sorted((data / "strecha").iterdir()) if (p / "images").is_dir()]
-    sets.append((data / "lund", True))
-    names, descs, covis = [], [], set()
-    t0 = time.perf_counter()
-    for folder, is_sfm in sets:
-        with tempfile.TemporaryDirectory() as tmp:
-            feats, pairs, model = extract(folder / "images", Path(tmp), args.max_features, is_sfm)
-        local = sfm_covisible(model, args.min_shared) if is_sfm else strecha_covisible(folder, feats, pairs, args.min_shared)
-        prefix = folder.name + "/"
-        for name in sorted(feats):
-            names.append(prefix + name)
-            descs.append(feats[name][1])
-        covis |= {(prefix + a, prefix + b) for a, b in local}
-        print(f"{folder.name}: {len(feats)} images, {sum(len(f[1]) for f in feats.values())} features, "
-              f"{len(local) // 2} co-visible pairs{' (SfM, ' + str(model.num_reg_images()) + ' registered)' if is_sfm and model else ''}")
-    print(f"features and ground truth in {time.perf_counter() - t0:.0f} s; {len(names)} images pooled\n")
+    if args.cache and Path(args.cache).is_file():
+        cached = np.load(args.cache, allow_pickle=False)
+        names = [str(n) for n in cached["names"]]
+        counts = cached["counts"]
+        descs = np.split(cached["descriptors"], np.cumsum(counts)[:-1])
+        covis = {(str(a), str(b)) for a, b in cached["covis"]}
+        print(f"features and ground truth from {args.cache}; {len(names)} images pooled\n")
+    else:
+        data = Path(args.data)
+        sets = [(p, False) for p in sorted((data / "strecha").iterdir()) if (p / "images").is_dir()]
+        sets.append((data / "lund", True))
+        names, descs, covis = [], [], set()
+        t0 = time.perf_counter()
+        for folder, is_sfm in sets:
+            with tempfile.TemporaryDirectory() as tmp:
+                feats, pairs, model = extract(folder / "images", Path(tmp), args.max_features, is_sfm)
+            local = sfm_covisible(model, args.min_shared) if is_sfm else strecha_covisible(folder, feats, pairs, args.min_shared)
+            prefix = folder.name + "/"
+            for name in sorted(feats):
+                names.append(prefix + name)
+                descs.append(feats[name][1])
+            covis |= {(prefix + a, prefix + b) for a, b in local}
+            print(f"{folder.name}: {len(feats)} images, {sum(len(f[1]) for f in feats.values())} features, "
+                  f"{len(local) // 2} co-visible pairs{' (SfM, ' + str(model.num_reg_images()) + ' registered)' if is_sfm and model else ''}")
+        print(f"features and ground truth in {time.perf_counter() - t0:.0f} s; {len(names)} images pooled\n")
 
+        if args.cache:
+            np.savez(args.cache, names=np.array(names), counts=np.array([len(d) for d in descs]),
+                     descriptors=np.concatenate(descs), covis=np.array(sorted(covis)))
     ids = np.concatenate([np.full(len(d), i, np.int64) for i, d in enumerate(descs)])
     all_desc = np.concatenate(descs)
     n = len(names)
     results = {}
     for p0 in [float(v) for v in args.p0.split(",")]:
         for method in args.methods.split(","):
-            index = pylocalize.CANNIndex(128, method=method, p0=p0, nprobe=8)
+            index = pylocalize.CANNIndex(128, method=method, kernel=args.kernel, p0=p0, sigma=p0, nprobe=8)
             index.add(all_desc, ids)
             if method == "ivf":
                 index.train(seed=args.seed)
@@ -203,7 +217,8 @@ def main(argv=None) -> int:
             _, ranked = index.search_batch(descs, n)
             t = (time.perf_counter() - t0) / n
             rankings = [[j for j in r if j != qi and j >= 0] for qi, r in enumerate(ranked)]
-            results[f"CANN {method} p0={p0:g}"] = evaluate(rankings, names, covis) | {"ms": 1e3 * t}
+            label = "p0" if args.kernel == "cann" else "sigma"
+            results[f"CANN {method} {label}={p0:g}"] = evaluate(rankings, names, covis) | {"ms": 1e3 * t}
     t0 = time.perf_counter()
     g = vlad(descs, args.vlad_k, args.seed)
     sims = g @ g.T
