@@ -64,6 +64,7 @@ struct CannIndex::GridLayout {
 // Features ordered by (list, image), each list padded to whole knn blocks.
 struct CannIndex::IvfLayout {
   knn::Element element;
+  std::vector<float> centroids;     // the lists' centroids, nlist x dim
   std::vector<uint8_t> blocks;
   std::vector<int64_t> list_block;  // nlist + 1: first block of each list
   std::vector<int32_t> slot_image;  // per slot: index into `images`, -1 for padding
@@ -94,9 +95,19 @@ knn::Element CannIndex::element() const {
   return static_cast<knn::Element>(std::max(element_, 0));
 }
 
-int64_t CannIndex::num_images() const { return static_cast<int64_t>(GetLayout()->images.size()); }
+int64_t CannIndex::num_images() const { return static_cast<int64_t>(ImageIds().size()); }
 
-std::vector<int64_t> CannIndex::ImageIds() const { return GetLayout()->images; }
+std::vector<int64_t> CannIndex::ImageIds() const {
+  // From the ids directly: counting images should not build a search layout.
+  std::vector<int64_t> ids;
+  {
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    ids = image_ids_;
+  }
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  return ids;
+}
 
 void CannIndex::Add(const void* descriptors, knn::Element element, const int64_t* image_ids,
                     int64_t n) {
@@ -303,6 +314,7 @@ std::shared_ptr<const CannIndex::IvfLayout> CannIndex::GetIvfLayout(int num_thre
   const int64_t n = static_cast<int64_t>(image_ids_.size());
   const int64_t nlist = static_cast<int64_t>(centroids_.size()) / dim_;
   L->element = static_cast<knn::Element>(std::max(element_, 0));
+  L->centroids = centroids_;
   std::vector<int64_t> list(static_cast<size_t>(n));
   {
     const std::vector<float> x = FloatRows();
@@ -357,18 +369,13 @@ void CannIndex::SearchIvf(const float* queries, int64_t nq, int64_t k, const Can
   PYL_CHECK(nprobe >= 1, "nprobe must be >= 1, got ", nprobe);
   kernel.Validate();
   const std::shared_ptr<const IvfLayout> L = GetIvfLayout(num_threads);
-  std::vector<float> centroids;
-  {
-    std::shared_lock<std::shared_mutex> lock(mutex_);
-    centroids = centroids_;
-  }
   const int64_t nlist = static_cast<int64_t>(L->list_block.size()) - 1;
   const int64_t num_images = static_cast<int64_t>(L->images.size());
   std::vector<double> total(static_cast<size_t>(num_images), 0.0);
   if (nq > 0 && num_images > 0) {
     nprobe = std::min(nprobe, nlist);
     std::vector<int64_t> probes(static_cast<size_t>(nq * nprobe));
-    knn::AssignNearestM(centroids.data(), nlist, queries, nq, dim_, nprobe, probes.data(), nullptr, num_threads);
+    knn::AssignNearestM(L->centroids.data(), nlist, queries, nq, dim_, nprobe, probes.data(), nullptr, num_threads);
     // Invert: the query features probing each list.
     std::vector<std::vector<int32_t>> by_list(static_cast<size_t>(nlist));
     for (int64_t q = 0; q < nq; ++q) {
