@@ -156,6 +156,8 @@ def test_bad_inputs():
         index.search(np.zeros((1, 16), np.float32), 0)
     with pytest.raises(ValueError, match="ascontiguousarray"):
         index.search(np.zeros((4, 32), np.float32)[:, ::2], 1)
+    with pytest.raises(ValueError, match="query set 1: query descriptors must have 16 columns"):
+        index.search_batch([np.zeros((2, 16), np.float32), np.zeros((2, 8), np.float32)], 1)
     with pytest.raises(ValueError, match="kernel must be"):
         pylocalize.CANNIndex(16, kernel="box")
     with pytest.raises(ValueError, match="p1"):

@@ -178,7 +178,11 @@ void BindCann(py::module_& m) {
             std::vector<std::vector<float>> rows(static_cast<size_t>(n));
             std::vector<int64_t> nq(static_cast<size_t>(n));
             for (int64_t i = 0; i < n; ++i) {
-              rows[static_cast<size_t>(i)] = QueryRows(query_sets[static_cast<size_t>(i)], self.dim(), &nq[static_cast<size_t>(i)]);
+              try {
+                rows[static_cast<size_t>(i)] = QueryRows(query_sets[static_cast<size_t>(i)], self.dim(), &nq[static_cast<size_t>(i)]);
+              } catch (const std::invalid_argument& e) {
+                PYL_CHECK(false, "query set ", i, ": ", e.what());
+              }
             }
             py::array_t<float> scores({n, k});
             py::array_t<int64_t> ids({n, k});
