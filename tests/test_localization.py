@@ -1,0 +1,63 @@
+"""Localization end to end on a synthetic scene with exact poses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pycolmap")
+
+from pylocalize.datasets.synthetic import courtyard_scene  # noqa: E402
+from pylocalize.localization import Map  # noqa: E402
+
+
+def pose_errors(est, gt):
+    dR = est[:, :3].T @ gt[:, :3]
+    angle = np.degrees(np.arccos(np.clip((np.trace(dR) - 1) / 2, -1, 1)))
+    c_est = -est[:, :3].T @ est[:, 3]
+    c_gt = -gt[:, :3].T @ gt[:, 3]
+    return float(np.linalg.norm(c_est - c_gt)), float(angle)
+
+
+@pytest.fixture(scope="module")
+def scene_and_map():
+    scene = courtyard_scene(num_views=12, seed=2, width=480, height=360)
+    return scene, Map.from_views(scene.images, scene.K, scene.cam_from_world, scene.names, max_features=1500)
+
+
+def test_map_points_lie_on_the_rendered_surfaces(scene_and_map):
+    """Each triangulated point sits at the rendered depth where its image observed it."""
+    scene, m = scene_and_map
+    assert len(m.points3D) > 500
+    rel = []
+    for i, ids in enumerate(m.point_ids):
+        seen = np.flatnonzero(ids >= 0)
+        cam = m.points3D[ids[seen]] @ scene.cam_from_world[i][:, :3].T + scene.cam_from_world[i][:, 3]
+        u, v = np.rint(m.keypoints[i][seen]).astype(int).T
+        rendered = scene.depths[i][np.clip(v, 0, 359), np.clip(u, 0, 479)]
+        rel.append(np.abs(cam[:, 2] - rendered) / rendered)
+    rel = np.concatenate(rel)
+    assert np.median(rel) < 0.005 and (rel < 0.03).mean() > 0.95
+
+
+def test_queries_localize_to_centimetres(scene_and_map):
+    scene, m = scene_and_map
+    poses = scene.query_poses(3, seed=4)
+    images, _ = scene.render(poses)
+    for pose, image in zip(poses, images):
+        result = m.localize(image, scene.K)
+        assert result.success, result.reason
+        t_err, r_err = pose_errors(result.cam_from_world, pose)
+        assert t_err < 0.05 and r_err < 0.5  # 480x360 images, points up to 15 m away
+        assert result.num_inliers >= 50 and result.inlier_mask.sum() == result.num_inliers
+        assert result.retrieved and set(result.timings) >= {"features", "retrieval", "matching", "pose"}
+
+
+def test_unlocalizable_queries_report_why(scene_and_map):
+    scene, m = scene_and_map
+    blank = np.full((360, 480, 3), 128, np.uint8)
+    result = m.localize(blank, scene.K)
+    assert not result.success and result.reason and result.cam_from_world is None
+    noise = np.random.default_rng(0).integers(0, 256, (360, 480, 3), dtype=np.uint8)
+    result = m.localize(noise, scene.K)
+    assert not result.success and result.reason
