@@ -29,8 +29,18 @@ def test_cli_info(capsys):
     assert pylocalize.__version__ in out and pylocalize.simd_level() in out
 
 
-def test_demo_small(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--nb", "5000", "--nq", "50"]) == 0
+def test_localization_demo_small(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--views", "10", "--queries", "2",
+                 "--width", "400", "--height", "300"]) == 0
+    summary = json.loads((tmp_path / "results.json").read_text())
+    assert all(r["success"] and r["translation_m"] < 0.1 for r in summary["queries"])
+    assert (tmp_path / "localization.png").stat().st_size > 10_000
+    assert len((tmp_path / "poses.txt").read_text().splitlines()) == 2
+    assert "localized 2/2" in capsys.readouterr().out
+
+
+def test_binary_demo_small(tmp_path, capsys):
+    assert main(["demo", "--kind", "binary", "--out", str(tmp_path), "--nb", "5000", "--nq", "50"]) == 0
     summary = json.loads((tmp_path / "results.json").read_text())
     by_name = {r["method"]: r for r in summary["results"]}
     assert (tmp_path / "recall_qps.png").stat().st_size > 10_000

@@ -104,7 +104,7 @@ class Map:
     def from_views(cls, images: Sequence[np.ndarray], K, cam_from_world, names: Sequence[str],
                    max_features: int = 4000, neighbours: int = 8, ratio: float = 0.8,
                    max_epipolar_px: float = 2.0, max_reprojection_px: float = 3.0,
-                   min_angle_deg: float = 1.5) -> "Map":
+                   min_angle_deg: float = 1.5, progress: bool = False) -> "Map":
         """Builds a map from images with known intrinsics and poses.
 
         Parameters
@@ -115,13 +115,18 @@ class Map:
         names : sequence of str
         neighbours : int
             Each image is matched with this many nearest cameras (by centre distance).
+        progress : bool
+            Show progress bars.
         """
+        from tqdm import tqdm
+
         n = len(images)
         poses = np.asarray(cam_from_world, dtype=np.float64)
         Ks = np.broadcast_to(np.asarray(K, dtype=np.float64), (n, 3, 3))
         if poses.shape != (n, 3, 4) or len(names) != n:
             raise ValueError("need one cam_from_world (3x4) and one name per image")
-        feats = [extract_sift(im, max_features) for im in images]
+        feats = [extract_sift(im, max_features)
+                 for im in tqdm(images, desc="map: features", disable=not progress, leave=False)]
         kps = [f[0] for f in feats]
         descs = [f[1] for f in feats]
         centers = -np.einsum("nji,nj->ni", poses[:, :, :3], poses[:, :, 3])
@@ -135,7 +140,7 @@ class Map:
             return x
 
         done = set()
-        for a in range(n):
+        for a in tqdm(range(n), desc="map: matching", disable=not progress, leave=False):
             order = np.argsort(np.linalg.norm(centers - centers[a], axis=1))
             for b in order[1:neighbours + 1]:
                 pair = (min(a, b), max(a, b))
