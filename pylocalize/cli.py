@@ -1,4 +1,4 @@
-"""The ``pylocalize`` command line: ``info``, ``demo``, ``render``, ``bench``."""
+"""The ``pylocalize`` command line: ``info``, ``demo``, ``render``, ``evaluate``, ``bench``."""
 
 from __future__ import annotations
 
@@ -98,6 +98,18 @@ def _render(args) -> int:
     return 0
 
 
+def _evaluate(args) -> int:
+    from pylocalize.localization import evaluate_poses, load_poses
+
+    result = evaluate_poses(load_poses(args.gt), load_poses(args.pred))
+    print(f"{result['num_estimated']}/{result['num_images']} images estimated")
+    print(f"median error: {result['median_translation_m']:.4f} m, {result['median_rotation_deg']:.4f} deg")
+    for key, value in result.items():
+        if key.startswith("recall@"):
+            print(f"{key}: {100 * value:.1f} %")
+    return 0
+
+
 def _bench(args) -> int:
     if args.topic == "binary":
         from pylocalize.bench.binary import main as bench_main
@@ -135,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=200, help="view size in pixels")
     p.add_argument("--distance", type=float, default=1.5, help="camera distance in object diameters")
     p.set_defaults(func=_render)
+
+    p = sub.add_parser("evaluate", help="pose errors and recall of estimated poses against ground truth")
+    p.add_argument("--gt", required=True, help="pose file, COLMAP model folder or Strecha folder")
+    p.add_argument("--pred", required=True, help="pose file (name qw qx qy qz tx ty tz)")
+    p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("bench", help="run a benchmark at a small size (full runs: benchmarks/)")
     p.add_argument("topic", choices=["binary"])

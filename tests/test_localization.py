@@ -61,3 +61,46 @@ def test_unlocalizable_queries_report_why(scene_and_map):
     noise = np.random.default_rng(0).integers(0, 256, (360, 480, 3), dtype=np.uint8)
     result = m.localize(noise, scene.K)
     assert not result.success and result.reason
+
+
+def test_evaluate_poses_and_sources(tmp_path, capsys):
+    from pylocalize.cli import main
+    from pylocalize.geometry import look_at, write_pose_file
+    from pylocalize.localization import evaluate_poses, load_poses, pose_error
+
+    gt = {f"im{i}.jpg": look_at([np.cos(i), np.sin(i), 1.0], [0, 0, 0]) for i in range(4)}
+    pred = dict(gt)
+    shifted = gt["im1.jpg"].copy()
+    shifted[:, 3] -= shifted[:, :3] @ np.array([0.3, 0.0, 0.0])  # centre moved by 0.3 m
+    pred["im1.jpg"] = shifted
+    del pred["im3.jpg"]  # missing: a failure
+    assert pose_error(shifted, gt["im1.jpg"]) == pytest.approx((0.3, 0.0), abs=1e-9)
+    result = evaluate_poses(gt, pred)
+    assert result["num_estimated"] == 3
+    assert result["recall@(0.25m,2deg)"] == 0.5 and result["recall@(0.5m,5deg)"] == 0.75
+    write_pose_file(tmp_path / "gt.txt", gt.items())
+    write_pose_file(tmp_path / "pred.txt", pred.items())
+    assert main(["evaluate", "--gt", str(tmp_path / "gt.txt"), "--pred", str(tmp_path / "pred.txt")]) == 0
+    assert "3/4 images estimated" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="not a pose file"):
+        load_poses(tmp_path)
+
+
+def test_ground_truth_loaders(tmp_path, scene_and_map):
+    from pathlib import Path
+
+    from pylocalize.localization import load_poses
+
+    scene, _ = scene_and_map
+    scene.export(tmp_path / "scene")
+    from_model = load_poses(tmp_path / "scene" / "sparse")
+    from_file = load_poses(tmp_path / "scene" / "poses.txt")
+    for name, pose in zip(scene.names, scene.cam_from_world):
+        np.testing.assert_allclose(from_model[name], pose, atol=1e-9)
+        np.testing.assert_allclose(from_file[name], pose, atol=1e-8)
+    strecha = Path(__file__).resolve().parents[2] / "shared" / "data" / "strecha" / "fountain-P11"
+    if strecha.is_dir():
+        poses = load_poses(strecha)
+        assert len(poses) == 11 and "0000.jpg" in poses
+        R = poses["0000.jpg"][:, :3]
+        np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-5)

@@ -1,0 +1,76 @@
+"""Pose accuracy: load ground truth from the usual sources and score estimated poses.
+
+Errors follow the localization benchmarks: rotation error is the angle of
+``R_gt^T R_est`` in degrees, translation error the distance between camera centres.
+A ground-truth image without an estimate counts as a failure (infinite error).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Sequence, Tuple
+
+import numpy as np
+
+from pylocalize.geometry import read_pose_file
+
+THRESHOLDS = ((0.25, 2.0), (0.5, 5.0), (5.0, 10.0))
+
+
+def read_strecha_camera(path) -> Tuple[np.ndarray, np.ndarray]:
+    """K (3x3) and cam_from_world (3x4) from a Strecha ``.camera`` file
+    (K, a ``0 0 0`` line, camera-to-world R, centre C, image size)."""
+    values = [float(v) for v in Path(path).read_text().split()]
+    if len(values) < 24:
+        raise ValueError(f"{path}: not a Strecha camera file (expected K, 0 0 0, R, C, W H)")
+    K = np.array(values[0:9]).reshape(3, 3)
+    R_wc = np.array(values[12:21]).reshape(3, 3)
+    C = np.array(values[21:24])
+    R = R_wc.T
+    return K, np.hstack([R, (-R @ C)[:, None]])
+
+
+def load_poses(source) -> Dict[str, np.ndarray]:
+    """``{image name: cam_from_world 3x4}`` from a pose file, a COLMAP model folder
+    (``cameras/images/points3D`` .bin or .txt) or a Strecha folder (``gt_dense_cameras/``)."""
+    source = Path(source)
+    if source.is_file():
+        return read_pose_file(source)
+    if (source / "gt_dense_cameras").is_dir():
+        return {p.name[: -len(".camera")]: read_strecha_camera(p)[1]
+                for p in sorted((source / "gt_dense_cameras").glob("*.camera"))}
+    if any((source / f"images.{ext}").is_file() for ext in ("bin", "txt")):
+        import pycolmap
+
+        rec = pycolmap.Reconstruction(str(source))
+        return {im.name: np.asarray(im.cam_from_world().matrix())[:3] for im in rec.images.values() if im.has_pose}
+    raise ValueError(f"{source}: not a pose file, a COLMAP model folder or a Strecha folder")
+
+
+def pose_error(est: np.ndarray, gt: np.ndarray) -> Tuple[float, float]:
+    """(translation error of the camera centre, rotation error in degrees)."""
+    dR = np.asarray(gt)[:, :3].T @ np.asarray(est)[:, :3]
+    # atan2 of sine and cosine stays accurate for small angles, where arccos of the trace loses digits
+    sin = np.linalg.norm([dR[2, 1] - dR[1, 2], dR[0, 2] - dR[2, 0], dR[1, 0] - dR[0, 1]]) / 2
+    angle = np.degrees(np.arctan2(sin, (np.trace(dR) - 1) / 2))
+    c_est = -np.asarray(est)[:, :3].T @ np.asarray(est)[:, 3]
+    c_gt = -np.asarray(gt)[:, :3].T @ np.asarray(gt)[:, 3]
+    return float(np.linalg.norm(c_est - c_gt)), float(angle)
+
+
+def evaluate_poses(gt: Dict[str, np.ndarray], pred: Dict[str, np.ndarray],
+                   thresholds: Sequence[Tuple[float, float]] = THRESHOLDS) -> dict:
+    """Median errors and recall at (metres, degrees) thresholds over the ground-truth images."""
+    if not gt:
+        raise ValueError("the ground truth holds no poses")
+    errors = {}
+    for name, g in gt.items():
+        errors[name] = pose_error(pred[name], g) if name in pred else (np.inf, np.inf)
+    t = np.array([e[0] for e in errors.values()])
+    r = np.array([e[1] for e in errors.values()])
+    out = {"num_images": len(gt), "num_estimated": int(sum(n in pred for n in gt)),
+           "median_translation_m": float(np.median(t)), "median_rotation_deg": float(np.median(r)),
+           "per_image": errors}
+    for tm, rd in thresholds:
+        out[f"recall@({tm:g}m,{rd:g}deg)"] = float(np.mean((t <= tm) & (r <= rd)))
+    return out
