@@ -104,3 +104,30 @@ def test_ground_truth_loaders(tmp_path, scene_and_map):
         assert len(poses) == 11 and "0000.jpg" in poses
         R = poses["0000.jpg"][:, :3]
         np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-5)
+
+
+def test_map_save_load_round_trip(tmp_path, scene_and_map):
+    import pylocalize
+    from pylocalize.localization import Map
+
+    scene, m = scene_and_map
+    m.save(tmp_path / "map.pyloc")
+    loaded = Map.load(tmp_path / "map.pyloc")
+    assert loaded.names == m.names and len(loaded.points3D) == len(m.points3D)
+    np.testing.assert_array_equal(loaded.points3D, m.points3D)
+    for a, b in zip(loaded.point_ids, m.point_ids):
+        np.testing.assert_array_equal(a, b)
+    pose = scene.query_poses(1, seed=9)[0]
+    image = scene.render(pose)[0][0]
+    r1, r2 = m.localize(image, scene.K), loaded.localize(image, scene.K)
+    assert r1.success and r2.success
+    np.testing.assert_allclose(r1.cam_from_world, r2.cam_from_world, atol=1e-6)
+    index_file = tmp_path / "index.pyloc"
+    pylocalize.BinaryIndex(64).save(index_file)
+    with pytest.raises(pylocalize.FormatError, match="not a LocalizationMap"):
+        Map.load(index_file)
+    data = bytearray((tmp_path / "map.pyloc").read_bytes())
+    data[-10] ^= 0xFF
+    (tmp_path / "bad.pyloc").write_bytes(bytes(data))
+    with pytest.raises(pylocalize.FormatError):
+        Map.load(tmp_path / "bad.pyloc")

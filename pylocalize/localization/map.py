@@ -190,6 +190,83 @@ class Map:
             points.append(X)
         return cls(names, Ks, poses, kps, descs, point_ids, np.array(points).reshape(-1, 3))
 
+    @classmethod
+    def from_strecha(cls, folder, exclude: Sequence[str] = (), max_features: int = 4000,
+                     progress: bool = False) -> "Map":
+        """A map from a Strecha folder (``images/*.jpg`` + ``gt_dense_cameras/*.camera``),
+        leaving out the image names in ``exclude`` (e.g. held-out queries)."""
+        from pathlib import Path
+
+        from PIL import Image
+
+        from pylocalize.localization.evaluate import read_strecha_camera
+
+        folder = Path(folder)
+        cams = sorted((folder / "gt_dense_cameras").glob("*.camera"))
+        if not cams:
+            raise ValueError(f"{folder} has no gt_dense_cameras/*.camera: not a Strecha folder")
+        names, images, Ks, poses = [], [], [], []
+        for cam in cams:
+            name = cam.name[: -len(".camera")]
+            if name in exclude:
+                continue
+            K, pose = read_strecha_camera(cam)
+            names.append(name)
+            images.append(np.asarray(Image.open(folder / "images" / name).convert("RGB")))
+            Ks.append(K)
+            poses.append(pose)
+        return cls.from_views(images, np.stack(Ks), np.stack(poses), names, max_features=max_features,
+                              progress=progress)
+
+    FORMAT_TAG = "LocalizationMap"
+
+    def save(self, path) -> None:
+        """Writes the map (images, cameras, poses, features, 3D points) as one pylocalize
+        container, atomically. The CANN index is rebuilt from the features on load."""
+        import os
+
+        from pylocalize import _core
+
+        counts = np.array([len(k) for k in self.keypoints], np.int64)
+        sections = {
+            "names": np.frombuffer("\n".join(self.names).encode("utf-8"), np.uint8).copy(),
+            "K": np.ascontiguousarray(self.K), "cam_from_world": np.ascontiguousarray(self.cam_from_world),
+            "counts": counts,
+            "keypoints": np.ascontiguousarray(np.concatenate(self.keypoints) if len(counts) else np.zeros((0, 2), np.float32)),
+            "descriptors": np.ascontiguousarray(np.concatenate(self.descriptors) if len(counts) else np.zeros((0, 128), np.uint8)),
+            "point_ids": np.ascontiguousarray(np.concatenate(self.point_ids) if len(counts) else np.zeros(0, np.int64)),
+            "points3D": np.ascontiguousarray(self.points3D),
+        }
+        _core.write_container(os.fspath(path), self.FORMAT_TAG, {"num_images": len(self.names)}, sections)
+
+    @classmethod
+    def load(cls, path) -> "Map":
+        """Reads a map written by :meth:`save`.
+
+        Raises
+        ------
+        pylocalize.FormatError
+            If the file is corrupt, from a newer format version, or not a map.
+        """
+        import os
+
+        from pylocalize import FormatError, _core
+
+        tag, _, meta, sec = _core.read_container(os.fspath(path))
+        if tag != cls.FORMAT_TAG:
+            raise FormatError(f"{path} holds a {tag}, not a {cls.FORMAT_TAG}")
+        try:
+            names = bytes(sec["names"]).decode("utf-8").split("\n") if meta["num_images"] else []
+            counts = sec["counts"]
+            split = np.cumsum(counts)[:-1]
+            if len(names) != meta["num_images"] or len(counts) != len(names) or counts.sum() != len(sec["keypoints"]):
+                raise ValueError("section sizes disagree")
+            return cls(names, sec["K"], sec["cam_from_world"], np.split(np.array(sec["keypoints"]), split),
+                       np.split(np.array(sec["descriptors"]), split), np.split(np.array(sec["point_ids"]), split),
+                       sec["points3D"])
+        except (KeyError, ValueError) as error:
+            raise FormatError(f"{path}: not a valid {cls.FORMAT_TAG} ({error})") from error
+
     def localize(self, image: np.ndarray, K, k: int = 10, ratio: float = 0.8,
                  max_error_px: float = 4.0, min_inliers: int = 12,
                  max_features: int = 4000) -> LocalizationResult:
