@@ -98,6 +98,74 @@ def _render(args) -> int:
     return 0
 
 
+def _map_build(args) -> int:
+    from pylocalize.localization import Map
+
+    exclude = [e for e in (args.exclude or "").split(",") if e]
+    m = Map.from_strecha(args.strecha, exclude=exclude, max_features=args.max_features, progress=True)
+    m.save(args.out)
+    print(f"{m} -> {args.out}")
+    return 0
+
+
+def parse_camera(text: str):
+    """K (OpenCV convention) and (width, height) from a COLMAP camera string
+    "MODEL W H PARAMS..." (SIMPLE_PINHOLE f cx cy, or PINHOLE fx fy cx cy)."""
+    parts = text.split()
+    try:
+        model, w, h, params = parts[0], int(parts[1]), int(parts[2]), [float(p) for p in parts[3:]]
+    except (IndexError, ValueError):
+        raise ValueError(f"camera {text!r}: expected 'MODEL W H PARAMS...'") from None
+    if model == "SIMPLE_PINHOLE" and len(params) == 3:
+        fx = fy = params[0]
+        cx, cy = params[1:]
+    elif model == "PINHOLE" and len(params) == 4:
+        fx, fy, cx, cy = params
+    else:
+        raise ValueError(f"camera {text!r}: use 'SIMPLE_PINHOLE W H f cx cy' or 'PINHOLE W H fx fy cx cy'")
+    # COLMAP puts pixel centres at +0.5; pylocalize (OpenCV) at integers.
+    return np.array([[fx, 0, cx - 0.5], [0, fy, cy - 0.5], [0, 0, 1.0]]), (w, h)
+
+
+def _localize(args) -> int:
+    from pathlib import Path
+
+    from PIL import Image
+
+    from pylocalize.geometry import write_pose_file
+    from pylocalize.localization import Map, read_strecha_camera
+
+    m = Map.load(args.map)
+    fixed_K = parse_camera(args.camera)[0] if args.camera else None
+    estimates, failures = [], 0
+    for path in map(Path, args.images):
+        name = path.name
+        try:
+            if fixed_K is not None:
+                K = fixed_K
+            else:
+                camera_file = path.parent.parent / "gt_dense_cameras" / (name + ".camera")
+                if not camera_file.is_file():
+                    raise ValueError("no --camera given and no Strecha .camera file beside the image")
+                K = read_strecha_camera(camera_file)[0]
+            image = np.asarray(Image.open(path).convert("RGB"))
+        except Exception as error:  # one bad query must not stop the batch
+            print(f"{name}: failed: {error}")
+            failures += 1
+            continue
+        result = m.localize(image, K)
+        if result.success:
+            estimates.append((name, result.cam_from_world))
+            total = sum(result.timings.values())
+            print(f"{name}: {result.num_inliers} inliers, {total:.2f} s")
+        else:
+            print(f"{name}: failed: {result.reason}")
+            failures += 1
+    write_pose_file(args.out, estimates)
+    print(f"{len(estimates)} localized, {failures} failed -> {args.out}")
+    return 0
+
+
 def _evaluate(args) -> int:
     from pylocalize.localization import evaluate_poses, load_poses
 
@@ -147,6 +215,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=200, help="view size in pixels")
     p.add_argument("--distance", type=float, default=1.5, help="camera distance in object diameters")
     p.set_defaults(func=_render)
+
+    p = sub.add_parser("map", help="build a localization map")
+    map_sub = p.add_subparsers(dest="map_command", required=True)
+    b = map_sub.add_parser("build", help="map from a Strecha folder (images + gt_dense_cameras)")
+    b.add_argument("--strecha", required=True, help="Strecha scene folder")
+    b.add_argument("--exclude", help="comma-separated image names to leave out (queries)")
+    b.add_argument("--max-features", type=int, default=4000)
+    b.add_argument("--out", required=True, help="map file to write")
+    b.set_defaults(func=_map_build)
+
+    p = sub.add_parser("localize", help="localize query images in a map")
+    p.add_argument("--map", required=True)
+    p.add_argument("--images", nargs="+", required=True)
+    p.add_argument("--camera", help="'MODEL W H PARAMS...' (COLMAP convention); default: the Strecha .camera file")
+    p.add_argument("--out", required=True, help="pose file to write (name qw qx qy qz tx ty tz)")
+    p.set_defaults(func=_localize)
 
     p = sub.add_parser("evaluate", help="pose errors and recall of estimated poses against ground truth")
     p.add_argument("--gt", required=True, help="pose file, COLMAP model folder or Strecha folder")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -131,3 +133,28 @@ def test_map_save_load_round_trip(tmp_path, scene_and_map):
     (tmp_path / "bad.pyloc").write_bytes(bytes(data))
     with pytest.raises(pylocalize.FormatError):
         Map.load(tmp_path / "bad.pyloc")
+
+
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared/data/strecha/entry-P10").is_dir(),
+                    reason="needs ../shared/data")
+def test_cli_build_localize_evaluate_on_strecha(tmp_path, capsys):
+    from pylocalize.cli import main, parse_camera
+
+    scene = Path(__file__).resolve().parents[2] / "shared/data/strecha/entry-P10"
+    assert main(["map", "build", "--strecha", str(scene), "--exclude", "0004.jpg,0007.jpg",
+                 "--max-features", "1500", "--out", str(tmp_path / "map.pyloc")]) == 0
+    queries = [str(scene / "images" / n) for n in ("0004.jpg", "0007.jpg")] + [str(tmp_path / "missing.jpg")]
+    assert main(["localize", "--map", str(tmp_path / "map.pyloc"), "--images", *queries,
+                 "--out", str(tmp_path / "poses.txt")]) == 0
+    out = capsys.readouterr().out
+    assert "missing.jpg: failed" in out and "2 localized, 1 failed" in out
+    assert main(["evaluate", "--gt", str(scene), "--pred", str(tmp_path / "poses.txt")]) == 0
+    from pylocalize.localization import evaluate_poses, load_poses
+
+    gt = {k: v for k, v in load_poses(scene).items() if k in ("0004.jpg", "0007.jpg")}
+    result = evaluate_poses(gt, load_poses(tmp_path / "poses.txt"))
+    assert result["recall@(0.25m,2deg)"] == 1.0 and result["median_translation_m"] < 0.05
+    K, size = parse_camera("PINHOLE 640 480 500 500 320.5 240.5")
+    assert size == (640, 480) and K[0, 2] == 320.0
+    with pytest.raises(ValueError, match="MODEL W H"):
+        parse_camera("PINHOLE 640")
