@@ -158,3 +158,22 @@ def test_cli_build_localize_evaluate_on_strecha(tmp_path, capsys):
     assert size == (640, 480) and K[0, 2] == 320.0
     with pytest.raises(ValueError, match="MODEL W H"):
         parse_camera("PINHOLE 640")
+
+
+def test_half_the_query_from_another_scene_still_localizes(scene_and_map):
+    scene, m = scene_and_map
+    other = courtyard_scene(num_views=1, seed=77, width=480, height=360)
+    pose = scene.query_poses(1, seed=13)[0]
+    image = scene.render(pose)[0][0].copy()
+    image[:, 240:] = other.images[0][:, 240:]  # half the features are outliers
+    result = m.localize(image, scene.K)
+    assert result.success, result.reason
+    t_err, r_err = pose_errors(result.cam_from_world, pose)
+    assert t_err < 0.1 and r_err < 1.0
+
+
+def test_empty_map_fails_cleanly(scene_and_map):
+    scene, _ = scene_and_map
+    empty = Map([], np.zeros((0, 3, 3)), np.zeros((0, 3, 4)), [], [], [], np.zeros((0, 3)))
+    result = empty.localize(scene.images[0], scene.K)
+    assert not result.success and "3D points" in result.reason
