@@ -149,7 +149,6 @@ def evaluate(rankings, names, covis):
     aps = []
     for qi, ranking in enumerate(rankings):
         q = names[qi]
-        relevant = [names[j] for j in ranking if (q, names[j]) in covis]
         total = sum(1 for n in names if (q, n) in covis)
         if total == 0:
             continue
