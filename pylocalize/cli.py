@@ -101,68 +101,98 @@ def _render(args) -> int:
 def _map_build(args) -> int:
     from pylocalize.localization import Map
 
-    exclude = [e for e in (args.exclude or "").split(",") if e]
-    m = Map.from_strecha(args.strecha, exclude=exclude, max_features=args.max_features, progress=True)
+    options = {"max_features": args.max_features, "extractor": args.extractor, "progress": True}
+    if args.strecha:
+        exclude = [e for e in (args.exclude or "").split(",") if e]
+        m = Map.from_strecha(args.strecha, exclude=exclude, **options)
+    elif args.colmap:
+        if not args.images:
+            raise SystemExit("--colmap needs --images DIR (the model's image folder)")
+        m = Map.from_colmap(args.colmap, args.images, **options)
+    elif args.poses:
+        if not args.images or not (args.cameras or args.camera):
+            raise SystemExit("--poses needs --images DIR and --cameras FILE or --camera 'MODEL W H PARAMS...'")
+        m = Map.from_pose_file(args.poses, args.cameras or args.camera, args.images, **options)
+    elif args.images:
+        m = Map.from_images(args.images, camera=args.camera, seed=args.seed, **options)
+    else:
+        raise SystemExit("give --strecha DIR, --colmap DIR --images DIR, --poses FILE --images DIR, or --images DIR")
     m.save(args.out)
     print(f"{m} -> {args.out}")
     return 0
 
 
-def parse_camera(text: str):
-    """K (OpenCV convention) and (width, height) from a COLMAP camera string
-    "MODEL W H PARAMS..." (SIMPLE_PINHOLE f cx cy, or PINHOLE fx fy cx cy)."""
-    parts = text.split()
-    try:
-        model, w, h, params = parts[0], int(parts[1]), int(parts[2]), [float(p) for p in parts[3:]]
-    except (IndexError, ValueError):
-        raise ValueError(f"camera {text!r}: expected 'MODEL W H PARAMS...'") from None
-    if model == "SIMPLE_PINHOLE" and len(params) == 3:
-        fx = fy = params[0]
-        cx, cy = params[1:]
-    elif model == "PINHOLE" and len(params) == 4:
-        fx, fy, cx, cy = params
-    else:
-        raise ValueError(f"camera {text!r}: use 'SIMPLE_PINHOLE W H f cx cy' or 'PINHOLE W H fx fy cx cy'")
-    # COLMAP puts pixel centres at +0.5; pylocalize (OpenCV) at integers.
-    return np.array([[fx, 0, cx - 0.5], [0, fy, cy - 0.5], [0, 0, 1.0]]), (w, h)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+
+
+def _query_paths(paths):
+    """Image files from files and folders (a folder stands for its images, sorted)."""
+    from pathlib import Path
+
+    out = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            out.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            out.append(path)
+    return out
+
+
+def _query_camera(path, fixed, per_name):
+    """The camera of a query: --camera, --cameras, a Strecha .camera file beside it, or EXIF."""
+    from pylocalize.geometry import Camera
+    from pylocalize.localization import read_strecha_camera
+    from pylocalize.localization.map import _image_size
+
+    if fixed is not None:
+        return fixed, "--camera"
+    if per_name is not None:
+        if path.name not in per_name:
+            raise ValueError(f"no camera for {path.name} in --cameras")
+        return per_name[path.name], "--cameras"
+    strecha = path.parent.parent / "gt_dense_cameras" / (path.name + ".camera")
+    if strecha.is_file():
+        return Camera.from_K(read_strecha_camera(strecha)[0], *_image_size(path)), "Strecha .camera file"
+    return Camera.from_exif(path)
 
 
 def _localize(args) -> int:
-    from pathlib import Path
-
-    from PIL import Image
-
-    from pylocalize.geometry import write_pose_file
-    from pylocalize.localization import Map, read_strecha_camera
+    from pylocalize.geometry import Camera, read_cameras_file, write_pose_file
+    from pylocalize.localization import Map
+    from pylocalize.localization.viz import save_localization_figure
 
     m = Map.load(args.map)
-    fixed_K = parse_camera(args.camera)[0] if args.camera else None
-    estimates, failures = [], 0
-    for path in map(Path, args.images):
-        name = path.name
+    fixed = Camera.from_string(args.camera) if args.camera else None
+    per_name = read_cameras_file(args.cameras) if args.cameras else None
+    paths, cameras, failed = [], [], {}
+    for path in _query_paths(args.images):
         try:
-            if fixed_K is not None:
-                K = fixed_K
-            else:
-                camera_file = path.parent.parent / "gt_dense_cameras" / (name + ".camera")
-                if not camera_file.is_file():
-                    raise ValueError("no --camera given and no Strecha .camera file beside the image")
-                K = read_strecha_camera(camera_file)[0]
-            image = np.asarray(Image.open(path).convert("RGB"))
+            camera, source = _query_camera(path, fixed, per_name)
         except Exception as error:  # one bad query must not stop the batch
-            print(f"{name}: failed: {error}")
-            failures += 1
+            failed[path.name] = str(error)
             continue
-        result = m.localize(image, K)
+        if source.startswith("no EXIF"):
+            print(f"{path.name}: {source}")
+        paths.append(path)
+        cameras.append(camera)
+    results = m.localize_many(paths, cameras, workers=args.workers, progress=True)
+    estimates = []
+    for path, camera, result in zip(paths, cameras, results):
         if result.success:
-            estimates.append((name, result.cam_from_world))
+            estimates.append((path.name, result.cam_from_world))
             total = sum(result.timings.values())
-            print(f"{name}: {result.num_inliers} inliers, {total:.2f} s")
+            print(f"{path.name}: {result.num_inliers} inliers, {total:.2f} s")
         else:
-            print(f"{name}: failed: {result.reason}")
-            failures += 1
+            failed[path.name] = result.reason
+        if args.viz and result.points2D is not None:
+            from pylocalize.localization.map import read_image
+
+            save_localization_figure(f"{args.viz}/{path.stem}.png", read_image(path), result, m, camera,
+                                     image_dir=m.image_dir)
+    for name, reason in failed.items():
+        print(f"{name}: failed: {reason}")
     write_pose_file(args.out, estimates)
-    print(f"{len(estimates)} localized, {failures} failed -> {args.out}")
+    print(f"{len(estimates)} localized, {len(failed)} failed -> {args.out}")
     return 0
 
 
@@ -218,19 +248,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("map", help="build a localization map")
     map_sub = p.add_subparsers(dest="map_command", required=True)
-    b = map_sub.add_parser("build", help="map from a Strecha folder (images + gt_dense_cameras)")
-    b.add_argument("--strecha", required=True, help="Strecha scene folder")
-    b.add_argument("--exclude", help="comma-separated image names to leave out (queries)")
+    b = map_sub.add_parser("build", help="map from posed images (Strecha, COLMAP model, pose file) or images only (SfM)")
+    b.add_argument("--strecha", help="Strecha scene folder (images/ + gt_dense_cameras/)")
+    b.add_argument("--exclude", help="Strecha: comma-separated image names to leave out (queries)")
+    b.add_argument("--colmap", help="COLMAP model folder (cameras/images/points3D .bin or .txt); needs --images")
+    b.add_argument("--poses", help="pose file 'name qw qx qy qz tx ty tz' (cam_from_world); needs --images and "
+                                   "--cameras or --camera")
+    b.add_argument("--cameras", help="cameras file, lines 'name MODEL W H PARAMS...'")
+    b.add_argument("--camera", help="one camera 'MODEL W H PARAMS...' for every image (COLMAP convention)")
+    b.add_argument("--images", help="image folder; alone: structure-from-motion from the images only")
+    b.add_argument("--extractor", choices=["opencv", "colmap"], default="opencv", help="SIFT implementation")
     b.add_argument("--max-features", type=int, default=4000)
-    b.add_argument("--out", required=True, help="map file to write")
+    b.add_argument("--seed", type=int, default=0, help="structure-from-motion random seed")
+    b.add_argument("--out", required=True, help="map directory to write")
     b.set_defaults(func=_map_build)
 
     p = sub.add_parser("localize", help="localize query images in a map")
-    p.add_argument("--map", required=True)
-    p.add_argument("--images", nargs="+", required=True)
-    p.add_argument("--camera", help="'MODEL W H PARAMS...' (COLMAP convention); default: the Strecha .camera file")
+    p.add_argument("--map", required=True, help="map directory")
+    p.add_argument("--images", nargs="+", required=True, help="query image files or folders")
+    p.add_argument("--camera", help="'MODEL W H PARAMS...' (COLMAP convention) for every query")
+    p.add_argument("--cameras", help="cameras file, lines 'name MODEL W H PARAMS...'")
+    p.add_argument("--workers", type=int, default=None, help="queries localized in parallel")
     p.add_argument("--out", required=True, help="pose file to write (name qw qx qy qz tx ty tz)")
+    p.add_argument("--viz", help="folder for one figure per query (matches, reprojections, retrieved images)")
     p.set_defaults(func=_localize)
+    p.epilog = ("Without --camera or --cameras, a query's camera comes from a Strecha .camera file beside it, "
+                "else from its EXIF focal length (1.2 x the larger side when EXIF has none).")
 
     p = sub.add_parser("evaluate", help="pose errors and recall of estimated poses against ground truth")
     p.add_argument("--gt", required=True, help="pose file, COLMAP model folder or Strecha folder")

@@ -166,21 +166,13 @@ def _plot_localization(path: Path, scene, m, query_poses, query_images, results)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from pylocalize.localization.viz import draw_matches
+
     best = max(range(len(results)), key=lambda i: results[i].num_inliers)
     r = results[best]
     fig, axes = plt.subplots(1, 3, figsize=(16, 5))
-    axes[0].imshow(query_images[best])
-    axes[0].set_title(f"query {best}: {r.num_inliers} of {r.num_matches} 2D-3D matches are inliers")
-    axes[0].axis("off")
-    if r.success:
-        # the map points re-projected with the estimated pose should sit on the features
-        K, P = scene.K, r.cam_from_world
-        cam = m.points3D @ P[:, :3].T + P[:, 3]
-        front = cam[:, 2] > 0.1
-        proj = (cam[front] @ K.T)[:, :2] / cam[front, 2:]
-        inside = (proj[:, 0] >= 0) & (proj[:, 0] < scene.width) & (proj[:, 1] >= 0) & (proj[:, 1] < scene.height)
-        axes[0].scatter(proj[inside, 0], proj[inside, 1], s=2, c="yellow", label="map points, estimated pose")
-        axes[0].legend(loc="lower right", fontsize=8)
+    draw_matches(axes[0], query_images[best], r, m, scene.camera)
+    axes[0].set_title(f"query {best}: " + axes[0].get_title(), fontsize=9)
     top = scene.names.index(r.retrieved[0]) if r.retrieved else 0
     axes[1].imshow(scene.images[top])
     axes[1].set_title(f"top retrieved: {scene.names[top]}")

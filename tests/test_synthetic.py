@@ -87,7 +87,8 @@ def test_export_colmap_and_pose_file(scene, tmp_path):
         np.testing.assert_allclose(image.cam_from_world().matrix(), scene.cam_from_world[i], atol=1e-9)
         np.testing.assert_allclose(poses[image.name], scene.cam_from_world[i], atol=1e-8)
     cam = rec.cameras[1]
-    np.testing.assert_allclose(cam.calibration_matrix(), scene.K)
+    # COLMAP puts pixel centres at +0.5, pylocalize (OpenCV) at integers
+    np.testing.assert_allclose(cam.calibration_matrix(), scene.K + np.array([[0, 0, 0.5], [0, 0, 0.5], [0, 0, 0]]))
 
 
 def test_quaternions_and_pose_file_errors(tmp_path):

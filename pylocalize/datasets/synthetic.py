@@ -79,7 +79,8 @@ class SyntheticScene:
         return _poses(theta, radius, yaw, height, pitch)
 
     def export(self, out_dir, image_format: str = "jpg") -> Path:
-        """Writes ``images/``, a COLMAP model in ``sparse/`` and ``poses.txt``.
+        """Writes ``images/``, a COLMAP model in ``sparse/``, ``poses.txt`` and the cameras
+        file ``intrinsics.txt`` (``name MODEL W H PARAMS...``).
 
         Needs pycolmap for the COLMAP model. Returns ``out_dir``.
         """
@@ -90,17 +91,25 @@ class SyntheticScene:
         for name, image in zip(self.names, self.images):
             Image.fromarray(image).save(out / "images" / name, quality=95)
         write_pose_file(out / "poses.txt", zip(self.names, self.cam_from_world))
+        camera = self.camera.to_string()
+        (out / "intrinsics.txt").write_text("".join(f"{name} {camera}\n" for name in self.names))
         self.colmap_model().write(str(_mkdir(out / "sparse")))
         return out
+
+    @property
+    def camera(self):
+        """The shared :class:`~pylocalize.geometry.camera.Camera` of every view (PINHOLE)."""
+        from pylocalize.geometry.camera import Camera
+
+        return Camera.from_K(self.K, self.width, self.height)
 
     def colmap_model(self):
         """A ``pycolmap.Reconstruction`` with the camera and the posed database images."""
         import pycolmap
 
         rec = pycolmap.Reconstruction()
-        fx, fy, cx, cy = self.K[0, 0], self.K[1, 1], self.K[0, 2], self.K[1, 2]
-        camera = pycolmap.Camera(model="PINHOLE", width=self.width, height=self.height,
-                                 params=[fx, fy, cx, cy], camera_id=1)
+        camera = self.camera.to_pycolmap()
+        camera.camera_id = 1
         rec.add_camera_with_trivial_rig(camera)
         for i, (name, pose) in enumerate(zip(self.names, self.cam_from_world), 1):
             image = pycolmap.Image(name=name, camera_id=1, image_id=i)

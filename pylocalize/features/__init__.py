@@ -1,5 +1,6 @@
-"""Local and patch features for maps, objects and retrieval."""
+"""Local features: SIFT extraction and descriptor matching."""
 
-from pylocalize.features.sift import extract_sift
+from pylocalize.features.matching import match_descriptors
+from pylocalize.features.sift import EXTRACTORS, extract_sift
 
-__all__ = ["extract_sift"]
+__all__ = ["EXTRACTORS", "extract_sift", "match_descriptors"]

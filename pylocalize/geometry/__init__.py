@@ -5,20 +5,27 @@ as a 3x4 ``[R | t]`` with ``x_cam = R @ x_world + t``; cameras look along +z wit
 and y down (OpenCV).
 """
 
+from pylocalize.geometry.camera import Camera, read_cameras_file
 from pylocalize.geometry.poses import (
     matrix_from_quaternion,
     quaternion_from_matrix,
     read_pose_file,
+    similarity_from_points,
+    transform_pose,
     write_pose_file,
 )
 from pylocalize.geometry.views import fibonacci_sphere, look_at, viewpoint_poses
 
 __all__ = [
+    "Camera",
+    "read_cameras_file",
     "fibonacci_sphere",
     "look_at",
     "matrix_from_quaternion",
     "quaternion_from_matrix",
     "read_pose_file",
+    "similarity_from_points",
+    "transform_pose",
     "viewpoint_poses",
     "write_pose_file",
 ]

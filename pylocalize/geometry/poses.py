@@ -84,3 +84,33 @@ def read_pose_file(path) -> Dict[str, np.ndarray]:
         pose[:, 3] = values[4:]
         poses[parts[0]] = pose
     return poses
+
+
+def similarity_from_points(src: np.ndarray, dst: np.ndarray) -> Tuple[float, np.ndarray, np.ndarray]:
+    """Least-squares similarity ``dst ~ s R src + t`` between corresponding 3D points
+    (Umeyama's closed form); needs at least 3 points not on one line.
+
+    Returns ``(s, R, t)``.
+    """
+    src, dst = np.asarray(src, dtype=np.float64), np.asarray(dst, dtype=np.float64)
+    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 3 or len(src) < 3:
+        raise ValueError(f"need matching (n >= 3, 3) point arrays, got {src.shape} and {dst.shape}")
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    a, b = src - mu_s, dst - mu_d
+    U, S, Vt = np.linalg.svd(b.T @ a / len(src))
+    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U) * np.linalg.det(Vt)) or 1.0])
+    R = U @ D @ Vt
+    variance = (a ** 2).sum() / len(src)
+    if variance < 1e-24:
+        raise ValueError("the source points coincide: no similarity is defined")
+    s = float(np.trace(np.diag(S) @ D) / variance)
+    return s, R, mu_d - s * R @ mu_s
+
+
+def transform_pose(cam_from_world: np.ndarray, s: float, R: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """The ``cam_from_world`` pose of the same camera after the world is mapped by
+    ``x' = s R x + t`` (rotation unchanged relative to the scene, centre moved, metric scale)."""
+    P = np.asarray(cam_from_world, dtype=np.float64)
+    R_new = P[:, :3] @ R.T
+    centre = s * R @ (-P[:, :3].T @ P[:, 3]) + t
+    return np.hstack([R_new, (-R_new @ centre)[:, None]])

@@ -1,14 +1,20 @@
-"""Maps from posed images, and query localization: CANN retrieval, 2D-3D matching, PnP.
+"""Localization maps, and query localization: CANN retrieval, 2D-3D matching, PnP.
 
-A map is built from images with known intrinsics and ``cam_from_world`` poses: SIFT
-features, matches between nearby cameras (mutual nearest neighbours, ratio test, and the
-epipolar constraint of the known poses), tracks by union-find, linear triangulation with
-reprojection and angle checks. Every database feature goes into a :class:`CANNIndex`.
+A :class:`Map` holds posed database images (names, COLMAP cameras, ``cam_from_world``),
+their SIFT keypoints and descriptors with the 3D point each observes, the 3D points, and
+a :class:`CANNIndex` over every database feature. It is built from
 
-A query is localized by retrieving the best database images with CANN, matching its
-features to the 3D-point features of those images (ratio test), and estimating the pose
-with pycolmap's LO-RANSAC + non-linear refinement. A query that cannot be localized gives
-``success=False`` and the reason, never an exception.
+- images with known poses (:meth:`Map.from_views`, :meth:`Map.from_strecha`,
+  :meth:`Map.from_pose_file`, :meth:`Map.from_colmap` for a COLMAP model's cameras and
+  poses): features, matching and triangulation under the fixed poses
+  (:mod:`~pylocalize.localization.triangulation`);
+- images only (:meth:`Map.from_images`): incremental SfM with pycolmap on our features.
+
+A query is localized (:meth:`Map.localize`) by retrieving database images with CANN,
+matching its features to those of the retrieved images that observe 3D points (ratio test
+against other points, mutual check), and estimating the pose with pycolmap's LO-RANSAC and
+non-linear refinement. A query that cannot be localized gives ``success=False`` and the
+reason, never an exception; :meth:`Map.localize_many` runs a batch in parallel.
 
 Conventions: OpenCV pixels (centres at integers) and ``cam_from_world`` 3x4; pycolmap's
 pixel convention (+0.5) is handled at its boundary.
@@ -16,14 +22,29 @@ pixel convention (+0.5) is handled at its boundary.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from pylocalize.features import extract_sift
+from pylocalize.features import EXTRACTORS, extract_sift, match_descriptors
+from pylocalize.geometry.camera import Camera
 from pylocalize.index.cann import CANNIndex
+
+# Version of the map layout inside the container; bumped when sections or meta change.
+# 1: one file, PINHOLE K per image. 2: a directory, COLMAP cameras, extractor, CANN index.
+MAP_VERSION = 2
+MAP_FILE = "map.pyloc"
+INDEX_FILE = "cann.pyloc"
+
+CameraLike = Union[Camera, str, np.ndarray]
+
+# CANN search options of a map's index (not stored with the index, so one place sets them):
+# the kernel cutoff p0 suits RootSIFT stored as uint8 (512 x unit vectors).
+RETRIEVAL_OPTIONS = {"p0": 200.0}
 
 
 @dataclass
@@ -36,6 +57,13 @@ class LocalizationResult:
     cam_from_world : float64 (3, 4) or None
     num_inliers, num_matches : int
     inlier_mask : bool (num_matches,) or None
+    points2D : float64 (num_matches, 2) or None
+        Query keypoints of the 2D-3D matches (OpenCV convention).
+    point3D_ids : int64 (num_matches,) or None
+        The map point of each match (index into ``Map.points3D``).
+    covariance : float64 (6, 6) or None
+        Covariance of the pose (rotation as axis-angle, then translation), from the
+        refinement's Jacobian at the solution.
     retrieved : list of str
         Database images returned by retrieval, best first.
     reason : str
@@ -49,275 +77,472 @@ class LocalizationResult:
     num_inliers: int = 0
     num_matches: int = 0
     inlier_mask: Optional[np.ndarray] = None
+    points2D: Optional[np.ndarray] = None
+    point3D_ids: Optional[np.ndarray] = None
+    covariance: Optional[np.ndarray] = None
     retrieved: List[str] = field(default_factory=list)
     reason: str = ""
     timings: Dict[str, float] = field(default_factory=dict)
 
 
-def _match(da: np.ndarray, db: np.ndarray, ratio: float) -> np.ndarray:
-    """Mutual nearest neighbours passing the ratio test: (m, 2) index pairs."""
-    if len(da) < 2 or len(db) < 2:
-        return np.zeros((0, 2), np.int64)
-    a, b = da.astype(np.float32), db.astype(np.float32)
-    d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
-    nn = np.argpartition(d2, 1, axis=1)[:, :2]
-    first = np.take_along_axis(d2, nn, 1)
-    order = np.argsort(first, axis=1)
-    nn, first = np.take_along_axis(nn, order, 1), np.take_along_axis(first, order, 1)
-    ok = np.sqrt(np.maximum(first[:, 0], 0)) < ratio * np.sqrt(np.maximum(first[:, 1], 0))
-    back = np.argmin(d2, axis=0)
-    idx = np.flatnonzero(ok & (back[nn[:, 0]] == np.arange(len(a))))
-    return np.stack([idx, nn[idx, 0]], 1)
+def read_image(path) -> np.ndarray:
+    """uint8 RGB pixels of an image file, with a clear error for unreadable files."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such image file") from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"{path}: not a readable image ({error})") from None
 
 
-def _fundamental(Ka, Pa, Kb, Pb):
-    R = Pb[:, :3] @ Pa[:, :3].T
-    t = Pb[:, 3] - R @ Pa[:, 3]
-    tx = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
-    return np.linalg.inv(Kb).T @ tx @ R @ np.linalg.inv(Ka)
+def as_camera(camera: CameraLike, width: int, height: int) -> Camera:
+    """A :class:`Camera` from a Camera, a ``"MODEL W H PARAMS..."`` string or a 3x3 K
+    (OpenCV convention) for an image of ``width`` x ``height``."""
+    if isinstance(camera, Camera):
+        result = camera
+    elif isinstance(camera, str):
+        result = Camera.from_string(camera)
+    else:
+        result = Camera.from_K(camera, width, height)
+    if (result.width, result.height) != (width, height):
+        raise ValueError(f"camera is for {result.width}x{result.height} images, the image is {width}x{height}; "
+                         "give the camera of this image size (Camera.scaled)")
+    return result
 
 
-def _sampson(F, xa, xb):
-    ha, hb = np.c_[xa, np.ones(len(xa))], np.c_[xb, np.ones(len(xb))]
-    Fx, Ftx = ha @ F.T, hb @ F
-    return (np.sum(hb * Fx, 1) ** 2) / (Fx[:, 0] ** 2 + Fx[:, 1] ** 2 + Ftx[:, 0] ** 2 + Ftx[:, 1] ** 2 + 1e-12)
+def _extract_all(images, max_features, extractor, progress, desc="map: features"):
+    """Features of many images on a thread pool (the extractors release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    load = (lambda im: read_image(im) if isinstance(im, (str, os.PathLike)) else im)
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        return list(tqdm(pool.map(lambda im: extract_sift(load(im), max_features, extractor), images),
+                         total=len(images), desc=desc, disable=not progress, leave=False))
 
 
 class Map:
     """A localization map: posed database images, their features and 3D points."""
 
-    def __init__(self, names, K, cam_from_world, keypoints, descriptors, point_ids, points3D):
+    def __init__(self, names: Sequence[str], cameras: Sequence[Camera], cam_from_world, keypoints, descriptors,
+                 point_ids, points3D, extractor: str = "opencv", max_features: int = 4000,
+                 index: Optional[CANNIndex] = None):
+        n = len(names)
         self.names = list(names)
-        self.K = np.asarray(K, dtype=np.float64)
-        self.cam_from_world = np.asarray(cam_from_world, dtype=np.float64)
-        self.keypoints, self.descriptors, self.point_ids = keypoints, descriptors, point_ids
+        self.cameras = list(cameras)
+        self.cam_from_world = np.asarray(cam_from_world, dtype=np.float64).reshape(n, 3, 4)
+        self.keypoints, self.descriptors, self.point_ids = list(keypoints), list(descriptors), list(point_ids)
         self.points3D = np.asarray(points3D, dtype=np.float64).reshape(-1, 3)
-        self.index = CANNIndex(128, p0=200.0)
-        if self.descriptors:
-            self.index.add(np.concatenate(self.descriptors),
-                           np.concatenate([np.full(len(d), i, np.int64) for i, d in enumerate(self.descriptors)]))
+        if extractor not in EXTRACTORS:
+            raise ValueError(f"unknown extractor {extractor!r}; use one of {EXTRACTORS}")
+        self.extractor, self.max_features = extractor, int(max_features)
+        if not (len(self.cameras) == len(self.keypoints) == len(self.descriptors) == len(self.point_ids) == n):
+            raise ValueError("need one camera, pose, keypoint, descriptor and point-id array per image")
+        for i, (k, d, p) in enumerate(zip(self.keypoints, self.descriptors, self.point_ids)):
+            if not (len(k) == len(d) == len(p)) or (len(p) and p.max() >= len(self.points3D)):
+                raise ValueError(f"image {self.names[i]}: keypoints, descriptors and point ids disagree")
+        self.image_dir: Optional[str] = None  # where the database images are, for figures
+        if index is None:
+            index = CANNIndex(128, **RETRIEVAL_OPTIONS)
+            if n:
+                index.add(np.concatenate(self.descriptors),
+                          np.concatenate([np.full(len(d), i, np.int64) for i, d in enumerate(self.descriptors)]))
+        self.index = index
 
     def __repr__(self) -> str:
-        return f"Map({len(self.names)} images, {len(self.points3D)} points)"
+        return f"Map({len(self.names)} images, {len(self.points3D)} points, {self.extractor} SIFT)"
+
+    @property
+    def K(self) -> np.ndarray:
+        """(n, 3, 3) pinhole intrinsics of the database images, OpenCV convention."""
+        return np.stack([c.K for c in self.cameras]) if self.cameras else np.zeros((0, 3, 3))
+
+    # ----------------------------------------------------------------- building
 
     @classmethod
-    def from_views(cls, images: Sequence[np.ndarray], K, cam_from_world, names: Sequence[str],
-                   max_features: int = 4000, neighbours: int = 8, ratio: float = 0.8,
-                   max_epipolar_px: float = 2.0, max_reprojection_px: float = 3.0,
-                   min_angle_deg: float = 1.5, progress: bool = False) -> "Map":
-        """Builds a map from images with known intrinsics and poses.
+    def from_features(cls, names, cameras: Sequence[Camera], cam_from_world, keypoints, descriptors,
+                      extractor: str = "opencv", max_features: int = 4000, neighbours: int = 8,
+                      retrieval_pairs: int = 5, ratio: float = 0.8, max_epipolar_px: float = 2.0,
+                      max_reprojection_px: float = 3.0, min_angle_deg: float = 1.5,
+                      progress: bool = False) -> "Map":
+        """A map from features of images with known cameras and poses.
 
-        Parameters
-        ----------
-        images : sequence of uint8 (H, W, 3)
-        K : float (3, 3) shared, or (n, 3, 3)
-        cam_from_world : float (n, 3, 4)
-        names : sequence of str
-        neighbours : int
-            Each image is matched with this many nearest cameras (by centre distance).
-        progress : bool
-            Show progress bars.
+        Each image is matched with its ``neighbours`` nearest cameras and its
+        ``retrieval_pairs`` best CANN retrieval results among the other images.
         """
-        from tqdm import tqdm
+        from pylocalize.localization.triangulation import select_pairs, triangulate
 
-        n = len(images)
         poses = np.asarray(cam_from_world, dtype=np.float64)
-        Ks = np.broadcast_to(np.asarray(K, dtype=np.float64), (n, 3, 3))
-        if poses.shape != (n, 3, 4) or len(names) != n:
-            raise ValueError("need one cam_from_world (3x4) and one name per image")
-        feats = [extract_sift(im, max_features)
-                 for im in tqdm(images, desc="map: features", disable=not progress, leave=False)]
-        kps = [f[0] for f in feats]
-        descs = [f[1] for f in feats]
-        centers = -np.einsum("nji,nj->ni", poses[:, :, :3], poses[:, :, 3])
-        offsets = np.cumsum([0] + [len(k) for k in kps])
-        parent = np.arange(offsets[-1])
-
-        def find(x):
-            while parent[x] != x:
-                parent[x] = parent[parent[x]]
-                x = parent[x]
-            return x
-
-        done = set()
-        for a in tqdm(range(n), desc="map: matching", disable=not progress, leave=False):
-            order = np.argsort(np.linalg.norm(centers - centers[a], axis=1))
-            for b in order[1:neighbours + 1]:
-                pair = (min(a, b), max(a, b))
-                if pair in done:
-                    continue
-                done.add(pair)
-                m = _match(descs[a], descs[b], ratio)
-                if len(m) == 0:
-                    continue
-                F = _fundamental(Ks[a], poses[a], Ks[b], poses[b])
-                m = m[_sampson(F, kps[a][m[:, 0]], kps[b][m[:, 1]]) < max_epipolar_px ** 2]
-                for i, j in m:
-                    ra, rb = find(offsets[a] + i), find(offsets[b] + j)
-                    if ra != rb:
-                        parent[ra] = rb
-        roots = np.array([find(x) for x in range(offsets[-1])])
-        image_of = np.repeat(np.arange(n), np.diff(offsets))
-        point_ids = [np.full(len(k), -1, np.int64) for k in kps]
-        points = []
-        P = np.einsum("nij,njk->nik", Ks, poses)
-        order = np.argsort(roots, kind="stable")
-        starts = np.flatnonzero(np.r_[True, roots[order][1:] != roots[order][:-1]])
-        for s, e in zip(starts, np.r_[starts[1:], len(order)]):
-            members = order[s:e]
-            imgs = image_of[members]
-            if len(members) < 2 or len(np.unique(imgs)) != len(imgs):
-                continue  # a single view, or two features of one image in a track
-            local = members - offsets[imgs]
-            xy = np.stack([kps[i][j] for i, j in zip(imgs, local)]).astype(np.float64)
-            A = np.concatenate([xy[:, :1] * P[imgs, 2] - P[imgs, 0], xy[:, 1:] * P[imgs, 2] - P[imgs, 1]])
-            X = np.linalg.svd(A)[2][-1]
-            if abs(X[3]) < 1e-12:
-                continue
-            X = X[:3] / X[3]
-            cam = np.einsum("nij,j->ni", poses[imgs, :, :3], X) + poses[imgs, :, 3]
-            if (cam[:, 2] <= 0).any():
-                continue
-            proj = np.einsum("nij,nj->ni", Ks[imgs], cam)
-            err = np.linalg.norm(proj[:, :2] / proj[:, 2:] - xy, axis=1)
-            rays = centers[imgs] - X
-            rays /= np.linalg.norm(rays, axis=1, keepdims=True)
-            angle = np.degrees(np.arccos(np.clip((rays @ rays.T).min(), -1, 1)))
-            if err.max() > max_reprojection_px or angle < min_angle_deg:
-                continue
-            for i, j in zip(imgs, local):
-                point_ids[i][j] = len(points)
-            points.append(X)
-        return cls(names, Ks, poses, kps, descs, point_ids, np.array(points).reshape(-1, 3))
+        n = len(names)
+        if poses.shape != (n, 3, 4) or len(cameras) != n:
+            raise ValueError("need one camera and one cam_from_world (3x4) per image")
+        empty = [np.full(len(k), -1, np.int64) for k in keypoints]
+        m = cls(names, cameras, poses, keypoints, descriptors, empty, np.zeros((0, 3)), extractor, max_features)
+        retrieved = []
+        if retrieval_pairs > 0 and n > 1:
+            k = min(retrieval_pairs + 1, n)
+            retrieved = [m.index.search(d, k)[1] if len(d) else [] for d in descriptors]
+        pairs = select_pairs(poses, neighbours, retrieved)
+        point_ids, points = triangulate(cameras, poses, keypoints, descriptors, pairs, ratio=ratio,
+                                        max_epipolar_px=max_epipolar_px, max_reprojection_px=max_reprojection_px,
+                                        min_angle_deg=min_angle_deg, progress=progress)
+        m.point_ids, m.points3D = point_ids, points
+        return m
 
     @classmethod
-    def from_strecha(cls, folder, exclude: Sequence[str] = (), max_features: int = 4000,
-                     progress: bool = False) -> "Map":
+    def from_views(cls, images: Sequence, cameras, cam_from_world, names: Sequence[str],
+                   max_features: int = 4000, extractor: str = "opencv", progress: bool = False,
+                   **options) -> "Map":
+        """A map from images (uint8 arrays or file paths) with known cameras and poses.
+
+        ``cameras`` is one camera for all images or one per image, each a :class:`Camera`,
+        a camera string or a 3x3 K (OpenCV convention). Further ``options`` go to
+        :meth:`from_features`.
+        """
+        n = len(images)
+        if len(names) != n:
+            raise ValueError(f"{n} images but {len(names)} names")
+        feats = _extract_all(images, max_features, extractor, progress)
+        sizes = [(int(np.asarray(im).shape[1]), int(np.asarray(im).shape[0])) if not isinstance(im, (str, os.PathLike))
+                 else _image_size(im) for im in images]
+        shared = isinstance(cameras, (Camera, str)) or (isinstance(cameras, np.ndarray) and cameras.shape == (3, 3))
+        per_image = [cameras] * n if shared else list(cameras)
+        if len(per_image) != n:
+            raise ValueError(f"{n} images but {len(per_image)} cameras")
+        cams = [as_camera(c, w, h) for c, (w, h) in zip(per_image, sizes)]
+        return cls.from_features(names, cams, cam_from_world, [f[0] for f in feats], [f[1] for f in feats],
+                                 extractor=extractor, max_features=max_features, progress=progress, **options)
+
+    @classmethod
+    def from_strecha(cls, folder, exclude: Sequence[str] = (), **options) -> "Map":
         """A map from a Strecha folder (``images/*.jpg`` + ``gt_dense_cameras/*.camera``),
         leaving out the image names in ``exclude`` (e.g. held-out queries)."""
-        from pathlib import Path
-
-        from PIL import Image
-
         from pylocalize.localization.evaluate import read_strecha_camera
 
         folder = Path(folder)
         cams = sorted((folder / "gt_dense_cameras").glob("*.camera"))
         if not cams:
             raise ValueError(f"{folder} has no gt_dense_cameras/*.camera: not a Strecha folder")
-        names, images, Ks, poses = [], [], [], []
+        names, Ks, poses = [], [], []
         for cam in cams:
             name = cam.name[: -len(".camera")]
-            if name in exclude:
-                continue
-            K, pose = read_strecha_camera(cam)
-            names.append(name)
-            images.append(np.asarray(Image.open(folder / "images" / name).convert("RGB")))
-            Ks.append(K)
-            poses.append(pose)
-        return cls.from_views(images, np.stack(Ks), np.stack(poses), names, max_features=max_features,
-                              progress=progress)
+            if name not in exclude:
+                K, pose = read_strecha_camera(cam)
+                names.append(name)
+                Ks.append(K)
+                poses.append(pose)
+        m = cls.from_views([folder / "images" / n for n in names], Ks, np.stack(poses), names, **options)
+        m.image_dir = str((folder / "images").resolve())
+        return m
+
+    @classmethod
+    def from_pose_file(cls, poses, cameras, image_dir, **options) -> "Map":
+        """A map from a pose file (``name qw qx qy qz tx ty tz``, cam_from_world), cameras
+        (a cameras file of ``name MODEL W H PARAMS...`` lines, or one camera for all) and
+        the folder holding the images."""
+        from pylocalize.geometry import read_pose_file
+        from pylocalize.geometry.camera import read_cameras_file
+
+        pose_of = read_pose_file(poses)
+        names = sorted(pose_of)
+        if isinstance(cameras, (Camera, str)) and not Path(str(cameras)).is_file():
+            per_image = [cameras] * len(names)
+        else:
+            camera_of = read_cameras_file(cameras)
+            missing = [n for n in names if n not in camera_of]
+            if missing:
+                raise ValueError(f"{cameras}: no camera for {len(missing)} posed images, e.g. {missing[0]}")
+            per_image = [camera_of[n] for n in names]
+        m = cls.from_views([Path(image_dir) / n for n in names], per_image,
+                           np.stack([pose_of[n] for n in names]), names, **options)
+        m.image_dir = str(Path(image_dir).resolve())
+        return m
+
+    @classmethod
+    def from_colmap(cls, model_dir, image_dir, **options) -> "Map":
+        """A map from the cameras and poses of a COLMAP model (``cameras/images/points3D``
+        .bin or .txt) and its image folder. The model's own points are not used: points
+        are triangulated from the map's features under the model's poses, so that every
+        3D point is observed by the descriptors localization matches against."""
+        import pycolmap
+
+        model_dir = Path(model_dir)
+        if not any((model_dir / f"images.{ext}").is_file() for ext in ("bin", "txt")):
+            raise ValueError(f"{model_dir}: not a COLMAP model folder (no images.bin or images.txt)")
+        rec = pycolmap.Reconstruction(str(model_dir))
+        images = sorted((im for im in rec.images.values() if im.has_pose), key=lambda im: im.name)
+        if not images:
+            raise ValueError(f"{model_dir}: the model has no posed images")
+        names = [im.name for im in images]
+        cams = []
+        for im in images:
+            camera = Camera.from_pycolmap(rec.cameras[im.camera_id])
+            w, h = _image_size(Path(image_dir) / im.name)
+            cams.append(camera if (camera.width, camera.height) == (w, h) else camera.scaled(w, h))
+        poses = np.stack([np.asarray(im.cam_from_world().matrix())[:3] for im in images])
+        m = cls.from_views([Path(image_dir) / n for n in names], cams, poses, names, **options)
+        m.image_dir = str(Path(image_dir).resolve())
+        return m
+
+    @classmethod
+    def from_images(cls, image_dir, camera: Optional[CameraLike] = None, max_features: int = 4000,
+                    extractor: str = "opencv", seed: int = 0, progress: bool = False) -> "Map":
+        """A map from images alone, by incremental structure-from-motion (pycolmap).
+
+        Poses come out in an arbitrary similarity frame (no metric scale). Images that
+        structure-from-motion cannot register are left out of the map.
+        """
+        from pylocalize.localization.sfm import reconstruct
+
+        image_dir = Path(image_dir)
+        names = sorted(p.name for p in image_dir.iterdir()
+                       if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"))
+        if len(names) < 3:
+            raise ValueError(f"{image_dir}: structure-from-motion needs at least 3 images, found {len(names)}")
+        feats = _extract_all([image_dir / n for n in names], max_features, extractor, progress)
+        if isinstance(camera, str):
+            camera = Camera.from_string(camera)
+        elif camera is not None and not isinstance(camera, Camera):
+            camera = Camera.from_K(camera, *_image_size(image_dir / names[0]))
+        rec = reconstruct(image_dir, names, [f[0] for f in feats], [f[1] for f in feats], camera=camera, seed=seed)
+        m = cls.from_reconstruction(rec, dict(zip(names, feats)), extractor, max_features)
+        m.image_dir = str(image_dir.resolve())
+        return m
+
+    @classmethod
+    def from_reconstruction(cls, rec, features: Dict[str, tuple], extractor: str = "opencv",
+                            max_features: int = 4000) -> "Map":
+        """A map from a pycolmap reconstruction whose images' 2D points are exactly the
+        given ``{name: (keypoints, descriptors)}`` (as :mod:`~pylocalize.localization.sfm`
+        writes them)."""
+        images = sorted((im for im in rec.images.values() if im.has_pose), key=lambda im: im.name)
+        point_index = {pid: i for i, pid in enumerate(sorted(rec.points3D))}
+        points = np.array([rec.points3D[pid].xyz for pid in sorted(rec.points3D)]).reshape(-1, 3)
+        names, cams, poses, kps, descs, ids = [], [], [], [], [], []
+        for im in images:
+            kp, desc = features[im.name]
+            if im.num_points2D() != len(kp):
+                raise ValueError(f"{im.name}: the reconstruction has {im.num_points2D()} 2D points, "
+                                 f"the features {len(kp)}")
+            pid = np.full(len(kp), -1, np.int64)
+            for j, p in enumerate(im.points2D):
+                if p.has_point3D():
+                    pid[j] = point_index[p.point3D_id]
+            names.append(im.name)
+            cams.append(Camera.from_pycolmap(rec.cameras[im.camera_id]))
+            poses.append(np.asarray(im.cam_from_world().matrix())[:3])
+            kps.append(kp)
+            descs.append(desc)
+            ids.append(pid)
+        return cls(names, cams, np.array(poses).reshape(-1, 3, 4), kps, descs, ids, points, extractor, max_features)
+
+    # -------------------------------------------------------------- persistence
 
     FORMAT_TAG = "LocalizationMap"
 
     def save(self, path) -> None:
-        """Writes the map (images, cameras, poses, features, 3D points) as one pylocalize
-        container, atomically. The CANN index is rebuilt from the features on load."""
-        import os
-
+        """Writes the map to directory ``path``: ``map.pyloc`` (images, cameras, poses,
+        features, 3D points) and ``cann.pyloc`` (the retrieval index), each a versioned
+        pylocalize container written atomically."""
         from pylocalize import _core
 
+        path = Path(path)
+        if path.is_file():
+            raise ValueError(f"{path} is a file; a map is saved to a directory")
+        path.mkdir(parents=True, exist_ok=True)
         counts = np.array([len(k) for k in self.keypoints], np.int64)
+        join = (lambda arrays, empty: np.ascontiguousarray(np.concatenate(arrays) if len(arrays) else empty))
         sections = {
             "names": np.frombuffer("\n".join(self.names).encode("utf-8"), np.uint8).copy(),
-            "K": np.ascontiguousarray(self.K), "cam_from_world": np.ascontiguousarray(self.cam_from_world),
+            "cam_from_world": np.ascontiguousarray(self.cam_from_world),
             "counts": counts,
-            "keypoints": np.ascontiguousarray(np.concatenate(self.keypoints) if len(counts) else np.zeros((0, 2), np.float32)),
-            "descriptors": np.ascontiguousarray(np.concatenate(self.descriptors) if len(counts) else np.zeros((0, 128), np.uint8)),
-            "point_ids": np.ascontiguousarray(np.concatenate(self.point_ids) if len(counts) else np.zeros(0, np.int64)),
+            "keypoints": join(self.keypoints, np.zeros((0, 2), np.float32)).astype(np.float32),
+            "descriptors": join(self.descriptors, np.zeros((0, 128), np.uint8)),
+            "point_ids": join(self.point_ids, np.zeros(0, np.int64)).astype(np.int64),
             "points3D": np.ascontiguousarray(self.points3D),
         }
-        _core.write_container(os.fspath(path), self.FORMAT_TAG, {"num_images": len(self.names)}, sections)
+        import json
+
+        # container meta holds integers; the strings go into a JSON section
+        info = {"extractor": self.extractor, "cameras": [c.to_string() for c in self.cameras],
+                "image_dir": self.image_dir or ""}
+        sections["info"] = np.frombuffer(json.dumps(info).encode("utf-8"), np.uint8).copy()
+        meta = {"map_version": MAP_VERSION, "num_images": len(self.names), "max_features": self.max_features}
+        self.index.save(path / INDEX_FILE)
+        _core.write_container(os.fspath(path / MAP_FILE), self.FORMAT_TAG, meta, sections)
 
     @classmethod
-    def load(cls, path) -> "Map":
-        """Reads a map written by :meth:`save`.
+    def load(cls, path, mmap: bool = True) -> "Map":
+        """Reads a map written by :meth:`save`; descriptors stay memory-mapped with ``mmap``.
 
         Raises
         ------
         pylocalize.FormatError
-            If the file is corrupt, from a newer format version, or not a map.
+            If a file is corrupt, from another format version, or not a map.
         """
-        import os
-
         from pylocalize import FormatError, _core
 
-        tag, _, meta, sec = _core.read_container(os.fspath(path))
+        path = Path(path)
+        file = path / MAP_FILE if path.is_dir() else path
+        if not file.is_file():
+            raise FileNotFoundError(f"{path}: no map here (expected a directory with {MAP_FILE})")
+        tag, _, meta, sec = _core.read_container(os.fspath(file), mmap=mmap)
         if tag != cls.FORMAT_TAG:
-            raise FormatError(f"{path} holds a {tag}, not a {cls.FORMAT_TAG}")
+            raise FormatError(f"{file} holds a {tag}, not a {cls.FORMAT_TAG}")
+        version = meta.get("map_version", 1)
+        if version != MAP_VERSION:
+            raise FormatError(f"{file} is a map of layout version {version}; this pylocalize reads version "
+                              f"{MAP_VERSION}: rebuild the map with `pylocalize map build`")
+        if not path.is_dir() or not (path / INDEX_FILE).is_file():
+            raise FormatError(f"{path}: the map's retrieval index {INDEX_FILE} is missing; rebuild the map")
         try:
             names = bytes(sec["names"]).decode("utf-8").split("\n") if meta["num_images"] else []
-            counts = sec["counts"]
+            counts = np.asarray(sec["counts"])
             split = np.cumsum(counts)[:-1]
             if len(names) != meta["num_images"] or len(counts) != len(names) or counts.sum() != len(sec["keypoints"]):
                 raise ValueError("section sizes disagree")
-            return cls(names, sec["K"], sec["cam_from_world"], np.split(np.array(sec["keypoints"]), split),
-                       np.split(np.array(sec["descriptors"]), split), np.split(np.array(sec["point_ids"]), split),
-                       sec["points3D"])
-        except (KeyError, ValueError) as error:
+            import json
+
+            info = json.loads(bytes(sec["info"]).decode("utf-8"))
+            cameras = [Camera.from_string(c) for c in info["cameras"]]
+            index = CANNIndex.load(path / INDEX_FILE, **RETRIEVAL_OPTIONS)
+            if len(index) != counts.sum():
+                raise ValueError(f"the retrieval index holds {len(index)} features, the map {counts.sum()}")
+            m = cls(names, cameras, sec["cam_from_world"], np.split(sec["keypoints"], split),
+                    np.split(sec["descriptors"], split), np.split(sec["point_ids"], split), sec["points3D"],
+                    info["extractor"], meta["max_features"], index=index)
+            m.image_dir = info.get("image_dir") or None
+            return m
+        except (KeyError, ValueError, UnicodeDecodeError) as error:
             raise FormatError(f"{path}: not a valid {cls.FORMAT_TAG} ({error})") from error
 
-    def localize(self, image: np.ndarray, K, k: int = 10, ratio: float = 0.8,
+    # ------------------------------------------------------------- localization
+
+    def retrieve(self, descriptors: np.ndarray, k: Optional[int]) -> List[int]:
+        """The ``k`` database images CANN ranks best for a query's descriptors (every image
+        when ``k`` is None: exhaustive matching)."""
+        if k is None:
+            return list(range(len(self.names)))
+        if len(self.names) == 0:
+            return []
+        _, ids = self.index.search(descriptors, min(int(k), len(self.names)))
+        return [int(i) for i in ids if i >= 0]
+
+    def localize(self, image, camera: CameraLike, k: Optional[int] = 10, ratio: float = 0.8,
                  max_error_px: float = 4.0, min_inliers: int = 12,
-                 max_features: int = 4000) -> LocalizationResult:
-        """Estimates the ``cam_from_world`` pose of a query image with intrinsics ``K``."""
+                 retrieval: Optional[Callable[[np.ndarray, np.ndarray], Sequence[int]]] = None,
+                 covariance: bool = True) -> LocalizationResult:
+        """Estimates the ``cam_from_world`` pose of a query image.
+
+        Parameters
+        ----------
+        image : uint8 (H, W, 3) or (H, W), or a file path
+        camera : Camera, ``"MODEL W H PARAMS..."`` string, or 3x3 K (OpenCV convention)
+        k : int or None
+            Database images retrieved by CANN; None matches against every image.
+        retrieval : callable, optional
+            ``(keypoints, descriptors) -> database image indices`` replacing CANN (e.g. a
+            global-descriptor baseline).
+        covariance : bool
+            Also return the pose covariance.
+        """
         import pycolmap
 
         timings = {}
         t0 = time.perf_counter()
         try:
-            kp, desc = extract_sift(image, max_features)
-        except Exception as error:  # a broken image must not stop a batch
-            return LocalizationResult(False, reason=f"feature extraction failed: {error}")
+            pixels = read_image(image) if isinstance(image, (str, os.PathLike)) else np.asarray(image)
+            height, width = pixels.shape[:2]
+            cam = as_camera(camera, width, height)
+            kp, desc = extract_sift(pixels, self.max_features, self.extractor)
+        except Exception as error:  # a broken image or camera must not stop a batch
+            return LocalizationResult(False, reason=f"bad query: {error}")
         timings["features"] = time.perf_counter() - t0
         if len(kp) < min_inliers:
             return LocalizationResult(False, reason=f"only {len(kp)} features", timings=timings)
         t0 = time.perf_counter()
-        _, ids = self.index.search(desc, k)
-        retrieved = [int(i) for i in ids if i >= 0]
+        retrieved = list(retrieval(kp, desc)) if retrieval is not None else self.retrieve(desc, k)
+        names = [self.names[i] for i in retrieved]
         timings["retrieval"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         cand_desc, cand_pts = [], []
-        for i in retrieved:
+        for i in sorted(set(retrieved)):  # match order must not depend on near-tied retrieval ranks
             has = self.point_ids[i] >= 0
             cand_desc.append(self.descriptors[i][has])
             cand_pts.append(self.point_ids[i][has])
-        names = [self.names[i] for i in retrieved]
         if not cand_desc or sum(len(c) for c in cand_pts) < min_inliers:
             return LocalizationResult(False, retrieved=names, reason="retrieved images observe too few 3D points",
                                       timings=timings)
         cand_desc, cand_pts = np.concatenate(cand_desc), np.concatenate(cand_pts)
-        m = _match(desc, cand_desc, ratio)
+        m = match_descriptors(desc, cand_desc, ratio, groups_b=cand_pts)
         timings["matching"] = time.perf_counter() - t0
         if len(m) < min_inliers:
             return LocalizationResult(False, num_matches=len(m), retrieved=names,
                                       reason=f"only {len(m)} 2D-3D matches", timings=timings)
         t0 = time.perf_counter()
-        K = np.asarray(K, dtype=np.float64)
-        camera = pycolmap.Camera(model="PINHOLE", width=int(np.asarray(image).shape[1]),
-                                 height=int(np.asarray(image).shape[0]),
-                                 params=[K[0, 0], K[1, 1], K[0, 2] + 0.5, K[1, 2] + 0.5])
+        points2D = kp[m[:, 0]].astype(np.float64)
+        point3D_ids = cand_pts[m[:, 1]]
         options = pycolmap.AbsolutePoseEstimationOptions()
         options.ransac.max_error = max_error_px
         result = pycolmap.estimate_and_refine_absolute_pose(
-            kp[m[:, 0]].astype(np.float64) + 0.5, self.points3D[cand_pts[m[:, 1]]], camera, options)
+            points2D + 0.5, self.points3D[point3D_ids], cam.to_pycolmap(), options,
+            return_covariance=covariance)
         timings["pose"] = time.perf_counter() - t0
         if result is None or result["num_inliers"] < min_inliers:
             found = 0 if result is None else int(result["num_inliers"])
             return LocalizationResult(False, num_matches=len(m), num_inliers=found, retrieved=names,
+                                      points2D=points2D, point3D_ids=point3D_ids,
                                       reason=f"pose estimation found {found} inliers", timings=timings)
-        pose = result["cam_from_world"].matrix()
-        return LocalizationResult(True, cam_from_world=np.asarray(pose, dtype=np.float64)[:3],
-                                  num_inliers=int(result["num_inliers"]), num_matches=len(m),
-                                  inlier_mask=np.asarray(result["inlier_mask"], bool), retrieved=names,
-                                  timings=timings)
+        pose = np.asarray(result["cam_from_world"].matrix(), dtype=np.float64)[:3]
+        cov = result.get("covariance") if covariance else None
+        return LocalizationResult(True, cam_from_world=pose, num_inliers=int(result["num_inliers"]),
+                                  num_matches=len(m), inlier_mask=np.asarray(result["inlier_mask"], bool),
+                                  points2D=points2D, point3D_ids=point3D_ids,
+                                  covariance=None if cov is None else np.asarray(cov, dtype=np.float64),
+                                  retrieved=names, timings=timings)
+
+    def localize_many(self, images: Sequence, cameras, workers: Optional[int] = None, progress: bool = False,
+                      **options) -> List[LocalizationResult]:
+        """Localizes a batch of queries in parallel; a query that fails gets its own
+        ``success=False`` result and the others go on.
+
+        ``cameras`` is one camera for all queries or one per query (see :meth:`localize`).
+        Queries run on a thread pool: feature extraction, matching and pose estimation
+        release the GIL.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        from tqdm import tqdm
+
+        shared = isinstance(cameras, (Camera, str)) or (isinstance(cameras, np.ndarray) and cameras.shape == (3, 3))
+        per_query = [cameras] * len(images) if shared else list(cameras)
+        if len(per_query) != len(images):
+            raise ValueError(f"{len(images)} queries but {len(per_query)} cameras")
+
+        def run(args):
+            image, camera = args
+            try:
+                return self.localize(image, camera, **options)
+            except Exception as error:  # never let one query end the batch
+                return LocalizationResult(False, reason=f"{type(error).__name__}: {error}")
+
+        workers = workers or max(1, min(4, os.cpu_count() or 1))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(tqdm(pool.map(run, zip(images, per_query)), total=len(images), desc="localize",
+                             disable=not progress, leave=False))
+
+
+def _image_size(path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such image file") from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"{path}: not a readable image ({error})") from None
