@@ -128,20 +128,11 @@ def sfm_covisible(model, min_shared):
 
 
 def vlad(descriptor_sets, k, seed):
-    """VLAD over RootSIFT with a vocabulary from the core's k-means (intra + power + L2)."""
-    rootsift = [np.sqrt(d.astype(np.float32) / max(1.0, d.astype(np.float32).sum(1, keepdims=True).mean())) for d in descriptor_sets]
-    rootsift = [r / np.maximum(np.linalg.norm(r, axis=1, keepdims=True), 1e-12) for r in rootsift]
-    train = np.concatenate(rootsift)
-    centroids, _ = pylocalize.kmeans(train, k, n_iter=20, seed=seed)
-    out = []
-    for r in rootsift:
-        labels, _ = pylocalize.assign(r, centroids)
-        v = np.zeros((k, r.shape[1]), np.float32)
-        np.add.at(v, labels, r - centroids[labels])
-        v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-        v = np.sign(v) * np.sqrt(np.abs(v))
-        out.append((v / max(np.linalg.norm(v), 1e-12)).ravel())
-    return np.stack(out)
+    """VLAD vectors of every image, vocabulary from the same images."""
+    from pylocalize.index.vlad import VLAD
+
+    encoder = VLAD(k, seed).fit(descriptor_sets)
+    return np.stack([encoder.encode(d) for d in descriptor_sets])
 
 
 def evaluate(rankings, names, covis):

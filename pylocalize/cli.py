@@ -114,7 +114,7 @@ def _map_build(args) -> int:
             raise SystemExit("--poses needs --images DIR and --cameras FILE or --camera 'MODEL W H PARAMS...'")
         m = Map.from_pose_file(args.poses, args.cameras or args.camera, args.images, **options)
     elif args.images:
-        m = Map.from_images(args.images, camera=args.camera, seed=args.seed, **options)
+        m = Map.from_images(args.images, camera=args.camera, seed=args.seed, sfm=args.sfm, **options)
     else:
         raise SystemExit("give --strecha DIR, --colmap DIR --images DIR, --poses FILE --images DIR, or --images DIR")
     m.save(args.out)
@@ -260,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--extractor", choices=["opencv", "colmap"], default="opencv", help="SIFT implementation")
     b.add_argument("--max-features", type=int, default=4000)
     b.add_argument("--seed", type=int, default=0, help="structure-from-motion random seed")
+    b.add_argument("--sfm", choices=["incremental", "global"], default="incremental",
+                   help="structure-from-motion mapper tried first (images only)")
     b.add_argument("--out", required=True, help="map directory to write")
     b.set_defaults(func=_map_build)
 

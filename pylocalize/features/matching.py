@@ -53,7 +53,13 @@ def match_descriptors(a: np.ndarray, b: np.ndarray, ratio: float = 0.8, mutual: 
     # squared distances: the ratio test compares d1 < ratio * d2
     keep = np.sqrt(np.maximum(dist[:, 0], 0)) < ratio * np.sqrt(np.maximum(second, 0))
     if mutual:
-        back, _ = assign(fb, fa, 1)
-        keep &= back[labels[:, 0]] == np.arange(len(fa))
+        # only features of b that some feature of a picked need their nearest neighbour in
+        # a: usually a fraction of b, so this costs far less than a second full pass
+        chosen = np.unique(labels[keep, 0])
+        if len(chosen):
+            back, _ = assign(np.ascontiguousarray(fb[chosen]), fa, 1)
+            nearest_in_a = np.full(len(fb), -1, np.int64)
+            nearest_in_a[chosen] = back
+            keep &= nearest_in_a[labels[:, 0]] == np.arange(len(fa))
     idx = np.flatnonzero(keep)
     return np.stack([idx, labels[idx, 0]], 1).astype(np.int64)

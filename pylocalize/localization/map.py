@@ -45,6 +45,17 @@ CameraLike = Union[Camera, str, np.ndarray]
 # CANN search options of a map's index (not stored with the index, so one place sets them):
 # the kernel cutoff p0 suits RootSIFT stored as uint8 (512 x unit vectors).
 RETRIEVAL_OPTIONS = {"p0": 200.0}
+# Maps with more features than this search an inverted file (trained at build, stored with
+# the index) instead of every feature: exact CANN costs as much as matching against every
+# database image once a map has tens of thousands of features.
+IVF_MIN_FEATURES = 20_000
+IVF_NPROBE = 4
+
+
+def _configure_retrieval(index: CANNIndex) -> CANNIndex:
+    if index.is_trained:
+        index.method, index.nprobe = "ivf", IVF_NPROBE
+    return index
 
 
 @dataclass
@@ -151,7 +162,9 @@ class Map:
             if n:
                 index.add(np.concatenate(self.descriptors),
                           np.concatenate([np.full(len(d), i, np.int64) for i, d in enumerate(self.descriptors)]))
-        self.index = index
+            if len(index) >= IVF_MIN_FEATURES:
+                index.train(seed=0)
+        self.index = _configure_retrieval(index)
 
     def __repr__(self) -> str:
         return f"Map({len(self.names)} images, {len(self.points3D)} points, {self.extractor} SIFT)"
@@ -290,11 +303,15 @@ class Map:
 
     @classmethod
     def from_images(cls, image_dir, camera: Optional[CameraLike] = None, max_features: int = 4000,
-                    extractor: str = "opencv", seed: int = 0, progress: bool = False) -> "Map":
-        """A map from images alone, by incremental structure-from-motion (pycolmap).
+                    extractor: str = "opencv", seed: int = 0, sfm: str = "incremental",
+                    retriangulate: bool = True, progress: bool = False) -> "Map":
+        """A map from images alone, by structure-from-motion with pycolmap (``sfm``:
+        "incremental" or "global", the mapper tried first; see :mod:`~pylocalize.localization.sfm`).
 
         Poses come out in an arbitrary similarity frame (no metric scale). Images that
-        structure-from-motion cannot register are left out of the map.
+        structure-from-motion cannot register are left out of the map. With
+        ``retriangulate``, the points are triangulated again from the SfM cameras and
+        poses as in :meth:`from_features`; otherwise the map keeps SfM's own points.
         """
         from pylocalize.localization.sfm import reconstruct
 
@@ -308,8 +325,15 @@ class Map:
             camera = Camera.from_string(camera)
         elif camera is not None and not isinstance(camera, Camera):
             camera = Camera.from_K(camera, *_image_size(image_dir / names[0]))
-        rec = reconstruct(image_dir, names, [f[0] for f in feats], [f[1] for f in feats], camera=camera, seed=seed)
+        rec = reconstruct(image_dir, names, [f[0] for f in feats], [f[1] for f in feats], camera=camera, seed=seed,
+                          method=sfm)
         m = cls.from_reconstruction(rec, dict(zip(names, feats)), extractor, max_features)
+        if retriangulate:
+            # SfM keeps only points seen in 3+ views under tight thresholds (global SfM: a few
+            # dozen per image); the posed-image pipeline adds the well-conditioned two-view
+            # points too, so queries find several times more 2D-3D matches
+            m = cls.from_features(m.names, m.cameras, m.cam_from_world, m.keypoints, m.descriptors,
+                                  extractor=extractor, max_features=max_features, progress=progress)
         m.image_dir = str(image_dir.resolve())
         return m
 
