@@ -196,6 +196,58 @@ def _localize(args) -> int:
     return 0
 
 
+def _objects_onboard(args) -> int:
+    import time
+
+    from pylocalize.objects import onboard
+
+    t0 = time.perf_counter()
+    rep = onboard(args.mesh, num_views=args.views, num_inplane=args.inplane, num_words=args.words,
+                  size=args.size, progress=True)
+    rep.save(args.out)
+    print(f"{rep} onboarded in {time.perf_counter() - t0:.1f} s -> {args.out}")
+    return 0
+
+
+def _objects_estimate(args) -> int:
+    import json
+
+    from pylocalize.localization.map import read_image
+    from pylocalize.objects import ObjectRepresentation
+
+    rep = ObjectRepresentation.load(args.rep)
+    image = read_image(args.image)
+    try:
+        fx, fy, cx, cy = (float(v) for v in args.K.split(","))
+    except ValueError:
+        raise SystemExit(f"--K {args.K!r}: expected fx,fy,cx,cy (OpenCV convention)") from None
+    K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]])
+    mask = bbox = None
+    if args.mask:
+        mask = read_image(args.mask)[..., 0] > 127
+    elif args.bbox:
+        bbox = [float(v) for v in args.bbox.split(",")]
+        if len(bbox) != 4:
+            raise SystemExit(f"--bbox {args.bbox!r}: expected x,y,w,h")
+    else:
+        raise SystemExit("give --mask PNG or --bbox x,y,w,h")
+    result = rep.estimate(image, K, mask=mask, bbox=bbox)
+    out = {"success": result.success, "reason": result.reason, "score": result.score,
+           "inliers": result.num_inliers, "matches": result.num_matches, "templates": result.templates,
+           "timings": result.timings}
+    if result.success:
+        out["R"], out["t"] = result.R.tolist(), result.t.tolist()
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=2)
+    print(f"{'pose' if result.success else 'failed: ' + result.reason} -> {args.out}")
+    if args.viz and result.success and args.mesh:
+        from pylocalize.objects.viz import save_pose_overlay
+
+        save_pose_overlay(args.viz, image, args.mesh, K, result)
+        print(f"overlay -> {args.viz}")
+    return 0 if result.success else 1
+
+
 def _evaluate(args) -> int:
     from pylocalize.localization import evaluate_poses, load_poses
 
@@ -276,6 +328,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_localize)
     p.epilog = ("Without --camera or --cameras, a query's camera comes from a Strecha .camera file beside it, "
                 "else from its EXIF focal length (1.2 x the larger side when EXIF has none).")
+
+    p = sub.add_parser("objects", help="6D pose of unseen objects from their mesh (FoundPose)")
+    obj_sub = p.add_subparsers(dest="objects_command", required=True)
+    o = obj_sub.add_parser("onboard", help="render templates and build the object representation")
+    o.add_argument("--mesh", required=True, help="mesh file (PLY, OBJ, ...), in the units poses should use")
+    o.add_argument("--out", required=True, help="representation file to write")
+    o.add_argument("--views", type=int, default=57, help="Fibonacci viewpoints")
+    o.add_argument("--inplane", type=int, default=14, help="in-plane rotations per viewpoint")
+    o.add_argument("--words", type=int, default=2048, help="visual words")
+    o.add_argument("--size", type=int, default=420, help="template crop size (a multiple of 14)")
+    o.set_defaults(func=_objects_onboard)
+    o = obj_sub.add_parser("estimate", help="the object's pose in one RGB image")
+    o.add_argument("--rep", required=True, help="representation from 'objects onboard'")
+    o.add_argument("--image", required=True)
+    o.add_argument("--K", required=True, help="fx,fy,cx,cy (OpenCV convention)")
+    o.add_argument("--mask", help="PNG, object pixels white")
+    o.add_argument("--bbox", help="x,y,w,h in pixels")
+    o.add_argument("--out", required=True, help="pose JSON (R, t in mesh units, cam_from_model)")
+    o.add_argument("--viz", help="PNG: the posed model's contour over the image (needs --mesh)")
+    o.add_argument("--mesh", help="the onboarded mesh, for --viz")
+    o.set_defaults(func=_objects_estimate)
 
     p = sub.add_parser("evaluate", help="pose errors and recall of estimated poses against ground truth")
     p.add_argument("--gt", required=True, help="pose file, COLMAP model folder or Strecha folder")

@@ -295,3 +295,34 @@ def _box(b, cx, cy, sx, sy, sz, tile):
     for k, corners in enumerate(sides):
         b.quad(corners, region(k))
     b.quad([[x0, y1, sz], [x1, y1, sz], [x1, y0, sz], [x0, y0, sz]], region(4))  # top
+
+
+def textured_box_object(seed: int = 0, size=(80.0, 50.0, 120.0), tile: int = 256):
+    """A test object: a box (mm) centred at the origin, each face with its own procedural
+    texture, so every view of it is unambiguous. Returns a :class:`~pylocalize.render.Mesh`."""
+    from pylocalize.render import Mesh
+
+    rng = np.random.default_rng(seed)
+    atlas = np.concatenate([np.concatenate([procedural_texture(rng, tile, tile) for _ in range(3)], 1)
+                            for _ in range(2)], 0)
+    h, w = atlas.shape[:2]
+    sx, sy, sz = (s / 2.0 for s in size)
+    # four corners per face, counter-clockwise seen from outside (tl, tr, br, bl)
+    faces = [
+        [[-sx, -sy, sz], [sx, -sy, sz], [sx, -sy, -sz], [-sx, -sy, -sz]],  # -y
+        [[sx, -sy, sz], [sx, sy, sz], [sx, sy, -sz], [sx, -sy, -sz]],  # +x
+        [[sx, sy, sz], [-sx, sy, sz], [-sx, sy, -sz], [sx, sy, -sz]],  # +y
+        [[-sx, sy, sz], [-sx, -sy, sz], [-sx, -sy, -sz], [-sx, sy, -sz]],  # -x
+        [[-sx, sy, sz], [sx, sy, sz], [sx, -sy, sz], [-sx, -sy, sz]],  # +z
+        [[-sx, -sy, -sz], [sx, -sy, -sz], [sx, sy, -sz], [-sx, sy, -sz]],  # -z
+    ]
+    vertices, triangles, uvs = [], [], []
+    for k, corners in enumerate(faces):
+        col, row = k % 3, k // 3
+        u0, u1 = (col * tile + 1) / w, ((col + 1) * tile - 1) / w
+        v0, v1 = 1 - ((row + 1) * tile - 1) / h, 1 - (row * tile + 1) / h
+        uvs.append([[u0, v1], [u1, v1], [u1, v0], [u0, v0]])
+        triangles.append(np.array([[0, 1, 2], [0, 2, 3]]) + 4 * k)
+        vertices.append(corners)
+    return Mesh(vertices=np.concatenate(vertices).astype(np.float32), faces=np.concatenate(triangles).astype(np.int32),
+                uvs=np.concatenate(uvs).astype(np.float32), texture=atlas)

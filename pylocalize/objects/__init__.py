@@ -1,0 +1,5 @@
+"""Unseen-object 6D pose estimation (FoundPose): onboarding from a mesh, pose from RGB."""
+
+from pylocalize.objects.representation import BagOfWords, ObjectPose, ObjectRepresentation, onboard
+
+__all__ = ["BagOfWords", "ObjectPose", "ObjectRepresentation", "onboard"]
