@@ -51,12 +51,19 @@ class DenseSIFTExtractor:
         return f"DenseSIFTExtractor(patch_size={self.patch_size}, support={self.support})"
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
+        return self.feature_map(image, self.patch_size)
+
+    def feature_map(self, image: np.ndarray, stride: int) -> np.ndarray:
+        """Descriptors on a grid of step ``stride`` (cell ``(i, j)`` centred at pixel
+        ``(j * stride + (stride - 1) / 2, i * stride + (stride - 1) / 2)``): a denser map than
+        the patch grid, for featuremetric refinement."""
         import cv2
 
         gray = to_gray(image).astype(np.float32) / 255.0
-        gh, gw = gray.shape[0] // self.patch_size, gray.shape[1] // self.patch_size
+        stride = int(stride)
+        gh, gw = gray.shape[0] // stride, gray.shape[1] // stride
         if gh == 0 or gw == 0:
-            raise ValueError(f"image of {gray.shape[1]}x{gray.shape[0]} is smaller than one {self.patch_size}-px patch")
+            raise ValueError(f"image of {gray.shape[1]}x{gray.shape[0]} is smaller than one {stride}-px cell")
         gray = cv2.GaussianBlur(gray, (0, 0), 1.0)
         gx = cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=1)
         gy = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=1)
@@ -68,7 +75,7 @@ class DenseSIFTExtractor:
         radius = max(1, int(round(cell)))
         tri = 1.0 - np.abs(np.arange(-radius + 1, radius)) / radius  # bilinear cell weighting
         kernel = np.outer(tri, tri).astype(np.float32)
-        centres = patch_centres(gh, gw, self.patch_size)
+        centres = patch_centres(gh, gw, stride)
         offsets = (np.arange(4) - 1.5) * cell
         # sample positions of the 16 cells of every patch: (n, 4, 4) grids of x and y
         sx = centres[:, 0, None, None] + offsets[None, None, :]

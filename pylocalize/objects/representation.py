@@ -22,6 +22,7 @@ import numpy as np
 
 from pylocalize.features.patches import DenseSIFTExtractor, patch_centres
 from pylocalize.index.knn import assign, kmeans
+from pylocalize.objects.refine import refine_featuremetric
 from pylocalize.objects.templates import crop_transform, square_around, template_intrinsics
 
 # Layout version of a saved representation; bumped when sections or meta change.
@@ -46,6 +47,7 @@ class ObjectPose:
         Retrieved templates, best first.
     template : int
         The template of the winning hypothesis (-1 when none).
+    R_coarse, t_coarse : the PnP pose before featuremetric refinement.
     reason : str
     timings : dict
     """
@@ -58,6 +60,8 @@ class ObjectPose:
     num_matches: int = 0
     templates: List[int] = field(default_factory=list)
     template: int = -1
+    R_coarse: Optional[np.ndarray] = None
+    t_coarse: Optional[np.ndarray] = None
     reason: str = ""
     timings: Dict[str, float] = field(default_factory=dict)
 
@@ -143,7 +147,8 @@ class ObjectRepresentation:
 
     def estimate(self, image: np.ndarray, K, mask: Optional[np.ndarray] = None, bbox: Optional[Sequence[float]] = None,
                  extractor=None, num_templates: int = 5, num_candidates: int = 50, max_matches: int = 300,
-                 max_error_patches: float = 1.0, min_inliers: int = 6, erode_px: int = 3) -> ObjectPose:
+                 max_error_patches: float = 1.0, min_inliers: int = 6, erode_px: int = 3,
+                 refine: bool = True) -> ObjectPose:
         """The object's pose in a query image.
 
         Parameters
@@ -163,6 +168,8 @@ class ObjectRepresentation:
             Cyclic matches kept per template, best cycle distance first.
         max_error_patches : float
             PnP-RANSAC inlier threshold, in patches of the crop.
+        refine : bool
+            Featuremetric refinement of the PnP pose (:mod:`~pylocalize.objects.refine`).
         """
         import cv2
 
@@ -258,9 +265,20 @@ class ObjectRepresentation:
         if best is None:
             return ObjectPose(False, templates=ranked, reason="no template gave a PnP solution", timings=timings)
         n_in, n_match, t, rvec, tvec = best
-        R = cv2.Rodrigues(rvec)[0]
-        return ObjectPose(True, R=R, t=np.asarray(tvec, np.float64).ravel(), score=n_in / n_match,
-                          num_inliers=n_in, num_matches=n_match, templates=ranked, template=t, timings=timings)
+        R_coarse, t_coarse = cv2.Rodrigues(rvec)[0], np.asarray(tvec, np.float64).ravel()
+        R, t_vec = R_coarse, t_coarse
+        if refine:
+            t0 = time.perf_counter()
+            sl = self.template_patches(t)
+            # a denser map than the patch grid where the extractor can give one (dense SIFT)
+            stride = self.patch_size // 2 if hasattr(extractor, "feature_map") else self.patch_size
+            dense = extractor.feature_map(crop, stride) if stride != self.patch_size else features
+            query_map = self.bow.reduce(dense.reshape(-1, dense.shape[-1])).reshape(*dense.shape[:2], -1)
+            R, t_vec, _, _ = refine_featuremetric(query_map, stride, K_crop, R_coarse, t_coarse,
+                                                  self.patch_xyz[sl], self.patch_desc[sl])
+            timings["refinement"] = time.perf_counter() - t0
+        return ObjectPose(True, R=R, t=t_vec, score=n_in / n_match, num_inliers=n_in, num_matches=n_match,
+                          templates=ranked, template=t, R_coarse=R_coarse, t_coarse=t_coarse, timings=timings)
 
     # --------------------------------------------------------------- persistence
 
