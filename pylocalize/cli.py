@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -248,6 +249,29 @@ def _objects_estimate(args) -> int:
     return 0 if result.success else 1
 
 
+def _objects_eval(args) -> int:
+    from pylocalize.objects import ObjectRepresentation, bop
+    from pylocalize.objects.evaluate import evaluate_scene, summarize
+    from pylocalize.render import load_mesh
+
+    rep = ObjectRepresentation.load(args.rep)
+    mesh = load_mesh(args.mesh)
+    symmetries = None
+    if args.models_info:
+        info = bop.read_models_info(args.models_info)
+        if args.obj_id not in info:
+            raise SystemExit(f"{args.models_info} has no object {args.obj_id}")
+        symmetries = bop.symmetry_transformations(info[args.obj_id])
+    name = Path(args.bop).resolve().name
+    result = evaluate_scene(rep, mesh, args.bop, args.obj_id, scene_id=int(name) if name.isdigit() else 0,
+                            symmetries=symmetries, progress=True)
+    bop.write_results_csv(args.out, result["rows"])
+    print(f"{len(result['rows'])}/{len(result['times'])} instances estimated -> {args.out}")
+    for stage, recalls in summarize(result, mesh.extent).items():
+        print(stage + ": " + ", ".join(f"{k} {v:.3f}" for k, v in recalls.items()))
+    return 0
+
+
 def _evaluate(args) -> int:
     from pylocalize.localization import evaluate_poses, load_poses
 
@@ -349,6 +373,15 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--viz", help="PNG: the posed model's contour over the image (needs --mesh)")
     o.add_argument("--mesh", help="the onboarded mesh, for --viz")
     o.set_defaults(func=_objects_estimate)
+
+    o = obj_sub.add_parser("eval", help="estimate and score every instance of an object in a BOP scene")
+    o.add_argument("--bop", required=True, help="BOP scene folder (scene_camera/gt json, rgb/, mask_visib/, depth/)")
+    o.add_argument("--rep", required=True)
+    o.add_argument("--mesh", required=True, help="the object's mesh, for the metrics")
+    o.add_argument("--obj-id", type=int, required=True)
+    o.add_argument("--models-info", help="models_info.json, for the object's symmetries")
+    o.add_argument("--out", required=True, help="BOP19 results CSV")
+    o.set_defaults(func=_objects_eval)
 
     p = sub.add_parser("evaluate", help="pose errors and recall of estimated poses against ground truth")
     p.add_argument("--gt", required=True, help="pose file, COLMAP model folder or Strecha folder")

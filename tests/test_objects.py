@@ -144,3 +144,36 @@ def test_cli_estimate_and_overlay(tmp_path, box_and_representation):
     boundary = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)) != cv2.erode(
         mask.astype(np.uint8), np.ones((3, 3), np.uint8))
     assert drawn.sum() > 100 and (drawn & ~boundary).sum() < 0.05 * drawn.sum()
+
+
+def test_bop_scene_evaluation_through_the_cli(tmp_path, box_and_representation, capsys):
+    import trimesh
+    from PIL import Image
+
+    from pylocalize.cli import main
+    from pylocalize.objects import bop
+
+    mesh, rep = box_and_representation
+    rep.save(tmp_path / "box.pyloc")
+    trimesh.Trimesh(mesh.vertices, mesh.faces, process=False).export(tmp_path / "box.ply")
+    scene = tmp_path / "000002"
+    for sub in ("rgb", "mask_visib", "depth"):
+        (scene / sub).mkdir(parents=True)
+    rng = np.random.default_rng(11)
+    images = {}
+    for im_id in range(3):
+        pose, image, mask = random_view(mesh, rng)
+        depth = Renderer(640, 480, K_QUERY).render(mesh, pose, outputs=("depth",)).depth[0]
+        Image.fromarray(image).save(scene / "rgb" / f"{im_id:06d}.png")
+        Image.fromarray((mask * 255).astype(np.uint8)).save(scene / "mask_visib" / f"{im_id:06d}_000000.png")
+        Image.fromarray(np.rint(depth * 10).astype(np.uint16)).save(scene / "depth" / f"{im_id:06d}.png")
+        images[im_id] = {"K": K_QUERY, "depth_scale": 0.1, "gt": [{"obj_id": 7, "R": pose[:, :3], "t": pose[:, 3]}]}
+    bop.write_scene(scene, images)
+    assert main(["objects", "eval", "--bop", str(scene), "--rep", str(tmp_path / "box.pyloc"), "--mesh",
+                 str(tmp_path / "box.ply"), "--obj-id", "7", "--out", str(tmp_path / "results.csv")]) == 0
+    rows = bop.read_results_csv(tmp_path / "results.csv")
+    assert len(rows) == 3 and {r["scene_id"] for r in rows} == {2}
+    out = capsys.readouterr().out
+    assert "3/3 instances" in out and "AR_VSD" in out
+    recalls = [float(line.split("AR ")[1].split(",")[0]) for line in out.splitlines() if line.startswith("refined")]
+    assert recalls and recalls[0] > 0.5

@@ -1,0 +1,221 @@
+"""BOP benchmark format and pose-error metrics (Hodan et al., BOP challenge 2019-2023).
+
+Reading and writing: ``camera.json``, per-scene ``scene_camera.json`` / ``scene_gt.json`` /
+``scene_gt_info.json``, ``models_info.json`` with symmetries, and BOP19 result CSVs
+(``scene_id,im_id,obj_id,score,R,t,time``). Poses are ``cam_from_model`` in millimetres.
+
+Metrics, as the BOP toolkit defines them:
+
+- MSSD, maximum symmetry-aware surface distance, recall over thresholds 0.05..0.5 x the
+  object diameter;
+- MSPD, maximum symmetry-aware projection distance, thresholds 5..50 px x (image width / 640);
+- VSD, visible surface discrepancy with misalignment tolerances 0.05..0.5 x diameter,
+  visibility tolerance 15 mm, correctness thresholds 0.05..0.5;
+- AR = mean of the three average recalls; plus ADD / ADD-S recall at 0.1 x diameter.
+
+Symmetries: discrete ones from ``symmetries_discrete``; continuous ones are discretised so
+that no model point moves by more than 1 % of the diameter between steps.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+MSSD_THRESHOLDS = np.arange(0.05, 0.51, 0.05)
+MSPD_THRESHOLDS = np.arange(5, 51, 5)
+VSD_TAUS = np.arange(0.05, 0.51, 0.05)
+VSD_THRESHOLDS = np.arange(0.05, 0.51, 0.05)
+VSD_DELTA_MM = 15.0
+
+
+# ------------------------------------------------------------------ symmetries
+
+
+def symmetry_transformations(model_info: dict, max_step: float = 0.01) -> List[np.ndarray]:
+    """4x4 model-frame transformations that leave the object looking the same, the identity
+    first (BOP's ``symmetries_discrete`` and discretised ``symmetries_continuous``)."""
+    discrete = [np.eye(4)] + [np.asarray(s, np.float64).reshape(4, 4) for s in model_info.get("symmetries_discrete", [])]
+    continuous = []
+    for sym in model_info.get("symmetries_continuous", []):
+        axis = np.asarray(sym["axis"], np.float64)
+        axis /= np.linalg.norm(axis)
+        offset = np.asarray(sym.get("offset", [0, 0, 0]), np.float64)
+        # the point farthest from the axis moves by r * angle: keep that under max_step x diameter
+        radius = 0.5 * float(model_info["diameter"])
+        steps = max(1, int(np.ceil(2 * np.pi / (max_step * float(model_info["diameter"]) / radius))))
+        for k in range(steps):
+            angle = 2 * np.pi * k / steps
+            kx = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+            R = np.eye(3) + np.sin(angle) * kx + (1 - np.cos(angle)) * kx @ kx
+            T = np.eye(4)
+            T[:3, :3] = R
+            T[:3, 3] = offset - R @ offset
+            continuous.append(T)
+    if not continuous:
+        return discrete
+    return [d @ c for d in discrete for c in continuous]
+
+
+# --------------------------------------------------------------------- metrics
+
+
+def _transform(points, R, t):
+    return points @ np.asarray(R, np.float64).T + np.asarray(t, np.float64).reshape(3)
+
+
+def mssd(R_est, t_est, R_gt, t_gt, points, symmetries) -> float:
+    """Maximum symmetry-aware surface distance (model units)."""
+    est = _transform(points, R_est, t_est)
+    return min(float(np.linalg.norm(est - _transform(_transform(points, S[:3, :3], S[:3, 3]), R_gt, t_gt),
+                                     axis=1).max()) for S in symmetries)
+
+
+def mspd(R_est, t_est, R_gt, t_gt, K, points, symmetries) -> float:
+    """Maximum symmetry-aware projection distance (pixels)."""
+    def project(p):
+        return (p @ np.asarray(K).T)[:, :2] / p[:, 2:]
+
+    est = project(_transform(points, R_est, t_est))
+    return min(float(np.linalg.norm(est - project(_transform(_transform(points, S[:3, :3], S[:3, 3]), R_gt, t_gt)),
+                                     axis=1).max()) for S in symmetries)
+
+
+def add(R_est, t_est, R_gt, t_gt, points) -> float:
+    """Average distance of model points (ADD)."""
+    return float(np.linalg.norm(_transform(points, R_est, t_est) - _transform(points, R_gt, t_gt), axis=1).mean())
+
+
+def adds(R_est, t_est, R_gt, t_gt, points) -> float:
+    """Average closest-point distance (ADD-S), for symmetric objects."""
+    from pylocalize.index.knn import assign
+
+    est = np.ascontiguousarray(_transform(points, R_est, t_est), np.float32)
+    gt = np.ascontiguousarray(_transform(points, R_gt, t_gt), np.float32)
+    _, d2 = assign(gt, est, 1)
+    return float(np.sqrt(np.maximum(d2, 0)).mean())
+
+
+def vsd(depth_est: np.ndarray, depth_gt: np.ndarray, depth_test: np.ndarray, diameter: float,
+        taus: Sequence[float] = VSD_TAUS, delta: float = VSD_DELTA_MM) -> np.ndarray:
+    """VSD errors, one per misalignment tolerance ``tau`` (x diameter), from the rendered
+    depth of the model at the estimated and true poses and the test image's depth (0 where
+    unknown); all in model units."""
+    def visible(rendered):
+        known = depth_test > 0
+        return (rendered > 0) & (~known | (rendered <= depth_test + delta))
+
+    v_est, v_gt = visible(depth_est), visible(depth_gt)
+    union = v_est | v_gt
+    if not union.any():
+        return np.ones(len(taus))
+    both = v_est & v_gt
+    diff = np.abs(depth_est - depth_gt)
+    return np.array([1.0 - float((both & (diff < tau * diameter)).sum()) / float(union.sum()) for tau in taus])
+
+
+def average_recalls(errors: Dict[str, np.ndarray], diameters: np.ndarray, widths: np.ndarray) -> dict:
+    """AR per metric and overall from per-instance errors (``inf`` for a missing estimate).
+
+    ``errors`` holds ``mssd`` (n,), ``mspd`` (n,), optionally ``vsd`` (n, len(VSD_TAUS)),
+    ``add`` and ``adds`` (n,).
+    """
+    out = {}
+    mssd_e = np.asarray(errors["mssd"]) / diameters
+    out["AR_MSSD"] = float(np.mean([(mssd_e < th).mean() for th in MSSD_THRESHOLDS]))
+    mspd_e = np.asarray(errors["mspd"]) / (widths / 640.0)
+    out["AR_MSPD"] = float(np.mean([(mspd_e < th).mean() for th in MSPD_THRESHOLDS]))
+    if "vsd" in errors:
+        v = np.asarray(errors["vsd"])
+        out["AR_VSD"] = float(np.mean([(v[:, i] < th).mean() for i in range(len(VSD_TAUS)) for th in VSD_THRESHOLDS]))
+        out["AR"] = float(np.mean([out["AR_VSD"], out["AR_MSSD"], out["AR_MSPD"]]))
+    for key in ("add", "adds"):
+        if key in errors:
+            out[f"{key.upper().replace('ADDS', 'ADD-S')}@0.1d"] = float((np.asarray(errors[key]) < 0.1 * diameters).mean())
+    return out
+
+
+# ---------------------------------------------------------------------- format
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: missing; not a BOP dataset folder?") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+
+
+def read_models_info(path) -> Dict[int, dict]:
+    return {int(k): v for k, v in _read_json(Path(path)).items()}
+
+
+def read_scene(scene_dir) -> dict:
+    """``{im_id: {"K", "depth_scale", "gt": [{"obj_id", "R", "t"}], "gt_info": [...]}}``."""
+    scene_dir = Path(scene_dir)
+    cameras = _read_json(scene_dir / "scene_camera.json")
+    gts = _read_json(scene_dir / "scene_gt.json")
+    info_path = scene_dir / "scene_gt_info.json"
+    infos = _read_json(info_path) if info_path.is_file() else {}
+    out = {}
+    for key, cam in cameras.items():
+        im_id = int(key)
+        gt = [{"obj_id": int(g["obj_id"]), "R": np.asarray(g["cam_R_m2c"], np.float64).reshape(3, 3),
+               "t": np.asarray(g["cam_t_m2c"], np.float64).reshape(3)} for g in gts.get(key, [])]
+        out[im_id] = {"K": np.asarray(cam["cam_K"], np.float64).reshape(3, 3),
+                      "depth_scale": float(cam.get("depth_scale", 1.0)), "gt": gt, "gt_info": infos.get(key, [])}
+    return out
+
+
+def write_scene(scene_dir, images: Dict[int, dict]) -> None:
+    """Writes ``scene_camera.json``, ``scene_gt.json`` and ``scene_gt_info.json`` for
+    ``{im_id: {"K", "depth_scale", "gt": [{"obj_id", "R", "t"}], "gt_info": [dict]}}``."""
+    scene_dir = Path(scene_dir)
+    scene_dir.mkdir(parents=True, exist_ok=True)
+    cameras = {str(i): {"cam_K": np.asarray(v["K"]).ravel().tolist(), "depth_scale": v.get("depth_scale", 1.0)}
+               for i, v in images.items()}
+    gts = {str(i): [{"obj_id": int(g["obj_id"]), "cam_R_m2c": np.asarray(g["R"]).ravel().tolist(),
+                     "cam_t_m2c": np.asarray(g["t"]).ravel().tolist()} for g in v["gt"]] for i, v in images.items()}
+    infos = {str(i): v.get("gt_info", []) for i, v in images.items()}
+    (scene_dir / "scene_camera.json").write_text(json.dumps(cameras))
+    (scene_dir / "scene_gt.json").write_text(json.dumps(gts))
+    (scene_dir / "scene_gt_info.json").write_text(json.dumps(infos))
+
+
+def write_results_csv(path, rows: Sequence[dict]) -> None:
+    """BOP19 results: one line per estimate, ``R`` and ``t`` space-separated (t in mm),
+    ``time`` in seconds (-1 when unknown)."""
+    lines = ["scene_id,im_id,obj_id,score,R,t,time"]
+    for r in rows:
+        R = " ".join(f"{v:.9g}" for v in np.asarray(r["R"]).ravel())
+        t = " ".join(f"{v:.9g}" for v in np.asarray(r["t"]).ravel())
+        lines.append(f"{int(r['scene_id'])},{int(r['im_id'])},{int(r['obj_id'])},{float(r['score']):.6g},{R},{t},"
+                     f"{float(r.get('time', -1)):.6g}")
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def read_results_csv(path) -> List[dict]:
+    rows = []
+    lines = Path(path).read_text().splitlines()
+    if not lines or lines[0].strip() != "scene_id,im_id,obj_id,score,R,t,time":
+        raise ValueError(f"{path}: not a BOP19 results CSV (header scene_id,im_id,obj_id,score,R,t,time)")
+    for number, line in enumerate(lines[1:], 2):
+        parts = line.split(",")
+        try:
+            R = np.array([float(v) for v in parts[4].split()]).reshape(3, 3)
+            t = np.array([float(v) for v in parts[5].split()]).reshape(3)
+            rows.append({"scene_id": int(parts[0]), "im_id": int(parts[1]), "obj_id": int(parts[2]),
+                         "score": float(parts[3]), "R": R, "t": t, "time": float(parts[6])})
+        except (IndexError, ValueError):
+            raise ValueError(f"{path}:{number}: malformed result line") from None
+    return rows
+
+
+def camera_size(camera_json) -> Optional[tuple]:
+    """(width, height) from a dataset's ``camera.json``."""
+    info = _read_json(Path(camera_json))
+    return int(info["width"]), int(info["height"])

@@ -1,0 +1,91 @@
+"""Run an object representation over a BOP test scene and score it with the BOP metrics."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pylocalize.objects import bop
+
+
+def evaluate_scene(rep, mesh, scene_dir, obj_id: int, scene_id: int = 0, extractor=None, max_points: int = 5000,
+                   symmetries=None, progress: bool = False) -> dict:
+    """Estimates every ground-truth instance of ``obj_id`` in a BOP scene folder from its RGB
+    image and visible mask (``rgb/``, ``mask_visib/``; ``depth/`` when present, for VSD).
+
+    Returns ``{"rows": BOP19 result rows, "coarse"/"refined": {metric: per-instance
+    errors}, "times": seconds per instance}``; a failed estimate scores as missing.
+    """
+    from PIL import Image
+    from tqdm import tqdm
+
+    from pylocalize.render import Renderer
+
+    scene_dir = Path(scene_dir)
+    scene = bop.read_scene(scene_dir)
+    symmetries = symmetries if symmetries is not None else [np.eye(4)]
+    points = np.asarray(mesh.vertices, np.float64)
+    if len(points) > max_points:  # metrics on a vertex subsample, like the toolkit's eval models
+        points = points[np.random.default_rng(0).choice(len(points), max_points, replace=False)]
+    stages = {stage: {k: [] for k in ("mssd", "mspd", "add", "adds", "vsd")} for stage in ("coarse", "refined")}
+    rows, times, widths = [], [], []
+    for im_id in tqdm(sorted(scene), desc=f"scene {scene_dir.name}", disable=not progress, leave=False):
+        entry = scene[im_id]
+        rgb_path = next((p for p in (scene_dir / "rgb" / f"{im_id:06d}.{e}" for e in ("png", "jpg")) if p.is_file()), None)
+        if rgb_path is None:
+            raise ValueError(f"{scene_dir}/rgb has no image {im_id:06d}")
+        with Image.open(rgb_path) as im:
+            image = np.asarray(im.convert("RGB"))
+        height, width = image.shape[:2]
+        depth_path = scene_dir / "depth" / f"{im_id:06d}.png"
+        test_depth = None
+        if depth_path.is_file():
+            with Image.open(depth_path) as im:
+                test_depth = np.asarray(im, np.float64) * entry["depth_scale"]
+        renderer = Renderer(width, height, entry["K"])
+        for k, gt in enumerate(entry["gt"]):
+            if gt["obj_id"] != obj_id:
+                continue
+            mask_path = scene_dir / "mask_visib" / f"{im_id:06d}_{k:06d}.png"
+            with Image.open(mask_path) as im:
+                mask = np.asarray(im.convert("L")) > 127
+            t0 = time.perf_counter()
+            r = rep.estimate(image, entry["K"], mask=mask, extractor=extractor)
+            times.append(time.perf_counter() - t0)
+            widths.append(width)
+            gt_depth = renderer.render(mesh, np.c_[gt["R"], gt["t"]], outputs=("depth",)).depth[0] \
+                if test_depth is not None else None
+            for stage, (R, t) in (("coarse", (r.R_coarse, r.t_coarse)), ("refined", (r.R, r.t))):
+                e = stages[stage]
+                if not r.success:
+                    for key in ("mssd", "mspd", "add", "adds"):
+                        e[key].append(np.inf)
+                    e["vsd"].append(np.ones(len(bop.VSD_TAUS)))
+                    continue
+                e["mssd"].append(bop.mssd(R, t, gt["R"], gt["t"], points, symmetries))
+                e["mspd"].append(bop.mspd(R, t, gt["R"], gt["t"], entry["K"], points, symmetries))
+                e["add"].append(bop.add(R, t, gt["R"], gt["t"], points))
+                e["adds"].append(bop.adds(R, t, gt["R"], gt["t"], points))
+                if test_depth is not None:
+                    est_depth = renderer.render(mesh, np.c_[R, t], outputs=("depth",)).depth[0]
+                    e["vsd"].append(bop.vsd(est_depth, gt_depth, test_depth, float(mesh.extent)))
+            if r.success:
+                rows.append({"scene_id": scene_id, "im_id": im_id, "obj_id": obj_id, "score": r.score,
+                             "R": r.R, "t": r.t, "time": times[-1]})
+    out = {"rows": rows, "times": times, "widths": widths}
+    for stage, e in stages.items():
+        out[stage] = {k: np.array(v) for k, v in e.items() if len(v) or k != "vsd"}
+        if test_depth is None:
+            out[stage].pop("vsd", None)
+    return out
+
+
+def summarize(result: dict, diameter: float) -> dict:
+    """Average recalls (coarse and refined) of :func:`evaluate_scene` output."""
+    n = len(result["times"])
+    if n == 0:
+        raise ValueError("no instance of the object in the scene")
+    return {stage: bop.average_recalls(result[stage], np.full(n, diameter), np.asarray(result["widths"], float))
+            for stage in ("coarse", "refined")}
