@@ -35,6 +35,13 @@ K = np.array([[600.0, 0, 319.5], [0, 600.0, 239.5], [0, 0, 1]])
 W, H = 640, 480
 DEPTH_SCALE = 0.1  # mm per depth-image unit, as in several BOP datasets
 
+# Real photos without ground truth: boxes drawn by hand around the object; the HOPE photo
+# has no intrinsics, so a typical 640x480 RGB-D colour camera (f = 615 px) is assumed.
+REAL = {
+    1: ("objects/hope/bba_sauce_rgb.png", np.array([[615.0, 0, 319.5], [0, 615.0, 239.5], [0, 0, 1]]), (415, 250, 88, 190)),
+    5: ("objects/linemod_can/rgb.png", None, (375, 225, 65, 90)),
+}
+
 
 def backgrounds(data: Path):
     from PIL import Image
@@ -111,6 +118,17 @@ def main(argv=None) -> int:
         summary[obj_id] = {"mesh": mesh_path.name, "instances": len(result["times"]), "onboarding_s": onboarding,
                            "templates": len(rep.template_poses), "median_s_per_instance": float(np.median(result["times"])),
                            **summarize(result, mesh.extent)}
+        photo, K_real, box = REAL[obj_id]
+        if K_real is None:
+            K_real = np.asarray(json.loads((data / photo).parent.joinpath("camera.json").read_text())["cam_K"]).reshape(3, 3)
+        with Image.open(data / photo) as im:
+            real = np.asarray(im.convert("RGB"))
+        r = rep.estimate(real, K_real, bbox=box)
+        if r.success:
+            from pylocalize.objects.viz import pose_overlay
+
+            Image.fromarray(pose_overlay(real, mesh, K_real, r.R, r.t)).save(out / f"real_{obj_id:06d}.png")
+        print(f"real photo {photo}: {'pose' if r.success else r.reason}, {r.num_inliers}/{r.num_matches} inliers")
         for row in result["rows"][:3]:
             from pylocalize.objects.viz import pose_overlay
 

@@ -197,14 +197,27 @@ def _localize(args) -> int:
     return 0
 
 
+def _patch_extractor(name, weights):
+    """The patch extractor a representation was (or will be) onboarded with."""
+    if name == "dinov2":
+        if not weights:
+            raise SystemExit("--extractor dinov2 needs --weights DIR (a local DINOv2 model directory)")
+        from pylocalize.features.dinov2 import DINOv2Extractor
+
+        return DINOv2Extractor(weights)
+    from pylocalize.features.patches import DenseSIFTExtractor
+
+    return DenseSIFTExtractor()
+
+
 def _objects_onboard(args) -> int:
     import time
 
     from pylocalize.objects import onboard
 
     t0 = time.perf_counter()
-    rep = onboard(args.mesh, num_views=args.views, num_inplane=args.inplane, num_words=args.words,
-                  size=args.size, progress=True)
+    rep = onboard(args.mesh, _patch_extractor(args.extractor, args.weights), num_views=args.views,
+                  num_inplane=args.inplane, num_words=args.words, size=args.size, progress=True)
     rep.save(args.out)
     print(f"{rep} onboarded in {time.perf_counter() - t0:.1f} s -> {args.out}")
     return 0
@@ -232,7 +245,7 @@ def _objects_estimate(args) -> int:
             raise SystemExit(f"--bbox {args.bbox!r}: expected x,y,w,h")
     else:
         raise SystemExit("give --mask PNG or --bbox x,y,w,h")
-    result = rep.estimate(image, K, mask=mask, bbox=bbox)
+    result = rep.estimate(image, K, mask=mask, bbox=bbox, extractor=_patch_extractor(rep.extractor_name, args.weights))
     out = {"success": result.success, "reason": result.reason, "score": result.score,
            "inliers": result.num_inliers, "matches": result.num_matches, "templates": result.templates,
            "timings": result.timings}
@@ -264,7 +277,8 @@ def _objects_eval(args) -> int:
         symmetries = bop.symmetry_transformations(info[args.obj_id])
     name = Path(args.bop).resolve().name
     result = evaluate_scene(rep, mesh, args.bop, args.obj_id, scene_id=int(name) if name.isdigit() else 0,
-                            symmetries=symmetries, progress=True)
+                            extractor=_patch_extractor(rep.extractor_name, args.weights), symmetries=symmetries,
+                            progress=True)
     bop.write_results_csv(args.out, result["rows"])
     print(f"{len(result['rows'])}/{len(result['times'])} instances estimated -> {args.out}")
     for stage, recalls in summarize(result, mesh.extent).items():
@@ -362,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--inplane", type=int, default=14, help="in-plane rotations per viewpoint")
     o.add_argument("--words", type=int, default=2048, help="visual words")
     o.add_argument("--size", type=int, default=420, help="template crop size (a multiple of 14)")
+    o.add_argument("--extractor", choices=["dense-sift", "dinov2"], default="dense-sift",
+                   help="patch descriptors (dinov2 needs the torch extra and --weights)")
+    o.add_argument("--weights", help="local DINOv2 model directory (save_pretrained layout)")
     o.set_defaults(func=_objects_onboard)
     o = obj_sub.add_parser("estimate", help="the object's pose in one RGB image")
     o.add_argument("--rep", required=True, help="representation from 'objects onboard'")
@@ -372,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--out", required=True, help="pose JSON (R, t in mesh units, cam_from_model)")
     o.add_argument("--viz", help="PNG: the posed model's contour over the image (needs --mesh)")
     o.add_argument("--mesh", help="the onboarded mesh, for --viz")
+    o.add_argument("--weights", help="DINOv2 model directory, for a representation onboarded with dinov2")
     o.set_defaults(func=_objects_estimate)
 
     o = obj_sub.add_parser("eval", help="estimate and score every instance of an object in a BOP scene")
@@ -381,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--obj-id", type=int, required=True)
     o.add_argument("--models-info", help="models_info.json, for the object's symmetries")
     o.add_argument("--out", required=True, help="BOP19 results CSV")
+    o.add_argument("--weights", help="DINOv2 model directory, for a representation onboarded with dinov2")
     o.set_defaults(func=_objects_eval)
 
     p = sub.add_parser("evaluate", help="pose errors and recall of estimated poses against ground truth")
