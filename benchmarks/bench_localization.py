@@ -214,6 +214,13 @@ def main(argv=None) -> int:
         strecha(args, rows)
         summary = summarize_strecha(rows)
         print_strecha(summary, args.k)
+        after = (lambda r: r.get("t_retrieval", 0) + r.get("t_matching", 0) + r.get("t_pose", 0))
+        for scene in SCENES:  # the speed-up grows with the map: about (database images) / k
+            sel = [r for r in rows if r["dataset"] == "strecha" and r["scene"] == scene]
+            ex = np.median([after(r) for r in sel if r["variant"] == "exhaustive"])
+            ratios = ", ".join(f"k={k}: {ex / np.median([after(r) for r in sel if r['variant'] == f'cann k={k}']):.2f}x"
+                               for k in args.k)
+            print(f"  {scene}: CANN vs exhaustive after feature extraction {ratios}")
     if not args.skip_lund:
         lund(args, rows)
         for r in (r for r in rows if r["dataset"] == "lund"):
