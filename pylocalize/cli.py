@@ -264,21 +264,26 @@ def _objects_estimate(args) -> int:
 
 def _objects_eval(args) -> int:
     from pylocalize.objects import ObjectRepresentation, bop
-    from pylocalize.objects.evaluate import evaluate_scene, summarize
+    from pylocalize.objects.evaluate import evaluate_dataset, summarize
     from pylocalize.render import load_mesh
 
     rep = ObjectRepresentation.load(args.rep)
-    mesh = load_mesh(args.mesh)
+    root = Path(args.bop)
+    models = root / "models"
+    mesh_path = args.mesh or models / f"obj_{args.obj_id:06d}.ply"
+    if not Path(mesh_path).is_file():
+        raise SystemExit(f"no mesh: give --mesh, or a dataset folder with {models}/obj_{args.obj_id:06d}.ply")
+    mesh = load_mesh(mesh_path)
+    info_path = args.models_info or (models / "models_info.json" if (models / "models_info.json").is_file() else None)
     symmetries = None
-    if args.models_info:
-        info = bop.read_models_info(args.models_info)
+    if info_path:
+        info = bop.read_models_info(info_path)
         if args.obj_id not in info:
-            raise SystemExit(f"{args.models_info} has no object {args.obj_id}")
+            raise SystemExit(f"{info_path} has no object {args.obj_id}")
         symmetries = bop.symmetry_transformations(info[args.obj_id])
-    name = Path(args.bop).resolve().name
-    result = evaluate_scene(rep, mesh, args.bop, args.obj_id, scene_id=int(name) if name.isdigit() else 0,
-                            extractor=_patch_extractor(rep.extractor_name, args.weights), symmetries=symmetries,
-                            progress=True)
+    result = evaluate_dataset(rep, mesh, root, args.obj_id, split=args.split,
+                              extractor=_patch_extractor(rep.extractor_name, args.weights), symmetries=symmetries,
+                              progress=True)
     bop.write_results_csv(args.out, result["rows"])
     print(f"{len(result['rows'])}/{len(result['times'])} instances estimated -> {args.out}")
     for stage, recalls in summarize(result, mesh.extent).items():
@@ -393,11 +398,13 @@ def build_parser() -> argparse.ArgumentParser:
     o.set_defaults(func=_objects_estimate)
 
     o = obj_sub.add_parser("eval", help="estimate and score every instance of an object in a BOP scene")
-    o.add_argument("--bop", required=True, help="BOP scene folder (scene_camera/gt json, rgb/, mask_visib/, depth/)")
+    o.add_argument("--bop", required=True, help="BOP dataset folder (models/, test/<scene>/...) or one scene folder "
+                                                "(scene_camera/gt json, rgb/, mask_visib/, depth/)")
+    o.add_argument("--split", default="test", help="dataset split folder (default: %(default)s)")
     o.add_argument("--rep", required=True)
-    o.add_argument("--mesh", required=True, help="the object's mesh, for the metrics")
+    o.add_argument("--mesh", help="the object's mesh, for the metrics (default: models/obj_NNNNNN.ply)")
     o.add_argument("--obj-id", type=int, required=True)
-    o.add_argument("--models-info", help="models_info.json, for the object's symmetries")
+    o.add_argument("--models-info", help="models_info.json, for the object's symmetries (default: models/)")
     o.add_argument("--out", required=True, help="BOP19 results CSV")
     o.add_argument("--weights", help="DINOv2 model directory, for a representation onboarded with dinov2")
     o.set_defaults(func=_objects_eval)

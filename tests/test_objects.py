@@ -177,3 +177,20 @@ def test_bop_scene_evaluation_through_the_cli(tmp_path, box_and_representation, 
     assert "3/3 instances" in out and "AR_VSD" in out
     recalls = [float(line.split("AR ")[1].split(",")[0]) for line in out.splitlines() if line.startswith("refined")]
     assert recalls and recalls[0] > 0.5
+    # a dataset layout: models/ with mesh and symmetries, test/<scene>/, two scenes
+    import json
+    import shutil
+
+    dataset = tmp_path / "dataset"
+    (dataset / "models").mkdir(parents=True)
+    shutil.copy(tmp_path / "box.ply", dataset / "models" / "obj_000007.ply")
+    (dataset / "models" / "models_info.json").write_text(json.dumps({"7": {"diameter": float(mesh.extent)}}))
+    shutil.copytree(scene, dataset / "test" / "000002")
+    shutil.copytree(scene, dataset / "test" / "000009")
+    assert main(["objects", "eval", "--bop", str(dataset), "--rep", str(tmp_path / "box.pyloc"), "--obj-id", "7",
+                 "--out", str(tmp_path / "all.csv")]) == 0
+    rows = bop.read_results_csv(tmp_path / "all.csv")
+    assert len(rows) == 6 and {r["scene_id"] for r in rows} == {2, 9}
+    with pytest.raises(SystemExit, match="no mesh"):
+        main(["objects", "eval", "--bop", str(scene), "--rep", str(tmp_path / "box.pyloc"), "--obj-id", "7",
+              "--out", str(tmp_path / "x.csv")])

@@ -82,6 +82,43 @@ def evaluate_scene(rep, mesh, scene_dir, obj_id: int, scene_id: int = 0, extract
     return out
 
 
+def scene_folders(path, split: str = "test"):
+    """BOP scene folders under ``path``: the folder itself when it is a scene, else the
+    scenes of ``path/split`` (or of ``path`` when it holds scenes directly), sorted."""
+    path = Path(path)
+    if (path / "scene_gt.json").is_file():
+        return [path]
+    for root in (path / split, path):
+        scenes = sorted(p for p in root.iterdir() if (p / "scene_gt.json").is_file()) if root.is_dir() else []
+        if scenes:
+            return scenes
+    raise ValueError(f"{path}: no BOP scene (a folder with scene_gt.json) here or under {split}/")
+
+
+def evaluate_dataset(rep, mesh, path, obj_id: int, split: str = "test", extractor=None, symmetries=None,
+                     progress: bool = False) -> dict:
+    """:func:`evaluate_scene` over every scene of a BOP dataset (or one scene folder);
+    per-instance errors are concatenated across scenes."""
+    merged = None
+    for scene_dir in scene_folders(path, split):
+        scene_id = int(scene_dir.name) if scene_dir.name.isdigit() else 0
+        result = evaluate_scene(rep, mesh, scene_dir, obj_id, scene_id=scene_id, extractor=extractor,
+                                symmetries=symmetries, progress=progress)
+        if merged is None:
+            merged = result
+            continue
+        merged["rows"] += result["rows"]
+        merged["times"] += result["times"]
+        merged["widths"] += result["widths"]
+        for stage in ("coarse", "refined"):
+            for key, values in result[stage].items():
+                if key in merged[stage]:
+                    merged[stage][key] = np.concatenate([merged[stage][key], values])
+            for key in set(merged[stage]) - set(result[stage]):
+                merged[stage].pop(key)  # VSD only where every scene has depth
+    return merged
+
+
 def summarize(result: dict, diameter: float) -> dict:
     """Average recalls (coarse and refined) of :func:`evaluate_scene` output."""
     n = len(result["times"])
