@@ -6,7 +6,7 @@ import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['BinaryIndex', 'CannIndex', 'CannKernel', 'FormatError', 'MultiBitIndex', 'Shading', 'assign', 'binarize', 'detected_simd_level', 'get_num_threads', 'has_cuda', 'has_openmp', 'kmeans', 'num_cores', 'read_container', 'render_batch', 'set_num_threads', 'set_simd_level', 'simd_level', 'supported_simd_levels', 'write_container']
+__all__: list[str] = ['BinaryIndex', 'CannIndex', 'CannKernel', 'FormatError', 'InvertedFile', 'MultiBitIndex', 'Shading', 'assign', 'binarize', 'detected_simd_level', 'get_num_threads', 'has_cuda', 'has_openmp', 'kmeans', 'num_cores', 'read_container', 'render_batch', 'set_num_threads', 'set_simd_level', 'simd_level', 'supported_simd_levels', 'write_container']
 class FormatError(ValueError):
     pass
 class BinaryIndex:
@@ -186,6 +186,24 @@ class CannIndex:
         ...
     @property
     def num_images(self) -> int:
+        ...
+class InvertedFile:
+    def __init__(self, num_words: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    def add(self, words: typing.Any, weights: typing.Any, doc_id: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    def search(self, words: typing.Any, weights: typing.Any, k: typing.SupportsInt | typing.SupportsIndex) -> tuple[numpy.typing.NDArray[numpy.float32], numpy.typing.NDArray[numpy.int64]]:
+        """
+        The k best documents by dot product: (scores float32 (k,), doc ids int64 (k,)), best first.
+        """
+    @property
+    def num_documents(self) -> int:
+        ...
+    @property
+    def num_entries(self) -> int:
+        ...
+    @property
+    def num_words(self) -> int:
         ...
 def assign(x: typing.Any, centroids: typing.Any, m: typing.SupportsInt | typing.SupportsIndex = 1) -> tuple[numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.float32]]:
     ...

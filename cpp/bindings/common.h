@@ -91,6 +91,7 @@ void BindHamming(py::module_& m);
 void BindRender(py::module_& m);
 void BindCann(py::module_& m);
 void BindKnn(py::module_& m);
+void BindBow(py::module_& m);
 
 }  // namespace bindings
 }  // namespace pylocalize

@@ -8,4 +8,5 @@ PYBIND11_MODULE(_core, m) {
   pylocalize::bindings::BindRender(m);
   pylocalize::bindings::BindCann(m);
   pylocalize::bindings::BindKnn(m);
+  pylocalize::bindings::BindBow(m);
 }

@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from pylocalize import _core
 from pylocalize.features.patches import DenseSIFTExtractor, patch_centres
 from pylocalize.index.knn import assign, kmeans
 from pylocalize.objects.refine import refine_featuremetric
@@ -130,6 +131,11 @@ class ObjectRepresentation:
         if not np.array_equal(order, np.arange(len(order))):
             raise ValueError("patches must be sorted by template")
         self._starts = np.searchsorted(self.patch_template, np.arange(len(self.template_poses) + 1))
+        # tf-idf retrieval visits only the posting lists of the query's words (core bow/)
+        self.inverted_file = _core.InvertedFile(self.template_bow.shape[1])
+        for t, vector in enumerate(self.template_bow):
+            words = np.flatnonzero(vector)
+            self.inverted_file.add(words.astype(np.int64), vector[words].astype(np.float32), t)
 
     def __repr__(self) -> str:
         return (f"ObjectRepresentation({len(self.template_poses)} templates, {len(self.patch_xyz)} patches, "
@@ -223,8 +229,10 @@ class ObjectRepresentation:
         timings["features"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         q_bow = self.bow.tfidf(self.bow.histograms(query, np.zeros(len(query), np.int64), 1))[0]
-        similarity = self.template_bow @ q_bow
-        shortlist = [int(i) for i in np.argsort(-similarity, kind="stable")[:max(num_candidates, num_templates)]]
+        words = np.flatnonzero(q_bow)
+        _, ids = self.inverted_file.search(words.astype(np.int64), q_bow[words].astype(np.float32),
+                                           min(max(num_candidates, num_templates), len(self.template_poses)))
+        shortlist = [int(i) for i in ids if i >= 0]
         # re-rank the bag-of-words shortlist by cyclic matches: patches whose nearest template
         # patch leads back to (next to) them. Bags of words alone confuse views that share
         # textures; the cycle test counts only geometrically consistent agreement.
