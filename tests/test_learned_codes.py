@@ -1,0 +1,73 @@
+"""Learned recurrent binarization (torch extra): layout, training, persistence, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import pylocalize  # noqa: E402
+from pylocalize.codes.learned import RecurrentBinarizer, recall_at  # noqa: E402
+
+
+def anisotropic(n, dim, seed):
+    """Clustered vectors with a decaying spectrum, rotated and off-centre: raw signs waste bits."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(100, dim))
+    x = centres[rng.integers(0, 100, n)] + 0.5 * rng.normal(size=(n, dim))
+    x = x * np.exp(-np.arange(dim) / (dim / 5))
+    q, _ = np.linalg.qr(np.random.default_rng(99).normal(size=(dim, dim)))
+    return (x @ q + 0.3).astype(np.float32)
+
+
+def cosine_truth(xb, xq, k=10):
+    a = xb / np.linalg.norm(xb, axis=1, keepdims=True)
+    b = xq / np.linalg.norm(xq, axis=1, keepdims=True)
+    return np.argsort(-(b @ a.T), axis=1)[:, :k]
+
+
+def search(codes_b, codes_q, dim, bits):
+    index = pylocalize.MultiBitIndex(dim, bits)
+    index.add(codes_b)
+    return index.search(codes_q, 10)[1]
+
+
+def test_trained_one_bit_codes_beat_sign_codes():
+    x = anisotropic(8000, 32, seed=0)
+    xb, xq = x[:7500], x[7500:]
+    truth = cosine_truth(xb, xq)
+    sign = recall_at(10, search(pylocalize.binarize(xb, 1), pylocalize.binarize(xq, 1), 32, 1), truth)
+    model = RecurrentBinarizer(32, 32, 1, hidden=64, seed=0).fit(xb, epochs=10, batch_size=256, seed=0)
+    learned = recall_at(10, search(model.encode(xb), model.encode(xq), 32, 1), truth)
+    assert learned > sign + 0.03, (learned, sign)
+    assert len(model.history) >= 1 and np.isfinite(model.history).all()
+
+
+def test_layout_persistence_and_errors(tmp_path):
+    x = anisotropic(600, 24, seed=1)
+    model = RecurrentBinarizer(24, 20, 3, hidden=32, seed=2)  # out_dim not a multiple of 8
+    codes = model.encode(x)
+    assert codes.shape == (600, 3 * 3) and codes.dtype == np.uint8
+    # the padding bits of every plane stay zero, as in pack_bits of 20 bits padded to 24
+    planes = pylocalize.unpack_bits(codes).reshape(600, 3, 24)
+    assert not planes[:, :, 20:].any()
+    index = pylocalize.MultiBitIndex(20, 3)
+    index.add(codes)
+    _, ids = index.search(codes[:5], 1)
+    assert (ids[:, 0] == np.arange(5)).all() or len(np.unique(codes[:5], axis=0)) < 5
+    model.fit(x, epochs=1, batch_size=128)
+    model.save(tmp_path / "b.pt")
+    loaded = RecurrentBinarizer.load(tmp_path / "b.pt")
+    np.testing.assert_array_equal(loaded.encode(x), model.encode(x))
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="not a saved RecurrentBinarizer"):
+        RecurrentBinarizer.load(tmp_path / "junk.pt")
+    with pytest.raises(ValueError, match=r"\(n, 24\)"):
+        model.encode(x[:, :10])
+    with pytest.raises(ValueError, match="floating point"):
+        model.encode(x.astype(np.int32))
+    with pytest.raises(ValueError, match="bits_per_dim"):
+        RecurrentBinarizer(24, 24, 5)
+    with pytest.raises(ValueError, match="out_dim"):
+        RecurrentBinarizer(24, 32, 1)
