@@ -71,3 +71,22 @@ def test_layout_persistence_and_errors(tmp_path):
         RecurrentBinarizer(24, 24, 5)
     with pytest.raises(ValueError, match="out_dim"):
         RecurrentBinarizer(24, 32, 1)
+
+
+def test_two_stage_index_with_learned_codes(tmp_path):
+    from pylocalize.index.two_stage import TwoStageIndex
+
+    x = anisotropic(3000, 32, seed=3)
+    model = RecurrentBinarizer(32, 24, 2, hidden=32, seed=0)
+    index = TwoStageIndex(tmp_path / "idx", 32, bits_per_dim=2, binarizer=model, candidates=300)
+    index.add(x)
+    scores, ids = index.search(x[:20], 5)
+    # re-ranked scores are the exact inner products, best first
+    np.testing.assert_allclose(scores, np.einsum("qd,qkd->qk", x[:20], x[ids]), rtol=1e-5)
+    assert (np.diff(scores, axis=1) <= 0).all()
+    index.save()
+    loaded = TwoStageIndex.load(tmp_path / "idx")
+    assert loaded.binarizer is not None and loaded.codes.dim == 24
+    np.testing.assert_array_equal(loaded.search(x[:20], 5)[1], index.search(x[:20], 5)[1])
+    with pytest.raises(ValueError, match="binarizer maps"):
+        TwoStageIndex(tmp_path / "other", 64, bits_per_dim=2, binarizer=model)

@@ -1,0 +1,39 @@
+"""Two-stage search: SDC candidates in memory, exact re-ranking from a memory-mapped file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pylocalize.datasets import clustered_queries, clustered_vectors
+from pylocalize.index.two_stage import TwoStageIndex
+
+
+def test_recall_memory_and_persistence(tmp_path):
+    xb = clustered_vectors(20000, 64, seed=0)
+    xq = clustered_queries(200, 64, seed=0)
+    truth = np.argsort(-(xq @ xb.T), axis=1)[:, :10]
+    index = TwoStageIndex(tmp_path / "idx", 64, bits_per_dim=2, candidates=100)
+    index.add(xb[:12000])
+    index.add(xb[12000:])  # vectors are appended to the file
+    scores, ids = index.search(xq, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, truth)])
+    assert recall >= 0.95
+    np.testing.assert_allclose(scores, np.take_along_axis(xq @ xb.T, ids, 1), rtol=1e-5)  # exact scores
+    assert index.memory_bytes * 16 == xb.nbytes  # 2 bits per dimension: 1/16 of float32
+    index.save()
+    loaded = TwoStageIndex.load(tmp_path / "idx")
+    assert isinstance(loaded.vectors(), np.memmap) and len(loaded) == 20000
+    np.testing.assert_array_equal(loaded.search(xq, 10)[1], ids)
+    with open(tmp_path / "idx" / "vectors.f32", "r+b") as f:  # a truncated vectors file is refused
+        f.truncate(1000)
+    with pytest.raises(ValueError, match="truncated"):
+        TwoStageIndex.load(tmp_path / "idx")
+    with pytest.raises(ValueError, match="not a saved TwoStageIndex"):
+        TwoStageIndex.load(tmp_path)
+    fresh = TwoStageIndex(tmp_path / "idx", 64)  # a new index over an old folder starts empty
+    assert len(fresh) == 0 and fresh.search(xq[:2], 3)[1].tolist() == [[-1] * 3] * 2
+    with pytest.raises(ValueError, match=r"\(n, 64\)"):
+        fresh.add(xb[:, :10])
+    with pytest.raises(ValueError, match="finite"):
+        fresh.add(np.full((2, 64), np.nan, np.float32))
