@@ -124,6 +124,15 @@ def as_camera(camera: CameraLike, width: int, height: int) -> Camera:
     return result
 
 
+def _per_item(cameras, n: int, what: str) -> list:
+    """One camera per item from one shared camera (Camera, string or 3x3 K) or a sequence."""
+    shared = isinstance(cameras, (Camera, str)) or (isinstance(cameras, np.ndarray) and cameras.shape == (3, 3))
+    per_item = [cameras] * n if shared else list(cameras)
+    if len(per_item) != n:
+        raise ValueError(f"{n} {what} but {len(per_item)} cameras")
+    return per_item
+
+
 def _extract_all(images, max_features, extractor, progress, desc="map: features"):
     """Features of many images on a thread pool (the extractors release the GIL)."""
     from concurrent.futures import ThreadPoolExecutor
@@ -222,11 +231,7 @@ class Map:
         feats = _extract_all(images, max_features, extractor, progress)
         sizes = [(int(np.asarray(im).shape[1]), int(np.asarray(im).shape[0])) if not isinstance(im, (str, os.PathLike))
                  else _image_size(im) for im in images]
-        shared = isinstance(cameras, (Camera, str)) or (isinstance(cameras, np.ndarray) and cameras.shape == (3, 3))
-        per_image = [cameras] * n if shared else list(cameras)
-        if len(per_image) != n:
-            raise ValueError(f"{n} images but {len(per_image)} cameras")
-        cams = [as_camera(c, w, h) for c, (w, h) in zip(per_image, sizes)]
+        cams = [as_camera(c, w, h) for c, (w, h) in zip(_per_item(cameras, n, "images"), sizes)]
         return cls.from_features(names, cams, cam_from_world, [f[0] for f in feats], [f[1] for f in feats],
                                  extractor=extractor, max_features=max_features, progress=progress, **options)
 
@@ -542,10 +547,7 @@ class Map:
 
         from tqdm import tqdm
 
-        shared = isinstance(cameras, (Camera, str)) or (isinstance(cameras, np.ndarray) and cameras.shape == (3, 3))
-        per_query = [cameras] * len(images) if shared else list(cameras)
-        if len(per_query) != len(images):
-            raise ValueError(f"{len(images)} queries but {len(per_query)} cameras")
+        per_query = _per_item(cameras, len(images), "queries")
 
         def run(args):
             image, camera = args

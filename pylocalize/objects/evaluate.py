@@ -31,6 +31,7 @@ def evaluate_scene(rep, mesh, scene_dir, obj_id: int, scene_id: int = 0, extract
         points = points[np.random.default_rng(0).choice(len(points), max_points, replace=False)]
     stages = {stage: {k: [] for k in ("mssd", "mspd", "add", "adds", "vsd")} for stage in ("coarse", "refined")}
     rows, times, widths = [], [], []
+    every_depth = True  # VSD only when every image has a depth map, never over a silent subset
     for im_id in tqdm(sorted(scene), desc=f"scene {scene_dir.name}", disable=not progress, leave=False):
         entry = scene[im_id]
         rgb_path = next((p for p in (scene_dir / "rgb" / f"{im_id:06d}.{e}" for e in ("png", "jpg")) if p.is_file()), None)
@@ -41,6 +42,7 @@ def evaluate_scene(rep, mesh, scene_dir, obj_id: int, scene_id: int = 0, extract
         height, width = image.shape[:2]
         depth_path = scene_dir / "depth" / f"{im_id:06d}.png"
         test_depth = None
+        every_depth &= depth_path.is_file()
         if depth_path.is_file():
             with Image.open(depth_path) as im:
                 test_depth = np.asarray(im, np.float64) * entry["depth_scale"]
@@ -76,9 +78,7 @@ def evaluate_scene(rep, mesh, scene_dir, obj_id: int, scene_id: int = 0, extract
                              "R": r.R, "t": r.t, "time": times[-1]})
     out = {"rows": rows, "times": times, "widths": widths}
     for stage, e in stages.items():
-        out[stage] = {k: np.array(v) for k, v in e.items() if len(v) or k != "vsd"}
-        if test_depth is None:
-            out[stage].pop("vsd", None)
+        out[stage] = {k: np.array(v) for k, v in e.items() if k != "vsd" or every_depth}
     return out
 
 
