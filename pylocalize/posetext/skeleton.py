@@ -1,0 +1,125 @@
+"""The SMPL body skeleton: 22 joints, their tree and left/right symmetry, pose normalisation.
+
+Poses are joint positions ``float (n, 22, 3)`` in metres, y up, in the SMPL body joint order
+(Loper et al., "SMPL", SIGGRAPH Asia 2015), the order PoseScript (Delmas et al., ECCV 2022)
+describes. In the *body frame* that :func:`normalize_poses` gives, the pelvis is at the origin,
++y is up, +x points to the subject's left and +z to the subject's front (the SMPL rest
+frame). Hand joints (SMPL-H / SMPL-X, 52 or more joints) are not used: loaders keep the first
+22 joints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+JOINT_NAMES = (
+    "pelvis", "left_hip", "right_hip", "spine1", "left_knee", "right_knee", "spine2", "left_ankle",
+    "right_ankle", "spine3", "left_foot", "right_foot", "neck", "left_collar", "right_collar", "head",
+    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
+)
+NUM_JOINTS = len(JOINT_NAMES)
+JOINT_INDEX = {name: i for i, name in enumerate(JOINT_NAMES)}
+
+# parent of each joint in the kinematic tree (-1: the root)
+PARENTS = np.array([-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19], dtype=np.int64)
+
+
+def _mirror_name(name: str) -> str:
+    if name.startswith("left_"):
+        return "right_" + name[5:]
+    if name.startswith("right_"):
+        return "left_" + name[6:]
+    return name
+
+
+# MIRROR[i] is the joint that joint i becomes under a left/right reflection
+MIRROR = np.array([JOINT_INDEX[_mirror_name(n)] for n in JOINT_NAMES], dtype=np.int64)
+
+
+def check_poses(joints, name: str = "joints") -> np.ndarray:
+    """``joints`` as ``float64 (n, 22, 3)``; a single pose ``(22, 3)`` gets a batch axis.
+
+    Raises
+    ------
+    ValueError
+        Wrong shape, a non-numeric dtype, NaN or Inf, with the fix in the message.
+    """
+    x = np.asarray(joints)
+    if x.dtype.kind not in "fiu":
+        raise ValueError(f"{name} must be numeric joint positions in metres, got dtype {x.dtype}")
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3 or x.shape[1:] != (NUM_JOINTS, 3):
+        hint = ""
+        if x.ndim == 3 and x.shape[2] == 3 and x.shape[1] > NUM_JOINTS:
+            hint = f"; keep the 22 body joints with {name}[:, :22] (SMPL-H/X put hand joints after them)"
+        elif x.ndim == 2 and x.shape[-1] == 66:
+            hint = f"; reshape flat poses with {name}.reshape(-1, 22, 3)"
+        raise ValueError(f"{name} must be (n, 22, 3) or (22, 3) SMPL body joints, got shape {np.shape(joints)}{hint}")
+    if not np.isfinite(x).all():
+        bad = np.unique(np.nonzero(~np.isfinite(x))[0])
+        raise ValueError(f"{name} contain NaN or Inf in poses {bad[:10].tolist()}{' ...' if len(bad) > 10 else ''}; "
+                         f"drop or fill those poses first")
+    return x.astype(np.float64, copy=False)
+
+
+def mirror_poses(joints) -> np.ndarray:
+    """Left/right reflection: x is negated and each left joint swaps with its right twin."""
+    x = check_poses(joints)
+    out = x[:, MIRROR].copy()
+    out[..., 0] *= -1
+    return out
+
+
+def root_yaw(joints) -> np.ndarray:
+    """Heading of each body (radians): the turn about +y that takes a body facing +z to it.
+
+    The left direction is the mean of the right-to-left hip and shoulder vectors, projected on
+    the ground plane (hips alone swing with the legs; shoulders alone with a twisted torso)."""
+    x = check_poses(joints)
+    j = JOINT_INDEX
+    left = (x[:, j["left_hip"]] - x[:, j["right_hip"]]) + (x[:, j["left_shoulder"]] - x[:, j["right_shoulder"]])
+    return np.arctan2(-left[:, 2], left[:, 0])
+
+
+def yaw_rotation(angle) -> np.ndarray:
+    """Rotations ``(n, 3, 3)`` about +y by ``angle`` radians."""
+    a = np.asarray(angle, dtype=np.float64).reshape(-1)
+    c, s = np.cos(a), np.sin(a)
+    R = np.zeros((len(a), 3, 3))
+    R[:, 0, 0], R[:, 0, 2], R[:, 1, 1], R[:, 2, 0], R[:, 2, 2] = c, s, 1.0, -s, c
+    return R
+
+
+def normalize_poses(joints) -> np.ndarray:
+    """Poses in the body frame: pelvis at the origin and the heading removed, so every body
+    faces +z with its left towards +x. Pitch and roll are kept: a body bent forward or lying
+    down stays so. Returns ``float32 (n, 22, 3)``."""
+    x = check_poses(joints)
+    x = x - x[:, :1]
+    # a body with heading a has its left along (cos a, 0, -sin a); turning it by -a brings that onto +x
+    R = yaw_rotation(-root_yaw(x))
+    return np.einsum("nij,nkj->nki", R, x).astype(np.float32)
+
+
+def load_joints(path) -> np.ndarray:
+    """Joint positions from a ``.npy`` file of ``(frames, J, 3)`` with ``J >= 22``.
+
+    SMPL-H / SMPL-X joint arrays (52, 55 or more joints) keep only their first 22, the body
+    joints; hand and face joints are dropped. Returns ``float32 (frames, 22, 3)``."""
+    path = Path(path)
+    if path.suffix != ".npy":
+        raise ValueError(f"{path}: expected a .npy file of (frames, 22, 3) joint positions; convert it with np.save")
+    x = np.load(path, allow_pickle=False)
+    if x.ndim == 2 and x.shape == (NUM_JOINTS, 3):
+        x = x[None]
+    if x.ndim != 3 or x.shape[2] != 3 or x.shape[1] < NUM_JOINTS:
+        raise ValueError(f"{path}: expected (frames, 22, 3) joint positions (or more joints, the first 22 being the "
+                         f"SMPL body joints), got shape {x.shape}")
+    return check_poses(x[:, :NUM_JOINTS], name=str(path)).astype(np.float32)
+
+
+__all__ = ["JOINT_NAMES", "JOINT_INDEX", "MIRROR", "NUM_JOINTS", "PARENTS", "check_poses", "load_joints",
+           "mirror_poses", "normalize_poses", "root_yaw", "yaw_rotation"]
