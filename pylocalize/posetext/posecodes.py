@@ -136,15 +136,11 @@ def _build_posecodes():
             codes.append(_code("position_x", pair, x))
     for pair in (("left_hand", "right_hand"), ("left_foot", "right_foot"), ("left_knee", "right_knee")):
         codes.append(_code("position_y", pair, y))
+    # a raised limb is worth saying; a hand below the head or a knee below the hip is the default
     for template in (("L_hand", "head"), ("L_hand", "L_shoulder"), ("L_elbow", "L_shoulder"), ("L_foot", "L_knee"),
                      ("L_knee", "L_hip"), ("L_hand", "L_hip")):
         for pair in _sides(template):
-            eligible = ("above",) if template[1] in ("head", "L_hip") and template[0] != "L_hand" else None
-            if template == ("L_hand", "L_hip"):
-                eligible = ("above",)  # hands hang below the hips; above them is a choice
-            if template in (("L_foot", "L_knee"), ("L_knee", "L_hip")):
-                eligible = ("above",)
-            codes.append(_code("position_y", pair, y, eligible=eligible))
+            codes.append(_code("position_y", pair, y, eligible=("above",)))
     for pair in (("left_hand", "right_hand"), ("left_foot", "right_foot")):
         codes.append(_code("position_z", pair, z))
     for template in (("L_hand", "torso"), ("L_foot", "torso")):
