@@ -191,3 +191,66 @@ def test_multibit_errors():
         with_vectors.search(codes, 3, rerank=5)
     with pytest.raises(ValueError, match="pass vectors="):
         with_vectors.add(codes)
+
+
+def sign_bounds(cq, cx, dim, candidates):
+    """Reference for progressive search's documented per-query bound: the rank-th
+    smallest sign-plane distance over an evenly spaced sample of the codes, plus one."""
+    n, pb = len(cx), (dim + 7) // 8
+    want = -(-8 * n // candidates)
+    s = min(n, max(1024, min(want, n // 32, 16384)))
+    rank = max(1, -(-candidates * s // n))
+    sample = cx[(np.arange(s) * n) // s, :pb]
+    sq = pylocalize.unpack_bits(np.ascontiguousarray(cq[:, :pb]), dim).astype(np.int32)
+    ss = pylocalize.unpack_bits(np.ascontiguousarray(sample), dim).astype(np.int32)
+    dist = sq @ (1 - ss).T + (1 - sq) @ ss.T
+    return np.sort(dist, axis=1)[:, rank - 1] + 1
+
+
+@pytest.mark.parametrize("u", [2, 3])
+def test_progressive_search_matches_filtered_reference(u, simd_level, num_threads):
+    rng = np.random.default_rng(40 + u)
+    dim, n, k = 64, 40_000, 10
+    x, q = structured(rng, n, dim), structured(rng, 12, dim)
+    cx, cq = pylocalize.binarize(x, u), pylocalize.binarize(q, u)
+    index = pylocalize.MultiBitIndex(dim, u)
+    index.add(cx)
+    ref = sdc_scores(cq, cx, dim, u)
+    pb = (dim + 7) // 8
+    sign = (pylocalize.unpack_bits(np.ascontiguousarray(cq[:, :pb]), dim).astype(np.int32) @
+            (1 - pylocalize.unpack_bits(np.ascontiguousarray(cx[:, :pb]), dim).astype(np.int32)).T)
+    sign += ((1 - pylocalize.unpack_bits(np.ascontiguousarray(cq[:, :pb]), dim).astype(np.int32)) @
+             pylocalize.unpack_bits(np.ascontiguousarray(cx[:, :pb]), dim).astype(np.int32).T)
+    for candidates in (10, 4000):
+        bound = sign_bounds(cq, cx, dim, candidates)
+        allowed = sign < bound[:, None]
+        # a query left with fewer than k candidates falls back to exhaustive SDC
+        filtered = np.where(allowed | (allowed.sum(1) < k)[:, None], ref, -np.inf)
+        scores, ids = index.search(cq, k, candidates=candidates)
+        assert_topk_equivalent(scores, ids, filtered, k)
+        if candidates == 4000:  # 10 % of the codes: nearly all of exact SDC's top 10
+            _, exact = index.search(cq, k)
+            assert recall_at(ids, exact) >= 0.9
+    # candidates >= ntotal is exact SDC
+    np.testing.assert_array_equal(index.search(cq, k, candidates=n)[1], index.search(cq, k)[1])
+
+
+def test_progressive_search_arguments():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2000, 32)).astype(np.float32)
+    one = pylocalize.MultiBitIndex(32, 1)
+    one.add(pylocalize.binarize(x, 1))
+    c1 = pylocalize.binarize(x[:5], 1)
+    # 1 bit per dimension: the code is its own sign plane, so the option changes nothing
+    np.testing.assert_array_equal(one.search(c1, 7, candidates=50)[1], one.search(c1, 7)[1])
+    two = pylocalize.MultiBitIndex(32, 2)
+    two.add(pylocalize.binarize(x, 2), vectors=x)
+    c2 = pylocalize.binarize(x[:5], 2)
+    with pytest.raises(ValueError, match="candidates"):
+        two.search(c2, 10, candidates=5)
+    with pytest.raises(ValueError, match="candidates"):
+        two.search(c2, 10, query_vectors=x[:5], rerank=100, candidates=50)
+    with pytest.raises(ValueError, match="candidates"):
+        two.search(c2, 10, candidates=-1)
+    s, i = two.search(c2, 10, query_vectors=x[:5], rerank=100, candidates=400)
+    assert (i[:, 0] == np.arange(5)).all()  # each vector finds itself after exact re-ranking

@@ -146,7 +146,7 @@ void BindHamming(py::module_& m) {
       .def(
           "search",
           [](const MultiBitIndex& self, const py::object& query_codes, int64_t k,
-             const py::object& query_vectors, int64_t rerank) {
+             const py::object& query_vectors, int64_t rerank, int64_t candidates) {
             auto q = CheckArray<uint8_t>(query_codes, "query_codes", 2, self.code_size());
             PYL_CHECK(k >= 1, "k must be >= 1, got ", k);
             const int64_t nq = q.shape(0);
@@ -164,12 +164,13 @@ void BindHamming(py::module_& m) {
             int64_t* ip = i.mutable_data();
             {
               py::gil_scoped_release release;
-              self.Search(q.data(), nq, k, qvp, rerank, sp, ip);
+              self.Search(q.data(), nq, k, qvp, rerank, candidates, sp, ip);
             }
             return py::make_tuple(s, i);
           },
           py::arg("query_codes"), py::arg("k"),
-          py::arg("query_vectors") = py::none(), py::arg("rerank") = 0)
+          py::arg("query_vectors") = py::none(), py::arg("rerank") = 0,
+          py::arg("candidates") = 0)
       .def("reset", &MultiBitIndex::Reset, py::call_guard<py::gil_scoped_release>());
   BindIdsAndPersistence(multibit);
 

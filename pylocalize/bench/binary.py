@@ -7,7 +7,8 @@ faster), and whether the two return identical results.
 
 Part 2 measures what multi-bit codes buy at equal memory: on clustered, anisotropic float
 vectors (d=128) it compares recall@10 (against exact inner product) and speed of Hamming
-search on 256-bit sign-of-random-projection codes, SDC on 1/2/4 bits per dimension
+search on 256-bit sign-of-random-projection codes, SDC on 1/2/4 bits per dimension,
+progressive 2-bit SDC (sign-plane scan, full SDC for a few hundred candidates), 2-bit
 SDC with exact re-ranking, and ``faiss.IndexFlatIP`` as the float
 reference. The popcount-bound methods are timed with and without AVX-512 VPOPCNTDQ
 where the CPU has both.
@@ -181,6 +182,11 @@ def bench_sdc(args, rng, results):
         mb.add(pylocalize.binarize(xb, bits))
         qc = pylocalize.binarize(xq, bits)
         methods.append((f"sdc-{bits}b", bits * d, lambda mb=mb, qc=qc: mb.search(qc, k)))
+        if bits == 2:
+            # Progressive search: sign-plane Hamming first, full SDC for ~L candidates.
+            for cands in args.candidates:
+                methods.append((f"sdc-2b-progressive{cands}", bits * d,
+                                lambda mb=mb, qc=qc, c=cands: mb.search(qc, k, candidates=c)))
     rr = pylocalize.MultiBitIndex(d, 2)
     rr.add(pylocalize.binarize(xb, 2), vectors=xb)
     qc2 = pylocalize.binarize(xq, 2)
@@ -241,6 +247,8 @@ def parse_args(argv):
     p.add_argument("--nq-sdc", type=int, default=1000, help="queries of part 2")
     p.add_argument("--dim", type=int, default=128, help="float dimension of part 2")
     p.add_argument("--rerank", type=int, default=100, help="SDC candidates re-ranked exactly")
+    p.add_argument("--candidates", type=int_list, default=[200, 500],
+                   help="progressive SDC: candidates scored in full after the sign-plane scan")
     p.add_argument("--skip-hamming", action="store_true", help="skip part 1")
     p.add_argument("--skip-sdc", action="store_true", help="skip part 2")
     p.add_argument("--small", action="store_true", help="quick run, well under a minute")

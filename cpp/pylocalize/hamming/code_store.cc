@@ -235,6 +235,7 @@ void ScanTiles(const ScanSource& src, const uint64_t* queries, int64_t query_str
       a.scales = src.scales != nullptr ? src.scales + c * kBlock : nullptr;
       a.sdc_a = src.sdc_a;
       a.sdc_b = src.sdc_b;
+      a.sign_thresholds = src.sign_thresholds != nullptr ? src.sign_thresholds + g : nullptr;
       src.kernel(a, src.context);
       const int64_t nmask = (nb + 7) / 8;
       for (int64_t j = 0; j < ng; ++j) {

@@ -85,6 +85,7 @@ struct ScanSource {
   const float* scales = nullptr;
   float sdc_a = 0.0f, sdc_b = 0.0f;
   float scale_min = 0.0f, scale_max = 0.0f;  // over the stored codes
+  const int32_t* sign_thresholds = nullptr;   // SDC progressive search: one per query
 };
 
 // k nearest codes per query by kernel distance (D = int32_t for Hamming, float for the

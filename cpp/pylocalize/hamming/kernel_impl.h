@@ -24,8 +24,9 @@ inline void Emit(const ScanArgs& a, int64_t q, int64_t b, typename Ops::V d) {
 }
 
 template <class Ops>
-inline void EmitKey(const ScanArgs& a, int64_t q, int64_t b, typename Ops::V d) {
-  uint64_t m = Ops::LessMask(d, a.thresholds[q]);  // integer pre-test, exact below
+inline void EmitKey(const ScanArgs& a, int64_t q, int64_t b, typename Ops::V d,
+                    uint64_t allowed = 0xff) {
+  uint64_t m = Ops::LessMask(d, a.thresholds[q]) & allowed;  // integer pre-test, exact below
   if (m == 0) {
     a.mask[q * a.mld + b] = 0;
     return;
@@ -80,14 +81,21 @@ inline void Hamming(const ScanArgs& a) {
 
 // Accumulates per level s = i + j, then weights levels by 2^(2(U-1)-s) once per block.
 // WP > 0: compile-time words per plane (fully unrolled, accumulators stay in registers).
+// The sign-plane pair (0, 0) is counted first so that, with a.sign_thresholds, a block
+// none of whose codes is close in sign bits to any query of the group stops there.
 template <class Ops, int U, int WP, int QB>
 inline void SdcGroup(const ScanArgs& a, int64_t q0) {
   using V = typename Ops::V;
   constexpr int kLevels = 2 * U - 1;
   const int64_t wp = WP > 0 ? WP : a.words_per_code / U;
   const int64_t words = U * wp;
+  const bool filter = U > 1 && a.sign_thresholds != nullptr;
   const uint64_t* qs[QB];
-  for (int j = 0; j < QB; ++j) qs[j] = a.queries + (q0 + j) * a.query_stride;
+  int32_t sign_bound[QB];  // read once: the mask stores below may alias them
+  for (int j = 0; j < QB; ++j) {
+    qs[j] = a.queries + (q0 + j) * a.query_stride;
+    sign_bound[j] = filter ? a.sign_thresholds[q0 + j] : 0;
+  }
   for (int64_t b = 0; b < a.nblocks; ++b) {
     const uint64_t* blk = a.blocks + b * words * kBlock;
     V acc[QB][kLevels];
@@ -95,9 +103,30 @@ inline void SdcGroup(const ScanArgs& a, int64_t q0) {
       for (int s = 0; s < kLevels; ++s) acc[j][s] = Ops::Zero();
     }
     for (int64_t w = 0; w < wp; ++w) {
+      const V x = Ops::Load(blk + w * kBlock);
+      for (int j = 0; j < QB; ++j) {
+        acc[j][0] = Ops::Add(acc[j][0], Ops::Popcount(Ops::XorBroadcast(x, qs[j][w])));
+      }
+    }
+    uint64_t allowed[QB];
+    if (filter) {
+      uint64_t any = 0;
+      for (int j = 0; j < QB; ++j) {
+        allowed[j] = Ops::LessMask(acc[j][0], sign_bound[j]);
+        any |= allowed[j];
+      }
+      if (any == 0) {
+        for (int j = 0; j < QB; ++j) a.mask[(q0 + j) * a.mld + b] = 0;
+        continue;
+      }
+    } else {
+      for (int j = 0; j < QB; ++j) allowed[j] = 0xff;
+    }
+    for (int64_t w = 0; w < wp; ++w) {
       for (int xp = 0; xp < U; ++xp) {
         const V x = Ops::Load(blk + (xp * wp + w) * kBlock);
         for (int qp = 0; qp < U; ++qp) {
+          if (qp + xp == 0) continue;  // counted above
           for (int j = 0; j < QB; ++j) {
             acc[j][qp + xp] = Ops::Add(acc[j][qp + xp],
                                        Ops::Popcount(Ops::XorBroadcast(x, qs[j][qp * wp + w])));
@@ -110,7 +139,7 @@ inline void SdcGroup(const ScanArgs& a, int64_t q0) {
       for (int s = 0; s < kLevels - 1; ++s) {
         d = Ops::Add(d, Ops::ShiftLeft(acc[j][s], 2 * (U - 1) - s));
       }
-      EmitKey<Ops>(a, q0 + j, b, d);
+      EmitKey<Ops>(a, q0 + j, b, d, allowed[j]);
     }
   }
 }

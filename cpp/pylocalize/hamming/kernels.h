@@ -41,6 +41,11 @@ struct ScanArgs {
   float sdc_a = 0.0f, sdc_b = 0.0f;
   const float* fthresholds = nullptr;
   float* fdist = nullptr;
+  // SDC with 2+ bit planes only, or nullptr: per query, a code is scored only when the
+  // Hamming distance of its sign plane (plane 0) to the query's is below this bound
+  // (progressive search: the sign plane is a coarse code, the full SDC score is paid
+  // only by the few codes it lets through).
+  const int32_t* sign_thresholds = nullptr;
 };
 
 // Hamming: dist = popcount(q ^ x) over W words.

@@ -143,11 +143,85 @@ void MultiBitIndex::Add(const uint8_t* codes, int64_t n, const int64_t* ids, con
   ExtendInvNorms(n0);
 }
 
+std::vector<int32_t> MultiBitIndex::SignThresholds(const uint64_t* qwords, int64_t nq,
+                                                   int64_t candidates) const {
+  // Evenly spaced sample of the codes, the same for every query and thread count, so
+  // the result depends on neither. ~8 sample codes per expected candidate keep the
+  // quantile estimate steady; the sample is capped at 1/32 of the codes (bounding its
+  // cost against the scan) and at 16384 codes, and never smaller than 1024.
+  const int64_t n = store_.size(), wp = words_per_plane_, stride = bits_ * wp;
+  const int64_t want = (8 * n + candidates - 1) / candidates;
+  const int64_t s = std::min(n, std::max<int64_t>(1024, std::min<int64_t>({want, n / 32, 16384})));
+  const int64_t rank = std::max<int64_t>(1, (candidates * s + n - 1) / n);
+  hamming::CodeStore sample(wp);
+  {
+    std::vector<uint64_t> rows(static_cast<size_t>(s * wp)), row(static_cast<size_t>(stride));
+    for (int64_t i = 0; i < s; ++i) {
+      store_.GetRow(i * n / s, row.data());
+      std::copy(row.begin(), row.begin() + wp, rows.begin() + i * wp);
+    }
+    sample.Append(rows.data(), s);
+  }
+  // Sign-plane distances of every query to the whole sample with the Hamming kernel
+  // (plane 0 is the first wp words of a query row), then a per-query histogram.
+  const hamming::HammingKernel kernel = hamming::GetHammingKernel(ActiveSimdLevel());
+  constexpr int64_t kGroup = 16;
+  const int64_t nb = sample.num_blocks(), ld = nb * hamming::kBlock;
+  std::vector<int32_t> out(static_cast<size_t>(nq), INT32_MAX);
+  const int threads = GetNumThreads();
+  struct Buffers {
+    std::vector<int32_t> dist;
+    std::vector<uint8_t> mask;
+    std::vector<int64_t> hist;
+  };
+  std::vector<Buffers> bufs(static_cast<size_t>(std::max(threads, 1)));
+  const std::vector<int32_t> thr(static_cast<size_t>(kGroup), INT32_MAX);
+  ParallelFor((nq + kGroup - 1) / kGroup, threads, [&](int64_t g, int tid) {
+    const int64_t q0 = g * kGroup, ng = std::min(kGroup, nq - q0);
+    Buffers& buf = bufs[static_cast<size_t>(tid)];
+    buf.dist.resize(static_cast<size_t>(kGroup * ld));
+    buf.mask.resize(static_cast<size_t>(kGroup * nb));
+    buf.hist.resize(static_cast<size_t>(dim_ + 1));
+    std::vector<int32_t>& dist = buf.dist;
+    std::vector<int64_t>& hist = buf.hist;
+    hamming::ScanArgs a;
+    a.queries = qwords + q0 * stride;
+    a.nq = ng;
+    a.query_stride = stride;
+    a.blocks = sample.blocks();
+    a.nblocks = nb;
+    a.words_per_code = wp;
+    a.thresholds = thr.data();
+    a.dist = dist.data();
+    a.ld = ld;
+    a.mask = buf.mask.data();
+    a.mld = nb;
+    kernel(a);
+    for (int64_t j = 0; j < ng; ++j) {
+      std::fill(hist.begin(), hist.end(), 0);
+      for (int64_t i = 0; i < s; ++i) ++hist[static_cast<size_t>(dist[static_cast<size_t>(j * ld + i)])];
+      int64_t seen = 0;
+      for (int64_t d = 0; d <= dim_; ++d) {
+        seen += hist[static_cast<size_t>(d)];
+        if (seen >= rank) {
+          out[static_cast<size_t>(q0 + j)] = static_cast<int32_t>(d + 1);  // kernels test d < bound
+          break;
+        }
+      }
+    }
+  });
+  return out;
+}
+
 void MultiBitIndex::Search(const uint8_t* query_codes, int64_t nq, int64_t k,
-                           const float* query_vectors, int64_t rerank, float* scores,
-                           int64_t* ids) const {
+                           const float* query_vectors, int64_t rerank, int64_t candidates,
+                           float* scores, int64_t* ids) const {
   PYL_CHECK(k > 0, "k must be >= 1, got ", k);
   PYL_CHECK(rerank >= 0, "rerank must be >= 0");
+  PYL_CHECK(candidates >= 0, "candidates must be >= 0 (0: score every code)");
+  PYL_CHECK(candidates == 0 || candidates >= std::max(k, rerank),
+            "candidates (", candidates, ") must be >= k and >= rerank: it bounds how many "
+            "codes get a full SDC score");
   std::vector<uint64_t> qwords;
   ToWords(query_codes, nq, &qwords);
   std::shared_lock<std::shared_mutex> lock(mutex_);
@@ -176,11 +250,43 @@ void MultiBitIndex::Search(const uint8_t* query_codes, int64_t nq, int64_t k,
   const float inf = std::numeric_limits<float>::infinity();
   std::vector<float> keys(static_cast<size_t>(nq * kc));
   std::vector<int64_t> cand(static_cast<size_t>(nq * kc));
-  hamming::KnnScan<float>(src, qwords.data(), nq, bits_ * words_per_plane_, kc, keys.data(),
-                          cand.data(), inf, GetNumThreads());
+  const int64_t stride = bits_ * words_per_plane_;
+  const bool progressive = candidates > 0 && bits_ > 1 && candidates < store_.size();
+  std::vector<int32_t> sign_bounds;
+  if (progressive) {
+    sign_bounds = SignThresholds(qwords.data(), nq, candidates);
+    src.sign_thresholds = sign_bounds.data();
+  }
+  hamming::KnnScan<float>(src, qwords.data(), nq, stride, kc, keys.data(), cand.data(), inf,
+                          GetNumThreads());
+  if (progressive) {
+    // The sampled bound lets through at least `rank` codes but may still leave fewer
+    // than kc for a query far from most codes: score those few queries exhaustively.
+    const int64_t want = std::min(kc, store_.size());
+    std::vector<int64_t> redo;
+    for (int64_t q = 0; q < nq; ++q) {
+      if (cand[static_cast<size_t>(q * kc + want - 1)] < 0) redo.push_back(q);
+    }
+    if (!redo.empty()) {
+      std::vector<uint64_t> rq(static_cast<size_t>(redo.size() * stride));
+      for (size_t r = 0; r < redo.size(); ++r) {
+        std::copy(qwords.begin() + redo[r] * stride, qwords.begin() + (redo[r] + 1) * stride,
+                  rq.begin() + static_cast<int64_t>(r) * stride);
+      }
+      std::vector<float> rkeys(redo.size() * static_cast<size_t>(kc));
+      std::vector<int64_t> rcand(redo.size() * static_cast<size_t>(kc));
+      src.sign_thresholds = nullptr;
+      hamming::KnnScan<float>(src, rq.data(), static_cast<int64_t>(redo.size()), stride, kc,
+                              rkeys.data(), rcand.data(), inf, GetNumThreads());
+      for (size_t r = 0; r < redo.size(); ++r) {
+        std::copy(rkeys.begin() + r * kc, rkeys.begin() + (r + 1) * kc, keys.begin() + redo[r] * kc);
+        std::copy(rcand.begin() + r * kc, rcand.begin() + (r + 1) * kc, cand.begin() + redo[r] * kc);
+      }
+    }
+  }
   if (!reranking) {
     for (int64_t q = 0; q < nq; ++q) {
-      const double qn = ReconstructionNorm(qwords.data() + q * bits_ * words_per_plane_);
+      const double qn = ReconstructionNorm(qwords.data() + q * stride);
       const float inv_q = qn > 0.0 ? static_cast<float>(1.0 / qn) : 0.0f;
       for (int64_t i = q * k; i < (q + 1) * k; ++i) {
         ids[i] = cand[static_cast<size_t>(i)];

@@ -51,8 +51,13 @@ class MultiBitIndex {
   // vectors when rerank > 0), best (largest) first, ties to the smaller id,
   // padded with (-inf, -1). rerank > 0 takes the max(rerank, k) SDC candidates and
   // re-ranks them by <query_vectors[q], vectors[i]>.
-  void Search(const uint8_t* query_codes, int64_t nq, int64_t k,
-              const float* query_vectors, int64_t rerank, float* scores, int64_t* ids) const;
+  // candidates > 0 (2+ bits per dim): progressive search. Only codes whose sign plane is
+  // among about the `candidates` closest to the query's in Hamming distance get a full
+  // SDC score; the bound on that distance is a quantile of an evenly spaced sample of the
+  // codes, so results are deterministic. A query left with fewer than k (or rerank)
+  // candidates is scored exhaustively. 0 scores every code (exact SDC).
+  void Search(const uint8_t* query_codes, int64_t nq, int64_t k, const float* query_vectors,
+              int64_t rerank, int64_t candidates, float* scores, int64_t* ids) const;
   void Reset();
   std::vector<int64_t> Ids() const;
 
@@ -66,6 +71,9 @@ class MultiBitIndex {
   ContainerWriter Writer() const;
   // |x_hat| of a code given as u planes of words_per_plane_ words.
   double ReconstructionNorm(const uint64_t* row) const;
+  // Per query, the sign-plane Hamming bound (strict) that about `candidates` codes meet.
+  std::vector<int32_t> SignThresholds(const uint64_t* qwords, int64_t nq,
+                                      int64_t candidates) const;
   // Appends 1 / |x_hat| of codes [first, store_.size()) to inv_norms_ (block padded).
   void ExtendInvNorms(int64_t first);
   static std::unique_ptr<MultiBitIndex> FromContainer(const Container& c, bool borrow_codes);
