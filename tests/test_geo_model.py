@@ -1,0 +1,156 @@
+"""Geo-localization heads (torch extra): GeoDecoder, flat baseline, GPS encoder, matcher.
+
+Tiny models on synthetic tokens whose content is a known function of the photo's cell and
+scene; every run is seeded. References: loops over the parent map by hand for the
+hierarchical product, chance level for training.
+"""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("s2sphere")
+
+from pylocalize.geo import CellHierarchy, great_circle_km  # noqa: E402
+from pylocalize.geo.model import FlatCellClassifier, GeoDecoder, GPSEncoder, ImageGPSMatcher  # noqa: E402
+from pylocalize.geo.synthetic import synthetic_tokens  # noqa: E402
+
+CITIES = np.array([[48.85, 2.35], [40.71, -74.0], [35.68, 139.69], [-33.87, 151.2], [-23.55, -46.63],
+                   [55.75, 37.62], [19.43, -99.13], [1.35, 103.82], [-1.29, 36.82], [64.14, -21.94]])
+
+
+def _photos(rng, n):
+    which = rng.integers(0, len(CITIES), n)
+    ll = CITIES[which] + rng.normal(0, 1.5, (n, 2))
+    ll[:, 0] = np.clip(ll[:, 0], -90, 90)
+    return ll
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    train, test = _photos(rng, 1500), _photos(rng, 300)
+    h = CellHierarchy.from_latlon(train, max_images=(200, 60), min_images=5)
+    xt, st = synthetic_tokens(h, train, num_tokens=3, dim=16, num_scenes=2, noise=0.7, seed=1)
+    xe, se = synthetic_tokens(h, test, num_tokens=3, dim=16, num_scenes=2, noise=0.7, seed=2)
+    return h, train, test, xt, st, xe, se
+
+
+def _small_decoder(h, **kw):
+    return GeoDecoder(h, 16, num_scenes=2, d_model=32, num_heads=4, independent_layers=1, dependent_layers=1,
+                      ffn_mult=2, dropout=0.0, **kw)
+
+
+def test_decoder_shapes_scene_selection_and_hierarchical_product(data):
+    h, train, _, xt, _, _, _ = data
+    model = _small_decoder(h)
+    logits, scene_logits = model.net(torch.from_numpy(xt[:5]))
+    assert [tuple(lg.shape) for lg in logits] == [(5, 2, c) for c in h.num_cells]
+    assert tuple(scene_logits.shape) == (5, 2)
+    probs, scene = model.predict_scene_proba(xt[:7])
+    assert [p.shape for p in probs] == [(7, 2, c) for c in h.num_cells]
+    np.testing.assert_allclose([p.sum(-1) for p in probs], 1, rtol=1e-5)
+    # the selected scene has the largest mean (over hierarchies) top-class probability
+    conf = (probs[0].max(-1) + probs[1].max(-1)) / 2
+    np.testing.assert_array_equal(scene, conf.argmax(1))
+    # fine probability = its own times its parent's, with the parent found by hand
+    combined = model.predict_proba(xt[:7])
+    for i in range(7):
+        for c in range(h.num_cells[1]):
+            parent = [p for p in range(h.num_cells[0]) if h.parents[1][c] == p][0]
+            want = probs[1][i, scene[i], c] * probs[0][i, scene[i], parent]
+            assert combined[1][i, c] == pytest.approx(want, rel=1e-6)
+    pred = model.predict(xt[:7])
+    np.testing.assert_array_equal(pred, h.centers[1][combined[1].argmax(1)])
+
+
+def test_decoder_training_beats_chance_and_round_trips(data, tmp_path):
+    h, train, test, xt, st, xe, se = data
+    model = _small_decoder(h).fit(xt, train, st, epochs=12, batch_size=64, lr=2e-3, patience=3, seed=0)
+    assert model.history[-1] < model.history[0]
+    labels = h.cell_of(test)
+    fine = model.predict_proba(xe)[-1].argmax(1)
+    ok = labels[:, 1] >= 0
+    chance = np.max(np.bincount(labels[ok, 1])) / ok.sum()
+    assert np.mean(fine[ok] == labels[ok, 1]) > max(0.5, 2 * chance)
+    # scene selection by confidence finds the revealing scene (0) more often than not
+    _, scene = model.predict_scene_proba(xe)
+    assert np.mean(scene == se) > 0.5
+    assert np.median(great_circle_km(model.predict(xe), test)) < 500
+    path = tmp_path / "decoder.pt"
+    model.save(path)
+    assert "GeoDecoder" in torch.load(str(path), weights_only=True)["format"]
+    loaded = GeoDecoder.load(path)
+    np.testing.assert_array_equal(loaded.predict(xe), model.predict(xe))
+    np.testing.assert_array_equal(loaded.hierarchy.cell_ids[1], h.cell_ids[1])
+    # same seed, same model
+    again = _small_decoder(h).fit(xt, train, st, epochs=2, batch_size=64, lr=2e-3, seed=0)
+    twice = _small_decoder(h).fit(xt, train, st, epochs=2, batch_size=64, lr=2e-3, seed=0)
+    np.testing.assert_array_equal(again.predict(xe[:20]), twice.predict(xe[:20]))
+
+
+def test_flat_classifier_trains(data, tmp_path):
+    h, train, test, xt, _, xe, _ = data
+    model = FlatCellClassifier(h, 16, d_model=32, num_heads=4, num_layers=1, ffn_mult=2, dropout=0.0)
+    model.fit(xt, train, epochs=12, batch_size=64, lr=2e-3, seed=0)
+    labels = h.cell_of(test)[:, 1]
+    ok = labels >= 0
+    assert np.mean(model.predict_proba(xe)[0].argmax(1)[ok] == labels[ok]) > 0.5
+    model.save(tmp_path / "flat.pt")
+    np.testing.assert_array_equal(FlatCellClassifier.load(tmp_path / "flat.pt").predict(xe), model.predict(xe))
+    with pytest.raises(ValueError, match="not a saved GeoDecoder"):
+        GeoDecoder.load(tmp_path / "flat.pt")
+
+
+def test_bad_inputs_and_corrupt_checkpoint(data, tmp_path):
+    h, train, _, xt, st, _, _ = data
+    model = _small_decoder(h)
+    with pytest.raises(ValueError, match=r"tokens\[:, None, :\]"):
+        model.predict(xt[:, 0])
+    with pytest.raises(ValueError, match=r"\(n, num_tokens, 16\)"):
+        model.predict(xt[..., :8])
+    bad = xt[:10].copy()
+    bad[3, 1, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        model.predict(bad)
+    with pytest.raises(ValueError, match="scene labels must be in 0..1"):
+        model.fit(xt[:20], train[:20], np.full(20, 5), epochs=1)
+    with pytest.raises(ValueError, match="latitude must be in"):
+        model.fit(xt[:20], train[:20] + [100, 0], st[:20], epochs=1)
+    with pytest.raises(ValueError, match="multiple of num_heads"):
+        GeoDecoder(h, 16, d_model=30, num_heads=4)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="not a saved GeoDecoder"):
+        GeoDecoder.load(tmp_path / "junk.pt")
+
+
+def test_gps_encoder_shapes_and_determinism():
+    enc = GPSEncoder(dim=24, sigmas=(1.0, 8.0), num_features=32, hidden=64, seed=3)
+    ll = np.array([[0.0, 0.0], [90, 0], [-90, 0], [10, 180], [10, -180]])
+    z = enc.encode(ll)
+    assert z.shape == (5, 24) and z.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1, rtol=1e-5)
+    np.testing.assert_array_equal(z, GPSEncoder(dim=24, sigmas=(1.0, 8.0), num_features=32, hidden=64, seed=3)
+                                  .encode(ll))
+    xy = GPSEncoder.coordinates(ll)
+    assert xy[3, 0] == -xy[4, 0] and xy[3, 1] == xy[4, 1]  # the antimeridian's two sides
+    assert abs(GPSEncoder.coordinates(np.array([[0.0, 180.0]]))[0, 0] - 1) < 1e-6
+    with pytest.raises(ValueError, match="even"):
+        GPSEncoder(num_features=33)
+    with pytest.raises(ValueError, match="NaN"):
+        enc.encode(np.array([[np.nan, 1.0]]))
+
+
+def test_image_gps_matcher_beats_chance(tmp_path):
+    rng = np.random.default_rng(4)
+    place = rng.integers(0, len(CITIES), 800)
+    ll = CITIES[place] + rng.normal(0, 0.3, (800, 2))
+    keys = rng.normal(size=(len(CITIES), 16))
+    images = (keys[place] + 0.5 * rng.normal(size=(800, 16))).astype(np.float32)
+    matcher = ImageGPSMatcher(16, dim=32, hidden=64, seed=0, gps={"sigmas": (1.0, 8.0), "num_features": 64})
+    matcher.fit(images[:700], ll[:700], epochs=25, batch_size=64, lr=3e-3, seed=0)
+    pred = matcher.predict(images[700:], CITIES)
+    hit = great_circle_km(pred, CITIES[place[700:]]) < 1
+    assert hit.mean() > 0.5  # chance: 1 in 10
+    matcher.save(tmp_path / "m.pt")
+    np.testing.assert_array_equal(ImageGPSMatcher.load(tmp_path / "m.pt").predict(images[700:], CITIES), pred)
