@@ -154,3 +154,52 @@ def test_image_gps_matcher_beats_chance(tmp_path):
     assert hit.mean() > 0.5  # chance: 1 in 10
     matcher.save(tmp_path / "m.pt")
     np.testing.assert_array_equal(ImageGPSMatcher.load(tmp_path / "m.pt").predict(images[700:], CITIES), pred)
+
+
+# ---------------------------------------------------------------------------- backbones
+
+
+@pytest.mark.parametrize("kind", ["dinov2", "clip"])
+def test_token_extractor_tiny_saved_config(kind, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from pylocalize.geo.backbones import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, TokenExtractor
+
+    torch.manual_seed(0)
+    common = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=8,
+                  image_size=32)
+    if kind == "dinov2":
+        model = transformers.Dinov2Model(transformers.Dinov2Config(**common)).eval()
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    else:
+        model = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**common)).eval()
+        mean, std = CLIP_MEAN, CLIP_STD
+    model.save_pretrained(tmp_path / kind)
+    extractor = TokenExtractor(tmp_path / kind, image_size=32, device="cpu")
+    assert extractor.kind == kind and extractor.num_tokens == 1 + 16 and extractor.dim == 32
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)  # already the input size: no resampling
+    tokens = extractor(images, batch_size=2)
+    assert tokens.shape == (3, 17, 32) and tokens.dtype == np.float32
+    # the reference: the saved model run directly on hand-normalised pixels
+    pixels = torch.from_numpy(((images / 255.0 - mean) / std).transpose(0, 3, 1, 2).astype(np.float32))
+    with torch.no_grad():
+        want = model(pixel_values=pixels).last_hidden_state
+        if kind == "clip":
+            want = getattr(model, "vision_model", model).post_layernorm(want)
+    np.testing.assert_allclose(tokens, want.numpy(), atol=1e-5)
+    # other sizes are resized; a list of differently sized images works
+    assert extractor([images[0], rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)]).shape == (2, 17, 32)
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        extractor(images.astype(np.float32))
+
+
+def test_token_extractor_refuses_missing_and_foreign_models(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from pylocalize.geo.backbones import TokenExtractor
+
+    with pytest.raises(ValueError, match="nothing is downloaded"):
+        TokenExtractor(tmp_path / "nowhere")
+    bert = transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    transformers.BertModel(bert).save_pretrained(tmp_path / "bert")
+    with pytest.raises(ValueError, match="DINOv2 or CLIP"):
+        TokenExtractor(tmp_path / "bert")
