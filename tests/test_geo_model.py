@@ -26,6 +26,15 @@ def _photos(rng, n):
     return ll
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    # tiny models: torch's worker threads only add overhead, many-fold on a busy machine
+    from pylocalize.geo.model import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
 @pytest.fixture(scope="module")
 def data():
     rng = np.random.default_rng(0)
@@ -203,3 +212,45 @@ def test_token_extractor_refuses_missing_and_foreign_models(tmp_path):
     transformers.BertModel(bert).save_pretrained(tmp_path / "bert")
     with pytest.raises(ValueError, match="DINOv2 or CLIP"):
         TokenExtractor(tmp_path / "bert")
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def test_command_line_cells_train_predict_eval(data, tmp_path, capsys):
+    from pylocalize.geo.cli import main, read_latlon_csv, write_latlon_csv
+
+    h, train, test, xt, st, xe, _ = data
+    write_latlon_csv(tmp_path / "train.csv", train)
+    (tmp_path / "test.csv").write_text("id,LAT,LON\n" + "".join(f"{i},{a},{b}\n" for i, (a, b) in enumerate(test)))
+    np.testing.assert_allclose(read_latlon_csv(tmp_path / "test.csv"), test)
+    np.save(tmp_path / "xt.npy", xt)
+    np.save(tmp_path / "xe.npy", xe)
+    np.save(tmp_path / "st.npy", st)
+    np.save(tmp_path / "et.npy", xt.mean(1))
+    np.save(tmp_path / "ee.npy", xe.mean(1))
+    d = str(tmp_path)
+    assert main(["geo", "cells", "--gps", f"{d}/train.csv", "--out", f"{d}/cells.plc", "--max-images", "200", "60",
+                 "--min-images", "5"]) == 0
+    from pylocalize.geo import CellHierarchy
+
+    np.testing.assert_array_equal(CellHierarchy.load(f"{d}/cells.plc").cell_ids[1], h.cell_ids[1])
+    small = ["--d-model", "32", "--heads", "4", "--layers", "1", "--epochs", "2", "--batch-size", "128"]
+    assert main(["geo", "train", "--gps", f"{d}/train.csv", "--cells", f"{d}/cells.plc", "--tokens", f"{d}/xt.npy",
+                 "--scenes", f"{d}/st.npy", "--out", f"{d}/m.pt"] + small) == 0
+    assert main(["geo", "predict", "--model", f"{d}/m.pt", "--tokens", f"{d}/xe.npy", "--out", f"{d}/pred.csv"]) == 0
+    assert read_latlon_csv(f"{d}/pred.csv").shape == test.shape
+    assert main(["geo", "train", "--model", "gallery", "--gps", f"{d}/train.csv", "--embeddings", f"{d}/et.npy",
+                 "--out", f"{d}/g.plc"]) == 0
+    assert main(["geo", "predict", "--gallery", f"{d}/g.plc", "--embeddings", f"{d}/ee.npy", "--out",
+                 f"{d}/gpred.csv"]) == 0
+    capsys.readouterr()
+    assert main(["geo", "eval", "--pred", f"{d}/gpred.csv", "--gt", f"{d}/test.csv", "--figure", f"{d}/map.png",
+                 "--background", f"{d}/train.csv"]) == 0
+    out = capsys.readouterr().out
+    assert "acc@2500km" in out and (tmp_path / "map.png").stat().st_size > 10_000
+    with pytest.raises(SystemExit, match="not a pylocalize geo checkpoint"):
+        main(["geo", "predict", "--model", f"{d}/cells.plc", "--tokens", f"{d}/xe.npy", "--out", f"{d}/x.csv"])
+    (tmp_path / "bad.csv").write_text("name,x,y\na,1,2\n")
+    with pytest.raises(ValueError, match="call them lat"):
+        read_latlon_csv(tmp_path / "bad.csv")

@@ -185,7 +185,9 @@ def _locate(leaf: np.ndarray, ids: np.ndarray, levels: np.ndarray) -> np.ndarray
 
 
 def _as_levels(value, num: int, name: str) -> List[int]:
-    values = [int(v) for v in (value if isinstance(value, (list, tuple, np.ndarray)) else [value] * num)]
+    values = [int(v) for v in (value if isinstance(value, (list, tuple, np.ndarray)) else [value])]
+    if len(values) == 1:
+        values = values * num
     if len(values) != num:
         raise ValueError(f"{name} needs one value per granularity ({num}), got {len(values)}")
     return values

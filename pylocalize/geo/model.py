@@ -56,6 +56,29 @@ def _torch():
 _MODULES = {}
 
 
+class torch_threads:
+    """``with torch_threads(n):`` runs torch ops on ``n`` intra-op threads, then restores the
+    previous count (``None``: leave it). Small heads gain nothing from more threads, and on a
+    machine busy with other work torch's spinning worker threads can slow them many-fold
+    (measured: 70x for a tiny decoder on 2 cores under load), so training takes a
+    ``num_threads``."""
+
+    def __init__(self, n: Optional[int]):
+        self.n, self.previous = n, None
+
+    def __enter__(self):
+        if self.n is not None:
+            torch = _torch()
+            self.previous = torch.get_num_threads()
+            torch.set_num_threads(max(1, int(self.n)))
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            _torch().set_num_threads(self.previous)
+        return False
+
+
 def _modules():
     """The nn.Module classes, defined on first use so that importing this file needs no torch."""
     if _MODULES:
@@ -185,9 +208,15 @@ def _check_tokens(tokens, token_dim: int) -> np.ndarray:
 
 
 def _train(net, loss_of, n: int, epochs: int, batch_size: int, lr: float, weight_decay: float, validation: float,
-           patience: int, seed: int, progress: bool, desc: str) -> List[float]:
+           patience: int, seed: int, progress: bool, desc: str, num_threads: Optional[int] = None) -> List[float]:
     """AdamW on shuffled mini-batches with early stopping on a held-out split; keeps the
     best weights. ``loss_of(indices)`` returns the mean loss of those training rows."""
+    with torch_threads(num_threads):
+        return _train_loop(net, loss_of, n, epochs, batch_size, lr, weight_decay, validation, patience, seed, progress,
+                           desc)
+
+
+def _train_loop(net, loss_of, n, epochs, batch_size, lr, weight_decay, validation, patience, seed, progress, desc):
     from tqdm import tqdm
 
     torch = _torch()
@@ -349,7 +378,7 @@ class GeoDecoder(_CellModel):
 
     def fit(self, tokens, latlon, scenes=None, epochs: int = 20, batch_size: int = 256, lr: float = 5e-4,
             weight_decay: float = 1e-4, scene_weight: float = 1.0, validation: float = 0.1, patience: int = 3,
-            seed: int = 0, progress: bool = False) -> "GeoDecoder":
+            seed: int = 0, progress: bool = False, num_threads: Optional[int] = None) -> "GeoDecoder":
         """Trains on tokens ``(n, num_tokens, token_dim)`` of photos at ``latlon (n, 2)``.
 
         ``scenes`` are int labels in ``0..num_scenes-1`` (default: all 0, no scene loss).
@@ -385,7 +414,7 @@ class GeoDecoder(_CellModel):
             return loss
 
         self.history = _train(self.net, loss_of, len(x), epochs, batch_size, lr, weight_decay, validation, patience,
-                              seed, progress, "GeoDecoder")
+                              seed, progress, "GeoDecoder", num_threads)
         return self
 
     def predict_scene_proba(self, tokens, batch_size: int = 1024) -> Tuple[List[np.ndarray], np.ndarray]:
@@ -439,7 +468,7 @@ class FlatCellClassifier(_CellModel):
 
     def fit(self, tokens, latlon, epochs: int = 20, batch_size: int = 256, lr: float = 5e-4,
             weight_decay: float = 1e-4, validation: float = 0.1, patience: int = 3, seed: int = 0,
-            progress: bool = False) -> "FlatCellClassifier":
+            progress: bool = False, num_threads: Optional[int] = None) -> "FlatCellClassifier":
         """Trains the finest-cell classifier; see :meth:`GeoDecoder.fit`."""
         torch = _torch()
         x = _check_tokens(tokens, self.token_dim)
@@ -459,7 +488,7 @@ class FlatCellClassifier(_CellModel):
             return torch.nn.functional.cross_entropy(logits, y, ignore_index=-1)
 
         self.history = _train(self.net, loss_of, len(x), epochs, batch_size, lr, weight_decay, validation, patience,
-                              seed, progress, "flat classifier")
+                              seed, progress, "flat classifier", num_threads)
         return self
 
     def predict_proba(self, tokens, batch_size: int = 1024) -> List[np.ndarray]:
@@ -574,7 +603,7 @@ class ImageGPSMatcher:
 
     def fit(self, image_embeddings, latlon, epochs: int = 30, batch_size: int = 256, lr: float = 1e-3,
             weight_decay: float = 1e-4, validation: float = 0.1, patience: int = 5, seed: int = 0,
-            progress: bool = False) -> "ImageGPSMatcher":
+            progress: bool = False, num_threads: Optional[int] = None) -> "ImageGPSMatcher":
         """Contrastive training on pairs (image embedding, its GPS)."""
         torch = _torch()
         f = torch.nn.functional
@@ -593,7 +622,7 @@ class ImageGPSMatcher:
             return 0.5 * (f.cross_entropy(logits, target) + f.cross_entropy(logits.T, target))
 
         self.history = _train(self.net, loss_of, len(x), epochs, batch_size, lr, weight_decay, validation, patience,
-                              seed, progress, "image-GPS")
+                              seed, progress, "image-GPS", num_threads)
         return self
 
     def encode_images(self, image_embeddings, batch_size: int = 8192) -> np.ndarray:
@@ -628,4 +657,4 @@ class ImageGPSMatcher:
         return model
 
 
-__all__ = ["FlatCellClassifier", "GPSEncoder", "GeoDecoder", "ImageGPSMatcher"]
+__all__ = ["FlatCellClassifier", "GPSEncoder", "GeoDecoder", "ImageGPSMatcher", "torch_threads"]
