@@ -127,7 +127,7 @@ def plot_predictions(predicted, truth, path=None, background=None, projection: s
         ax.plot(g[:, 0], g[:, 1], color="0.4", lw=1.0, zorder=0)
     if background is not None:
         b = project(background)
-        ax.scatter(b[:, 0], b[:, 1], s=0.3, c="0.6", alpha=0.4, linewidths=0, zorder=1, rasterized=True)
+        ax.scatter(b[:, 0], b[:, 1], s=1.0, c="0.7", alpha=0.5, linewidths=0, zorder=1, rasterized=True)
     p, t = project(predicted), project(truth)
     if len(p):
         rng = np.random.default_rng(seed)
