@@ -13,7 +13,8 @@
 - **Loss**: symmetric batch-based classification (BBC, InfoNCE both ways) with a learned
   temperature, as PoseScript trains its retrieval model.
 - **Augmentation**: left/right mirroring of the pose together with its caption (every
-  "left" becomes "right" and back), with probability 1/2.
+  "left" becomes "right" and back), with probability 1/2; a quarter of each batch also
+  appears mirrored beside itself, so that the loss has to read the caption's sides.
 - **Training**: AdamW, tqdm progress, early stopping on the held-out mRecall, the best
   weights kept; checkpoints load with ``torch.load(weights_only=True)``.
 - **Retrieval**: :class:`PoseTextRetrieval` embeds a gallery and searches it with the
@@ -318,7 +319,7 @@ class PoseTextModel:
 
     # -- training -------------------------------------------------------------------------
     def fit(self, joints, captions, epochs: int = 30, batch_size: int = 512, lr: float = 1e-3,
-            validation: float = 0.05, patience: int = 5, mirror: bool = True, seed: int = 0,
+            validation: float = 0.05, patience: int = 5, mirror: bool = True, mirror_twins: float = 0.25, seed: int = 0,
             progress: bool = False) -> "PoseTextModel":
         """Trains on poses and their captions.
 
@@ -336,6 +337,9 @@ class PoseTextModel:
         mirror : bool
             Mirror augmentation: with probability 1/2 a pose is mirrored and its caption's
             left/right words swapped.
+        mirror_twins : float
+            Fraction of each batch that also appears mirrored beside itself (hard negatives
+            that differ only in their sides).
         seed : int
             Split, order and augmentation seed.
         progress : bool
@@ -378,7 +382,7 @@ class PoseTextModel:
             self.net.text.mean.copy_(table.mean(0))
             self.net.text.std.copy_(table.std(0).clamp(min=1e-4))
         cross_entropy = torch.nn.functional.cross_entropy
-        best, best_state, stale = -1.0, copy.deepcopy(self.net.state_dict()), 0
+        best, best_state, stale = -np.inf, copy.deepcopy(self.net.state_dict()), 0
         # Adam's second moments of small gradients fall into denormal floats, which x86 CPUs
         # compute tens of times slower; flushing them to zero costs nothing in accuracy
         flushing = torch.set_flush_denormal(True)
@@ -392,6 +396,13 @@ class PoseTextModel:
                     rows = perm[s * batch_size:(s + 1) * batch_size]
                     pick = rng.integers(0, k, len(rows))
                     flip = rng.random(len(rows)) < 0.5 if mirror else np.zeros(len(rows), bool)
+                    if mirror and mirror_twins:
+                        # a quarter of the batch comes back mirrored beside itself: a pose's own
+                        # mirror image is the negative that only the caption's sides tell apart
+                        twins = rows[: int(len(rows) * mirror_twins)]
+                        rows = np.concatenate([rows, twins])
+                        pick = np.concatenate([pick, pick[: len(twins)]])
+                        flip = np.concatenate([flip, ~flip[: len(twins)]])
                     poses = np.where(flip[:, None, None], x_mirror[rows], x[rows]) if mirror else x[rows]
                     text = np.where(flip[:, None], ids_mirror[rows, pick], ids[rows, pick]) if mirror else ids[rows, pick]
                     p = self.net.pose(torch.from_numpy(np.ascontiguousarray(poses)))

@@ -55,7 +55,7 @@ def check_poses(joints, name: str = "joints") -> np.ndarray:
         hint = ""
         if x.ndim == 3 and x.shape[2] == 3 and x.shape[1] > NUM_JOINTS:
             hint = f"; keep the 22 body joints with {name}[:, :22] (SMPL-H/X put hand joints after them)"
-        elif x.ndim == 2 and x.shape[-1] == 66:
+        elif np.ndim(joints) == 2 and np.shape(joints)[-1] == 3 * NUM_JOINTS:
             hint = f"; reshape flat poses with {name}.reshape(-1, 22, 3)"
         raise ValueError(f"{name} must be (n, 22, 3) or (22, 3) SMPL body joints, got shape {np.shape(joints)}{hint}")
     if not np.isfinite(x).all():
