@@ -40,10 +40,14 @@ class TwoStageIndex:
         Learned codes; default the training-free :func:`pylocalize.binarize`.
     candidates : int
         SDC candidates re-ranked per query (at least ``k``).
+    center : float32 (dim,), optional
+        Subtracted before training-free binarization. Sign codes need data centred on
+        zero: pass the data's mean for non-negative descriptors such as RootSIFT (whose
+        raw signs are all positive). A learned binarizer centres by itself.
     """
 
     def __init__(self, path, dim: int, bits_per_dim: int = 2, binarizer=None, candidates: int = 100, *,
-                 _existing: bool = False):
+                 center: Optional[np.ndarray] = None, _existing: bool = False):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         if binarizer is not None and (binarizer.in_dim != dim or binarizer.bits_per_dim != bits_per_dim):
@@ -51,6 +55,14 @@ class TwoStageIndex:
                              f"the index expects {dim} at {bits_per_dim}")
         self.dim, self.bits_per_dim, self.binarizer = int(dim), int(bits_per_dim), binarizer
         self.candidates = int(candidates)
+        self.center = None
+        if center is not None:
+            if binarizer is not None:
+                raise ValueError("center applies to training-free codes; a learned binarizer centres by itself")
+            center = np.asarray(center, dtype=np.float32)
+            if center.shape != (self.dim,) or not np.isfinite(center).all():
+                raise ValueError(f"center must be {self.dim} finite values (e.g. the data's mean), got shape {center.shape}")
+            self.center = center
         code_dim = binarizer.out_dim if binarizer is not None else self.dim
         self.codes = MultiBitIndex(code_dim, self.bits_per_dim)
         self._vectors_path = self.path / VECTORS_FILE
@@ -67,7 +79,9 @@ class TwoStageIndex:
         return f"TwoStageIndex({len(self)} vectors, dim={self.dim}, {self.bits_per_dim} bits/dim {kind}, {self.path})"
 
     def encode(self, x: np.ndarray) -> np.ndarray:
-        return self.binarizer.encode(x) if self.binarizer is not None else binarize(x, self.bits_per_dim)
+        if self.binarizer is not None:
+            return self.binarizer.encode(x)
+        return binarize(x - self.center if self.center is not None else x, self.bits_per_dim)
 
     def _check(self, x) -> np.ndarray:
         x = np.asarray(x)
@@ -131,7 +145,8 @@ class TwoStageIndex:
         if self.binarizer is not None:
             self.binarizer.save(self.path / BINARIZER_FILE)
         info = {"dim": self.dim, "bits_per_dim": self.bits_per_dim, "candidates": self.candidates,
-                "learned": self.binarizer is not None, "count": len(self)}
+                "learned": self.binarizer is not None, "count": len(self),
+                "center": None if self.center is None else self.center.tolist()}
         tmp = self.path / (INFO_FILE + ".tmp")
         tmp.write_text(json.dumps(info))
         os.replace(tmp, self.path / INFO_FILE)
@@ -148,7 +163,9 @@ class TwoStageIndex:
             from pylocalize.codes.learned import RecurrentBinarizer
 
             binarizer = RecurrentBinarizer.load(path / BINARIZER_FILE)
-        index = cls(path, info["dim"], info["bits_per_dim"], binarizer, info["candidates"], _existing=True)
+        center = info.get("center")
+        index = cls(path, info["dim"], info["bits_per_dim"], binarizer, info["candidates"],
+                    center=None if center is None else np.asarray(center, np.float32), _existing=True)
         index.codes = MultiBitIndex.load(path / CODES_FILE, mmap=True)
         if len(index) != info["count"]:
             raise ValueError(f"{path}: {len(index)} codes but {info['count']} recorded; the files disagree")
