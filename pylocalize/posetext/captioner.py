@@ -209,14 +209,7 @@ class Captioner:
             supers = supers[: self.max_facts]
             elementary = elementary[: max(0, self.max_facts - len(supers))]
         who = rng.choice(_WHO)
-        clauses = [rng.choice(_SUPER_SENTENCES[s]).format(who=who if k == 0 else rng.choice(("They", "The person")))
-                   .replace("They is", "They are").replace("They kneels", "They kneel")
-                   .replace("They leans", "They lean").replace("They has", "They have")
-                   .replace("They squats", "They squat").replace("They sits", "They sit")
-                   .replace("They bends", "They bend").replace("They arches", "They arch")
-                   .replace("They tilts", "They tilt").replace("They holds", "They hold")
-                   .replace("They spreads", "They spread").replace("They crosses", "They cross")
-                   for k, s in enumerate(supers)]
+        clauses = [_whole_body(s, who if k == 0 else None, rng) for k, s in enumerate(supers)]
         clauses += [_write(f, rng) for f in elementary]
         sentences, k = [], 0
         while k < len(clauses):
@@ -225,13 +218,30 @@ class Captioner:
                 transition = rng.choice(_TRANSITIONS)
                 if transition == ", with ":  # "with the left knee bent" reads better than "with the left knee is bent"
                     second = re.sub(r"^(\S+(?: \S+)*?) (?:is|are) ", r"\1 ", second, count=1)
-                sentences.append(clauses[k] + transition + second[0].lower() + second[1:]
-                                 if not second.startswith("The person") else clauses[k] + transition + second)
+                sentences.append(clauses[k] + transition + second[0].lower() + second[1:])
                 k += 2
             else:
                 sentences.append(clauses[k])
                 k += 1
         return " ".join(s[0].upper() + s[1:] + "." for s in sentences)
+
+
+_PLURAL_VERBS = {"is": "are", "has": "have", "kneels": "kneel", "leans": "lean", "squats": "squat", "sits": "sit",
+                 "bends": "bend", "arches": "arch", "tilts": "tilt", "holds": "hold", "spreads": "spread",
+                 "crosses": "cross"}
+
+
+def _whole_body(name: str, who, rng: random.Random) -> str:
+    """A super-posecode's clause, its verb agreeing with the subject ("They are", "Someone is");
+    ``who=None`` picks a subject that refers back ("They", "The person")."""
+    template = rng.choice(_SUPER_SENTENCES[name])
+    who = rng.choice(("They", "The person")) if who is None else who
+    text = template.format(who=who)
+    if who == "They":
+        words = text.split(" ")
+        words[1] = _PLURAL_VERBS.get(words[1], words[1])
+        text = " ".join(words)
+    return text
 
 
 def _region(subject: str) -> str:
