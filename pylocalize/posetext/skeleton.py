@@ -118,6 +118,11 @@ def load_joints(path) -> np.ndarray:
     if x.ndim != 3 or x.shape[2] != 3 or x.shape[1] < NUM_JOINTS:
         raise ValueError(f"{path}: expected (frames, 22, 3) joint positions (or more joints, the first 22 being the "
                          f"SMPL body joints), got shape {x.shape}")
+    if x.shape[1] > NUM_JOINTS:
+        import warnings
+
+        warnings.warn(f"{path}: {x.shape[1]} joints per frame; keeping the first 22 (the SMPL body joints), "
+                      f"dropping the hand/face joints after them", stacklevel=2)
     return check_poses(x[:, :NUM_JOINTS], name=str(path)).astype(np.float32)
 
 
