@@ -11,7 +11,15 @@
 Everything but the model is numpy only.
 """
 
+from pylocalize.posetext.captioner import Captioner, caption_poses, split_clauses, swap_left_right
 from pylocalize.posetext.generator import FAMILIES, forward_kinematics, generate_poses
+from pylocalize.posetext.model import (  # torch is imported only when a model is made
+    ClauseBank,
+    MiniLMEncoder,
+    PoseTextModel,
+    PoseTextRetrieval,
+    retrieval_recalls,
+)
 from pylocalize.posetext.posecodes import (
     POSECODES,
     Posecode,
@@ -29,6 +37,7 @@ from pylocalize.posetext.skeleton import (
     normalize_poses,
 )
 
-__all__ = ["FAMILIES", "JOINT_NAMES", "MIRROR", "PARENTS", "POSECODES", "Posecode", "category_name", "check_poses",
+__all__ = ["FAMILIES", "JOINT_NAMES", "MIRROR", "PARENTS", "POSECODES", "Captioner", "ClauseBank", "MiniLMEncoder",
+           "PoseTextModel", "PoseTextRetrieval", "Posecode", "caption_poses", "category_name", "check_poses",
            "compute_posecodes", "forward_kinematics", "generate_poses", "load_joints", "mirror_poses",
-           "mirror_posecodes", "normalize_poses"]
+           "mirror_posecodes", "normalize_poses", "retrieval_recalls", "split_clauses", "swap_left_right"]
