@@ -306,3 +306,12 @@ def test_generated_poses_are_valid_and_seeded():
                          ("bent_forward", "super/bent_forward")):
         assert codes[code][families == family].mean() > 0.5, family
         assert codes[code][families == "standing"].mean() < 0.05, family
+
+
+def test_numpy_parts_do_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from pylocalize.posetext import generate_poses, caption_poses; "
+            "caption_poses(generate_poses(3, seed=0)); assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
