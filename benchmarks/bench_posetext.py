@@ -40,6 +40,9 @@ def main(argv=None) -> int:
                              "against other processes and run many times slower)")
     parser.add_argument("--cache-dir", default="benchmarks/results/posetext_cache", help="MiniLM clause embedding cache")
     parser.add_argument("--out", default="benchmarks/results/posetext", help="folder for the figure, results and model")
+    parser.add_argument("--short-facts", type=int, default=6,
+                        help="the harder test: captions of at most this many facts, half of them skipped")
+    parser.add_argument("--model", help="evaluate this saved model instead of training one (same pose seeds)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -66,6 +69,9 @@ def main(argv=None) -> int:
     t_caption = time.perf_counter() - t0
     # test captions from another caption seed: other facts skipped, other words, other order
     test_captions = [c[0] for c in captioner.caption(test_poses, seed=args.seed + 2)]
+    # a harder test: short captions (at most --short-facts facts, each fact skipped with p = 1/2)
+    short_captions = [c[0] for c in Captioner(skip_probability=0.5, max_facts=args.short_facts).caption(
+        test_poses, seed=args.seed + 3)]
     words = np.mean([len(c.split()) for c in test_captions])
     print(f"{args.train_poses:,} + {args.test_poses:,} poses generated in {t_generate:.1f} s; "
           f"{args.train_poses / t_caption:,.0f} poses/s captioned ({args.captions_per_pose} captions each, "
@@ -80,19 +86,24 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     known = len(bank)
     flat = [c for cs in train_captions for c in cs]
-    bank.lookup(flat + [swap_left_right(c) for c in flat] + test_captions, progress=True)
+    bank.lookup(flat + [swap_left_right(c) for c in flat] + test_captions + short_captions, progress=True)
     bank.save(cache)
     t_bank = time.perf_counter() - t0
     print(f"clause bank: {len(bank):,} distinct clauses ({len(bank) - known:,} encoded with MiniLM now, "
           f"{t_bank:.1f} s incl. lookups)")
 
-    model = PoseTextModel(embed_dim=args.embed_dim, hidden=args.hidden, bank=bank, seed=args.seed)
     t0 = time.perf_counter()
-    model.fit(train_poses, train_captions, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-              patience=args.patience, seed=args.seed, progress=True)
+    if args.model:
+        model = PoseTextModel.load(args.model)
+        model.bank = bank  # the cache holds every clause of this run
+        print(f"loaded {args.model}")
+    else:
+        model = PoseTextModel(embed_dim=args.embed_dim, hidden=args.hidden, bank=bank, seed=args.seed)
+        model.fit(train_poses, train_captions, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                  patience=args.patience, seed=args.seed, progress=True)
+        model.save(out / "model.pt")
+        print(f"trained {len(model.history)} epochs in {time.perf_counter() - t0:.0f} s")
     t_train = time.perf_counter() - t0
-    model.save(out / "model.pt")
-    print(f"trained {len(model.history)} epochs in {t_train:.0f} s")
 
     t0 = time.perf_counter()
     pose_e, text_e = model.embed_poses(test_poses), model.embed_texts(test_captions)
@@ -100,6 +111,8 @@ def main(argv=None) -> int:
     t_eval = time.perf_counter() - t0
     random_model = PoseTextModel(embed_dim=args.embed_dim, hidden=args.hidden, bank=bank, seed=args.seed + 1)
     baseline = retrieval_recalls(random_model.embed_poses(test_poses), random_model.embed_texts(test_captions))
+    short = retrieval_recalls(pose_e, model.embed_texts(short_captions))
+    short_words = np.mean([len(c.split()) for c in short_captions])
     own = np.sum(text_e * pose_e, 1)
     mirrored = np.sum(text_e * model.embed_poses(mirror_poses(test_poses)), 1)
     side_accuracy = float(np.mean(own > mirrored))
@@ -109,23 +122,26 @@ def main(argv=None) -> int:
     print("| encoder | " + " | ".join(k.replace("text_to_pose", "T→P").replace("pose_to_text", "P→T") for k in keys)
           + " |")
     print("|---|" + "---:|" * len(keys))
-    for name, r in (("random (untrained)", baseline), ("trained", trained)):
+    for name, r in (("random (untrained)", baseline), ("trained", trained),
+                    (f"trained, short captions ({short_words:.0f} words)", short)):
         print(f"| {name} | " + " | ".join(f"{r[k]:.1f}" for k in keys) + " |")
     print(f"\ncaption nearer its own pose than the pose's mirror image: {100 * side_accuracy:.1f} %")
     print(f"embedding + search of the test set: {t_eval:.1f} s; total {time.perf_counter() - t_start:.0f} s")
 
-    results = {"args": vars(args), "trained": trained, "random": baseline, "side_accuracy": side_accuracy,
+    results = {"args": vars(args), "trained": trained, "random": baseline, "short_captions": short,
+               "short_words_per_caption": float(short_words), "side_accuracy": side_accuracy,
                "history": model.history, "clauses": len(bank), "words_per_caption": float(words),
                "seconds": {"generate": t_generate, "caption": t_caption, "clause_bank": t_bank, "train": t_train,
                            "eval": t_eval},
                "caption_poses_per_s": args.train_poses / t_caption}
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    _figure(out / "posetext.png", model.history, trained, baseline, keys)
+    if model.history:
+        _figure(out / "posetext.png", model.history, trained, baseline, short, keys)
     print(f"figure, results and model -> {out}/")
     return 0
 
 
-def _figure(path, history, trained, baseline, keys):
+def _figure(path, history, trained, baseline, short, keys):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -144,8 +160,9 @@ def _figure(path, history, trained, baseline, keys):
     a.legend(loc="upper right")
     a.set_title("training")
     x = np.arange(len(keys))
-    b.bar(x - 0.2, [baseline[k] for k in keys], 0.4, label="random encoder", color="tab:gray")
-    b.bar(x + 0.2, [trained[k] for k in keys], 0.4, label="trained", color="tab:blue")
+    b.bar(x - 0.27, [baseline[k] for k in keys], 0.27, label="random encoder", color="tab:gray")
+    b.bar(x, [trained[k] for k in keys], 0.27, label="trained", color="tab:blue")
+    b.bar(x + 0.27, [short[k] for k in keys], 0.27, label="trained, short captions", color="tab:cyan")
     b.set_xticks(x, [k.replace("text_to_pose", "T→P").replace("pose_to_text", "P→T") for k in keys], rotation=30)
     b.set_ylabel("recall (%)")
     b.set_title("held-out poses, captions from another seed")

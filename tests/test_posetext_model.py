@@ -130,6 +130,7 @@ def test_save_load(trained, data, tmp_path):
     trained.save(path)
     loaded = PoseTextModel.load(path, encoder=trained.bank.encoder)
     np.testing.assert_allclose(loaded.embed_poses(poses[:20]), trained.embed_poses(poses[:20]), atol=1e-6)
+    assert loaded.history == trained.history and len(loaded.history) > 0
     texts = [c[0] for c in captions[:20]]
     np.testing.assert_allclose(loaded.embed_texts(texts), trained.embed_texts(texts), atol=1e-6)
     # a plain weights_only load reads it: no pickled objects inside

@@ -303,7 +303,11 @@ class PoseTextModel:
         """``float32 (n, embed_dim)`` unit-length caption embeddings (new clauses go through MiniLM)."""
         if isinstance(captions, str):
             raise ValueError("captions must be a list of strings; wrap one caption as [caption]")
-        ids = self.bank.lookup(list(captions), progress=progress)
+        captions = list(captions)
+        bad = next((c for c in captions if not isinstance(c, str)), None)
+        if bad is not None:
+            raise ValueError(f"captions must be strings, got {type(bad).__name__}; pass one string per caption")
+        ids = self.bank.lookup(captions, progress=progress)
         return self.embed_clause_ids(ids, batch_size)
 
     def embed_clause_ids(self, ids: np.ndarray, batch_size: int = 4096) -> np.ndarray:
@@ -318,7 +322,7 @@ class PoseTextModel:
         return np.concatenate(out) if out else np.zeros((0, self.embed_dim), np.float32)
 
     # -- training -------------------------------------------------------------------------
-    def fit(self, joints, captions, epochs: int = 30, batch_size: int = 512, lr: float = 1e-3,
+    def fit(self, joints, captions, epochs: int = 30, batch_size: int = 512, lr: float = 2e-3,
             validation: float = 0.05, patience: int = 5, mirror: bool = True, mirror_twins: float = 0.25, seed: int = 0,
             progress: bool = False) -> "PoseTextModel":
         """Trains on poses and their captions.
@@ -452,6 +456,7 @@ class PoseTextModel:
         data = {"format": "pylocalize.PoseTextModel", "version": 1,
                 "dims": [self.embed_dim, self.hidden], "dropout": self.dropout,
                 "state": self.net.state_dict(), "clauses": list(self.bank.clauses),
+                "history": [{k: float(v) for k, v in h.items()} for h in self.history],
                 "clause_vectors": torch.from_numpy(self.bank.vectors.copy())}
         tmp = str(path) + ".tmp"
         torch.save(data, tmp)
@@ -478,6 +483,7 @@ class PoseTextModel:
         model = cls(embed_dim, hidden, float(data["dropout"]), bank=bank)
         model.net.load_state_dict(data["state"])
         model.net.eval()
+        model.history = [dict(h) for h in data.get("history", [])]
         return model
 
 
