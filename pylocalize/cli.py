@@ -414,6 +414,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pred", required=True, help="pose file (name qw qx qy qz tx ty tz)")
     p.set_defaults(func=_evaluate)
 
+    # The geo and posetext modules import nothing heavy at module level, so their
+    # commands are registered here; torch is imported only when a command runs.
+    from pylocalize.geo.cli import add_parser as add_geo
+    from pylocalize.posetext.cli import add_parser as add_posetext
+
+    add_geo(sub)
+    add_posetext(sub)
+
     p = sub.add_parser("bench", help="run a benchmark at a small size (full runs: benchmarks/)")
     p.add_argument("topic", choices=["binary"])
     p.add_argument("rest", nargs=argparse.REMAINDER, help="extra flags for the benchmark")
