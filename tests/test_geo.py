@@ -375,3 +375,15 @@ def test_import_without_torch():
             "h = g.CellHierarchy.from_latlon(np.array([[1.0, 2.0]] * 5), (3,), 1); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_main_command_line_geo_cells(tmp_path, capsys):
+    from pylocalize.cli import main
+
+    ll = _clustered(np.random.default_rng(12), 500)
+    np.savetxt(tmp_path / "gps.csv", ll, delimiter=",", header="latitude,longitude", comments="")
+    assert main(["geo", "cells", "--gps", str(tmp_path / "gps.csv"), "--out", str(tmp_path / "c.plc"),
+                 "--max-images", "100", "25", "--min-images", "3"]) == 0
+    want = CellHierarchy.from_latlon(ll, (100, 25), 3)
+    got = CellHierarchy.load(tmp_path / "c.plc")
+    assert got.num_cells == want.num_cells and "photos ->" in capsys.readouterr().out
