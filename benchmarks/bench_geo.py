@@ -72,7 +72,8 @@ def synthetic_benchmark(args, latlon, results):
     labels_test = hierarchy.cell_of(test)
     print("test photos in a kept cell per granularity: "
           + ", ".join(f"{100 * np.mean(labels_test[:, h] >= 0):.1f} %" for h in range(hierarchy.num_hierarchies)))
-    opts = dict(num_tokens=args.tokens, dim=args.dim, num_scenes=args.scenes, noise=args.noise, embedding_seed=args.seed)
+    opts = dict(num_tokens=args.tokens, dim=args.dim, num_scenes=args.scenes, noise=args.noise,
+                embedding_seed=args.seed)
     xt, st = synthetic_tokens(hierarchy, train, seed=args.seed + 1, **opts)
     xe, se = synthetic_tokens(hierarchy, test, seed=args.seed + 2, **opts)
     print(f"tokens: {args.tokens} x {args.dim}-d per photo, {args.scenes} scenes, noise {args.noise}")
@@ -139,7 +140,8 @@ def synthetic_benchmark(args, latlon, results):
             predictions[name] = pred
             print(row(name, acc, f"{acc['predict_ms_per_photo']:.3f} ms/photo"), flush=True)
     if "GeoDecoder" in out["methods"]:
-        print(f"\nGeoDecoder picked the true scene for {100 * out['methods']['GeoDecoder']['scene_selected_is_true']:.1f} % "
+        picked = out["methods"]["GeoDecoder"]["scene_selected_is_true"]
+        print(f"\nGeoDecoder picked the true scene for {100 * picked:.1f} % "
               f"of test photos (scene 0 reveals the most)")
     if args.figure:
         fig = plot_predictions(predictions["GeoDecoder"][:2000], test[:2000], background=train[:30000],
@@ -226,7 +228,8 @@ def real_photos(args, results):
     out = {"photos": n, "max_pairwise_m": 1e3 * spread}
     for name, e in errors.items():
         e = 1e3 * np.asarray(e)
-        out[name] = {"median_m": float(np.median(e)), "mean_m": float(np.mean(e)), "within_50m": float(np.mean(e <= 50))}
+        out[name] = {"median_m": float(np.median(e)), "mean_m": float(np.mean(e)),
+                     "within_50m": float(np.mean(e <= 50))}
         print(f"{name:28s} {np.median(e):9.1f} {np.mean(e):8.1f} {100 * np.mean(e <= 50):7.1f}%")
     results["real_lund"] = out
 

@@ -114,8 +114,9 @@ def s2_leaf_ids(latlon) -> np.ndarray:
     face = face + 3 * (p[rows, face] < 0)
     x, y, z = p[:, 0], p[:, 1], p[:, 2]
     with np.errstate(divide="ignore", invalid="ignore"):
-        u = np.select([face == 0, face == 1, face == 2, face == 3, face == 4], [y / x, -x / y, -x / z, z / x, z / y], -y / z)
-        v = np.select([face == 0, face == 1, face == 2, face == 3, face == 4], [z / x, z / y, -y / z, y / x, -x / y], -x / z)
+        faces = [face == f for f in range(5)]  # face 5 is the default
+        u = np.select(faces, [y / x, -x / y, -x / z, z / x, z / y], -y / z)
+        v = np.select(faces, [z / x, z / y, -y / z, y / x, -x / y], -x / z)
     ij = []
     for w in (u, v):
         # the quadratic projection of the S2 library, then the 2**30 grid of leaf cells

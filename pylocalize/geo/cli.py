@@ -106,7 +106,8 @@ def _train(args) -> int:
                                    num_layers=args.layers + args.dependent_layers, seed=args.seed)
         model.fit(tokens, latlon, **options)
     model.save(args.out)
-    print(f"{model} trained for {len(model.history)} epochs (best held-out loss {min(model.history):.3f}) -> {args.out}")
+    print(f"{model} trained for {len(model.history)} epochs (best held-out loss {min(model.history):.3f}) "
+          f"-> {args.out}")
     return 0
 
 
@@ -168,7 +169,8 @@ def add_parser(subparsers) -> None:
     c.add_argument("--gps", required=True, help="CSV of training GPS (lat, lon columns)")
     c.add_argument("--out", required=True, help="cell hierarchy file to write")
     c.add_argument("--max-images", type=int, nargs="+", default=[5000, 2000, 1000],
-                   help="one granularity per value, coarse to fine: split cells with more photos (default: %(default)s)")
+                   help="one granularity per value, coarse to fine: split cells with more photos "
+                        "(default: %(default)s)")
     c.add_argument("--min-images", type=int, nargs="+", default=[50],
                    help="drop cells with fewer photos: one value, or one per granularity (default: %(default)s)")
     c.set_defaults(func=_cells)
