@@ -149,15 +149,15 @@ def _figure(path, history, trained, baseline, short, keys):
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2))
     epochs = np.arange(1, len(history) + 1)
-    a.plot(epochs, [h["loss"] for h in history], "o-", color="tab:red", label="training loss (BBC)")
+    lines = a.plot(epochs, [h["loss"] for h in history], "o-", color="tab:red", label="training loss (BBC)")
     a.set_xlabel("epoch")
     a.set_ylabel("loss")
     if "mRecall" in history[0]:
         a2 = a.twinx()
-        a2.plot(epochs, [h["mRecall"] for h in history], "s-", color="tab:blue", label="held-out mRecall")
+        lines += a2.plot(epochs, [h["mRecall"] for h in history], "s-", color="tab:blue",
+                         label="held-out mRecall (training captions)")
         a2.set_ylabel("held-out mRecall (%)")
-        a2.legend(loc="center right")
-    a.legend(loc="upper right")
+    a.legend(lines, [line.get_label() for line in lines], loc="center right")
     a.set_title("training")
     x = np.arange(len(keys))
     b.bar(x - 0.27, [baseline[k] for k in keys], 0.27, label="random encoder", color="tab:gray")
@@ -166,7 +166,7 @@ def _figure(path, history, trained, baseline, short, keys):
     b.set_xticks(x, [k.replace("text_to_pose", "T→P").replace("pose_to_text", "P→T") for k in keys], rotation=30)
     b.set_ylabel("recall (%)")
     b.set_title("held-out poses, captions from another seed")
-    b.legend()
+    b.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
