@@ -238,7 +238,7 @@ def _build(embed_dim: int, hidden: int, text_dim: int, dropout: float):
             super().__init__()
             self.pose = PoseEncoder()
             self.text = TextHead()
-            # BBC temperature, learned as a log scale (PoseScript starts it at 10)
+            # BBC temperature, learned as a log scale, starting at a scale of 10
             self.log_scale = nn.Parameter(torch.tensor(float(np.log(10.0))))
 
     return Net()

@@ -21,8 +21,8 @@ ground         height above the lowest joint (m)            on the ground < 0.10
 super          a rule over other posecodes                  ignored / yes
 =============  ===========================================  ==========================================
 
-The thresholds are the paper's where it gives them (angles, distances, 0.15 m for relative
-positions); the orientation and ground thresholds are ours. Measurements are taken in the
+The kinds and category names follow the paper; the threshold values are ours, chosen in
+its spirit (they have not been checked against the released PoseScript code). Measurements are taken in the
 body frame of :func:`~pylocalize.posetext.skeleton.normalize_poses`, so the heading does not
 matter. *Virtual joints* extend the skeleton: hands are the wrists, the torso is the mean of
 the three spine joints, and the body parts of orientation codes are joint-to-joint segments.
