@@ -50,27 +50,75 @@ def _small_decoder(h, **kw):
                       ffn_mult=2, dropout=0.0, **kw)
 
 
-def test_decoder_shapes_scene_selection_and_hierarchical_product(data):
+def test_decoder_shapes_scene_modes_and_hierarchical_product(data):
     h, train, _, xt, _, _, _ = data
     model = _small_decoder(h)
     logits, scene_logits = model.net(torch.from_numpy(xt[:5]))
     assert [tuple(lg.shape) for lg in logits] == [(5, 2, c) for c in h.num_cells]
     assert tuple(scene_logits.shape) == (5, 2)
-    probs, scene = model.predict_scene_proba(xt[:7])
+    probs, scene_proba = model.predict_scene_proba(xt[:7])
     assert [p.shape for p in probs] == [(7, 2, c) for c in h.num_cells]
     np.testing.assert_allclose([p.sum(-1) for p in probs], 1, rtol=1e-5)
-    # the selected scene has the largest mean (over hierarchies) top-class probability
+    assert scene_proba.shape == (7, 2)
+    np.testing.assert_allclose(scene_proba.sum(1), 1, rtol=1e-5)
+    # the paper's rule: the scene with the largest mean (over hierarchies) top-class probability
     conf = (probs[0].max(-1) + probs[1].max(-1)) / 2
-    np.testing.assert_array_equal(scene, conf.argmax(1))
-    # fine probability = its own times its parent's, with the parent found by hand
+    np.testing.assert_array_equal(GeoDecoder.confidence_scene(probs), conf.argmax(1))
+
+    def by_hand(i, s, c):  # fine probability = its own times its parent's, parent found by loop
+        parent = [p for p in range(h.num_cells[0]) if h.parents[1][c] == p][0]
+        return probs[1][i, s, c] * probs[0][i, s, parent]
+
+    picked = {"confidence": conf.argmax(1), "classifier": scene_proba.argmax(1)}
+    for mode, scene in picked.items():
+        combined = model.predict_proba(xt[:7], scene_mode=mode)
+        for i in range(7):
+            assert combined[0][i] == pytest.approx(probs[0][i, scene[i]], rel=1e-6)
+            for c in range(h.num_cells[1]):
+                assert combined[1][i, c] == pytest.approx(by_hand(i, scene[i], c), rel=1e-6)
+    # the mixture (default): the scene-probability-weighted sum of every scene's products
     combined = model.predict_proba(xt[:7])
+    for q, r in zip(combined, model.predict_proba(xt[:7], scene_mode="mixture")):
+        np.testing.assert_array_equal(q, r)
     for i in range(7):
+        want0 = sum(scene_proba[i, s] * probs[0][i, s] for s in range(2))
+        np.testing.assert_allclose(combined[0][i], want0, rtol=1e-6)
         for c in range(h.num_cells[1]):
-            parent = [p for p in range(h.num_cells[0]) if h.parents[1][c] == p][0]
-            want = probs[1][i, scene[i], c] * probs[0][i, scene[i], parent]
+            want = sum(scene_proba[i, s] * by_hand(i, s, c) for s in range(2))
             assert combined[1][i, c] == pytest.approx(want, rel=1e-6)
     pred = model.predict(xt[:7])
     np.testing.assert_array_equal(pred, h.centers[1][combined[1].argmax(1)])
+    np.testing.assert_array_equal(model.predict(xt[:7], scene_mode="confidence"),
+                                  h.centers[1][model.predict_proba(xt[:7], scene_mode="confidence")[1].argmax(1)])
+    with pytest.raises(ValueError, match="scene_mode must be one of"):
+        model.predict(xt[:7], scene_mode="soft")
+    with pytest.raises(ValueError, match="scene_mode must be one of"):
+        _small_decoder(h, scene_mode="hard")
+
+
+def test_scene_mixture_on_a_toy_case():
+    # two scenes, cells 2 coarse / 3 fine (fine 0, 1 under coarse 0; fine 2 under coarse 1)
+    h = CellHierarchy.from_latlon(np.array([[10.0, 10.0]] * 4 + [[10.0, 10.5]] * 4 + [[-40.0, 100.0]] * 4),
+                                  max_images=(8, 4), min_images=1)
+    assert h.num_cells == [2, 3]
+    model = GeoDecoder(h, 4, num_scenes=2, d_model=8, num_heads=2)
+    fine_parent = h.parents[1]
+    coarse = np.array([[[0.6, 0.4], [0.1, 0.9]]])            # (1 photo, 2 scenes, 2 cells)
+    fine = np.array([[[0.5, 0.3, 0.2], [0.2, 0.2, 0.6]]])    # (1, 2, 3)
+    weights = np.array([[0.25, 0.75]])
+    q = model.combine_scenes([coarse, fine], weights)
+    # by hand: scene 0 fine products, scene 1 fine products, then 0.25 / 0.75
+    s0 = [fine[0, 0, c] * coarse[0, 0, fine_parent[c]] for c in range(3)]
+    s1 = [fine[0, 1, c] * coarse[0, 1, fine_parent[c]] for c in range(3)]
+    np.testing.assert_allclose(q[1][0], [0.25 * a + 0.75 * b for a, b in zip(s0, s1)])
+    np.testing.assert_allclose(q[0][0], [0.25 * 0.6 + 0.75 * 0.1, 0.25 * 0.4 + 0.75 * 0.9])
+    # hard choices: the classifier takes scene 1; confidence takes scene 1 too (mean top
+    # probability (0.9 + 0.6) / 2 against (0.6 + 0.5) / 2)
+    np.testing.assert_allclose(model.combine_scenes([coarse, fine], weights, "classifier")[1][0], s1)
+    np.testing.assert_allclose(model.combine_scenes([coarse, fine], weights, "confidence")[1][0], s1)
+    # a confident but wrong scene: the classifier says scene 0, confidence still scene 1
+    np.testing.assert_allclose(model.combine_scenes([coarse, fine], [[0.9, 0.1]], "classifier")[1][0], s0)
+    np.testing.assert_allclose(model.combine_scenes([coarse, fine], [[0.9, 0.1]], "confidence")[1][0], s1)
 
 
 def test_decoder_training_beats_chance_and_round_trips(data, tmp_path):
@@ -82,9 +130,11 @@ def test_decoder_training_beats_chance_and_round_trips(data, tmp_path):
     ok = labels[:, 1] >= 0
     chance = np.max(np.bincount(labels[ok, 1])) / ok.sum()
     assert np.mean(fine[ok] == labels[ok, 1]) > max(0.5, 2 * chance)
-    # scene selection by confidence finds the revealing scene (0) more often than not
-    _, scene = model.predict_scene_proba(xe)
-    assert np.mean(scene == se) > 0.5
+    # the trained scene classifier finds the true scene; the paper's confidence rule, less often
+    probs, scene_proba = model.predict_scene_proba(xe)
+    assert np.mean(scene_proba.argmax(1) == se) > 0.9
+    assert np.mean(GeoDecoder.confidence_scene(probs) == se) > 0.5
+    assert len(model.validation_indices) == round(0.1 * len(train))
     assert np.median(great_circle_km(model.predict(xe), test)) < 500
     path = tmp_path / "decoder.pt"
     model.save(path)
