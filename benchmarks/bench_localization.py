@@ -13,6 +13,9 @@ Per query: pose error, and seconds per stage (features, retrieval, matching, pos
 Speed-up is reported end to end and for the part after feature extraction (the same
 OpenCV SIFT runs in every variant).
 
+With ``--pooled``, the same queries are also localized in one map of all four scenes (held out
+by folds), a map of 33-36 images where most database images show another place.
+
 Lund (29 street photos, EXIF only): an SfM map from 24 images, the other 5 localized with
 EXIF cameras, compared with their poses in an SfM model of all 29 after a similarity
 alignment on the 24 shared images; metric scale from the photos' EXIF GPS.
@@ -45,6 +48,7 @@ except Exception:
     pass
 
 SCENES = ("fountain-P11", "Herz-Jesus-P8", "castle-P19", "entry-P10")
+SITES = {"fountain-P11": 0, "Herz-Jesus-P8": 1, "castle-P19": 2, "entry-P10": 2}  # entry is in castle's frame
 
 
 def centre(P):
@@ -84,11 +88,53 @@ def strecha(args, rows):
                                  map_seconds=build, **{f"t_{k}": v for k, v in r.timings.items()}))
 
 
-def summarize_strecha(rows):
+def strecha_pooled(args, rows):
+    """One map of all four scenes (a map larger than one place, where retrieval matters):
+    fold j holds out every image whose index within its scene is j modulo ``--folds`` and
+    maps the rest. Each site keeps its own lidar frame, moved 10 km apart from the others
+    so that no image pair of two sites looks geometrically plausible. castle-P19 and
+    entry-P10 are one site: their frames coincide (an entry query localized through castle
+    images lands within 2 cm of its own ground truth), so they share a shift."""
+    from tqdm import tqdm
+
+    scenes = []
+    for scene in SCENES:
+        folder = Path(args.data) / "strecha" / scene
+        cams = sorted((folder / "gt_dense_cameras").glob("*.camera"))
+        shift = np.array([10_000.0 * SITES[scene], 0.0, 0.0])
+        for j, c in enumerate(cams):
+            name = c.name[: -len(".camera")]
+            K, P = read_strecha_camera(c)
+            P = np.c_[P[:, :3], P[:, 3] - P[:, :3] @ shift]  # world moved by +shift
+            image = read_image(folder / "images" / name)
+            h, w = image.shape[:2]
+            scenes.append(dict(scene=scene, name=f"{scene}/{name}", index=j, camera=Camera.from_K(K, w, h), pose=P,
+                               image=image, features=extract_sift(image, args.max_features)))
+    for fold in tqdm(range(args.folds), desc="pooled folds", leave=False):
+        db = [v for v in scenes if v["index"] % args.folds != fold]
+        queries = [v for v in scenes if v["index"] % args.folds == fold]
+        t0 = time.perf_counter()
+        m = Map.from_features([v["name"] for v in db], [v["camera"] for v in db], np.stack([v["pose"] for v in db]),
+                              [v["features"][0] for v in db], [v["features"][1] for v in db],
+                              max_features=args.max_features)
+        build = time.perf_counter() - t0
+        variants = {f"cann k={k}": dict(k=k) for k in args.k}
+        variants["exhaustive"] = dict(k=None)
+        for v in queries:
+            for variant, options in variants.items():
+                r = m.localize(v["image"], v["camera"], **options)
+                t_err, r_err = pose_error(r.cam_from_world, v["pose"]) if r.success else (np.inf, np.inf)
+                rows.append(dict(dataset="strecha-pooled", scene=v["scene"], query=v["name"], variant=variant,
+                                 success=r.success, t_err=t_err, r_err=r_err, inliers=r.num_inliers,
+                                 map_images=len(db), map_points=len(m.points3D), map_seconds=build,
+                                 **{f"t_{k}": val for k, val in r.timings.items()}))
+
+
+def summarize_strecha(rows, dataset="strecha"):
     out = {}
-    variants = list(dict.fromkeys(r["variant"] for r in rows if r["dataset"] == "strecha"))
+    variants = list(dict.fromkeys(r["variant"] for r in rows if r["dataset"] == dataset))
     for variant in variants:
-        sel = [r for r in rows if r["dataset"] == "strecha" and r["variant"] == variant]
+        sel = [r for r in rows if r["dataset"] == dataset and r["variant"] == variant]
         t = np.array([r["t_err"] for r in sel])
         a = np.array([r["r_err"] for r in sel])
         after = np.array([r.get("t_retrieval", 0) + r.get("t_matching", 0) + r.get("t_pose", 0) for r in sel])
@@ -205,6 +251,9 @@ def main(argv=None) -> int:
     parser.add_argument("--vlad-words", type=int, default=64)
     parser.add_argument("--skip-lund", action="store_true")
     parser.add_argument("--skip-strecha", action="store_true")
+    parser.add_argument("--pooled", action="store_true",
+                        help="also localize in one map of all four Strecha scenes (--folds held-out folds)")
+    parser.add_argument("--folds", type=int, default=4)
     parser.add_argument("--json", help="write every row and the summary here")
     parser.add_argument("--figure", default="bench_localization.png")
     args = parser.parse_args(argv)
@@ -221,12 +270,19 @@ def main(argv=None) -> int:
             ratios = ", ".join(f"k={k}: {ex / np.median([after(r) for r in sel if r['variant'] == f'cann k={k}']):.2f}x"
                                for k in args.k)
             print(f"  {scene}: CANN vs exhaustive after feature extraction {ratios}")
+    if args.pooled:
+        strecha_pooled(args, rows)
+        summary["pooled"] = summarize_strecha(rows, "strecha-pooled")
+        print(f"\nOne map of all four scenes, {args.folds} folds "
+              f"({min(r['map_images'] for r in rows if r['dataset'] == 'strecha-pooled')}-"
+              f"{max(r['map_images'] for r in rows if r['dataset'] == 'strecha-pooled')} database images per map)")
+        print_strecha(summary["pooled"], args.k)
     if not args.skip_lund:
         lund(args, rows)
         for r in (r for r in rows if r["dataset"] == "lund"):
             print(f"lund {r['query']}: {'ok' if r['success'] else 'failed'} {r['t_err']:.2f} m {r['r_err']:.2f} deg "
                   f"{r['inliers']} inliers ({r['map_images']}-image map, {r['map_points']} points) {r['reason']}")
-    if rows and not args.skip_strecha:
+    if any(r["dataset"] == "strecha" for r in rows):
         figure(rows, args.figure)
     if args.json:
         Path(args.json).write_text(json.dumps({"summary": summary, "rows": rows}, indent=1, default=float))
