@@ -315,3 +315,37 @@ def test_numpy_parts_do_not_import_torch():
     code = ("import sys; from pylocalize.posetext import generate_poses, caption_poses; "
             "caption_poses(generate_poses(3, seed=0)); assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_optional_smplh_hands(tmp_path):
+    from pylocalize.posetext.skeleton import (JOINT_NAMES_WITH_HANDS, PARENTS_WITH_HANDS, check_poses, load_joints,
+                                              mirror_poses, normalize_poses)
+
+    rng = np.random.default_rng(7)
+    body = generate_poses(6, seed=2).astype(np.float64)
+    # hand joints: chains of short random bones hanging from each wrist, as SMPL-H lays them out
+    poses = np.concatenate([body, np.zeros((6, 30, 3))], axis=1)
+    for j in range(22, 52):
+        poses[:, j] = poses[:, PARENTS_WITH_HANDS[j]] + rng.normal(scale=0.02, size=(6, 3))
+    index = {n: i for i, n in enumerate(JOINT_NAMES_WITH_HANDS)}
+    assert PARENTS_WITH_HANDS[index["left_thumb1"]] == index["left_wrist"]
+    assert PARENTS_WITH_HANDS[index["right_pinky3"]] == index["right_pinky2"]
+
+    mirrored = mirror_poses(poses, hands=True)
+    np.testing.assert_allclose(mirror_poses(mirrored, hands=True), poses)
+    np.testing.assert_allclose(mirrored[:, index["right_index3"]], poses[:, index["left_index3"]] * [-1, 1, 1])
+    np.testing.assert_allclose(mirrored[:, :22], mirror_poses(body))  # the body part is unchanged by the option
+
+    normalized = normalize_poses(poses, hands=True)
+    assert normalized.shape == (6, 52, 3)
+    np.testing.assert_allclose(normalized[:, :22], normalize_poses(body), atol=1e-6)
+    bones = lambda x: np.linalg.norm(x[:, 22:] - x[:, PARENTS_WITH_HANDS[22:]], axis=-1)  # noqa: E731
+    np.testing.assert_allclose(bones(normalized), bones(poses), atol=1e-6)  # hands move rigidly
+
+    np.save(tmp_path / "smplh.npy", poses.astype(np.float32))
+    assert load_joints(tmp_path / "smplh.npy", hands=True).shape == (6, 52, 3)
+    np.save(tmp_path / "body.npy", body.astype(np.float32))
+    with pytest.raises(ValueError, match="hands=True needs SMPL-H"):
+        load_joints(tmp_path / "body.npy", hands=True)
+    with pytest.raises(ValueError, match="hands=True"):
+        check_poses(poses)  # 52 joints without the option: the message names it
