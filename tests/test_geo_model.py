@@ -148,6 +148,15 @@ def test_decoder_training_beats_chance_and_round_trips(data, tmp_path):
     np.testing.assert_array_equal(again.predict(xe[:20]), twice.predict(xe[:20]))
 
 
+def test_decoder_without_scene_labels_weighs_scene_zero(data):
+    # no labels: every photo is scene 0, and the scene classifier learns that, so the
+    # mixture leans on scene 0's trained queries, not on the untrained ones of scene 1
+    h, train, _, xt, _, xe, _ = data
+    model = _small_decoder(h).fit(xt, train, epochs=3, batch_size=64, lr=2e-3, seed=0)
+    _, scene_proba = model.predict_scene_proba(xe)
+    assert scene_proba[:, 0].mean() > 0.9
+
+
 def test_flat_classifier_trains(data, tmp_path):
     h, train, test, xt, _, xe, _ = data
     model = FlatCellClassifier(h, 16, d_model=32, num_heads=4, num_layers=1, ffn_mult=2, dropout=0.0)
