@@ -370,11 +370,12 @@ def test_gallery_localizes_toy_places(tmp_path):
         GeoGallery(x[:5], ll[:4])
 
 
-def test_import_without_torch():
+def test_import_without_torch(tmp_path):
     code = ("import sys; import pylocalize.geo as g; import numpy as np; "
             "h = g.CellHierarchy.from_latlon(np.array([[1.0, 2.0]] * 5), (3,), 1); "
             "assert 'torch' not in sys.modules, 'torch imported'")
-    subprocess.run([sys.executable, "-c", code], check=True)
+    # cwd away from the checkout, so the installed package is imported, not the sources
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, timeout=300)
 
 
 def test_main_command_line_geo_cells(tmp_path, capsys):

@@ -308,13 +308,14 @@ def test_generated_poses_are_valid_and_seeded():
         assert codes[code][families == "standing"].mean() < 0.05, family
 
 
-def test_numpy_parts_do_not_import_torch():
+def test_numpy_parts_do_not_import_torch(tmp_path):
     import subprocess
     import sys
 
     code = ("import sys; from pylocalize.posetext import generate_poses, caption_poses; "
             "caption_poses(generate_poses(3, seed=0)); assert 'torch' not in sys.modules, 'torch imported'")
-    subprocess.run([sys.executable, "-c", code], check=True)
+    # cwd away from the checkout, so the installed package is imported, not the sources
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, timeout=300)
 
 
 def test_optional_smplh_hands(tmp_path):
