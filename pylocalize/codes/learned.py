@@ -19,16 +19,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from pylocalize.checkpoints import import_torch, load_checkpoint
 from pylocalize.codes import pack_bits
 
 
 def _torch():
-    try:
-        import torch
-    except ImportError as error:
-        raise ImportError("learned codes need torch: pip install 'pylocalize[torch]' (install torch==2.13.0 first "
-                          "on CPU-only machines)") from error
-    return torch
+    return import_torch("learned codes")
 
 
 def _build(in_dim: int, out_dim: int, bits_per_dim: int, hidden: int):
@@ -259,15 +255,7 @@ class RecurrentBinarizer:
 
     @classmethod
     def load(cls, path) -> "RecurrentBinarizer":
-        torch = _torch()
-        try:
-            data = torch.load(str(path), weights_only=True)
-        except Exception as error:  # a corrupt or foreign file must be refused, never trusted
-            raise ValueError(f"{path}: not a saved RecurrentBinarizer ({error})") from None
-        if not isinstance(data, dict) or data.get("format") != "pylocalize.RecurrentBinarizer":
-            raise ValueError(f"{path}: not a saved RecurrentBinarizer")
-        if data.get("version") != 1:
-            raise ValueError(f"{path}: binarizer format version {data.get('version')}; this pylocalize reads 1")
+        data = load_checkpoint(path, "RecurrentBinarizer")
         in_dim, out_dim, bits, hidden = (int(v) for v in data["dims"])
         model = cls(in_dim, out_dim, bits, hidden)
         model.net.load_state_dict(data["state"])

@@ -54,17 +54,13 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from pylocalize.checkpoints import import_torch, load_checkpoint
 from pylocalize.geo.cells import CellHierarchy, check_latlon
 from pylocalize.geo.metrics import equal_earth
 
 
 def _torch():
-    try:
-        import torch
-    except ImportError as error:
-        raise ImportError("pylocalize.geo.model needs torch: pip install 'pylocalize[torch]' (install torch==2.13.0 "
-                          "first on CPU-only machines)") from error
-    return torch
+    return import_torch("pylocalize.geo.model")
 
 
 _MODULES = {}
@@ -287,15 +283,7 @@ def _save(path, kind: str, config: dict, hierarchy: Optional[CellHierarchy], net
 
 
 def _load(path, kind: str):
-    torch = _torch()
-    try:
-        data = torch.load(str(path), weights_only=True)
-    except Exception as error:  # a corrupt or foreign file must be refused, never trusted
-        raise ValueError(f"{path}: not a saved {kind} ({error})") from None
-    if not isinstance(data, dict) or data.get("format") != f"pylocalize.{kind}":
-        raise ValueError(f"{path}: not a saved {kind}")
-    if data.get("version") != 1:
-        raise ValueError(f"{path}: {kind} checkpoint version {data.get('version')}; this pylocalize reads 1")
+    data = load_checkpoint(path, kind)
     hierarchy = CellHierarchy.load(data["hierarchy"].numpy()) if "hierarchy" in data else None
     return data, hierarchy
 

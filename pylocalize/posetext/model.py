@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pylocalize.checkpoints import import_torch, load_checkpoint
 from pylocalize.posetext.captioner import split_clauses, swap_left_right
 from pylocalize.posetext.skeleton import NUM_JOINTS, check_poses, mirror_poses, normalize_poses
 
@@ -36,12 +37,7 @@ MINILM_DIM = 384
 
 
 def _torch():
-    try:
-        import torch
-    except ImportError as error:
-        raise ImportError("the pose/text model needs torch: pip install 'pylocalize[torch]' (install torch==2.13.0 "
-                          "first on CPU-only machines)") from error
-    return torch
+    return import_torch("the pose/text model")
 
 
 def default_minilm_path() -> str:
@@ -466,15 +462,7 @@ class PoseTextModel:
     def load(cls, path, encoder: MiniLMEncoder | None = None) -> "PoseTextModel":
         """A model saved by :meth:`save`; new clauses are encoded with ``encoder`` (default:
         the packaged MiniLM, loaded on first need)."""
-        torch = _torch()
-        try:
-            data = torch.load(str(path), weights_only=True)
-        except Exception as error:  # a corrupt or foreign file must be refused, never trusted
-            raise ValueError(f"{path}: not a saved PoseTextModel ({error})") from None
-        if not isinstance(data, dict) or data.get("format") != "pylocalize.PoseTextModel":
-            raise ValueError(f"{path}: not a saved PoseTextModel")
-        if data.get("version") != 1:
-            raise ValueError(f"{path}: model format version {data.get('version')}; this pylocalize reads 1")
+        data = load_checkpoint(path, "PoseTextModel")
         bank = ClauseBank(encoder)
         bank.clauses = list(data["clauses"])
         bank.index = {c: i for i, c in enumerate(bank.clauses)}
