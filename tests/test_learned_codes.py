@@ -115,3 +115,24 @@ def test_compatible_training_searches_the_old_index():
         RecurrentBinarizer(16, 8, 2).fit(new_x, epochs=1, compatible_with=old)
     with pytest.raises(ValueError, match="row for row"):
         RecurrentBinarizer(16, 16, 2).fit(new_x, epochs=1, compatible_with=old, old_x=old_x[:10])
+
+
+def test_itq_start_is_the_training_free_code_of_rotated_data_and_beats_it():
+    x = anisotropic(6000, 32, seed=6)
+    xb, xq = x[:5600], x[5600:]
+    # epochs=0: the ITQ start itself, which is exactly binarize() of the rotated, centred data
+    model = RecurrentBinarizer(32, 32, 2, hidden=32, seed=0).fit(xb, epochs=0, batch_size=256, seed=0)
+    weight = model.net.encoders[0].linear.weight.detach().numpy()
+    np.testing.assert_allclose(weight @ weight.T, np.eye(32), atol=1e-5)  # a rotation
+    rotated = ((xb - model.mean) @ weight.T).astype(np.float32)
+    assert (model.encode(xb) != pylocalize.binarize(rotated, 2)).mean() < 1e-3  # float rounding at zero only
+    truth = cosine_truth(xb, xq)
+    centred = xb.mean(0)
+    free = recall_at(10, search(pylocalize.binarize(xb - centred, 2), pylocalize.binarize(xq - centred, 2), 32, 2),
+                     truth)
+    trained = RecurrentBinarizer(32, 32, 2, hidden=32, seed=0).fit(xb, epochs=4, batch_size=256, seed=0)
+    learned = recall_at(10, search(trained.encode(xb), trained.encode(xq), 32, 2), truth)
+    # uncentred random init used to land far below training-free codes; the ITQ start does not
+    assert learned > free, (learned, free)
+    with pytest.raises(ValueError, match="init must be"):
+        RecurrentBinarizer(32, 32, 2).fit(xb, init="pca")

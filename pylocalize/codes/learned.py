@@ -130,9 +130,20 @@ class RecurrentBinarizer:
     def fit(self, x: np.ndarray, epochs: int = 30, batch_size: int = 512, lr: float = 2e-3, temperature: float = 0.05,
             validation: float = 0.1, patience: int = 5, seed: int = 0, progress: bool = False,
             compatible_with: "RecurrentBinarizer | None" = None, old_x: "np.ndarray | None" = None,
-            compatibility_weight: float = 20.0) -> "RecurrentBinarizer":
-        """Trains on float embeddings ``x (n, in_dim)``; stops early when the held-out loss
+            compatibility_weight: float = 20.0, init: str = "itq") -> "RecurrentBinarizer":
+        """Trains on float embeddings ``x (n, in_dim)``; stops early when the held-out score
         has not improved for ``patience`` epochs, keeping the best weights.
+
+        ``init="itq"`` (default) starts the first plane's projection at the ITQ rotation
+        (Gong and Lazebnik, CVPR 2011: the rotation of the centred, PCA-reduced data that
+        minimises the quantisation error of its signs), with every correction at zero, so
+        training starts from the training-free residual code of rotated data. Rotation
+        spreads variance evenly over the bits; on RootSIFT it alone lifts 2-bit recall@10
+        by about 5 points over codes of the raw coordinates. ``"random"`` keeps PyTorch's
+        initialisation. The held-out score is recall@10 of SDC search among the held-out
+        vectors against their exact cosine neighbours (the task itself; the InfoNCE loss
+        can fall while recall does), so training keeps the initial state unless it beats
+        it. With ``compatible_with`` the held-out score is the training loss.
 
         Backward-compatible training: with ``compatible_with`` (an old, frozen binarizer of
         the same shape), a compatibility term makes the new codes those of the old model
@@ -175,6 +186,10 @@ class RecurrentBinarizer:
             _, _, vt = np.linalg.svd(x[rng.choice(len(x), min(len(x), 50_000), replace=False)] - self.mean,
                                      full_matrices=False)
             self.key_projection = np.ascontiguousarray(vt[: self.out_dim].T, dtype=np.float32)
+        if init not in ("itq", "random"):
+            raise ValueError(f"init must be 'itq' or 'random', got {init!r}")
+        if init == "itq":
+            self._init_itq(x[rng.choice(len(x), min(len(x), 50_000), replace=False)] - self.mean, seed)
         order = rng.permutation(len(x))
         n_val = max(batch_size // 4, int(validation * len(x)))
         # rows are positions into x (and old_x): the compatibility term needs the pairs
@@ -204,7 +219,17 @@ class RecurrentBinarizer:
                 loss = loss + compatibility_weight * (cross + agree / self.bits_per_dim)
             return loss
 
-        best, best_state, stale = np.inf, copy.deepcopy(self.net.state_dict()), 0
+        def held_out_score():
+            """Higher is better: SDC recall@10 among the held-out vectors, or minus the loss."""
+            self.net.eval()
+            if old is not None:
+                with torch.no_grad():
+                    return -float(np.mean([loss_of(val[s:s + batch_size]).item()
+                                           for s in range(0, max(1, len(val) - batch_size // 4), batch_size)]))
+            return _self_recall(self, x[val[:5000]])
+
+        best, best_state, stale = held_out_score(), copy.deepcopy(self.net.state_dict()), 0
+        self.history.append(best)
         bar = tqdm(range(epochs), desc="binarizer", disable=not progress, leave=False)
         for _ in bar:
             self.net.train()
@@ -214,20 +239,40 @@ class RecurrentBinarizer:
                 loss = loss_of(train[perm[s:s + batch_size]])
                 loss.backward()
                 optimizer.step()
-            self.net.eval()
-            with torch.no_grad():
-                val_loss = float(np.mean([loss_of(val[s:s + batch_size]).item()
-                                          for s in range(0, max(1, len(val) - batch_size // 4), batch_size)]))
-            self.history.append(val_loss)
-            bar.set_postfix(val_loss=f"{val_loss:.3f}")
-            if val_loss < best - 1e-4:
-                best, best_state, stale = val_loss, copy.deepcopy(self.net.state_dict()), 0
+            score = held_out_score()
+            self.history.append(score)
+            bar.set_postfix(held_out=f"{score:.3f}")
+            if score > best + 1e-4:
+                best, best_state, stale = score, copy.deepcopy(self.net.state_dict()), 0
             else:
                 stale += 1
                 if stale >= patience:
                     break
         self.net.load_state_dict(best_state)
         return self
+
+    def _init_itq(self, centred: np.ndarray, seed: int, iterations: int = 50) -> None:
+        """First-plane projection = PCA to out_dim, then the ITQ rotation; corrections at zero."""
+        torch = _torch()
+        rng = np.random.default_rng(seed)
+        v = centred.astype(np.float64)
+        if self.out_dim < self.in_dim:
+            v = v @ self.key_projection  # the top principal components, computed in fit
+            basis = self.key_projection.astype(np.float64)
+        else:
+            basis = np.eye(self.in_dim)
+        rotation, _ = np.linalg.qr(rng.standard_normal((self.out_dim, self.out_dim)))
+        for _ in range(iterations):  # alternate: codes B = sign(V R), then R = the Procrustes fit of V to B
+            b = np.where(v @ rotation >= 0, 1.0, -1.0)
+            u, _, vt = np.linalg.svd(v.T @ b)
+            rotation = u @ vt
+        weight = (basis @ rotation).T  # u = W (x - mean): (out_dim, in_dim)
+        first = self.net.encoders[0]
+        with torch.no_grad():
+            first.linear.weight.copy_(torch.from_numpy(weight.astype(np.float32)))
+            first.linear.bias.zero_()
+            first.mlp[2].weight.zero_()
+            first.mlp[2].bias.zero_()
 
     def encode(self, x: np.ndarray, batch_size: int = 65536) -> np.ndarray:
         """uint8 codes ``(n, bits_per_dim * ceil(out_dim / 8))``, plane-major, the layout of
@@ -262,6 +307,26 @@ class RecurrentBinarizer:
         model.mean = data["mean"].numpy().astype(np.float32)
         model.key_projection = data["key_projection"].numpy().astype(np.float32)
         return model
+
+
+def _self_recall(model: "RecurrentBinarizer", v: np.ndarray, k: int = 10) -> float:
+    """Recall@k of SDC search among ``v`` (each vector a query against the others) against
+    exact cosine neighbours."""
+    from pylocalize.index.binary import MultiBitIndex
+    from pylocalize.index.knn import assign
+
+    if len(v) <= k + 1:
+        return 0.0
+    unit = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    def others(rows):  # each vector finds itself too: drop it
+        return np.array([[j for j in row if j != i][:k] for i, row in enumerate(rows)])
+
+    # on unit vectors, L2 order is cosine order
+    truth = others(assign(np.ascontiguousarray(unit, np.float32), np.ascontiguousarray(unit, np.float32), k + 1)[0])
+    codes = model.encode(v)
+    index = MultiBitIndex(model.out_dim, model.bits_per_dim)
+    index.add(codes)
+    return recall_at(k, others(index.search(codes, k + 1)[1]), truth)
 
 
 def recall_at(k: int, found: np.ndarray, truth: np.ndarray) -> float:
