@@ -109,7 +109,7 @@ def test_compatible_training_searches_the_old_index():
     compatible = RecurrentBinarizer(16, 16, 2, hidden=32, seed=1).fit(
         new_x[:2400], compatible_with=old, old_x=old_x[:2400], **fit)
     kept = recall_at(10, search(old_codes, compatible.encode(new_x[2400:]), 16, 2), truth)
-    # stated margin: new queries on the old index keep >= 80 % of the old model's own recall (89 % measured)
+    # stated margin: new queries on the old index keep >= 80 % of the old model's own recall (88 % measured)
     assert kept >= 0.8 * same and kept > lost + 0.2, (kept, same, lost)
     with pytest.raises(ValueError, match="share a layout"):
         RecurrentBinarizer(16, 8, 2).fit(new_x, epochs=1, compatible_with=old)

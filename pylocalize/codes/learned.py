@@ -153,7 +153,7 @@ class RecurrentBinarizer:
         straight-through signs learn slowly). Queries encoded by this model then search an
         index built with the old one's codes, with no re-encoding of the database.
         ``compatibility_weight`` weighs it against the usual term; it must dominate (the
-        default 20 kept 89-97 % of the old model's own recall on a rotated embedding in the tests, 1 kept 70 %)
+        default 20 kept 88-97 % of the old model's own recall on a rotated embedding in the tests, 1 kept 70 %)
         because the usual term pulls the codes toward the new embeddings' own basis. When the
         embedding model changed too, pass ``old_x``: the old model's embeddings of the same
         items, row for row with ``x`` (the old binarizer reads those; default ``x``).
