@@ -110,3 +110,22 @@ def test_atomic_write_leaves_no_temp(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
     with pytest.raises(ValueError, match="cannot write"):
         pylocalize.BinaryIndex(64).save(tmp_path / "no" / "such" / "dir.pyloc")
+
+
+def test_read_layout_checks_kind_and_layout_version(tmp_path):
+    from pylocalize import _core
+    from pylocalize.containers import read_layout
+
+    sections = {"x": np.arange(5, dtype=np.int64)}
+    _core.write_container(str(tmp_path / "a.pyloc"), "Thing", {"thing_version": 2}, sections)
+    meta, sec = read_layout(tmp_path / "a.pyloc", "Thing", "thing_version", 2, "a thing", "make it again")
+    np.testing.assert_array_equal(sec["x"], sections["x"])
+    data = _core.write_container(None, "Thing", {"thing_version": 2}, sections)  # bytes work the same way
+    assert read_layout(np.asarray(data), "Thing", "thing_version", 2, "a thing", "make it again")[0]["thing_version"] == 2
+    with pytest.raises(pylocalize.FormatError, match="holds a Thing, not a Map"):
+        read_layout(tmp_path / "a.pyloc", "Map", "thing_version", 2, "a map", "rebuild")
+    with pytest.raises(pylocalize.FormatError, match="layout version 2; this pylocalize reads version 3: make it again"):
+        read_layout(tmp_path / "a.pyloc", "Thing", "thing_version", 3, "a thing", "make it again")
+    _core.write_container(str(tmp_path / "old.pyloc"), "Thing", {}, sections)  # before the version key existed
+    with pytest.raises(pylocalize.FormatError, match="layout version 1;"):
+        read_layout(tmp_path / "old.pyloc", "Thing", "thing_version", 2, "a thing", "x", missing_version=1)

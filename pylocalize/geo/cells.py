@@ -391,16 +391,11 @@ class CellHierarchy:
         a corrupt file, another version or another kind of file raises
         :class:`pylocalize.FormatError`."""
         from pylocalize import FormatError
+        from pylocalize.containers import read_layout
 
-        data = source if isinstance(source, np.ndarray) else os.fspath(source)
-        tag, _, meta, sec = _core.read_container(data)
+        meta, sec = read_layout(source, FORMAT_TAG, "hierarchy_version", HIERARCHY_VERSION, "a cell hierarchy",
+                                "build the cells again (pylocalize geo cells)")
         name = "data" if isinstance(source, np.ndarray) else source
-        if tag != FORMAT_TAG:
-            raise FormatError(f"{name} holds a {tag}, not a {FORMAT_TAG}")
-        version = meta.get("hierarchy_version", 0)
-        if version != HIERARCHY_VERSION:
-            raise FormatError(f"{name} is a cell hierarchy of version {version}; this pylocalize reads version "
-                              f"{HIERARCHY_VERSION}: build the cells again (pylocalize geo cells)")
         try:
             num = int(meta["num_hierarchies"])
             fields = [[sec[f"{key}_{h}"] for h in range(num)] for key in ("cell_ids", "levels", "counts", "centers",

@@ -30,6 +30,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
+from pylocalize.containers import read_layout
 from pylocalize.features import EXTRACTORS, extract_sift, match_descriptors
 from pylocalize.geometry.camera import Camera
 from pylocalize.index.cann import CANNIndex
@@ -413,19 +414,14 @@ class Map:
         pylocalize.FormatError
             If a file is corrupt, from another format version, or not a map.
         """
-        from pylocalize import FormatError, _core
+        from pylocalize import FormatError
 
         path = Path(path)
         file = path / MAP_FILE if path.is_dir() else path
         if not file.is_file():
             raise FileNotFoundError(f"{path}: no map here (expected a directory with {MAP_FILE})")
-        tag, _, meta, sec = _core.read_container(os.fspath(file), mmap=mmap)
-        if tag != cls.FORMAT_TAG:
-            raise FormatError(f"{file} holds a {tag}, not a {cls.FORMAT_TAG}")
-        version = meta.get("map_version", 1)
-        if version != MAP_VERSION:
-            raise FormatError(f"{file} is a map of layout version {version}; this pylocalize reads version "
-                              f"{MAP_VERSION}: rebuild the map with `pylocalize map build`")
+        meta, sec = read_layout(file, cls.FORMAT_TAG, "map_version", MAP_VERSION, "a map",
+                                "rebuild the map with `pylocalize map build`", mmap=mmap, missing_version=1)
         if not path.is_dir() or not (path / INDEX_FILE).is_file():
             raise FormatError(f"{path}: the map's retrieval index {INDEX_FILE} is missing; rebuild the map")
         try:

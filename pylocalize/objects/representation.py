@@ -314,17 +314,12 @@ class ObjectRepresentation:
         """Reads :meth:`save` output; a corrupt file, another version or another kind of
         file raises :class:`pylocalize.FormatError`."""
         import json
-        import os
 
-        from pylocalize import FormatError, _core
+        from pylocalize import FormatError
+        from pylocalize.containers import read_layout
 
-        tag, _, meta, sec = _core.read_container(os.fspath(path))
-        if tag != FORMAT_TAG:
-            raise FormatError(f"{path} holds a {tag}, not an {FORMAT_TAG}")
-        version = meta.get("representation_version", 0)
-        if version != REPRESENTATION_VERSION:
-            raise FormatError(f"{path} is an object representation of version {version}; this pylocalize reads "
-                              f"version {REPRESENTATION_VERSION}: onboard the object again")
+        meta, sec = read_layout(path, FORMAT_TAG, "representation_version", REPRESENTATION_VERSION,
+                                "an object representation", "onboard the object again")
         try:
             info = json.loads(bytes(sec["info"]).decode("utf-8"))
             bow = BagOfWords(sec["pca_mean"], sec["pca_components"], sec["words"], sec["idf"], meta["num_assign"])

@@ -1,0 +1,55 @@
+"""Reading the project's versioned containers from Python: one check of kind and layout.
+
+Every file pylocalize writes is a container (``_core.write_container``: magic, version,
+CRC-32, sections). Python-level objects (maps, object representations, cell hierarchies)
+add a *layout* version in their meta, bumped when their sections change. A file of another
+kind or layout is refused with a :class:`pylocalize.FormatError` that says how to rebuild
+it, never read as something it is not.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from pylocalize import _core
+
+
+def read_layout(source, tag: str, version_key: str, version: int, what: str, rebuild: str, *,
+                mmap: bool = False, missing_version: int = 0):
+    """``(meta, sections)`` of the container ``source`` (a path, or bytes as ``uint8``).
+
+    Parameters
+    ----------
+    tag : str
+        The container's type tag.
+    version_key, version : str, int
+        Meta key of the layout version, and the one this pylocalize reads.
+    what : str
+        The kind of file, for messages ("a map", "a cell hierarchy").
+    rebuild : str
+        How to make a current file, for messages.
+    missing_version : int
+        The layout a file without ``version_key`` has (files older than the key).
+
+    Raises
+    ------
+    pylocalize.FormatError
+        A corrupt file, another kind of file, or another layout version.
+    """
+    from pylocalize import FormatError
+
+    array = isinstance(source, np.ndarray)
+    found, _, meta, sections = _core.read_container(source if array else os.fspath(source), mmap=mmap)
+    name = "data" if array else os.fspath(source)
+    if found != tag:
+        raise FormatError(f"{name} holds a {found}, not a {tag}")
+    layout = meta.get(version_key, missing_version)
+    if layout != version:
+        raise FormatError(f"{name} is {what} of layout version {layout}; this pylocalize reads version {version}: "
+                          f"{rebuild}")
+    return meta, sections
+
+
+__all__ = ["read_layout"]
