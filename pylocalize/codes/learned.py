@@ -153,8 +153,9 @@ class RecurrentBinarizer:
           default 0.02) is fitted to the softmax of the float cosines (``teacher_temperature``,
           sharp, so the target is mostly the few nearest). This ranks the codes as the floats
           are ranked, which is what SDC search needs; default ``lr`` 1e-4, small, because the
-          start is already a good code. On MiniLM embeddings it adds about 2.5 points of
-          recall@10 at 2 bits/dim to the ITQ start, where the reconstruction objective lost them.
+          start is already a good code. On MiniLM embeddings it lifts recall@10 at 2
+          bits/dim from 0.815 (the ITQ start) to 0.837 (with the split point below), where the
+          reconstruction objective lost recall.
         - ``"reconstruction"``: InfoNCE between each code embedding and its own original
           embedding among the batch (``temperature`` default 0.05, ``lr`` 2e-3), the
           reconstruction loss of the BEBR paper.
