@@ -129,6 +129,24 @@ def main(argv=None) -> int:
 
             Image.fromarray(pose_overlay(real, mesh, K_real, r.R, r.t)).save(out / f"real_{obj_id:06d}.png")
         print(f"real photo {photo}: {'pose' if r.success else r.reason}, {r.num_inliers}/{r.num_matches} inliers")
+        depth_path = (data / photo).parent / "depth.png"
+        if r.success and depth_path.is_file():
+            # the frame's depth is no pose truth, but it tells a right distance and
+            # attitude from a wrong one: the share of the posed model's pixels whose
+            # rendered depth lies within 20 mm of the measured depth
+            scale = json.loads((data / photo).parent.joinpath("camera.json").read_text()).get("depth_scale", 1.0)
+            with Image.open(depth_path) as im:
+                measured = np.asarray(im).astype(np.float64) * scale
+            agreement = {}
+            for stage, (Rs, ts) in {"coarse": (r.R_coarse, r.t_coarse), "refined": (r.R, r.t)}.items():
+                rendered = Renderer(measured.shape[1], measured.shape[0], K_real).render(
+                    mesh, np.c_[Rs, ts], outputs=("mask", "depth"))
+                seen = (np.squeeze(rendered.mask) > 0) & (measured > 0)
+                near = np.abs(np.squeeze(rendered.depth)[seen] - measured[seen]) < 20.0
+                agreement[stage] = float(near.mean()) if seen.any() else 0.0
+            summary[obj_id]["real_photo_depth_agreement_20mm"] = agreement
+            print(f"  measured depth agrees within 20 mm on {agreement['coarse']:.0%} (coarse) and "
+                  f"{agreement['refined']:.0%} (refined) of the posed model's pixels")
         for row in result["rows"][:3]:
             from pylocalize.objects.viz import pose_overlay
 

@@ -109,6 +109,12 @@ def test_bbox_input_save_load_and_errors(tmp_path, box_and_representation):
         loaded.estimate(image, K_QUERY[:2], mask=mask)
     with pytest.raises(ValueError, match="mask or bbox"):
         loaded.estimate(image, K_QUERY)
+    with pytest.raises(ValueError, match="select must be"):
+        loaded.estimate(image, K_QUERY, mask=mask, select="score")
+    # the paper's rule (most PnP inliers) stays available, with and without refinement
+    for refine in (True, False):
+        by_inliers = loaded.estimate(image, K_QUERY, mask=mask, select="inliers", refine=refine)
+        assert by_inliers.success and pose_error(np.c_[by_inliers.R, by_inliers.t], pose)[1] < 15
     with pytest.raises(ValueError, match="no faces"):
         onboard(pylocalize.render.Mesh(vertices=np.zeros((3, 3), np.float32), faces=np.zeros((0, 3), np.int32)))
     from pylocalize import _core

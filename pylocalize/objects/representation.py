@@ -154,7 +154,7 @@ class ObjectRepresentation:
     def estimate(self, image: np.ndarray, K, mask: Optional[np.ndarray] = None, bbox: Optional[Sequence[float]] = None,
                  extractor=None, num_templates: int = 5, num_candidates: int = 50, max_matches: int = 300,
                  max_error_patches: float = 1.0, min_inliers: int = 6, erode_px: int = 3,
-                 refine: bool = True) -> ObjectPose:
+                 refine: bool = True, select: str = "featuremetric") -> ObjectPose:
         """The object's pose in a query image.
 
         Parameters
@@ -176,6 +176,13 @@ class ObjectRepresentation:
             PnP-RANSAC inlier threshold, in patches of the crop.
         refine : bool
             Featuremetric refinement of the PnP pose (:mod:`~pylocalize.objects.refine`).
+        select : {"featuremetric", "inliers"}
+            Which PnP hypothesis wins: the lowest mean featuremetric cost of its template's
+            points at the PnP pose (default), or the most inliers. On poorly textured objects
+            a wrong view at a wrong distance can gather the most inliers under the loose
+            patch-sized threshold while its template's features do not line up; the cost
+            looks at every template point. On the real LINEMOD frame the inlier rule picked
+            a pose 30 cm too far (28 inliers) over the right one (14); the cost picks the right one.
         """
         import cv2
 
@@ -203,6 +210,8 @@ class ObjectRepresentation:
             box = (x, y, x + w - 1, y + h - 1)
         else:
             raise ValueError("give the object's mask or bbox")
+        if select not in ("featuremetric", "inliers"):
+            raise ValueError(f"select must be 'featuremetric' or 'inliers', got {select!r}")
         centre, side = square_around(*box, self.padding)
         A = crop_transform(centre, side, self.size)
         crop = cv2.warpAffine(np.ascontiguousarray(image), A[:2], (self.size, self.size), flags=cv2.INTER_LINEAR,
@@ -250,7 +259,7 @@ class ObjectRepresentation:
         timings["retrieval"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         K_crop = A @ K
-        best = None
+        hypotheses = []
         for t in ranked:
             sl = self.template_patches(t)
             to_template, dist, cycle = cyclic[t]
@@ -267,21 +276,32 @@ class ObjectRepresentation:
                 continue
             inliers = inliers.ravel()
             rvec, tvec = cv2.solvePnPRefineLM(obj[inliers], img[inliers], K_crop, None, rvec, tvec)
-            if best is None or len(inliers) > best[0]:
-                best = (len(inliers), len(order), t, rvec, tvec)
-        timings["matching_pnp"] = time.perf_counter() - t0
-        if best is None:
+            hypotheses.append((len(inliers), len(order), t,
+                               cv2.Rodrigues(rvec)[0], np.asarray(tvec, np.float64).ravel()))
+        if not hypotheses:
+            timings["matching_pnp"] = time.perf_counter() - t0
             return ObjectPose(False, templates=ranked, reason="no template gave a PnP solution", timings=timings)
-        n_in, n_match, t, rvec, tvec = best
-        R_coarse, t_coarse = cv2.Rodrigues(rvec)[0], np.asarray(tvec, np.float64).ravel()
-        R, t_vec = R_coarse, t_coarse
-        if refine:
-            t0 = time.perf_counter()
-            sl = self.template_patches(t)
+        query_map = stride = None
+        if refine or (select == "featuremetric" and len(hypotheses) > 1):
             # a denser map than the patch grid where the extractor can give one (dense SIFT)
             stride = self.patch_size // 2 if hasattr(extractor, "feature_map") else self.patch_size
             dense = extractor.feature_map(crop, stride) if stride != self.patch_size else features
             query_map = self.bow.reduce(dense.reshape(-1, dense.shape[-1])).reshape(*dense.shape[:2], -1)
+        if select == "featuremetric" and len(hypotheses) > 1:
+            def mean_cost(hypothesis):
+                sl = self.template_patches(hypothesis[2])
+                _, _, cost, _ = refine_featuremetric(query_map, stride, K_crop, hypothesis[3], hypothesis[4],
+                                                     self.patch_xyz[sl], self.patch_desc[sl], iterations=0)
+                return cost / (sl.stop - sl.start)
+
+            n_in, n_match, t, R_coarse, t_coarse = min(hypotheses, key=mean_cost)
+        else:
+            n_in, n_match, t, R_coarse, t_coarse = max(hypotheses, key=lambda h: h[0])
+        timings["matching_pnp"] = time.perf_counter() - t0
+        R, t_vec = R_coarse, t_coarse
+        if refine:
+            t0 = time.perf_counter()
+            sl = self.template_patches(t)
             R, t_vec, _, _ = refine_featuremetric(query_map, stride, K_crop, R_coarse, t_coarse,
                                                   self.patch_xyz[sl], self.patch_desc[sl])
             timings["refinement"] = time.perf_counter() - t0
