@@ -218,6 +218,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.cache and Path(args.cache).is_file():
         cached = np.load(args.cache, allow_pickle=False)
+        if "lund_verified" not in cached.files:
+            raise SystemExit(f"{args.cache} was written by an older version of this benchmark: delete it to rebuild")
         names = [str(n) for n in cached["names"]]
         counts = cached["counts"]
         descs = np.split(cached["descriptors"], np.cumsum(counts)[:-1])
