@@ -240,11 +240,7 @@ class RecurrentBinarizer:
             pool = train[:50_000]
             if len(pool) <= neighbours:
                 raise ValueError(f"{len(pool)} training embeddings are too few for neighbours={neighbours}")
-            from pylocalize.index.knn import assign
-
-            unit = _unit(x[pool])
-            near = assign(unit, unit, neighbours + 1)[0]
-            near = np.array([[j for j in row if j != i][:neighbours] for i, row in enumerate(near)])
+            near = _cosine_neighbours(x[pool], neighbours)
             anchors_per_batch = max(1, batch_size // (per_anchor + 1))
         optimizer = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=1e-4)
         proj = torch.from_numpy(self.key_projection)
@@ -293,6 +289,10 @@ class RecurrentBinarizer:
                 picked = np.stack([rng.choice(neighbours, per_anchor, replace=False) for _ in a])
                 yield pool[np.unique(np.concatenate([a, np.take_along_axis(near[a], picked, 1).ravel()]))]
 
+        # the held-out vectors' exact neighbours, computed once for every evaluation below
+        held_out = x[val[:5000]]
+        held_out_truth = _cosine_neighbours(held_out, 10) if old is None and len(held_out) > 11 else None
+
         def held_out_score():
             """Higher is better: SDC recall@10 among the held-out vectors, or minus the loss."""
             self.net.eval()
@@ -300,7 +300,7 @@ class RecurrentBinarizer:
                 with torch.no_grad():
                     return -float(np.mean([loss_of(val[s:s + batch_size]).item()
                                            for s in range(0, max(1, len(val) - batch_size // 4), batch_size)]))
-            return _self_recall(self, x[val[:5000]])
+            return _self_recall(self, held_out, held_out_truth)
 
         if old is not None:  # the old codes were made with the old split point
             self.net.threshold.fill_(float(old.net.threshold))
@@ -394,24 +394,30 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12), np.float32)
 
 
-def _self_recall(model: "RecurrentBinarizer", v: np.ndarray, k: int = 10) -> float:
-    """Recall@k of SDC search among ``v`` (each vector a query against the others) against
-    exact cosine neighbours."""
-    from pylocalize.index.binary import MultiBitIndex
+def _drop_self(rows: np.ndarray, k: int) -> np.ndarray:
+    """Each row's first ``k`` ids other than its own position (a set searched against itself)."""
+    return np.array([[j for j in row if j != i][:k] for i, row in enumerate(rows)])
+
+
+def _cosine_neighbours(v: np.ndarray, k: int) -> np.ndarray:
+    """Exact cosine ``k`` nearest neighbours of each row of ``v`` among the others."""
     from pylocalize.index.knn import assign
+
+    unit = _unit(v)  # on unit vectors, L2 order is cosine order
+    return _drop_self(assign(unit, unit, k + 1)[0], k)
+
+
+def _self_recall(model: "RecurrentBinarizer", v: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
+    """Recall@k of SDC search among ``v`` (each vector a query against the others) against
+    ``truth``, their exact cosine neighbours (:func:`_cosine_neighbours`)."""
+    from pylocalize.index.binary import MultiBitIndex
 
     if len(v) <= k + 1:
         return 0.0
-    unit = _unit(v)
-    def others(rows):  # each vector finds itself too: drop it
-        return np.array([[j for j in row if j != i][:k] for i, row in enumerate(rows)])
-
-    # on unit vectors, L2 order is cosine order
-    truth = others(assign(unit, unit, k + 1)[0])
     codes = model.encode(v)
     index = MultiBitIndex(model.out_dim, model.bits_per_dim)
     index.add(codes)
-    return recall_at(k, others(index.search(codes, k + 1)[1]), truth)
+    return recall_at(k, _drop_self(index.search(codes, k + 1)[1], k), truth)
 
 
 def recall_at(k: int, found: np.ndarray, truth: np.ndarray) -> float:
