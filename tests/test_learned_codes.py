@@ -120,11 +120,13 @@ def test_compatible_training_searches_the_old_index():
 def test_itq_start_is_the_training_free_code_of_rotated_data_and_beats_it():
     x = anisotropic(6000, 32, seed=6)
     xb, xq = x[:5600], x[5600:]
-    # epochs=0: the ITQ start itself, which is exactly binarize() of the rotated, centred data
+    # epochs=0: the ITQ start itself, which is exactly binarize() of the rotated data,
+    # centred by the picked share of the mean
     model = RecurrentBinarizer(32, 32, 2, hidden=32, seed=0).fit(xb, epochs=0, batch_size=256, seed=0)
     weight = model.net.encoders[0].linear.weight.detach().numpy()
     np.testing.assert_allclose(weight @ weight.T, np.eye(32), atol=1e-5)  # a rotation
-    rotated = ((xb - model.mean) @ weight.T).astype(np.float32)
+    assert model.centring in (0.0, 0.25, 0.5, 0.75, 1.0)
+    rotated = ((xb - model.centring * model.mean) @ weight.T).astype(np.float32)
     assert 1.0 <= float(model.net.threshold) <= 1.4  # the split point picked on held-out recall
     model.net.threshold.fill_(1.0)  # the training-free rule's split point
     assert (model.encode(xb) != pylocalize.binarize(rotated, 2)).mean() < 1e-3  # float rounding at zero only
@@ -163,3 +165,52 @@ def test_neighbour_distillation_improves_on_the_start_and_reconstruction_does_no
         RecurrentBinarizer(32, 32, 2).fit(xb, neighbours=5, per_anchor=6)
     with pytest.raises(ValueError, match="temperatures"):
         RecurrentBinarizer(32, 32, 2).fit(xb, teacher_temperature=0)
+
+
+def test_fit_binarizer_spends_the_code_length_on_the_best_layout():
+    # a decaying spectrum: 64 bits are better spent as 16 dims x 4 bits than 32 x 2
+    from pylocalize.codes.learned import fit_binarizer
+
+    x = anisotropic(6000, 32, seed=8)
+    xb, xq = x[:5600], x[5600:]
+    truth = cosine_truth(xb, xq)
+    model = fit_binarizer(xb, 64, hidden=32, epochs=0, batch_size=256)
+    assert set(model.layout_scores) == {(32, 2), (16, 4)}  # 64 x 1 exceeds the 32 input dims
+    assert (model.out_dim, model.bits_per_dim) == max(model.layout_scores, key=model.layout_scores.get)
+    codes = model.encode(xb)
+    assert codes.shape == (len(xb), 8)  # 64 bits, whole bytes
+    chosen = recall_at(10, search(codes, model.encode(xq), model.out_dim, model.bits_per_dim), truth)
+    full = RecurrentBinarizer(32, 32, 2, hidden=32, seed=0).fit(xb, epochs=0, batch_size=256)
+    full_recall = recall_at(10, search(full.encode(xb), full.encode(xq), 32, 2), truth)
+    free = recall_at(10, search(pylocalize.binarize(xb - xb.mean(0), 2), pylocalize.binarize(xq - xb.mean(0), 2),
+                                32, 2), truth)
+    assert chosen > full_recall > free, (chosen, full_recall, free)
+    with pytest.raises(ValueError, match="no layout"):
+        fit_binarizer(xb, 12)
+    with pytest.raises(ValueError, match="no layout"):
+        fit_binarizer(xb, 256)  # 4 bits x 32 dims is the most
+    with pytest.raises(ValueError, match="old model's layout"):
+        fit_binarizer(xb, 64, compatible_with=full)
+
+
+def test_centring_is_picked_for_cosine_truth_of_uncentred_embeddings():
+    # unit embeddings whose projections on a common direction vary from item to item (as
+    # sentence embeddings' do), ranked by raw cosine: subtracting the whole mean ranks by a
+    # different quantity, and the fit picks a partial centring that recalls more
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(6000, 32)) * np.exp(-np.arange(32) / 10)
+    common = rng.normal(size=32)
+    common /= np.linalg.norm(common)
+    x -= np.outer(x @ common, common)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    share = rng.uniform(0, 0.9, size=(6000, 1))
+    x = (x * np.sqrt(1 - share ** 2) + share * common).astype(np.float32)
+    xb, xq = x[:5600], x[5600:]
+    truth = cosine_truth(xb, xq)
+    model = RecurrentBinarizer(32, 32, 2, hidden=32, seed=0).fit(xb, epochs=0, batch_size=256)
+    picked = recall_at(10, search(model.encode(xb), model.encode(xq), 32, 2), truth)
+    first = model.net.encoders[0].linear
+    with torch.no_grad():  # the same start, fully centred
+        first.bias.copy_(first.bias - (1 - model.centring) * (first.weight @ torch.from_numpy(model.mean)))
+    centred = recall_at(10, search(model.encode(xb), model.encode(xq), 32, 2), truth)
+    assert model.centring < 1.0 and picked > centred + 0.01, (model.centring, picked, centred)
