@@ -208,6 +208,49 @@ def bench_set(name, db, q, args, results, work: Path):
             report(f"two-stage (re-rank {rerank})", bits, ids, t, code_bytes)
 
 
+def bench_compatible(name, db, q, args, results):
+    """Backward-compatible update: an index of an old binarizer's codes, searched with a new
+    binarizer's query codes, with and without the compatibility term."""
+    from pylocalize.codes.learned import RecurrentBinarizer, fit_binarizer, recall_at
+
+    import faiss
+
+    flat = faiss.IndexFlatIP(db.shape[1])
+    flat.add(db)
+    truth = flat.search(q, 10)[1]
+    rng = np.random.default_rng(args.seed + 1)
+    train = db[rng.choice(len(db), min(args.train, len(db)), replace=False)]
+    bits = args.compatible_bits
+    # the old binarizer saw half the training rows; the new one all of them, another seed
+    old = fit_binarizer(train[: len(train) // 2], bits * db.shape[1], seed=1, epochs=args.epochs)
+    layout = (db.shape[1], old.out_dim, old.bits_per_dim)
+    old_index = pylocalize.MultiBitIndex(old.out_dim, old.bits_per_dim)
+    old_index.add(old.encode(db))
+
+    def old_index_recall(model):
+        return recall_at(10, old_index.search(model.encode(q), 10)[1], truth)
+
+    alone = RecurrentBinarizer(*layout, seed=2).fit(train, seed=2, epochs=args.epochs)
+    compatible = RecurrentBinarizer(*layout, seed=2).fit(train, seed=2, epochs=args.epochs, compatible_with=old)
+    own = pylocalize.MultiBitIndex(old.out_dim, old.bits_per_dim)
+    own.add(compatible.encode(db))
+    rows = {"old queries, old index": old_index_recall(old),
+            "new queries (trained alone), old index": old_index_recall(alone),
+            "new queries (compatible), old index": old_index_recall(compatible),
+            "compatible model, its own index": recall_at(10, own.search(compatible.encode(q), 10)[1], truth)}
+    # a changed embedding model, stood in for by a random rotation of the embeddings (their
+    # cosines, the truth, unchanged): old codes from old embeddings, new queries from new ones
+    rotation, _ = np.linalg.qr(rng.standard_normal((db.shape[1], db.shape[1])))
+    rotation = rotation.astype(np.float32)
+    moved = RecurrentBinarizer(*layout, seed=2).fit(train @ rotation, seed=2, epochs=args.epochs, lr=2e-3,
+                                                    compatible_with=old, old_x=train)
+    rows["rotated embeddings, compatible, old index"] = recall_at(
+        10, old_index.search(moved.encode(q @ rotation), 10)[1], truth)
+    for method, recall in rows.items():
+        results.append(dict(set=name, method=f"compatibility: {method}", bits=bits, recall_at_10=recall))
+        tqdm.write(f"{name:8s} {old.out_dim}x{old.bits_per_dim} {method:40s} recall@10 {recall:.3f}")
+
+
 def figure(results, path):
     import matplotlib
 
@@ -217,7 +260,7 @@ def figure(results, path):
     sets = sorted({r["set"] for r in results})
     fig, axes = plt.subplots(1, len(sets), figsize=(6 * len(sets), 4.5), squeeze=False)
     for ax, name in zip(axes[0], sets):
-        rows = [r for r in results if r["set"] == name and r["bits"] < 32]
+        rows = [r for r in results if r["set"] == name and r["bits"] < 32 and "qps" in r]
         for method in sorted({r["method"].split(" (")[0] for r in rows}):
             pts = sorted((r["bits"], r["recall_at_10"]) for r in rows if r["method"].split(" (")[0] == method)
             ax.plot(*zip(*pts), marker="o", label=method)
@@ -247,6 +290,8 @@ def main(argv=None) -> int:
     p.add_argument("--sentences", type=int, default=20000, help="MiniLM database size (stdlib docstring sentences)")
     p.add_argument("--bits", type=int_list, default=[1, 2, 4])
     p.add_argument("--learned-bits", type=int_list, default=[1, 2])
+    p.add_argument("--compatible-bits", type=int, default=0,
+                   help="also measure a backward-compatible binarizer update at this many bits/dim")
     p.add_argument("--train", type=int, default=50000)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--candidates", type=int, default=500)
@@ -284,8 +329,10 @@ def main(argv=None) -> int:
                                        cache / f"minilm-{args.sentences}-{args.nq}.npz" if cache else None)
             else:
                 raise SystemExit(f"unknown set {name!r}: use rootsift, minilm")
-            bench_set(name, np.ascontiguousarray(db, np.float32), np.ascontiguousarray(q, np.float32),
-                      args, results, Path(tmp))
+            db, q = np.ascontiguousarray(db, np.float32), np.ascontiguousarray(q, np.float32)
+            bench_set(name, db, q, args, results, Path(tmp))
+            if args.compatible_bits and "torch" in sys.modules:
+                bench_compatible(name, db, q, args, results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     if args.figure:

@@ -214,3 +214,18 @@ def test_centring_is_picked_for_cosine_truth_of_uncentred_embeddings():
         first.bias.copy_(first.bias - (1 - model.centring) * (first.weight @ torch.from_numpy(model.mean)))
     centred = recall_at(10, search(model.encode(xb), model.encode(xq), 32, 2), truth)
     assert model.centring < 1.0 and picked > centred + 0.01, (model.centring, picked, centred)
+
+
+def test_compatible_update_on_the_same_embeddings_starts_from_the_old_codes():
+    x = anisotropic(4000, 16, seed=10)
+    old = RecurrentBinarizer(16, 16, 2, hidden=32, seed=0).fit(x[:1500], epochs=2, batch_size=128)
+    start = RecurrentBinarizer(16, 16, 2, hidden=32, seed=3).fit(x[:3600], epochs=0, batch_size=128,
+                                                                compatible_with=old)
+    np.testing.assert_array_equal(start.encode(x), old.encode(x))  # no old_x: a copy of the old model
+    new = RecurrentBinarizer(16, 16, 2, hidden=32, seed=3).fit(x[:3600], epochs=3, batch_size=128,
+                                                              compatible_with=old)
+    truth = cosine_truth(x[:3600], x[3600:])
+    old_codes = old.encode(x[:3600])
+    same = recall_at(10, search(old_codes, old.encode(x[3600:]), 16, 2), truth)
+    kept = recall_at(10, search(old_codes, new.encode(x[3600:]), 16, 2), truth)
+    assert kept >= 0.95 * same, (kept, same)

@@ -214,6 +214,8 @@ class RecurrentBinarizer:
             if not compatibility_weight > 0:
                 raise ValueError(f"compatibility_weight must be > 0, got {compatibility_weight}")
             old.net.eval()
+            # the same embeddings: the new model starts as the old one (its codes, exactly)
+            warm = old_x is None and old.hidden == self.hidden
             old_x = x if old_x is None else old._check(old_x)
             if len(old_x) != len(x):
                 raise ValueError(f"old_x must pair row for row with x: {len(old_x)} rows for {len(x)}")
@@ -239,7 +241,11 @@ class RecurrentBinarizer:
             lr = 1e-4 if objective == "neighbours" else 2e-3
         if temperature is None:
             temperature = 0.02 if objective == "neighbours" else 0.05
-        if init == "itq":
+        if old is not None and warm:
+            self.net.load_state_dict(old.net.state_dict())
+            self.mean, self.key_projection = old.mean.copy(), old.key_projection.copy()
+            self.centring = old.centring
+        elif init == "itq":
             self._init_itq(x[rng.choice(len(x), min(len(x), 50_000), replace=False)] - self.mean, seed)
         order = split_rng.permutation(len(x))
         n_val = max(batch_size // 4, int(validation * len(x)))
