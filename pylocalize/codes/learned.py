@@ -171,7 +171,8 @@ class RecurrentBinarizer:
         in 0..1, see ``_pick_centring_and_split``) and, with more than one plane, the split
         point of the further planes (``threshold``, in units of each vector's mean absolute
         projection; 1 is the training-free rule) are picked, the split from 1.0-1.4, by
-        held-out recall: for Gaussian-like coordinates a 4-level quantiser wants its outer split near 1.2 mean absolute values.
+        held-out recall: for Gaussian-like coordinates a 4-level quantiser wants its outer
+        split near 1.2 mean absolute values.
 
         ``init="itq"`` (default) starts the first plane's projection at the ITQ rotation
         (Gong and Lazebnik, CVPR 2011: the rotation of the centred, PCA-reduced data that
