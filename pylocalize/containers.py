@@ -1,7 +1,8 @@
 """Reading the project's versioned containers from Python: one check of kind and layout.
 
 Every file pylocalize writes is a container (``_core.write_container``: magic, version,
-CRC-32, sections). Python-level objects (maps, object representations, cell hierarchies)
+CRC-32, sections), written all-or-nothing by the core's one writer (:func:`write_bytes_atomic`
+for bytes made in Python). Python-level objects (maps, object representations, cell hierarchies)
 add a *layout* version in their meta, bumped when their sections change. A file of another
 kind or layout is refused with a :class:`pylocalize.FormatError` that says how to rebuild
 it, never read as something it is not.
@@ -52,4 +53,16 @@ def read_layout(source, tag: str, version_key: str, version: int, what: str, reb
     return meta, sections
 
 
-__all__ = ["read_layout"]
+def write_bytes_atomic(path, data) -> None:
+    """Writes ``data`` (bytes or a contiguous array) to ``path`` all-or-nothing.
+
+    The core's one writer (``cpp/pylocalize/util/atomic_file.h``): a temporary file in the
+    same folder, ``fsync``, rename over ``path``, ``fsync`` of the folder. After a crash at
+    any moment ``path`` holds its old bytes or the new ones; temporary files of killed
+    writers are removed by the next write of the same target. Every file pylocalize writes
+    goes through it (containers, torch checkpoints, JSON and manifest files).
+    """
+    _core.write_file_atomic(os.fspath(path), data)
+
+
+__all__ = ["read_layout", "write_bytes_atomic"]

@@ -2,6 +2,7 @@
 #include <pybind11/stl.h>
 
 #include "common.h"
+#include "pylocalize/util/atomic_file.h"
 #include "pylocalize/util/cpu.h"
 #include "pylocalize/util/format.h"
 #include "pylocalize/util/threads.h"
@@ -142,6 +143,21 @@ void BindUtil(py::module_& m) {
       },
       py::arg("path"), py::arg("tag"), py::arg("meta"), py::arg("sections"),
       "Writes a pylocalize container to path (atomically), or returns its bytes if path is None.");
+  m.def(
+      "write_file_atomic",
+      [](py::object path, const py::buffer& data) {
+        const std::string p = py::cast<std::string>(py::str(path));
+        py::buffer_info info = data.request();
+        PYL_CHECK(info.ndim <= 1 || info.strides.back() == info.itemsize, "data must be contiguous bytes");
+        const size_t nbytes = static_cast<size_t>(info.size * info.itemsize);
+        py::gil_scoped_release release;
+        WriteFileAtomic(p, info.ptr, nbytes);
+      },
+      py::arg("path"), py::arg("data"),
+      "Writes bytes to path all-or-nothing (temporary file, fsync, rename, fsync of the folder).");
+  m.def("remove_stale_temp_files", [](py::object path) {
+        return RemoveStaleTempFiles(py::cast<std::string>(py::str(path)));
+      }, py::arg("path"), "Removes temporary files left next to path by killed writers; returns how many.");
   m.def(
       "read_container",
       [](py::object source, bool mmap, bool verify) {

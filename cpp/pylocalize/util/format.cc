@@ -13,6 +13,7 @@
 #define PYL_HAVE_MMAP 1
 #endif
 
+#include "pylocalize/util/atomic_file.h"
 #include "pylocalize/util/check.h"
 #include "pylocalize/util/crc32.h"
 
@@ -174,35 +175,15 @@ void ContainerWriter::WriteFile(const std::string& path) const {
   uint64_t total = 0;
   std::vector<uint64_t> offsets;
   const std::vector<uint8_t> head = Tables(&total, &offsets);
-#ifdef PYL_HAVE_MMAP
-  const std::string tmp = path + ".tmp-" + std::to_string(::getpid());
-#else
-  const std::string tmp = path + ".tmp";
-#endif
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    PYL_CHECK(f.good(), "cannot write '", tmp, "': ", std::strerror(errno),
-              "; check that the folder exists and is writable");
-    f.write(reinterpret_cast<const char*>(head.data()), static_cast<std::streamsize>(head.size()));
-    uint64_t pos = head.size();
-    static const char zeros[kAlign] = {};
-    for (size_t i = 0; i < sections_.size(); ++i) {
-      f.write(zeros, static_cast<std::streamsize>(offsets[i] - pos));
-      f.write(static_cast<const char*>(sections_[i].data),
-              static_cast<std::streamsize>(sections_[i].nbytes));
-      pos = offsets[i] + sections_[i].nbytes;
-    }
-    f.flush();
-    if (!f.good()) {
-      std::remove(tmp.c_str());
-      PYL_CHECK(false, "writing '", tmp, "' failed (disk full?)");
-    }
+  AtomicFile file(path);
+  file.Write(head.data(), head.size());
+  uint64_t pos = head.size();
+  for (size_t i = 0; i < sections_.size(); ++i) {
+    file.WriteZeros(offsets[i] - pos);
+    file.Write(sections_[i].data, sections_[i].nbytes);
+    pos = offsets[i] + sections_[i].nbytes;
   }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const std::string why = std::strerror(errno);
-    std::remove(tmp.c_str());
-    PYL_CHECK(false, "cannot move '", tmp, "' to '", path, "': ", why);
-  }
+  file.Commit();
 }
 
 namespace {

@@ -10,7 +10,7 @@
 // Readers check every size against the file before trusting it, verify CRCs, and refuse
 // a newer major version with a message; a newer minor version only adds metadata or
 // sections, which older readers ignore ("new code reads old files" and old code reads
-// compatible new ones). Writes go to a temporary file that is renamed into place.
+// compatible new ones). Writes go through AtomicFile (util/atomic_file.h): all-or-nothing.
 #pragma once
 
 #include <cstdint>
@@ -51,7 +51,7 @@ class ContainerWriter {
   void AddSection(const std::string& name, DType dtype, std::vector<int64_t> shape,
                   const void* data);
   std::vector<uint8_t> ToBytes() const;
-  // Atomic: writes PATH.tmp-<pid> and renames it over PATH.
+  // All-or-nothing and durable (AtomicFile): the old file or the new one, never a mix.
   void WriteFile(const std::string& path) const;
 
  private:
