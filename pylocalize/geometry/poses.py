@@ -44,17 +44,60 @@ def matrix_from_quaternion(q) -> np.ndarray:
     ])
 
 
+def check_rotation(R: np.ndarray, what: str = "rotation", atol: float = 1e-6) -> np.ndarray:
+    """``R`` as float64 (3, 3) if it is a rotation (orthonormal, determinant +1, finite);
+    a ``ValueError`` naming ``what`` otherwise. A scaled or reflected matrix has no
+    quaternion: writing it would silently read back as another pose."""
+    R = np.asarray(R, dtype=np.float64)
+    if R.shape != (3, 3) or not np.isfinite(R).all():
+        raise ValueError(f"{what} must be a finite 3x3 matrix, got shape {R.shape}")
+    error = np.abs(R.T @ R - np.eye(3)).max()
+    if error > atol or np.linalg.det(R) < 0:
+        raise ValueError(f"{what} is not a rotation (|R^T R - I| = {error:.3g}, det = {np.linalg.det(R):.3g}); "
+                         "pass cam_from_world as [R | t] with R orthonormal and det(R) = +1 (remove any scale)")
+    return R
+
+
+def check_pose_name(name: str) -> str:
+    """``name`` if one line of a pose file can hold it and read it back as itself."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"image name must be a non-empty string, got {name!r}")
+    if any(c.isspace() for c in name):
+        raise ValueError(f"image name {name!r} contains whitespace, which the format cannot hold; rename the image")
+    if name.startswith("#"):
+        raise ValueError(f"image name {name!r} starts with '#', which the format reads as a comment; rename the image")
+    return name
+
+
 def write_pose_file(path, poses: Iterable[Tuple[str, np.ndarray]]) -> None:
-    """Writes ``(name, cam_from_world 3x4)`` pairs as ``name qw qx qy qz tx ty tz`` lines."""
-    lines = []
+    """Writes ``(name, cam_from_world 3x4 or 4x4)`` pairs as ``name qw qx qy qz tx ty tz`` lines,
+    all-or-nothing.
+
+    Raises
+    ------
+    ValueError
+        For what the file could not read back as given: a name with whitespace or a
+        leading ``#``, a repeated name, a matrix that is not a rotation, a non-finite value.
+    """
+    from pylocalize.containers import write_bytes_atomic
+
+    lines, seen = [], set()
     for name, pose in poses:
-        if any(c.isspace() for c in name):
-            raise ValueError(f"image name {name!r} contains whitespace, which the format cannot hold")
+        check_pose_name(name)
+        if name in seen:
+            raise ValueError(f"image name {name!r} appears twice; a pose file holds one pose per image")
+        seen.add(name)
         pose = np.asarray(pose, dtype=np.float64)
-        q = quaternion_from_matrix(pose[:3, :3])
+        if pose.shape not in ((3, 4), (4, 4)):
+            raise ValueError(f"pose of {name!r} must be cam_from_world 3x4 (or 4x4), got shape {pose.shape}")
+        R = check_rotation(pose[:3, :3], f"the rotation of {name!r}")
         t = pose[:3, 3]
-        lines.append(name + " " + " ".join(f"{v:.10g}" for v in (*q, *t)))
-    Path(path).write_text("\n".join(lines) + "\n")
+        if not np.isfinite(t).all():
+            raise ValueError(f"the translation of {name!r} is not finite: {t}")
+        q = quaternion_from_matrix(R)
+        # 17 significant digits read back as the same float64 (10 lost ~1e-10 m per value).
+        lines.append(name + " " + " ".join(f"{v:.17g}" for v in (*q, *t)))
+    write_bytes_atomic(path, ("\n".join(lines) + "\n").encode("utf-8"))
 
 
 def read_pose_file(path) -> Dict[str, np.ndarray]:
@@ -63,10 +106,14 @@ def read_pose_file(path) -> Dict[str, np.ndarray]:
     Raises
     ------
     ValueError
-        Naming the line that is not ``name qw qx qy qz tx ty tz``.
+        Naming the line that is not ``name qw qx qy qz tx ty tz``, or a name given twice.
     """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not a text pose file ({error})") from None
     poses: Dict[str, np.ndarray] = {}
-    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -79,6 +126,8 @@ def read_pose_file(path) -> Dict[str, np.ndarray]:
                 raise ValueError
         except ValueError:
             raise ValueError(f"{path}:{number}: expected 'name qw qx qy qz tx ty tz', got {line!r}") from None
+        if parts[0] in poses:
+            raise ValueError(f"{path}:{number}: image {parts[0]!r} appears twice; keep one pose per image")
         pose = np.zeros((3, 4))
         pose[:, :3] = matrix_from_quaternion(values[:4])
         pose[:, 3] = values[4:]
