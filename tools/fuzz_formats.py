@@ -273,6 +273,21 @@ def _use_geodecoder(path: Path) -> str:
     return _fingerprint(model.predict(tokens))
 
 
+def _make_posetext(folder: Path) -> Path:
+    from pylocalize.posetext.model import ClauseBank, PoseTextModel
+
+    PoseTextModel(embed_dim=8, hidden=16, bank=ClauseBank(), seed=0).save(folder / "posetext.pt")
+    return folder / "posetext.pt"
+
+
+def _use_posetext(path: Path) -> str:
+    from pylocalize.posetext import generate_poses
+    from pylocalize.posetext.model import PoseTextModel
+
+    model = PoseTextModel.load(path)
+    return _fingerprint(model.embed_poses(generate_poses(3, seed=0)), model.bank.clauses)
+
+
 @dataclass
 class Format:
     make: Callable[[Path], Path]
@@ -293,6 +308,7 @@ FORMATS: Dict[str, Format] = {
     "two-stage": Format(_make_two_stage, _use_two_stage),
     "binarizer": Format(_make_binarizer, _use_binarizer, needs_torch=True),
     "geodecoder": Format(_make_geodecoder, _use_geodecoder, needs_torch=True),
+    "posetext": Format(_make_posetext, _use_posetext, needs_torch=True),
 }
 
 
