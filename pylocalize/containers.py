@@ -16,6 +16,11 @@ import numpy as np
 from pylocalize import _core
 
 
+# What reading a container with the right tag and layout but missing or malformed sections
+# or meta can raise while the object is rebuilt from it: loaders turn these into FormatError.
+LAYOUT_ERRORS = (KeyError, IndexError, TypeError, ValueError, AttributeError)
+
+
 def read_layout(source, tag: str, version_key: str, version: int, what: str, rebuild: str, *,
                 mmap: bool = False, missing_version: int = 0):
     """``(meta, sections)`` of the container ``source`` (a path, or bytes as ``uint8``).
@@ -52,4 +57,4 @@ def read_layout(source, tag: str, version_key: str, version: int, what: str, reb
     return meta, sections
 
 
-__all__ = ["read_layout"]
+__all__ = ["LAYOUT_ERRORS", "read_layout"]
