@@ -144,7 +144,10 @@ class BinaryIndex:
         Raises
         ------
         pylocalize.FormatError
-            If the file is truncated, corrupt, not a BinaryIndex or from a newer version.
+            If the file is truncated, corrupt, not a BinaryIndex, from a newer version, or a
+            directory.
+        FileNotFoundError
+            If there is no file at ``path``.
         """
         return cls(0, _impl=_core.BinaryIndex.load(os.fspath(path), bool(mmap)))
 
