@@ -17,6 +17,11 @@ import numpy as np
 from pylocalize import _core
 
 
+# What reading a container with the right tag and layout but missing or malformed sections
+# or meta can raise while the object is rebuilt from it: loaders turn these into FormatError.
+LAYOUT_ERRORS = (KeyError, IndexError, TypeError, ValueError, AttributeError)
+
+
 def read_layout(source, tag: str, version_key: str, version: int, what: str, rebuild: str, *,
                 mmap: bool = False, missing_version: int = 0):
     """``(meta, sections)`` of the container ``source`` (a path, or bytes as ``uint8``).
@@ -65,4 +70,4 @@ def write_bytes_atomic(path, data) -> None:
     _core.write_file_atomic(os.fspath(path), data)
 
 
-__all__ = ["read_layout", "write_bytes_atomic"]
+__all__ = ["LAYOUT_ERRORS", "read_layout", "write_bytes_atomic"]

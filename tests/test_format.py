@@ -83,7 +83,7 @@ def test_wrong_magic_and_not_a_file(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(pylocalize.FormatError, match="magic"):
         pylocalize.BinaryIndex.load(path)
-    with pytest.raises(ValueError, match="cannot open"):
+    with pytest.raises(FileNotFoundError, match="missing.pyloc"):
         pylocalize.BinaryIndex.load(tmp_path / "missing.pyloc")
     assert issubclass(pylocalize.FormatError, ValueError)
 

@@ -14,7 +14,7 @@ std::vector<float> QueryRows(const py::handle& obj, int64_t dim, int64_t* nq) {
   PYL_CHECK(py::isinstance<py::array>(obj), "query descriptors must be a numpy array");
   py::array a = py::reinterpret_borrow<py::array>(obj);
   std::vector<float> rows;
-  if (a.dtype().is(py::dtype::of<uint8_t>())) {
+  if (a.dtype().equal(py::dtype::of<uint8_t>())) {
     auto u = CheckArray<uint8_t>(obj, "query descriptors", 2, dim);
     rows.assign(u.data(), u.data() + u.size());
     *nq = u.shape(0);
@@ -84,14 +84,14 @@ void BindCann(py::module_& m) {
             knn::Element element;
             int64_t n;
             py::array keep;
-            if (a.dtype().is(py::dtype::of<uint8_t>())) {
+            if (a.dtype().equal(py::dtype::of<uint8_t>())) {
               auto u = CheckArray<uint8_t>(descriptors, "descriptors", 2, self.dim());
               data = u.data();
               n = u.shape(0);
               element = knn::Element::kUInt8;
               keep = u;
             } else {
-              PYL_CHECK(a.dtype().is(py::dtype::of<float>()), "descriptors must be float32 or uint8, got ",
+              PYL_CHECK(a.dtype().equal(py::dtype::of<float>()), "descriptors must be float32 or uint8, got ",
                         std::string(py::str(a.dtype())), "; convert with .astype(np.float32)");
               auto f = CheckArray<float>(descriptors, "descriptors", 2, self.dim());
               data = f.data();

@@ -34,7 +34,9 @@ py::array_t<T> CheckArray(const py::handle& obj, const char* name, int ndim, int
   PYL_CHECK(py::isinstance<py::array>(obj), name, " must be a numpy array of ", DTypeName<T>(),
             ", got ", std::string(py::str(py::type::of(obj).attr("__name__"))));
   py::array a = py::reinterpret_borrow<py::array>(obj);
-  PYL_CHECK(a.dtype().is(py::dtype::of<T>()), name, " must have dtype ", DTypeName<T>(),
+  // Equality, not identity: an array that went through pickle carries an equal dtype
+  // object that is not numpy's cached one.
+  PYL_CHECK(a.dtype().equal(py::dtype::of<T>()), name, " must have dtype ", DTypeName<T>(),
             ", got ", std::string(py::str(a.dtype())), "; convert with .astype(np.",
             DTypeName<T>(), ")");
   PYL_CHECK(a.ndim() == ndim, name, " must be ", ndim, "-D, got shape with ", a.ndim(),

@@ -1,6 +1,8 @@
 // Bindings for cpp/pylocalize/util: SIMD level, threads, errors, the container format.
 #include <pybind11/stl.h>
 
+#include <cstring>
+
 #include "common.h"
 #include "pylocalize/util/atomic_file.h"
 #include "pylocalize/util/cpu.h"
@@ -37,12 +39,12 @@ py::dtype NumpyDType(DType t) {
 }
 
 DType FromNumpy(const py::dtype& d, const std::string& name) {
-  if (d.is(py::dtype::of<uint8_t>())) return DType::kUInt8;
-  if (d.is(py::dtype::of<int32_t>())) return DType::kInt32;
-  if (d.is(py::dtype::of<int64_t>())) return DType::kInt64;
-  if (d.is(py::dtype::of<float>())) return DType::kFloat32;
-  if (d.is(py::dtype::of<uint64_t>())) return DType::kUInt64;
-  if (d.is(py::dtype::of<double>())) return DType::kFloat64;
+  if (d.equal(py::dtype::of<uint8_t>())) return DType::kUInt8;
+  if (d.equal(py::dtype::of<int32_t>())) return DType::kInt32;
+  if (d.equal(py::dtype::of<int64_t>())) return DType::kInt64;
+  if (d.equal(py::dtype::of<float>())) return DType::kFloat32;
+  if (d.equal(py::dtype::of<uint64_t>())) return DType::kUInt64;
+  if (d.equal(py::dtype::of<double>())) return DType::kFloat64;
   PYL_CHECK(false, "section '", name, "' has dtype ", std::string(py::str(d)),
             "; use uint8, int32, int64, uint64, float32 or float64");
   return DType::kUInt8;
@@ -76,7 +78,18 @@ void BindUtil(py::module_& m) {
     } catch (const Interrupted&) {
       PyErr_SetNone(PyExc_KeyboardInterrupt);
     } catch (const FormatError& e) {
-      PyErr_SetString(format_error.ptr(), e.what());
+      // Lenient decoding: a message must never turn a FormatError into UnicodeDecodeError.
+      py::str message = py::reinterpret_steal<py::str>(
+          PyUnicode_DecodeUTF8(e.what(), static_cast<Py_ssize_t>(std::strlen(e.what())), "backslashreplace"));
+      PyErr_SetObject(format_error.ptr(), message.ptr());
+    } catch (const FileError& e) {
+      // OSError(errno, strerror, filename) builds the subclass errno names (FileNotFoundError...).
+      PyObject* error = PyObject_CallFunction(PyExc_OSError, "isN", e.error(), std::strerror(e.error()),
+                                              PyUnicode_DecodeFSDefault(e.path().c_str()));
+      if (error != nullptr) {
+        PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(error)), error);
+        Py_DECREF(error);
+      }
     }
   });
   SetInterruptHook(&CheckSignals);

@@ -391,7 +391,7 @@ class CellHierarchy:
         a corrupt file, another version or another kind of file raises
         :class:`pylocalize.FormatError`."""
         from pylocalize import FormatError
-        from pylocalize.containers import read_layout
+        from pylocalize.containers import LAYOUT_ERRORS, read_layout
 
         meta, sec = read_layout(source, FORMAT_TAG, "hierarchy_version", HIERARCHY_VERSION, "a cell hierarchy",
                                 "build the cells again (pylocalize geo cells)")
@@ -401,7 +401,7 @@ class CellHierarchy:
             fields = [[sec[f"{key}_{h}"] for h in range(num)] for key in ("cell_ids", "levels", "counts", "centers",
                                                                         "parents")]
             return cls(*fields, sec["max_images"].tolist(), sec["min_images"].tolist())
-        except (KeyError, ValueError) as error:
+        except LAYOUT_ERRORS as error:
             raise FormatError(f"{name}: not a valid {FORMAT_TAG} ({error})") from error
 
 

@@ -195,6 +195,7 @@ class GeoGallery:
         """Reads :meth:`save` output; a corrupt file, another version or another kind of file
         raises :class:`pylocalize.FormatError`."""
         from pylocalize import FormatError
+        from pylocalize.containers import LAYOUT_ERRORS
 
         tag, _, meta, sec = _core.read_container(os.fspath(path))
         if tag != FORMAT_TAG:
@@ -209,7 +210,7 @@ class GeoGallery:
             gallery._init(_check_embeddings(sec["embeddings"], "saved embeddings", normalize=False), sec["latlon"],
                           bool(meta["binary"]))
             return gallery
-        except (KeyError, ValueError, IndexError) as error:
+        except LAYOUT_ERRORS as error:
             raise FormatError(f"{path}: not a valid {FORMAT_TAG} ({error})") from error
 
 

@@ -16,14 +16,10 @@ from typing import Optional, Tuple, Union
 import numpy as np
 
 from pylocalize import _core
+from pylocalize.index._args import as_ids
+from pylocalize.index._args import int_scalar as _int_scalar
 
 PathLike = Union[str, "os.PathLike[str]"]
-
-
-def _int_scalar(value, name: str) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an int, got {type(value).__name__}")
-    return int(value)
 
 
 class BinaryIndex:
@@ -79,9 +75,10 @@ class BinaryIndex:
         codes : numpy.ndarray of uint8, shape (n, code_size)
         ids : numpy.ndarray of int64, shape (n,), optional
             Ids returned by searches. Default: consecutive ids after the largest id added
-            so far (0, 1, 2, ... for a fresh index).
+            so far (0, 1, 2, ... for a fresh index). Integers ``>= 0``: ``-1`` marks
+            empty result slots.
         """
-        self._impl.add(codes, ids)
+        self._impl.add(codes, None if ids is None else as_ids(ids))
 
     def search(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest codes of each query.
@@ -116,8 +113,7 @@ class BinaryIndex:
 
     def remove_ids(self, ids: np.ndarray) -> int:
         """Removes every code whose id is in ``ids``; returns how many were removed."""
-        ids = np.ascontiguousarray(np.asarray(ids, dtype=np.int64).reshape(-1))
-        return self._impl.remove_ids(ids)
+        return self._impl.remove_ids(as_ids(ids).reshape(-1))
 
     def reset(self) -> None:
         """Removes every code."""
@@ -148,7 +144,10 @@ class BinaryIndex:
         Raises
         ------
         pylocalize.FormatError
-            If the file is truncated, corrupt, not a BinaryIndex or from a newer version.
+            If the file is truncated, corrupt, not a BinaryIndex, from a newer version, or a
+            directory.
+        FileNotFoundError
+            If there is no file at ``path``.
         """
         return cls(0, _impl=_core.BinaryIndex.load(os.fspath(path), bool(mmap)))
 
@@ -210,10 +209,11 @@ class MultiBitIndex:
         ----------
         codes : numpy.ndarray of uint8, shape (n, code_size)
         ids : numpy.ndarray of int64, shape (n,), optional
+            Integers ``>= 0``: ``-1`` marks empty result slots.
         vectors : numpy.ndarray of float32, shape (n, dim), optional
             Kept for exact re-ranking; every add of an index must pass them or none must.
         """
-        self._impl.add(codes, ids, vectors)
+        self._impl.add(codes, None if ids is None else as_ids(ids), vectors)
 
     def search(self, query_codes: np.ndarray, k: int, *,
                query_vectors: Optional[np.ndarray] = None,

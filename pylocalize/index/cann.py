@@ -40,6 +40,7 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 
 from pylocalize import _core
+from pylocalize.index._args import as_ids, int_scalar
 
 PathLike = Union[str, "os.PathLike[str]"]
 METHODS = ("exact", "ivf", "grid")
@@ -80,12 +81,12 @@ class CANNIndex:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         self.metric, self.method = metric, method
-        if int(nprobe) < 1:
+        if int_scalar(nprobe, "nprobe") < 1:
             raise ValueError(f"nprobe must be >= 1, got {nprobe}")
         self.nprobe = int(nprobe)
         self._kernel = _core.CannKernel(kernel, float(p0), float(p1), float(sigma))
         self._kernel_args = dict(kernel=kernel, p0=float(p0), p1=float(p1), sigma=float(sigma))
-        self._impl = _impl if _impl is not None else _core.CannIndex(int(dim))
+        self._impl = _impl if _impl is not None else _core.CannIndex(int_scalar(dim, "dim"))
         self.grid = dict(GRID_DEFAULTS, **(grid or {}))
         unknown = set(self.grid) - set(GRID_DEFAULTS)
         if unknown:
@@ -142,7 +143,8 @@ class CANNIndex:
         """
         if nlist is None:
             nlist = max(1, int(round(2 * np.sqrt(max(self.ntotal, 1)))))
-        self._impl.train(int(nlist), int(iterations), int(seed), int(max_points_per_list))
+        self._impl.train(int_scalar(nlist, "nlist"), int_scalar(iterations, "iterations"), int_scalar(seed, "seed"),
+                         int_scalar(max_points_per_list, "max_points_per_list"))
 
     def kernel(self, r):
         """The score kernel s(r), for scalars or arrays."""
@@ -152,12 +154,13 @@ class CANNIndex:
         """Adds features: descriptors ``float32 or uint8 (n, dim)`` and their image ids.
 
         ``image_ids`` may be one int (all features from one image) or ``int64 (n,)``. Features
-        of an image may arrive over several calls. The first add fixes the dtype.
+        of an image may arrive over several calls. The first add fixes the dtype. Image ids are
+        integers ``>= 0``: ``-1`` marks empty result slots.
         """
         if np.isscalar(image_ids):
-            image_ids = np.full(len(descriptors), int(image_ids), dtype=np.int64)
+            image_ids = np.full(len(descriptors), int_scalar(image_ids, "image_ids"), dtype=np.int64)
         else:
-            image_ids = np.ascontiguousarray(np.asarray(image_ids).astype(np.int64, casting="safe"))
+            image_ids = as_ids(image_ids, "image_ids")
         self._impl.add(descriptors, image_ids)
 
     def search(self, query_descriptors: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -176,16 +179,17 @@ class CANNIndex:
         image_ids : int64 (k,)
             Ties go to the smaller image id; ``-1`` in padded slots.
         """
-        return self._impl.search(query_descriptors, int(k), self._kernel, self._prepare(), int(self.nprobe))
+        return self._impl.search(query_descriptors, int_scalar(k, "k"), self._kernel, self._prepare(),
+                                 int_scalar(self.nprobe, "nprobe"))
 
     def search_batch(self, query_sets: Sequence[np.ndarray], k: int) -> Tuple[np.ndarray, np.ndarray]:
         """:meth:`search` for many query images in parallel: ``(scores (n, k), image_ids (n, k))``."""
-        return self._impl.search_batch(list(query_sets), int(k), self._kernel, self._prepare(), int(self.nprobe))
+        return self._impl.search_batch(list(query_sets), int_scalar(k, "k"), self._kernel, self._prepare(),
+                                       int_scalar(self.nprobe, "nprobe"))
 
     def remove_images(self, image_ids) -> int:
         """Removes every feature of these images; returns the number of features removed."""
-        ids = np.ascontiguousarray(np.atleast_1d(np.asarray(image_ids, dtype=np.int64)))
-        return self._impl.remove_images(ids)
+        return self._impl.remove_images(as_ids(image_ids, "image_ids").reshape(-1))
 
     def reset(self) -> None:
         """Removes every feature."""

@@ -14,6 +14,7 @@ from typing import Tuple
 import numpy as np
 
 from pylocalize import _core
+from pylocalize.index._args import int_scalar
 
 
 def kmeans(x: np.ndarray, k: int, n_iter: int = 20, seed: int = 0,
@@ -37,14 +38,14 @@ def kmeans(x: np.ndarray, k: int, n_iter: int = 20, seed: int = 0,
         Nearest centroid of every point of ``x``.
     """
     centroids, labels, _ = _core.kmeans(np.ascontiguousarray(x, dtype=np.float32) if x.dtype != np.float32 else x,
-                                        int(k), int(n_iter), int(seed), int(max_points_per_centroid))
+                                        int_scalar(k, "k"), int(n_iter), int(seed), int(max_points_per_centroid))
     return centroids, labels
 
 
 def assign(x: np.ndarray, centroids: np.ndarray, m: int = 1) -> Tuple[np.ndarray, np.ndarray]:
     """The ``m`` nearest centroids of each row: ``labels int64`` and squared L2 ``distances
     float32``, shaped ``(n,)`` for ``m = 1`` and ``(n, m)`` otherwise, nearest first."""
-    labels, dist = _core.assign(x, centroids, int(m))
+    labels, dist = _core.assign(x, centroids, int_scalar(m, "m"))
     if m == 1:
         return labels[:, 0], dist[:, 0]
     return labels, dist

@@ -336,7 +336,7 @@ class ObjectRepresentation:
         import json
 
         from pylocalize import FormatError
-        from pylocalize.containers import read_layout
+        from pylocalize.containers import LAYOUT_ERRORS, read_layout
 
         meta, sec = read_layout(path, FORMAT_TAG, "representation_version", REPRESENTATION_VERSION,
                                 "an object representation", "onboard the object again")
@@ -346,7 +346,7 @@ class ObjectRepresentation:
             return cls(sec["template_poses"], sec["template_K"], sec["patch_template"], sec["patch_xy"],
                        sec["patch_xyz"], sec["patch_desc"], bow, sec["template_bow"], meta["size"], info["padding"],
                        meta["patch_size"], info["extractor"], info["diameter"])
-        except (KeyError, ValueError, UnicodeDecodeError) as error:
+        except LAYOUT_ERRORS as error:
             raise FormatError(f"{path}: not a valid {FORMAT_TAG} ({error})") from error
 
 

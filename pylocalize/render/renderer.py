@@ -103,8 +103,6 @@ class Renderer:
         if poses.ndim != 3 or poses.shape[1:] not in ((3, 4), (4, 4)):
             raise ValueError(f"cam_from_model must be (n, 3, 4) or (n, 4, 4), got {poses.shape}")
         poses = np.ascontiguousarray(poses[:, :3, :])
-        if not np.isfinite(poses).all():
-            raise ValueError("cam_from_model contains NaN or Inf")
         unknown = set(outputs) - set(OUTPUTS)
         if unknown:
             raise ValueError(f"unknown outputs {sorted(unknown)}: choose from {OUTPUTS}")

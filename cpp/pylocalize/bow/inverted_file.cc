@@ -17,6 +17,7 @@ InvertedFile::InvertedFile(int64_t num_words) : num_words_(num_words) {
 
 void InvertedFile::Add(const int64_t* words, const float* weights, int64_t n, int64_t doc_id) {
   PYL_CHECK(num_documents() < std::numeric_limits<int32_t>::max(), "too many documents");
+  PYL_CHECK(doc_id >= 0, "doc_id must be >= 0 (-1 marks empty result slots), got ", doc_id);
   // Validate everything before touching the lists, so a bad call leaves the file unchanged.
   std::map<int64_t, float> merged;  // repeated words add up; ordered for determinism
   for (int64_t i = 0; i < n; ++i) {

@@ -73,7 +73,7 @@ struct CannIndex::IvfLayout {
 };
 
 CannIndex::CannIndex(int64_t dim) : dim_(dim) {
-  PYL_CHECK(dim > 0, "dim must be >= 1, got ", dim);
+  PYL_CHECK(dim > 0 && dim <= kMaxDim, "dim must be in 1..", kMaxDim, ", got ", dim);
 }
 
 size_t CannIndex::ElementSize() const {
@@ -112,6 +112,11 @@ std::vector<int64_t> CannIndex::ImageIds() const {
 void CannIndex::Add(const void* descriptors, knn::Element element, const int64_t* image_ids,
                     int64_t n) {
   if (n <= 0) return;
+  for (int64_t i = 0; i < n; ++i) {
+    // -1 pads search results: a stored negative id would read as "no result".
+    PYL_CHECK(image_ids[i] >= 0, "image_ids must be >= 0 (-1 marks empty result slots), got ",
+              image_ids[i], " at position ", i, "; renumber the images to non-negative ids");
+  }
   std::unique_lock<std::shared_mutex> lock(mutex_);
   if (element_ < 0) element_ = static_cast<int>(element);
   PYL_CHECK(element_ == static_cast<int>(element), "this index holds ",
@@ -618,7 +623,7 @@ std::vector<uint8_t> CannIndex::Serialize() const {
 std::unique_ptr<CannIndex> CannIndex::FromContainer(const Container& c) {
   c.ExpectTag(kTag);
   const int64_t dim = c.Meta("dim"), element = c.Meta("element"), n = c.Meta("ntotal");
-  PYL_CHECK_FORMAT(dim > 0 && dim < (1 << 20) && element >= -1 && element <= 1 && n >= 0,
+  PYL_CHECK_FORMAT(dim > 0 && dim <= kMaxDim && element >= -1 && element <= 1 && n >= 0,
                    "CANNIndex file has invalid dim, element or ntotal (corrupt)");
   auto index = std::make_unique<CannIndex>(dim);
   index->element_ = static_cast<int>(element);

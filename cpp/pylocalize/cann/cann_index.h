@@ -45,6 +45,9 @@ struct CannKernel {
 
 class CannIndex {
  public:
+  // Largest dim: what the file format's loader accepts, so every index saves and loads.
+  static constexpr int64_t kMaxDim = int64_t{1} << 20;
+
   explicit CannIndex(int64_t dim);
 
   int64_t dim() const { return dim_; }

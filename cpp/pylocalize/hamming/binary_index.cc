@@ -23,7 +23,8 @@ void HammingTile(const hamming::ScanArgs& args, const void* context) {
 
 BinaryIndex::BinaryIndex(int64_t nbits)
     : nbits_(nbits), words_((nbits + 63) / 64), store_((nbits + 63) / 64) {
-  PYL_CHECK(nbits > 0 && nbits % 8 == 0, "nbits must be a positive multiple of 8, got ", nbits);
+  PYL_CHECK(nbits > 0 && nbits % 8 == 0 && nbits <= kMaxBits,
+            "nbits must be a positive multiple of 8 up to ", kMaxBits, ", got ", nbits);
 }
 
 int64_t BinaryIndex::ntotal() const {
@@ -139,7 +140,7 @@ std::unique_ptr<BinaryIndex> BinaryIndex::FromContainer(const Container& c, bool
   c.ExpectTag(kTag);
   const int64_t nbits = c.Meta("nbits");
   const int64_t n = c.Meta("ntotal");
-  PYL_CHECK_FORMAT(nbits > 0 && nbits % 8 == 0 && nbits < (1 << 24) && n >= 0,
+  PYL_CHECK_FORMAT(nbits > 0 && nbits % 8 == 0 && nbits <= kMaxBits && n >= 0,
                    "BinaryIndex file has invalid nbits or ntotal (corrupt)");
   auto index = std::make_unique<BinaryIndex>(nbits);
   const ArrayView& blocks = c.Section("blocks", DType::kUInt64);
@@ -154,6 +155,12 @@ std::unique_ptr<BinaryIndex> BinaryIndex::FromContainer(const Container& c, bool
   } else {
     index->store_.AssignBlocks(bptr, n);
   }
+  // Bits past nbits in a code's last word would count into its distances.
+  std::vector<uint64_t> used(static_cast<size_t>(words), ~uint64_t{0});
+  if (nbits % 64 != 0) used.back() = (uint64_t{1} << (nbits % 64)) - 1;
+  const int64_t bad = index->store_.FirstCodeOutside(used);
+  PYL_CHECK_FORMAT(bad < 0, "BinaryIndex file: code ", bad, " sets bits beyond nbits=", nbits,
+                   " (corrupt); rebuild the index from its codes");
   index->ids_.Assign(iptr, n, c.Meta("next_id"), borrow ? c.owner() : nullptr);
   return index;
 }

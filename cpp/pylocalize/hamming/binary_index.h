@@ -20,6 +20,9 @@ namespace pylocalize {
 
 class BinaryIndex {
  public:
+  // Largest nbits: what the file format's loader accepts, so every index saves and loads.
+  static constexpr int64_t kMaxBits = int64_t{1} << 24;
+
   explicit BinaryIndex(int64_t nbits);
 
   int64_t nbits() const { return nbits_; }

@@ -78,6 +78,17 @@ void CodeStore::AssignBlocks(const uint64_t* blocks, int64_t n) {
   data_ = owned_.data();
 }
 
+int64_t CodeStore::FirstCodeOutside(const std::vector<uint64_t>& allowed) const {
+  for (int64_t w = 0; w < words_; ++w) {
+    const uint64_t outside = ~allowed[static_cast<size_t>(w)];
+    if (outside == 0) continue;
+    for (int64_t i = 0; i < n_; ++i) {
+      if (data_[(i / kBlock) * words_ * kBlock + w * kBlock + i % kBlock] & outside) return i;
+    }
+  }
+  return -1;
+}
+
 void IdList::MakeOwned() {
   if (owner_ == nullptr) return;
   owned_.assign(data_, data_ + n_);
@@ -86,6 +97,13 @@ void IdList::MakeOwned() {
 }
 
 void IdList::Append(const int64_t* ids, int64_t n) {
+  // Checked before anything changes, so a refused add leaves the index as it was.
+  for (int64_t i = 0; ids != nullptr && i < n; ++i) {
+    // -1 pads search results: a stored -1 (or any negative id) would read as "no result".
+    PYL_CHECK(ids[i] >= 0 && ids[i] < INT64_MAX, "ids must be in 0..2**63-2 (-1 marks empty "
+              "result slots), got ", ids[i], " at position ", i, "; renumber them to non-negative ids");
+  }
+  PYL_CHECK(ids != nullptr || next_id_ <= INT64_MAX - n, "default ids would overflow int64: pass ids=");
   MakeOwned();
   int64_t prev = n_ > 0 ? owned_.back() : INT64_MIN;
   const int64_t first = next_id_;

@@ -32,6 +32,10 @@ class CodeStore {
   // Borrows blocks from a mapping that `owner` keeps alive; copied on the first change.
   void Borrow(const uint64_t* blocks, int64_t n, std::shared_ptr<const void> owner);
   bool borrowed() const { return owner_ != nullptr; }
+  // A code with a bit set outside allowed[w] in some word w (words_per_code masks), or
+  // -1 if there is none. Loaders use it to refuse codes whose padding bits are set: kernels
+  // would count them into distances beyond the code length.
+  int64_t FirstCodeOutside(const std::vector<uint64_t>& allowed) const;
 
  private:
   void MakeOwned();
@@ -53,7 +57,8 @@ class IdList {
   // Default id of the next code: one past the largest id ever added.
   int64_t next_id() const { return next_id_; }
 
-  // Appends n ids, or next_id(), next_id() + 1, ... when ids is nullptr.
+  // Appends n ids, or next_id(), next_id() + 1, ... when ids is nullptr. Throws
+  // std::invalid_argument (changing nothing) for a negative id.
   void Append(const int64_t* ids, int64_t n);
   // Keeps the ids whose keep[i] != 0, in order.
   void Compact(const std::vector<uint8_t>& keep);

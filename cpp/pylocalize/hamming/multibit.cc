@@ -61,7 +61,7 @@ MultiBitIndex::MultiBitIndex(int64_t dim, int bits_per_dim)
       bits_(bits_per_dim),
       words_per_plane_((dim + 63) / 64),
       store_(bits_per_dim * ((dim + 63) / 64)) {
-  PYL_CHECK(dim > 0, "dim must be >= 1, got ", dim);
+  PYL_CHECK(dim > 0 && dim <= kMaxDim, "dim must be in 1..", kMaxDim, ", got ", dim);
   PYL_CHECK(bits_per_dim >= 1 && bits_per_dim <= 4, "bits_per_dim must be 1..4, got ",
             bits_per_dim);
 }
@@ -76,13 +76,33 @@ bool MultiBitIndex::has_vectors() const {
   return has_vectors_;
 }
 
-void MultiBitIndex::ToWords(const uint8_t* codes, int64_t n, std::vector<uint64_t>* words) const {
+std::vector<uint64_t> MultiBitIndex::UsedBits() const {
+  std::vector<uint64_t> used(static_cast<size_t>(bits_ * words_per_plane_));
+  for (int p = 0; p < bits_; ++p) {
+    for (int64_t w = 0; w < words_per_plane_; ++w) {
+      const int64_t dims = std::min<int64_t>(64, dim_ - 64 * w);
+      used[static_cast<size_t>(p * words_per_plane_ + w)] = dims >= 64 ? ~uint64_t{0} : (uint64_t{1} << dims) - 1;
+    }
+  }
+  return used;
+}
+
+void MultiBitIndex::ToWords(const uint8_t* codes, int64_t n, std::vector<uint64_t>* words,
+                            const char* what) const {
   const int64_t pb = (dim_ + 7) / 8, w = bits_ * words_per_plane_, cs = code_size();
+  // Set padding bits would count into sign distances beyond dim (the progressive search
+  // histograms them) and into every SDC score: refuse them rather than guess a meaning.
+  const int tail = static_cast<int>(dim_ % 8);
+  const uint8_t padding = tail == 0 ? 0 : static_cast<uint8_t>(0xFF << tail);
   words->assign(static_cast<size_t>(n * w), 0);
   for (int64_t i = 0; i < n; ++i) {
     for (int p = 0; p < bits_; ++p) {
-      std::memcpy(words->data() + i * w + p * words_per_plane_, codes + i * cs + p * pb,
-                  static_cast<size_t>(pb));
+      const uint8_t* plane = codes + i * cs + p * pb;
+      PYL_CHECK((plane[pb - 1] & padding) == 0, what, " row ", i, " sets padding bits: with dim=",
+                dim_, " only the low ", tail, " bits of the last byte of each bit plane are used. "
+                "Encode with pylocalize.binarize or pack_bits, or clear them with ", what, "[:, ",
+                pb - 1, "::", pb, "] &= ", (1 << tail) - 1);
+      std::memcpy(words->data() + i * w + p * words_per_plane_, plane, static_cast<size_t>(pb));
     }
   }
 }
@@ -122,7 +142,7 @@ void MultiBitIndex::ExtendInvNorms(int64_t first) {
 void MultiBitIndex::Add(const uint8_t* codes, int64_t n, const int64_t* ids, const float* vectors) {
   if (n <= 0) return;
   std::vector<uint64_t> words;
-  ToWords(codes, n, &words);
+  ToWords(codes, n, &words, "codes");
   std::unique_lock<std::shared_mutex> lock(mutex_);
   const int64_t n0 = store_.size();
   if (n0 == 0) has_vectors_ = vectors != nullptr;
@@ -130,11 +150,11 @@ void MultiBitIndex::Add(const uint8_t* codes, int64_t n, const int64_t* ids, con
             has_vectors_ ? "this index keeps float vectors for re-ranking: pass vectors= to add"
                          : "this index was built without float vectors: add codes only, or "
                            "start a new index and pass vectors= to every add");
+  ids_.Append(ids, n);  // first: it may refuse the ids, and nothing has changed yet
   if (owner_ != nullptr) {  // borrowed from a mapped file: copy before changing
     if (has_vectors_) vectors_owned_.assign(vectors_, vectors_ + n0 * dim_);
     owner_.reset();
   }
-  ids_.Append(ids, n);
   if (has_vectors_) {
     vectors_owned_.insert(vectors_owned_.end(), vectors, vectors + n * dim_);
     vectors_ = vectors_owned_.data();
@@ -181,7 +201,9 @@ std::vector<int32_t> MultiBitIndex::SignThresholds(const uint64_t* qwords, int64
     Buffers& buf = bufs[static_cast<size_t>(tid)];
     buf.dist.resize(static_cast<size_t>(kGroup * ld));
     buf.mask.resize(static_cast<size_t>(kGroup * nb));
-    buf.hist.resize(static_cast<size_t>(dim_ + 1));
+    // Sized by the padded plane, not dim: a distance can never index past the end, even
+    // if codes with padding bits got in.
+    buf.hist.resize(static_cast<size_t>(wp * 64 + 1));
     std::vector<int32_t>& dist = buf.dist;
     std::vector<int64_t>& hist = buf.hist;
     hamming::ScanArgs a;
@@ -201,7 +223,7 @@ std::vector<int32_t> MultiBitIndex::SignThresholds(const uint64_t* qwords, int64
       std::fill(hist.begin(), hist.end(), 0);
       for (int64_t i = 0; i < s; ++i) ++hist[static_cast<size_t>(dist[static_cast<size_t>(j * ld + i)])];
       int64_t seen = 0;
-      for (int64_t d = 0; d <= dim_; ++d) {
+      for (int64_t d = 0; d <= wp * 64; ++d) {
         seen += hist[static_cast<size_t>(d)];
         if (seen >= rank) {
           out[static_cast<size_t>(q0 + j)] = static_cast<int32_t>(d + 1);  // kernels test d < bound
@@ -223,7 +245,7 @@ void MultiBitIndex::Search(const uint8_t* query_codes, int64_t nq, int64_t k,
             "candidates (", candidates, ") must be >= k and >= rerank: it bounds how many "
             "codes get a full SDC score");
   std::vector<uint64_t> qwords;
-  ToWords(query_codes, nq, &qwords);
+  ToWords(query_codes, nq, &qwords, "query_codes");
   std::shared_lock<std::shared_mutex> lock(mutex_);
   PYL_CHECK(rerank == 0 || has_vectors_,
             "rerank needs float vectors: build the index with add(codes, vectors=...)");
@@ -354,7 +376,7 @@ std::vector<uint8_t> MultiBitIndex::Serialize() const {
 std::unique_ptr<MultiBitIndex> MultiBitIndex::FromContainer(const Container& c, bool borrow_codes) {
   c.ExpectTag(kTag);
   const int64_t dim = c.Meta("dim"), u = c.Meta("bits_per_dim"), n = c.Meta("ntotal");
-  PYL_CHECK_FORMAT(dim > 0 && dim < (1 << 24) && u >= 1 && u <= 4 && n >= 0,
+  PYL_CHECK_FORMAT(dim > 0 && dim <= kMaxDim && u >= 1 && u <= 4 && n >= 0,
                    "MultiBitIndex file has invalid dim, bits_per_dim or ntotal (corrupt)");
   auto index = std::make_unique<MultiBitIndex>(dim, static_cast<int>(u));
   const int64_t words = u * ((dim + 63) / 64);
@@ -368,6 +390,10 @@ std::unique_ptr<MultiBitIndex> MultiBitIndex::FromContainer(const Container& c, 
   } else {
     index->store_.AssignBlocks(bptr, n);
   }
+  const int64_t bad = index->store_.FirstCodeOutside(index->UsedBits());
+  PYL_CHECK_FORMAT(bad < 0, "MultiBitIndex file: code ", bad, " sets padding bits beyond dim=", dim,
+                   " (corrupt, or written by another encoder); re-encode the vectors with "
+                   "pylocalize.binarize and build the index again");
   index->ExtendInvNorms(0);
   // ids and vectors are read from the mapping in place; they are copied on the first add.
   index->owner_ = c.owner();

@@ -37,6 +37,9 @@ void Binarize(const float* x, int64_t n, int64_t dim, int bits_per_dim, uint8_t*
 
 class MultiBitIndex {
  public:
+  // Largest dim: what the file format's loader accepts, so every index saves and loads.
+  static constexpr int64_t kMaxDim = int64_t{1} << 24;
+
   MultiBitIndex(int64_t dim, int bits_per_dim);
 
   int64_t dim() const { return dim_; }
@@ -67,7 +70,11 @@ class MultiBitIndex {
   static std::unique_ptr<MultiBitIndex> Deserialize(std::vector<uint8_t> bytes);
 
  private:
-  void ToWords(const uint8_t* codes, int64_t n, std::vector<uint64_t>* words) const;
+  // Copies codes into rows of words; throws (naming `what`) if a code sets a padding bit.
+  void ToWords(const uint8_t* codes, int64_t n, std::vector<uint64_t>* words,
+               const char* what) const;
+  // Per word of a stored row, the bits that hold dimensions (the rest must stay zero).
+  std::vector<uint64_t> UsedBits() const;
   ContainerWriter Writer() const;
   // |x_hat| of a code given as u planes of words_per_plane_ words.
   double ReconstructionNorm(const uint64_t* row) const;

@@ -431,7 +431,18 @@ void RenderBatch(const MeshView& m, const double* poses, int64_t n, const Render
                  const RenderTargets& out, int num_threads) {
   PYL_CHECK(o.width > 0 && o.height > 0, "image size must be positive, got ", o.width, "x",
             o.height);
-  PYL_CHECK(o.fx > 0 && o.fy > 0, "focal lengths must be positive: check K");
+  // A NaN or Inf intrinsic or pose puts every vertex at a NaN pixel: the render would come
+  // back empty without a word.
+  PYL_CHECK(std::isfinite(o.fx) && std::isfinite(o.fy) && std::isfinite(o.cx) &&
+                std::isfinite(o.cy) && std::isfinite(o.skew),
+            "K contains NaN or Inf (fx=", o.fx, " fy=", o.fy, " cx=", o.cx, " cy=", o.cy,
+            " skew=", o.skew, "); pass finite intrinsics");
+  PYL_CHECK(o.fx > 0 && o.fy > 0, "focal lengths must be positive, got fx=", o.fx, " fy=", o.fy,
+            ": check K");
+  for (int64_t i = 0; i < 12 * n; ++i) {
+    PYL_CHECK(std::isfinite(poses[i]), "cam_from_model ", i / 12,
+              " contains NaN or Inf; pass finite poses");
+  }
   PYL_CHECK(o.near_plane > 0 && o.far_plane > o.near_plane,
             "need 0 < near < far, got near=", o.near_plane, " far=", o.far_plane);
   // Odd factors put a sample exactly on each pixel centre, where depth, mask, xyz and

@@ -53,6 +53,58 @@ std::string GetName(const uint8_t* p, size_t width) {
   return std::string(reinterpret_cast<const char*>(p), n);
 }
 
+// Tags, keys and names reach Python as str and are quoted in error messages: they must be
+// UTF-8 (Python's strict rules: no overlong forms, no surrogates).
+bool IsUtf8(const std::string& s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    size_t len = 0;
+    unsigned char lo = 0x80, hi = 0xBF;  // range of the first continuation byte
+    if (c >= 0xC2 && c <= 0xDF) {
+      len = 1;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      len = 2;
+      if (c == 0xE0) lo = 0xA0;
+      if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      len = 3;
+      if (c == 0xF0) lo = 0x90;
+      if (c == 0xF4) hi = 0x8F;
+    } else {
+      return false;
+    }
+    if (s.size() - i <= len) return false;
+    for (size_t k = 1; k <= len; ++k) {
+      const unsigned char b = static_cast<unsigned char>(s[i + k]);
+      if (b < (k == 1 ? lo : 0x80) || b > (k == 1 ? hi : 0xBF)) return false;
+    }
+    i += len + 1;
+  }
+  return true;
+}
+
+// Bytes of a name that is not UTF-8, shown in a message: printable ASCII as is, others as \xNN.
+std::string Escaped(const std::string& s) {
+  static const char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (char ch : s) {
+    const unsigned char c = static_cast<unsigned char>(ch);
+    if (c >= 0x20 && c < 0x7F && c != '\\') {
+      out += ch;
+    } else {
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    }
+  }
+  return out;
+}
+
 // Header fields at fixed offsets.
 constexpr size_t kOffMajor = 6, kOffMinor = 8, kOffNumMeta = 10, kOffNumSections = 12,
                  kOffTag = 16, kOffTotal = 48, kOffTablesCrc = 56, kOffHeaderCrc = 60;
@@ -82,6 +134,11 @@ const char* DTypeName(DType dtype) {
   }
   return "unknown";
 }
+
+FileError::FileError(int error, const std::string& path)
+    : std::runtime_error("cannot open '" + path + "': " + std::strerror(error)),
+      error_(error),
+      path_(path) {}
 
 int64_t ArrayView::size() const {
   int64_t n = 1;
@@ -203,13 +260,21 @@ struct Mapping {
 Container Container::FromFile(const std::string& path, bool mmap, bool verify) {
   Container c;
 #ifdef PYL_HAVE_MMAP
+  // Looked at before opening: a directory opens for reading, and its "size" would then be
+  // taken for a file's (std::bad_alloc) or fail to map with an unrelated message; opening
+  // a pipe would block.
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) throw FileError(errno, path);
+  PYL_CHECK_FORMAT(!S_ISDIR(st.st_mode), "'", path, "' is a directory, not a pylocalize file; "
+                   "pass the path of the file to load");
+  PYL_CHECK_FORMAT(S_ISREG(st.st_mode), "'", path, "' is not a regular file (a device, pipe or "
+                   "socket), not a pylocalize file; pass the path of the file to load");
   if (mmap) {
     const int fd = ::open(path.c_str(), O_RDONLY);
-    PYL_CHECK(fd >= 0, "cannot open '", path, "': ", std::strerror(errno));
-    struct stat st;
-    if (::fstat(fd, &st) != 0) {
+    if (fd < 0) throw FileError(errno, path);
+    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {  // replaced since the stat above
       ::close(fd);
-      PYL_CHECK(false, "cannot stat '", path, "'");
+      PYL_CHECK_FORMAT(false, "'", path, "' is not a regular file, not a pylocalize file");
     }
     auto mapping = std::make_shared<Mapping>();
     mapping->size = static_cast<size_t>(st.st_size);
@@ -230,8 +295,9 @@ Container Container::FromFile(const std::string& path, bool mmap, bool verify) {
   (void)mmap;
 #endif
   std::ifstream f(path, std::ios::binary | std::ios::ate);
-  PYL_CHECK(f.good(), "cannot open '", path, "': ", std::strerror(errno));
+  if (!f.good()) throw FileError(errno, path);
   const std::streamoff size = f.tellg();
+  PYL_CHECK_FORMAT(size >= 0, "cannot read '", path, "': not a pylocalize file");
   f.seekg(0);
   auto bytes = std::make_shared<std::vector<uint8_t>>(static_cast<size_t>(size));
   f.read(reinterpret_cast<char*>(bytes->data()), size);
@@ -263,6 +329,8 @@ void Container::Parse(const uint8_t* data, uint64_t size, bool verify, const std
                    ", newer than this pylocalize reads (", kFormatMajor, ".x); upgrade "
                    "pylocalize (pip install -U pylocalize) to read it");
   tag_ = GetName(data + kOffTag, kTagSize);
+  PYL_CHECK_FORMAT(IsUtf8(tag_), where, " has a type tag that is not text ('", Escaped(tag_),
+                   "'): corrupt, or not a pylocalize file");
   const uint64_t total = Get<uint64_t>(data + kOffTotal);
   PYL_CHECK_FORMAT(total == size, where, " is ", size, " bytes but its header says ", total,
                    " (truncated or padded file)");
@@ -275,11 +343,16 @@ void Container::Parse(const uint8_t* data, uint64_t size, bool verify, const std
                    where, " has a corrupt section table (checksum mismatch)");
   const uint8_t* p = data + kHeaderSize;
   for (uint64_t i = 0; i < num_meta; ++i, p += kMetaEntrySize) {
-    meta_[GetName(p, kKeySize)] = Get<int64_t>(p + kKeySize);
+    const std::string key = GetName(p, kKeySize);
+    PYL_CHECK_FORMAT(IsUtf8(key), where, " has a metadata key that is not text ('", Escaped(key),
+                     "') (corrupt)");
+    meta_[key] = Get<int64_t>(p + kKeySize);
   }
   for (uint64_t i = 0; i < num_sections; ++i, p += kSectionEntrySize) {
     ArrayView v;
     const std::string name = GetName(p, kKeySize);
+    PYL_CHECK_FORMAT(IsUtf8(name), where, " has a section name that is not text ('",
+                     Escaped(name), "') (corrupt)");
     const uint32_t dt = Get<uint32_t>(p + kKeySize);
     const uint32_t ndim = Get<uint32_t>(p + kKeySize + 4);
     PYL_CHECK_FORMAT(dt >= 1 && dt <= 6 && ndim <= kMaxDims, where, " section '", name,

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -68,10 +69,23 @@ class ContainerWriter {
   std::vector<Pending> sections_;
 };
 
+// A file that cannot be opened: carries errno and the path, so that Python raises the
+// matching OSError (FileNotFoundError for a missing file, PermissionError, ...).
+class FileError : public std::runtime_error {
+ public:
+  FileError(int error, const std::string& path);
+  int error() const { return error_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  int error_;
+  std::string path_;
+};
+
 class Container {
  public:
   // Reads (or memory-maps) a file and validates it; throws FormatError if it is not a
-  // valid container and std::invalid_argument if it cannot be opened.
+  // valid container (a directory included) and FileError if it cannot be opened.
   static Container FromFile(const std::string& path, bool mmap, bool verify = true);
   static Container FromBytes(std::vector<uint8_t> bytes, bool verify = true);
 
