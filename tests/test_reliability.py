@@ -364,6 +364,43 @@ def test_negative_ids_are_refused_and_change_nothing(tmp_path):
         inverted.add(np.array([1], np.int64), np.array([1.0], np.float32), -1)
 
 
+def _rewrite(path, edit):
+    """Re-saves the container at ``path`` with ``edit(meta, sections)`` applied, checksums valid."""
+    tag, _, meta, sections = _core.read_container(os.fspath(path))
+    sections = {k: np.array(v) for k, v in sections.items()}
+    edit(meta, sections)
+    _core.write_container(os.fspath(path), tag, meta, sections)
+
+
+@pytest.mark.parametrize("kind", ["binary", "multibit", "cann"])
+def test_stored_negative_or_out_of_range_ids_are_refused(tmp_path, kind):
+    """A file holding id -1 (the padding of results) or an id at or above next_id (default
+    ids would then repeat) was not written by pylocalize: FormatError, checksums valid or not."""
+    path = tmp_path / "index.pyloc"
+    if kind == "cann":
+        index = pylocalize.CANNIndex(4)
+        index.add(np.ones((3, 4), np.float32), np.array([0, 1, 2]))
+        key, load = "image_ids", pylocalize.CANNIndex.load
+    else:
+        index = pylocalize.BinaryIndex(64) if kind == "binary" else pylocalize.MultiBitIndex(16, 2)
+        index.add(np.zeros((3, 8 if kind == "binary" else 4), np.uint8), np.array([0, 5, 9]))
+        key, load = "ids", type(index).load
+    index.save(path)
+    load(path)
+
+    def negative(meta, sections):
+        sections[key][1] = -1
+
+    _rewrite(path, negative)
+    with pytest.raises(pylocalize.FormatError, match="corrupt"):
+        load(path)
+    if kind != "cann":
+        index.save(path)
+        _rewrite(path, lambda meta, sections: meta.update(next_id=9))  # id 9 is stored
+        with pytest.raises(pylocalize.FormatError, match="corrupt"):
+            load(path)
+
+
 def test_float_ids_and_k_are_refused():
     index = pylocalize.BinaryIndex(64)
     index.add(np.zeros((3, 8), np.uint8))

@@ -637,6 +637,10 @@ std::unique_ptr<CannIndex> CannIndex::FromContainer(const Container& c) {
                    "CANNIndex file sections do not match ntotal (corrupt)");
   index->rows_.assign(d.data, d.data + d.nbytes);
   const auto* ip = reinterpret_cast<const int64_t*>(ids.data);
+  for (int64_t i = 0; i < n; ++i) {
+    // -1 pads results: a stored negative id would read as "no image" (never written by Add).
+    PYL_CHECK_FORMAT(ip[i] >= 0, "CANNIndex file has image id ", ip[i], " (negative: corrupt)");
+  }
   index->image_ids_.assign(ip, ip + n);
   if (c.HasSection("centroids")) {
     const ArrayView& cv = c.Section("centroids", DType::kFloat32);

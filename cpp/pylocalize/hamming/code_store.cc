@@ -153,6 +153,13 @@ void IdList::Assign(const int64_t* ids, int64_t n, int64_t next_id,
   n_ = n;
   next_id_ = next_id;
   ascending_ = true;
+  for (int64_t i = 0; i < n; ++i) {
+    // Add never stores a negative id (-1 pads results) and keeps next_id above every id
+    // (so default ids stay unique), so a file breaking either is damaged.
+    PYL_CHECK_FORMAT(ids[i] >= 0 && ids[i] < next_id, "index file has id ", ids[i], " at row ", i,
+                     " with next_id ", next_id, " (corrupt)");
+  }
+  PYL_CHECK_FORMAT(next_id >= 0, "index file has a negative next_id (corrupt)");
   for (int64_t i = 1; i < n; ++i) {
     if (ids[i] <= ids[i - 1]) {
       ascending_ = false;
