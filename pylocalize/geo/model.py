@@ -54,7 +54,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from pylocalize.checkpoints import import_torch, load_checkpoint
+from pylocalize.checkpoints import import_torch, load_model, save_checkpoint
 from pylocalize.geo.cells import CellHierarchy, check_latlon
 from pylocalize.geo.metrics import equal_earth
 
@@ -279,13 +279,17 @@ def _save(path, kind: str, config: dict, hierarchy: Optional[CellHierarchy], net
     data = {"format": f"pylocalize.{kind}", "version": 1, "config": config, "state": net.state_dict()}
     if hierarchy is not None:
         data["hierarchy"] = torch.from_numpy(hierarchy.serialize())
-    torch.save(data, str(path))
+    save_checkpoint(data, path)
 
 
-def _load(path, kind: str):
-    data = load_checkpoint(path, kind)
-    hierarchy = CellHierarchy.load(data["hierarchy"].numpy()) if "hierarchy" in data else None
-    return data, hierarchy
+def _load(path, kind: str, build):
+    """``build(data, hierarchy)`` from the checkpoint at ``path``; a bad file, or one whose
+    contents do not make the model, raises :class:`pylocalize.FormatError`."""
+    def make(data):
+        hierarchy = CellHierarchy.load(data["hierarchy"].numpy()) if "hierarchy" in data else None
+        return build(data, hierarchy)
+
+    return load_model(path, kind, make)
 
 
 SCENE_MODES = ("mixture", "classifier", "confidence")
@@ -325,11 +329,13 @@ class _CellModel:
 
     @classmethod
     def load(cls, path):
-        data, hierarchy = _load(path, cls.kind)
-        model = cls(hierarchy, **data["config"])
-        model.net.load_state_dict(data["state"])
-        model.net.eval()
-        return model
+        def build(data, hierarchy):
+            model = cls(hierarchy, **data["config"])
+            model.net.load_state_dict(data["state"])
+            model.net.eval()
+            return model
+
+        return _load(path, cls.kind, build)
 
 
 class GeoDecoder(_CellModel):
@@ -704,11 +710,13 @@ class ImageGPSMatcher:
 
     @classmethod
     def load(cls, path) -> "ImageGPSMatcher":
-        data, _ = _load(path, cls.kind)
-        model = cls(**data["config"])
-        model.net.load_state_dict(data["state"])
-        model.net.eval()
-        return model
+        def build(data, _):
+            model = cls(**data["config"])
+            model.net.load_state_dict(data["state"])
+            model.net.eval()
+            return model
+
+        return _load(path, cls.kind, build)
 
 
 __all__ = ["FlatCellClassifier", "GPSEncoder", "GeoDecoder", "ImageGPSMatcher", "torch_threads"]
