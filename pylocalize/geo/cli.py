@@ -43,7 +43,13 @@ def read_latlon_csv(path) -> np.ndarray:
 
 
 def write_latlon_csv(path, latlon: np.ndarray) -> None:
-    np.savetxt(path, np.asarray(latlon), delimiter=",", header="lat,lon", comments="", fmt="%.7f")
+    import io
+
+    from pylocalize.containers import write_bytes_atomic
+
+    buffer = io.BytesIO()
+    np.savetxt(buffer, np.asarray(latlon), delimiter=",", header="lat,lon", comments="", fmt="%.7f")
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def _load_array(path, name: str) -> np.ndarray:

@@ -54,7 +54,9 @@ def write_pose_file(path, poses: Iterable[Tuple[str, np.ndarray]]) -> None:
         q = quaternion_from_matrix(pose[:3, :3])
         t = pose[:3, 3]
         lines.append(name + " " + " ".join(f"{v:.10g}" for v in (*q, *t)))
-    Path(path).write_text("\n".join(lines) + "\n")
+    from pylocalize.containers import write_bytes_atomic
+
+    write_bytes_atomic(path, ("\n".join(lines) + "\n").encode("utf-8"))
 
 
 def read_pose_file(path) -> Dict[str, np.ndarray]:
