@@ -99,17 +99,9 @@ def _torch_source(path, kind: str):
     return io.BytesIO(payload.tobytes())
 
 
-def load_checkpoint(path, kind: str, version: int = 1) -> dict:
-    """The dict saved at ``path`` by a ``kind`` model of checkpoint ``version``.
-
-    Raises
-    ------
-    pylocalize.FormatError
-        The file is corrupt or truncated, is not a ``kind`` checkpoint, has another
-        version, or holds objects other than tensors, numbers and strings.
-    FileNotFoundError
-        No file at ``path``.
-    """
+def read_checkpoint(path, kind: str = "checkpoint") -> dict:
+    """The verified dict at ``path``, whatever model saved it (see :func:`load_checkpoint`;
+    ``kind`` only words the messages)."""
     import pickle
 
     from pylocalize import FormatError
@@ -127,7 +119,26 @@ def load_checkpoint(path, kind: str, version: int = 1) -> dict:
                           f"from a file; it is not a saved {kind}") from None
     except Exception as error:  # a corrupt or foreign file must be refused, never trusted
         raise FormatError(f"{path}: not a saved {kind} ({type(error).__name__}: {error})") from None
-    if not isinstance(data, dict) or data.get("format") != f"pylocalize.{kind}":
+    if not isinstance(data, dict):
+        raise FormatError(f"{path}: not a saved {kind}")
+    return data
+
+
+def load_checkpoint(path, kind: str, version: int = 1) -> dict:
+    """The dict saved at ``path`` by a ``kind`` model of checkpoint ``version``.
+
+    Raises
+    ------
+    pylocalize.FormatError
+        The file is corrupt or truncated, is not a ``kind`` checkpoint, has another
+        version, or holds objects other than tensors, numbers and strings.
+    FileNotFoundError
+        No file at ``path``.
+    """
+    from pylocalize import FormatError
+
+    data = read_checkpoint(path, kind)
+    if data.get("format") != f"pylocalize.{kind}":
         raise FormatError(f"{path}: not a saved {kind}")
     if data.get("version") != version:
         raise FormatError(f"{path}: {kind} checkpoint version {data.get('version')}; this pylocalize reads {version}")
@@ -153,4 +164,4 @@ def load_model(path, kind: str, build: Callable[[dict], T], version: int = 1) ->
                           f"({type(error).__name__}: {error})") from None
 
 
-__all__ = ["import_torch", "load_checkpoint", "load_model", "save_checkpoint"]
+__all__ = ["import_torch", "load_checkpoint", "load_model", "read_checkpoint", "save_checkpoint"]

@@ -43,8 +43,9 @@ Equal Earth projection, random Fourier features at several scales ``sigma``, an 
 summed; :class:`ImageGPSMatcher` trains it against image embeddings with a symmetric InfoNCE
 loss and localizes a photo by its most similar location in a GPS gallery.
 
-Checkpoints are plain dicts of tensors and numbers, loaded with ``weights_only=True``; the
-cell hierarchy travels inside as its container bytes.
+Checkpoints are plain dicts of tensors and numbers (:mod:`pylocalize.checkpoints`: atomic,
+CRC-checked, loaded with ``weights_only=True``); the cell hierarchy travels inside as its
+container bytes.
 """
 
 from __future__ import annotations
@@ -323,8 +324,8 @@ class _CellModel:
         return self.hierarchy.centers[-1][cells]
 
     def save(self, path) -> None:
-        """Weights, settings and the cell hierarchy in one file, loadable with
-        ``torch.load(weights_only=True)``."""
+        """Weights, settings and the cell hierarchy in one checkpoint
+        (:func:`pylocalize.checkpoints.save_checkpoint`)."""
         _save(path, self.kind, self.config, self.hierarchy, self.net)
 
     @classmethod
@@ -705,7 +706,7 @@ class ImageGPSMatcher:
         return gallery.predict(self.encode_images(image_embeddings), k=k)
 
     def save(self, path) -> None:
-        """Weights and settings, loadable with ``torch.load(weights_only=True)``."""
+        """Weights and settings in one checkpoint (:func:`pylocalize.checkpoints.save_checkpoint`)."""
         _save(path, self.kind, self.config, None, self.net)
 
     @classmethod

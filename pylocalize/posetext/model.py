@@ -450,8 +450,8 @@ class PoseTextModel:
 
     # -- files ----------------------------------------------------------------------------
     def save(self, path) -> None:
-        """Weights, settings and the clause cache in one file, loadable with
-        ``torch.load(weights_only=True)``."""
+        """Weights, settings and the clause cache in one checkpoint
+        (:func:`pylocalize.checkpoints.save_checkpoint`)."""
         torch = _torch()
         data = {"format": "pylocalize.PoseTextModel", "version": 1,
                 "dims": [self.embed_dim, self.hidden], "dropout": self.dropout,
