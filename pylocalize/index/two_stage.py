@@ -37,7 +37,8 @@ VECTORS_FILE = "vectors.f32"
 CODES_FILE = "codes.pyloc"
 BINARIZER_FILE = "binarizer.pt"
 # The names a save writes: strict patterns, so that a manifest cannot name a file elsewhere
-_NAMES = {"vectors_file": re.compile(r"^vectors-[0-9a-f]{16}\.f32$"),
+# (a layout-1 folder's vectors.f32 keeps being appended to by the saves of its later layout)
+_NAMES = {"vectors_file": re.compile(r"^(vectors-[0-9a-f]{16}|vectors)\.f32$"),
           "codes_file": re.compile(r"^codes-[0-9a-f]{16}\.pyloc$"),
           "binarizer_file": re.compile(r"^binarizer-[0-9a-f]{16}\.pt$")}
 _ANY_FILE = re.compile(r"^(vectors-[0-9a-f]{16}\.f32|codes-[0-9a-f]{16}\.pyloc|binarizer-[0-9a-f]{16}\.pt)$")
