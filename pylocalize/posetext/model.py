@@ -168,14 +168,19 @@ class ClauseBank:
 
     @classmethod
     def load(cls, folder, encoder: MiniLMEncoder | None = None) -> "ClauseBank":
+        from pylocalize import FormatError
+
         folder = Path(folder)
         try:
             meta = json.loads((folder / "clauses.json").read_text())
             vectors = np.load(folder / "clause_vectors.npy", allow_pickle=False)
         except (OSError, ValueError) as error:
-            raise ValueError(f"{folder}: not a saved ClauseBank ({error})") from None
-        if meta.get("format") != "pylocalize.ClauseBank" or len(meta["clauses"]) != len(vectors):
-            raise ValueError(f"{folder}: not a saved ClauseBank, or its clauses and vectors disagree; delete it to "
+            raise FormatError(f"{folder}: not a saved ClauseBank ({error})") from None
+        # the two files are written one after the other: a crash between them leaves counts
+        # that disagree (the bank only grows), refused here as any other damage
+        if not isinstance(meta, dict) or meta.get("format") != "pylocalize.ClauseBank" or \
+                len(meta.get("clauses", ())) != len(vectors):
+            raise FormatError(f"{folder}: not a saved ClauseBank, or its clauses and vectors disagree; delete it to "
                              f"rebuild the cache")
         bank = cls(encoder)
         bank.clauses = list(meta["clauses"])
