@@ -227,6 +227,10 @@ def read_container(source: typing.Any, mmap: bool = False, verify: bool = True) 
     """
     Reads a container from a path or a uint8 array: (tag, (major, minor), meta, sections).
     """
+def remove_stale_temp_files(path: typing.Any) -> int:
+    """
+    Removes temporary files left next to path by killed writers; returns how many.
+    """
 def render_batch(vertices: typing.Any, faces: typing.Any, poses: typing.Any, K: typing.Any, width: typing.SupportsInt | typing.SupportsIndex, height: typing.SupportsInt | typing.SupportsIndex, near: typing.SupportsFloat | typing.SupportsIndex, far: typing.SupportsFloat | typing.SupportsIndex, vertex_normals: typing.Any, colors: typing.Any, uvs: typing.Any, texture: typing.Any, shading: Shading, ambient: typing.SupportsFloat | typing.SupportsIndex, supersample: typing.SupportsInt | typing.SupportsIndex, cull_back: bool, background: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], outputs: collections.abc.Sequence[str]) -> dict:
     """
     Renders a batch of views; see pylocalize.render.Renderer for the documented API.
@@ -244,5 +248,9 @@ def supported_simd_levels() -> list[str]:
 def write_container(path: typing.Any, tag: str, meta: dict, sections: dict) -> typing.Any:
     """
     Writes a pylocalize container to path (atomically), or returns its bytes if path is None.
+    """
+def write_file_atomic(path: typing.Any, data: typing.Any) -> None:
+    """
+    Writes bytes to path all-or-nothing (temporary file, fsync, rename, fsync of the folder).
     """
 __version__: str = '0.1.0'

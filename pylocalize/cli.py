@@ -251,8 +251,9 @@ def _objects_estimate(args) -> int:
            "timings": result.timings}
     if result.success:
         out["R"], out["t"] = result.R.tolist(), result.t.tolist()
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=2)
+    from pylocalize.containers import write_bytes_atomic
+
+    write_bytes_atomic(args.out, json.dumps(out, indent=2).encode("utf-8"))
     print(f"{'pose' if result.success else 'failed: ' + result.reason} -> {args.out}")
     if args.viz and result.success and args.mesh:
         from pylocalize.objects.viz import save_pose_overlay

@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 import pylocalize
+from pylocalize.containers import write_bytes_atomic
 from pylocalize.datasets import clustered_queries, clustered_vectors
 
 
@@ -87,7 +88,7 @@ def run_binary_demo(out_dir: str | Path = "pylocalize-demo", nb: int = 200_000, 
     summary = {"pylocalize": pylocalize.__version__, "simd": pylocalize.simd_level(),
                "threads": pylocalize.get_num_threads(), "nb": nb, "nq": nq, "dim": dim,
                "results": results}
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    write_bytes_atomic(out / "results.json", json.dumps(summary, indent=2).encode("utf-8"))
     _plot(results, out / "recall_qps.png", nb, dim)
     return summary
 
@@ -155,7 +156,7 @@ def run_localization_demo(out_dir: str | Path = "pylocalize-demo", num_views: in
     summary = {"scene": {"views": num_views, "size": [width, height], "seconds": t_scene},
                "map": {"images": len(m.names), "points": len(m.points3D), "seconds": t_map},
                "queries": rows}
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    write_bytes_atomic(out / "results.json", json.dumps(summary, indent=2).encode("utf-8"))
     _plot_localization(out / "localization.png", scene, m, query_poses, query_images, results)
     return summary
 

@@ -133,8 +133,10 @@ def test_save_load(trained, data, tmp_path):
     assert loaded.history == trained.history and len(loaded.history) > 0
     texts = [c[0] for c in captions[:20]]
     np.testing.assert_allclose(loaded.embed_texts(texts), trained.embed_texts(texts), atol=1e-6)
-    # a plain weights_only load reads it: no pickled objects inside
-    assert torch.load(path, weights_only=True)["format"] == "pylocalize.PoseTextModel"
+    # the container's torch bytes load with weights_only: no pickled objects inside
+    from pylocalize.checkpoints import load_checkpoint
+
+    assert load_checkpoint(path, "PoseTextModel")["format"] == "pylocalize.PoseTextModel"
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a saved PoseTextModel"):
         PoseTextModel.load(tmp_path / "bad.pt")

@@ -25,12 +25,14 @@ def test_recall_memory_and_persistence(tmp_path):
     loaded = TwoStageIndex.load(tmp_path / "idx")
     assert isinstance(loaded.vectors(), np.memmap) and len(loaded) == 20000
     np.testing.assert_array_equal(loaded.search(xq, 10)[1], ids)
-    with open(tmp_path / "idx" / "vectors.f32", "r+b") as f:  # a truncated vectors file is refused
+    vectors_file, = (tmp_path / "idx").glob("vectors-*.f32")
+    with open(vectors_file, "r+b") as f:  # a truncated vectors file is refused
         f.truncate(1000)
     with pytest.raises(ValueError, match="truncated"):
         TwoStageIndex.load(tmp_path / "idx")
     with pytest.raises(ValueError, match="not a saved TwoStageIndex"):
         TwoStageIndex.load(tmp_path)
+    index.close()  # the folder's writer lets a new writer in
     fresh = TwoStageIndex(tmp_path / "idx", 64)  # a new index over an old folder starts empty
     assert len(fresh) == 0 and fresh.search(xq[:2], 3)[1].tolist() == [[-1] * 3] * 2
     with pytest.raises(ValueError, match=r"\(n, 64\)"):

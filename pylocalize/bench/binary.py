@@ -281,8 +281,9 @@ def main(argv=None) -> int:
         bench_sdc(args, rng_sdc, results)
     print(f"\ntotal {time.perf_counter() - start:.1f} s")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(meta=meta, rows=results), f, indent=1)
+        from pylocalize.containers import write_bytes_atomic
+
+        write_bytes_atomic(args.json, json.dumps(dict(meta=meta, rows=results), indent=1).encode("utf-8"))
         print(f"wrote {args.json}")
     bad = [r for r in results if str(r.get("identical", "yes")).startswith("NO")]
     return 1 if bad else 0

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pylocalize.checkpoints import import_torch, load_checkpoint
+from pylocalize.checkpoints import import_torch, load_model, save_checkpoint
 from pylocalize.codes import pack_bits
 
 
@@ -410,22 +410,29 @@ class RecurrentBinarizer:
         return np.concatenate(out) if out else np.zeros((0, self.bits_per_dim * plane_bytes), np.uint8)
 
     def save(self, path) -> None:
-        """Weights and settings in one file, loadable with ``torch.load(weights_only=True)``."""
+        """Weights and settings in one checkpoint (:func:`pylocalize.checkpoints.save_checkpoint`:
+        atomic, CRC-checked, loadable without running code)."""
         torch = _torch()
-        torch.save({"format": "pylocalize.RecurrentBinarizer", "version": 2,
-                    "dims": [self.in_dim, self.out_dim, self.bits_per_dim, self.hidden],
-                    "mean": torch.from_numpy(self.mean), "key_projection": torch.from_numpy(self.key_projection),
-                    "state": self.net.state_dict()}, str(path))
+        save_checkpoint({"format": "pylocalize.RecurrentBinarizer", "version": 2,
+                         "dims": [self.in_dim, self.out_dim, self.bits_per_dim, self.hidden],
+                         "mean": torch.from_numpy(self.mean), "key_projection": torch.from_numpy(self.key_projection),
+                         "state": self.net.state_dict()}, path)
 
     @classmethod
     def load(cls, path) -> "RecurrentBinarizer":
-        data = load_checkpoint(path, "RecurrentBinarizer", version=2)
-        in_dim, out_dim, bits, hidden = (int(v) for v in data["dims"])
-        model = cls(in_dim, out_dim, bits, hidden)
-        model.net.load_state_dict(data["state"])
-        model.mean = data["mean"].numpy().astype(np.float32)
-        model.key_projection = data["key_projection"].numpy().astype(np.float32)
-        return model
+        """A binarizer saved by :meth:`save`; a bad file raises :class:`pylocalize.FormatError`."""
+        def build(data):
+            in_dim, out_dim, bits, hidden = (int(v) for v in data["dims"])
+            model = cls(in_dim, out_dim, bits, hidden)
+            model.net.load_state_dict(data["state"])
+            mean = data["mean"].numpy().astype(np.float32)
+            key_projection = data["key_projection"].numpy().astype(np.float32)
+            if mean.shape != model.mean.shape or key_projection.shape != model.key_projection.shape:
+                raise ValueError(f"mean {mean.shape} or key projection {key_projection.shape} do not fit the dims")
+            model.mean, model.key_projection = mean, key_projection
+            return model
+
+        return load_model(path, "RecurrentBinarizer", build, version=2)
 
 
 def fit_binarizer(x: np.ndarray, code_bits: int, hidden: int = 256, seed: int = 0, progress: bool = False,

@@ -20,6 +20,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from pylocalize.containers import write_bytes_atomic
 from pylocalize.geometry import look_at, write_pose_file
 from pylocalize.render import Mesh, Renderer
 
@@ -92,7 +93,7 @@ class SyntheticScene:
             Image.fromarray(image).save(out / "images" / name, quality=95)
         write_pose_file(out / "poses.txt", zip(self.names, self.cam_from_world))
         camera = self.camera.to_string()
-        (out / "intrinsics.txt").write_text("".join(f"{name} {camera}\n" for name in self.names))
+        write_bytes_atomic(out / "intrinsics.txt", "".join(f"{name} {camera}\n" for name in self.names).encode("utf-8"))
         self.colmap_model().write(str(_mkdir(out / "sparse")))
         return out
 

@@ -43,7 +43,13 @@ def read_latlon_csv(path) -> np.ndarray:
 
 
 def write_latlon_csv(path, latlon: np.ndarray) -> None:
-    np.savetxt(path, np.asarray(latlon), delimiter=",", header="lat,lon", comments="", fmt="%.7f")
+    import io
+
+    from pylocalize.containers import write_bytes_atomic
+
+    buffer = io.BytesIO()
+    np.savetxt(buffer, np.asarray(latlon), delimiter=",", header="lat,lon", comments="", fmt="%.7f")
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def _load_array(path, name: str) -> np.ndarray:
@@ -120,15 +126,15 @@ def _predict(args) -> int:
         gallery = GeoGallery.load(args.gallery)
         pred = gallery.predict(_load_array(args.embeddings, "embeddings"), k=args.k, bandwidth_km=args.bandwidth_km)
     elif args.model:
-        import torch
-
+        from pylocalize import FormatError
+        from pylocalize.checkpoints import read_checkpoint
         from pylocalize.geo.model import FlatCellClassifier, GeoDecoder
 
         if not args.tokens:
             raise SystemExit("--model needs --tokens FILE.npy, (n, tokens, dim) query tokens")
         try:
-            kind = torch.load(str(args.model), weights_only=True).get("format", "")
-        except Exception as error:  # any unreadable file: say so rather than trust it
+            kind = read_checkpoint(args.model, "geo checkpoint").get("format", "")
+        except (FormatError, OSError) as error:  # any unreadable file: say so rather than trust it
             raise SystemExit(f"--model {args.model}: not a pylocalize geo checkpoint ({error})") from None
         cls = {"pylocalize.GeoDecoder": GeoDecoder, "pylocalize.FlatCellClassifier": FlatCellClassifier}.get(kind)
         if cls is None:

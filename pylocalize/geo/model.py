@@ -43,8 +43,9 @@ Equal Earth projection, random Fourier features at several scales ``sigma``, an 
 summed; :class:`ImageGPSMatcher` trains it against image embeddings with a symmetric InfoNCE
 loss and localizes a photo by its most similar location in a GPS gallery.
 
-Checkpoints are plain dicts of tensors and numbers, loaded with ``weights_only=True``; the
-cell hierarchy travels inside as its container bytes.
+Checkpoints are plain dicts of tensors and numbers (:mod:`pylocalize.checkpoints`: atomic,
+CRC-checked, loaded with ``weights_only=True``); the cell hierarchy travels inside as its
+container bytes.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from pylocalize.checkpoints import import_torch, load_checkpoint
+from pylocalize.checkpoints import import_torch, load_model, save_checkpoint
 from pylocalize.geo.cells import CellHierarchy, check_latlon
 from pylocalize.geo.metrics import equal_earth
 
@@ -279,13 +280,17 @@ def _save(path, kind: str, config: dict, hierarchy: Optional[CellHierarchy], net
     data = {"format": f"pylocalize.{kind}", "version": 1, "config": config, "state": net.state_dict()}
     if hierarchy is not None:
         data["hierarchy"] = torch.from_numpy(hierarchy.serialize())
-    torch.save(data, str(path))
+    save_checkpoint(data, path)
 
 
-def _load(path, kind: str):
-    data = load_checkpoint(path, kind)
-    hierarchy = CellHierarchy.load(data["hierarchy"].numpy()) if "hierarchy" in data else None
-    return data, hierarchy
+def _load(path, kind: str, build):
+    """``build(data, hierarchy)`` from the checkpoint at ``path``; a bad file, or one whose
+    contents do not make the model, raises :class:`pylocalize.FormatError`."""
+    def make(data):
+        hierarchy = CellHierarchy.load(data["hierarchy"].numpy()) if "hierarchy" in data else None
+        return build(data, hierarchy)
+
+    return load_model(path, kind, make)
 
 
 SCENE_MODES = ("mixture", "classifier", "confidence")
@@ -319,17 +324,19 @@ class _CellModel:
         return self.hierarchy.centers[-1][cells]
 
     def save(self, path) -> None:
-        """Weights, settings and the cell hierarchy in one file, loadable with
-        ``torch.load(weights_only=True)``."""
+        """Weights, settings and the cell hierarchy in one checkpoint
+        (:func:`pylocalize.checkpoints.save_checkpoint`)."""
         _save(path, self.kind, self.config, self.hierarchy, self.net)
 
     @classmethod
     def load(cls, path):
-        data, hierarchy = _load(path, cls.kind)
-        model = cls(hierarchy, **data["config"])
-        model.net.load_state_dict(data["state"])
-        model.net.eval()
-        return model
+        def build(data, hierarchy):
+            model = cls(hierarchy, **data["config"])
+            model.net.load_state_dict(data["state"])
+            model.net.eval()
+            return model
+
+        return _load(path, cls.kind, build)
 
 
 class GeoDecoder(_CellModel):
@@ -699,16 +706,18 @@ class ImageGPSMatcher:
         return gallery.predict(self.encode_images(image_embeddings), k=k)
 
     def save(self, path) -> None:
-        """Weights and settings, loadable with ``torch.load(weights_only=True)``."""
+        """Weights and settings in one checkpoint (:func:`pylocalize.checkpoints.save_checkpoint`)."""
         _save(path, self.kind, self.config, None, self.net)
 
     @classmethod
     def load(cls, path) -> "ImageGPSMatcher":
-        data, _ = _load(path, cls.kind)
-        model = cls(**data["config"])
-        model.net.load_state_dict(data["state"])
-        model.net.eval()
-        return model
+        def build(data, _):
+            model = cls(**data["config"])
+            model.net.load_state_dict(data["state"])
+            model.net.eval()
+            return model
+
+        return _load(path, cls.kind, build)
 
 
 __all__ = ["FlatCellClassifier", "GPSEncoder", "GeoDecoder", "ImageGPSMatcher", "torch_threads"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Mapping, Sequence, Tuple
 
+from pylocalize.containers import write_bytes_atomic
+
 
 def _check_name(name: str) -> str:
     if not name or any(c.isspace() for c in name) or "," in name:
@@ -20,14 +22,14 @@ def _check_name(name: str) -> str:
 def write_pairs_hloc(path, pairs: Mapping[str, Sequence[str]]) -> None:
     """Writes ``{query: [db, ...]}`` (best first) as hloc pairs."""
     lines = [f"{_check_name(q)} {_check_name(d)}" for q, dbs in pairs.items() for d in dbs]
-    Path(path).write_text("\n".join(lines) + ("\n" if lines else ""))
+    write_bytes_atomic(path, ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"))
 
 
 def write_pairs_kapture(path, pairs: Mapping[str, Sequence[Tuple[str, float]]]) -> None:
     """Writes ``{query: [(db, score), ...]}`` as a kapture pairsfile."""
     lines = ["# query_image, map_image, score"]
     lines += [f"{_check_name(q)}, {_check_name(d)}, {float(s):.6g}" for q, dbs in pairs.items() for d, s in dbs]
-    Path(path).write_text("\n".join(lines) + "\n")
+    write_bytes_atomic(path, ("\n".join(lines) + "\n").encode("utf-8"))
 
 
 def read_pairs(path) -> Dict[str, List[Tuple[str, float]]]:

@@ -4,12 +4,23 @@ re-rank them (the bi-granular layout: compact codes for recall, full vectors for
 Memory holds only the codes (``bits_per_dim / 32`` of the float size); the float vectors
 live in a file that is appended to on :meth:`TwoStageIndex.add` and memory-mapped for
 re-ranking, so only the candidates' rows are read.
+
+Files of an index folder: the manifest ``two_stage.json`` (the commit point of a save,
+written last, atomically) names the codes file ``codes-<hex>.pyloc``, the binarizer file
+``binarizer-<hex>.pt`` and the vectors file ``vectors-<hex>.f32``, and records how many
+vectors were committed and the CRC-32 of their bytes. A crash at any moment leaves the last
+committed index loadable: bytes appended after the last save are ignored, a damaged vector
+is refused. Folders saved before this layout (``vectors.f32``, ``codes.pyloc``,
+``binarizer.pt``, no checksum) still load.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import threading
+import zlib
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -18,10 +29,74 @@ import numpy as np
 from pylocalize.codes import binarize
 from pylocalize.index.binary import MultiBitIndex
 
+INFO_FILE = "two_stage.json"
+LOCK_FILE = "two_stage.lock"
+LAYOUT = 2  # manifest layout; 1 (no "layout" key): fixed file names, no checksum
+# Layout-1 file names, still read (and a legacy vectors file is appended to in place)
 VECTORS_FILE = "vectors.f32"
 CODES_FILE = "codes.pyloc"
-INFO_FILE = "two_stage.json"
 BINARIZER_FILE = "binarizer.pt"
+# The names a save writes: strict patterns, so that a manifest cannot name a file elsewhere
+# (a layout-1 folder's vectors.f32 keeps being appended to by the saves of its later layout)
+_NAMES = {"vectors_file": re.compile(r"^(vectors-[0-9a-f]{16}|vectors)\.f32$"),
+          "codes_file": re.compile(r"^codes-[0-9a-f]{16}\.pyloc$"),
+          "binarizer_file": re.compile(r"^binarizer-[0-9a-f]{16}\.pt$")}
+_ANY_FILE = re.compile(r"^(vectors-[0-9a-f]{16}\.f32|codes-[0-9a-f]{16}\.pyloc|binarizer-[0-9a-f]{16}\.pt)$")
+_LEGACY = (VECTORS_FILE, CODES_FILE, BINARIZER_FILE, INFO_FILE + ".tmp")
+_REBUILD = "build the index again (TwoStageIndex(...).add(vectors); save())"
+
+
+def _crc32_of_file(path: Path, nbytes: int) -> int:
+    """CRC-32 of the first ``nbytes`` of ``path``, read in pieces."""
+    crc = 0
+    with open(path, "rb") as f:
+        while nbytes > 0:
+            chunk = f.read(min(nbytes, 1 << 24))
+            if not chunk:
+                break
+            crc = zlib.crc32(chunk, crc)
+            nbytes -= len(chunk)
+    return crc
+
+
+class _ReadWriteLock:
+    """Many searches at once, or one add/save alone (searches must not read the codes while
+    ``add`` grows them)."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+
+    def read(self):
+        return _Held(self, False)
+
+    def write(self):
+        return _Held(self, True)
+
+
+class _Held:
+    def __init__(self, lock: _ReadWriteLock, write: bool):
+        self.lock, self.write = lock, write
+
+    def __enter__(self):
+        cond = self.lock._cond
+        with cond:
+            if self.write:
+                cond.wait_for(lambda: not self.lock._writing and self.lock._readers == 0)
+                self.lock._writing = True
+            else:
+                cond.wait_for(lambda: not self.lock._writing)
+                self.lock._readers += 1
+
+    def __exit__(self, *exc):
+        cond = self.lock._cond
+        with cond:
+            if self.write:
+                self.lock._writing = False
+            else:
+                self.lock._readers -= 1
+            cond.notify_all()
 
 
 class TwoStageIndex:
@@ -44,12 +119,29 @@ class TwoStageIndex:
         Subtracted before training-free binarization. Sign codes need data centred on
         zero: pass the data's mean for non-negative descriptors such as RootSIFT (whose
         raw signs are all positive). A learned binarizer centres by itself.
+
+    Concurrency
+    -----------
+    - **One writer per folder.** A new index, or a loaded one on its first :meth:`add` or
+      :meth:`save`, takes an exclusive ``flock`` on ``two_stage.lock`` in the folder and
+      holds it until :meth:`close` (or until the object is collected, or the process
+      ends). A second writer on the folder, in another process or another object of this
+      one, gets a ``RuntimeError`` naming the folder. A loaded index whose folder another
+      writer has saved to since is refused as a writer too (load it again).
+    - **Readers take no lock.** A loaded index that only searches keeps valid mappings
+      whatever a writer does: no file that may be mapped is ever truncated or rewritten (a
+      new index writes a new vectors file; a save writes new codes and binarizer files and
+      appends vectors past the committed ones), and files a commit no longer names are
+      unlinked, which leaves other processes' mappings intact. A reader sees the index as
+      it was when loaded; load again to see later saves.
+    - **Threads.** :meth:`search` may run in many threads at once. :meth:`add` and
+      :meth:`save` may run in one thread while others search: they wait for the running
+      searches and hold new ones back until done (a read/write lock in the object).
     """
 
     def __init__(self, path, dim: int, bits_per_dim: int = 2, binarizer=None, candidates: int = 100, *,
                  center: Optional[np.ndarray] = None, _existing: bool = False):
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
         if binarizer is not None and (binarizer.in_dim != dim or binarizer.bits_per_dim != bits_per_dim):
             raise ValueError(f"the binarizer maps {binarizer.in_dim} dims at {binarizer.bits_per_dim} bits, "
                              f"the index expects {dim} at {bits_per_dim}")
@@ -65,11 +157,29 @@ class TwoStageIndex:
             self.center = center
         code_dim = binarizer.out_dim if binarizer is not None else self.dim
         self.codes = MultiBitIndex(code_dim, self.bits_per_dim)
-        self._vectors_path = self.path / VECTORS_FILE
-        if not _existing:  # a new index starts empty, whatever the folder held
-            (self.path / INFO_FILE).unlink(missing_ok=True)
-            self._vectors_path.write_bytes(b"")
+        self._rw = _ReadWriteLock()
+        self._writer = None  # the folder lock, while this object is the folder's writer
         self._map = None
+        self._committed: Optional[dict] = None  # the manifest this object loaded or last saved
+        self._binarizer_file: Optional[str] = None
+        self._crc = 0  # CRC-32 of the vectors added so far, kept up to date by add
+        if not _existing:
+            # A new index starts empty, whatever the folder held: its vectors go to a new file,
+            # and the folder's old index stays loadable (its files untouched, so that readers
+            # mapping them keep working) until this one's first save commits.
+            from pylocalize._folders import unique_name
+
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._become_writer()
+            self._vectors_file = unique_name("vectors", ".f32")
+            with open(self.path / self._vectors_file, "xb"):
+                pass
+        else:
+            self._vectors_file = VECTORS_FILE
+
+    @property
+    def _vectors_path(self) -> Path:
+        return self.path / self._vectors_file
 
     def __len__(self) -> int:
         return len(self.codes)
@@ -91,26 +201,107 @@ class TwoStageIndex:
             raise ValueError("vectors must be finite floating-point values")
         return np.ascontiguousarray(x, dtype=np.float32)
 
+    # ------------------------------------------------------------------ writer
+
+    def _become_writer(self) -> None:
+        """Takes the folder's writer lock (once); refuses a loaded index whose folder
+        another writer has committed to since it was loaded."""
+        if self._writer is not None:
+            return
+        from pylocalize._folders import FolderLock
+
+        lock = FolderLock(self.path, LOCK_FILE, wait=False, what="a TwoStageIndex",
+                          fix="close the other index (TwoStageIndex.close()) before writing to this folder")
+        if self._committed is not None:
+            try:
+                current = json.loads((self.path / INFO_FILE).read_bytes())
+            except (OSError, ValueError):
+                current = None
+            if current != self._committed:
+                lock.release()
+                raise RuntimeError(f"{self.path}: the index was saved by another writer after this one was loaded; "
+                                   "load it again (TwoStageIndex.load) to add to it")
+        self._writer = lock
+
+    def close(self) -> None:
+        """Gives up the folder's writer lock (the index stays usable; a later add or save
+        takes it again)."""
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+
+    def __enter__(self) -> "TwoStageIndex":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def add(self, x: np.ndarray) -> None:
-        """Encodes and adds vectors; their float values are appended to the vectors file."""
+        """Encodes and adds vectors; their float values are appended to the vectors file
+        (kept only once :meth:`save` commits them)."""
         x = self._check(x)
         codes = self.encode(x)
-        with open(self._vectors_path, "ab") as f:
-            f.write(x.tobytes())
-        self.codes.add(codes)
-        self._map = None
+        data = x.tobytes()
+        with self._rw.write():
+            self._become_writer()
+            # write at the end of the vectors held, not at the end of the file: bytes past it
+            # (a tail a crashed writer appended without committing) are overwritten
+            with open(self._vectors_path, "r+b") as f:
+                f.seek(len(self) * self.dim * 4)
+                f.write(data)
+            self.codes.add(codes)
+            self._crc = zlib.crc32(data, self._crc)
+            self._map = None
+
+    def save(self) -> None:
+        """Commits the index: new codes (and binarizer) files, the vectors file synced to
+        disk, then the manifest naming them (atomically, last); then removes the files the
+        manifest no longer names."""
+        from pylocalize._folders import remove_unreferenced, unique_name
+        from pylocalize.containers import write_bytes_atomic
+
+        with self._rw.write():
+            self._become_writer()
+            codes_file = unique_name("codes", ".pyloc")
+            self.codes.save(self.path / codes_file)
+            if self.binarizer is not None and self._binarizer_file is None:
+                self._binarizer_file = unique_name("binarizer", ".pt")
+                self.binarizer.save(self.path / self._binarizer_file)
+            fd = os.open(self._vectors_path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)  # the committed vectors must be on disk before the manifest is
+            finally:
+                os.close(fd)
+            info = {"layout": LAYOUT, "dim": self.dim, "bits_per_dim": self.bits_per_dim,
+                    "candidates": self.candidates, "learned": self.binarizer is not None, "count": len(self),
+                    "center": None if self.center is None else self.center.tolist(),
+                    "vectors_file": self._vectors_file, "vectors_crc32": self._crc, "codes_file": codes_file,
+                    "binarizer_file": self._binarizer_file}
+            data = json.dumps(info).encode("utf-8")
+            write_bytes_atomic(self.path / INFO_FILE, data)  # the commit
+            self._committed = json.loads(data)
+            keep = [codes_file, self._vectors_file] + ([self._binarizer_file] if self._binarizer_file else [])
+            remove_unreferenced(self.path, _ANY_FILE, keep=keep, legacy=_LEGACY)
+
+    # ------------------------------------------------------------------ reading
 
     def vectors(self) -> np.ndarray:
         """The float vectors, memory-mapped (read-only)."""
-        if self._map is None:
+        vectors = self._map
+        if vectors is None:
+            from pylocalize import FormatError
+
             n = len(self)
             expected = n * self.dim * 4
-            if self._vectors_path.stat().st_size != expected:
-                raise ValueError(f"{self._vectors_path}: {self._vectors_path.stat().st_size} bytes, expected {expected} "
-                                 f"for {n} vectors of {self.dim} float32; the file is truncated or not this index's")
-            self._map = np.memmap(self._vectors_path, np.float32, "r", shape=(n, self.dim)) if n else \
+            size = self._vectors_path.stat().st_size
+            if size < expected:
+                raise FormatError(f"{self._vectors_path}: {size} bytes, expected {expected} for {n} vectors of "
+                                  f"{self.dim} float32; the file is truncated or not this index's")
+            # only the vectors held are mapped: bytes appended past them are not this index's yet
+            vectors = np.memmap(self._vectors_path, np.float32, "r", shape=(n, self.dim)) if n else \
                 np.zeros((0, self.dim), np.float32)
-        return self._map
+            self._map = vectors
+        return vectors
 
     @property
     def memory_bytes(self) -> int:
@@ -124,50 +315,92 @@ class TwoStageIndex:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         c = max(int(candidates or self.candidates), k)
-        _, cand = self.codes.search(self.encode(x), c)
-        vectors = self.vectors()
-        scores = np.full((len(x), k), -np.inf, np.float32)
-        ids = np.full((len(x), k), -1, np.int64)
-        for i, row in enumerate(cand):
-            row = row[row >= 0]
-            if len(row) == 0:
-                continue
-            order = np.sort(row)  # read rows in file order
-            exact = np.asarray(vectors[order]) @ x[i]
-            best = np.lexsort((order, -exact))[:k]  # score descending, smaller id on ties
-            scores[i, :len(best)] = exact[best]
-            ids[i, :len(best)] = order[best]
+        query_codes = self.encode(x)
+        with self._rw.read():
+            _, cand = self.codes.search(query_codes, c)
+            vectors = self.vectors()
+            scores = np.full((len(x), k), -np.inf, np.float32)
+            ids = np.full((len(x), k), -1, np.int64)
+            for i, row in enumerate(cand):
+                row = row[row >= 0]
+                if len(row) == 0:
+                    continue
+                order = np.sort(row)  # read rows in file order
+                exact = np.asarray(vectors[order]) @ x[i]
+                best = np.lexsort((order, -exact))[:k]  # score descending, smaller id on ties
+                scores[i, :len(best)] = exact[best]
+                ids[i, :len(best)] = order[best]
         return scores, ids
-
-    def save(self) -> None:
-        """Writes the codes and settings beside the vectors file (atomic container writes)."""
-        self.codes.save(self.path / CODES_FILE)
-        if self.binarizer is not None:
-            self.binarizer.save(self.path / BINARIZER_FILE)
-        info = {"dim": self.dim, "bits_per_dim": self.bits_per_dim, "candidates": self.candidates,
-                "learned": self.binarizer is not None, "count": len(self),
-                "center": None if self.center is None else self.center.tolist()}
-        tmp = self.path / (INFO_FILE + ".tmp")
-        tmp.write_text(json.dumps(info))
-        os.replace(tmp, self.path / INFO_FILE)
 
     @classmethod
     def load(cls, path) -> "TwoStageIndex":
-        path = Path(path)
-        try:
-            info = json.loads((path / INFO_FILE).read_text())
-        except (FileNotFoundError, json.JSONDecodeError) as error:
-            raise ValueError(f"{path}: not a saved TwoStageIndex ({error})") from None
-        binarizer = None
-        if info["learned"]:
-            from pylocalize.codes.learned import RecurrentBinarizer
+        """The index last committed by :meth:`save` in folder ``path``, as a reader (no lock
+        until its first add or save).
 
-            binarizer = RecurrentBinarizer.load(path / BINARIZER_FILE)
-        center = info.get("center")
-        index = cls(path, info["dim"], info["bits_per_dim"], binarizer, info["candidates"],
-                    center=None if center is None else np.asarray(center, np.float32), _existing=True)
-        index.codes = MultiBitIndex.load(path / CODES_FILE, mmap=True)
-        if len(index) != info["count"]:
-            raise ValueError(f"{path}: {len(index)} codes but {info['count']} recorded; the files disagree")
+        Raises
+        ------
+        pylocalize.FormatError
+            The folder holds no saved index, its files disagree, or a file is damaged
+            (the vectors' CRC-32 does not match the one recorded).
+        FileNotFoundError
+            No folder at ``path``.
+        """
+        from pylocalize import FormatError
+
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path}: no such folder (a TwoStageIndex is a folder)")
+        try:
+            raw = (path / INFO_FILE).read_bytes()
+            info = json.loads(raw)
+            if not isinstance(info, dict):
+                raise ValueError("the manifest is not a JSON object")
+        except (FileNotFoundError, ValueError) as error:
+            raise FormatError(f"{path}: not a saved TwoStageIndex ({error})") from None
+        layout = info.get("layout", 1)
+        if layout not in (1, LAYOUT):
+            raise FormatError(f"{path}: a TwoStageIndex of layout {layout}; this pylocalize reads layouts 1 and "
+                              f"{LAYOUT}: upgrade pylocalize or {_REBUILD}")
+        try:
+            if layout == 1:
+                files = {"vectors_file": VECTORS_FILE, "codes_file": CODES_FILE,
+                         "binarizer_file": BINARIZER_FILE if info["learned"] else None}
+            else:
+                files = {key: info[key] for key in _NAMES}
+                for key, pattern in _NAMES.items():
+                    name = files[key]
+                    if (name is not None or key != "binarizer_file" or info["learned"]) and \
+                            not (isinstance(name, str) and pattern.match(name)):
+                        raise ValueError(f"{key} {name!r} is not a name a save writes")
+            binarizer = None
+            if info["learned"]:
+                from pylocalize.codes.learned import RecurrentBinarizer
+
+                binarizer = RecurrentBinarizer.load(path / files["binarizer_file"])
+            center = info.get("center")
+            index = cls(path, int(info["dim"]), int(info["bits_per_dim"]), binarizer, int(info["candidates"]),
+                        center=None if center is None else np.asarray(center, np.float32), _existing=True)
+            index._vectors_file = files["vectors_file"]
+            index._binarizer_file = files["binarizer_file"] if layout == LAYOUT else None
+            index.codes = MultiBitIndex.load(path / files["codes_file"], mmap=True)
+            count = int(info["count"])
+        except FormatError:
+            raise
+        except FileNotFoundError as error:
+            raise FormatError(f"{path}: a file of the saved TwoStageIndex is missing ({error}); {_REBUILD}") from None
+        except (KeyError, TypeError, ValueError) as error:
+            raise FormatError(f"{path}: not a valid TwoStageIndex manifest ({error})") from None
+        if len(index) != count:
+            raise FormatError(f"{path}: {len(index)} codes but {count} recorded; the files disagree")
+        if (index.codes.dim, index.codes.bits_per_dim) != ((binarizer.out_dim if binarizer else index.dim),
+                                                          index.bits_per_dim):
+            raise FormatError(f"{path}: the codes file does not match the manifest's dimensions")
+        if not index._vectors_path.is_file():
+            raise FormatError(f"{index._vectors_path}: the vectors file is missing; {_REBUILD}")
         index.vectors()  # checks the vectors file's size now rather than at the first search
+        index._crc = _crc32_of_file(index._vectors_path, count * index.dim * 4)
+        if layout == LAYOUT and index._crc != info.get("vectors_crc32"):
+            raise FormatError(f"{index._vectors_path}: the vectors' CRC-32 does not match the one recorded at save; "
+                              f"the file is damaged: {_REBUILD}")
+        index._committed = json.loads(raw)
         return index

@@ -23,9 +23,10 @@ pixel convention (+0.5) is handled at its boundary.
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
@@ -36,10 +37,16 @@ from pylocalize.geometry.camera import Camera
 from pylocalize.index.cann import CANNIndex
 
 # Version of the map layout inside the container; bumped when sections or meta change.
-# 1: one file, PINHOLE K per image. 2: a directory, COLMAP cameras, extractor, CANN index.
-MAP_VERSION = 2
+# 1: one file, PINHOLE K per image. 2: a directory, COLMAP cameras, extractor, CANN index
+# in cann.pyloc. 3: the index file has a unique name per save, recorded in map.pyloc (the
+# commit point of a save) with its size and feature count. Layout 2 is still read.
+MAP_VERSION = 3
 MAP_FILE = "map.pyloc"
-INDEX_FILE = "cann.pyloc"
+INDEX_FILE = "cann.pyloc"  # the index of a layout-2 map
+LOCK_FILE = "map.lock"  # flock'ed by a save, so that two saves into one folder take turns
+# The index files a save writes ("cann-<16 hex>.pyloc"): a strict pattern, so that a map file
+# can never name a path outside its folder
+_INDEX_NAME = re.compile(r"^cann-[0-9a-f]{16}\.pyloc$")
 
 CameraLike = Union[Camera, str, np.ndarray]
 
@@ -110,6 +117,35 @@ def read_image(path) -> np.ndarray:
         raise ValueError(f"{path}: not a readable image ({error})") from None
 
 
+def check_image_name(name, error=ValueError) -> str:
+    """``name`` if it is a database image name: a non-empty relative path that stays inside
+    the image folder (no absolute path, no ``..`` component, no NUL or line break);
+    otherwise raises ``error`` (ValueError when building or saving a map, FormatError when
+    loading one)."""
+    if not isinstance(name, str) or not name:
+        raise error(f"image name {name!r}: must be a non-empty string")
+    if "\0" in name or "\n" in name or "\r" in name:
+        raise error(f"image name {name!r}: contains a NUL or line break")
+    if os.path.isabs(name) or name.startswith(("/", "\\")) or ".." in PurePosixPath(name.replace("\\", "/")).parts:
+        raise error(f"image name {name!r}: must be a path relative to the image folder, without '..'")
+    return name
+
+
+def image_path(image_dir, name) -> Path:
+    """The file of database image ``name`` in ``image_dir``: the one place that joins them.
+
+    Raises ``ValueError`` unless ``name`` passes :func:`check_image_name` and the resolved
+    path (symbolic links followed) lies inside the resolved folder, so that no name a map
+    file holds can make pylocalize read a file elsewhere.
+    """
+    check_image_name(name)
+    folder = Path(image_dir).resolve()
+    path = (folder / name).resolve()
+    if folder not in path.parents:
+        raise ValueError(f"image name {name!r}: leads outside the image folder {folder}")
+    return path
+
+
 def as_camera(camera: CameraLike, width: int, height: int) -> Camera:
     """A :class:`Camera` from a Camera, a ``"MODEL W H PARAMS..."`` string or a 3x3 K
     (OpenCV convention) for an image of ``width`` x ``height``."""
@@ -153,7 +189,7 @@ class Map:
                  point_ids, points3D, extractor: str = "opencv", max_features: int = 4000,
                  index: Optional[CANNIndex] = None):
         n = len(names)
-        self.names = list(names)
+        self.names = [check_image_name(name) for name in names]
         self.cameras = list(cameras)
         self.cam_from_world = np.asarray(cam_from_world, dtype=np.float64).reshape(n, 3, 4)
         self.keypoints, self.descriptors, self.point_ids = list(keypoints), list(descriptors), list(point_ids)
@@ -254,7 +290,7 @@ class Map:
                 names.append(name)
                 Ks.append(K)
                 poses.append(pose)
-        m = cls.from_views([folder / "images" / n for n in names], Ks, np.stack(poses), names, **options)
+        m = cls.from_views([image_path(folder / "images", n) for n in names], Ks, np.stack(poses), names, **options)
         m.image_dir = str((folder / "images").resolve())
         return m
 
@@ -276,7 +312,7 @@ class Map:
             if missing:
                 raise ValueError(f"{cameras}: no camera for {len(missing)} posed images, e.g. {missing[0]}")
             per_image = [camera_of[n] for n in names]
-        m = cls.from_views([Path(image_dir) / n for n in names], per_image,
+        m = cls.from_views([image_path(image_dir, n) for n in names], per_image,
                            np.stack([pose_of[n] for n in names]), names, **options)
         m.image_dir = str(Path(image_dir).resolve())
         return m
@@ -300,10 +336,10 @@ class Map:
         cams = []
         for im in images:
             camera = Camera.from_pycolmap(rec.cameras[im.camera_id])
-            w, h = _image_size(Path(image_dir) / im.name)
+            w, h = _image_size(image_path(image_dir, im.name))
             cams.append(camera if (camera.width, camera.height) == (w, h) else camera.scaled(w, h))
         poses = np.stack([np.asarray(im.cam_from_world().matrix())[:3] for im in images])
-        m = cls.from_views([Path(image_dir) / n for n in names], cams, poses, names, **options)
+        m = cls.from_views([image_path(image_dir, n) for n in names], cams, poses, names, **options)
         m.image_dir = str(Path(image_dir).resolve())
         return m
 
@@ -326,11 +362,11 @@ class Map:
                        if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"))
         if len(names) < 3:
             raise ValueError(f"{image_dir}: structure-from-motion needs at least 3 images, found {len(names)}")
-        feats = _extract_all([image_dir / n for n in names], max_features, extractor, progress)
+        feats = _extract_all([image_path(image_dir, n) for n in names], max_features, extractor, progress)
         if isinstance(camera, str):
             camera = Camera.from_string(camera)
         elif camera is not None and not isinstance(camera, Camera):
-            camera = Camera.from_K(camera, *_image_size(image_dir / names[0]))
+            camera = Camera.from_K(camera, *_image_size(image_path(image_dir, names[0])))
         rec = reconstruct(image_dir, names, [f[0] for f in feats], [f[1] for f in feats], camera=camera, seed=seed,
                           method=sfm)
         m = cls.from_reconstruction(rec, dict(zip(names, feats)), extractor, max_features)
@@ -376,13 +412,28 @@ class Map:
 
     def save(self, path) -> None:
         """Writes the map to directory ``path``: ``map.pyloc`` (images, cameras, poses,
-        features, 3D points) and ``cann.pyloc`` (the retrieval index), each a versioned
-        pylocalize container written atomically."""
+        features, 3D points) and ``cann-<random hex>.pyloc`` (the retrieval index), each a
+        versioned pylocalize container written atomically.
+
+        ``map.pyloc`` is written last and names the index file: it is the commit point. The
+        index goes to a new file on every save and the files the committed map no longer
+        names are removed afterwards, so a crash at any moment leaves the old map or the new
+        one loadable, and a process that loaded (memory-mapped) the old map keeps working.
+        Two saves into one folder take turns (a lock on ``map.lock``).
+        """
+        import json
+
         from pylocalize import _core
+        from pylocalize._folders import FolderLock, remove_unreferenced, unique_name
 
         path = Path(path)
         if path.is_file():
             raise ValueError(f"{path} is a file; a map is saved to a directory")
+        for name in self.names:  # names may have been changed since construction
+            check_image_name(name)
+        image_dir = self.image_dir or ""
+        if not isinstance(image_dir, str) or "\0" in image_dir or "\n" in image_dir:
+            raise ValueError(f"image_dir {image_dir!r}: must be a folder path")
         path.mkdir(parents=True, exist_ok=True)
         counts = np.array([len(k) for k in self.keypoints], np.int64)
         join = (lambda arrays, empty: np.ascontiguousarray(np.concatenate(arrays) if len(arrays) else empty))
@@ -395,24 +446,28 @@ class Map:
             "point_ids": join(self.point_ids, np.zeros(0, np.int64)).astype(np.int64),
             "points3D": np.ascontiguousarray(self.points3D),
         }
-        import json
-
-        # container meta holds integers; the strings go into a JSON section
-        info = {"extractor": self.extractor, "cameras": [c.to_string() for c in self.cameras],
-                "image_dir": self.image_dir or ""}
-        sections["info"] = np.frombuffer(json.dumps(info).encode("utf-8"), np.uint8).copy()
-        meta = {"map_version": MAP_VERSION, "num_images": len(self.names), "max_features": self.max_features}
-        self.index.save(path / INDEX_FILE)
-        _core.write_container(os.fspath(path / MAP_FILE), self.FORMAT_TAG, meta, sections)
+        with FolderLock(path, LOCK_FILE, wait=True):
+            index_file = unique_name("cann", ".pyloc")
+            self.index.save(path / index_file)
+            # container meta holds integers; the strings go into a JSON section
+            info = {"extractor": self.extractor, "cameras": [c.to_string() for c in self.cameras],
+                    "image_dir": image_dir, "index_file": index_file}
+            sections["info"] = np.frombuffer(json.dumps(info).encode("utf-8"), np.uint8).copy()
+            meta = {"map_version": MAP_VERSION, "num_images": len(self.names), "max_features": self.max_features,
+                    "index_bytes": (path / index_file).stat().st_size, "index_features": len(self.index)}
+            _core.write_container(os.fspath(path / MAP_FILE), self.FORMAT_TAG, meta, sections)  # the commit
+            remove_unreferenced(path, _INDEX_NAME, keep=[index_file], legacy=[INDEX_FILE])
 
     @classmethod
     def load(cls, path, mmap: bool = True) -> "Map":
-        """Reads a map written by :meth:`save`; descriptors stay memory-mapped with ``mmap``.
+        """Reads a map written by :meth:`save` (or by pylocalize before index files had
+        unique names: layout 2, ``cann.pyloc``); descriptors stay memory-mapped with ``mmap``.
 
         Raises
         ------
         pylocalize.FormatError
-            If a file is corrupt, from another format version, or not a map.
+            If a file is corrupt, from another format version, or not a map, or if it names
+            an image outside the image folder.
         """
         from pylocalize import FormatError
 
@@ -420,30 +475,62 @@ class Map:
         file = path / MAP_FILE if path.is_dir() else path
         if not file.is_file():
             raise FileNotFoundError(f"{path}: no map here (expected a directory with {MAP_FILE})")
-        meta, sec = read_layout(file, cls.FORMAT_TAG, "map_version", MAP_VERSION, "a map",
-                                "rebuild the map with `pylocalize map build`", mmap=mmap, missing_version=1)
-        if not path.is_dir() or not (path / INDEX_FILE).is_file():
-            raise FormatError(f"{path}: the map's retrieval index {INDEX_FILE} is missing; rebuild the map")
+        folder = file.parent
+        # a save into this folder may commit between our reading map.pyloc and opening the
+        # index it names (and then remove that index): read the newly committed map again
+        for attempt in range(3):
+            identity = _file_identity(file)
+            meta, sec = _read_map_file(file, mmap)
+            try:
+                return cls._from_sections(folder, meta, sec)
+            except _IndexMissing as missing:
+                if attempt == 2 or _file_identity(file) == identity:
+                    raise FormatError(f"{path}: the map's retrieval index {missing} is missing; rebuild the map with "
+                                      "`pylocalize map build`") from None
+
+    @classmethod
+    def _from_sections(cls, folder: Path, meta: dict, sec: dict) -> "Map":
+        import json
+
+        from pylocalize import FormatError
+
         try:
             names = bytes(sec["names"]).decode("utf-8").split("\n") if meta["num_images"] else []
             counts = np.asarray(sec["counts"])
             split = np.cumsum(counts)[:-1]
             if len(names) != meta["num_images"] or len(counts) != len(names) or counts.sum() != len(sec["keypoints"]):
                 raise ValueError("section sizes disagree")
-            import json
-
+            for name in names:
+                check_image_name(name, lambda message: FormatError(f"{folder}: {message}"))
             info = json.loads(bytes(sec["info"]).decode("utf-8"))
+            image_dir = info.get("image_dir") or None
+            if image_dir is not None and (not isinstance(image_dir, str) or "\0" in image_dir or "\n" in image_dir
+                                          or not os.path.isabs(image_dir)):
+                raise FormatError(f"{folder}: image_dir {image_dir!r}: not an absolute folder path")
             cameras = [Camera.from_string(c) for c in info["cameras"]]
-            index = CANNIndex.load(path / INDEX_FILE, **RETRIEVAL_OPTIONS)
-            if len(index) != counts.sum():
+            if meta["map_version"] == 2:
+                index_file = INDEX_FILE
+            else:
+                index_file = info["index_file"]
+                if not isinstance(index_file, str) or not _INDEX_NAME.match(index_file):
+                    raise FormatError(f"{folder}: index file name {index_file!r}: not one a map save writes")
+            if not (folder / index_file).is_file():
+                raise _IndexMissing(index_file)
+            if meta["map_version"] != 2 and (folder / index_file).stat().st_size != meta["index_bytes"]:
+                raise ValueError(f"{index_file} has {(folder / index_file).stat().st_size} bytes, the map recorded "
+                                 f"{meta['index_bytes']}: not the index this map was saved with")
+            index = CANNIndex.load(folder / index_file, **RETRIEVAL_OPTIONS)
+            if len(index) != counts.sum() or len(index) != meta.get("index_features", len(index)):
                 raise ValueError(f"the retrieval index holds {len(index)} features, the map {counts.sum()}")
             m = cls(names, cameras, sec["cam_from_world"], np.split(sec["keypoints"], split),
                     np.split(sec["descriptors"], split), np.split(sec["point_ids"], split), sec["points3D"],
                     info["extractor"], meta["max_features"], index=index)
-            m.image_dir = info.get("image_dir") or None
+            m.image_dir = image_dir
             return m
-        except (KeyError, ValueError, UnicodeDecodeError) as error:
-            raise FormatError(f"{path}: not a valid {cls.FORMAT_TAG} ({error})") from error
+        except (FormatError, _IndexMissing):
+            raise
+        except (KeyError, ValueError, TypeError, UnicodeDecodeError) as error:
+            raise FormatError(f"{folder}: not a valid {cls.FORMAT_TAG} ({error})") from error
 
     # ------------------------------------------------------------- localization
 
@@ -556,6 +643,29 @@ class Map:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             return list(tqdm(pool.map(run, zip(images, per_query)), total=len(images), desc="localize",
                              disable=not progress, leave=False))
+
+
+class _IndexMissing(Exception):
+    """The index file a map names is not there (a concurrent save may have replaced it)."""
+
+
+def _file_identity(file: Path):
+    try:
+        st = file.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _read_map_file(file: Path, mmap: bool):
+    """``(meta, sections)`` of ``map.pyloc`` of the current layout or layout 2."""
+    from pylocalize import _core
+
+    # the layout from the header alone (no checksum pass), then one checked read of that layout
+    _, _, head, _ = _core.read_container(os.fspath(file), mmap=True, verify=False)
+    layout = 2 if head.get("map_version") == 2 else MAP_VERSION
+    return read_layout(file, Map.FORMAT_TAG, "map_version", layout, "a map",
+                       "rebuild the map with `pylocalize map build`", mmap=mmap, missing_version=1)
 
 
 def _image_size(path):

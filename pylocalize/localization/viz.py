@@ -45,16 +45,16 @@ def save_localization_figure(path, image: np.ndarray, result, m, camera, image_d
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pylocalize.localization.map import read_image
+    from pylocalize.localization.map import image_path, read_image
 
     shown = result.retrieved[:num_retrieved] if image_dir is not None else []
     fig, axes = plt.subplots(1, 1 + len(shown), figsize=(6 * (1 + len(shown)), 4.5), squeeze=False)
     draw_matches(axes[0, 0], image, result, m, camera)
     for ax, name in zip(axes[0, 1:], shown):
-        try:
-            ax.imshow(read_image(Path(image_dir) / name))
-        except ValueError:
-            ax.text(0.5, 0.5, "image not found", ha="center")
+        try:  # image_path refuses a name that leads outside image_dir
+            ax.imshow(read_image(image_path(image_dir, name)))
+        except ValueError as error:
+            ax.text(0.5, 0.5, "image refused" if "image name" in str(error) else "image not found", ha="center")
         ax.set_title(f"retrieved: {name}", fontsize=9)
         ax.axis("off")
     fig.tight_layout()

@@ -181,9 +181,10 @@ def write_scene(scene_dir, images: Dict[int, dict]) -> None:
     gts = {str(i): [{"obj_id": int(g["obj_id"]), "cam_R_m2c": np.asarray(g["R"]).ravel().tolist(),
                      "cam_t_m2c": np.asarray(g["t"]).ravel().tolist()} for g in v["gt"]] for i, v in images.items()}
     infos = {str(i): v.get("gt_info", []) for i, v in images.items()}
-    (scene_dir / "scene_camera.json").write_text(json.dumps(cameras))
-    (scene_dir / "scene_gt.json").write_text(json.dumps(gts))
-    (scene_dir / "scene_gt_info.json").write_text(json.dumps(infos))
+    from pylocalize.containers import write_bytes_atomic
+
+    for name, data in (("scene_camera.json", cameras), ("scene_gt.json", gts), ("scene_gt_info.json", infos)):
+        write_bytes_atomic(scene_dir / name, json.dumps(data).encode("utf-8"))
 
 
 def write_results_csv(path, rows: Sequence[dict]) -> None:
@@ -195,7 +196,9 @@ def write_results_csv(path, rows: Sequence[dict]) -> None:
         t = " ".join(f"{v:.9g}" for v in np.asarray(r["t"]).ravel())
         lines.append(f"{int(r['scene_id'])},{int(r['im_id'])},{int(r['obj_id'])},{float(r['score']):.6g},{R},{t},"
                      f"{float(r.get('time', -1)):.6g}")
-    Path(path).write_text("\n".join(lines) + "\n")
+    from pylocalize.containers import write_bytes_atomic
+
+    write_bytes_atomic(path, ("\n".join(lines) + "\n").encode("utf-8"))
 
 
 def read_results_csv(path) -> List[dict]:

@@ -28,8 +28,9 @@ def _caption(args) -> int:
     captions = Captioner(skip_probability=args.skip).caption(poses, num_captions=args.num_captions,
                                                              seed=args.caption_seed)
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(captions, f, indent=1)
+        from pylocalize.containers import write_bytes_atomic
+
+        write_bytes_atomic(args.out, json.dumps(captions, indent=1).encode("utf-8"))
         print(f"{len(captions)} poses x {args.num_captions} captions -> {args.out}")
     else:
         for i, texts in enumerate(captions):

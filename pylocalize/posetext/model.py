@@ -16,20 +16,23 @@
   "left" becomes "right" and back), with probability 1/2; a quarter of each batch also
   appears mirrored beside itself, so that the loss has to read the caption's sides.
 - **Training**: AdamW, tqdm progress, early stopping on the held-out mRecall, the best
-  weights kept; checkpoints load with ``torch.load(weights_only=True)``.
+  weights kept; checkpoints (:func:`pylocalize.checkpoints.save_checkpoint`) load with
+  ``torch.load(weights_only=True)``.
 - **Retrieval**: :class:`PoseTextRetrieval` embeds a gallery and searches it with the
   core's exact kNN (:func:`pylocalize.assign`) on L2-normalised embeddings, i.e. by cosine.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-from pylocalize.checkpoints import import_torch, load_checkpoint
+from pylocalize.checkpoints import import_torch, load_model, save_checkpoint
+from pylocalize.containers import write_bytes_atomic
 from pylocalize.posetext.captioner import split_clauses, swap_left_right
 from pylocalize.posetext.skeleton import NUM_JOINTS, check_poses, mirror_poses, normalize_poses
 
@@ -154,24 +157,30 @@ class ClauseBank:
         """``clauses.json`` and ``clause_vectors.npy`` in ``folder`` (no pickle)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / "clause_vectors.tmp.npy"
-        np.save(tmp, self.vectors)
-        os.replace(tmp, folder / "clause_vectors.npy")
+        # .npy bytes made in memory, then the one atomic writer: a crash leaves old or new files.
+        # clauses.json is written last; load refuses a pair whose counts disagree.
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(self.vectors, np.float32), allow_pickle=False)
+        write_bytes_atomic(folder / "clause_vectors.npy", buffer.getvalue())
         meta = {"format": "pylocalize.ClauseBank", "version": 1, "clauses": self.clauses,
                 "encoder": self.encoder.path if self.encoder is not None else None}
-        (folder / "clauses.tmp.json").write_text(json.dumps(meta))
-        os.replace(folder / "clauses.tmp.json", folder / "clauses.json")
+        write_bytes_atomic(folder / "clauses.json", json.dumps(meta).encode("utf-8"))
 
     @classmethod
     def load(cls, folder, encoder: MiniLMEncoder | None = None) -> "ClauseBank":
+        from pylocalize import FormatError
+
         folder = Path(folder)
         try:
             meta = json.loads((folder / "clauses.json").read_text())
             vectors = np.load(folder / "clause_vectors.npy", allow_pickle=False)
         except (OSError, ValueError) as error:
-            raise ValueError(f"{folder}: not a saved ClauseBank ({error})") from None
-        if meta.get("format") != "pylocalize.ClauseBank" or len(meta["clauses"]) != len(vectors):
-            raise ValueError(f"{folder}: not a saved ClauseBank, or its clauses and vectors disagree; delete it to "
+            raise FormatError(f"{folder}: not a saved ClauseBank ({error})") from None
+        # the two files are written one after the other: a crash between them leaves counts
+        # that disagree (the bank only grows), refused here as any other damage
+        if not isinstance(meta, dict) or meta.get("format") != "pylocalize.ClauseBank" or \
+                len(meta.get("clauses", ())) != len(vectors):
+            raise FormatError(f"{folder}: not a saved ClauseBank, or its clauses and vectors disagree; delete it to "
                              f"rebuild the cache")
         bank = cls(encoder)
         bank.clauses = list(meta["clauses"])
@@ -446,33 +455,35 @@ class PoseTextModel:
 
     # -- files ----------------------------------------------------------------------------
     def save(self, path) -> None:
-        """Weights, settings and the clause cache in one file, loadable with
-        ``torch.load(weights_only=True)``."""
+        """Weights, settings and the clause cache in one checkpoint
+        (:func:`pylocalize.checkpoints.save_checkpoint`)."""
         torch = _torch()
         data = {"format": "pylocalize.PoseTextModel", "version": 1,
                 "dims": [self.embed_dim, self.hidden], "dropout": self.dropout,
                 "state": self.net.state_dict(), "clauses": list(self.bank.clauses),
                 "history": [{k: float(v) for k, v in h.items()} for h in self.history],
                 "clause_vectors": torch.from_numpy(self.bank.vectors.copy())}
-        tmp = str(path) + ".tmp"
-        torch.save(data, tmp)
-        os.replace(tmp, str(path))
+        save_checkpoint(data, path)
 
     @classmethod
     def load(cls, path, encoder: MiniLMEncoder | None = None) -> "PoseTextModel":
         """A model saved by :meth:`save`; new clauses are encoded with ``encoder`` (default:
         the packaged MiniLM, loaded on first need)."""
-        data = load_checkpoint(path, "PoseTextModel")
-        bank = ClauseBank(encoder)
-        bank.clauses = list(data["clauses"])
-        bank.index = {c: i for i, c in enumerate(bank.clauses)}
-        bank.vectors = data["clause_vectors"].numpy().astype(np.float32)
-        embed_dim, hidden = (int(v) for v in data["dims"])
-        model = cls(embed_dim, hidden, float(data["dropout"]), bank=bank)
-        model.net.load_state_dict(data["state"])
-        model.net.eval()
-        model.history = [dict(h) for h in data.get("history", [])]
-        return model
+        def build(data):
+            bank = ClauseBank(encoder)
+            bank.clauses = [str(c) for c in data["clauses"]]
+            bank.index = {c: i for i, c in enumerate(bank.clauses)}
+            bank.vectors = data["clause_vectors"].numpy().astype(np.float32)
+            if bank.vectors.ndim != 2 or len(bank.vectors) != len(bank.clauses):
+                raise ValueError(f"{len(bank.clauses)} clauses but clause vectors of shape {bank.vectors.shape}")
+            embed_dim, hidden = (int(v) for v in data["dims"])
+            model = cls(embed_dim, hidden, float(data["dropout"]), bank=bank)
+            model.net.load_state_dict(data["state"])
+            model.net.eval()
+            model.history = [dict(h) for h in data.get("history", [])]
+            return model
+
+        return load_model(path, "PoseTextModel", build)
 
 
 def _search(queries: np.ndarray, gallery: np.ndarray, k: int):
