@@ -341,11 +341,11 @@ def mutate(data: bytes, kind: str, rng: np.random.Generator) -> Optional[bytes]:
     """A mutant of ``data`` of ``kind``, or None where the kind does not apply."""
     buf = bytearray(data)
     n = len(buf)
+    if n == 0:
+        return None  # an empty file (a lock file) has nothing to damage
     if kind == "truncate":
-        return bytes(buf[:int(rng.integers(0, n))]) if n else None
+        return bytes(buf[:int(rng.integers(0, n))])
     if kind == "bitflip":
-        if n == 0:
-            return None
         for _ in range(int(rng.integers(1, 5))):
             i = int(rng.integers(0, n))
             buf[i] ^= 1 << int(rng.integers(0, 8))

@@ -134,16 +134,13 @@ def check_image_name(name, error=ValueError) -> str:
 def image_path(image_dir, name) -> Path:
     """The file of database image ``name`` in ``image_dir``: the one place that joins them.
 
-    Raises ``ValueError`` unless ``name`` passes :func:`check_image_name` and the resolved
-    path (symbolic links followed) lies inside the resolved folder, so that no name a map
-    file holds can make pylocalize read a file elsewhere.
+    Raises ``ValueError`` unless ``name`` passes :func:`check_image_name`, so no name a map
+    file holds can make pylocalize read a file outside the folder. The check is on the
+    name, not on where links lead: a symbolic link that the user put in the image folder
+    (datasets are often folders of links) is followed as the user meant.
     """
     check_image_name(name)
-    folder = Path(image_dir).resolve()
-    path = (folder / name).resolve()
-    if folder not in path.parents:
-        raise ValueError(f"image name {name!r}: leads outside the image folder {folder}")
-    return path
+    return Path(image_dir) / name
 
 
 def as_camera(camera: CameraLike, width: int, height: int) -> Camera:
