@@ -545,7 +545,7 @@ def fuzz_format(name: str, mutants: int, seed: int, worker: Worker, scratch: Pat
     original = worker.run(name, sample)
     if original.get("outcome") != "loaded":
         raise RuntimeError(f"{name}: the unmutated sample does not load: {original}")
-    files = _files_of(sample)
+    files = [f for f in _files_of(sample) if f.stat().st_size > 0]  # not empty lock files
     contents = {f: f.read_bytes() for f in files}
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
     kinds = CRC_KEEPING + CRAFTED
@@ -574,10 +574,13 @@ def fuzz_format(name: str, mutants: int, seed: int, worker: Worker, scratch: Pat
         report.add(outcome, detail)
         if outcome in FAILURES:
             log.warning("%s mutant %d (%s of %s): %s", name, i, kind, target.name, detail)
-            if keep is not None:
+            if keep is not None:  # the whole mutant (a folder format: every file), to load again
                 dst = keep / f"{name}-{i}-{kind}-{target.name}"
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                dst.write_bytes(data)
+                if staged.is_dir():
+                    shutil.copytree(staged, dst / sample.name)
+                else:
+                    dst.write_bytes(data)
     return report
 
 

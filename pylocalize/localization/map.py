@@ -131,6 +131,29 @@ def check_image_name(name, error=ValueError) -> str:
     return name
 
 
+# dtype and trailing shape of each section of map.pyloc (None: any length along that axis)
+_MAP_SECTIONS = {
+    "names": (np.uint8, (None,)), "info": (np.uint8, (None,)), "counts": (np.int64, (None,)),
+    "cam_from_world": (np.float64, (None, 3, 4)), "keypoints": (np.float32, (None, 2)),
+    "descriptors": (np.uint8, (None, 128)), "point_ids": (np.int64, (None,)), "points3D": (np.float64, (None, 3)),
+}
+
+
+def _check_sections(sections: dict) -> None:
+    """ValueError unless map.pyloc's sections have the dtypes and shapes save writes, with
+    non-negative counts and finite geometry: a file that passes its checksums but not this
+    was not written by pylocalize."""
+    for key, (dtype, shape) in _MAP_SECTIONS.items():
+        a = sections[key]
+        if a.dtype != dtype or a.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, a.shape)):
+            raise ValueError(f"section {key} is {a.dtype} {a.shape}, expected {np.dtype(dtype)} {shape}")
+    if (sections["counts"] < 0).any():
+        raise ValueError("negative feature counts")
+    for key in ("cam_from_world", "keypoints", "points3D"):
+        if not np.isfinite(sections[key]).all():
+            raise ValueError(f"section {key} holds NaN or Inf")
+
+
 def image_path(image_dir, name) -> Path:
     """The file of database image ``name`` in ``image_dir``: the one place that joins them.
 
@@ -197,7 +220,8 @@ class Map:
         if not (len(self.cameras) == len(self.keypoints) == len(self.descriptors) == len(self.point_ids) == n):
             raise ValueError("need one camera, pose, keypoint, descriptor and point-id array per image")
         for i, (k, d, p) in enumerate(zip(self.keypoints, self.descriptors, self.point_ids)):
-            if not (len(k) == len(d) == len(p)) or (len(p) and p.max() >= len(self.points3D)):
+            # -1 marks a feature without a 3D point; any other id must name a point
+            if not (len(k) == len(d) == len(p)) or (len(p) and (p.max() >= len(self.points3D) or p.min() < -1)):
                 raise ValueError(f"image {self.names[i]}: keypoints, descriptors and point ids disagree")
         self.image_dir: Optional[str] = None  # where the database images are, for figures
         if index is None:
@@ -492,6 +516,7 @@ class Map:
         from pylocalize import FormatError
 
         try:
+            _check_sections(sec)
             names = bytes(sec["names"]).decode("utf-8").split("\n") if meta["num_images"] else []
             counts = np.asarray(sec["counts"])
             split = np.cumsum(counts)[:-1]
