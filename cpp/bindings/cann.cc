@@ -68,11 +68,16 @@ void BindCann(py::module_& m) {
   cann_index
       .def(py::init<int64_t>(), py::arg("dim"))
       .def_property_readonly("dim", &CannIndex::dim)
-      .def_property_readonly("ntotal", &CannIndex::ntotal)
-      .def_property_readonly("num_images", &CannIndex::num_images)
+      .def_property_readonly("ntotal", WithoutGil(&CannIndex::ntotal))
+      .def_property_readonly("num_images", WithoutGil(&CannIndex::num_images))
       .def_property_readonly("dtype", [](const CannIndex& self) -> py::object {
-        if (!self.has_element()) return py::none();
-        return py::str(self.element() == knn::Element::kUInt8 ? "uint8" : "float32");
+        int element = -1;
+        {
+          ReleaseGil release(/*poll_interrupts=*/false);
+          if (self.has_element()) element = static_cast<int>(self.element());
+        }
+        if (element < 0) return py::none();
+        return py::str(element == static_cast<int>(knn::Element::kUInt8) ? "uint8" : "float32");
       })
       .def(
           "add",
@@ -101,7 +106,7 @@ void BindCann(py::module_& m) {
             }
             PYL_CHECK(ids.shape(0) == n, "image_ids must have one entry per descriptor: got ",
                       ids.shape(0), " for ", n);
-            py::gil_scoped_release release;
+            ReleaseGil release;
             self.Add(data, element, ids.data(), n);
           },
           py::arg("descriptors"), py::arg("image_ids"))
@@ -109,21 +114,21 @@ void BindCann(py::module_& m) {
           "remove_images",
           [](CannIndex& self, const py::object& ids) {
             auto a = CheckArray<int64_t>(ids, "image_ids", 1);
-            py::gil_scoped_release release;
+            ReleaseGil release;
             return self.RemoveImages(a.data(), a.shape(0));
           },
           py::arg("image_ids"))
-      .def("reset", &CannIndex::Reset, py::call_guard<py::gil_scoped_release>())
+      .def("reset", &CannIndex::Reset, py::call_guard<ReleaseGil>())
       .def("image_ids",
            [](const CannIndex& self) {
-             std::vector<int64_t> v = self.ImageIds();
+             std::vector<int64_t> v = WithoutGil(&CannIndex::ImageIds)(self);
              const py::ssize_t n = static_cast<py::ssize_t>(v.size());
              return MoveArray(std::move(v), {n});
            })
       .def(
           "train",
           [](CannIndex& self, int64_t nlist, int iterations, uint64_t seed, int64_t max_points_per_list) {
-            py::gil_scoped_release release;
+            ReleaseGil release;
             self.Train(nlist, iterations, seed, max_points_per_list, GetNumThreads());
           },
           py::arg("nlist"), py::arg("iterations") = 8, py::arg("seed") = 0,
@@ -143,14 +148,15 @@ void BindCann(py::module_& m) {
                           cell_factor > 0 && max_bin >= 1 && r_max > 0,
                       "grid parameters: need num_grids, num_radii, max_bin >= 1, 1 <= dims <= dim, "
                       "cell_factor > 0 and r_max > 0");
+            ReleaseGil release(/*poll_interrupts=*/false);
             self.SetGridParams(p, r_max);
           },
           py::arg("num_grids"), py::arg("num_radii"), py::arg("dims"), py::arg("cell_factor"),
           py::arg("max_bin"), py::arg("seed"), py::arg("r_max"))
-      .def_property_readonly("grid_memory_bytes", &CannIndex::GridMemoryBytes)
-      .def_property_readonly("memory_bytes", &CannIndex::MemoryBytes)
-      .def_property_readonly("is_trained", &CannIndex::is_trained)
-      .def_property_readonly("nlist", &CannIndex::nlist)
+      .def_property_readonly("grid_memory_bytes", WithoutGil(&CannIndex::GridMemoryBytes))
+      .def_property_readonly("memory_bytes", WithoutGil(&CannIndex::MemoryBytes))
+      .def_property_readonly("is_trained", WithoutGil(&CannIndex::is_trained))
+      .def_property_readonly("nlist", WithoutGil(&CannIndex::nlist))
       .def(
           "search",
           [](const CannIndex& self, const py::object& queries, int64_t k, const CannKernel& kernel,
@@ -163,7 +169,7 @@ void BindCann(py::module_& m) {
             float* sp = scores.mutable_data();
             int64_t* ip = ids.mutable_data();
             {
-              py::gil_scoped_release release;
+              ReleaseGil release;
               Search(self, method, rows.data(), nq, k, kernel, nprobe, sp, ip, GetNumThreads());
             }
             return py::make_tuple(scores, ids);
@@ -189,7 +195,7 @@ void BindCann(py::module_& m) {
             float* sp = scores.mutable_data();
             int64_t* ip = ids.mutable_data();
             {
-              py::gil_scoped_release release;
+              ReleaseGil release;
               // Many query images: one per thread, each searched single-threaded.
               const int threads = GetNumThreads();
               if (n >= threads) {
@@ -207,8 +213,8 @@ void BindCann(py::module_& m) {
             return py::make_tuple(scores, ids);
           },
           py::arg("query_sets"), py::arg("k"), py::arg("kernel"), py::arg("method"), py::arg("nprobe"))
-      .def("save", &CannIndex::Save, py::arg("path"), py::call_guard<py::gil_scoped_release>())
-      .def_static("load", &CannIndex::Load, py::arg("path"), py::call_guard<py::gil_scoped_release>());
+      .def("save", &CannIndex::Save, py::arg("path"), py::call_guard<ReleaseGil>())
+      .def_static("load", &CannIndex::Load, py::arg("path"), py::call_guard<ReleaseGil>());
   BindSerialization(cann_index);
 }
 

@@ -28,6 +28,23 @@ struct GridParams {
   uint64_t seed = 0;
 };
 
+// Bounds on GridParams. Every grid holds each feature once and is built and probed in
+// full, so memory and build time grow with num_grids * num_radii * n; recall saturates
+// long before these values (benchmarks/bench_cann.py), and past them a typo (10**6 grids)
+// would fill memory for minutes. pylocalize/index/cann.py mirrors them.
+constexpr int kMaxGridsPerRadius = 1024;
+constexpr int kMaxRadii = 16;
+constexpr int kMaxTotalGrids = 4096;  // num_grids * num_radii
+constexpr int kMaxGridDims = 64;
+
+// Throws std::invalid_argument (ValueError) naming the fix unless params are in bounds
+// for descriptors of `dim` dimensions.
+void ValidateGridParams(const GridParams& params, int64_t dim);
+// About the bytes the grids over n features take (cell tables, members, projections).
+int64_t EstimateGridBytes(const GridParams& params, int64_t n, int64_t dim);
+// Throws std::invalid_argument when EstimateGridBytes exceeds half of physical memory.
+void CheckGridMemory(const GridParams& params, int64_t n, int64_t dim);
+
 class RandomGrids {
  public:
   // rows: n x dim float32 (insertion order); r_max: the largest radius.
