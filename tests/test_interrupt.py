@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import pylocalize
@@ -273,3 +274,30 @@ print("WORKER_OK", np.array_equal(result["got"][1][0], expected[1]))
 """)
     assert caught(out)[0] == "KeyboardInterrupt"
     assert "WORKER_OK True" in out
+
+
+def test_huge_grid_is_refused_quickly():
+    # Issue 16 reproducer: num_grids=10**6 used to be accepted and to fill memory for
+    # minutes at the first search, deaf to Ctrl-C.
+    start = time.monotonic()
+    with pytest.raises(ValueError, match="num_grids must be in 1..1024"):
+        pylocalize.CANNIndex(16, method="grid", grid=dict(num_grids=10**6))
+    with pytest.raises(ValueError, match="num_grids \\* num_radii must be <= 4096"):
+        pylocalize.CANNIndex(16, method="grid", grid=dict(num_grids=1024, num_radii=16))
+    # The core has the same bounds, for callers of the binding.
+    impl = pylocalize.CANNIndex(16)._impl
+    with pytest.raises(ValueError, match="num_grids must be in 1..1024"):
+        impl.set_grid_params(10**6, 4, 8, 0.5, 256, 0, 120.0)
+    with pytest.raises(ValueError, match="dims must be in 1..16"):
+        impl.set_grid_params(16, 4, 17, 0.5, 256, 0, 120.0)
+    impl.set_grid_params(1024, 4, 16, 0.5, 256, 0, 120.0)  # in bounds
+    assert time.monotonic() - start < 1.0
+
+
+def test_grid_memory_estimate_is_refused():
+    # In bounds, but 4096 grids over 2M features would need ~360 GiB: refused with the fix.
+    rng = np.random.default_rng(0)
+    index = pylocalize.CANNIndex(2, method="grid", grid=dict(num_grids=1024, num_radii=4, dims=2))
+    index.add(rng.standard_normal((2_000_000, 2)).astype(np.float32), 0)
+    with pytest.raises(ValueError, match="lower num_grids or num_radii"):
+        index.search(np.zeros((1, 2), np.float32), 1)

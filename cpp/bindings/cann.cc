@@ -43,6 +43,12 @@ void Search(const CannIndex& index, const std::string& method, const float* q, i
   }
 }
 
+CannMethod ParseMethod(const std::string& method) {
+  PYL_CHECK(method == "exact" || method == "ivf" || method == "grid",
+            "method must be 'exact', 'ivf' or 'grid', got '", method, "'");
+  return method == "exact" ? CannMethod::kExact : method == "ivf" ? CannMethod::kIvf : CannMethod::kGrid;
+}
+
 CannKernel MakeKernel(const std::string& name, double p0, double p1, double sigma) {
   CannKernel k;
   PYL_CHECK(name == "cann" || name == "gaussian", "kernel must be 'cann' or 'gaussian', got '",
@@ -144,10 +150,8 @@ void BindCann(py::module_& m) {
             p.cell_factor = cell_factor;
             p.max_bin = max_bin;
             p.seed = seed;
-            PYL_CHECK(num_grids >= 1 && num_radii >= 1 && dims >= 1 && dims <= self.dim() &&
-                          cell_factor > 0 && max_bin >= 1 && r_max > 0,
-                      "grid parameters: need num_grids, num_radii, max_bin >= 1, 1 <= dims <= dim, "
-                      "cell_factor > 0 and r_max > 0");
+            // The core checks the others against its bounds (cann::ValidateGridParams).
+            PYL_CHECK(r_max > 0, "grid r_max must be > 0, got ", r_max);
             ReleaseGil release(/*poll_interrupts=*/false);
             self.SetGridParams(p, r_max);
           },
@@ -194,21 +198,12 @@ void BindCann(py::module_& m) {
             py::array_t<int64_t> ids({n, k});
             float* sp = scores.mutable_data();
             int64_t* ip = ids.mutable_data();
+            std::vector<const float*> ptrs;
+            for (const auto& r : rows) ptrs.push_back(r.data());
+            const CannMethod m = ParseMethod(method);
             {
               ReleaseGil release;
-              // Many query images: one per thread, each searched single-threaded.
-              const int threads = GetNumThreads();
-              if (n >= threads) {
-                ParallelFor(n, threads, [&](int64_t i, int) {
-                  Search(self, method, rows[static_cast<size_t>(i)].data(), nq[static_cast<size_t>(i)], k, kernel,
-                         nprobe, sp + i * k, ip + i * k, 1);
-                });
-              } else {
-                for (int64_t i = 0; i < n; ++i) {
-                  Search(self, method, rows[static_cast<size_t>(i)].data(), nq[static_cast<size_t>(i)], k, kernel,
-                         nprobe, sp + i * k, ip + i * k, threads);
-                }
-              }
+              self.SearchBatch(m, ptrs, nq, k, kernel, nprobe, sp, ip, GetNumThreads());
             }
             return py::make_tuple(scores, ids);
           },

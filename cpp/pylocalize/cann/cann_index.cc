@@ -219,7 +219,13 @@ void CannIndex::SearchExact(const float* queries, int64_t nq, int64_t k, const C
                             float* scores, int64_t* out_ids, int num_threads) const {
   PYL_CHECK(k >= 1, "k must be >= 1, got ", k);
   kernel.Validate();
-  const std::shared_ptr<const Layout> L = GetLayout();
+  SearchExactIn(*GetLayout(), queries, nq, k, kernel, scores, out_ids, num_threads);
+}
+
+void CannIndex::SearchExactIn(const Layout& layout, const float* queries, int64_t nq, int64_t k,
+                              const CannKernel& kernel, float* scores, int64_t* out_ids,
+                              int num_threads) const {
+  const Layout* const L = &layout;
   const int64_t num_images = static_cast<int64_t>(L->images.size());
   std::vector<double> total(static_cast<size_t>(num_images), 0.0);
   if (nq > 0 && num_images > 0) {
@@ -392,7 +398,13 @@ void CannIndex::SearchIvf(const float* queries, int64_t nq, int64_t k, const Can
   PYL_CHECK(k >= 1, "k must be >= 1, got ", k);
   PYL_CHECK(nprobe >= 1, "nprobe must be >= 1, got ", nprobe);
   kernel.Validate();
-  const std::shared_ptr<const IvfLayout> L = GetIvfLayout(num_threads);
+  SearchIvfIn(*GetIvfLayout(num_threads), queries, nq, k, kernel, nprobe, scores, out_ids, num_threads);
+}
+
+void CannIndex::SearchIvfIn(const IvfLayout& layout, const float* queries, int64_t nq, int64_t k,
+                            const CannKernel& kernel, int64_t nprobe, float* scores, int64_t* out_ids,
+                            int num_threads) const {
+  const IvfLayout* const L = &layout;
   const int64_t nlist = static_cast<int64_t>(L->list_block.size()) - 1;
   const int64_t num_images = static_cast<int64_t>(L->images.size());
   std::vector<double> total(static_cast<size_t>(num_images), 0.0);
@@ -552,7 +564,13 @@ void CannIndex::SearchGrid(const float* queries, int64_t nq, int64_t k, const Ca
                            float* scores, int64_t* out_ids, int num_threads) const {
   PYL_CHECK(k >= 1, "k must be >= 1, got ", k);
   kernel.Validate();
-  const std::shared_ptr<const GridLayout> L = GetGridLayout(num_threads);
+  SearchGridIn(*GetGridLayout(num_threads), queries, nq, k, kernel, scores, out_ids, num_threads);
+}
+
+void CannIndex::SearchGridIn(const GridLayout& layout, const float* queries, int64_t nq, int64_t k,
+                             const CannKernel& kernel, float* scores, int64_t* out_ids,
+                             int num_threads) const {
+  const GridLayout* const L = &layout;
   const int64_t num_images = static_cast<int64_t>(L->images.size());
   std::vector<double> total(static_cast<size_t>(num_images), 0.0);
   if (nq > 0 && num_images > 0 && L->grids.built()) {
@@ -615,6 +633,39 @@ void CannIndex::SearchGrid(const float* queries, int64_t nq, int64_t k, const Ca
     }
   }
   TopImages(total, L->images, nq, k, scores, out_ids);
+}
+
+void CannIndex::SearchBatch(CannMethod method, const std::vector<const float*>& queries,
+                            const std::vector<int64_t>& nq, int64_t k, const CannKernel& kernel,
+                            int64_t nprobe, float* scores, int64_t* out_ids, int num_threads) const {
+  PYL_CHECK(k >= 1, "k must be >= 1, got ", k);
+  PYL_CHECK(nprobe >= 1 || method != CannMethod::kIvf, "nprobe must be >= 1, got ", nprobe);
+  PYL_CHECK(queries.size() == nq.size(), "one feature count per query image");
+  kernel.Validate();
+  const int64_t n = static_cast<int64_t>(queries.size());
+  if (n == 0) return;
+  // One snapshot of the index for the whole batch: a change made meanwhile by another
+  // thread is seen by every query image or by none.
+  std::shared_ptr<const Layout> exact;
+  std::shared_ptr<const IvfLayout> ivf;
+  std::shared_ptr<const GridLayout> grid;
+  if (method == CannMethod::kExact) exact = GetLayout();
+  if (method == CannMethod::kIvf) ivf = GetIvfLayout(num_threads);
+  if (method == CannMethod::kGrid) grid = GetGridLayout(num_threads);
+  auto one = [&](int64_t i, int threads) {
+    const float* q = queries[static_cast<size_t>(i)];
+    const int64_t m = nq[static_cast<size_t>(i)];
+    if (exact != nullptr) SearchExactIn(*exact, q, m, k, kernel, scores + i * k, out_ids + i * k, threads);
+    if (ivf != nullptr) SearchIvfIn(*ivf, q, m, k, kernel, nprobe, scores + i * k, out_ids + i * k, threads);
+    if (grid != nullptr) SearchGridIn(*grid, q, m, k, kernel, scores + i * k, out_ids + i * k, threads);
+  };
+  const int threads = num_threads > 0 ? num_threads : GetNumThreads();
+  if (n >= threads) {
+    // Many query images: one per thread, each searched single-threaded.
+    ParallelFor(n, threads, [&](int64_t i, int) { one(i, 1); });
+  } else {
+    for (int64_t i = 0; i < n; ++i) one(i, threads);
+  }
 }
 
 ContainerWriter CannIndex::Writer() const {
