@@ -295,7 +295,7 @@ def test_huge_grid_is_refused_quickly():
 
 
 def test_grid_memory_estimate_is_refused():
-    # In bounds, but 4096 grids over 2M features would need ~360 GiB: refused with the fix.
+    # In bounds, but 4096 grids over 2M features would need hundreds of GiB: refused, with the fix.
     rng = np.random.default_rng(0)
     index = pylocalize.CANNIndex(2, method="grid", grid=dict(num_grids=1024, num_radii=4, dims=2))
     index.add(rng.standard_normal((2_000_000, 2)).astype(np.float32), 0)

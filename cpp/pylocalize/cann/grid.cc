@@ -41,6 +41,12 @@ std::vector<float> RandomOrthonormal(int dims, int64_t dim, std::mt19937_64& rng
   return std::vector<float>(m.begin(), m.end());
 }
 
+// The table slot where the search for a cell key starts (slots: a power of two). Keys are
+// already hashes; the multiply spreads their high bits into the low ones used here.
+size_t Slot(uint64_t key, size_t slots) {
+  return static_cast<size_t>((key * 0x9E3779B97F4A7C15ULL) >> 32) & (slots - 1);
+}
+
 // Bytes a grid build may take: half of physical memory, so the estimate's error and the
 // rest of the process still fit.
 int64_t GridMemoryLimit() {
@@ -71,9 +77,10 @@ void ValidateGridParams(const GridParams& p, int64_t dim) {
 }
 
 int64_t EstimateGridBytes(const GridParams& p, int64_t n, int64_t dim) {
-  // Per grid and feature: a member index (4 B) and at most one cell-table node (~40 B).
+  // Per grid and feature: a member index (4 B) and at most one cell, which takes 2 to 4
+  // table slots of 16 B.
   const double grids = static_cast<double>(p.num_grids) * p.num_radii;
-  const double bytes = grids * (static_cast<double>(n) * 44.0 + static_cast<double>(p.dims) * dim * 4.0);
+  const double bytes = grids * (static_cast<double>(n) * 68.0 + static_cast<double>(p.dims) * dim * 4.0);
   return bytes >= 9e18 ? INT64_MAX : static_cast<int64_t>(bytes);
 }
 
@@ -134,6 +141,12 @@ void RandomGrids::Build(const float* rows, int64_t n, int64_t dim, double r_max,
     InterruptPoint();
     std::mt19937_64 cell_rng(params.seed * 1000003ULL + static_cast<uint64_t>(gi));
     grid.members.reserve(static_cast<size_t>(n));
+    size_t num_cells = 0;
+    for (size_t a = 0; a < keyed.size(); ++a) num_cells += a == 0 || keyed[a].first != keyed[a - 1].first;
+    size_t slots = 2;
+    while (slots < 2 * num_cells) slots *= 2;  // at most half full
+    grid.slot_key.assign(slots, 0);
+    grid.slot_range.assign(slots, {0, 0});
     for (size_t a = 0; a < keyed.size();) {
       size_t b = a;
       while (b < keyed.size() && keyed[b].first == keyed[a].first) ++b;
@@ -144,7 +157,10 @@ void RandomGrids::Build(const float* rows, int64_t n, int64_t dim, double r_max,
       const size_t keep = std::min<size_t>(b - a, static_cast<size_t>(params.max_bin));
       const uint32_t start = static_cast<uint32_t>(grid.members.size());
       for (size_t i = a; i < a + keep; ++i) grid.members.push_back(keyed[i].second);
-      grid.cells[keyed[a].first] = {start, static_cast<uint32_t>(grid.members.size())};
+      size_t slot = Slot(keyed[a].first, slots);
+      while (grid.slot_range[slot].first != grid.slot_range[slot].second) slot = (slot + 1) & (slots - 1);
+      grid.slot_key[slot] = keyed[a].first;
+      grid.slot_range[slot] = {start, static_cast<uint32_t>(grid.members.size())};
       a = b;
     }
   });
@@ -152,15 +168,23 @@ void RandomGrids::Build(const float* rows, int64_t n, int64_t dim, double r_max,
 
 void RandomGrids::Lookup(const float* q, int j, int g, std::vector<int32_t>* out) const {
   const Grid& grid = grids_[static_cast<size_t>(j * params_.num_grids + g)];
-  auto it = grid.cells.find(Key(grid, q));
-  if (it == grid.cells.end()) return;
-  out->insert(out->end(), grid.members.begin() + it->second.first, grid.members.begin() + it->second.second);
+  const uint64_t key = Key(grid, q);
+  const size_t mask = grid.slot_key.size() - 1;
+  for (size_t slot = Slot(key, grid.slot_key.size());; slot = (slot + 1) & mask) {
+    const auto& range = grid.slot_range[slot];
+    if (range.first == range.second) return;  // a free slot: no such cell
+    if (grid.slot_key[slot] == key) {
+      out->insert(out->end(), grid.members.begin() + range.first, grid.members.begin() + range.second);
+      return;
+    }
+  }
 }
 
 int64_t RandomGrids::MemoryBytes() const {
   int64_t bytes = 0;
   for (const Grid& g : grids_) {
-    bytes += static_cast<int64_t>(g.members.size() * sizeof(int32_t) + g.cells.size() * 32 +
+    bytes += static_cast<int64_t>(g.members.size() * sizeof(int32_t) +
+                                  g.slot_key.size() * (sizeof(uint64_t) + 2 * sizeof(uint32_t)) +
                                   g.projection.size() * sizeof(float));
   }
   return bytes;

@@ -13,7 +13,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <unordered_map>
 #include <vector>
 
 namespace pylocalize {
@@ -62,7 +61,11 @@ class RandomGrids {
   struct Grid {
     std::vector<float> projection;  // dims x dim, scaled by 1 / cell size
     std::vector<float> shift;       // dims, in cells
-    std::unordered_map<uint64_t, std::pair<uint32_t, uint32_t>> cells;  // key -> range in members
+    // Cell key -> range in members, an open-addressing table (linear probing, a power-of-two
+    // size, an empty range marks a free slot): a few flat arrays per grid rather than a
+    // node per cell, so a build stopped by Ctrl-C frees its grids at once.
+    std::vector<uint64_t> slot_key;
+    std::vector<std::pair<uint32_t, uint32_t>> slot_range;
     std::vector<int32_t> members;
   };
   uint64_t Key(const Grid& grid, const float* x) const;
