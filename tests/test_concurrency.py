@@ -372,18 +372,19 @@ def test_cann_index_concurrent_search_and_changes():
 # --- issue 16 reproducer -----------------------------------------------------------------
 
 def scenario_len_during_train():
-    # train() holds the index's exclusive lock for seconds while the main thread calls
-    # len(): before the fix the first waited for the GIL (to poll Ctrl-C) and the second
-    # held the GIL while waiting for the lock.
+    # The reproducer's sizes: train() holds the index's exclusive lock for a second or two
+    # while the main thread calls len(). Before the fix the first waited for the GIL (to
+    # poll Ctrl-C, once a k-means step took over 50 ms) and the second held the GIL while
+    # waiting for the lock.
     pylocalize.set_num_threads(2)
     index = pylocalize.CANNIndex(64)
-    index.add((np.random.default_rng(0).standard_normal((40_000, 64)) * 50).astype(np.float32), 0)
-    t = threading.Thread(target=index.train, args=(200,), kwargs=dict(iterations=4))
+    index.add((np.random.default_rng(0).standard_normal((200_000, 64)) * 50).astype(np.float32), 0)
+    t = threading.Thread(target=index.train, args=(400,), kwargs=dict(iterations=4))
     t.start()
     time.sleep(0.05)
     polls = 0
     while t.is_alive():
-        assert len(index) == 40_000 and index.ntotal == 40_000
+        assert len(index) == 200_000 and index.ntotal == 200_000
         polls += 1
     t.join()
     assert index.is_trained and polls > 0
