@@ -32,7 +32,7 @@ namespace py = pybind11;
 // Interrupted translator then runs Python's handler (PyErr_CheckSignals), so the
 // exception is the one that handler raises (KeyboardInterrupt, or the user's own).
 //
-// poll_interrupts = false skips the handler swap (two sigaction calls) for calls that
+// poll_interrupts = false skips the handler swap (a few sigaction calls) for calls that
 // never loop, such as ntotal: they only release the GIL so that waiting for the index
 // lock cannot deadlock.
 class ReleaseGil {
