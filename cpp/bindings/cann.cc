@@ -43,6 +43,12 @@ void Search(const CannIndex& index, const std::string& method, const float* q, i
   }
 }
 
+CannMethod ParseMethod(const std::string& method) {
+  PYL_CHECK(method == "exact" || method == "ivf" || method == "grid",
+            "method must be 'exact', 'ivf' or 'grid', got '", method, "'");
+  return method == "exact" ? CannMethod::kExact : method == "ivf" ? CannMethod::kIvf : CannMethod::kGrid;
+}
+
 CannKernel MakeKernel(const std::string& name, double p0, double p1, double sigma) {
   CannKernel k;
   PYL_CHECK(name == "cann" || name == "gaussian", "kernel must be 'cann' or 'gaussian', got '",
@@ -68,11 +74,16 @@ void BindCann(py::module_& m) {
   cann_index
       .def(py::init<int64_t>(), py::arg("dim"))
       .def_property_readonly("dim", &CannIndex::dim)
-      .def_property_readonly("ntotal", &CannIndex::ntotal)
-      .def_property_readonly("num_images", &CannIndex::num_images)
+      .def_property_readonly("ntotal", WithoutGil(&CannIndex::ntotal))
+      .def_property_readonly("num_images", WithoutGil(&CannIndex::num_images))
       .def_property_readonly("dtype", [](const CannIndex& self) -> py::object {
-        if (!self.has_element()) return py::none();
-        return py::str(self.element() == knn::Element::kUInt8 ? "uint8" : "float32");
+        int element = -1;
+        {
+          ReleaseGil release(/*poll_interrupts=*/false);
+          if (self.has_element()) element = static_cast<int>(self.element());
+        }
+        if (element < 0) return py::none();
+        return py::str(element == static_cast<int>(knn::Element::kUInt8) ? "uint8" : "float32");
       })
       .def(
           "add",
@@ -101,7 +112,7 @@ void BindCann(py::module_& m) {
             }
             PYL_CHECK(ids.shape(0) == n, "image_ids must have one entry per descriptor: got ",
                       ids.shape(0), " for ", n);
-            py::gil_scoped_release release;
+            ReleaseGil release;
             self.Add(data, element, ids.data(), n);
           },
           py::arg("descriptors"), py::arg("image_ids"))
@@ -109,21 +120,21 @@ void BindCann(py::module_& m) {
           "remove_images",
           [](CannIndex& self, const py::object& ids) {
             auto a = CheckArray<int64_t>(ids, "image_ids", 1);
-            py::gil_scoped_release release;
+            ReleaseGil release;
             return self.RemoveImages(a.data(), a.shape(0));
           },
           py::arg("image_ids"))
-      .def("reset", &CannIndex::Reset, py::call_guard<py::gil_scoped_release>())
+      .def("reset", &CannIndex::Reset, py::call_guard<ReleaseGil>())
       .def("image_ids",
            [](const CannIndex& self) {
-             std::vector<int64_t> v = self.ImageIds();
+             std::vector<int64_t> v = WithoutGil(&CannIndex::ImageIds)(self);
              const py::ssize_t n = static_cast<py::ssize_t>(v.size());
              return MoveArray(std::move(v), {n});
            })
       .def(
           "train",
           [](CannIndex& self, int64_t nlist, int iterations, uint64_t seed, int64_t max_points_per_list) {
-            py::gil_scoped_release release;
+            ReleaseGil release;
             self.Train(nlist, iterations, seed, max_points_per_list, GetNumThreads());
           },
           py::arg("nlist"), py::arg("iterations") = 8, py::arg("seed") = 0,
@@ -139,18 +150,17 @@ void BindCann(py::module_& m) {
             p.cell_factor = cell_factor;
             p.max_bin = max_bin;
             p.seed = seed;
-            PYL_CHECK(num_grids >= 1 && num_radii >= 1 && dims >= 1 && dims <= self.dim() &&
-                          cell_factor > 0 && max_bin >= 1 && r_max > 0,
-                      "grid parameters: need num_grids, num_radii, max_bin >= 1, 1 <= dims <= dim, "
-                      "cell_factor > 0 and r_max > 0");
+            // The core checks the others against its bounds (cann::ValidateGridParams).
+            PYL_CHECK(r_max > 0, "grid r_max must be > 0, got ", r_max);
+            ReleaseGil release(/*poll_interrupts=*/false);
             self.SetGridParams(p, r_max);
           },
           py::arg("num_grids"), py::arg("num_radii"), py::arg("dims"), py::arg("cell_factor"),
           py::arg("max_bin"), py::arg("seed"), py::arg("r_max"))
-      .def_property_readonly("grid_memory_bytes", &CannIndex::GridMemoryBytes)
-      .def_property_readonly("memory_bytes", &CannIndex::MemoryBytes)
-      .def_property_readonly("is_trained", &CannIndex::is_trained)
-      .def_property_readonly("nlist", &CannIndex::nlist)
+      .def_property_readonly("grid_memory_bytes", WithoutGil(&CannIndex::GridMemoryBytes))
+      .def_property_readonly("memory_bytes", WithoutGil(&CannIndex::MemoryBytes))
+      .def_property_readonly("is_trained", WithoutGil(&CannIndex::is_trained))
+      .def_property_readonly("nlist", WithoutGil(&CannIndex::nlist))
       .def(
           "search",
           [](const CannIndex& self, const py::object& queries, int64_t k, const CannKernel& kernel,
@@ -163,7 +173,7 @@ void BindCann(py::module_& m) {
             float* sp = scores.mutable_data();
             int64_t* ip = ids.mutable_data();
             {
-              py::gil_scoped_release release;
+              ReleaseGil release;
               Search(self, method, rows.data(), nq, k, kernel, nprobe, sp, ip, GetNumThreads());
             }
             return py::make_tuple(scores, ids);
@@ -188,27 +198,18 @@ void BindCann(py::module_& m) {
             py::array_t<int64_t> ids({n, k});
             float* sp = scores.mutable_data();
             int64_t* ip = ids.mutable_data();
+            std::vector<const float*> ptrs;
+            for (const auto& r : rows) ptrs.push_back(r.data());
+            const CannMethod m = ParseMethod(method);
             {
-              py::gil_scoped_release release;
-              // Many query images: one per thread, each searched single-threaded.
-              const int threads = GetNumThreads();
-              if (n >= threads) {
-                ParallelFor(n, threads, [&](int64_t i, int) {
-                  Search(self, method, rows[static_cast<size_t>(i)].data(), nq[static_cast<size_t>(i)], k, kernel,
-                         nprobe, sp + i * k, ip + i * k, 1);
-                });
-              } else {
-                for (int64_t i = 0; i < n; ++i) {
-                  Search(self, method, rows[static_cast<size_t>(i)].data(), nq[static_cast<size_t>(i)], k, kernel,
-                         nprobe, sp + i * k, ip + i * k, threads);
-                }
-              }
+              ReleaseGil release;
+              self.SearchBatch(m, ptrs, nq, k, kernel, nprobe, sp, ip, GetNumThreads());
             }
             return py::make_tuple(scores, ids);
           },
           py::arg("query_sets"), py::arg("k"), py::arg("kernel"), py::arg("method"), py::arg("nprobe"))
-      .def("save", &CannIndex::Save, py::arg("path"), py::call_guard<py::gil_scoped_release>())
-      .def_static("load", &CannIndex::Load, py::arg("path"), py::call_guard<py::gil_scoped_release>());
+      .def("save", &CannIndex::Save, py::arg("path"), py::call_guard<ReleaseGil>())
+      .def_static("load", &CannIndex::Load, py::arg("path"), py::call_guard<ReleaseGil>());
   BindSerialization(cann_index);
 }
 

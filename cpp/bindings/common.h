@@ -1,5 +1,5 @@
 // Helpers shared by the binding files: numpy argument checks whose messages say the fix,
-// and arrays that keep a C++ owner alive.
+// arrays that keep a C++ owner alive, and the one way to release the GIL.
 #pragma once
 
 #include <pybind11/numpy.h>
@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,50 @@ namespace pylocalize {
 namespace bindings {
 
 namespace py = pybind11;
+
+// Releases the GIL for its lifetime; use it instead of py::gil_scoped_release (and as
+// py::call_guard<ReleaseGil>) in every binding.
+//
+// Lock order (see cpp/pylocalize/util/threads.h): release the GIL before taking an index
+// lock, never take the GIL while holding one. So Ctrl-C cannot be polled with
+// PyErr_CheckSignals inside the core. Instead, on the Python main thread this scope puts
+// a C SIGINT handler in front of Python's: it raises a process-wide flag, then calls
+// Python's handler so Python's own pending-signal state stays right. The core's interrupt
+// hook reads that flag, and only on a thread inside such a scope: a call from another
+// thread is not stopped by Ctrl-C (Python delivers Ctrl-C to the main thread only). When
+// the scope ends the GIL is re-acquired and the previous handler restored. The
+// Interrupted translator then runs Python's handler (PyErr_CheckSignals), so the
+// exception is the one that handler raises (KeyboardInterrupt, or the user's own).
+//
+// poll_interrupts = false skips the handler swap (a few sigaction calls) for calls that
+// never loop, such as ntotal: they only release the GIL so that waiting for the index
+// lock cannot deadlock.
+class ReleaseGil {
+ public:
+  ReleaseGil() : ReleaseGil(true) {}
+  explicit ReleaseGil(bool poll_interrupts);
+  ~ReleaseGil();
+  ReleaseGil(const ReleaseGil&) = delete;
+  ReleaseGil& operator=(const ReleaseGil&) = delete;
+
+ private:
+  bool installed_ = false;         // this scope put the SIGINT handler in place
+  bool outer_interruptible_ = false;
+  std::optional<py::gil_scoped_release> release_;
+};
+
+// Called once at module import: records the main thread and installs the core's hook.
+void InitInterrupts();
+
+// A getter that takes the index lock, bound with the GIL released (it may wait for a
+// long add or train to finish).
+template <class Self, class R>
+auto WithoutGil(R (Self::*getter)() const) {
+  return [getter](const Self& self) {
+    ReleaseGil release(/*poll_interrupts=*/false);
+    return (self.*getter)();
+  };
+}
 
 template <typename T>
 const char* DTypeName() {
@@ -74,7 +119,7 @@ void BindSerialization(py::class_<Index, Extra...>& cls) {
           [](const Index& self) {
             std::vector<uint8_t> b;
             {
-              py::gil_scoped_release release;
+              ReleaseGil release;
               b = self.Serialize();
             }
             const py::ssize_t n = static_cast<py::ssize_t>(b.size());
@@ -83,7 +128,7 @@ void BindSerialization(py::class_<Index, Extra...>& cls) {
       .def_static("deserialize", [](const py::object& data) {
         auto a = CheckArray<uint8_t>(data, "data", 1);
         std::vector<uint8_t> bytes(a.data(), a.data() + a.size());
-        py::gil_scoped_release release;
+        ReleaseGil release;
         return Index::Deserialize(std::move(bytes));
       });
 }

@@ -39,13 +39,13 @@ template <class Index>
 void BindIdsAndPersistence(py::class_<Index>& cls) {
   cls.def("ids",
           [](const Index& self) {
-            std::vector<int64_t> v = self.Ids();
+            std::vector<int64_t> v = WithoutGil(&Index::Ids)(self);
             const py::ssize_t n = static_cast<py::ssize_t>(v.size());
             return MoveArray(std::move(v), {n});
           })
-      .def("save", &Index::Save, py::arg("path"), py::call_guard<py::gil_scoped_release>())
+      .def("save", &Index::Save, py::arg("path"), py::call_guard<ReleaseGil>())
       .def_static("load", &Index::Load, py::arg("path"), py::arg("mmap") = false,
-                  py::call_guard<py::gil_scoped_release>());
+                  py::call_guard<ReleaseGil>());
   BindSerialization(cls);
 }
 
@@ -57,14 +57,14 @@ void BindHamming(py::module_& m) {
       .def(py::init<int64_t>(), py::arg("nbits"))
       .def_property_readonly("nbits", &BinaryIndex::nbits)
       .def_property_readonly("code_size", &BinaryIndex::code_size)
-      .def_property_readonly("ntotal", &BinaryIndex::ntotal)
+      .def_property_readonly("ntotal", WithoutGil(&BinaryIndex::ntotal))
       .def(
           "add",
           [](BinaryIndex& self, const py::object& codes, const py::object& ids) {
             auto c = CheckArray<uint8_t>(codes, "codes", 2, self.code_size());
             py::array_t<int64_t> keep;
             const int64_t* idp = OptionalIds(ids, c.shape(0), &keep);
-            py::gil_scoped_release release;
+            ReleaseGil release;
             self.Add(c.data(), c.shape(0), idp);
           },
           py::arg("codes"), py::arg("ids") = py::none())
@@ -79,7 +79,7 @@ void BindHamming(py::module_& m) {
             int32_t* dp = d.mutable_data();
             int64_t* ip = i.mutable_data();
             {
-              py::gil_scoped_release release;
+              ReleaseGil release;
               self.Search(q.data(), nq, k, dp, ip);
             }
             return py::make_tuple(d, i);
@@ -91,7 +91,7 @@ void BindHamming(py::module_& m) {
             auto q = CheckArray<uint8_t>(queries, "queries", 2, self.code_size());
             hamming::RangeResult r;
             {
-              py::gil_scoped_release release;
+              ReleaseGil release;
               r = self.RangeSearch(q.data(), q.shape(0), radius);
             }
             return RangeToPython(std::move(r));
@@ -101,14 +101,14 @@ void BindHamming(py::module_& m) {
           "remove_ids",
           [](BinaryIndex& self, const py::object& ids) {
             auto a = CheckArray<int64_t>(ids, "ids", 1);
-            py::gil_scoped_release release;
+            ReleaseGil release;
             return self.RemoveIds(a.data(), a.shape(0));
           },
           py::arg("ids"))
-      .def("reset", &BinaryIndex::Reset, py::call_guard<py::gil_scoped_release>())
+      .def("reset", &BinaryIndex::Reset, py::call_guard<ReleaseGil>())
       .def("codes",
            [](const BinaryIndex& self) {
-             std::vector<uint8_t> c = self.Codes();
+             std::vector<uint8_t> c = WithoutGil(&BinaryIndex::Codes)(self);
              const py::ssize_t n = static_cast<py::ssize_t>(c.size()) / self.code_size();
              return MoveArray(std::move(c), {n, static_cast<py::ssize_t>(self.code_size())});
            });
@@ -120,8 +120,8 @@ void BindHamming(py::module_& m) {
       .def_property_readonly("dim", &MultiBitIndex::dim)
       .def_property_readonly("bits_per_dim", &MultiBitIndex::bits_per_dim)
       .def_property_readonly("code_size", &MultiBitIndex::code_size)
-      .def_property_readonly("ntotal", &MultiBitIndex::ntotal)
-      .def_property_readonly("has_vectors", &MultiBitIndex::has_vectors)
+      .def_property_readonly("ntotal", WithoutGil(&MultiBitIndex::ntotal))
+      .def_property_readonly("has_vectors", WithoutGil(&MultiBitIndex::has_vectors))
       .def(
           "add",
           [](MultiBitIndex& self, const py::object& codes, const py::object& ids,
@@ -139,7 +139,7 @@ void BindHamming(py::module_& m) {
               CheckFinite(v.data(), v.size(), "vectors");
               vp = v.data();
             }
-            py::gil_scoped_release release;
+            ReleaseGil release;
             self.Add(c.data(), n, idp, vp);
           },
           py::arg("codes"), py::arg("ids") = py::none(), py::arg("vectors") = py::none())
@@ -163,7 +163,7 @@ void BindHamming(py::module_& m) {
             float* sp = s.mutable_data();
             int64_t* ip = i.mutable_data();
             {
-              py::gil_scoped_release release;
+              ReleaseGil release;
               self.Search(q.data(), nq, k, qvp, rerank, candidates, sp, ip);
             }
             return py::make_tuple(s, i);
@@ -171,7 +171,7 @@ void BindHamming(py::module_& m) {
           py::arg("query_codes"), py::arg("k"),
           py::arg("query_vectors") = py::none(), py::arg("rerank") = 0,
           py::arg("candidates") = 0)
-      .def("reset", &MultiBitIndex::Reset, py::call_guard<py::gil_scoped_release>());
+      .def("reset", &MultiBitIndex::Reset, py::call_guard<ReleaseGil>());
   BindIdsAndPersistence(multibit);
 
   m.def(
@@ -186,7 +186,7 @@ void BindHamming(py::module_& m) {
         py::array_t<uint8_t> codes({n, bits_per_dim * ((d + 7) / 8)});
         uint8_t* cp = codes.mutable_data();
         {
-          py::gil_scoped_release release;
+          ReleaseGil release;
           Binarize(a.data(), n, d, bits_per_dim, cp);
         }
         return codes;

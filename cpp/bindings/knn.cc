@@ -18,7 +18,7 @@ void BindKnn(py::module_& m) {
         knn::KMeansResult r;
         std::vector<int64_t> labels(static_cast<size_t>(n));
         {
-          py::gil_scoped_release release;
+          ReleaseGil release;
           r = knn::KMeans(a.data(), n, d, k, iterations, seed, max_points_per_centroid, GetNumThreads());
           knn::AssignNearest(r.centroids.data(), k, a.data(), n, d, labels.data(), nullptr, GetNumThreads());
         }
@@ -38,7 +38,7 @@ void BindKnn(py::module_& m) {
         int64_t* lp = labels.mutable_data();
         float* dp = dist.mutable_data();
         {
-          py::gil_scoped_release release;
+          ReleaseGil release;
           knn::AssignNearestM(c.data(), k, a.data(), n, c.shape(1), m, lp, dp, GetNumThreads());
         }
         return py::make_tuple(labels, dist);

@@ -108,7 +108,7 @@ void BindRender(py::module_& m) {
           }
         }
         {
-          py::gil_scoped_release release;
+          ReleaseGil release;
           render::RenderBatch(mesh, p.data(), n, o, t, GetNumThreads());
         }
         return result;

@@ -17,15 +17,6 @@ namespace pylocalize {
 namespace bindings {
 namespace {
 
-bool CheckSignals() {
-  py::gil_scoped_acquire gil;
-  if (PyErr_CheckSignals() != 0) {
-    PyErr_Clear();  // re-raised as KeyboardInterrupt by the Interrupted translator
-    return true;
-  }
-  return false;
-}
-
 py::dtype NumpyDType(DType t) {
   switch (t) {
     case DType::kUInt8: return py::dtype::of<uint8_t>();
@@ -76,7 +67,10 @@ void BindUtil(py::module_& m) {
     try {
       if (p) std::rethrow_exception(p);
     } catch (const Interrupted&) {
-      PyErr_SetNone(PyExc_KeyboardInterrupt);
+      // The SIGINT that stopped the call is still pending in Python: run its handler
+      // now, so the exception is the one it raises (KeyboardInterrupt, or a user
+      // handler's) and no second KeyboardInterrupt follows later.
+      if (PyErr_CheckSignals() == 0) PyErr_SetNone(PyExc_KeyboardInterrupt);
     } catch (const FormatError& e) {
       // Lenient decoding: a message must never turn a FormatError into UnicodeDecodeError.
       py::str message = py::reinterpret_steal<py::str>(
@@ -92,7 +86,7 @@ void BindUtil(py::module_& m) {
       }
     }
   });
-  SetInterruptHook(&CheckSignals);
+  InitInterrupts();
 
   m.def("simd_level", [] { return std::string(SimdLevelName(ActiveSimdLevel())); },
         "SIMD level the kernels use now.");
@@ -143,14 +137,14 @@ void BindUtil(py::module_& m) {
         if (path.is_none()) {
           std::vector<uint8_t> bytes;
           {
-            py::gil_scoped_release release;
+            ReleaseGil release;
             bytes = w.ToBytes();
           }
           const py::ssize_t n = static_cast<py::ssize_t>(bytes.size());
           return MoveArray(std::move(bytes), {n});
         }
         const std::string p = py::cast<std::string>(py::str(path));
-        py::gil_scoped_release release;
+        ReleaseGil release;
         w.WriteFile(p);
         return py::none();
       },
@@ -182,7 +176,7 @@ void BindUtil(py::module_& m) {
         const std::string p = py::cast<std::string>(py::str(source));
         Container c;
         {
-          py::gil_scoped_release release;
+          ReleaseGil release;
           c = Container::FromFile(p, mmap, verify);
         }
         return ContainerToPython(c);

@@ -31,6 +31,14 @@ class BinaryIndex:
         Code length in bits, a positive multiple of 8. 64, 128, 256, 512 and 1024 bits
         (and 192) have unrolled kernels; any other size uses the generic kernel.
 
+    Notes
+    -----
+    Thread safety: searches (``search``, ``range_search``) may run concurrently from
+    several threads with each other and with ``add``, ``remove_ids``, ``reset``, ``len``
+    and ``ntotal``. Changes are serialized by the index lock: a search sees the index as it
+    was before or after each change, never part of one. Every call releases the GIL while
+    it waits for that lock, and Ctrl-C stops a long call made from the main thread.
+
     Examples
     --------
     >>> import numpy as np, pylocalize
@@ -181,6 +189,14 @@ class MultiBitIndex:
         Dimension of the encoded vectors.
     bits_per_dim : int
         1 to 4 bits per dimension.
+
+    Notes
+    -----
+    Thread safety: searches may run concurrently from several threads with each other and
+    with ``add``, ``reset``, ``len`` and ``ntotal``. Changes are serialized by the index
+    lock: a search sees the index as it was before or after each change, never part of one.
+    Every call releases the GIL while it waits for that lock, and Ctrl-C stops a long call
+    made from the main thread.
     """
 
     def __init__(self, dim: int, bits_per_dim: int, *, _impl: Optional[_core.MultiBitIndex] = None):

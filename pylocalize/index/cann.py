@@ -45,6 +45,33 @@ from pylocalize.index._args import as_ids, int_scalar
 PathLike = Union[str, "os.PathLike[str]"]
 METHODS = ("exact", "ivf", "grid")
 GRID_DEFAULTS = dict(num_grids=16, num_radii=4, dims=8, cell_factor=0.5, max_bin=256, seed=0)
+# Bounds on the grid options, the same as the core's (cpp/pylocalize/cann/grid.h): memory
+# and build time grow with num_grids * num_radii * ntotal and recall saturates well before.
+# The core also refuses grids whose estimated size exceeds half of the machine's memory.
+GRID_LIMITS = dict(num_grids=1024, num_radii=16, total_grids=4096, dims=64)
+
+
+def _check_grid(grid: dict) -> None:
+    """Refuses grid options out of bounds before any grid is built (a typo such as
+    ``num_grids=10**6`` would otherwise fill memory at the first search)."""
+    for name in ("num_grids", "num_radii", "dims", "max_bin", "seed"):
+        value = grid[name]
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"grid {name} must be an int, got {value!r}")
+    for name in ("num_grids", "num_radii", "dims"):
+        if not 1 <= grid[name] <= GRID_LIMITS[name]:
+            raise ValueError(f"grid {name} must be in 1..{GRID_LIMITS[name]}, got {grid[name]}; "
+                             f"more adds memory and build time, not recall (try the default "
+                             f"{GRID_DEFAULTS[name]} or method='ivf')")
+    if grid["num_grids"] * grid["num_radii"] > GRID_LIMITS["total_grids"]:
+        raise ValueError(f"grid num_grids * num_radii must be <= {GRID_LIMITS['total_grids']}, got "
+                         f"{grid['num_grids']} * {grid['num_radii']}; lower one of them or use method='ivf'")
+    if grid["max_bin"] < 1:
+        raise ValueError(f"grid max_bin must be >= 1, got {grid['max_bin']}")
+    if not (np.isfinite(grid["cell_factor"]) and grid["cell_factor"] > 0):
+        raise ValueError(f"grid cell_factor must be > 0, got {grid['cell_factor']}")
+    if not 0 <= grid["seed"] < 2**64:
+        raise ValueError(f"grid seed must be in 0..2**64-1, got {grid['seed']}")
 
 
 class CANNIndex:
@@ -62,15 +89,28 @@ class CANNIndex:
     nprobe : int
         Lists probed per query feature (method "ivf").
     grid : dict, optional
-        Method "grid": ``num_grids`` (per radius, 16), ``num_radii`` (4, halving from the
-        kernel cutoff), ``dims`` (hashed projected dimensions, 8), ``cell_factor`` (cell
+        Method "grid": ``num_grids`` (per radius, 16, at most 1024), ``num_radii`` (4,
+        halving from the kernel cutoff, at most 16; ``num_grids * num_radii <= 4096``),
+        ``dims`` (hashed projected dimensions, 8, at most 64), ``cell_factor`` (cell
         size / radius, 0.5), ``max_bin`` (features kept per cell, 256), ``seed`` (0).
+        Out-of-bounds values raise ``ValueError``, and so does a first grid search whose
+        grids would take more than half of the machine's memory.
     kernel : {"cann", "gaussian"}
         The score kernel s(r).
     p0, p1 : float
         Parameters of the CANN kernel (s = 0 beyond p0).
     sigma : float
         Width of the Gaussian kernel ``exp(-r^2 / (2 sigma^2))``.
+
+    Notes
+    -----
+    Thread safety: searches (``search``, ``search_batch``) may run concurrently from
+    several threads with each other and with ``add``, ``remove_images``, ``reset``,
+    ``train``, ``len``, ``ntotal`` and the grid configuration. Changes are serialized by
+    the index lock: a search sees the index as it was before or after each change, never
+    part of one. Every call releases the GIL while it waits for that lock, and Ctrl-C stops
+    a long call (search, train, the grid build) made from the main thread. Changing the
+    attributes ``method`` or ``nprobe`` while another thread searches is not synchronized.
     """
 
     def __init__(self, dim: int, metric: str = "l2", method: str = "exact", kernel: str = "cann",
@@ -91,6 +131,7 @@ class CANNIndex:
         unknown = set(self.grid) - set(GRID_DEFAULTS)
         if unknown:
             raise ValueError(f"unknown grid options {sorted(unknown)}: use {sorted(GRID_DEFAULTS)}")
+        _check_grid(self.grid)
         self._grid_configured = False
 
     def _prepare(self) -> str:

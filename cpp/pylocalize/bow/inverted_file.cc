@@ -3,6 +3,7 @@
 #include <cmath>
 #include <limits>
 #include <map>
+#include <mutex>
 
 #include "pylocalize/util/check.h"
 #include "pylocalize/util/topk.h"
@@ -15,8 +16,19 @@ InvertedFile::InvertedFile(int64_t num_words) : num_words_(num_words) {
   postings_.resize(static_cast<size_t>(num_words));
 }
 
+int64_t InvertedFile::num_documents() const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  return static_cast<int64_t>(doc_ids_.size());
+}
+
+int64_t InvertedFile::num_entries() const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  return num_entries_;
+}
+
 void InvertedFile::Add(const int64_t* words, const float* weights, int64_t n, int64_t doc_id) {
-  PYL_CHECK(num_documents() < std::numeric_limits<int32_t>::max(), "too many documents");
+  std::unique_lock<std::shared_mutex> lock(mutex_);
+  PYL_CHECK(doc_ids_.size() < static_cast<size_t>(std::numeric_limits<int32_t>::max()), "too many documents");
   PYL_CHECK(doc_id >= 0, "doc_id must be >= 0 (-1 marks empty result slots), got ", doc_id);
   // Validate everything before touching the lists, so a bad call leaves the file unchanged.
   std::map<int64_t, float> merged;  // repeated words add up; ordered for determinism
@@ -37,6 +49,7 @@ void InvertedFile::Add(const int64_t* words, const float* weights, int64_t n, in
 void InvertedFile::Search(const int64_t* words, const float* weights, int64_t n, int64_t k, float* scores,
                           int64_t* ids) const {
   PYL_CHECK(k >= 1, "k must be >= 1, got ", k);
+  std::shared_lock<std::shared_mutex> lock(mutex_);
   std::vector<float> acc(doc_ids_.size(), 0.0f);
   for (int64_t i = 0; i < n; ++i) {
     PYL_CHECK(words[i] >= 0 && words[i] < num_words_, "word id ", words[i], " outside 0..", num_words_ - 1);

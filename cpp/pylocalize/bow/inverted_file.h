@@ -1,9 +1,12 @@
 // Inverted file over sparse bag-of-words vectors: documents (templates, images) are
 // scored against a query by the dot product of their word weights, visiting only the
 // posting lists of the query's words. Used for FoundPose's tf-idf template retrieval.
+// Searches take a shared lock and Add an exclusive one, so a search running without the
+// GIL never sees a half-added document.
 #pragma once
 
 #include <cstdint>
+#include <shared_mutex>
 #include <vector>
 
 namespace pylocalize {
@@ -14,9 +17,9 @@ class InvertedFile {
   explicit InvertedFile(int64_t num_words);
 
   int64_t num_words() const { return num_words_; }
-  int64_t num_documents() const { return static_cast<int64_t>(doc_ids_.size()); }
+  int64_t num_documents() const;
   // Stored (document, word) entries.
-  int64_t num_entries() const { return num_entries_; }
+  int64_t num_entries() const;
 
   // Adds one document: n (word, weight) pairs; repeated words add up. Zero weights are
   // skipped. doc_id is returned by Search.
@@ -36,6 +39,7 @@ class InvertedFile {
   int64_t num_entries_ = 0;
   std::vector<std::vector<Posting>> postings_;
   std::vector<int64_t> doc_ids_;
+  mutable std::shared_mutex mutex_;
 };
 
 }  // namespace bow

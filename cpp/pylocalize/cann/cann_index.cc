@@ -19,6 +19,8 @@ namespace {
 constexpr const char* kTag = "CANNIndex";
 constexpr int64_t kChunkFeatures = 4096;  // features per task: a tile that stays in L2
 constexpr int64_t kQueryGroup = 32;
+// Database blocks per DotTile in the exact search: ~8k features, a few ms per poll.
+constexpr int64_t kPieceBlocks = 2 * kChunkFeatures / knn::kBlock;
 
 }  // namespace
 
@@ -194,6 +196,7 @@ std::shared_ptr<const CannIndex::Layout> CannIndex::GetLayout() const {
   L->blocks.assign(static_cast<size_t>(nblocks * dim_ * knn::kBlock) * es, 0);
   L->norms.assign(static_cast<size_t>(nblocks * knn::kBlock), 0.0f);
   for (int64_t pos = 0; pos < n; ++pos) {
+    if ((pos & 65535) == 65535) InterruptPoint();  // millions of features take a while
     const int64_t src = order[static_cast<size_t>(pos)];
     const uint8_t* row = rows_.data() + static_cast<size_t>(src * dim_) * es;
     const int64_t b = pos / knn::kBlock, lane = pos % knn::kBlock;
@@ -221,7 +224,13 @@ void CannIndex::SearchExact(const float* queries, int64_t nq, int64_t k, const C
                             float* scores, int64_t* out_ids, int num_threads) const {
   PYL_CHECK(k >= 1, "k must be >= 1, got ", k);
   kernel.Validate();
-  const std::shared_ptr<const Layout> L = GetLayout();
+  SearchExactIn(*GetLayout(), queries, nq, k, kernel, scores, out_ids, num_threads);
+}
+
+void CannIndex::SearchExactIn(const Layout& layout, const float* queries, int64_t nq, int64_t k,
+                              const CannKernel& kernel, float* scores, int64_t* out_ids,
+                              int num_threads) const {
+  const Layout* const L = &layout;
   const int64_t num_images = static_cast<int64_t>(L->images.size());
   std::vector<double> total(static_cast<size_t>(num_images), 0.0);
   if (nq > 0 && num_images > 0) {
@@ -240,23 +249,44 @@ void CannIndex::SearchExact(const float* queries, int64_t nq, int64_t k, const C
       const int64_t i0 = chunk_start[static_cast<size_t>(c)], i1 = chunk_start[static_cast<size_t>(c + 1)];
       const int64_t f0 = L->offsets[static_cast<size_t>(i0)], f1 = L->offsets[static_cast<size_t>(i1)];
       const int64_t b0 = f0 / knn::kBlock, b1 = (f1 + knn::kBlock - 1) / knn::kBlock;
-      const int64_t ld = (b1 - b0) * knn::kBlock;
+      // A chunk may end with one huge image: its blocks are scanned in pieces of at most
+      // kPieceBlocks (one tile each, a poll for Ctrl-C between them), and each (query
+      // feature, image) minimum is kept across pieces, so the time between polls and the
+      // tile size stay bounded whatever the image size.
+      const int64_t ld = std::min(b1 - b0, kPieceBlocks) * knn::kBlock;
+      const int64_t ni = i1 - i0;
       std::vector<float> tile(static_cast<size_t>(kQueryGroup * ld));
+      std::vector<float> best(static_cast<size_t>(kQueryGroup * ni));
       for (int64_t g = 0; g < nq; g += kQueryGroup) {
-        InterruptPoint();
         const int64_t ng = std::min(kQueryGroup, nq - g);
-        knn::DotTile(queries + g * dim_, ng, dim_,
-                     L->blocks.data() + static_cast<size_t>(b0 * dim_ * knn::kBlock) * es, L->element,
-                     b1 - b0, tile.data(), ld);
-        for (int64_t j = 0; j < ng; ++j) {
-          const float* row = tile.data() + j * ld;
-          const float qn = qnorm[static_cast<size_t>(g + j)];
-          for (int64_t i = i0; i < i1; ++i) {
-            float best = std::numeric_limits<float>::infinity();
-            for (int64_t f = L->offsets[static_cast<size_t>(i)]; f < L->offsets[static_cast<size_t>(i + 1)]; ++f) {
-              best = std::min(best, L->norms[static_cast<size_t>(f)] - 2.0f * row[f - b0 * knn::kBlock]);
+        std::fill(best.begin(), best.end(), std::numeric_limits<float>::infinity());
+        int64_t first = i0;  // the first image not wholly before the current piece
+        for (int64_t pb = b0; pb < b1; pb += kPieceBlocks) {
+          InterruptPoint();
+          const int64_t pe = std::min(b1, pb + kPieceBlocks);
+          knn::DotTile(queries + g * dim_, ng, dim_,
+                       L->blocks.data() + static_cast<size_t>(pb * dim_ * knn::kBlock) * es, L->element,
+                       pe - pb, tile.data(), ld);
+          const int64_t p0 = std::max(pb * knn::kBlock, f0), p1 = std::min(pe * knn::kBlock, f1);
+          for (int64_t j = 0; j < ng; ++j) {
+            const float* row = tile.data() + j * ld;
+            const int64_t row0 = pb * knn::kBlock;  // feature of row[0]
+            float* bj = best.data() + j * ni;
+            for (int64_t i = first; i < i1 && L->offsets[static_cast<size_t>(i)] < p1; ++i) {
+              const int64_t lo = std::max(L->offsets[static_cast<size_t>(i)], p0);
+              const int64_t hi = std::min(L->offsets[static_cast<size_t>(i + 1)], p1);
+              float m = bj[i - i0];
+              for (int64_t f = lo; f < hi; ++f) m = std::min(m, L->norms[static_cast<size_t>(f)] - 2.0f * row[f - row0]);
+              bj[i - i0] = m;
             }
-            const double r = std::sqrt(std::max(0.0, static_cast<double>(best) + qn));
+          }
+          while (first < i1 && L->offsets[static_cast<size_t>(first + 1)] <= p1) ++first;
+        }
+        for (int64_t j = 0; j < ng; ++j) {
+          const float qn = qnorm[static_cast<size_t>(g + j)];
+          const float* bj = best.data() + j * ni;
+          for (int64_t i = i0; i < i1; ++i) {
+            const double r = std::sqrt(std::max(0.0, static_cast<double>(bj[i - i0]) + qn));
             total[static_cast<size_t>(i)] += kernel(r);
           }
         }
@@ -373,7 +403,13 @@ void CannIndex::SearchIvf(const float* queries, int64_t nq, int64_t k, const Can
   PYL_CHECK(k >= 1, "k must be >= 1, got ", k);
   PYL_CHECK(nprobe >= 1, "nprobe must be >= 1, got ", nprobe);
   kernel.Validate();
-  const std::shared_ptr<const IvfLayout> L = GetIvfLayout(num_threads);
+  SearchIvfIn(*GetIvfLayout(num_threads), queries, nq, k, kernel, nprobe, scores, out_ids, num_threads);
+}
+
+void CannIndex::SearchIvfIn(const IvfLayout& layout, const float* queries, int64_t nq, int64_t k,
+                            const CannKernel& kernel, int64_t nprobe, float* scores, int64_t* out_ids,
+                            int num_threads) const {
+  const IvfLayout* const L = &layout;
   const int64_t nlist = static_cast<int64_t>(L->list_block.size()) - 1;
   const int64_t num_images = static_cast<int64_t>(L->images.size());
   std::vector<double> total(static_cast<size_t>(num_images), 0.0);
@@ -470,7 +506,11 @@ void CannIndex::SearchIvf(const float* queries, int64_t nq, int64_t k, const Can
 }
 
 void CannIndex::SetGridParams(const cann::GridParams& params, double r_max) {
+  cann::ValidateGridParams(params, dim_);
   std::unique_lock<std::shared_mutex> lock(mutex_);
+  // Refused here too (not only when the grids are built at the first search), so the
+  // error comes from the call that chose the parameters.
+  cann::CheckGridMemory(params, static_cast<int64_t>(image_ids_.size()), dim_);
   grid_params_ = params;
   grid_r_max_ = r_max;
   std::lock_guard<std::mutex> guard(layout_mutex_);
@@ -529,7 +569,13 @@ void CannIndex::SearchGrid(const float* queries, int64_t nq, int64_t k, const Ca
                            float* scores, int64_t* out_ids, int num_threads) const {
   PYL_CHECK(k >= 1, "k must be >= 1, got ", k);
   kernel.Validate();
-  const std::shared_ptr<const GridLayout> L = GetGridLayout(num_threads);
+  SearchGridIn(*GetGridLayout(num_threads), queries, nq, k, kernel, scores, out_ids, num_threads);
+}
+
+void CannIndex::SearchGridIn(const GridLayout& layout, const float* queries, int64_t nq, int64_t k,
+                             const CannKernel& kernel, float* scores, int64_t* out_ids,
+                             int num_threads) const {
+  const GridLayout* const L = &layout;
   const int64_t num_images = static_cast<int64_t>(L->images.size());
   std::vector<double> total(static_cast<size_t>(num_images), 0.0);
   if (nq > 0 && num_images > 0 && L->grids.built()) {
@@ -592,6 +638,39 @@ void CannIndex::SearchGrid(const float* queries, int64_t nq, int64_t k, const Ca
     }
   }
   TopImages(total, L->images, nq, k, scores, out_ids);
+}
+
+void CannIndex::SearchBatch(CannMethod method, const std::vector<const float*>& queries,
+                            const std::vector<int64_t>& nq, int64_t k, const CannKernel& kernel,
+                            int64_t nprobe, float* scores, int64_t* out_ids, int num_threads) const {
+  PYL_CHECK(k >= 1, "k must be >= 1, got ", k);
+  PYL_CHECK(nprobe >= 1 || method != CannMethod::kIvf, "nprobe must be >= 1, got ", nprobe);
+  PYL_CHECK(queries.size() == nq.size(), "one feature count per query image");
+  kernel.Validate();
+  const int64_t n = static_cast<int64_t>(queries.size());
+  if (n == 0) return;
+  // One snapshot of the index for the whole batch: a change made meanwhile by another
+  // thread is seen by every query image or by none.
+  std::shared_ptr<const Layout> exact;
+  std::shared_ptr<const IvfLayout> ivf;
+  std::shared_ptr<const GridLayout> grid;
+  if (method == CannMethod::kExact) exact = GetLayout();
+  if (method == CannMethod::kIvf) ivf = GetIvfLayout(num_threads);
+  if (method == CannMethod::kGrid) grid = GetGridLayout(num_threads);
+  auto one = [&](int64_t i, int threads) {
+    const float* q = queries[static_cast<size_t>(i)];
+    const int64_t m = nq[static_cast<size_t>(i)];
+    if (exact != nullptr) SearchExactIn(*exact, q, m, k, kernel, scores + i * k, out_ids + i * k, threads);
+    if (ivf != nullptr) SearchIvfIn(*ivf, q, m, k, kernel, nprobe, scores + i * k, out_ids + i * k, threads);
+    if (grid != nullptr) SearchGridIn(*grid, q, m, k, kernel, scores + i * k, out_ids + i * k, threads);
+  };
+  const int threads = num_threads > 0 ? num_threads : GetNumThreads();
+  if (n >= threads) {
+    // Many query images: one per thread, each searched single-threaded.
+    ParallelFor(n, threads, [&](int64_t i, int) { one(i, 1); });
+  } else {
+    for (int64_t i = 0; i < n; ++i) one(i, threads);
+  }
 }
 
 ContainerWriter CannIndex::Writer() const {

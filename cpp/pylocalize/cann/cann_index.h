@@ -29,6 +29,7 @@
 namespace pylocalize {
 
 enum class CannKernelType : int { kCann = 0, kGaussian = 1 };
+enum class CannMethod : int { kExact = 0, kIvf = 1, kGrid = 2 };
 
 // s(r). kCann: max(0, 1 - (r/p0)^(p1/(1-p1)))^((1-p1)/p1), zero beyond p0 (the paper's,
 // p0 = 120, p1 = 0.4592 for SIFT-scale descriptors). kGaussian: exp(-r^2 / (2 sigma^2)).
@@ -87,6 +88,13 @@ class CannIndex {
   void SearchGrid(const float* queries, int64_t nq, int64_t k, const CannKernel& kernel,
                   float* scores, int64_t* image_ids, int num_threads) const;
   int64_t GridMemoryBytes() const;
+
+  // Many query images (queries[i]: nq[i] x dim float32) by one method, against one
+  // snapshot of the index; scores and image_ids are n x k. Many images run one per
+  // thread, a few each on every thread.
+  void SearchBatch(CannMethod method, const std::vector<const float*>& queries,
+                   const std::vector<int64_t>& nq, int64_t k, const CannKernel& kernel,
+                   int64_t nprobe, float* scores, int64_t* image_ids, int num_threads) const;
   // Bytes held now: stored features and ids, and every search layout built so far.
   int64_t MemoryBytes() const;
 
@@ -102,6 +110,14 @@ class CannIndex {
   std::shared_ptr<const GridLayout> GetGridLayout(int num_threads) const;
   std::shared_ptr<const Layout> GetLayout() const;
   std::shared_ptr<const IvfLayout> GetIvfLayout(int num_threads) const;
+  // The searches on a given snapshot (the public ones take the current one).
+  void SearchExactIn(const Layout& L, const float* queries, int64_t nq, int64_t k,
+                     const CannKernel& kernel, float* scores, int64_t* image_ids, int num_threads) const;
+  void SearchIvfIn(const IvfLayout& L, const float* queries, int64_t nq, int64_t k,
+                   const CannKernel& kernel, int64_t nprobe, float* scores, int64_t* image_ids,
+                   int num_threads) const;
+  void SearchGridIn(const GridLayout& L, const float* queries, int64_t nq, int64_t k,
+                    const CannKernel& kernel, float* scores, int64_t* image_ids, int num_threads) const;
   // Rows as float32 (widened from uint8), insertion order.
   std::vector<float> FloatRows() const;
   void TopImages(const std::vector<double>& total, const std::vector<int64_t>& images,

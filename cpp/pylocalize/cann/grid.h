@@ -13,7 +13,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <unordered_map>
 #include <vector>
 
 namespace pylocalize {
@@ -27,6 +26,23 @@ struct GridParams {
   int64_t max_bin = 256;      // features kept per cell
   uint64_t seed = 0;
 };
+
+// Bounds on GridParams. Every grid holds each feature once and is built and probed in
+// full, so memory and build time grow with num_grids * num_radii * n; recall saturates
+// long before these values (benchmarks/bench_cann.py), and past them a typo (10**6 grids)
+// would fill memory for minutes. pylocalize/index/cann.py mirrors them.
+constexpr int kMaxGridsPerRadius = 1024;
+constexpr int kMaxRadii = 16;
+constexpr int kMaxTotalGrids = 4096;  // num_grids * num_radii
+constexpr int kMaxGridDims = 64;
+
+// Throws std::invalid_argument (ValueError) naming the fix unless params are in bounds
+// for descriptors of `dim` dimensions.
+void ValidateGridParams(const GridParams& params, int64_t dim);
+// About the bytes the grids over n features take (cell tables, members, projections).
+int64_t EstimateGridBytes(const GridParams& params, int64_t n, int64_t dim);
+// Throws std::invalid_argument when EstimateGridBytes exceeds half of physical memory.
+void CheckGridMemory(const GridParams& params, int64_t n, int64_t dim);
 
 class RandomGrids {
  public:
@@ -45,7 +61,11 @@ class RandomGrids {
   struct Grid {
     std::vector<float> projection;  // dims x dim, scaled by 1 / cell size
     std::vector<float> shift;       // dims, in cells
-    std::unordered_map<uint64_t, std::pair<uint32_t, uint32_t>> cells;  // key -> range in members
+    // Cell key -> range in members, an open-addressing table (linear probing, a power-of-two
+    // size, an empty range marks a free slot): a few flat arrays per grid rather than a
+    // node per cell, so a build stopped by Ctrl-C frees its grids at once.
+    std::vector<uint64_t> slot_key;
+    std::vector<std::pair<uint32_t, uint32_t>> slot_range;
     std::vector<int32_t> members;
   };
   uint64_t Key(const Grid& grid, const float* x) const;

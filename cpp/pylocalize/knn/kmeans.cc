@@ -117,6 +117,7 @@ KMeansResult KMeans(const float* x, int64_t n, int64_t dim, int64_t k, int itera
     for (int64_t i = 0; i < ns; ++i) sum += d2[static_cast<size_t>(i)] = sqdist(xs.data() + i * dim, xs.data() + first * dim);
     std::vector<double> cand_d2(static_cast<size_t>(ns)), best_d2(static_cast<size_t>(ns));
     for (int64_t c = 1; c < k; ++c) {
+      InterruptPoint();  // seeding is serial and can take seconds for many lists
       double best_sum = std::numeric_limits<double>::infinity();
       int64_t best_pick = 0;
       for (int t = 0; t < trials; ++t) {
@@ -154,6 +155,7 @@ KMeansResult KMeans(const float* x, int64_t n, int64_t dim, int64_t k, int itera
   std::vector<int64_t> labels(static_cast<size_t>(ns));
   std::vector<float> dist(static_cast<size_t>(ns));
   for (int it = 0; it <= iterations; ++it) {
+    InterruptPoint();
     AssignNearest(result.centroids.data(), k, xs.data(), ns, dim, labels.data(), dist.data(), num_threads);
     result.inertia = std::accumulate(dist.begin(), dist.end(), 0.0);
     if (it == iterations) break;

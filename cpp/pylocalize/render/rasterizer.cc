@@ -137,6 +137,7 @@ void RasterizeTriangle(Projected v0, Projected v1, Projected v2, const float (*c
   const float inv_near = static_cast<float>(1.0 / cam.near_plane);
   const float inv_far = static_cast<float>(1.0 / cam.far_plane);
   for (int y = y_lo; y <= y_hi; ++y) {
+    if (((y - y_lo) & 63) == 63) InterruptPoint();  // one face can cover a huge image
     double e[3];
     for (int i = 0; i < 3; ++i) e[i] = a[i] * x_lo + b[i] * y + c[i];
     const size_t row = static_cast<size_t>(y) * static_cast<size_t>(cam.w);
@@ -309,6 +310,7 @@ void RenderRows(const MeshView& m, const Pose& pose, const RenderOptions& o, int
   double bx0 = 1e300, bx1 = -1e300, by0 = 1e300, by1 = -1e300;
   bool behind = false;
   for (int64_t i = 0; i < m.num_vertices; ++i) {
+    if ((i & 16383) == 16383) InterruptPoint();
     const Vec3 p = pose.Apply(Load3(m.vertices, i));
     sc->cam[static_cast<size_t>(i)] = p;
     if (p.z < near_z) {
@@ -338,6 +340,8 @@ void RenderRows(const MeshView& m, const Pose& pose, const RenderOptions& o, int
       std::fill(g->face.begin() + row + region.x0, g->face.begin() + row + region.x1 + 1, -1);
     }
     for (int64_t f = 0; f < m.num_faces; ++f) {
+      // Per block of faces, so Ctrl-C stops a big mesh within milliseconds.
+      if ((f & 1023) == 1023) InterruptPoint();
       const int32_t* idx = m.faces + 3 * f;
       const Vec3& p0 = sc->cam[idx[0]];
       const Vec3& p1 = sc->cam[idx[1]];
@@ -371,6 +375,7 @@ void RenderRows(const MeshView& m, const Pose& pose, const RenderOptions& o, int
   const int center = s / 2;
   const float inv_samples = 1.0f / static_cast<float>(s * s);
   for (int v = r0; v < r1; ++v) {
+    InterruptPoint();
     const int sy0 = v * s - row0;
     const bool row_in = !region.empty() && sy0 + s - 1 >= region.y0 && sy0 <= region.y1;
     for (int u = 0; u < o.width; ++u) {

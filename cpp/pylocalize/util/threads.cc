@@ -1,7 +1,6 @@
 #include "pylocalize/util/threads.h"
 
 #include <atomic>
-#include <chrono>
 #include <mutex>
 #include <thread>
 
@@ -17,25 +16,23 @@ namespace {
 std::atomic<int> g_num_threads{-1};
 std::atomic<bool (*)()> g_interrupt_hook{nullptr};
 
-using Clock = std::chrono::steady_clock;
-
 // The state of the innermost ParallelFor a thread is working for.
 struct LoopState {
   std::atomic<bool> stop{false};
   std::atomic<bool> interrupted{false};
-  Clock::time_point last_poll = Clock::now();
+  LoopState* parent = nullptr;  // the loop whose item started this one, if nested
 };
 thread_local LoopState* t_loop = nullptr;
 thread_local int t_tid = 0;
 
 struct Abandon {};  // unwinds an item once the loop is stopping
 
-// Polls the hook from the calling thread at most every 50 ms.
-bool PollThrottled(LoopState* s) {
-  const auto now = Clock::now();
-  if (now - s->last_poll < std::chrono::milliseconds(50)) return false;
-  s->last_poll = now;
-  return PollInterrupt();
+// True when this loop or one that encloses it is stopping.
+bool Stopping(const LoopState* s) {
+  for (; s != nullptr; s = s->parent) {
+    if (s->stop.load(std::memory_order_relaxed)) return true;
+  }
+  return false;
 }
 
 }  // namespace
@@ -72,11 +69,13 @@ void InterruptPoint() {
     if (PollInterrupt()) throw Interrupted();
     return;
   }
-  if (t_tid == 0 && PollThrottled(s)) {
+  // The hook answers true only on the thread that made the call (thread 0 of the
+  // outermost loop); other threads learn it from the stop flags.
+  if (t_tid == 0 && PollInterrupt()) {
     s->interrupted = true;
     s->stop = true;
   }
-  if (s->stop.load(std::memory_order_relaxed)) throw Abandon();
+  if (Stopping(s)) throw Abandon();
 }
 
 void ParallelFor(int64_t n, int num_threads, const std::function<void(int64_t, int)>& fn) {
@@ -87,16 +86,17 @@ void ParallelFor(int64_t n, int num_threads, const std::function<void(int64_t, i
   std::mutex error_mutex;
   LoopState state;
   LoopState* const outer_loop = t_loop;
+  state.parent = outer_loop;
   const int outer_tid = t_tid;
 
   auto body = [&](int64_t i, int tid) {
-    if (state.stop.load(std::memory_order_relaxed)) return;
+    if (Stopping(&state)) return;
     LoopState* const saved = t_loop;
     const int saved_tid = t_tid;
     t_loop = &state;
     t_tid = tid;
     try {
-      if (tid == 0 && PollThrottled(&state)) {
+      if (tid == 0 && PollInterrupt()) {
         state.interrupted = true;
         state.stop = true;
       } else {
@@ -127,6 +127,9 @@ void ParallelFor(int64_t n, int num_threads, const std::function<void(int64_t, i
   t_tid = outer_tid;
   if (error) std::rethrow_exception(error);
   if (state.interrupted) throw Interrupted();
+  // Items were skipped because the enclosing loop is stopping: the result is incomplete,
+  // so unwind the enclosing item (its ParallelFor absorbs Abandon) instead of returning it.
+  if (Stopping(outer_loop)) throw Abandon();
 }
 
 }  // namespace pylocalize
