@@ -328,26 +328,33 @@ os._exit(1)  # a crash before save
 
 
 def test_two_stage_second_writer_is_refused(tmp_path):
+    """One writer per folder while it has changes to commit; a writer whose folder moved
+    on since it loaded or saved is refused; a save lets the next writer in."""
     p = tmp_path / "ts"
     first = TwoStageIndex(p, 16)
     first.add(_vectors(10))
-    first.save()
     with pytest.raises(RuntimeError, match=f"{p}.*close the other index"):
-        TwoStageIndex(p, 16)
+        TwoStageIndex(p, 16)  # first has uncommitted vectors
+    first.save()
     reader = TwoStageIndex.load(p)  # readers take no lock
     assert len(reader) == 10
+    first.add(_vectors(5, seed=1))
     with pytest.raises(RuntimeError, match="close the other index"):
         reader.add(_vectors(2))
-    first.add(_vectors(5, seed=1))
     first.save()
-    first.close()
     with pytest.raises(RuntimeError, match="load it again"):  # the folder moved on since it was loaded
         reader.add(_vectors(2))
     assert len(reader) == 10
     writer = TwoStageIndex.load(p)
     writer.add(_vectors(2))
     writer.save()
+    with pytest.raises(RuntimeError, match="load it again"):  # first saved before writer did
+        first.add(_vectors(1))
     assert len(TwoStageIndex.load(p)) == 17
+    second = TwoStageIndex(p, 16)  # after a save, a new index may start on the folder
+    second.add(_vectors(3, seed=2))
+    second.save()
+    assert len(TwoStageIndex.load(p)) == 3
 
 
 def test_two_stage_reader_survives_a_new_index_on_its_folder(tmp_path):

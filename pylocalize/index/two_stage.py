@@ -124,10 +124,11 @@ class TwoStageIndex:
     -----------
     - **One writer per folder.** A new index, or a loaded one on its first :meth:`add` or
       :meth:`save`, takes an exclusive ``flock`` on ``two_stage.lock`` in the folder and
-      holds it until :meth:`close` (or until the object is collected, or the process
-      ends). A second writer on the folder, in another process or another object of this
-      one, gets a ``RuntimeError`` naming the folder. A loaded index whose folder another
-      writer has saved to since is refused as a writer too (load it again).
+      holds it while it has changes to commit: until :meth:`save` commits them (or
+      :meth:`close`, or the object is collected, or the process ends). A second writer on
+      the folder meanwhile, in another process or another object of this one, gets a
+      ``RuntimeError`` naming the folder. An index whose folder another writer has saved to
+      since it loaded or saved is refused as a writer too (load it again).
     - **Readers take no lock.** A loaded index that only searches keeps valid mappings
       whatever a writer does: no file that may be mapped is ever truncated or rewritten (a
       new index writes a new vectors file; a save writes new codes and binarizer files and
@@ -282,6 +283,9 @@ class TwoStageIndex:
             self._committed = json.loads(data)
             keep = [codes_file, self._vectors_file] + ([self._binarizer_file] if self._binarizer_file else [])
             remove_unreferenced(self.path, _ANY_FILE, keep=keep, legacy=_LEGACY)
+            # Nothing left to commit: let another writer in. This object's next change takes
+            # the lock again and is refused if someone else has committed meanwhile.
+            self.close()
 
     # ------------------------------------------------------------------ reading
 
