@@ -188,14 +188,19 @@ def test_checkpoint_bit_flips_are_refused(tmp_path):
         load_checkpoint(tmp_path / "missing.pt", "Test")
 
 
+def _binarizer_dict(torch, rb) -> dict:
+    """The checkpoint dict of a RecurrentBinarizer (16 -> 16 dims, 2 bits, hidden 16)."""
+    return {"format": "pylocalize.RecurrentBinarizer", "version": 2, "dims": [16, 16, 2, 16],
+            "mean": torch.from_numpy(rb.mean), "key_projection": torch.from_numpy(rb.key_projection),
+            "state": rb.net.state_dict()}
+
+
 def test_checkpoints_saved_before_containers_still_load_and_are_verified(tmp_path):
     torch = pytest.importorskip("torch")
     from pylocalize.codes.learned import RecurrentBinarizer
 
     rb = RecurrentBinarizer(16, 16, 2, hidden=16, seed=0)
-    old = {"format": "pylocalize.RecurrentBinarizer", "version": 2, "dims": [16, 16, 2, 16],
-           "mean": torch.from_numpy(rb.mean), "key_projection": torch.from_numpy(rb.key_projection),
-           "state": rb.net.state_dict()}
+    old = _binarizer_dict(torch, rb)
     torch.save(old, tmp_path / "old.pt")  # the plain torch zip file pylocalize wrote before
     loaded = RecurrentBinarizer.load(tmp_path / "old.pt")
     x = np.random.default_rng(0).standard_normal((5, 16)).astype(np.float32)
@@ -216,9 +221,7 @@ def test_checkpoints_whose_contents_make_no_model_are_format_errors(tmp_path):
     from pylocalize.codes.learned import RecurrentBinarizer
 
     rb = RecurrentBinarizer(16, 16, 2, hidden=16, seed=0)
-    base = {"format": "pylocalize.RecurrentBinarizer", "version": 2, "dims": [16, 16, 2, 16],
-            "mean": torch.from_numpy(rb.mean), "key_projection": torch.from_numpy(rb.key_projection),
-            "state": rb.net.state_dict()}
+    base = _binarizer_dict(torch, rb)
     state = dict(rb.net.state_dict())
     missing = dict(state)
     missing.pop(next(iter(missing)))
