@@ -112,6 +112,41 @@ def test_atomic_write_leaves_no_temp(tmp_path):
         pylocalize.BinaryIndex(64).save(tmp_path / "no" / "such" / "dir.pyloc")
 
 
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_temp_files_of_killed_writers_are_removed(tmp_path):
+    """A save killed mid-write leaves '<target>.tmp-<pid>-<n>'; the next save of the same
+    target removes those of processes that no longer run, and leaves everything else."""
+    import os
+
+    from pylocalize.containers import write_bytes_atomic
+
+    target = tmp_path / "data.bin"
+    dead = _dead_pid()
+    stale = [f"data.bin.tmp-{dead}", f"data.bin.tmp-{dead}-7"]
+    kept = [f"data.bin.tmp-{os.getpid()}-99",  # a thread of ours may be writing it
+            f"data.bin.tmp-{os.getppid()}-1",  # a live process
+            "data.bin.tmp-abc", "other.bin.tmp-1-1", f"data.binx.tmp-{dead}"]
+    for name in stale + kept:
+        (tmp_path / name).write_bytes(b"partial")
+    write_bytes_atomic(target, b"new bytes")
+    assert target.read_bytes() == b"new bytes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + ["data.bin"])
+    write_bytes_atomic(target, np.arange(3, dtype=np.int32))  # any contiguous buffer
+    assert np.frombuffer(target.read_bytes(), np.int32).tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="it is a folder"):
+        write_bytes_atomic(tmp_path, b"x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + ["data.bin"])  # no temp left behind
+
+
 def test_read_layout_checks_kind_and_layout_version(tmp_path):
     from pylocalize import _core
     from pylocalize.containers import read_layout
