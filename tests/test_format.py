@@ -147,6 +147,17 @@ def test_stale_temp_files_of_killed_writers_are_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + ["data.bin"])  # no temp left behind
 
 
+def test_empty_section_with_a_huge_dimension_is_refused():
+    """Fault campaign finding: shape (0, 2**62) holds no bytes, so it passed the size checks,
+    and numpy then raised 'array is too big' (a ValueError, not FormatError) in the loaders."""
+    data = bytearray(_core.write_container(None, "T", {}, {"x": np.zeros((0, 4), np.float64)}))
+    struct.pack_into("<q", data, 64 + 40, 2**62)  # the section's second dimension
+    struct.pack_into("<I", data, 56, zlib.crc32(bytes(data[64:64 + 88])))
+    struct.pack_into("<I", data, 60, zlib.crc32(bytes(data[:60])))
+    with pytest.raises(pylocalize.FormatError, match="invalid shape"):
+        _core.read_container(np.frombuffer(bytes(data), np.uint8).copy())
+
+
 def test_read_layout_checks_kind_and_layout_version(tmp_path):
     from pylocalize import _core
     from pylocalize.containers import read_layout

@@ -359,10 +359,14 @@ void Container::Parse(const uint8_t* data, uint64_t size, bool verify, const std
                      "' has an unknown dtype or rank (corrupt)");
     v.dtype = static_cast<DType>(dt);
     uint64_t count = 1;
+    // The product of the non-zero dimensions must fit too: an empty section of shape
+    // (0, 2**62) holds no bytes, but numpy (like any reader) refuses to make such an array.
+    uint64_t extent = DTypeSize(v.dtype);
     for (uint32_t d = 0; d < ndim; ++d) {
       const int64_t s = Get<int64_t>(p + kKeySize + 8 + 8 * d);
-      PYL_CHECK_FORMAT(s >= 0 && (s == 0 || count <= (uint64_t{1} << 62) / static_cast<uint64_t>(s)),
+      PYL_CHECK_FORMAT(s >= 0 && (s == 0 || extent <= (uint64_t{1} << 62) / static_cast<uint64_t>(s)),
                        where, " section '", name, "' has an invalid shape (corrupt)");
+      if (s != 0) extent *= static_cast<uint64_t>(s);
       count *= static_cast<uint64_t>(s);
       v.shape.push_back(s);
     }
