@@ -2,12 +2,40 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 import pylocalize
 
 SIMD_LEVELS = pylocalize.supported_simd_levels()
+
+# Child processes run outside the checkout: `python -c` puts its working folder first on
+# sys.path, and the checkout's pylocalize/ has no compiled core where the package was
+# installed from it (as in CI).
+CHILD_CWD = tempfile.mkdtemp(prefix="pylocalize-tests-")
+
+
+def child_env() -> dict:
+    """Environment of a child Python that imports the same pylocalize as these tests."""
+    env = dict(os.environ)
+    package_parent = str(Path(pylocalize.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def python_child(code: str, *args: str, popen: bool = False, **kwargs):
+    """``python -c code args...`` with :func:`child_env` in :data:`CHILD_CWD`: a
+    ``CompletedProcess`` (``subprocess.run`` keywords), or a ``Popen`` with ``popen``."""
+    command = [sys.executable, "-c", code, *args]
+    kwargs.setdefault("env", child_env())
+    kwargs.setdefault("cwd", CHILD_CWD)
+    return subprocess.Popen(command, **kwargs) if popen else subprocess.run(command, **kwargs)
 INT32_MAX = np.iinfo(np.int32).max
 
 

@@ -15,9 +15,6 @@ with the threads' stacks and a failure instead of hanging the suite.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 import time
 import traceback
@@ -26,24 +23,20 @@ from pathlib import Path
 import numpy as np
 
 import pylocalize
-from conftest import brute_knn, hamming_matrix, random_codes
+from conftest import brute_knn, hamming_matrix, python_child, random_codes
 
 TESTS_DIR = Path(__file__).resolve().parent
 TIMEOUT_S = 60
 
 
 def run_scenario(name: str, timeout: int = TIMEOUT_S) -> str:
-    env = dict(os.environ)
-    root = str(Path(pylocalize.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
     code = ("import faulthandler, sys\n"
             f"faulthandler.dump_traceback_later({timeout}, exit=True)\n"
             f"sys.path.insert(0, {str(TESTS_DIR)!r})\n"
             "import test_concurrency as t\n"
             f"t.{name}()\n"
             "print('SCENARIO OK')\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=timeout + 30, env=env)
+    proc = python_child(code, capture_output=True, text=True, timeout=timeout + 30)
     assert proc.returncode == 0 and "SCENARIO OK" in proc.stdout, \
         f"rc {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout

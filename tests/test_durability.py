@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from pylocalize import FormatError, _core
 from pylocalize.geometry.camera import Camera
 from pylocalize.index.two_stage import TwoStageIndex
 from pylocalize.localization.map import Map, check_image_name, image_path
+from conftest import python_child
 
 CAMERA = "PINHOLE 640 480 500 500 320 240"
 
@@ -311,14 +310,15 @@ def test_two_stage_torn_tail_is_ignored(tmp_path):
         ts.add(x)
         ts.save()
     before = TwoStageIndex.load(p).search(x[:5], 3)
-    subprocess.run([sys.executable, "-c", f"""
+    crash = python_child(f"""
 import os, numpy as np
 from pylocalize.index.two_stage import TwoStageIndex
 ts = TwoStageIndex.load({str(p)!r}); ts.add(np.ones((5, 16), np.float32))
 with open(ts._vectors_path, "ab") as f:
     f.write(b"torn")  # half a vector more
-os._exit(1)  # a crash before save
-"""], check=False, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+os._exit(3)  # a crash before save
+""", capture_output=True, text=True)
+    assert crash.returncode == 3, crash.stderr  # it got as far as the crash
     loaded = TwoStageIndex.load(p)
     assert len(loaded) == 100
     for a, b in zip(before, loaded.search(x[:5], 3)):
@@ -501,9 +501,8 @@ def test_kill_during_save_leaves_the_old_or_the_new(tmp_path, kind):
         pytest.importorskip("torch")
     folder = tmp_path / kind
     folder.mkdir()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    run = subprocess.run([sys.executable, "-c", KILL_HELPER, kind, str(folder), "16", "20", __file__],
-                         capture_output=True, text=True, env=env, timeout=300)
+    run = python_child(KILL_HELPER, kind, str(folder), "16", "20", __file__, capture_output=True, text=True,
+                       timeout=300)
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout.strip().splitlines()[-1])
     assert all(o in ("A", "B") for o in report["outcomes"]), report["outcomes"]

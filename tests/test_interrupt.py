@@ -20,12 +20,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import pylocalize
+from conftest import python_child
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -47,20 +47,13 @@ def caught(exc):
 """
 
 
-def _env():
-    env = dict(os.environ)
-    root = str(Path(pylocalize.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
-    return env
-
-
 def run_child(body: str, delay: float = 0.6, timeout: float = 60.0) -> str:
     """Runs PRELUDE + body; once it prints READY, waits `delay` s and sends SIGINT.
     Returns the child's stdout (stderr is appended on failure)."""
     with tempfile.TemporaryDirectory() as tmp:
         stamp = os.path.join(tmp, "stamp")
-        proc = subprocess.Popen([sys.executable, "-c", PRELUDE + body, stamp], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=_env())
+        proc = python_child(PRELUDE + body, stamp, popen=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
         try:
             deadline = time.monotonic() + timeout
             line = ""
