@@ -454,13 +454,18 @@ class Worker:
 
     def _start(self) -> None:
         env = dict(os.environ, PYTHONFAULTHANDLER="1", OMP_NUM_THREADS="1")
+        # stderr goes to a file: a pipe nobody reads could fill and stall the worker
+        self.stderr = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker",
                                       "--extra-bytes", str(self.extra_bytes)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
                                      text=True, env=env)
         ready = self._read(120.0)
         if ready is None or not ready.get("ready"):
-            raise RuntimeError("the fuzz worker did not start")
+            self.proc.kill()
+            self.proc.wait()
+            self.stderr.seek(0)
+            raise RuntimeError("the fuzz worker did not start:\n" + self.stderr.read()[-2000:])
 
     def _read(self, timeout: float) -> Optional[dict]:
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
