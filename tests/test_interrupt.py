@@ -92,6 +92,7 @@ def assert_prompt(body: str, expected: str = "KeyboardInterrupt", tries: int = 2
         assert name == expected
         latencies.append(latency)
         if latency < LATENCY_BOUND_S:
+            print(f"Ctrl-C latency {latency * 1000:.0f} ms")  # shown with pytest -s (benchmarks/README.md)
             return latency
     raise AssertionError(f"Ctrl-C took {latencies} s to stop the call (bound {LATENCY_BOUND_S} s)")
 
