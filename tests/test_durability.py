@@ -302,6 +302,20 @@ def test_two_stage_flipped_vector_bit_is_refused(tmp_path):
         TwoStageIndex.load(tmp_path / "ts")
 
 
+def test_two_stage_edited_manifest_is_refused(tmp_path):
+    """Fault campaign finding: a flipped digit in two_stage.json (e.g. "candidates": 20 ->
+    28) loaded as another index. The manifest now carries its own CRC-32."""
+    with TwoStageIndex(tmp_path / "ts", 16, candidates=20) as ts:
+        ts.add(_vectors(50))
+        ts.save()
+    manifest = tmp_path / "ts" / "two_stage.json"
+    text = manifest.read_text()
+    assert '"candidates": 20' in text
+    manifest.write_text(text.replace('"candidates": 20', '"candidates": 28'))
+    with pytest.raises(FormatError, match="manifest's CRC-32"):
+        TwoStageIndex.load(tmp_path / "ts")
+
+
 def test_two_stage_torn_tail_is_ignored(tmp_path):
     """repro_two_stage_add_then_crash: vectors appended, then the process dies before save."""
     x = _vectors(100)

@@ -31,7 +31,7 @@ from pylocalize.index.binary import MultiBitIndex
 
 INFO_FILE = "two_stage.json"
 LOCK_FILE = "two_stage.lock"
-LAYOUT = 2  # manifest layout; 1 (no "layout" key): fixed file names, no checksum
+LAYOUT = 2  # manifest layout (with its own CRC-32); 1 (no "layout" key): fixed file names, no checksum
 # Layout-1 file names, still read (and a legacy vectors file is appended to in place)
 VECTORS_FILE = "vectors.f32"
 CODES_FILE = "codes.pyloc"
@@ -44,6 +44,12 @@ _NAMES = {"vectors_file": re.compile(r"^(vectors-[0-9a-f]{16}|vectors)\.f32$"),
 _ANY_FILE = re.compile(r"^(vectors-[0-9a-f]{16}\.f32|codes-[0-9a-f]{16}\.pyloc|binarizer-[0-9a-f]{16}\.pt)$")
 _LEGACY = (VECTORS_FILE, CODES_FILE, BINARIZER_FILE, INFO_FILE + ".tmp")
 _REBUILD = "build the index again (TwoStageIndex(...).add(vectors); save())"
+
+
+def _manifest_crc(info: dict) -> int:
+    """CRC-32 of a manifest's contents (every key but the checksum, in a canonical order)."""
+    body = {k: v for k, v in info.items() if k != "manifest_crc32"}
+    return zlib.crc32(json.dumps(body, sort_keys=True).encode("utf-8"))
 
 
 def _crc32_of_file(path: Path, nbytes: int) -> int:
@@ -278,6 +284,7 @@ class TwoStageIndex:
                     "center": None if self.center is None else self.center.tolist(),
                     "vectors_file": self._vectors_file, "vectors_crc32": self._crc, "codes_file": codes_file,
                     "binarizer_file": self._binarizer_file}
+            info["manifest_crc32"] = _manifest_crc(info)
             data = json.dumps(info).encode("utf-8")
             write_bytes_atomic(self.path / INFO_FILE, data)  # the commit
             self._committed = json.loads(data)
@@ -365,6 +372,11 @@ class TwoStageIndex:
         if layout not in (1, LAYOUT):
             raise FormatError(f"{path}: a TwoStageIndex of layout {layout}; this pylocalize reads layouts 1 and "
                               f"{LAYOUT}: upgrade pylocalize or {_REBUILD}")
+        if layout == LAYOUT and info.get("manifest_crc32") != _manifest_crc(info):
+            # a flipped digit in the manifest (a count, a centre value, "candidates") would
+            # otherwise load as another index
+            raise FormatError(f"{path / INFO_FILE}: the manifest's CRC-32 does not match its contents; the file is "
+                              f"damaged: {_REBUILD}")
         try:
             if layout == 1:
                 files = {"vectors_file": VECTORS_FILE, "codes_file": CODES_FILE,
