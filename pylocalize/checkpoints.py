@@ -77,7 +77,8 @@ def _verify_zip(path, kind: str) -> None:
 
 def _torch_source(path, kind: str):
     """What ``torch.load`` should read for the checkpoint at ``path``, once verified."""
-    from pylocalize import FormatError, _core
+    from pylocalize import FormatError
+    from pylocalize.containers import read_layout
 
     with open(path, "rb") as f:  # FileNotFoundError for a missing file, as documented
         head = f.read(len(_ZIP_MAGIC))
@@ -85,16 +86,12 @@ def _torch_source(path, kind: str):
         _verify_zip(path, kind)
         return os.fspath(path)
     try:
-        found, _, meta, sections = _core.read_container(os.fspath(path))
-    except FormatError as error:  # truncated, corrupt (CRC-32), or not a pylocalize file at all
+        _, sections = read_layout(path, CHECKPOINT_TAG, "checkpoint_version", CHECKPOINT_LAYOUT, f"a {kind} checkpoint",
+                                  f"upgrade pylocalize or save the {kind} again")
+    except FormatError as error:  # truncated, corrupt (CRC-32), another kind or layout
         raise FormatError(f"{path}: not a saved {kind} ({error})") from None
-    if found != CHECKPOINT_TAG:
-        raise FormatError(f"{path}: not a saved {kind} (it holds a {found})")
-    if meta.get("checkpoint_version") != CHECKPOINT_LAYOUT or "torch" not in sections:
-        raise FormatError(f"{path}: a checkpoint of layout {meta.get('checkpoint_version')}; this pylocalize reads "
-                          f"layout {CHECKPOINT_LAYOUT}: upgrade pylocalize or save the {kind} again")
-    payload = np.asarray(sections["torch"])
-    if payload.dtype != np.uint8 or payload.ndim != 1:
+    payload = np.asarray(sections.get("torch", np.zeros(0, np.int32)))
+    if "torch" not in sections or payload.dtype != np.uint8 or payload.ndim != 1:
         raise FormatError(f"{path}: not a saved {kind} (its torch section is not bytes)")
     return io.BytesIO(payload.tobytes())
 
@@ -153,13 +150,14 @@ def load_model(path, kind: str, build: Callable[[dict], T], version: int = 1) ->
     the same :class:`pylocalize.FormatError` as any other bad file, here for every model.
     """
     from pylocalize import FormatError
+    from pylocalize.containers import LAYOUT_ERRORS
 
     data = load_checkpoint(path, kind, version)
     try:
         return build(data)
     except FormatError:
         raise
-    except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as error:
+    except LAYOUT_ERRORS + (RuntimeError,) as error:  # RuntimeError: torch's load_state_dict
         raise FormatError(f"{path}: a damaged {kind} checkpoint; its contents do not make a {kind} "
                           f"({type(error).__name__}: {error})") from None
 

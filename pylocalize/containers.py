@@ -22,7 +22,7 @@ from pylocalize import _core
 LAYOUT_ERRORS = (KeyError, IndexError, TypeError, ValueError, AttributeError)
 
 
-def read_layout(source, tag: str, version_key: str, version: int, what: str, rebuild: str, *,
+def read_layout(source, tag: str, version_key: str, version, what: str, rebuild: str, *,
                 mmap: bool = False, missing_version: int = 0):
     """``(meta, sections)`` of the container ``source`` (a path, or bytes as ``uint8``).
 
@@ -30,8 +30,9 @@ def read_layout(source, tag: str, version_key: str, version: int, what: str, reb
     ----------
     tag : str
         The container's type tag.
-    version_key, version : str, int
-        Meta key of the layout version, and the one this pylocalize reads.
+    version_key, version : str, int or tuple of int
+        Meta key of the layout version, and the one (or ones) this pylocalize reads; the
+        file's layout is ``meta[version_key]``.
     what : str
         The kind of file, for messages ("a map", "a cell hierarchy").
     rebuild : str
@@ -52,8 +53,10 @@ def read_layout(source, tag: str, version_key: str, version: int, what: str, reb
     if found != tag:
         raise FormatError(f"{name} holds a {found}, not a {tag}")
     layout = meta.get(version_key, missing_version)
-    if layout != version:
-        raise FormatError(f"{name} is {what} of layout version {layout}; this pylocalize reads version {version}: "
+    versions = tuple(version) if isinstance(version, (tuple, list)) else (version,)
+    if layout not in versions:
+        readable = " and ".join(str(v) for v in versions)
+        raise FormatError(f"{name} is {what} of layout version {layout}; this pylocalize reads version {readable}: "
                           f"{rebuild}")
     return meta, sections
 

@@ -31,7 +31,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from pylocalize.containers import read_layout
+from pylocalize.containers import LAYOUT_ERRORS, read_layout
 from pylocalize.features import EXTRACTORS, extract_sift, match_descriptors
 from pylocalize.geometry.camera import Camera
 from pylocalize.index.cann import CANNIndex
@@ -551,7 +551,7 @@ class Map:
             return m
         except (FormatError, _IndexMissing):
             raise
-        except (KeyError, ValueError, TypeError, UnicodeDecodeError) as error:
+        except LAYOUT_ERRORS as error:
             raise FormatError(f"{folder}: not a valid {cls.FORMAT_TAG} ({error})") from error
 
     # ------------------------------------------------------------- localization
@@ -681,12 +681,7 @@ def _file_identity(file: Path):
 
 def _read_map_file(file: Path, mmap: bool):
     """``(meta, sections)`` of ``map.pyloc`` of the current layout or layout 2."""
-    from pylocalize import _core
-
-    # the layout from the header alone (no checksum pass), then one checked read of that layout
-    _, _, head, _ = _core.read_container(os.fspath(file), mmap=True, verify=False)
-    layout = 2 if head.get("map_version") == 2 else MAP_VERSION
-    return read_layout(file, Map.FORMAT_TAG, "map_version", layout, "a map",
+    return read_layout(file, Map.FORMAT_TAG, "map_version", (2, MAP_VERSION), "a map",
                        "rebuild the map with `pylocalize map build`", mmap=mmap, missing_version=1)
 
 
