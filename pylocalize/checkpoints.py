@@ -24,6 +24,7 @@ import re
 from typing import Callable, TypeVar
 
 import numpy as np
+from pylocalize._core import FormatError
 
 CHECKPOINT_TAG = "TorchCheckpoint"
 # Layout of the container around the torch bytes (meta key "checkpoint_version").
@@ -64,8 +65,6 @@ def _verify_zip(path, kind: str) -> None:
     import zipfile
     import zlib
 
-    from pylocalize import FormatError
-
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
@@ -77,7 +76,6 @@ def _verify_zip(path, kind: str) -> None:
 
 def _torch_source(path, kind: str):
     """What ``torch.load`` should read for the checkpoint at ``path``, once verified."""
-    from pylocalize import FormatError
     from pylocalize.containers import read_layout
 
     with open(path, "rb") as f:  # FileNotFoundError for a missing file, as documented
@@ -100,8 +98,6 @@ def read_checkpoint(path, kind: str = "checkpoint") -> dict:
     """The verified dict at ``path``, whatever model saved it (see :func:`load_checkpoint`;
     ``kind`` only words the messages)."""
     import pickle
-
-    from pylocalize import FormatError
 
     torch = import_torch(f"loading a {kind}")
     source = _torch_source(path, kind)
@@ -132,8 +128,6 @@ def load_checkpoint(path, kind: str, version: int = 1) -> dict:
     FileNotFoundError
         No file at ``path``.
     """
-    from pylocalize import FormatError
-
     data = read_checkpoint(path, kind)
     if data.get("format") != f"pylocalize.{kind}":
         raise FormatError(f"{path}: not a saved {kind}")
@@ -149,7 +143,6 @@ def load_model(path, kind: str, build: Callable[[dict], T], version: int = 1) ->
     the wrong shape, a setting out of range): whatever ``build`` raises for that becomes
     the same :class:`pylocalize.FormatError` as any other bad file, here for every model.
     """
-    from pylocalize import FormatError
     from pylocalize.containers import LAYOUT_ERRORS
 
     data = load_checkpoint(path, kind, version)

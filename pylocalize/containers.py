@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 from pylocalize import _core
+from pylocalize._core import FormatError
 
 
 # What reading a container with the right tag and layout but missing or malformed sections
@@ -45,8 +46,6 @@ def read_layout(source, tag: str, version_key: str, version, what: str, rebuild:
     pylocalize.FormatError
         A corrupt file, another kind of file, or another layout version.
     """
-    from pylocalize import FormatError
-
     array = isinstance(source, np.ndarray)
     found, _, meta, sections = _core.read_container(source if array else os.fspath(source), mmap=mmap)
     name = "data" if array else os.fspath(source)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import numpy as np
+from pylocalize._core import FormatError
 
 _LAT_NAMES = ("lat", "latitude")
 _LON_NAMES = ("lon", "lng", "long", "longitude")
@@ -126,7 +127,6 @@ def _predict(args) -> int:
         gallery = GeoGallery.load(args.gallery)
         pred = gallery.predict(_load_array(args.embeddings, "embeddings"), k=args.k, bandwidth_km=args.bandwidth_km)
     elif args.model:
-        from pylocalize import FormatError
         from pylocalize.checkpoints import read_checkpoint
         from pylocalize.geo.model import FlatCellClassifier, GeoDecoder
 

@@ -28,6 +28,7 @@ import numpy as np
 from pylocalize import _core
 from pylocalize.geo.cells import check_latlon, latlon_to_xyz, xyz_to_latlon
 from pylocalize.geo.metrics import EARTH_RADIUS_KM
+from pylocalize._core import FormatError
 
 FORMAT_TAG = "GeoGallery"
 # Layout version of a saved gallery; bumped when sections or meta change.
@@ -194,7 +195,6 @@ class GeoGallery:
     def load(cls, path) -> "GeoGallery":
         """Reads :meth:`save` output; a corrupt file, another version or another kind of file
         raises :class:`pylocalize.FormatError`."""
-        from pylocalize import FormatError
         from pylocalize.containers import LAYOUT_ERRORS
 
         tag, _, meta, sec = _core.read_container(os.fspath(path))

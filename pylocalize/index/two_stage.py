@@ -28,6 +28,7 @@ import numpy as np
 
 from pylocalize.codes import binarize
 from pylocalize.index.binary import MultiBitIndex
+from pylocalize._core import FormatError
 
 INFO_FILE = "two_stage.json"
 LOCK_FILE = "two_stage.lock"
@@ -300,8 +301,6 @@ class TwoStageIndex:
         """The float vectors, memory-mapped (read-only)."""
         vectors = self._map
         if vectors is None:
-            from pylocalize import FormatError
-
             n = len(self)
             expected = n * self.dim * 4
             size = self._vectors_path.stat().st_size
@@ -356,8 +355,6 @@ class TwoStageIndex:
         FileNotFoundError
             No folder at ``path``.
         """
-        from pylocalize import FormatError
-
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"{path}: no such folder (a TwoStageIndex is a folder)")

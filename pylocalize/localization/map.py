@@ -33,8 +33,10 @@ import numpy as np
 
 from pylocalize.containers import LAYOUT_ERRORS, read_layout
 from pylocalize.features import EXTRACTORS, extract_sift, match_descriptors
+from pylocalize.geometry.absolute_pose import estimate_absolute_pose
 from pylocalize.geometry.camera import Camera
 from pylocalize.index.cann import CANNIndex
+from pylocalize._core import FormatError
 
 # Version of the map layout inside the container; bumped when sections or meta change.
 # 1: one file, PINHOLE K per image. 2: a directory, COLMAP cameras, extractor, CANN index
@@ -490,8 +492,6 @@ class Map:
             If a file is corrupt, from another format version, or not a map, or if it names
             an image outside the image folder.
         """
-        from pylocalize import FormatError
-
         path = Path(path)
         file = path / MAP_FILE if path.is_dir() else path
         if not file.is_file():
@@ -512,8 +512,6 @@ class Map:
     @classmethod
     def _from_sections(cls, folder: Path, meta: dict, sec: dict) -> "Map":
         import json
-
-        from pylocalize import FormatError
 
         try:
             _check_sections(sec)
@@ -584,8 +582,6 @@ class Map:
         covariance : bool
             Also return the pose covariance.
         """
-        import pycolmap
-
         timings = {}
         t0 = time.perf_counter()
         try:
@@ -620,23 +616,17 @@ class Map:
         t0 = time.perf_counter()
         points2D = kp[m[:, 0]].astype(np.float64)
         point3D_ids = cand_pts[m[:, 1]]
-        options = pycolmap.AbsolutePoseEstimationOptions()
-        options.ransac.max_error = max_error_px
-        result = pycolmap.estimate_and_refine_absolute_pose(
-            points2D + 0.5, self.points3D[point3D_ids], cam.to_pycolmap(), options,
-            return_covariance=covariance)
+        result = estimate_absolute_pose(points2D, self.points3D[point3D_ids], cam, max_error_px,
+                                        covariance=covariance)
         timings["pose"] = time.perf_counter() - t0
-        if result is None or result["num_inliers"] < min_inliers:
-            found = 0 if result is None else int(result["num_inliers"])
+        if result is None or result.num_inliers < min_inliers:
+            found = 0 if result is None else result.num_inliers
             return LocalizationResult(False, num_matches=len(m), num_inliers=found, retrieved=names,
                                       points2D=points2D, point3D_ids=point3D_ids,
                                       reason=f"pose estimation found {found} inliers", timings=timings)
-        pose = np.asarray(result["cam_from_world"].matrix(), dtype=np.float64)[:3]
-        cov = result.get("covariance") if covariance else None
-        return LocalizationResult(True, cam_from_world=pose, num_inliers=int(result["num_inliers"]),
-                                  num_matches=len(m), inlier_mask=np.asarray(result["inlier_mask"], bool),
-                                  points2D=points2D, point3D_ids=point3D_ids,
-                                  covariance=None if cov is None else np.asarray(cov, dtype=np.float64),
+        return LocalizationResult(True, cam_from_world=result.cam_from_world, num_inliers=result.num_inliers,
+                                  num_matches=len(m), inlier_mask=result.inlier_mask,
+                                  points2D=points2D, point3D_ids=point3D_ids, covariance=result.covariance,
                                   retrieved=names, timings=timings)
 
     def localize_many(self, images: Sequence, cameras, workers: Optional[int] = None, progress: bool = False,

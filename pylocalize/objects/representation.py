@@ -25,6 +25,7 @@ from pylocalize.features.patches import DenseSIFTExtractor, patch_centres
 from pylocalize.index.knn import assign, kmeans
 from pylocalize.objects.refine import refine_featuremetric
 from pylocalize.objects.templates import crop_transform, square_around, template_intrinsics
+from pylocalize._core import FormatError
 
 # Layout version of a saved representation; bumped when sections or meta change.
 REPRESENTATION_VERSION = 1
@@ -335,7 +336,6 @@ class ObjectRepresentation:
         file raises :class:`pylocalize.FormatError`."""
         import json
 
-        from pylocalize import FormatError
         from pylocalize.containers import LAYOUT_ERRORS, read_layout
 
         meta, sec = read_layout(path, FORMAT_TAG, "representation_version", REPRESENTATION_VERSION,

@@ -35,6 +35,7 @@ from pylocalize.checkpoints import import_torch, load_model, save_checkpoint
 from pylocalize.containers import write_bytes_atomic
 from pylocalize.posetext.captioner import split_clauses, swap_left_right
 from pylocalize.posetext.skeleton import NUM_JOINTS, check_poses, mirror_poses, normalize_poses
+from pylocalize._core import FormatError
 
 MINILM_DIM = 384
 
@@ -168,8 +169,6 @@ class ClauseBank:
 
     @classmethod
     def load(cls, folder, encoder: MiniLMEncoder | None = None) -> "ClauseBank":
-        from pylocalize import FormatError
-
         folder = Path(folder)
         try:
             meta = json.loads((folder / "clauses.json").read_text())

@@ -1,0 +1,108 @@
+"""Absolute camera pose from 2D-3D correspondences: the one PnP of the project.
+
+Both cameras in a map (localization) and objects in front of a camera (object pose) are
+posed here, with one convention: 2D points in OpenCV pixels (centres at integer
+coordinates), 3D points in the world (or model) frame, the result ``cam_from_world``
+as a 3x4 ``[R | t]``. The solver is pycolmap's LO-RANSAC over P3P minimal samples followed
+by a robust non-linear refinement, a well-kept implementation that handles every COLMAP
+camera model (distortion included); only the pixel convention is translated here
+(COLMAP puts pixel centres at ``+0.5``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import numpy as np
+
+from pylocalize.geometry.camera import Camera
+
+
+@dataclass
+class AbsolutePose:
+    """A pose that LO-RANSAC found.
+
+    Attributes
+    ----------
+    cam_from_world : float64 (3, 4)
+        ``x_cam = R @ x_world + t``.
+    inlier_mask : bool (n,)
+        Which correspondences agree with the pose within the error threshold.
+    covariance : float64 (6, 6) or None
+        Pose covariance (rotation then translation, pycolmap's order), when asked for.
+    """
+
+    cam_from_world: np.ndarray
+    inlier_mask: np.ndarray
+    covariance: Optional[np.ndarray] = None
+
+    @property
+    def num_inliers(self) -> int:
+        return int(self.inlier_mask.sum())
+
+    @property
+    def R(self) -> np.ndarray:
+        return self.cam_from_world[:, :3]
+
+    @property
+    def t(self) -> np.ndarray:
+        return self.cam_from_world[:, 3]
+
+
+def _as_points(points, dim: int, name: str) -> np.ndarray:
+    array = np.asarray(points, dtype=np.float64)
+    if array.ndim != 2 or array.shape[1] != dim:
+        raise ValueError(f"{name} must have shape (n, {dim}), got {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} holds NaN or Inf: drop those correspondences first")
+    return np.ascontiguousarray(array)
+
+
+def estimate_absolute_pose(points2D, points3D, camera: Union[Camera, np.ndarray],
+                           max_error_px: float = 4.0, *, image_size=None, covariance: bool = False,
+                           ) -> Optional[AbsolutePose]:
+    """The ``cam_from_world`` pose that best explains ``points2D`` as images of ``points3D``.
+
+    Parameters
+    ----------
+    points2D : float (n, 2)
+        Image points in OpenCV pixels (centres at integers).
+    points3D : float (n, 3)
+        The matching 3D points.
+    camera : Camera, or a 3x3 K in the OpenCV convention
+        A K needs ``image_size`` ``(width, height)``.
+    max_error_px : float
+        RANSAC inlier threshold on the reprojection error, in pixels.
+    covariance : bool
+        Also estimate the pose covariance.
+
+    Returns
+    -------
+    AbsolutePose, or None when fewer than 4 correspondences are given or no pose is found.
+    """
+    import pycolmap
+
+    points2D = _as_points(points2D, 2, "points2D")
+    points3D = _as_points(points3D, 3, "points3D")
+    if len(points2D) != len(points3D):
+        raise ValueError(f"{len(points2D)} points2D but {len(points3D)} points3D: give one 3D point per 2D point")
+    if not max_error_px > 0:
+        raise ValueError(f"max_error_px must be positive, got {max_error_px}")
+    if not isinstance(camera, Camera):
+        if image_size is None:
+            raise ValueError("a camera given as K needs image_size=(width, height)")
+        camera = Camera.from_K(camera, int(image_size[0]), int(image_size[1]))
+    if len(points2D) < 4:
+        return None
+    options = pycolmap.AbsolutePoseEstimationOptions()
+    options.ransac.max_error = float(max_error_px)
+    result = pycolmap.estimate_and_refine_absolute_pose(
+        points2D + 0.5, points3D, camera.to_pycolmap(), options, return_covariance=covariance)
+    if result is None:
+        return None
+    cov = result.get("covariance") if covariance else None
+    return AbsolutePose(
+        cam_from_world=np.asarray(result["cam_from_world"].matrix(), dtype=np.float64)[:3],
+        inlier_mask=np.asarray(result["inlier_mask"], dtype=bool),
+        covariance=None if cov is None else np.asarray(cov, dtype=np.float64))
