@@ -60,3 +60,21 @@ def test_center_makes_non_negative_descriptors_searchable(tmp_path):
     np.testing.assert_array_equal(TwoStageIndex.load(tmp_path / "c").center, xb.mean(0).astype(np.float32))
     with pytest.raises(ValueError, match="center must be 32"):
         TwoStageIndex(tmp_path / "bad", 32, center=np.zeros(3))
+
+
+def test_save_to_another_folder_copies_the_index(tmp_path):
+    xb = clustered_vectors(3000, 32, seed=1)
+    xq = clustered_queries(50, 32, seed=1)
+    index = TwoStageIndex(tmp_path / "a", 32, bits_per_dim=2, candidates=50, center=xb.mean(0))
+    index.add(xb[:2000])
+    index.save()
+    index.add(xb[2000:])  # not committed in its own folder
+    index.save(tmp_path / "b")
+    index.save(tmp_path / "a")  # its own folder: a plain commit
+    copy = TwoStageIndex.load(tmp_path / "b")
+    assert len(copy) == 3000 and copy.candidates == 50
+    np.testing.assert_array_equal(copy.center, index.center)
+    np.testing.assert_array_equal(np.asarray(copy.vectors()), xb)
+    for a, b in zip(index.search(xq, 10), copy.search(xq, 10)):
+        np.testing.assert_array_equal(a, b)
+    assert len(TwoStageIndex.load(tmp_path / "a")) == 3000

@@ -66,6 +66,16 @@ def _crc32_of_file(path: Path, nbytes: int) -> int:
     return crc
 
 
+_COPY_ROWS = 1 << 16  # vectors per chunk when saving a copy to another folder
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 class _ReadWriteLock:
     """Many searches at once, or one add/save alone (searches must not read the codes while
     ``add`` grows them)."""
@@ -261,10 +271,18 @@ class TwoStageIndex:
             self._crc = zlib.crc32(data, self._crc)
             self._map = None
 
-    def save(self) -> None:
+    def save(self, path=None) -> None:
         """Commits the index: new codes (and binarizer) files, the vectors file synced to
         disk, then the manifest naming them (atomically, last); then removes the files the
-        manifest no longer names."""
+        manifest no longer names.
+
+        With ``path`` another folder, writes there a complete copy of the index as it is
+        now (its added vectors included) and leaves this index and its folder as they are;
+        the index stays bound to its own folder.
+        """
+        if path is not None and not _same_folder(Path(path), self.path):
+            self._save_copy(Path(path))
+            return
         from pylocalize._folders import remove_unreferenced, unique_name
         from pylocalize.containers import write_bytes_atomic
 
@@ -294,6 +312,19 @@ class TwoStageIndex:
             # Nothing left to commit: let another writer in. This object's next change takes
             # the lock again and is refused if someone else has committed meanwhile.
             self.close()
+
+    def _save_copy(self, target: Path) -> None:
+        with self._rw.read():  # searches go on; an add waits until the copy is taken
+            vectors = self.vectors()
+            copy = TwoStageIndex(target, self.dim, self.bits_per_dim, self.binarizer, self.candidates,
+                                 center=self.center)
+            try:
+                # the copy encodes the vectors again: the same encoder gives the same codes
+                for start in range(0, len(vectors), _COPY_ROWS):
+                    copy.add(np.asarray(vectors[start:start + _COPY_ROWS]))
+                copy.save()
+            finally:
+                copy.close()
 
     # ------------------------------------------------------------------ reading
 
