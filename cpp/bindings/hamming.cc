@@ -171,6 +171,14 @@ void BindHamming(py::module_& m) {
           py::arg("query_codes"), py::arg("k"),
           py::arg("query_vectors") = py::none(), py::arg("rerank") = 0,
           py::arg("candidates") = 0)
+      .def(
+          "remove_ids",
+          [](MultiBitIndex& self, const py::object& ids) {
+            auto a = CheckArray<int64_t>(ids, "ids", 1);
+            ReleaseGil release;
+            return self.RemoveIds(a.data(), a.shape(0));
+          },
+          py::arg("ids"))
       .def("reset", &MultiBitIndex::Reset, py::call_guard<ReleaseGil>());
   BindIdsAndPersistence(multibit);
 

@@ -193,7 +193,7 @@ class MultiBitIndex:
     Notes
     -----
     Thread safety: searches may run concurrently from several threads with each other and
-    with ``add``, ``reset``, ``len`` and ``ntotal``. Changes are serialized by the index
+    with ``add``, ``remove_ids``, ``reset``, ``len`` and ``ntotal``. Changes are serialized by the index
     lock: a search sees the index as it was before or after each change, never part of one.
     Every call releases the GIL while it waits for that lock, and Ctrl-C stops a long call
     made from the main thread.
@@ -265,6 +265,11 @@ class MultiBitIndex:
         """
         return self._impl.search(query_codes, _int_scalar(k, "k"), query_vectors,
                                  _int_scalar(rerank, "rerank"), _int_scalar(candidates, "candidates"))
+
+    def remove_ids(self, ids: np.ndarray) -> int:
+        """Removes every code (and its float vector) whose id is in ``ids``; returns how many
+        were removed. The rest searches as an index built from it would."""
+        return self._impl.remove_ids(as_ids(ids).reshape(-1))
 
     def reset(self) -> None:
         """Removes every code (and vector)."""

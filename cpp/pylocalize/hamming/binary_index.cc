@@ -4,7 +4,6 @@
 #include <climits>
 #include <cstring>
 #include <mutex>
-#include <unordered_set>
 
 #include "pylocalize/util/check.h"
 #include "pylocalize/util/cpu.h"
@@ -76,17 +75,9 @@ hamming::RangeResult BinaryIndex::RangeSearch(const uint8_t* queries, int64_t nq
 }
 
 int64_t BinaryIndex::RemoveIds(const int64_t* ids, int64_t n) {
-  std::unordered_set<int64_t> drop(ids, ids + n);
   std::unique_lock<std::shared_mutex> lock(mutex_);
-  const int64_t total = store_.size();
-  std::vector<uint8_t> keep(static_cast<size_t>(total), 1);
   int64_t removed = 0;
-  for (int64_t i = 0; i < total; ++i) {
-    if (drop.count(ids_.data()[i])) {
-      keep[static_cast<size_t>(i)] = 0;
-      ++removed;
-    }
-  }
+  const std::vector<uint8_t> keep = ids_.KeepMask(ids, n, &removed);
   if (removed == 0) return 0;
   store_.Compact(keep);
   ids_.Compact(keep);

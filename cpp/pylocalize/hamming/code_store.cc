@@ -1,6 +1,7 @@
 #include "pylocalize/hamming/code_store.h"
 
 #include <algorithm>
+#include <unordered_set>
 #include <climits>
 #include <cmath>
 #include <limits>
@@ -117,6 +118,19 @@ void IdList::Append(const int64_t* ids, int64_t n) {
   }
   data_ = owned_.data();
   n_ += n;
+}
+
+std::vector<uint8_t> IdList::KeepMask(const int64_t* drop, int64_t n, int64_t* removed) const {
+  const std::unordered_set<int64_t> dropped(drop, drop + n);
+  std::vector<uint8_t> keep(static_cast<size_t>(n_), 1);
+  *removed = 0;
+  for (int64_t i = 0; i < n_; ++i) {
+    if (dropped.count(data_[i])) {
+      keep[static_cast<size_t>(i)] = 0;
+      ++*removed;
+    }
+  }
+  return keep;
 }
 
 void IdList::Compact(const std::vector<uint8_t>& keep) {

@@ -60,6 +60,9 @@ class IdList {
   // Appends n ids, or next_id(), next_id() + 1, ... when ids is nullptr. Throws
   // std::invalid_argument (changing nothing) for a negative id.
   void Append(const int64_t* ids, int64_t n);
+  // keep[i] = 0 where ids_[i] is one of `drop` (n ids, repeats allowed), 1 elsewhere; the
+  // count of zeros goes to *removed. What remove_ids then applies to every per-code array.
+  std::vector<uint8_t> KeepMask(const int64_t* drop, int64_t n, int64_t* removed) const;
   // Keeps the ids whose keep[i] != 0, in order.
   void Compact(const std::vector<uint8_t>& keep);
   void Clear();

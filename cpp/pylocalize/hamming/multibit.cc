@@ -333,6 +333,29 @@ void MultiBitIndex::Search(const uint8_t* query_codes, int64_t nq, int64_t k,
   });
 }
 
+int64_t MultiBitIndex::RemoveIds(const int64_t* ids, int64_t n) {
+  std::unique_lock<std::shared_mutex> lock(mutex_);
+  int64_t removed = 0;
+  const std::vector<uint8_t> keep = ids_.KeepMask(ids, n, &removed);
+  if (removed == 0) return 0;
+  if (has_vectors_) {  // also copies vectors borrowed from a mapped file
+    std::vector<float> kept;
+    kept.reserve(static_cast<size_t>((store_.size() - removed) * dim_));
+    for (int64_t i = 0; i < store_.size(); ++i) {
+      if (keep[static_cast<size_t>(i)]) kept.insert(kept.end(), vectors_ + i * dim_, vectors_ + (i + 1) * dim_);
+    }
+    vectors_owned_ = std::move(kept);
+    vectors_ = vectors_owned_.data();
+  }
+  owner_.reset();
+  store_.Compact(keep);
+  ids_.Compact(keep);
+  // The norms and their range are derived from the codes: recompute them as a build would.
+  inv_norm_min_ = inv_norm_max_ = 0.0f;
+  ExtendInvNorms(0);
+  return removed;
+}
+
 void MultiBitIndex::Reset() {
   std::unique_lock<std::shared_mutex> lock(mutex_);
   store_.Clear();

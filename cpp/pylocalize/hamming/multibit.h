@@ -61,6 +61,9 @@ class MultiBitIndex {
   // candidates is scored exhaustively. 0 scores every code (exact SDC).
   void Search(const uint8_t* query_codes, int64_t nq, int64_t k, const float* query_vectors,
               int64_t rerank, int64_t candidates, float* scores, int64_t* ids) const;
+  // Removes every code (and float vector) whose id is in ids; returns how many. What is
+  // left searches as an index built from it would.
+  int64_t RemoveIds(const int64_t* ids, int64_t n);
   void Reset();
   std::vector<int64_t> Ids() const;
 
