@@ -338,24 +338,3 @@ def test_grid_method_reaches_recall():
         assert all(s <= lookup.get(i, np.inf) + 1e-5 for i, s in zip(ids_g, s_g))
     with pytest.raises(ValueError, match="unknown grid options"):
         pylocalize.CANNIndex(32, method="grid", grid=dict(cells=3))
-
-
-def test_kmeans_and_assign(simd_level):
-    rng = np.random.default_rng(10)
-    centers = rng.normal(0, 20, (8, 16))
-    x = (centers[rng.integers(0, 8, 4000)] + rng.normal(0, 1, (4000, 16))).astype(np.float32)
-    c, labels = pylocalize.kmeans(x, 8, n_iter=15, seed=3)
-    assert c.shape == (8, 16) and labels.shape == (4000,)
-    # every true centre is recovered by some centroid
-    d = np.linalg.norm(centers[:, None] - c[None], axis=2)
-    assert d.min(1).max() < 1.0
-    ref = np.argmin(((x[:, None] - c[None]) ** 2).sum(-1), axis=1)
-    np.testing.assert_array_equal(labels, ref)
-    lab3, dist3 = pylocalize.assign(x[:50], c, m=3)
-    full = ((x[:50, None].astype(np.float64) - c[None]) ** 2).sum(-1)
-    np.testing.assert_array_equal(lab3, np.argsort(full, axis=1, kind="stable")[:, :3])
-    np.testing.assert_allclose(dist3, np.sort(full, axis=1)[:, :3], rtol=1e-3, atol=1e-2)
-    again, _ = pylocalize.kmeans(x, 8, n_iter=15, seed=3)
-    np.testing.assert_array_equal(again, c)  # deterministic for a seed
-    with pytest.raises(ValueError, match="at least k"):
-        pylocalize.kmeans(x[:5], 8)
