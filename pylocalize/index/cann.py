@@ -19,16 +19,16 @@ Methods:
 - ``"grid"`` (approximate, the paper's released approach): colored range search with
   random grids, for a geometric schedule of radii up to the kernel's cutoff; each
   (query feature, image) pair is scored at the first radius where the image is found.
-- ``"ivf"`` (approximate, ours, faster at equal recall): an inverted file over the features. k-means lists hold their
-  features grouped by image; each query feature probes its ``nprobe`` nearest lists, where
-  distances are exact. Only pairs within the kernel's cutoff (p0 for the CANN kernel) can
-  score, and those are near neighbours that fall in the nearest lists with high
-  probability, so probing a few lists keeps nearly every scoring pair while computing a
-  small fraction of the distances. The work per query scales with nprobe / nlist, the
-  distance computations run on the same blocked kernels as the exact method (batched over
-  all query features that probe a list), and no per-(query, image) state is kept beyond
-  the candidate pairs. Grids instead hash into cells whose collision probability for a
-  true neighbour decays with every hashed dimension, so they need many grids and radii
+- ``"ivf"`` (approximate, ours, faster at equal recall): an inverted file over the features.
+  k-means lists hold their features grouped by image; each query feature probes its
+  ``nprobe`` nearest lists, where distances are exact. Only pairs within the kernel's cutoff
+  (p0 for the CANN kernel) can score, and those are near neighbours that fall in the nearest
+  lists with high probability, so probing a few lists keeps nearly every scoring pair while
+  computing a small fraction of the distances. The work per query scales with nprobe /
+  nlist, the distance computations run on the same blocked kernels as the exact method
+  (batched over all query features that probe a list), and no per-(query, image) state is
+  kept beyond the candidate pairs. Grids instead hash into cells whose collision probability
+  for a true neighbour decays with every hashed dimension, so they need many grids and radii
   and check their candidates one pair at a time.
 """
 
