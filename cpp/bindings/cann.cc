@@ -108,7 +108,8 @@ void BindFeatures(py::class_<CannIndex>& cls) {
             int64_t n;
             py::array keep;
             const void* data = AddedRows(descriptors, self.dim(), &element, &n, &keep);
-            PYL_CHECK(ids.shape(0) == n, "image_ids must have one entry per descriptor: got ", ids.shape(0), " for ", n);
+            PYL_CHECK(ids.shape(0) == n, "image_ids must have one entry per descriptor: got ", ids.shape(0), " for ",
+                      n);
             ReleaseGil release;
             self.Add(data, element, ids.data(), n);
           },
@@ -231,10 +232,9 @@ void BindOptionsAndFiles(py::class_<CannIndex>& cls) {
          },
          py::arg("method"), py::arg("nprobe"), py::arg("kernel"), py::arg("num_grids"), py::arg("num_radii"),
          py::arg("dims"), py::arg("cell_factor"), py::arg("max_bin"), py::arg("seed"))
-      .def_property_readonly("search_options",
-                             [](const CannIndex& self) {
-                               return OptionsDict(WithoutGil(&CannIndex::search_options)(self));
-                             })
+      .def_property_readonly(
+          "search_options",
+          [](const CannIndex& self) { return OptionsDict(WithoutGil(&CannIndex::search_options)(self)); })
       .def("save", &CannIndex::Save, py::arg("path"), py::call_guard<ReleaseGil>())
       .def_static("load", &CannIndex::Load, py::arg("path"), py::call_guard<ReleaseGil>());
   BindSerialization(cls);

@@ -17,9 +17,7 @@ const uint8_t* BlockedRows::block(int64_t b) const {
   return blocks.data() + static_cast<size_t>(b * dim * knn::kBlock) * ElementBytes(element);
 }
 
-int64_t BlockedRows::MemoryBytes() const {
-  return static_cast<int64_t>(blocks.size() + norms.size() * sizeof(float));
-}
+int64_t BlockedRows::MemoryBytes() const { return static_cast<int64_t>(blocks.size() + norms.size() * sizeof(float)); }
 
 BlockedRows BuildBlockedRows(const uint8_t* rows, knn::Element element, int64_t dim,
                              const std::vector<int64_t>& source) {
@@ -40,7 +38,8 @@ BlockedRows BuildBlockedRows(const uint8_t* rows, knn::Element element, int64_t 
     double norm = 0.0;
     for (int64_t d = 0; d < dim; ++d) {
       std::memcpy(out.blocks.data() + static_cast<size_t>((b * dim + d) * knn::kBlock + lane) * es, row + d * es, es);
-      const double v = es == 1 ? static_cast<double>(row[d]) : static_cast<double>(reinterpret_cast<const float*>(row)[d]);
+      const double v =
+          es == 1 ? static_cast<double>(row[d]) : static_cast<double>(reinterpret_cast<const float*>(row)[d]);
       norm += v * v;
     }
     out.norms[static_cast<size_t>(slot)] = static_cast<float>(norm);

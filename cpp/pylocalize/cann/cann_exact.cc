@@ -49,7 +49,8 @@ void FoldPiece(const ExactLayout& L, const float* tile, int64_t ld, int64_t ng, 
       const int64_t lo = std::max(L.offsets[static_cast<size_t>(i)], p0);
       const int64_t hi = std::min(L.offsets[static_cast<size_t>(i + 1)], p1);
       float best = bj[i - m->i0];
-      for (int64_t f = lo; f < hi; ++f) best = std::min(best, L.rows.norms[static_cast<size_t>(f)] - 2.0f * row[f - row0]);
+      for (int64_t f = lo; f < hi; ++f)
+        best = std::min(best, L.rows.norms[static_cast<size_t>(f)] - 2.0f * row[f - row0]);
       bj[i - m->i0] = best;
     }
   }
@@ -97,8 +98,7 @@ ExactLayout BuildExactLayout(const uint8_t* rows, knn::Element element, int64_t 
   const int64_t nblocks = (n + knn::kBlock - 1) / knn::kBlock;
   std::vector<int64_t> order(static_cast<size_t>(nblocks * knn::kBlock), -1);  // slot -> row, -1 pads
   std::iota(order.begin(), order.begin() + n, 0);
-  std::stable_sort(order.begin(), order.begin() + n,
-                   [&](int64_t a, int64_t b) { return image_ids[a] < image_ids[b]; });
+  std::stable_sort(order.begin(), order.begin() + n, [&](int64_t a, int64_t b) { return image_ids[a] < image_ids[b]; });
   L.rows = BuildBlockedRows(rows, element, dim, order);
   for (int64_t pos = 0; pos < n; ++pos) {
     const int64_t id = image_ids[static_cast<size_t>(order[static_cast<size_t>(pos)])];

@@ -15,9 +15,9 @@ namespace {
 struct GridScratch {
   explicit GridScratch(const GridLayout& L)
       : done(L.images.size(), 0), seen(L.feature_image.size(), -1), seen_d2(L.feature_image.size()) {}
-  std::vector<uint8_t> done;    // per image: found at a smaller radius
-  std::vector<int64_t> seen;    // per feature: the query feature that last measured it
-  std::vector<float> seen_d2;   // per feature: that distance
+  std::vector<uint8_t> done;   // per image: found at a smaller radius
+  std::vector<int64_t> seen;   // per feature: the query feature that last measured it
+  std::vector<float> seen_d2;  // per feature: that distance
   std::vector<int32_t> cell;
 };
 
@@ -71,8 +71,8 @@ GridLayout BuildGridLayout(std::vector<float> float_rows, int64_t dim, const std
   return L;
 }
 
-void SearchGrid(const GridLayout& L, int64_t dim, const float* queries, int64_t nq, int64_t k,
-                const CannKernel& kernel, float* scores, int64_t* image_ids, int num_threads) {
+void SearchGrid(const GridLayout& L, int64_t dim, const float* queries, int64_t nq, int64_t k, const CannKernel& kernel,
+                float* scores, int64_t* image_ids, int num_threads) {
   const int64_t num_images = static_cast<int64_t>(L.images.size());
   std::vector<double> total(static_cast<size_t>(num_images), 0.0);
   if (nq > 0 && num_images > 0 && L.grids.built()) {

@@ -95,12 +95,9 @@ CannMethod CannMethodFromName(const std::string& name) {
 
 const char* CannMethodName(CannMethod method) {
   switch (method) {
-    case CannMethod::kExact:
-      return "exact";
-    case CannMethod::kIvf:
-      return "ivf";
-    case CannMethod::kGrid:
-      return "grid";
+    case CannMethod::kExact: return "exact";
+    case CannMethod::kIvf: return "ivf";
+    case CannMethod::kGrid: return "grid";
   }
   return "?";
 }
@@ -123,9 +120,7 @@ CannIndex::CannIndex(int64_t dim) : dim_(dim) {
   PYL_CHECK(dim > 0 && dim <= kMaxDim, "dim must be in 1..", kMaxDim, ", got ", dim);
 }
 
-size_t CannIndex::ElementSize() const {
-  return element_ == static_cast<int>(knn::Element::kUInt8) ? 1 : 4;
-}
+size_t CannIndex::ElementSize() const { return element_ == static_cast<int>(knn::Element::kUInt8) ? 1 : 4; }
 
 int64_t CannIndex::ntotal() const {
   std::shared_lock<std::shared_mutex> lock(mutex_);
@@ -156,24 +151,21 @@ std::vector<int64_t> CannIndex::ImageIds() const {
   return ids;
 }
 
-void CannIndex::Add(const void* descriptors, knn::Element element, const int64_t* image_ids,
-                    int64_t n) {
+void CannIndex::Add(const void* descriptors, knn::Element element, const int64_t* image_ids, int64_t n) {
   if (n <= 0) return;
   for (int64_t i = 0; i < n; ++i) {
     // -1 pads search results: a stored negative id would read as "no result".
-    PYL_CHECK(image_ids[i] >= 0, "image_ids must be >= 0 (-1 marks empty result slots), got ",
-              image_ids[i], " at position ", i, "; renumber the images to non-negative ids");
+    PYL_CHECK(image_ids[i] >= 0, "image_ids must be >= 0 (-1 marks empty result slots), got ", image_ids[i],
+              " at position ", i, "; renumber the images to non-negative ids");
   }
   std::unique_lock<std::shared_mutex> lock(mutex_);
   if (element_ < 0) element_ = static_cast<int>(element);
-  PYL_CHECK(element_ == static_cast<int>(element), "this index holds ",
-            element_ == 0 ? "float32" : "uint8", " descriptors: convert with .astype(np.",
-            element_ == 0 ? "float32" : "uint8", ")");
+  PYL_CHECK(element_ == static_cast<int>(element), "this index holds ", element_ == 0 ? "float32" : "uint8",
+            " descriptors: convert with .astype(np.", element_ == 0 ? "float32" : "uint8", ")");
   if (element == knn::Element::kFloat32) {
     const float* f = static_cast<const float*>(descriptors);
     for (int64_t i = 0; i < n * dim_; ++i) {
-      PYL_CHECK(std::isfinite(f[i]), "descriptors contain NaN or Inf (row ", i / dim_,
-                "); clean them before adding");
+      PYL_CHECK(std::isfinite(f[i]), "descriptors contain NaN or Inf (row ", i / dim_, "); clean them before adding");
     }
   }
   const size_t bytes = static_cast<size_t>(n * dim_) * ElementSize();
@@ -236,8 +228,8 @@ std::shared_ptr<const cann::ExactLayout> CannIndex::GetExactLayout() const {
   std::shared_lock<std::shared_mutex> lock(mutex_);
   std::lock_guard<std::mutex> guard(layout_mutex_);
   if (exact_layout_ == nullptr) {
-    exact_layout_ = std::make_shared<const cann::ExactLayout>(cann::BuildExactLayout(
-        rows_.data(), static_cast<knn::Element>(std::max(element_, 0)), dim_, image_ids_));
+    exact_layout_ = std::make_shared<const cann::ExactLayout>(
+        cann::BuildExactLayout(rows_.data(), static_cast<knn::Element>(std::max(element_, 0)), dim_, image_ids_));
   }
   return exact_layout_;
 }
@@ -281,8 +273,8 @@ std::shared_ptr<const cann::GridLayout> CannIndex::GetGridLayout(int num_threads
 int64_t CannIndex::MemoryBytes() const {
   std::shared_lock<std::shared_mutex> lock(mutex_);
   std::lock_guard<std::mutex> guard(layout_mutex_);
-  int64_t bytes = static_cast<int64_t>(rows_.size() + image_ids_.size() * sizeof(int64_t) +
-                                       centroids_.size() * sizeof(float));
+  int64_t bytes =
+      static_cast<int64_t>(rows_.size() + image_ids_.size() * sizeof(int64_t) + centroids_.size() * sizeof(float));
   if (exact_layout_ != nullptr) bytes += exact_layout_->MemoryBytes();
   if (ivf_layout_ != nullptr) bytes += ivf_layout_->MemoryBytes();
   if (grid_layout_ != nullptr) bytes += grid_layout_->MemoryBytes();
@@ -410,8 +402,7 @@ std::unique_ptr<CannIndex> CannIndex::FromContainer(const Container& c) {
   }
   const ArrayView& d = c.Section("descriptors", element == 1 ? DType::kUInt8 : DType::kFloat32);
   const ArrayView& ids = c.Section("image_ids", DType::kInt64);
-  PYL_CHECK_FORMAT(d.size() == n * dim && ids.size() == n,
-                   "CANNIndex file sections do not match ntotal (corrupt)");
+  PYL_CHECK_FORMAT(d.size() == n * dim && ids.size() == n, "CANNIndex file sections do not match ntotal (corrupt)");
   index->rows_.assign(d.data, d.data + d.nbytes);
   const auto* ip = reinterpret_cast<const int64_t*>(ids.data);
   for (int64_t i = 0; i < n; ++i) {

@@ -95,16 +95,14 @@ class CannIndex {
   // snapshot of the index; scores and image_ids are n x k. Many images run one per
   // thread, a few each on every thread.
   void SearchBatch(const CannSearchParams& params, const std::vector<const float*>& queries,
-                   const std::vector<int64_t>& nq, int64_t k, float* scores, int64_t* image_ids,
-                   int num_threads) const;
+                   const std::vector<int64_t>& nq, int64_t k, float* scores, int64_t* image_ids, int num_threads) const;
 
   // Approximate search through an inverted file over features (method "ivf"): k-means
   // lists, each holding its features grouped by image; a query feature probes its `nprobe`
   // nearest lists, distances there are exact, and only pairs within the kernel's cutoff
   // count. Train() clusters the stored features into nlist lists (once; later adds are
   // assigned to the trained lists).
-  void Train(int64_t nlist, int iterations, uint64_t seed, int64_t max_points_per_list,
-             int num_threads);
+  void Train(int64_t nlist, int iterations, uint64_t seed, int64_t max_points_per_list, int num_threads);
   bool is_trained() const;
   int64_t nlist() const;
 
@@ -139,8 +137,8 @@ class CannIndex {
   std::shared_ptr<const cann::IvfLayout> GetIvfLayout(int num_threads) const;
   std::shared_ptr<const cann::GridLayout> GetGridLayout(int num_threads) const;
   // One query image on a snapshot, arguments already checked.
-  void SearchIn(const Snapshot& snapshot, const CannSearchParams& params, const float* queries, int64_t nq,
-                int64_t k, float* scores, int64_t* image_ids, int num_threads) const;
+  void SearchIn(const Snapshot& snapshot, const CannSearchParams& params, const float* queries, int64_t nq, int64_t k,
+                float* scores, int64_t* image_ids, int num_threads) const;
   // Rows as float32 (widened from uint8), insertion order.
   std::vector<float> FloatRows() const;
   void DropLayouts();  // after a change; needs mutex_ held exclusively
@@ -149,10 +147,10 @@ class CannIndex {
   size_t ElementSize() const;
 
   int64_t dim_;
-  int element_ = -1;               // knn::Element, -1 before the first add
-  std::vector<uint8_t> rows_;      // insertion order, n x dim elements
-  std::vector<int64_t> image_ids_; // n
-  std::vector<float> centroids_;   // nlist x dim once trained
+  int element_ = -1;                // knn::Element, -1 before the first add
+  std::vector<uint8_t> rows_;       // insertion order, n x dim elements
+  std::vector<int64_t> image_ids_;  // n
+  std::vector<float> centroids_;    // nlist x dim once trained
   std::optional<CannSearchOptions> search_options_;
   // The layouts: null until a search needs one, and after a change.
   mutable std::shared_ptr<const cann::ExactLayout> exact_layout_;

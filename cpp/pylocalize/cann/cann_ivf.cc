@@ -105,9 +105,8 @@ std::vector<double> ScoreCandidates(const std::vector<Candidate>& byq, const std
 
 }  // namespace
 
-IvfLayout BuildIvfLayout(const uint8_t* rows, const std::vector<float>& float_rows, knn::Element element,
-                         int64_t dim, const std::vector<int64_t>& image_ids, const std::vector<float>& centroids,
-                         int num_threads) {
+IvfLayout BuildIvfLayout(const uint8_t* rows, const std::vector<float>& float_rows, knn::Element element, int64_t dim,
+                         const std::vector<int64_t>& image_ids, const std::vector<float>& centroids, int num_threads) {
   IvfLayout L;
   const int64_t n = static_cast<int64_t>(image_ids.size());
   const int64_t nlist = static_cast<int64_t>(centroids.size()) / dim;
@@ -145,8 +144,8 @@ IvfLayout BuildIvfLayout(const uint8_t* rows, const std::vector<float>& float_ro
   return L;
 }
 
-void SearchIvf(const IvfLayout& L, int64_t dim, const float* queries, int64_t nq, int64_t k,
-               const CannKernel& kernel, int64_t nprobe, float* scores, int64_t* image_ids, int num_threads) {
+void SearchIvf(const IvfLayout& L, int64_t dim, const float* queries, int64_t nq, int64_t k, const CannKernel& kernel,
+               int64_t nprobe, float* scores, int64_t* image_ids, int num_threads) {
   const int64_t nlist = static_cast<int64_t>(L.list_block.size()) - 1;
   const int64_t num_images = static_cast<int64_t>(L.images.size());
   std::vector<double> total(static_cast<size_t>(num_images), 0.0);
@@ -170,8 +169,7 @@ void SearchIvf(const IvfLayout& L, int64_t dim, const float* queries, int64_t nq
 
 }  // namespace cann
 
-void CannIndex::Train(int64_t nlist, int iterations, uint64_t seed, int64_t max_points_per_list,
-                      int num_threads) {
+void CannIndex::Train(int64_t nlist, int iterations, uint64_t seed, int64_t max_points_per_list, int num_threads) {
   std::unique_lock<std::shared_mutex> lock(mutex_);
   const int64_t n = static_cast<int64_t>(image_ids_.size());
   PYL_CHECK(nlist >= 1, "nlist must be >= 1, got ", nlist);

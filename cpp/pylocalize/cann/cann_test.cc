@@ -87,7 +87,8 @@ void CheckAccumulator(std::mt19937_64& rng) {
     }
     acc.CloseFeature();
     for (int64_t m = 0; m < num_images; ++m) {
-      if (std::isfinite(best[static_cast<size_t>(m)])) want[static_cast<size_t>(m)] += kernel(std::sqrt(static_cast<double>(best[static_cast<size_t>(m)])));
+      if (std::isfinite(best[static_cast<size_t>(m)]))
+        want[static_cast<size_t>(m)] += kernel(std::sqrt(static_cast<double>(best[static_cast<size_t>(m)])));
     }
   }
   for (int64_t m = 0; m < num_images; ++m) {
@@ -144,8 +145,8 @@ void CheckSearches(std::mt19937_64& rng) {
     std::vector<int64_t> found(static_cast<size_t>(k));
     index.Search(params, q.data(), nq, k, scores.data(), found.data(), 2);
     for (int64_t r = 0; r < static_cast<int64_t>(images.size()); ++r) {
-      const size_t m = static_cast<size_t>(std::lower_bound(images.begin(), images.end(), found[static_cast<size_t>(r)]) -
-                                           images.begin());
+      const size_t m = static_cast<size_t>(
+          std::lower_bound(images.begin(), images.end(), found[static_cast<size_t>(r)]) - images.begin());
       Check(m < images.size(), "found image id", static_cast<double>(found[static_cast<size_t>(r)]));
       if (m < images.size()) {
         Check(std::fabs(scores[static_cast<size_t>(r)] - want[m]) < 1e-4, CannMethodName(method),

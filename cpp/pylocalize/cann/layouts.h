@@ -29,7 +29,7 @@ struct ExactLayout {
 
 // Method ivf: features ordered by (list, image), each list padded to whole knn blocks.
 struct IvfLayout {
-  std::vector<float> centroids;     // the lists' centroids, nlist x dim
+  std::vector<float> centroids;  // the lists' centroids, nlist x dim
   BlockedRows rows;
   std::vector<int64_t> list_block;  // nlist + 1: first block of each list
   std::vector<int32_t> slot_image;  // per slot: index into `images`, -1 for padding
@@ -68,9 +68,8 @@ void SearchExact(const ExactLayout& layout, int64_t dim, const float* queries, i
                  const CannKernel& kernel, float* scores, int64_t* image_ids, int num_threads);
 
 // float_rows: the same rows as float32, to assign them to the lists of `centroids`.
-IvfLayout BuildIvfLayout(const uint8_t* rows, const std::vector<float>& float_rows, knn::Element element,
-                         int64_t dim, const std::vector<int64_t>& image_ids, const std::vector<float>& centroids,
-                         int num_threads);
+IvfLayout BuildIvfLayout(const uint8_t* rows, const std::vector<float>& float_rows, knn::Element element, int64_t dim,
+                         const std::vector<int64_t>& image_ids, const std::vector<float>& centroids, int num_threads);
 void SearchIvf(const IvfLayout& layout, int64_t dim, const float* queries, int64_t nq, int64_t k,
                const CannKernel& kernel, int64_t nprobe, float* scores, int64_t* image_ids, int num_threads);
 

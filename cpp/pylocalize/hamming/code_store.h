@@ -85,23 +85,23 @@ using TileKernel = void (*)(const ScanArgs& args, const void* context);
 
 struct ScanSource {
   const CodeStore* store;
-  const int64_t* ids;   // ids[i] of code i; nullptr: the position is the id
-  bool ids_ascending;   // ids strictly increase with position: strict thresholds suffice
+  const int64_t* ids;  // ids[i] of code i; nullptr: the position is the id
+  bool ids_ascending;  // ids strictly increase with position: strict thresholds suffice
   TileKernel kernel;
   const void* context;
   // SDC kernels only (see ScanArgs): per-code scales and the score's affine constants.
   const float* scales = nullptr;
   float sdc_a = 0.0f, sdc_b = 0.0f;
   float scale_min = 0.0f, scale_max = 0.0f;  // over the stored codes
-  const int32_t* sign_thresholds = nullptr;   // SDC progressive search: one per query
+  const int32_t* sign_thresholds = nullptr;  // SDC progressive search: one per query
 };
 
 // k nearest codes per query by kernel distance (D = int32_t for Hamming, float for the
 // SDC keys), ties to the smaller id; rows padded with (pad, -1). queries: nq rows of
 // query_stride words.
 template <typename D>
-void KnnScan(const ScanSource& src, const uint64_t* queries, int64_t nq, int64_t query_stride,
-             int64_t k, D* distances, int64_t* ids, D pad, int num_threads);
+void KnnScan(const ScanSource& src, const uint64_t* queries, int64_t nq, int64_t query_stride, int64_t k, D* distances,
+             int64_t* ids, D pad, int num_threads);
 
 struct RangeResult {
   std::vector<int64_t> lims;  // nq + 1
@@ -110,8 +110,8 @@ struct RangeResult {
 };
 
 // All codes with distance <= radius, per query sorted by (distance, id).
-RangeResult RangeScan(const ScanSource& src, const uint64_t* queries, int64_t nq,
-                      int64_t query_stride, int32_t radius, int num_threads);
+RangeResult RangeScan(const ScanSource& src, const uint64_t* queries, int64_t nq, int64_t query_stride, int32_t radius,
+                      int num_threads);
 
 }  // namespace hamming
 }  // namespace pylocalize

@@ -42,8 +42,8 @@ BlockedCentroids Block(const float* c, int64_t k, int64_t dim) {
 
 }  // namespace
 
-void AssignNearestM(const float* centroids, int64_t k, const float* x, int64_t n, int64_t dim,
-                    int64_t m, int64_t* labels, float* distances, int num_threads) {
+void AssignNearestM(const float* centroids, int64_t k, const float* x, int64_t n, int64_t dim, int64_t m,
+                    int64_t* labels, float* distances, int num_threads) {
   PYL_CHECK(k >= 1 && m >= 1 && m <= k, "need 1 <= m <= k centroids");
   const BlockedCentroids b = Block(centroids, k, dim);
   constexpr int64_t kRows = 64;
@@ -69,8 +69,8 @@ void AssignNearestM(const float* centroids, int64_t k, const float* x, int64_t n
   });
 }
 
-void AssignNearest(const float* centroids, int64_t k, const float* x, int64_t n, int64_t dim,
-                   int64_t* labels, float* distances, int num_threads) {
+void AssignNearest(const float* centroids, int64_t k, const float* x, int64_t n, int64_t dim, int64_t* labels,
+                   float* distances, int num_threads) {
   AssignNearestM(centroids, k, x, n, dim, 1, labels, distances, num_threads);
 }
 
@@ -125,7 +125,8 @@ void SeedKMeansPlusPlus(const std::vector<float>& xs, int64_t ns, int64_t dim, i
   const int64_t first = std::uniform_int_distribution<int64_t>(0, ns - 1)(rng);
   std::memcpy(centroids, xs.data() + first * dim, static_cast<size_t>(dim) * sizeof(float));
   double sum = 0.0;
-  for (int64_t i = 0; i < ns; ++i) sum += d2[static_cast<size_t>(i)] = SquaredDistance(&xs[i * dim], &xs[first * dim], dim);
+  for (int64_t i = 0; i < ns; ++i)
+    sum += d2[static_cast<size_t>(i)] = SquaredDistance(&xs[i * dim], &xs[first * dim], dim);
   std::vector<double> cand_d2(static_cast<size_t>(ns)), best_d2(static_cast<size_t>(ns));
   for (int64_t c = 1; c < k; ++c) {
     InterruptPoint();  // seeding is serial and can take seconds for many lists
@@ -164,7 +165,8 @@ std::vector<int64_t> UpdateCentroids(const std::vector<float>& xs, int64_t ns, i
   for (int64_t c = 0; c < k; ++c) {
     if (count[static_cast<size_t>(c)] == 0) continue;
     for (int64_t d = 0; d < dim; ++d) {
-      centroids[c * dim + d] = static_cast<float>(sum[static_cast<size_t>(c * dim + d)] / count[static_cast<size_t>(c)]);
+      centroids[c * dim + d] =
+          static_cast<float>(sum[static_cast<size_t>(c * dim + d)] / count[static_cast<size_t>(c)]);
     }
   }
   return count;
@@ -191,8 +193,8 @@ void RepairEmptyClusters(int64_t dim, int64_t k, std::vector<int64_t>* count, st
 
 }  // namespace
 
-KMeansResult KMeans(const float* x, int64_t n, int64_t dim, int64_t k, int iterations,
-                    uint64_t seed, int64_t max_points_per_centroid, int num_threads) {
+KMeansResult KMeans(const float* x, int64_t n, int64_t dim, int64_t k, int iterations, uint64_t seed,
+                    int64_t max_points_per_centroid, int num_threads) {
   PYL_CHECK(k >= 1, "k must be >= 1, got ", k);
   PYL_CHECK(n >= k, "k-means needs at least k = ", k, " points, got ", n);
   PYL_CHECK(iterations >= 0, "iterations must be >= 0");

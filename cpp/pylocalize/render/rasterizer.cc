@@ -20,9 +20,7 @@ inline Vec3 operator+(Vec3 a, Vec3 b) { return {a.x + b.x, a.y + b.y, a.z + b.z}
 inline Vec3 operator-(Vec3 a, Vec3 b) { return {a.x - b.x, a.y - b.y, a.z - b.z}; }
 inline Vec3 operator*(float s, Vec3 a) { return {s * a.x, s * a.y, s * a.z}; }
 inline float Dot(Vec3 a, Vec3 b) { return a.x * b.x + a.y * b.y + a.z * b.z; }
-inline Vec3 Cross(Vec3 a, Vec3 b) {
-  return {a.y * b.z - a.z * b.y, a.z * b.x - a.x * b.z, a.x * b.y - a.y * b.x};
-}
+inline Vec3 Cross(Vec3 a, Vec3 b) { return {a.y * b.z - a.z * b.y, a.z * b.x - a.x * b.z, a.x * b.y - a.y * b.x}; }
 inline Vec3 Normalized(Vec3 a) {
   const float n = std::sqrt(Dot(a, a));
   return n > 0.0f ? (1.0f / n) * a : a;
@@ -95,9 +93,8 @@ inline bool OwnsEdge(double dx, double dy) { return dy > 0.0 || (dy == 0.0 && dx
 
 // Scan-converts one projected triangle. clip_bary: barycentrics of the three vertices on
 // the original face (nullptr: the vertices are the face's own, in order).
-void RasterizeTriangle(Projected v0, Projected v1, Projected v2, const float (*clip_bary)[3],
-                       int32_t face, const Camera& cam, const Region& region, bool cull_back,
-                       GBuffer* g) {
+void RasterizeTriangle(Projected v0, Projected v1, Projected v2, const float (*clip_bary)[3], int32_t face,
+                       const Camera& cam, const Region& region, bool cull_back, GBuffer* g) {
   Projected v[3] = {v0, v1, v2};
   int order[3] = {0, 1, 2};
   double area = (v[1].x - v[0].x) * (v[2].y - v[0].y) - (v[2].x - v[0].x) * (v[1].y - v[0].y);
@@ -161,8 +158,8 @@ void RasterizeTriangle(Projected v0, Projected v1, Projected v2, const float (*c
 
 // Clips a face crossing z = near (Sutherland-Hodgman on one plane) and rasterizes the
 // 1 or 2 triangles left.
-void ClipAndRasterize(const Vec3 p[3], int32_t face, const Camera& cam, const Region& region,
-                      bool cull_back, GBuffer* g) {
+void ClipAndRasterize(const Vec3 p[3], int32_t face, const Camera& cam, const Region& region, bool cull_back,
+                      GBuffer* g) {
   const float near_z = static_cast<float>(cam.near_plane);
   ClipVertex in[3];
   for (int i = 0; i < 3; ++i) {
@@ -189,8 +186,8 @@ void ClipAndRasterize(const Vec3 p[3], int32_t face, const Camera& cam, const Re
     const float bary[3][3] = {{poly[0].b[0], poly[0].b[1], poly[0].b[2]},
                               {poly[i].b[0], poly[i].b[1], poly[i].b[2]},
                               {poly[i + 1].b[0], poly[i + 1].b[1], poly[i + 1].b[2]}};
-    RasterizeTriangle(Project(poly[0].p, cam), Project(poly[i].p, cam), Project(poly[i + 1].p, cam),
-                      bary, face, cam, region, cull_back, g);
+    RasterizeTriangle(Project(poly[0].p, cam), Project(poly[i].p, cam), Project(poly[i + 1].p, cam), bary, face, cam,
+                      region, cull_back, g);
   }
 }
 
@@ -229,13 +226,13 @@ struct Shaded {
 
 // What one view's shading pass needs, computed once per view.
 struct ViewShading {
-  const std::vector<Vec3>* cam;            // vertices in the camera frame
-  const std::vector<Vec3>* face_normals;   // camera frame, when the mesh has no vertex normals
+  const std::vector<Vec3>* cam;           // vertices in the camera frame
+  const std::vector<Vec3>* face_normals;  // camera frame, when the mesh has no vertex normals
   bool want_xyz, want_normal, lambert;
 };
 
-Shaded ShadeSample(const MeshView& m, const Pose& pose, const RenderOptions& o,
-                   const ViewShading& vs, int32_t face, float b0, float b1) {
+Shaded ShadeSample(const MeshView& m, const Pose& pose, const RenderOptions& o, const ViewShading& vs, int32_t face,
+                   float b0, float b1) {
   const float b2 = 1.0f - b0 - b1;
   const int32_t* f = m.faces + 3 * static_cast<int64_t>(face);
   Shaded s;
@@ -275,9 +272,7 @@ Shaded ShadeSample(const MeshView& m, const Pose& pose, const RenderOptions& o,
   return s;
 }
 
-inline uint8_t ToByte(float v) {
-  return static_cast<uint8_t>(std::clamp(v * 255.0f + 0.5f, 0.0f, 255.0f));
-}
+inline uint8_t ToByte(float v) { return static_cast<uint8_t>(std::clamp(v * 255.0f + 0.5f, 0.0f, 255.0f)); }
 
 struct Scratch {
   std::vector<Vec3> cam;
@@ -469,24 +464,21 @@ void RenderRows(const MeshView& m, const Pose& pose, const RenderOptions& o, int
 
 }  // namespace
 
-void RenderBatch(const MeshView& m, const double* poses, int64_t n, const RenderOptions& o,
-                 const RenderTargets& out, int num_threads) {
-  PYL_CHECK(o.width > 0 && o.height > 0, "image size must be positive, got ", o.width, "x",
-            o.height);
+void RenderBatch(const MeshView& m, const double* poses, int64_t n, const RenderOptions& o, const RenderTargets& out,
+                 int num_threads) {
+  PYL_CHECK(o.width > 0 && o.height > 0, "image size must be positive, got ", o.width, "x", o.height);
   // A NaN or Inf intrinsic or pose puts every vertex at a NaN pixel: the render would come
   // back empty without a word.
-  PYL_CHECK(std::isfinite(o.fx) && std::isfinite(o.fy) && std::isfinite(o.cx) &&
-                std::isfinite(o.cy) && std::isfinite(o.skew),
-            "K contains NaN or Inf (fx=", o.fx, " fy=", o.fy, " cx=", o.cx, " cy=", o.cy,
-            " skew=", o.skew, "); pass finite intrinsics");
-  PYL_CHECK(o.fx > 0 && o.fy > 0, "focal lengths must be positive, got fx=", o.fx, " fy=", o.fy,
-            ": check K");
+  PYL_CHECK(
+      std::isfinite(o.fx) && std::isfinite(o.fy) && std::isfinite(o.cx) && std::isfinite(o.cy) && std::isfinite(o.skew),
+      "K contains NaN or Inf (fx=", o.fx, " fy=", o.fy, " cx=", o.cx, " cy=", o.cy, " skew=", o.skew,
+      "); pass finite intrinsics");
+  PYL_CHECK(o.fx > 0 && o.fy > 0, "focal lengths must be positive, got fx=", o.fx, " fy=", o.fy, ": check K");
   for (int64_t i = 0; i < 12 * n; ++i) {
-    PYL_CHECK(std::isfinite(poses[i]), "cam_from_model ", i / 12,
-              " contains NaN or Inf; pass finite poses");
+    PYL_CHECK(std::isfinite(poses[i]), "cam_from_model ", i / 12, " contains NaN or Inf; pass finite poses");
   }
-  PYL_CHECK(o.near_plane > 0 && o.far_plane > o.near_plane,
-            "need 0 < near < far, got near=", o.near_plane, " far=", o.far_plane);
+  PYL_CHECK(o.near_plane > 0 && o.far_plane > o.near_plane, "need 0 < near < far, got near=", o.near_plane,
+            " far=", o.far_plane);
   // Odd factors put a sample exactly on each pixel centre, where depth, mask, xyz and
   // normals are taken: with even ones they would be off by a fraction of a pixel.
   PYL_CHECK(o.supersample >= 1 && o.supersample <= 7 && o.supersample % 2 == 1,
@@ -495,8 +487,8 @@ void RenderBatch(const MeshView& m, const double* poses, int64_t n, const Render
   PYL_CHECK(m.texture == nullptr || (m.uvs != nullptr && m.tex_width > 0 && m.tex_height > 0),
             "a texture needs per-vertex uvs and a non-empty image");
   for (int64_t i = 0; i < 3 * m.num_faces; ++i) {
-    PYL_CHECK(m.faces[i] >= 0 && m.faces[i] < m.num_vertices, "face index ", m.faces[i],
-              " out of range for ", m.num_vertices, " vertices");
+    PYL_CHECK(m.faces[i] >= 0 && m.faces[i] < m.num_vertices, "face index ", m.faces[i], " out of range for ",
+              m.num_vertices, " vertices");
   }
   std::vector<Pose> ps(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) {
@@ -508,8 +500,10 @@ void RenderBatch(const MeshView& m, const double* poses, int64_t n, const Render
   }
   if (num_threads <= 0) num_threads = GetNumThreads();
   // Few views: split each view into bands of rows so every thread has work.
-  const int bands = n >= num_threads ? 1 : std::min(o.height, (num_threads + static_cast<int>(n) - 1) /
-                                                                  static_cast<int>(std::max<int64_t>(n, 1)) * 2);
+  const int bands =
+      n >= num_threads
+          ? 1
+          : std::min(o.height, (num_threads + static_cast<int>(n) - 1) / static_cast<int>(std::max<int64_t>(n, 1)) * 2);
   const int rows_per_band = (o.height + bands - 1) / bands;
   std::vector<Scratch> scratch(static_cast<size_t>(std::max(num_threads, 1)));
   ParallelFor(n * bands, num_threads, [&](int64_t task, int tid) {
