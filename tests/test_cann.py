@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import pylocalize
+from pylocalize import _core
 from pylocalize.index import read_pairs, write_pairs_hloc, write_pairs_kapture
 
 
@@ -240,6 +242,83 @@ def test_ivf_persistence_and_updates(tmp_path):
     assert index.search(q, 1)[1][0] != 45
 
 
+GOLDEN_CANN = Path(__file__).parent / "data" / "golden" / "2026-11-30-before-issue16" / "cann" / "cann.pyloc"
+
+
+def test_search_options_stored(tmp_path):
+    """save / serialize keep the search options; load applies them unless told otherwise."""
+    rng = np.random.default_rng(11)
+    x, ids, vocab, pick = vocabulary_db(rng, n_images=40)
+    grid = dict(num_grids=8, num_radii=3, dims=40, cell_factor=0.75, max_bin=100, seed=2**63 + 5)
+    index = pylocalize.CANNIndex(32, method="ivf", nprobe=3, kernel="gaussian", sigma=40.0, p0=90.0, grid=grid)
+    index.add(x, ids)
+    index.train(nlist=12, seed=4)
+    q = (vocab[pick[7, :30]] + rng.normal(0, 5, (30, 32))).astype(np.float32)
+    expected = index.search(q, 6)
+    index.save(tmp_path / "ivf.pyloc")
+    options = dict(method="ivf", nprobe=3, kernel="gaussian", p0=90.0, p1=0.4592, sigma=40.0, grid=grid)
+    for other in (pylocalize.CANNIndex.load(tmp_path / "ivf.pyloc"),
+                  pylocalize.CANNIndex.deserialize(index.serialize()), pickle.loads(pickle.dumps(index))):
+        assert other.search_options == options
+        got = other.search(q, 6)
+        np.testing.assert_array_equal(got[1], expected[1])
+        np.testing.assert_array_equal(got[0], expected[0])
+    loaded = pylocalize.CANNIndex.load(tmp_path / "ivf.pyloc", method="exact", sigma=20.0)
+    assert loaded.stored_options == options  # what the file says; the given options win
+    assert loaded.method == "exact" and loaded._kernel_args["sigma"] == 20.0 and loaded.nprobe == 3
+    # changed attributes are what the next save stores; the grid method configures from them
+    index.method, index.nprobe = "grid", 5
+    index.save(tmp_path / "grid.pyloc")
+    again = pylocalize.CANNIndex.load(tmp_path / "grid.pyloc")
+    assert again.method == "grid" and again.nprobe == 5 and again.grid == grid
+    np.testing.assert_array_equal(again.search(q, 6)[1], index.search(q, 6)[1])
+
+
+def test_search_options_of_old_files(tmp_path):
+    """A file written before the options were stored loads with the constructor defaults, and
+    saving it again adds only the options' metadata: sections and other metadata unchanged."""
+    old = pylocalize.CANNIndex.load(GOLDEN_CANN)
+    assert old.stored_options is None
+    defaults = pylocalize.CANNIndex(old.dim).search_options
+    assert old.search_options == defaults and old.is_trained
+    q = (np.random.default_rng(0).normal(size=(20, old.dim)) * 40).astype(np.float32)
+    explicit = pylocalize.CANNIndex.load(GOLDEN_CANN, **defaults)
+    np.testing.assert_array_equal(old.search(q, 5)[1], explicit.search(q, 5)[1])
+    old.save(tmp_path / "resaved.pyloc")
+    tag, version, meta, sections = _core.read_container(str(GOLDEN_CANN))
+    tag2, version2, meta2, sections2 = _core.read_container(str(tmp_path / "resaved.pyloc"))
+    assert (tag2, version2) == (tag, version)
+    assert {k: v for k, v in meta2.items() if k in meta} == meta
+    assert set(meta2) - set(meta) == {"search_method", "search_nprobe", "kernel", "kernel_p0", "kernel_p1",
+                                      "kernel_sigma", "grid_num_grids", "grid_num_radii", "grid_dims",
+                                      "grid_cell_factor", "grid_max_bin", "grid_seed"}
+    assert sections2.keys() == sections.keys()
+    for name in sections:
+        np.testing.assert_array_equal(sections2[name], sections[name])
+    assert pylocalize.CANNIndex.load(tmp_path / "resaved.pyloc").search_options == defaults
+
+
+@pytest.mark.parametrize("key,value", [("search_method", 3), ("kernel", -1), ("search_nprobe", 0),
+                                       ("grid_num_grids", 2**32 + 1), ("grid_dims", 65),
+                                       ("kernel_p1", int(np.float64(1.5).view(np.int64))),
+                                       ("grid_cell_factor", int(np.float64(np.nan).view(np.int64)))])
+def test_bad_stored_search_options(tmp_path, key, value):
+    index = pylocalize.CANNIndex(8)
+    index.add(np.ones((3, 8), np.float32), 1)
+    tag, _, meta, sections = _core.read_container(index.serialize())
+    meta[key] = value
+    data = np.frombuffer(bytes(_core.write_container(None, tag, meta, sections)), np.uint8)
+    with pytest.raises(pylocalize.FormatError, match="corrupt"):
+        pylocalize.CANNIndex.deserialize(data)
+    del meta[key]
+    data = np.frombuffer(bytes(_core.write_container(None, tag, meta, sections)), np.uint8)
+    if key == "search_method":  # no options at all: a file from before they were stored
+        assert pylocalize.CANNIndex.deserialize(data).stored_options is None
+    else:
+        with pytest.raises(pylocalize.FormatError, match=key):
+            pylocalize.CANNIndex.deserialize(data)
+
+
 def test_grid_method_reaches_recall():
     rng = np.random.default_rng(9)
     x, ids, vocab, pick = vocabulary_db(rng)
@@ -259,24 +338,3 @@ def test_grid_method_reaches_recall():
         assert all(s <= lookup.get(i, np.inf) + 1e-5 for i, s in zip(ids_g, s_g))
     with pytest.raises(ValueError, match="unknown grid options"):
         pylocalize.CANNIndex(32, method="grid", grid=dict(cells=3))
-
-
-def test_kmeans_and_assign(simd_level):
-    rng = np.random.default_rng(10)
-    centers = rng.normal(0, 20, (8, 16))
-    x = (centers[rng.integers(0, 8, 4000)] + rng.normal(0, 1, (4000, 16))).astype(np.float32)
-    c, labels = pylocalize.kmeans(x, 8, n_iter=15, seed=3)
-    assert c.shape == (8, 16) and labels.shape == (4000,)
-    # every true centre is recovered by some centroid
-    d = np.linalg.norm(centers[:, None] - c[None], axis=2)
-    assert d.min(1).max() < 1.0
-    ref = np.argmin(((x[:, None] - c[None]) ** 2).sum(-1), axis=1)
-    np.testing.assert_array_equal(labels, ref)
-    lab3, dist3 = pylocalize.assign(x[:50], c, m=3)
-    full = ((x[:50, None].astype(np.float64) - c[None]) ** 2).sum(-1)
-    np.testing.assert_array_equal(lab3, np.argsort(full, axis=1, kind="stable")[:, :3])
-    np.testing.assert_allclose(dist3, np.sort(full, axis=1)[:, :3], rtol=1e-3, atol=1e-2)
-    again, _ = pylocalize.kmeans(x, 8, n_iter=15, seed=3)
-    np.testing.assert_array_equal(again, c)  # deterministic for a seed
-    with pytest.raises(ValueError, match="at least k"):
-        pylocalize.kmeans(x[:5], 8)

@@ -162,6 +162,54 @@ def test_multibit_persistence(tmp_path):
         pylocalize.BinaryIndex.load(path)
 
 
+def test_multibit_remove_ids_matches_rebuilt_index(tmp_path):
+    """remove_ids leaves an index that searches, saves and loads as one built from the rest:
+    against a rebuilt index and numpy SDC, with tied (duplicate) codes and a mapped file."""
+    rng = np.random.default_rng(15)
+    x = rng.standard_normal((300, 40)).astype(np.float32)
+    x[100:130] = x[0]  # 31 identical codes: ties that must go to the smaller id
+    codes = pylocalize.binarize(x, 3)
+    ids = rng.permutation(np.arange(5000, 5300, dtype=np.int64))  # not ascending
+    index = pylocalize.MultiBitIndex(40, 3)
+    index.add(codes, ids, vectors=x)
+    drop = np.concatenate([ids[::3], ids[100:110], [ids[0], 99999]])  # repeats and an unknown id
+    gone = np.isin(ids, drop)
+    assert index.remove_ids(drop) == gone.sum() and index.remove_ids([99999]) == 0
+    rebuilt = pylocalize.MultiBitIndex(40, 3)
+    rebuilt.add(codes[~gone], ids[~gone], vectors=x[~gone])
+    np.testing.assert_array_equal(index.ids(), ids[~gone])
+    qc, qx = codes[[0, 1, 2, 120, 200]], x[[0, 1, 2, 120, 200]]
+    for kwargs in (dict(), dict(candidates=60), dict(query_vectors=qx, rerank=40)):
+        got, want = index.search(qc, 25, **kwargs), rebuilt.search(qc, 25, **kwargs)
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_array_equal(got[0], want[0])
+    scores, found = index.search(qc, 25)
+    ref = sdc_scores(qc, codes[~gone], 40, 3)
+    rows = np.searchsorted(ids[~gone], found, sorter=np.argsort(ids[~gone]))
+    assert_topk_equivalent(scores, np.argsort(ids[~gone])[rows], ref, 25)
+    for s_row, i_row in zip(scores, found):  # equal scores: ascending ids
+        for a in range(24):
+            if s_row[a] == s_row[a + 1]:
+                assert i_row[a] < i_row[a + 1]
+    index.save(tmp_path / "removed.pyloc")
+    rebuilt.save(tmp_path / "rebuilt.pyloc")
+    a = pylocalize._core.read_container(str(tmp_path / "removed.pyloc"))
+    b = pylocalize._core.read_container(str(tmp_path / "rebuilt.pyloc"))
+    assert a[:2] == b[:2] and a[2].keys() == b[2].keys() and a[3].keys() == b[3].keys()
+    for name in a[3]:
+        np.testing.assert_array_equal(a[3][name], b[3][name])
+    # a mapped index copies before removing: the file keeps every code
+    index.add(codes[:5], np.arange(10, 15, dtype=np.int64), vectors=x[:5])
+    index.save(tmp_path / "full.pyloc")
+    mapped = pylocalize.MultiBitIndex.load(tmp_path / "full.pyloc", mmap=True)
+    assert mapped.remove_ids(np.arange(10, 15)) == 5
+    np.testing.assert_array_equal(mapped.search(qc, 25, query_vectors=qx, rerank=40)[1],
+                                  rebuilt.search(qc, 25, query_vectors=qx, rerank=40)[1])
+    assert pylocalize.MultiBitIndex.load(tmp_path / "full.pyloc").ntotal == rebuilt.ntotal + 5
+    assert mapped.remove_ids(mapped.ids()) == rebuilt.ntotal and len(mapped) == 0
+    assert mapped.search(qc, 2)[1].tolist() == [[-1, -1]] * 5
+
+
 def test_multibit_errors():
     rng = np.random.default_rng(15)
     x = rng.standard_normal((10, 32)).astype(np.float32)

@@ -16,8 +16,7 @@ void BindBow(py::module_& m) {
           [](bow::InvertedFile& self, const py::object& words, const py::object& weights, int64_t doc_id) {
             auto w = CheckArray<int64_t>(words, "words", 1);
             auto v = CheckArray<float>(weights, "weights", 1);
-            PYL_CHECK(w.shape(0) == v.shape(0), "words and weights differ in length: ", w.shape(0), " vs ",
-                      v.shape(0));
+            PYL_CHECK(w.shape(0) == v.shape(0), "words and weights differ in length: ", w.shape(0), " vs ", v.shape(0));
             ReleaseGil release(/*poll_interrupts=*/false);
             self.Add(w.data(), v.data(), w.shape(0), doc_id);
           },
@@ -27,8 +26,7 @@ void BindBow(py::module_& m) {
           [](const bow::InvertedFile& self, const py::object& words, const py::object& weights, int64_t k) {
             auto w = CheckArray<int64_t>(words, "words", 1);
             auto v = CheckArray<float>(weights, "weights", 1);
-            PYL_CHECK(w.shape(0) == v.shape(0), "words and weights differ in length: ", w.shape(0), " vs ",
-                      v.shape(0));
+            PYL_CHECK(w.shape(0) == v.shape(0), "words and weights differ in length: ", w.shape(0), " vs ", v.shape(0));
             PYL_CHECK(k >= 1, "k must be >= 1, got ", k);
             py::array_t<float> scores(k);
             py::array_t<int64_t> ids(k);

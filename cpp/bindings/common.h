@@ -44,7 +44,7 @@ class ReleaseGil {
   ReleaseGil& operator=(const ReleaseGil&) = delete;
 
  private:
-  bool installed_ = false;         // this scope put the SIGINT handler in place
+  bool installed_ = false;  // this scope put the SIGINT handler in place
   bool outer_interruptible_ = false;
   std::optional<py::gil_scoped_release> release_;
 };
@@ -76,18 +76,16 @@ const char* DTypeName() {
 // also checks the number of columns of a 2-D array.
 template <typename T>
 py::array_t<T> CheckArray(const py::handle& obj, const char* name, int ndim, int64_t ncols = -1) {
-  PYL_CHECK(py::isinstance<py::array>(obj), name, " must be a numpy array of ", DTypeName<T>(),
-            ", got ", std::string(py::str(py::type::of(obj).attr("__name__"))));
+  PYL_CHECK(py::isinstance<py::array>(obj), name, " must be a numpy array of ", DTypeName<T>(), ", got ",
+            std::string(py::str(py::type::of(obj).attr("__name__"))));
   py::array a = py::reinterpret_borrow<py::array>(obj);
   // Equality, not identity: an array that went through pickle carries an equal dtype
   // object that is not numpy's cached one.
-  PYL_CHECK(a.dtype().equal(py::dtype::of<T>()), name, " must have dtype ", DTypeName<T>(),
-            ", got ", std::string(py::str(a.dtype())), "; convert with .astype(np.",
-            DTypeName<T>(), ")");
-  PYL_CHECK(a.ndim() == ndim, name, " must be ", ndim, "-D, got shape with ", a.ndim(),
-            " dimensions", ndim == 2 ? "; use x.reshape(1, -1) for a single row" : "");
-  PYL_CHECK(a.flags() & py::array::c_style, name,
-            " must be C-contiguous; pass np.ascontiguousarray(", name, ")");
+  PYL_CHECK(a.dtype().equal(py::dtype::of<T>()), name, " must have dtype ", DTypeName<T>(), ", got ",
+            std::string(py::str(a.dtype())), "; convert with .astype(np.", DTypeName<T>(), ")");
+  PYL_CHECK(a.ndim() == ndim, name, " must be ", ndim, "-D, got shape with ", a.ndim(), " dimensions",
+            ndim == 2 ? "; use x.reshape(1, -1) for a single row" : "");
+  PYL_CHECK(a.flags() & py::array::c_style, name, " must be C-contiguous; pass np.ascontiguousarray(", name, ")");
   if (ncols >= 0) {
     PYL_CHECK(a.shape(1) == ncols, name, " must have ", ncols, " columns, got ", a.shape(1));
   }
@@ -96,8 +94,7 @@ py::array_t<T> CheckArray(const py::handle& obj, const char* name, int ndim, int
 
 // A numpy array over `data` whose lifetime holds `owner`.
 template <typename T>
-py::array_t<T> ViewArray(std::vector<py::ssize_t> shape, const T* data,
-                         std::shared_ptr<const void> owner) {
+py::array_t<T> ViewArray(std::vector<py::ssize_t> shape, const T* data, std::shared_ptr<const void> owner) {
   auto* holder = new std::shared_ptr<const void>(std::move(owner));
   py::capsule base(holder, [](void* p) { delete static_cast<std::shared_ptr<const void>*>(p); });
   return py::array_t<T>(shape, data, base);

@@ -15,8 +15,7 @@ namespace {
 const int64_t* OptionalIds(const py::object& ids, int64_t n, py::array_t<int64_t>* keep) {
   if (ids.is_none()) return nullptr;
   *keep = CheckArray<int64_t>(ids, "ids", 1);
-  PYL_CHECK(keep->shape(0) == n, "ids must have one entry per code: got ", keep->shape(0),
-            " ids for ", n, " codes");
+  PYL_CHECK(keep->shape(0) == n, "ids must have one entry per code: got ", keep->shape(0), " ids for ", n, " codes");
   return keep->data();
 }
 
@@ -44,8 +43,7 @@ void BindIdsAndPersistence(py::class_<Index>& cls) {
             return MoveArray(std::move(v), {n});
           })
       .def("save", &Index::Save, py::arg("path"), py::call_guard<ReleaseGil>())
-      .def_static("load", &Index::Load, py::arg("path"), py::arg("mmap") = false,
-                  py::call_guard<ReleaseGil>());
+      .def_static("load", &Index::Load, py::arg("path"), py::arg("mmap") = false, py::call_guard<ReleaseGil>());
   BindSerialization(cls);
 }
 
@@ -53,8 +51,7 @@ void BindIdsAndPersistence(py::class_<Index>& cls) {
 
 void BindHamming(py::module_& m) {
   py::class_<BinaryIndex> binary(m, "BinaryIndex");
-  binary
-      .def(py::init<int64_t>(), py::arg("nbits"))
+  binary.def(py::init<int64_t>(), py::arg("nbits"))
       .def_property_readonly("nbits", &BinaryIndex::nbits)
       .def_property_readonly("code_size", &BinaryIndex::code_size)
       .def_property_readonly("ntotal", WithoutGil(&BinaryIndex::ntotal))
@@ -106,17 +103,15 @@ void BindHamming(py::module_& m) {
           },
           py::arg("ids"))
       .def("reset", &BinaryIndex::Reset, py::call_guard<ReleaseGil>())
-      .def("codes",
-           [](const BinaryIndex& self) {
-             std::vector<uint8_t> c = WithoutGil(&BinaryIndex::Codes)(self);
-             const py::ssize_t n = static_cast<py::ssize_t>(c.size()) / self.code_size();
-             return MoveArray(std::move(c), {n, static_cast<py::ssize_t>(self.code_size())});
-           });
+      .def("codes", [](const BinaryIndex& self) {
+        std::vector<uint8_t> c = WithoutGil(&BinaryIndex::Codes)(self);
+        const py::ssize_t n = static_cast<py::ssize_t>(c.size()) / self.code_size();
+        return MoveArray(std::move(c), {n, static_cast<py::ssize_t>(self.code_size())});
+      });
   BindIdsAndPersistence(binary);
 
   py::class_<MultiBitIndex> multibit(m, "MultiBitIndex");
-  multibit
-      .def(py::init<int64_t, int>(), py::arg("dim"), py::arg("bits_per_dim"))
+  multibit.def(py::init<int64_t, int>(), py::arg("dim"), py::arg("bits_per_dim"))
       .def_property_readonly("dim", &MultiBitIndex::dim)
       .def_property_readonly("bits_per_dim", &MultiBitIndex::bits_per_dim)
       .def_property_readonly("code_size", &MultiBitIndex::code_size)
@@ -124,8 +119,7 @@ void BindHamming(py::module_& m) {
       .def_property_readonly("has_vectors", WithoutGil(&MultiBitIndex::has_vectors))
       .def(
           "add",
-          [](MultiBitIndex& self, const py::object& codes, const py::object& ids,
-             const py::object& vectors) {
+          [](MultiBitIndex& self, const py::object& codes, const py::object& ids, const py::object& vectors) {
             auto c = CheckArray<uint8_t>(codes, "codes", 2, self.code_size());
             const int64_t n = c.shape(0);
             py::array_t<int64_t> keep;
@@ -134,8 +128,8 @@ void BindHamming(py::module_& m) {
             const float* vp = nullptr;
             if (!vectors.is_none()) {
               v = CheckArray<float>(vectors, "vectors", 2, self.dim());
-              PYL_CHECK(v.shape(0) == n, "vectors must have one row per code: got ", v.shape(0),
-                        " rows for ", n, " codes");
+              PYL_CHECK(v.shape(0) == n, "vectors must have one row per code: got ", v.shape(0), " rows for ", n,
+                        " codes");
               CheckFinite(v.data(), v.size(), "vectors");
               vp = v.data();
             }
@@ -145,8 +139,8 @@ void BindHamming(py::module_& m) {
           py::arg("codes"), py::arg("ids") = py::none(), py::arg("vectors") = py::none())
       .def(
           "search",
-          [](const MultiBitIndex& self, const py::object& query_codes, int64_t k,
-             const py::object& query_vectors, int64_t rerank, int64_t candidates) {
+          [](const MultiBitIndex& self, const py::object& query_codes, int64_t k, const py::object& query_vectors,
+             int64_t rerank, int64_t candidates) {
             auto q = CheckArray<uint8_t>(query_codes, "query_codes", 2, self.code_size());
             PYL_CHECK(k >= 1, "k must be >= 1, got ", k);
             const int64_t nq = q.shape(0);
@@ -168,9 +162,16 @@ void BindHamming(py::module_& m) {
             }
             return py::make_tuple(s, i);
           },
-          py::arg("query_codes"), py::arg("k"),
-          py::arg("query_vectors") = py::none(), py::arg("rerank") = 0,
+          py::arg("query_codes"), py::arg("k"), py::arg("query_vectors") = py::none(), py::arg("rerank") = 0,
           py::arg("candidates") = 0)
+      .def(
+          "remove_ids",
+          [](MultiBitIndex& self, const py::object& ids) {
+            auto a = CheckArray<int64_t>(ids, "ids", 1);
+            ReleaseGil release;
+            return self.RemoveIds(a.data(), a.shape(0));
+          },
+          py::arg("ids"))
       .def("reset", &MultiBitIndex::Reset, py::call_guard<ReleaseGil>());
   BindIdsAndPersistence(multibit);
 
@@ -178,8 +179,7 @@ void BindHamming(py::module_& m) {
       "binarize",
       [](const py::object& x, int bits_per_dim) {
         auto a = CheckArray<float>(x, "x", 2);
-        PYL_CHECK(bits_per_dim >= 1 && bits_per_dim <= 4, "bits_per_dim must be 1..4, got ",
-                  bits_per_dim);
+        PYL_CHECK(bits_per_dim >= 1 && bits_per_dim <= 4, "bits_per_dim must be 1..4, got ", bits_per_dim);
         const int64_t n = a.shape(0), d = a.shape(1);
         PYL_CHECK(d >= 1, "x must have at least one column");
         CheckFinite(a.data(), a.size(), "x");

@@ -24,9 +24,7 @@ extern "C" void OnSigint(int sig) {
   if (previous != nullptr) previous(sig);
 }
 
-bool InterruptRequested() {
-  return t_interruptible && g_sigint.load(std::memory_order_relaxed);
-}
+bool InterruptRequested() { return t_interruptible && g_sigint.load(std::memory_order_relaxed); }
 
 // Whether the current SIGINT disposition is a plain handler we can chain to: not
 // ignored, not the default (Ctrl-C then ends the process, nothing to poll), and not an
@@ -70,8 +68,7 @@ ReleaseGil::~ReleaseGil() {
 }
 
 void InitInterrupts() {
-  g_main_thread = py::cast<unsigned long>(
-      py::module_::import("threading").attr("main_thread")().attr("ident"));
+  g_main_thread = py::cast<unsigned long>(py::module_::import("threading").attr("main_thread")().attr("ident"));
   SetInterruptHook(&InterruptRequested);
 }
 

@@ -22,8 +22,9 @@ void BindKnn(py::module_& m) {
           r = knn::KMeans(a.data(), n, d, k, iterations, seed, max_points_per_centroid, GetNumThreads());
           knn::AssignNearest(r.centroids.data(), k, a.data(), n, d, labels.data(), nullptr, GetNumThreads());
         }
-        return py::make_tuple(MoveArray(std::move(r.centroids), {static_cast<py::ssize_t>(k), static_cast<py::ssize_t>(d)}),
-                              MoveArray(std::move(labels), {static_cast<py::ssize_t>(n)}), r.inertia);
+        return py::make_tuple(
+            MoveArray(std::move(r.centroids), {static_cast<py::ssize_t>(k), static_cast<py::ssize_t>(d)}),
+            MoveArray(std::move(labels), {static_cast<py::ssize_t>(n)}), r.inertia);
       },
       py::arg("x"), py::arg("k"), py::arg("iterations"), py::arg("seed"), py::arg("max_points_per_centroid"));
   m.def(

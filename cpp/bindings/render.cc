@@ -10,12 +10,10 @@ namespace bindings {
 namespace {
 
 template <typename T>
-const T* Optional(const py::object& obj, const char* name, int ndim, int64_t rows, int64_t cols,
-                  py::array_t<T>* keep) {
+const T* Optional(const py::object& obj, const char* name, int ndim, int64_t rows, int64_t cols, py::array_t<T>* keep) {
   if (obj.is_none()) return nullptr;
   *keep = CheckArray<T>(obj, name, ndim, cols);
-  PYL_CHECK(rows < 0 || keep->shape(0) == rows, name, " must have ", rows, " rows, got ",
-            keep->shape(0));
+  PYL_CHECK(rows < 0 || keep->shape(0) == rows, name, " must have ", rows, " rows, got ", keep->shape(0));
   return keep->data();
 }
 
@@ -28,10 +26,9 @@ void BindRender(py::module_& m) {
 
   m.def(
       "render_batch",
-      [](const py::object& vertices, const py::object& faces, const py::object& poses,
-         const py::object& K, int width, int height, double near_plane, double far_plane,
-         const py::object& vertex_normals, const py::object& colors, const py::object& uvs,
-         const py::object& texture, render::Shading shading, float ambient, int supersample,
+      [](const py::object& vertices, const py::object& faces, const py::object& poses, const py::object& K, int width,
+         int height, double near_plane, double far_plane, const py::object& vertex_normals, const py::object& colors,
+         const py::object& uvs, const py::object& texture, render::Shading shading, float ambient, int supersample,
          bool cull_back, std::vector<int> background, std::vector<std::string> outputs) {
         auto v = CheckArray<float>(vertices, "vertices", 2, 3);
         auto f = CheckArray<int32_t>(faces, "faces", 2, 3);
@@ -113,12 +110,10 @@ void BindRender(py::module_& m) {
         }
         return result;
       },
-      py::arg("vertices"), py::arg("faces"), py::arg("poses"), py::arg("K"), py::arg("width"),
-      py::arg("height"), py::arg("near"), py::arg("far"), py::arg("vertex_normals"),
-      py::arg("colors"), py::arg("uvs"), py::arg("texture"), py::arg("shading"),
-      py::arg("ambient"), py::arg("supersample"), py::arg("cull_back"), py::arg("background"),
-      py::arg("outputs"),
-      "Renders a batch of views; see pylocalize.render.Renderer for the documented API.");
+      py::arg("vertices"), py::arg("faces"), py::arg("poses"), py::arg("K"), py::arg("width"), py::arg("height"),
+      py::arg("near"), py::arg("far"), py::arg("vertex_normals"), py::arg("colors"), py::arg("uvs"), py::arg("texture"),
+      py::arg("shading"), py::arg("ambient"), py::arg("supersample"), py::arg("cull_back"), py::arg("background"),
+      py::arg("outputs"), "Renders a batch of views; see pylocalize.render.Renderer for the documented API.");
 }
 
 }  // namespace bindings

@@ -88,17 +88,16 @@ void BindUtil(py::module_& m) {
   });
   InitInterrupts();
 
-  m.def("simd_level", [] { return std::string(SimdLevelName(ActiveSimdLevel())); },
-        "SIMD level the kernels use now.");
-  m.def("detected_simd_level", [] { return std::string(SimdLevelName(DetectedSimdLevel())); },
-        "Best SIMD level this CPU supports.");
+  m.def("simd_level", [] { return std::string(SimdLevelName(ActiveSimdLevel())); }, "SIMD level the kernels use now.");
+  m.def(
+      "detected_simd_level", [] { return std::string(SimdLevelName(DetectedSimdLevel())); },
+      "Best SIMD level this CPU supports.");
   m.def("supported_simd_levels", [] {
     std::vector<std::string> out;
     for (SimdLevel l : SupportedSimdLevels()) out.emplace_back(SimdLevelName(l));
     return out;
   });
-  m.def("set_simd_level", [](const std::string& name) { SetSimdLevel(ParseSimdLevel(name)); },
-        py::arg("level"));
+  m.def("set_simd_level", [](const std::string& name) { SetSimdLevel(ParseSimdLevel(name)); }, py::arg("level"));
   m.def("get_num_threads", &GetNumThreads);
   m.def("set_num_threads", &SetNumThreads, py::arg("n"));
   m.def("num_cores", &NumCores);
@@ -119,8 +118,7 @@ void BindUtil(py::module_& m) {
 
   m.def(
       "write_container",
-      [](py::object path, const std::string& tag, const py::dict& meta,
-         const py::dict& sections) -> py::object {
+      [](py::object path, const std::string& tag, const py::dict& meta, const py::dict& sections) -> py::object {
         ContainerWriter w(tag);
         for (auto kv : meta) w.SetMeta(py::cast<std::string>(kv.first), py::cast<int64_t>(kv.second));
         std::vector<py::array> keep;
@@ -162,9 +160,10 @@ void BindUtil(py::module_& m) {
       },
       py::arg("path"), py::arg("data"),
       "Writes bytes to path all-or-nothing (temporary file, fsync, rename, fsync of the folder).");
-  m.def("remove_stale_temp_files", [](py::object path) {
-        return RemoveStaleTempFiles(py::cast<std::string>(py::str(path)));
-      }, py::arg("path"), "Removes temporary files left next to path by killed writers; returns how many.");
+  m.def(
+      "remove_stale_temp_files",
+      [](py::object path) { return RemoveStaleTempFiles(py::cast<std::string>(py::str(path))); }, py::arg("path"),
+      "Removes temporary files left next to path by killed writers; returns how many.");
   m.def(
       "read_container",
       [](py::object source, bool mmap, bool verify) {

@@ -180,8 +180,9 @@ class MultiBitIndex:
     by the cosine of their reconstructions: the inner product
     ``sum_{i,j} 2**-(i+j) * (dim - 2 * popcount(q_i ^ x_j))`` from SIMD popcounts over
     bit-plane pairs, times each code's precomputed inverse reconstruction norm (codes carry
-    no scale, and without it the ranking would follow the reconstruction norm). Optionally keeps the float vectors to re-rank the best SDC
-    candidates by exact inner product; after :meth:`load` those stay memory-mapped.
+    no scale, and without it the ranking would follow the reconstruction norm). Optionally
+    keeps the float vectors to re-rank the best SDC candidates by exact inner product; after
+    :meth:`load` those stay memory-mapped.
 
     Parameters
     ----------
@@ -193,7 +194,7 @@ class MultiBitIndex:
     Notes
     -----
     Thread safety: searches may run concurrently from several threads with each other and
-    with ``add``, ``reset``, ``len`` and ``ntotal``. Changes are serialized by the index
+    with ``add``, ``remove_ids``, ``reset``, ``len`` and ``ntotal``. Changes are serialized by the index
     lock: a search sees the index as it was before or after each change, never part of one.
     Every call releases the GIL while it waits for that lock, and Ctrl-C stops a long call
     made from the main thread.
@@ -251,10 +252,10 @@ class MultiBitIndex:
             Hamming distances first and pays the full SDC score only for codes among about
             the ``candidates`` closest in sign bits (a bound estimated per query on an
             evenly spaced sample of the codes: deterministic). How many are needed depends
-            on how good a code the sign plane is: on 128-d embeddings, 200 of 200,000 kept
-            99 % of exact SDC's recall at about half of its time (``benchmarks/README.md``);
-            where a few dimensions dominate, sign codes are poor and more are needed. Must be ``>= k`` and ``>= rerank``; 0 (default)
-            scores every code. No effect at 1 bit per dimension.
+            on how good a code the sign plane is (measured figures: ``benchmarks/README.md``);
+            where a few dimensions dominate, sign codes are poor and more are needed. Must be
+            ``>= k`` and ``>= rerank``; 0 (default) scores every code. No effect at 1 bit per
+            dimension.
 
         Returns
         -------
@@ -265,6 +266,11 @@ class MultiBitIndex:
         """
         return self._impl.search(query_codes, _int_scalar(k, "k"), query_vectors,
                                  _int_scalar(rerank, "rerank"), _int_scalar(candidates, "candidates"))
+
+    def remove_ids(self, ids: np.ndarray) -> int:
+        """Removes every code (and its float vector) whose id is in ``ids``; returns how many
+        were removed. The rest searches as an index built from it would."""
+        return self._impl.remove_ids(as_ids(ids).reshape(-1))
 
     def reset(self) -> None:
         """Removes every code (and vector)."""

@@ -19,16 +19,16 @@ Methods:
 - ``"grid"`` (approximate, the paper's released approach): colored range search with
   random grids, for a geometric schedule of radii up to the kernel's cutoff; each
   (query feature, image) pair is scored at the first radius where the image is found.
-- ``"ivf"`` (approximate, ours, faster at equal recall): an inverted file over the features. k-means lists hold their
-  features grouped by image; each query feature probes its ``nprobe`` nearest lists, where
-  distances are exact. Only pairs within the kernel's cutoff (p0 for the CANN kernel) can
-  score, and those are near neighbours that fall in the nearest lists with high
-  probability, so probing a few lists keeps nearly every scoring pair while computing a
-  small fraction of the distances. The work per query scales with nprobe / nlist, the
-  distance computations run on the same blocked kernels as the exact method (batched over
-  all query features that probe a list), and no per-(query, image) state is kept beyond
-  the candidate pairs. Grids instead hash into cells whose collision probability for a
-  true neighbour decays with every hashed dimension, so they need many grids and radii
+- ``"ivf"`` (approximate, ours, faster at equal recall): an inverted file over the features.
+  k-means lists hold their features grouped by image; each query feature probes its
+  ``nprobe`` nearest lists, where distances are exact. Only pairs within the kernel's cutoff
+  (p0 for the CANN kernel) can score, and those are near neighbours that fall in the nearest
+  lists with high probability, so probing a few lists keeps nearly every scoring pair while
+  computing a small fraction of the distances. The work per query scales with nprobe /
+  nlist, the distance computations run on the same blocked kernels as the exact method
+  (batched over all query features that probe a list), and no per-(query, image) state is
+  kept beyond the candidate pairs. Grids instead hash into cells whose collision probability
+  for a true neighbour decays with every hashed dimension, so they need many grids and radii
   and check their candidates one pair at a time.
 """
 
@@ -111,6 +111,10 @@ class CANNIndex:
     part of one. Every call releases the GIL while it waits for that lock, and Ctrl-C stops
     a long call (search, train, the grid build) made from the main thread. Changing the
     attributes ``method`` or ``nprobe`` while another thread searches is not synchronized.
+
+    :meth:`save` and :meth:`serialize` store the search options (method, nprobe, kernel,
+    p0, p1, sigma, grid) with the features, and :meth:`load` / :meth:`deserialize` apply
+    them; files written before the options were stored load with the constructor defaults.
     """
 
     def __init__(self, dim: int, metric: str = "l2", method: str = "exact", kernel: str = "cann",
@@ -133,6 +137,7 @@ class CANNIndex:
             raise ValueError(f"unknown grid options {sorted(unknown)}: use {sorted(GRID_DEFAULTS)}")
         _check_grid(self.grid)
         self._grid_configured = False
+        self._stored_options: Optional[dict] = None
 
     def _prepare(self) -> str:
         """Validates the current method (it may be changed between searches) and
@@ -240,30 +245,60 @@ class CANNIndex:
         """The distinct database image ids, ascending."""
         return self._impl.image_ids()
 
+    @property
+    def search_options(self) -> dict:
+        """The options :meth:`save` stores: ``method``, ``nprobe``, ``kernel``, ``p0``, ``p1``,
+        ``sigma`` and ``grid``, as the constructor takes them."""
+        return dict(method=self.method, nprobe=self.nprobe, grid=dict(self.grid), **self._kernel_args)
+
+    @property
+    def stored_options(self) -> Optional[dict]:
+        """The search options read from the file or bytes this index was loaded from (before
+        any ``options`` given to :meth:`load`), or None: not loaded, or a file written before
+        the options were stored (which then searches with the constructor defaults)."""
+        return self._stored_options
+
+    def _store_options(self) -> None:
+        """Hands the current search options to the core, which writes them with the features."""
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        g = self.grid
+        self._impl.set_search_options(self.method, int_scalar(self.nprobe, "nprobe"), self._kernel,
+                                      int(g["num_grids"]), int(g["num_radii"]), int(g["dims"]),
+                                      float(g["cell_factor"]), int(g["max_bin"]), int(g["seed"]))
+
     def save(self, path: PathLike) -> None:
-        """Writes the features and trained lists (pylocalize container, atomically); the
-        search options (method, kernel, nprobe) are not stored."""
+        """Writes the features, trained lists and search options (pylocalize container,
+        atomically)."""
+        self._store_options()
         self._impl.save(os.fspath(path))
 
     @classmethod
+    def _from_impl(cls, impl: _core.CannIndex, options: dict) -> "CANNIndex":
+        """The index over ``impl`` with its stored search options, ``options`` taking precedence."""
+        stored = impl.search_options
+        index = cls(impl.dim, _impl=impl, **dict(stored or {}, **options))
+        index._stored_options = stored
+        return index
+
+    @classmethod
     def load(cls, path: PathLike, **options) -> "CANNIndex":
-        """Reads an index written by :meth:`save`; ``options`` as in the constructor."""
-        impl = _core.CannIndex.load(os.fspath(path))
-        return cls(impl.dim, _impl=impl, **options)
+        """Reads an index written by :meth:`save`, with the search options it stored;
+        ``options`` (as in the constructor) replace stored ones."""
+        return cls._from_impl(_core.CannIndex.load(os.fspath(path)), options)
 
     def serialize(self) -> np.ndarray:
-        """The features as bytes (``uint8`` array) in the container format."""
+        """The features and search options as bytes (``uint8`` array) in the container format."""
+        self._store_options()
         return self._impl.serialize()
 
     @classmethod
     def deserialize(cls, data: np.ndarray, **options) -> "CANNIndex":
-        impl = _core.CannIndex.deserialize(np.ascontiguousarray(data, dtype=np.uint8))
-        return cls(impl.dim, _impl=impl, **options)
+        """Reads bytes from :meth:`serialize`; ``options`` as in :meth:`load`."""
+        return cls._from_impl(_core.CannIndex.deserialize(np.ascontiguousarray(data, dtype=np.uint8)), options)
 
     def __reduce__(self):
-        options = dict(metric=self.metric, method=self.method, nprobe=self.nprobe, grid=self.grid,
-                       **self._kernel_args)
-        return (_rebuild, (self.serialize(), options))
+        return (_rebuild, (self.serialize(), dict(metric=self.metric, **self.search_options)))
 
 
 def _rebuild(data, options):

@@ -9,7 +9,8 @@ seed.
 
 from __future__ import annotations
 
-from typing import Tuple
+import warnings
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -17,8 +18,8 @@ from pylocalize import _core
 from pylocalize.index._args import int_scalar
 
 
-def kmeans(x: np.ndarray, k: int, n_iter: int = 20, seed: int = 0,
-           max_points_per_centroid: int = 256) -> Tuple[np.ndarray, np.ndarray]:
+def kmeans(x: np.ndarray, k: int, iterations: int = 20, seed: int = 0, max_points_per_centroid: int = 256, *,
+           n_iter: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Lloyd's k-means.
 
     Parameters
@@ -26,7 +27,8 @@ def kmeans(x: np.ndarray, k: int, n_iter: int = 20, seed: int = 0,
     x : float32 (n, d)
     k : int
         Number of centroids, ``1 <= k <= n``.
-    n_iter : int
+    iterations : int
+        Lloyd iterations (the name :meth:`CANNIndex.train` uses too).
     seed : int
     max_points_per_centroid : int
         Training subsample size per centroid (0: use every point).
@@ -36,9 +38,16 @@ def kmeans(x: np.ndarray, k: int, n_iter: int = 20, seed: int = 0,
     centroids : float32 (k, d)
     labels : int64 (n,)
         Nearest centroid of every point of ``x``.
+    n_iter : int, optional
+        Deprecated name of ``iterations`` (a DeprecationWarning); kept so older callers run.
     """
+    if n_iter is not None:
+        if iterations != 20:
+            raise TypeError("kmeans() got both iterations and its deprecated alias n_iter: pass iterations only")
+        warnings.warn("kmeans(n_iter=) is deprecated: use kmeans(iterations=)", DeprecationWarning, stacklevel=2)
+        iterations = n_iter
     centroids, labels, _ = _core.kmeans(np.ascontiguousarray(x, dtype=np.float32) if x.dtype != np.float32 else x,
-                                        int_scalar(k, "k"), int(n_iter), int(seed), int(max_points_per_centroid))
+                                        int_scalar(k, "k"), int(iterations), int(seed), int(max_points_per_centroid))
     return centroids, labels
 
 

@@ -27,8 +27,7 @@ class InvertedFile {
 
   // The k documents with the largest dot product with the query, best first; ties go to
   // the smaller doc_id. Slots past the number of documents get (-inf, -1).
-  void Search(const int64_t* words, const float* weights, int64_t n, int64_t k, float* scores,
-              int64_t* ids) const;
+  void Search(const int64_t* words, const float* weights, int64_t n, int64_t k, float* scores, int64_t* ids) const;
 
  private:
   struct Posting {

@@ -60,19 +60,17 @@ int64_t GridMemoryLimit() {
 }  // namespace
 
 void ValidateGridParams(const GridParams& p, int64_t dim) {
-  PYL_CHECK(p.num_grids >= 1 && p.num_grids <= kMaxGridsPerRadius, "grid num_grids must be in 1..",
-            kMaxGridsPerRadius, ", got ", p.num_grids,
-            "; grids per radius past a few dozen add memory and time, not recall");
-  PYL_CHECK(p.num_radii >= 1 && p.num_radii <= kMaxRadii, "grid num_radii must be in 1..", kMaxRadii,
-            ", got ", p.num_radii, "; each radius halves the last, so a few cover the kernel");
+  PYL_CHECK(p.num_grids >= 1 && p.num_grids <= kMaxGridsPerRadius, "grid num_grids must be in 1..", kMaxGridsPerRadius,
+            ", got ", p.num_grids, "; grids per radius past a few dozen add memory and time, not recall");
+  PYL_CHECK(p.num_radii >= 1 && p.num_radii <= kMaxRadii, "grid num_radii must be in 1..", kMaxRadii, ", got ",
+            p.num_radii, "; each radius halves the last, so a few cover the kernel");
   PYL_CHECK(static_cast<int64_t>(p.num_grids) * p.num_radii <= kMaxTotalGrids,
-            "grid num_grids * num_radii must be <= ", kMaxTotalGrids, ", got ", p.num_grids, " * ",
-            p.num_radii, "; lower num_grids or num_radii, or use method='ivf'");
+            "grid num_grids * num_radii must be <= ", kMaxTotalGrids, ", got ", p.num_grids, " * ", p.num_radii,
+            "; lower num_grids or num_radii, or use method='ivf'");
   PYL_CHECK(p.dims >= 1 && p.dims <= std::min<int64_t>(dim, kMaxGridDims), "grid dims must be in 1..",
-            std::min<int64_t>(dim, kMaxGridDims), " (at most the descriptor dimension and ", kMaxGridDims,
-            "), got ", p.dims);
-  PYL_CHECK(p.cell_factor > 0 && std::isfinite(p.cell_factor), "grid cell_factor must be > 0, got ",
-            p.cell_factor);
+            std::min<int64_t>(dim, kMaxGridDims), " (at most the descriptor dimension and ", kMaxGridDims, "), got ",
+            p.dims);
+  PYL_CHECK(p.cell_factor > 0 && std::isfinite(p.cell_factor), "grid cell_factor must be > 0, got ", p.cell_factor);
   PYL_CHECK(p.max_bin >= 1, "grid max_bin must be >= 1, got ", p.max_bin);
 }
 
@@ -106,8 +104,8 @@ uint64_t RandomGrids::Key(const Grid& grid, const float* x) const {
   return h;
 }
 
-void RandomGrids::Build(const float* rows, int64_t n, int64_t dim, double r_max,
-                        const GridParams& params, int num_threads) {
+void RandomGrids::Build(const float* rows, int64_t n, int64_t dim, double r_max, const GridParams& params,
+                        int num_threads) {
   ValidateGridParams(params, dim);
   PYL_CHECK(r_max > 0 && std::isfinite(r_max), "the kernel cutoff must be finite for the grid method");
   CheckGridMemory(params, n, dim);
@@ -152,7 +150,8 @@ void RandomGrids::Build(const float* rows, int64_t n, int64_t dim, double r_max,
       while (b < keyed.size() && keyed[b].first == keyed[a].first) ++b;
       // Oversized cells keep a random subset.
       if (static_cast<int64_t>(b - a) > params.max_bin) {
-        std::shuffle(keyed.begin() + static_cast<std::ptrdiff_t>(a), keyed.begin() + static_cast<std::ptrdiff_t>(b), cell_rng);
+        std::shuffle(keyed.begin() + static_cast<std::ptrdiff_t>(a), keyed.begin() + static_cast<std::ptrdiff_t>(b),
+                     cell_rng);
       }
       const size_t keep = std::min<size_t>(b - a, static_cast<size_t>(params.max_bin));
       const uint32_t start = static_cast<uint32_t>(grid.members.size());

@@ -19,11 +19,11 @@ namespace pylocalize {
 namespace cann {
 
 struct GridParams {
-  int num_grids = 16;         // grids per radius
-  int num_radii = 4;          // radii r_max * 2^-(J-1) ... r_max
-  int dims = 8;               // projected dimensions hashed per grid
-  double cell_factor = 0.5;   // cell size = cell_factor * radius
-  int64_t max_bin = 256;      // features kept per cell
+  int num_grids = 16;        // grids per radius
+  int num_radii = 4;         // radii r_max * 2^-(J-1) ... r_max
+  int dims = 8;              // projected dimensions hashed per grid
+  double cell_factor = 0.5;  // cell size = cell_factor * radius
+  int64_t max_bin = 256;     // features kept per cell
   uint64_t seed = 0;
 };
 
@@ -47,8 +47,7 @@ void CheckGridMemory(const GridParams& params, int64_t n, int64_t dim);
 class RandomGrids {
  public:
   // rows: n x dim float32 (insertion order); r_max: the largest radius.
-  void Build(const float* rows, int64_t n, int64_t dim, double r_max, const GridParams& params,
-             int num_threads);
+  void Build(const float* rows, int64_t n, int64_t dim, double r_max, const GridParams& params, int num_threads);
   bool built() const { return !grids_.empty(); }
   const GridParams& params() const { return params_; }
   int num_radii() const { return params_.num_radii; }

@@ -4,7 +4,6 @@
 #include <climits>
 #include <cstring>
 #include <mutex>
-#include <unordered_set>
 
 #include "pylocalize/util/check.h"
 #include "pylocalize/util/cpu.h"
@@ -21,10 +20,9 @@ void HammingTile(const hamming::ScanArgs& args, const void* context) {
 
 }  // namespace
 
-BinaryIndex::BinaryIndex(int64_t nbits)
-    : nbits_(nbits), words_((nbits + 63) / 64), store_((nbits + 63) / 64) {
-  PYL_CHECK(nbits > 0 && nbits % 8 == 0 && nbits <= kMaxBits,
-            "nbits must be a positive multiple of 8 up to ", kMaxBits, ", got ", nbits);
+BinaryIndex::BinaryIndex(int64_t nbits) : nbits_(nbits), words_((nbits + 63) / 64), store_((nbits + 63) / 64) {
+  PYL_CHECK(nbits > 0 && nbits % 8 == 0 && nbits <= kMaxBits, "nbits must be a positive multiple of 8 up to ", kMaxBits,
+            ", got ", nbits);
 }
 
 int64_t BinaryIndex::ntotal() const {
@@ -50,43 +48,30 @@ void BinaryIndex::Add(const uint8_t* codes, int64_t n, const int64_t* ids) {
   store_.Append(words.data(), n);
 }
 
-void BinaryIndex::Search(const uint8_t* queries, int64_t nq, int64_t k, int32_t* distances,
-                         int64_t* ids) const {
+void BinaryIndex::Search(const uint8_t* queries, int64_t nq, int64_t k, int32_t* distances, int64_t* ids) const {
   PYL_CHECK(k > 0, "k must be >= 1, got ", k);
   std::vector<uint64_t> qwords;
   ToWords(queries, nq, &qwords);
   std::shared_lock<std::shared_mutex> lock(mutex_);
   const hamming::ScanSource src{&store_, ids_.data(), ids_.ascending(), &HammingTile,
-                                reinterpret_cast<const void*>(
-                                    hamming::GetHammingKernel(ActiveSimdLevel()))};
-  hamming::KnnScan(src, qwords.data(), nq, words_, k, distances, ids, INT32_MAX,
-                   GetNumThreads());
+                                reinterpret_cast<const void*>(hamming::GetHammingKernel(ActiveSimdLevel()))};
+  hamming::KnnScan(src, qwords.data(), nq, words_, k, distances, ids, INT32_MAX, GetNumThreads());
 }
 
-hamming::RangeResult BinaryIndex::RangeSearch(const uint8_t* queries, int64_t nq,
-                                              int32_t radius) const {
+hamming::RangeResult BinaryIndex::RangeSearch(const uint8_t* queries, int64_t nq, int32_t radius) const {
   PYL_CHECK(radius >= 0, "radius must be >= 0, got ", radius);
   std::vector<uint64_t> qwords;
   ToWords(queries, nq, &qwords);
   std::shared_lock<std::shared_mutex> lock(mutex_);
   const hamming::ScanSource src{&store_, ids_.data(), ids_.ascending(), &HammingTile,
-                                reinterpret_cast<const void*>(
-                                    hamming::GetHammingKernel(ActiveSimdLevel()))};
+                                reinterpret_cast<const void*>(hamming::GetHammingKernel(ActiveSimdLevel()))};
   return hamming::RangeScan(src, qwords.data(), nq, words_, radius, GetNumThreads());
 }
 
 int64_t BinaryIndex::RemoveIds(const int64_t* ids, int64_t n) {
-  std::unordered_set<int64_t> drop(ids, ids + n);
   std::unique_lock<std::shared_mutex> lock(mutex_);
-  const int64_t total = store_.size();
-  std::vector<uint8_t> keep(static_cast<size_t>(total), 1);
   int64_t removed = 0;
-  for (int64_t i = 0; i < total; ++i) {
-    if (drop.count(ids_.data()[i])) {
-      keep[static_cast<size_t>(i)] = 0;
-      ++removed;
-    }
-  }
+  const std::vector<uint8_t> keep = ids_.KeepMask(ids, n, &removed);
   if (removed == 0) return 0;
   store_.Compact(keep);
   ids_.Compact(keep);

@@ -31,8 +31,7 @@ class BinaryIndex {
 
   // codes: n x code_size bytes; ids: n ids, or nullptr for next_id(), next_id()+1, ...
   void Add(const uint8_t* codes, int64_t n, const int64_t* ids);
-  void Search(const uint8_t* queries, int64_t nq, int64_t k, int32_t* distances,
-              int64_t* ids) const;
+  void Search(const uint8_t* queries, int64_t nq, int64_t k, int32_t* distances, int64_t* ids) const;
   hamming::RangeResult RangeSearch(const uint8_t* queries, int64_t nq, int32_t radius) const;
   // Removes every code whose id is in ids; returns how many were removed.
   int64_t RemoveIds(const int64_t* ids, int64_t n);

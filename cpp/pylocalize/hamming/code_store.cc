@@ -3,8 +3,9 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
-#include <limits>
 #include <cstring>
+#include <limits>
+#include <unordered_set>
 #include <utility>
 
 #include "pylocalize/util/check.h"
@@ -100,8 +101,10 @@ void IdList::Append(const int64_t* ids, int64_t n) {
   // Checked before anything changes, so a refused add leaves the index as it was.
   for (int64_t i = 0; ids != nullptr && i < n; ++i) {
     // -1 pads search results: a stored -1 (or any negative id) would read as "no result".
-    PYL_CHECK(ids[i] >= 0 && ids[i] < INT64_MAX, "ids must be in 0..2**63-2 (-1 marks empty "
-              "result slots), got ", ids[i], " at position ", i, "; renumber them to non-negative ids");
+    PYL_CHECK(ids[i] >= 0 && ids[i] < INT64_MAX,
+              "ids must be in 0..2**63-2 (-1 marks empty "
+              "result slots), got ",
+              ids[i], " at position ", i, "; renumber them to non-negative ids");
   }
   PYL_CHECK(ids != nullptr || next_id_ <= INT64_MAX - n, "default ids would overflow int64: pass ids=");
   MakeOwned();
@@ -117,6 +120,19 @@ void IdList::Append(const int64_t* ids, int64_t n) {
   }
   data_ = owned_.data();
   n_ += n;
+}
+
+std::vector<uint8_t> IdList::KeepMask(const int64_t* drop, int64_t n, int64_t* removed) const {
+  const std::unordered_set<int64_t> dropped(drop, drop + n);
+  std::vector<uint8_t> keep(static_cast<size_t>(n_), 1);
+  *removed = 0;
+  for (int64_t i = 0; i < n_; ++i) {
+    if (dropped.count(data_[i])) {
+      keep[static_cast<size_t>(i)] = 0;
+      ++*removed;
+    }
+  }
+  return keep;
 }
 
 void IdList::Compact(const std::vector<uint8_t>& keep) {
@@ -139,8 +155,7 @@ void IdList::Clear() {
   next_id_ = 0;
 }
 
-void IdList::Assign(const int64_t* ids, int64_t n, int64_t next_id,
-                    std::shared_ptr<const void> owner) {
+void IdList::Assign(const int64_t* ids, int64_t n, int64_t next_id, std::shared_ptr<const void> owner) {
   if (owner != nullptr) {
     owned_.clear();
     data_ = ids;
@@ -156,8 +171,8 @@ void IdList::Assign(const int64_t* ids, int64_t n, int64_t next_id,
   for (int64_t i = 0; i < n; ++i) {
     // Add never stores a negative id (-1 pads results) and keeps next_id above every id
     // (so default ids stay unique), so a file breaking either is damaged.
-    PYL_CHECK_FORMAT(ids[i] >= 0 && ids[i] < next_id, "index file has id ", ids[i], " at row ", i,
-                     " with next_id ", next_id, " (corrupt)");
+    PYL_CHECK_FORMAT(ids[i] >= 0 && ids[i] < next_id, "index file has id ", ids[i], " at row ", i, " with next_id ",
+                     next_id, " (corrupt)");
   }
   PYL_CHECK_FORMAT(next_id >= 0, "index file has a negative next_id (corrupt)");
   for (int64_t i = 1; i < n; ++i) {
@@ -223,9 +238,8 @@ int32_t SdcPreBound(const ScanSource& src, float t) {
 // code whose distance is below threshold(q) at the time its tile was scanned; threshold
 // values are refreshed by `refresh(q)` after each tile.
 template <typename D, class Threshold, class Visit>
-void ScanTiles(const ScanSource& src, const uint64_t* queries, int64_t query_stride, int64_t q0,
-               int64_t q1, int64_t b0, int64_t b1, TileBuffers<D>* buf, Threshold threshold,
-               Visit visit) {
+void ScanTiles(const ScanSource& src, const uint64_t* queries, int64_t query_stride, int64_t q0, int64_t q1, int64_t b0,
+               int64_t b1, TileBuffers<D>* buf, Threshold threshold, Visit visit) {
   const CodeStore& store = *src.store;
   const int64_t words = store.words_per_code();
   const int64_t cb = ChunkBlocks(words, q1 - q0);
@@ -282,9 +296,7 @@ void ScanTiles(const ScanSource& src, const uint64_t* queries, int64_t query_str
   }
 }
 
-inline int64_t IdAt(const ScanSource& src, int64_t pos) {
-  return src.ids != nullptr ? src.ids[pos] : pos;
-}
+inline int64_t IdAt(const ScanSource& src, int64_t pos) { return src.ids != nullptr ? src.ids[pos] : pos; }
 
 // Threshold that lets through exactly the candidates that can still enter the heap.
 // (Kernels test distance < threshold; with unordered ids a tie may still win on its id.)
@@ -310,8 +322,8 @@ int EffectiveThreads(int num_threads, int64_t nq, const CodeStore& store) {
 }  // namespace
 
 template <typename D>
-void KnnScan(const ScanSource& src, const uint64_t* queries, int64_t nq, int64_t query_stride,
-             int64_t k, D* distances, int64_t* ids, D pad, int num_threads) {
+void KnnScan(const ScanSource& src, const uint64_t* queries, int64_t nq, int64_t query_stride, int64_t k, D* distances,
+             int64_t* ids, D pad, int num_threads) {
   if (nq <= 0) return;
   const CodeStore& store = *src.store;
   const int64_t nblocks = store.num_blocks();
@@ -319,8 +331,7 @@ void KnnScan(const ScanSource& src, const uint64_t* queries, int64_t nq, int64_t
   const bool asc = src.ids_ascending;
   if (threads <= 1 || nq >= 4 * threads) {
     // Many queries: each task owns a chunk of queries and scans the whole database.
-    const int64_t qch = std::max<int64_t>(
-        kQueryGroup, std::min<int64_t>(256, (nq + 2 * threads - 1) / (2 * threads)));
+    const int64_t qch = std::max<int64_t>(kQueryGroup, std::min<int64_t>(256, (nq + 2 * threads - 1) / (2 * threads)));
     const int64_t ntasks = (nq + qch - 1) / qch;
     std::vector<TileBuffers<D>> bufs(static_cast<size_t>(std::max(threads, 1)));
     ParallelFor(ntasks, threads, [&](int64_t t, int tid) {
@@ -329,9 +340,7 @@ void KnnScan(const ScanSource& src, const uint64_t* queries, int64_t nq, int64_t
       ScanTiles(
           src, queries, query_stride, q0, q1, 0, nblocks, &bufs[static_cast<size_t>(tid)],
           [&](int64_t q) { return HeapThreshold(heaps[static_cast<size_t>(q - q0)], asc); },
-          [&](int64_t q, int64_t pos, D d) {
-            heaps[static_cast<size_t>(q - q0)].Push(d, IdAt(src, pos));
-          });
+          [&](int64_t q, int64_t pos, D d) { heaps[static_cast<size_t>(q - q0)].Push(d, IdAt(src, pos)); });
       for (int64_t q = q0; q < q1; ++q) {
         heaps[static_cast<size_t>(q - q0)].Extract(distances + q * k, ids + q * k, pad);
       }
@@ -342,8 +351,8 @@ void KnnScan(const ScanSource& src, const uint64_t* queries, int64_t nq, int64_t
   // so a single query runs on one core there), then merge the per-thread heaps.
   const int64_t ranges = std::min<int64_t>((nblocks + 7) / 8, 4 * threads);
   const int64_t per = ((nblocks + ranges - 1) / ranges + 7) / 8 * 8;
-  std::vector<std::vector<TopK<D>>> heaps(
-      static_cast<size_t>(threads), std::vector<TopK<D>>(static_cast<size_t>(nq), TopK<D>(k)));
+  std::vector<std::vector<TopK<D>>> heaps(static_cast<size_t>(threads),
+                                          std::vector<TopK<D>>(static_cast<size_t>(nq), TopK<D>(k)));
   std::vector<TileBuffers<D>> bufs(static_cast<size_t>(threads));
   ParallelFor(ranges, threads, [&](int64_t r, int tid) {
     const int64_t b0 = r * per, b1 = std::min(nblocks, b0 + per);
@@ -363,13 +372,13 @@ void KnnScan(const ScanSource& src, const uint64_t* queries, int64_t nq, int64_t
   }
 }
 
-template void KnnScan<int32_t>(const ScanSource&, const uint64_t*, int64_t, int64_t, int64_t,
-                               int32_t*, int64_t*, int32_t, int);
-template void KnnScan<float>(const ScanSource&, const uint64_t*, int64_t, int64_t, int64_t, float*,
-                             int64_t*, float, int);
+template void KnnScan<int32_t>(const ScanSource&, const uint64_t*, int64_t, int64_t, int64_t, int32_t*, int64_t*,
+                               int32_t, int);
+template void KnnScan<float>(const ScanSource&, const uint64_t*, int64_t, int64_t, int64_t, float*, int64_t*, float,
+                             int);
 
-RangeResult RangeScan(const ScanSource& src, const uint64_t* queries, int64_t nq,
-                      int64_t query_stride, int32_t radius, int num_threads) {
+RangeResult RangeScan(const ScanSource& src, const uint64_t* queries, int64_t nq, int64_t query_stride, int32_t radius,
+                      int num_threads) {
   RangeResult out;
   out.lims.assign(static_cast<size_t>(nq + 1), 0);
   if (nq <= 0) return out;
@@ -393,8 +402,7 @@ RangeResult RangeScan(const ScanSource& src, const uint64_t* queries, int64_t nq
     const int64_t b0 = r * per, b1 = std::min(nblocks, b0 + per);
     if (b0 >= b1) return;
     ScanTiles(
-        src, queries, query_stride, q0, q1, b0, b1, &bufs[static_cast<size_t>(tid)],
-        [&](int64_t) { return thr; },
+        src, queries, query_stride, q0, q1, b0, b1, &bufs[static_cast<size_t>(tid)], [&](int64_t) { return thr; },
         [&](int64_t q, int64_t pos, int32_t d) {
           parts[static_cast<size_t>(r * nq + q)].emplace_back(d, IdAt(src, pos));
         });

@@ -60,6 +60,9 @@ class IdList {
   // Appends n ids, or next_id(), next_id() + 1, ... when ids is nullptr. Throws
   // std::invalid_argument (changing nothing) for a negative id.
   void Append(const int64_t* ids, int64_t n);
+  // keep[i] = 0 where ids_[i] is one of `drop` (n ids, repeats allowed), 1 elsewhere; the
+  // count of zeros goes to *removed. What remove_ids then applies to every per-code array.
+  std::vector<uint8_t> KeepMask(const int64_t* drop, int64_t n, int64_t* removed) const;
   // Keeps the ids whose keep[i] != 0, in order.
   void Compact(const std::vector<uint8_t>& keep);
   void Clear();
@@ -82,23 +85,23 @@ using TileKernel = void (*)(const ScanArgs& args, const void* context);
 
 struct ScanSource {
   const CodeStore* store;
-  const int64_t* ids;   // ids[i] of code i; nullptr: the position is the id
-  bool ids_ascending;   // ids strictly increase with position: strict thresholds suffice
+  const int64_t* ids;  // ids[i] of code i; nullptr: the position is the id
+  bool ids_ascending;  // ids strictly increase with position: strict thresholds suffice
   TileKernel kernel;
   const void* context;
   // SDC kernels only (see ScanArgs): per-code scales and the score's affine constants.
   const float* scales = nullptr;
   float sdc_a = 0.0f, sdc_b = 0.0f;
   float scale_min = 0.0f, scale_max = 0.0f;  // over the stored codes
-  const int32_t* sign_thresholds = nullptr;   // SDC progressive search: one per query
+  const int32_t* sign_thresholds = nullptr;  // SDC progressive search: one per query
 };
 
 // k nearest codes per query by kernel distance (D = int32_t for Hamming, float for the
 // SDC keys), ties to the smaller id; rows padded with (pad, -1). queries: nq rows of
 // query_stride words.
 template <typename D>
-void KnnScan(const ScanSource& src, const uint64_t* queries, int64_t nq, int64_t query_stride,
-             int64_t k, D* distances, int64_t* ids, D pad, int num_threads);
+void KnnScan(const ScanSource& src, const uint64_t* queries, int64_t nq, int64_t query_stride, int64_t k, D* distances,
+             int64_t* ids, D pad, int num_threads);
 
 struct RangeResult {
   std::vector<int64_t> lims;  // nq + 1
@@ -107,8 +110,8 @@ struct RangeResult {
 };
 
 // All codes with distance <= radius, per query sorted by (distance, id).
-RangeResult RangeScan(const ScanSource& src, const uint64_t* queries, int64_t nq,
-                      int64_t query_stride, int32_t radius, int num_threads);
+RangeResult RangeScan(const ScanSource& src, const uint64_t* queries, int64_t nq, int64_t query_stride, int32_t radius,
+                      int num_threads);
 
 }  // namespace hamming
 }  // namespace pylocalize

@@ -24,8 +24,7 @@ inline void Emit(const ScanArgs& a, int64_t q, int64_t b, typename Ops::V d) {
 }
 
 template <class Ops>
-inline void EmitKey(const ScanArgs& a, int64_t q, int64_t b, typename Ops::V d,
-                    uint64_t allowed = 0xff) {
+inline void EmitKey(const ScanArgs& a, int64_t q, int64_t b, typename Ops::V d, uint64_t allowed = 0xff) {
   uint64_t m = Ops::LessMask(d, a.thresholds[q]) & allowed;  // integer pre-test, exact below
   if (m == 0) {
     a.mask[q * a.mld + b] = 0;
@@ -128,8 +127,7 @@ inline void SdcGroup(const ScanArgs& a, int64_t q0) {
         for (int qp = 0; qp < U; ++qp) {
           if (qp + xp == 0) continue;  // counted above
           for (int j = 0; j < QB; ++j) {
-            acc[j][qp + xp] = Ops::Add(acc[j][qp + xp],
-                                       Ops::Popcount(Ops::XorBroadcast(x, qs[j][qp * wp + w])));
+            acc[j][qp + xp] = Ops::Add(acc[j][qp + xp], Ops::Popcount(Ops::XorBroadcast(x, qs[j][qp * wp + w])));
           }
         }
       }

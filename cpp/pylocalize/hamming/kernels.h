@@ -22,16 +22,16 @@ namespace hamming {
 constexpr int64_t kBlock = 8;  // codes per block
 
 struct ScanArgs {
-  const uint64_t* queries;   // nq rows, query_stride words apart
+  const uint64_t* queries;  // nq rows, query_stride words apart
   int64_t nq;
   int64_t query_stride;
-  const uint64_t* blocks;    // nblocks blocks of words_per_code*8 words
+  const uint64_t* blocks;  // nblocks blocks of words_per_code*8 words
   int64_t nblocks;
-  int64_t words_per_code;    // W (Hamming) or bits_per_dim * words_per_plane (SDC)
-  const int32_t* thresholds; // nq
-  int32_t* dist;             // nq rows of ld (>= 8 * nblocks)
+  int64_t words_per_code;     // W (Hamming) or bits_per_dim * words_per_plane (SDC)
+  const int32_t* thresholds;  // nq
+  int32_t* dist;              // nq rows of ld (>= 8 * nblocks)
   int64_t ld;
-  uint8_t* mask;             // nq rows of mld (>= nblocks) bytes
+  uint8_t* mask;  // nq rows of mld (>= nblocks) bytes
   int64_t mld;
   // SDC only: the kernel ranks by the float key -(a - b * S) * scales[code] (smaller is
   // better). `thresholds` then hold integer bounds on S that every code with

@@ -24,12 +24,11 @@ struct AVX2Ops : X86FloatKey<AVX2Ops> {
     return {_mm256_xor_si256(x.lo, b), _mm256_xor_si256(x.hi, b)};
   }
   static __m256i Pop(__m256i v) {
-    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1,
-                                         2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2,
+                                         2, 3, 2, 3, 3, 4);
     const __m256i low = _mm256_set1_epi8(0x0F);
-    const __m256i c = _mm256_add_epi8(
-        _mm256_shuffle_epi8(lut, _mm256_and_si256(v, low)),
-        _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), low)));
+    const __m256i c = _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(v, low)),
+                                      _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), low)));
     return _mm256_sad_epu8(c, _mm256_setzero_si256());
   }
   static V Popcount(V x) { return {Pop(x.lo), Pop(x.hi)}; }
@@ -51,9 +50,7 @@ struct AVX2Ops : X86FloatKey<AVX2Ops> {
     const __m256i hi = _mm256_permutevar8x32_epi32(d.hi, idx);
     return _mm256_permute2x128_si256(lo, hi, 0x20);
   }
-  static void Store32(int32_t* out, V d) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), Pack32(d));
-  }
+  static void Store32(int32_t* out, V d) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), Pack32(d)); }
 };
 
 }  // namespace

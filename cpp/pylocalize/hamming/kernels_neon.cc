@@ -69,8 +69,7 @@ struct NeonOps {
     // key = -(a - b * S) * scale
     const float32x4_t lo = vmlsq_n_f32(av, vcvtq_f32_s32(Pack32(d.v[0], d.v[1])), b);
     const float32x4_t hi = vmlsq_n_f32(av, vcvtq_f32_s32(Pack32(d.v[2], d.v[3])), b);
-    return {vmulq_f32(vnegq_f32(lo), vld1q_f32(scales)),
-            vmulq_f32(vnegq_f32(hi), vld1q_f32(scales + 4))};
+    return {vmulq_f32(vnegq_f32(lo), vld1q_f32(scales)), vmulq_f32(vnegq_f32(hi), vld1q_f32(scales + 4))};
   }
   static uint64_t LessMaskF(const F& f, float t) {
     const float32x4_t tv = vdupq_n_f32(t);

@@ -1,7 +1,9 @@
 // Checks every SIMD kernel this CPU supports against a naive reference: the Hamming and
-// SDC kernels of hamming/ and the dot-product kernels of knn/, and the blocked layouts. Built by CMake with -DPYLOCALIZE_BUILD_TESTS=ON
-// (ctest), and cross-compiled for AArch64 and run under qemu by tests/test_kernels_cross.py.
-// Exit status 0 when every kernel agrees.
+// SDC kernels of hamming/ and the dot-product kernels of knn/, and the blocked layouts. Built by CMake with
+// -DPYLOCALIZE_BUILD_TESTS=ON (ctest), and cross-compiled for AArch64 and run under qemu by
+// tests/test_kernels_cross.py. Exit status 0 when every kernel agrees.
+#include "pylocalize/hamming/kernels.h"
+
 #include <algorithm>
 #include <climits>
 #include <cmath>
@@ -10,7 +12,6 @@
 #include <random>
 #include <vector>
 
-#include "pylocalize/hamming/kernels.h"
 #include "pylocalize/knn/kernels.h"
 #include "pylocalize/util/cpu.h"
 
@@ -22,8 +23,8 @@ int g_failures = 0;
 
 void Fail(const char* what, SimdLevel level, int64_t a, int64_t b, int64_t c) {
   if (++g_failures <= 20) {
-    std::printf("FAIL %s [%s] (%lld, %lld, %lld)\n", what, SimdLevelName(level),
-                static_cast<long long>(a), static_cast<long long>(b), static_cast<long long>(c));
+    std::printf("FAIL %s [%s] (%lld, %lld, %lld)\n", what, SimdLevelName(level), static_cast<long long>(a),
+                static_cast<long long>(b), static_cast<long long>(c));
   }
 }
 
@@ -216,11 +217,13 @@ void CheckDot(SimdLevel level, std::mt19937_64& rng) {
           for (int64_t i = 0; i < n; ++i) {
             double ref = 0.0, mag = 0.0;
             for (int64_t d = 0; d < dim; ++d) {
-              const double x = element == 0 ? xf[static_cast<size_t>(i * dim + d)] : xu[static_cast<size_t>(i * dim + d)];
+              const double x =
+                  element == 0 ? xf[static_cast<size_t>(i * dim + d)] : xu[static_cast<size_t>(i * dim + d)];
               ref += q[static_cast<size_t>(j * dim + d)] * x;
               mag += std::fabs(q[static_cast<size_t>(j * dim + d)] * x);
             }
-            if (std::fabs(out[static_cast<size_t>(j * n + i)] - ref) > 1e-5 * (mag + 1.0)) Fail("dot", level, dim, j, i);
+            if (std::fabs(out[static_cast<size_t>(j * n + i)] - ref) > 1e-5 * (mag + 1.0))
+              Fail("dot", level, dim, j, i);
           }
         }
       }

@@ -22,8 +22,7 @@ struct X86FloatKey {
     return _mm256_mul_ps(neg_sim, _mm256_loadu_ps(scales));
   }
   static uint64_t LessMaskF(F f, float t) {
-    return static_cast<uint64_t>(
-        _mm256_movemask_ps(_mm256_cmp_ps(f, _mm256_set1_ps(t), _CMP_LT_OQ)));
+    return static_cast<uint64_t>(_mm256_movemask_ps(_mm256_cmp_ps(f, _mm256_set1_ps(t), _CMP_LT_OQ)));
   }
   static void StoreF(float* out, F f) { _mm256_storeu_ps(out, f); }
 };

@@ -57,13 +57,9 @@ void Binarize(const float* x, int64_t n, int64_t dim, int u, uint8_t* codes) {
 }
 
 MultiBitIndex::MultiBitIndex(int64_t dim, int bits_per_dim)
-    : dim_(dim),
-      bits_(bits_per_dim),
-      words_per_plane_((dim + 63) / 64),
-      store_(bits_per_dim * ((dim + 63) / 64)) {
+    : dim_(dim), bits_(bits_per_dim), words_per_plane_((dim + 63) / 64), store_(bits_per_dim * ((dim + 63) / 64)) {
   PYL_CHECK(dim > 0 && dim <= kMaxDim, "dim must be in 1..", kMaxDim, ", got ", dim);
-  PYL_CHECK(bits_per_dim >= 1 && bits_per_dim <= 4, "bits_per_dim must be 1..4, got ",
-            bits_per_dim);
+  PYL_CHECK(bits_per_dim >= 1 && bits_per_dim <= 4, "bits_per_dim must be 1..4, got ", bits_per_dim);
 }
 
 int64_t MultiBitIndex::ntotal() const {
@@ -87,8 +83,7 @@ std::vector<uint64_t> MultiBitIndex::UsedBits() const {
   return used;
 }
 
-void MultiBitIndex::ToWords(const uint8_t* codes, int64_t n, std::vector<uint64_t>* words,
-                            const char* what) const {
+void MultiBitIndex::ToWords(const uint8_t* codes, int64_t n, std::vector<uint64_t>* words, const char* what) const {
   const int64_t pb = (dim_ + 7) / 8, w = bits_ * words_per_plane_, cs = code_size();
   // Set padding bits would count into sign distances beyond dim (the progressive search
   // histograms them) and into every SDC score: refuse them rather than guess a meaning.
@@ -98,10 +93,11 @@ void MultiBitIndex::ToWords(const uint8_t* codes, int64_t n, std::vector<uint64_
   for (int64_t i = 0; i < n; ++i) {
     for (int p = 0; p < bits_; ++p) {
       const uint8_t* plane = codes + i * cs + p * pb;
-      PYL_CHECK((plane[pb - 1] & padding) == 0, what, " row ", i, " sets padding bits: with dim=",
-                dim_, " only the low ", tail, " bits of the last byte of each bit plane are used. "
-                "Encode with pylocalize.binarize or pack_bits, or clear them with ", what, "[:, ",
-                pb - 1, "::", pb, "] &= ", (1 << tail) - 1);
+      PYL_CHECK((plane[pb - 1] & padding) == 0, what, " row ", i, " sets padding bits: with dim=", dim_,
+                " only the low ", tail,
+                " bits of the last byte of each bit plane are used. "
+                "Encode with pylocalize.binarize or pack_bits, or clear them with ",
+                what, "[:, ", pb - 1, "::", pb, "] &= ", (1 << tail) - 1);
       std::memcpy(words->data() + i * w + p * words_per_plane_, plane, static_cast<size_t>(pb));
     }
   }
@@ -150,7 +146,7 @@ void MultiBitIndex::Add(const uint8_t* codes, int64_t n, const int64_t* ids, con
             has_vectors_ ? "this index keeps float vectors for re-ranking: pass vectors= to add"
                          : "this index was built without float vectors: add codes only, or "
                            "start a new index and pass vectors= to every add");
-  ids_.Append(ids, n);  // first: it may refuse the ids, and nothing has changed yet
+  ids_.Append(ids, n);      // first: it may refuse the ids, and nothing has changed yet
   if (owner_ != nullptr) {  // borrowed from a mapped file: copy before changing
     if (has_vectors_) vectors_owned_.assign(vectors_, vectors_ + n0 * dim_);
     owner_.reset();
@@ -163,8 +159,7 @@ void MultiBitIndex::Add(const uint8_t* codes, int64_t n, const int64_t* ids, con
   ExtendInvNorms(n0);
 }
 
-std::vector<int32_t> MultiBitIndex::SignThresholds(const uint64_t* qwords, int64_t nq,
-                                                   int64_t candidates) const {
+std::vector<int32_t> MultiBitIndex::SignThresholds(const uint64_t* qwords, int64_t nq, int64_t candidates) const {
   // Evenly spaced sample of the codes, the same for every query and thread count, so
   // the result depends on neither. ~8 sample codes per expected candidate keep the
   // quantile estimate steady; the sample is capped at 1/32 of the codes (bounding its
@@ -235,26 +230,23 @@ std::vector<int32_t> MultiBitIndex::SignThresholds(const uint64_t* qwords, int64
   return out;
 }
 
-void MultiBitIndex::Search(const uint8_t* query_codes, int64_t nq, int64_t k,
-                           const float* query_vectors, int64_t rerank, int64_t candidates,
-                           float* scores, int64_t* ids) const {
+void MultiBitIndex::Search(const uint8_t* query_codes, int64_t nq, int64_t k, const float* query_vectors,
+                           int64_t rerank, int64_t candidates, float* scores, int64_t* ids) const {
   PYL_CHECK(k > 0, "k must be >= 1, got ", k);
   PYL_CHECK(rerank >= 0, "rerank must be >= 0");
   PYL_CHECK(candidates >= 0, "candidates must be >= 0 (0: score every code)");
-  PYL_CHECK(candidates == 0 || candidates >= std::max(k, rerank),
-            "candidates (", candidates, ") must be >= k and >= rerank: it bounds how many "
+  PYL_CHECK(candidates == 0 || candidates >= std::max(k, rerank), "candidates (", candidates,
+            ") must be >= k and >= rerank: it bounds how many "
             "codes get a full SDC score");
   std::vector<uint64_t> qwords;
   ToWords(query_codes, nq, &qwords, "query_codes");
   std::shared_lock<std::shared_mutex> lock(mutex_);
-  PYL_CHECK(rerank == 0 || has_vectors_,
-            "rerank needs float vectors: build the index with add(codes, vectors=...)");
-  PYL_CHECK(rerank == 0 || query_vectors != nullptr,
-            "rerank needs the float query vectors: pass query_vectors=");
+  PYL_CHECK(rerank == 0 || has_vectors_, "rerank needs float vectors: build the index with add(codes, vectors=...)");
+  PYL_CHECK(rerank == 0 || query_vectors != nullptr, "rerank needs the float query vectors: pass query_vectors=");
   const SdcContext ctx{hamming::GetSdcKernel(ActiveSimdLevel()), bits_};
   const bool reranking = rerank > 0;
-  hamming::ScanSource src{&store_, reranking ? nullptr : ids_.data(),
-                          reranking ? true : ids_.ascending(), &SdcTile, &ctx};
+  hamming::ScanSource src{&store_, reranking ? nullptr : ids_.data(), reranking ? true : ids_.ascending(), &SdcTile,
+                          &ctx};
   // <q_hat, x_hat> = sum 2^-(i+j) (dim - 2 |q_i ^ x_j|) = A - B * S,
   // where S is the kernel's integer sum with weights 2^(2(u-1)-i-j).
   double a = 0.0;
@@ -279,8 +271,7 @@ void MultiBitIndex::Search(const uint8_t* query_codes, int64_t nq, int64_t k,
     sign_bounds = SignThresholds(qwords.data(), nq, candidates);
     src.sign_thresholds = sign_bounds.data();
   }
-  hamming::KnnScan<float>(src, qwords.data(), nq, stride, kc, keys.data(), cand.data(), inf,
-                          GetNumThreads());
+  hamming::KnnScan<float>(src, qwords.data(), nq, stride, kc, keys.data(), cand.data(), inf, GetNumThreads());
   if (progressive) {
     // The sampled bound lets through at least `rank` codes but may still leave fewer
     // than kc for a query far from most codes: score those few queries exhaustively.
@@ -298,8 +289,8 @@ void MultiBitIndex::Search(const uint8_t* query_codes, int64_t nq, int64_t k,
       std::vector<float> rkeys(redo.size() * static_cast<size_t>(kc));
       std::vector<int64_t> rcand(redo.size() * static_cast<size_t>(kc));
       src.sign_thresholds = nullptr;
-      hamming::KnnScan<float>(src, rq.data(), static_cast<int64_t>(redo.size()), stride, kc,
-                              rkeys.data(), rcand.data(), inf, GetNumThreads());
+      hamming::KnnScan<float>(src, rq.data(), static_cast<int64_t>(redo.size()), stride, kc, rkeys.data(), rcand.data(),
+                              inf, GetNumThreads());
       for (size_t r = 0; r < redo.size(); ++r) {
         std::copy(rkeys.begin() + r * kc, rkeys.begin() + (r + 1) * kc, keys.begin() + redo[r] * kc);
         std::copy(rcand.begin() + r * kc, rcand.begin() + (r + 1) * kc, cand.begin() + redo[r] * kc);
@@ -331,6 +322,29 @@ void MultiBitIndex::Search(const uint8_t* query_codes, int64_t nq, int64_t k,
     top.Extract(scores + q * k, ids + q * k, std::numeric_limits<float>::infinity());
     for (int64_t i = q * k; i < (q + 1) * k; ++i) scores[i] = -scores[i];
   });
+}
+
+int64_t MultiBitIndex::RemoveIds(const int64_t* ids, int64_t n) {
+  std::unique_lock<std::shared_mutex> lock(mutex_);
+  int64_t removed = 0;
+  const std::vector<uint8_t> keep = ids_.KeepMask(ids, n, &removed);
+  if (removed == 0) return 0;
+  if (has_vectors_) {  // also copies vectors borrowed from a mapped file
+    std::vector<float> kept;
+    kept.reserve(static_cast<size_t>((store_.size() - removed) * dim_));
+    for (int64_t i = 0; i < store_.size(); ++i) {
+      if (keep[static_cast<size_t>(i)]) kept.insert(kept.end(), vectors_ + i * dim_, vectors_ + (i + 1) * dim_);
+    }
+    vectors_owned_ = std::move(kept);
+    vectors_ = vectors_owned_.data();
+  }
+  owner_.reset();
+  store_.Compact(keep);
+  ids_.Compact(keep);
+  // The norms and their range are derived from the codes: recompute them as a build would.
+  inv_norm_min_ = inv_norm_max_ = 0.0f;
+  ExtendInvNorms(0);
+  return removed;
 }
 
 void MultiBitIndex::Reset() {

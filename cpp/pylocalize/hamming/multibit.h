@@ -59,8 +59,11 @@ class MultiBitIndex {
   // SDC score; the bound on that distance is a quantile of an evenly spaced sample of the
   // codes, so results are deterministic. A query left with fewer than k (or rerank)
   // candidates is scored exhaustively. 0 scores every code (exact SDC).
-  void Search(const uint8_t* query_codes, int64_t nq, int64_t k, const float* query_vectors,
-              int64_t rerank, int64_t candidates, float* scores, int64_t* ids) const;
+  void Search(const uint8_t* query_codes, int64_t nq, int64_t k, const float* query_vectors, int64_t rerank,
+              int64_t candidates, float* scores, int64_t* ids) const;
+  // Removes every code (and float vector) whose id is in ids; returns how many. What is
+  // left searches as an index built from it would.
+  int64_t RemoveIds(const int64_t* ids, int64_t n);
   void Reset();
   std::vector<int64_t> Ids() const;
 
@@ -71,16 +74,14 @@ class MultiBitIndex {
 
  private:
   // Copies codes into rows of words; throws (naming `what`) if a code sets a padding bit.
-  void ToWords(const uint8_t* codes, int64_t n, std::vector<uint64_t>* words,
-               const char* what) const;
+  void ToWords(const uint8_t* codes, int64_t n, std::vector<uint64_t>* words, const char* what) const;
   // Per word of a stored row, the bits that hold dimensions (the rest must stay zero).
   std::vector<uint64_t> UsedBits() const;
   ContainerWriter Writer() const;
   // |x_hat| of a code given as u planes of words_per_plane_ words.
   double ReconstructionNorm(const uint64_t* row) const;
   // Per query, the sign-plane Hamming bound (strict) that about `candidates` codes meet.
-  std::vector<int32_t> SignThresholds(const uint64_t* qwords, int64_t nq,
-                                      int64_t candidates) const;
+  std::vector<int32_t> SignThresholds(const uint64_t* qwords, int64_t nq, int64_t candidates) const;
   // Appends 1 / |x_hat| of codes [first, store_.size()) to inv_norms_ (block padded).
   void ExtendInvNorms(int64_t first);
   static std::unique_ptr<MultiBitIndex> FromContainer(const Container& c, bool borrow_codes);

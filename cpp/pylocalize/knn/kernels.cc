@@ -17,8 +17,8 @@ DotKernel GetDotKernel(SimdLevel level) {
   }
 }
 
-void DotTile(const float* queries, int64_t nq, int64_t dim, const void* blocks, Element element,
-             int64_t nblocks, float* out, int64_t ld) {
+void DotTile(const float* queries, int64_t nq, int64_t dim, const void* blocks, Element element, int64_t nblocks,
+             float* out, int64_t ld) {
   DotArgs a;
   a.queries = queries;
   a.nq = nq;

@@ -23,10 +23,10 @@ struct DotArgs {
   const float* queries;  // nq rows of dim floats
   int64_t nq;
   int64_t dim;
-  const void* blocks;    // nblocks blocks of dim * 16 elements
+  const void* blocks;  // nblocks blocks of dim * 16 elements
   Element element;
   int64_t nblocks;
-  float* out;            // nq rows of ld: out[q*ld + 16*b + l] = <query q, vector 16b+l>
+  float* out;  // nq rows of ld: out[q*ld + 16*b + l] = <query q, vector 16b+l>
   int64_t ld;
 };
 
@@ -35,8 +35,8 @@ DotKernel GetDotKernel(SimdLevel level);
 
 // out (nq x ld) = dot products of nq float rows with the vectors of nblocks blocks, by the
 // kernel of the active SIMD level.
-void DotTile(const float* queries, int64_t nq, int64_t dim, const void* blocks, Element element,
-             int64_t nblocks, float* out, int64_t ld);
+void DotTile(const float* queries, int64_t nq, int64_t dim, const void* blocks, Element element, int64_t nblocks,
+             float* out, int64_t ld);
 
 // Squared L2 norms of n float rows (accumulated in double).
 std::vector<float> SquaredNorms(const float* x, int64_t n, int64_t dim);

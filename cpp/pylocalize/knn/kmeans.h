@@ -14,20 +14,20 @@ namespace pylocalize {
 namespace knn {
 
 // Nearest centroid of each of n rows: labels (n) and squared L2 distances (n, optional).
-void AssignNearest(const float* centroids, int64_t k, const float* x, int64_t n, int64_t dim,
-                   int64_t* labels, float* distances, int num_threads);
+void AssignNearest(const float* centroids, int64_t k, const float* x, int64_t n, int64_t dim, int64_t* labels,
+                   float* distances, int num_threads);
 
 // The `m` nearest centroids of each row, best first: labels (n x m), distances (n x m).
-void AssignNearestM(const float* centroids, int64_t k, const float* x, int64_t n, int64_t dim,
-                    int64_t m, int64_t* labels, float* distances, int num_threads);
+void AssignNearestM(const float* centroids, int64_t k, const float* x, int64_t n, int64_t dim, int64_t m,
+                    int64_t* labels, float* distances, int num_threads);
 
 struct KMeansResult {
   std::vector<float> centroids;  // k x dim
   double inertia = 0.0;          // sum of squared distances of the training points
 };
 
-KMeansResult KMeans(const float* x, int64_t n, int64_t dim, int64_t k, int iterations,
-                    uint64_t seed, int64_t max_points_per_centroid, int num_threads);
+KMeansResult KMeans(const float* x, int64_t n, int64_t dim, int64_t k, int iterations, uint64_t seed,
+                    int64_t max_points_per_centroid, int num_threads);
 
 }  // namespace knn
 }  // namespace pylocalize

@@ -20,9 +20,7 @@ inline Vec3 operator+(Vec3 a, Vec3 b) { return {a.x + b.x, a.y + b.y, a.z + b.z}
 inline Vec3 operator-(Vec3 a, Vec3 b) { return {a.x - b.x, a.y - b.y, a.z - b.z}; }
 inline Vec3 operator*(float s, Vec3 a) { return {s * a.x, s * a.y, s * a.z}; }
 inline float Dot(Vec3 a, Vec3 b) { return a.x * b.x + a.y * b.y + a.z * b.z; }
-inline Vec3 Cross(Vec3 a, Vec3 b) {
-  return {a.y * b.z - a.z * b.y, a.z * b.x - a.x * b.z, a.x * b.y - a.y * b.x};
-}
+inline Vec3 Cross(Vec3 a, Vec3 b) { return {a.y * b.z - a.z * b.y, a.z * b.x - a.x * b.z, a.x * b.y - a.y * b.x}; }
 inline Vec3 Normalized(Vec3 a) {
   const float n = std::sqrt(Dot(a, a));
   return n > 0.0f ? (1.0f / n) * a : a;
@@ -95,9 +93,8 @@ inline bool OwnsEdge(double dx, double dy) { return dy > 0.0 || (dy == 0.0 && dx
 
 // Scan-converts one projected triangle. clip_bary: barycentrics of the three vertices on
 // the original face (nullptr: the vertices are the face's own, in order).
-void RasterizeTriangle(Projected v0, Projected v1, Projected v2, const float (*clip_bary)[3],
-                       int32_t face, const Camera& cam, const Region& region, bool cull_back,
-                       GBuffer* g) {
+void RasterizeTriangle(Projected v0, Projected v1, Projected v2, const float (*clip_bary)[3], int32_t face,
+                       const Camera& cam, const Region& region, bool cull_back, GBuffer* g) {
   Projected v[3] = {v0, v1, v2};
   int order[3] = {0, 1, 2};
   double area = (v[1].x - v[0].x) * (v[2].y - v[0].y) - (v[2].x - v[0].x) * (v[1].y - v[0].y);
@@ -161,8 +158,8 @@ void RasterizeTriangle(Projected v0, Projected v1, Projected v2, const float (*c
 
 // Clips a face crossing z = near (Sutherland-Hodgman on one plane) and rasterizes the
 // 1 or 2 triangles left.
-void ClipAndRasterize(const Vec3 p[3], int32_t face, const Camera& cam, const Region& region,
-                      bool cull_back, GBuffer* g) {
+void ClipAndRasterize(const Vec3 p[3], int32_t face, const Camera& cam, const Region& region, bool cull_back,
+                      GBuffer* g) {
   const float near_z = static_cast<float>(cam.near_plane);
   ClipVertex in[3];
   for (int i = 0; i < 3; ++i) {
@@ -189,8 +186,8 @@ void ClipAndRasterize(const Vec3 p[3], int32_t face, const Camera& cam, const Re
     const float bary[3][3] = {{poly[0].b[0], poly[0].b[1], poly[0].b[2]},
                               {poly[i].b[0], poly[i].b[1], poly[i].b[2]},
                               {poly[i + 1].b[0], poly[i + 1].b[1], poly[i + 1].b[2]}};
-    RasterizeTriangle(Project(poly[0].p, cam), Project(poly[i].p, cam), Project(poly[i + 1].p, cam),
-                      bary, face, cam, region, cull_back, g);
+    RasterizeTriangle(Project(poly[0].p, cam), Project(poly[i].p, cam), Project(poly[i + 1].p, cam), bary, face, cam,
+                      region, cull_back, g);
   }
 }
 
@@ -229,13 +226,13 @@ struct Shaded {
 
 // What one view's shading pass needs, computed once per view.
 struct ViewShading {
-  const std::vector<Vec3>* cam;            // vertices in the camera frame
-  const std::vector<Vec3>* face_normals;   // camera frame, when the mesh has no vertex normals
+  const std::vector<Vec3>* cam;           // vertices in the camera frame
+  const std::vector<Vec3>* face_normals;  // camera frame, when the mesh has no vertex normals
   bool want_xyz, want_normal, lambert;
 };
 
-Shaded ShadeSample(const MeshView& m, const Pose& pose, const RenderOptions& o,
-                   const ViewShading& vs, int32_t face, float b0, float b1) {
+Shaded ShadeSample(const MeshView& m, const Pose& pose, const RenderOptions& o, const ViewShading& vs, int32_t face,
+                   float b0, float b1) {
   const float b2 = 1.0f - b0 - b1;
   const int32_t* f = m.faces + 3 * static_cast<int64_t>(face);
   Shaded s;
@@ -275,9 +272,7 @@ Shaded ShadeSample(const MeshView& m, const Pose& pose, const RenderOptions& o,
   return s;
 }
 
-inline uint8_t ToByte(float v) {
-  return static_cast<uint8_t>(std::clamp(v * 255.0f + 0.5f, 0.0f, 255.0f));
-}
+inline uint8_t ToByte(float v) { return static_cast<uint8_t>(std::clamp(v * 255.0f + 0.5f, 0.0f, 255.0f)); }
 
 struct Scratch {
   std::vector<Vec3> cam;
@@ -286,12 +281,10 @@ struct Scratch {
   GBuffer g;
 };
 
-// Renders output rows [r0, r1) of one view.
-void RenderRows(const MeshView& m, const Pose& pose, const RenderOptions& o, int64_t view, int r0,
-                int r1, const RenderTargets& out, Scratch* sc) {
+// Stage 1, the band's camera: the supersampled pinhole of the view, shifted so that sample
+// row row0 is buffer row 0.
+Camera BandCamera(const RenderOptions& o, int row0, int row1) {
   const int s = o.supersample;
-  const int row0 = r0 * s, row1 = r1 * s;
-  // Sample grid of this band of rows: row0 maps to buffer row 0.
   Camera cam;
   cam.w = o.width * s;
   cam.h = row1 - row0;
@@ -302,11 +295,17 @@ void RenderRows(const MeshView& m, const Pose& pose, const RenderOptions& o, int
   cam.cy = (o.cy + 0.5) * s - 0.5 - row0;
   cam.near_plane = o.near_plane;
   cam.far_plane = o.far_plane;
-  const float near_z = static_cast<float>(o.near_plane);
+  return cam;
+}
+
+// Stage 2, vertex transform: every vertex into the camera frame (sc->cam) and, in front of
+// the near plane, onto the sample grid (sc->proj). Returns the region the mesh can cover:
+// the projected box of its vertices, unless some vertex is behind the near plane (then
+// clipped faces may reach anywhere).
+Region TransformVertices(const MeshView& m, const Pose& pose, const Camera& cam, Scratch* sc) {
+  const float near_z = static_cast<float>(cam.near_plane);
   sc->cam.resize(static_cast<size_t>(m.num_vertices));
   sc->proj.resize(static_cast<size_t>(m.num_vertices));
-  // The region the mesh can cover: the projected box of its vertices, unless some vertex
-  // is behind the near plane (then clipped faces may reach anywhere).
   double bx0 = 1e300, bx1 = -1e300, by0 = 1e300, by1 = -1e300;
   bool behind = false;
   for (int64_t i = 0; i < m.num_vertices; ++i) {
@@ -331,31 +330,42 @@ void RenderRows(const MeshView& m, const Pose& pose, const RenderOptions& o, int
     region.y0 = std::max(region.y0, static_cast<int>(std::floor(std::max(by0, -1.0))));
     region.y1 = std::min(region.y1, static_cast<int>(std::ceil(std::min(by1, 1e9))));
   }
+  return region;
+}
+
+// Stage 3, rasterization: the nearest face and its barycentrics per sample of `region`
+// into sc->g; faces wholly behind the near plane are skipped, crossing ones clipped.
+void RasterizeFaces(const MeshView& m, const Camera& cam, const Region& region, bool cull_back, Scratch* sc) {
   GBuffer* g = &sc->g;
   g->Reset(static_cast<size_t>(cam.h) * static_cast<size_t>(cam.w));
-  if (!region.empty()) {
-    for (int y = region.y0; y <= region.y1; ++y) {
-      const size_t row = static_cast<size_t>(y) * static_cast<size_t>(cam.w);
-      std::fill(g->inv_z.begin() + row + region.x0, g->inv_z.begin() + row + region.x1 + 1, 0.0f);
-      std::fill(g->face.begin() + row + region.x0, g->face.begin() + row + region.x1 + 1, -1);
-    }
-    for (int64_t f = 0; f < m.num_faces; ++f) {
-      // Per block of faces, so Ctrl-C stops a big mesh within milliseconds.
-      if ((f & 1023) == 1023) InterruptPoint();
-      const int32_t* idx = m.faces + 3 * f;
-      const Vec3& p0 = sc->cam[idx[0]];
-      const Vec3& p1 = sc->cam[idx[1]];
-      const Vec3& p2 = sc->cam[idx[2]];
-      const int outside = (p0.z < near_z) + (p1.z < near_z) + (p2.z < near_z);
-      if (outside == 0) {
-        RasterizeTriangle(sc->proj[idx[0]], sc->proj[idx[1]], sc->proj[idx[2]], nullptr,
-                          static_cast<int32_t>(f), cam, region, o.cull_back, g);
-      } else if (outside < 3) {
-        const Vec3 p[3] = {p0, p1, p2};
-        ClipAndRasterize(p, static_cast<int32_t>(f), cam, region, o.cull_back, g);
-      }
+  if (region.empty()) return;
+  for (int y = region.y0; y <= region.y1; ++y) {
+    const size_t row = static_cast<size_t>(y) * static_cast<size_t>(cam.w);
+    std::fill(g->inv_z.begin() + row + region.x0, g->inv_z.begin() + row + region.x1 + 1, 0.0f);
+    std::fill(g->face.begin() + row + region.x0, g->face.begin() + row + region.x1 + 1, -1);
+  }
+  const float near_z = static_cast<float>(cam.near_plane);
+  for (int64_t f = 0; f < m.num_faces; ++f) {
+    // Per block of faces, so Ctrl-C stops a big mesh within milliseconds.
+    if ((f & 1023) == 1023) InterruptPoint();
+    const int32_t* idx = m.faces + 3 * f;
+    const Vec3& p0 = sc->cam[idx[0]];
+    const Vec3& p1 = sc->cam[idx[1]];
+    const Vec3& p2 = sc->cam[idx[2]];
+    const int outside = (p0.z < near_z) + (p1.z < near_z) + (p2.z < near_z);
+    if (outside == 0) {
+      RasterizeTriangle(sc->proj[idx[0]], sc->proj[idx[1]], sc->proj[idx[2]], nullptr, static_cast<int32_t>(f), cam,
+                        region, cull_back, g);
+    } else if (outside < 3) {
+      const Vec3 p[3] = {p0, p1, p2};
+      ClipAndRasterize(p, static_cast<int32_t>(f), cam, region, cull_back, g);
     }
   }
+}
+
+// Stage 4, shading setup: what the deferred pass needs, face normals included when the
+// mesh has no vertex normals and lighting or the normals buffer asks for them.
+ViewShading PrepareShading(const MeshView& m, const RenderOptions& o, const RenderTargets& out, Scratch* sc) {
   ViewShading vs;
   vs.cam = &sc->cam;
   vs.face_normals = &sc->face_normals;
@@ -370,86 +380,105 @@ void RenderRows(const MeshView& m, const Pose& pose, const RenderOptions& o, int
       sc->face_normals[static_cast<size_t>(f)] = Normalized(Cross(p1 - p0, p2 - p0));
     }
   }
-  const int64_t w = o.width, h = o.height;
-  const int64_t base = view * h * w;
-  const int center = s / 2;
+  return vs;
+}
+
+// One output pixel: the summed colour of its s x s samples, and its centre sample if a
+// face covers it (geometric buffers come from the centre only).
+struct PixelSamples {
+  float color[3] = {0.0f, 0.0f, 0.0f};
+  bool have_center = false;
+  Shaded center{};
+};
+
+// Stage 5, shading: the samples of pixel (u, v), whose first sample row in the band is sy0.
+PixelSamples ShadePixel(const MeshView& m, const Pose& pose, const RenderOptions& o, const ViewShading& vs,
+                        const Camera& cam, const Region& region, const GBuffer& g, int sy0, int u) {
+  const int s = o.supersample, center = s / 2, sx0 = u * s;
+  PixelSamples px;
+  for (int i = 0; i < s; ++i) {
+    for (int j = 0; j < s; ++j) {
+      const int sy = sy0 + i, sx = sx0 + j;
+      const bool inside = sy >= region.y0 && sy <= region.y1 && sx >= region.x0 && sx <= region.x1;
+      const size_t k = static_cast<size_t>(sy) * static_cast<size_t>(cam.w) + static_cast<size_t>(sx);
+      const int32_t face = inside ? g.face[k] : -1;
+      if (face < 0) {
+        for (int ch = 0; ch < 3; ++ch) px.color[ch] += o.background[ch] * (1.0f / 255.0f);
+        continue;
+      }
+      const Shaded sh = ShadeSample(m, pose, o, vs, face, g.b0[k], g.b1[k]);
+      px.color[0] += sh.color.x;
+      px.color[1] += sh.color.y;
+      px.color[2] += sh.color.z;
+      if (i == center && j == center) {
+        px.have_center = true;
+        px.center = sh;
+        px.center.depth = 1.0f / g.inv_z[k];
+      }
+    }
+  }
+  return px;
+}
+
+inline void Store3(float* dst, int64_t pix, const Vec3& v) {
+  dst[pix * 3] = v.x;
+  dst[pix * 3 + 1] = v.y;
+  dst[pix * 3 + 2] = v.z;
+}
+
+// Stage 6, output: the pixel's averaged colour and centre-sample buffers (zeros when empty).
+void WritePixel(const RenderTargets& out, int64_t pix, const PixelSamples& px, float inv_samples) {
+  if (out.rgb != nullptr) {
+    for (int ch = 0; ch < 3; ++ch) out.rgb[pix * 3 + ch] = ToByte(px.color[ch] * inv_samples);
+  }
+  if (out.mask != nullptr) out.mask[pix] = px.have_center ? 1 : 0;
+  if (out.depth != nullptr) out.depth[pix] = px.have_center ? px.center.depth : 0.0f;
+  if (out.xyz != nullptr) Store3(out.xyz, pix, px.have_center ? px.center.xyz : Vec3{0, 0, 0});
+  if (out.normals != nullptr) Store3(out.normals, pix, px.have_center ? px.center.normal : Vec3{0, 0, 0});
+}
+
+// Renders output rows [r0, r1) of one view: the stages above, in order.
+void RenderRows(const MeshView& m, const Pose& pose, const RenderOptions& o, int64_t view, int r0, int r1,
+                const RenderTargets& out, Scratch* sc) {
+  const int s = o.supersample;
+  const int row0 = r0 * s;
+  const Camera cam = BandCamera(o, row0, r1 * s);
+  const Region region = TransformVertices(m, pose, cam, sc);
+  RasterizeFaces(m, cam, region, o.cull_back, sc);
+  const ViewShading vs = PrepareShading(m, o, out, sc);
+  const int64_t base = view * o.height * o.width;
   const float inv_samples = 1.0f / static_cast<float>(s * s);
+  PixelSamples empty;  // a pixel no face can reach: background in every sample
+  for (int ch = 0; ch < 3; ++ch) empty.color[ch] = o.background[ch] * (1.0f / 255.0f) * (s * s);
   for (int v = r0; v < r1; ++v) {
     InterruptPoint();
     const int sy0 = v * s - row0;
     const bool row_in = !region.empty() && sy0 + s - 1 >= region.y0 && sy0 <= region.y1;
     for (int u = 0; u < o.width; ++u) {
-      const int64_t pix = base + static_cast<int64_t>(v) * w + u;
-      const int sx0 = u * s;
-      float acc[3] = {0.0f, 0.0f, 0.0f};
-      bool have_center = false;
-      Shaded center_sample{};
-      if (row_in && sx0 + s - 1 >= region.x0 && sx0 <= region.x1) {
-        for (int i = 0; i < s; ++i) {
-          for (int j = 0; j < s; ++j) {
-            const int sy = sy0 + i, sx = sx0 + j;
-            const bool inside = sy >= region.y0 && sy <= region.y1 && sx >= region.x0 && sx <= region.x1;
-            const size_t k = static_cast<size_t>(sy) * static_cast<size_t>(cam.w) + static_cast<size_t>(sx);
-            const int32_t face = inside ? g->face[k] : -1;
-            if (face < 0) {
-              for (int ch = 0; ch < 3; ++ch) acc[ch] += o.background[ch] * (1.0f / 255.0f);
-              continue;
-            }
-            const Shaded sh = ShadeSample(m, pose, o, vs, face, g->b0[k], g->b1[k]);
-            acc[0] += sh.color.x;
-            acc[1] += sh.color.y;
-            acc[2] += sh.color.z;
-            if (i == center && j == center) {
-              have_center = true;
-              center_sample = sh;
-              center_sample.depth = 1.0f / g->inv_z[k];
-            }
-          }
-        }
-      } else {
-        for (int ch = 0; ch < 3; ++ch) acc[ch] = o.background[ch] * (1.0f / 255.0f) * (s * s);
-      }
-      if (out.rgb != nullptr) {
-        for (int ch = 0; ch < 3; ++ch) out.rgb[pix * 3 + ch] = ToByte(acc[ch] * inv_samples);
-      }
-      if (out.mask != nullptr) out.mask[pix] = have_center ? 1 : 0;
-      if (out.depth != nullptr) out.depth[pix] = have_center ? center_sample.depth : 0.0f;
-      if (out.xyz != nullptr) {
-        const Vec3 x = have_center ? center_sample.xyz : Vec3{0, 0, 0};
-        out.xyz[pix * 3] = x.x;
-        out.xyz[pix * 3 + 1] = x.y;
-        out.xyz[pix * 3 + 2] = x.z;
-      }
-      if (out.normals != nullptr) {
-        const Vec3 x = have_center ? center_sample.normal : Vec3{0, 0, 0};
-        out.normals[pix * 3] = x.x;
-        out.normals[pix * 3 + 1] = x.y;
-        out.normals[pix * 3 + 2] = x.z;
-      }
+      const int64_t pix = base + static_cast<int64_t>(v) * o.width + u;
+      const bool in = row_in && u * s + s - 1 >= region.x0 && u * s <= region.x1;
+      WritePixel(out, pix, in ? ShadePixel(m, pose, o, vs, cam, region, sc->g, sy0, u) : empty, inv_samples);
     }
   }
 }
 
 }  // namespace
 
-void RenderBatch(const MeshView& m, const double* poses, int64_t n, const RenderOptions& o,
-                 const RenderTargets& out, int num_threads) {
-  PYL_CHECK(o.width > 0 && o.height > 0, "image size must be positive, got ", o.width, "x",
-            o.height);
+void RenderBatch(const MeshView& m, const double* poses, int64_t n, const RenderOptions& o, const RenderTargets& out,
+                 int num_threads) {
+  PYL_CHECK(o.width > 0 && o.height > 0, "image size must be positive, got ", o.width, "x", o.height);
   // A NaN or Inf intrinsic or pose puts every vertex at a NaN pixel: the render would come
   // back empty without a word.
-  PYL_CHECK(std::isfinite(o.fx) && std::isfinite(o.fy) && std::isfinite(o.cx) &&
-                std::isfinite(o.cy) && std::isfinite(o.skew),
-            "K contains NaN or Inf (fx=", o.fx, " fy=", o.fy, " cx=", o.cx, " cy=", o.cy,
-            " skew=", o.skew, "); pass finite intrinsics");
-  PYL_CHECK(o.fx > 0 && o.fy > 0, "focal lengths must be positive, got fx=", o.fx, " fy=", o.fy,
-            ": check K");
+  PYL_CHECK(
+      std::isfinite(o.fx) && std::isfinite(o.fy) && std::isfinite(o.cx) && std::isfinite(o.cy) && std::isfinite(o.skew),
+      "K contains NaN or Inf (fx=", o.fx, " fy=", o.fy, " cx=", o.cx, " cy=", o.cy, " skew=", o.skew,
+      "); pass finite intrinsics");
+  PYL_CHECK(o.fx > 0 && o.fy > 0, "focal lengths must be positive, got fx=", o.fx, " fy=", o.fy, ": check K");
   for (int64_t i = 0; i < 12 * n; ++i) {
-    PYL_CHECK(std::isfinite(poses[i]), "cam_from_model ", i / 12,
-              " contains NaN or Inf; pass finite poses");
+    PYL_CHECK(std::isfinite(poses[i]), "cam_from_model ", i / 12, " contains NaN or Inf; pass finite poses");
   }
-  PYL_CHECK(o.near_plane > 0 && o.far_plane > o.near_plane,
-            "need 0 < near < far, got near=", o.near_plane, " far=", o.far_plane);
+  PYL_CHECK(o.near_plane > 0 && o.far_plane > o.near_plane, "need 0 < near < far, got near=", o.near_plane,
+            " far=", o.far_plane);
   // Odd factors put a sample exactly on each pixel centre, where depth, mask, xyz and
   // normals are taken: with even ones they would be off by a fraction of a pixel.
   PYL_CHECK(o.supersample >= 1 && o.supersample <= 7 && o.supersample % 2 == 1,
@@ -458,8 +487,8 @@ void RenderBatch(const MeshView& m, const double* poses, int64_t n, const Render
   PYL_CHECK(m.texture == nullptr || (m.uvs != nullptr && m.tex_width > 0 && m.tex_height > 0),
             "a texture needs per-vertex uvs and a non-empty image");
   for (int64_t i = 0; i < 3 * m.num_faces; ++i) {
-    PYL_CHECK(m.faces[i] >= 0 && m.faces[i] < m.num_vertices, "face index ", m.faces[i],
-              " out of range for ", m.num_vertices, " vertices");
+    PYL_CHECK(m.faces[i] >= 0 && m.faces[i] < m.num_vertices, "face index ", m.faces[i], " out of range for ",
+              m.num_vertices, " vertices");
   }
   std::vector<Pose> ps(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) {
@@ -471,8 +500,10 @@ void RenderBatch(const MeshView& m, const double* poses, int64_t n, const Render
   }
   if (num_threads <= 0) num_threads = GetNumThreads();
   // Few views: split each view into bands of rows so every thread has work.
-  const int bands = n >= num_threads ? 1 : std::min(o.height, (num_threads + static_cast<int>(n) - 1) /
-                                                                  static_cast<int>(std::max<int64_t>(n, 1)) * 2);
+  const int bands =
+      n >= num_threads
+          ? 1
+          : std::min(o.height, (num_threads + static_cast<int>(n) - 1) / static_cast<int>(std::max<int64_t>(n, 1)) * 2);
   const int rows_per_band = (o.height + bands - 1) / bands;
   std::vector<Scratch> scratch(static_cast<size_t>(std::max(num_threads, 1)));
   ParallelFor(n * bands, num_threads, [&](int64_t task, int tid) {

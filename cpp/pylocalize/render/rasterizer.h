@@ -26,7 +26,7 @@ enum class Shading : int { kLambert = 0, kUnlit = 1 };
 struct MeshView {
   const float* vertices = nullptr;  // V x 3
   int64_t num_vertices = 0;
-  const int32_t* faces = nullptr;   // F x 3, indices into vertices
+  const int32_t* faces = nullptr;  // F x 3, indices into vertices
   int64_t num_faces = 0;
   const float* vertex_normals = nullptr;  // V x 3 (smooth shading), else face normals
   const float* colors = nullptr;          // V x 3 in [0, 1]
@@ -41,7 +41,7 @@ struct RenderOptions {
   double near_plane = 0.01, far_plane = 1e6;
   Shading shading = Shading::kLambert;
   float ambient = 0.3f;  // intensity = ambient + (1 - ambient) * |n . l|
-  int supersample = 1;  // 1, 3, 5 or 7
+  int supersample = 1;   // 1, 3, 5 or 7
   bool cull_back = false;
   uint8_t background[3] = {0, 0, 0};
   float default_color[3] = {0.8f, 0.8f, 0.8f};  // without vertex colours or texture

@@ -81,7 +81,7 @@ int RemoveStaleTempFiles(const std::string& path) {
       if (end == n) continue;
     }
     if (*end != '\0') continue;
-    if (pid == static_cast<long>(::getpid())) continue;  // a thread of ours may be writing it
+    if (pid == static_cast<long>(::getpid())) continue;                       // a thread of ours may be writing it
     if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;  // still running
     stale.push_back(dir + "/" + name);
   }
@@ -107,8 +107,7 @@ void SyncDirectory(const std::string& dir) {
 AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
   PYL_CHECK(!path_.empty(), "the path to write is empty");
   RemoveStaleTempFiles(path_);
-  tmp_ = path_ + kTempMarker + std::to_string(::getpid()) + "-" +
-         std::to_string(g_temp_counter.fetch_add(1));
+  tmp_ = path_ + kTempMarker + std::to_string(::getpid()) + "-" + std::to_string(g_temp_counter.fetch_add(1));
   fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd_ < 0) ThrowWriteError("cannot write", path_, errno);
 }

@@ -42,10 +42,9 @@ std::string Concat(const Args&... args) {
     }                                                                         \
   } while (0)
 
-#define PYL_CHECK_FORMAT(cond, ...)                                     \
-  do {                                                                  \
-    if (!(cond)) {                                                      \
-      throw ::pylocalize::FormatError(                                  \
-          ::pylocalize::detail::Concat(__VA_ARGS__));                   \
-    }                                                                   \
+#define PYL_CHECK_FORMAT(cond, ...)                                               \
+  do {                                                                            \
+    if (!(cond)) {                                                                \
+      throw ::pylocalize::FormatError(::pylocalize::detail::Concat(__VA_ARGS__)); \
+    }                                                                             \
   } while (0)

@@ -13,13 +13,10 @@ SimdLevel Detect() {
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
   // __builtin_cpu_supports also checks that the OS saves the wide registers (XGETBV).
   __builtin_cpu_init();
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt") &&
-                    __builtin_cpu_supports("fma");
-  const bool avx512bw = avx2 && __builtin_cpu_supports("avx512f") &&
-                        __builtin_cpu_supports("avx512bw") &&
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt") && __builtin_cpu_supports("fma");
+  const bool avx512bw = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
-  const bool avx512 = avx512bw && __builtin_cpu_supports("avx512vpopcntdq") &&
-                      __builtin_cpu_supports("avx512bitalg") &&
+  const bool avx512 = avx512bw && __builtin_cpu_supports("avx512vpopcntdq") && __builtin_cpu_supports("avx512bitalg") &&
                       __builtin_cpu_supports("avx512vbmi");
   if (avx512) return SimdLevel::kAVX512;
   if (avx512bw) return SimdLevel::kAVX512BW;
@@ -65,8 +62,7 @@ SimdLevel DetectedSimdLevel() {
 SimdLevel ActiveSimdLevel() { return static_cast<SimdLevel>(LevelSlot().load()); }
 
 void SetSimdLevel(SimdLevel level) {
-  PYL_CHECK(Supported(level),
-            "this CPU does not support SIMD level '", SimdLevelName(level),
+  PYL_CHECK(Supported(level), "this CPU does not support SIMD level '", SimdLevelName(level),
             "'; the best it supports is '", SimdLevelName(DetectedSimdLevel()), "'");
   LevelSlot().store(static_cast<int>(level));
 }
@@ -83,12 +79,11 @@ const char* SimdLevelName(SimdLevel level) {
 }
 
 SimdLevel ParseSimdLevel(const std::string& name) {
-  for (SimdLevel l : {SimdLevel::kScalar, SimdLevel::kAVX2, SimdLevel::kAVX512BW,
-                      SimdLevel::kAVX512, SimdLevel::kNEON}) {
+  for (SimdLevel l :
+       {SimdLevel::kScalar, SimdLevel::kAVX2, SimdLevel::kAVX512BW, SimdLevel::kAVX512, SimdLevel::kNEON}) {
     if (name == SimdLevelName(l)) return l;
   }
-  PYL_CHECK(false, "unknown SIMD level '", name,
-            "': use one of scalar, avx2, avx512bw, avx512, neon");
+  PYL_CHECK(false, "unknown SIMD level '", name, "': use one of scalar, avx2, avx512bw, avx512, neon");
   return SimdLevel::kScalar;
 }
 

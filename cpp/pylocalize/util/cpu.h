@@ -13,11 +13,11 @@
 namespace pylocalize {
 
 enum class SimdLevel : int {
-  kScalar = 0,     // portable C++, any CPU
-  kAVX2 = 1,       // AVX2 + POPCNT + FMA (Haswell, Zen 1+)
-  kAVX512BW = 2,   // AVX-512 F/BW/DQ/VL (Skylake-X): no VPOPCNTDQ
-  kAVX512 = 3,     // + VPOPCNTDQ, BITALG, VBMI (Ice Lake, Sapphire Rapids, Zen 4+)
-  kNEON = 4,       // AArch64 Advanced SIMD
+  kScalar = 0,    // portable C++, any CPU
+  kAVX2 = 1,      // AVX2 + POPCNT + FMA (Haswell, Zen 1+)
+  kAVX512BW = 2,  // AVX-512 F/BW/DQ/VL (Skylake-X): no VPOPCNTDQ
+  kAVX512 = 3,    // + VPOPCNTDQ, BITALG, VBMI (Ice Lake, Sapphire Rapids, Zen 4+)
+  kNEON = 4,      // AArch64 Advanced SIMD
 };
 
 // The best level this CPU and OS support.

@@ -106,8 +106,8 @@ std::string Escaped(const std::string& s) {
 }
 
 // Header fields at fixed offsets.
-constexpr size_t kOffMajor = 6, kOffMinor = 8, kOffNumMeta = 10, kOffNumSections = 12,
-                 kOffTag = 16, kOffTotal = 48, kOffTablesCrc = 56, kOffHeaderCrc = 60;
+constexpr size_t kOffMajor = 6, kOffMinor = 8, kOffNumMeta = 10, kOffNumSections = 12, kOffTag = 16, kOffTotal = 48,
+                 kOffTablesCrc = 56, kOffHeaderCrc = 60;
 
 }  // namespace
 
@@ -136,9 +136,7 @@ const char* DTypeName(DType dtype) {
 }
 
 FileError::FileError(int error, const std::string& path)
-    : std::runtime_error("cannot open '" + path + "': " + std::strerror(error)),
-      error_(error),
-      path_(path) {}
+    : std::runtime_error("cannot open '" + path + "': " + std::strerror(error)), error_(error), path_(path) {}
 
 int64_t ArrayView::size() const {
   int64_t n = 1;
@@ -151,8 +149,7 @@ ContainerWriter::ContainerWriter(std::string tag) : tag_(std::move(tag)) {
 }
 
 void ContainerWriter::SetMeta(const std::string& key, int64_t value) {
-  PYL_CHECK(!key.empty() && key.size() < kKeySize, "metadata key '", key,
-            "' must have 1..23 chars");
+  PYL_CHECK(!key.empty() && key.size() < kKeySize, "metadata key '", key, "' must have 1..23 chars");
   for (auto& kv : meta_) {
     if (kv.first == key) {
       kv.second = value;
@@ -162,10 +159,8 @@ void ContainerWriter::SetMeta(const std::string& key, int64_t value) {
   meta_.emplace_back(key, value);
 }
 
-void ContainerWriter::AddSection(const std::string& name, DType dtype,
-                                 std::vector<int64_t> shape, const void* data) {
-  PYL_CHECK(!name.empty() && name.size() < kKeySize, "section name '", name,
-            "' must have 1..23 chars");
+void ContainerWriter::AddSection(const std::string& name, DType dtype, std::vector<int64_t> shape, const void* data) {
+  PYL_CHECK(!name.empty() && name.size() < kKeySize, "section name '", name, "' must have 1..23 chars");
   PYL_CHECK(shape.size() <= kMaxDims, "section '", name, "' has more than 4 dimensions");
   uint64_t n = 1;
   for (int64_t s : shape) {
@@ -175,8 +170,7 @@ void ContainerWriter::AddSection(const std::string& name, DType dtype,
   sections_.push_back({name, dtype, std::move(shape), data, n * DTypeSize(dtype)});
 }
 
-std::vector<uint8_t> ContainerWriter::Tables(uint64_t* total_size,
-                                             std::vector<uint64_t>* offsets) const {
+std::vector<uint8_t> ContainerWriter::Tables(uint64_t* total_size, std::vector<uint64_t>* offsets) const {
   const size_t tables_size = meta_.size() * kMetaEntrySize + sections_.size() * kSectionEntrySize;
   std::vector<uint8_t> head(kHeaderSize + tables_size, 0);
   std::memcpy(head.data(), kMagic, sizeof(kMagic));
@@ -265,9 +259,11 @@ Container Container::FromFile(const std::string& path, bool mmap, bool verify) {
   // a pipe would block.
   struct stat st;
   if (::stat(path.c_str(), &st) != 0) throw FileError(errno, path);
-  PYL_CHECK_FORMAT(!S_ISDIR(st.st_mode), "'", path, "' is a directory, not a pylocalize file; "
+  PYL_CHECK_FORMAT(!S_ISDIR(st.st_mode), "'", path,
+                   "' is a directory, not a pylocalize file; "
                    "pass the path of the file to load");
-  PYL_CHECK_FORMAT(S_ISREG(st.st_mode), "'", path, "' is not a regular file (a device, pipe or "
+  PYL_CHECK_FORMAT(S_ISREG(st.st_mode), "'", path,
+                   "' is not a regular file (a device, pipe or "
                    "socket), not a pylocalize file; pass the path of the file to load");
   if (mmap) {
     const int fd = ::open(path.c_str(), O_RDONLY);
@@ -326,7 +322,8 @@ void Container::Parse(const uint8_t* data, uint64_t size, bool verify, const std
   major_ = Get<uint16_t>(data + kOffMajor);
   minor_ = Get<uint16_t>(data + kOffMinor);
   PYL_CHECK_FORMAT(major_ <= kFormatMajor, where, " uses file format ", major_, ".", minor_,
-                   ", newer than this pylocalize reads (", kFormatMajor, ".x); upgrade "
+                   ", newer than this pylocalize reads (", kFormatMajor,
+                   ".x); upgrade "
                    "pylocalize (pip install -U pylocalize) to read it");
   tag_ = GetName(data + kOffTag, kTagSize);
   PYL_CHECK_FORMAT(IsUtf8(tag_), where, " has a type tag that is not text ('", Escaped(tag_),
@@ -339,20 +336,18 @@ void Container::Parse(const uint8_t* data, uint64_t size, bool verify, const std
   const uint64_t tables_size = num_meta * kMetaEntrySize + num_sections * kSectionEntrySize;
   PYL_CHECK_FORMAT(num_sections < (1u << 20) && kHeaderSize + tables_size <= size, where,
                    " has a section table larger than the file (corrupt)");
-  PYL_CHECK_FORMAT(Get<uint32_t>(data + kOffTablesCrc) == Crc32(data + kHeaderSize, tables_size),
-                   where, " has a corrupt section table (checksum mismatch)");
+  PYL_CHECK_FORMAT(Get<uint32_t>(data + kOffTablesCrc) == Crc32(data + kHeaderSize, tables_size), where,
+                   " has a corrupt section table (checksum mismatch)");
   const uint8_t* p = data + kHeaderSize;
   for (uint64_t i = 0; i < num_meta; ++i, p += kMetaEntrySize) {
     const std::string key = GetName(p, kKeySize);
-    PYL_CHECK_FORMAT(IsUtf8(key), where, " has a metadata key that is not text ('", Escaped(key),
-                     "') (corrupt)");
+    PYL_CHECK_FORMAT(IsUtf8(key), where, " has a metadata key that is not text ('", Escaped(key), "') (corrupt)");
     meta_[key] = Get<int64_t>(p + kKeySize);
   }
   for (uint64_t i = 0; i < num_sections; ++i, p += kSectionEntrySize) {
     ArrayView v;
     const std::string name = GetName(p, kKeySize);
-    PYL_CHECK_FORMAT(IsUtf8(name), where, " has a section name that is not text ('",
-                     Escaped(name), "') (corrupt)");
+    PYL_CHECK_FORMAT(IsUtf8(name), where, " has a section name that is not text ('", Escaped(name), "') (corrupt)");
     const uint32_t dt = Get<uint32_t>(p + kKeySize);
     const uint32_t ndim = Get<uint32_t>(p + kKeySize + 4);
     PYL_CHECK_FORMAT(dt >= 1 && dt <= 6 && ndim <= kMaxDims, where, " section '", name,
@@ -364,8 +359,8 @@ void Container::Parse(const uint8_t* data, uint64_t size, bool verify, const std
     uint64_t extent = DTypeSize(v.dtype);
     for (uint32_t d = 0; d < ndim; ++d) {
       const int64_t s = Get<int64_t>(p + kKeySize + 8 + 8 * d);
-      PYL_CHECK_FORMAT(s >= 0 && (s == 0 || extent <= (uint64_t{1} << 62) / static_cast<uint64_t>(s)),
-                       where, " section '", name, "' has an invalid shape (corrupt)");
+      PYL_CHECK_FORMAT(s >= 0 && (s == 0 || extent <= (uint64_t{1} << 62) / static_cast<uint64_t>(s)), where,
+                       " section '", name, "' has an invalid shape (corrupt)");
       if (s != 0) extent *= static_cast<uint64_t>(s);
       count *= static_cast<uint64_t>(s);
       v.shape.push_back(s);
@@ -376,13 +371,11 @@ void Container::Parse(const uint8_t* data, uint64_t size, bool verify, const std
     const uint32_t crc = Get<uint32_t>(q + 16);
     PYL_CHECK_FORMAT(v.nbytes == count * DTypeSize(v.dtype), where, " section '", name,
                      "' size does not match its shape (corrupt)");
-    PYL_CHECK_FORMAT(offset >= kHeaderSize + tables_size && offset <= size &&
-                         v.nbytes <= size - offset,
-                     where, " section '", name, "' lies outside the file (truncated?)");
+    PYL_CHECK_FORMAT(offset >= kHeaderSize + tables_size && offset <= size && v.nbytes <= size - offset, where,
+                     " section '", name, "' lies outside the file (truncated?)");
     v.data = data + offset;
     if (verify) {
-      PYL_CHECK_FORMAT(Crc32(v.data, v.nbytes) == crc, where, " section '", name,
-                       "' is corrupt (checksum mismatch)");
+      PYL_CHECK_FORMAT(Crc32(v.data, v.nbytes) == crc, where, " section '", name, "' is corrupt (checksum mismatch)");
     }
     sections_[name] = v;
   }
@@ -397,8 +390,8 @@ int64_t Container::Meta(const std::string& key) const {
 const ArrayView& Container::Section(const std::string& name, DType dtype) const {
   auto it = sections_.find(name);
   PYL_CHECK_FORMAT(it != sections_.end(), tag_, " file lacks section '", name, "' (corrupt)");
-  PYL_CHECK_FORMAT(it->second.dtype == dtype, tag_, " file section '", name, "' is ",
-                   DTypeName(it->second.dtype), ", expected ", DTypeName(dtype));
+  PYL_CHECK_FORMAT(it->second.dtype == dtype, tag_, " file section '", name, "' is ", DTypeName(it->second.dtype),
+                   ", expected ", DTypeName(dtype));
   return it->second;
 }
 

@@ -49,8 +49,7 @@ class ContainerWriter {
   explicit ContainerWriter(std::string tag);
   void SetMeta(const std::string& key, int64_t value);
   // The data is not copied: it must stay alive until the write.
-  void AddSection(const std::string& name, DType dtype, std::vector<int64_t> shape,
-                  const void* data);
+  void AddSection(const std::string& name, DType dtype, std::vector<int64_t> shape, const void* data);
   std::vector<uint8_t> ToBytes() const;
   // All-or-nothing and durable (AtomicFile): the old file or the new one, never a mix.
   void WriteFile(const std::string& path) const;

@@ -24,9 +24,7 @@ class TopK {
   size_t size() const { return heap_.size(); }
 
   // The worst kept distance, or +max while fewer than k are kept.
-  D Threshold() const {
-    return full() && k_ > 0 ? heap_.front().first : std::numeric_limits<D>::max();
-  }
+  D Threshold() const { return full() && k_ > 0 ? heap_.front().first : std::numeric_limits<D>::max(); }
 
   // Keeps (d, id) if it is among the k best seen so far.
   void Push(D d, int64_t id) {

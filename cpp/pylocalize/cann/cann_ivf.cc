@@ -1,0 +1,195 @@
+// Method ivf: an inverted file over the features. k-means lists hold their features grouped
+// by image; each query feature probes its nprobe nearest lists, where distances are exact,
+// and only pairs within the kernel's cutoff can score.
+#include <algorithm>
+#include <cstring>
+#include <numeric>
+
+#include "pylocalize/cann/cann_index.h"
+#include "pylocalize/cann/layouts.h"
+#include "pylocalize/knn/kmeans.h"
+#include "pylocalize/util/check.h"
+#include "pylocalize/util/threads.h"
+
+namespace pylocalize {
+namespace cann {
+namespace {
+
+constexpr int64_t kQueryGroup = 32;  // query features per DotTile
+
+// A database feature within the kernel's cutoff of a query feature.
+struct Candidate {
+  int32_t q, image;
+  float d2;
+};
+
+// The query features probing each list (each probes its nprobe nearest lists).
+std::vector<std::vector<int32_t>> QueriesByList(const IvfLayout& L, int64_t dim, const float* queries, int64_t nq,
+                                                int64_t nprobe, int num_threads) {
+  const int64_t nlist = static_cast<int64_t>(L.list_block.size()) - 1;
+  std::vector<int64_t> probes(static_cast<size_t>(nq * nprobe));
+  knn::AssignNearestM(L.centroids.data(), nlist, queries, nq, dim, nprobe, probes.data(), nullptr, num_threads);
+  std::vector<std::vector<int32_t>> by_list(static_cast<size_t>(nlist));
+  for (int64_t q = 0; q < nq; ++q) {
+    for (int64_t j = 0; j < nprobe; ++j) {
+      by_list[static_cast<size_t>(probes[static_cast<size_t>(q * nprobe + j)])].push_back(static_cast<int32_t>(q));
+    }
+  }
+  return by_list;
+}
+
+// Scans list l for its query features `qs`, appending the pairs closer than the cutoff.
+void ScanList(const IvfLayout& L, int64_t dim, int64_t l, const std::vector<int32_t>& qs, const float* queries,
+              const std::vector<float>& qnorm, float cut2, std::vector<Candidate>* out) {
+  const int64_t b0 = L.list_block[static_cast<size_t>(l)], b1 = L.list_block[static_cast<size_t>(l + 1)];
+  if (qs.empty() || b0 == b1) return;
+  InterruptPoint();
+  const int64_t ld = (b1 - b0) * knn::kBlock;
+  std::vector<float> qrows(static_cast<size_t>(kQueryGroup * dim));
+  std::vector<float> tile(static_cast<size_t>(kQueryGroup * ld));
+  for (size_t g = 0; g < qs.size(); g += kQueryGroup) {
+    const int64_t ng = std::min<int64_t>(kQueryGroup, static_cast<int64_t>(qs.size() - g));
+    for (int64_t j = 0; j < ng; ++j) {
+      std::memcpy(qrows.data() + j * dim, queries + static_cast<int64_t>(qs[g + j]) * dim,
+                  static_cast<size_t>(dim) * sizeof(float));
+    }
+    knn::DotTile(qrows.data(), ng, dim, L.rows.block(b0), L.rows.element, b1 - b0, tile.data(), ld);
+    for (int64_t j = 0; j < ng; ++j) {
+      const int32_t q = qs[g + j];
+      const float qn = qnorm[static_cast<size_t>(q)];
+      const float* row = tile.data() + j * ld;
+      for (int64_t c = 0; c < ld; ++c) {
+        const int64_t slot = b0 * knn::kBlock + c;
+        const float d2 = qn + L.rows.norms[static_cast<size_t>(slot)] - 2.0f * row[c];
+        const int32_t image = L.slot_image[static_cast<size_t>(slot)];
+        if (d2 < cut2 && image >= 0) out->push_back({q, image, std::max(0.0f, d2)});
+      }
+    }
+  }
+}
+
+// The candidates of every thread, grouped by query feature (a counting sort): those of q
+// are byq[start[q] .. start[q+1]). Frees `found` as it goes.
+std::vector<Candidate> GroupByQuery(std::vector<std::vector<Candidate>>* found, int64_t nq,
+                                    std::vector<int64_t>* start) {
+  start->assign(static_cast<size_t>(nq + 1), 0);
+  for (const auto& v : *found) {
+    for (const Candidate& c : v) ++(*start)[static_cast<size_t>(c.q + 1)];
+  }
+  for (int64_t q = 0; q < nq; ++q) (*start)[static_cast<size_t>(q + 1)] += (*start)[static_cast<size_t>(q)];
+  std::vector<Candidate> byq(static_cast<size_t>(start->back()));
+  std::vector<int64_t> pos(start->begin(), start->end() - 1);
+  for (auto& v : *found) {
+    for (const Candidate& c : v) byq[static_cast<size_t>(pos[static_cast<size_t>(c.q)]++)] = c;
+    std::vector<Candidate>().swap(v);
+  }
+  return byq;
+}
+
+// Per query feature, the nearest candidate of each image, then the kernel, summed per image.
+std::vector<double> ScoreCandidates(const std::vector<Candidate>& byq, const std::vector<int64_t>& start, int64_t nq,
+                                    int64_t num_images, const CannKernel& kernel, int threads) {
+  ThreadScores scores(threads, num_images, kernel);
+  const int64_t chunks = std::min<int64_t>(nq, 4 * threads);
+  ParallelFor(chunks, threads, [&](int64_t t, int tid) {
+    ScoreAccumulator& acc = scores[tid];
+    for (int64_t q = t * nq / chunks; q < (t + 1) * nq / chunks; ++q) {
+      for (int64_t i = start[static_cast<size_t>(q)]; i < start[static_cast<size_t>(q + 1)]; ++i) {
+        acc.Offer(byq[static_cast<size_t>(i)].image, byq[static_cast<size_t>(i)].d2);
+      }
+      acc.CloseFeature();
+    }
+  });
+  return scores.Sum();
+}
+
+}  // namespace
+
+IvfLayout BuildIvfLayout(const uint8_t* rows, const std::vector<float>& float_rows, knn::Element element, int64_t dim,
+                         const std::vector<int64_t>& image_ids, const std::vector<float>& centroids, int num_threads) {
+  IvfLayout L;
+  const int64_t n = static_cast<int64_t>(image_ids.size());
+  const int64_t nlist = static_cast<int64_t>(centroids.size()) / dim;
+  L.centroids = centroids;
+  std::vector<int64_t> list(static_cast<size_t>(n));
+  knn::AssignNearest(centroids.data(), nlist, float_rows.data(), n, dim, list.data(), nullptr, num_threads);
+  L.images = DistinctImages(image_ids);
+  std::vector<int64_t> order(static_cast<size_t>(n));
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+    if (list[a] != list[b]) return list[a] < list[b];
+    if (image_ids[a] != image_ids[b]) return image_ids[a] < image_ids[b];
+    return a < b;
+  });
+  // Each list starts on a whole block; its slots follow `order`, then padding.
+  std::vector<int64_t> count(static_cast<size_t>(nlist), 0);
+  for (int64_t i = 0; i < n; ++i) ++count[static_cast<size_t>(list[i])];
+  L.list_block.assign(static_cast<size_t>(nlist + 1), 0);
+  for (int64_t l = 0; l < nlist; ++l) {
+    L.list_block[static_cast<size_t>(l + 1)] =
+        L.list_block[static_cast<size_t>(l)] + (count[static_cast<size_t>(l)] + knn::kBlock - 1) / knn::kBlock;
+  }
+  const int64_t num_slots = L.list_block.back() * knn::kBlock;
+  std::vector<int64_t> source(static_cast<size_t>(num_slots), -1);
+  L.slot_image.assign(static_cast<size_t>(num_slots), -1);
+  std::vector<int64_t> fill(static_cast<size_t>(nlist), 0);
+  for (int64_t src : order) {
+    const int64_t l = list[static_cast<size_t>(src)];
+    const int64_t slot = L.list_block[static_cast<size_t>(l)] * knn::kBlock + fill[static_cast<size_t>(l)]++;
+    source[static_cast<size_t>(slot)] = src;
+    L.slot_image[static_cast<size_t>(slot)] = static_cast<int32_t>(
+        std::lower_bound(L.images.begin(), L.images.end(), image_ids[static_cast<size_t>(src)]) - L.images.begin());
+  }
+  L.rows = BuildBlockedRows(rows, element, dim, source);
+  return L;
+}
+
+void SearchIvf(const IvfLayout& L, int64_t dim, const float* queries, int64_t nq, int64_t k, const CannKernel& kernel,
+               int64_t nprobe, float* scores, int64_t* image_ids, int num_threads) {
+  const int64_t nlist = static_cast<int64_t>(L.list_block.size()) - 1;
+  const int64_t num_images = static_cast<int64_t>(L.images.size());
+  std::vector<double> total(static_cast<size_t>(num_images), 0.0);
+  if (nq > 0 && num_images > 0) {
+    const int threads = std::max(1, num_threads);
+    const std::vector<std::vector<int32_t>> by_list =
+        QueriesByList(L, dim, queries, nq, std::min(nprobe, nlist), num_threads);
+    const std::vector<float> qnorm = knn::SquaredNorms(queries, nq, dim);
+    const double cut = kernel.Cutoff();
+    const float cut2 = static_cast<float>(cut * cut);
+    std::vector<std::vector<Candidate>> found(static_cast<size_t>(threads));
+    ParallelFor(nlist, threads, [&](int64_t l, int tid) {
+      ScanList(L, dim, l, by_list[static_cast<size_t>(l)], queries, qnorm, cut2, &found[static_cast<size_t>(tid)]);
+    });
+    std::vector<int64_t> start;
+    const std::vector<Candidate> byq = GroupByQuery(&found, nq, &start);
+    total = ScoreCandidates(byq, start, nq, num_images, kernel, threads);
+  }
+  TopImages(total, L.images, nq, k, scores, image_ids);
+}
+
+}  // namespace cann
+
+void CannIndex::Train(int64_t nlist, int iterations, uint64_t seed, int64_t max_points_per_list, int num_threads) {
+  std::unique_lock<std::shared_mutex> lock(mutex_);
+  const int64_t n = static_cast<int64_t>(image_ids_.size());
+  PYL_CHECK(nlist >= 1, "nlist must be >= 1, got ", nlist);
+  PYL_CHECK(n >= nlist, "training ", nlist, " lists needs at least that many features; the index has ", n,
+            ": add features first or lower nlist");
+  const std::vector<float> x = FloatRows();
+  knn::KMeansResult km = knn::KMeans(x.data(), n, dim_, nlist, iterations, seed, max_points_per_list, num_threads);
+  centroids_ = std::move(km.centroids);
+  std::lock_guard<std::mutex> guard(layout_mutex_);
+  ivf_layout_.reset();
+}
+
+bool CannIndex::is_trained() const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  return !centroids_.empty();
+}
+
+int64_t CannIndex::nlist() const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  return static_cast<int64_t>(centroids_.size()) / dim_;
+}
+
+}  // namespace pylocalize

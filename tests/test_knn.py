@@ -1,0 +1,46 @@
+"""k-means and nearest-centroid assignment (pylocalize.kmeans, pylocalize.assign) against numpy."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import pylocalize
+
+
+def test_kmeans_and_assign(simd_level):
+    rng = np.random.default_rng(10)
+    centers = rng.normal(0, 20, (8, 16))
+    x = (centers[rng.integers(0, 8, 4000)] + rng.normal(0, 1, (4000, 16))).astype(np.float32)
+    c, labels = pylocalize.kmeans(x, 8, iterations=15, seed=3)
+    assert c.shape == (8, 16) and labels.shape == (4000,)
+    # every true centre is recovered by some centroid
+    d = np.linalg.norm(centers[:, None] - c[None], axis=2)
+    assert d.min(1).max() < 1.0
+    ref = np.argmin(((x[:, None] - c[None]) ** 2).sum(-1), axis=1)
+    np.testing.assert_array_equal(labels, ref)
+    lab3, dist3 = pylocalize.assign(x[:50], c, m=3)
+    full = ((x[:50, None].astype(np.float64) - c[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(lab3, np.argsort(full, axis=1, kind="stable")[:, :3])
+    np.testing.assert_allclose(dist3, np.sort(full, axis=1)[:, :3], rtol=1e-3, atol=1e-2)
+    again, _ = pylocalize.kmeans(x, 8, iterations=15, seed=3)
+    np.testing.assert_array_equal(again, c)  # deterministic for a seed
+    with pytest.raises(ValueError, match="at least k"):
+        pylocalize.kmeans(x[:5], 8)
+
+
+def test_kmeans_n_iter_is_a_deprecated_alias():
+    rng = np.random.default_rng(11)
+    x = rng.normal(0, 10, (500, 8)).astype(np.float32)
+    expected = pylocalize.kmeans(x, 5, iterations=3, seed=1)
+    with pytest.warns(DeprecationWarning, match="iterations"):
+        got = pylocalize.kmeans(x, 5, n_iter=3, seed=1)
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[1], expected[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(pylocalize.kmeans(x, 5, 3, seed=1)[0], expected[0])  # positional: no warning
+    with pytest.raises(TypeError, match="both"):
+        pylocalize.kmeans(x, 5, iterations=4, n_iter=3)
