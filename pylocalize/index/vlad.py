@@ -35,7 +35,7 @@ class VLAD:
         train = np.concatenate([_unit_rows(d) for d in descriptor_sets if len(d)])
         if len(train) < self.num_words:
             raise ValueError(f"{len(train)} training descriptors for {self.num_words} visual words")
-        self.centroids, _ = kmeans(train, self.num_words, n_iter=20, seed=self.seed)
+        self.centroids, _ = kmeans(train, self.num_words, iterations=20, seed=self.seed)
         return self
 
     def encode(self, descriptors: np.ndarray) -> np.ndarray:
