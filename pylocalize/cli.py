@@ -143,7 +143,7 @@ def _query_camera(path, fixed, per_name):
     """The camera of a query: --camera, --cameras, a Strecha .camera file beside it, or EXIF."""
     from pylocalize.geometry import Camera
     from pylocalize.localization import read_strecha_camera
-    from pylocalize.localization.map import _image_size
+    from pylocalize.io import image_size as _image_size
 
     if fixed is not None:
         return fixed, "--camera"
@@ -186,7 +186,7 @@ def _localize(args) -> int:
         else:
             failed[path.name] = result.reason
         if args.viz and result.points2D is not None:
-            from pylocalize.localization.map import read_image
+            from pylocalize.io import read_image
 
             save_localization_figure(f"{args.viz}/{path.stem}.png", read_image(path), result, m, camera,
                                      image_dir=m.image_dir)
@@ -226,7 +226,7 @@ def _objects_onboard(args) -> int:
 def _objects_estimate(args) -> int:
     import json
 
-    from pylocalize.localization.map import read_image
+    from pylocalize.io import read_image
     from pylocalize.objects import ObjectRepresentation
 
     rep = ObjectRepresentation.load(args.rep)
