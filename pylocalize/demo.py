@@ -123,6 +123,7 @@ def run_localization_demo(out_dir: str | Path = "pylocalize-demo", num_views: in
     """
     from pylocalize.datasets.synthetic import courtyard_scene
     from pylocalize.geometry import write_pose_file
+    from pylocalize.geometry.poses import rotation_error_deg
     from pylocalize.localization import Map
 
     out = Path(out_dir)
@@ -145,8 +146,7 @@ def run_localization_demo(out_dir: str | Path = "pylocalize-demo", num_views: in
         row = {"query": name, "success": r.success, "seconds": seconds, "inliers": r.num_inliers,
                "matches": r.num_matches, "retrieved": r.retrieved[:3], "reason": r.reason}
         if r.success:
-            dR = r.cam_from_world[:, :3].T @ pose[:, :3]
-            row["rotation_deg"] = float(np.degrees(np.arccos(np.clip((np.trace(dR) - 1) / 2, -1, 1))))
+            row["rotation_deg"] = rotation_error_deg(r.cam_from_world[:, :3], pose[:, :3])
             c_est = -r.cam_from_world[:, :3].T @ r.cam_from_world[:, 3]
             row["translation_m"] = float(np.linalg.norm(c_est + pose[:, :3].T @ pose[:, 3]))
             estimates.append((name, r.cam_from_world))

@@ -15,6 +15,7 @@ import numpy as np
 # read_strecha_camera lived here before datasets/strecha.py: imported so its old path keeps working
 from pylocalize.datasets.strecha import is_strecha_folder, read_strecha_camera, read_strecha_poses  # noqa: F401
 from pylocalize.geometry import read_pose_file
+from pylocalize.geometry.poses import rotation_error_deg
 
 THRESHOLDS = ((0.25, 2.0), (0.5, 5.0), (5.0, 10.0))
 
@@ -37,10 +38,7 @@ def load_poses(source) -> Dict[str, np.ndarray]:
 
 def pose_error(est: np.ndarray, gt: np.ndarray) -> Tuple[float, float]:
     """(translation error of the camera centre, rotation error in degrees)."""
-    dR = np.asarray(gt)[:, :3].T @ np.asarray(est)[:, :3]
-    # atan2 of sine and cosine stays accurate for small angles, where arccos of the trace loses digits
-    sin = np.linalg.norm([dR[2, 1] - dR[1, 2], dR[0, 2] - dR[2, 0], dR[1, 0] - dR[0, 1]]) / 2
-    angle = np.degrees(np.arctan2(sin, (np.trace(dR) - 1) / 2))
+    angle = rotation_error_deg(np.asarray(gt)[:, :3], np.asarray(est)[:, :3])
     c_est = -np.asarray(est)[:, :3].T @ np.asarray(est)[:, 3]
     c_gt = -np.asarray(gt)[:, :3].T @ np.asarray(gt)[:, 3]
     return float(np.linalg.norm(c_est - c_gt)), float(angle)
