@@ -279,7 +279,10 @@ def test_map_from_images_only_by_structure_from_motion(tmp_path):
     m = Map.load(tmp_path / "sfm")
     assert len(m.names) >= 20 and len(m.points3D) > 1000
     gt = dict(zip(scene.names, scene.cam_from_world))
-    centre = (lambda P: -P[:, :3].T @ P[:, 3])
+
+    def centre(P):
+        return -P[:, :3].T @ P[:, 3]
+
     s, R, t = similarity_from_points(np.array([centre(P) for P in m.cam_from_world]),
                                      np.array([centre(gt[n]) for n in m.names]))
     errors = np.array([pose_errors(transform_pose(P, s, R, t), gt[n]) for n, P in zip(m.names, m.cam_from_world)])

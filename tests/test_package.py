@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import ast
 import json
+from pathlib import Path
 
 import numpy as np
-from pathlib import Path
 
 import pylocalize
 from pylocalize import _core
@@ -52,8 +52,8 @@ def test_binary_demo_small(tmp_path, capsys):
 
 
 def test_cli_render_contact_sheet(tmp_path, capsys):
+    import trimesh
     from PIL import Image
-    trimesh = __import__("pytest").importorskip("trimesh")
     mesh_path = tmp_path / "box.ply"
     trimesh.creation.box(extents=(1, 2, 3)).export(mesh_path)
     assert main(["render", "--mesh", str(mesh_path), "--out", str(tmp_path / "out"), "--views", "6",

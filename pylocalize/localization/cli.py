@@ -1,4 +1,4 @@
-"""``pylocalize map build``, ``pylocalize localize``, ``pylocalize evaluate``: visual localization from the command line.
+"""``pylocalize map build``, ``localize``, ``evaluate``: visual localization from the command line.
 
 - ``map build``: a map from posed images (a Strecha folder, a COLMAP model, a pose file) or
   from images alone (structure-from-motion);
@@ -124,7 +124,8 @@ def _evaluate(args) -> int:
 def _add_map(subparsers) -> None:
     p = subparsers.add_parser("map", help="build a localization map")
     map_sub = p.add_subparsers(dest="map_command", required=True)
-    b = map_sub.add_parser("build", help="map from posed images (Strecha, COLMAP model, pose file) or images only (SfM)")
+    b = map_sub.add_parser("build",
+                           help="map from posed images (Strecha, COLMAP model, pose file) or images only (SfM)")
     b.add_argument("--strecha", help="Strecha scene folder (images/ + gt_dense_cameras/)")
     b.add_argument("--exclude", help="Strecha: comma-separated image names to leave out (queries)")
     b.add_argument("--colmap", help="COLMAP model folder (cameras/images/points3D .bin or .txt); needs --images")

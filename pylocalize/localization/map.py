@@ -34,13 +34,13 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
+from pylocalize._core import FormatError
 from pylocalize.containers import LAYOUT_ERRORS, read_layout
 from pylocalize.features import EXTRACTORS, extract_sift, match_descriptors
 from pylocalize.geometry.absolute_pose import AbsolutePose, estimate_absolute_pose
 from pylocalize.geometry.camera import Camera
 from pylocalize.index.cann import CANNIndex
-from pylocalize.io import image_files, image_size, load_pixels, read_image
-from pylocalize._core import FormatError
+from pylocalize.io import image_files, image_size, load_pixels, read_image  # noqa: F401 (read_image's old path)
 
 # Version of the map layout inside the container; bumped when sections or meta change.
 # 1: one file, PINHOLE K per image. 2: a directory, COLMAP cameras, extractor, CANN index
@@ -463,7 +463,9 @@ class Map:
             raise ValueError(f"image_dir {image_dir!r}: must be a folder path")
         path.mkdir(parents=True, exist_ok=True)
         counts = np.array([len(k) for k in self.keypoints], np.int64)
-        join = (lambda arrays, empty: np.ascontiguousarray(np.concatenate(arrays) if len(arrays) else empty))
+        def join(arrays, empty):
+            return np.ascontiguousarray(np.concatenate(arrays) if len(arrays) else empty)
+
         sections = {
             "names": np.frombuffer("\n".join(self.names).encode("utf-8"), np.uint8).copy(),
             "cam_from_world": np.ascontiguousarray(self.cam_from_world),
