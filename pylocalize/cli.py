@@ -16,6 +16,7 @@ import pylocalize
 from pylocalize.bench.cli import add_parser as add_bench
 from pylocalize.demo import add_parser as add_demo
 from pylocalize.geo.cli import add_parser as add_geo
+from pylocalize.io import IMAGE_SUFFIXES  # noqa: F401 (its old path, before pylocalize/io.py)
 from pylocalize.localization.cli import add_parser as add_localization
 from pylocalize.objects.cli import add_parser as add_objects
 from pylocalize.posetext.cli import add_parser as add_posetext

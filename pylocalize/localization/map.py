@@ -36,6 +36,7 @@ import numpy as np
 
 from pylocalize._core import FormatError
 from pylocalize.containers import LAYOUT_ERRORS, read_layout
+from pylocalize.datasets.strecha import read_strecha_scene
 from pylocalize.features import EXTRACTORS, extract_sift, match_descriptors
 from pylocalize.geometry.absolute_pose import AbsolutePose, estimate_absolute_pose
 from pylocalize.geometry.camera import Camera
@@ -314,8 +315,6 @@ class Map:
     def from_strecha(cls, folder, exclude: Sequence[str] = (), **options) -> "Map":
         """A map from a Strecha folder (``images/*.jpg`` + ``gt_dense_cameras/*.camera``),
         leaving out the image names in ``exclude`` (e.g. held-out queries)."""
-        from pylocalize.datasets.strecha import read_strecha_scene
-
         scene = read_strecha_scene(folder, exclude)
         m = cls.from_views([image_path(scene.image_dir, n) for n in scene.names], list(scene.K), scene.cam_from_world,
                            scene.names, **options)
@@ -463,6 +462,7 @@ class Map:
             raise ValueError(f"image_dir {image_dir!r}: must be a folder path")
         path.mkdir(parents=True, exist_ok=True)
         counts = np.array([len(k) for k in self.keypoints], np.int64)
+
         def join(arrays, empty):
             return np.ascontiguousarray(np.concatenate(arrays) if len(arrays) else empty)
 
@@ -661,9 +661,10 @@ class Map:
         common = {"num_matches": len(query_ids), "retrieved": names, "timings": timings}
         if len(query_ids) < min_inliers:
             return LocalizationResult(False, reason=f"only {len(query_ids)} 2D-3D matches", **common)
-        common.update(points2D=kp[query_ids].astype(np.float64), point3D_ids=point3D_ids)
+        points2D = kp[query_ids].astype(np.float64)
+        common.update(points2D=points2D, point3D_ids=point3D_ids)
         with _timed(timings, "pose"):
-            pose = self.estimate_pose(common["points2D"], point3D_ids, cam, max_error_px, covariance)
+            pose = self.estimate_pose(points2D, point3D_ids, cam, max_error_px, covariance)
         if pose is None or pose.num_inliers < min_inliers:
             found = 0 if pose is None else pose.num_inliers
             return LocalizationResult(False, num_inliers=found, reason=f"pose estimation found {found} inliers",
