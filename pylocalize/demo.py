@@ -123,6 +123,7 @@ def run_localization_demo(out_dir: str | Path = "pylocalize-demo", num_views: in
     """
     from pylocalize.datasets.synthetic import courtyard_scene
     from pylocalize.geometry import write_pose_file
+    from pylocalize.geometry.poses import rotation_error_deg
     from pylocalize.localization import Map
 
     out = Path(out_dir)
@@ -145,8 +146,7 @@ def run_localization_demo(out_dir: str | Path = "pylocalize-demo", num_views: in
         row = {"query": name, "success": r.success, "seconds": seconds, "inliers": r.num_inliers,
                "matches": r.num_matches, "retrieved": r.retrieved[:3], "reason": r.reason}
         if r.success:
-            dR = r.cam_from_world[:, :3].T @ pose[:, :3]
-            row["rotation_deg"] = float(np.degrees(np.arccos(np.clip((np.trace(dR) - 1) / 2, -1, 1))))
+            row["rotation_deg"] = rotation_error_deg(r.cam_from_world[:, :3], pose[:, :3])
             c_est = -r.cam_from_world[:, :3].T @ r.cam_from_world[:, 3]
             row["translation_m"] = float(np.linalg.norm(c_est + pose[:, :3].T @ pose[:, 3]))
             estimates.append((name, r.cam_from_world))
@@ -194,3 +194,66 @@ def _plot_localization(path: Path, scene, m, query_poses, query_images, results)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# ------------------------------------------------------------------ command line
+
+
+def _print_localization(summary: dict, out_dir) -> None:
+    print(f"\nmap: {summary['map']['images']} images, {summary['map']['points']} 3D points, built in "
+          f"{summary['map']['seconds']:.1f} s (scene rendered in {summary['scene']['seconds']:.1f} s)")
+    print(f"{'query':14s} {'ok':>3s} {'t err (cm)':>10s} {'R err (deg)':>11s} {'inliers':>8s} {'time (s)':>8s}")
+    for r in summary["queries"]:
+        if r["success"]:
+            print(f"{r['query']:14s} {'yes':>3s} {100 * r['translation_m']:10.2f} {r['rotation_deg']:11.3f} "
+                  f"{r['inliers']:8d} {r['seconds']:8.2f}")
+        else:
+            print(f"{r['query']:14s} {'no':>3s}  {r['reason']}")
+    ok = [r for r in summary["queries"] if r["success"]]
+    if ok:
+        print(f"\nlocalized {len(ok)}/{len(summary['queries'])}: median error "
+              f"{100 * np.median([r['translation_m'] for r in ok]):.2f} cm, "
+              f"{np.median([r['rotation_deg'] for r in ok]):.3f} deg")
+    print(f"figure, poses and results written to {out_dir}/")
+
+
+def _print_binary(summary: dict, out_dir) -> None:
+    print(f"\n{summary['nb']:,} database vectors, {summary['nq']} queries, {summary['dim']}-d, "
+          f"SIMD {summary['simd']}, {summary['threads']} threads")
+    print(f"{'method':40s} {'bits':>5s} {'recall@10':>10s} {'QPS':>10s}")
+    for r in summary["results"]:
+        print(f"{r['method']:40s} {r['bits']:5d} {r['recall@10']:10.3f} {r['qps']:10.0f}")
+    print(f"\nfigure, results and index written to {out_dir}/")
+
+
+def _demo(args) -> int:
+    if args.kind == "binary":
+        _print_binary(run_binary_demo(args.out, nb=args.nb, nq=args.nq, seed=args.seed), args.out)
+        return 0
+    try:  # COLMAP logs every extractor it creates; the demo shows progress bars instead
+        import pycolmap
+
+        pycolmap.logging.minloglevel = 2
+    except (ImportError, AttributeError):
+        pass
+    summary = run_localization_demo(args.out, num_views=args.views, num_queries=args.queries, width=args.width,
+                                    height=args.height, seed=args.seed)
+    _print_localization(summary, args.out)
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    """Adds the ``demo`` command to an argparse sub-parser set, as ``pylocalize.cli.build_parser``
+    builds its commands."""
+    p = subparsers.add_parser("demo", help="run the main job on built-in generated data")
+    p.add_argument("--kind", choices=["localization", "binary"], default="localization",
+                   help="localization (default) or binary retrieval")
+    p.add_argument("--out", default="pylocalize-demo", help="output folder (default: %(default)s)")
+    p.add_argument("--views", type=int, default=24, help="localization: mapping views")
+    p.add_argument("--queries", type=int, default=8, help="localization: held-out query views")
+    p.add_argument("--width", type=int, default=800, help="localization: image width")
+    p.add_argument("--height", type=int, default=600, help="localization: image height")
+    p.add_argument("--nb", type=int, default=200_000, help="binary: database size")
+    p.add_argument("--nq", type=int, default=1000, help="binary: number of queries")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_demo)

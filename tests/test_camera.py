@@ -7,9 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("pycolmap")
-
-from pylocalize.geometry import Camera, read_cameras_file, similarity_from_points, transform_pose  # noqa: E402
+from pylocalize.geometry import Camera, read_cameras_file, similarity_from_points, transform_pose
 
 LUND = Path(__file__).resolve().parents[2] / "shared" / "data" / "lund" / "images"
 

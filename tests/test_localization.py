@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("pycolmap")
-
-from pylocalize.datasets.synthetic import courtyard_scene  # noqa: E402
-from pylocalize.localization import Map  # noqa: E402
+from pylocalize.datasets.synthetic import courtyard_scene
+from pylocalize.geometry import Camera
+from pylocalize.localization import Map
 
 
 def pose_errors(est, gt):
@@ -280,7 +279,10 @@ def test_map_from_images_only_by_structure_from_motion(tmp_path):
     m = Map.load(tmp_path / "sfm")
     assert len(m.names) >= 20 and len(m.points3D) > 1000
     gt = dict(zip(scene.names, scene.cam_from_world))
-    centre = (lambda P: -P[:, :3].T @ P[:, 3])
+
+    def centre(P):
+        return -P[:, :3].T @ P[:, 3]
+
     s, R, t = similarity_from_points(np.array([centre(P) for P in m.cam_from_world]),
                                      np.array([centre(gt[n]) for n in m.names]))
     errors = np.array([pose_errors(transform_pose(P, s, R, t), gt[n]) for n, P in zip(m.names, m.cam_from_world)])
@@ -299,3 +301,100 @@ def test_map_from_images_only_by_structure_from_motion(tmp_path):
         assert t_err < 0.02 * extent and r_err < 1.5
     with pytest.raises(ValueError, match="at least 3 images"):
         Map.from_images(tmp_path / "sfm")
+
+
+# ------------------------------------------------------------------ the stages of Map.localize, one at a time
+
+
+def _small_map(rng):
+    """Three database images of 60 random descriptors; each 3D point is seen in one to three
+    images (so the nearest feature of another point is always among the 8 candidates the
+    group-aware ratio test looks at), and a third of the features observe no point."""
+    num_points = 80
+    descriptors, point_ids = [], []
+    base = rng.integers(0, 256, (num_points, 128))
+    for _ in range(3):
+        ids = rng.permutation(num_points)[:60]
+        ids[rng.random(60) < 0.33] = -1
+        views = np.where(ids[:, None] >= 0, base[np.maximum(ids, 0)] + rng.normal(scale=6, size=(60, 128)),
+                         rng.integers(0, 256, (60, 128)))
+        descriptors.append(np.clip(np.rint(views), 0, 255).astype(np.uint8))
+        point_ids.append(ids.astype(np.int64))
+    keypoints = [rng.uniform(0, 100, (60, 2)).astype(np.float32) for _ in range(3)]
+    cameras = [Camera.from_string("PINHOLE 100 100 80 80 50 50")] * 3
+    poses = np.tile(np.hstack([np.eye(3), np.zeros((3, 1))]), (3, 1, 1))
+    return Map([f"db{i}.png" for i in range(3)], cameras, poses, keypoints, descriptors, point_ids,
+               rng.normal(size=(num_points, 3)))
+
+
+def test_match_2d3d_is_a_group_aware_mutual_ratio_test(scene_and_map):
+    rng = np.random.default_rng(7)
+    m = _small_map(rng)
+    images = [2, 0]
+    candidates = np.concatenate([m.descriptors[i][m.point_ids[i] >= 0] for i in sorted(images)]).astype(np.float64)
+    groups = np.concatenate([m.point_ids[i][m.point_ids[i] >= 0] for i in sorted(images)])
+    query = np.concatenate([candidates[::2] + rng.normal(scale=10, size=candidates[::2].shape),
+                            rng.integers(0, 256, (30, 128))]).astype(np.float32)
+    # brute force: nearest candidate, nearest candidate of another point, nearest query of the candidate
+    d = np.sqrt(((query[:, None] - candidates[None]) ** 2).sum(-1))
+    nearest = d.argmin(1)
+    other = np.where(groups[None] != groups[nearest][:, None], d, np.inf).min(1)
+    back = d.argmin(0)
+    expected = [(i, groups[nearest[i]]) for i in range(len(query))
+                if d[i, nearest[i]] < 0.8 * other[i] and back[nearest[i]] == i]
+    got = m.match_2d3d(query, images, ratio=0.8)
+    assert list(zip(got.query_ids.tolist(), got.point3D_ids.tolist())) == expected and len(expected) >= 20
+    # the candidate set is the set of images: order and repeats do not change the matches
+    again = m.match_2d3d(query, [0, 2, 2, 0], ratio=0.8)
+    np.testing.assert_array_equal(again.query_ids, got.query_ids)
+    np.testing.assert_array_equal(again.point3D_ids, got.point3D_ids)
+    assert m.num_observations([0, 2, 2]) == len(candidates)
+    assert len(m.match_2d3d(query, []).query_ids) == 0
+
+
+def test_estimate_pose_from_known_correspondences():
+    from pylocalize.geometry import look_at
+
+    rng = np.random.default_rng(3)
+    camera = Camera.from_string("PINHOLE 640 480 500 500 320 240")  # COLMAP pixels: K's centre is (319.5, 239.5)
+    pose = look_at([2.0, -1.0, -6.0], [0, 0, 0])
+    points3D = rng.uniform(-2, 2, (200, 3))
+    cam = points3D @ pose[:, :3].T + pose[:, 3]
+    points2D = cam[:, :2] / cam[:, 2:] * 500 + camera.K[:2, 2]
+    points2D[:40] = rng.uniform(0, [640, 480], (40, 2))  # outliers
+    m = Map([], [], np.zeros((0, 3, 4)), [], [], [], points3D)
+    ids = rng.permutation(200)
+    result = m.estimate_pose(points2D[ids], ids, camera, max_error_px=2.0)
+    np.testing.assert_allclose(result.cam_from_world, pose, atol=1e-6)
+    np.testing.assert_array_equal(result.inlier_mask, ids >= 40)
+    assert result.covariance.shape == (6, 6)
+    assert m.estimate_pose(points2D[:3], np.arange(3), camera) is None  # too few for a pose
+
+
+def test_extract_and_retrieve_alone(scene_and_map):
+    scene, m = scene_and_map
+    features = m.extract(scene.images[5], scene.K)
+    assert len(features.keypoints) == len(features.descriptors) > 1000
+    assert (features.camera.width, features.camera.height) == (scene.width, scene.height)
+    np.testing.assert_allclose(features.camera.K, scene.K)
+    assert m.retrieve(features.descriptors, 3)[0] == 5  # a database image retrieves itself first
+    assert m.retrieve(features.descriptors, None) == list(range(len(m.names)))
+    with pytest.raises(ValueError, match="640x480"):
+        m.extract(scene.images[5], "PINHOLE 640 480 500 500 320 240")
+
+
+def test_localize_composes_its_stages(scene_and_map):
+    scene, m = scene_and_map
+    pose = scene.query_poses(1, seed=17)[0]
+    image = scene.render(pose)[0][0]
+    result = m.localize(image, scene.K)
+    assert result.success and list(result.timings) == ["features", "retrieval", "matching", "pose"]
+    kp, desc, camera = m.extract(image, scene.K)
+    retrieved = m.retrieve(desc, 10)
+    matches = m.match_2d3d(desc, retrieved)
+    assert result.retrieved == [m.names[i] for i in retrieved]
+    np.testing.assert_array_equal(result.points2D, kp[matches.query_ids])
+    np.testing.assert_array_equal(result.point3D_ids, matches.point3D_ids)
+    alone = m.estimate_pose(kp[matches.query_ids].astype(np.float64), matches.point3D_ids, camera)
+    t_err, r_err = pose_errors(alone.cam_from_world, pose)
+    assert t_err < 0.01 and r_err < 0.1

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import ast
 import json
+from pathlib import Path
 
 import numpy as np
-from pathlib import Path
 
 import pylocalize
 from pylocalize import _core
@@ -52,8 +52,8 @@ def test_binary_demo_small(tmp_path, capsys):
 
 
 def test_cli_render_contact_sheet(tmp_path, capsys):
+    import trimesh
     from PIL import Image
-    trimesh = __import__("pytest").importorskip("trimesh")
     mesh_path = tmp_path / "box.ply"
     trimesh.creation.box(extents=(1, 2, 3)).export(mesh_path)
     assert main(["render", "--mesh", str(mesh_path), "--out", str(tmp_path / "out"), "--views", "6",
@@ -63,3 +63,29 @@ def test_cli_render_contact_sheet(tmp_path, capsys):
     tiles = [sheet[r * 64:(r + 1) * 64, c * 64:(c + 1) * 64] for r in range(2) for c in range(3)]
     for tile in tiles:  # every view shows the object on the background
         assert (np.abs(tile.astype(int) - 40).sum(-1) > 30).mean() > 0.05
+
+
+def test_each_part_registers_its_own_commands(tmp_path, capsys):
+    """pylocalize/cli.py only gathers the parts' commands; each part's add_parser adds its own,
+    and runs alone from its module."""
+    import argparse
+
+    from pylocalize.cli import build_parser
+    from pylocalize.geometry import look_at, write_pose_file
+    from pylocalize.localization import cli as localization_cli
+    from pylocalize.objects import cli as objects_cli
+
+    def commands(parser):
+        return [name for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+                for name in action.choices]
+
+    assert commands(build_parser()) == ["info", "demo", "render", "map", "localize", "evaluate", "objects", "geo",
+                                        "posetext", "bench"]
+    for module, names in ((localization_cli, ["map", "localize", "evaluate"]), (objects_cli, ["objects"])):
+        parser = argparse.ArgumentParser()
+        module.add_parser(parser.add_subparsers())
+        assert commands(parser) == names
+    write_pose_file(tmp_path / "poses.txt", [("a.jpg", look_at([0, 0, 1.0], [0, 0, 0]))])
+    assert localization_cli.main(["evaluate", "--gt", str(tmp_path / "poses.txt"),
+                                  "--pred", str(tmp_path / "poses.txt")]) == 0
+    assert "1/1 images estimated" in capsys.readouterr().out

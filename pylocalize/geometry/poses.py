@@ -1,4 +1,4 @@
-"""Rotations as quaternions and the localization pose-file format.
+"""Rotations as quaternions, the angle between two rotations, and the localization pose-file format.
 
 Pose files hold one image per line, ``name qw qx qy qz tx ty tz``, the ``cam_from_world``
 rotation as a unit quaternion (scalar first, as COLMAP) and translation: the submission
@@ -42,6 +42,28 @@ def matrix_from_quaternion(q) -> np.ndarray:
         [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
         [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
     ])
+
+
+def rotation_error_deg(R_a, R_b):
+    """The angle in degrees, in [0, 180], of the rotation ``R_a^T R_b`` taking ``R_a`` to ``R_b``
+    (symmetric in its arguments); ``R_a`` and ``R_b`` are ``(3, 3)`` or stacks ``(..., 3, 3)``.
+
+    The angle is the ``atan2`` of its sine (half the norm of the skew part) and its cosine
+    (from the trace): ``arccos`` of the trace alone loses half the digits near 0 deg, where
+    localization errors live, and ``arcsin`` of the skew part does near 180 deg. Matrices a
+    little off orthonormal (estimates, float32 round trips) give no NaN.
+
+    Returns a float for one pair, a float64 array of the stack's shape otherwise.
+    """
+    R_a, R_b = np.asarray(R_a, dtype=np.float64), np.asarray(R_b, dtype=np.float64)
+    if R_a.shape[-2:] != (3, 3) or R_b.shape[-2:] != (3, 3):
+        raise ValueError(f"rotations must be (..., 3, 3), got {R_a.shape} and {R_b.shape}")
+    dR = np.swapaxes(R_a, -1, -2) @ R_b
+    skew = np.stack([dR[..., 2, 1] - dR[..., 1, 2], dR[..., 0, 2] - dR[..., 2, 0], dR[..., 1, 0] - dR[..., 0, 1]], -1)
+    sin = np.linalg.norm(skew, axis=-1) / 2
+    cos = (np.trace(dR, axis1=-2, axis2=-1) - 1) / 2
+    angle = np.degrees(np.arctan2(sin, cos))
+    return float(angle) if angle.ndim == 0 else angle
 
 
 def check_rotation(R: np.ndarray, what: str = "rotation", atol: float = 1e-6) -> np.ndarray:

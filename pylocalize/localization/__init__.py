@@ -1,6 +1,9 @@
 """Visual localization: maps of posed images and 6-DoF localization of query images."""
 
-from pylocalize.localization.evaluate import evaluate_poses, load_poses, pose_error, read_strecha_camera
+# read_strecha_camera is the Strecha reader's (pylocalize.datasets.strecha); it stays importable
+# from here, where it lived first.
+from pylocalize.datasets.strecha import read_strecha_camera
+from pylocalize.localization.evaluate import evaluate_poses, load_poses, pose_error
 from pylocalize.localization.map import LocalizationResult, Map
 
 __all__ = ["LocalizationResult", "Map", "evaluate_poses", "load_poses", "pose_error", "read_strecha_camera"]

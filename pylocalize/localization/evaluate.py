@@ -12,22 +12,12 @@ from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
+# read_strecha_camera lived here before datasets/strecha.py: imported so its old path keeps working
+from pylocalize.datasets.strecha import is_strecha_folder, read_strecha_camera, read_strecha_poses  # noqa: F401
 from pylocalize.geometry import read_pose_file
+from pylocalize.geometry.poses import rotation_error_deg
 
 THRESHOLDS = ((0.25, 2.0), (0.5, 5.0), (5.0, 10.0))
-
-
-def read_strecha_camera(path) -> Tuple[np.ndarray, np.ndarray]:
-    """K (3x3) and cam_from_world (3x4) from a Strecha ``.camera`` file
-    (K, a ``0 0 0`` line, camera-to-world R, centre C, image size)."""
-    values = [float(v) for v in Path(path).read_text().split()]
-    if len(values) < 24:
-        raise ValueError(f"{path}: not a Strecha camera file (expected K, 0 0 0, R, C, W H)")
-    K = np.array(values[0:9]).reshape(3, 3)
-    R_wc = np.array(values[12:21]).reshape(3, 3)
-    C = np.array(values[21:24])
-    R = R_wc.T
-    return K, np.hstack([R, (-R @ C)[:, None]])
 
 
 def load_poses(source) -> Dict[str, np.ndarray]:
@@ -36,9 +26,8 @@ def load_poses(source) -> Dict[str, np.ndarray]:
     source = Path(source)
     if source.is_file():
         return read_pose_file(source)
-    if (source / "gt_dense_cameras").is_dir():
-        return {p.name[: -len(".camera")]: read_strecha_camera(p)[1]
-                for p in sorted((source / "gt_dense_cameras").glob("*.camera"))}
+    if is_strecha_folder(source):
+        return read_strecha_poses(source)
     if any((source / f"images.{ext}").is_file() for ext in ("bin", "txt")):
         import pycolmap
 
@@ -49,10 +38,7 @@ def load_poses(source) -> Dict[str, np.ndarray]:
 
 def pose_error(est: np.ndarray, gt: np.ndarray) -> Tuple[float, float]:
     """(translation error of the camera centre, rotation error in degrees)."""
-    dR = np.asarray(gt)[:, :3].T @ np.asarray(est)[:, :3]
-    # atan2 of sine and cosine stays accurate for small angles, where arccos of the trace loses digits
-    sin = np.linalg.norm([dR[2, 1] - dR[1, 2], dR[0, 2] - dR[2, 0], dR[1, 0] - dR[0, 1]]) / 2
-    angle = np.degrees(np.arctan2(sin, (np.trace(dR) - 1) / 2))
+    angle = rotation_error_deg(np.asarray(gt)[:, :3], np.asarray(est)[:, :3])
     c_est = -np.asarray(est)[:, :3].T @ np.asarray(est)[:, 3]
     c_gt = -np.asarray(gt)[:, :3].T @ np.asarray(gt)[:, 3]
     return float(np.linalg.norm(c_est - c_gt)), float(angle)

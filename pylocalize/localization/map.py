@@ -10,11 +10,13 @@ a :class:`CANNIndex` over every database feature. It is built from
   (:mod:`~pylocalize.localization.triangulation`);
 - images only (:meth:`Map.from_images`): incremental SfM with pycolmap on our features.
 
-A query is localized (:meth:`Map.localize`) by retrieving database images with CANN,
-matching its features to those of the retrieved images that observe 3D points (ratio test
-against other points, mutual check), and estimating the pose with pycolmap's LO-RANSAC and
-non-linear refinement. A query that cannot be localized gives ``success=False`` and the
-reason, never an exception; :meth:`Map.localize_many` runs a batch in parallel.
+A query is localized (:meth:`Map.localize`) in four stages, each a method of its own:
+:meth:`Map.extract` (its SIFT features), :meth:`Map.retrieve` (database images by CANN),
+:meth:`Map.match_2d3d` (its features against those of the retrieved images that observe 3D
+points: ratio test against other points, mutual check) and :meth:`Map.estimate_pose`
+(pycolmap's LO-RANSAC and non-linear refinement). A query that cannot be localized gives
+``success=False`` and the reason, never an exception; :meth:`Map.localize_many` runs a batch
+in parallel.
 
 Conventions: OpenCV pixels (centres at integers) and ``cam_from_world`` 3x4; pycolmap's
 pixel convention (+0.5) is handled at its boundary.
@@ -25,18 +27,21 @@ from __future__ import annotations
 import os
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
+from pylocalize._core import FormatError
 from pylocalize.containers import LAYOUT_ERRORS, read_layout
+from pylocalize.datasets.strecha import read_strecha_scene
 from pylocalize.features import EXTRACTORS, extract_sift, match_descriptors
-from pylocalize.geometry.absolute_pose import estimate_absolute_pose
+from pylocalize.geometry.absolute_pose import AbsolutePose, estimate_absolute_pose
 from pylocalize.geometry.camera import Camera
 from pylocalize.index.cann import CANNIndex
-from pylocalize._core import FormatError
+from pylocalize.io import image_files, image_size, load_pixels, read_image  # noqa: F401 (read_image's old path)
 
 # Version of the map layout inside the container; bumped when sections or meta change.
 # 1: one file, PINHOLE K per image. 2: a directory, COLMAP cameras, extractor, CANN index
@@ -106,17 +111,29 @@ class LocalizationResult:
     timings: Dict[str, float] = field(default_factory=dict)
 
 
-def read_image(path) -> np.ndarray:
-    """uint8 RGB pixels of an image file, with a clear error for unreadable files."""
-    from PIL import Image, UnidentifiedImageError
+class QueryFeatures(NamedTuple):
+    """Output of :meth:`Map.extract`."""
 
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such image file") from None
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"{path}: not a readable image ({error})") from None
+    keypoints: np.ndarray  # float32 (n, 2), OpenCV pixels
+    descriptors: np.ndarray  # uint8 (n, 128) RootSIFT
+    camera: Camera  # the query's camera, checked against the image size
+
+
+class Matches2D3D(NamedTuple):
+    """Output of :meth:`Map.match_2d3d`: match ``j`` ties query keypoint ``query_ids[j]`` to
+    map point ``point3D_ids[j]``; sorted by query keypoint."""
+
+    query_ids: np.ndarray  # int64 (m,), indices into the query's keypoints
+    point3D_ids: np.ndarray  # int64 (m,), indices into Map.points3D
+
+
+@contextmanager
+def _timed(timings: Dict[str, float], stage: str):
+    """Records the seconds a stage took in ``timings[stage]``; a stage that raises records
+    nothing, as the result of a query that failed there carries no time for it."""
+    t0 = time.perf_counter()
+    yield
+    timings[stage] = time.perf_counter() - t0
 
 
 def check_image_name(name, error=ValueError) -> str:
@@ -198,9 +215,8 @@ def _extract_all(images, max_features, extractor, progress, desc="map: features"
 
     from tqdm import tqdm
 
-    load = (lambda im: read_image(im) if isinstance(im, (str, os.PathLike)) else im)
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        return list(tqdm(pool.map(lambda im: extract_sift(load(im), max_features, extractor), images),
+        return list(tqdm(pool.map(lambda im: extract_sift(load_pixels(im), max_features, extractor), images),
                          total=len(images), desc=desc, disable=not progress, leave=False))
 
 
@@ -290,7 +306,7 @@ class Map:
             raise ValueError(f"{n} images but {len(names)} names")
         feats = _extract_all(images, max_features, extractor, progress)
         sizes = [(int(np.asarray(im).shape[1]), int(np.asarray(im).shape[0])) if not isinstance(im, (str, os.PathLike))
-                 else _image_size(im) for im in images]
+                 else image_size(im) for im in images]
         cams = [as_camera(c, w, h) for c, (w, h) in zip(_per_item(cameras, n, "images"), sizes)]
         return cls.from_features(names, cams, cam_from_world, [f[0] for f in feats], [f[1] for f in feats],
                                  extractor=extractor, max_features=max_features, progress=progress, **options)
@@ -299,22 +315,10 @@ class Map:
     def from_strecha(cls, folder, exclude: Sequence[str] = (), **options) -> "Map":
         """A map from a Strecha folder (``images/*.jpg`` + ``gt_dense_cameras/*.camera``),
         leaving out the image names in ``exclude`` (e.g. held-out queries)."""
-        from pylocalize.localization.evaluate import read_strecha_camera
-
-        folder = Path(folder)
-        cams = sorted((folder / "gt_dense_cameras").glob("*.camera"))
-        if not cams:
-            raise ValueError(f"{folder} has no gt_dense_cameras/*.camera: not a Strecha folder")
-        names, Ks, poses = [], [], []
-        for cam in cams:
-            name = cam.name[: -len(".camera")]
-            if name not in exclude:
-                K, pose = read_strecha_camera(cam)
-                names.append(name)
-                Ks.append(K)
-                poses.append(pose)
-        m = cls.from_views([image_path(folder / "images", n) for n in names], Ks, np.stack(poses), names, **options)
-        m.image_dir = str((folder / "images").resolve())
+        scene = read_strecha_scene(folder, exclude)
+        m = cls.from_views([image_path(scene.image_dir, n) for n in scene.names], list(scene.K), scene.cam_from_world,
+                           scene.names, **options)
+        m.image_dir = str(scene.image_dir.resolve())
         return m
 
     @classmethod
@@ -359,7 +363,7 @@ class Map:
         cams = []
         for im in images:
             camera = Camera.from_pycolmap(rec.cameras[im.camera_id])
-            w, h = _image_size(image_path(image_dir, im.name))
+            w, h = image_size(image_path(image_dir, im.name))
             cams.append(camera if (camera.width, camera.height) == (w, h) else camera.scaled(w, h))
         poses = np.stack([np.asarray(im.cam_from_world().matrix())[:3] for im in images])
         m = cls.from_views([image_path(image_dir, n) for n in names], cams, poses, names, **options)
@@ -381,15 +385,14 @@ class Map:
         from pylocalize.localization.sfm import reconstruct
 
         image_dir = Path(image_dir)
-        names = sorted(p.name for p in image_dir.iterdir()
-                       if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"))
+        names = [p.name for p in image_files(image_dir)]
         if len(names) < 3:
             raise ValueError(f"{image_dir}: structure-from-motion needs at least 3 images, found {len(names)}")
         feats = _extract_all([image_path(image_dir, n) for n in names], max_features, extractor, progress)
         if isinstance(camera, str):
             camera = Camera.from_string(camera)
         elif camera is not None and not isinstance(camera, Camera):
-            camera = Camera.from_K(camera, *_image_size(image_path(image_dir, names[0])))
+            camera = Camera.from_K(camera, *image_size(image_path(image_dir, names[0])))
         rec = reconstruct(image_dir, names, [f[0] for f in feats], [f[1] for f in feats], camera=camera, seed=seed,
                           method=sfm)
         m = cls.from_reconstruction(rec, dict(zip(names, feats)), extractor, max_features)
@@ -459,7 +462,10 @@ class Map:
             raise ValueError(f"image_dir {image_dir!r}: must be a folder path")
         path.mkdir(parents=True, exist_ok=True)
         counts = np.array([len(k) for k in self.keypoints], np.int64)
-        join = (lambda arrays, empty: np.ascontiguousarray(np.concatenate(arrays) if len(arrays) else empty))
+
+        def join(arrays, empty):
+            return np.ascontiguousarray(np.concatenate(arrays) if len(arrays) else empty)
+
         sections = {
             "names": np.frombuffer("\n".join(self.names).encode("utf-8"), np.uint8).copy(),
             "cam_from_world": np.ascontiguousarray(self.cam_from_world),
@@ -553,10 +559,26 @@ class Map:
             raise FormatError(f"{folder}: not a valid {cls.FORMAT_TAG} ({error})") from error
 
     # ------------------------------------------------------------- localization
+    # localize() runs four stages, each a method a caller (or a test) can run alone:
+    # extract -> retrieve -> match_2d3d -> estimate_pose.
+
+    def extract(self, image, camera: CameraLike) -> QueryFeatures:
+        """Stage 1: the query's SIFT features (this map's extractor and feature budget) and
+        its camera, checked against the image size.
+
+        ``image`` is uint8 (H, W, 3) or (H, W), or a file path; ``camera`` a Camera, a
+        ``"MODEL W H PARAMS..."`` string or a 3x3 K (OpenCV convention). Raises
+        ``ValueError`` for an unreadable image, a bad camera or an image too small for SIFT.
+        """
+        pixels = load_pixels(image)
+        height, width = pixels.shape[:2]
+        cam = as_camera(camera, width, height)
+        keypoints, descriptors = extract_sift(pixels, self.max_features, self.extractor)
+        return QueryFeatures(keypoints, descriptors, cam)
 
     def retrieve(self, descriptors: np.ndarray, k: Optional[int]) -> List[int]:
-        """The ``k`` database images CANN ranks best for a query's descriptors (every image
-        when ``k`` is None: exhaustive matching)."""
+        """Stage 2: the ``k`` database images CANN ranks best for a query's descriptors
+        (every image when ``k`` is None: exhaustive matching)."""
         if k is None:
             return list(range(len(self.names)))
         if len(self.names) == 0:
@@ -564,11 +586,49 @@ class Map:
         _, ids = self.index.search(descriptors, min(int(k), len(self.names)))
         return [int(i) for i in ids if i >= 0]
 
+    def num_observations(self, images: Sequence[int]) -> int:
+        """Features of the database ``images`` (indices, repeats counted once) that observe a
+        3D point: the candidates :meth:`match_2d3d` matches against."""
+        return sum(int((self.point_ids[i] >= 0).sum()) for i in set(images))
+
+    def match_2d3d(self, descriptors: np.ndarray, images: Sequence[int], ratio: float = 0.8) -> Matches2D3D:
+        """Stage 3: 2D-3D matches of a query's descriptors against the features of the
+        database ``images`` (indices) that observe a 3D point.
+
+        A query feature is matched to its nearest candidate when that one is closer than
+        ``ratio`` x the nearest candidate of *another* 3D point (the observations of one
+        point in several images look alike and must not fail the ratio test), and when the
+        query feature is also the candidate's nearest query feature (mutual check); see
+        :func:`~pylocalize.features.match_descriptors` with ``groups_b``.
+        """
+        # candidates in image-index order: matches must not depend on near-tied retrieval ranks
+        order = sorted(set(images))
+        if not order:
+            return Matches2D3D(np.zeros(0, np.int64), np.zeros(0, np.int64))
+        observed = [self.point_ids[i] >= 0 for i in order]
+        candidates = np.concatenate([self.descriptors[i][has] for i, has in zip(order, observed)])
+        point3D_ids = np.concatenate([self.point_ids[i][has] for i, has in zip(order, observed)])
+        pairs = match_descriptors(descriptors, candidates, ratio, groups_b=point3D_ids)
+        return Matches2D3D(pairs[:, 0], point3D_ids[pairs[:, 1]])
+
+    def estimate_pose(self, points2D: np.ndarray, point3D_ids: np.ndarray, camera: Camera,
+                      max_error_px: float = 4.0, covariance: bool = True) -> Optional[AbsolutePose]:
+        """Stage 4: the query's ``cam_from_world`` from 2D-3D matches (``points2D`` float
+        (m, 2) in OpenCV pixels, ``point3D_ids`` int (m,) into :attr:`points3D`), by
+        LO-RANSAC and refinement (:func:`~pylocalize.geometry.absolute_pose.estimate_absolute_pose`).
+        None when no pose is found (or fewer than 4 matches are given)."""
+        points3D = self.points3D[np.asarray(point3D_ids, dtype=np.int64)]
+        return estimate_absolute_pose(points2D, points3D, camera, max_error_px, covariance=covariance)
+
     def localize(self, image, camera: CameraLike, k: Optional[int] = 10, ratio: float = 0.8,
                  max_error_px: float = 4.0, min_inliers: int = 12,
                  retrieval: Optional[Callable[[np.ndarray, np.ndarray], Sequence[int]]] = None,
                  covariance: bool = True) -> LocalizationResult:
-        """Estimates the ``cam_from_world`` pose of a query image.
+        """Estimates the ``cam_from_world`` pose of a query image: :meth:`extract`,
+        :meth:`retrieve`, :meth:`match_2d3d`, :meth:`estimate_pose`, each timed.
+
+        A query stops at the first stage that leaves fewer than ``min_inliers`` features,
+        candidate 3D-point observations, matches or inliers; the result says which.
 
         Parameters
         ----------
@@ -582,52 +642,35 @@ class Map:
         covariance : bool
             Also return the pose covariance.
         """
-        timings = {}
-        t0 = time.perf_counter()
+        timings: Dict[str, float] = {}
         try:
-            pixels = read_image(image) if isinstance(image, (str, os.PathLike)) else np.asarray(image)
-            height, width = pixels.shape[:2]
-            cam = as_camera(camera, width, height)
-            kp, desc = extract_sift(pixels, self.max_features, self.extractor)
+            with _timed(timings, "features"):
+                kp, desc, cam = self.extract(image, camera)
         except Exception as error:  # a broken image or camera must not stop a batch
             return LocalizationResult(False, reason=f"bad query: {error}")
-        timings["features"] = time.perf_counter() - t0
         if len(kp) < min_inliers:
             return LocalizationResult(False, reason=f"only {len(kp)} features", timings=timings)
-        t0 = time.perf_counter()
-        retrieved = list(retrieval(kp, desc)) if retrieval is not None else self.retrieve(desc, k)
+        with _timed(timings, "retrieval"):
+            retrieved = list(retrieval(kp, desc)) if retrieval is not None else self.retrieve(desc, k)
         names = [self.names[i] for i in retrieved]
-        timings["retrieval"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        cand_desc, cand_pts = [], []
-        for i in sorted(set(retrieved)):  # match order must not depend on near-tied retrieval ranks
-            has = self.point_ids[i] >= 0
-            cand_desc.append(self.descriptors[i][has])
-            cand_pts.append(self.point_ids[i][has])
-        if not cand_desc or sum(len(c) for c in cand_pts) < min_inliers:
+        if not retrieved or self.num_observations(retrieved) < min_inliers:
             return LocalizationResult(False, retrieved=names, reason="retrieved images observe too few 3D points",
                                       timings=timings)
-        cand_desc, cand_pts = np.concatenate(cand_desc), np.concatenate(cand_pts)
-        m = match_descriptors(desc, cand_desc, ratio, groups_b=cand_pts)
-        timings["matching"] = time.perf_counter() - t0
-        if len(m) < min_inliers:
-            return LocalizationResult(False, num_matches=len(m), retrieved=names,
-                                      reason=f"only {len(m)} 2D-3D matches", timings=timings)
-        t0 = time.perf_counter()
-        points2D = kp[m[:, 0]].astype(np.float64)
-        point3D_ids = cand_pts[m[:, 1]]
-        result = estimate_absolute_pose(points2D, self.points3D[point3D_ids], cam, max_error_px,
-                                        covariance=covariance)
-        timings["pose"] = time.perf_counter() - t0
-        if result is None or result.num_inliers < min_inliers:
-            found = 0 if result is None else result.num_inliers
-            return LocalizationResult(False, num_matches=len(m), num_inliers=found, retrieved=names,
-                                      points2D=points2D, point3D_ids=point3D_ids,
-                                      reason=f"pose estimation found {found} inliers", timings=timings)
-        return LocalizationResult(True, cam_from_world=result.cam_from_world, num_inliers=result.num_inliers,
-                                  num_matches=len(m), inlier_mask=result.inlier_mask,
-                                  points2D=points2D, point3D_ids=point3D_ids, covariance=result.covariance,
-                                  retrieved=names, timings=timings)
+        with _timed(timings, "matching"):
+            query_ids, point3D_ids = self.match_2d3d(desc, retrieved, ratio)
+        common = {"num_matches": len(query_ids), "retrieved": names, "timings": timings}
+        if len(query_ids) < min_inliers:
+            return LocalizationResult(False, reason=f"only {len(query_ids)} 2D-3D matches", **common)
+        points2D = kp[query_ids].astype(np.float64)
+        common.update(points2D=points2D, point3D_ids=point3D_ids)
+        with _timed(timings, "pose"):
+            pose = self.estimate_pose(points2D, point3D_ids, cam, max_error_px, covariance)
+        if pose is None or pose.num_inliers < min_inliers:
+            found = 0 if pose is None else pose.num_inliers
+            return LocalizationResult(False, num_inliers=found, reason=f"pose estimation found {found} inliers",
+                                      **common)
+        return LocalizationResult(True, cam_from_world=pose.cam_from_world, num_inliers=pose.num_inliers,
+                                  inlier_mask=pose.inlier_mask, covariance=pose.covariance, **common)
 
     def localize_many(self, images: Sequence, cameras, workers: Optional[int] = None, progress: bool = False,
                       **options) -> List[LocalizationResult]:
@@ -674,14 +717,3 @@ def _read_map_file(file: Path, mmap: bool):
     return read_layout(file, Map.FORMAT_TAG, "map_version", (2, MAP_VERSION), "a map",
                        "rebuild the map with `pylocalize map build`", mmap=mmap, missing_version=1)
 
-
-def _image_size(path):
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such image file") from None
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"{path}: not a readable image ({error})") from None

@@ -37,7 +37,8 @@ def sampson_distance(F, xa, xb) -> np.ndarray:
     return (np.sum(hb * Fx, 1) ** 2) / (Fx[:, 0] ** 2 + Fx[:, 1] ** 2 + Ftx[:, 0] ** 2 + Ftx[:, 1] ** 2 + 1e-12)
 
 
-def select_pairs(cam_from_world: np.ndarray, neighbours: int, retrieved: Sequence[Sequence[int]] = ()) -> List[Tuple[int, int]]:
+def select_pairs(cam_from_world: np.ndarray, neighbours: int,
+                 retrieved: Sequence[Sequence[int]] = ()) -> List[Tuple[int, int]]:
     """Image pairs to match: each image with its ``neighbours`` nearest camera centres whose
     viewing directions differ by less than 90 degrees, plus any ``retrieved[i]`` candidates."""
     n = len(cam_from_world)

@@ -45,7 +45,8 @@ def save_localization_figure(path, image: np.ndarray, result, m, camera, image_d
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pylocalize.localization.map import image_path, read_image
+    from pylocalize.io import read_image
+    from pylocalize.localization.map import image_path
 
     shown = result.retrieved[:num_retrieved] if image_dir is not None else []
     fig, axes = plt.subplots(1, 1 + len(shown), figsize=(6 * (1 + len(shown)), 4.5), squeeze=False)

@@ -1,0 +1,79 @@
+"""Image files: the one place that reads pixels and sizes and says which files are images.
+
+Every reader turns a missing or undecodable file into a ``ValueError`` naming the file, so a
+batch (``Map.localize_many``, ``pylocalize localize``) can report the query and go on.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, List, Tuple
+
+import numpy as np
+
+# The suffixes (lower case) of the files a folder of images stands for, in SfM and on the
+# command line; PIL reads them all.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+
+
+def is_image_file(path) -> bool:
+    """Whether ``path`` names an image by its suffix (case-insensitive); the file is not opened."""
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def image_files(folder) -> List[Path]:
+    """The image files directly inside ``folder``, sorted by name."""
+    return sorted(p for p in Path(folder).iterdir() if is_image_file(p))
+
+
+def expand_image_paths(paths: Iterable) -> List[Path]:
+    """Image paths from files and folders, in the given order; a folder stands for its image
+    files, sorted. A file is kept whatever its suffix: the caller named it."""
+    out: List[Path] = []
+    for path in map(Path, paths):
+        out.extend(image_files(path) if path.is_dir() else [path])
+    return out
+
+
+def _open_error(path, error: Exception) -> ValueError:
+    if isinstance(error, FileNotFoundError):
+        return ValueError(f"{path}: no such image file")
+    return ValueError(f"{path}: not a readable image ({error})")
+
+
+def read_image(path) -> np.ndarray:
+    """uint8 ``(H, W, 3)`` RGB pixels of an image file (grey and RGBA files are converted).
+
+    Raises ``ValueError`` for a missing or unreadable file.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (FileNotFoundError, UnidentifiedImageError, OSError) as error:
+        raise _open_error(path, error) from None
+
+
+def image_size(path) -> Tuple[int, int]:
+    """``(width, height)`` of an image file, from its header (the pixels are not decoded).
+
+    Raises ``ValueError`` for a missing or unreadable file.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (FileNotFoundError, UnidentifiedImageError, OSError) as error:
+        raise _open_error(path, error) from None
+
+
+def load_pixels(image) -> np.ndarray:
+    """Pixels of an image given as an array (returned as it is) or as a file path (read)."""
+    return read_image(image) if isinstance(image, (str, os.PathLike)) else np.asarray(image)
+
+
+__all__ = ["IMAGE_SUFFIXES", "expand_image_paths", "image_files", "image_size", "is_image_file", "load_pixels",
+           "read_image"]

@@ -1,0 +1,187 @@
+"""``pylocalize map build``, ``localize``, ``evaluate``: visual localization from the command line.
+
+- ``map build``: a map from posed images (a Strecha folder, a COLMAP model, a pose file) or
+  from images alone (structure-from-motion);
+- ``localize``: the poses of query images in a map, written as a pose file;
+- ``evaluate``: pose errors and recall of a pose file against ground truth.
+
+``pylocalize/cli.py`` wires them in with ``add_parser(subparsers)``; pycolmap and the map
+code are imported only when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _map_build(args) -> int:
+    from pylocalize.localization import Map
+
+    options = {"max_features": args.max_features, "extractor": args.extractor, "progress": True}
+    if args.strecha:
+        exclude = [e for e in (args.exclude or "").split(",") if e]
+        m = Map.from_strecha(args.strecha, exclude=exclude, **options)
+    elif args.colmap:
+        if not args.images:
+            raise SystemExit("--colmap needs --images DIR (the model's image folder)")
+        m = Map.from_colmap(args.colmap, args.images, **options)
+    elif args.poses:
+        if not args.images or not (args.cameras or args.camera):
+            raise SystemExit("--poses needs --images DIR and --cameras FILE or --camera 'MODEL W H PARAMS...'")
+        m = Map.from_pose_file(args.poses, args.cameras or args.camera, args.images, **options)
+    elif args.images:
+        m = Map.from_images(args.images, camera=args.camera, seed=args.seed, sfm=args.sfm, **options)
+    else:
+        raise SystemExit("give --strecha DIR, --colmap DIR --images DIR, --poses FILE --images DIR, or --images DIR")
+    m.save(args.out)
+    print(f"{m} -> {args.out}")
+    return 0
+
+
+def query_camera(path, fixed=None, per_name=None):
+    """``(camera, where it came from)`` of the query image ``path``: ``fixed`` (--camera),
+    ``per_name[path.name]`` (--cameras), the Strecha ``.camera`` file of the image, or its
+    EXIF focal length (:meth:`Camera.from_exif`, whose source string starts with
+    ``"no EXIF"`` when it had to guess). Raises ``ValueError`` if ``per_name`` lacks the image."""
+    from pylocalize.datasets.strecha import camera_file_of_image, read_strecha_camera
+    from pylocalize.geometry import Camera
+    from pylocalize.io import image_size
+
+    if fixed is not None:
+        return fixed, "--camera"
+    if per_name is not None:
+        if path.name not in per_name:
+            raise ValueError(f"no camera for {path.name} in --cameras")
+        return per_name[path.name], "--cameras"
+    strecha = camera_file_of_image(path)
+    if strecha is not None:
+        return Camera.from_K(read_strecha_camera(strecha)[0], *image_size(path)), "Strecha .camera file"
+    return Camera.from_exif(path)
+
+
+def _query_cameras(args):
+    """``(paths, cameras, failed)``: the queries that have a camera, and ``{name: reason}``
+    of those that have none (one bad query must not stop the batch)."""
+    from pylocalize.geometry import Camera, read_cameras_file
+    from pylocalize.io import expand_image_paths
+
+    fixed = Camera.from_string(args.camera) if args.camera else None
+    per_name = read_cameras_file(args.cameras) if args.cameras else None
+    paths, cameras, failed = [], [], {}
+    for path in expand_image_paths(args.images):
+        try:
+            camera, source = query_camera(path, fixed, per_name)
+        except Exception as error:  # one bad query must not stop the batch
+            failed[path.name] = str(error)
+            continue
+        if source.startswith("no EXIF"):
+            print(f"{path.name}: {source}")
+        paths.append(path)
+        cameras.append(camera)
+    return paths, cameras, failed
+
+
+def _localize(args) -> int:
+    from pylocalize.geometry import write_pose_file
+    from pylocalize.io import read_image
+    from pylocalize.localization import Map
+    from pylocalize.localization.viz import save_localization_figure
+
+    m = Map.load(args.map)
+    paths, cameras, failed = _query_cameras(args)
+    results = m.localize_many(paths, cameras, workers=args.workers, progress=True)
+    estimates = []
+    for path, camera, result in zip(paths, cameras, results):
+        if result.success:
+            estimates.append((path.name, result.cam_from_world))
+            total = sum(result.timings.values())
+            print(f"{path.name}: {result.num_inliers} inliers, {total:.2f} s")
+        else:
+            failed[path.name] = result.reason
+        if args.viz and result.points2D is not None:
+            save_localization_figure(f"{args.viz}/{path.stem}.png", read_image(path), result, m, camera,
+                                     image_dir=m.image_dir)
+    for name, reason in failed.items():
+        print(f"{name}: failed: {reason}")
+    write_pose_file(args.out, estimates)
+    print(f"{len(estimates)} localized, {len(failed)} failed -> {args.out}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from pylocalize.localization import evaluate_poses, load_poses
+
+    result = evaluate_poses(load_poses(args.gt), load_poses(args.pred))
+    print(f"{result['num_estimated']}/{result['num_images']} images estimated")
+    print(f"median error: {result['median_translation_m']:.4f} m, {result['median_rotation_deg']:.4f} deg")
+    for key, value in result.items():
+        if key.startswith("recall@"):
+            print(f"{key}: {100 * value:.1f} %")
+    return 0
+
+
+def _add_map(subparsers) -> None:
+    p = subparsers.add_parser("map", help="build a localization map")
+    map_sub = p.add_subparsers(dest="map_command", required=True)
+    b = map_sub.add_parser("build",
+                           help="map from posed images (Strecha, COLMAP model, pose file) or images only (SfM)")
+    b.add_argument("--strecha", help="Strecha scene folder (images/ + gt_dense_cameras/)")
+    b.add_argument("--exclude", help="Strecha: comma-separated image names to leave out (queries)")
+    b.add_argument("--colmap", help="COLMAP model folder (cameras/images/points3D .bin or .txt); needs --images")
+    b.add_argument("--poses", help="pose file 'name qw qx qy qz tx ty tz' (cam_from_world); needs --images and "
+                                   "--cameras or --camera")
+    b.add_argument("--cameras", help="cameras file, lines 'name MODEL W H PARAMS...'")
+    b.add_argument("--camera", help="one camera 'MODEL W H PARAMS...' for every image (COLMAP convention)")
+    b.add_argument("--images", help="image folder; alone: structure-from-motion from the images only")
+    b.add_argument("--extractor", choices=["opencv", "colmap"], default="opencv", help="SIFT implementation")
+    b.add_argument("--max-features", type=int, default=4000)
+    b.add_argument("--seed", type=int, default=0, help="structure-from-motion random seed")
+    b.add_argument("--sfm", choices=["incremental", "global"], default="incremental",
+                   help="structure-from-motion mapper tried first (images only)")
+    b.add_argument("--out", required=True, help="map directory to write")
+    b.set_defaults(func=_map_build)
+
+
+def _add_localize(subparsers) -> None:
+    p = subparsers.add_parser("localize", help="localize query images in a map")
+    p.add_argument("--map", required=True, help="map directory")
+    p.add_argument("--images", nargs="+", required=True, help="query image files or folders")
+    p.add_argument("--camera", help="'MODEL W H PARAMS...' (COLMAP convention) for every query")
+    p.add_argument("--cameras", help="cameras file, lines 'name MODEL W H PARAMS...'")
+    p.add_argument("--workers", type=int, default=None, help="queries localized in parallel")
+    p.add_argument("--out", required=True, help="pose file to write (name qw qx qy qz tx ty tz)")
+    p.add_argument("--viz", help="folder for one figure per query (matches, reprojections, retrieved images)")
+    p.set_defaults(func=_localize)
+    p.epilog = ("Without --camera or --cameras, a query's camera comes from a Strecha .camera file beside it, "
+                "else from its EXIF focal length (1.2 x the larger side when EXIF has none).")
+
+
+def _add_evaluate(subparsers) -> None:
+    p = subparsers.add_parser("evaluate", help="pose errors and recall of estimated poses against ground truth")
+    p.add_argument("--gt", required=True, help="pose file, COLMAP model folder or Strecha folder")
+    p.add_argument("--pred", required=True, help="pose file (name qw qx qy qz tx ty tz)")
+    p.set_defaults(func=_evaluate)
+
+
+def add_parser(subparsers) -> None:
+    """Adds the ``map`` (``build``), ``localize`` and ``evaluate`` commands to an argparse
+    sub-parser set, as ``pylocalize.cli.build_parser`` builds its commands."""
+    _add_map(subparsers)
+    _add_localize(subparsers)
+    _add_evaluate(subparsers)
+
+
+def main(argv=None) -> int:
+    """Runs the localization commands alone: ``python -m pylocalize.localization.cli localize ...``."""
+    parser = argparse.ArgumentParser(prog="pylocalize")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["add_parser", "main", "query_camera"]

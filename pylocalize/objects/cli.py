@@ -1,0 +1,197 @@
+"""``pylocalize objects onboard|estimate|eval``: 6D pose of unseen objects from their mesh (FoundPose).
+
+- ``objects onboard``: render templates of a mesh and build the object representation;
+- ``objects estimate``: the object's pose in one RGB image, given its mask or box;
+- ``objects eval``: estimate and score every instance of an object in a BOP scene.
+
+``pylocalize/cli.py`` wires them in with ``add_parser(subparsers)``; the renderer, the
+patch extractors (and torch, for DINOv2) are imported only when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def _patch_extractor(name, weights):
+    """The patch extractor a representation was (or will be) onboarded with."""
+    if name == "dinov2":
+        if not weights:
+            raise SystemExit("--extractor dinov2 needs --weights DIR (a local DINOv2 model directory)")
+        from pylocalize.features.dinov2 import DINOv2Extractor
+
+        return DINOv2Extractor(weights)
+    from pylocalize.features.patches import DenseSIFTExtractor
+
+    return DenseSIFTExtractor()
+
+
+def _onboard(args) -> int:
+    import time
+
+    from pylocalize.objects import onboard
+
+    t0 = time.perf_counter()
+    rep = onboard(args.mesh, _patch_extractor(args.extractor, args.weights), num_views=args.views,
+                  num_inplane=args.inplane, num_words=args.words, size=args.size, progress=True)
+    rep.save(args.out)
+    print(f"{rep} onboarded in {time.perf_counter() - t0:.1f} s -> {args.out}")
+    return 0
+
+
+def _intrinsics(text: str) -> np.ndarray:
+    """3x3 K from ``--K fx,fy,cx,cy`` (OpenCV convention)."""
+    try:
+        fx, fy, cx, cy = (float(v) for v in text.split(","))
+    except ValueError:
+        raise SystemExit(f"--K {text!r}: expected fx,fy,cx,cy (OpenCV convention)") from None
+    return np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]])
+
+
+def _object_region(args):
+    """``(mask, bbox)`` from --mask (a PNG, object pixels white) or --bbox x,y,w,h; one is None."""
+    from pylocalize.io import read_image
+
+    if args.mask:
+        return read_image(args.mask)[..., 0] > 127, None
+    if args.bbox:
+        bbox = [float(v) for v in args.bbox.split(",")]
+        if len(bbox) != 4:
+            raise SystemExit(f"--bbox {args.bbox!r}: expected x,y,w,h")
+        return None, bbox
+    raise SystemExit("give --mask PNG or --bbox x,y,w,h")
+
+
+def _estimate(args) -> int:
+    import json
+
+    from pylocalize.containers import write_bytes_atomic
+    from pylocalize.io import read_image
+    from pylocalize.objects import ObjectRepresentation
+
+    rep = ObjectRepresentation.load(args.rep)
+    image = read_image(args.image)
+    K = _intrinsics(args.K)
+    mask, bbox = _object_region(args)
+    result = rep.estimate(image, K, mask=mask, bbox=bbox, extractor=_patch_extractor(rep.extractor_name, args.weights))
+    out = {"success": result.success, "reason": result.reason, "score": result.score,
+           "inliers": result.num_inliers, "matches": result.num_matches, "templates": result.templates,
+           "timings": result.timings}
+    if result.success:
+        out["R"], out["t"] = result.R.tolist(), result.t.tolist()
+    write_bytes_atomic(args.out, json.dumps(out, indent=2).encode("utf-8"))
+    print(f"{'pose' if result.success else 'failed: ' + result.reason} -> {args.out}")
+    if args.viz and result.success and args.mesh:
+        from pylocalize.objects.viz import save_pose_overlay
+
+        save_pose_overlay(args.viz, image, args.mesh, K, result)
+        print(f"overlay -> {args.viz}")
+    return 0 if result.success else 1
+
+
+def _symmetries(args, models: Path):
+    """The object's symmetry transformations from --models-info or ``models/models_info.json``
+    (None when neither is there: the object is treated as asymmetric)."""
+    from pylocalize.objects import bop
+
+    info_path = args.models_info or (models / "models_info.json" if (models / "models_info.json").is_file() else None)
+    if not info_path:
+        return None
+    info = bop.read_models_info(info_path)
+    if args.obj_id not in info:
+        raise SystemExit(f"{info_path} has no object {args.obj_id}")
+    return bop.symmetry_transformations(info[args.obj_id])
+
+
+def _eval(args) -> int:
+    from pylocalize.objects import ObjectRepresentation, bop
+    from pylocalize.objects.evaluate import evaluate_dataset, summarize
+    from pylocalize.render import load_mesh
+
+    rep = ObjectRepresentation.load(args.rep)
+    root = Path(args.bop)
+    models = root / "models"
+    mesh_path = args.mesh or models / f"obj_{args.obj_id:06d}.ply"
+    if not Path(mesh_path).is_file():
+        raise SystemExit(f"no mesh: give --mesh, or a dataset folder with {models}/obj_{args.obj_id:06d}.ply")
+    mesh = load_mesh(mesh_path)
+    symmetries = _symmetries(args, models)
+    result = evaluate_dataset(rep, mesh, root, args.obj_id, split=args.split,
+                              extractor=_patch_extractor(rep.extractor_name, args.weights), symmetries=symmetries,
+                              progress=True)
+    bop.write_results_csv(args.out, result["rows"])
+    print(f"{len(result['rows'])}/{len(result['times'])} instances estimated -> {args.out}")
+    for stage, recalls in summarize(result, mesh.extent).items():
+        print(stage + ": " + ", ".join(f"{k} {v:.3f}" for k, v in recalls.items()))
+    return 0
+
+
+def _add_onboard(sub) -> None:
+    o = sub.add_parser("onboard", help="render templates and build the object representation")
+    o.add_argument("--mesh", required=True, help="mesh file (PLY, OBJ, ...), in the units poses should use")
+    o.add_argument("--out", required=True, help="representation file to write")
+    o.add_argument("--views", type=int, default=57, help="Fibonacci viewpoints")
+    o.add_argument("--inplane", type=int, default=14, help="in-plane rotations per viewpoint")
+    o.add_argument("--words", type=int, default=2048, help="visual words")
+    o.add_argument("--size", type=int, default=420, help="template crop size (a multiple of 14)")
+    o.add_argument("--extractor", choices=["dense-sift", "dinov2"], default="dense-sift",
+                   help="patch descriptors (dinov2 needs the torch extra and --weights)")
+    o.add_argument("--weights", help="local DINOv2 model directory (save_pretrained layout)")
+    o.set_defaults(func=_onboard)
+
+
+def _add_estimate(sub) -> None:
+    o = sub.add_parser("estimate", help="the object's pose in one RGB image")
+    o.add_argument("--rep", required=True, help="representation from 'objects onboard'")
+    o.add_argument("--image", required=True)
+    o.add_argument("--K", required=True, help="fx,fy,cx,cy (OpenCV convention)")
+    o.add_argument("--mask", help="PNG, object pixels white")
+    o.add_argument("--bbox", help="x,y,w,h in pixels")
+    o.add_argument("--out", required=True, help="pose JSON (R, t in mesh units, cam_from_model)")
+    o.add_argument("--viz", help="PNG: the posed model's contour over the image (needs --mesh)")
+    o.add_argument("--mesh", help="the onboarded mesh, for --viz")
+    o.add_argument("--weights", help="DINOv2 model directory, for a representation onboarded with dinov2")
+    o.set_defaults(func=_estimate)
+
+
+def _add_eval(sub) -> None:
+    o = sub.add_parser("eval", help="estimate and score every instance of an object in a BOP scene")
+    o.add_argument("--bop", required=True, help="BOP dataset folder (models/, test/<scene>/...) or one scene folder "
+                                                "(scene_camera/gt json, rgb/, mask_visib/, depth/)")
+    o.add_argument("--split", default="test", help="dataset split folder (default: %(default)s)")
+    o.add_argument("--rep", required=True)
+    o.add_argument("--mesh", help="the object's mesh, for the metrics (default: models/obj_NNNNNN.ply)")
+    o.add_argument("--obj-id", type=int, required=True)
+    o.add_argument("--models-info", help="models_info.json, for the object's symmetries (default: models/)")
+    o.add_argument("--out", required=True, help="BOP19 results CSV")
+    o.add_argument("--weights", help="DINOv2 model directory, for a representation onboarded with dinov2")
+    o.set_defaults(func=_eval)
+
+
+def add_parser(subparsers) -> None:
+    """Adds the ``objects`` command (``onboard``, ``estimate``, ``eval``) to an argparse
+    sub-parser set, as ``pylocalize.cli.build_parser`` builds its commands."""
+    p = subparsers.add_parser("objects", help="6D pose of unseen objects from their mesh (FoundPose)")
+    sub = p.add_subparsers(dest="objects_command", required=True)
+    _add_onboard(sub)
+    _add_estimate(sub)
+    _add_eval(sub)
+
+
+def main(argv=None) -> int:
+    """Runs ``objects`` alone: ``python -m pylocalize.objects.cli estimate ...``."""
+    parser = argparse.ArgumentParser(prog="pylocalize")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["objects"] + list(sys.argv[1:] if argv is None else argv))
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["add_parser", "main"]
