@@ -156,6 +156,8 @@ def test_map_save_load_round_trip(tmp_path, scene_and_map):
     assert loaded.names == m.names and len(loaded.points3D) == len(m.points3D)
     assert [c.to_string() for c in loaded.cameras] == [c.to_string() for c in m.cameras]
     assert loaded.extractor == m.extractor and len(loaded.index) == len(m.index)
+    # the index stores its search options: the map's retrieval settings come back from the file
+    assert loaded.index.stored_options is not None and loaded.index.search_options == m.index.search_options
     np.testing.assert_array_equal(loaded.points3D, m.points3D)
     for a, b in zip(loaded.point_ids, m.point_ids):
         np.testing.assert_array_equal(a, b)

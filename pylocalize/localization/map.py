@@ -57,8 +57,9 @@ _INDEX_NAME = re.compile(r"^cann-[0-9a-f]{16}\.pyloc$")
 
 CameraLike = Union[Camera, str, np.ndarray]
 
-# CANN search options of a map's index (not stored with the index, so one place sets them):
-# the kernel cutoff p0 suits RootSIFT stored as uint8 (512 x unit vectors).
+# CANN search options of the index a map builds (stored with it on save; also applied to the
+# indexes of maps saved before indexes stored their options): the kernel cutoff p0 suits
+# RootSIFT stored as uint8 (512 x unit vectors).
 RETRIEVAL_OPTIONS = {"p0": 200.0}
 # Maps with more features than this search an inverted file (trained at build, stored with
 # the index) instead of every feature: exact CANN costs as much as matching against every
@@ -249,7 +250,8 @@ class Map:
                           np.concatenate([np.full(len(d), i, np.int64) for i, d in enumerate(self.descriptors)]))
             if len(index) >= IVF_MIN_FEATURES:
                 index.train(seed=0)
-        self.index = _configure_retrieval(index)
+            index = _configure_retrieval(index)
+        self.index = index
 
     def __repr__(self) -> str:
         return f"Map({len(self.names)} images, {len(self.points3D)} points, {self.extractor} SIFT)"
@@ -545,7 +547,9 @@ class Map:
             if meta["map_version"] != 2 and (folder / index_file).stat().st_size != meta["index_bytes"]:
                 raise ValueError(f"{index_file} has {(folder / index_file).stat().st_size} bytes, the map recorded "
                                  f"{meta['index_bytes']}: not the index this map was saved with")
-            index = CANNIndex.load(folder / index_file, **RETRIEVAL_OPTIONS)
+            index = CANNIndex.load(folder / index_file)
+            if index.stored_options is None:  # saved before indexes stored their search options
+                index = _configure_retrieval(CANNIndex.load(folder / index_file, **RETRIEVAL_OPTIONS))
             if len(index) != counts.sum() or len(index) != meta.get("index_features", len(index)):
                 raise ValueError(f"the retrieval index holds {len(index)} features, the map {counts.sum()}")
             m = cls(names, cameras, sec["cam_from_world"], np.split(sec["keypoints"], split),
