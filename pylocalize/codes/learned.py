@@ -196,7 +196,8 @@ class RecurrentBinarizer:
             raise ValueError(f"bits_per_dim must be 1..4 (the index's range), got {bits_per_dim}")
         if not 1 <= out_dim <= in_dim:
             raise ValueError(f"out_dim must be in 1..in_dim ({in_dim}), got {out_dim}")
-        self.in_dim, self.out_dim, self.bits_per_dim, self.hidden = int(in_dim), int(out_dim), int(bits_per_dim), int(hidden)
+        self.in_dim, self.out_dim = int(in_dim), int(out_dim)
+        self.bits_per_dim, self.hidden = int(bits_per_dim), int(hidden)
         torch.manual_seed(seed)
         self.net = _networks().RecurrentBinarizerNet(self.in_dim, self.out_dim, self.bits_per_dim, self.hidden)
         # maps originals into the code space for the loss (top principal components; identity if equal dims)
