@@ -278,7 +278,8 @@ class RecurrentBinarizer:
             progress=options.progress, desc="binarizer", postfix=lambda s: {"held_out": f"{s:.3f}"})
         return self
 
-    def _check_compatible(self, old: "RecurrentBinarizer | None", old_x, x: np.ndarray) -> Tuple[np.ndarray, bool]:
+    def _check_compatible(self, old: "RecurrentBinarizer | None", old_x,
+                          x: np.ndarray) -> Tuple[Optional[np.ndarray], bool]:
         """The old model's embeddings of the training rows (``x`` without ``old_x``), and
         whether the new model starts as a copy of ``old`` (same embeddings, same widths)."""
         if old is None:
