@@ -44,7 +44,7 @@ import numpy as np
 from tqdm import tqdm
 
 import pylocalize
-from pylocalize.codes.learned import recall_at
+from pylocalize.index.metrics import recall_at
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -210,7 +210,7 @@ def bench_set(name, db, q, args, results, work: Path):
 def bench_compatible(name, db, q, args, results):
     """Backward-compatible update: an index of an old binarizer's codes, searched with a new
     binarizer's query codes, with and without the compatibility term."""
-    from pylocalize.codes.learned import RecurrentBinarizer, fit_binarizer, recall_at
+    from pylocalize.codes.learned import RecurrentBinarizer, fit_binarizer
 
     import faiss
 

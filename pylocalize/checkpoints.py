@@ -20,11 +20,17 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 import re
+import zipfile
+import zlib
 from typing import Callable, TypeVar
 
 import numpy as np
+
+from pylocalize import _core
 from pylocalize._core import FormatError
+from pylocalize.containers import LAYOUT_ERRORS, read_layout
 
 CHECKPOINT_TAG = "TorchCheckpoint"
 # Layout of the container around the torch bytes (meta key "checkpoint_version").
@@ -46,8 +52,6 @@ def import_torch(what: str):
 
 def save_checkpoint(data: dict, path) -> None:
     """Writes the checkpoint dict ``data`` to ``path`` all-or-nothing, CRC-protected."""
-    from pylocalize import _core
-
     torch = import_torch("saving a checkpoint")
     buffer = io.BytesIO()
     torch.save(data, buffer)
@@ -62,9 +66,6 @@ def save_checkpoint(data: dict, path) -> None:
 def _verify_zip(path, kind: str) -> None:
     """Reads every member of a pre-container (zip) checkpoint so that zipfile checks its
     CRC-32: torch itself writes the CRCs but never checks them."""
-    import zipfile
-    import zlib
-
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
@@ -76,8 +77,6 @@ def _verify_zip(path, kind: str) -> None:
 
 def _torch_source(path, kind: str):
     """What ``torch.load`` should read for the checkpoint at ``path``, once verified."""
-    from pylocalize.containers import read_layout
-
     with open(path, "rb") as f:  # FileNotFoundError for a missing file, as documented
         head = f.read(len(_ZIP_MAGIC))
     if head == _ZIP_MAGIC:
@@ -97,8 +96,6 @@ def _torch_source(path, kind: str):
 def read_checkpoint(path, kind: str = "checkpoint") -> dict:
     """The verified dict at ``path``, whatever model saved it (see :func:`load_checkpoint`;
     ``kind`` only words the messages)."""
-    import pickle
-
     torch = import_torch(f"loading a {kind}")
     source = _torch_source(path, kind)
     try:
@@ -143,8 +140,6 @@ def load_model(path, kind: str, build: Callable[[dict], T], version: int = 1) ->
     the wrong shape, a setting out of range): whatever ``build`` raises for that becomes
     the same :class:`pylocalize.FormatError` as any other bad file, here for every model.
     """
-    from pylocalize.containers import LAYOUT_ERRORS
-
     data = load_checkpoint(path, kind, version)
     try:
         return build(data)

@@ -48,6 +48,21 @@ def simd_level(request):
     pylocalize.set_simd_level(old)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one intra-op thread for a module's tests, then the previous count.
+
+    The tests train tiny models, where torch's worker threads only add overhead, and on a
+    shared machine their spinning slows training many-fold. Use it with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``; without torch the test is
+    skipped."""
+    pytest.importorskip("torch")
+    from pylocalize.training import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
 @pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
 def num_threads(request):
     old = pylocalize.get_num_threads()

@@ -15,6 +15,9 @@ from pylocalize.geo import CellHierarchy, great_circle_km  # noqa: E402
 from pylocalize.geo.model import FlatCellClassifier, GeoDecoder, GPSEncoder, ImageGPSMatcher  # noqa: E402
 from pylocalize.geo.synthetic import synthetic_tokens  # noqa: E402
 
+# tiny models: torch's worker threads only add overhead, many-fold on a busy machine
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CITIES = np.array([[48.85, 2.35], [40.71, -74.0], [35.68, 139.69], [-33.87, 151.2], [-23.55, -46.63],
                    [55.75, 37.62], [19.43, -99.13], [1.35, 103.82], [-1.29, 36.82], [64.14, -21.94]])
 
@@ -24,15 +27,6 @@ def _photos(rng, n):
     ll = CITIES[which] + rng.normal(0, 1.5, (n, 2))
     ll[:, 0] = np.clip(ll[:, 0], -90, 90)
     return ll
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # tiny models: torch's worker threads only add overhead, many-fold on a busy machine
-    from pylocalize.geo.model import torch_threads
-
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +115,7 @@ def test_scene_mixture_on_a_toy_case():
     np.testing.assert_allclose(model.combine_scenes([coarse, fine], [[0.9, 0.1]], "confidence")[1][0], s1)
 
 
+@pytest.mark.slow
 def test_decoder_training_beats_chance_and_round_trips(data, tmp_path):
     h, train, test, xt, st, xe, se = data
     model = _small_decoder(h).fit(xt, train, st, epochs=12, batch_size=64, lr=2e-3, patience=3, seed=0)
@@ -150,6 +145,7 @@ def test_decoder_training_beats_chance_and_round_trips(data, tmp_path):
     np.testing.assert_array_equal(again.predict(xe[:20]), twice.predict(xe[:20]))
 
 
+@pytest.mark.slow
 def test_decoder_without_scene_labels_weighs_scene_zero(data):
     # no labels: every photo is scene 0, and the scene classifier learns that, so the
     # mixture leans on scene 0's trained queries, not on the untrained ones of scene 1
@@ -159,6 +155,7 @@ def test_decoder_without_scene_labels_weighs_scene_zero(data):
     assert scene_proba[:, 0].mean() > 0.9
 
 
+@pytest.mark.slow
 def test_flat_classifier_trains(data, tmp_path):
     h, train, test, xt, _, xe, _ = data
     model = FlatCellClassifier(h, 16, d_model=32, num_heads=4, num_layers=1, ffn_mult=2, dropout=0.0)
@@ -168,8 +165,6 @@ def test_flat_classifier_trains(data, tmp_path):
     assert np.mean(model.predict_proba(xe)[0].argmax(1)[ok] == labels[ok]) > 0.5
     model.save(tmp_path / "flat.pt")
     np.testing.assert_array_equal(FlatCellClassifier.load(tmp_path / "flat.pt").predict(xe), model.predict(xe))
-    with pytest.raises(ValueError, match="not a saved GeoDecoder"):
-        GeoDecoder.load(tmp_path / "flat.pt")
 
 
 def test_bad_inputs_and_corrupt_checkpoint(data, tmp_path):
@@ -192,6 +187,10 @@ def test_bad_inputs_and_corrupt_checkpoint(data, tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
     with pytest.raises(ValueError, match="not a saved GeoDecoder"):
         GeoDecoder.load(tmp_path / "junk.pt")
+    # another model's checkpoint (an untrained one: the kind is what is checked)
+    FlatCellClassifier(h, 16, d_model=32, num_heads=4, num_layers=1, ffn_mult=2, dropout=0.0).save(tmp_path / "flat.pt")
+    with pytest.raises(ValueError, match="not a saved GeoDecoder"):
+        GeoDecoder.load(tmp_path / "flat.pt")
 
 
 def test_gps_encoder_shapes_and_determinism():
@@ -211,6 +210,7 @@ def test_gps_encoder_shapes_and_determinism():
         enc.encode(np.array([[np.nan, 1.0]]))
 
 
+@pytest.mark.slow
 def test_image_gps_matcher_beats_chance(tmp_path):
     rng = np.random.default_rng(4)
     place = rng.integers(0, len(CITIES), 800)
@@ -278,6 +278,7 @@ def test_token_extractor_refuses_missing_and_foreign_models(tmp_path):
 # ---------------------------------------------------------------------------- command line
 
 
+@pytest.mark.slow
 def test_command_line_cells_train_predict_eval(data, tmp_path, capsys):
     from pylocalize.geo.cli import main, read_latlon_csv, write_latlon_csv
 
@@ -310,6 +311,17 @@ def test_command_line_cells_train_predict_eval(data, tmp_path, capsys):
                  "--background", f"{d}/train.csv"]) == 0
     out = capsys.readouterr().out
     assert "acc@2500km" in out and (tmp_path / "map.png").stat().st_size > 10_000
+
+
+def test_command_line_refuses_bad_files(data, tmp_path):
+    from pylocalize.geo.cli import main, read_latlon_csv, write_latlon_csv
+
+    _, train, _, _, _, xe, _ = data
+    d = str(tmp_path)
+    write_latlon_csv(tmp_path / "train.csv", train)
+    np.save(tmp_path / "xe.npy", xe)
+    assert main(["geo", "cells", "--gps", f"{d}/train.csv", "--out", f"{d}/cells.plc", "--max-images", "200", "60",
+                 "--min-images", "5"]) == 0
     with pytest.raises(SystemExit, match="not a pylocalize geo checkpoint"):
         main(["geo", "predict", "--model", f"{d}/cells.plc", "--tokens", f"{d}/xe.npy", "--out", f"{d}/x.csv"])
     (tmp_path / "bad.csv").write_text("name,x,y\na,1,2\n")

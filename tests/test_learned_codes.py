@@ -8,7 +8,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import pylocalize  # noqa: E402
-from pylocalize.codes.learned import RecurrentBinarizer, recall_at  # noqa: E402
+from pylocalize.codes.learned import BinarizerOptions, RecurrentBinarizer, fit_binarizer  # noqa: E402
+from pylocalize.index.metrics import recall_at  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def anisotropic(n, dim, seed):
@@ -33,6 +36,7 @@ def search(codes_b, codes_q, dim, bits):
     return index.search(codes_q, 10)[1]
 
 
+@pytest.mark.slow
 def test_trained_one_bit_codes_beat_sign_codes():
     x = anisotropic(8000, 32, seed=0)
     xb, xq = x[:7500], x[7500:]
@@ -44,7 +48,8 @@ def test_trained_one_bit_codes_beat_sign_codes():
     assert len(model.history) >= 1 and np.isfinite(model.history).all()
 
 
-def test_layout_persistence_and_errors(tmp_path):
+@pytest.mark.slow
+def test_layout_and_persistence(tmp_path):
     x = anisotropic(600, 24, seed=1)
     model = RecurrentBinarizer(24, 20, 3, hidden=32, seed=2)  # out_dim not a multiple of 8
     codes = model.encode(x)
@@ -60,6 +65,11 @@ def test_layout_persistence_and_errors(tmp_path):
     model.save(tmp_path / "b.pt")
     loaded = RecurrentBinarizer.load(tmp_path / "b.pt")
     np.testing.assert_array_equal(loaded.encode(x), model.encode(x))
+
+
+def test_bad_inputs_and_files_need_no_training(tmp_path):
+    x = anisotropic(600, 24, seed=1)
+    model = RecurrentBinarizer(24, 20, 3, hidden=32, seed=2)
     (tmp_path / "junk.pt").write_bytes(b"not a model")
     with pytest.raises(ValueError, match="not a saved RecurrentBinarizer"):
         RecurrentBinarizer.load(tmp_path / "junk.pt")
@@ -71,8 +81,73 @@ def test_layout_persistence_and_errors(tmp_path):
         RecurrentBinarizer(24, 24, 5)
     with pytest.raises(ValueError, match="out_dim"):
         RecurrentBinarizer(24, 32, 1)
+    # compatible training: the old model's layout and rows are checked before any work
+    xb = anisotropic(600, 16, seed=4)
+    old = RecurrentBinarizer(16, 16, 2, hidden=32, seed=0)
+    with pytest.raises(ValueError, match="share a layout"):
+        RecurrentBinarizer(16, 8, 2).fit(xb, epochs=1, compatible_with=old)
+    with pytest.raises(ValueError, match="row for row"):
+        RecurrentBinarizer(16, 16, 2).fit(xb, epochs=1, compatible_with=old, old_x=xb[:10])
+    # layouts of a code length: refused before any layout is fitted
+    xb = anisotropic(600, 32, seed=8)
+    with pytest.raises(ValueError, match="no layout"):
+        fit_binarizer(xb, 12)
+    with pytest.raises(ValueError, match="no layout"):
+        fit_binarizer(xb, 256)  # 4 bits x 32 dims is the most
+    with pytest.raises(ValueError, match="old model's layout"):
+        fit_binarizer(xb, 64, compatible_with=RecurrentBinarizer(32, 32, 2, hidden=32, seed=0))
 
 
+BAD_OPTIONS = [(dict(init="pca"), "init must be"), (dict(objective="triplet"), "objective must be"),
+               (dict(neighbours=5, per_anchor=6), "per_anchor"), (dict(teacher_temperature=0), "temperatures"),
+               (dict(temperature=-0.1), "temperatures"), (dict(compatibility_weight=0), "compatibility_weight"),
+               (dict(lr=0.0), "lr must be"), (dict(epochs=-1), "epochs must be"), (dict(batch_size=0), "batch_size"),
+               (dict(validation=1.0), "validation must be")]
+
+
+@pytest.mark.parametrize("bad, message", BAD_OPTIONS, ids=[m for _, m in BAD_OPTIONS])
+def test_bad_options_fail_before_any_work(bad, message, monkeypatch):
+    from pylocalize.codes import learned
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the options were checked")
+
+    # the principal components, the ITQ start and the neighbour mining are the first work
+    monkeypatch.setattr(np.linalg, "svd", no_work)
+    monkeypatch.setattr(learned, "assign", no_work)
+    monkeypatch.setattr(RecurrentBinarizer, "_check", no_work)  # not even the embeddings are read
+    model = RecurrentBinarizer(32, 16, 2, hidden=8, seed=0)
+    with pytest.raises(ValueError, match=message):
+        BinarizerOptions(**bad)
+    with pytest.raises(ValueError, match=message):
+        model.fit(anisotropic(600, 32, seed=0), **bad)
+    with pytest.raises(ValueError, match=message):
+        model.fit(anisotropic(600, 32, seed=0), BinarizerOptions(epochs=2), **bad)
+    with pytest.raises(ValueError, match=message):
+        fit_binarizer(anisotropic(600, 32, seed=0), 64, **bad)
+    assert model.history == [] and not model.mean.any()
+
+
+def test_options_object_and_keywords_fit_the_same():
+    x = anisotropic(800, 16, seed=11)
+    options = BinarizerOptions(epochs=1, batch_size=128, seed=3, objective="reconstruction")
+    by_object = RecurrentBinarizer(16, 8, 2, hidden=16, seed=0).fit(x, options)
+    by_keywords = RecurrentBinarizer(16, 8, 2, hidden=16, seed=0).fit(x, epochs=1, batch_size=128, seed=3,
+                                                                     objective="reconstruction")
+    overridden = RecurrentBinarizer(16, 8, 2, hidden=16, seed=0).fit(x, BinarizerOptions(epochs=5), epochs=1,
+                                                                     batch_size=128, seed=3, objective="reconstruction")
+    assert by_object.history == by_keywords.history == overridden.history
+    np.testing.assert_array_equal(by_object.encode(x), by_keywords.encode(x))
+    np.testing.assert_array_equal(by_object.encode(x), overridden.encode(x))
+    assert options.learning_rate == 2e-3 and options.code_temperature == 0.05
+    assert BinarizerOptions().learning_rate == 1e-4 and BinarizerOptions(lr=0.5).learning_rate == 0.5
+    with pytest.raises(TypeError):
+        RecurrentBinarizer(16, 8, 2).fit(x, epoch=3)  # a misspelt option is refused, not ignored
+    with pytest.raises(ValueError, match="BinarizerOptions"):
+        RecurrentBinarizer(16, 8, 2).fit(x, {"epochs": 3})
+
+
+@pytest.mark.slow
 def test_two_stage_index_with_learned_codes(tmp_path):
     from pylocalize.index.two_stage import TwoStageIndex
 
@@ -92,6 +167,7 @@ def test_two_stage_index_with_learned_codes(tmp_path):
         TwoStageIndex(tmp_path / "other", 64, bits_per_dim=2, binarizer=model)
 
 
+@pytest.mark.slow
 def test_compatible_training_searches_the_old_index():
     # The embedding model changed: new embeddings are the old ones in another basis. The
     # old index holds the old binarizer's codes of old embeddings; queries come as new
@@ -111,12 +187,9 @@ def test_compatible_training_searches_the_old_index():
     kept = recall_at(10, search(old_codes, compatible.encode(new_x[2400:]), 16, 2), truth)
     # stated margin: new queries on the old index keep >= 80 % of the old model's own recall (88 % measured)
     assert kept >= 0.8 * same and kept > lost + 0.2, (kept, same, lost)
-    with pytest.raises(ValueError, match="share a layout"):
-        RecurrentBinarizer(16, 8, 2).fit(new_x, epochs=1, compatible_with=old)
-    with pytest.raises(ValueError, match="row for row"):
-        RecurrentBinarizer(16, 16, 2).fit(new_x, epochs=1, compatible_with=old, old_x=old_x[:10])
 
 
+@pytest.mark.slow
 def test_itq_start_is_the_training_free_code_of_rotated_data_and_beats_it():
     x = anisotropic(6000, 32, seed=6)
     xb, xq = x[:5600], x[5600:]
@@ -138,10 +211,9 @@ def test_itq_start_is_the_training_free_code_of_rotated_data_and_beats_it():
     learned = recall_at(10, search(trained.encode(xb), trained.encode(xq), 32, 2), truth)
     # uncentred random init used to land far below training-free codes; the ITQ start does not
     assert learned > free, (learned, free)
-    with pytest.raises(ValueError, match="init must be"):
-        RecurrentBinarizer(32, 32, 2).fit(xb, init="pca")
 
 
+@pytest.mark.slow
 def test_neighbour_distillation_improves_on_the_start_and_reconstruction_does_not():
     x = anisotropic(6000, 32, seed=6)
     xb, xq = x[:5600], x[5600:]
@@ -159,18 +231,11 @@ def test_neighbour_distillation_improves_on_the_start_and_reconstruction_does_no
     # the reconstruction loss only lowers held-out recall from this start: early stopping keeps the start
     recon, kept = fitted(epochs=4, objective="reconstruction")
     assert max(recon.history[1:]) < recon.history[0] and kept == at_start
-    with pytest.raises(ValueError, match="objective must be"):
-        RecurrentBinarizer(32, 32, 2).fit(xb, objective="triplet")
-    with pytest.raises(ValueError, match="per_anchor"):
-        RecurrentBinarizer(32, 32, 2).fit(xb, neighbours=5, per_anchor=6)
-    with pytest.raises(ValueError, match="temperatures"):
-        RecurrentBinarizer(32, 32, 2).fit(xb, teacher_temperature=0)
 
 
+@pytest.mark.slow
 def test_fit_binarizer_spends_the_code_length_on_the_best_layout():
     # a decaying spectrum: 64 bits are better spent as 16 dims x 4 bits than 32 x 2
-    from pylocalize.codes.learned import fit_binarizer
-
     x = anisotropic(6000, 32, seed=8)
     xb, xq = x[:5600], x[5600:]
     truth = cosine_truth(xb, xq)
@@ -185,14 +250,9 @@ def test_fit_binarizer_spends_the_code_length_on_the_best_layout():
     free = recall_at(10, search(pylocalize.binarize(xb - xb.mean(0), 2), pylocalize.binarize(xq - xb.mean(0), 2),
                                 32, 2), truth)
     assert chosen > full_recall > free, (chosen, full_recall, free)
-    with pytest.raises(ValueError, match="no layout"):
-        fit_binarizer(xb, 12)
-    with pytest.raises(ValueError, match="no layout"):
-        fit_binarizer(xb, 256)  # 4 bits x 32 dims is the most
-    with pytest.raises(ValueError, match="old model's layout"):
-        fit_binarizer(xb, 64, compatible_with=full)
 
 
+@pytest.mark.slow
 def test_centring_is_picked_for_cosine_truth_of_uncentred_embeddings():
     # unit embeddings whose projections on a common direction vary from item to item (as
     # sentence embeddings' do), ranked by raw cosine: subtracting the whole mean ranks by a
@@ -216,6 +276,7 @@ def test_centring_is_picked_for_cosine_truth_of_uncentred_embeddings():
     assert model.centring < 1.0 and picked > centred + 0.01, (model.centring, picked, centred)
 
 
+@pytest.mark.slow
 def test_compatible_update_on_the_same_embeddings_starts_from_the_old_codes():
     x = anisotropic(4000, 16, seed=10)
     old = RecurrentBinarizer(16, 16, 2, hidden=32, seed=0).fit(x[:1500], epochs=2, batch_size=128)

@@ -23,18 +23,12 @@ from pylocalize.posetext.model import (  # noqa: E402
 
 NUM_POSES = 240
 
-
-@pytest.fixture(scope="module")
-def one_thread():
-    # a shared 2-core machine: one torch thread avoids spinning OpenMP workers
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+# a shared 2-core machine: one torch thread avoids spinning OpenMP workers
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def bank(request, one_thread):
+def bank(request):
     """Frozen MiniLM clause embeddings, cached across test runs (MiniLM is the slow part)."""
     try:
         default_minilm_path()
@@ -62,6 +56,7 @@ def trained(bank, data, request):
     return model
 
 
+@pytest.mark.slow
 def test_minilm_encoder_is_the_pretrained_model(bank):
     encoder = bank.encoder or MiniLMEncoder()
     e = encoder.encode(["the left knee is bent", "the left knee is bent at a right angle", "the hands are apart"])
@@ -87,6 +82,7 @@ def test_recalls_match_a_numpy_reference():
     assert got["mRecall"] == pytest.approx(np.mean([got[k] for k in got if "@" in k]))
 
 
+@pytest.mark.slow
 def test_retrieval_of_a_pose_by_its_own_caption(trained, data, bank):
     poses, captions = data
     first = [c[0] for c in captions]
@@ -108,6 +104,7 @@ def test_retrieval_of_a_pose_by_its_own_caption(trained, data, bank):
     assert np.mean([i in row for i, row in enumerate(text_ids)]) > 0.6
 
 
+@pytest.mark.slow
 def test_mirror_augmentation(trained, data):
     """Trained with mirrored poses and side-swapped captions, the model retrieves mirrored
     poses from swapped captions (it never saw these exact pairs as positives every epoch)."""
@@ -124,6 +121,7 @@ def test_mirror_augmentation(trained, data):
     assert np.median(np.sum(e * m, 1)) < 0.99
 
 
+@pytest.mark.slow
 def test_save_load(trained, data, tmp_path):
     poses, captions = data
     path = tmp_path / "model.pt"
@@ -137,14 +135,12 @@ def test_save_load(trained, data, tmp_path):
     from pylocalize.checkpoints import load_checkpoint
 
     assert load_checkpoint(path, "PoseTextModel")["format"] == "pylocalize.PoseTextModel"
-    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a saved PoseTextModel"):
-        PoseTextModel.load(tmp_path / "bad.pt")
 
 
-def test_bad_training_input(bank, data):
+def test_bad_training_input_and_files(data, tmp_path):
+    # refused before any clause is encoded: an empty bank, and no MiniLM is loaded
     poses, captions = data
-    model = PoseTextModel(embed_dim=16, hidden=32, bank=bank)
+    model = PoseTextModel(embed_dim=16, hidden=32, bank=ClauseBank())
     with pytest.raises(ValueError, match="one caption"):
         model.fit(poses, captions[:-1], epochs=1)
     bad = poses.copy()
@@ -155,8 +151,13 @@ def test_bad_training_input(bank, data):
         model.embed_poses(poses[:, :20])
     with pytest.raises(ValueError, match="list of strings"):
         model.embed_texts("the hands are apart")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a saved PoseTextModel"):
+        PoseTextModel.load(tmp_path / "bad.pt")
+    assert model.bank.encoder is None and len(model.bank) == 0
 
 
+@pytest.mark.slow
 def test_cli(trained, tmp_path, capsys, bank, data):
     import argparse
 
@@ -187,6 +188,7 @@ def test_cli(trained, tmp_path, capsys, bank, data):
     assert "mRecall" in out and "text_to_pose@1" in out
 
 
+@pytest.mark.slow
 def test_cli_train(tmp_path, bank, capsys):
     import argparse
 

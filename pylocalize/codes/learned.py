@@ -24,77 +24,155 @@ more bits each win on embeddings whose variance decays), the ITQ rotation, and h
 the embeddings are centred before the signs.
 """
 
+
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional, Tuple
+
 import numpy as np
+from tqdm import tqdm
 
 from pylocalize.checkpoints import import_torch, load_model, save_checkpoint
 from pylocalize.codes import pack_bits
+from pylocalize.index.binary import MultiBitIndex
+from pylocalize.index.knn import assign
+from pylocalize.index.metrics import recall_at
+from pylocalize.training import optimizer_steps, train_with_early_stopping
+
+INITS = ("itq", "random")
+OBJECTIVES = ("neighbours", "reconstruction")
+# rows sampled for the principal components, the ITQ rotation and the pool of anchors
+_SAMPLE_ROWS = 50_000
+# the held-out score's search: held-out queries among training rows, recall@10
+_SCORE_QUERIES, _SCORE_DATABASE, _SCORE_K = 2_000, 20_000, 10
 
 
 def _torch():
     return import_torch("learned codes")
 
 
-def _build(in_dim: int, out_dim: int, bits_per_dim: int, hidden: int):
-    torch = _torch()
-    nn = torch.nn
+def _networks():
+    """:mod:`pylocalize.codes.networks`, imported only once torch is known to be there (it
+    defines its modules at import), so that importing the codes needs no torch."""
+    _torch()
+    from pylocalize.codes import networks
 
-    class ResidualMLP(nn.Module):
-        """Linear map plus a residual MLP correction."""
+    return networks
 
-        def __init__(self, a, b):
-            super().__init__()
-            self.linear = nn.Linear(a, b)
-            self.mlp = nn.Sequential(nn.Linear(a, hidden), nn.GELU(), nn.Linear(hidden, b))
 
-        def forward(self, x):
-            return self.linear(x) + self.mlp(x)
+@dataclass(frozen=True)
+class BinarizerOptions:
+    """How :meth:`RecurrentBinarizer.fit` trains, checked when made (before any work).
 
-    class SignSTE(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+    Attributes
+    ----------
+    epochs : int
+        At most this many epochs; 0 keeps the linear start (PCA, ITQ, centring and split
+        point picked on held-out recall).
+    batch_size : int
+        Rows per batch.
+    lr : float, optional
+        AdamW learning rate; default 1e-4 for ``"neighbours"`` (small: the start is already
+        a good code), 2e-3 for ``"reconstruction"``.
+    temperature : float, optional
+        Of the softmax over code cosines; default 0.02 for ``"neighbours"``, 0.05 for
+        ``"reconstruction"``.
+    validation : float
+        Fraction of the rows held out (at least ``batch_size // 4`` rows) for the held-out
+        score that picks the start and stops training.
+    patience : int
+        Stop after this many epochs without a better held-out score.
+    seed : int
+        Held-out split, samples, ITQ start and batch order.
+    progress : bool
+        A tqdm bar over the epochs.
+    compatibility_weight : float
+        Weight of the compatibility term against the usual one when training with
+        ``compatible_with``; it must dominate, because the usual term pulls the codes toward
+        the new embeddings' own basis.
+    init : {"itq", "random"}
+        ``"itq"`` starts the first plane's projection at the ITQ rotation (Gong and
+        Lazebnik, CVPR 2011: the rotation of the centred, PCA-reduced data that minimises
+        the quantisation error of its signs) with every correction at zero, so training
+        starts from the training-free residual code of rotated data; rotation spreads the
+        variance evenly over the bits. ``"random"`` keeps PyTorch's initialisation.
+    objective : {"neighbours", "reconstruction"}
+        Both embedding to embedding, contrastive over the batch. ``"neighbours"``: listwise
+        distillation of the float neighbourhoods. Each batch holds ``batch_size //
+        (per_anchor + 1)`` anchors and ``per_anchor`` of each anchor's ``neighbours``
+        nearest embeddings (cosine, mined in a sample of at most 50,000 training rows), the
+        hard negatives that decide recall; every row's softmax of code cosines to the rest
+        of the batch (``temperature``) is fitted to its softmax of float cosines
+        (``teacher_temperature``, sharp, so the target is mostly the few nearest). This
+        ranks the codes as the floats are ranked, which is what SDC search needs.
+        ``"reconstruction"``: InfoNCE between each code embedding and its own original
+        embedding among the batch, the reconstruction loss of the BEBR paper; from a good
+        start it lowers recall.
+    teacher_temperature : float
+        Of the softmax over float cosines (``"neighbours"``).
+    neighbours, per_anchor : int
+        Nearest embeddings mined per anchor, and drawn from them per batch (``"neighbours"``).
+    """
 
-        @staticmethod
-        def backward(ctx, grad):
-            return grad  # straight-through
+    epochs: int = 30
+    batch_size: int = 512
+    lr: Optional[float] = None
+    temperature: Optional[float] = None
+    validation: float = 0.1
+    patience: int = 5
+    seed: int = 0
+    progress: bool = False
+    compatibility_weight: float = 20.0
+    init: str = "itq"
+    objective: str = "neighbours"
+    teacher_temperature: float = 0.01
+    neighbours: int = 20
+    per_anchor: int = 7
 
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.encoders = nn.ModuleList([ResidualMLP(in_dim, out_dim) for _ in range(bits_per_dim)])
-            self.decoders = nn.ModuleList([ResidualMLP(out_dim, in_dim) for _ in range(bits_per_dim - 1)])
-            # where plane i >= 1 splits, in units of the vector's mean |projection|; chosen on
-            # held-out recall in fit (the training-free code uses 1)
-            self.register_buffer("threshold", torch.ones(()))
-            for encoder in self.encoders[1:]:  # corrections start at zero
-                for layer in (encoder.linear, encoder.mlp[2]):
-                    nn.init.zeros_(layer.weight)
-                    nn.init.zeros_(layer.bias)
+    def __post_init__(self):
+        if self.init not in INITS:
+            raise ValueError(f"init must be 'itq' or 'random', got {self.init!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be 'neighbours' or 'reconstruction', got {self.objective!r}")
+        if self.objective == "neighbours" and not 1 <= self.per_anchor <= self.neighbours:
+            raise ValueError(f"per_anchor must be in 1..neighbours ({self.neighbours}), got {self.per_anchor}")
+        if not self.teacher_temperature > 0 or (self.temperature is not None and not self.temperature > 0):
+            raise ValueError("temperatures must be > 0")
+        if not self.compatibility_weight > 0:
+            raise ValueError(f"compatibility_weight must be > 0, got {self.compatibility_weight}")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.epochs < 0 or self.batch_size < 1:
+            raise ValueError(f"epochs must be >= 0 and batch_size >= 1, got {self.epochs}, {self.batch_size}")
+        if not 0 <= self.validation < 1:
+            raise ValueError(f"validation must be a fraction in [0, 1), got {self.validation}")
 
-        def planes(self, x, logits=None):
-            # tanh before the sign keeps the straight-through gradient bounded;
-            # `logits`, a list, receives each plane's pre-sign activations
-            u = self.encoders[0](x)
-            b = [SignSTE.apply(torch.tanh(u))]
-            partial = b[0]
-            scaled = u / (u.abs().mean(1, keepdim=True) + 1e-12)
-            if logits is not None:
-                logits.append(scaled)
-            for i in range(1, bits_per_dim):
-                # the residual of the projection left by the planes so far (the training-free
-                # recurrence, on a learned projection), corrected by an MLP of the input's
-                # residual after reconstructing it from those planes; the correction starts at 0
-                correction = self.encoders[i](x - self.decoders[i - 1](partial))
-                a = scaled / self.threshold - partial + correction
-                if logits is not None:
-                    logits.append(a)
-                b.append(SignSTE.apply(torch.tanh(a)))
-                partial = partial + 2.0 ** -i * b[i]
-            return b, partial
+    @property
+    def learning_rate(self) -> float:
+        """``lr``, or the objective's default."""
+        if self.lr is not None:
+            return self.lr
+        return 1e-4 if self.objective == "neighbours" else 2e-3
 
-    return Net()
+    @property
+    def code_temperature(self) -> float:
+        """``temperature``, or the objective's default."""
+        if self.temperature is not None:
+            return self.temperature
+        return 0.02 if self.objective == "neighbours" else 0.05
+
+    def held_out_rows(self, n: int) -> int:
+        """How many of ``n`` rows are held out."""
+        return max(self.batch_size // 4, int(self.validation * n))
+
+
+def _options(options: Optional[BinarizerOptions], **overrides) -> BinarizerOptions:
+    """``options`` (default: the defaults) with ``overrides``, checked."""
+    if options is not None and not isinstance(options, BinarizerOptions):
+        raise ValueError(f"options must be a BinarizerOptions, got {type(options).__name__}")
+    return dataclasses.replace(options if options is not None else BinarizerOptions(), **overrides)
 
 
 class RecurrentBinarizer:
@@ -118,9 +196,10 @@ class RecurrentBinarizer:
             raise ValueError(f"bits_per_dim must be 1..4 (the index's range), got {bits_per_dim}")
         if not 1 <= out_dim <= in_dim:
             raise ValueError(f"out_dim must be in 1..in_dim ({in_dim}), got {out_dim}")
-        self.in_dim, self.out_dim, self.bits_per_dim, self.hidden = int(in_dim), int(out_dim), int(bits_per_dim), int(hidden)
+        self.in_dim, self.out_dim = int(in_dim), int(out_dim)
+        self.bits_per_dim, self.hidden = int(bits_per_dim), int(hidden)
         torch.manual_seed(seed)
-        self.net = _build(self.in_dim, self.out_dim, self.bits_per_dim, self.hidden)
+        self.net = _networks().RecurrentBinarizerNet(self.in_dim, self.out_dim, self.bits_per_dim, self.hidden)
         # maps originals into the code space for the loss (top principal components; identity if equal dims)
         self.key_projection = np.eye(self.in_dim, self.out_dim, dtype=np.float32)
         self.mean = np.zeros(self.in_dim, np.float32)
@@ -140,219 +219,159 @@ class RecurrentBinarizer:
             raise ValueError("embeddings contain NaN or Inf")
         return np.ascontiguousarray(x, dtype=np.float32)
 
-    def fit(self, x: np.ndarray, epochs: int = 30, batch_size: int = 512, lr: float | None = None,
-            temperature: float | None = None, validation: float = 0.1, patience: int = 5, seed: int = 0,
-            progress: bool = False, compatible_with: "RecurrentBinarizer | None" = None,
-            old_x: "np.ndarray | None" = None, compatibility_weight: float = 20.0, init: str = "itq",
-            objective: str = "neighbours", teacher_temperature: float = 0.01,
-            neighbours: int = 20, per_anchor: int = 7) -> "RecurrentBinarizer":
+    def fit(self, x: np.ndarray, options: Optional[BinarizerOptions] = None, *,
+            compatible_with: "RecurrentBinarizer | None" = None, old_x: "np.ndarray | None" = None,
+            **overrides) -> "RecurrentBinarizer":
         """Trains on float embeddings ``x (n, in_dim)``; stops early when the held-out score
         has not improved for ``patience`` epochs, keeping the best weights.
 
-        Objectives (both embedding to embedding, contrastive over the batch):
+        ``options`` (:class:`BinarizerOptions`, default: the defaults) says how; keywords
+        override its fields (``fit(x, epochs=10, objective="reconstruction")``). Options and
+        inputs are checked before any work. The stages:
 
-        - ``"neighbours"`` (default): listwise distillation of the float neighbourhoods. Each
-          batch holds ``batch_size // (per_anchor + 1)`` anchors and ``per_anchor`` of each
-          anchor's ``neighbours`` nearest embeddings (cosine, mined in a sample of at most
-          50,000 training rows), the hard negatives that decide recall. For every row, the
-          softmax of the code embeddings' cosines to the rest of the batch (``temperature``,
-          default 0.02) is fitted to the softmax of the float cosines (``teacher_temperature``,
-          sharp, so the target is mostly the few nearest). This ranks the codes as the floats
-          are ranked, which is what SDC search needs; default ``lr`` 1e-4, small, because the
-          start is already a good code. On MiniLM embeddings at 128 x 3 bits it adds 1.8
-          points of held-out recall@10 to the linear start; on other layouts (192 x 4 on
-          MiniLM, 32 x 4 on RootSIFT) it adds nothing and early stopping keeps the start.
-          The reconstruction objective lost recall from every start tried.
-        - ``"reconstruction"``: InfoNCE between each code embedding and its own original
-          embedding among the batch (``temperature`` default 0.05, ``lr`` 2e-3), the
-          reconstruction loss of the BEBR paper.
-
-        Before training, the centring (the code is of ``x - centring * mean``, ``centring``
-        in 0..1, see ``_pick_centring_and_split``) and, with more than one plane, the split
-        point of the further planes (``threshold``, in units of each vector's mean absolute
-        projection; 1 is the training-free rule) are picked, the split from 1.0-1.4, by
-        held-out recall: for Gaussian-like coordinates a 4-level quantiser wants its outer
-        split near 1.2 mean absolute values.
-
-        ``init="itq"`` (default) starts the first plane's projection at the ITQ rotation
-        (Gong and Lazebnik, CVPR 2011: the rotation of the centred, PCA-reduced data that
-        minimises the quantisation error of its signs), with every correction at zero, so
-        training starts from the training-free residual code of rotated data. Rotation
-        spreads variance evenly over the bits; on RootSIFT it alone lifts 2-bit recall@10
-        by about 5 points over codes of the raw coordinates. ``"random"`` keeps PyTorch's
-        initialisation. The held-out score is recall@10 of SDC search of (up to 2,000)
-        held-out vectors among (up to 20,000) training rows against their exact cosine
-        neighbours (the task itself; the InfoNCE loss
-        can fall while recall does), so training keeps the initial state unless it beats
-        it. With ``compatible_with`` the held-out score is the training loss.
+        1. The linear start (:meth:`_fit_start`): the mean, the top ``out_dim`` principal
+           components (through which the originals are compared when ``out_dim < in_dim``)
+           and the ``init`` projection.
+        2. The held-out score (:meth:`_held_out_score`): recall@10 of SDC search of held-out
+           vectors among training rows against their exact cosine neighbours (the task
+           itself: a contrastive loss can fall while recall does), so training keeps the
+           start unless it beats it; with ``compatible_with``, minus the training loss.
+        3. The centring and split point (:meth:`_pick_centring_and_split`) on that score.
+        4. Training (:func:`pylocalize.training.train_with_early_stopping`) on the
+           ``objective``'s loss.
 
         Backward-compatible training: with ``compatible_with`` (an old, frozen binarizer of
-        the same shape), a compatibility term makes the new codes those of the old model
-        for the same items: an InfoNCE term between new code embeddings and old ones (each
-        closest to its own item's old code among the batch) plus a logistic loss on every
-        bit's pre-sign activation against the old bit (a smooth signal where the
-        straight-through signs learn slowly). Queries encoded by this model then search an
-        index built with the old one's codes, with no re-encoding of the database.
-        ``compatibility_weight`` weighs it against the usual term; it must dominate (the
-        default 20 kept 88-97 % of the old model's own recall on a rotated embedding in the tests, 1 kept 70 %)
-        because the usual term pulls the codes toward the new embeddings' own basis. When the
+        the same layout) a compatibility term (:func:`_compatibility_loss`) makes the new
+        codes those of the old model for the same items, so queries encoded by this model
+        search an index of the old one's codes with no re-encoding of the database. When the
         embedding model changed too, pass ``old_x``: the old model's embeddings of the same
-        items, row for row with ``x`` (the old binarizer reads those; default ``x``).
+        items, row for row with ``x`` (default ``x``, and the new model then starts as a copy
+        of the old one). ``benchmarks/README.md`` has the measured effect of each stage.
         """
-        import copy
-
-        from tqdm import tqdm
-
-        torch = _torch()
+        options = _options(options, **overrides)
         x = self._check(x)
-        old = compatible_with
-        if old is not None:
-            if not isinstance(old, RecurrentBinarizer):
-                raise ValueError("compatible_with must be a RecurrentBinarizer (the model whose codes the index holds)")
-            if (old.in_dim, old.out_dim, old.bits_per_dim) != (self.in_dim, self.out_dim, self.bits_per_dim):
-                raise ValueError(f"compatible_with maps {old.in_dim} -> {old.out_dim} x {old.bits_per_dim} bits, this "
-                                 f"model {self.in_dim} -> {self.out_dim} x {self.bits_per_dim}: codes must share a layout")
-            if not compatibility_weight > 0:
-                raise ValueError(f"compatibility_weight must be > 0, got {compatibility_weight}")
-            old.net.eval()
-            # the same embeddings: the new model starts as the old one (its codes, exactly)
-            warm = old_x is None and old.hidden == self.hidden
-            old_x = x if old_x is None else old._check(old_x)
-            if len(old_x) != len(x):
-                raise ValueError(f"old_x must pair row for row with x: {len(old_x)} rows for {len(x)}")
-        if len(x) < 2 * batch_size // 4:
-            raise ValueError(f"{len(x)} embeddings are too few to train on with batch_size={batch_size}")
+        old_x, warm = self._check_compatible(compatible_with, old_x, x)
+        _check_sizes(len(x), options)
+        torch = _torch()
         # the held-out split has its own stream, so fits of other layouts hold out the same rows
-        split_rng, rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
-        torch.manual_seed(seed)
+        split_rng, rng = (np.random.default_rng(s) for s in np.random.SeedSequence(options.seed).spawn(2))
+        torch.manual_seed(options.seed)
+        self._fit_start(x, compatible_with if warm else None, rng, options)
+        order = split_rng.permutation(len(x))
+        # rows are positions into x (and old_x): the compatibility term needs the pairs
+        n_val = options.held_out_rows(len(x))
+        val, train = order[:n_val], order[n_val:]
+        loss_of = self._loss_function(x, compatible_with, old_x, options)
+        batches = _batch_source(x, train, options, rng)
+        optimizer = torch.optim.AdamW(self.net.parameters(), lr=options.learning_rate, weight_decay=1e-4)
+        score = self._held_out_score(x, val, train, loss_of if compatible_with is not None else None,
+                                     options.batch_size)
+        if compatible_with is not None:  # the old codes were made with the old split point
+            self.net.threshold.fill_(float(compatible_with.net.threshold))
+        else:
+            self._pick_centring_and_split(score)
+        start = score()
+        self.history.append(start)
+        self.history += train_with_early_stopping(
+            self.net, options.epochs, lambda: optimizer_steps(optimizer, loss_of, batches()), lambda _: score(),
+            patience=options.patience, higher_is_better=True, min_delta=1e-4, start_score=start,
+            progress=options.progress, desc="binarizer", postfix=lambda s: {"held_out": f"{s:.3f}"})
+        return self
+
+    def _check_compatible(self, old: "RecurrentBinarizer | None", old_x,
+                          x: np.ndarray) -> Tuple[Optional[np.ndarray], bool]:
+        """The old model's embeddings of the training rows (``x`` without ``old_x``), and
+        whether the new model starts as a copy of ``old`` (same embeddings, same widths)."""
+        if old is None:
+            return None, False
+        if not isinstance(old, RecurrentBinarizer):
+            raise ValueError("compatible_with must be a RecurrentBinarizer (the model whose codes the index holds)")
+        if (old.in_dim, old.out_dim, old.bits_per_dim) != (self.in_dim, self.out_dim, self.bits_per_dim):
+            raise ValueError(f"compatible_with maps {old.in_dim} -> {old.out_dim} x {old.bits_per_dim} bits, this "
+                             f"model {self.in_dim} -> {self.out_dim} x {self.bits_per_dim}: codes must share a layout")
+        old.net.eval()
+        warm = old_x is None and old.hidden == self.hidden
+        old_x = x if old_x is None else old._check(old_x)
+        if len(old_x) != len(x):
+            raise ValueError(f"old_x must pair row for row with x: {len(old_x)} rows for {len(x)}")
+        return old_x, warm
+
+    def _fit_start(self, x: np.ndarray, warm_from: "RecurrentBinarizer | None", rng: np.random.Generator,
+                   options: BinarizerOptions) -> None:
+        """The mean, the principal components the originals are compared through, and the
+        first projection: the ITQ rotation, PyTorch's initialisation, or ``warm_from``'s
+        weights (the new model then makes exactly the old codes)."""
         self.mean = x.mean(0)
         if self.out_dim < self.in_dim:
-            _, _, vt = np.linalg.svd(x[rng.choice(len(x), min(len(x), 50_000), replace=False)] - self.mean,
-                                     full_matrices=False)
+            sample = rng.choice(len(x), min(len(x), _SAMPLE_ROWS), replace=False)
+            _, _, vt = np.linalg.svd(x[sample] - self.mean, full_matrices=False)
             self.key_projection = np.ascontiguousarray(vt[: self.out_dim].T, dtype=np.float32)
-        if init not in ("itq", "random"):
-            raise ValueError(f"init must be 'itq' or 'random', got {init!r}")
-        if objective not in ("neighbours", "reconstruction"):
-            raise ValueError(f"objective must be 'neighbours' or 'reconstruction', got {objective!r}")
-        if objective == "neighbours" and not 1 <= per_anchor <= neighbours:
-            raise ValueError(f"per_anchor must be in 1..neighbours ({neighbours}), got {per_anchor}")
-        if not teacher_temperature > 0 or (temperature is not None and not temperature > 0):
-            raise ValueError("temperatures must be > 0")
-        if lr is None:
-            lr = 1e-4 if objective == "neighbours" else 2e-3
-        if temperature is None:
-            temperature = 0.02 if objective == "neighbours" else 0.05
-        if old is not None and warm:
-            self.net.load_state_dict(old.net.state_dict())
-            self.mean, self.key_projection = old.mean.copy(), old.key_projection.copy()
-            self.centring = old.centring
-        elif init == "itq":
-            self._init_itq(x[rng.choice(len(x), min(len(x), 50_000), replace=False)] - self.mean, seed)
-        order = split_rng.permutation(len(x))
-        n_val = max(batch_size // 4, int(validation * len(x)))
-        # rows are positions into x (and old_x): the compatibility term needs the pairs
-        val, train = order[:n_val], order[n_val:]
-        if objective == "neighbours":
-            # anchors and their float neighbours come from one sample of the training rows
-            pool = train[:50_000]
-            if len(pool) <= neighbours:
-                raise ValueError(f"{len(pool)} training embeddings are too few for neighbours={neighbours}")
-            near = _cosine_neighbours(x[pool], neighbours)
-            anchors_per_batch = max(1, batch_size // (per_anchor + 1))
-        optimizer = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=1e-4)
-        proj = torch.from_numpy(self.key_projection)
-        mean = torch.from_numpy(self.mean)
+        if warm_from is not None:
+            self.net.load_state_dict(warm_from.net.state_dict())
+            self.mean, self.key_projection = warm_from.mean.copy(), warm_from.key_projection.copy()
+            self.centring = warm_from.centring
+        elif options.init == "itq":
+            self._init_itq(x[rng.choice(len(x), min(len(x), _SAMPLE_ROWS), replace=False)] - self.mean, options.seed)
 
-        functional = torch.nn.functional
+    def _loss_function(self, x: np.ndarray, old: "RecurrentBinarizer | None", old_x: "np.ndarray | None",
+                       options: BinarizerOptions) -> Callable:
+        """``loss_of(rows)``: the objective's loss on the rows ``x[rows]``, plus the
+        compatibility term with ``old``."""
+        torch = _torch()
+        proj, mean = torch.from_numpy(self.key_projection), torch.from_numpy(self.mean)
+        temperature = options.code_temperature
 
         def loss_of(rows):
             batch = x[rows]
             xb = torch.from_numpy(batch) - mean
             logits = []
             _, z = self.net.planes(xb, logits if old is not None else None)
-            z = functional.normalize(z, dim=1)
-            target = torch.arange(len(batch))
-            if objective == "neighbours":
-                # each row's distribution over the rest of the batch, codes against floats
-                self_pair = torch.eye(len(batch), dtype=torch.bool)
-                floats = torch.from_numpy(_unit(batch))
-                teacher = functional.softmax((floats @ floats.T / teacher_temperature).masked_fill(self_pair, -1e9), 1)
-                student = functional.log_softmax((z @ z.T / temperature).masked_fill(self_pair, -1e9), 1)
-                loss = -(teacher * student).sum(1).mean()
+            z = torch.nn.functional.normalize(z, dim=1)
+            if options.objective == "neighbours":
+                loss = _distillation_loss(z, batch, temperature, options.teacher_temperature)
             else:
-                keys = functional.normalize(xb @ proj, dim=1)
-                loss = functional.cross_entropy(z @ keys.T / temperature, target)
+                loss = _reconstruction_loss(z, xb @ proj, temperature)
             if old is not None:
-                # every bit of every plane should agree with the old model's bit: a logistic
-                # loss on the pre-sign activations, a smooth signal where matching the
-                # discrete codes through the straight-through signs learns slowly
-                with torch.no_grad():
-                    old_bits, _ = old.net.planes(torch.from_numpy(old_x[rows]) - torch.from_numpy(old.mean))
-                agree = sum(torch.nn.functional.soft_margin_loss(a, o) for a, o in zip(logits, old_bits))
-                z_old = torch.nn.functional.normalize(sum(2.0 ** -i * o for i, o in enumerate(old_bits)), dim=1)
-                cross = torch.nn.functional.cross_entropy(z @ z_old.T / temperature, target)
-                loss = loss + compatibility_weight * (cross + agree / self.bits_per_dim)
+                loss = loss + options.compatibility_weight * _compatibility_loss(
+                    z, logits, old, old_x[rows], temperature)
             return loss
 
-        def batches():
-            if objective == "reconstruction":
-                perm = rng.permutation(len(train))
-                for s in range(0, len(train) - batch_size + 1, batch_size):
-                    yield train[perm[s:s + batch_size]]
-                return
-            perm = rng.permutation(len(pool))
-            for s in range(0, len(pool) - anchors_per_batch + 1, anchors_per_batch):
-                a = perm[s:s + anchors_per_batch]
-                picked = np.stack([rng.choice(neighbours, per_anchor, replace=False) for _ in a])
-                yield pool[np.unique(np.concatenate([a, np.take_along_axis(near[a], picked, 1).ravel()]))]
+        return loss_of
 
-        # held-out vectors as queries against training rows as the database (the search the
-        # codes are for), their exact cosine neighbours computed once for every evaluation
-        queries, database = x[val[:2000]], x[train[:20_000]]
-        truth = _cosine_neighbours(database, 10, queries) if old is None else None
-
-        def held_out_score():
-            """Higher is better: SDC recall@10 of held-out queries, or minus the loss."""
-            self.net.eval()
-            if old is not None:
+    def _held_out_score(self, x: np.ndarray, val: np.ndarray, train: np.ndarray, loss_of: Optional[Callable],
+                        batch_size: int) -> Callable[[], float]:
+        """``score()``, higher is better: SDC recall@10 of held-out queries among training
+        rows (their exact cosine neighbours computed once here), or, given ``loss_of``,
+        minus its mean over the held-out rows."""
+        torch = _torch()
+        if loss_of is not None:
+            def score():
+                self.net.eval()
                 with torch.no_grad():
                     return -float(np.mean([loss_of(val[s:s + batch_size]).item()
                                            for s in range(0, max(1, len(val) - batch_size // 4), batch_size)]))
-            return _recall(self, queries, database, truth)
+            return score
+        # held-out vectors as queries against training rows as the database (the search the
+        # codes are for)
+        queries, database = x[val[:_SCORE_QUERIES]], x[train[:_SCORE_DATABASE]]
+        truth = _cosine_neighbours(database, _SCORE_K, queries)
 
-        if old is not None:  # the old codes were made with the old split point
-            self.net.threshold.fill_(float(old.net.threshold))
-        else:
-            self._pick_centring_and_split(held_out_score)
-        best, best_state, stale = held_out_score(), copy.deepcopy(self.net.state_dict()), 0
-        self.history.append(best)
-        bar = tqdm(range(epochs), desc="binarizer", disable=not progress, leave=False)
-        for _ in bar:
-            self.net.train()
-            for rows in batches():
-                optimizer.zero_grad()
-                loss = loss_of(rows)
-                loss.backward()
-                optimizer.step()
-            score = held_out_score()
-            self.history.append(score)
-            bar.set_postfix(held_out=f"{score:.3f}")
-            if score > best + 1e-4:
-                best, best_state, stale = score, copy.deepcopy(self.net.state_dict()), 0
-            else:
-                stale += 1
-                if stale >= patience:
-                    break
-        self.net.load_state_dict(best_state)
-        return self
+        def score():
+            self.net.eval()
+            return _sdc_recall(self, queries, database, truth, _SCORE_K)
+
+        return score
 
     def _pick_centring_and_split(self, score) -> None:
         """Picks, by the held-out score, how far the codes are centred and where further
         planes split. The code of ``x - alpha * mean`` for ``alpha`` in 0..1 (set through the
         first projection's bias): centring balances the bits, but cosine truth is measured on
         the uncentred embeddings, and subtracting the mean changes their ranking (by each
-        item's projection on it). On MiniLM sentence embeddings (mean norm 0.3) the full
-        centring costs 2-bit recall@10 about 2 points; on RootSIFT it is needed."""
+        item's projection on it). Sentence embeddings lose recall to the full centring,
+        RootSIFT needs it (``benchmarks/README.md``). The split point of further planes,
+        ``threshold`` times each vector's mean absolute projection (1 is the training-free
+        rule), is picked from 1.0-1.4: for Gaussian-like coordinates a 4-level quantiser
+        wants its outer split near 1.2 mean absolute values."""
         torch = _torch()
         first = self.net.encoders[0].linear
         centre = first.weight.detach().double() @ torch.from_numpy(self.mean).double()
@@ -444,41 +463,112 @@ def fit_binarizer(x: np.ndarray, code_bits: int, hidden: int = 256, seed: int = 
     ``out_dim <= in_dim`` and whole bytes per plane is fitted to its linear start (top
     principal components, ITQ rotation, centring and split point: ``fit(epochs=0)``), the
     one with the best held-out recall@10 (the same held-out rows for all) is then trained
-    with ``fit_options`` (a lone layout is fitted once, and ``epochs=0`` keeps the start).
-    Embeddings whose variance decays over their principal components want fewer
-    dimensions at more bits each: at 768 bits, MiniLM sentence embeddings
-    (384-d) reach recall@10 0.90 at 192 x 4 against 0.84 at 384 x 2. ``model.layout_scores``
-    keeps every layout's held-out score.
+    with ``fit_options`` (:meth:`RecurrentBinarizer.fit`'s ``options`` and keywords; a lone
+    layout is fitted once, and ``epochs=0`` keeps the start). Embeddings whose variance
+    decays over their principal components want fewer dimensions at more bits each
+    (``benchmarks/README.md``). ``model.layout_scores`` keeps every layout's held-out score.
     """
     x = np.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"embeddings must be (n, dim), got shape {x.shape}")
     if "compatible_with" in fit_options:
         raise ValueError("compatible training keeps the old model's layout: use RecurrentBinarizer(...).fit")
+    # every layout is fitted with the same options: checked once, before any of them
+    options = _options(fit_options.pop("options", None), seed=seed, progress=progress, **fit_options)
     in_dim = x.shape[1]
     layouts = [(code_bits // bits, bits) for bits in range(1, 5)
                if code_bits % bits == 0 and code_bits // bits <= in_dim and (code_bits // bits) % 8 == 0]
     if not layouts:
         raise ValueError(f"code_bits={code_bits} fits no layout of whole bytes per plane for {in_dim}-d embeddings: "
                          f"use a multiple of 8 of at most {4 * in_dim}")
-    start = {k: v for k, v in fit_options.items() if k not in ("epochs", "progress")}
-    scores = {}
-    from tqdm import tqdm
-
-    starts = {}
+    start = dataclasses.replace(options, epochs=0, progress=False)
+    scores, starts = {}, {}
     for out_dim, bits in tqdm(layouts if len(layouts) > 1 else [], desc="layouts", disable=not progress, leave=False):
-        starts[out_dim, bits] = RecurrentBinarizer(in_dim, out_dim, bits, hidden=hidden, seed=seed).fit(
-            x, epochs=0, seed=seed, **start)
+        starts[out_dim, bits] = RecurrentBinarizer(in_dim, out_dim, bits, hidden=hidden, seed=seed).fit(x, start)
         scores[out_dim, bits] = starts[out_dim, bits].history[0]
     out_dim, bits = max(scores, key=scores.get) if scores else layouts[0]
-    if fit_options.get("epochs") == 0 and (out_dim, bits) in starts:
+    if options.epochs == 0 and (out_dim, bits) in starts:
         model = starts[out_dim, bits]  # the start is the fit: no need to make it again
     else:
-        model = RecurrentBinarizer(in_dim, out_dim, bits, hidden=hidden, seed=seed)
-        model.fit(x, seed=seed, progress=progress, **fit_options)
+        model = RecurrentBinarizer(in_dim, out_dim, bits, hidden=hidden, seed=seed).fit(x, options)
         scores.setdefault((out_dim, bits), model.history[0])
     model.layout_scores = scores
     return model
+
+
+def _check_sizes(n: int, options: BinarizerOptions) -> None:
+    """Refuses ``n`` training rows too few for the batches or the neighbour pool."""
+    if n < 2 * options.batch_size // 4:
+        raise ValueError(f"{n} embeddings are too few to train on with batch_size={options.batch_size}")
+    pool = min(n - options.held_out_rows(n), _SAMPLE_ROWS)
+    if options.objective == "neighbours" and pool <= options.neighbours:
+        raise ValueError(f"{pool} training embeddings are too few for neighbours={options.neighbours}")
+
+
+def _batch_source(x: np.ndarray, train: np.ndarray, options: BinarizerOptions,
+                  rng: np.random.Generator) -> Callable[[], Iterator[np.ndarray]]:
+    """``batches()``: one epoch's batches of row positions into ``x``, drawn with ``rng``.
+
+    ``"reconstruction"``: the training rows shuffled into whole batches. ``"neighbours"``:
+    anchors from a pool (a sample of the training rows), each with ``per_anchor`` of its
+    ``neighbours`` nearest in the pool, mined once here."""
+    if options.objective == "reconstruction":
+        size = options.batch_size
+
+        def batches():
+            perm = rng.permutation(len(train))
+            for s in range(0, len(train) - size + 1, size):
+                yield train[perm[s:s + size]]
+
+        return batches
+    pool = train[:_SAMPLE_ROWS]
+    near = _cosine_neighbours(x[pool], options.neighbours)
+    anchors = max(1, options.batch_size // (options.per_anchor + 1))
+
+    def batches():
+        perm = rng.permutation(len(pool))
+        for s in range(0, len(pool) - anchors + 1, anchors):
+            a = perm[s:s + anchors]
+            picked = np.stack([rng.choice(options.neighbours, options.per_anchor, replace=False) for _ in a])
+            yield pool[np.unique(np.concatenate([a, np.take_along_axis(near[a], picked, 1).ravel()]))]
+
+    return batches
+
+
+def _distillation_loss(z, batch: np.ndarray, temperature: float, teacher_temperature: float):
+    """Listwise distillation: each row's softmax over the rest of the batch, code cosines
+    (unit code embeddings ``z``) fitted to float cosines (the embeddings ``batch``)."""
+    torch = _torch()
+    functional = torch.nn.functional
+    self_pair = torch.eye(len(batch), dtype=torch.bool)
+    floats = torch.from_numpy(_unit(batch))
+    teacher = functional.softmax((floats @ floats.T / teacher_temperature).masked_fill(self_pair, -1e9), 1)
+    student = functional.log_softmax((z @ z.T / temperature).masked_fill(self_pair, -1e9), 1)
+    return -(teacher * student).sum(1).mean()
+
+
+def _reconstruction_loss(z, keys, temperature: float):
+    """InfoNCE: each unit code embedding closest to its own original (``keys``, the centred
+    embeddings in the code space) among the batch."""
+    torch = _torch()
+    functional = torch.nn.functional
+    keys = functional.normalize(keys, dim=1)
+    return functional.cross_entropy(z @ keys.T / temperature, torch.arange(len(z)))
+
+
+def _compatibility_loss(z, logits, old: RecurrentBinarizer, old_batch: np.ndarray, temperature: float):
+    """How far the new codes are from ``old``'s codes of the same items (``old_batch``, the
+    old embeddings): InfoNCE of the code embeddings against the old ones, plus a logistic
+    loss of every plane's pre-sign activations (``logits``) against the old bits, a smooth
+    signal where matching discrete codes through straight-through signs learns slowly."""
+    torch = _torch()
+    functional = torch.nn.functional
+    with torch.no_grad():
+        old_bits, _ = old.net.planes(torch.from_numpy(old_batch) - torch.from_numpy(old.mean))
+    agree = sum(functional.soft_margin_loss(a, o) for a, o in zip(logits, old_bits))
+    z_old = functional.normalize(sum(2.0 ** -i * o for i, o in enumerate(old_bits)), dim=1)
+    cross = functional.cross_entropy(z @ z_old.T / temperature, torch.arange(len(z)))
+    return cross + agree / old.bits_per_dim
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -493,29 +583,20 @@ def _drop_self(rows: np.ndarray, k: int) -> np.ndarray:
 def _cosine_neighbours(v: np.ndarray, k: int, queries: "np.ndarray | None" = None) -> np.ndarray:
     """Exact cosine ``k`` nearest neighbours among the rows of ``v``: of each row of
     ``queries``, or, without them, of each row of ``v`` among the others."""
-    from pylocalize.index.knn import assign
-
     unit = _unit(v)  # on unit vectors, L2 order is cosine order
     if queries is not None:
         return assign(_unit(queries), unit, k)[0]
     return _drop_self(assign(unit, unit, k + 1)[0], k)
 
 
-def _recall(model: "RecurrentBinarizer", queries: np.ndarray, database: np.ndarray, truth: np.ndarray,
-            k: int = 10) -> float:
+def _sdc_recall(model: RecurrentBinarizer, queries: np.ndarray, database: np.ndarray, truth: np.ndarray,
+                k: int = 10) -> float:
     """Recall@k of SDC search of ``queries`` among ``database`` against ``truth``, their
     exact cosine neighbours (:func:`_cosine_neighbours`)."""
-    from pylocalize.index.binary import MultiBitIndex
-
     index = MultiBitIndex(model.out_dim, model.bits_per_dim)
     index.add(model.encode(database))
     return recall_at(k, index.search(model.encode(queries), k)[1], truth)
 
 
-def recall_at(k: int, found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean fraction of the true ``k`` nearest neighbours found among ``found[:, :k]``."""
-    hits = [len(set(f[:k].tolist()) & set(t[:k].tolist())) for f, t in zip(found, truth)]
-    return float(np.mean(hits)) / k
-
-
-__all__ = ["RecurrentBinarizer", "fit_binarizer", "recall_at"]
+# recall_at is re-exported: it was defined here before pylocalize.index.metrics
+__all__ = ["BinarizerOptions", "RecurrentBinarizer", "fit_binarizer", "recall_at"]

@@ -22,11 +22,10 @@ Based Worldwide Image Geo-localization Using Hierarchies and Scenes" (CVPR 2023)
 
   The confidence rule is kept for comparison, not as the default: a scene's queries are only
   trained on photos of that scene, so on photos of other scenes their confidence is
-  uncalibrated, and the rule picked the true scene for only 67 % of the photos of the
-  synthetic benchmark, where the trained scene classifier picks it for 99.6 %. The mixture
-  chose best on the benchmark's validation rows, ahead of the classifier's top scene by a
-  hair, and never commits to one wrong scene when the classifier is unsure
-  (``benchmarks/README.md``).
+  uncalibrated, and on the synthetic benchmark the rule picked the true scene far less often
+  than the trained scene classifier does. The mixture chose best on the benchmark's
+  validation rows, and never commits to one wrong scene when the classifier is unsure
+  (figures in ``benchmarks/README.md``).
 
 Training minimises the cross-entropy of every hierarchy's classifier on the true scene's
 queries plus a scene cross-entropy (scene logits: a linear score of each scene's queries,
@@ -50,7 +49,6 @@ container bytes.
 
 from __future__ import annotations
 
-import copy
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -58,149 +56,21 @@ import numpy as np
 from pylocalize.checkpoints import import_torch, load_model, save_checkpoint
 from pylocalize.geo.cells import CellHierarchy, check_latlon
 from pylocalize.geo.metrics import equal_earth
+from pylocalize.geo.retrieval import GeoGallery
+from pylocalize.training import optimizer_steps, torch_threads, train_with_early_stopping
 
 
 def _torch():
     return import_torch("pylocalize.geo.model")
 
 
-_MODULES = {}
+def _networks():
+    """:mod:`pylocalize.geo.networks`, imported only once torch is known to be there (it
+    defines its modules at import), so that importing this module needs no torch."""
+    _torch()
+    from pylocalize.geo import networks
 
-
-class torch_threads:
-    """``with torch_threads(n):`` runs torch ops on ``n`` intra-op threads, then restores the
-    previous count (``None``: leave it). Small heads gain nothing from more threads, and on a
-    machine busy with other work torch's spinning worker threads can slow them many-fold
-    (measured: 70x for a tiny decoder on 2 cores under load), so training takes a
-    ``num_threads``."""
-
-    def __init__(self, n: Optional[int]):
-        self.n, self.previous = n, None
-
-    def __enter__(self):
-        if self.n is not None:
-            torch = _torch()
-            self.previous = torch.get_num_threads()
-            torch.set_num_threads(max(1, int(self.n)))
-        return self
-
-    def __exit__(self, *exc):
-        if self.previous is not None:
-            _torch().set_num_threads(self.previous)
-        return False
-
-
-def _modules():
-    """The nn.Module classes, defined on first use so that importing this file needs no torch."""
-    if _MODULES:
-        return _MODULES
-    torch = _torch()
-    nn = torch.nn
-
-    def ffn(d, mult, dropout):
-        return nn.Sequential(nn.LayerNorm(d), nn.Linear(d, mult * d), nn.GELU(), nn.Dropout(dropout),
-                             nn.Linear(mult * d, d), nn.Dropout(dropout))
-
-    class DecoderLayer(nn.Module):
-        """Queries read the image tokens (cross-attention), talk to each other, then an FFN."""
-
-        def __init__(self, d, heads, mult, dropout):
-            super().__init__()
-            self.norm_cross, self.norm_mem = nn.LayerNorm(d), nn.LayerNorm(d)
-            # dropout only in the FFNs: attention over a handful of queries gains little from it
-            self.cross = nn.MultiheadAttention(d, heads, batch_first=True)
-            self.norm_self = nn.LayerNorm(d)
-            self.self_attn = nn.MultiheadAttention(d, heads, batch_first=True)
-            self.ffn = ffn(d, mult, dropout)
-
-        def forward(self, q, mem):
-            mem = self.norm_mem(mem)
-            h = self.norm_cross(q)
-            q = q + self.cross(h, mem, mem, need_weights=False)[0]
-            h = self.norm_self(q)
-            q = q + self.self_attn(h, h, h, need_weights=False)[0]
-            return q + self.ffn(q)
-
-    class HierarchyLayer(nn.Module):
-        """Self-attention within each hierarchy's queries, then that hierarchy's own FFN."""
-
-        def __init__(self, d, heads, mult, dropout, num_hierarchies):
-            super().__init__()
-            self.norm = nn.LayerNorm(d)
-            self.self_attn = nn.MultiheadAttention(d, heads, batch_first=True)
-            self.ffns = nn.ModuleList([ffn(d, mult, dropout) for _ in range(num_hierarchies)])
-
-        def forward(self, q):  # (B, H, S, d)
-            b, nh, ns, d = q.shape
-            flat = q.reshape(b * nh, ns, d)
-            h = self.norm(flat)
-            q = (flat + self.self_attn(h, h, h, need_weights=False)[0]).reshape(b, nh, ns, d)
-            return torch.stack([q[:, i] + f(q[:, i]) for i, f in enumerate(self.ffns)], 1)
-
-    class GeoDecoderNet(nn.Module):
-        def __init__(self, token_dim, num_cells, num_scenes, d, heads, independent, dependent, mult, dropout):
-            super().__init__()
-            self.num_cells, self.num_scenes = list(num_cells), num_scenes
-            nh = len(num_cells)
-            self.embed = nn.Sequential(nn.Linear(token_dim, d), nn.LayerNorm(d))
-            self.queries = nn.Parameter(0.02 * torch.randn(nh * num_scenes, d))
-            self.independent = nn.ModuleList([DecoderLayer(d, heads, mult, dropout) for _ in range(independent)])
-            self.dependent = nn.ModuleList([HierarchyLayer(d, heads, mult, dropout, nh) for _ in range(dependent)])
-            self.norm = nn.LayerNorm(d)
-            self.classifiers = nn.ModuleList([nn.Linear(d, c) for c in num_cells])
-            self.scene_head = nn.Linear(d, 1)
-
-        def forward(self, tokens):
-            """Per hierarchy logits (B, S, C_h) and scene logits (B, S)."""
-            mem = self.embed(tokens)
-            b = len(tokens)
-            q = self.queries.unsqueeze(0).expand(b, -1, -1)
-            for layer in self.independent:
-                q = layer(q, mem)
-            q = q.reshape(b, len(self.num_cells), self.num_scenes, -1)
-            for layer in self.dependent:
-                q = layer(q)
-            q = self.norm(q)
-            logits = [cls(q[:, i]) for i, cls in enumerate(self.classifiers)]
-            scene_logits = self.scene_head(q).squeeze(-1).mean(1)
-            return logits, scene_logits
-
-    class FlatNet(nn.Module):
-        def __init__(self, token_dim, num_classes, d, heads, layers, mult, dropout):
-            super().__init__()
-            self.embed = nn.Sequential(nn.Linear(token_dim, d), nn.LayerNorm(d))
-            self.query = nn.Parameter(0.02 * torch.randn(1, d))
-            self.layers = nn.ModuleList([DecoderLayer(d, heads, mult, dropout) for _ in range(layers)])
-            self.norm = nn.LayerNorm(d)
-            self.classifier = nn.Linear(d, num_classes)
-
-        def forward(self, tokens):
-            mem = self.embed(tokens)
-            q = self.query.unsqueeze(0).expand(len(tokens), -1, -1)
-            for layer in self.layers:
-                q = layer(q, mem)
-            return self.classifier(self.norm(q[:, 0]))
-
-    class GPSNet(nn.Module):
-        def __init__(self, dim, sigmas, num_features, hidden, seed):
-            super().__init__()
-            g = torch.Generator().manual_seed(seed)
-            # fixed random frequencies: a buffer, saved with the weights, never trained
-            self.register_buffer("frequencies", torch.stack([s * torch.randn(2, num_features // 2, generator=g)
-                                                             for s in sigmas]))
-            self.branches = nn.ModuleList([
-                nn.Sequential(nn.Linear(num_features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                              nn.Linear(hidden, dim)) for _ in sigmas])
-
-        def forward(self, xy):  # (B, 2) normalised Equal Earth coordinates
-            out = 0
-            for f, branch in zip(self.frequencies, self.branches):
-                v = 2 * np.pi * xy @ f
-                out = out + branch(torch.cat([torch.cos(v), torch.sin(v)], -1))
-            return out
-
-    _MODULES.update(DecoderLayer=DecoderLayer, GeoDecoderNet=GeoDecoderNet, FlatNet=FlatNet, GPSNet=GPSNet)
-    return _MODULES
+    return networks
 
 
 def _check_tokens(tokens, token_dim: int) -> np.ndarray:
@@ -221,58 +91,45 @@ def _check_tokens(tokens, token_dim: int) -> np.ndarray:
 def _train(net, loss_of, n: int, epochs: int, batch_size: int, lr: float, weight_decay: float, validation: float,
            patience: int, seed: int, progress: bool, desc: str,
            num_threads: Optional[int] = None) -> Tuple[List[float], np.ndarray]:
-    """AdamW on shuffled mini-batches with early stopping on a held-out split; keeps the
-    best weights. ``loss_of(indices)`` returns the mean loss of those training rows.
-    Returns the per-epoch held-out losses and the held-out row indices."""
-    with torch_threads(num_threads):
-        return _train_loop(net, loss_of, n, epochs, batch_size, lr, weight_decay, validation, patience, seed, progress,
-                           desc)
-
-
-def _train_loop(net, loss_of, n, epochs, batch_size, lr, weight_decay, validation, patience, seed, progress, desc):
-    from tqdm import tqdm
-
+    """AdamW on shuffled mini-batches with early stopping on the held-out loss (the mean
+    training loss without held-out rows); keeps the best weights. ``loss_of(indices)``
+    returns the mean loss of those rows. Returns the per-epoch held-out losses and the
+    held-out row indices."""
     torch = _torch()
     if n < 4:
         raise ValueError(f"{n} training images are too few: give at least 4")
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
+    val, train = _held_out_split(n, validation, rng)
+    batch_size = max(1, min(batch_size, len(train)))
+    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+
+    def train_epoch() -> List[float]:
+        perm = train[rng.permutation(len(train))]
+        starts = range(0, len(perm) - batch_size + 1, batch_size)
+        return optimizer_steps(optimizer, loss_of, (perm[s:s + batch_size] for s in starts))
+
+    def held_out_loss(train_losses: List[float]) -> float:
+        if not len(val):
+            return float(np.mean(train_losses))
+        with torch.no_grad():
+            parts = [(loss_of(val[s:s + 1024]).item(), len(val[s:s + 1024])) for s in range(0, len(val), 1024)]
+        return sum(a * b for a, b in parts) / len(val)
+
+    with torch_threads(num_threads):
+        history = train_with_early_stopping(net, epochs, train_epoch, held_out_loss, patience=patience,
+                                            higher_is_better=False, min_delta=1e-4, progress=progress, desc=desc,
+                                            postfix=lambda loss: {"loss": f"{loss:.3f}"})
+    return history, np.sort(val)
+
+
+def _held_out_split(n: int, validation: float, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """(held-out rows, training rows) of ``n``: a ``validation`` fraction held out, at least
+    one when the fraction is positive, and at least two rows left to train on."""
     order = rng.permutation(n)
     n_val = int(round(validation * n)) if validation > 0 else 0
     n_val = min(max(n_val, 1 if validation > 0 else 0), n - 2)
-    val, train = order[:n_val], order[n_val:]
-    batch_size = max(1, min(batch_size, len(train)))
-    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
-    best, best_state, stale, history = np.inf, copy.deepcopy(net.state_dict()), 0, []
-    bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
-    for _ in bar:
-        net.train()
-        perm = train[rng.permutation(len(train))]
-        train_losses = []
-        for s in range(0, len(perm) - batch_size + 1, batch_size):
-            optimizer.zero_grad()
-            loss = loss_of(perm[s:s + batch_size])
-            loss.backward()
-            optimizer.step()
-            train_losses.append(loss.item())
-        net.eval()
-        if len(val):
-            with torch.no_grad():
-                parts = [(loss_of(val[s:s + 1024]).item(), len(val[s:s + 1024])) for s in range(0, len(val), 1024)]
-            score = sum(a * b for a, b in parts) / len(val)
-        else:
-            score = float(np.mean(train_losses))
-        history.append(score)
-        bar.set_postfix(loss=f"{score:.3f}")
-        if score < best - 1e-4:
-            best, best_state, stale = score, copy.deepcopy(net.state_dict()), 0
-        else:
-            stale += 1
-            if stale >= patience:
-                break
-    net.load_state_dict(best_state)
-    net.eval()
-    return history, np.sort(val)
+    return order[:n_val], order[n_val:]
 
 
 def _save(path, kind: str, config: dict, hierarchy: Optional[CellHierarchy], net) -> None:
@@ -386,9 +243,9 @@ class GeoDecoder(_CellModel):
                            dependent_layers=int(dependent_layers), ffn_mult=int(ffn_mult), dropout=float(dropout),
                            seed=int(seed), scene_mode=str(scene_mode))
         torch.manual_seed(seed)
-        self.net = _modules()["GeoDecoderNet"](self.token_dim, hierarchy.num_cells, int(num_scenes), int(d_model),
-                                               int(num_heads), int(independent_layers), int(dependent_layers),
-                                               int(ffn_mult), float(dropout))
+        self.net = _networks().GeoDecoderNet(self.token_dim, hierarchy.num_cells, int(num_scenes), int(d_model),
+                                             int(num_heads), int(independent_layers), int(dependent_layers),
+                                             int(ffn_mult), float(dropout))
         self.history: List[float] = []
         # rows of the last fit's training set held out for early stopping (to choose settings on)
         self.validation_indices = np.zeros(0, np.int64)
@@ -514,8 +371,8 @@ class FlatCellClassifier(_CellModel):
         self.config = dict(token_dim=int(token_dim), d_model=int(d_model), num_heads=int(num_heads),
                            num_layers=int(num_layers), ffn_mult=int(ffn_mult), dropout=float(dropout), seed=int(seed))
         torch.manual_seed(seed)
-        self.net = _modules()["FlatNet"](self.token_dim, hierarchy.num_cells[-1], int(d_model), int(num_heads),
-                                         int(num_layers), int(ffn_mult), float(dropout))
+        self.net = _networks().FlatNet(self.token_dim, hierarchy.num_cells[-1], int(d_model), int(num_heads),
+                                       int(num_layers), int(ffn_mult), float(dropout))
         self.history: List[float] = []
         # rows of the last fit's training set held out for early stopping (to choose settings on)
         self.validation_indices = np.zeros(0, np.int64)
@@ -587,7 +444,7 @@ class GPSEncoder:
         self.config = dict(dim=int(dim), sigmas=[float(s) for s in sigmas], num_features=int(num_features),
                            hidden=int(hidden), seed=int(seed))
         torch.manual_seed(seed)
-        self.net = _modules()["GPSNet"](int(dim), self.config["sigmas"], int(num_features), int(hidden), int(seed))
+        self.net = _networks().GPSNet(int(dim), self.config["sigmas"], int(num_features), int(hidden), int(seed))
 
     def __repr__(self) -> str:
         return f"GPSEncoder(dim={self.config['dim']}, sigmas={self.config['sigmas']})"
@@ -700,8 +557,6 @@ class ImageGPSMatcher:
         """GPS ``float64 (n, 2)``: the gallery location whose embedding is most similar (``k =
         1``), or the kernel-weighted mode of the ``k`` most similar (see
         :func:`pylocalize.geo.retrieval.kernel_mode`)."""
-        from pylocalize.geo.retrieval import GeoGallery
-
         gallery = GeoGallery(self.gps.encode(gallery_latlon), gallery_latlon)
         return gallery.predict(self.encode_images(image_embeddings), k=k)
 

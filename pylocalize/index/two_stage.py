@@ -27,6 +27,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from pylocalize.codes import binarize
+from pylocalize.codes.learned import RecurrentBinarizer
 from pylocalize.index.binary import MultiBitIndex
 from pylocalize._core import FormatError
 
@@ -418,8 +419,6 @@ class TwoStageIndex:
                         raise ValueError(f"{key} {name!r} is not a name a save writes")
             binarizer = None
             if info["learned"]:
-                from pylocalize.codes.learned import RecurrentBinarizer
-
                 binarizer = RecurrentBinarizer.load(path / files["binarizer_file"])
             center = info.get("center")
             index = cls(path, int(info["dim"]), int(info["bits_per_dim"]), binarizer, int(info["candidates"]),

