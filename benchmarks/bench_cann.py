@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 import pylocalize
+from pylocalize.index.metrics import recall_at
 
 SCALES = {"small": (200, 500), "1m": (1000, 1000), "5m": (10000, 500)}
 
@@ -68,10 +69,6 @@ def faiss_exact(x, ids, q, k, chunk=250_000):
     return s[top], images[top]
 
 
-def recall(a, b):
-    return float(np.mean([len(set(x) & set(y)) / len(y) for x, y in zip(a, b)]))
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", choices=sorted(SCALES), default="1m")
@@ -104,7 +101,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     ref = [faiss_exact(x, ids, q, k) for q in queries[: args.faiss_queries]]
     t_faiss = (time.perf_counter() - t0) / len(ref)
-    agree = recall([r[1] for r in ref], exact[1][: len(ref)])
+    agree = recall_at(k, np.array([r[1] for r in ref]), exact[1][: len(ref)])
     print(f"exact (FAISS pairwise + numpy minima): {1e3 * t_faiss:.0f} ms per query image; "
           f"top-{k} agreement with pylocalize exact {agree:.3f}")
 
@@ -122,7 +119,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         got = approx.search_batch(queries, k)
         t = (time.perf_counter() - t0) / len(queries)
-        print(f"{nprobe:>6} | {1e3 * t:9.1f} | {recall(got[1], exact[1]):9.3f} | {t_faiss / t:13.1f}x | {t_exact / t:18.1f}x")
+        print(f"{nprobe:>6} | {1e3 * t:9.1f} | {recall_at(k, got[1], exact[1]):9.3f} | {t_faiss / t:13.1f}x | {t_exact / t:18.1f}x")
 
     print("\ngrid (the paper's random grids, 4 radii, 8 hashed dims, cell = 0.5 radius):")
     print(f"{'grids':>6} | {'build s':>7} | {'MiB':>6} | {'ms/query':>9} | {'recall@50':>9} | {'vs FAISS exact':>14} | {'vs pylocalize exact':>19}")
@@ -136,7 +133,7 @@ def main(argv=None) -> int:
         got = grid.search_batch(queries, k)
         t = (time.perf_counter() - t0) / len(queries)
         mib = grid.memory_bytes / 2**20
-        print(f"{num_grids:>6} | {t_build:7.1f} | {mib:6.0f} | {1e3 * t:9.1f} | {recall(got[1], exact[1]):9.3f} | "
+        print(f"{num_grids:>6} | {t_build:7.1f} | {mib:6.0f} | {1e3 * t:9.1f} | {recall_at(k, got[1], exact[1]):9.3f} | "
               f"{t_faiss / t:13.1f}x | {t_exact / t:18.1f}x")
         del grid
     return 0

@@ -22,10 +22,7 @@ from tqdm import tqdm
 import pylocalize
 from pylocalize.containers import write_bytes_atomic
 from pylocalize.datasets import clustered_queries, clustered_vectors
-
-
-def _recall_at_10(ids: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(np.intersect1d(a, b)) / 10.0 for a, b in zip(ids, truth)]))
+from pylocalize.index.metrics import recall_at
 
 
 def _timed(fn):
@@ -55,7 +52,7 @@ def run_binary_demo(out_dir: str | Path = "pylocalize-demo", nb: int = 200_000, 
     results = []
 
     def record(name, bits, ids, seconds):
-        results.append({"method": name, "bits": bits, "recall@10": _recall_at_10(ids, truth),
+        results.append({"method": name, "bits": bits, "recall@10": recall_at(10, ids, truth),
                         "qps": nq / seconds})
 
     sign = pylocalize.BinaryIndex(dim)

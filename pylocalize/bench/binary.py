@@ -35,6 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 import pylocalize
+from pylocalize.index.metrics import recall_at
 
 try:
     import faiss
@@ -154,12 +155,6 @@ def make_structured_data(rng, nb, nq, d, n_clusters=256):
     return sample(nb), sample(nq)
 
 
-def recall_at(ids, truth):
-    k = truth.shape[1]
-    hits = sum(len(np.intersect1d(a[:k], b)) for a, b in zip(ids, truth))
-    return hits / truth.size
-
-
 def bench_sdc(args, rng, results):
     d, k = args.dim, 10
     xb, xq = make_structured_data(rng, args.nb_sdc, args.nq_sdc, d)
@@ -212,7 +207,7 @@ def bench_sdc(args, rng, results):
                     t, (_, ids) = time_search(fn, args.repeat)
                     t_ham = t_ham or t  # Hamming is first in the list
                     row = dict(part="sdc", simd=level, threads=threads, method=name, bits=nbits,
-                               recall_at_10=recall_at(ids, truth), qps=args.nq_sdc / t,
+                               recall_at_10=recall_at(10, ids, truth), qps=args.nq_sdc / t,
                                time_vs_hamming=t / t_ham, nb=args.nb_sdc, nq=args.nq_sdc)
                     results.append(row)
                     tqdm.write(f"{level:>8} {threads:>3} {name:>18} {nbits:>5} | "
@@ -220,7 +215,7 @@ def bench_sdc(args, rng, results):
                                f"{row['time_vs_hamming']:>13.2f}x")
                     bar.update()
                 row = dict(part="sdc", simd="faiss", threads=threads, method="faiss-flat-ip",
-                           bits=32 * d, recall_at_10=recall_at(i_flat, truth),
+                           bits=32 * d, recall_at_10=recall_at(10, i_flat, truth),
                            qps=args.nq_sdc / t_flat, time_vs_hamming=t_flat / t_ham,
                            nb=args.nb_sdc, nq=args.nq_sdc)
                 if level == levels[0]:
