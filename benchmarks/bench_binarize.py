@@ -210,9 +210,9 @@ def bench_set(name, db, q, args, results, work: Path):
 def bench_compatible(name, db, q, args, results):
     """Backward-compatible update: an index of an old binarizer's codes, searched with a new
     binarizer's query codes, with and without the compatibility term."""
-    from pylocalize.codes.learned import RecurrentBinarizer, fit_binarizer
-
     import faiss
+
+    from pylocalize.codes.learned import RecurrentBinarizer, fit_binarizer
 
     flat = faiss.IndexFlatIP(db.shape[1])
     flat.add(db)

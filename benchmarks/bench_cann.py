@@ -37,7 +37,7 @@ def make_data(n_images, per_image, dim, n_queries, seed):
         x[i * per_image:(i + 1) * per_image] = np.clip(noisy, 0, 255)
     ids = np.repeat(np.arange(n_images, dtype=np.int64), per_image)
     queries = []
-    for qi in range(n_queries):
+    for _ in range(n_queries):
         src = rng.integers(0, n_images)
         own = words[pick[src, rng.choice(per_image, per_image // 2, replace=False)]]
         outliers = words[rng.integers(0, len(words), per_image // 2)]
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     index = pylocalize.CANNIndex(dim)
     t0 = time.perf_counter()
     index.add(x, ids)
-    index.num_images  # builds the exact layout
+    _ = index.num_images  # builds the exact layout
     t_add = time.perf_counter() - t0
     t0 = time.perf_counter()
     exact = index.search_batch(queries, k)
@@ -119,10 +119,12 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         got = approx.search_batch(queries, k)
         t = (time.perf_counter() - t0) / len(queries)
-        print(f"{nprobe:>6} | {1e3 * t:9.1f} | {recall_at(k, got[1], exact[1]):9.3f} | {t_faiss / t:13.1f}x | {t_exact / t:18.1f}x")
+        print(f"{nprobe:>6} | {1e3 * t:9.1f} | {recall_at(k, got[1], exact[1]):9.3f} | {t_faiss / t:13.1f}x | "
+              f"{t_exact / t:18.1f}x")
 
     print("\ngrid (the paper's random grids, 4 radii, 8 hashed dims, cell = 0.5 radius):")
-    print(f"{'grids':>6} | {'build s':>7} | {'MiB':>6} | {'ms/query':>9} | {'recall@50':>9} | {'vs FAISS exact':>14} | {'vs pylocalize exact':>19}")
+    print(f"{'grids':>6} | {'build s':>7} | {'MiB':>6} | {'ms/query':>9} | {'recall@50':>9} | {'vs FAISS exact':>14} | "
+          f"{'vs pylocalize exact':>19}")
     for num_grids in [int(v) for v in args.grids.split(",")]:
         grid = pylocalize.CANNIndex(dim, method="grid", grid=dict(num_grids=num_grids))
         grid.add(x, ids)  # its own grids; the features are copied once more
@@ -133,7 +135,8 @@ def main(argv=None) -> int:
         got = grid.search_batch(queries, k)
         t = (time.perf_counter() - t0) / len(queries)
         mib = grid.memory_bytes / 2**20
-        print(f"{num_grids:>6} | {t_build:7.1f} | {mib:6.0f} | {1e3 * t:9.1f} | {recall_at(k, got[1], exact[1]):9.3f} | "
+        recall = recall_at(k, got[1], exact[1])
+        print(f"{num_grids:>6} | {t_build:7.1f} | {mib:6.0f} | {1e3 * t:9.1f} | {recall:9.3f} | "
               f"{t_faiss / t:13.1f}x | {t_exact / t:18.1f}x")
         del grid
     return 0

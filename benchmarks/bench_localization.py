@@ -198,9 +198,9 @@ def lund(args, rows):
                      np.radians(geo[n][0] - lat0) * 6371000, 0.0] for n in known])
     metres_per_unit = similarity_from_points(np.array([centre(ref[n]) for n in known]), enu)[0]
     # how well the two models agree on the images they share (bounds what localization can show)
-    residual = [np.linalg.norm(s * R @ centre(m.cam_from_world[m.names.index(n)]) + t - centre(ref[n])) * metres_per_unit
-                for n in shared]
-    model_rotation = [pose_error(transform_pose(m.cam_from_world[m.names.index(n)], s, R, t), ref[n])[1] for n in shared]
+    mapped = {n: m.cam_from_world[m.names.index(n)] for n in shared}
+    residual = [np.linalg.norm(s * R @ centre(mapped[n]) + t - centre(ref[n])) * metres_per_unit for n in shared]
+    model_rotation = [pose_error(transform_pose(mapped[n], s, R, t), ref[n])[1] for n in shared]
     print(f"lund: map {len(m.names)}/{len(names) - len(queries)} images registered, reference {len(reference.names)}/"
           f"{len(names)}; {metres_per_unit:.3f} m per model unit from EXIF GPS; the two models disagree on shared "
           f"images by a median {np.median(residual):.2f} m / {np.median(model_rotation):.2f} deg")
@@ -266,7 +266,10 @@ def main(argv=None) -> int:
         strecha(args, rows)
         summary = summarize_strecha(rows)
         print_strecha(summary, args.k)
-        after = (lambda r: r.get("t_retrieval", 0) + r.get("t_matching", 0) + r.get("t_pose", 0))
+
+        def after(r):
+            return r.get("t_retrieval", 0) + r.get("t_matching", 0) + r.get("t_pose", 0)
+
         for scene in SCENES:  # the speed-up grows with the map: about (database images) / k
             sel = [r for r in rows if r["dataset"] == "strecha" and r["scene"] == scene]
             ex = np.median([after(r) for r in sel if r["variant"] == "exhaustive"])
@@ -297,8 +300,9 @@ def print_strecha(summary, k):
     print(f"{'variant':<11} {'median cm':>9} {'median deg':>10} {'(25cm,2deg)':>11} {'(5cm,0.5deg)':>12} "
           f"{'total s':>8} {'after SIFT s':>12} {'retrieval':>9} {'matching':>8} {'pose':>6}")
     for variant, s in summary.items():
-        print(f"{variant:<11} {s['median_t_cm']:>9.2f} {s['median_r_deg']:>10.3f} {100 * s['within_25cm_2deg']:>10.1f}% "
-              f"{100 * s['within_5cm_05deg']:>11.1f}% {s['median_total_s']:>8.3f} {s['median_after_features_s']:>12.3f} "
+        print(f"{variant:<11} {s['median_t_cm']:>9.2f} {s['median_r_deg']:>10.3f} "
+              f"{100 * s['within_25cm_2deg']:>10.1f}% {100 * s['within_5cm_05deg']:>11.1f}% "
+              f"{s['median_total_s']:>8.3f} {s['median_after_features_s']:>12.3f} "
               f"{s['median_retrieval_s']:>9.3f} {s['median_matching_s']:>8.3f} {s['median_pose_s']:>6.3f}")
     ex = summary["exhaustive"]
     for variant, s in summary.items():

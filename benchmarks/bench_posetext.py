@@ -38,7 +38,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on a shared 2-core machine two OpenMP threads spin "
                              "against other processes and run many times slower)")
-    parser.add_argument("--cache-dir", default="benchmarks/results/posetext_cache", help="MiniLM clause embedding cache")
+    parser.add_argument("--cache-dir", default="benchmarks/results/posetext_cache",
+                        help="MiniLM clause embedding cache")
     parser.add_argument("--out", default="benchmarks/results/posetext", help="folder for the figure, results and model")
     parser.add_argument("--short-facts", type=int, default=6,
                         help="the harder test: captions of at most this many facts, half of them skipped")

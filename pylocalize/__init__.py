@@ -13,7 +13,7 @@ API. Main names:
 """
 
 from pylocalize._core import FormatError, __version__
-from pylocalize.codes import binarize, pack_bits, unpack_bits, reconstruct
+from pylocalize.codes import binarize, pack_bits, reconstruct, unpack_bits
 from pylocalize.index import BinaryIndex, CANNIndex, MultiBitIndex, assign, kmeans
 from pylocalize.runtime import (
     detected_simd_level,

@@ -17,7 +17,6 @@ import numpy as np
 from pylocalize import _core
 from pylocalize._core import FormatError
 
-
 # What reading a container with the right tag and layout but missing or malformed sections
 # or meta can raise while the object is rebuilt from it: loaders turn these into FormatError.
 LAYOUT_ERRORS = (KeyError, IndexError, TypeError, ValueError, AttributeError)

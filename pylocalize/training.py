@@ -106,7 +106,8 @@ class BestWeights:
 
 
 def train_with_early_stopping(net, epochs: int, train_epoch: Callable[[], object],
-                              held_out_score: Callable[[object], float], *, patience: int, higher_is_better: bool, min_delta: float = 1e-4,
+                              held_out_score: Callable[[object], float], *, patience: int, higher_is_better: bool,
+                              min_delta: float = 1e-4,
                               start_score: Optional[float] = None, progress: bool = False, desc: str = "training",
                               postfix: Optional[Callable[[float], dict]] = None) -> List[float]:
     """Trains ``net`` for up to ``epochs`` epochs, keeping the weights of the best held-out score.

@@ -7,9 +7,9 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import INT32_MAX, brute_knn, hamming_matrix, random_codes
 
 import pylocalize
-from conftest import INT32_MAX, brute_knn, hamming_matrix, random_codes
 
 NBITS = [8, 64, 72, 128, 192, 200, 256, 512, 1024, 2048]
 

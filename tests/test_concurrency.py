@@ -21,9 +21,9 @@ import traceback
 from pathlib import Path
 
 import numpy as np
+from conftest import brute_knn, hamming_matrix, python_child, random_codes
 
 import pylocalize
-from conftest import brute_knn, hamming_matrix, python_child, random_codes
 
 TESTS_DIR = Path(__file__).resolve().parent
 TIMEOUT_S = 60

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import python_child
 
 import pylocalize
 from pylocalize import FormatError, _core
 from pylocalize.geometry.camera import Camera
 from pylocalize.index.two_stage import TwoStageIndex
 from pylocalize.localization.map import Map, check_image_name, image_path
-from conftest import python_child
 
 CAMERA = "PINHOLE 640 480 500 500 320 240"
 
@@ -88,7 +88,8 @@ def test_map_of_layout_2_still_loads_and_is_upgraded_by_a_save(tmp_path):
                      meta_update={"map_version": 2, "index_bytes": None, "index_features": None})
     loaded = Map.load(folder)
     assert loaded.names == m.names and len(loaded.index) == len(m.index)
-    np.testing.assert_array_equal(loaded.index.search(m.descriptors[0][:3], 2)[1], m.index.search(m.descriptors[0][:3], 2)[1])
+    query = m.descriptors[0][:3]
+    np.testing.assert_array_equal(loaded.index.search(query, 2)[1], m.index.search(query, 2)[1])
     loaded.save(folder)  # the index is memory-mapped from cann.pyloc, which the save then removes
     assert not (folder / "cann.pyloc").exists()
     assert Map.load(folder).names == m.names

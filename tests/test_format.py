@@ -73,7 +73,8 @@ def test_bit_flips_anywhere_are_detected(tmp_path):
         except pylocalize.FormatError:
             continue
         # Only alignment padding between sections carries no meaning.
-        np.testing.assert_array_equal(index.codes(), pylocalize.BinaryIndex.deserialize(np.frombuffer(bytes(data), np.uint8)).codes())
+        restored = pylocalize.BinaryIndex.deserialize(np.frombuffer(bytes(data), np.uint8))
+        np.testing.assert_array_equal(index.codes(), restored.codes())
 
 
 def test_wrong_magic_and_not_a_file(tmp_path):
@@ -167,10 +168,12 @@ def test_read_layout_checks_kind_and_layout_version(tmp_path):
     meta, sec = read_layout(tmp_path / "a.pyloc", "Thing", "thing_version", 2, "a thing", "make it again")
     np.testing.assert_array_equal(sec["x"], sections["x"])
     data = _core.write_container(None, "Thing", {"thing_version": 2}, sections)  # bytes work the same way
-    assert read_layout(np.asarray(data), "Thing", "thing_version", 2, "a thing", "make it again")[0]["thing_version"] == 2
+    meta, _ = read_layout(np.asarray(data), "Thing", "thing_version", 2, "a thing", "make it again")
+    assert meta["thing_version"] == 2
     with pytest.raises(pylocalize.FormatError, match="holds a Thing, not a Map"):
         read_layout(tmp_path / "a.pyloc", "Map", "thing_version", 2, "a map", "rebuild")
-    with pytest.raises(pylocalize.FormatError, match="layout version 2; this pylocalize reads version 3: make it again"):
+    with pytest.raises(pylocalize.FormatError,
+                       match="layout version 2; this pylocalize reads version 3: make it again"):
         read_layout(tmp_path / "a.pyloc", "Thing", "thing_version", 3, "a thing", "make it again")
     _core.write_container(str(tmp_path / "old.pyloc"), "Thing", {}, sections)  # before the version key existed
     with pytest.raises(pylocalize.FormatError, match="layout version 1;"):

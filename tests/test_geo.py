@@ -14,8 +14,15 @@ import pytest
 s2sphere = pytest.importorskip("s2sphere")
 
 from pylocalize import FormatError  # noqa: E402
-from pylocalize.geo import (CellHierarchy, GeoGallery, accuracy, equal_earth, great_circle_km,  # noqa: E402
-                            plot_predictions, s2_leaf_ids)
+from pylocalize.geo import (  # noqa: E402
+    CellHierarchy,
+    GeoGallery,
+    accuracy,
+    equal_earth,
+    great_circle_km,
+    plot_predictions,
+    s2_leaf_ids,
+)
 from pylocalize.geo.cells import s2_parent, s2_range  # noqa: E402
 from pylocalize.geo.retrieval import kernel_mode  # noqa: E402
 

@@ -23,9 +23,9 @@ import time
 
 import numpy as np
 import pytest
+from conftest import python_child
 
 import pylocalize
-from conftest import python_child
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 

@@ -6,10 +6,10 @@ import pickle
 
 import numpy as np
 import pytest
+from conftest import brute_knn
 
 import pylocalize
 from pylocalize.index.metrics import recall_at
-from conftest import brute_knn
 
 
 def numpy_binarize(x: np.ndarray, u: int) -> np.ndarray:
@@ -47,7 +47,7 @@ def assert_topk_equivalent(scores, ids, ref, k, atol=1e-5):
     assert (np.diff(scores, axis=1) <= atol).all()
     kth = np.sort(ref, axis=1)[:, -k]
     np.testing.assert_allclose(scores[:, -1], kth, rtol=1e-5, atol=atol)
-    for row, sel in zip(ref, ids):
+    for sel in ids:
         assert len(set(sel.tolist())) == k
 
 

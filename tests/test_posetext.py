@@ -319,8 +319,14 @@ def test_numpy_parts_do_not_import_torch(tmp_path):
 
 
 def test_optional_smplh_hands(tmp_path):
-    from pylocalize.posetext.skeleton import (JOINT_NAMES_WITH_HANDS, PARENTS_WITH_HANDS, check_poses, load_joints,
-                                              mirror_poses, normalize_poses)
+    from pylocalize.posetext.skeleton import (
+        JOINT_NAMES_WITH_HANDS,
+        PARENTS_WITH_HANDS,
+        check_poses,
+        load_joints,
+        mirror_poses,
+        normalize_poses,
+    )
 
     rng = np.random.default_rng(7)
     body = generate_poses(6, seed=2).astype(np.float64)

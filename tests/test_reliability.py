@@ -14,9 +14,9 @@ import zlib
 
 import numpy as np
 import pytest
+from conftest import brute_knn, hamming_matrix
 
 import pylocalize
-from conftest import brute_knn, hamming_matrix
 from pylocalize import _core
 
 
@@ -204,7 +204,8 @@ def test_header_and_table_edits_raise_only_format_error(tmp_path):
     m = pylocalize.MultiBitIndex(20, 2)
     x = rng.standard_normal((20, 20)).astype(np.float32)
     m.add(pylocalize.binarize(x, 2), vectors=x)
-    makers.append(("m.pyloc", m, [pylocalize.MultiBitIndex.load, lambda p: pylocalize.MultiBitIndex.load(p, mmap=True)]))
+    makers.append(("m.pyloc", m, [pylocalize.MultiBitIndex.load,
+                                  lambda p: pylocalize.MultiBitIndex.load(p, mmap=True)]))
     c = pylocalize.CANNIndex(4)
     c.add(rng.standard_normal((30, 4)).astype(np.float32), np.arange(30) // 3)
     c.train(2)

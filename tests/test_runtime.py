@@ -10,9 +10,9 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import SIMD_LEVELS
 
 import pylocalize
-from conftest import SIMD_LEVELS
 
 CHECK = """
 import numpy as np, pylocalize

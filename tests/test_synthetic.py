@@ -56,7 +56,8 @@ def test_views_agree_through_depth_and_poses(scene):
         p = c @ scene.K.T
         uj, vj = p[:, 0] / p[:, 2], p[:, 1] / p[:, 2]
         ui, vi = np.rint(uj).astype(int), np.rint(vj).astype(int)
-        inside = (c[:, 2] > 0.1) & (ui >= 1) & (ui < 255) & (vi >= 1) & (vi < 191) & (np.abs(uj - ui) < 0.25) & (np.abs(vj - vi) < 0.25)
+        near_centre = (np.abs(uj - ui) < 0.25) & (np.abs(vj - vi) < 0.25)
+        inside = (c[:, 2] > 0.1) & (ui >= 1) & (ui < 255) & (vi >= 1) & (vi < 191) & near_centre
         dj = scene.depths[j][vi[inside], ui[inside]]
         visible = np.abs(dj - c[inside, 2]) < 0.02 * c[inside, 2]
         checked += inside.sum()
@@ -131,7 +132,8 @@ def test_pose_file_round_trip_or_refusal(tmp_path):
         np.testing.assert_array_equal(read[name][:, 3], pose[:, 3])
     good = np.c_[np.eye(3), [1, 2, 3]]
     bad = [([("#a", good)], "comment"), ([("b", np.c_[2 * np.eye(3), [1, 2, 3]])], "not a rotation"),
-           ([("c", np.zeros((3, 4)))], "not a rotation"), ([("d", np.c_[np.diag([1.0, 1, -1]), [0, 0, 0]])], "not a rotation"),
+           ([("c", np.zeros((3, 4)))], "not a rotation"),
+           ([("d", np.c_[np.diag([1.0, 1, -1]), [0, 0, 0]])], "not a rotation"),
            ([("e", good), ("e", good)], "twice"), ([("f", np.c_[np.eye(3), [np.nan, 0, 0]])], "not finite"),
            ([("", good)], "non-empty"), ([("g", np.eye(3))], "3x4")]
     for entries, message in bad:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import python_child
 
 import pylocalize
-from conftest import python_child
 from pylocalize.index.metrics import recall_at
 
 PACKAGE = Path(pylocalize.__file__).resolve().parent

@@ -127,7 +127,6 @@ def bench_hamming(args, rng, results):
             tqdm.write(f"{nbits:>5} {nq:>5} {k:>4} {threads:>3} | {row['pylocalize_qps']:>14,.0f} | "
                        f"{row['faiss_qps']:>12,.0f} | {row['ratio']:>6.2f}x | {same}")
             bar.update()
-        del pl, fa, xb
     bar.close()
 
 

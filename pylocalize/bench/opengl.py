@@ -70,7 +70,8 @@ class ModernGLRenderer:
             self.fbo.clear(0.0, 0.0, 0.0, 1.0)
             self.vao.render()
             rgb = np.frombuffer(self.fbo.read(components=3), np.uint8).reshape(self.h, self.w, 3)[::-1]
-            d = np.frombuffer(self.fbo.read(components=1, attachment=-1, dtype="f4"), np.float32).reshape(self.h, self.w)[::-1]
+            depth_bytes = self.fbo.read(components=1, attachment=-1, dtype="f4")
+            d = np.frombuffer(depth_bytes, np.float32).reshape(self.h, self.w)[::-1]
             rgbs.append(rgb)
             depths.append(d)
         return np.stack(rgbs), np.stack(depths)

@@ -14,7 +14,9 @@ Arrays are ``.npy`` files, read without pickle.
 from __future__ import annotations
 
 import argparse
+
 import numpy as np
+
 from pylocalize._core import FormatError
 
 _LAT_NAMES = ("lat", "latitude")

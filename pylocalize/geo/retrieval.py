@@ -26,9 +26,9 @@ from typing import Tuple
 import numpy as np
 
 from pylocalize import _core
+from pylocalize._core import FormatError
 from pylocalize.geo.cells import check_latlon, latlon_to_xyz, xyz_to_latlon
 from pylocalize.geo.metrics import EARTH_RADIUS_KM
-from pylocalize._core import FormatError
 
 FORMAT_TAG = "GeoGallery"
 # Layout version of a saved gallery; bumped when sections or meta change.

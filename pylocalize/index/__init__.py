@@ -5,4 +5,5 @@ from pylocalize.index.cann import CANNIndex
 from pylocalize.index.knn import assign, kmeans
 from pylocalize.index.pairs import read_pairs, write_pairs_hloc, write_pairs_kapture
 
-__all__ = ["BinaryIndex", "CANNIndex", "assign", "kmeans", "MultiBitIndex", "read_pairs", "write_pairs_hloc", "write_pairs_kapture"]
+__all__ = ["BinaryIndex", "CANNIndex", "MultiBitIndex", "assign", "kmeans", "read_pairs", "write_pairs_hloc",
+           "write_pairs_kapture"]

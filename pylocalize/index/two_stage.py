@@ -26,10 +26,10 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from pylocalize._core import FormatError
 from pylocalize.codes import binarize
 from pylocalize.codes.learned import RecurrentBinarizer
 from pylocalize.index.binary import MultiBitIndex
-from pylocalize._core import FormatError
 
 INFO_FILE = "two_stage.json"
 LOCK_FILE = "two_stage.lock"
@@ -172,7 +172,8 @@ class TwoStageIndex:
                 raise ValueError("center applies to training-free codes; a learned binarizer centres by itself")
             center = np.asarray(center, dtype=np.float32)
             if center.shape != (self.dim,) or not np.isfinite(center).all():
-                raise ValueError(f"center must be {self.dim} finite values (e.g. the data's mean), got shape {center.shape}")
+                raise ValueError(f"center must be {self.dim} finite values (e.g. the data's mean), "
+                                 f"got shape {center.shape}")
             self.center = center
         code_dim = binarizer.out_dim if binarizer is not None else self.dim
         self.codes = MultiBitIndex(code_dim, self.bits_per_dim)

@@ -10,7 +10,6 @@ import json
 import sys
 
 
-
 def _poses(args):
     """Poses from --joints, else generated (--poses N, --seed)."""
     from pylocalize.posetext.generator import generate_poses

@@ -33,16 +33,15 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-
 from tqdm import tqdm
 
+from pylocalize._core import FormatError
 from pylocalize.checkpoints import import_torch, load_model, save_checkpoint
 from pylocalize.containers import write_bytes_atomic
 from pylocalize.index.knn import assign
 from pylocalize.posetext.captioner import split_clauses, swap_left_right
 from pylocalize.posetext.skeleton import check_poses, mirror_poses, normalize_poses
 from pylocalize.training import flush_denormals, optimizer_steps, train_with_early_stopping
-from pylocalize._core import FormatError
 
 MINILM_DIM = 384
 

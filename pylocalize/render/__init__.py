@@ -7,6 +7,6 @@ a texture image, OBJ + MTL).
 """
 
 from pylocalize.render.mesh import Mesh, load_mesh
-from pylocalize.render.renderer import RenderOutput, Renderer
+from pylocalize.render.renderer import Renderer, RenderOutput
 
 __all__ = ["Mesh", "RenderOutput", "Renderer", "load_mesh"]
