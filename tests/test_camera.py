@@ -1,4 +1,4 @@
-"""Cameras (COLMAP models, EXIF), similarity alignment and descriptor matching."""
+"""Cameras: COLMAP models, EXIF, camera files, undistortion."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pylocalize.geometry import Camera, read_cameras_file, similarity_from_points, transform_pose
+from pylocalize.geometry import Camera, read_cameras_file
 
 LUND = Path(__file__).resolve().parents[2] / "shared" / "data" / "lund" / "images"
 
@@ -61,43 +61,3 @@ def test_cameras_from_exif_and_files(tmp_path):
     (tmp_path / "bad.txt").write_text("a.jpg PINHOLE 640 480 500\n")
     with pytest.raises(ValueError, match="bad.txt:1"):
         read_cameras_file(tmp_path / "bad.txt")
-
-
-def test_similarity_alignment_recovers_a_known_transform():
-    from pylocalize.geometry import look_at
-
-    rng = np.random.default_rng(1)
-    src = rng.normal(size=(30, 3))
-    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
-    q *= np.sign(np.linalg.det(q))
-    dst = 3.0 * src @ q.T + [1.0, -2.0, 0.5] + rng.normal(scale=1e-4, size=src.shape)
-    s, R, t = similarity_from_points(src, dst)
-    assert s == pytest.approx(3.0, rel=1e-4) and np.abs(R - q).max() < 1e-4
-    P = look_at([1.0, 0.0, 1.0], [0.0, 0.0, 0.0])
-    X = np.array([0.1, 0.2, 0.3])
-    moved = transform_pose(P, s, R, t)
-    a, b = P[:, :3] @ X + P[:, 3], moved[:, :3] @ (s * R @ X + t) + moved[:, 3]
-    np.testing.assert_allclose(a[:2] / a[2], b[:2] / b[2], atol=1e-9)  # the same image point
-    with pytest.raises(ValueError, match="n >= 3"):
-        similarity_from_points(src[:2], dst[:2])
-
-
-def test_match_descriptors_against_brute_force():
-    from pylocalize.features import match_descriptors
-
-    rng = np.random.default_rng(2)
-    b = rng.integers(0, 256, (300, 128)).astype(np.float32)
-    a = np.concatenate([b[:100] + rng.normal(scale=8, size=(100, 128)), rng.integers(0, 256, (50, 128))])
-    d = np.sqrt(((a[:, None] - b[None]) ** 2).sum(-1))
-    order = np.argsort(d, 1)
-    nearest, second = order[:, 0], d[np.arange(len(a)), order[:, 1]]
-    back = np.argmin(d, 0)
-    expected = [(i, nearest[i]) for i in range(len(a))
-                if d[i, nearest[i]] < 0.8 * second[i] and back[nearest[i]] == i]
-    got = match_descriptors(a, b, 0.8)
-    assert [tuple(x) for x in got] == expected and len(expected) >= 95
-    # two copies of each feature under one group label: the ratio test looks past the copy
-    groups = np.r_[np.arange(300), np.arange(300)]
-    doubled = match_descriptors(a[:100], np.concatenate([b, b + 0.5]), 0.8, mutual=False, groups_b=groups)
-    assert len(doubled) >= 95 and (groups[doubled[:, 1]] == doubled[:, 0]).all()
-    assert len(match_descriptors(a[:100], np.concatenate([b, b + 0.5]), 0.8, mutual=False)) == 0

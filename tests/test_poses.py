@@ -1,10 +1,19 @@
-"""The angle between two rotations (geometry.poses.rotation_error_deg)."""
+"""Poses: rotation error, quaternions, pose files, similarity alignment."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from pylocalize.geometry import (
+    look_at,
+    matrix_from_quaternion,
+    quaternion_from_matrix,
+    read_pose_file,
+    similarity_from_points,
+    transform_pose,
+    write_pose_file,
+)
 from pylocalize.geometry.poses import rotation_error_deg
 
 
@@ -38,3 +47,76 @@ def test_rotation_error_on_stacks_and_bad_input():
     assert rotation_error_deg(np.eye(3), -np.diag([1.0, 1.0, -1.0]) * 1.000001) == pytest.approx(180.0)
     with pytest.raises(ValueError, match="3, 3"):
         rotation_error_deg(np.eye(3), np.eye(4))
+
+
+def test_similarity_alignment_recovers_a_known_transform():
+    rng = np.random.default_rng(1)
+    src = rng.normal(size=(30, 3))
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    q *= np.sign(np.linalg.det(q))
+    dst = 3.0 * src @ q.T + [1.0, -2.0, 0.5] + rng.normal(scale=1e-4, size=src.shape)
+    s, R, t = similarity_from_points(src, dst)
+    assert s == pytest.approx(3.0, rel=1e-4) and np.abs(R - q).max() < 1e-4
+    P = look_at([1.0, 0.0, 1.0], [0.0, 0.0, 0.0])
+    X = np.array([0.1, 0.2, 0.3])
+    moved = transform_pose(P, s, R, t)
+    a, b = P[:, :3] @ X + P[:, 3], moved[:, :3] @ (s * R @ X + t) + moved[:, 3]
+    np.testing.assert_allclose(a[:2] / a[2], b[:2] / b[2], atol=1e-9)  # the same image point
+    with pytest.raises(ValueError, match="n >= 3"):
+        similarity_from_points(src[:2], dst[:2])
+
+
+def test_quaternions_and_pose_file_errors(tmp_path):
+    rng = np.random.default_rng(2)
+    for _ in range(50):
+        q = rng.normal(size=4)
+        q /= np.linalg.norm(q)
+        q = q if q[0] >= 0 else -q
+        R = matrix_from_quaternion(q)
+        np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-12)
+        np.testing.assert_allclose(quaternion_from_matrix(R), q, atol=1e-12)
+    for R in (np.diag([1.0, -1, -1]), np.diag([-1.0, 1, -1]), np.diag([-1.0, -1, 1])):  # 180 degrees
+        np.testing.assert_allclose(matrix_from_quaternion(quaternion_from_matrix(R)), R, atol=1e-12)
+    path = tmp_path / "p.txt"
+    write_pose_file(path, [("a.jpg", np.hstack([np.eye(3), np.ones((3, 1))]))])
+    np.testing.assert_allclose(read_pose_file(path)["a.jpg"][:, 3], 1.0)
+    path.write_text("# comment\nb.jpg 1 0 0 0 1 2\n")
+    with pytest.raises(ValueError, match=":2: expected"):
+        read_pose_file(path)
+    with pytest.raises(ValueError, match="whitespace"):
+        write_pose_file(path, [("a b.jpg", np.zeros((3, 4)))])
+
+
+def test_pose_file_round_trip_or_refusal(tmp_path):
+    """Reproducer repro_pose_file_roundtrip.py: what is written reads back as itself (random
+    rotations to 1e-12, translations exactly), and what cannot is refused on write: a name
+    starting with '#' (read as a comment), a scaled or reflected or zero rotation (no
+    quaternion: it came back as the identity), a repeated name, a non-finite value."""
+    rng = np.random.default_rng(15)
+    poses = []
+    for i in range(40):
+        q = rng.normal(size=4)
+        poses.append((f"img/{i:03d}.jpg", np.hstack([matrix_from_quaternion(q), rng.normal(size=(3, 1)) * 100])))
+    path = tmp_path / "p.txt"
+    write_pose_file(path, poses)
+    read = read_pose_file(path)
+    assert list(read) == [n for n, _ in poses]
+    for name, pose in poses:
+        np.testing.assert_allclose(read[name][:, :3], pose[:, :3], atol=1e-12)
+        np.testing.assert_array_equal(read[name][:, 3], pose[:, 3])
+    good = np.c_[np.eye(3), [1, 2, 3]]
+    bad = [([("#a", good)], "comment"), ([("b", np.c_[2 * np.eye(3), [1, 2, 3]])], "not a rotation"),
+           ([("c", np.zeros((3, 4)))], "not a rotation"),
+           ([("d", np.c_[np.diag([1.0, 1, -1]), [0, 0, 0]])], "not a rotation"),
+           ([("e", good), ("e", good)], "twice"), ([("f", np.c_[np.eye(3), [np.nan, 0, 0]])], "not finite"),
+           ([("", good)], "non-empty"), ([("g", np.eye(3))], "3x4")]
+    for entries, message in bad:
+        with pytest.raises(ValueError, match=message):
+            write_pose_file(path, entries)
+    assert read_pose_file(path).keys() == read.keys()  # a refused write leaves the file as it was
+    path.write_text("a 1 0 0 0 1 2 3\na 1 0 0 0 4 5 6\n")
+    with pytest.raises(ValueError, match="twice"):
+        read_pose_file(path)
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ValueError, match="not a text pose file"):
+        read_pose_file(path)

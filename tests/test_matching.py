@@ -1,0 +1,26 @@
+"""Descriptor matching: Lowe's ratio test, the mutual check and group-aware ratios, against brute force."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pylocalize.features import match_descriptors
+
+
+def test_match_descriptors_against_brute_force():
+    rng = np.random.default_rng(2)
+    b = rng.integers(0, 256, (300, 128)).astype(np.float32)
+    a = np.concatenate([b[:100] + rng.normal(scale=8, size=(100, 128)), rng.integers(0, 256, (50, 128))])
+    d = np.sqrt(((a[:, None] - b[None]) ** 2).sum(-1))
+    order = np.argsort(d, 1)
+    nearest, second = order[:, 0], d[np.arange(len(a)), order[:, 1]]
+    back = np.argmin(d, 0)
+    expected = [(i, nearest[i]) for i in range(len(a))
+                if d[i, nearest[i]] < 0.8 * second[i] and back[nearest[i]] == i]
+    got = match_descriptors(a, b, 0.8)
+    assert [tuple(x) for x in got] == expected and len(expected) >= 95
+    # two copies of each feature under one group label: the ratio test looks past the copy
+    groups = np.r_[np.arange(300), np.arange(300)]
+    doubled = match_descriptors(a[:100], np.concatenate([b, b + 0.5]), 0.8, mutual=False, groups_b=groups)
+    assert len(doubled) >= 95 and (groups[doubled[:, 1]] == doubled[:, 0]).all()
+    assert len(match_descriptors(a[:100], np.concatenate([b, b + 0.5]), 0.8, mutual=False)) == 0
