@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import trimesh
+from PIL import Image
 
 import pylocalize
 from pylocalize.geometry import fibonacci_sphere, look_at, viewpoint_poses
@@ -161,7 +163,6 @@ def raycast(vertices, faces, origin, dirs):
 
 
 def test_depth_matches_raycast():
-    trimesh = pytest.importorskip("trimesh")
     tm = trimesh.creation.icosphere(subdivisions=3, radius=1.0)
     tm.vertices[:, 0] *= 1.5  # an ellipsoid: not symmetric about the view direction
     mesh = Mesh(tm.vertices, tm.faces)
@@ -310,9 +311,6 @@ def test_load_real_meshes_with_texture_and_vertex_colours():
 
 
 def test_obj_with_mtl_texture(tmp_path):
-    pytest.importorskip("PIL")
-    from PIL import Image
-
     tex = np.zeros((8, 8, 3), np.uint8)
     tex[:4] = (250, 10, 10)
     tex[4:] = (10, 10, 250)
@@ -335,7 +333,6 @@ def test_matches_opengl_reference():
     from pylocalize.bench.opengl import ModernGLRenderer
     from pylocalize.datasets.synthetic import procedural_texture
 
-    trimesh = pytest.importorskip("trimesh")
     tm = trimesh.creation.capsule(height=1.0, radius=0.5, count=[24, 24])
     rng = np.random.default_rng(0)
     uv = np.stack([np.arctan2(tm.vertices[:, 1], tm.vertices[:, 0]) / (2 * np.pi) + 0.5,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pycolmap
 import pytest
 
 from pylocalize.datasets.synthetic import courtyard_scene
@@ -77,7 +78,6 @@ def test_query_poses_are_new_and_near_the_loop(scene):
 
 
 def test_export_colmap_and_pose_file(scene, tmp_path):
-    pycolmap = pytest.importorskip("pycolmap")
     out = scene.export(tmp_path / "scene")
     assert sorted(p.name for p in (out / "images").iterdir()) == sorted(scene.names)
     rec = pycolmap.Reconstruction(str(out / "sparse"))
