@@ -22,6 +22,7 @@ import numpy as np
 
 from pylocalize.containers import write_bytes_atomic
 from pylocalize.geometry import look_at, write_pose_file
+from pylocalize.geometry.camera import Camera
 from pylocalize.render import Mesh, Renderer
 
 ATLAS_W, ATLAS_H = 4096, 2560
@@ -100,8 +101,6 @@ class SyntheticScene:
     @property
     def camera(self):
         """The shared :class:`~pylocalize.geometry.camera.Camera` of every view (PINHOLE)."""
-        from pylocalize.geometry.camera import Camera
-
         return Camera.from_K(self.K, self.width, self.height)
 
     def colmap_model(self):
@@ -301,8 +300,6 @@ def _box(b, cx, cy, sx, sy, sz, tile):
 def textured_box_object(seed: int = 0, size=(80.0, 50.0, 120.0), tile: int = 256):
     """A test object: a box (mm) centred at the origin, each face with its own procedural
     texture, so every view of it is unambiguous. Returns a :class:`~pylocalize.render.Mesh`."""
-    from pylocalize.render import Mesh
-
     rng = np.random.default_rng(seed)
     atlas = np.concatenate([np.concatenate([procedural_texture(rng, tile, tile) for _ in range(3)], 1)
                             for _ in range(2)], 0)

@@ -34,6 +34,7 @@ import numpy as np
 
 from pylocalize import _core
 from pylocalize._core import FormatError
+from pylocalize.containers import LAYOUT_ERRORS, read_layout
 
 FORMAT_TAG = "GeoCellHierarchy"
 # Layout version of a saved hierarchy; bumped when sections or meta change.
@@ -391,8 +392,6 @@ class CellHierarchy:
         """Reads :meth:`save` output (a path) or :meth:`serialize` output (a ``uint8`` array);
         a corrupt file, another version or another kind of file raises
         :class:`pylocalize.FormatError`."""
-        from pylocalize.containers import LAYOUT_ERRORS, read_layout
-
         meta, sec = read_layout(source, FORMAT_TAG, "hierarchy_version", HIERARCHY_VERSION, "a cell hierarchy",
                                 "build the cells again (pylocalize geo cells)")
         name = "data" if isinstance(source, np.ndarray) else source

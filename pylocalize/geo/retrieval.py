@@ -27,8 +27,11 @@ import numpy as np
 
 from pylocalize import _core
 from pylocalize._core import FormatError
+from pylocalize.codes import pack_bits
+from pylocalize.containers import LAYOUT_ERRORS
 from pylocalize.geo.cells import check_latlon, latlon_to_xyz, xyz_to_latlon
 from pylocalize.geo.metrics import EARTH_RADIUS_KM
+from pylocalize.index import BinaryIndex
 
 FORMAT_TAG = "GeoGallery"
 # Layout version of a saved gallery; bumped when sections or meta change.
@@ -122,8 +125,6 @@ class GeoGallery:
         self.dim = int(self.embeddings.shape[1])
         self._index = None
         if self.binary:
-            from pylocalize.index import BinaryIndex
-
             self._index = BinaryIndex(self.nbits)
             self._index.add(self._codes(self.embeddings))
 
@@ -139,8 +140,6 @@ class GeoGallery:
         return f"GeoGallery({len(self)} images, dim={self.dim}, {'binary' if self.binary else 'float'})"
 
     def _codes(self, x: np.ndarray) -> np.ndarray:
-        from pylocalize.codes import pack_bits
-
         return pack_bits(np.pad(x > 0, ((0, 0), (0, self.nbits - self.dim))))
 
     def search(self, query_embeddings, k: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -195,8 +194,6 @@ class GeoGallery:
     def load(cls, path) -> "GeoGallery":
         """Reads :meth:`save` output; a corrupt file, another version or another kind of file
         raises :class:`pylocalize.FormatError`."""
-        from pylocalize.containers import LAYOUT_ERRORS
-
         tag, _, meta, sec = _core.read_container(os.fspath(path))
         if tag != FORMAT_TAG:
             raise FormatError(f"{path} holds a {tag}, not a {FORMAT_TAG}")

@@ -12,6 +12,8 @@ from typing import Dict, Iterable, Tuple
 
 import numpy as np
 
+from pylocalize.containers import write_bytes_atomic
+
 
 def quaternion_from_matrix(R: np.ndarray) -> np.ndarray:
     """Unit quaternion ``(qw, qx, qy, qz)`` with ``qw >= 0`` of a rotation matrix."""
@@ -101,8 +103,6 @@ def write_pose_file(path, poses: Iterable[Tuple[str, np.ndarray]]) -> None:
         For what the file could not read back as given: a name with whitespace or a
         leading ``#``, a repeated name, a matrix that is not a rotation, a non-finite value.
     """
-    from pylocalize.containers import write_bytes_atomic
-
     lines, seen = [], set()
     for name, pose in poses:
         check_pose_name(name)

@@ -27,8 +27,10 @@ from typing import Optional, Tuple
 import numpy as np
 
 from pylocalize._core import FormatError
+from pylocalize._folders import FolderLock, remove_unreferenced, unique_name
 from pylocalize.codes import binarize
 from pylocalize.codes.learned import RecurrentBinarizer
+from pylocalize.containers import write_bytes_atomic
 from pylocalize.index.binary import MultiBitIndex
 
 INFO_FILE = "two_stage.json"
@@ -187,8 +189,6 @@ class TwoStageIndex:
             # A new index starts empty, whatever the folder held: its vectors go to a new file,
             # and the folder's old index stays loadable (its files untouched, so that readers
             # mapping them keep working) until this one's first save commits.
-            from pylocalize._folders import unique_name
-
             self.path.mkdir(parents=True, exist_ok=True)
             self._become_writer()
             self._vectors_file = unique_name("vectors", ".f32")
@@ -228,8 +228,6 @@ class TwoStageIndex:
         another writer has committed to since it was loaded."""
         if self._writer is not None:
             return
-        from pylocalize._folders import FolderLock
-
         lock = FolderLock(self.path, LOCK_FILE, wait=False, what="a TwoStageIndex",
                           fix="close the other index (TwoStageIndex.close()) before writing to this folder")
         if self._committed is not None:
@@ -285,9 +283,6 @@ class TwoStageIndex:
         if path is not None and not _same_folder(Path(path), self.path):
             self._save_copy(Path(path))
             return
-        from pylocalize._folders import remove_unreferenced, unique_name
-        from pylocalize.containers import write_bytes_atomic
-
         with self._rw.write():
             self._become_writer()
             codes_file = unique_name("codes", ".pyloc")

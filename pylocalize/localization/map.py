@@ -34,14 +34,19 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
+from pylocalize import _core
 from pylocalize._core import FormatError
+from pylocalize._folders import FolderLock, remove_unreferenced, unique_name
 from pylocalize.containers import LAYOUT_ERRORS, read_layout
 from pylocalize.datasets.strecha import read_strecha_scene
 from pylocalize.features import EXTRACTORS, extract_sift, match_descriptors
+from pylocalize.geometry import read_pose_file
 from pylocalize.geometry.absolute_pose import AbsolutePose, estimate_absolute_pose
-from pylocalize.geometry.camera import Camera
+from pylocalize.geometry.camera import Camera, read_cameras_file
 from pylocalize.index.cann import CANNIndex
 from pylocalize.io import image_files, image_size, load_pixels, read_image  # noqa: F401 (read_image's old path)
+from pylocalize.localization.sfm import reconstruct
+from pylocalize.localization.triangulation import select_pairs, triangulate
 
 # Version of the map layout inside the container; bumped when sections or meta change.
 # 1: one file, PINHOLE K per image. 2: a directory, COLMAP cameras, extractor, CANN index
@@ -274,8 +279,6 @@ class Map:
         Each image is matched with its ``neighbours`` nearest cameras and its
         ``retrieval_pairs`` best CANN retrieval results among the other images.
         """
-        from pylocalize.localization.triangulation import select_pairs, triangulate
-
         poses = np.asarray(cam_from_world, dtype=np.float64)
         n = len(names)
         if poses.shape != (n, 3, 4) or len(cameras) != n:
@@ -328,9 +331,6 @@ class Map:
         """A map from a pose file (``name qw qx qy qz tx ty tz``, cam_from_world), cameras
         (a cameras file of ``name MODEL W H PARAMS...`` lines, or one camera for all) and
         the folder holding the images."""
-        from pylocalize.geometry import read_pose_file
-        from pylocalize.geometry.camera import read_cameras_file
-
         pose_of = read_pose_file(poses)
         names = sorted(pose_of)
         if isinstance(cameras, (Camera, str)) and not Path(str(cameras)).is_file():
@@ -384,8 +384,6 @@ class Map:
         ``retriangulate``, the points are triangulated again from the SfM cameras and
         poses as in :meth:`from_features`; otherwise the map keeps SfM's own points.
         """
-        from pylocalize.localization.sfm import reconstruct
-
         image_dir = Path(image_dir)
         names = [p.name for p in image_files(image_dir)]
         if len(names) < 3:
@@ -450,9 +448,6 @@ class Map:
         Two saves into one folder take turns (a lock on ``map.lock``).
         """
         import json
-
-        from pylocalize import _core
-        from pylocalize._folders import FolderLock, remove_unreferenced, unique_name
 
         path = Path(path)
         if path.is_file():

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pylocalize.io import read_image
+from pylocalize.localization.map import image_path
+
 
 def draw_matches(ax, image: np.ndarray, result, m, camera) -> None:
     """The query with its 2D-3D matches: inliers green, outliers red, and for inliers the
@@ -44,9 +47,6 @@ def save_localization_figure(path, image: np.ndarray, result, m, camera, image_d
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from pylocalize.io import read_image
-    from pylocalize.localization.map import image_path
 
     shown = result.retrieved[:num_retrieved] if image_dir is not None else []
     fig, axes = plt.subplots(1, 1 + len(shown), figsize=(6 * (1 + len(shown)), 4.5), squeeze=False)
