@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import List, Sequence, Tuple
 
 import numpy as np
+from tqdm import tqdm
 
 from pylocalize.features import match_descriptors
 
@@ -69,13 +70,38 @@ def triangulate(cameras, cam_from_world: np.ndarray, keypoints: Sequence[np.ndar
         Per image, the 3D point of each keypoint, -1 for none.
     points3D : float64 (p, 3)
     """
-    from tqdm import tqdm
-
     n = len(cameras)
     poses = np.asarray(cam_from_world, dtype=np.float64)
     Ks = np.stack([c.K for c in cameras]) if n else np.zeros((0, 3, 3))
     xy = [c.undistort(k) for c, k in zip(cameras, keypoints)]
     offsets = np.cumsum([0] + [len(k) for k in keypoints])
+    point_ids = [np.full(len(k), -1, np.int64) for k in keypoints]
+    if offsets[-1] == 0:
+        return point_ids, np.zeros((0, 3))
+    roots = _track_roots(Ks, poses, xy, descriptors, pairs, offsets, ratio, max_epipolar_px, progress)
+    image_of = np.repeat(np.arange(n), np.diff(offsets))
+    all_xy = np.concatenate(xy)
+    order = np.argsort(roots, kind="stable")
+    starts = np.flatnonzero(np.r_[True, roots[order][1:] != roots[order][:-1]])
+    lengths = np.diff(np.r_[starts, len(order)])
+    points, owners = [], []
+    for length in np.unique(lengths[lengths >= 2]):
+        members = order[starts[lengths == length][:, None] + np.arange(length)]  # (t, L) features
+        imgs = image_of[members]
+        consistent = np.array([len(set(row)) == length for row in imgs.tolist()])
+        members, imgs = members[consistent], imgs[consistent]  # one feature per image and track
+        if len(members) == 0:
+            continue
+        X, ok = _triangulate_tracks(Ks, poses, all_xy[members], imgs, max_reprojection_px, min_angle_deg)
+        points.append(X[ok])
+        owners.append(members[ok])
+    _assign_point_ids(point_ids, points, owners, image_of, offsets)
+    return point_ids, (np.concatenate(points) if points else np.zeros((0, 3)))
+
+
+def _track_roots(Ks, poses, xy, descriptors, pairs, offsets, ratio, max_epipolar_px, progress) -> np.ndarray:
+    """Per feature (numbered across images), the root of its track: features joined by
+    ratio-test matches that agree with the known epipolar geometry (union-find)."""
     parent = np.arange(offsets[-1])
 
     def find(x):
@@ -96,43 +122,36 @@ def triangulate(cameras, cam_from_world: np.ndarray, keypoints: Sequence[np.ndar
             ra, rb = find(i), find(j)
             if ra != rb:
                 parent[ra] = rb
-    roots = np.array([find(x) for x in range(offsets[-1])], dtype=np.int64)
-    point_ids = [np.full(len(k), -1, np.int64) for k in keypoints]
-    if offsets[-1] == 0:
-        return point_ids, np.zeros((0, 3))
-    image_of = np.repeat(np.arange(n), np.diff(offsets))
-    all_xy = np.concatenate(xy)
-    order = np.argsort(roots, kind="stable")
-    starts = np.flatnonzero(np.r_[True, roots[order][1:] != roots[order][:-1]])
-    lengths = np.diff(np.r_[starts, len(order)])
+    return np.array([find(x) for x in range(offsets[-1])], dtype=np.int64)
+
+
+def _triangulate_tracks(Ks, poses, x, imgs, max_reprojection_px: float, min_angle_deg: float):
+    """Linear (DLT) points of ``t`` tracks of one length ``L`` (``x`` (t, L, 2) undistorted
+    pixels seen by images ``imgs`` (t, L)), and which of them pass the checks: in front of
+    every camera, reprojected within ``max_reprojection_px``, rays at least ``min_angle_deg``
+    apart."""
     P = np.einsum("nij,njk->nik", Ks, poses)
-    centres = camera_centres(poses)
-    points, owners = [], []
-    for length in np.unique(lengths[lengths >= 2]):
-        members = order[starts[lengths == length][:, None] + np.arange(length)]  # (t, L) features
-        imgs = image_of[members]
-        consistent = np.array([len(set(row)) == length for row in imgs.tolist()])
-        members, imgs = members[consistent], imgs[consistent]  # one feature per image and track
-        if len(members) == 0:
-            continue
-        x = all_xy[members]  # (t, L, 2)
-        Pm = P[imgs]  # (t, L, 3, 4)
-        A = np.concatenate([x[..., :1] * Pm[:, :, 2] - Pm[:, :, 0], x[..., 1:] * Pm[:, :, 2] - Pm[:, :, 1]], 1)
-        A /= np.linalg.norm(A, axis=2, keepdims=True) + 1e-12  # row scaling for conditioning
-        X = np.linalg.svd(A)[2][:, -1]
-        w = X[:, 3]
-        ok = np.abs(w) > 1e-12
-        X = X[:, :3] / np.where(ok, w, 1)[:, None]
-        cam = np.einsum("tlij,tj->tli", poses[imgs][..., :3], X) + poses[imgs][..., 3]
-        ok &= (cam[..., 2] > 0).all(1)
-        proj = np.einsum("tlij,tlj->tli", Ks[imgs], cam)
-        err = np.linalg.norm(proj[..., :2] / np.where(np.abs(proj[..., 2:]) > 1e-12, proj[..., 2:], 1e-12) - x, axis=2)
-        rays = centres[imgs] - X[:, None]
-        rays /= np.linalg.norm(rays, axis=2, keepdims=True) + 1e-12
-        cos = np.einsum("tai,tbi->tab", rays, rays).min(axis=(1, 2))
-        ok &= (err.max(1) <= max_reprojection_px) & (cos <= np.cos(np.radians(min_angle_deg)))
-        points.append(X[ok])
-        owners.append(members[ok])
+    Pm = P[imgs]  # (t, L, 3, 4)
+    A = np.concatenate([x[..., :1] * Pm[:, :, 2] - Pm[:, :, 0], x[..., 1:] * Pm[:, :, 2] - Pm[:, :, 1]], 1)
+    A /= np.linalg.norm(A, axis=2, keepdims=True) + 1e-12  # row scaling for conditioning
+    X = np.linalg.svd(A)[2][:, -1]
+    w = X[:, 3]
+    ok = np.abs(w) > 1e-12
+    X = X[:, :3] / np.where(ok, w, 1)[:, None]
+    cam = np.einsum("tlij,tj->tli", poses[imgs][..., :3], X) + poses[imgs][..., 3]
+    ok &= (cam[..., 2] > 0).all(1)
+    proj = np.einsum("tlij,tlj->tli", Ks[imgs], cam)
+    depth = np.where(np.abs(proj[..., 2:]) > 1e-12, proj[..., 2:], 1e-12)
+    err = np.linalg.norm(proj[..., :2] / depth - x, axis=2)
+    rays = camera_centres(poses)[imgs] - X[:, None]
+    rays /= np.linalg.norm(rays, axis=2, keepdims=True) + 1e-12
+    cos = np.einsum("tai,tbi->tab", rays, rays).min(axis=(1, 2))
+    ok &= (err.max(1) <= max_reprojection_px) & (cos <= np.cos(np.radians(min_angle_deg)))
+    return X, ok
+
+
+def _assign_point_ids(point_ids, points, owners, image_of, offsets) -> None:
+    """Writes each kept point's id into the point ids of the keypoints of its track."""
     start = 0
     for X, members in zip(points, owners):
         ids = start + np.arange(len(X))
@@ -142,4 +161,3 @@ def triangulate(cameras, cam_from_world: np.ndarray, keypoints: Sequence[np.ndar
                 sel = img == i
                 point_ids[i][column[sel] - offsets[i]] = ids[sel]
         start += len(X)
-    return point_ids, (np.concatenate(points) if points else np.zeros((0, 3)))
