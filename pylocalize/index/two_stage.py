@@ -79,6 +79,42 @@ def _same_folder(a: Path, b: Path) -> bool:
         return False
 
 
+def _read_manifest(path: Path):
+    """``(raw bytes, manifest, layout)`` of the folder's manifest, its own CRC checked."""
+    try:
+        raw = (path / INFO_FILE).read_bytes()
+        info = json.loads(raw)
+        if not isinstance(info, dict):
+            raise ValueError("the manifest is not a JSON object")
+    except (FileNotFoundError, ValueError) as error:
+        raise FormatError(f"{path}: not a saved TwoStageIndex ({error})") from None
+    layout = info.get("layout", 1)
+    if layout not in (1, LAYOUT):
+        raise FormatError(f"{path}: a TwoStageIndex of layout {layout}; this pylocalize reads layouts 1 and "
+                          f"{LAYOUT}: upgrade pylocalize or {_REBUILD}")
+    if layout == LAYOUT and info.get("manifest_crc32") != _manifest_crc(info):
+        # a flipped digit in the manifest (a count, a centre value, "candidates") would
+        # otherwise load as another index
+        raise FormatError(f"{path / INFO_FILE}: the manifest's CRC-32 does not match its contents; the file is "
+                          f"damaged: {_REBUILD}")
+    return raw, info, layout
+
+
+def _manifest_files(info: dict, layout: int) -> dict:
+    """The files a manifest names, each checked to be a name a save writes (layout 1 had
+    fixed names)."""
+    if layout == 1:
+        return {"vectors_file": VECTORS_FILE, "codes_file": CODES_FILE,
+                "binarizer_file": BINARIZER_FILE if info["learned"] else None}
+    files = {key: info[key] for key in _NAMES}
+    for key, pattern in _NAMES.items():
+        name = files[key]
+        if (name is not None or key != "binarizer_file" or info["learned"]) and \
+                not (isinstance(name, str) and pattern.match(name)):
+            raise ValueError(f"{key} {name!r} is not a name a save writes")
+    return files
+
+
 class _ReadWriteLock:
     """Many searches at once, or one add/save alone (searches must not read the codes while
     ``add`` grows them)."""
@@ -386,33 +422,9 @@ class TwoStageIndex:
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"{path}: no such folder (a TwoStageIndex is a folder)")
+        raw, info, layout = _read_manifest(path)
         try:
-            raw = (path / INFO_FILE).read_bytes()
-            info = json.loads(raw)
-            if not isinstance(info, dict):
-                raise ValueError("the manifest is not a JSON object")
-        except (FileNotFoundError, ValueError) as error:
-            raise FormatError(f"{path}: not a saved TwoStageIndex ({error})") from None
-        layout = info.get("layout", 1)
-        if layout not in (1, LAYOUT):
-            raise FormatError(f"{path}: a TwoStageIndex of layout {layout}; this pylocalize reads layouts 1 and "
-                              f"{LAYOUT}: upgrade pylocalize or {_REBUILD}")
-        if layout == LAYOUT and info.get("manifest_crc32") != _manifest_crc(info):
-            # a flipped digit in the manifest (a count, a centre value, "candidates") would
-            # otherwise load as another index
-            raise FormatError(f"{path / INFO_FILE}: the manifest's CRC-32 does not match its contents; the file is "
-                              f"damaged: {_REBUILD}")
-        try:
-            if layout == 1:
-                files = {"vectors_file": VECTORS_FILE, "codes_file": CODES_FILE,
-                         "binarizer_file": BINARIZER_FILE if info["learned"] else None}
-            else:
-                files = {key: info[key] for key in _NAMES}
-                for key, pattern in _NAMES.items():
-                    name = files[key]
-                    if (name is not None or key != "binarizer_file" or info["learned"]) and \
-                            not (isinstance(name, str) and pattern.match(name)):
-                        raise ValueError(f"{key} {name!r} is not a name a save writes")
+            files = _manifest_files(info, layout)
             binarizer = None
             if info["learned"]:
                 binarizer = RecurrentBinarizer.load(path / files["binarizer_file"])
