@@ -1,6 +1,7 @@
-"""The ``pylocalize`` command line: ``info``, ``demo``, ``render``, ``evaluate``, ``bench``.
+"""The ``pylocalize`` command line: maps and localization, object pose, geo-localization,
+pose-text retrieval, demos and benchmarks.
 
-Its first line is ``pylocalize --help``'s description. Each part of the package registers
+Its first paragraph is ``pylocalize --help``'s description. Each part of the package registers
 its own commands with ``add_parser(subparsers)`` (``localization/cli.py``, ``objects/cli.py``,
 ``geo/cli.py``...); this module only builds the top-level parser, applies ``--threads`` and
 dispatches. The command modules import nothing heavy at module level (torch, pycolmap and the
