@@ -201,29 +201,3 @@ def test_bop_scene_evaluation_through_the_cli(tmp_path, box_and_representation, 
         main(["objects", "eval", "--bop", str(scene), "--rep", str(tmp_path / "box.pyloc"), "--obj-id", "7",
               "--out", str(tmp_path / "x.csv")])
 
-
-def test_inverted_file_matches_dense_scoring():
-    from pylocalize import _core
-
-    rng = np.random.default_rng(3)
-    docs = np.where(rng.random((50, 200)) < 0.05, rng.random((50, 200)), 0).astype(np.float32)
-    index = _core.InvertedFile(200)
-    for d, vector in enumerate(docs):
-        words = np.flatnonzero(vector)
-        index.add(words.astype(np.int64), vector[words], 100 + d)
-    assert index.num_documents == 50 and index.num_entries == int((docs > 0).sum())
-    for _ in range(5):
-        query = np.where(rng.random(200) < 0.1, rng.random(200), 0).astype(np.float32)
-        words = np.flatnonzero(query)
-        scores, ids = index.search(words.astype(np.int64), query[words], 10)
-        dense = docs @ query
-        order = np.lexsort((np.arange(50), -dense))[:10]  # score descending, smaller id on ties
-        np.testing.assert_array_equal(ids, 100 + order)
-        np.testing.assert_allclose(scores, dense[order], rtol=1e-5)
-    scores, ids = index.search(np.array([0], np.int64), np.array([1.0], np.float32), 60)
-    assert ids[-1] == -1 and scores[-1] == -np.inf
-    with pytest.raises(ValueError, match="outside"):
-        index.add(np.array([200], np.int64), np.array([1.0], np.float32), 0)
-    with pytest.raises(ValueError, match="differ in length"):
-        index.search(np.array([1, 2], np.int64), np.array([1.0], np.float32), 3)
-    assert index.num_documents == 50  # the failed add left the file unchanged
