@@ -201,3 +201,37 @@ def test_bop_scene_evaluation_through_the_cli(tmp_path, box_and_representation, 
         main(["objects", "eval", "--bop", str(scene), "--rep", str(tmp_path / "box.pyloc"), "--obj-id", "7",
               "--out", str(tmp_path / "x.csv")])
 
+
+
+def test_stages_callable_alone(box_and_representation):
+    """The stages of estimate, called one by one, give what estimate gives; retrieval is
+    tf-idf cosine ranking and selection follows its rule over PoseHypothesis records."""
+    from pylocalize.objects.representation import PoseHypothesis
+
+    mesh, rep = box_and_representation
+    pose, image, mask = random_view(mesh, np.random.default_rng(21))
+    result = rep.estimate(image, K_QUERY, mask=mask)
+    assert result.success and all(isinstance(h, PoseHypothesis) for h in result.hypotheses)
+    ys, xs = np.nonzero(mask)
+    query = rep.crop_query(image, K_QUERY, (xs.min(), ys.min(), xs.max(), ys.max()), mask, rep.default_extractor())
+    assert query.descriptors.shape == (len(query.xy), rep.patch_desc.shape[1])
+    # the bag-of-words shortlist is the brute-force cosine ranking of the templates' tf-idf vectors
+    bag = rep.bow.tfidf(rep.bow.histograms(query.descriptors, np.zeros(len(query.descriptors), np.int64), 1))[0]
+    cosine = rep.template_bow.astype(np.float64) @ bag
+    shortlist = rep.bow_shortlist(query.descriptors, 20)
+    np.testing.assert_allclose(cosine[shortlist], np.sort(cosine)[::-1][:20], rtol=1e-5)
+    matches = rep.retrieve_templates(query)
+    assert [m.template for m in matches] == result.templates
+    consistent = [m.num_consistent(rep.patch_size) for m in matches]
+    assert consistent == sorted(consistent, reverse=True)
+    hypotheses = rep.pose_hypotheses(query, matches)
+    assert [h.template for h in hypotheses] == [h.template for h in result.hypotheses]
+    for h in hypotheses:
+        assert h.R.shape == (3, 3) and h.t.shape == (3,) and 6 <= h.num_inliers <= h.num_matches
+    assert rep.select_hypothesis(query, hypotheses, "inliers").num_inliers == max(h.num_inliers for h in hypotheses)
+    if len(hypotheses) > 1:
+        query.feature_map, query.stride = rep.query_feature_map(query, rep.default_extractor())
+        best = rep.select_hypothesis(query, hypotheses, "featuremetric")
+        assert best.featuremetric_cost == min(h.featuremetric_cost for h in hypotheses)
+        assert best.template == result.template
+        np.testing.assert_allclose(best.R, result.R_coarse, atol=1e-6)
