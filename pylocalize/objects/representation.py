@@ -553,11 +553,10 @@ def onboard(mesh, extractor=None, num_views: int = 57, num_inplane: int = 14, si
         Mask erosion before patches are kept, so that patches on the silhouette (half
         background) are not used.
     """
-    import cv2
     from tqdm import tqdm
 
     from pylocalize.geometry import viewpoint_poses
-    from pylocalize.render import Renderer, load_mesh
+    from pylocalize.render import load_mesh
 
     if not hasattr(mesh, "faces"):
         mesh = load_mesh(mesh)
@@ -568,24 +567,14 @@ def onboard(mesh, extractor=None, num_views: int = 57, num_inplane: int = 14, si
         raise ValueError(f"template size {size} must be a multiple of the patch size {extractor.patch_size}")
     diameter = float(mesh.extent)
     poses = viewpoint_poses(num_views, num_inplane, radius=distance or 2.5 * diameter, center=mesh.center)
-    kernel = np.ones((2 * erode_px + 1, 2 * erode_px + 1), np.uint8) if erode_px > 0 else None
     Ks, groups, xys, xyzs, descs = [], [], [], [], []
-    gh = gw = size // extractor.patch_size
-    centres = patch_centres(gh, gw, extractor.patch_size)
-    pixels = np.rint(centres).astype(int)
     for template, pose in enumerate(tqdm(poses, desc="onboarding: templates", disable=not progress, leave=False)):
-        K = template_intrinsics(mesh.vertices, pose, size, padding)
-        out = Renderer(size, size, K, supersample=3).render(mesh, pose, outputs=("rgb", "mask", "xyz"))
-        mask = out.mask[0].astype(np.uint8)
-        if kernel is not None:
-            mask = cv2.erode(mask, kernel)
-        keep = mask[pixels[:, 1], pixels[:, 0]] > 0
-        features = extractor(out.rgb[0]).reshape(-1, extractor.dim)
+        K, xy, xyz, desc = _render_template(mesh, pose, size, padding, extractor, erode_px)
         Ks.append(K)
-        groups.append(np.full(int(keep.sum()), template, np.int64))
-        xys.append(centres[keep])
-        xyzs.append(out.xyz[0][pixels[keep, 1], pixels[keep, 0]])
-        descs.append(features[keep])
+        groups.append(np.full(len(xy), template, np.int64))
+        xys.append(xy)
+        xyzs.append(xyz)
+        descs.append(desc)
     groups = np.concatenate(groups)
     if len(groups) == 0:
         raise ValueError("no template has foreground patches: is the mesh degenerate?")
@@ -595,3 +584,23 @@ def onboard(mesh, extractor=None, num_views: int = 57, num_inplane: int = 14, si
     template_bow = bow.tfidf(bow.histograms(reduced, groups, len(poses)))
     return ObjectRepresentation(poses, np.stack(Ks), groups, np.concatenate(xys), np.concatenate(xyzs), reduced, bow,
                                 template_bow, size, padding, extractor.patch_size, extractor.name, diameter)
+
+
+def _render_template(mesh, pose: np.ndarray, size: int, padding: float, extractor, erode_px: int):
+    """One template: its crop intrinsics, and the crop positions ``(n, 2)``, model points
+    ``(n, 3)`` and descriptors ``(n, dim)`` of its patches on the object. The mask is eroded
+    first so that patches on the silhouette (half background) are not kept."""
+    import cv2
+
+    from pylocalize.render import Renderer
+
+    K = template_intrinsics(mesh.vertices, pose, size, padding)
+    out = Renderer(size, size, K, supersample=3).render(mesh, pose, outputs=("rgb", "mask", "xyz"))
+    mask = out.mask[0].astype(np.uint8)
+    if erode_px > 0:
+        mask = cv2.erode(mask, np.ones((2 * erode_px + 1, 2 * erode_px + 1), np.uint8))
+    centres = patch_centres(size // extractor.patch_size, size // extractor.patch_size, extractor.patch_size)
+    pixels = np.rint(centres).astype(int)
+    keep = mask[pixels[:, 1], pixels[:, 0]] > 0
+    features = extractor(out.rgb[0]).reshape(-1, extractor.dim)
+    return K, centres[keep], out.xyz[0][pixels[keep, 1], pixels[keep, 0]], features[keep]
