@@ -73,6 +73,20 @@ def test_ransac_options_seed_and_checks():
                             ({"min_trials": -1}, "min_trials must be >= 0"),
                             ({"confidence": 1.0}, r"confidence must be in \(0, 1\)"),
                             ({"min_inlier_ratio": 0.0}, r"min_inlier_ratio must be in \(0, 1\]"),
-                            ({"seed": -1}, "seed must be >= 0")):
+                            ({"seed": -1}, "seed must be >= 0"),
+                            ({"loss_scale_px": 0.0}, "loss_scale_px must be positive")):
         with pytest.raises(ValueError, match=message):
             estimate_absolute_pose(uv[:3], X[:3], K, image_size=(640, 480), **kwargs)
+
+
+def test_refinement_loss_scale_reaches_the_refinement():
+    """With 4 px of noise, a Cauchy scale at the noise level uses every inlier fully and lands
+    closer to the truth than the default 1 px scale, which treats most of them as outliers."""
+    K, pose, X, uv, bad = _scene(4, outliers=0.0, noise_px=4.0)
+    tight = estimate_absolute_pose(uv, X, K, 16.0, image_size=(640, 480), seed=0)
+    wide = estimate_absolute_pose(uv, X, K, 16.0, image_size=(640, 480), seed=0, loss_scale_px=4.0)
+    np.testing.assert_array_equal(tight.inlier_mask, wide.inlier_mask)  # the same RANSAC
+    assert np.abs(tight.cam_from_world - wide.cam_from_world).max() > 1e-6
+    centre = -pose[:, :3].T @ pose[:, 3]
+    errors = [np.linalg.norm(-r.R.T @ r.t - centre) for r in (tight, wide)]
+    assert errors[1] < 0.8 * errors[0]  # 0.019 against 0.029 (seeds 4-9: always lower)

@@ -90,7 +90,8 @@ def estimate_absolute_pose(points2D, points3D, camera: Union[Camera, np.ndarray]
                            max_error_px: float = 4.0, *, image_size=None, covariance: bool = False,
                            max_trials: Optional[int] = None, min_trials: Optional[int] = None,
                            confidence: Optional[float] = None, min_inlier_ratio: Optional[float] = None,
-                           seed: Optional[int] = None) -> Optional[AbsolutePose]:
+                           seed: Optional[int] = None, loss_scale_px: Optional[float] = None,
+                           ) -> Optional[AbsolutePose]:
     """The ``cam_from_world`` pose that best explains ``points2D`` as images of ``points3D``.
 
     Parameters
@@ -113,6 +114,11 @@ def estimate_absolute_pose(points2D, points3D, camera: Union[Camera, np.ndarray]
         with fewer inliers need it lowered.
     seed : int, optional
         RANSAC's random seed, for repeatable results; default a random seed per call.
+    loss_scale_px : float, optional
+        Scale of the Cauchy loss of the refinement that follows RANSAC, in pixels: inliers
+        whose error is well above it count little. pycolmap's default, 1 px, suits keypoint
+        matches; 2D points that are coarser by construction (patch centres) need their
+        own noise level here.
 
     Returns
     -------
@@ -133,10 +139,15 @@ def estimate_absolute_pose(points2D, points3D, camera: Union[Camera, np.ndarray]
     options = pycolmap.AbsolutePoseEstimationOptions()
     options.ransac.max_error = float(max_error_px)
     _ransac_options(options.ransac, max_trials, min_trials, confidence, min_inlier_ratio, seed)
+    refinement = pycolmap.AbsolutePoseRefinementOptions()
+    if loss_scale_px is not None:
+        if not loss_scale_px > 0:
+            raise ValueError(f"loss_scale_px must be positive, got {loss_scale_px}")
+        refinement.loss_function_scale = float(loss_scale_px)
     if len(points2D) < 4:
         return None
     result = pycolmap.estimate_and_refine_absolute_pose(
-        points2D + 0.5, points3D, camera.to_pycolmap(), options, return_covariance=covariance)
+        points2D + 0.5, points3D, camera.to_pycolmap(), options, refinement, return_covariance=covariance)
     if result is None:
         return None
     cov = result.get("covariance") if covariance else None
