@@ -7,9 +7,11 @@ builds a visual vocabulary (the core's k-means) with one tf-idf bag of words per
 
 Pose estimation (:meth:`ObjectRepresentation.estimate`) crops the query around the
 object's mask or box, extracts its patch descriptors, retrieves the templates with the
-most similar bags of words, matches query patches to each template's patches by cyclic
-nearest neighbours (core kNN), and solves PnP-RANSAC on the 2D-3D matches of each; the
-hypothesis with the most inliers wins. Poses are ``cam_from_model`` in the mesh's units.
+most similar bags of words (:class:`~pylocalize.index.bow.InvertedFile`), matches query
+patches to each template's patches by cyclic nearest neighbours (core kNN), and solves
+PnP-RANSAC on the 2D-3D matches of each with the package's one PnP
+(:func:`~pylocalize.geometry.absolute_pose.estimate_absolute_pose`); one hypothesis wins
+and is refined featuremetrically. Poses are ``cam_from_model`` in the mesh's units.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 
 from pylocalize import _core
 from pylocalize.features.patches import DenseSIFTExtractor, patch_centres
+from pylocalize.geometry.absolute_pose import estimate_absolute_pose
 from pylocalize.index.bow import InvertedFile
 from pylocalize.index.knn import assign, kmeans
 from pylocalize.objects.refine import refine_featuremetric
@@ -32,6 +35,8 @@ from pylocalize._core import FormatError
 REPRESENTATION_VERSION = 1
 FORMAT_TAG = "ObjectRepresentation"
 SELECTION_RULES = ("featuremetric", "inliers")
+# RANSAC for object PnP: a fixed seed, so that an image gives the same pose every time
+PNP_RANSAC = {"seed": 0}
 
 
 @dataclass
@@ -190,21 +195,6 @@ def _object_box(mask: Optional[np.ndarray], bbox):
     return (x, y, x + w - 1, y + h - 1), ""
 
 
-def solve_pnp(points2D: np.ndarray, points3D: np.ndarray, K: np.ndarray, max_error_px: float, image_size,
-              ) -> Optional[Tuple[np.ndarray, np.ndarray, int]]:
-    """``(R, t, num_inliers)`` of PnP-RANSAC on 2D-3D correspondences, or None."""
-    import cv2
-
-    ok, rvec, tvec, inliers = cv2.solvePnPRansac(points3D, points2D, K, None, iterationsCount=300,
-                                                 reprojectionError=max_error_px, confidence=0.999,
-                                                 flags=cv2.SOLVEPNP_EPNP)
-    if not ok or inliers is None:
-        return None
-    inliers = inliers.ravel()
-    rvec, tvec = cv2.solvePnPRefineLM(points3D[inliers], points2D[inliers], K, None, rvec, tvec)
-    return cv2.Rodrigues(rvec)[0], np.asarray(tvec, np.float64).ravel(), len(inliers)
-
-
 class _Stopwatch:
     """Seconds since the previous lap, for the stage timings of an estimate."""
 
@@ -330,7 +320,8 @@ class ObjectRepresentation:
         max_matches : int
             Cyclic matches kept per template, best cycle distance first.
         max_error_patches : float
-            PnP-RANSAC inlier threshold, in patches of the crop.
+            PnP-RANSAC inlier threshold, in patches of the crop (so in crop pixels, times
+            the patch size, whatever the object's size in the image).
         refine : bool
             Featuremetric refinement of the PnP pose (:mod:`~pylocalize.objects.refine`).
         select : {"featuremetric", "inliers"}
@@ -452,11 +443,14 @@ class ObjectRepresentation:
             points2D, points3D = self.correspondences(query, template_matches, max_matches)
             if len(points2D) < min_inliers:
                 continue
-            pose = solve_pnp(points2D, points3D, query.K, max_error_patches * self.patch_size, (self.size, self.size))
-            if pose is None or pose[2] < min_inliers:
+            # the one PnP of the package (LO-RANSAC + refinement); the threshold scale is the
+            # crop's pixels, as the patch grid's
+            pose = estimate_absolute_pose(points2D, points3D, query.K, max_error_patches * self.patch_size,
+                                          image_size=(self.size, self.size), **PNP_RANSAC)
+            if pose is None or pose.num_inliers < min_inliers:
                 continue
-            R, t, num_inliers = pose
-            hypotheses.append(PoseHypothesis(template_matches.template, R, t, num_inliers, len(points2D)))
+            hypotheses.append(PoseHypothesis(template_matches.template, pose.R.copy(), pose.t.copy(),
+                                             pose.num_inliers, len(points2D)))
         return hypotheses
 
     def query_feature_map(self, query: QueryPatches, extractor) -> Tuple[np.ndarray, int]:
