@@ -61,7 +61,7 @@ def test_too_few_and_bad_input():
 def test_ransac_options_seed_and_checks():
     """A seed makes the pose repeatable; RANSAC bounds reach pycolmap, bad ones are refused
     before any work (even with too few points to solve)."""
-    K, pose, X, uv, bad = _scene(3, outliers=0.5, noise_px=1.0)
+    K, _, X, uv, bad = _scene(3, outliers=0.5, noise_px=1.0)
     runs = [estimate_absolute_pose(uv, X, K, 3.0, image_size=(640, 480), seed=7) for _ in range(2)]
     np.testing.assert_array_equal(runs[0].cam_from_world, runs[1].cam_from_world)
     np.testing.assert_array_equal(runs[0].inlier_mask, runs[1].inlier_mask)
@@ -82,7 +82,7 @@ def test_ransac_options_seed_and_checks():
 def test_refinement_loss_scale_reaches_the_refinement():
     """With 4 px of noise, a Cauchy scale at the noise level uses every inlier fully and lands
     closer to the truth than the default 1 px scale, which treats most of them as outliers."""
-    K, pose, X, uv, bad = _scene(4, outliers=0.0, noise_px=4.0)
+    K, pose, X, uv, _ = _scene(4, outliers=0.0, noise_px=4.0)
     tight = estimate_absolute_pose(uv, X, K, 16.0, image_size=(640, 480), seed=0)
     wide = estimate_absolute_pose(uv, X, K, 16.0, image_size=(640, 480), seed=0, loss_scale_px=4.0)
     np.testing.assert_array_equal(tight.inlier_mask, wide.inlier_mask)  # the same RANSAC

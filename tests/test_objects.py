@@ -209,7 +209,7 @@ def test_stages_callable_alone(box_and_representation):
     from pylocalize.objects.representation import PoseHypothesis
 
     mesh, rep = box_and_representation
-    pose, image, mask = random_view(mesh, np.random.default_rng(21))
+    _, image, mask = random_view(mesh, np.random.default_rng(21))
     result = rep.estimate(image, K_QUERY, mask=mask)
     assert result.success and all(isinstance(h, PoseHypothesis) for h in result.hypotheses)
     ys, xs = np.nonzero(mask)

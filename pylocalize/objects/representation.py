@@ -23,13 +23,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from pylocalize import _core
+from pylocalize._core import FormatError
 from pylocalize.features.patches import DenseSIFTExtractor, patch_centres
 from pylocalize.geometry.absolute_pose import estimate_absolute_pose
 from pylocalize.index.bow import InvertedFile
 from pylocalize.index.knn import assign, kmeans
 from pylocalize.objects.refine import refine_featuremetric
 from pylocalize.objects.templates import crop_transform, square_around, template_intrinsics
-from pylocalize._core import FormatError
 
 # Layout version of a saved representation; bumped when sections or meta change.
 REPRESENTATION_VERSION = 1
@@ -502,7 +502,8 @@ class ObjectRepresentation:
         }
         meta = {"representation_version": REPRESENTATION_VERSION, "size": self.size, "patch_size": self.patch_size,
                 "num_assign": self.bow.num_assign}
-        _core.write_container(os.fspath(path), FORMAT_TAG, meta, {k: np.ascontiguousarray(v) for k, v in sections.items()})
+        _core.write_container(os.fspath(path), FORMAT_TAG, meta,
+                              {k: np.ascontiguousarray(v) for k, v in sections.items()})
 
     @classmethod
     def load(cls, path) -> "ObjectRepresentation":
