@@ -326,10 +326,7 @@ class ObjectRepresentation:
             Featuremetric refinement of the PnP pose (:mod:`~pylocalize.objects.refine`).
         select : {"featuremetric", "inliers"}
             Which PnP hypothesis wins: the lowest mean featuremetric cost of its template's
-            points at the PnP pose (default), or the most inliers. On poorly textured objects
-            a wrong view at a wrong distance can gather the most inliers under the loose
-            patch-sized threshold while its template's features do not line up; the cost
-            looks at every template point (benchmarks/README.md: the real LINEMOD frame).
+            points at the PnP pose (default), or the most inliers (see :meth:`select_hypothesis`).
         """
         K, image, mask = _checked_query(image, K, mask)
         if select not in SELECTION_RULES:
@@ -470,8 +467,15 @@ class ObjectRepresentation:
 
     def select_hypothesis(self, query: QueryPatches, hypotheses: Sequence[PoseHypothesis],
                           rule: str = "featuremetric") -> PoseHypothesis:
-        """Stage 4: the winning hypothesis by ``rule`` (see :meth:`estimate`'s ``select``); the
-        first wins ties. The featuremetric rule stores each one's ``featuremetric_cost``."""
+        """Stage 4: the winning hypothesis by ``rule``, ``"featuremetric"`` (the lowest
+        :meth:`featuremetric_cost`, stored on each hypothesis) or ``"inliers"`` (the most PnP
+        inliers); the first wins ties.
+
+        On poorly textured objects a wrong view at a wrong distance can gather the most
+        inliers under the loose patch-sized threshold while its template's features do not
+        line up; the featuremetric cost looks at every template point (benchmarks/README.md:
+        the real LINEMOD frame).
+        """
         if rule == "featuremetric" and len(hypotheses) > 1:
             for hypothesis in hypotheses:
                 hypothesis.featuremetric_cost = self.featuremetric_cost(query, hypothesis)
