@@ -117,6 +117,8 @@ def main(argv=None) -> int:
         csv_rows += result["rows"]
         summary[obj_id] = {"mesh": mesh_path.name, "instances": len(result["times"]), "onboarding_s": onboarding,
                            "templates": len(rep.template_poses), "median_s_per_instance": float(np.median(result["times"])),
+                           "median_s_per_stage": {stage: float(np.median(seconds))
+                                                  for stage, seconds in result["stage_times"].items()},
                            **summarize(result, mesh.extent)}
         photo, K_real, box = REAL[obj_id]
         if K_real is None:
@@ -159,8 +161,9 @@ def main(argv=None) -> int:
             a = s[stage]
             print(f"{s['mesh']:<22} {stage:<8} {a['AR']:>6.3f} {a['AR_VSD']:>6.3f} {a['AR_MSSD']:>6.3f} "
                   f"{a['AR_MSPD']:>6.3f} {a['ADD@0.1d']:>6.3f} {a['ADD-S@0.1d']:>6.3f}")
+        stages = ", ".join(f"{stage} {seconds * 1000:.0f} ms" for stage, seconds in s["median_s_per_stage"].items())
         print(f"  {s['templates']} templates onboarded in {s['onboarding_s']:.1f} s; "
-              f"{s['median_s_per_instance']:.2f} s per instance")
+              f"{s['median_s_per_instance']:.2f} s per instance ({stages})")
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
     if overlays:
         Image.fromarray(np.concatenate([np.concatenate(overlays[i:i + 3], 1) for i in range(0, len(overlays) - 2, 3)],

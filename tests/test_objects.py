@@ -202,28 +202,36 @@ def test_bop_scene_evaluation_through_the_cli(tmp_path, box_and_representation, 
               "--out", str(tmp_path / "x.csv")])
 
 
-def test_inverted_file_matches_dense_scoring():
-    from pylocalize import _core
 
-    rng = np.random.default_rng(3)
-    docs = np.where(rng.random((50, 200)) < 0.05, rng.random((50, 200)), 0).astype(np.float32)
-    index = _core.InvertedFile(200)
-    for d, vector in enumerate(docs):
-        words = np.flatnonzero(vector)
-        index.add(words.astype(np.int64), vector[words], 100 + d)
-    assert index.num_documents == 50 and index.num_entries == int((docs > 0).sum())
-    for _ in range(5):
-        query = np.where(rng.random(200) < 0.1, rng.random(200), 0).astype(np.float32)
-        words = np.flatnonzero(query)
-        scores, ids = index.search(words.astype(np.int64), query[words], 10)
-        dense = docs @ query
-        order = np.lexsort((np.arange(50), -dense))[:10]  # score descending, smaller id on ties
-        np.testing.assert_array_equal(ids, 100 + order)
-        np.testing.assert_allclose(scores, dense[order], rtol=1e-5)
-    scores, ids = index.search(np.array([0], np.int64), np.array([1.0], np.float32), 60)
-    assert ids[-1] == -1 and scores[-1] == -np.inf
-    with pytest.raises(ValueError, match="outside"):
-        index.add(np.array([200], np.int64), np.array([1.0], np.float32), 0)
-    with pytest.raises(ValueError, match="differ in length"):
-        index.search(np.array([1, 2], np.int64), np.array([1.0], np.float32), 3)
-    assert index.num_documents == 50  # the failed add left the file unchanged
+def test_stages_callable_alone(box_and_representation):
+    """The stages of estimate, called one by one, give what estimate gives; retrieval is
+    tf-idf cosine ranking and selection follows its rule over PoseHypothesis records."""
+    from pylocalize.objects.representation import PoseHypothesis
+
+    mesh, rep = box_and_representation
+    _, image, mask = random_view(mesh, np.random.default_rng(21))
+    result = rep.estimate(image, K_QUERY, mask=mask)
+    assert result.success and all(isinstance(h, PoseHypothesis) for h in result.hypotheses)
+    ys, xs = np.nonzero(mask)
+    query = rep.crop_query(image, K_QUERY, (xs.min(), ys.min(), xs.max(), ys.max()), mask, rep.default_extractor())
+    assert query.descriptors.shape == (len(query.xy), rep.patch_desc.shape[1])
+    # the bag-of-words shortlist is the brute-force cosine ranking of the templates' tf-idf vectors
+    bag = rep.bow.tfidf(rep.bow.histograms(query.descriptors, np.zeros(len(query.descriptors), np.int64), 1))[0]
+    cosine = rep.template_bow.astype(np.float64) @ bag
+    shortlist = rep.bow_shortlist(query.descriptors, 20)
+    np.testing.assert_allclose(cosine[shortlist], np.sort(cosine)[::-1][:20], rtol=1e-5)
+    matches = rep.retrieve_templates(query)
+    assert [m.template for m in matches] == result.templates
+    consistent = [m.num_consistent(rep.patch_size) for m in matches]
+    assert consistent == sorted(consistent, reverse=True)
+    hypotheses = rep.pose_hypotheses(query, matches)
+    assert [h.template for h in hypotheses] == [h.template for h in result.hypotheses]
+    for h in hypotheses:
+        assert h.R.shape == (3, 3) and h.t.shape == (3,) and 6 <= h.num_inliers <= h.num_matches
+    assert rep.select_hypothesis(query, hypotheses, "inliers").num_inliers == max(h.num_inliers for h in hypotheses)
+    if len(hypotheses) > 1:
+        query.feature_map, query.stride = rep.query_feature_map(query, rep.default_extractor())
+        best = rep.select_hypothesis(query, hypotheses, "featuremetric")
+        assert best.featuremetric_cost == min(h.featuremetric_cost for h in hypotheses)
+        assert best.template == result.template
+        np.testing.assert_allclose(best.R, result.R_coarse, atol=1e-6)

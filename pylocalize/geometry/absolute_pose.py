@@ -59,8 +59,38 @@ def _as_points(points, dim: int, name: str) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
+def _ransac_options(options, max_trials, min_trials, confidence, min_inlier_ratio, seed) -> None:
+    """Sets the RANSAC options that were given on pycolmap's ``RANSACOptions``, checked."""
+    if max_trials is not None:
+        if int(max_trials) < 1:
+            raise ValueError(f"max_trials must be >= 1, got {max_trials}")
+        options.max_num_trials = int(max_trials)
+    if min_trials is not None:
+        if int(min_trials) < 0:
+            raise ValueError(f"min_trials must be >= 0, got {min_trials}")
+        options.min_num_trials = int(min_trials)
+    if options.min_num_trials > options.max_num_trials:
+        # pycolmap would run max_trials anyway; a caller who caps the trials means the cap
+        options.min_num_trials = options.max_num_trials
+    if confidence is not None:
+        if not 0 < confidence < 1:
+            raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+        options.confidence = float(confidence)
+    if min_inlier_ratio is not None:
+        if not 0 < min_inlier_ratio <= 1:
+            raise ValueError(f"min_inlier_ratio must be in (0, 1], got {min_inlier_ratio}")
+        options.min_inlier_ratio = float(min_inlier_ratio)
+    if seed is not None:
+        if int(seed) < 0:
+            raise ValueError(f"seed must be >= 0 (None: a random seed per call), got {seed}")
+        options.random_seed = int(seed)
+
+
 def estimate_absolute_pose(points2D, points3D, camera: Union[Camera, np.ndarray],
                            max_error_px: float = 4.0, *, image_size=None, covariance: bool = False,
+                           max_trials: Optional[int] = None, min_trials: Optional[int] = None,
+                           confidence: Optional[float] = None, min_inlier_ratio: Optional[float] = None,
+                           seed: Optional[int] = None, loss_scale_px: Optional[float] = None,
                            ) -> Optional[AbsolutePose]:
     """The ``cam_from_world`` pose that best explains ``points2D`` as images of ``points3D``.
 
@@ -76,6 +106,19 @@ def estimate_absolute_pose(points2D, points3D, camera: Union[Camera, np.ndarray]
         RANSAC inlier threshold on the reprojection error, in pixels.
     covariance : bool
         Also estimate the pose covariance.
+    max_trials, min_trials, confidence, min_inlier_ratio : optional
+        RANSAC bounds (default: pycolmap's). RANSAC stops once ``confidence`` that no
+        better sample exists is reached, after at least ``min_trials`` and at most
+        ``max_trials`` samples; ``min_inlier_ratio`` is the lowest inlier ratio the trial
+        count plans for (pycolmap caps the trials at what that ratio needs), so matches
+        with fewer inliers need it lowered.
+    seed : int, optional
+        RANSAC's random seed, for repeatable results; default a random seed per call.
+    loss_scale_px : float, optional
+        Scale of the Cauchy loss of the refinement that follows RANSAC, in pixels: inliers
+        whose error is well above it count little. pycolmap's default, 1 px, suits keypoint
+        matches; 2D points that are coarser by construction (patch centres) need their
+        own noise level here.
 
     Returns
     -------
@@ -93,12 +136,18 @@ def estimate_absolute_pose(points2D, points3D, camera: Union[Camera, np.ndarray]
         if image_size is None:
             raise ValueError("a camera given as K needs image_size=(width, height)")
         camera = Camera.from_K(camera, int(image_size[0]), int(image_size[1]))
-    if len(points2D) < 4:
-        return None
     options = pycolmap.AbsolutePoseEstimationOptions()
     options.ransac.max_error = float(max_error_px)
+    _ransac_options(options.ransac, max_trials, min_trials, confidence, min_inlier_ratio, seed)
+    refinement = pycolmap.AbsolutePoseRefinementOptions()
+    if loss_scale_px is not None:
+        if not loss_scale_px > 0:
+            raise ValueError(f"loss_scale_px must be positive, got {loss_scale_px}")
+        refinement.loss_function_scale = float(loss_scale_px)
+    if len(points2D) < 4:
+        return None
     result = pycolmap.estimate_and_refine_absolute_pose(
-        points2D + 0.5, points3D, camera.to_pycolmap(), options, return_covariance=covariance)
+        points2D + 0.5, points3D, camera.to_pycolmap(), options, refinement, return_covariance=covariance)
     if result is None:
         return None
     cov = result.get("covariance") if covariance else None

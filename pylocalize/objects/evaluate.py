@@ -16,7 +16,8 @@ def evaluate_scene(rep, mesh, scene_dir, obj_id: int, scene_id: int = 0, extract
     image and visible mask (``rgb/``, ``mask_visib/``; ``depth/`` when present, for VSD).
 
     Returns ``{"rows": BOP19 result rows, "coarse"/"refined": {metric: per-instance
-    errors}, "times": seconds per instance}``; a failed estimate scores as missing.
+    errors}, "times": seconds per instance, "stage_times": {stage: seconds per instance}}``
+    (stages as in :attr:`ObjectPose.timings`); a failed estimate scores as missing.
     """
     from PIL import Image
     from tqdm import tqdm
@@ -30,7 +31,7 @@ def evaluate_scene(rep, mesh, scene_dir, obj_id: int, scene_id: int = 0, extract
     if len(points) > max_points:  # metrics on a vertex subsample, like the toolkit's eval models
         points = points[np.random.default_rng(0).choice(len(points), max_points, replace=False)]
     stages = {stage: {k: [] for k in ("mssd", "mspd", "add", "adds", "vsd")} for stage in ("coarse", "refined")}
-    rows, times, widths = [], [], []
+    rows, times, widths, stage_times = [], [], [], {}
     every_depth = True  # VSD only when every image has a depth map, never over a silent subset
     for im_id in tqdm(sorted(scene), desc=f"scene {scene_dir.name}", disable=not progress, leave=False):
         entry = scene[im_id]
@@ -56,6 +57,8 @@ def evaluate_scene(rep, mesh, scene_dir, obj_id: int, scene_id: int = 0, extract
             t0 = time.perf_counter()
             r = rep.estimate(image, entry["K"], mask=mask, extractor=extractor)
             times.append(time.perf_counter() - t0)
+            for stage, seconds in r.timings.items():
+                stage_times.setdefault(stage, []).append(seconds)
             widths.append(width)
             gt_depth = renderer.render(mesh, np.c_[gt["R"], gt["t"]], outputs=("depth",)).depth[0] \
                 if test_depth is not None else None
@@ -76,7 +79,7 @@ def evaluate_scene(rep, mesh, scene_dir, obj_id: int, scene_id: int = 0, extract
             if r.success:
                 rows.append({"scene_id": scene_id, "im_id": im_id, "obj_id": obj_id, "score": r.score,
                              "R": r.R, "t": r.t, "time": times[-1]})
-    out = {"rows": rows, "times": times, "widths": widths}
+    out = {"rows": rows, "times": times, "widths": widths, "stage_times": stage_times}
     for stage, e in stages.items():
         out[stage] = {k: np.array(v) for k, v in e.items() if k != "vsd" or every_depth}
     return out
@@ -110,6 +113,8 @@ def evaluate_dataset(rep, mesh, path, obj_id: int, split: str = "test", extracto
         merged["rows"] += result["rows"]
         merged["times"] += result["times"]
         merged["widths"] += result["widths"]
+        for stage, seconds in result["stage_times"].items():
+            merged["stage_times"].setdefault(stage, []).extend(seconds)
         for stage in ("coarse", "refined"):
             for key, values in result[stage].items():
                 if key in merged[stage]:

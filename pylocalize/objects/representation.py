@@ -7,29 +7,66 @@ builds a visual vocabulary (the core's k-means) with one tf-idf bag of words per
 
 Pose estimation (:meth:`ObjectRepresentation.estimate`) crops the query around the
 object's mask or box, extracts its patch descriptors, retrieves the templates with the
-most similar bags of words, matches query patches to each template's patches by cyclic
-nearest neighbours (core kNN), and solves PnP-RANSAC on the 2D-3D matches of each; the
-hypothesis with the most inliers wins. Poses are ``cam_from_model`` in the mesh's units.
+most similar bags of words (:class:`~pylocalize.index.bow.InvertedFile`), matches query
+patches to each template's patches by cyclic nearest neighbours (core kNN), and solves
+PnP-RANSAC on the 2D-3D matches of each with the package's one PnP
+(:func:`~pylocalize.geometry.absolute_pose.estimate_absolute_pose`); one hypothesis wins
+and is refined featuremetrically. Poses are ``cam_from_model`` in the mesh's units.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from pylocalize import _core
+from pylocalize._core import FormatError
 from pylocalize.features.patches import DenseSIFTExtractor, patch_centres
+from pylocalize.geometry.absolute_pose import estimate_absolute_pose
+from pylocalize.index.bow import InvertedFile
 from pylocalize.index.knn import assign, kmeans
 from pylocalize.objects.refine import refine_featuremetric
 from pylocalize.objects.templates import crop_transform, square_around, template_intrinsics
-from pylocalize._core import FormatError
 
 # Layout version of a saved representation; bumped when sections or meta change.
 REPRESENTATION_VERSION = 1
 FORMAT_TAG = "ObjectRepresentation"
+SELECTION_RULES = ("featuremetric", "inliers")
+# RANSAC for object PnP: a fixed seed, so that an image gives the same pose every time
+PNP_RANSAC = {"seed": 0}
+
+
+@dataclass
+class PoseHypothesis:
+    """One retrieved template's PnP pose of the object.
+
+    Attributes
+    ----------
+    template : int
+        The template whose patches gave the 3D points.
+    R : float64 (3, 3)
+    t : float64 (3,)
+        ``cam_from_model`` in the query camera, translation in the mesh's units.
+    num_inliers, num_matches : int
+        PnP inliers among the template's correspondences.
+    featuremetric_cost : float or None
+        Mean featuremetric cost of the template's points at the pose, once scored by
+        :meth:`ObjectRepresentation.select_hypothesis`.
+    """
+
+    template: int
+    R: np.ndarray
+    t: np.ndarray
+    num_inliers: int
+    num_matches: int
+    featuremetric_cost: Optional[float] = None
+
+    @property
+    def inlier_ratio(self) -> float:
+        return self.num_inliers / self.num_matches
 
 
 @dataclass
@@ -52,6 +89,8 @@ class ObjectPose:
     R_coarse, t_coarse : the PnP pose before featuremetric refinement.
     reason : str
     timings : dict
+    hypotheses : list of PoseHypothesis
+        Every template's PnP pose, in retrieval order.
     """
 
     success: bool
@@ -66,6 +105,106 @@ class ObjectPose:
     t_coarse: Optional[np.ndarray] = None
     reason: str = ""
     timings: Dict[str, float] = field(default_factory=dict)
+    hypotheses: List[PoseHypothesis] = field(default_factory=list)
+
+
+@dataclass
+class QueryPatches:
+    """The query as the stages of :meth:`ObjectRepresentation.estimate` see it.
+
+    Attributes
+    ----------
+    crop : uint8 (size, size, 3)
+        The square around the object at the templates' size.
+    K : float64 (3, 3)
+        The crop's intrinsics (the crop transform times the image's K).
+    features : float32 (gh, gw, d)
+        The extractor's patch grid on the whole crop.
+    descriptors : float32 (n, pca_dim)
+        Reduced descriptors of the ``n`` patches on the object.
+    xy : float64 (n, 2)
+        Their patch centres in crop pixels (OpenCV convention).
+    feature_map, stride :
+        Reduced features on a grid of step ``stride`` for the featuremetric cost and
+        refinement, once computed (:meth:`ObjectRepresentation.query_feature_map`).
+    """
+
+    crop: np.ndarray
+    K: np.ndarray
+    features: np.ndarray
+    descriptors: np.ndarray
+    xy: np.ndarray
+    feature_map: Optional[np.ndarray] = None
+    stride: int = 0
+
+
+@dataclass
+class CyclicMatches:
+    """Query patches matched to one template's patches.
+
+    Attributes
+    ----------
+    template : int
+    nearest : int64 (n,)
+        For each query patch, its nearest template patch (index within the template).
+    distance : float32 (n,)
+        Squared descriptor distance to it.
+    cycle_px : float64 (n,)
+        Crop pixels between the query patch and the nearest query patch of its nearest
+        template patch: 0 when the match is mutual.
+    """
+
+    template: int
+    nearest: np.ndarray
+    distance: np.ndarray
+    cycle_px: np.ndarray
+
+    def num_consistent(self, radius_px: float) -> int:
+        """Matches whose cycle comes back within ``radius_px``."""
+        return int((self.cycle_px <= radius_px).sum())
+
+
+def _checked_query(image, K, mask):
+    """``K`` as float64, ``image`` as an array and ``mask`` as bool, shapes checked."""
+    K = np.asarray(K, dtype=np.float64)
+    if K.shape != (3, 3):
+        raise ValueError(f"K must be 3x3, got shape {K.shape}")
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be (H, W, 3), got shape {image.shape}")
+    if mask is not None:
+        mask = np.asarray(mask, bool)
+        if mask.shape != image.shape[:2]:
+            raise ValueError(f"mask must be {image.shape[0]}x{image.shape[1]}, got shape {mask.shape}")
+    return K, image, mask
+
+
+def _object_box(mask: Optional[np.ndarray], bbox):
+    """The object's box as inclusive ``(x0, y0, x1, y1)`` from its mask or ``(x, y, w, h)``
+    box, with ``""``; or ``None`` with the reason when there is no object to crop."""
+    if mask is not None:
+        ys, xs = np.nonzero(mask)
+        if len(xs) == 0:
+            return None, "the mask has no foreground pixels"
+        return (xs.min(), ys.min(), xs.max(), ys.max()), ""
+    if bbox is None:
+        raise ValueError("give the object's mask or bbox")
+    x, y, w, h = [float(v) for v in bbox]
+    if w <= 0 or h <= 0:
+        return None, f"empty box {tuple(bbox)}"
+    return (x, y, x + w - 1, y + h - 1), ""
+
+
+class _Stopwatch:
+    """Seconds since the previous lap, for the stage timings of an estimate."""
+
+    def __init__(self):
+        self.last = time.perf_counter()
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        elapsed, self.last = now - self.last, now
+        return elapsed
 
 
 class BagOfWords:
@@ -132,18 +271,20 @@ class ObjectRepresentation:
         if not np.array_equal(order, np.arange(len(order))):
             raise ValueError("patches must be sorted by template")
         self._starts = np.searchsorted(self.patch_template, np.arange(len(self.template_poses) + 1))
-        # tf-idf retrieval visits only the posting lists of the query's words (core bow/)
-        self.inverted_file = _core.InvertedFile(self.template_bow.shape[1])
-        for t, vector in enumerate(self.template_bow):
-            words = np.flatnonzero(vector)
-            self.inverted_file.add(words.astype(np.int64), vector[words].astype(np.float32), t)
+        # tf-idf retrieval visits only the posting lists of the query's words
+        self.inverted_file = InvertedFile(self.template_bow.shape[1])
+        self.inverted_file.add(self.template_bow)
 
     def __repr__(self) -> str:
         return (f"ObjectRepresentation({len(self.template_poses)} templates, {len(self.patch_xyz)} patches, "
                 f"{len(self.bow.words)} words, {self.extractor_name})")
 
-    def template_patches(self, t: int) -> slice:
-        return slice(int(self._starts[t]), int(self._starts[t + 1]))
+    def template_patches(self, template: int) -> slice:
+        """The rows of ``patch_*`` that belong to ``template``."""
+        return slice(int(self._starts[template]), int(self._starts[template + 1]))
+
+    def num_template_patches(self, template: int) -> int:
+        return int(self._starts[template + 1] - self._starts[template])
 
     def default_extractor(self):
         if self.extractor_name != "dense-sift":
@@ -157,6 +298,11 @@ class ObjectRepresentation:
                  max_error_patches: float = 1.0, min_inliers: int = 6, erode_px: int = 3,
                  refine: bool = True, select: str = "featuremetric") -> ObjectPose:
         """The object's pose in a query image.
+
+        The stages, each a method: :meth:`crop_query` (crop and patch features),
+        :meth:`retrieve_templates` (bag of words, then cyclic matches),
+        :meth:`pose_hypotheses` (correspondences and PnP per template),
+        :meth:`select_hypothesis` and :meth:`refine_pose`.
 
         Parameters
         ----------
@@ -174,140 +320,174 @@ class ObjectRepresentation:
         max_matches : int
             Cyclic matches kept per template, best cycle distance first.
         max_error_patches : float
-            PnP-RANSAC inlier threshold, in patches of the crop.
+            PnP-RANSAC inlier threshold, in patches of the crop (so in crop pixels, times
+            the patch size, whatever the object's size in the image).
         refine : bool
             Featuremetric refinement of the PnP pose (:mod:`~pylocalize.objects.refine`).
         select : {"featuremetric", "inliers"}
             Which PnP hypothesis wins: the lowest mean featuremetric cost of its template's
-            points at the PnP pose (default), or the most inliers. On poorly textured objects
-            a wrong view at a wrong distance can gather the most inliers under the loose
-            patch-sized threshold while its template's features do not line up; the cost
-            looks at every template point. On the real LINEMOD frame the inlier rule picked
-            a pose 30 cm too far (28 inliers) over the right one (14); the cost picks the right one.
+            points at the PnP pose (default), or the most inliers (see :meth:`select_hypothesis`).
         """
-        import cv2
-
-        timings = {}
-        t0 = time.perf_counter()
-        K = np.asarray(K, dtype=np.float64)
-        if K.shape != (3, 3):
-            raise ValueError(f"K must be 3x3, got shape {K.shape}")
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"image must be (H, W, 3), got shape {image.shape}")
-        height, width = image.shape[:2]
-        if mask is not None:
-            mask = np.asarray(mask, bool)
-            if mask.shape != (height, width):
-                raise ValueError(f"mask must be {height}x{width}, got shape {mask.shape}")
-            ys, xs = np.nonzero(mask)
-            if len(xs) == 0:
-                return ObjectPose(False, reason="the mask has no foreground pixels")
-            box = (xs.min(), ys.min(), xs.max(), ys.max())
-        elif bbox is not None:
-            x, y, w, h = [float(v) for v in bbox]
-            if w <= 0 or h <= 0:
-                return ObjectPose(False, reason=f"empty box {tuple(bbox)}")
-            box = (x, y, x + w - 1, y + h - 1)
-        else:
-            raise ValueError("give the object's mask or bbox")
-        if select not in ("featuremetric", "inliers"):
+        K, image, mask = _checked_query(image, K, mask)
+        if select not in SELECTION_RULES:
             raise ValueError(f"select must be 'featuremetric' or 'inliers', got {select!r}")
-        centre, side = square_around(*box, self.padding)
-        A = crop_transform(centre, side, self.size)
-        crop = cv2.warpAffine(np.ascontiguousarray(image), A[:2], (self.size, self.size), flags=cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_CONSTANT)
+        box, reason = _object_box(mask, bbox)
+        if box is None:
+            return ObjectPose(False, reason=reason)
         extractor = extractor or self.default_extractor()
         if extractor.patch_size != self.patch_size:
             raise ValueError(f"extractor patch size {extractor.patch_size} != onboarding {self.patch_size}")
-        features = extractor(crop)
-        gh, gw = features.shape[:2]
-        centres = patch_centres(gh, gw, self.patch_size)
-        if mask is not None:
-            crop_mask = cv2.warpAffine(mask.astype(np.uint8), A[:2], (self.size, self.size), flags=cv2.INTER_NEAREST)
-            if erode_px > 0:  # as for templates: no patch that is half background
-                crop_mask = cv2.erode(crop_mask, np.ones((2 * erode_px + 1, 2 * erode_px + 1), np.uint8))
-            inside = crop_mask[np.rint(centres[:, 1]).astype(int), np.rint(centres[:, 0]).astype(int)] > 0
-        else:
-            corners = A @ np.array([[box[0], box[1], 1.0], [box[2], box[3], 1.0]]).T
-            inside = ((centres[:, 0] >= corners[0, 0]) & (centres[:, 0] <= corners[0, 1])
-                      & (centres[:, 1] >= corners[1, 0]) & (centres[:, 1] <= corners[1, 1]))
-        if inside.sum() < min_inliers:
-            return ObjectPose(False, reason=f"only {int(inside.sum())} patches on the object", timings=timings)
-        query = self.bow.reduce(features.reshape(-1, features.shape[-1])[inside])
-        query_xy = centres[inside]
-        timings["features"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        q_bow = self.bow.tfidf(self.bow.histograms(query, np.zeros(len(query), np.int64), 1))[0]
-        words = np.flatnonzero(q_bow)
-        _, ids = self.inverted_file.search(words.astype(np.int64), q_bow[words].astype(np.float32),
-                                           min(max(num_candidates, num_templates), len(self.template_poses)))
-        shortlist = [int(i) for i in ids if i >= 0]
-        # re-rank the bag-of-words shortlist by cyclic matches: patches whose nearest template
-        # patch leads back to (next to) them. Bags of words alone confuse views that share
-        # textures; the cycle test counts only geometrically consistent agreement.
-        cyclic = {}
-        for t in shortlist:
-            sl = self.template_patches(t)
-            if sl.stop - sl.start < min_inliers:
-                continue
-            tdesc = self.patch_desc[sl]
-            to_template, dist = assign(query, tdesc, 1)
-            back, _ = assign(tdesc, query, 1)
-            cycle = np.linalg.norm(query_xy[back[to_template]] - query_xy, axis=1)
-            cyclic[t] = (to_template, dist, cycle)
-        ranked = sorted(cyclic, key=lambda t: -int((cyclic[t][2] <= self.patch_size).sum()))[:num_templates]
-        timings["retrieval"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        K_crop = A @ K
-        hypotheses = []
-        for t in ranked:
-            sl = self.template_patches(t)
-            to_template, dist, cycle = cyclic[t]
-            order = np.lexsort((dist, cycle))[:max_matches]
-            order = order[cycle[order] <= 2.0 * self.patch_size]  # a cycle that strays far is no match
-            if len(order) < min_inliers:
-                continue
-            obj = self.patch_xyz[sl][to_template[order]].astype(np.float64)
-            img = query_xy[order].astype(np.float64)
-            ok, rvec, tvec, inliers = cv2.solvePnPRansac(
-                obj, img, K_crop, None, iterationsCount=300, reprojectionError=max_error_patches * self.patch_size,
-                confidence=0.999, flags=cv2.SOLVEPNP_EPNP)
-            if not ok or inliers is None or len(inliers) < min_inliers:
-                continue
-            inliers = inliers.ravel()
-            rvec, tvec = cv2.solvePnPRefineLM(obj[inliers], img[inliers], K_crop, None, rvec, tvec)
-            hypotheses.append((len(inliers), len(order), t,
-                               cv2.Rodrigues(rvec)[0], np.asarray(tvec, np.float64).ravel()))
+        timings = {}
+        clock = _Stopwatch()
+        query = self.crop_query(image, K, box, mask, extractor, erode_px)
+        if len(query.xy) < min_inliers:
+            return ObjectPose(False, reason=f"only {len(query.xy)} patches on the object", timings=timings)
+        timings["features"] = clock.lap()
+        matches = self.retrieve_templates(query, num_templates, num_candidates, min_patches=min_inliers)
+        ranked = [m.template for m in matches]
+        timings["retrieval"] = clock.lap()
+        hypotheses = self.pose_hypotheses(query, matches, max_matches, max_error_patches, min_inliers)
         if not hypotheses:
-            timings["matching_pnp"] = time.perf_counter() - t0
+            timings["matching_pnp"] = clock.lap()
             return ObjectPose(False, templates=ranked, reason="no template gave a PnP solution", timings=timings)
-        query_map = stride = None
         if refine or (select == "featuremetric" and len(hypotheses) > 1):
-            # a denser map than the patch grid where the extractor can give one (dense SIFT)
-            stride = self.patch_size // 2 if hasattr(extractor, "feature_map") else self.patch_size
-            dense = extractor.feature_map(crop, stride) if stride != self.patch_size else features
-            query_map = self.bow.reduce(dense.reshape(-1, dense.shape[-1])).reshape(*dense.shape[:2], -1)
-        if select == "featuremetric" and len(hypotheses) > 1:
-            def mean_cost(hypothesis):
-                sl = self.template_patches(hypothesis[2])
-                _, _, cost, _ = refine_featuremetric(query_map, stride, K_crop, hypothesis[3], hypothesis[4],
-                                                     self.patch_xyz[sl], self.patch_desc[sl], iterations=0)
-                return cost / (sl.stop - sl.start)
-
-            n_in, n_match, t, R_coarse, t_coarse = min(hypotheses, key=mean_cost)
-        else:
-            n_in, n_match, t, R_coarse, t_coarse = max(hypotheses, key=lambda h: h[0])
-        timings["matching_pnp"] = time.perf_counter() - t0
-        R, t_vec = R_coarse, t_coarse
+            query.feature_map, query.stride = self.query_feature_map(query, extractor)
+        best = self.select_hypothesis(query, hypotheses, select)
+        timings["matching_pnp"] = clock.lap()
+        R, t = best.R, best.t
         if refine:
-            t0 = time.perf_counter()
-            sl = self.template_patches(t)
-            R, t_vec, _, _ = refine_featuremetric(query_map, stride, K_crop, R_coarse, t_coarse,
-                                                  self.patch_xyz[sl], self.patch_desc[sl])
-            timings["refinement"] = time.perf_counter() - t0
-        return ObjectPose(True, R=R, t=t_vec, score=n_in / n_match, num_inliers=n_in, num_matches=n_match,
-                          templates=ranked, template=t, R_coarse=R_coarse, t_coarse=t_coarse, timings=timings)
+            R, t = self.refine_pose(query, best)
+            timings["refinement"] = clock.lap()
+        return ObjectPose(True, R=R, t=t, score=best.inlier_ratio, num_inliers=best.num_inliers,
+                          num_matches=best.num_matches, templates=ranked, template=best.template, R_coarse=best.R,
+                          t_coarse=best.t, timings=timings, hypotheses=hypotheses)
+
+    def crop_query(self, image: np.ndarray, K: np.ndarray, box, mask: Optional[np.ndarray], extractor,
+                   erode_px: int = 3) -> QueryPatches:
+        """Stage 1: the square crop around ``box`` (inclusive ``x0, y0, x1, y1``) at the
+        templates' size, its patch features, and the patches on the object: under the
+        eroded mask (as for templates, no patch that is half background), or in the box."""
+        import cv2
+
+        centre, side = square_around(*box, self.padding)
+        crop_from_image = crop_transform(centre, side, self.size)
+        crop = cv2.warpAffine(np.ascontiguousarray(image), crop_from_image[:2], (self.size, self.size),
+                              flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        features = extractor(crop)
+        centres = patch_centres(features.shape[0], features.shape[1], self.patch_size)
+        if mask is not None:
+            crop_mask = cv2.warpAffine(mask.astype(np.uint8), crop_from_image[:2], (self.size, self.size),
+                                       flags=cv2.INTER_NEAREST)
+            if erode_px > 0:
+                crop_mask = cv2.erode(crop_mask, np.ones((2 * erode_px + 1, 2 * erode_px + 1), np.uint8))
+            on_object = crop_mask[np.rint(centres[:, 1]).astype(int), np.rint(centres[:, 0]).astype(int)] > 0
+        else:
+            corners = crop_from_image @ np.array([[box[0], box[1], 1.0], [box[2], box[3], 1.0]]).T
+            on_object = ((centres[:, 0] >= corners[0, 0]) & (centres[:, 0] <= corners[0, 1])
+                         & (centres[:, 1] >= corners[1, 0]) & (centres[:, 1] <= corners[1, 1]))
+        descriptors = self.bow.reduce(features.reshape(-1, features.shape[-1])[on_object])
+        return QueryPatches(crop=crop, K=crop_from_image @ K, features=features, descriptors=descriptors,
+                            xy=centres[on_object])
+
+    def retrieve_templates(self, query: QueryPatches, num_templates: int = 5, num_candidates: int = 50,
+                           min_patches: int = 6) -> List[CyclicMatches]:
+        """Stage 2: the ``num_candidates`` templates nearest by tf-idf bag of words, re-ranked
+        by cyclic matches; the best ``num_templates`` with their matches, best first.
+
+        Bags of words alone confuse views that share textures; a cyclic match (a query
+        patch whose nearest template patch leads back to within one patch of it) counts only
+        geometrically consistent agreement. Templates with fewer than ``min_patches``
+        patches cannot give a pose and are skipped. Ties keep the bag-of-words order.
+        """
+        shortlist = self.bow_shortlist(query.descriptors, max(num_candidates, num_templates))
+        matches = [self.cyclic_matches(query, template) for template in shortlist
+                   if self.num_template_patches(template) >= min_patches]
+        matches.sort(key=lambda m: -m.num_consistent(self.patch_size))  # stable: ties stay in bag-of-words order
+        return matches[:num_templates]
+
+    def bow_shortlist(self, descriptors: np.ndarray, k: int) -> List[int]:
+        """The ``k`` templates whose tf-idf bags of words are nearest (cosine) to those of
+        the reduced query descriptors ``(n, pca_dim)``, best first."""
+        bag = self.bow.tfidf(self.bow.histograms(descriptors, np.zeros(len(descriptors), np.int64), 1))
+        _, ids = self.inverted_file.search(bag, min(k, len(self.template_poses)))
+        return [int(i) for i in ids[0] if i >= 0]
+
+    def cyclic_matches(self, query: QueryPatches, template: int) -> CyclicMatches:
+        """Nearest template patch of every query patch (core kNN on reduced descriptors),
+        and how far the nearest query patch of that template patch lies from it."""
+        descriptors = self.patch_desc[self.template_patches(template)]
+        nearest, distance = assign(query.descriptors, descriptors, 1)
+        back, _ = assign(descriptors, query.descriptors, 1)
+        cycle_px = np.linalg.norm(query.xy[back[nearest]] - query.xy, axis=1)
+        return CyclicMatches(template, nearest, distance, cycle_px)
+
+    def correspondences(self, query: QueryPatches, matches: CyclicMatches,
+                        max_matches: int = 300) -> Tuple[np.ndarray, np.ndarray]:
+        """2D crop points ``(n, 2)`` and 3D model points ``(n, 3)`` (float64) of the best
+        ``max_matches`` cyclic matches, shortest cycle first (then descriptor distance); a
+        cycle that strays more than two patches is no match."""
+        order = np.lexsort((matches.distance, matches.cycle_px))[:max_matches]
+        order = order[matches.cycle_px[order] <= 2.0 * self.patch_size]
+        points3D = self.patch_xyz[self.template_patches(matches.template)][matches.nearest[order]]
+        return query.xy[order].astype(np.float64), points3D.astype(np.float64)
+
+    def pose_hypotheses(self, query: QueryPatches, matches: Sequence[CyclicMatches], max_matches: int = 300,
+                        max_error_patches: float = 1.0, min_inliers: int = 6) -> List[PoseHypothesis]:
+        """Stage 3: one PnP pose per template from its correspondences, kept when at least
+        ``min_inliers`` agree within ``max_error_patches`` patches of the crop."""
+        hypotheses = []
+        for template_matches in matches:
+            points2D, points3D = self.correspondences(query, template_matches, max_matches)
+            if len(points2D) < min_inliers:
+                continue
+            # the one PnP of the package (LO-RANSAC + refinement); the threshold scale is the
+            # crop's pixels, as the patch grid's
+            pose = estimate_absolute_pose(points2D, points3D, query.K, max_error_patches * self.patch_size,
+                                          image_size=(self.size, self.size), **PNP_RANSAC)
+            if pose is None or pose.num_inliers < min_inliers:
+                continue
+            hypotheses.append(PoseHypothesis(template_matches.template, pose.R.copy(), pose.t.copy(),
+                                             pose.num_inliers, len(points2D)))
+        return hypotheses
+
+    def query_feature_map(self, query: QueryPatches, extractor) -> Tuple[np.ndarray, int]:
+        """Reduced query features on a grid for the featuremetric cost, and its stride: half
+        a patch where the extractor can give a denser map than the patch grid (dense SIFT)."""
+        stride = self.patch_size // 2 if hasattr(extractor, "feature_map") else self.patch_size
+        dense = extractor.feature_map(query.crop, stride) if stride != self.patch_size else query.features
+        return self.bow.reduce(dense.reshape(-1, dense.shape[-1])).reshape(*dense.shape[:2], -1), stride
+
+    def featuremetric_cost(self, query: QueryPatches, hypothesis: PoseHypothesis) -> float:
+        """Mean robust featuremetric cost of the hypothesis template's points at its pose
+        (needs ``query.feature_map``, see :meth:`query_feature_map`)."""
+        patches = self.template_patches(hypothesis.template)
+        _, _, cost, _ = refine_featuremetric(query.feature_map, query.stride, query.K, hypothesis.R, hypothesis.t,
+                                             self.patch_xyz[patches], self.patch_desc[patches], iterations=0)
+        return cost / (patches.stop - patches.start)
+
+    def select_hypothesis(self, query: QueryPatches, hypotheses: Sequence[PoseHypothesis],
+                          rule: str = "featuremetric") -> PoseHypothesis:
+        """Stage 4: the winning hypothesis by ``rule``, ``"featuremetric"`` (the lowest
+        :meth:`featuremetric_cost`, stored on each hypothesis) or ``"inliers"`` (the most PnP
+        inliers); the first wins ties.
+
+        On poorly textured objects a wrong view at a wrong distance can gather the most
+        inliers under the loose patch-sized threshold while its template's features do not
+        line up; the featuremetric cost looks at every template point (benchmarks/README.md:
+        the real LINEMOD frame).
+        """
+        if rule == "featuremetric" and len(hypotheses) > 1:
+            for hypothesis in hypotheses:
+                hypothesis.featuremetric_cost = self.featuremetric_cost(query, hypothesis)
+            return min(hypotheses, key=lambda h: h.featuremetric_cost)
+        return max(hypotheses, key=lambda h: h.num_inliers)
+
+    def refine_pose(self, query: QueryPatches, hypothesis: PoseHypothesis) -> Tuple[np.ndarray, np.ndarray]:
+        """Stage 5: featuremetric refinement of the hypothesis pose on its template's points."""
+        patches = self.template_patches(hypothesis.template)
+        R, t, _, _ = refine_featuremetric(query.feature_map, query.stride, query.K, hypothesis.R, hypothesis.t,
+                                          self.patch_xyz[patches], self.patch_desc[patches])
+        return R, t
 
     # --------------------------------------------------------------- persistence
 
@@ -315,8 +495,6 @@ class ObjectRepresentation:
         """Writes the representation as one versioned pylocalize container, atomically."""
         import json
         import os
-
-        from pylocalize import _core
 
         info = {"extractor": self.extractor_name, "padding": self.padding, "diameter": self.diameter}
         sections = {
@@ -328,7 +506,8 @@ class ObjectRepresentation:
         }
         meta = {"representation_version": REPRESENTATION_VERSION, "size": self.size, "patch_size": self.patch_size,
                 "num_assign": self.bow.num_assign}
-        _core.write_container(os.fspath(path), FORMAT_TAG, meta, {k: np.ascontiguousarray(v) for k, v in sections.items()})
+        _core.write_container(os.fspath(path), FORMAT_TAG, meta,
+                              {k: np.ascontiguousarray(v) for k, v in sections.items()})
 
     @classmethod
     def load(cls, path) -> "ObjectRepresentation":
@@ -373,11 +552,10 @@ def onboard(mesh, extractor=None, num_views: int = 57, num_inplane: int = 14, si
         Mask erosion before patches are kept, so that patches on the silhouette (half
         background) are not used.
     """
-    import cv2
     from tqdm import tqdm
 
     from pylocalize.geometry import viewpoint_poses
-    from pylocalize.render import Renderer, load_mesh
+    from pylocalize.render import load_mesh
 
     if not hasattr(mesh, "faces"):
         mesh = load_mesh(mesh)
@@ -388,24 +566,14 @@ def onboard(mesh, extractor=None, num_views: int = 57, num_inplane: int = 14, si
         raise ValueError(f"template size {size} must be a multiple of the patch size {extractor.patch_size}")
     diameter = float(mesh.extent)
     poses = viewpoint_poses(num_views, num_inplane, radius=distance or 2.5 * diameter, center=mesh.center)
-    kernel = np.ones((2 * erode_px + 1, 2 * erode_px + 1), np.uint8) if erode_px > 0 else None
     Ks, groups, xys, xyzs, descs = [], [], [], [], []
-    gh = gw = size // extractor.patch_size
-    centres = patch_centres(gh, gw, extractor.patch_size)
-    pixels = np.rint(centres).astype(int)
-    for t, pose in enumerate(tqdm(poses, desc="onboarding: templates", disable=not progress, leave=False)):
-        K = template_intrinsics(mesh.vertices, pose, size, padding)
-        out = Renderer(size, size, K, supersample=3).render(mesh, pose, outputs=("rgb", "mask", "xyz"))
-        mask = out.mask[0].astype(np.uint8)
-        if kernel is not None:
-            mask = cv2.erode(mask, kernel)
-        keep = mask[pixels[:, 1], pixels[:, 0]] > 0
-        features = extractor(out.rgb[0]).reshape(-1, extractor.dim)
+    for template, pose in enumerate(tqdm(poses, desc="onboarding: templates", disable=not progress, leave=False)):
+        K, xy, xyz, desc = _render_template(mesh, pose, size, padding, extractor, erode_px)
         Ks.append(K)
-        groups.append(np.full(int(keep.sum()), t, np.int64))
-        xys.append(centres[keep])
-        xyzs.append(out.xyz[0][pixels[keep, 1], pixels[keep, 0]])
-        descs.append(features[keep])
+        groups.append(np.full(len(xy), template, np.int64))
+        xys.append(xy)
+        xyzs.append(xyz)
+        descs.append(desc)
     groups = np.concatenate(groups)
     if len(groups) == 0:
         raise ValueError("no template has foreground patches: is the mesh degenerate?")
@@ -415,3 +583,23 @@ def onboard(mesh, extractor=None, num_views: int = 57, num_inplane: int = 14, si
     template_bow = bow.tfidf(bow.histograms(reduced, groups, len(poses)))
     return ObjectRepresentation(poses, np.stack(Ks), groups, np.concatenate(xys), np.concatenate(xyzs), reduced, bow,
                                 template_bow, size, padding, extractor.patch_size, extractor.name, diameter)
+
+
+def _render_template(mesh, pose: np.ndarray, size: int, padding: float, extractor, erode_px: int):
+    """One template: its crop intrinsics, and the crop positions ``(n, 2)``, model points
+    ``(n, 3)`` and descriptors ``(n, dim)`` of its patches on the object. The mask is eroded
+    first so that patches on the silhouette (half background) are not kept."""
+    import cv2
+
+    from pylocalize.render import Renderer
+
+    K = template_intrinsics(mesh.vertices, pose, size, padding)
+    out = Renderer(size, size, K, supersample=3).render(mesh, pose, outputs=("rgb", "mask", "xyz"))
+    mask = out.mask[0].astype(np.uint8)
+    if erode_px > 0:
+        mask = cv2.erode(mask, np.ones((2 * erode_px + 1, 2 * erode_px + 1), np.uint8))
+    centres = patch_centres(size // extractor.patch_size, size // extractor.patch_size, extractor.patch_size)
+    pixels = np.rint(centres).astype(int)
+    keep = mask[pixels[:, 1], pixels[:, 0]] > 0
+    features = extractor(out.rgb[0]).reshape(-1, extractor.dim)
+    return K, centres[keep], out.xyz[0][pixels[keep, 1], pixels[keep, 0]], features[keep]
