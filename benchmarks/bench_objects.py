@@ -38,7 +38,8 @@ DEPTH_SCALE = 0.1  # mm per depth-image unit, as in several BOP datasets
 # Real photos without ground truth: boxes drawn by hand around the object; the HOPE photo
 # has no intrinsics, so a typical 640x480 RGB-D colour camera (f = 615 px) is assumed.
 REAL = {
-    1: ("objects/hope/bba_sauce_rgb.png", np.array([[615.0, 0, 319.5], [0, 615.0, 239.5], [0, 0, 1]]), (415, 250, 88, 190)),
+    1: ("objects/hope/bba_sauce_rgb.png", np.array([[615.0, 0, 319.5], [0, 615.0, 239.5], [0, 0, 1]]),
+        (415, 250, 88, 190)),
     5: ("objects/linemod_can/rgb.png", None, (375, 225, 65, 90)),
 }
 
@@ -116,13 +117,15 @@ def main(argv=None) -> int:
         result = evaluate_scene(rep, mesh, scene_dir, obj_id, scene_id=obj_id, progress=True)
         csv_rows += result["rows"]
         summary[obj_id] = {"mesh": mesh_path.name, "instances": len(result["times"]), "onboarding_s": onboarding,
-                           "templates": len(rep.template_poses), "median_s_per_instance": float(np.median(result["times"])),
+                           "templates": len(rep.template_poses),
+                           "median_s_per_instance": float(np.median(result["times"])),
                            "median_s_per_stage": {stage: float(np.median(seconds))
                                                   for stage, seconds in result["stage_times"].items()},
                            **summarize(result, mesh.extent)}
         photo, K_real, box = REAL[obj_id]
         if K_real is None:
-            K_real = np.asarray(json.loads((data / photo).parent.joinpath("camera.json").read_text())["cam_K"]).reshape(3, 3)
+            camera = json.loads((data / photo).parent.joinpath("camera.json").read_text())
+            K_real = np.asarray(camera["cam_K"]).reshape(3, 3)
         with Image.open(data / photo) as im:
             real = np.asarray(im.convert("RGB"))
         r = rep.estimate(real, K_real, bbox=box)
@@ -156,7 +159,7 @@ def main(argv=None) -> int:
                 overlays.append(pose_overlay(np.asarray(im.convert("RGB")), mesh, K, row["R"], row["t"]))
     bop.write_results_csv(out / "results.csv", csv_rows)
     print(f"{'object':<22} {'stage':<8} {'AR':>6} {'VSD':>6} {'MSSD':>6} {'MSPD':>6} {'ADD':>6} {'ADD-S':>6}")
-    for obj_id, s in summary.items():
+    for s in summary.values():
         for stage in ("coarse", "refined"):
             a = s[stage]
             print(f"{s['mesh']:<22} {stage:<8} {a['AR']:>6.3f} {a['AR_VSD']:>6.3f} {a['AR_MSSD']:>6.3f} "

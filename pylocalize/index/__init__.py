@@ -1,9 +1,10 @@
 """Search indexes over codes and vectors, backed by the C++ core."""
 
 from pylocalize.index.binary import BinaryIndex, MultiBitIndex
+from pylocalize.index.bow import InvertedFile
 from pylocalize.index.cann import CANNIndex
 from pylocalize.index.knn import assign, kmeans
 from pylocalize.index.pairs import read_pairs, write_pairs_hloc, write_pairs_kapture
 
-__all__ = ["BinaryIndex", "CANNIndex", "MultiBitIndex", "assign", "kmeans", "read_pairs", "write_pairs_hloc",
-           "write_pairs_kapture"]
+__all__ = ["BinaryIndex", "CANNIndex", "InvertedFile", "MultiBitIndex", "assign", "kmeans", "read_pairs",
+           "write_pairs_hloc", "write_pairs_kapture"]

@@ -38,7 +38,8 @@ VSD_DELTA_MM = 15.0
 def symmetry_transformations(model_info: dict, max_step: float = 0.01) -> List[np.ndarray]:
     """4x4 model-frame transformations that leave the object looking the same, the identity
     first (BOP's ``symmetries_discrete`` and discretised ``symmetries_continuous``)."""
-    discrete = [np.eye(4)] + [np.asarray(s, np.float64).reshape(4, 4) for s in model_info.get("symmetries_discrete", [])]
+    discrete = [np.eye(4)] + [np.asarray(s, np.float64).reshape(4, 4)
+                              for s in model_info.get("symmetries_discrete", [])]
     continuous = []
     for sym in model_info.get("symmetries_continuous", []):
         axis = np.asarray(sym["axis"], np.float64)
@@ -134,7 +135,8 @@ def average_recalls(errors: Dict[str, np.ndarray], diameters: np.ndarray, widths
         out["AR"] = float(np.mean([out["AR_VSD"], out["AR_MSSD"], out["AR_MSPD"]]))
     for key in ("add", "adds"):
         if key in errors:
-            out[f"{key.upper().replace('ADDS', 'ADD-S')}@0.1d"] = float((np.asarray(errors[key]) < 0.1 * diameters).mean())
+            name = f"{key.upper().replace('ADDS', 'ADD-S')}@0.1d"
+            out[name] = float((np.asarray(errors[key]) < 0.1 * diameters).mean())
     return out
 
 

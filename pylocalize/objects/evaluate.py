@@ -35,7 +35,8 @@ def evaluate_scene(rep, mesh, scene_dir, obj_id: int, scene_id: int = 0, extract
     every_depth = True  # VSD only when every image has a depth map, never over a silent subset
     for im_id in tqdm(sorted(scene), desc=f"scene {scene_dir.name}", disable=not progress, leave=False):
         entry = scene[im_id]
-        rgb_path = next((p for p in (scene_dir / "rgb" / f"{im_id:06d}.{e}" for e in ("png", "jpg")) if p.is_file()), None)
+        candidates = (scene_dir / "rgb" / f"{im_id:06d}.{e}" for e in ("png", "jpg"))
+        rgb_path = next((p for p in candidates if p.is_file()), None)
         if rgb_path is None:
             raise ValueError(f"{scene_dir}/rgb has no image {im_id:06d}")
         with Image.open(rgb_path) as im:

@@ -91,7 +91,8 @@ def refine_featuremetric(feature_map: np.ndarray, stride: int, K: np.ndarray, R:
         weight = 1.0 / (1.0 + s / scale ** 2)  # Cauchy IRLS weights
         # a point that leaves the map costs as much as the largest residual of unit features
         # (|r|^2 <= 4), so that costs over different valid sets stay comparable
-        cost = float(np.where(valid, scale ** 2 * np.log1p(s / scale ** 2), scale ** 2 * np.log1p(4 / scale ** 2)).sum())
+        cost = float(np.where(valid, scale ** 2 * np.log1p(s / scale ** 2),
+                              scale ** 2 * np.log1p(4 / scale ** 2)).sum())
         if not jacobian:
             return cost, valid
         # d(grid)/d(cam): projection, then pixel -> grid

@@ -228,7 +228,7 @@ class BagOfWords:
         bow = cls(mean, vt[:dim], np.zeros((1, dim)), np.ones(1), num_assign)
         reduced = bow.reduce(descriptors)
         num_words = min(num_words, len(reduced))
-        bow.words, _ = kmeans(reduced, num_words, n_iter=15, seed=seed)
+        bow.words, _ = kmeans(reduced, num_words, iterations=15, seed=seed)
         counts = bow.histograms(reduced, groups, num_groups)
         document_frequency = (counts > 0).sum(0)
         bow.idf = np.log(num_groups / np.maximum(document_frequency, 1)).astype(np.float32)
