@@ -14,8 +14,8 @@ on the sphere (the normalised mean of their unit vectors), the point a classifie
 S2 cell ids follow the S2 geometry library exactly (quadratic projection, Hilbert curve
 order, 64-bit ids) and are checked against ``s2sphere`` in the tests. The lat/lng to leaf
 cell id transform is written here in numpy because ``s2sphere`` works one Python object
-per point: about 10 µs a point, 9.8 s for a million photos, where the vectorised transform
-takes 0.35 s (28x; ``benchmarks/bench_geo.py`` measures both and checks the ids agree). Everything
+per point, far too slow for a million photos (``benchmarks/bench_geo.py`` measures both and
+checks the ids agree; the figures are in ``benchmarks/README.md``). Everything
 after the leaf ids is integer arithmetic on sorted ids: the ancestor of a leaf at level
 ``L`` is a bit mask, and a cell covers the contiguous leaf id range
 ``[id - lsb + 1, id + lsb - 1]`` with ``lsb = 4**(30 - L)``.
