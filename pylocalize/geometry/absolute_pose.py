@@ -86,12 +86,15 @@ def _ransac_options(options, max_trials, min_trials, confidence, min_inlier_rati
         options.random_seed = int(seed)
 
 
+METHODS = ("lo-ransac", "epnp")
+
+
 def estimate_absolute_pose(points2D, points3D, camera: Union[Camera, np.ndarray],
                            max_error_px: float = 4.0, *, image_size=None, covariance: bool = False,
                            max_trials: Optional[int] = None, min_trials: Optional[int] = None,
                            confidence: Optional[float] = None, min_inlier_ratio: Optional[float] = None,
                            seed: Optional[int] = None, loss_scale_px: Optional[float] = None,
-                           ) -> Optional[AbsolutePose]:
+                           method: str = "lo-ransac") -> Optional[AbsolutePose]:
     """The ``cam_from_world`` pose that best explains ``points2D`` as images of ``points3D``.
 
     Parameters
@@ -119,6 +122,15 @@ def estimate_absolute_pose(points2D, points3D, camera: Union[Camera, np.ndarray]
         whose error is well above it count little. pycolmap's default, 1 px, suits keypoint
         matches; 2D points that are coarser by construction (patch centres) need their
         own noise level here.
+    method : ``"lo-ransac"`` or ``"epnp"``
+        ``"lo-ransac"``: pycolmap's LO-RANSAC over P3P and a Cauchy-robust refinement, for
+        keypoint matches (about a pixel of noise), any camera model. ``"epnp"``: OpenCV's
+        RANSAC over EPnP and a Levenberg-Marquardt refinement of the inliers, for pinhole
+        cameras; correspondences of several pixels of noise (object patch centres) keep
+        their information in its plain least squares, where the 1 px robust loss of
+        ``"lo-ransac"`` discounts it (object pose measured worse with it:
+        benchmarks/README.md). ``"epnp"`` takes ``max_trials`` (default 100) and
+        ``confidence`` (default 0.99); OpenCV draws its samples from its own generator.
 
     Returns
     -------
@@ -126,16 +138,27 @@ def estimate_absolute_pose(points2D, points3D, camera: Union[Camera, np.ndarray]
     """
     import pycolmap
 
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     points2D = _as_points(points2D, 2, "points2D")
     points3D = _as_points(points3D, 3, "points3D")
     if len(points2D) != len(points3D):
         raise ValueError(f"{len(points2D)} points2D but {len(points3D)} points3D: give one 3D point per 2D point")
     if not max_error_px > 0:
         raise ValueError(f"max_error_px must be positive, got {max_error_px}")
+    K_given = None
     if not isinstance(camera, Camera):
         if image_size is None:
             raise ValueError("a camera given as K needs image_size=(width, height)")
-        camera = Camera.from_K(camera, int(image_size[0]), int(image_size[1]))
+        K_given = np.asarray(camera, dtype=np.float64)
+        camera = Camera.from_K(K_given, int(image_size[0]), int(image_size[1]))
+    if method == "epnp":
+        unsupported = {"covariance": covariance or None, "min_trials": min_trials, "seed": seed,
+                       "min_inlier_ratio": min_inlier_ratio, "loss_scale_px": loss_scale_px}
+        given = sorted(name for name, value in unsupported.items() if value is not None)
+        if given:
+            raise ValueError(f"method='epnp' does not take {', '.join(given)}: use method='lo-ransac' for them")
+        return _epnp_ransac(points2D, points3D, camera, K_given, max_error_px, max_trials, confidence)
     options = pycolmap.AbsolutePoseEstimationOptions()
     options.ransac.max_error = float(max_error_px)
     _ransac_options(options.ransac, max_trials, min_trials, confidence, min_inlier_ratio, seed)
@@ -155,3 +178,31 @@ def estimate_absolute_pose(points2D, points3D, camera: Union[Camera, np.ndarray]
         cam_from_world=np.asarray(result["cam_from_world"].matrix(), dtype=np.float64)[:3],
         inlier_mask=np.asarray(result["inlier_mask"], dtype=bool),
         covariance=None if cov is None else np.asarray(cov, dtype=np.float64))
+
+
+def _epnp_ransac(points2D, points3D, camera: Camera, K, max_error_px: float, max_trials, confidence):
+    """OpenCV's RANSAC over EPnP, then Levenberg-Marquardt on the inliers (``K``: the
+    caller's matrix when given as one, used as it is)."""
+    import cv2
+
+    if not camera.is_pinhole:
+        raise ValueError(f"method='epnp' needs a pinhole camera, got {camera.model}: undistort the points first "
+                         "(Camera.undistort) or use method='lo-ransac'")
+    if max_trials is not None and int(max_trials) < 1:
+        raise ValueError(f"max_trials must be >= 1, got {max_trials}")
+    if confidence is not None and not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if len(points2D) < 4:
+        return None
+    K = camera.K if K is None else K
+    ok, rvec, tvec, inliers = cv2.solvePnPRansac(
+        points3D, points2D, K, None, iterationsCount=int(max_trials or 100), reprojectionError=float(max_error_px),
+        confidence=float(confidence or 0.99), flags=cv2.SOLVEPNP_EPNP)
+    if not ok or inliers is None or len(inliers) < 4:
+        return None
+    inliers = inliers.ravel()
+    rvec, tvec = cv2.solvePnPRefineLM(points3D[inliers], points2D[inliers], K, None, rvec, tvec)
+    mask = np.zeros(len(points2D), dtype=bool)
+    mask[inliers] = True
+    pose = np.c_[cv2.Rodrigues(rvec)[0], np.asarray(tvec, np.float64).ravel()]
+    return AbsolutePose(cam_from_world=pose, inlier_mask=mask)

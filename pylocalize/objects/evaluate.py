@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from pylocalize.objects import bop
 
@@ -19,7 +20,6 @@ def evaluate_scene(rep, mesh, scene_dir, obj_id: int, scene_id: int = 0, extract
     errors}, "times": seconds per instance, "stage_times": {stage: seconds per instance}}``
     (stages as in :attr:`ObjectPose.timings`); a failed estimate scores as missing.
     """
-    from PIL import Image
     from tqdm import tqdm
 
     from pylocalize.render import Renderer
@@ -35,19 +35,9 @@ def evaluate_scene(rep, mesh, scene_dir, obj_id: int, scene_id: int = 0, extract
     every_depth = True  # VSD only when every image has a depth map, never over a silent subset
     for im_id in tqdm(sorted(scene), desc=f"scene {scene_dir.name}", disable=not progress, leave=False):
         entry = scene[im_id]
-        candidates = (scene_dir / "rgb" / f"{im_id:06d}.{e}" for e in ("png", "jpg"))
-        rgb_path = next((p for p in candidates if p.is_file()), None)
-        if rgb_path is None:
-            raise ValueError(f"{scene_dir}/rgb has no image {im_id:06d}")
-        with Image.open(rgb_path) as im:
-            image = np.asarray(im.convert("RGB"))
+        image, test_depth = _read_test_image(scene_dir, im_id, entry["depth_scale"])
         height, width = image.shape[:2]
-        depth_path = scene_dir / "depth" / f"{im_id:06d}.png"
-        test_depth = None
-        every_depth &= depth_path.is_file()
-        if depth_path.is_file():
-            with Image.open(depth_path) as im:
-                test_depth = np.asarray(im, np.float64) * entry["depth_scale"]
+        every_depth &= test_depth is not None
         renderer = Renderer(width, height, entry["K"])
         for k, gt in enumerate(entry["gt"]):
             if gt["obj_id"] != obj_id:
@@ -64,19 +54,13 @@ def evaluate_scene(rep, mesh, scene_dir, obj_id: int, scene_id: int = 0, extract
             gt_depth = renderer.render(mesh, np.c_[gt["R"], gt["t"]], outputs=("depth",)).depth[0] \
                 if test_depth is not None else None
             for stage, (R, t) in (("coarse", (r.R_coarse, r.t_coarse)), ("refined", (r.R, r.t))):
-                e = stages[stage]
                 if not r.success:
-                    for key in ("mssd", "mspd", "add", "adds"):
-                        e[key].append(np.inf)
-                    e["vsd"].append(np.ones(len(bop.VSD_TAUS)))
+                    _score_missing(stages[stage])
                     continue
-                e["mssd"].append(bop.mssd(R, t, gt["R"], gt["t"], points, symmetries))
-                e["mspd"].append(bop.mspd(R, t, gt["R"], gt["t"], entry["K"], points, symmetries))
-                e["add"].append(bop.add(R, t, gt["R"], gt["t"], points))
-                e["adds"].append(bop.adds(R, t, gt["R"], gt["t"], points))
+                _score_pose(stages[stage], R, t, gt, entry["K"], points, symmetries)
                 if test_depth is not None:
                     est_depth = renderer.render(mesh, np.c_[R, t], outputs=("depth",)).depth[0]
-                    e["vsd"].append(bop.vsd(est_depth, gt_depth, test_depth, float(mesh.extent)))
+                    stages[stage]["vsd"].append(bop.vsd(est_depth, gt_depth, test_depth, float(mesh.extent)))
             if r.success:
                 rows.append({"scene_id": scene_id, "im_id": im_id, "obj_id": obj_id, "score": r.score,
                              "R": r.R, "t": r.t, "time": times[-1]})
@@ -84,6 +68,36 @@ def evaluate_scene(rep, mesh, scene_dir, obj_id: int, scene_id: int = 0, extract
     for stage, e in stages.items():
         out[stage] = {k: np.array(v) for k, v in e.items() if k != "vsd" or every_depth}
     return out
+
+
+def _read_test_image(scene_dir: Path, im_id: int, depth_scale: float):
+    """``(rgb uint8 (H, W, 3), depth in mm or None)`` of a BOP test image."""
+    candidates = (scene_dir / "rgb" / f"{im_id:06d}.{e}" for e in ("png", "jpg"))
+    rgb_path = next((p for p in candidates if p.is_file()), None)
+    if rgb_path is None:
+        raise ValueError(f"{scene_dir}/rgb has no image {im_id:06d}")
+    with Image.open(rgb_path) as im:
+        image = np.asarray(im.convert("RGB"))
+    depth_path = scene_dir / "depth" / f"{im_id:06d}.png"
+    if not depth_path.is_file():
+        return image, None
+    with Image.open(depth_path) as im:
+        return image, np.asarray(im, np.float64) * depth_scale
+
+
+def _score_pose(errors: dict, R, t, gt: dict, K, points, symmetries) -> None:
+    """Appends one estimate's MSSD, MSPD, ADD and ADD-S against the ground truth ``gt``."""
+    errors["mssd"].append(bop.mssd(R, t, gt["R"], gt["t"], points, symmetries))
+    errors["mspd"].append(bop.mspd(R, t, gt["R"], gt["t"], K, points, symmetries))
+    errors["add"].append(bop.add(R, t, gt["R"], gt["t"], points))
+    errors["adds"].append(bop.adds(R, t, gt["R"], gt["t"], points))
+
+
+def _score_missing(errors: dict) -> None:
+    """A failed estimate scores as missing: infinite errors, VSD 1 at every threshold."""
+    for key in ("mssd", "mspd", "add", "adds"):
+        errors[key].append(np.inf)
+    errors["vsd"].append(np.ones(len(bop.VSD_TAUS)))
 
 
 def scene_folders(path, split: str = "test"):
