@@ -128,7 +128,7 @@ def estimate_absolute_pose(points2D, points3D, camera: Union[Camera, np.ndarray]
         RANSAC over EPnP and a Levenberg-Marquardt refinement of the inliers, for pinhole
         cameras; correspondences of several pixels of noise (object patch centres) keep
         their information in its plain least squares, where the 1 px robust loss of
-        ``"lo-ransac"`` discounts it (object pose measured worse with it:
+        ``"lo-ransac"`` discounts it (object pose on a real photo was lost with it:
         benchmarks/README.md). ``"epnp"`` takes ``max_trials`` (default 100) and
         ``confidence`` (default 0.99); OpenCV draws its samples from its own generator.
 
