@@ -47,9 +47,7 @@ void BindIdsAndPersistence(py::class_<Index>& cls) {
   BindSerialization(cls);
 }
 
-}  // namespace
-
-void BindHamming(py::module_& m) {
+void BindBinaryIndex(py::module_& m) {
   py::class_<BinaryIndex> binary(m, "BinaryIndex");
   binary.def(py::init<int64_t>(), py::arg("nbits"))
       .def_property_readonly("nbits", &BinaryIndex::nbits)
@@ -109,7 +107,9 @@ void BindHamming(py::module_& m) {
         return MoveArray(std::move(c), {n, static_cast<py::ssize_t>(self.code_size())});
       });
   BindIdsAndPersistence(binary);
+}
 
+void BindMultiBitIndex(py::module_& m) {
   py::class_<MultiBitIndex> multibit(m, "MultiBitIndex");
   multibit.def(py::init<int64_t, int>(), py::arg("dim"), py::arg("bits_per_dim"))
       .def_property_readonly("dim", &MultiBitIndex::dim)
@@ -174,7 +174,9 @@ void BindHamming(py::module_& m) {
           py::arg("ids"))
       .def("reset", &MultiBitIndex::Reset, py::call_guard<ReleaseGil>());
   BindIdsAndPersistence(multibit);
+}
 
+void BindCodeFunctions(py::module_& m) {
   m.def(
       "binarize",
       [](const py::object& x, int bits_per_dim) {
@@ -192,6 +194,14 @@ void BindHamming(py::module_& m) {
         return codes;
       },
       py::arg("x"), py::arg("bits_per_dim"));
+}
+
+}  // namespace
+
+void BindHamming(py::module_& m) {
+  BindBinaryIndex(m);
+  BindMultiBitIndex(m);
+  BindCodeFunctions(m);
 }
 
 }  // namespace bindings

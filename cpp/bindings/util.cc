@@ -58,9 +58,8 @@ py::tuple ContainerToPython(const Container& c) {
   return py::make_tuple(c.tag(), py::make_tuple(c.major(), c.minor()), meta, sections);
 }
 
-}  // namespace
-
-void BindUtil(py::module_& m) {
+// The package version, FormatError and how core exceptions reach Python, and Ctrl-C.
+void BindErrors(py::module_& m) {
   m.attr("__version__") = PYLOCALIZE_VERSION;
   static py::exception<FormatError> format_error(m, "FormatError", PyExc_ValueError);
   py::register_exception_translator([](std::exception_ptr p) {
@@ -87,7 +86,10 @@ void BindUtil(py::module_& m) {
     }
   });
   InitInterrupts();
+}
 
+// Threads, SIMD level, CUDA and OpenMP: the process-wide settings of the core.
+void BindRuntime(py::module_& m) {
   m.def("simd_level", [] { return std::string(SimdLevelName(ActiveSimdLevel())); }, "SIMD level the kernels use now.");
   m.def(
       "detected_simd_level", [] { return std::string(SimdLevelName(DetectedSimdLevel())); },
@@ -115,7 +117,10 @@ void BindUtil(py::module_& m) {
     return false;
 #endif
   });
+}
 
+// Containers: the versioned, checksummed format of every file the package saves.
+void BindContainers(py::module_& m) {
   m.def(
       "write_container",
       [](py::object path, const std::string& tag, const py::dict& meta, const py::dict& sections) -> py::object {
@@ -149,22 +154,6 @@ void BindUtil(py::module_& m) {
       py::arg("path"), py::arg("tag"), py::arg("meta"), py::arg("sections"),
       "Writes a pylocalize container to path (atomically), or returns its bytes if path is None.");
   m.def(
-      "write_file_atomic",
-      [](py::object path, const py::buffer& data) {
-        const std::string p = py::cast<std::string>(py::str(path));
-        py::buffer_info info = data.request();
-        PYL_CHECK(info.ndim <= 1 || info.strides.back() == info.itemsize, "data must be contiguous bytes");
-        const size_t nbytes = static_cast<size_t>(info.size * info.itemsize);
-        py::gil_scoped_release release;
-        WriteFileAtomic(p, info.ptr, nbytes);
-      },
-      py::arg("path"), py::arg("data"),
-      "Writes bytes to path all-or-nothing (temporary file, fsync, rename, fsync of the folder).");
-  m.def(
-      "remove_stale_temp_files",
-      [](py::object path) { return RemoveStaleTempFiles(py::cast<std::string>(py::str(path))); }, py::arg("path"),
-      "Removes temporary files left next to path by killed writers; returns how many.");
-  m.def(
       "read_container",
       [](py::object source, bool mmap, bool verify) {
         if (py::isinstance<py::array>(source)) {
@@ -182,6 +171,35 @@ void BindUtil(py::module_& m) {
       },
       py::arg("source"), py::arg("mmap") = false, py::arg("verify") = true,
       "Reads a container from a path or a uint8 array: (tag, (major, minor), meta, sections).");
+}
+
+// All-or-nothing writes: the one writer every save goes through.
+void BindAtomicFiles(py::module_& m) {
+  m.def(
+      "write_file_atomic",
+      [](py::object path, const py::buffer& data) {
+        const std::string p = py::cast<std::string>(py::str(path));
+        py::buffer_info info = data.request();
+        PYL_CHECK(info.ndim <= 1 || info.strides.back() == info.itemsize, "data must be contiguous bytes");
+        const size_t nbytes = static_cast<size_t>(info.size * info.itemsize);
+        py::gil_scoped_release release;
+        WriteFileAtomic(p, info.ptr, nbytes);
+      },
+      py::arg("path"), py::arg("data"),
+      "Writes bytes to path all-or-nothing (temporary file, fsync, rename, fsync of the folder).");
+  m.def(
+      "remove_stale_temp_files",
+      [](py::object path) { return RemoveStaleTempFiles(py::cast<std::string>(py::str(path))); }, py::arg("path"),
+      "Removes temporary files left next to path by killed writers; returns how many.");
+}
+
+}  // namespace
+
+void BindUtil(py::module_& m) {
+  BindErrors(m);
+  BindRuntime(m);
+  BindContainers(m);
+  BindAtomicFiles(m);
 }
 
 }  // namespace bindings
