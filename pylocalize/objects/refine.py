@@ -71,42 +71,7 @@ def refine_featuremetric(feature_map: np.ndarray, stride: int, K: np.ndarray, R:
     R, t, initial cost, final cost
     """
     R, t = np.asarray(R, np.float64), np.asarray(t, np.float64).reshape(3)
-    X = np.asarray(points, np.float64)
-    f = np.asarray(features, np.float64)
-    fmap = np.asarray(feature_map, np.float64)
-    offset = (stride - 1) / 2.0
-
-    def evaluate(R, t, jacobian):
-        cam = X @ R.T + t
-        z = cam[:, 2]
-        front = z > 1e-9
-        zs = np.where(front, z, 1.0)
-        u = cam[:, 0] / zs * K[0, 0] + K[0, 2]
-        v = cam[:, 1] / zs * K[1, 1] + K[1, 2]
-        grid = np.stack([(u - offset) / stride, (v - offset) / stride], 1)
-        value, dx, dy, valid = sample_bilinear(fmap, grid)
-        valid &= front
-        r = value - f
-        s = (r * r).sum(1)
-        weight = 1.0 / (1.0 + s / scale ** 2)  # Cauchy IRLS weights
-        # a point that leaves the map costs as much as the largest residual of unit features
-        # (|r|^2 <= 4), so that costs over different valid sets stay comparable
-        cost = float(np.where(valid, scale ** 2 * np.log1p(s / scale ** 2),
-                              scale ** 2 * np.log1p(4 / scale ** 2)).sum())
-        if not jacobian:
-            return cost, valid
-        # d(grid)/d(cam): projection, then pixel -> grid
-        du = np.zeros((len(X), 2, 3))
-        du[:, 0, 0] = K[0, 0] / zs
-        du[:, 0, 2] = -K[0, 0] * cam[:, 0] / zs ** 2
-        du[:, 1, 1] = K[1, 1] / zs
-        du[:, 1, 2] = -K[1, 1] * cam[:, 1] / zs ** 2
-        du /= stride
-        dcam = np.concatenate([-_skew(cam), np.broadcast_to(np.eye(3), (len(X), 3, 3))], 2)  # (n, 3, 6)
-        dgrid = du @ dcam  # (n, 2, 6)
-        J = dx[:, :, None] * dgrid[:, None, 0, :] + dy[:, :, None] * dgrid[:, None, 1, :]  # (n, d, 6)
-        return cost, valid, r, weight, J
-
+    evaluate = _FeaturemetricCost(feature_map, stride, K, points, features, scale)
     lam = 1e-3
     initial, _ = evaluate(R, t, False)
     cost = initial
@@ -132,3 +97,53 @@ def refine_featuremetric(feature_map: np.ndarray, stride: int, K: np.ndarray, R:
         if not improved or np.linalg.norm(step) < 1e-8:
             break
     return R, t, initial, cost
+
+
+class _FeaturemetricCost:
+    """The robust (Cauchy) featuremetric cost of a pose ``[R | t]``: the template features of
+    the model points against the query feature map sampled where the points project; with
+    ``jacobian``, also the residuals, IRLS weights and the Jacobian in the pose's tangent
+    space (rotation first)."""
+
+    def __init__(self, feature_map, stride: int, K, points, features, scale: float):
+        self.fmap = np.asarray(feature_map, np.float64)
+        self.stride, self.K, self.scale = stride, K, scale
+        self.X = np.asarray(points, np.float64)
+        self.f = np.asarray(features, np.float64)
+        self.offset = (stride - 1) / 2.0
+
+    def __call__(self, R, t, jacobian: bool):
+        K, scale = self.K, self.scale
+        cam = self.X @ R.T + t
+        z = cam[:, 2]
+        front = z > 1e-9
+        zs = np.where(front, z, 1.0)
+        u = cam[:, 0] / zs * K[0, 0] + K[0, 2]
+        v = cam[:, 1] / zs * K[1, 1] + K[1, 2]
+        grid = np.stack([(u - self.offset) / self.stride, (v - self.offset) / self.stride], 1)
+        value, dx, dy, valid = sample_bilinear(self.fmap, grid)
+        valid &= front
+        r = value - self.f
+        s = (r * r).sum(1)
+        weight = 1.0 / (1.0 + s / scale ** 2)  # Cauchy IRLS weights
+        # a point that leaves the map costs as much as the largest residual of unit features
+        # (|r|^2 <= 4), so that costs over different valid sets stay comparable
+        cost = float(np.where(valid, scale ** 2 * np.log1p(s / scale ** 2),
+                              scale ** 2 * np.log1p(4 / scale ** 2)).sum())
+        if not jacobian:
+            return cost, valid
+        return cost, valid, r, weight, self._jacobian(cam, zs, dx, dy)
+
+    def _jacobian(self, cam, zs, dx, dy) -> np.ndarray:
+        """d(sampled features)/d(pose) (n, d, 6): feature gradients times d(grid)/d(pose)."""
+        K, n = self.K, len(cam)
+        # d(grid)/d(cam): projection, then pixel -> grid
+        du = np.zeros((n, 2, 3))
+        du[:, 0, 0] = K[0, 0] / zs
+        du[:, 0, 2] = -K[0, 0] * cam[:, 0] / zs ** 2
+        du[:, 1, 1] = K[1, 1] / zs
+        du[:, 1, 2] = -K[1, 1] * cam[:, 1] / zs ** 2
+        du /= self.stride
+        dcam = np.concatenate([-_skew(cam), np.broadcast_to(np.eye(3), (n, 3, 3))], 2)  # (n, 3, 6)
+        dgrid = du @ dcam  # (n, 2, 6)
+        return dx[:, :, None] * dgrid[:, None, 0, :] + dy[:, :, None] * dgrid[:, None, 1, :]
