@@ -13,10 +13,9 @@ Arrays are ``.npy`` files, read without pickle.
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 
+from pylocalize._cli import run_alone
 from pylocalize._core import FormatError
 
 _LAT_NAMES = ("lat", "latitude")
@@ -229,11 +228,8 @@ __all__ = ["add_parser", "main", "read_latlon_csv", "write_latlon_csv"]
 
 
 def main(argv=None) -> int:
-    """Runs ``geo`` alone (``python -m pylocalize.geo.cli cells ...``) until the main command line wires it in."""
-    parser = argparse.ArgumentParser(prog="pylocalize")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    """Runs ``geo`` alone: ``python -m pylocalize.geo.cli cells ...``."""
+    return run_alone(add_parser, argv)
 
 
 if __name__ == "__main__":

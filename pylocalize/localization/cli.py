@@ -11,8 +11,9 @@ code are imported only when a command runs.
 
 from __future__ import annotations
 
-import argparse
 import sys
+
+from pylocalize._cli import run_alone
 
 
 def _map_build(args) -> int:
@@ -174,10 +175,7 @@ def add_parser(subparsers) -> None:
 
 def main(argv=None) -> int:
     """Runs the localization commands alone: ``python -m pylocalize.localization.cli localize ...``."""
-    parser = argparse.ArgumentParser(prog="pylocalize")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return run_alone(add_parser, argv)
 
 
 if __name__ == "__main__":

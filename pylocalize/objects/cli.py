@@ -10,11 +10,12 @@ patch extractors (and torch, for DINOv2) are imported only when a command runs.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from pylocalize._cli import run_alone
 
 
 def _patch_extractor(name, weights):
@@ -184,10 +185,7 @@ def add_parser(subparsers) -> None:
 
 def main(argv=None) -> int:
     """Runs ``objects`` alone: ``python -m pylocalize.objects.cli estimate ...``."""
-    parser = argparse.ArgumentParser(prog="pylocalize")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["objects"] + list(sys.argv[1:] if argv is None else argv))
-    return args.func(args)
+    return run_alone(add_parser, argv, command="objects")
 
 
 if __name__ == "__main__":

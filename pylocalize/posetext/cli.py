@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import sys
 
+from pylocalize._cli import run_alone
+
 
 def _poses(args):
     """Poses from --joints, else generated (--poses N, --seed)."""
@@ -164,12 +166,7 @@ def add_parser(subparsers) -> None:
 
 def main(argv=None) -> int:
     """Runs ``posetext`` alone: ``python -m pylocalize.posetext.cli caption ...``."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="pylocalize")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["posetext"] + list(sys.argv[1:] if argv is None else argv))
-    return args.func(args)
+    return run_alone(add_parser, argv, command="posetext")
 
 
 if __name__ == "__main__":
