@@ -115,13 +115,27 @@ def test_evaluate_poses_and_sources(tmp_path, capsys):
     pred["im1.jpg"] = shifted
     del pred["im3.jpg"]  # missing: a failure
     assert pose_error(shifted, gt["im1.jpg"]) == pytest.approx((0.3, 0.0), abs=1e-9)
-    result = evaluate_poses(gt, pred)
-    assert result["num_estimated"] == 3
+    result = evaluate_poses(gt, pred, queries=list(gt))
+    assert result["num_estimated"] == 3 and result["missing"] == ["im3.jpg"]
     assert result["recall@(0.25m,2deg)"] == 0.5 and result["recall@(0.5m,5deg)"] == 0.75
+    # by default the estimated images are scored: ground truth of other images (the map's) is no failure
+    result = evaluate_poses(gt, pred)
+    assert result["num_images"] == 3 and result["missing"] == []
+    assert result["recall@(0.25m,2deg)"] == pytest.approx(2 / 3) and result["recall@(5m,10deg)"] == 1.0
+    assert result["per_image"]["im1.jpg"] == pytest.approx((0.3, 0.0), abs=1e-9)
+    with pytest.raises(ValueError, match="no ground-truth pose .*other.jpg"):
+        evaluate_poses(gt, {"other.jpg": gt["im0.jpg"]})
     write_pose_file(tmp_path / "gt.txt", gt.items())
     write_pose_file(tmp_path / "pred.txt", pred.items())
+    (tmp_path / "queries.txt").write_text("# queries\n" + "".join(f"{n} PINHOLE 1 1 1 1 0 0\n" for n in gt))
+    assert main(["evaluate", "--gt", str(tmp_path / "gt.txt"), "--pred", str(tmp_path / "pred.txt"),
+                 "--queries", str(tmp_path / "queries.txt")]) == 0
+    out = capsys.readouterr().out
+    assert "3/4 images estimated" in out and "missing (no pose estimated, counted as failures): im3.jpg" in out
     assert main(["evaluate", "--gt", str(tmp_path / "gt.txt"), "--pred", str(tmp_path / "pred.txt")]) == 0
-    assert "3/4 images estimated" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "3/3 images estimated" in out and "recall@(0.25m,2deg): 66.7 %" in out
+    assert any(line.split()[:2] == ["im1.jpg", "0.3000"] for line in out.splitlines())  # per-image errors
     with pytest.raises(ValueError, match="not a pose file"):
         load_poses(tmp_path)
 
@@ -214,6 +228,8 @@ def test_cli_build_localize_evaluate_on_strecha(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "missing.jpg: failed" in out and "2 localized, 1 failed" in out
     assert main(["evaluate", "--gt", str(scene), "--pred", str(tmp_path / "poses.txt")]) == 0
+    out = capsys.readouterr().out  # the two queries, not the scene's mapping images
+    assert "2/2 images estimated" in out and "recall@(0.25m,2deg): 100.0 %" in out
     from pylocalize.localization import evaluate_poses, load_poses
 
     gt = {k: v for k, v in load_poses(scene).items() if k in ("0004.jpg", "0007.jpg")}

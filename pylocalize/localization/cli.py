@@ -12,6 +12,7 @@ code are imported only when a command runs.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from pylocalize._cli import run_alone
 
@@ -113,13 +114,26 @@ def _localize(args) -> int:
 def _evaluate(args) -> int:
     from pylocalize.localization import evaluate_poses, load_poses
 
-    result = evaluate_poses(load_poses(args.gt), load_poses(args.pred))
+    queries = _read_query_list(args.queries) if args.queries else None
+    result = evaluate_poses(load_poses(args.gt), load_poses(args.pred), queries=queries)
     print(f"{result['num_estimated']}/{result['num_images']} images estimated")
+    if result["missing"]:
+        print(f"missing (no pose estimated, counted as failures): {', '.join(result['missing'])}")
+    print(f"{'image':<32} {'error m':>10} {'error deg':>10}")
+    for name, (t_err, r_err) in result["per_image"].items():
+        print(f"{name:<32} {t_err:>10.4f} {r_err:>10.4f}")
     print(f"median error: {result['median_translation_m']:.4f} m, {result['median_rotation_deg']:.4f} deg")
     for key, value in result.items():
         if key.startswith("recall@"):
             print(f"{key}: {100 * value:.1f} %")
     return 0
+
+
+def _read_query_list(path) -> list:
+    """Image names, one per line (the first word of a line: hloc's query lists carry the camera
+    after the name); blank lines and ``#`` comments skipped."""
+    lines = Path(path).read_text().splitlines()
+    return [line.split()[0] for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
 def _add_map(subparsers) -> None:
@@ -162,6 +176,8 @@ def _add_evaluate(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="pose errors and recall of estimated poses against ground truth")
     p.add_argument("--gt", required=True, help="pose file, COLMAP model folder or Strecha folder")
     p.add_argument("--pred", required=True, help="pose file (name qw qx qy qz tx ty tz)")
+    p.add_argument("--queries", help="file of the query image names to score, one per line (default: the images "
+                                     "in --pred); a query without a pose counts as a failure")
     p.set_defaults(func=_evaluate)
 
 

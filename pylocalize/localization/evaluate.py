@@ -8,7 +8,7 @@ A ground-truth image without an estimate counts as a failure (infinite error).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -45,16 +45,48 @@ def pose_error(est: np.ndarray, gt: np.ndarray) -> Tuple[float, float]:
 
 
 def evaluate_poses(gt: Dict[str, np.ndarray], pred: Dict[str, np.ndarray],
-                   thresholds: Sequence[Tuple[float, float]] = THRESHOLDS) -> dict:
-    """Median errors and recall at (metres, degrees) thresholds over the ground-truth images."""
+                   thresholds: Sequence[Tuple[float, float]] = THRESHOLDS,
+                   queries: Optional[Sequence[str]] = None) -> dict:
+    """Median errors and recall at (metres, degrees) thresholds over the query images.
+
+    Parameters
+    ----------
+    gt, pred : {image name: cam_from_world 3x4}
+        Ground truth (it may hold the mapping images too) and estimates.
+    queries : names, optional
+        The images to score; a query without an estimate counts as a failure (infinite
+        error) and is listed in ``"missing"``. Default: the estimated images, as the
+        localization benchmarks score a submission (a ground truth that also holds the map's
+        own images must not count them as failures).
+
+    Returns
+    -------
+    dict with ``num_images`` (queries scored), ``num_estimated``, ``missing`` (queries without
+    an estimate), ``median_translation_m``, ``median_rotation_deg``, ``per_image``
+    ({name: (metres, degrees)}) and ``recall@(Tm,Rdeg)`` per threshold.
+
+    Raises
+    ------
+    ValueError
+        No ground truth, no query, or queries without a ground-truth pose (names that do not
+        match: the message lists a few).
+    """
     if not gt:
         raise ValueError("the ground truth holds no poses")
-    errors = {}
-    for name, g in gt.items():
-        errors[name] = pose_error(pred[name], g) if name in pred else (np.inf, np.inf)
+    names = list(pred) if queries is None else list(dict.fromkeys(queries))
+    if not names:
+        raise ValueError("no query images to evaluate: the estimates are empty (give --queries to count every "
+                         "query as failed)")
+    unknown = [n for n in names if n not in gt]
+    if unknown:
+        raise ValueError(f"{len(unknown)} of {len(names)} query images have no ground-truth pose (e.g. "
+                         f"{', '.join(unknown[:3])}): the names must match the ground truth's, e.g. "
+                         f"{', '.join(list(gt)[:3])}")
+    errors = {n: pose_error(pred[n], gt[n]) if n in pred else (np.inf, np.inf) for n in names}
     t = np.array([e[0] for e in errors.values()])
     r = np.array([e[1] for e in errors.values()])
-    out = {"num_images": len(gt), "num_estimated": int(sum(n in pred for n in gt)),
+    out = {"num_images": len(names), "num_estimated": int(sum(n in pred for n in names)),
+           "missing": [n for n in names if n not in pred],
            "median_translation_m": float(np.median(t)), "median_rotation_deg": float(np.median(r)),
            "per_image": errors}
     for tm, rd in thresholds:
