@@ -59,11 +59,17 @@ def _as_points(points, dim: int, name: str) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
+def _check_trials_and_confidence(max_trials, confidence) -> None:
+    if max_trials is not None and int(max_trials) < 1:
+        raise ValueError(f"max_trials must be >= 1, got {max_trials}")
+    if confidence is not None and not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+
+
 def _ransac_options(options, max_trials, min_trials, confidence, min_inlier_ratio, seed) -> None:
     """Sets the RANSAC options that were given on pycolmap's ``RANSACOptions``, checked."""
+    _check_trials_and_confidence(max_trials, confidence)
     if max_trials is not None:
-        if int(max_trials) < 1:
-            raise ValueError(f"max_trials must be >= 1, got {max_trials}")
         options.max_num_trials = int(max_trials)
     if min_trials is not None:
         if int(min_trials) < 0:
@@ -73,8 +79,6 @@ def _ransac_options(options, max_trials, min_trials, confidence, min_inlier_rati
         # pycolmap would run max_trials anyway; a caller who caps the trials means the cap
         options.min_num_trials = options.max_num_trials
     if confidence is not None:
-        if not 0 < confidence < 1:
-            raise ValueError(f"confidence must be in (0, 1), got {confidence}")
         options.confidence = float(confidence)
     if min_inlier_ratio is not None:
         if not 0 < min_inlier_ratio <= 1:
@@ -136,8 +140,6 @@ def estimate_absolute_pose(points2D, points3D, camera: Union[Camera, np.ndarray]
     -------
     AbsolutePose, or None when fewer than 4 correspondences are given or no pose is found.
     """
-    import pycolmap
-
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     points2D = _as_points(points2D, 2, "points2D")
@@ -146,12 +148,7 @@ def estimate_absolute_pose(points2D, points3D, camera: Union[Camera, np.ndarray]
         raise ValueError(f"{len(points2D)} points2D but {len(points3D)} points3D: give one 3D point per 2D point")
     if not max_error_px > 0:
         raise ValueError(f"max_error_px must be positive, got {max_error_px}")
-    K_given = None
-    if not isinstance(camera, Camera):
-        if image_size is None:
-            raise ValueError("a camera given as K needs image_size=(width, height)")
-        K_given = np.asarray(camera, dtype=np.float64)
-        camera = Camera.from_K(K_given, int(image_size[0]), int(image_size[1]))
+    camera, K_given = _as_camera(camera, image_size)
     if method == "epnp":
         unsupported = {"covariance": covariance or None, "min_trials": min_trials, "seed": seed,
                        "min_inlier_ratio": min_inlier_ratio, "loss_scale_px": loss_scale_px}
@@ -159,9 +156,29 @@ def estimate_absolute_pose(points2D, points3D, camera: Union[Camera, np.ndarray]
         if given:
             raise ValueError(f"method='epnp' does not take {', '.join(given)}: use method='lo-ransac' for them")
         return _epnp_ransac(points2D, points3D, camera, K_given, max_error_px, max_trials, confidence)
+    ransac = dict(max_trials=max_trials, min_trials=min_trials, confidence=confidence,
+                  min_inlier_ratio=min_inlier_ratio, seed=seed)
+    return _lo_ransac(points2D, points3D, camera, max_error_px, ransac, loss_scale_px, covariance)
+
+
+def _as_camera(camera, image_size):
+    """``(Camera, the caller's K or None)``: a K needs the image size to become a camera."""
+    if isinstance(camera, Camera):
+        return camera, None
+    if image_size is None:
+        raise ValueError("a camera given as K needs image_size=(width, height)")
+    K = np.asarray(camera, dtype=np.float64)
+    return Camera.from_K(K, int(image_size[0]), int(image_size[1])), K
+
+
+def _lo_ransac(points2D, points3D, camera: Camera, max_error_px: float, ransac: dict, loss_scale_px,
+               covariance: bool):
+    """pycolmap's LO-RANSAC over P3P, then its Cauchy-robust refinement (COLMAP pixels)."""
+    import pycolmap
+
     options = pycolmap.AbsolutePoseEstimationOptions()
     options.ransac.max_error = float(max_error_px)
-    _ransac_options(options.ransac, max_trials, min_trials, confidence, min_inlier_ratio, seed)
+    _ransac_options(options.ransac, **ransac)
     refinement = pycolmap.AbsolutePoseRefinementOptions()
     if loss_scale_px is not None:
         if not loss_scale_px > 0:
@@ -188,10 +205,7 @@ def _epnp_ransac(points2D, points3D, camera: Camera, K, max_error_px: float, max
     if not camera.is_pinhole:
         raise ValueError(f"method='epnp' needs a pinhole camera, got {camera.model}: undistort the points first "
                          "(Camera.undistort) or use method='lo-ransac'")
-    if max_trials is not None and int(max_trials) < 1:
-        raise ValueError(f"max_trials must be >= 1, got {max_trials}")
-    if confidence is not None and not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    _check_trials_and_confidence(max_trials, confidence)
     if len(points2D) < 4:
         return None
     K = camera.K if K is None else K
