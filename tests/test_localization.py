@@ -236,6 +236,28 @@ def test_cli_build_localize_evaluate_on_strecha(tmp_path, capsys):
     result = evaluate_poses(gt, load_poses(tmp_path / "poses.txt"))
     assert result["recall@(0.25m,2deg)"] == 1.0 and result["median_translation_m"] < 0.05
     assert sorted(p.name for p in (tmp_path / "viz").iterdir()) == ["0004.png", "0007.png"]
+    _check_pairs_command(tmp_path / "map", scene / "images" / "0004.jpg", tmp_path, capsys)
+
+
+def _check_pairs_command(map_dir, query, tmp_path, capsys):
+    """``pylocalize pairs`` writes the map's retrieval of a query with its CANN scores: what
+    hloc and kapture read (the formats' readers are checked in test_two_stage.py)."""
+    from pylocalize.cli import main
+    from pylocalize.features import extract_sift
+    from pylocalize.index.pairs import read_pairs
+
+    for fmt in ("kapture", "hloc"):
+        out = tmp_path / f"pairs-{fmt}.txt"
+        assert main(["pairs", "--map", str(map_dir), "--images", str(query), "--k", "3", "--format", fmt,
+                     "--out", str(out)]) == 0
+        assert f"3 pairs of 1 queries -> {out}" in capsys.readouterr().out
+        pairs = read_pairs(out)[query.name]
+        m = Map.load(map_dir)
+        images, scores = m.retrieve(extract_sift(query, m.max_features, m.extractor)[1], 3, return_scores=True)
+        assert [d for d, _ in pairs] == [m.names[i] for i in images]
+        if fmt == "kapture":
+            np.testing.assert_allclose([s for _, s in pairs], scores, rtol=1e-5)
+    assert pairs[0][0] in ("0003.jpg", "0005.jpg")  # the query's neighbours along the facade
 
 
 def test_half_the_query_from_another_scene_still_localizes(scene_and_map):
@@ -397,6 +419,15 @@ def test_extract_and_retrieve_alone(scene_and_map):
     np.testing.assert_allclose(features.camera.K, scene.K)
     assert m.retrieve(features.descriptors, 3)[0] == 5  # a database image retrieves itself first
     assert m.retrieve(features.descriptors, None) == list(range(len(m.names)))
+    images, scores = m.retrieve(features.descriptors, 3, return_scores=True)
+    assert images == m.retrieve(features.descriptors, 3) and len(scores) == 3
+    assert scores == sorted(scores, reverse=True) and scores[0] > scores[1]
+    # every image's score, in image order, equals the index's own ranking of all images
+    all_images, all_scores = m.retrieve(features.descriptors, None, return_scores=True)
+    ref_scores, ref_ids = m.index.search(features.descriptors, len(m.names))
+    assert all_images == list(range(len(m.names)))
+    np.testing.assert_allclose([all_scores[i] for i in ref_ids], ref_scores)
+    np.testing.assert_allclose(scores, ref_scores[:3])
     with pytest.raises(ValueError, match="640x480"):
         m.extract(scene.images[5], "PINHOLE 640 480 500 500 320 240")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from pylocalize.features import match_descriptors
 
@@ -24,3 +25,22 @@ def test_match_descriptors_against_brute_force():
     doubled = match_descriptors(a[:100], np.concatenate([b, b + 0.5]), 0.8, mutual=False, groups_b=groups)
     assert len(doubled) >= 95 and (groups[doubled[:, 1]] == doubled[:, 0]).all()
     assert len(match_descriptors(a[:100], np.concatenate([b, b + 0.5]), 0.8, mutual=False)) == 0
+
+
+def test_extract_sift_reads_a_path_as_its_pixels(tmp_path):
+    from PIL import Image
+
+    from pylocalize.features import extract_sift
+
+    rng = np.random.default_rng(3)
+    image = (rng.random((120, 160)) * 255).astype(np.uint8)
+    image = np.kron(image[::4, ::4], np.ones((4, 4), np.uint8))  # blocks: corners SIFT keeps
+    Image.fromarray(image).save(tmp_path / "blocks.png")
+    from_path = extract_sift(tmp_path / "blocks.png", 500)
+    from_str = extract_sift(str(tmp_path / "blocks.png"), 500)
+    from_pixels = extract_sift(np.stack([image] * 3, -1), 500)  # the file decodes to RGB
+    assert len(from_pixels[0]) > 20
+    for a, b in zip(from_path + from_str, from_pixels + from_pixels):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="no such image file"):
+        extract_sift(tmp_path / "missing.jpg")

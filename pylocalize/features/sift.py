@@ -20,6 +20,8 @@ from typing import Tuple
 
 import numpy as np
 
+from pylocalize.io import load_pixels
+
 EXTRACTORS = ("opencv", "colmap")
 
 
@@ -46,13 +48,13 @@ def root_sift_u8(descriptors: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(d * 512.0), 0, 255).astype(np.uint8)
 
 
-def extract_sift(image: np.ndarray, max_features: int = 4000,
+def extract_sift(image, max_features: int = 4000,
                  extractor: str = "opencv") -> Tuple[np.ndarray, np.ndarray]:
     """SIFT features of one image.
 
     Parameters
     ----------
-    image : uint8 (H, W, 3) or (H, W), or float in [0, 1]
+    image : uint8 (H, W, 3) or (H, W), float in [0, 1], or an image file path (str or Path)
     max_features : int
         Strongest features kept.
     extractor : {"opencv", "colmap"}
@@ -66,7 +68,7 @@ def extract_sift(image: np.ndarray, max_features: int = 4000,
     """
     if extractor not in EXTRACTORS:
         raise ValueError(f"unknown extractor {extractor!r}; use one of {EXTRACTORS}")
-    gray = to_gray(image)
+    gray = to_gray(load_pixels(image))
     if extractor == "opencv":
         import cv2
 

@@ -3,7 +3,8 @@
 - ``map build``: a map from posed images (a Strecha folder, a COLMAP model, a pose file) or
   from images alone (structure-from-motion);
 - ``localize``: the poses of query images in a map, written as a pose file;
-- ``evaluate``: pose errors and recall of a pose file against ground truth.
+- ``evaluate``: pose errors and recall of a pose file against ground truth;
+- ``pairs``: retrieval pairs of query images in a map, as hloc or kapture pairs files.
 
 ``pylocalize/cli.py`` wires them in with ``add_parser(subparsers)``; pycolmap and the map
 code are imported only when a command runs.
@@ -129,6 +130,32 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _pairs(args) -> int:
+    from pylocalize.features import extract_sift
+    from pylocalize.index.pairs import write_pairs_hloc, write_pairs_kapture
+    from pylocalize.io import expand_image_paths
+    from pylocalize.localization import Map
+
+    m = Map.load(args.map)
+    pairs, failed = {}, {}
+    for path in expand_image_paths(args.images):
+        try:
+            _, descriptors = extract_sift(path, m.max_features, m.extractor)  # retrieval needs no camera
+        except ValueError as error:  # one unreadable query must not stop the batch
+            failed[path.name] = str(error)
+            continue
+        images, scores = m.retrieve(descriptors, args.k, return_scores=True)
+        pairs[path.name] = [(m.names[i], s) for i, s in zip(images, scores)]
+    if args.format == "hloc":
+        write_pairs_hloc(args.out, {q: [d for d, _ in dbs] for q, dbs in pairs.items()})
+    else:
+        write_pairs_kapture(args.out, pairs)
+    for name, reason in failed.items():
+        print(f"{name}: failed: {reason}")
+    print(f"{sum(map(len, pairs.values()))} pairs of {len(pairs)} queries -> {args.out}")
+    return 0
+
+
 def _read_query_list(path) -> list:
     """Image names, one per line (the first word of a line: hloc's query lists carry the camera
     after the name); blank lines and ``#`` comments skipped."""
@@ -181,12 +208,24 @@ def _add_evaluate(subparsers) -> None:
     p.set_defaults(func=_evaluate)
 
 
+def _add_pairs(subparsers) -> None:
+    p = subparsers.add_parser("pairs", help="image pairs (query, map image, CANN score) for hloc or kapture")
+    p.add_argument("--map", required=True, help="map directory")
+    p.add_argument("--images", nargs="+", required=True, help="query image files or folders")
+    p.add_argument("--k", type=int, default=10, help="map images per query, best first")
+    p.add_argument("--format", choices=["hloc", "kapture"], default="hloc",
+                   help="hloc: 'query db' lines; kapture: 'query, db, score' pairsfile")
+    p.add_argument("--out", required=True, help="pairs file to write")
+    p.set_defaults(func=_pairs)
+
+
 def add_parser(subparsers) -> None:
-    """Adds the ``map`` (``build``), ``localize`` and ``evaluate`` commands to an argparse
+    """Adds the ``map`` (``build``), ``localize``, ``evaluate`` and ``pairs`` commands to an argparse
     sub-parser set, as ``pylocalize.cli.build_parser`` builds its commands."""
     _add_map(subparsers)
     _add_localize(subparsers)
     _add_evaluate(subparsers)
+    _add_pairs(subparsers)
 
 
 def main(argv=None) -> int:

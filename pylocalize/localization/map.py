@@ -575,15 +575,28 @@ class Map:
         keypoints, descriptors = extract_sift(pixels, self.max_features, self.extractor)
         return QueryFeatures(keypoints, descriptors, cam)
 
-    def retrieve(self, descriptors: np.ndarray, k: Optional[int]) -> List[int]:
-        """Stage 2: the ``k`` database images CANN ranks best for a query's descriptors
-        (every image when ``k`` is None: exhaustive matching)."""
+    def retrieve(self, descriptors: np.ndarray, k: Optional[int], return_scores: bool = False):
+        """Stage 2: the ``k`` database images CANN ranks best for a query's descriptors, as
+        indices into :attr:`names`, best first (every image, in index order, when ``k`` is
+        None: exhaustive matching).
+
+        With ``return_scores``, returns ``(images, scores)``: the CANN score S(m) of each
+        image (higher is more similar; the scores of all images when ``k`` is None).
+        """
+        n = len(self.names)
+        if n == 0:
+            return ([], []) if return_scores else []
+        kk = n if k is None else min(int(k), n)
+        scores, ids = self.index.search(descriptors, kk) if return_scores or k is not None else (None, None)
         if k is None:
-            return list(range(len(self.names)))
-        if len(self.names) == 0:
-            return []
-        _, ids = self.index.search(descriptors, min(int(k), len(self.names)))
-        return [int(i) for i in ids if i >= 0]
+            images = list(range(n))
+            if return_scores:  # back to image order, each image's own score
+                by_image = dict(zip(ids.tolist(), scores.tolist()))
+                return images, [float(by_image.get(i, 0.0)) for i in images]
+            return images
+        keep = ids >= 0
+        images = [int(i) for i in ids[keep]]
+        return (images, [float(s) for s in scores[keep]]) if return_scores else images
 
     def num_observations(self, images: Sequence[int]) -> int:
         """Features of the database ``images`` (indices, repeats counted once) that observe a
