@@ -178,6 +178,9 @@ def test_a_guessed_query_is_flagged_and_its_focal_estimated(exif_map):
     assert same.success and not same.intrinsics_guessed and not same.focal_estimated
     assert same.camera == camera and same.camera_source == f"map camera of {m.names[0]}"
     assert np.linalg.norm(_centre(same.cam_from_world) - _centre(truth["same"])) < 0.05
+    batch = m.localize_many([queries["plain"], queries["same"]])  # no cameras: each query's own
+    assert [(r.success, r.intrinsics_guessed, r.camera_source) for r in batch] == [
+        (True, True, result.camera_source), (True, False, same.camera_source)]
 
 
 def test_result_prints_in_one_short_line(exif_map):

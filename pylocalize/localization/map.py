@@ -18,6 +18,11 @@ points: ratio test against other points, mutual check) and :meth:`Map.estimate_p
 ``success=False`` and the reason, never an exception; :meth:`Map.localize_many` runs a batch
 in parallel.
 
+A query's camera is given, or found for its file (:meth:`Map.query_camera`): the map's own
+calibrated camera when the query comes from the device (EXIF make, model, focal length) that
+took the map's images, else its EXIF focal length, else a guess whose focal length is then
+estimated with the pose; the result says which (``camera_source``, ``intrinsics_guessed``).
+
 Conventions: OpenCV pixels (centres at integers) and ``cam_from_world`` 3x4; pycolmap's
 pixel convention (+0.5) is handled at its boundary.
 """
