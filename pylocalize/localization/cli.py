@@ -44,12 +44,12 @@ def _map_build(args) -> int:
     return 0
 
 
-def query_camera(path, fixed=None, per_name=None, map=None):
+def query_camera(path, fixed=None, per_name=None, m=None):
     """The :class:`~pylocalize.localization.map.QueryCamera` (camera, where it came from,
     whether its focal length is a guess) of the query image ``path``, from the first source
     that has one: ``fixed`` (--camera; ``"map"`` forces the map's camera), ``per_name[path.name]``
-    (--cameras), the Strecha ``.camera`` file of the image, the calibrated camera of ``map``
-    for the query's EXIF device (:meth:`Map.query_camera`), its EXIF focal length, or a guess
+    (--cameras), the Strecha ``.camera`` file of the image, the calibrated camera of the map
+    ``m`` for the query's EXIF device (:meth:`Map.query_camera`), its EXIF focal length, or a guess
     (:meth:`Camera.from_exif`). Raises ``ValueError`` if ``per_name`` lacks the image, or for
     ``"map"`` when no map camera fits the query."""
     from pylocalize.datasets.strecha import camera_file_of_image, read_strecha_camera
@@ -59,9 +59,9 @@ def query_camera(path, fixed=None, per_name=None, map=None):
     from pylocalize.localization.map import QueryCamera
 
     if isinstance(fixed, str) and fixed == "map":
-        if map is None:
+        if m is None:
             raise ValueError("--camera map needs the map")
-        return map.query_camera(path, use_map=True)
+        return m.query_camera(path, use_map=True)
     if fixed is not None:
         return QueryCamera(fixed, "--camera", False)
     if per_name is not None:
@@ -72,8 +72,8 @@ def query_camera(path, fixed=None, per_name=None, map=None):
     if strecha is not None:
         return QueryCamera(Camera.from_K(read_strecha_camera(strecha)[0], *image_size(path)), "Strecha .camera file",
                            False)
-    if map is not None:
-        return map.query_camera(path)
+    if m is not None:
+        return m.query_camera(path)
     camera, source = Camera.from_exif(path)
     return QueryCamera(camera, source, is_focal_guess(source))
 
