@@ -156,6 +156,15 @@ def test_map_camera_with_several_cameras_needs_the_device():
     assert m.map_camera(None, 64, 48) is None
     with pytest.raises(ValueError, match="2 distinct cameras and the query's device .no EXIF make and model."):
         m.map_camera(None, 64, 48, required=True)
+    # structure-from-motion refined a camera per image of device A: their per-parameter median
+    m.cameras = [Camera.from_string(f"SIMPLE_RADIAL 64 48 {f} 32 24 {k}") for f, k in ((50, -0.1), (70, 0.3))] + [
+        Camera.from_string("SIMPLE_RADIAL 64 48 54 32 24 0.02")]
+    m.devices = [a, a, a]
+    found = m.map_camera(a, 64, 48)
+    assert found.camera == Camera.from_string("SIMPLE_RADIAL 64 48 54 32 24 0.02") and not found.guessed
+    assert found.source == "map camera of 3 images (a.jpg, ...): the median of their 3 cameras"
+    m.cameras[1] = Camera.from_string("PINHOLE 64 48 70 70 32 24")  # models differ: no median
+    assert m.map_camera(a, 64, 48) is None
 
 
 # ------------------------------------------------------------------ localization with each source

@@ -616,44 +616,58 @@ class Map:
 
     # ------------------------------------------------------------ query cameras
 
-    def _distinct_cameras(self, images) -> Dict[Camera, str]:
-        """``{camera: the first image that has it}`` over the database ``images`` (indices)."""
-        distinct: Dict[Camera, str] = {}
+    def _device_camera(self, images: Sequence[int]):
+        """``(camera, "map camera of ...")`` for the database ``images`` (indices) of one
+        device, or None. Their one camera; or, where structure-from-motion refined a camera
+        per image (photos whose EXIF lacks make and model, such as the Lund sample), the
+        per-parameter median of their cameras when these share model and size."""
+        distinct = {}
         for i in images:
             distinct.setdefault(self.cameras[i], self.names[i])
-        return distinct
+        if len(distinct) == 1:
+            (camera, name), = distinct.items()
+            return camera, f"map camera of {name}"
+        if len({(c.model, c.width, c.height) for c in distinct}) != 1:
+            return None
+        first = self.cameras[images[0]]
+        median = np.median([self.cameras[i].params for i in images], axis=0)
+        return (Camera(first.model, first.width, first.height, tuple(median)),
+                f"map camera of {len(images)} images ({self.names[images[0]]}, ...): the median of their "
+                f"{len(distinct)} cameras")
 
     def map_camera(self, device: Optional[CameraDevice], width: int, height: int,
                    required: bool = False) -> Optional[QueryCamera]:
         """The map's calibrated camera (SfM-refined intrinsics, distortion included) for a
-        query of ``width`` x ``height`` taken with ``device``: the one camera of the map's
-        images from that device (:meth:`CameraDevice.same_device`), scaled to the query's size
-        when it has the same aspect ratio. None when no single camera fits.
+        query of ``width`` x ``height`` taken with ``device``: the camera of the map's images
+        from that device (:meth:`CameraDevice.same_device`; the median of theirs when each
+        has its own), scaled to the query's size when it has the same aspect ratio. None when
+        no camera fits.
 
         With ``required`` (``--camera map``), a map with one camera gives it whatever the
         query's device, and a query no camera fits raises ``ValueError`` saying why.
         """
         same = [i for i, d in enumerate(self.devices) if device is not None and device.same_device(d)]
-        candidates = self._distinct_cameras(same)
-        if required and len(candidates) != 1:
-            candidates = self._distinct_cameras(range(len(self.names)))
-            if len(candidates) != 1:
+        found = self._device_camera(same) if same else None
+        if required and found is None:
+            distinct = set(self.cameras)
+            if len(distinct) != 1:
                 what = device.describe() if device is not None else "no EXIF make and model"
-                raise ValueError(f"the map has {len(candidates)} distinct cameras and the query's device ({what}) does "
+                raise ValueError(f"the map has {len(distinct)} distinct cameras and the query's device ({what}) does "
                                  "not pick one: give the query's camera with --camera 'MODEL W H PARAMS...' or "
                                  "--cameras FILE")
-        if len(candidates) != 1:
+            found = self.cameras[0], f"map camera of {self.names[0]}"
+        if found is None:
             return None
-        (camera, name), = candidates.items()
+        camera, source = found
         if (camera.width, camera.height) == (width, height):
-            return QueryCamera(camera, f"map camera of {name}", False)
+            return QueryCamera(camera, source, False)
         if abs(camera.width * height - camera.height * width) > 0.01 * camera.width * height:
             if required:
-                raise ValueError(f"the map camera of {name} is for {camera.width}x{camera.height} images, the query "
-                                 f"is {width}x{height} (another aspect ratio): give the query's camera with --camera")
+                raise ValueError(f"the {source} is for {camera.width}x{camera.height} images, the query is "
+                                 f"{width}x{height} (another aspect ratio): give the query's camera with --camera")
             return None
-        return QueryCamera(camera.scaled(width, height),
-                           f"map camera of {name}, scaled from {camera.width}x{camera.height}", False)
+        return QueryCamera(camera.scaled(width, height), f"{source}, scaled from {camera.width}x{camera.height}",
+                           False)
 
     def query_camera(self, image, use_map: bool = False) -> QueryCamera:
         """The camera of the query image file ``image``: the map's calibrated camera for its
