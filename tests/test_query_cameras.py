@@ -243,3 +243,19 @@ def test_cli_query_camera_order(exif_map):
     assert query_camera(queries["other"], "map", None, m).camera == camera
     with pytest.raises(ValueError, match="needs the map"):
         query_camera(queries["other"], "map")
+
+
+def test_an_implausible_estimated_focal_length_fails_the_query():
+    """A focal length outside the plausible fields of view (a degenerate four-point solution)
+    is a failure that says so, not a pose."""
+    from pylocalize.geometry.absolute_pose import AbsolutePose
+    from pylocalize.localization.map import PLAUSIBLE_FOCAL_FACTORS, _pose_result
+
+    common = {"camera_source": "no EXIF focal length: assumed 1.2 x the larger side", "intrinsics_guessed": True}
+    low, high = PLAUSIBLE_FOCAL_FACTORS
+    for factor, success in ((low / 2, False), (0.8, True), (high * 2, False)):
+        camera = Camera("SIMPLE_RADIAL", 100, 50, (factor * 100, 50, 25, 0.0))
+        pose = AbsolutePose(np.eye(3, 4), np.ones(20, bool), camera=camera)
+        result = _pose_result(pose, 12, dict(common))
+        assert result.success == success and result.focal_estimated and result.camera == camera
+        assert success or "is implausible: give the query's camera" in result.reason

@@ -845,7 +845,7 @@ class Map:
 
 
 # Focal lengths an estimate may take, as multiples of the larger image side: fields of view
-# from about 5 to 130 degrees. Outside, the estimate is a degenerate solution (points nearly
+# across the larger side from about 5 to 135 degrees. Outside, the estimate is a degenerate solution (points nearly
 # on a plane or a line), not a lens.
 PLAUSIBLE_FOCAL_FACTORS = (0.2, 12.0)
 
