@@ -8,7 +8,7 @@ format of the common localization benchmarks. Lines starting with ``#`` are comm
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Iterable, Tuple
+from typing import Dict, Iterable, Optional, Tuple
 
 import numpy as np
 
@@ -93,9 +93,10 @@ def check_pose_name(name: str) -> str:
     return name
 
 
-def write_pose_file(path, poses: Iterable[Tuple[str, np.ndarray]]) -> None:
+def write_pose_file(path, poses: Iterable[Tuple[str, np.ndarray]], notes: Optional[Dict[str, str]] = None) -> None:
     """Writes ``(name, cam_from_world 3x4 or 4x4)`` pairs as ``name qw qx qy qz tx ty tz`` lines,
-    all-or-nothing.
+    all-or-nothing; ``notes[name]`` goes on a ``# name: note`` comment line above its pose
+    (readers skip ``#`` lines).
 
     Raises
     ------
@@ -117,6 +118,8 @@ def write_pose_file(path, poses: Iterable[Tuple[str, np.ndarray]]) -> None:
         if not np.isfinite(t).all():
             raise ValueError(f"the translation of {name!r} is not finite: {t}")
         q = quaternion_from_matrix(R)
+        if notes and name in notes:
+            lines.append(f"# {name}: " + " ".join(str(notes[name]).split()))  # one line, whatever the note holds
         # 17 significant digits read back as the same float64 (10 lost ~1e-10 m per value).
         lines.append(name + " " + " ".join(f"{v:.17g}" for v in (*q, *t)))
     write_bytes_atomic(path, ("\n".join(lines) + "\n").encode("utf-8"))

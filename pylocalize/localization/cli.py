@@ -12,10 +12,13 @@ code are imported only when a command runs.
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
 from pylocalize._cli import run_alone
+
+logger = logging.getLogger(__name__)
 
 
 def _map_build(args) -> int:
@@ -42,47 +45,70 @@ def _map_build(args) -> int:
     return 0
 
 
-def query_camera(path, fixed=None, per_name=None):
-    """``(camera, where it came from)`` of the query image ``path``: ``fixed`` (--camera),
-    ``per_name[path.name]`` (--cameras), the Strecha ``.camera`` file of the image, or its
-    EXIF focal length (:meth:`Camera.from_exif`, whose source string starts with
-    ``"no EXIF"`` when it had to guess). Raises ``ValueError`` if ``per_name`` lacks the image."""
+def query_camera(path, fixed=None, per_name=None, m=None):
+    """The :class:`~pylocalize.localization.map.QueryCamera` (camera, where it came from,
+    whether its focal length is a guess) of the query image ``path``, from the first source
+    that has one: ``fixed`` (--camera; ``"map"`` forces the map's camera), ``per_name[path.name]``
+    (--cameras), the Strecha ``.camera`` file of the image, the calibrated camera of the map
+    ``m`` for the query's EXIF device (:meth:`Map.query_camera`), its EXIF focal length, or a guess
+    (:meth:`Camera.from_exif`). Raises ``ValueError`` if ``per_name`` lacks the image, or for
+    ``"map"`` when no map camera fits the query."""
     from pylocalize.datasets.strecha import camera_file_of_image, read_strecha_camera
     from pylocalize.geometry import Camera
+    from pylocalize.geometry.camera import is_focal_guess
     from pylocalize.io import image_size
+    from pylocalize.localization.map import QueryCamera
 
+    if isinstance(fixed, str) and fixed == "map":
+        if m is None:
+            raise ValueError("--camera map needs the map")
+        return m.query_camera(path, use_map=True)
     if fixed is not None:
-        return fixed, "--camera"
+        return QueryCamera(fixed, "--camera", False)
     if per_name is not None:
         if path.name not in per_name:
             raise ValueError(f"no camera for {path.name} in --cameras")
-        return per_name[path.name], "--cameras"
+        return QueryCamera(per_name[path.name], "--cameras", False)
     strecha = camera_file_of_image(path)
     if strecha is not None:
-        return Camera.from_K(read_strecha_camera(strecha)[0], *image_size(path)), "Strecha .camera file"
-    return Camera.from_exif(path)
+        return QueryCamera(Camera.from_K(read_strecha_camera(strecha)[0], *image_size(path)), "Strecha .camera file",
+                           False)
+    if m is not None:
+        return m.query_camera(path)
+    camera, source = Camera.from_exif(path)
+    return QueryCamera(camera, source, is_focal_guess(source))
 
 
-def _query_cameras(args):
-    """``(paths, cameras, failed)``: the queries that have a camera, and ``{name: reason}``
-    of those that have none (one bad query must not stop the batch)."""
+def _query_cameras(args, m):
+    """``(paths, cameras, failed)``: the queries that have a camera (``QueryCamera`` each),
+    and ``{name: reason}`` of those that have none (one bad query must not stop the batch)."""
     from pylocalize.geometry import Camera, read_cameras_file
     from pylocalize.io import expand_image_paths
 
-    fixed = Camera.from_string(args.camera) if args.camera else None
+    fixed = None if not args.camera else "map" if args.camera == "map" else Camera.from_string(args.camera)
     per_name = read_cameras_file(args.cameras) if args.cameras else None
     paths, cameras, failed = [], [], {}
     for path in expand_image_paths(args.images):
         try:
-            camera, source = query_camera(path, fixed, per_name)
+            query = query_camera(path, fixed, per_name, m)
         except Exception as error:  # one bad query must not stop the batch
             failed[path.name] = str(error)
             continue
-        if source.startswith("no EXIF"):
-            print(f"{path.name}: {source}")
+        if query.guessed:
+            logger.warning("%s: intrinsics guessed (%s); the focal length is estimated with the pose (give --camera or "
+                           "--cameras for a calibrated one)", path.name, query.source)
         paths.append(path)
-        cameras.append(camera)
+        cameras.append(query)
     return paths, cameras, failed
+
+
+def _pose_note(result) -> str:
+    """The pose file's comment on a localized query's camera (the pose line itself stays
+    ``name qw qx qy qz tx ty tz``, which every pose reader skips comments around)."""
+    if result.intrinsics_guessed:
+        how = "focal length estimated with the pose" if result.focal_estimated else "used as guessed"
+        return f"intrinsics GUESSED ({result.camera_source}); {how}: {result.camera.to_string()}"
+    return f"camera: {result.camera_source}"
 
 
 def _localize(args) -> int:
@@ -92,22 +118,31 @@ def _localize(args) -> int:
     from pylocalize.localization.viz import save_localization_figure
 
     m = Map.load(args.map)
-    paths, cameras, failed = _query_cameras(args)
+    paths, cameras, failed = _query_cameras(args, m)
     results = m.localize_many(paths, cameras, workers=args.workers, progress=True)
-    estimates = []
-    for path, camera, result in zip(paths, cameras, results):
+    estimates, notes = [], {}
+    for path, result in zip(paths, results):
         if result.success:
             estimates.append((path.name, result.cam_from_world))
+            notes[path.name] = _pose_note(result)
             total = sum(result.timings.values())
-            print(f"{path.name}: {result.num_inliers} inliers, {total:.2f} s")
+            print(f"{path.name}: {result.num_inliers} inliers, {total:.2f} s, camera: {result.camera_source}")
+            if result.intrinsics_guessed:
+                logger.warning("%s: localized with GUESSED intrinsics (%s, f = %.1f px): the pose is less "
+                               "reliable than with a calibrated camera", path.name,
+                               "focal length estimated" if result.focal_estimated else "as guessed",
+                               result.camera.K[0, 0])
         else:
             failed[path.name] = result.reason
         if args.viz and result.points2D is not None:
-            save_localization_figure(f"{args.viz}/{path.stem}.png", read_image(path), result, m, camera,
+            save_localization_figure(f"{args.viz}/{path.stem}.png", read_image(path), result, m, result.camera,
                                      image_dir=m.image_dir)
     for name, reason in failed.items():
         print(f"{name}: failed: {reason}")
-    write_pose_file(args.out, estimates)
+    write_pose_file(args.out, estimates, notes=notes)
+    guessed = sum(r.success and r.intrinsics_guessed for r in results)
+    if guessed:
+        print(f"{guessed} of the localized queries had guessed intrinsics (marked in {args.out})")
     print(f"{len(estimates)} localized, {len(failed)} failed -> {args.out}")
     return 0
 
@@ -189,14 +224,17 @@ def _add_localize(subparsers) -> None:
     p = subparsers.add_parser("localize", help="localize query images in a map")
     p.add_argument("--map", required=True, help="map directory")
     p.add_argument("--images", nargs="+", required=True, help="query image files or folders")
-    p.add_argument("--camera", help="'MODEL W H PARAMS...' (COLMAP convention) for every query")
+    p.add_argument("--camera", help="'MODEL W H PARAMS...' (COLMAP convention) for every query, or 'map': the "
+                                    "map's calibrated camera (scaled to the query's size)")
     p.add_argument("--cameras", help="cameras file, lines 'name MODEL W H PARAMS...'")
     p.add_argument("--workers", type=int, default=None, help="queries localized in parallel")
     p.add_argument("--out", required=True, help="pose file to write (name qw qx qy qz tx ty tz)")
     p.add_argument("--viz", help="folder for one figure per query (matches, reprojections, retrieved images)")
     p.set_defaults(func=_localize)
     p.epilog = ("Without --camera or --cameras, a query's camera comes from a Strecha .camera file beside it, "
-                "else from its EXIF focal length (1.2 x the larger side when EXIF has none).")
+                "else from the map's calibrated camera of the same EXIF device (make, model, focal length) and "
+                "aspect ratio, else from its EXIF focal length; without any, the focal length is guessed and "
+                "estimated with the pose, and the output and the pose file say so.")
 
 
 def _add_evaluate(subparsers) -> None:
