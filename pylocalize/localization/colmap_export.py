@@ -44,7 +44,7 @@ def reconstruction_from_map(m, image_dir=None):
     for i, (name, camera, pose, keypoints) in enumerate(zip(m.names, m.cameras, m.cam_from_world, m.keypoints)):
         image = pycolmap.Image(name=name, camera_id=camera_ids[camera], image_id=i + 1)
         # +0.5: OpenCV pixel centres to COLMAP's
-        image.points2D = pycolmap.ListPoint2D([pycolmap.Point2D(xy) for xy in np.asarray(keypoints, np.float64) + 0.5])
+        image.points2D = pycolmap.Point2DList([pycolmap.Point2D(xy) for xy in np.asarray(keypoints, np.float64) + 0.5])
         rigid = pycolmap.Rigid3d(pycolmap.Rotation3d(pose[:, :3]), np.ascontiguousarray(pose[:, 3]))
         rec.add_image_with_trivial_frame(image, rigid)
     colors = _point_colors(m, image_dir)
