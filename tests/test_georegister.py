@@ -163,6 +163,9 @@ def test_map_from_gps_tagged_images_is_in_metres_east_north_up(geo_scene):
 
 
 def test_the_sfm_model_is_kept_in_the_map_frame_and_survives_saves(geo_scene, tmp_path, monkeypatch):
+    import shutil
+
+    from pylocalize import FormatError
     from pylocalize.localization import colmap_export
 
     _, root, m = geo_scene
@@ -197,6 +200,9 @@ def test_the_sfm_model_is_kept_in_the_map_frame_and_survives_saves(geo_scene, tm
     copy.save(tmp_path / "copy")  # commits a new model folder; the old one is removed
     models = sorted(p.name for p in (tmp_path / "copy").iterdir() if p.name.startswith(("sfm-", ".sfm-")))
     assert models == [Map.load(tmp_path / "copy").sfm_model_dir.name] and models != [first.name]
+    shutil.rmtree(tmp_path / "copy" / models[0])  # a map naming a model that is gone is refused, not half-read
+    with pytest.raises(FormatError, match="SfM model"):
+        Map.load(tmp_path / "copy")
     # maps built from posed images have no SfM model and no geo origin
     plain = Map(m.names[:1], m.cameras[:1], m.cam_from_world[:1], m.keypoints[:1], m.descriptors[:1],
                 [np.full(len(m.keypoints[0]), -1, np.int64)], np.zeros((0, 3)))
@@ -235,3 +241,46 @@ def test_lund_photos_carry_gps():
     assert len(fixes) == 29 and all(f is not None for f in fixes)
     lla = np.array(fixes)
     assert np.abs(lla[:, 0] - 55.699).max() < 0.01 and np.abs(lla[:, 1] - 13.195).max() < 0.01  # Lund
+
+
+def test_georegister_moves_poses_points_and_model_together(caplog):
+    """Registration changes the frame, not the images: every point projects to the same pixel
+    under the moved poses; the kept SfM model moves with the map; a map whose GPS cannot fix
+    the frame is left untouched and the log says why."""
+    import logging
+
+    from pylocalize.geometry import Camera
+    from pylocalize.localization.colmap_export import reconstruction_from_map
+    from pylocalize.localization.georegister import georegister
+
+    rng = np.random.default_rng(6)
+    enu = np.column_stack([rng.uniform(-50, 50, 12), rng.uniform(-50, 50, 12), rng.normal(0, 1, 12)])
+    centres = camera_centres(_synthetic_map_frame(rng, enu)[0])
+    rotations = np.stack([_rotation(rng) for _ in range(12)])
+    poses = np.concatenate([rotations, -np.einsum("nij,nj->ni", rotations, centres)[:, :, None]], axis=2)
+    names = [f"{i:02d}.jpg" for i in range(12)]
+    points = rng.normal(size=(40, 3)) * 100
+    keypoints = [np.zeros((40, 2), np.float32) for _ in names]
+    m = Map(names, [Camera.from_string("PINHOLE 640 480 500 500 320 240")] * 12, poses, keypoints,
+            [np.zeros((40, 128), np.uint8)] * 12, [np.arange(40)] * 12, points)
+    m.sfm_reconstruction = reconstruction_from_map(m)
+
+    def projections(m):
+        cam = np.einsum("nij,kj->nki", m.cam_from_world[:, :, :3], m.points3D) + m.cam_from_world[:, None, :, 3]
+        return cam[..., :2] / cam[..., 2:]
+
+    before = projections(m)
+    gps = dict(zip(names, geodetic_from_enu(enu + rng.normal(scale=0.5, size=enu.shape), ORIGIN)))
+    with caplog.at_level(logging.WARNING, logger="pylocalize.localization.georegister"):
+        assert georegister(m, {n: gps[n] for n in names[:2]}, gps_noise_m=1.0) is None
+    assert "not geo-registered" in caplog.text and "2 of 12 images" in caplog.text
+    np.testing.assert_array_equal(projections(m), before)
+    assert m.geo_origin is None
+    registration = georegister(m, gps, gps_noise_m=1.0)
+    assert registration is not None and m.geo_origin is not None
+    np.testing.assert_allclose(projections(m), before, atol=1e-9)
+    errors = np.linalg.norm(enu_from_geodetic(m.camera_geodetic(m.cam_from_world), ORIGIN) - enu, axis=1)
+    assert np.median(errors) < 1.0
+    model = m.sfm_model()
+    np.testing.assert_allclose([model.images[i + 1].projection_center() for i in range(12)],
+                               camera_centres(m.cam_from_world), atol=1e-9)

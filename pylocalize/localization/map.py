@@ -588,7 +588,8 @@ class Map:
                 return cls._from_sections(folder, meta, sec)
             except _IndexMissing as missing:
                 if attempt == 2 or _file_identity(file) == identity:
-                    raise FormatError(f"{path}: the map's file {missing} is missing; rebuild the map with "
+                    what = "SfM model" if str(missing).startswith("sfm-") else "retrieval index"
+                    raise FormatError(f"{path}: the map's {what} {missing} is missing; rebuild the map with "
                                       "`pylocalize map build`") from None
 
     @classmethod
