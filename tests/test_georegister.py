@@ -200,6 +200,17 @@ def test_the_sfm_model_is_kept_in_the_map_frame_and_survives_saves(geo_scene, tm
     copy.save(tmp_path / "copy")  # commits a new model folder; the old one is removed
     models = sorted(p.name for p in (tmp_path / "copy").iterdir() if p.name.startswith(("sfm-", ".sfm-")))
     assert models == [Map.load(tmp_path / "copy").sfm_model_dir.name] and models != [first.name]
+    # a damaged model file is refused before pycolmap reads it (pycolmap can hang on one)
+    loaded = Map.load(tmp_path / "copy")
+    points_file = loaded.sfm_model_dir / "points3D.bin"
+    data = bytearray(points_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    points_file.write_bytes(bytes(data))
+    with pytest.raises(FormatError, match="points3D.bin is damaged"):
+        loaded.sfm_model()
+    (loaded.sfm_model_dir / "points3D.bin").unlink()
+    with pytest.raises(FormatError, match="points3D.bin is missing"):
+        loaded.sfm_model()
     shutil.rmtree(tmp_path / "copy" / models[0])  # a map naming a model that is gone is refused, not half-read
     with pytest.raises(FormatError, match="SfM model"):
         Map.load(tmp_path / "copy")

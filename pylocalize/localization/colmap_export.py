@@ -16,8 +16,9 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import zlib
 from pathlib import Path
-from typing import Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -114,6 +115,34 @@ def write_reconstruction(rec, out_dir, binary: bool = True) -> Path:
     return out
 
 
+def model_checksums(folder) -> Dict[str, List[int]]:
+    """``{file name: [size, CRC-32]}`` of the files of a COLMAP model folder: pycolmap has no
+    checksums of its own, and a damaged model file can make it hang or allocate without
+    bound, so a model kept in a map is checked against these before pycolmap reads it."""
+    sums = {}
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.is_file() and entry.name in MODEL_FILES:
+            crc = 0
+            with open(entry.path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    crc = zlib.crc32(block, crc)
+            sums[entry.name] = [entry.stat().st_size, crc]
+    return sums
+
+
+def check_model_checksums(folder, expected: Dict[str, List[int]]) -> None:
+    """``FormatError`` unless the model folder holds exactly the files ``expected`` records,
+    with their sizes and CRC-32s (:func:`model_checksums`)."""
+    from pylocalize._core import FormatError
+
+    found = model_checksums(folder)
+    for name in sorted(set(found) | set(expected)):
+        if found.get(name) != list(expected.get(name, [])):
+            state = "missing" if name not in found else "unexpected" if name not in expected else "damaged"
+            raise FormatError(f"{folder}: the SfM model's {name} is {state} (size or CRC-32 differ from what the map "
+                              "recorded); rebuild the map with `pylocalize map build --images`")
+
+
 def _check_target(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} is a file; give a folder for the COLMAP model")
@@ -155,4 +184,5 @@ def _replace_folder(new: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-__all__ = ["MODEL_FILES", "reconstruction_from_map", "write_colmap_model", "write_reconstruction"]
+__all__ = ["MODEL_FILES", "check_model_checksums", "model_checksums", "reconstruction_from_map", "write_colmap_model",
+           "write_reconstruction"]

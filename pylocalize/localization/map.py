@@ -259,6 +259,7 @@ class Map:
         # (sfm_reconstruction), then the model folder inside the saved map (sfm_model_dir)
         self.sfm_reconstruction = None
         self.sfm_model_dir: Optional[Path] = None
+        self.sfm_model_files: Optional[dict] = None  # {file: [size, CRC-32]} of the saved model
         # (lat, lon, alt) of the east-north-up frame the map lives in, if geo-registered
         self.geo_origin: Optional[np.ndarray] = None
         if index is None:
@@ -284,9 +285,13 @@ class Map:
             return None
         import pycolmap
 
+        from pylocalize.localization.colmap_export import check_model_checksums
+
         if not Path(self.sfm_model_dir).is_dir():
             raise FileNotFoundError(f"{self.sfm_model_dir}: the map's SfM model is gone (the map was saved again "
                                     "since it was loaded); load the map again")
+        if self.sfm_model_files is not None:
+            check_model_checksums(self.sfm_model_dir, self.sfm_model_files)
         return pycolmap.Reconstruction(str(self.sfm_model_dir))
 
     def to_colmap(self, out_dir, binary: bool = True, image_dir=None) -> Path:
@@ -535,7 +540,7 @@ class Map:
             info = {"extractor": self.extractor, "cameras": [c.to_string() for c in self.cameras],
                     "image_dir": image_dir, "index_file": index_file}
             if sfm_model is not None:
-                info["sfm_model"] = sfm_model
+                info["sfm_model"], info["sfm_files"] = sfm_model
             if self.geo_origin is not None:
                 info["geo_origin"] = [float(v) for v in self.geo_origin]
             sections["info"] = np.frombuffer(json.dumps(info).encode("utf-8"), np.uint8).copy()
@@ -543,25 +548,27 @@ class Map:
                     "index_bytes": (path / index_file).stat().st_size, "index_features": len(self.index)}
             _core.write_container(os.fspath(path / MAP_FILE), self.FORMAT_TAG, meta, sections)  # the commit
             remove_unreferenced(path, _INDEX_NAME, keep=[index_file], legacy=[INDEX_FILE])
-            _remove_unreferenced_models(path, keep=sfm_model)
+            _remove_unreferenced_models(path, keep=sfm_model[0] if sfm_model else None)
             if sfm_model is not None:
-                self.sfm_reconstruction, self.sfm_model_dir = None, path / sfm_model
+                self.sfm_reconstruction, self.sfm_model_dir, self.sfm_model_files = None, path / sfm_model[0], \
+                    sfm_model[1]
 
-    def _save_sfm_model(self, path: Path) -> Optional[str]:
+    def _save_sfm_model(self, path: Path) -> Optional[tuple]:
         """Writes the kept SfM model into map folder ``path`` under a new unique name (or
-        keeps the one already there) before the commit; returns its name, None if no model.
-        The folder is renamed into place complete, so the name map.pyloc commits always
-        names a whole model."""
-        from pylocalize.localization.colmap_export import write_reconstruction
+        keeps the one already there) before the commit; returns its name and its files'
+        sizes and CRC-32s, None if no model. The folder is renamed into place complete, so
+        the name map.pyloc commits always names a whole model."""
+        from pylocalize.localization.colmap_export import model_checksums, write_reconstruction
 
         if self.sfm_reconstruction is None and self.sfm_model_dir is None:
             return None
         current = Path(self.sfm_model_dir) if self.sfm_model_dir is not None else None
-        if self.sfm_reconstruction is None and current.parent.resolve() == path.resolve() and current.is_dir():
-            return current.name  # already in this map's folder: model folders are never rewritten
+        if (self.sfm_reconstruction is None and self.sfm_model_files is not None and current.is_dir()
+                and current.parent.resolve() == path.resolve()):
+            return current.name, self.sfm_model_files  # already in this map's folder: never rewritten
         name = unique_name("sfm", "")
         write_reconstruction(self.sfm_model(), path / name)
-        return name
+        return name, model_checksums(path / name)
 
     @classmethod
     def load(cls, path, mmap: bool = True) -> "Map":
@@ -631,7 +638,7 @@ class Map:
                     np.split(sec["descriptors"], split), np.split(sec["point_ids"], split), sec["points3D"],
                     info["extractor"], meta["max_features"], index=index)
             m.image_dir = image_dir
-            m.sfm_model_dir, m.geo_origin = _read_sfm_and_geo(folder, info)
+            m.sfm_model_dir, m.sfm_model_files, m.geo_origin = _read_sfm_and_geo(folder, info)
             return m
         except (FormatError, _IndexMissing):
             raise
@@ -786,12 +793,20 @@ class _IndexMissing(Exception):
 
 
 def _read_sfm_and_geo(folder: Path, info: dict):
-    """``(sfm model folder or None, geo origin or None)`` from map.pyloc's info: optional keys
-    (maps saved before them have neither)."""
-    sfm_model = info.get("sfm_model")
+    """``(sfm model folder, its files' sizes and CRC-32s, geo origin)`` from map.pyloc's info,
+    each None when absent: optional keys (maps saved before them have neither)."""
+    from pylocalize.localization.colmap_export import MODEL_FILES
+
+    sfm_model, files = info.get("sfm_model"), None
     if sfm_model is not None:
         if not isinstance(sfm_model, str) or not _SFM_NAME.match(sfm_model):
             raise FormatError(f"{folder}: SfM model folder name {sfm_model!r}: not one a map save writes")
+        files = info["sfm_files"]
+        def size_and_crc(v):
+            return isinstance(v, list) and len(v) == 2 and all(type(x) is int and x >= 0 for x in v)
+
+        if not isinstance(files, dict) or not set(files) <= MODEL_FILES or not all(map(size_and_crc, files.values())):
+            raise FormatError(f"{folder}: the SfM model's file list is not one a map save writes")
         if not (folder / sfm_model).is_dir():
             raise _IndexMissing(sfm_model)
     origin = info.get("geo_origin")
@@ -799,7 +814,7 @@ def _read_sfm_and_geo(folder: Path, info: dict):
         origin = np.asarray(origin, dtype=np.float64)
         if origin.shape != (3,) or not np.isfinite(origin).all() or abs(origin[0]) > 90 or abs(origin[1]) > 180:
             raise FormatError(f"{folder}: geo_origin {info['geo_origin']!r}: not a (lat, lon, alt)")
-    return (folder / sfm_model if sfm_model is not None else None), origin
+    return (folder / sfm_model if sfm_model is not None else None), files, origin
 
 
 def _remove_unreferenced_models(folder: Path, keep: Optional[str]) -> None:
