@@ -41,6 +41,8 @@ def _check_model(rec, m, grey: bool):
         track = sorted((e.image_id - 1, e.point2D_idx) for e in rec.points3D[k + 1].track.elements)
         expected = sorted((i, int(j)) for i, ids in enumerate(m.point_ids) for j in np.flatnonzero(ids == k))
         assert track == expected
+    # each point carries its mean reprojection error, as COLMAP's own models do
+    assert 0 < rec.compute_mean_reprojection_error() < 3.0
     colors = np.array([rec.points3D[k + 1].color for k in range(len(m.points3D))])
     if grey:
         assert (colors == 128).all()

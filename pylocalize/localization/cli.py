@@ -63,8 +63,9 @@ def _map_geo(args) -> int:
 
     m = Map.load(args.map)
     if m.geo_origin is None:
-        raise SystemExit(f"{args.map}: the map is not geo-registered (built without GPS-tagged images, or with "
-                         "--no-georegister); rebuild it with `pylocalize map build --images DIR`")
+        raise SystemExit(f"{args.map}: the map is not geo-registered; `pylocalize map build --images DIR` "
+                         "registers maps whose photos' EXIF GPS spreads beyond --gps-noise in two directions (its log "
+                         "says why a map was not)")
     poses = read_pose_file(args.poses)
     lines = [f"{name} {lat:.9f} {lon:.9f} {alt:.3f}"
              for name, (lat, lon, alt) in zip(poses, m.camera_geodetic(np.stack(list(poses.values()))))]

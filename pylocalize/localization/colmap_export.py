@@ -57,6 +57,7 @@ def reconstruction_from_map(m, image_dir=None):
         point = pycolmap.Point3D()
         point.xyz, point.track, point.color = xyz, pycolmap.Track(track), colors[k]
         rec.add_point3D_with_id(k + 1, point)  # also ties each track's 2D points to the point
+    rec.update_point_3d_errors()  # each point's mean reprojection error, as COLMAP models carry
     return rec
 
 
