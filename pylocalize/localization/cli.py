@@ -37,11 +37,48 @@ def _map_build(args) -> int:
             raise SystemExit("--poses needs --images DIR and --cameras FILE or --camera 'MODEL W H PARAMS...'")
         m = Map.from_pose_file(args.poses, args.cameras or args.camera, args.images, **options)
     elif args.images:
-        m = Map.from_images(args.images, camera=args.camera, seed=args.seed, sfm=args.sfm, **options)
+        m = Map.from_images(args.images, camera=args.camera, seed=args.seed, sfm=args.sfm,
+                            georegister=args.georegister, gps_noise_m=args.gps_noise, **options)
     else:
         raise SystemExit("give --strecha DIR, --colmap DIR --images DIR, --poses FILE --images DIR, or --images DIR")
     m.save(args.out)
-    print(f"{m} -> {args.out}")
+    geo = ""
+    if m.geo_origin is not None:
+        geo = " (geo-registered: metres east-north-up from lat {:.7f}, lon {:.7f}, alt {:.2f} m)".format(*m.geo_origin)
+    print(f"{m} -> {args.out}{geo}")
+    return 0
+
+
+def _map_export(args) -> int:
+    from pylocalize.localization import Map
+
+    m = Map.load(args.map)
+    out = m.to_colmap(args.colmap, binary=not args.text)
+    print(f"{m} -> COLMAP model ({'text' if args.text else 'binary'}) in {out}")
+    return 0
+
+
+def _map_geo(args) -> int:
+    import numpy as np
+
+    from pylocalize.containers import write_bytes_atomic
+    from pylocalize.geometry import read_pose_file
+    from pylocalize.localization import Map
+
+    m = Map.load(args.map)
+    if m.geo_origin is None:
+        raise SystemExit(f"{args.map}: the map is not geo-registered; `pylocalize map build --images DIR` "
+                         "registers maps whose photos' EXIF GPS spreads beyond --gps-noise in two directions (its log "
+                         "says why a map was not)")
+    poses = read_pose_file(args.poses)
+    lines = [f"{name} {lat:.9f} {lon:.9f} {alt:.3f}"
+             for name, (lat, lon, alt) in zip(poses, m.camera_geodetic(np.stack(list(poses.values()))))]
+    text = "# name latitude longitude altitude (camera centre, WGS84 degrees, metres)\n" + "\n".join(lines) + "\n"
+    if args.out:
+        write_bytes_atomic(args.out, text.encode("utf-8"))
+        print(f"{len(lines)} camera positions -> {args.out}")
+    else:
+        sys.stdout.write(text)
     return 0
 
 
@@ -199,7 +236,7 @@ def _read_query_list(path) -> list:
 
 
 def _add_map(subparsers) -> None:
-    p = subparsers.add_parser("map", help="build a localization map")
+    p = subparsers.add_parser("map", help="build, export or geo-locate a localization map")
     map_sub = p.add_subparsers(dest="map_command", required=True)
     b = map_sub.add_parser("build",
                            help="map from posed images (Strecha, COLMAP model, pose file) or images only (SfM)")
@@ -216,8 +253,27 @@ def _add_map(subparsers) -> None:
     b.add_argument("--seed", type=int, default=0, help="structure-from-motion random seed")
     b.add_argument("--sfm", choices=["incremental", "global"], default="incremental",
                    help="structure-from-motion mapper tried first (images only)")
+    b.add_argument("--no-georegister", dest="georegister", action="store_false",
+                   help="images only: keep SfM's frame even when the images carry GPS (default: maps whose "
+                        "images' EXIF GPS spreads beyond --gps-noise are moved into metres east-north-up)")
+    b.add_argument("--gps-noise", type=float, default=5.0, metavar="M",
+                   help="images only: expected GPS error in metres, for geo-registration (default: %(default)s)")
     b.add_argument("--out", required=True, help="map directory to write")
     b.set_defaults(func=_map_build)
+    e = map_sub.add_parser("export", help="write a map as a COLMAP model (cameras, images, points3D)")
+    e.add_argument("--map", required=True, help="map directory")
+    e.add_argument("--colmap", required=True, metavar="DIR",
+                   help="folder to write the model into (new, empty, or holding a COLMAP model to replace)")
+    form = e.add_mutually_exclusive_group()
+    form.add_argument("--binary", dest="text", action="store_false", help="COLMAP's .bin files (the default)")
+    form.add_argument("--text", dest="text", action="store_true", help="COLMAP's .txt files")
+    e.set_defaults(func=_map_export, text=False)
+    g = map_sub.add_parser("geo", help="latitude, longitude and altitude of the cameras of a pose file in a "
+                                       "geo-registered map")
+    g.add_argument("--map", required=True, help="geo-registered map directory")
+    g.add_argument("--poses", required=True, help="pose file (name qw qx qy qz tx ty tz), e.g. from localize")
+    g.add_argument("--out", help="file to write 'name lat lon alt' lines to (default: print them)")
+    g.set_defaults(func=_map_geo)
 
 
 def _add_localize(subparsers) -> None:

@@ -50,6 +50,8 @@ from pylocalize.geometry.absolute_pose import AbsolutePose, estimate_absolute_po
 from pylocalize.geometry.camera import Camera, CameraDevice, is_focal_guess, read_cameras_file
 from pylocalize.index.cann import CANNIndex
 from pylocalize.io import image_files, image_size, load_pixels, read_image  # noqa: F401 (read_image's old path)
+from pylocalize.localization.georegister import DEFAULT_GPS_NOISE_M, camera_geodetic, gps_of_images
+from pylocalize.localization.georegister import georegister as georegister_map
 from pylocalize.localization.sfm import reconstruct
 from pylocalize.localization.triangulation import select_pairs, triangulate
 
@@ -67,6 +69,11 @@ LOCK_FILE = "map.lock"  # flock'ed by a save, so that two saves into one folder 
 # The index files a save writes ("cann-<16 hex>.pyloc"): a strict pattern, so that a map file
 # can never name a path outside its folder
 _INDEX_NAME = re.compile(r"^cann-[0-9a-f]{16}\.pyloc$")
+# The kept structure-from-motion model of a map built from images: a COLMAP model folder with
+# a unique name per save ("sfm-<16 hex>"), named by map.pyloc like the index file; and the
+# temporary and set-aside folders a killed save may leave (colmap_export.write_reconstruction)
+_SFM_NAME = re.compile(r"^sfm-[0-9a-f]{16}$")
+_SFM_LEFTOVER = re.compile(r"^\.sfm-[0-9a-f]{16}\.(tmp|old)-[0-9a-f]{16}$")
 
 CameraLike = Union[Camera, str, np.ndarray]
 
@@ -297,6 +304,13 @@ class Map:
         self.image_dir: Optional[str] = None  # where the database images are, for figures
         # the EXIF device of each image (None: unknown), so queries reuse the calibrated cameras
         self.devices: List[Optional[CameraDevice]] = [None] * n
+        # the structure-from-motion model of a map built from images: in memory until saved
+        # (sfm_reconstruction), then the model folder inside the saved map (sfm_model_dir)
+        self.sfm_reconstruction = None
+        self.sfm_model_dir: Optional[Path] = None
+        self.sfm_model_files: Optional[dict] = None  # {file: [size, CRC-32]} of the saved model
+        # (lat, lon, alt) of the east-north-up frame the map lives in, if geo-registered
+        self.geo_origin: Optional[np.ndarray] = None
         if index is None:
             index = CANNIndex(128, **RETRIEVAL_OPTIONS)
             if n:
@@ -309,6 +323,41 @@ class Map:
 
     def __repr__(self) -> str:
         return f"Map({len(self.names)} images, {len(self.points3D)} points, {self.extractor} SIFT)"
+
+    def sfm_model(self):
+        """The ``pycolmap.Reconstruction`` structure-from-motion made this map from (in the
+        map's frame), or None for maps built from posed images. Raises ``FileNotFoundError``
+        if the saved map's model folder has gone (a later save into the map's folder)."""
+        if self.sfm_reconstruction is not None:
+            return self.sfm_reconstruction
+        if self.sfm_model_dir is None:
+            return None
+        import pycolmap
+
+        from pylocalize.localization.colmap_export import check_model_checksums
+
+        if not Path(self.sfm_model_dir).is_dir():
+            raise FileNotFoundError(f"{self.sfm_model_dir}: the map's SfM model is gone (the map was saved again "
+                                    "since it was loaded); load the map again")
+        if self.sfm_model_files is not None:
+            check_model_checksums(self.sfm_model_dir, self.sfm_model_files)
+        return pycolmap.Reconstruction(str(self.sfm_model_dir))
+
+    def to_colmap(self, out_dir, binary: bool = True, image_dir=None) -> Path:
+        """Writes the map as a COLMAP model (cameras, posed images with their 2D points, 3D
+        points with tracks; :func:`~pylocalize.localization.colmap_export.write_colmap_model`)
+        into folder ``out_dir``, all-or-nothing; ``binary=False`` writes text."""
+        from pylocalize.localization.colmap_export import write_colmap_model
+
+        return write_colmap_model(self, out_dir, binary=binary, image_dir=image_dir)
+
+    def camera_geodetic(self, cam_from_world: np.ndarray) -> np.ndarray:
+        """``(lat, lon, alt)`` of the camera centre of a ``cam_from_world`` pose (3x4, or
+        ``(n, 3, 4)``) in this map; ``ValueError`` unless the map is geo-registered."""
+        if self.geo_origin is None:
+            raise ValueError("the map is not geo-registered: build it with `pylocalize map build --images` from "
+                             "images that carry GPS positions")
+        return camera_geodetic(cam_from_world, self.geo_origin)
 
     @property
     def K(self) -> np.ndarray:
@@ -426,7 +475,8 @@ class Map:
     @classmethod
     def from_images(cls, image_dir, camera: Optional[CameraLike] = None, max_features: int = 4000,
                     extractor: str = "opencv", seed: int = 0, sfm: str = "incremental",
-                    retriangulate: bool = True, progress: bool = False) -> "Map":
+                    retriangulate: bool = True, progress: bool = False, georegister: bool = True,
+                    gps_noise_m: float = DEFAULT_GPS_NOISE_M) -> "Map":
         """A map from images alone, by structure-from-motion with pycolmap (``sfm``:
         "incremental" or "global", the mapper tried first; see :mod:`~pylocalize.localization.sfm`).
 
@@ -434,6 +484,12 @@ class Map:
         structure-from-motion cannot register are left out of the map. With
         ``retriangulate``, the points are triangulated again from the SfM cameras and
         poses as in :meth:`from_features`; otherwise the map keeps SfM's own points.
+
+        The reconstruction is kept with the map (:meth:`sfm_model`, saved as a COLMAP model
+        folder inside the map). With ``georegister``, a map whose images carry EXIF GPS
+        positions spread beyond ``gps_noise_m`` (metres) in two directions is moved into
+        metres east-north-up (:mod:`~pylocalize.localization.georegister`); otherwise it
+        stays in SfM's frame and the log says why.
         """
         image_dir = Path(image_dir)
         names = [p.name for p in image_files(image_dir)]
@@ -455,6 +511,10 @@ class Map:
                                   extractor=extractor, max_features=max_features, progress=progress)
         m.image_dir = str(image_dir.resolve())
         m.devices = [CameraDevice.from_image(image_path(image_dir, name)) for name in m.names]
+        m.sfm_reconstruction = rec
+        if georegister:
+            gps = gps_of_images({name: image_path(image_dir, name) for name in m.names})
+            georegister_map(m, gps, gps_noise_m=gps_noise_m, seed=seed)
         return m
 
     @classmethod
@@ -530,15 +590,41 @@ class Map:
         with FolderLock(path, LOCK_FILE, wait=True):
             index_file = unique_name("cann", ".pyloc")
             self.index.save(path / index_file)
+            sfm_model = self._save_sfm_model(path)
             # container meta holds integers; the strings go into a JSON section
             info = {"extractor": self.extractor, "cameras": [c.to_string() for c in self.cameras],
                     "image_dir": image_dir, "index_file": index_file,
                     "devices": [None if d is None else d.to_json() for d in self.devices]}
+            if sfm_model is not None:
+                info["sfm_model"], info["sfm_files"] = sfm_model
+            if self.geo_origin is not None:
+                info["geo_origin"] = [float(v) for v in self.geo_origin]
             sections["info"] = np.frombuffer(json.dumps(info).encode("utf-8"), np.uint8).copy()
             meta = {"map_version": MAP_VERSION, "num_images": len(self.names), "max_features": self.max_features,
                     "index_bytes": (path / index_file).stat().st_size, "index_features": len(self.index)}
             _core.write_container(os.fspath(path / MAP_FILE), self.FORMAT_TAG, meta, sections)  # the commit
             remove_unreferenced(path, _INDEX_NAME, keep=[index_file], legacy=[INDEX_FILE])
+            _remove_unreferenced_models(path, keep=sfm_model[0] if sfm_model else None)
+            if sfm_model is not None:
+                self.sfm_reconstruction, self.sfm_model_dir, self.sfm_model_files = None, path / sfm_model[0], \
+                    sfm_model[1]
+
+    def _save_sfm_model(self, path: Path) -> Optional[tuple]:
+        """Writes the kept SfM model into map folder ``path`` under a new unique name (or
+        keeps the one already there) before the commit; returns its name and its files'
+        sizes and CRC-32s, None if no model. The folder is renamed into place complete, so
+        the name map.pyloc commits always names a whole model."""
+        from pylocalize.localization.colmap_export import model_checksums, write_reconstruction
+
+        if self.sfm_reconstruction is None and self.sfm_model_dir is None:
+            return None
+        current = Path(self.sfm_model_dir) if self.sfm_model_dir is not None else None
+        if (self.sfm_reconstruction is None and self.sfm_model_files is not None and current.is_dir()
+                and current.parent.resolve() == path.resolve()):
+            return current.name, self.sfm_model_files  # already in this map's folder: never rewritten
+        name = unique_name("sfm", "")
+        write_reconstruction(self.sfm_model(), path / name)
+        return name, model_checksums(path / name)
 
     @classmethod
     def load(cls, path, mmap: bool = True) -> "Map":
@@ -565,7 +651,8 @@ class Map:
                 return cls._from_sections(folder, meta, sec)
             except _IndexMissing as missing:
                 if attempt == 2 or _file_identity(file) == identity:
-                    raise FormatError(f"{path}: the map's retrieval index {missing} is missing; rebuild the map with "
+                    what = "SfM model" if str(missing).startswith("sfm-") else "retrieval index"
+                    raise FormatError(f"{path}: the map's {what} {missing} is missing; rebuild the map with "
                                       "`pylocalize map build`") from None
 
     @classmethod
@@ -608,6 +695,7 @@ class Map:
                     info["extractor"], meta["max_features"], index=index)
             m.image_dir = image_dir
             m.devices = _read_devices(info, len(names))
+            m.sfm_model_dir, m.sfm_model_files, m.geo_origin = _read_sfm_and_geo(folder, info)
             return m
         except (FormatError, _IndexMissing):
             raise
@@ -893,7 +981,43 @@ def _read_devices(info: dict, n: int) -> List[Optional[CameraDevice]]:
 
 
 class _IndexMissing(Exception):
-    """The index file a map names is not there (a concurrent save may have replaced it)."""
+    """The index file (or SfM model folder) a map names is not there (a concurrent save may
+    have replaced it)."""
+
+
+def _read_sfm_and_geo(folder: Path, info: dict):
+    """``(sfm model folder, its files' sizes and CRC-32s, geo origin)`` from map.pyloc's info,
+    each None when absent: optional keys (maps saved before them have neither)."""
+    from pylocalize.localization.colmap_export import MODEL_FILES
+
+    sfm_model, files = info.get("sfm_model"), None
+    if sfm_model is not None:
+        if not isinstance(sfm_model, str) or not _SFM_NAME.match(sfm_model):
+            raise FormatError(f"{folder}: SfM model folder name {sfm_model!r}: not one a map save writes")
+        files = info["sfm_files"]
+        def size_and_crc(v):
+            return isinstance(v, list) and len(v) == 2 and all(type(x) is int and x >= 0 for x in v)
+
+        if not isinstance(files, dict) or not set(files) <= MODEL_FILES or not all(map(size_and_crc, files.values())):
+            raise FormatError(f"{folder}: the SfM model's file list is not one a map save writes")
+        if not (folder / sfm_model).is_dir():
+            raise _IndexMissing(sfm_model)
+    origin = info.get("geo_origin")
+    if origin is not None:
+        origin = np.asarray(origin, dtype=np.float64)
+        if origin.shape != (3,) or not np.isfinite(origin).all() or abs(origin[0]) > 90 or abs(origin[1]) > 180:
+            raise FormatError(f"{folder}: geo_origin {info['geo_origin']!r}: not a (lat, lon, alt)")
+    return (folder / sfm_model if sfm_model is not None else None), files, origin
+
+
+def _remove_unreferenced_models(folder: Path, keep: Optional[str]) -> None:
+    """After a commit (under the folder lock): removes the SfM model folders the map no
+    longer names, and those a killed save left half-written or set aside."""
+    import shutil
+
+    for name in os.listdir(folder):
+        if (_SFM_NAME.match(name) and name != keep) or _SFM_LEFTOVER.match(name):
+            shutil.rmtree(folder / name, ignore_errors=True)
 
 
 def _file_identity(file: Path):
