@@ -341,6 +341,8 @@ class City:
         centre = -R.T @ t
         o = self.options
         facades = np.flatnonzero(_facing_in_range(self._facade_box, self.facade_normal, centre, o.max_range))
+        facades = facades[_in_frustum(self._facade_box[facades], cam_from_world, self._K, self.camera.width,
+                                      self.camera.height)]
         starts, ends = self.facade_start[facades], self.facade_start[facades + 1]
         ids = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)] or [np.zeros(0, np.int64)])
         points = self.landmarks[ids]
@@ -431,6 +433,18 @@ def _facing_in_range(facade_box, facade_normal, centre, max_range) -> np.ndarray
     """Facades whose front faces ``centre`` and that come within ``max_range`` of it."""
     front = np.einsum("ij,ij->i", centre - facade_box[:, 0], facade_normal) > 0
     return front & (_box_distance(facade_box, centre) <= max_range)
+
+
+def _in_frustum(boxes: np.ndarray, cam_from_world: np.ndarray, K: np.ndarray, width: int, height: int):
+    """Whether each box (b, 2, 3) may reach into the camera's view: False only when all its
+    corners lie outside one plane of the frustum (the near plane or an image side)."""
+    corners = np.stack([boxes[:, [i, j, k], [0, 1, 2]] for i in (0, 1) for j in (0, 1) for k in (0, 1)], 1)
+    cam = corners @ cam_from_world[:, :3].T + cam_from_world[:, 3]
+    x, y, z = cam[..., 0], cam[..., 1], cam[..., 2]
+    (fx, _, cx), (_, fy, cy) = K[0], K[1]
+    inside_planes = (z - _NEAR, fx * x + (cx + 0.5) * z, -fx * x + (width - 0.5 - cx) * z,
+                     fy * y + (cy + 0.5) * z, -fy * y + (height - 0.5 - cy) * z)
+    return ~np.any([(plane < 0).all(1) for plane in inside_planes], axis=0)
 
 
 def _segments_blocked(origin, points, boxes, box_ids, own) -> np.ndarray:
