@@ -48,6 +48,7 @@ from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
+from pylocalize.features import extract_sift
 from pylocalize.geometry.camera import Camera
 
 logger = logging.getLogger(__name__)
@@ -600,8 +601,6 @@ def sift_descriptor_pool(source_images: Sequence, max_features: int = 4000, extr
     Extracted once per process for the same files (path, size and modification time) and
     settings, then served from memory.
     """
-    from pylocalize.features import extract_sift
-
     paths = [Path(p) for p in source_images]
     if not paths:
         raise ValueError("no source images: give photo paths, e.g. ../shared/data/lund/images/*.jpg")
