@@ -10,7 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pylocalize.datasets.city import CityOptions, generate_city, real_sift_distractors, sift_descriptor_pool
+from pylocalize.datasets.city import (
+    CityOptions,
+    generate_city,
+    iter_sift_distractors,
+    real_sift_distractors,
+    sift_descriptor_pool,
+)
 from pylocalize.features import extract_sift
 from pylocalize.geometry import rotation_error_deg
 
@@ -240,6 +246,8 @@ def test_bad_options_say_the_fix():
         CityOptions(street_width=2.0)
     with pytest.raises(ValueError, match="camera_height_range"):
         CityOptions(camera_height_range=(1.0, 9.0))
+    with pytest.raises(ValueError, match="seed"):
+        CityOptions(seed=-1)
     with pytest.raises(ValueError, match="repeated_share"):
         CityOptions(repeated_share=1.5)
     with pytest.raises(ValueError, match="unknown city options"):
@@ -267,5 +275,7 @@ def test_real_sift_distractors():
     assert not np.array_equal(distractors.descriptors[0], distractors.descriptors[1])
     again = real_sift_distractors(30, 400, sources, seed=2, max_features=1000)
     np.testing.assert_array_equal(again.descriptors[29], distractors.descriptors[29])
+    streamed = list(iter_sift_distractors(30, 400, sources, seed=2, max_features=1000))
+    np.testing.assert_array_equal(streamed[17].keypoints, distractors.keypoints[17])
     with pytest.raises(ValueError, match="fewer features"):
         real_sift_distractors(1, len(pool) + 1, sources, max_features=1000)

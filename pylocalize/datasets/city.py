@@ -145,6 +145,8 @@ class CityOptions:
             if not np.isfinite(getattr(self, name)) or getattr(self, name) < 0:
                 raise ValueError(f"CityOptions.{name} must be a number >= 0, got {getattr(self, name)!r}")
         for name in ("building_height_range", "landmark_size_range", "camera_height_range"):
+            if len(getattr(self, name)) != 2:
+                raise ValueError(f"CityOptions.{name} must be (low, high), got {getattr(self, name)!r}")
             lo, hi = getattr(self, name)
             if not (np.isfinite(lo) and np.isfinite(hi) and 0 < lo <= hi):
                 raise ValueError(f"CityOptions.{name} must be (low, high) with 0 < low <= high, got {(lo, hi)!r}")
@@ -153,6 +155,10 @@ class CityOptions:
         if not np.isfinite(self.street_width) or self.street_width <= 2 * _KERB:
             raise ValueError(f"CityOptions.street_width must exceed {2 * _KERB} m (cameras keep {_KERB} m from "
                              f"the buildings), got {self.street_width!r}")
+        if int(self.seed) != self.seed or self.seed < 0:
+            raise ValueError(f"CityOptions.seed must be an integer >= 0, got {self.seed!r}")
+        if len(self.image_size) != 2:
+            raise ValueError(f"CityOptions.image_size must be (width, height), got {self.image_size!r}")
         width, height = self.image_size
         if int(width) != width or int(height) != height or width < 16 or height < 16:
             raise ValueError(f"CityOptions.image_size must be two integers >= 16, got {self.image_size!r}")
@@ -165,7 +171,7 @@ class CityImage(NamedTuple):
     """One generated image: its features and its true pose."""
 
     name: str
-    cam_from_world: np.ndarray  # float64 (3, 4)
+    cam_from_world: Optional[np.ndarray]  # float64 (3, 4); None for a distractor, which has no pose
     keypoints: np.ndarray  # float32 (m, 2), OpenCV pixels
     descriptors: np.ndarray  # uint8 (m, 128)
     point_ids: np.ndarray  # int64 (m,), index into City.landmarks, -1 for clutter
@@ -621,16 +627,12 @@ def sift_descriptor_pool(source_images: Sequence, max_features: int = 4000, extr
     return _POOLS[key]
 
 
-def real_sift_distractors(n_images: int, features_per_image: int, source_images: Sequence, seed: int = 0,
+def iter_sift_distractors(n_images: int, features_per_image: int, source_images: Sequence, seed: int = 0,
                           image_size: Tuple[int, int] = (1024, 768), max_features: int = 4000,
-                          extractor: str = "opencv", progress: bool = False) -> FeatureImages:
-    """``n_images`` distractor images of real SIFT descriptors recombined at random.
-
-    Each image takes ``features_per_image`` distinct descriptors drawn at random from the
-    pool of every source image's SIFT (:func:`sift_descriptor_pool`) with random keypoints,
-    so it looks like a real image to retrieval but shows no real place. The images have no
-    pose (``cam_from_world`` is None) and no 3D points (ids -1); names ``distractor/NNNNNN``.
-    """
+                          extractor: str = "opencv", progress: bool = False) -> Iterator[CityImage]:
+    """The images of :func:`real_sift_distractors` one at a time (``cam_from_world`` None),
+    for streaming thousands of them to disk; image ``i`` draws from its own generator, so
+    it is the same whichever way the images are made."""
     for name, value in (("n_images", n_images), ("features_per_image", features_per_image)):
         if int(value) != value or value < 0:
             raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
@@ -638,14 +640,31 @@ def real_sift_distractors(n_images: int, features_per_image: int, source_images:
     if features_per_image > len(pool):
         raise ValueError(f"features_per_image={features_per_image} exceeds the {len(pool)} descriptors of the "
                          "source images: give more images or ask for fewer features")
+    from tqdm import tqdm
+
+    width, height = (int(s) for s in image_size)
+    for i in tqdm(range(int(n_images)), desc="distractors", disable=not progress, leave=False):
+        rng = np.random.default_rng([seed, 4, i])
+        rows = rng.choice(len(pool), int(features_per_image), replace=False)
+        keypoints = rng.uniform((-0.5, -0.5), (width - 0.5, height - 0.5), (len(rows), 2)).astype(np.float32)
+        yield CityImage(f"distractor/{i:06d}", None, keypoints, pool[rows], np.full(len(rows), -1, np.int64))
+
+
+def real_sift_distractors(n_images: int, features_per_image: int, source_images: Sequence, seed: int = 0,
+                          image_size: Tuple[int, int] = (1024, 768), max_features: int = 4000,
+                          extractor: str = "opencv", progress: bool = False) -> FeatureImages:
+    """``n_images`` distractor images of real SIFT descriptors recombined at random.
+
+    Each image takes ``features_per_image`` distinct descriptors drawn at random from the
+    pool of every source image's SIFT (:func:`sift_descriptor_pool`, extracted once) with
+    random keypoints in an image of ``image_size``, so it looks like a real image to
+    retrieval but shows no real place. The images have no pose (``cam_from_world`` is
+    None) and no 3D points (ids -1); names ``distractor/NNNNNN``; the camera is a PINHOLE
+    of focal 1.2 x the larger side.
+    """
+    images = list(iter_sift_distractors(n_images, features_per_image, source_images, seed, image_size,
+                                        max_features, extractor, progress))
     width, height = (int(s) for s in image_size)
     camera = Camera("PINHOLE", width, height, (1.2 * max(width, height),) * 2 + (width / 2, height / 2))
-    rng = np.random.default_rng([seed, 4])
-    keypoints, descriptors = [], []
-    for _ in range(int(n_images)):
-        rows = rng.choice(len(pool), int(features_per_image), replace=False)
-        descriptors.append(pool[rows])
-        keypoints.append(rng.uniform((-0.5, -0.5), (width - 0.5, height - 0.5),
-                                     (len(rows), 2)).astype(np.float32))
-    return FeatureImages([f"distractor/{i:06d}" for i in range(int(n_images))], camera, None, keypoints,
-                         descriptors, [np.full(len(k), -1, np.int64) for k in keypoints])
+    return FeatureImages([im.name for im in images], camera, None, [im.keypoints for im in images],
+                         [im.descriptors for im in images], [im.point_ids for im in images])
