@@ -560,17 +560,19 @@ def _query_poses(o: CityOptions, n: int, rng) -> np.ndarray:
 def _random_descriptors(rng, n: int) -> np.ndarray:
     """float32 (n, 128) unit vectors like RootSIFT: square roots of sparse Gamma(1/2) draws."""
     # sqrt(Gamma(1/2)) is |N(0, 1)| / sqrt(2); the normal is drawn far faster than the gamma
-    x = np.abs(rng.standard_normal((n, DESCRIPTOR_DIM), dtype=np.float32))
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    x = rng.standard_normal((n, DESCRIPTOR_DIM), dtype=np.float32)
+    np.abs(x, out=x)
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return x
 
 
 def _sift_u8(x: np.ndarray) -> np.ndarray:
-    """uint8 descriptors from float rows: negatives cut to 0, L2 scaled to 512, clipped to
-    255 and rounded, as RootSIFT is stored."""
-    x = np.maximum(x, 0)
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    x = x * (np.float32(DESCRIPTOR_NORM) / np.maximum(norm, 1e-12))
-    return np.rint(np.minimum(x, 255)).astype(np.uint8)
+    """uint8 descriptors from float32 rows, as RootSIFT is stored: negatives cut to 0, L2
+    scaled to 512, clipped to 255 and rounded. Works in place: ``x`` is used up."""
+    np.maximum(x, 0, out=x)
+    x *= np.float32(DESCRIPTOR_NORM) / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    np.minimum(x, 255, out=x)
+    return np.rint(x, out=x).astype(np.uint8)
 
 
 def _base_descriptors(o: CityOptions, landmark_building: np.ndarray, num_buildings: int, rng):
