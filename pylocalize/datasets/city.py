@@ -10,7 +10,9 @@ slab test of the ray against every building box in range). Each observation gets
 keypoint (the exact projection plus Gaussian noise) and a descriptor (the landmark's base
 descriptor plus noise that grows with the viewing angle to the facade normal and with
 distance). Clutter features (no 3D point, id ``-1``) with random keypoints and descriptors
-are added to every image.
+are added to every image. Landmark density is per square metre of facade, so a close view
+across a street sees fewer landmarks than a view down it; ``max_features`` caps the latter
+at the largest projected details, as a detector's budget keeps its strongest responses.
 
 Descriptors are uint8 ``(m, 128)`` with the statistics of the RootSIFT that
 :func:`~pylocalize.features.extract_sift` stores: non-negative, L2 norm about 512. Random
