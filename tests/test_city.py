@@ -252,6 +252,8 @@ def test_bad_options_say_the_fix():
         CityOptions(repeated_share=1.5)
     with pytest.raises(ValueError, match="unknown city options"):
         generate_city(blocks=3)
+    with pytest.raises(ValueError, match="seed"):
+        generate_city(**SMALL).queries(2, seed=-3)
     with pytest.raises(ValueError, match="3x4"):
         generate_city(**SMALL).observe(np.eye(3), np.random.default_rng(0))
 

@@ -299,8 +299,9 @@ class City:
         """``n`` query images at new poses (anywhere along the streets, headings turned up
         to 30 degrees from the street axes, heights across the camera range), with their
         true poses. Queries of one ``seed`` are always the same."""
-        if int(n) != n or n < 0:
-            raise ValueError(f"number of queries must be an integer >= 0, got {n!r}")
+        for name, value in (("number of queries", n), ("seed", seed)):
+            if int(value) != value or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         from tqdm import tqdm
 
         poses = _query_poses(self.options, int(n), np.random.default_rng([self.options.seed, 2, seed]))
@@ -637,7 +638,7 @@ def iter_sift_distractors(n_images: int, features_per_image: int, source_images:
     """The images of :func:`real_sift_distractors` one at a time (``cam_from_world`` None),
     for streaming thousands of them to disk; image ``i`` draws from its own generator, so
     it is the same whichever way the images are made."""
-    for name, value in (("n_images", n_images), ("features_per_image", features_per_image)):
+    for name, value in (("n_images", n_images), ("features_per_image", features_per_image), ("seed", seed)):
         if int(value) != value or value < 0:
             raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
     pool = sift_descriptor_pool(source_images, max_features, extractor, progress)
