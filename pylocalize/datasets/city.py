@@ -323,7 +323,8 @@ class City:
         if len(ids) > o.max_features - clutter:
             strongest = np.sort(np.argsort(-scale, kind="stable")[:o.max_features - clutter])
             ids, pixels, distance, cosine = ids[strongest], pixels[strongest], distance[strongest], cosine[strongest]
-        keypoints = pixels + o.keypoint_noise_px * rng.standard_normal(pixels.shape)
+        # float32 first: rounding must not carry a keypoint onto the image border
+        keypoints = (pixels + o.keypoint_noise_px * rng.standard_normal(pixels.shape)).astype(np.float32)
         width, height = self.camera.width, self.camera.height
         inside = ((keypoints >= -0.5) & (keypoints < (width - 0.5, height - 0.5))).all(1)
         ids, keypoints, distance, cosine = ids[inside], keypoints[inside], distance[inside], cosine[inside]
@@ -331,9 +332,9 @@ class City:
         noisy = self.base_descriptors[ids].astype(np.float32) / np.float32(DESCRIPTOR_NORM)
         noisy += (sigma / np.sqrt(DESCRIPTOR_DIM)).astype(np.float32)[:, None] * rng.standard_normal(
             noisy.shape, dtype=np.float32)
-        clutter_keypoints = rng.uniform((-0.5, -0.5), (width - 0.5, height - 0.5), (clutter, 2))
+        clutter_keypoints = _random_keypoints(rng, clutter, width, height)
         descriptors = _sift_u8(np.concatenate([noisy, _random_descriptors(rng, clutter)]))
-        keypoints = np.concatenate([keypoints, clutter_keypoints]).astype(np.float32)
+        keypoints = np.concatenate([keypoints, clutter_keypoints])
         point_ids = np.concatenate([ids, np.full(clutter, -1, np.int64)])
         order = rng.permutation(len(point_ids))
         return keypoints[order], descriptors[order], point_ids[order]
@@ -560,6 +561,12 @@ def _query_poses(o: CityOptions, n: int, rng) -> np.ndarray:
 # ------------------------------------------------------------- descriptors
 
 
+def _random_keypoints(rng, n: int, width: int, height: int) -> np.ndarray:
+    """float32 (n, 2) keypoints uniform over the image (OpenCV pixels, [-0.5, size - 0.5))."""
+    # a millipixel short of the far border, so that rounding to float32 stays inside it
+    return rng.uniform((-0.5, -0.5), (width - 0.501, height - 0.501), (n, 2)).astype(np.float32)
+
+
 def _random_descriptors(rng, n: int) -> np.ndarray:
     """float32 (n, 128) unit vectors like RootSIFT: square roots of sparse Gamma(1/2) draws."""
     # sqrt(Gamma(1/2)) is |N(0, 1)| / sqrt(2); the normal is drawn far faster than the gamma
@@ -651,7 +658,7 @@ def iter_sift_distractors(n_images: int, features_per_image: int, source_images:
     for i in tqdm(range(int(n_images)), desc="distractors", disable=not progress, leave=False):
         rng = np.random.default_rng([seed, 4, i])
         rows = rng.choice(len(pool), int(features_per_image), replace=False)
-        keypoints = rng.uniform((-0.5, -0.5), (width - 0.5, height - 0.5), (len(rows), 2)).astype(np.float32)
+        keypoints = _random_keypoints(rng, len(rows), width, height)
         yield CityImage(f"distractor/{i:06d}", None, keypoints, pool[rows], np.full(len(rows), -1, np.int64))
 
 
