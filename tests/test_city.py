@@ -71,6 +71,11 @@ def test_deterministic(city):
     # streaming gives the images one by one, the same as asking for each
     streamed = next(iter(again.iter_images()))
     np.testing.assert_array_equal(streamed.descriptors, city.image(0).descriptors)
+    threaded = list(again.iter_images(workers=2))
+    assert [im.name for im in threaded] == city.names
+    for i in (0, 5, len(city) - 1):
+        np.testing.assert_array_equal(threaded[i].keypoints, city.image(i).keypoints)
+        np.testing.assert_array_equal(threaded[i].point_ids, city.image(i).point_ids)
     q1, q2 = city.queries(3, seed=7), again.queries(3, seed=7)
     np.testing.assert_array_equal(q1.cam_from_world, q2.cam_from_world)
     np.testing.assert_array_equal(q1.descriptors[2], q2.descriptors[2])

@@ -42,6 +42,7 @@ built directly from a city with its true 3D points (:attr:`City.landmarks`).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from dataclasses import dataclass, fields
@@ -281,16 +282,34 @@ class City:
         rng = np.random.default_rng([self.options.seed, 1, i])
         return CityImage(self.names[i], self.cam_from_world[i], *self.observe(self.cam_from_world[i], rng))
 
-    def iter_images(self, progress: bool = False) -> Iterator[CityImage]:
-        """The database images one at a time, for streaming large cities to disk."""
+    def iter_images(self, progress: bool = False, workers: int = 1) -> Iterator[CityImage]:
+        """The database images one at a time, in order, for streaming large cities to disk.
+
+        ``workers`` threads make images ahead (numpy releases the GIL in the heavy passes);
+        at most ``2 x workers`` wait, so memory holds a handful of images however slow the
+        consumer. The images are the same for any ``workers``.
+        """
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
         from tqdm import tqdm
 
-        for i in tqdm(range(len(self.names)), desc="city: images", disable=not progress, leave=False):
-            yield self.image(i)
+        if int(workers) != workers or workers < 1:
+            raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+        indices = iter(tqdm(range(len(self.names)), desc="city: images", disable=not progress, leave=False))
+        if workers == 1:
+            yield from (self.image(i) for i in indices)
+            return
+        with ThreadPoolExecutor(max_workers=int(workers)) as pool:
+            pending = deque(pool.submit(self.image, i) for _, i in zip(range(2 * int(workers)), indices))
+            while pending:
+                image = pending.popleft().result()
+                pending.extend(pool.submit(self.image, i) for i in itertools.islice(indices, 1))
+                yield image
 
-    def database(self, progress: bool = False) -> FeatureImages:
+    def database(self, progress: bool = False, workers: int = 1) -> FeatureImages:
         """Every database image's features (Map's per-image lists) with its true pose."""
-        images = list(self.iter_images(progress))
+        images = list(self.iter_images(progress, workers))
         return FeatureImages(list(self.names), self.camera, self.cam_from_world.copy(),
                              [im.keypoints for im in images], [im.descriptors for im in images],
                              [im.point_ids for im in images])
