@@ -80,6 +80,11 @@ def test_deterministic(city):
     np.testing.assert_array_equal(q1.cam_from_world, q2.cam_from_world)
     np.testing.assert_array_equal(q1.descriptors[2], q2.descriptors[2])
     assert not np.array_equal(city.queries(3, seed=8).cam_from_world, q1.cam_from_world)
+    # queries observe min_landmarks landmarks at least (here the unfiltered draw has fewer)
+    counts = [len(city.visible_landmarks(p).ids) for p in city.queries(30, seed=9, min_landmarks=0).cam_from_world]
+    assert min(counts) < 100
+    assert all(len(city.visible_landmarks(p).ids) >= 100
+               for p in city.queries(30, seed=9, min_landmarks=100).cam_from_world)
     other = generate_city(**{**SMALL, "seed": 4})
     assert not np.array_equal(other.landmarks[:100], city.landmarks[:100])
     assert not np.array_equal(other.image(0).keypoints[:10], city.image(0).keypoints[:10])
@@ -259,6 +264,8 @@ def test_bad_options_say_the_fix():
         generate_city(blocks=3)
     with pytest.raises(ValueError, match="seed"):
         generate_city(**SMALL).queries(2, seed=-3)
+    with pytest.raises(ValueError, match="min_landmarks"):
+        generate_city(**SMALL).queries(2, min_landmarks=100_000)
     with pytest.raises(ValueError, match="3x4"):
         generate_city(**SMALL).observe(np.eye(3), np.random.default_rng(0))
 

@@ -314,20 +314,38 @@ class City:
                              [im.keypoints for im in images], [im.descriptors for im in images],
                              [im.point_ids for im in images])
 
-    def queries(self, n: int, seed: int = 0, progress: bool = False) -> FeatureImages:
+    def queries(self, n: int, seed: int = 0, min_landmarks: int = 20, progress: bool = False) -> FeatureImages:
         """``n`` query images at new poses (anywhere along the streets, headings turned up
         to 30 degrees from the street axes, heights across the camera range), with their
-        true poses. Queries of one ``seed`` are always the same."""
-        for name, value in (("number of queries", n), ("seed", seed)):
+        true poses. Queries of one ``seed`` are always the same.
+
+        A pose that observes fewer than ``min_landmarks`` landmarks (one turned out of the
+        city) is drawn again: nothing could localize it, and a benchmark would count a
+        flaw of the generator as a failure of the localizer.
+        """
+        for name, value in (("number of queries", n), ("seed", seed), ("min_landmarks", min_landmarks)):
             if int(value) != value or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         from tqdm import tqdm
 
-        poses = _query_poses(self.options, int(n), np.random.default_rng([self.options.seed, 2, seed]))
+        poses = self._query_poses(int(n), seed, min_landmarks)
         features = [self.observe(pose, np.random.default_rng([self.options.seed, 3, seed, i]))
                     for i, pose in enumerate(tqdm(poses, desc="city: queries", disable=not progress, leave=False))]
         return FeatureImages([f"city/query_{seed}_{i:05d}" for i in range(len(poses))], self.camera, poses,
                              [f[0] for f in features], [f[1] for f in features], [f[2] for f in features])
+
+    def _query_poses(self, n: int, seed: int, min_landmarks: int) -> np.ndarray:
+        if n == 0:
+            return np.zeros((0, 3, 4))
+        rng = np.random.default_rng([self.options.seed, 2, seed])
+        kept: List[np.ndarray] = []
+        for _ in range(100):
+            drawn = _query_poses(self.options, n - len(kept), rng)
+            kept += [pose for pose in drawn if len(self.visible_landmarks(pose).ids) >= min_landmarks]
+            if len(kept) >= n:
+                return np.stack(kept[:n])
+        raise ValueError(f"too few poses observe {min_landmarks} landmarks in this city: lower min_landmarks or "
+                         "raise landmark_density")
 
     def observe(self, cam_from_world: np.ndarray, rng: np.random.Generator):
         """Features a camera at ``cam_from_world`` (3x4) sees: ``(keypoints float32 (m, 2),
