@@ -341,6 +341,7 @@ class City:
                              [f[0] for f in features], [f[1] for f in features], [f[2] for f in features])
 
     def _query_poses(self, n: int, seed: int, min_landmarks: int) -> np.ndarray:
+        """``n`` query poses that observe ``min_landmarks`` landmarks, drawn in rounds."""
         if n == 0:
             return np.zeros((0, 3, 4))
         rng = np.random.default_rng([self.options.seed, 2, seed])
@@ -356,10 +357,13 @@ class City:
     def observe(self, cam_from_world: np.ndarray, rng: np.random.Generator):
         """Features a camera at ``cam_from_world`` (3x4) sees: ``(keypoints float32 (m, 2),
         descriptors uint8 (m, 128), point_ids int64 (m,))`` in random order, clutter with
-        id -1; noise drawn from ``rng``."""
-        pose = np.asarray(cam_from_world, dtype=np.float64)
-        if pose.shape != (3, 4) or not np.isfinite(pose).all():
-            raise ValueError(f"cam_from_world must be a finite 3x4 matrix, got shape {pose.shape}")
+        id -1; noise drawn from ``rng``.
+
+        The landmarks are :meth:`visible_landmarks` within the ``max_features`` budget whose
+        noisy keypoint stays in the image; with ``keypoint_noise_px=0`` the keypoints are
+        the exact projections.
+        """
+        pose = _check_pose(cam_from_world)
         o = self.options
         clutter = min(int(rng.poisson(o.clutter_per_image)), o.max_features)
         ids, pixels, distance, cosine, scale = self.visible_landmarks(pose)
@@ -391,6 +395,7 @@ class City:
         least ``min_feature_px``, and no other building cuts the segment from the camera
         centre to it.
         """
+        cam_from_world = _check_pose(cam_from_world)
         R, t = cam_from_world[:, :3], cam_from_world[:, 3]
         centre = -R.T @ t
         o = self.options
@@ -475,6 +480,13 @@ def _landmarks(o: CityOptions, facade_box: np.ndarray, rng):
     lo, hi = np.log(o.landmark_size_range[0]), np.log(o.landmark_size_range[1])
     size = np.exp(rng.uniform(lo, hi, len(facade)))
     return points, facade, size
+
+
+def _check_pose(cam_from_world) -> np.ndarray:
+    pose = np.asarray(cam_from_world, dtype=np.float64)
+    if pose.shape != (3, 4) or not np.isfinite(pose).all():
+        raise ValueError(f"cam_from_world must be a finite 3x4 matrix [R | t], got shape {pose.shape}")
+    return pose
 
 
 def _box_distance(boxes: np.ndarray, point: np.ndarray) -> np.ndarray:
