@@ -672,7 +672,7 @@ def sift_descriptor_pool(source_images: Sequence, max_features: int = 4000, extr
     """Real RootSIFT descriptors (uint8 (n, 128), read-only) of every source image, stacked.
 
     Extracted once per process for the same files (path, size and modification time) and
-    settings, then served from memory.
+    settings, on a thread per core, then served from memory.
     """
     paths = [Path(p) for p in source_images]
     if not paths:
@@ -683,10 +683,14 @@ def sift_descriptor_pool(source_images: Sequence, max_features: int = 4000, extr
     key = (tuple((os.fspath(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in paths),
            int(max_features), extractor)
     if key not in _POOLS:
+        from concurrent.futures import ThreadPoolExecutor
+
         from tqdm import tqdm
 
-        parts = [extract_sift(p, max_features, extractor)[1]
-                 for p in tqdm(paths, desc="distractors: SIFT", disable=not progress, leave=False)]
+        # the extractors release the GIL: one thread per core
+        with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as threads:
+            parts = list(tqdm(threads.map(lambda p: extract_sift(p, max_features, extractor)[1], paths),
+                              total=len(paths), desc="distractors: SIFT", disable=not progress, leave=False))
         pool = np.ascontiguousarray(np.concatenate(parts))
         pool.setflags(write=False)  # shared by every caller: nobody may change it
         _POOLS[key] = pool
