@@ -1,6 +1,7 @@
-"""Data for demos, tests and benchmarks: generated (``vectors``, ``synthetic``), and readers
-of public datasets' layouts (``strecha``). The package ships no data files."""
+"""Data for demos, tests and benchmarks: generated (``vectors``, ``synthetic``, ``city``), and
+readers of public datasets' layouts (``strecha``). The package ships no data files."""
 
+from pylocalize.datasets.city import CityOptions, generate_city, real_sift_distractors
 from pylocalize.datasets.vectors import clustered_queries, clustered_vectors
 
-__all__ = ["clustered_queries", "clustered_vectors"]
+__all__ = ["CityOptions", "clustered_queries", "clustered_vectors", "generate_city", "real_sift_distractors"]
