@@ -235,19 +235,21 @@ def test_map_from_city_localizes_simulated_queries(city):
     good = 0
     for i in range(len(queries)):
         keypoints, descriptors = queries.keypoints[i], queries.descriptors[i]
-        retrieved = m.retrieve(descriptors, 10)
-        matches = m.match_2d3d(descriptors, retrieved)
+        matches = m.match_2d3d(descriptors, m.retrieve(descriptors, 10))
         # every match whose true landmark is known: most point to that landmark
         truth = queries.point_ids[i][matches.query_ids]
         if len(matches.query_ids) >= 12:
             assert (truth == matches.point3D_ids).mean() > 0.5
-        pose = m.estimate_pose(keypoints[matches.query_ids].astype(np.float64), matches.point3D_ids,
-                               queries.camera, covariance=False)
-        if pose is None:
+        # the whole pipeline from features: the same stages, composed
+        result = m.localize_features(keypoints, descriptors, queries.camera, covariance=False)
+        np.testing.assert_array_equal(result.point3D_ids if result.num_matches else matches.point3D_ids,
+                                      matches.point3D_ids)
+        assert list(result.timings) == ["retrieval", "matching", "pose"][:len(result.timings)]
+        if not result.success:
             continue
         true = queries.cam_from_world[i]
-        dt = np.linalg.norm(_centre(pose.cam_from_world) - _centre(true))
-        good += dt < 0.25 and rotation_error_deg(pose.cam_from_world[:, :3], true[:, :3]) < 2.0
+        dt = np.linalg.norm(_centre(result.cam_from_world) - _centre(true))
+        good += dt < 0.25 and rotation_error_deg(result.cam_from_world[:, :3], true[:, :3]) < 2.0
     assert good >= 17, f"{good} of 20 queries localized within (0.25 m, 2 deg)"
 
 

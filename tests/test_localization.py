@@ -260,6 +260,30 @@ def _check_pairs_command(map_dir, query, tmp_path, capsys):
     assert pairs[0][0] in ("0003.jpg", "0005.jpg")  # the query's neighbours along the facade
 
 
+def test_localize_features_is_localize_without_the_image(scene_and_map):
+    scene, m = scene_and_map
+    pose = scene.query_poses(1, seed=17)[0]
+    image = scene.render(pose)[0][0]
+    from_image = m.localize(image, scene.K)
+    kp, desc, camera = m.extract(image, scene.K)
+    for cam in (camera, camera.to_string()):
+        from_features = m.localize_features(kp, desc, cam)
+        assert from_features.success and list(from_features.timings) == ["retrieval", "matching", "pose"]
+        np.testing.assert_array_equal(from_features.point3D_ids, from_image.point3D_ids)
+        # LO-RANSAC samples differently from call to call: the same pose to well under a millimetre
+        np.testing.assert_allclose(from_features.cam_from_world, from_image.cam_from_world, atol=1e-3)
+    with pytest.raises(ValueError, match="image size"):
+        m.localize_features(kp, desc, scene.K)
+    with pytest.raises(ValueError, match="uint8"):
+        m.localize_features(kp, desc.astype(np.float32), camera)
+    with pytest.raises(ValueError, match="one descriptor per keypoint"):
+        m.localize_features(kp[:-1], desc, camera)
+    with pytest.raises(ValueError, match=r"\(n, 2\)"):
+        m.localize_features(kp[:, :1], desc, camera)
+    few = m.localize_features(kp[:5], desc[:5], camera)
+    assert not few.success and "only 5 features" in few.reason
+
+
 def test_half_the_query_from_another_scene_still_localizes(scene_and_map):
     scene, m = scene_and_map
     other = courtyard_scene(num_views=1, seed=77, width=scene.width, height=scene.height)

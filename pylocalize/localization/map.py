@@ -887,6 +887,38 @@ class Map:
                 kp, desc, cam = self.extract(image, query.camera)
         except Exception as error:  # a broken image or camera must not stop a batch
             return LocalizationResult(False, reason=f"bad query: {error}")
+        return self._localize_features(kp, desc, QueryCamera(cam, query.source, query.guessed), timings, k, ratio,
+                                       max_error_px, min_inliers, retrieval, covariance, estimate_focal)
+
+    def localize_features(self, keypoints: np.ndarray, descriptors: np.ndarray,
+                          camera: Union[Camera, str, QueryCamera], k: Optional[int] = 10, ratio: float = 0.8,
+                          max_error_px: float = 4.0, min_inliers: int = 12,
+                          retrieval: Optional[Callable[[np.ndarray, np.ndarray], Sequence[int]]] = None,
+                          covariance: bool = True, estimate_focal: Optional[bool] = None) -> LocalizationResult:
+        """:meth:`localize` from a query's features instead of its image: :meth:`retrieve`,
+        :meth:`match_2d3d` and :meth:`estimate_pose`, for simulated queries, other feature
+        extractors, or features computed elsewhere (e.g. on the robot).
+
+        ``keypoints`` float (n, 2) in OpenCV pixels and ``descriptors`` uint8 (n, 128) in the
+        map's descriptor space (RootSIFT as uint8 ``512 * d``); ``camera`` a :class:`Camera`, a
+        camera string or a :class:`QueryCamera` (a bare K cannot say the image size). Other
+        parameters as in :meth:`localize`. Raises ``ValueError`` for arrays of the wrong shape
+        or type; a query that cannot be localized gives ``success=False`` and the reason.
+        """
+        keypoints, descriptors = _check_query_features(keypoints, descriptors)
+        query = camera if isinstance(camera, QueryCamera) else QueryCamera(camera, "given", False)
+        if isinstance(query.camera, str):
+            query = query._replace(camera=Camera.from_string(query.camera))
+        if not isinstance(query.camera, Camera):
+            raise ValueError("camera: give a Camera or a 'MODEL W H PARAMS...' string (features alone do not tell "
+                             "the image size a K needs)")
+        return self._localize_features(keypoints, descriptors, query, {}, k, ratio, max_error_px, min_inliers,
+                                       retrieval, covariance, estimate_focal)
+
+    def _localize_features(self, kp, desc, query: QueryCamera, timings: Dict[str, float], k, ratio, max_error_px,
+                           min_inliers, retrieval, covariance, estimate_focal) -> LocalizationResult:
+        """Stages 2-4 of :meth:`localize` (``timings`` may already hold the features')."""
+        cam = query.camera
         estimate_focal = query.guessed if estimate_focal is None else bool(estimate_focal)
         common = {"timings": timings, "camera": cam, "camera_source": query.source,
                   "intrinsics_guessed": query.guessed}
@@ -949,6 +981,21 @@ class Map:
 # across the larger side from about 5 to 135 degrees. Outside, the estimate is a degenerate solution (points nearly
 # on a plane or a line), not a lens.
 PLAUSIBLE_FOCAL_FACTORS = (0.2, 12.0)
+
+
+def _check_query_features(keypoints, descriptors):
+    """``(keypoints float64 (n, 2), descriptors uint8 (n, 128))`` of a query given as features,
+    or ``ValueError`` saying what is wrong."""
+    kp = np.asarray(keypoints)
+    desc = np.asarray(descriptors)
+    if kp.ndim != 2 or kp.shape[1] != 2 or kp.dtype.kind not in "fiu" or not np.isfinite(kp).all():
+        raise ValueError(f"keypoints must be finite numbers of shape (n, 2), got {kp.dtype} {kp.shape}")
+    if desc.ndim != 2 or desc.shape[1] != 128 or desc.dtype != np.uint8:
+        raise ValueError(f"descriptors must be uint8 of shape (n, 128) (RootSIFT as 512 * d, clipped), got "
+                         f"{desc.dtype} {desc.shape}")
+    if len(kp) != len(desc):
+        raise ValueError(f"{len(kp)} keypoints but {len(desc)} descriptors: give one descriptor per keypoint")
+    return kp.astype(np.float64), np.ascontiguousarray(desc)
 
 
 def _pose_result(pose: Optional[AbsolutePose], min_inliers: int, common: dict) -> LocalizationResult:
