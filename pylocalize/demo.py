@@ -244,13 +244,13 @@ def add_parser(subparsers) -> None:
     builds its commands."""
     p = subparsers.add_parser("demo", help="run the main job on built-in generated data")
     p.add_argument("--kind", choices=["localization", "binary"], default="localization",
-                   help="localization (default) or binary retrieval")
-    p.add_argument("--out", default="pylocalize-demo", help="output folder (default: %(default)s)")
+                   help="what to run: localization, or binary retrieval")
+    p.add_argument("--out", default="pylocalize-demo", help="output folder")
     p.add_argument("--views", type=int, default=24, help="localization: mapping views")
     p.add_argument("--queries", type=int, default=8, help="localization: held-out query views")
     p.add_argument("--width", type=int, default=800, help="localization: image width")
     p.add_argument("--height", type=int, default=600, help="localization: image height")
     p.add_argument("--nb", type=int, default=200_000, help="binary: database size")
     p.add_argument("--nq", type=int, default=1000, help="binary: number of queries")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated data")
     p.set_defaults(func=_demo)

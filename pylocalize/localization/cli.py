@@ -177,7 +177,7 @@ def _add_map(subparsers) -> None:
     b.add_argument("--camera", help="one camera 'MODEL W H PARAMS...' for every image (COLMAP convention)")
     b.add_argument("--images", help="image folder; alone: structure-from-motion from the images only")
     b.add_argument("--extractor", choices=["opencv", "colmap"], default="opencv", help="SIFT implementation")
-    b.add_argument("--max-features", type=int, default=4000)
+    b.add_argument("--max-features", type=int, default=4000, help="SIFT features per image")
     b.add_argument("--seed", type=int, default=0, help="structure-from-motion random seed")
     b.add_argument("--sfm", choices=["incremental", "global"], default="incremental",
                    help="structure-from-motion mapper tried first (images only)")

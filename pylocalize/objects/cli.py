@@ -163,7 +163,7 @@ def _add_eval(sub) -> None:
     o = sub.add_parser("eval", help="estimate and score every instance of an object in a BOP scene")
     o.add_argument("--bop", required=True, help="BOP dataset folder (models/, test/<scene>/...) or one scene folder "
                                                 "(scene_camera/gt json, rgb/, mask_visib/, depth/)")
-    o.add_argument("--split", default="test", help="dataset split folder (default: %(default)s)")
+    o.add_argument("--split", default="test", help="dataset split folder")
     o.add_argument("--rep", required=True)
     o.add_argument("--mesh", help="the object's mesh, for the metrics (default: models/obj_NNNNNN.ply)")
     o.add_argument("--obj-id", type=int, required=True)

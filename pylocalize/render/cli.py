@@ -55,7 +55,7 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("render", help="render template views of a mesh into a contact sheet PNG")
     p.add_argument("--mesh", required=True, help="mesh file (PLY, OBJ, ...)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--views", type=int, default=48, help="number of views (default: %(default)s)")
+    p.add_argument("--views", type=int, default=48, help="number of views")
     p.add_argument("--inplane", type=int, default=1, help="in-plane rotations per viewpoint")
     p.add_argument("--size", type=int, default=200, help="view size in pixels")
     p.add_argument("--distance", type=float, default=1.5, help="camera distance in object diameters")
