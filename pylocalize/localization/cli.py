@@ -12,16 +12,38 @@ code are imported only when a command runs.
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
 from pylocalize._cli import run_alone
 
+logger = logging.getLogger(__name__)
+
+
+def _existing(path, option: str, what: str, folder: bool = True) -> Path:
+    """``path`` if it is there (a folder, or a file), else a ``FileNotFoundError`` naming the option."""
+    path = Path(path)
+    if not (path.is_dir() if folder else path.is_file()):
+        kind = "folder" if folder else "file"
+        there = "a file, not a folder" if folder and path.is_file() else f"no such {kind}"
+        raise FileNotFoundError(f"{option} {path}: {there}; give the {what}")
+    return path
+
 
 def _map_build(args) -> int:
     from pylocalize.localization import Map
 
-    options = {"max_features": args.max_features, "extractor": args.extractor, "progress": True}
+    for option, what in (("strecha", "Strecha scene folder (images/ + gt_dense_cameras/)"),
+                         ("colmap", "COLMAP model folder (cameras, images, points3D .bin or .txt)"),
+                         ("images", "folder of the images")):
+        if getattr(args, option):
+            _existing(getattr(args, option), f"--{option}", what)
+    for option, what in (("poses", "pose file, lines 'name qw qx qy qz tx ty tz'"),
+                         ("cameras", "cameras file, lines 'name MODEL W H PARAMS...'")):
+        if getattr(args, option):
+            _existing(getattr(args, option), f"--{option}", what, folder=False)
+    options = {"max_features": args.max_features, "extractor": args.extractor, "progress": args.progress}
     if args.strecha:
         exclude = [e for e in (args.exclude or "").split(",") if e]
         m = Map.from_strecha(args.strecha, exclude=exclude, **options)
@@ -34,7 +56,8 @@ def _map_build(args) -> int:
             raise SystemExit("--poses needs --images DIR and --cameras FILE or --camera 'MODEL W H PARAMS...'")
         m = Map.from_pose_file(args.poses, args.cameras or args.camera, args.images, **options)
     elif args.images:
-        m = Map.from_images(args.images, camera=args.camera, seed=args.seed, sfm=args.sfm, **options)
+        m = Map.from_images(args.images, camera=args.camera, seed=args.seed, sfm=args.sfm,
+                            deterministic=args.deterministic, **options)
     else:
         raise SystemExit("give --strecha DIR, --colmap DIR --images DIR, --poses FILE --images DIR, or --images DIR")
     m.save(args.out)
@@ -42,10 +65,11 @@ def _map_build(args) -> int:
     return 0
 
 
-def query_camera(path, fixed=None, per_name=None):
+def query_camera(path, fixed=None, per_name=None, key=None):
     """``(camera, where it came from)`` of the query image ``path``: ``fixed`` (--camera),
-    ``per_name[path.name]`` (--cameras), the Strecha ``.camera`` file of the image, or its
-    EXIF focal length (:meth:`Camera.from_exif`, whose source string starts with
+    ``per_name[key]`` (--cameras; ``key`` is the query's key, see :func:`pylocalize.io.image_keys`,
+    else its file name, which older cameras files use), the Strecha ``.camera`` file of the
+    image, or its EXIF focal length (:meth:`Camera.from_exif`, whose source string starts with
     ``"no EXIF"`` when it had to guess). Raises ``ValueError`` if ``per_name`` lacks the image."""
     from pylocalize.datasets.strecha import camera_file_of_image, read_strecha_camera
     from pylocalize.geometry import Camera
@@ -54,9 +78,11 @@ def query_camera(path, fixed=None, per_name=None):
     if fixed is not None:
         return fixed, "--camera"
     if per_name is not None:
-        if path.name not in per_name:
-            raise ValueError(f"no camera for {path.name} in --cameras")
-        return per_name[path.name], "--cameras"
+        name = next((n for n in (key, path.name) if n in per_name), None)
+        if name is None:
+            raise ValueError(f"no camera for {key or path.name} in --cameras: add a line "
+                             f"'{key or path.name} MODEL W H PARAMS...'")
+        return per_name[name], "--cameras"
     strecha = camera_file_of_image(path)
     if strecha is not None:
         return Camera.from_K(read_strecha_camera(strecha)[0], *image_size(path)), "Strecha .camera file"
@@ -64,25 +90,26 @@ def query_camera(path, fixed=None, per_name=None):
 
 
 def _query_cameras(args):
-    """``(paths, cameras, failed)``: the queries that have a camera, and ``{name: reason}``
+    """``(keys, paths, cameras, failed)``: the queries that have a camera, and ``{key: reason}``
     of those that have none (one bad query must not stop the batch)."""
     from pylocalize.geometry import Camera, read_cameras_file
-    from pylocalize.io import expand_image_paths
+    from pylocalize.io import image_keys
 
     fixed = Camera.from_string(args.camera) if args.camera else None
     per_name = read_cameras_file(args.cameras) if args.cameras else None
-    paths, cameras, failed = [], [], {}
-    for path in expand_image_paths(args.images):
+    keys, paths, cameras, failed = [], [], [], {}
+    for key, path in image_keys(args.images):
         try:
-            camera, source = query_camera(path, fixed, per_name)
+            camera, source = query_camera(path, fixed, per_name, key=key)
         except Exception as error:  # one bad query must not stop the batch
-            failed[path.name] = str(error)
+            failed[key] = str(error)
             continue
         if source.startswith("no EXIF"):
-            print(f"{path.name}: {source}")
+            print(f"{key}: {source}")
+        keys.append(key)
         paths.append(path)
         cameras.append(camera)
-    return paths, cameras, failed
+    return keys, paths, cameras, failed
 
 
 def _localize(args) -> int:
@@ -91,24 +118,44 @@ def _localize(args) -> int:
     from pylocalize.localization import Map
     from pylocalize.localization.viz import save_localization_figure
 
-    m = Map.load(args.map)
-    paths, cameras, failed = _query_cameras(args)
-    results = m.localize_many(paths, cameras, workers=args.workers, progress=True)
+    m = Map.load(_existing(args.map, "--map", "map folder from 'pylocalize map build ... --out DIR'"))
+    if args.cameras:
+        _existing(args.cameras, "--cameras", "cameras file, lines 'name MODEL W H PARAMS...'", folder=False)
+    keys, paths, cameras, failed = _query_cameras(args)
+    if not keys and not failed:
+        from pylocalize.io import IMAGE_SUFFIXES
+
+        raise ValueError(f"--images {' '.join(args.images)}: no image files there (suffixes "
+                         f"{', '.join(IMAGE_SUFFIXES)}); give image files or folders holding them")
+    results = m.localize_many(paths, cameras, workers=args.workers, progress=args.progress)
     estimates = []
-    for path, camera, result in zip(paths, cameras, results):
+    for key, path, camera, result in zip(keys, paths, cameras, results):
         if result.success:
-            estimates.append((path.name, result.cam_from_world))
+            estimates.append((key, result.cam_from_world))
             total = sum(result.timings.values())
-            print(f"{path.name}: {result.num_inliers} inliers, {total:.2f} s")
+            print(f"{key}: {result.num_inliers} inliers, {total:.2f} s")
         else:
-            failed[path.name] = result.reason
-        if args.viz and result.points2D is not None:
-            save_localization_figure(f"{args.viz}/{path.stem}.png", read_image(path), result, m, camera,
-                                     image_dir=m.image_dir)
-    for name, reason in failed.items():
-        print(f"{name}: failed: {reason}")
+            failed[key] = result.reason
+        if args.viz and result.points2D is not None:  # viz/qa/0003.png for the query qa/0003.jpg
+            save_localization_figure(Path(args.viz) / Path(key).with_suffix(".png"), read_image(path), result, m,
+                                     camera, image_dir=m.image_dir)
+    for key, reason in failed.items():
+        print(f"{key}: failed: {reason}")
     write_pose_file(args.out, estimates)
     print(f"{len(estimates)} localized, {len(failed)} failed -> {args.out}")
+    return _localize_status(len(estimates), len(failed), args.allow_failures)
+
+
+def _localize_status(localized: int, failed: int, allow_failures: bool) -> int:
+    """0 when every query was localized; 1 when one failed (0 with ``--allow-failures``, as
+    long as one was localized), so that a script notices."""
+    if localized == 0:
+        logger.error("no query was localized: see the reasons above")
+        return 1
+    if failed and not allow_failures:
+        logger.error("%d of %d queries failed (their reasons are above); --allow-failures accepts that",
+                     failed, localized + failed)
+        return 1
     return 0
 
 
@@ -181,6 +228,9 @@ def _add_map(subparsers) -> None:
     b.add_argument("--seed", type=int, default=0, help="structure-from-motion random seed")
     b.add_argument("--sfm", choices=["incremental", "global"], default="incremental",
                    help="structure-from-motion mapper tried first (images only)")
+    b.add_argument("--deterministic", action="store_true",
+                   help="structure-from-motion on one thread with seeded randomness: the same images and --seed "
+                        "give the same map (slower)")
     b.add_argument("--out", required=True, help="map directory to write")
     b.set_defaults(func=_map_build)
 
@@ -194,9 +244,13 @@ def _add_localize(subparsers) -> None:
     p.add_argument("--workers", type=int, default=None, help="queries localized in parallel")
     p.add_argument("--out", required=True, help="pose file to write (name qw qx qy qz tx ty tz)")
     p.add_argument("--viz", help="folder for one figure per query (matches, reprojections, retrieved images)")
+    p.add_argument("--allow-failures", action="store_true",
+                   help="exit 0 when some queries fail (not all): by default any failure exits 1")
     p.set_defaults(func=_localize)
     p.epilog = ("Without --camera or --cameras, a query's camera comes from a Strecha .camera file beside it, "
-                "else from its EXIF focal length (1.2 x the larger side when EXIF has none).")
+                "else from its EXIF focal length (1.2 x the larger side when EXIF has none). "
+                "Queries are keyed by file name when given as files, by folder/name when given as folders "
+                "(qa/0003.jpg), in the pose file, the output and the figures.")
 
 
 def _add_evaluate(subparsers) -> None:
