@@ -70,8 +70,12 @@ def image_keys(paths: Iterable) -> List[Tuple[str, Path]]:
 
 
 def _open_error(path, error: Exception) -> ValueError:
+    from PIL import UnidentifiedImageError
+
     if isinstance(error, FileNotFoundError):
         return ValueError(f"{path}: no such image file")
+    if isinstance(error, UnidentifiedImageError):  # PIL's message repeats the path and says no more
+        return ValueError(f"{path}: not a readable image (unknown format or corrupt file)")
     return ValueError(f"{path}: not a readable image ({error})")
 
 

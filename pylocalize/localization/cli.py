@@ -31,9 +31,8 @@ def _existing(path, option: str, what: str, folder: bool = True) -> Path:
     return path
 
 
-def _map_build(args) -> int:
-    from pylocalize.localization import Map
-
+def _check_build_inputs(args) -> None:
+    """The inputs of ``map build`` are there and its camera parses, before minutes of work."""
     for option, what in (("strecha", "Strecha scene folder (images/ + gt_dense_cameras/)"),
                          ("colmap", "COLMAP model folder (cameras, images, points3D .bin or .txt)"),
                          ("images", "folder of the images")):
@@ -43,6 +42,19 @@ def _map_build(args) -> int:
                          ("cameras", "cameras file, lines 'name MODEL W H PARAMS...'")):
         if getattr(args, option):
             _existing(getattr(args, option), f"--{option}", what, folder=False)
+    if args.camera:
+        from pylocalize.geometry import Camera
+
+        try:
+            Camera.from_string(args.camera)
+        except ValueError as error:
+            raise ValueError(f"--camera: {error}") from None
+
+
+def _map_build(args) -> int:
+    from pylocalize.localization import Map
+
+    _check_build_inputs(args)
     options = {"max_features": args.max_features, "extractor": args.extractor, "progress": args.progress}
     if args.strecha:
         exclude = [e for e in (args.exclude or "").split(",") if e]

@@ -246,8 +246,7 @@ def _extract_all(images, max_features, extractor, progress, desc="map: features"
                           leave=False))
     skipped = [(image, f) for image, f in zip(images, feats) if isinstance(f, ValueError)]
     if skipped:
-        why = ", ".join(f"{Path(image).name} ({str(error).replace(f'{image}: ', '', 1)})"
-                        for image, error in skipped)
+        why = "; ".join(str(error).replace(str(image), Path(image).name, 1) for image, error in skipped)
         logger.warning("skipped %d of %d images that cannot be read: %s", len(skipped), len(images), why)
     return [None if isinstance(f, ValueError) else f for f in feats]
 

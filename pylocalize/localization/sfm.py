@@ -183,7 +183,8 @@ def _reconstruct(pycolmap, image_dir, names, keypoints, descriptors, camera, see
                     best, best_key = rec, key
             if best_key is not None and best_key[0] and best_key[1] >= 0.9 * len(names):
                 break  # good enough: skip the other mapper
-            logger.info("map: %s SfM registered under 90 %% of the images; trying the other mapper", attempt)
+            if attempt == method:
+                logger.info("map: %s SfM registered under 90 %% of the images; trying the other mapper", attempt)
     if best is None or best.num_reg_images() < min_registered or _collapsed(best):
         found = 0 if best is None or _collapsed(best) else best.num_reg_images()
         raise RuntimeError(f"structure-from-motion registered {found} of {len(names)} images; the images may not "
@@ -196,7 +197,7 @@ def _describe(models, num_images: int) -> str:
     said our way)."""
     models = list(models)
     if not models:
-        return "no model (no initial image pair could be reconstructed)"
+        return "no model"
     best = max(models, key=lambda rec: rec.num_reg_images())
     note = ", collapsed (no baseline)" if _collapsed(best) else ""
-    return f"{best.num_reg_images()} of {num_images} images registered, {best.num_points3D():,} points{note}"
+    return f"{best.num_reg_images()} of {num_images} images registered, {best.num_points3D():,} 3D points{note}"
