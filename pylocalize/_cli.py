@@ -83,6 +83,23 @@ def _add_common_options(parser: argparse.ArgumentParser, top_level: bool) -> Non
                        help="show the full traceback of an error")
 
 
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer of at least ``low`` (a count of views, features...),
+    so that 0 or -1 is a usage error naming the option rather than a failure deep inside."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
 class _LevelFormatter(logging.Formatter):
     """Plain messages for INFO and below; ``warning: ...`` / ``error: ...`` above."""
 
@@ -133,12 +150,26 @@ def run(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -
     except KeyboardInterrupt:
         return _report(args, "interrupted", 130)
     except INPUT_ERRORS as error:
-        return _report(args, str(error) or type(error).__name__, 1)
+        return _report(args, _message(error, args), 1)
     except Exception as error:  # a bug: say so in one line rather than drown the user in a traceback
         return _report(args, f"internal error ({type(error).__name__}: {error}); please report it with the "
                              "output of the same command with --debug", 1)
     finally:
         restore()
+
+
+def _message(error: Exception, args) -> str:
+    """The error's message; for an operating-system error on a file (``open`` of a missing
+    path: "[Errno 2] No such file or directory: 'x'"), the option that named the file and the fix."""
+    if not (isinstance(error, OSError) and error.filename and error.strerror):
+        return str(error) or type(error).__name__
+    name = str(error.filename)
+    option = next((f"--{dest.replace('_', '-')} " for dest, value in vars(args).items()
+                   if name in ([str(v) for v in value] if isinstance(value, list) else [str(value)])), "")
+    fix = {FileNotFoundError: "check the path", IsADirectoryError: "give a file, not a folder",
+           NotADirectoryError: "give a folder", PermissionError: "check the file's permissions"}
+    hint = next((text for kind, text in fix.items() if isinstance(error, kind)), "")
+    return f"{option}{name}: {error.strerror.lower()}" + (f"; {hint}" if hint else "")
 
 
 def _report(args, message: str, status: int) -> int:

@@ -110,6 +110,20 @@ def test_missing_inputs_and_usage_errors_are_one_line(tmp_path, capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "the following arguments are required" in err and "--help" in err
+    with pytest.raises(SystemExit) as stop:  # a count of 0 is refused by the parser, naming the option
+        main(["demo", "--queries", "0"])
+    assert stop.value.code == 2 and "argument --queries: must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_a_file_the_system_cannot_open_is_named_by_its_option(tmp_path, capsys):
+    """open() of a missing file says "[Errno 2] No such file or directory: 'x'"; the command
+    line says which option named it and what to do."""
+    (tmp_path / "gt.csv").write_text("lat,lon\n1,2\n")
+    assert main(["geo", "eval", "--pred", str(tmp_path / "pred.csv"), "--gt", str(tmp_path / "gt.csv")]) == 1
+    line = _one_error_line(capsys.readouterr().err, "geo eval")
+    assert line.endswith(f"--pred {tmp_path / 'pred.csv'}: no such file or directory; check the path")
+    assert main(["geo", "eval", "--pred", str(tmp_path), "--gt", str(tmp_path / "gt.csv")]) == 1
+    assert "give a file, not a folder" in _one_error_line(capsys.readouterr().err, "geo eval")
 
 
 # ------------------------------------------------------------ a small generated scene

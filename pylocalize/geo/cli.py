@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pylocalize._cli import run_alone
+from pylocalize._cli import at_least, run_alone
 from pylocalize._core import FormatError
 
 _LAT_NAMES = ("lat", "latitude")
@@ -101,7 +101,7 @@ def _train(args) -> int:
     if tokens.ndim != 3:
         raise SystemExit(f"--tokens must hold (n, tokens, dim), got shape {tokens.shape}")
     options = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, validation=args.validation,
-                   patience=args.patience, seed=args.seed, progress=True, num_threads=args.torch_threads)
+                   patience=args.patience, seed=args.seed, progress=args.progress, num_threads=args.torch_threads)
     if args.model == "decoder":
         scenes = _load_array(args.scenes, "scenes") if args.scenes else None
         num_scenes = args.num_scenes or (int(scenes.max()) + 1 if scenes is not None else 1)
@@ -212,7 +212,7 @@ def add_parser(subparsers) -> None:
     r.add_argument("--tokens", help=".npy (n, tokens, dim) query tokens")
     r.add_argument("--gallery", help="gallery from 'geo train --model gallery'")
     r.add_argument("--embeddings", help=".npy (n, dim) query embeddings")
-    r.add_argument("--k", type=int, default=10, help="gallery neighbours")
+    r.add_argument("--k", type=at_least(1), default=10, help="gallery neighbours")
     r.add_argument("--bandwidth-km", type=float, default=25.0, help="gallery kernel bandwidth")
     r.add_argument("--out", required=True, help="CSV of predicted GPS (lat, lon)")
     r.set_defaults(func=_predict)

@@ -16,7 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-from pylocalize._cli import run_alone
+from pylocalize._cli import at_least, run_alone
 
 logger = logging.getLogger(__name__)
 
@@ -236,7 +236,7 @@ def _add_map(subparsers) -> None:
     b.add_argument("--camera", help="one camera 'MODEL W H PARAMS...' for every image (COLMAP convention)")
     b.add_argument("--images", help="image folder; alone: structure-from-motion from the images only")
     b.add_argument("--extractor", choices=["opencv", "colmap"], default="opencv", help="SIFT implementation")
-    b.add_argument("--max-features", type=int, default=4000, help="SIFT features per image")
+    b.add_argument("--max-features", type=at_least(1), default=4000, help="SIFT features per image")
     b.add_argument("--seed", type=int, default=0, help="structure-from-motion random seed")
     b.add_argument("--sfm", choices=["incremental", "global"], default="incremental",
                    help="structure-from-motion mapper tried first (images only)")
@@ -253,7 +253,7 @@ def _add_localize(subparsers) -> None:
     p.add_argument("--images", nargs="+", required=True, help="query image files or folders")
     p.add_argument("--camera", help="'MODEL W H PARAMS...' (COLMAP convention) for every query")
     p.add_argument("--cameras", help="cameras file, lines 'name MODEL W H PARAMS...'")
-    p.add_argument("--workers", type=int, default=None, help="queries localized in parallel")
+    p.add_argument("--workers", type=at_least(1), default=None, help="queries localized in parallel")
     p.add_argument("--out", required=True, help="pose file to write (name qw qx qy qz tx ty tz)")
     p.add_argument("--viz", help="folder for one figure per query (matches, reprojections, retrieved images)")
     p.add_argument("--allow-failures", action="store_true",

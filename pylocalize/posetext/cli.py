@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 
-from pylocalize._cli import run_alone
+from pylocalize._cli import at_least, run_alone
 
 
 def _poses(args):
@@ -70,7 +70,7 @@ def _train(args) -> int:
     model = PoseTextModel(embed_dim=args.embed_dim, hidden=args.hidden, bank=ClauseBank(_encoder(args)),
                           seed=args.seed)
     model.fit(poses, captions, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
-              seed=args.seed, progress=True)
+              seed=args.seed, progress=args.progress)
     model.save(args.out)
     last = model.history[-1] if model.history else {}
     best = max((h.get("mRecall", 0.0) for h in model.history), default=0.0)
@@ -113,7 +113,7 @@ def _eval(args) -> int:
 
 def _pose_source(p, default_poses: int, default_seed: int = 0) -> None:
     p.add_argument("--joints", help=".npy joint positions (frames, 22, 3); default: generated poses")
-    p.add_argument("--poses", type=int, default=default_poses, help="generated poses when no --joints")
+    p.add_argument("--poses", type=at_least(1), default=default_poses, help="generated poses when no --joints")
     p.add_argument("--seed", type=int, default=default_seed, help="pose generation seed")
 
 
@@ -151,7 +151,7 @@ def add_parser(subparsers) -> None:
     s.add_argument("--model", required=True)
     _pose_source(s, 1000, default_seed=1000)  # other poses than training's by default
     s.add_argument("--text", nargs="+", required=True, help="one or more descriptions")
-    s.add_argument("--k", type=int, default=5, help="poses listed per text")
+    s.add_argument("--k", type=at_least(1), default=5, help="poses listed per text")
     s.add_argument("--minilm", help="local all-MiniLM-L6-v2 folder, for clauses the model has not seen")
     s.set_defaults(func=_search)
 
