@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from pylocalize._cli import at_least, run_alone
@@ -125,6 +126,7 @@ def _query_cameras(args):
 
 
 def _localize(args) -> int:
+    from pylocalize._log import quiet_colmap
     from pylocalize.geometry import write_pose_file
     from pylocalize.io import read_image
     from pylocalize.localization import Map
@@ -139,7 +141,8 @@ def _localize(args) -> int:
 
         raise ValueError(f"--images {' '.join(args.images)}: no image files there (suffixes "
                          f"{', '.join(IMAGE_SUFFIXES)}); give image files or folders holding them")
-    results = m.localize_many(paths, cameras, workers=args.workers, progress=args.progress)
+    with quiet_colmap() if m.extractor == "colmap" else nullcontext():  # pycolmap's SIFT logs each extractor
+        results = m.localize_many(paths, cameras, workers=args.workers, progress=args.progress)
     estimates = []
     for key, path, camera, result in zip(keys, paths, cameras, results):
         if result.success:

@@ -28,7 +28,7 @@ import logging
 import os
 import re
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Union
@@ -38,7 +38,7 @@ import numpy as np
 from pylocalize import _core
 from pylocalize._core import FormatError
 from pylocalize._folders import FolderLock, remove_unreferenced, unique_name
-from pylocalize._log import phase
+from pylocalize._log import phase, quiet_colmap
 from pylocalize.containers import LAYOUT_ERRORS, read_layout
 from pylocalize.datasets.strecha import read_strecha_scene
 from pylocalize.features import EXTRACTORS, extract_sift, match_descriptors
@@ -240,7 +240,8 @@ def _extract_all(images, max_features, extractor, progress, desc="map: features"
             return error
         return extract_sift(pixels, max_features, extractor)
 
-    with phase(logger, f"{desc} of {len(images)} images"), \
+    # pycolmap's SIFT logs each extractor it creates
+    with phase(logger, f"{desc} of {len(images)} images"), quiet_colmap() if extractor == "colmap" else nullcontext(), \
             ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
         feats = list(tqdm(pool.map(features, images), total=len(images), desc=desc, disable=not progress,
                           leave=False))
