@@ -161,6 +161,11 @@ def test_localize_exits_non_zero_when_a_query_fails(tmp_path, scene_folder, caps
     assert main(run + ["--images", str(tmp_path / "missing.jpg"), "--allow-failures"]) == 1
     assert "no query was localized" in capsys.readouterr().err
     assert read_pose_file(tmp_path / "p.txt") == {}
+    # a camera string that does not parse stops the command in one line
+    assert main(["localize", "--map", str(map_dir), "--images", good, "--camera", "PINHOLE 480 360 384",
+                 "--out", str(tmp_path / "p3.txt")]) == 1
+    assert "PINHOLE takes 4 parameters" in _one_error_line(capsys.readouterr().err, "localize")
+    assert not (tmp_path / "p3.txt").exists()
 
 
 def test_queries_of_one_name_in_two_folders_are_keyed_by_folder(tmp_path, scene_folder, capsys):
