@@ -199,6 +199,12 @@ def test_queries_of_one_name_in_two_folders_are_keyed_by_folder(tmp_path, scene_
                                           ("qb/0003.jpg", scene.cam_from_world[9])])
     assert main(["evaluate", "--gt", str(tmp_path / "gt.txt"), "--pred", str(tmp_path / "p.txt")]) == 0
     assert "2/2 images estimated" in capsys.readouterr().out
+    # pairs files key the queries the same way
+    from pylocalize.index.pairs import read_pairs
+
+    assert main(["pairs", "--map", str(map_dir), "--images", str(tmp_path / "qa"), str(tmp_path / "qb"),
+                 "--k", "2", "--out", str(tmp_path / "pairs.txt")]) == 0
+    assert sorted(read_pairs(tmp_path / "pairs.txt")) == ["qa/0003.jpg", "qb/0003.jpg"]
     # two files of one name given directly: the same key twice
     assert main(["localize", "--map", str(map_dir), "--images", str(tmp_path / "qa" / "0003.jpg"),
                  str(tmp_path / "qb" / "0003.jpg"), "--camera", camera, "--out", str(tmp_path / "p2.txt")]) == 1

@@ -158,18 +158,18 @@ def _localize(args) -> int:
         print(f"{key}: failed: {reason}")
     write_pose_file(args.out, estimates)
     print(f"{len(estimates)} localized, {len(failed)} failed -> {args.out}")
-    return _localize_status(len(estimates), len(failed), args.allow_failures)
+    return _batch_status(len(estimates), len(failed), args.allow_failures)
 
 
-def _localize_status(localized: int, failed: int, allow_failures: bool) -> int:
-    """0 when every query was localized; 1 when one failed (0 with ``--allow-failures``, as
-    long as one was localized), so that a script notices."""
-    if localized == 0:
-        logger.error("no query was localized: see the reasons above")
+def _batch_status(done: int, failed: int, allow_failures: bool, what: str = "localized") -> int:
+    """0 when every query was done; 1 when one failed (0 with ``--allow-failures``, as long as
+    one was done), so that a script notices."""
+    if done == 0:
+        logger.error("no query was %s: see the reasons above", what)
         return 1
     if failed and not allow_failures:
         logger.error("%d of %d queries failed (their reasons are above); --allow-failures accepts that",
-                     failed, localized + failed)
+                     failed, done + failed)
         return 1
     return 0
 
@@ -195,19 +195,19 @@ def _evaluate(args) -> int:
 def _pairs(args) -> int:
     from pylocalize.features import extract_sift
     from pylocalize.index.pairs import write_pairs_hloc, write_pairs_kapture
-    from pylocalize.io import expand_image_paths
+    from pylocalize.io import image_keys
     from pylocalize.localization import Map
 
-    m = Map.load(args.map)
+    m = Map.load(_existing(args.map, "--map", "map folder from 'pylocalize map build ... --out DIR'"))
     pairs, failed = {}, {}
-    for path in expand_image_paths(args.images):
+    for key, path in image_keys(args.images):  # keys as in localize: name, or folder/name
         try:
             _, descriptors = extract_sift(path, m.max_features, m.extractor)  # retrieval needs no camera
         except ValueError as error:  # one unreadable query must not stop the batch
-            failed[path.name] = str(error)
+            failed[key] = str(error)
             continue
         images, scores = m.retrieve(descriptors, args.k, return_scores=True)
-        pairs[path.name] = [(m.names[i], s) for i, s in zip(images, scores)]
+        pairs[key] = [(m.names[i], s) for i, s in zip(images, scores)]
     if args.format == "hloc":
         write_pairs_hloc(args.out, {q: [d for d, _ in dbs] for q, dbs in pairs.items()})
     else:
@@ -215,7 +215,7 @@ def _pairs(args) -> int:
     for name, reason in failed.items():
         print(f"{name}: failed: {reason}")
     print(f"{sum(map(len, pairs.values()))} pairs of {len(pairs)} queries -> {args.out}")
-    return 0
+    return _batch_status(len(pairs), len(failed), args.allow_failures, "paired")
 
 
 def _read_query_list(path) -> list:
@@ -281,10 +281,12 @@ def _add_pairs(subparsers) -> None:
     p = subparsers.add_parser("pairs", help="image pairs (query, map image, CANN score) for hloc or kapture")
     p.add_argument("--map", required=True, help="map directory")
     p.add_argument("--images", nargs="+", required=True, help="query image files or folders")
-    p.add_argument("--k", type=int, default=10, help="map images per query, best first")
+    p.add_argument("--k", type=at_least(1), default=10, help="map images per query, best first")
     p.add_argument("--format", choices=["hloc", "kapture"], default="hloc",
                    help="hloc: 'query db' lines; kapture: 'query, db, score' pairsfile")
     p.add_argument("--out", required=True, help="pairs file to write")
+    p.add_argument("--allow-failures", action="store_true",
+                   help="exit 0 when some queries cannot be read (not all): by default any failure exits 1")
     p.set_defaults(func=_pairs)
 
 
