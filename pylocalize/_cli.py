@@ -55,9 +55,8 @@ class Parser(argparse.ArgumentParser):
 
     def add_subparsers(self, **kwargs):
         kwargs.setdefault("metavar", "COMMAND")
-        action = super().add_subparsers(**kwargs)
-        action._parser_class = _CommandParser
-        return action
+        kwargs.setdefault("parser_class", _CommandParser)
+        return super().add_subparsers(**kwargs)
 
     def error(self, message):
         sys.stderr.write(f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
