@@ -79,9 +79,9 @@ def test_each_part_registers_its_own_commands(tmp_path, capsys):
         return [name for action in parser._actions if isinstance(action, argparse._SubParsersAction)
                 for name in action.choices]
 
-    assert commands(build_parser()) == ["info", "demo", "render", "map", "localize", "evaluate", "objects", "geo",
-                                        "posetext", "bench"]
-    for module, names in ((localization_cli, ["map", "localize", "evaluate"]), (objects_cli, ["objects"])):
+    assert commands(build_parser()) == ["info", "demo", "render", "map", "localize", "evaluate", "pairs", "objects",
+                                        "geo", "posetext", "bench"]
+    for module, names in ((localization_cli, ["map", "localize", "evaluate", "pairs"]), (objects_cli, ["objects"])):
         parser = argparse.ArgumentParser()
         module.add_parser(parser.add_subparsers())
         assert commands(parser) == names
