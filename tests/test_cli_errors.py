@@ -277,3 +277,18 @@ def test_sfm_skips_an_unreadable_photo_silences_colmap_and_repeats_exactly(tmp_p
     assert a.names == b.names
     np.testing.assert_array_equal(a.points3D, b.points3D)
     np.testing.assert_array_equal(a.cam_from_world, b.cam_from_world)
+
+
+def test_a_posed_image_that_cannot_be_read_stops_the_build_naming_it(tmp_path, scene_folder, capsys):
+    """A posed image is data the poses refer to: unlike a photo folder for SfM, it is not
+    skipped but named, with the fix."""
+    import shutil
+
+    scene, folder, _ = scene_folder
+    shutil.copytree(folder / "images", tmp_path / "images")
+    (tmp_path / "images" / scene.names[4]).write_bytes(b"\xff\xd8 cut short")
+    assert main(["map", "build", "--poses", str(folder / "poses.txt"), "--cameras", str(folder / "intrinsics.txt"),
+                 "--images", str(tmp_path / "images"), "--max-features", "300", "--out", str(tmp_path / "map")]) == 1
+    line = _one_error_line(capsys.readouterr().err, "map build")
+    assert f"{scene.names[4]}: not a readable image" in line and "every posed image must be readable" in line
+    assert not (tmp_path / "map").exists()
