@@ -37,7 +37,9 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
         if ("%(default)" in text or default is None or default is argparse.SUPPRESS or default is False
                 or not (action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE))):
             return text
-        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else "%(default)s"
+        # a list as the option takes it: words for nargs, else a comma-separated value
+        sep = "," if action.nargs in (None, argparse.OPTIONAL) else " "
+        shown = sep.join(map(str, default)) if isinstance(default, (list, tuple)) else "%(default)s"
         return f"{text} (default: {shown})" if text else f"default: {shown}"
 
 
