@@ -199,6 +199,10 @@ def test_queries_of_one_name_in_two_folders_are_keyed_by_folder(tmp_path, scene_
                                           ("qb/0003.jpg", scene.cam_from_world[9])])
     assert main(["evaluate", "--gt", str(tmp_path / "gt.txt"), "--pred", str(tmp_path / "p.txt")]) == 0
     assert "2/2 images estimated" in capsys.readouterr().out
+    # against a ground truth without folders, the two queries stand for one image: refused
+    write_pose_file(tmp_path / "flat.txt", [("0003.jpg", scene.cam_from_world[3])])
+    assert main(["evaluate", "--gt", str(tmp_path / "flat.txt"), "--pred", str(tmp_path / "p.txt")]) == 1
+    assert "both stand for the ground truth's 0003.jpg" in _one_error_line(capsys.readouterr().err, "evaluate")
     # pairs files key the queries the same way
     from pylocalize.index.pairs import read_pairs
 
