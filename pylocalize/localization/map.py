@@ -417,7 +417,7 @@ class Map:
         Reproducibility: with ``deterministic``, COLMAP runs single-threaded with seeded
         random numbers, so the same folder and ``seed`` give the same map, point for point
         (same machine and pycolmap build). Without it, SfM is multi-threaded and two runs
-        differ slightly (a few hundred points in thousands, poses within their accuracy).
+        differ slightly (a few points more or fewer, poses within their accuracy).
         """
         image_dir = Path(image_dir)
         files = image_files(image_dir)

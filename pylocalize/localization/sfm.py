@@ -18,8 +18,9 @@ seeded random numbers (matching, geometric verification, mapping, bundle adjustm
 the same images and seed give the same model, point for point, on the same machine and
 pycolmap build. Otherwise matching, mapping and bundle adjustment use every core and the
 order in which threads finish changes RANSAC samples and floating-point sums: two runs give
-models that agree to within their accuracy but differ in the last points (a few hundred in
-thousands). Neither mode promises the same bits on another CPU, BLAS or pycolmap version.
+models that agree to within their accuracy but not point for point (a few points more or
+fewer, coordinates that differ in the last digits). Neither mode promises the same bits on
+another CPU, BLAS or pycolmap version.
 """
 
 from __future__ import annotations
