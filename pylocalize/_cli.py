@@ -29,12 +29,12 @@ INPUT_ERRORS = (ValueError, OSError, RuntimeError, MemoryError)
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):
     """Appends ``(default: X)`` to the help of every option that has a default worth saying
-    (not None, not a flag's False), unless its help already gives it with ``%(default)s``."""
+    (not None, not a flag's), unless its help already gives it with ``%(default)s``."""
 
     def _get_help_string(self, action):
         text = action.help or ""
         default = action.default
-        if ("%(default)" in text or default is None or default is argparse.SUPPRESS or default is False
+        if ("%(default)" in text or default is None or default is argparse.SUPPRESS or action.nargs == 0
                 or not (action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE))):
             return text
         # a list as the option takes it: words for nargs, else a comma-separated value
@@ -115,15 +115,13 @@ def configure_logging(verbose: bool = False, quiet: bool = False) -> Callable[[]
     logger = logging.getLogger(LOGGER_NAME)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_LevelFormatter("%(message)s"))
-    old_level, old_propagate = logger.level, logger.propagate
+    old_level = logger.level
     logger.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
-    logger.addHandler(handler)
-    logger.propagate = False  # a root handler set by an embedding program would print each line twice
+    logger.addHandler(handler)  # records still propagate: a program's (or pytest's) root handlers see them
 
     def restore() -> None:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
-        logger.propagate = old_propagate
 
     return restore
 

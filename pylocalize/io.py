@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, List, Tuple
+from typing import Iterable, List, Optional, Tuple
 
 import numpy as np
 
@@ -112,5 +112,48 @@ def load_pixels(image) -> np.ndarray:
     return read_image(image) if isinstance(image, (str, os.PathLike)) else np.asarray(image)
 
 
+# EXIF tags: the GPS IFD's pointer in IFD0, and the GPS IFD's entries pylocalize reads
+_GPS_IFD = 0x8825
+_GPS_LAT_REF, _GPS_LAT, _GPS_LON_REF, _GPS_LON, _GPS_ALT_REF, _GPS_ALT = 1, 2, 3, 4, 5, 6
+
+
+def read_gps(path) -> Optional[Tuple[float, float, float]]:
+    """``(latitude deg, longitude deg, altitude m)`` from an image file's EXIF GPS tags, or
+    None when the file has no usable GPS position (no GPS IFD, no latitude or longitude, or
+    values out of range). South and west are negative; the altitude is NaN when the file has
+    none and negative below sea level.
+
+    Raises ``ValueError`` for a missing or unreadable file.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            exif = image.getexif()
+            gps = dict(exif.get_ifd(_GPS_IFD)) if exif else {}
+    except (FileNotFoundError, UnidentifiedImageError, OSError) as error:
+        raise _open_error(path, error) from None
+    try:
+        lat = _degrees(gps[_GPS_LAT]) * (-1.0 if str(gps.get(_GPS_LAT_REF, "N")).upper().startswith("S") else 1.0)
+        lon = _degrees(gps[_GPS_LON]) * (-1.0 if str(gps.get(_GPS_LON_REF, "E")).upper().startswith("W") else 1.0)
+        alt = float(gps[_GPS_ALT]) if _GPS_ALT in gps else float("nan")
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    below = gps.get(_GPS_ALT_REF, 0)
+    if below in (1, b"\x01", "1"):  # GPSAltitudeRef 1: below sea level
+        alt = -alt
+    if not (abs(lat) <= 90 and abs(lon) <= 180 and np.isfinite([lat, lon]).all()) or np.isinf(alt):
+        return None
+    return lat, lon, alt
+
+
+def _degrees(value) -> float:
+    """Degrees from EXIF's (degrees, minutes, seconds) rationals (or one number)."""
+    parts = [float(v) for v in value] if isinstance(value, (tuple, list)) else [float(value)]
+    if not 1 <= len(parts) <= 3 or any(p < 0 for p in parts):
+        raise ValueError(f"not an EXIF angle: {value!r}")
+    return sum(p / 60.0 ** i for i, p in enumerate(parts))
+
+
 __all__ = ["IMAGE_SUFFIXES", "expand_image_paths", "image_files", "image_keys", "image_size", "is_image_file",
-           "load_pixels", "read_image"]
+           "load_pixels", "read_gps", "read_image"]

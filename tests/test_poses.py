@@ -120,3 +120,22 @@ def test_pose_file_round_trip_or_refusal(tmp_path):
     path.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(ValueError, match="not a text pose file"):
         read_pose_file(path)
+
+
+def test_pose_file_notes_are_comments_readers_skip(tmp_path):
+    """A note goes on a comment line above its pose, on one line whatever it holds; the file
+    reads back to the same poses (pylocalize's reader and evaluate's loader)."""
+    from pylocalize.localization import load_poses
+
+    rng = np.random.default_rng(3)
+    poses = [(f"q{i}.jpg", np.c_[matrix_from_quaternion(rng.normal(size=4)), rng.normal(size=3)]) for i in range(3)]
+    path = tmp_path / "poses.txt"
+    write_pose_file(path, poses, notes={"q1.jpg": "intrinsics GUESSED\nsecond line", "other.jpg": "not written"})
+    lines = path.read_text().splitlines()
+    assert lines[1] == "# q1.jpg: intrinsics GUESSED second line" and lines[2].startswith("q1.jpg ")
+    assert len(lines) == 4 and "other.jpg" not in path.read_text()
+    for read in (read_pose_file, load_poses):
+        back = read(path)
+        assert list(back) == [name for name, _ in poses]
+        for name, pose in poses:
+            np.testing.assert_allclose(back[name], pose, atol=1e-12)

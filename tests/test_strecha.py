@@ -71,16 +71,16 @@ def test_query_cameras_come_from_the_scene_or_the_options(tmp_path):
     truth = _write_scene(tmp_path / "scene")
     image = tmp_path / "scene" / "images" / "0001.jpg"
     assert camera_file_of_image(image) == tmp_path / "scene" / "gt_dense_cameras" / "0001.jpg.camera"
-    camera, source = query_camera(image)
-    assert source == "Strecha .camera file" and (camera.width, camera.height) == (64, 48)
+    camera, source, guessed = query_camera(image)
+    assert source == "Strecha .camera file" and (camera.width, camera.height) == (64, 48) and not guessed
     np.testing.assert_allclose(camera.K, truth["0001.jpg"][0])
     fixed = Camera.from_string("PINHOLE 64 48 90 90 32 24")
-    assert query_camera(image, fixed=fixed) == (fixed, "--camera")  # the options come first
-    assert query_camera(image, per_name={"0001.jpg": fixed}) == (fixed, "--cameras")
+    assert query_camera(image, fixed=fixed) == (fixed, "--camera", False)  # the options come first
+    assert query_camera(image, per_name={"0001.jpg": fixed}) == (fixed, "--cameras", False)
     with pytest.raises(ValueError, match="no camera for 0001.jpg in --cameras"):
         query_camera(image, per_name={})
     outside = tmp_path / "photo.jpg"
     Image.new("RGB", (64, 48)).save(outside)
     assert camera_file_of_image(outside) is None
-    camera, source = query_camera(outside)  # neither: EXIF, or 1.2 x the larger side without it
-    assert "assumed 1.2" in source and camera.params[0] == pytest.approx(1.2 * 64)
+    camera, source, guessed = query_camera(outside)  # neither: EXIF, or 1.2 x the larger side without it
+    assert "assumed 1.2" in source and guessed and camera.params[0] == pytest.approx(1.2 * 64)

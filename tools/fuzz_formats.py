@@ -164,6 +164,31 @@ def _use_map(path: Path) -> str:
                         [m.points3D[p[p >= 0]] for p in m.point_ids])
 
 
+def _make_map_sfm(folder: Path) -> Path:
+    """A map as SfM leaves it: the kept COLMAP model folder and a geo origin beside the index."""
+    from pylocalize.localization import Map
+    from pylocalize.localization.colmap_export import reconstruction_from_map
+
+    _make_map(folder)
+    m = Map.load(folder / "map")
+    m.image_dir = None
+    m.sfm_reconstruction = reconstruction_from_map(m)
+    m.geo_origin = np.array([55.6989, 13.1949, 35.0])
+    m.save(folder / "map")
+    return folder / "map"
+
+
+def _use_map_sfm(path: Path) -> str:
+    from pylocalize.localization import Map
+
+    m = Map.load(path)
+    rec = m.sfm_model()
+    points = sorted(rec.points3D)
+    return _fingerprint(_use_map(path), m.geo_origin, sorted(im.name for im in rec.images.values()),
+                        [rec.points3D[p].xyz for p in points], [rec.points3D[p].track.length() for p in points],
+                        [np.asarray(im.cam_from_world().matrix()) for im in rec.images.values()])
+
+
 def _make_objects(folder: Path) -> Path:
     from pylocalize.datasets.synthetic import textured_box_object
     from pylocalize.objects import onboard
@@ -302,6 +327,7 @@ FORMATS: Dict[str, Format] = {
     "multibit-mmap": Format(_make_multibit, lambda p: _use_multibit(p, mmap=True)),
     "cann": Format(_make_cann, _use_cann),
     "map": Format(_make_map, _use_map),
+    "map-sfm": Format(_make_map_sfm, _use_map_sfm),
     "objects": Format(_make_objects, _use_objects),
     "cells": Format(_make_cells, _use_cells),
     "gallery": Format(_make_gallery, _use_gallery),

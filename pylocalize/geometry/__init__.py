@@ -10,6 +10,7 @@ from pylocalize.geometry.camera import Camera, read_cameras_file
 from pylocalize.geometry.poses import (
     matrix_from_quaternion,
     quaternion_from_matrix,
+    ransac_similarity,
     read_pose_file,
     rotation_error_deg,
     similarity_from_points,
@@ -27,6 +28,7 @@ __all__ = [
     "look_at",
     "matrix_from_quaternion",
     "quaternion_from_matrix",
+    "ransac_similarity",
     "read_pose_file",
     "rotation_error_deg",
     "similarity_from_points",

@@ -31,11 +31,14 @@ class AbsolutePose:
         Which correspondences agree with the pose within the error threshold.
     covariance : float64 (6, 6) or None
         Pose covariance (rotation then translation, pycolmap's order), when asked for.
+    camera : Camera or None
+        The camera with its estimated focal length, when the focal length was estimated.
     """
 
     cam_from_world: np.ndarray
     inlier_mask: np.ndarray
     covariance: Optional[np.ndarray] = None
+    camera: Optional[Camera] = None
 
     @property
     def num_inliers(self) -> int:
@@ -98,7 +101,7 @@ def estimate_absolute_pose(points2D, points3D, camera: Union[Camera, np.ndarray]
                            max_trials: Optional[int] = None, min_trials: Optional[int] = None,
                            confidence: Optional[float] = None, min_inlier_ratio: Optional[float] = None,
                            seed: Optional[int] = None, loss_scale_px: Optional[float] = None,
-                           method: str = "lo-ransac") -> Optional[AbsolutePose]:
+                           method: str = "lo-ransac", estimate_focal: bool = False) -> Optional[AbsolutePose]:
     """The ``cam_from_world`` pose that best explains ``points2D`` as images of ``points3D``.
 
     Parameters
@@ -135,6 +138,13 @@ def estimate_absolute_pose(points2D, points3D, camera: Union[Camera, np.ndarray]
         ``"lo-ransac"`` discounts it (object pose on a real photo was lost with it:
         benchmarks/README.md). ``"epnp"`` takes ``max_trials`` (default 100) and
         ``confidence`` (default 0.99); OpenCV draws its samples from its own generator.
+    estimate_focal : bool
+        Estimate the focal length too (``"lo-ransac"`` only), for a camera whose focal
+        length is a guess: RANSAC over pycolmap's minimal solver with unknown focal length,
+        then a refinement of pose and focal length together. The camera's
+        other parameters (principal point, distortion) stay as given; the estimated camera
+        is :attr:`AbsolutePose.camera`. Needs well-spread, non-planar points: the focal
+        length of a view of a plane is ambiguous.
 
     Returns
     -------
@@ -151,6 +161,7 @@ def estimate_absolute_pose(points2D, points3D, camera: Union[Camera, np.ndarray]
     camera, K_given = _as_camera(camera, image_size)
     if method == "epnp":
         unsupported = {"covariance": covariance or None, "min_trials": min_trials, "seed": seed,
+                       "estimate_focal": estimate_focal or None,
                        "min_inlier_ratio": min_inlier_ratio, "loss_scale_px": loss_scale_px}
         given = sorted(name for name, value in unsupported.items() if value is not None)
         if given:
@@ -158,7 +169,7 @@ def estimate_absolute_pose(points2D, points3D, camera: Union[Camera, np.ndarray]
         return _epnp_ransac(points2D, points3D, camera, K_given, max_error_px, max_trials, confidence)
     ransac = dict(max_trials=max_trials, min_trials=min_trials, confidence=confidence,
                   min_inlier_ratio=min_inlier_ratio, seed=seed)
-    return _lo_ransac(points2D, points3D, camera, max_error_px, ransac, loss_scale_px, covariance)
+    return _lo_ransac(points2D, points3D, camera, max_error_px, ransac, loss_scale_px, covariance, estimate_focal)
 
 
 def _as_camera(camera, image_size):
@@ -172,29 +183,40 @@ def _as_camera(camera, image_size):
 
 
 def _lo_ransac(points2D, points3D, camera: Camera, max_error_px: float, ransac: dict, loss_scale_px,
-               covariance: bool):
-    """pycolmap's LO-RANSAC over P3P, then its Cauchy-robust refinement (COLMAP pixels)."""
+               covariance: bool, estimate_focal: bool = False):
+    """pycolmap's LO-RANSAC over P3P (or its four-point solver with unknown focal length),
+    then its Cauchy-robust refinement (COLMAP pixels)."""
     import pycolmap
 
     options = pycolmap.AbsolutePoseEstimationOptions()
     options.ransac.max_error = float(max_error_px)
     _ransac_options(options.ransac, **ransac)
     refinement = pycolmap.AbsolutePoseRefinementOptions()
+    # RANSAC's focal length alone is a minimal sample's: refining it with the pose over all
+    # inliers takes it from about 1 % to about 0.1 % on noisy points (tests/test_absolute_pose.py)
+    options.estimate_focal_length = refinement.refine_focal_length = bool(estimate_focal)
     if loss_scale_px is not None:
         if not loss_scale_px > 0:
             raise ValueError(f"loss_scale_px must be positive, got {loss_scale_px}")
         refinement.loss_function_scale = float(loss_scale_px)
     if len(points2D) < 4:
         return None
+    colmap_camera = camera.to_pycolmap()  # pycolmap writes the estimated focal length into it
     result = pycolmap.estimate_and_refine_absolute_pose(
-        points2D + 0.5, points3D, camera.to_pycolmap(), options, refinement, return_covariance=covariance)
+        points2D + 0.5, points3D, colmap_camera, options, refinement, return_covariance=covariance)
     if result is None:
         return None
+    estimated = None
+    if estimate_focal:
+        try:
+            estimated = Camera.from_pycolmap(colmap_camera)
+        except ValueError:  # a degenerate sample gave a negative or infinite focal length
+            return None
     cov = result.get("covariance") if covariance else None
     return AbsolutePose(
         cam_from_world=np.asarray(result["cam_from_world"].matrix(), dtype=np.float64)[:3],
         inlier_mask=np.asarray(result["inlier_mask"], dtype=bool),
-        covariance=None if cov is None else np.asarray(cov, dtype=np.float64))
+        covariance=None if cov is None else np.asarray(cov, dtype=np.float64), camera=estimated)
 
 
 def _epnp_ransac(points2D, points3D, camera: Camera, K, max_error_px: float, max_trials, confidence):

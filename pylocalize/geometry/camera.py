@@ -18,6 +18,9 @@ import numpy as np
 # Focal length assumed when nothing better is known: 1.2 x the larger image side, COLMAP's
 # prior for unknown cameras (a field of view of about 45 degrees).
 DEFAULT_FOCAL_FACTOR = 1.2
+# How the source note of :meth:`Camera.from_exif` starts when the focal length is that guess
+# (:func:`is_focal_guess` reads it back).
+FOCAL_GUESS_NOTE = "no EXIF focal length"
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,7 @@ class Camera:
         The 35 mm-equivalent focal length is used when present, else the focal length in mm
         with the sensor width from the focal-plane resolution. Without either, the focal
         length falls back to ``default_focal_factor`` x the larger image side. Returns the
-        camera and a note saying which source was used.
+        camera and a note saying which source was used (:func:`is_focal_guess` tells a guess).
         """
         from PIL import Image
 
@@ -87,7 +90,7 @@ class Camera:
         focal, source = _exif_focal_px(info, width, height)
         if focal is None:
             focal = default_focal_factor * max(width, height)
-            source = f"no EXIF focal length: assumed {default_focal_factor:g} x the larger side"
+            source = f"{FOCAL_GUESS_NOTE}: assumed {default_focal_factor:g} x the larger side"
         camera = cls("SIMPLE_RADIAL", width, height, (focal, width / 2, height / 2, 0.0))
         return camera, source
 
@@ -132,6 +135,103 @@ class Camera:
         camera = self.to_pycolmap()
         camera.rescale(int(width), int(height))
         return Camera.from_pycolmap(camera)
+
+
+def is_focal_guess(source: str) -> bool:
+    """Whether a camera source note of :meth:`Camera.from_exif` says the focal length was guessed."""
+    return str(source).startswith(FOCAL_GUESS_NOTE)
+
+
+@dataclass(frozen=True)
+class CameraDevice:
+    """What took a photo, as its EXIF says: ``make``, ``model``, the image size in pixels
+    and the lens focal length in mm (None when EXIF has none).
+
+    Photos of one device, size and focal length share their intrinsics, so a map's
+    calibrated camera serves the queries of the device that took the map's images (COLMAP
+    groups images into cameras by the same EXIF fields)."""
+
+    make: str
+    model: str
+    width: int
+    height: int
+    focal_mm: Optional[float] = None
+
+    @classmethod
+    def from_image(cls, path) -> Optional["CameraDevice"]:
+        """The device of an image file; None without a make or model (or for a file PIL
+        cannot read). Make and model come from the EXIF tags, else from the
+        ``MAPDeviceMake``/``MAPDeviceModel`` that the Mapillary app writes into the image
+        description (the Lund sample photos carry theirs only there)."""
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+                exif = image.getexif()
+                info = exif.get_ifd(0x8769) if exif else {}
+        except (OSError, UnidentifiedImageError, ValueError):
+            return None
+        make, model = (_exif_text(exif.get(tag)) for tag in (0x010F, 0x0110))  # Make, Model
+        if not make and not model:
+            make, model = _mapillary_device(exif.get(0x010E))  # ImageDescription
+        if not make and not model:
+            return None
+        focal = info.get(0x920A)  # FocalLength
+        try:
+            focal_mm = float(focal) if focal and np.isfinite(float(focal)) and float(focal) > 0 else None
+        except (TypeError, ValueError, ZeroDivisionError):
+            focal_mm = None
+        return cls(make, model, int(width), int(height), focal_mm)
+
+    def same_device(self, other: Optional["CameraDevice"]) -> bool:
+        """Same make and model, and the same focal length (within 1 %) when both know theirs;
+        the image size is left to the caller (a camera scales to another size)."""
+        if other is None or (self.make, self.model) != (other.make, other.model):
+            return False
+        if self.focal_mm is None or other.focal_mm is None:
+            return True
+        return abs(self.focal_mm - other.focal_mm) <= 0.01 * max(self.focal_mm, other.focal_mm)
+
+    def to_json(self) -> dict:
+        return {"make": self.make, "model": self.model, "width": self.width, "height": self.height,
+                "focal_mm": self.focal_mm}
+
+    @classmethod
+    def from_json(cls, value) -> "CameraDevice":
+        """Reads :meth:`to_json`'s dict back; ValueError for anything else."""
+        try:
+            make, model, width, height = value["make"], value["model"], value["width"], value["height"]
+            focal = value.get("focal_mm")
+            if not (isinstance(make, str) and isinstance(model, str) and isinstance(width, int)
+                    and isinstance(height, int) and width > 0 and height > 0):
+                raise TypeError
+            if focal is not None and not (isinstance(focal, (int, float)) and np.isfinite(focal) and focal > 0):
+                raise TypeError
+        except (TypeError, KeyError, AttributeError):
+            raise ValueError(f"camera device {value!r}: expected {{make, model, width, height, focal_mm}}") from None
+        return cls(make, model, width, height, None if focal is None else float(focal))
+
+    def describe(self) -> str:
+        focal = "" if self.focal_mm is None else f", {self.focal_mm:g} mm"
+        return f"{self.make} {self.model} ({self.width}x{self.height}{focal})".strip()
+
+
+def _exif_text(value) -> str:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return "" if value is None else str(value).replace("\0", "").strip()
+
+
+def _mapillary_device(description) -> Tuple[str, str]:
+    """``(make, model)`` from a Mapillary image description (JSON), else empty strings."""
+    import json
+
+    try:
+        fields = json.loads(_exif_text(description))
+        return _exif_text(fields.get("MAPDeviceMake")), _exif_text(fields.get("MAPDeviceModel"))
+    except (ValueError, AttributeError):
+        return "", ""
 
 
 def _exif_focal_px(info, width: int, height: int) -> Tuple[Optional[float], str]:

@@ -8,7 +8,7 @@ format of the common localization benchmarks. Lines starting with ``#`` are comm
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Iterable, Tuple
+from typing import Dict, Iterable, Optional, Tuple
 
 import numpy as np
 
@@ -93,9 +93,10 @@ def check_pose_name(name: str) -> str:
     return name
 
 
-def write_pose_file(path, poses: Iterable[Tuple[str, np.ndarray]]) -> None:
+def write_pose_file(path, poses: Iterable[Tuple[str, np.ndarray]], notes: Optional[Dict[str, str]] = None) -> None:
     """Writes ``(name, cam_from_world 3x4 or 4x4)`` pairs as ``name qw qx qy qz tx ty tz`` lines,
-    all-or-nothing.
+    all-or-nothing; ``notes[name]`` goes on a ``# name: note`` comment line above its pose
+    (readers skip ``#`` lines).
 
     Raises
     ------
@@ -117,6 +118,8 @@ def write_pose_file(path, poses: Iterable[Tuple[str, np.ndarray]]) -> None:
         if not np.isfinite(t).all():
             raise ValueError(f"the translation of {name!r} is not finite: {t}")
         q = quaternion_from_matrix(R)
+        if notes and name in notes:
+            lines.append(f"# {name}: " + " ".join(str(notes[name]).split()))  # one line, whatever the note holds
         # 17 significant digits read back as the same float64 (10 lost ~1e-10 m per value).
         lines.append(name + " " + " ".join(f"{v:.17g}" for v in (*q, *t)))
     write_bytes_atomic(path, ("\n".join(lines) + "\n").encode("utf-8"))
@@ -176,6 +179,62 @@ def similarity_from_points(src: np.ndarray, dst: np.ndarray) -> Tuple[float, np.
         raise ValueError("the source points coincide: no similarity is defined")
     s = float(np.trace(np.diag(S) @ D) / variance)
     return s, R, mu_d - s * R @ mu_s
+
+
+def ransac_similarity(src: np.ndarray, dst: np.ndarray, max_error: float, max_trials: int = 2000,
+                       confidence: float = 0.9999, seed: int = 0) -> Tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """Robust similarity ``dst ~ s R src + t``: :func:`similarity_from_points` on minimal
+    samples of 3 correspondences inside RANSAC, then refitted on the inliers (points whose
+    mapped ``src`` lies within ``max_error`` of ``dst``, in ``dst`` units) until the inlier
+    set stops changing. COLMAP's model aligner does the same over camera centres.
+
+    Returns ``(s, R, t, inliers)``, ``inliers`` a bool mask. Raises ``ValueError`` when no
+    sample of 3 non-collinear points gives at least 3 inliers.
+    """
+    src, dst = np.asarray(src, dtype=np.float64), np.asarray(dst, dtype=np.float64)
+    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 3 or len(src) < 3:
+        raise ValueError(f"need matching (n >= 3, 3) point arrays, got {src.shape} and {dst.shape}")
+    if not max_error > 0:
+        raise ValueError(f"max_error must be positive, got {max_error}")
+    rng = np.random.default_rng(seed)
+    n, best, trials, trial = len(src), None, int(max_trials), 0
+
+    def inliers_of(fit):
+        s, R, t = fit
+        return np.linalg.norm(src @ (s * R).T + t - dst, axis=1) < max_error
+
+    while trial < trials:
+        trial += 1
+        sample = rng.choice(n, 3, replace=False)
+        # a (nearly) collinear sample fixes no rotation about its line
+        if min(_flatness(src[sample]), _flatness(dst[sample])) < 1e-6:
+            continue
+        mask = inliers_of(similarity_from_points(src[sample], dst[sample]))
+        if best is None or mask.sum() > best.sum():
+            best = mask
+            fraction = mask.mean() ** 3  # chance that a sample is all inliers
+            if fraction >= 1.0:
+                break
+            if fraction > 0:  # the trials that find an all-inlier sample with this confidence
+                trials = min(trials, int(np.ceil(np.log(1 - confidence) / np.log(1 - fraction))))
+    if best is None or best.sum() < 3:
+        raise ValueError("no similarity: fewer than 3 correspondences agree on one (collinear or scattered points)")
+    for _ in range(10):  # local optimisation: least squares on the inliers, repeated
+        fit = similarity_from_points(src[best], dst[best])
+        mask = inliers_of(fit)
+        if mask.sum() < 3 or np.array_equal(mask, best):
+            break
+        best = mask
+    s, R, t = similarity_from_points(src[best], dst[best])
+    return s, R, t, best
+
+
+def _flatness(points: np.ndarray) -> float:
+    """Twice the area of a triangle over its longest side squared: 0 for collinear corners,
+    whatever the units."""
+    a, b = points[1] - points[0], points[2] - points[0]
+    longest = max(float(a @ a), float(b @ b), float((b - a) @ (b - a)))
+    return float(np.linalg.norm(np.cross(a, b))) / longest if longest > 0 else 0.0
 
 
 def transform_pose(cam_from_world: np.ndarray, s: float, R: np.ndarray, t: np.ndarray) -> np.ndarray:

@@ -51,6 +51,8 @@ def _check_build_inputs(args) -> None:
         except ValueError as error:
             raise ValueError(f"--camera: {error}") from None
 
+logger = logging.getLogger(__name__)
+
 
 def _map_build(args) -> int:
     from pylocalize.localization import Map
@@ -70,59 +72,119 @@ def _map_build(args) -> int:
         m = Map.from_pose_file(args.poses, args.cameras or args.camera, args.images, **options)
     elif args.images:
         m = Map.from_images(args.images, camera=args.camera, seed=args.seed, sfm=args.sfm,
+                            georegister=args.georegister, gps_noise_m=args.gps_noise,
                             deterministic=args.deterministic, **options)
     else:
         raise SystemExit("give --strecha DIR, --colmap DIR --images DIR, --poses FILE --images DIR, or --images DIR")
     m.save(args.out)
-    print(f"{m} -> {args.out}")
+    geo = ""
+    if m.geo_origin is not None:
+        geo = " (geo-registered: metres east-north-up from lat {:.7f}, lon {:.7f}, alt {:.2f} m)".format(*m.geo_origin)
+    print(f"{m} -> {args.out}{geo}")
     return 0
 
 
-def query_camera(path, fixed=None, per_name=None, key=None):
-    """``(camera, where it came from)`` of the query image ``path``: ``fixed`` (--camera),
-    ``per_name[key]`` (--cameras; ``key`` is the query's key, see :func:`pylocalize.io.image_keys`,
-    else its file name, which older cameras files use), the Strecha ``.camera`` file of the
-    image, or its EXIF focal length (:meth:`Camera.from_exif`, whose source string starts with
-    ``"no EXIF"`` when it had to guess). Raises ``ValueError`` if ``per_name`` lacks the image."""
+def _map_export(args) -> int:
+    from pylocalize.localization import Map
+
+    m = Map.load(_existing(args.map, "--map", "map folder from 'pylocalize map build ... --out DIR'"))
+    out = m.to_colmap(args.colmap, binary=not args.text)
+    print(f"{m} -> COLMAP model ({'text' if args.text else 'binary'}) in {out}")
+    return 0
+
+
+def _map_geo(args) -> int:
+    import numpy as np
+
+    from pylocalize.containers import write_bytes_atomic
+    from pylocalize.geometry import read_pose_file
+    from pylocalize.localization import Map
+
+    m = Map.load(_existing(args.map, "--map", "map folder from 'pylocalize map build ... --out DIR'"))
+    if m.geo_origin is None:
+        raise SystemExit(f"{args.map}: the map is not geo-registered; `pylocalize map build --images DIR` "
+                         "registers maps whose photos' EXIF GPS spreads beyond --gps-noise in two directions (its log "
+                         "says why a map was not)")
+    poses = read_pose_file(args.poses)
+    lines = [f"{name} {lat:.9f} {lon:.9f} {alt:.3f}"
+             for name, (lat, lon, alt) in zip(poses, m.camera_geodetic(np.stack(list(poses.values()))))]
+    text = "# name latitude longitude altitude (camera centre, WGS84 degrees, metres)\n" + "\n".join(lines) + "\n"
+    if args.out:
+        write_bytes_atomic(args.out, text.encode("utf-8"))
+        print(f"{len(lines)} camera positions -> {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def query_camera(path, fixed=None, per_name=None, m=None, key=None):
+    """The :class:`~pylocalize.localization.map.QueryCamera` (camera, where it came from,
+    whether its focal length is a guess) of the query image ``path``, from the first source
+    that has one: ``fixed`` (--camera; ``"map"`` forces the map's camera), ``per_name[key]``
+    (--cameras; ``key`` is the query's key, see :func:`pylocalize.io.image_keys`, else its file
+    name, which older cameras files use), the Strecha ``.camera`` file of the image, the calibrated camera of the map
+    ``m`` for the query's EXIF device (:meth:`Map.query_camera`), its EXIF focal length, or a guess
+    (:meth:`Camera.from_exif`). Raises ``ValueError`` if ``per_name`` lacks the image, or for
+    ``"map"`` when no map camera fits the query."""
     from pylocalize.datasets.strecha import camera_file_of_image, read_strecha_camera
     from pylocalize.geometry import Camera
+    from pylocalize.geometry.camera import is_focal_guess
     from pylocalize.io import image_size
+    from pylocalize.localization.map import QueryCamera
 
+    if isinstance(fixed, str) and fixed == "map":
+        if m is None:
+            raise ValueError("--camera map needs the map")
+        return m.query_camera(path, use_map=True)
     if fixed is not None:
-        return fixed, "--camera"
+        return QueryCamera(fixed, "--camera", False)
     if per_name is not None:
         name = next((n for n in (key, path.name) if n in per_name), None)
         if name is None:
             raise ValueError(f"no camera for {key or path.name} in --cameras: add a line "
                              f"'{key or path.name} MODEL W H PARAMS...'")
-        return per_name[name], "--cameras"
+        return QueryCamera(per_name[name], "--cameras", False)
     strecha = camera_file_of_image(path)
     if strecha is not None:
-        return Camera.from_K(read_strecha_camera(strecha)[0], *image_size(path)), "Strecha .camera file"
-    return Camera.from_exif(path)
+        return QueryCamera(Camera.from_K(read_strecha_camera(strecha)[0], *image_size(path)), "Strecha .camera file",
+                           False)
+    if m is not None:
+        return m.query_camera(path)
+    camera, source = Camera.from_exif(path)
+    return QueryCamera(camera, source, is_focal_guess(source))
 
 
-def _query_cameras(args):
-    """``(keys, paths, cameras, failed)``: the queries that have a camera, and ``{key: reason}``
-    of those that have none (one bad query must not stop the batch)."""
+def _query_cameras(args, m):
+    """``(keys, paths, cameras, failed)``: the queries that have a camera (``QueryCamera`` each),
+    and ``{key: reason}`` of those that have none (one bad query must not stop the batch)."""
     from pylocalize.geometry import Camera, read_cameras_file
     from pylocalize.io import image_keys
 
-    fixed = Camera.from_string(args.camera) if args.camera else None
+    fixed = None if not args.camera else "map" if args.camera == "map" else Camera.from_string(args.camera)
     per_name = read_cameras_file(args.cameras) if args.cameras else None
     keys, paths, cameras, failed = [], [], [], {}
     for key, path in image_keys(args.images):
         try:
-            camera, source = query_camera(path, fixed, per_name, key=key)
+            query = query_camera(path, fixed, per_name, m, key=key)
         except Exception as error:  # one bad query must not stop the batch
             failed[key] = str(error)
             continue
-        if source.startswith("no EXIF"):
-            print(f"{key}: {source}")
+        if query.guessed:
+            logger.warning("%s: intrinsics guessed (%s); the focal length is estimated with the pose (give --camera or "
+                           "--cameras for a calibrated one)", key, query.source)
         keys.append(key)
         paths.append(path)
-        cameras.append(camera)
+        cameras.append(query)
     return keys, paths, cameras, failed
+
+
+def _pose_note(result) -> str:
+    """The pose file's comment on a localized query's camera (the pose line itself stays
+    ``name qw qx qy qz tx ty tz``, which every pose reader skips comments around)."""
+    if result.intrinsics_guessed:
+        how = "focal length estimated with the pose" if result.focal_estimated else "used as guessed"
+        return f"intrinsics GUESSED ({result.camera_source}); {how}: {result.camera.to_string()}"
+    return f"camera: {result.camera_source}"
 
 
 def _localize(args) -> int:
@@ -135,7 +197,7 @@ def _localize(args) -> int:
     m = Map.load(_existing(args.map, "--map", "map folder from 'pylocalize map build ... --out DIR'"))
     if args.cameras:
         _existing(args.cameras, "--cameras", "cameras file, lines 'name MODEL W H PARAMS...'", folder=False)
-    keys, paths, cameras, failed = _query_cameras(args)
+    keys, paths, cameras, failed = _query_cameras(args, m)
     if not keys and not failed:
         from pylocalize.io import IMAGE_SUFFIXES
 
@@ -143,20 +205,29 @@ def _localize(args) -> int:
                          f"{', '.join(IMAGE_SUFFIXES)}); give image files or folders holding them")
     with quiet_colmap() if m.extractor == "colmap" else nullcontext():  # pycolmap's SIFT logs each extractor
         results = m.localize_many(paths, cameras, workers=args.workers, progress=args.progress)
-    estimates = []
-    for key, path, camera, result in zip(keys, paths, cameras, results):
+    estimates, notes = [], {}
+    for key, path, result in zip(keys, paths, results):
         if result.success:
             estimates.append((key, result.cam_from_world))
+            notes[key] = _pose_note(result)
             total = sum(result.timings.values())
-            print(f"{key}: {result.num_inliers} inliers, {total:.2f} s")
+            print(f"{key}: {result.num_inliers} inliers, {total:.2f} s, camera: {result.camera_source}")
+            if result.intrinsics_guessed:
+                logger.warning("%s: localized with GUESSED intrinsics (%s, f = %.1f px): the pose is less "
+                               "reliable than with a calibrated camera", key,
+                               "focal length estimated" if result.focal_estimated else "as guessed",
+                               result.camera.K[0, 0])
         else:
             failed[key] = result.reason
         if args.viz and result.points2D is not None:  # viz/qa/0003.png for the query qa/0003.jpg
             save_localization_figure(Path(args.viz) / Path(key).with_suffix(".png"), read_image(path), result, m,
-                                     camera, image_dir=m.image_dir)
+                                     result.camera, image_dir=m.image_dir)
     for key, reason in failed.items():
         print(f"{key}: failed: {reason}")
-    write_pose_file(args.out, estimates)
+    write_pose_file(args.out, estimates, notes=notes)
+    guessed = sum(r.success and r.intrinsics_guessed for r in results)
+    if guessed:
+        print(f"{guessed} of the localized queries had guessed intrinsics (marked in {args.out})")
     print(f"{len(estimates)} localized, {len(failed)} failed -> {args.out}")
     return _batch_status(len(estimates), len(failed), args.allow_failures)
 
@@ -226,7 +297,7 @@ def _read_query_list(path) -> list:
 
 
 def _add_map(subparsers) -> None:
-    p = subparsers.add_parser("map", help="build a localization map")
+    p = subparsers.add_parser("map", help="build, export or geo-locate a localization map")
     map_sub = p.add_subparsers(dest="map_command", required=True)
     b = map_sub.add_parser("build",
                            help="map from posed images (Strecha, COLMAP model, pose file) or images only (SfM)")
@@ -243,18 +314,38 @@ def _add_map(subparsers) -> None:
     b.add_argument("--seed", type=int, default=0, help="structure-from-motion random seed")
     b.add_argument("--sfm", choices=["incremental", "global"], default="incremental",
                    help="structure-from-motion mapper tried first (images only)")
+    b.add_argument("--no-georegister", dest="georegister", action="store_false",
+                   help="images only: keep SfM's frame even when the images carry GPS (default: maps whose "
+                        "images' EXIF GPS spreads beyond --gps-noise are moved into metres east-north-up)")
+    b.add_argument("--gps-noise", type=float, default=5.0, metavar="M",
+                   help="images only: expected GPS error in metres, for geo-registration")
     b.add_argument("--deterministic", action="store_true",
                    help="structure-from-motion on one thread with seeded randomness: the same images and --seed "
                         "give the same map (slower)")
     b.add_argument("--out", required=True, help="map directory to write")
     b.set_defaults(func=_map_build)
+    e = map_sub.add_parser("export", help="write a map as a COLMAP model (cameras, images, points3D)")
+    e.add_argument("--map", required=True, help="map directory")
+    e.add_argument("--colmap", required=True, metavar="DIR",
+                   help="folder to write the model into (new, empty, or holding a COLMAP model to replace)")
+    form = e.add_mutually_exclusive_group()
+    form.add_argument("--binary", dest="text", action="store_false", help="COLMAP's .bin files (the default)")
+    form.add_argument("--text", dest="text", action="store_true", help="COLMAP's .txt files")
+    e.set_defaults(func=_map_export, text=False)
+    g = map_sub.add_parser("geo", help="latitude, longitude and altitude of the cameras of a pose file in a "
+                                       "geo-registered map")
+    g.add_argument("--map", required=True, help="geo-registered map directory")
+    g.add_argument("--poses", required=True, help="pose file (name qw qx qy qz tx ty tz), e.g. from localize")
+    g.add_argument("--out", help="file to write 'name lat lon alt' lines to (default: print them)")
+    g.set_defaults(func=_map_geo)
 
 
 def _add_localize(subparsers) -> None:
     p = subparsers.add_parser("localize", help="localize query images in a map")
     p.add_argument("--map", required=True, help="map directory")
     p.add_argument("--images", nargs="+", required=True, help="query image files or folders")
-    p.add_argument("--camera", help="'MODEL W H PARAMS...' (COLMAP convention) for every query")
+    p.add_argument("--camera", help="'MODEL W H PARAMS...' (COLMAP convention) for every query, or 'map': the "
+                                    "map's calibrated camera (scaled to the query's size)")
     p.add_argument("--cameras", help="cameras file, lines 'name MODEL W H PARAMS...'")
     p.add_argument("--workers", type=at_least(1), default=None, help="queries localized in parallel")
     p.add_argument("--out", required=True, help="pose file to write (name qw qx qy qz tx ty tz)")
@@ -263,7 +354,9 @@ def _add_localize(subparsers) -> None:
                    help="exit 0 when some queries fail (not all): by default any failure exits 1")
     p.set_defaults(func=_localize)
     p.epilog = ("Without --camera or --cameras, a query's camera comes from a Strecha .camera file beside it, "
-                "else from its EXIF focal length (1.2 x the larger side when EXIF has none). "
+                "else from the map's calibrated camera of the same EXIF device (make, model, focal length) and "
+                "aspect ratio, else from its EXIF focal length; without any, the focal length is guessed and "
+                "estimated with the pose, and the output and the pose file say so. "
                 "Queries are keyed by file name when given as files, by folder/name when given as folders "
                 "(qa/0003.jpg), in the pose file, the output and the figures.")
 

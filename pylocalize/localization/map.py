@@ -18,6 +18,11 @@ points: ratio test against other points, mutual check) and :meth:`Map.estimate_p
 ``success=False`` and the reason, never an exception; :meth:`Map.localize_many` runs a batch
 in parallel.
 
+A query's camera is given, or found for its file (:meth:`Map.query_camera`): the map's own
+calibrated camera when the query comes from the device (EXIF make, model, focal length) that
+took the map's images, else its EXIF focal length, else a guess whose focal length is then
+estimated with the pose; the result says which (``camera_source``, ``intrinsics_guessed``).
+
 Conventions: OpenCV pixels (centres at integers) and ``cam_from_world`` 3x4; pycolmap's
 pixel convention (+0.5) is handled at its boundary.
 """
@@ -44,9 +49,11 @@ from pylocalize.datasets.strecha import read_strecha_scene
 from pylocalize.features import EXTRACTORS, extract_sift, match_descriptors
 from pylocalize.geometry import read_pose_file
 from pylocalize.geometry.absolute_pose import AbsolutePose, estimate_absolute_pose
-from pylocalize.geometry.camera import Camera, read_cameras_file
+from pylocalize.geometry.camera import Camera, CameraDevice, is_focal_guess, read_cameras_file
 from pylocalize.index.cann import CANNIndex
 from pylocalize.io import image_files, image_size, load_pixels, read_image  # noqa: F401 (read_image's old path)
+from pylocalize.localization.georegister import DEFAULT_GPS_NOISE_M, camera_geodetic, gps_of_images
+from pylocalize.localization.georegister import georegister as georegister_map
 from pylocalize.localization.sfm import reconstruct
 from pylocalize.localization.triangulation import select_pairs, triangulate
 
@@ -54,6 +61,9 @@ from pylocalize.localization.triangulation import select_pairs, triangulate
 # 1: one file, PINHOLE K per image. 2: a directory, COLMAP cameras, extractor, CANN index
 # in cann.pyloc. 3: the index file has a unique name per save, recorded in map.pyloc (the
 # commit point of a save) with its size and feature count. Layout 2 is still read.
+# Optional JSON keys added since need no new layout: "devices" (the EXIF device of each image,
+# for queries to reuse the map's calibrated cameras) is absent from older maps, which load
+# without it.
 MAP_VERSION = 3
 MAP_FILE = "map.pyloc"
 INDEX_FILE = "cann.pyloc"  # the index of a layout-2 map
@@ -61,6 +71,11 @@ LOCK_FILE = "map.lock"  # flock'ed by a save, so that two saves into one folder 
 # The index files a save writes ("cann-<16 hex>.pyloc"): a strict pattern, so that a map file
 # can never name a path outside its folder
 _INDEX_NAME = re.compile(r"^cann-[0-9a-f]{16}\.pyloc$")
+# The kept structure-from-motion model of a map built from images: a COLMAP model folder with
+# a unique name per save ("sfm-<16 hex>"), named by map.pyloc like the index file; and the
+# temporary and set-aside folders a killed save may leave (colmap_export.write_reconstruction)
+_SFM_NAME = re.compile(r"^sfm-[0-9a-f]{16}$")
+_SFM_LEFTOVER = re.compile(r"^\.sfm-[0-9a-f]{16}\.(tmp|old)-[0-9a-f]{16}$")
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +121,16 @@ class LocalizationResult:
         Why localization failed (empty on success).
     timings : dict
         Seconds per stage.
+    camera : Camera or None
+        The query's camera the pose is for: the estimated one when ``focal_estimated``.
+    camera_source : str
+        Where the query's intrinsics came from (``"given"``, ``"--camera"``, ``"map camera of
+        <image>"``, an EXIF note, or the guess of a camera without EXIF focal length).
+    intrinsics_guessed : bool
+        The focal length given was a guess (no calibration, no EXIF focal length); such a pose
+        is less trustworthy than one of a known camera even when ``success``.
+    focal_estimated : bool
+        The focal length was estimated with the pose (see ``estimate_focal`` of :meth:`Map.localize`).
     """
 
     success: bool
@@ -119,6 +144,34 @@ class LocalizationResult:
     retrieved: List[str] = field(default_factory=list)
     reason: str = ""
     timings: Dict[str, float] = field(default_factory=dict)
+    camera: Optional[Camera] = None
+    camera_source: str = ""
+    intrinsics_guessed: bool = False
+    focal_estimated: bool = False
+
+    def __repr__(self) -> str:
+        """One line: outcome, inliers of matches, camera centre, camera source, reason (the
+        arrays would print hundreds of lines)."""
+        parts = ["success" if self.success else "failed", f"{self.num_inliers}/{self.num_matches} inliers"]
+        if self.cam_from_world is not None:
+            R, t = self.cam_from_world[:, :3], self.cam_from_world[:, 3]
+            parts.append("centre [" + ", ".join(f"{v:.4g}" for v in -R.T @ t) + "]")
+        if self.camera_source:
+            guess = ", guessed" + (" then estimated" if self.focal_estimated else "") if self.intrinsics_guessed else ""
+            focal = f", f={self.camera.K[0, 0]:.1f} px" if self.camera is not None else ""
+            parts.append(f"camera: {self.camera_source}{focal}{guess}")
+        if self.reason:
+            parts.append(f"reason: {self.reason}")
+        return f"LocalizationResult({'; '.join(parts)})"
+
+
+class QueryCamera(NamedTuple):
+    """A query's camera and where it came from, as :meth:`Map.query_camera` finds it; a
+    ``camera`` argument of :meth:`Map.localize` may be one."""
+
+    camera: Camera
+    source: str  # e.g. "map camera of 03.jpg", "EXIF 35 mm-equivalent focal length 35 mm"
+    guessed: bool  # the focal length is a guess, not a calibration or EXIF value
 
 
 class QueryFeatures(NamedTuple):
@@ -212,7 +265,8 @@ def as_camera(camera: CameraLike, width: int, height: int) -> Camera:
 
 def _per_item(cameras, n: int, what: str) -> list:
     """One camera per item from one shared camera (Camera, string or 3x3 K) or a sequence."""
-    shared = isinstance(cameras, (Camera, str)) or (isinstance(cameras, np.ndarray) and cameras.shape == (3, 3))
+    shared = (cameras is None or isinstance(cameras, (Camera, str, QueryCamera))
+              or (isinstance(cameras, np.ndarray) and cameras.shape == (3, 3)))
     per_item = [cameras] * n if shared else list(cameras)
     if len(per_item) != n:
         raise ValueError(f"{n} {what} but {len(per_item)} cameras")
@@ -274,6 +328,15 @@ class Map:
             if not (len(k) == len(d) == len(p)) or (len(p) and (p.max() >= len(self.points3D) or p.min() < -1)):
                 raise ValueError(f"image {self.names[i]}: keypoints, descriptors and point ids disagree")
         self.image_dir: Optional[str] = None  # where the database images are, for figures
+        # the EXIF device of each image (None: unknown), so queries reuse the calibrated cameras
+        self.devices: List[Optional[CameraDevice]] = [None] * n
+        # the structure-from-motion model of a map built from images: in memory until saved
+        # (sfm_reconstruction), then the model folder inside the saved map (sfm_model_dir)
+        self.sfm_reconstruction = None
+        self.sfm_model_dir: Optional[Path] = None
+        self.sfm_model_files: Optional[dict] = None  # {file: [size, CRC-32]} of the saved model
+        # (lat, lon, alt) of the east-north-up frame the map lives in, if geo-registered
+        self.geo_origin: Optional[np.ndarray] = None
         if index is None:
             index = CANNIndex(128, **RETRIEVAL_OPTIONS)
             if n:
@@ -286,6 +349,41 @@ class Map:
 
     def __repr__(self) -> str:
         return f"Map({len(self.names)} images, {len(self.points3D)} points, {self.extractor} SIFT)"
+
+    def sfm_model(self):
+        """The ``pycolmap.Reconstruction`` structure-from-motion made this map from (in the
+        map's frame), or None for maps built from posed images. Raises ``FileNotFoundError``
+        if the saved map's model folder has gone (a later save into the map's folder)."""
+        if self.sfm_reconstruction is not None:
+            return self.sfm_reconstruction
+        if self.sfm_model_dir is None:
+            return None
+        import pycolmap
+
+        from pylocalize.localization.colmap_export import check_model_checksums
+
+        if not Path(self.sfm_model_dir).is_dir():
+            raise FileNotFoundError(f"{self.sfm_model_dir}: the map's SfM model is gone (the map was saved again "
+                                    "since it was loaded); load the map again")
+        if self.sfm_model_files is not None:
+            check_model_checksums(self.sfm_model_dir, self.sfm_model_files)
+        return pycolmap.Reconstruction(str(self.sfm_model_dir))
+
+    def to_colmap(self, out_dir, binary: bool = True, image_dir=None) -> Path:
+        """Writes the map as a COLMAP model (cameras, posed images with their 2D points, 3D
+        points with tracks; :func:`~pylocalize.localization.colmap_export.write_colmap_model`)
+        into folder ``out_dir``, all-or-nothing; ``binary=False`` writes text."""
+        from pylocalize.localization.colmap_export import write_colmap_model
+
+        return write_colmap_model(self, out_dir, binary=binary, image_dir=image_dir)
+
+    def camera_geodetic(self, cam_from_world: np.ndarray) -> np.ndarray:
+        """``(lat, lon, alt)`` of the camera centre of a ``cam_from_world`` pose (3x4, or
+        ``(n, 3, 4)``) in this map; ``ValueError`` unless the map is geo-registered."""
+        if self.geo_origin is None:
+            raise ValueError("the map is not geo-registered: build it with `pylocalize map build --images` from "
+                             "images that carry GPS positions")
+        return camera_geodetic(cam_from_world, self.geo_origin)
 
     @property
     def K(self) -> np.ndarray:
@@ -339,8 +437,10 @@ class Map:
         sizes = [(int(np.asarray(im).shape[1]), int(np.asarray(im).shape[0])) if not isinstance(im, (str, os.PathLike))
                  else image_size(im) for im in images]
         cams = [as_camera(c, w, h) for c, (w, h) in zip(_per_item(cameras, n, "images"), sizes)]
-        return cls.from_features(names, cams, cam_from_world, [f[0] for f in feats], [f[1] for f in feats],
-                                 extractor=extractor, max_features=max_features, progress=progress, **options)
+        m = cls.from_features(names, cams, cam_from_world, [f[0] for f in feats], [f[1] for f in feats],
+                              extractor=extractor, max_features=max_features, progress=progress, **options)
+        m.devices = [CameraDevice.from_image(im) if isinstance(im, (str, os.PathLike)) else None for im in images]
+        return m
 
     @classmethod
     def from_strecha(cls, folder, exclude: Sequence[str] = (), **options) -> "Map":
@@ -401,7 +501,8 @@ class Map:
     @classmethod
     def from_images(cls, image_dir, camera: Optional[CameraLike] = None, max_features: int = 4000,
                     extractor: str = "opencv", seed: int = 0, sfm: str = "incremental",
-                    retriangulate: bool = True, progress: bool = False, deterministic: bool = False) -> "Map":
+                    retriangulate: bool = True, progress: bool = False, georegister: bool = True,
+                    gps_noise_m: float = DEFAULT_GPS_NOISE_M, deterministic: bool = False) -> "Map":
         """A map from images alone, by structure-from-motion with pycolmap (``sfm``:
         "incremental" or "global", the mapper tried first; see :mod:`~pylocalize.localization.sfm`).
 
@@ -413,6 +514,12 @@ class Map:
         error in the data they were given.) With ``retriangulate``, the points are
         triangulated again from the SfM cameras and poses as in :meth:`from_features`;
         otherwise the map keeps SfM's own points.
+
+        The reconstruction is kept with the map (:meth:`sfm_model`, saved as a COLMAP model
+        folder inside the map). With ``georegister``, a map whose images carry EXIF GPS
+        positions spread beyond ``gps_noise_m`` (metres) in two directions is moved into
+        metres east-north-up (:mod:`~pylocalize.localization.georegister`); otherwise it
+        stays in SfM's frame and the log says why.
 
         Reproducibility: with ``deterministic``, COLMAP runs single-threaded with seeded
         random numbers, so the same folder and ``seed`` give the same map, point for point
@@ -443,6 +550,11 @@ class Map:
             m = cls.from_features(m.names, m.cameras, m.cam_from_world, m.keypoints, m.descriptors,
                                   extractor=extractor, max_features=max_features, progress=progress)
         m.image_dir = str(image_dir.resolve())
+        m.devices = [CameraDevice.from_image(image_path(image_dir, name)) for name in m.names]
+        m.sfm_reconstruction = rec
+        if georegister:
+            gps = gps_of_images({name: image_path(image_dir, name) for name in m.names})
+            georegister_map(m, gps, gps_noise_m=gps_noise_m, seed=seed)
         return m
 
     @classmethod
@@ -497,6 +609,9 @@ class Map:
         image_dir = self.image_dir or ""
         if not isinstance(image_dir, str) or "\0" in image_dir or "\n" in image_dir:
             raise ValueError(f"image_dir {image_dir!r}: must be a folder path")
+        if len(self.devices) != len(self.names):
+            raise ValueError(f"{len(self.names)} images but {len(self.devices)} devices: keep Map.devices in step "
+                             "with Map.names")
         path.mkdir(parents=True, exist_ok=True)
         counts = np.array([len(k) for k in self.keypoints], np.int64)
 
@@ -515,14 +630,41 @@ class Map:
         with FolderLock(path, LOCK_FILE, wait=True):
             index_file = unique_name("cann", ".pyloc")
             self.index.save(path / index_file)
+            sfm_model = self._save_sfm_model(path)
             # container meta holds integers; the strings go into a JSON section
             info = {"extractor": self.extractor, "cameras": [c.to_string() for c in self.cameras],
-                    "image_dir": image_dir, "index_file": index_file}
+                    "image_dir": image_dir, "index_file": index_file,
+                    "devices": [None if d is None else d.to_json() for d in self.devices]}
+            if sfm_model is not None:
+                info["sfm_model"], info["sfm_files"] = sfm_model
+            if self.geo_origin is not None:
+                info["geo_origin"] = [float(v) for v in self.geo_origin]
             sections["info"] = np.frombuffer(json.dumps(info).encode("utf-8"), np.uint8).copy()
             meta = {"map_version": MAP_VERSION, "num_images": len(self.names), "max_features": self.max_features,
                     "index_bytes": (path / index_file).stat().st_size, "index_features": len(self.index)}
             _core.write_container(os.fspath(path / MAP_FILE), self.FORMAT_TAG, meta, sections)  # the commit
             remove_unreferenced(path, _INDEX_NAME, keep=[index_file], legacy=[INDEX_FILE])
+            _remove_unreferenced_models(path, keep=sfm_model[0] if sfm_model else None)
+            if sfm_model is not None:
+                self.sfm_reconstruction, self.sfm_model_dir, self.sfm_model_files = None, path / sfm_model[0], \
+                    sfm_model[1]
+
+    def _save_sfm_model(self, path: Path) -> Optional[tuple]:
+        """Writes the kept SfM model into map folder ``path`` under a new unique name (or
+        keeps the one already there) before the commit; returns its name and its files'
+        sizes and CRC-32s, None if no model. The folder is renamed into place complete, so
+        the name map.pyloc commits always names a whole model."""
+        from pylocalize.localization.colmap_export import model_checksums, write_reconstruction
+
+        if self.sfm_reconstruction is None and self.sfm_model_dir is None:
+            return None
+        current = Path(self.sfm_model_dir) if self.sfm_model_dir is not None else None
+        if (self.sfm_reconstruction is None and self.sfm_model_files is not None and current.is_dir()
+                and current.parent.resolve() == path.resolve()):
+            return current.name, self.sfm_model_files  # already in this map's folder: never rewritten
+        name = unique_name("sfm", "")
+        write_reconstruction(self.sfm_model(), path / name)
+        return name, model_checksums(path / name)
 
     @classmethod
     def load(cls, path, mmap: bool = True) -> "Map":
@@ -549,7 +691,8 @@ class Map:
                 return cls._from_sections(folder, meta, sec)
             except _IndexMissing as missing:
                 if attempt == 2 or _file_identity(file) == identity:
-                    raise FormatError(f"{path}: the map's retrieval index {missing} is missing; rebuild the map with "
+                    what = "SfM model" if str(missing).startswith("sfm-") else "retrieval index"
+                    raise FormatError(f"{path}: the map's {what} {missing} is missing; rebuild the map with "
                                       "`pylocalize map build`") from None
 
     @classmethod
@@ -591,11 +734,85 @@ class Map:
                     np.split(sec["descriptors"], split), np.split(sec["point_ids"], split), sec["points3D"],
                     info["extractor"], meta["max_features"], index=index)
             m.image_dir = image_dir
+            m.devices = _read_devices(info, len(names))
+            m.sfm_model_dir, m.sfm_model_files, m.geo_origin = _read_sfm_and_geo(folder, info)
             return m
         except (FormatError, _IndexMissing):
             raise
         except LAYOUT_ERRORS as error:
             raise FormatError(f"{folder}: not a valid {cls.FORMAT_TAG} ({error})") from error
+
+    # ------------------------------------------------------------ query cameras
+
+    def _device_camera(self, images: Sequence[int]):
+        """``(camera, "map camera of ...")`` for the database ``images`` (indices) of one
+        device, or None. Their one camera; or, where structure-from-motion refined a camera
+        per image (photos whose EXIF lacks make and model, such as the Lund sample), the
+        per-parameter median of their cameras when these share model and size."""
+        distinct = {}
+        for i in images:
+            distinct.setdefault(self.cameras[i], self.names[i])
+        if len(distinct) == 1:
+            (camera, name), = distinct.items()
+            return camera, f"map camera of {name}"
+        if len({(c.model, c.width, c.height) for c in distinct}) != 1:
+            return None
+        first = self.cameras[images[0]]
+        median = np.median([self.cameras[i].params for i in images], axis=0)
+        return (Camera(first.model, first.width, first.height, tuple(median)),
+                f"map camera of {len(images)} images ({self.names[images[0]]}, ...): the median of their "
+                f"{len(distinct)} cameras")
+
+    def map_camera(self, device: Optional[CameraDevice], width: int, height: int,
+                   required: bool = False) -> Optional[QueryCamera]:
+        """The map's calibrated camera (SfM-refined intrinsics, distortion included) for a
+        query of ``width`` x ``height`` taken with ``device``: the camera of the map's images
+        from that device (:meth:`CameraDevice.same_device`; the median of theirs when each
+        has its own), scaled to the query's size when it has the same aspect ratio. None when
+        no camera fits.
+
+        With ``required`` (``--camera map``), a map with one camera gives it whatever the
+        query's device, and a query no camera fits raises ``ValueError`` saying why.
+        """
+        same = [i for i, d in enumerate(self.devices) if device is not None and device.same_device(d)]
+        found = self._device_camera(same) if same else None
+        if required and found is None:
+            distinct = set(self.cameras)
+            if len(distinct) != 1:
+                what = device.describe() if device is not None else "no EXIF make and model"
+                raise ValueError(f"the map has {len(distinct)} distinct cameras and the query's device ({what}) does "
+                                 "not pick one: give the query's camera with --camera 'MODEL W H PARAMS...' or "
+                                 "--cameras FILE")
+            found = self.cameras[0], f"map camera of {self.names[0]}"
+        if found is None:
+            return None
+        camera, source = found
+        if (camera.width, camera.height) == (width, height):
+            return QueryCamera(camera, source, False)
+        if abs(camera.width * height - camera.height * width) > 0.01 * camera.width * height:
+            if required:
+                raise ValueError(f"the {source} is for {camera.width}x{camera.height} images, the query is "
+                                 f"{width}x{height} (another aspect ratio): give the query's camera with --camera")
+            return None
+        return QueryCamera(camera.scaled(width, height), f"{source}, scaled from {camera.width}x{camera.height}",
+                           False)
+
+    def query_camera(self, image, use_map: bool = False) -> QueryCamera:
+        """The camera of the query image file ``image``: the map's calibrated camera for its
+        device and size (:meth:`map_camera`; always with ``use_map``), else its EXIF focal
+        length, else the guess of :meth:`Camera.from_exif` (``guessed``).
+
+        Raises ``ValueError`` for an image given as pixels (it has no EXIF: give its camera),
+        an unreadable file, or with ``use_map`` a query no map camera fits.
+        """
+        if not isinstance(image, (str, os.PathLike)):
+            raise ValueError("a query given as pixels has no EXIF: give its camera")
+        width, height = image_size(image)
+        found = self.map_camera(CameraDevice.from_image(image), width, height, required=use_map)
+        if found is not None:
+            return found
+        camera, source = Camera.from_exif(image)
+        return QueryCamera(camera, source, is_focal_guess(source))
 
     # ------------------------------------------------------------- localization
     # localize() runs four stages, each a method a caller (or a test) can run alone:
@@ -664,18 +881,21 @@ class Map:
         return Matches2D3D(pairs[:, 0], point3D_ids[pairs[:, 1]])
 
     def estimate_pose(self, points2D: np.ndarray, point3D_ids: np.ndarray, camera: Camera,
-                      max_error_px: float = 4.0, covariance: bool = True) -> Optional[AbsolutePose]:
+                      max_error_px: float = 4.0, covariance: bool = True,
+                      estimate_focal: bool = False) -> Optional[AbsolutePose]:
         """Stage 4: the query's ``cam_from_world`` from 2D-3D matches (``points2D`` float
         (m, 2) in OpenCV pixels, ``point3D_ids`` int (m,) into :attr:`points3D`), by
-        LO-RANSAC and refinement (:func:`~pylocalize.geometry.absolute_pose.estimate_absolute_pose`).
-        None when no pose is found (or fewer than 4 matches are given)."""
+        LO-RANSAC and refinement (:func:`~pylocalize.geometry.absolute_pose.estimate_absolute_pose`);
+        with ``estimate_focal`` the focal length too (the estimated camera is the result's
+        ``camera``). None when no pose is found (or fewer than 4 matches are given)."""
         points3D = self.points3D[np.asarray(point3D_ids, dtype=np.int64)]
-        return estimate_absolute_pose(points2D, points3D, camera, max_error_px, covariance=covariance)
+        return estimate_absolute_pose(points2D, points3D, camera, max_error_px, covariance=covariance,
+                                      estimate_focal=estimate_focal)
 
-    def localize(self, image, camera: CameraLike, k: Optional[int] = 10, ratio: float = 0.8,
-                 max_error_px: float = 4.0, min_inliers: int = 12,
+    def localize(self, image, camera: Union[CameraLike, QueryCamera, None] = None, k: Optional[int] = 10,
+                 ratio: float = 0.8, max_error_px: float = 4.0, min_inliers: int = 12,
                  retrieval: Optional[Callable[[np.ndarray, np.ndarray], Sequence[int]]] = None,
-                 covariance: bool = True) -> LocalizationResult:
+                 covariance: bool = True, estimate_focal: Optional[bool] = None) -> LocalizationResult:
         """Estimates the ``cam_from_world`` pose of a query image: :meth:`extract`,
         :meth:`retrieve`, :meth:`match_2d3d`, :meth:`estimate_pose`, each timed.
 
@@ -685,7 +905,9 @@ class Map:
         Parameters
         ----------
         image : uint8 (H, W, 3) or (H, W), or a file path
-        camera : Camera, ``"MODEL W H PARAMS..."`` string, or 3x3 K (OpenCV convention)
+        camera : Camera, ``"MODEL W H PARAMS..."`` string, 3x3 K (OpenCV convention), QueryCamera or None
+            None: the camera :meth:`query_camera` finds for the image file (the map's camera
+            of the same device, else EXIF, else a guessed focal length).
         k : int or None
             Database images retrieved by CANN; None matches against every image.
         retrieval : callable, optional
@@ -693,43 +915,54 @@ class Map:
             global-descriptor baseline).
         covariance : bool
             Also return the pose covariance.
+        estimate_focal : bool, optional
+            Estimate the focal length with the pose; default: when the focal length is a guess
+            (a :class:`QueryCamera` with ``guessed``), as a guessed focal length misplaces the
+            camera by metres. The result says where the intrinsics came from either way.
         """
         timings: Dict[str, float] = {}
         try:
             with _timed(timings, "features"):
-                kp, desc, cam = self.extract(image, camera)
+                query = self._query_camera_of(image, camera)
+                kp, desc, cam = self.extract(image, query.camera)
         except Exception as error:  # a broken image or camera must not stop a batch
             return LocalizationResult(False, reason=f"bad query: {error}")
+        estimate_focal = query.guessed if estimate_focal is None else bool(estimate_focal)
+        common = {"timings": timings, "camera": cam, "camera_source": query.source,
+                  "intrinsics_guessed": query.guessed}
         if len(kp) < min_inliers:
-            return LocalizationResult(False, reason=f"only {len(kp)} features", timings=timings)
+            return LocalizationResult(False, reason=f"only {len(kp)} features", **common)
         with _timed(timings, "retrieval"):
             retrieved = list(retrieval(kp, desc)) if retrieval is not None else self.retrieve(desc, k)
-        names = [self.names[i] for i in retrieved]
+        common["retrieved"] = [self.names[i] for i in retrieved]
         if not retrieved or self.num_observations(retrieved) < min_inliers:
-            return LocalizationResult(False, retrieved=names, reason="retrieved images observe too few 3D points",
-                                      timings=timings)
+            return LocalizationResult(False, reason="retrieved images observe too few 3D points", **common)
         with _timed(timings, "matching"):
             query_ids, point3D_ids = self.match_2d3d(desc, retrieved, ratio)
-        common = {"num_matches": len(query_ids), "retrieved": names, "timings": timings}
+        common["num_matches"] = len(query_ids)
         if len(query_ids) < min_inliers:
             return LocalizationResult(False, reason=f"only {len(query_ids)} 2D-3D matches", **common)
         points2D = kp[query_ids].astype(np.float64)
         common.update(points2D=points2D, point3D_ids=point3D_ids)
         with _timed(timings, "pose"):
-            pose = self.estimate_pose(points2D, point3D_ids, cam, max_error_px, covariance)
-        if pose is None or pose.num_inliers < min_inliers:
-            found = 0 if pose is None else pose.num_inliers
-            return LocalizationResult(False, num_inliers=found, reason=f"pose estimation found {found} inliers",
-                                      **common)
-        return LocalizationResult(True, cam_from_world=pose.cam_from_world, num_inliers=pose.num_inliers,
-                                  inlier_mask=pose.inlier_mask, covariance=pose.covariance, **common)
+            pose = self.estimate_pose(points2D, point3D_ids, cam, max_error_px, covariance, estimate_focal)
+        return _pose_result(pose, min_inliers, common)
 
-    def localize_many(self, images: Sequence, cameras, workers: Optional[int] = None, progress: bool = False,
+    def _query_camera_of(self, image, camera) -> QueryCamera:
+        """The :class:`QueryCamera` of a ``camera`` argument of :meth:`localize`."""
+        if camera is None:
+            return self.query_camera(image)
+        if isinstance(camera, QueryCamera):
+            return camera
+        return QueryCamera(camera, "given", False)
+
+    def localize_many(self, images: Sequence, cameras=None, workers: Optional[int] = None, progress: bool = False,
                       **options) -> List[LocalizationResult]:
         """Localizes a batch of queries in parallel; a query that fails gets its own
         ``success=False`` result and the others go on.
 
-        ``cameras`` is one camera for all queries or one per query (see :meth:`localize`).
+        ``cameras`` is one camera for all queries or one per query (see :meth:`localize`; None:
+        each query's :meth:`query_camera`).
         Queries run on a thread pool: feature extraction, matching and pose estimation
         release the GIL.
         """
@@ -752,8 +985,79 @@ class Map:
                              disable=not progress, leave=False))
 
 
+# Focal lengths an estimate may take, as multiples of the larger image side: fields of view
+# across the larger side from about 5 to 135 degrees. Outside, the estimate is a degenerate solution (points nearly
+# on a plane or a line), not a lens.
+PLAUSIBLE_FOCAL_FACTORS = (0.2, 12.0)
+
+
+def _pose_result(pose: Optional[AbsolutePose], min_inliers: int, common: dict) -> LocalizationResult:
+    """The result of :meth:`Map.localize` from its pose stage (``common``: the fields of the
+    earlier stages)."""
+    if pose is None or pose.num_inliers < min_inliers:
+        found = 0 if pose is None else pose.num_inliers
+        return LocalizationResult(False, num_inliers=found, reason=f"pose estimation found {found} inliers", **common)
+    if pose.camera is not None:
+        camera = pose.camera
+        factor = camera.K[0, 0] / max(camera.width, camera.height)
+        common.update(camera=camera, focal_estimated=True)
+        low, high = PLAUSIBLE_FOCAL_FACTORS
+        if not low <= factor <= high:
+            return LocalizationResult(False, num_inliers=pose.num_inliers,
+                                      reason=f"the estimated focal length ({camera.K[0, 0]:.0f} px, {factor:.2f} x the "
+                                             "larger side) is implausible: give the query's camera", **common)
+    return LocalizationResult(True, cam_from_world=pose.cam_from_world, num_inliers=pose.num_inliers,
+                              inlier_mask=pose.inlier_mask, covariance=pose.covariance, **common)
+
+
+def _read_devices(info: dict, n: int) -> List[Optional[CameraDevice]]:
+    """The image devices of a map's JSON info; a map saved before devices were stored has none."""
+    devices = info.get("devices")
+    if devices is None:
+        return [None] * n
+    if not isinstance(devices, list) or len(devices) != n:
+        raise ValueError(f"devices: expected a list of {n}")
+    return [None if d is None else CameraDevice.from_json(d) for d in devices]
+
+
 class _IndexMissing(Exception):
-    """The index file a map names is not there (a concurrent save may have replaced it)."""
+    """The index file (or SfM model folder) a map names is not there (a concurrent save may
+    have replaced it)."""
+
+
+def _read_sfm_and_geo(folder: Path, info: dict):
+    """``(sfm model folder, its files' sizes and CRC-32s, geo origin)`` from map.pyloc's info,
+    each None when absent: optional keys (maps saved before them have neither)."""
+    from pylocalize.localization.colmap_export import MODEL_FILES
+
+    sfm_model, files = info.get("sfm_model"), None
+    if sfm_model is not None:
+        if not isinstance(sfm_model, str) or not _SFM_NAME.match(sfm_model):
+            raise FormatError(f"{folder}: SfM model folder name {sfm_model!r}: not one a map save writes")
+        files = info["sfm_files"]
+        def size_and_crc(v):
+            return isinstance(v, list) and len(v) == 2 and all(type(x) is int and x >= 0 for x in v)
+
+        if not isinstance(files, dict) or not set(files) <= MODEL_FILES or not all(map(size_and_crc, files.values())):
+            raise FormatError(f"{folder}: the SfM model's file list is not one a map save writes")
+        if not (folder / sfm_model).is_dir():
+            raise _IndexMissing(sfm_model)
+    origin = info.get("geo_origin")
+    if origin is not None:
+        origin = np.asarray(origin, dtype=np.float64)
+        if origin.shape != (3,) or not np.isfinite(origin).all() or abs(origin[0]) > 90 or abs(origin[1]) > 180:
+            raise FormatError(f"{folder}: geo_origin {info['geo_origin']!r}: not a (lat, lon, alt)")
+    return (folder / sfm_model if sfm_model is not None else None), files, origin
+
+
+def _remove_unreferenced_models(folder: Path, keep: Optional[str]) -> None:
+    """After a commit (under the folder lock): removes the SfM model folders the map no
+    longer names, and those a killed save left half-written or set aside."""
+    import shutil
+
+    for name in os.listdir(folder):
+        if (_SFM_NAME.match(name) and name != keep) or _SFM_LEFTOVER.match(name):
+            shutil.rmtree(folder / name, ignore_errors=True)
 
 
 def _file_identity(file: Path):
