@@ -3,9 +3,10 @@ pose-text retrieval, demos and benchmarks.
 
 Its first paragraph is ``pylocalize --help``'s description. Each part of the package registers
 its own commands with ``add_parser(subparsers)`` (``localization/cli.py``, ``objects/cli.py``,
-``geo/cli.py``...); this module only builds the top-level parser, applies ``--threads`` and
-dispatches. The command modules import nothing heavy at module level (torch, pycolmap and the
-renderer load when a command runs), so ``pylocalize --help`` stays fast.
+``geo/cli.py``...); this module only builds the top-level parser and dispatches through
+``_cli.run`` (the common options, logging, one-line errors and exit statuses). The command
+modules import nothing heavy at module level (torch, pycolmap and the renderer load when a
+command runs), so ``pylocalize --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import sys
 
 import pylocalize
+from pylocalize._cli import Parser, run
 from pylocalize.bench.cli import add_parser as add_bench
 from pylocalize.demo import add_parser as add_demo
 from pylocalize.geo.cli import add_parser as add_geo
@@ -42,9 +44,9 @@ COMMANDS = (add_demo, add_render, add_localization, add_objects, add_geo, add_po
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pylocalize", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=None, help="threads for the core (-1 = all)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="pylocalize", description=__doc__.split("\n\n")[0].replace("``", ""),
+                    epilog="'pylocalize COMMAND --help' tells more about a command.")
+    sub = parser.add_subparsers(dest="command", required=True, title="commands")
     sub.add_parser("info", help="version, SIMD level, threads, CUDA").set_defaults(func=_info)
     for add in COMMANDS:
         add(sub)
@@ -52,10 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.threads is not None:
-        pylocalize.set_num_threads(args.threads)
-    return args.func(args)
+    """Runs ``pylocalize`` with ``argv`` (default: the process's arguments); returns the exit
+    status (0 done, 1 the input could not serve the command, 2 a usage error)."""
+    return run(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 import pylocalize
+from pylocalize._cli import at_least
 from pylocalize.containers import write_bytes_atomic
 from pylocalize.datasets import clustered_queries, clustered_vectors
 from pylocalize.index.metrics import recall_at
@@ -113,8 +114,9 @@ def _plot(results, path: Path, nb: int, dim: int) -> None:
 
 def run_localization_demo(out_dir: str | Path = "pylocalize-demo", num_views: int = 24,
                           num_queries: int = 8, width: int = 800, height: int = 600,
-                          seed: int = 0) -> dict:
-    """Builds a map of the synthetic courtyard and localizes held-out views.
+                          seed: int = 0, progress: bool = True) -> dict:
+    """Builds a map of the synthetic courtyard and localizes held-out views (``progress``:
+    tqdm bars while it does).
 
     Returns the summary also written to ``out_dir/results.json``.
     """
@@ -132,10 +134,11 @@ def run_localization_demo(out_dir: str | Path = "pylocalize-demo", num_views: in
     t_scene = time.perf_counter() - t0
     t0 = time.perf_counter()
     m = Map.from_views(scene.images, scene.K, scene.cam_from_world, scene.names, max_features=3000,
-                       progress=True)
+                       progress=progress)
     t_map = time.perf_counter() - t0
     rows, estimates, results = [], [], []
-    for i, (pose, image) in enumerate(tqdm(list(zip(query_poses, query_images)), desc="localize", leave=False)):
+    for i, (pose, image) in enumerate(tqdm(list(zip(query_poses, query_images)), desc="localize", leave=False,
+                                      disable=not progress)):
         t0 = time.perf_counter()
         r = m.localize(image, scene.K)
         seconds = time.perf_counter() - t0
@@ -234,7 +237,7 @@ def _demo(args) -> int:
     except (ImportError, AttributeError):
         pass
     summary = run_localization_demo(args.out, num_views=args.views, num_queries=args.queries, width=args.width,
-                                    height=args.height, seed=args.seed)
+                                    height=args.height, seed=args.seed, progress=args.progress)
     _print_localization(summary, args.out)
     return 0
 
@@ -244,13 +247,13 @@ def add_parser(subparsers) -> None:
     builds its commands."""
     p = subparsers.add_parser("demo", help="run the main job on built-in generated data")
     p.add_argument("--kind", choices=["localization", "binary"], default="localization",
-                   help="localization (default) or binary retrieval")
-    p.add_argument("--out", default="pylocalize-demo", help="output folder (default: %(default)s)")
-    p.add_argument("--views", type=int, default=24, help="localization: mapping views")
-    p.add_argument("--queries", type=int, default=8, help="localization: held-out query views")
-    p.add_argument("--width", type=int, default=800, help="localization: image width")
-    p.add_argument("--height", type=int, default=600, help="localization: image height")
-    p.add_argument("--nb", type=int, default=200_000, help="binary: database size")
-    p.add_argument("--nq", type=int, default=1000, help="binary: number of queries")
-    p.add_argument("--seed", type=int, default=0)
+                   help="what to run: localization, or binary retrieval")
+    p.add_argument("--out", default="pylocalize-demo", help="output folder")
+    p.add_argument("--views", type=at_least(4), default=24, help="localization: mapping views")
+    p.add_argument("--queries", type=at_least(1), default=8, help="localization: held-out query views")
+    p.add_argument("--width", type=at_least(64), default=800, help="localization: image width")
+    p.add_argument("--height", type=at_least(64), default=600, help="localization: image height")
+    p.add_argument("--nb", type=at_least(100), default=200_000, help="binary: database size")
+    p.add_argument("--nq", type=at_least(1), default=1000, help="binary: number of queries")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated data")
     p.set_defaults(func=_demo)

@@ -36,9 +36,46 @@ def expand_image_paths(paths: Iterable) -> List[Path]:
     return out
 
 
+def image_keys(paths: Iterable) -> List[Tuple[str, Path]]:
+    """``(key, path)`` of the images that files and folders stand for, in the given order:
+    the key names the image in pose files, figures and result lines.
+
+    A file given directly is keyed by its name (``q/0003.jpg`` -> ``0003.jpg``); the images of
+    a folder by the folder's name and theirs (``qa`` -> ``qa/0003.jpg``, ``qb/0003.jpg``), as
+    hloc keys an image by its path below the image root, so that two folders may hold files
+    of the same name.
+
+    Raises
+    ------
+    ValueError
+        If two images get the same key (the same file or folder given twice, or two files of
+        one name given directly), naming both and the way out.
+    """
+    keyed: List[Tuple[str, Path]] = []
+    source = {}
+    for given in map(Path, paths):
+        if given.is_dir():
+            prefix = given.name or given.resolve().name
+            pairs = [(f"{prefix}/{p.name}" if prefix else p.name, p) for p in image_files(given)]
+        else:
+            pairs = [(given.name, given)]
+        for key, path in pairs:
+            if key in source:
+                raise ValueError(f"two query images are both keyed {key!r} ({source[key]} and {path}): give each "
+                                 "image once; for two files of the same name in different folders, give the "
+                                 "folders instead (their images are keyed folder/name)")
+            source[key] = path
+            keyed.append((key, path))
+    return keyed
+
+
 def _open_error(path, error: Exception) -> ValueError:
+    from PIL import UnidentifiedImageError
+
     if isinstance(error, FileNotFoundError):
         return ValueError(f"{path}: no such image file")
+    if isinstance(error, UnidentifiedImageError):  # PIL's message repeats the path and says no more
+        return ValueError(f"{path}: not a readable image (unknown format or corrupt file)")
     return ValueError(f"{path}: not a readable image ({error})")
 
 
@@ -118,5 +155,5 @@ def _degrees(value) -> float:
     return sum(p / 60.0 ** i for i, p in enumerate(parts))
 
 
-__all__ = ["IMAGE_SUFFIXES", "expand_image_paths", "image_files", "image_size", "is_image_file", "load_pixels",
-           "read_gps", "read_image"]
+__all__ = ["IMAGE_SUFFIXES", "expand_image_paths", "image_files", "image_keys", "image_size", "is_image_file",
+           "load_pixels", "read_gps", "read_image"]

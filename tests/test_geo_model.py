@@ -313,7 +313,7 @@ def test_command_line_cells_train_predict_eval(data, tmp_path, capsys):
     assert "acc@2500km" in out and (tmp_path / "map.png").stat().st_size > 10_000
 
 
-def test_command_line_refuses_bad_files(data, tmp_path):
+def test_command_line_refuses_bad_files(data, tmp_path, capsys):
     from pylocalize.geo.cli import main, read_latlon_csv, write_latlon_csv
 
     _, train, _, _, _, xe, _ = data
@@ -322,8 +322,10 @@ def test_command_line_refuses_bad_files(data, tmp_path):
     np.save(tmp_path / "xe.npy", xe)
     assert main(["geo", "cells", "--gps", f"{d}/train.csv", "--out", f"{d}/cells.plc", "--max-images", "200", "60",
                  "--min-images", "5"]) == 0
-    with pytest.raises(SystemExit, match="not a pylocalize geo checkpoint"):
-        main(["geo", "predict", "--model", f"{d}/cells.plc", "--tokens", f"{d}/xe.npy", "--out", f"{d}/x.csv"])
+    capsys.readouterr()
+    assert main(["geo", "predict", "--model", f"{d}/cells.plc", "--tokens", f"{d}/xe.npy", "--out", f"{d}/x.csv"]) == 2
+    err = capsys.readouterr().err
+    assert "pylocalize geo predict: error: --model" in err and "not a pylocalize geo checkpoint" in err
     (tmp_path / "bad.csv").write_text("name,x,y\na,1,2\n")
     with pytest.raises(ValueError, match="call them lat"):
         read_latlon_csv(tmp_path / "bad.csv")

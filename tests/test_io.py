@@ -37,3 +37,23 @@ def test_image_files_of_folders_and_explicit_files(tmp_path):
     explicit = tmp_path / "photo.raw"  # a file the caller names is kept whatever its suffix
     got = expand_image_paths([explicit, folder / "b.png", str(folder)])
     assert [p.name for p in got] == ["photo.raw", "b.png", "a.JPG", "b.png", "c.bmp"]
+
+
+def test_image_keys_keep_the_folder_and_refuse_a_key_twice(tmp_path, monkeypatch):
+    """Files are keyed by name, a folder's images by folder/name (hloc's relative names), so
+    two folders may hold one name; the same key twice is refused, naming both paths."""
+    from pylocalize.io import image_keys
+
+    for sub in ("qa", "qb"):
+        (tmp_path / sub).mkdir()
+        for name in ("0003.jpg", "0004.png"):
+            (tmp_path / sub / name).write_bytes(b"")
+    keys = image_keys([tmp_path / "qa", str(tmp_path / "qb") + "/", tmp_path / "qa" / "0004.png"])
+    assert [k for k, _ in keys] == ["qa/0003.jpg", "qa/0004.png", "qb/0003.jpg", "qb/0004.png", "0004.png"]
+    assert [p for _, p in keys][2] == tmp_path / "qb" / "0003.jpg"
+    monkeypatch.chdir(tmp_path / "qa")  # "." is keyed by the folder's own name
+    assert [k for k, _ in image_keys(["."])] == ["qa/0003.jpg", "qa/0004.png"]
+    with pytest.raises(ValueError, match=r"both keyed '0003.jpg' \(.*qa/0003.jpg and .*qb/0003.jpg\).*folders"):
+        image_keys([tmp_path / "qa" / "0003.jpg", tmp_path / "qb" / "0003.jpg"])
+    with pytest.raises(ValueError, match="both keyed 'qa/0003.jpg'"):
+        image_keys([tmp_path / "qa", tmp_path / "qa"])

@@ -223,7 +223,7 @@ def test_cli_build_localize_evaluate_on_strecha(tmp_path, capsys):
     assert main(["map", "build", "--strecha", str(scene), "--exclude", "0004.jpg,0007.jpg",
                  "--max-features", "1500", "--out", str(tmp_path / "map")]) == 0
     queries = [str(scene / "images" / n) for n in ("0004.jpg", "0007.jpg")] + [str(tmp_path / "missing.jpg")]
-    assert main(["localize", "--map", str(tmp_path / "map"), "--images", *queries,
+    assert main(["localize", "--map", str(tmp_path / "map"), "--images", *queries, "--allow-failures",
                  "--out", str(tmp_path / "poses.txt"), "--viz", str(tmp_path / "viz")]) == 0
     out = capsys.readouterr().out
     assert "missing.jpg: failed" in out and "2 localized, 1 failed" in out

@@ -35,6 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 import pylocalize
+from pylocalize._cli import DefaultsHelpFormatter
 from pylocalize.index.metrics import recall_at
 
 try:
@@ -229,7 +230,7 @@ def bench_sdc(args, rng, results):
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--nb", type=int, default=1_000_000, help="database size of part 1")
     p.add_argument("--nbits", type=int_list, default=[64, 256, 1024], help="code lengths, comma separated")
     p.add_argument("--nq", type=int_list, default=[1, 100, 1000], help="query batch sizes")
@@ -246,7 +247,7 @@ def parse_args(argv):
     p.add_argument("--skip-hamming", action="store_true", help="skip part 1")
     p.add_argument("--skip-sdc", action="store_true", help="skip part 2")
     p.add_argument("--small", action="store_true", help="quick run, well under a minute")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated vectors")
     p.add_argument("--json", metavar="PATH", help="also write every result row as JSON")
     args = p.parse_args(argv)
     if args.small:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pylocalize._cli import run_alone
+from pylocalize._cli import at_least, run_alone
 from pylocalize._core import FormatError
 
 _LAT_NAMES = ("lat", "latitude")
@@ -101,7 +101,7 @@ def _train(args) -> int:
     if tokens.ndim != 3:
         raise SystemExit(f"--tokens must hold (n, tokens, dim), got shape {tokens.shape}")
     options = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, validation=args.validation,
-                   patience=args.patience, seed=args.seed, progress=True, num_threads=args.torch_threads)
+                   patience=args.patience, seed=args.seed, progress=args.progress, num_threads=args.torch_threads)
     if args.model == "decoder":
         scenes = _load_array(args.scenes, "scenes") if args.scenes else None
         num_scenes = args.num_scenes or (int(scenes.max()) + 1 if scenes is not None else 1)
@@ -176,14 +176,14 @@ def add_parser(subparsers) -> None:
     c.add_argument("--gps", required=True, help="CSV of training GPS (lat, lon columns)")
     c.add_argument("--out", required=True, help="cell hierarchy file to write")
     c.add_argument("--max-images", type=int, nargs="+", default=[5000, 2000, 1000],
-                   help="one granularity per value, coarse to fine: split cells with more photos "
-                        "(default: %(default)s)")
+                   help="one granularity per value, coarse to fine: split cells with more photos")
     c.add_argument("--min-images", type=int, nargs="+", default=[50],
-                   help="drop cells with fewer photos: one value, or one per granularity (default: %(default)s)")
+                   help="drop cells with fewer photos: one value, or one per granularity")
     c.set_defaults(func=_cells)
 
     t = sub.add_parser("train", help="train a GeoDecoder or flat classifier on tokens, or build a retrieval gallery")
-    t.add_argument("--model", choices=["decoder", "flat", "gallery"], default="decoder")
+    t.add_argument("--model", choices=["decoder", "flat", "gallery"], default="decoder",
+                   help="GeoDecoder head, flat cell classifier, or a retrieval gallery")
     t.add_argument("--gps", required=True, help="CSV of the training photos' GPS, in the order of the arrays")
     t.add_argument("--out", required=True, help="checkpoint (.pt) or gallery file to write")
     t.add_argument("--cells", help="cell hierarchy from 'geo cells' (decoder, flat)")
@@ -192,16 +192,17 @@ def add_parser(subparsers) -> None:
     t.add_argument("--num-scenes", type=int, default=None, help="scene queries per hierarchy (default: from --scenes)")
     t.add_argument("--embeddings", help=".npy (n, dim) image embeddings (gallery)")
     t.add_argument("--binary", action="store_true", help="gallery: search sign codes (Hamming) instead of floats")
-    t.add_argument("--d-model", type=int, default=256)
-    t.add_argument("--heads", type=int, default=8)
+    t.add_argument("--d-model", type=int, default=256, help="head width")
+    t.add_argument("--heads", type=int, default=8, help="attention heads")
     t.add_argument("--layers", type=int, default=2, help="hierarchy-independent decoder layers")
     t.add_argument("--dependent-layers", type=int, default=1, help="hierarchy-dependent layers")
-    t.add_argument("--epochs", type=int, default=20)
-    t.add_argument("--batch-size", type=int, default=256)
-    t.add_argument("--lr", type=float, default=5e-4)
+    t.add_argument("--epochs", type=int, default=20, help="most training epochs")
+    t.add_argument("--batch-size", type=int, default=256, help="images per step")
+    t.add_argument("--lr", type=float, default=5e-4, help="learning rate")
     t.add_argument("--validation", type=float, default=0.1, help="held-out fraction for early stopping")
-    t.add_argument("--patience", type=int, default=3)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--patience", type=int, default=3,
+                   help="epochs without a better held-out loss before stopping")
+    t.add_argument("--seed", type=int, default=0, help="initialization and shuffling seed")
     t.add_argument("--torch-threads", type=int, default=None,
                    help="torch threads while training (default: torch's; 1 is often fastest for small heads)")
     t.set_defaults(func=_train)
@@ -211,8 +212,8 @@ def add_parser(subparsers) -> None:
     r.add_argument("--tokens", help=".npy (n, tokens, dim) query tokens")
     r.add_argument("--gallery", help="gallery from 'geo train --model gallery'")
     r.add_argument("--embeddings", help=".npy (n, dim) query embeddings")
-    r.add_argument("--k", type=int, default=10, help="gallery neighbours (default: %(default)s)")
-    r.add_argument("--bandwidth-km", type=float, default=25.0, help="gallery kernel bandwidth (default: %(default)s)")
+    r.add_argument("--k", type=at_least(1), default=10, help="gallery neighbours")
+    r.add_argument("--bandwidth-km", type=float, default=25.0, help="gallery kernel bandwidth")
     r.add_argument("--out", required=True, help="CSV of predicted GPS (lat, lon)")
     r.set_defaults(func=_predict)
 

@@ -14,9 +14,42 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
-from pylocalize._cli import run_alone
+from pylocalize._cli import at_least, run_alone
+
+logger = logging.getLogger(__name__)
+
+
+def _existing(path, option: str, what: str, folder: bool = True) -> Path:
+    """``path`` if it is there (a folder, or a file), else a ``FileNotFoundError`` naming the option."""
+    path = Path(path)
+    if not (path.is_dir() if folder else path.is_file()):
+        kind = "folder" if folder else "file"
+        there = "a file, not a folder" if folder and path.is_file() else f"no such {kind}"
+        raise FileNotFoundError(f"{option} {path}: {there}; give the {what}")
+    return path
+
+
+def _check_build_inputs(args) -> None:
+    """The inputs of ``map build`` are there and its camera parses, before minutes of work."""
+    for option, what in (("strecha", "Strecha scene folder (images/ + gt_dense_cameras/)"),
+                         ("colmap", "COLMAP model folder (cameras, images, points3D .bin or .txt)"),
+                         ("images", "folder of the images")):
+        if getattr(args, option):
+            _existing(getattr(args, option), f"--{option}", what)
+    for option, what in (("poses", "pose file, lines 'name qw qx qy qz tx ty tz'"),
+                         ("cameras", "cameras file, lines 'name MODEL W H PARAMS...'")):
+        if getattr(args, option):
+            _existing(getattr(args, option), f"--{option}", what, folder=False)
+    if args.camera:
+        from pylocalize.geometry import Camera
+
+        try:
+            Camera.from_string(args.camera)
+        except ValueError as error:
+            raise ValueError(f"--camera: {error}") from None
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +57,8 @@ logger = logging.getLogger(__name__)
 def _map_build(args) -> int:
     from pylocalize.localization import Map
 
-    options = {"max_features": args.max_features, "extractor": args.extractor, "progress": True}
+    _check_build_inputs(args)
+    options = {"max_features": args.max_features, "extractor": args.extractor, "progress": args.progress}
     if args.strecha:
         exclude = [e for e in (args.exclude or "").split(",") if e]
         m = Map.from_strecha(args.strecha, exclude=exclude, **options)
@@ -38,7 +72,8 @@ def _map_build(args) -> int:
         m = Map.from_pose_file(args.poses, args.cameras or args.camera, args.images, **options)
     elif args.images:
         m = Map.from_images(args.images, camera=args.camera, seed=args.seed, sfm=args.sfm,
-                            georegister=args.georegister, gps_noise_m=args.gps_noise, **options)
+                            georegister=args.georegister, gps_noise_m=args.gps_noise,
+                            deterministic=args.deterministic, **options)
     else:
         raise SystemExit("give --strecha DIR, --colmap DIR --images DIR, --poses FILE --images DIR, or --images DIR")
     m.save(args.out)
@@ -52,7 +87,7 @@ def _map_build(args) -> int:
 def _map_export(args) -> int:
     from pylocalize.localization import Map
 
-    m = Map.load(args.map)
+    m = Map.load(_existing(args.map, "--map", "map folder from 'pylocalize map build ... --out DIR'"))
     out = m.to_colmap(args.colmap, binary=not args.text)
     print(f"{m} -> COLMAP model ({'text' if args.text else 'binary'}) in {out}")
     return 0
@@ -65,7 +100,7 @@ def _map_geo(args) -> int:
     from pylocalize.geometry import read_pose_file
     from pylocalize.localization import Map
 
-    m = Map.load(args.map)
+    m = Map.load(_existing(args.map, "--map", "map folder from 'pylocalize map build ... --out DIR'"))
     if m.geo_origin is None:
         raise SystemExit(f"{args.map}: the map is not geo-registered; `pylocalize map build --images DIR` "
                          "registers maps whose photos' EXIF GPS spreads beyond --gps-noise in two directions (its log "
@@ -82,11 +117,12 @@ def _map_geo(args) -> int:
     return 0
 
 
-def query_camera(path, fixed=None, per_name=None, m=None):
+def query_camera(path, fixed=None, per_name=None, m=None, key=None):
     """The :class:`~pylocalize.localization.map.QueryCamera` (camera, where it came from,
     whether its focal length is a guess) of the query image ``path``, from the first source
-    that has one: ``fixed`` (--camera; ``"map"`` forces the map's camera), ``per_name[path.name]``
-    (--cameras), the Strecha ``.camera`` file of the image, the calibrated camera of the map
+    that has one: ``fixed`` (--camera; ``"map"`` forces the map's camera), ``per_name[key]``
+    (--cameras; ``key`` is the query's key, see :func:`pylocalize.io.image_keys`, else its file
+    name, which older cameras files use), the Strecha ``.camera`` file of the image, the calibrated camera of the map
     ``m`` for the query's EXIF device (:meth:`Map.query_camera`), its EXIF focal length, or a guess
     (:meth:`Camera.from_exif`). Raises ``ValueError`` if ``per_name`` lacks the image, or for
     ``"map"`` when no map camera fits the query."""
@@ -103,9 +139,11 @@ def query_camera(path, fixed=None, per_name=None, m=None):
     if fixed is not None:
         return QueryCamera(fixed, "--camera", False)
     if per_name is not None:
-        if path.name not in per_name:
-            raise ValueError(f"no camera for {path.name} in --cameras")
-        return QueryCamera(per_name[path.name], "--cameras", False)
+        name = next((n for n in (key, path.name) if n in per_name), None)
+        if name is None:
+            raise ValueError(f"no camera for {key or path.name} in --cameras: add a line "
+                             f"'{key or path.name} MODEL W H PARAMS...'")
+        return QueryCamera(per_name[name], "--cameras", False)
     strecha = camera_file_of_image(path)
     if strecha is not None:
         return QueryCamera(Camera.from_K(read_strecha_camera(strecha)[0], *image_size(path)), "Strecha .camera file",
@@ -117,26 +155,27 @@ def query_camera(path, fixed=None, per_name=None, m=None):
 
 
 def _query_cameras(args, m):
-    """``(paths, cameras, failed)``: the queries that have a camera (``QueryCamera`` each),
-    and ``{name: reason}`` of those that have none (one bad query must not stop the batch)."""
+    """``(keys, paths, cameras, failed)``: the queries that have a camera (``QueryCamera`` each),
+    and ``{key: reason}`` of those that have none (one bad query must not stop the batch)."""
     from pylocalize.geometry import Camera, read_cameras_file
-    from pylocalize.io import expand_image_paths
+    from pylocalize.io import image_keys
 
     fixed = None if not args.camera else "map" if args.camera == "map" else Camera.from_string(args.camera)
     per_name = read_cameras_file(args.cameras) if args.cameras else None
-    paths, cameras, failed = [], [], {}
-    for path in expand_image_paths(args.images):
+    keys, paths, cameras, failed = [], [], [], {}
+    for key, path in image_keys(args.images):
         try:
-            query = query_camera(path, fixed, per_name, m)
+            query = query_camera(path, fixed, per_name, m, key=key)
         except Exception as error:  # one bad query must not stop the batch
-            failed[path.name] = str(error)
+            failed[key] = str(error)
             continue
         if query.guessed:
             logger.warning("%s: intrinsics guessed (%s); the focal length is estimated with the pose (give --camera or "
-                           "--cameras for a calibrated one)", path.name, query.source)
+                           "--cameras for a calibrated one)", key, query.source)
+        keys.append(key)
         paths.append(path)
         cameras.append(query)
-    return paths, cameras, failed
+    return keys, paths, cameras, failed
 
 
 def _pose_note(result) -> str:
@@ -149,38 +188,60 @@ def _pose_note(result) -> str:
 
 
 def _localize(args) -> int:
+    from pylocalize._log import quiet_colmap
     from pylocalize.geometry import write_pose_file
     from pylocalize.io import read_image
     from pylocalize.localization import Map
     from pylocalize.localization.viz import save_localization_figure
 
-    m = Map.load(args.map)
-    paths, cameras, failed = _query_cameras(args, m)
-    results = m.localize_many(paths, cameras, workers=args.workers, progress=True)
+    m = Map.load(_existing(args.map, "--map", "map folder from 'pylocalize map build ... --out DIR'"))
+    if args.cameras:
+        _existing(args.cameras, "--cameras", "cameras file, lines 'name MODEL W H PARAMS...'", folder=False)
+    keys, paths, cameras, failed = _query_cameras(args, m)
+    if not keys and not failed:
+        from pylocalize.io import IMAGE_SUFFIXES
+
+        raise ValueError(f"--images {' '.join(args.images)}: no image files there (suffixes "
+                         f"{', '.join(IMAGE_SUFFIXES)}); give image files or folders holding them")
+    with quiet_colmap() if m.extractor == "colmap" else nullcontext():  # pycolmap's SIFT logs each extractor
+        results = m.localize_many(paths, cameras, workers=args.workers, progress=args.progress)
     estimates, notes = [], {}
-    for path, result in zip(paths, results):
+    for key, path, result in zip(keys, paths, results):
         if result.success:
-            estimates.append((path.name, result.cam_from_world))
-            notes[path.name] = _pose_note(result)
+            estimates.append((key, result.cam_from_world))
+            notes[key] = _pose_note(result)
             total = sum(result.timings.values())
-            print(f"{path.name}: {result.num_inliers} inliers, {total:.2f} s, camera: {result.camera_source}")
+            print(f"{key}: {result.num_inliers} inliers, {total:.2f} s, camera: {result.camera_source}")
             if result.intrinsics_guessed:
                 logger.warning("%s: localized with GUESSED intrinsics (%s, f = %.1f px): the pose is less "
-                               "reliable than with a calibrated camera", path.name,
+                               "reliable than with a calibrated camera", key,
                                "focal length estimated" if result.focal_estimated else "as guessed",
                                result.camera.K[0, 0])
         else:
-            failed[path.name] = result.reason
-        if args.viz and result.points2D is not None:
-            save_localization_figure(f"{args.viz}/{path.stem}.png", read_image(path), result, m, result.camera,
-                                     image_dir=m.image_dir)
-    for name, reason in failed.items():
-        print(f"{name}: failed: {reason}")
+            failed[key] = result.reason
+        if args.viz and result.points2D is not None:  # viz/qa/0003.png for the query qa/0003.jpg
+            save_localization_figure(Path(args.viz) / Path(key).with_suffix(".png"), read_image(path), result, m,
+                                     result.camera, image_dir=m.image_dir)
+    for key, reason in failed.items():
+        print(f"{key}: failed: {reason}")
     write_pose_file(args.out, estimates, notes=notes)
     guessed = sum(r.success and r.intrinsics_guessed for r in results)
     if guessed:
         print(f"{guessed} of the localized queries had guessed intrinsics (marked in {args.out})")
     print(f"{len(estimates)} localized, {len(failed)} failed -> {args.out}")
+    return _batch_status(len(estimates), len(failed), args.allow_failures)
+
+
+def _batch_status(done: int, failed: int, allow_failures: bool, what: str = "localized") -> int:
+    """0 when every query was done; 1 when one failed (0 with ``--allow-failures``, as long as
+    one was done), so that a script notices."""
+    if done == 0:
+        logger.error("no query was %s: see the reasons above", what)
+        return 1
+    if failed and not allow_failures:
+        logger.error("%d of %d queries failed (their reasons are above); --allow-failures accepts that",
+                     failed, done + failed)
+        return 1
     return 0
 
 
@@ -205,19 +266,19 @@ def _evaluate(args) -> int:
 def _pairs(args) -> int:
     from pylocalize.features import extract_sift
     from pylocalize.index.pairs import write_pairs_hloc, write_pairs_kapture
-    from pylocalize.io import expand_image_paths
+    from pylocalize.io import image_keys
     from pylocalize.localization import Map
 
-    m = Map.load(args.map)
+    m = Map.load(_existing(args.map, "--map", "map folder from 'pylocalize map build ... --out DIR'"))
     pairs, failed = {}, {}
-    for path in expand_image_paths(args.images):
+    for key, path in image_keys(args.images):  # keys as in localize: name, or folder/name
         try:
             _, descriptors = extract_sift(path, m.max_features, m.extractor)  # retrieval needs no camera
         except ValueError as error:  # one unreadable query must not stop the batch
-            failed[path.name] = str(error)
+            failed[key] = str(error)
             continue
         images, scores = m.retrieve(descriptors, args.k, return_scores=True)
-        pairs[path.name] = [(m.names[i], s) for i, s in zip(images, scores)]
+        pairs[key] = [(m.names[i], s) for i, s in zip(images, scores)]
     if args.format == "hloc":
         write_pairs_hloc(args.out, {q: [d for d, _ in dbs] for q, dbs in pairs.items()})
     else:
@@ -225,7 +286,7 @@ def _pairs(args) -> int:
     for name, reason in failed.items():
         print(f"{name}: failed: {reason}")
     print(f"{sum(map(len, pairs.values()))} pairs of {len(pairs)} queries -> {args.out}")
-    return 0
+    return _batch_status(len(pairs), len(failed), args.allow_failures, "paired")
 
 
 def _read_query_list(path) -> list:
@@ -249,7 +310,7 @@ def _add_map(subparsers) -> None:
     b.add_argument("--camera", help="one camera 'MODEL W H PARAMS...' for every image (COLMAP convention)")
     b.add_argument("--images", help="image folder; alone: structure-from-motion from the images only")
     b.add_argument("--extractor", choices=["opencv", "colmap"], default="opencv", help="SIFT implementation")
-    b.add_argument("--max-features", type=int, default=4000)
+    b.add_argument("--max-features", type=at_least(1), default=4000, help="SIFT features per image")
     b.add_argument("--seed", type=int, default=0, help="structure-from-motion random seed")
     b.add_argument("--sfm", choices=["incremental", "global"], default="incremental",
                    help="structure-from-motion mapper tried first (images only)")
@@ -257,7 +318,10 @@ def _add_map(subparsers) -> None:
                    help="images only: keep SfM's frame even when the images carry GPS (default: maps whose "
                         "images' EXIF GPS spreads beyond --gps-noise are moved into metres east-north-up)")
     b.add_argument("--gps-noise", type=float, default=5.0, metavar="M",
-                   help="images only: expected GPS error in metres, for geo-registration (default: %(default)s)")
+                   help="images only: expected GPS error in metres, for geo-registration")
+    b.add_argument("--deterministic", action="store_true",
+                   help="structure-from-motion on one thread with seeded randomness: the same images and --seed "
+                        "give the same map (slower)")
     b.add_argument("--out", required=True, help="map directory to write")
     b.set_defaults(func=_map_build)
     e = map_sub.add_parser("export", help="write a map as a COLMAP model (cameras, images, points3D)")
@@ -283,14 +347,18 @@ def _add_localize(subparsers) -> None:
     p.add_argument("--camera", help="'MODEL W H PARAMS...' (COLMAP convention) for every query, or 'map': the "
                                     "map's calibrated camera (scaled to the query's size)")
     p.add_argument("--cameras", help="cameras file, lines 'name MODEL W H PARAMS...'")
-    p.add_argument("--workers", type=int, default=None, help="queries localized in parallel")
+    p.add_argument("--workers", type=at_least(1), default=None, help="queries localized in parallel")
     p.add_argument("--out", required=True, help="pose file to write (name qw qx qy qz tx ty tz)")
     p.add_argument("--viz", help="folder for one figure per query (matches, reprojections, retrieved images)")
+    p.add_argument("--allow-failures", action="store_true",
+                   help="exit 0 when some queries fail (not all): by default any failure exits 1")
     p.set_defaults(func=_localize)
     p.epilog = ("Without --camera or --cameras, a query's camera comes from a Strecha .camera file beside it, "
                 "else from the map's calibrated camera of the same EXIF device (make, model, focal length) and "
                 "aspect ratio, else from its EXIF focal length; without any, the focal length is guessed and "
-                "estimated with the pose, and the output and the pose file say so.")
+                "estimated with the pose, and the output and the pose file say so. "
+                "Queries are keyed by file name when given as files, by folder/name when given as folders "
+                "(qa/0003.jpg), in the pose file, the output and the figures.")
 
 
 def _add_evaluate(subparsers) -> None:
@@ -306,10 +374,12 @@ def _add_pairs(subparsers) -> None:
     p = subparsers.add_parser("pairs", help="image pairs (query, map image, CANN score) for hloc or kapture")
     p.add_argument("--map", required=True, help="map directory")
     p.add_argument("--images", nargs="+", required=True, help="query image files or folders")
-    p.add_argument("--k", type=int, default=10, help="map images per query, best first")
+    p.add_argument("--k", type=at_least(1), default=10, help="map images per query, best first")
     p.add_argument("--format", choices=["hloc", "kapture"], default="hloc",
                    help="hloc: 'query db' lines; kapture: 'query, db, score' pairsfile")
     p.add_argument("--out", required=True, help="pairs file to write")
+    p.add_argument("--allow-failures", action="store_true",
+                   help="exit 0 when some queries cannot be read (not all): by default any failure exits 1")
     p.set_defaults(func=_pairs)
 
 

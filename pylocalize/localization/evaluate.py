@@ -7,7 +7,7 @@ A ground-truth image without an estimate counts as a failure (infinite error).
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -77,18 +77,40 @@ def evaluate_poses(gt: Dict[str, np.ndarray], pred: Dict[str, np.ndarray],
     if not names:
         raise ValueError("no query images to evaluate: the estimates are empty (give --queries to count every "
                          "query as failed)")
-    unknown = [n for n in names if n not in gt]
+    truth = _ground_truth_names(names, gt)
+    unknown = [n for n in names if truth[n] is None]
     if unknown:
         raise ValueError(f"{len(unknown)} of {len(names)} query images have no ground-truth pose (e.g. "
                          f"{', '.join(unknown[:3])}): the names must match the ground truth's, e.g. "
                          f"{', '.join(list(gt)[:3])}")
-    errors = {n: pose_error(pred[n], gt[n]) if n in pred else (np.inf, np.inf) for n in names}
+    estimated = {g: pred[n] for n, g in _ground_truth_names(list(pred), gt).items() if g is not None}
+    errors = {n: pose_error(estimated[truth[n]], gt[truth[n]]) if truth[n] in estimated else (np.inf, np.inf)
+              for n in names}
     t = np.array([e[0] for e in errors.values()])
     r = np.array([e[1] for e in errors.values()])
-    out = {"num_images": len(names), "num_estimated": int(sum(n in pred for n in names)),
-           "missing": [n for n in names if n not in pred],
+    out = {"num_images": len(names), "num_estimated": int(sum(truth[n] in estimated for n in names)),
+           "missing": [n for n in names if truth[n] not in estimated],
            "median_translation_m": float(np.median(t)), "median_rotation_deg": float(np.median(r)),
            "per_image": errors}
     for tm, rd in thresholds:
         out[f"recall@({tm:g}m,{rd:g}deg)"] = float(np.mean((t <= tm) & (r <= rd)))
+    return out
+
+
+def _ground_truth_names(names: Sequence[str], gt: Dict[str, np.ndarray]) -> Dict[str, Optional[str]]:
+    """``{name: the ground-truth name it stands for, or None}``: the name itself, else the name
+    without its leading folders (``pylocalize localize`` keys the images of a folder
+    ``folder/name``; a Strecha or flat ground truth has ``name``).
+
+    Raises ``ValueError`` when two names stand for one ground-truth image (``qa/0003.jpg`` and
+    ``qb/0003.jpg`` against a ground truth keyed ``0003.jpg``)."""
+    out: Dict[str, Optional[str]] = {}
+    for name in names:
+        parts = PurePosixPath(name).parts
+        out[name] = next(("/".join(parts[i:]) for i in range(len(parts)) if "/".join(parts[i:]) in gt), None)
+    seen: Dict[str, str] = {}
+    for name, truth in out.items():
+        if truth is not None and seen.setdefault(truth, name) != name:
+            raise ValueError(f"{seen[truth]} and {name} both stand for the ground truth's {truth}: give a ground "
+                             "truth whose names keep the folders (e.g. a pose file keyed folder/name)")
     return out

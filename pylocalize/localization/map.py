@@ -29,10 +29,11 @@ pixel convention (+0.5) is handled at its boundary.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Union
@@ -42,6 +43,7 @@ import numpy as np
 from pylocalize import _core
 from pylocalize._core import FormatError
 from pylocalize._folders import FolderLock, remove_unreferenced, unique_name
+from pylocalize._log import phase, quiet_colmap
 from pylocalize.containers import LAYOUT_ERRORS, read_layout
 from pylocalize.datasets.strecha import read_strecha_scene
 from pylocalize.features import EXTRACTORS, extract_sift, match_descriptors
@@ -74,6 +76,8 @@ _INDEX_NAME = re.compile(r"^cann-[0-9a-f]{16}\.pyloc$")
 # temporary and set-aside folders a killed save may leave (colmap_export.write_reconstruction)
 _SFM_NAME = re.compile(r"^sfm-[0-9a-f]{16}$")
 _SFM_LEFTOVER = re.compile(r"^\.sfm-[0-9a-f]{16}\.(tmp|old)-[0-9a-f]{16}$")
+
+logger = logging.getLogger(__name__)
 
 CameraLike = Union[Camera, str, np.ndarray]
 
@@ -269,15 +273,37 @@ def _per_item(cameras, n: int, what: str) -> list:
     return per_item
 
 
-def _extract_all(images, max_features, extractor, progress, desc="map: features"):
-    """Features of many images on a thread pool (the extractors release the GIL)."""
+def _extract_all(images, max_features, extractor, progress, desc="map: features", skip_unreadable=False):
+    """Features of many images on a thread pool (the extractors release the GIL).
+
+    An image file that cannot be read stops the build with a ``ValueError`` naming it; with
+    ``skip_unreadable`` its features are ``None`` instead and one warning counts the skipped
+    images and says why each was.
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm import tqdm
 
-    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        return list(tqdm(pool.map(lambda im: extract_sift(load_pixels(im), max_features, extractor), images),
-                         total=len(images), desc=desc, disable=not progress, leave=False))
+    def features(image):
+        try:
+            pixels = load_pixels(image)
+        except ValueError as error:
+            if not skip_unreadable:
+                raise ValueError(f"{error}; every posed image must be readable: replace the file, or leave the "
+                                 "image out of the poses") from None
+            return error
+        return extract_sift(pixels, max_features, extractor)
+
+    # pycolmap's SIFT logs each extractor it creates
+    with phase(logger, f"{desc} of {len(images)} images"), quiet_colmap() if extractor == "colmap" else nullcontext(), \
+            ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        feats = list(tqdm(pool.map(features, images), total=len(images), desc=desc, disable=not progress,
+                          leave=False))
+    skipped = [(image, f) for image, f in zip(images, feats) if isinstance(f, ValueError)]
+    if skipped:
+        why = "; ".join(str(error).replace(str(image), Path(image).name, 1) for image, error in skipped)
+        logger.warning("skipped %d of %d images that cannot be read: %s", len(skipped), len(images), why)
+    return [None if isinstance(f, ValueError) else f for f in feats]
 
 
 class Map:
@@ -476,32 +502,46 @@ class Map:
     def from_images(cls, image_dir, camera: Optional[CameraLike] = None, max_features: int = 4000,
                     extractor: str = "opencv", seed: int = 0, sfm: str = "incremental",
                     retriangulate: bool = True, progress: bool = False, georegister: bool = True,
-                    gps_noise_m: float = DEFAULT_GPS_NOISE_M) -> "Map":
+                    gps_noise_m: float = DEFAULT_GPS_NOISE_M, deterministic: bool = False) -> "Map":
         """A map from images alone, by structure-from-motion with pycolmap (``sfm``:
         "incremental" or "global", the mapper tried first; see :mod:`~pylocalize.localization.sfm`).
 
         Poses come out in an arbitrary similarity frame (no metric scale). Images that
-        structure-from-motion cannot register are left out of the map. With
-        ``retriangulate``, the points are triangulated again from the SfM cameras and
-        poses as in :meth:`from_features`; otherwise the map keeps SfM's own points.
+        structure-from-motion cannot register are left out of the map, and so are image
+        files that cannot be read (a photo copied halfway, a format PIL does not know): a
+        folder of photos is taken as it is, with a warning that counts and names them. (The
+        builders from posed images stop instead: a posed image that cannot be read is an
+        error in the data they were given.) With ``retriangulate``, the points are
+        triangulated again from the SfM cameras and poses as in :meth:`from_features`;
+        otherwise the map keeps SfM's own points.
 
         The reconstruction is kept with the map (:meth:`sfm_model`, saved as a COLMAP model
         folder inside the map). With ``georegister``, a map whose images carry EXIF GPS
         positions spread beyond ``gps_noise_m`` (metres) in two directions is moved into
         metres east-north-up (:mod:`~pylocalize.localization.georegister`); otherwise it
         stays in SfM's frame and the log says why.
+
+        Reproducibility: with ``deterministic``, COLMAP runs single-threaded with seeded
+        random numbers, so the same folder and ``seed`` give the same map, point for point
+        (same machine and pycolmap build). Without it, SfM is multi-threaded and two runs
+        differ slightly (a few points more or fewer, poses within their accuracy).
         """
         image_dir = Path(image_dir)
-        names = [p.name for p in image_files(image_dir)]
+        files = image_files(image_dir)
+        if len(files) < 3:
+            raise ValueError(f"{image_dir}: structure-from-motion needs at least 3 images, found {len(files)}")
+        feats = _extract_all(files, max_features, extractor, progress, skip_unreadable=True)
+        names = [p.name for p, f in zip(files, feats) if f is not None]
+        feats = [f for f in feats if f is not None]
         if len(names) < 3:
-            raise ValueError(f"{image_dir}: structure-from-motion needs at least 3 images, found {len(names)}")
-        feats = _extract_all([image_path(image_dir, n) for n in names], max_features, extractor, progress)
+            raise ValueError(f"{image_dir}: structure-from-motion needs at least 3 readable images, found "
+                             f"{len(names)} of {len(files)}")
         if isinstance(camera, str):
             camera = Camera.from_string(camera)
         elif camera is not None and not isinstance(camera, Camera):
             camera = Camera.from_K(camera, *image_size(image_path(image_dir, names[0])))
         rec = reconstruct(image_dir, names, [f[0] for f in feats], [f[1] for f in feats], camera=camera, seed=seed,
-                          method=sfm)
+                          method=sfm, deterministic=deterministic, progress=progress)
         m = cls.from_reconstruction(rec, dict(zip(names, feats)), extractor, max_features)
         if retriangulate:
             # SfM keeps only points seen in 3+ views under tight thresholds (global SfM: a few

@@ -11,12 +11,16 @@ geometry is that of ideal pinhole cameras.
 
 from __future__ import annotations
 
+import logging
 from typing import List, Sequence, Tuple
 
 import numpy as np
 from tqdm import tqdm
 
+from pylocalize._log import phase
 from pylocalize.features import match_descriptors
+
+logger = logging.getLogger(__name__)
 
 
 def camera_centres(cam_from_world: np.ndarray) -> np.ndarray:
@@ -78,7 +82,8 @@ def triangulate(cameras, cam_from_world: np.ndarray, keypoints: Sequence[np.ndar
     point_ids = [np.full(len(k), -1, np.int64) for k in keypoints]
     if offsets[-1] == 0:
         return point_ids, np.zeros((0, 3))
-    roots = _track_roots(Ks, poses, xy, descriptors, pairs, offsets, ratio, max_epipolar_px, progress)
+    with phase(logger, f"map: matching {len(pairs)} image pairs"):
+        roots = _track_roots(Ks, poses, xy, descriptors, pairs, offsets, ratio, max_epipolar_px, progress)
     image_of = np.repeat(np.arange(n), np.diff(offsets))
     all_xy = np.concatenate(xy)
     order = np.argsort(roots, kind="stable")
@@ -96,7 +101,9 @@ def triangulate(cameras, cam_from_world: np.ndarray, keypoints: Sequence[np.ndar
         points.append(X[ok])
         owners.append(members[ok])
     _assign_point_ids(point_ids, points, owners, image_of, offsets)
-    return point_ids, (np.concatenate(points) if points else np.zeros((0, 3)))
+    points = np.concatenate(points) if points else np.zeros((0, 3))
+    logger.info("map: %s points triangulated in %d images", f"{len(points):,}", n)
+    return point_ids, points
 
 
 def _track_roots(Ks, poses, xy, descriptors, pairs, offsets, ratio, max_epipolar_px, progress) -> np.ndarray:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pylocalize._cli import run_alone
+from pylocalize._cli import at_least, run_alone
 
 
 def _patch_extractor(name, weights):
@@ -38,7 +38,7 @@ def _onboard(args) -> int:
 
     t0 = time.perf_counter()
     rep = onboard(args.mesh, _patch_extractor(args.extractor, args.weights), num_views=args.views,
-                  num_inplane=args.inplane, num_words=args.words, size=args.size, progress=True)
+                  num_inplane=args.inplane, num_words=args.words, size=args.size, progress=args.progress)
     rep.save(args.out)
     print(f"{rep} onboarded in {time.perf_counter() - t0:.1f} s -> {args.out}")
     return 0
@@ -123,7 +123,7 @@ def _eval(args) -> int:
     symmetries = _symmetries(args, models)
     result = evaluate_dataset(rep, mesh, root, args.obj_id, split=args.split,
                               extractor=_patch_extractor(rep.extractor_name, args.weights), symmetries=symmetries,
-                              progress=True)
+                              progress=args.progress)
     bop.write_results_csv(args.out, result["rows"])
     print(f"{len(result['rows'])}/{len(result['times'])} instances estimated -> {args.out}")
     for stage, recalls in summarize(result, mesh.extent).items():
@@ -135,10 +135,10 @@ def _add_onboard(sub) -> None:
     o = sub.add_parser("onboard", help="render templates and build the object representation")
     o.add_argument("--mesh", required=True, help="mesh file (PLY, OBJ, ...), in the units poses should use")
     o.add_argument("--out", required=True, help="representation file to write")
-    o.add_argument("--views", type=int, default=57, help="Fibonacci viewpoints")
-    o.add_argument("--inplane", type=int, default=14, help="in-plane rotations per viewpoint")
-    o.add_argument("--words", type=int, default=2048, help="visual words")
-    o.add_argument("--size", type=int, default=420, help="template crop size (a multiple of 14)")
+    o.add_argument("--views", type=at_least(1), default=57, help="Fibonacci viewpoints")
+    o.add_argument("--inplane", type=at_least(1), default=14, help="in-plane rotations per viewpoint")
+    o.add_argument("--words", type=at_least(2), default=2048, help="visual words")
+    o.add_argument("--size", type=at_least(14), default=420, help="template crop size (a multiple of 14)")
     o.add_argument("--extractor", choices=["dense-sift", "dinov2"], default="dense-sift",
                    help="patch descriptors (dinov2 needs the torch extra and --weights)")
     o.add_argument("--weights", help="local DINOv2 model directory (save_pretrained layout)")
@@ -163,7 +163,7 @@ def _add_eval(sub) -> None:
     o = sub.add_parser("eval", help="estimate and score every instance of an object in a BOP scene")
     o.add_argument("--bop", required=True, help="BOP dataset folder (models/, test/<scene>/...) or one scene folder "
                                                 "(scene_camera/gt json, rgb/, mask_visib/, depth/)")
-    o.add_argument("--split", default="test", help="dataset split folder (default: %(default)s)")
+    o.add_argument("--split", default="test", help="dataset split folder")
     o.add_argument("--rep", required=True)
     o.add_argument("--mesh", help="the object's mesh, for the metrics (default: models/obj_NNNNNN.ply)")
     o.add_argument("--obj-id", type=int, required=True)

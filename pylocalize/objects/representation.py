@@ -16,6 +16,7 @@ and is refined featuremetrically. Poses are ``cam_from_model`` in the mesh's uni
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -24,12 +25,15 @@ import numpy as np
 
 from pylocalize import _core
 from pylocalize._core import FormatError
+from pylocalize._log import phase
 from pylocalize.features.patches import DenseSIFTExtractor, patch_centres
 from pylocalize.geometry.absolute_pose import estimate_absolute_pose
 from pylocalize.index.bow import InvertedFile
 from pylocalize.index.knn import assign, kmeans
 from pylocalize.objects.refine import refine_featuremetric
 from pylocalize.objects.templates import crop_transform, square_around, template_intrinsics
+
+logger = logging.getLogger(__name__)
 
 # Layout version of a saved representation; bumped when sections or meta change.
 REPRESENTATION_VERSION = 1
@@ -568,6 +572,7 @@ def onboard(mesh, extractor=None, num_views: int = 57, num_inplane: int = 14, si
     diameter = float(mesh.extent)
     poses = viewpoint_poses(num_views, num_inplane, radius=distance or 2.5 * diameter, center=mesh.center)
     Ks, groups, xys, xyzs, descs = [], [], [], [], []
+    start = time.perf_counter()
     for template, pose in enumerate(tqdm(poses, desc="onboarding: templates", disable=not progress, leave=False)):
         K, xy, xyz, desc = _render_template(mesh, pose, size, padding, extractor, erode_px)
         Ks.append(K)
@@ -576,12 +581,15 @@ def onboard(mesh, extractor=None, num_views: int = 57, num_inplane: int = 14, si
         xyzs.append(xyz)
         descs.append(desc)
     groups = np.concatenate(groups)
+    logger.info("onboarding: %d templates, %s patches (%.1f s)", len(poses), f"{len(groups):,}",
+                time.perf_counter() - start)
     if len(groups) == 0:
         raise ValueError("no template has foreground patches: is the mesh degenerate?")
     descriptors = np.concatenate(descs).astype(np.float32)
-    bow = BagOfWords.fit(descriptors, groups, len(poses), pca_dim, num_words, num_assign, seed)
-    reduced = bow.reduce(descriptors)
-    template_bow = bow.tfidf(bow.histograms(reduced, groups, len(poses)))
+    with phase(logger, f"onboarding: PCA, {num_words} visual words and the templates' bags of words"):
+        bow = BagOfWords.fit(descriptors, groups, len(poses), pca_dim, num_words, num_assign, seed)
+        reduced = bow.reduce(descriptors)
+        template_bow = bow.tfidf(bow.histograms(reduced, groups, len(poses)))
     return ObjectRepresentation(poses, np.stack(Ks), groups, np.concatenate(xys), np.concatenate(xyzs), reduced, bow,
                                 template_bow, size, padding, extractor.patch_size, extractor.name, diameter)
 

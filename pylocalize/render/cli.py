@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pylocalize._cli import at_least
+
 
 def _contact_sheet(images: np.ndarray, size: int) -> np.ndarray:
     """uint8 ``(rows * size, cols * size, 3)``: the views row by row on a near-square grid."""
@@ -55,9 +57,9 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("render", help="render template views of a mesh into a contact sheet PNG")
     p.add_argument("--mesh", required=True, help="mesh file (PLY, OBJ, ...)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--views", type=int, default=48, help="number of views (default: %(default)s)")
-    p.add_argument("--inplane", type=int, default=1, help="in-plane rotations per viewpoint")
-    p.add_argument("--size", type=int, default=200, help="view size in pixels")
+    p.add_argument("--views", type=at_least(1), default=48, help="number of views")
+    p.add_argument("--inplane", type=at_least(1), default=1, help="in-plane rotations per viewpoint")
+    p.add_argument("--size", type=at_least(16), default=200, help="view size in pixels")
     p.add_argument("--distance", type=float, default=1.5, help="camera distance in object diameters")
     p.set_defaults(func=_render)
 
