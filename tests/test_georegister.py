@@ -237,6 +237,13 @@ def test_cli_map_geo_turns_poses_into_latitude_longitude(geo_scene, tmp_path, ca
     written, expected = np.array([r[1:] for r in rows], float), m.camera_geodetic(m.cam_from_world[:3])
     np.testing.assert_allclose(written[:, :2], expected[:, :2], atol=1e-9)  # 9 decimals of a degree
     np.testing.assert_allclose(written[:, 2], expected[:, 2], atol=1e-3)  # millimetres
+    # a map without a geo origin: one line saying why, exit status 1
+    plain = Map(m.names[:1], m.cameras[:1], m.cam_from_world[:1], m.keypoints[:1], m.descriptors[:1],
+                [np.full(len(m.keypoints[0]), -1, np.int64)], np.zeros((0, 3)))
+    plain.save(tmp_path / "plain")
+    capsys.readouterr()
+    assert main(["map", "geo", "--map", str(tmp_path / "plain"), "--poses", str(tmp_path / "poses.txt")]) == 1
+    assert "not geo-registered" in capsys.readouterr().err
     # the COLMAP export of a geo-registered map holds its metric poses
     assert main(["map", "export", "--map", str(root / "map"), "--colmap", str(tmp_path / "model")]) == 0
     rec = pycolmap.Reconstruction(str(tmp_path / "model"))

@@ -102,7 +102,7 @@ def _map_geo(args) -> int:
 
     m = Map.load(_existing(args.map, "--map", "map folder from 'pylocalize map build ... --out DIR'"))
     if m.geo_origin is None:
-        raise SystemExit(f"{args.map}: the map is not geo-registered; `pylocalize map build --images DIR` "
+        raise ValueError(f"{args.map}: the map is not geo-registered; `pylocalize map build --images DIR` "
                          "registers maps whose photos' EXIF GPS spreads beyond --gps-noise in two directions (its log "
                          "says why a map was not)")
     poses = read_pose_file(args.poses)
