@@ -190,22 +190,17 @@ def test_cli(trained, tmp_path, capsys, bank, data):
 
 @pytest.mark.slow
 def test_cli_train(tmp_path, bank, capsys):
-    import argparse
-
     from pylocalize.posetext.captioner import Captioner
-    from pylocalize.posetext.cli import add_parser
+    from pylocalize.posetext.cli import main
 
-    parser = argparse.ArgumentParser(prog="pylocalize")
-    add_parser(parser.add_subparsers(dest="command", required=True))
     poses = generate_poses(48, seed=5)
     np.save(tmp_path / "poses.npy", poses)
     # short captions keep the MiniLM work of this test small
     captions = Captioner(max_facts=2).caption(poses, seed=0)
     (tmp_path / "captions.json").write_text(json.dumps(captions))
-    args = parser.parse_args(["posetext", "train", "--joints", str(tmp_path / "poses.npy"), "--captions",
-                              str(tmp_path / "captions.json"), "--epochs", "2", "--batch-size", "16", "--hidden", "32",
-                              "--embed-dim", "16", "--torch-threads", "1", "--out", str(tmp_path / "m.pt")])
-    assert args.func(args) == 0
+    assert main(["train", "--joints", str(tmp_path / "poses.npy"), "--captions", str(tmp_path / "captions.json"),
+                 "--epochs", "2", "--batch-size", "16", "--hidden", "32", "--embed-dim", "16", "--torch-threads", "1",
+                 "--out", str(tmp_path / "m.pt")]) == 0
     model = PoseTextModel.load(tmp_path / "m.pt")
     assert model.embed_poses(poses[:3]).shape == (3, 16) and len(model.history) >= 1
     assert "trained on 48 poses" in capsys.readouterr().out
