@@ -99,8 +99,15 @@ def test_bbox_input_save_load_and_errors(tmp_path, box_and_representation):
     rep.save(tmp_path / "box.pyloc")
     loaded = ObjectRepresentation.load(tmp_path / "box.pyloc")
     assert len(loaded.template_poses) == 588 and loaded.extractor_name == "dense-sift"
+    assert loaded.mesh_units == rep.mesh_units == "mm"
+    # the file holds exactly what the pose stages read: codes, grid cells and counts decode
+    # to the onboarded arrays bit for bit
+    for name in ("template_poses", "template_K", "patch_template", "patch_xy", "patch_xyz", "patch_desc",
+                 "template_counts", "template_bow"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(rep, name), err_msg=name)
     a, b = rep.estimate(image, K_QUERY, mask=mask), loaded.estimate(image, K_QUERY, mask=mask)
     assert a.templates == b.templates and a.template == b.template
+    np.testing.assert_array_equal(a.R, b.R)
     boxed = loaded.estimate(image, K_QUERY, bbox=bbox)
     assert boxed.success and pose_error(np.c_[boxed.R, boxed.t], pose)[1] < 15
     empty = loaded.estimate(image, K_QUERY, mask=np.zeros(mask.shape, bool))
@@ -235,3 +242,62 @@ def test_stages_callable_alone(box_and_representation):
         assert best.featuremetric_cost == min(h.featuremetric_cost for h in hypotheses)
         assert best.template == result.template
         np.testing.assert_allclose(best.R, result.R_coarse, atol=1e-6)
+
+
+def test_version_1_files_are_refused_with_the_fix(tmp_path):
+    """A representation saved before 8-bit codes (layout 1: float descriptors, per-patch
+    template ids) is refused with a FormatError that says to onboard again."""
+    import pylocalize
+    from pylocalize import _core
+
+    n = 4
+    sections = {"info": np.frombuffer(b'{"extractor": "dense-sift", "padding": 0.2, "diameter": 1.0}', np.uint8).copy(),
+                "template_poses": np.zeros((1, 3, 4)), "template_K": np.eye(3)[None],
+                "patch_template": np.zeros(n, np.int64),
+                "patch_xy": np.zeros((n, 2), np.float32), "patch_xyz": np.zeros((n, 3), np.float32),
+                "patch_desc": np.zeros((n, 8), np.float32), "pca_mean": np.zeros(8, np.float32),
+                "pca_components": np.eye(8, dtype=np.float32), "words": np.zeros((2, 8), np.float32),
+                "idf": np.ones(2, np.float32), "template_bow": np.zeros((1, 2), np.float32)}
+    _core.write_container(str(tmp_path / "v1.pyloc"), "ObjectRepresentation",
+                          {"representation_version": 1, "size": 112, "patch_size": 14, "num_assign": 3}, sections)
+    with pytest.raises(pylocalize.FormatError, match="version 1; this pylocalize reads version 2.*onboard the object"):
+        ObjectRepresentation.load(tmp_path / "v1.pyloc")
+
+
+def test_quantised_descriptors_against_numpy():
+    """8-bit codes decode within half a step of every value (numpy reference), the extremes
+    of each dimension exactly; a constant dimension decodes to itself."""
+    from pylocalize.objects.representation import QuantisedDescriptors
+
+    rng = np.random.default_rng(4)
+    x = (rng.normal(size=(500, 12)) * rng.uniform(0.01, 2.0, 12)).astype(np.float32)
+    x[:, 3] = 0.25
+    q = QuantisedDescriptors.encode(x)
+    assert q.codes.dtype == np.uint8 and q.codes.shape == x.shape
+    step = (x.max(0) - x.min(0)) / 255.0
+    error = np.abs(q.decode() - x)
+    assert (error <= step / 2 + 1e-6).all()
+    np.testing.assert_allclose(q.decode().min(0), x.min(0), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(q.decode().max(0), x.max(0), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(q.decode()[:, 3], x[:, 3])
+    with pytest.raises(ValueError, match="codes"):
+        QuantisedDescriptors(q.codes, q.offset[:5], q.step)
+
+
+def test_mesh_units_guessed_given_and_kept(tmp_path, caplog):
+    """A mesh in metres is taken for metres (with a log line), units given are kept through
+    save and load, and unknown units are refused; onboarding reports its stages."""
+    import dataclasses
+    import logging
+
+    box = textured_box_object(0)
+    metres = dataclasses.replace(box, vertices=box.vertices / 1000.0)
+    with caplog.at_level(logging.INFO, logger="pylocalize.objects.onboarding"):
+        rep = onboard(metres, num_views=4, num_inplane=2, size=112, num_words=16, pca_dim=16)
+    assert rep.mesh_units == "m" and "guessed" in caplog.text
+    assert {"rendering", "patch features", "PCA", "vocabulary", "bags of words", "total"} <= set(rep.onboarding_seconds)
+    given = onboard(box, num_views=4, num_inplane=2, size=112, num_words=16, pca_dim=16, mesh_units="cm")
+    given.save(tmp_path / "cm.pyloc")
+    assert ObjectRepresentation.load(tmp_path / "cm.pyloc").mesh_units == "cm"
+    with pytest.raises(ValueError, match="mesh units must be one of mm, cm, m"):
+        onboard(box, num_views=4, num_inplane=2, size=112, mesh_units="inch")

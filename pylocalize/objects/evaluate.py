@@ -16,6 +16,8 @@ def evaluate_scene(rep, mesh, scene_dir, obj_id: int, scene_id: int = 0, extract
     """Estimates every ground-truth instance of ``obj_id`` in a BOP scene folder from its RGB
     image and visible mask (``rgb/``, ``mask_visib/``; ``depth/`` when present, for VSD).
 
+    The representation's mesh must be in millimetres, as BOP's ground truth and depth.
+
     Returns ``{"rows": BOP19 result rows, "coarse"/"refined": {metric: per-instance
     errors}, "times": seconds per instance, "stage_times": {stage: seconds per instance}}``
     (stages as in :attr:`ObjectPose.timings`); a failed estimate scores as missing.
@@ -24,6 +26,10 @@ def evaluate_scene(rep, mesh, scene_dir, obj_id: int, scene_id: int = 0, extract
 
     from pylocalize.render import Renderer
 
+    units = getattr(rep, "mesh_units", "mm")
+    if units != "mm":
+        raise ValueError(f"BOP ground truth and depth are in mm but the representation's mesh is in {units}: "
+                         "onboard the dataset's model (models/obj_NNNNNN.ply, in mm)")
     scene_dir = Path(scene_dir)
     scene = bop.read_scene(scene_dir)
     symmetries = symmetries if symmetries is not None else [np.eye(4)]

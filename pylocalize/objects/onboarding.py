@@ -1,0 +1,160 @@
+"""Onboarding: an object's representation from its mesh alone (FoundPose's templates).
+
+:func:`onboard` renders templates from Fibonacci viewpoints x in-plane rotations, extracts
+patch descriptors on the patch grid, keeps the foreground patches with the 3D model point
+each one sees, reduces descriptors by PCA and builds a k-means vocabulary with one tf-idf
+bag of words per template (:class:`~pylocalize.objects.representation.BagOfWords`).
+
+Templates are rendered and described on a pool of threads: the core's rasterizer and
+OpenCV release the GIL, so the two overlap on the cores. Each stage's time is logged
+(logger ``pylocalize.objects.onboarding``, level INFO) and kept in
+``ObjectRepresentation.onboarding_seconds``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, Optional
+
+import numpy as np
+
+from pylocalize.features.patches import DenseSIFTExtractor, patch_centres
+from pylocalize.objects import bop
+from pylocalize.objects.representation import BagOfWords, ObjectRepresentation, QuantisedDescriptors
+from pylocalize.objects.templates import template_intrinsics
+
+logger = logging.getLogger(__name__)
+# Lloyd iterations of the vocabulary's k-means: the tf-idf shortlist only needs words that
+# split the descriptor space evenly, which 10 iterations give as well as 15 (benchmarks/README.md)
+VOCABULARY_ITERATIONS = 10
+
+
+def onboard(mesh, extractor=None, num_views: int = 57, num_inplane: int = 14, size: int = 420,
+            padding: float = 0.2, distance: Optional[float] = None, pca_dim: int = 96, num_words: int = 2048,
+            num_assign: int = 3, erode_px: int = 3, seed: int = 0, progress: bool = False,
+            mesh_units: Optional[str] = None, num_workers: Optional[int] = None) -> ObjectRepresentation:
+    """Builds the representation of an object from its mesh.
+
+    Parameters
+    ----------
+    mesh : pylocalize.render.Mesh or path
+    extractor : patch extractor, default :class:`DenseSIFTExtractor`
+    num_views, num_inplane : int
+        Fibonacci viewpoints and in-plane rotations per viewpoint (templates: their product).
+    size, padding : int, float
+        Templates are ``size`` x ``size`` crops of the object's bounding square enlarged by
+        ``padding``.
+    distance : float, optional
+        Camera distance in mesh units; default 2.5 x the object's diameter (the crop
+        intrinsics frame the object whatever the distance; it sets the perspective).
+    pca_dim, num_words, num_assign : int
+        Descriptor dimension after PCA, vocabulary size, words per patch. Reduced
+        descriptors are stored as 8-bit codes (see ``QuantisedDescriptors``).
+    erode_px : int
+        Mask erosion before patches are kept, so that patches on the silhouette (half
+        background) are not used.
+    mesh_units : {"mm", "cm", "m"}, optional
+        The mesh's length unit, recorded so that BOP results can be written in millimetres;
+        poses stay in the mesh's units. Default: guessed from the mesh's size
+        (:func:`~pylocalize.objects.bop.mesh_units_from_size`: metres under 10 units across,
+        else millimetres), with a log line saying so.
+    num_workers : int, optional
+        Threads rendering and describing templates (default: ``pylocalize.get_num_threads()``).
+    """
+    from pylocalize.geometry import viewpoint_poses
+    from pylocalize.render import load_mesh
+
+    if not hasattr(mesh, "faces"):
+        mesh = load_mesh(mesh)
+    if len(mesh.faces) == 0:
+        raise ValueError("the mesh has no faces: nothing to render")
+    extractor = extractor or DenseSIFTExtractor()
+    if size % extractor.patch_size:
+        raise ValueError(f"template size {size} must be a multiple of the patch size {extractor.patch_size}")
+    diameter = float(mesh.extent)
+    mesh_units = _mesh_units(mesh_units, diameter)
+    poses = viewpoint_poses(num_views, num_inplane, radius=distance or 2.5 * diameter, center=mesh.center)
+    seconds: Dict[str, float] = {}
+    start = time.perf_counter()
+    Ks, groups, xys, xyzs, descriptors = _render_templates(mesh, poses, size, padding, extractor, erode_px,
+                                                           num_workers, progress, seconds)
+    bow = BagOfWords.fit_vocabulary(descriptors, pca_dim, num_words, num_assign, seed,
+                                    iterations=VOCABULARY_ITERATIONS, seconds=seconds)
+    clock = time.perf_counter()
+    # the bags of words count the stored (quantised) descriptors, which the pose stages read
+    codes = QuantisedDescriptors.encode(bow.reduce(descriptors))
+    counts = bow.histograms(codes.decode(), groups, len(poses))
+    bow.idf = bow.inverse_document_frequency(counts)
+    rep = ObjectRepresentation(poses, Ks, groups, xys, xyzs, codes, bow, counts, size, padding,
+                               extractor.patch_size, extractor.name, diameter, mesh_units)
+    seconds["bags of words"] = time.perf_counter() - clock
+    seconds["total"] = time.perf_counter() - start
+    rep.onboarding_seconds = seconds
+    logger.info("onboarded %s in %s", rep, format_stage_seconds(seconds))
+    return rep
+
+
+def format_stage_seconds(seconds: Dict[str, float]) -> str:
+    """``"41.2 s: rendering 20.1 s, patch features 12.0 s, ..."`` from :func:`onboard`'s
+    ``onboarding_seconds`` (rendering and patch features summed over the worker threads)."""
+    stages = ", ".join(f"{name} {value:.1f} s" for name, value in seconds.items() if name != "total")
+    return f"{seconds.get('total', 0.0):.1f} s ({stages})"
+
+
+def _mesh_units(mesh_units: Optional[str], diameter: float) -> str:
+    """The given units, checked, or the ones the mesh's size suggests, logged."""
+    if mesh_units is not None:
+        bop.millimetres_per_unit(mesh_units)
+        return mesh_units
+    guess = bop.mesh_units_from_size(diameter)
+    logger.info("mesh units: %s, guessed from the mesh's diameter %.4g (pass mesh_units / --mesh-units "
+                "mm|cm|m if wrong); BOP results are written in mm", guess, diameter)
+    return guess
+
+
+def _render_templates(mesh, poses, size, padding, extractor, erode_px, num_workers, progress, seconds):
+    """Every template's crop K, and its foreground patches: template ids, crop positions,
+    model points and descriptors, concatenated in template order."""
+    from tqdm import tqdm
+
+    from pylocalize.runtime import get_num_threads
+
+    workers = max(1, int(num_workers or get_num_threads()))
+    centres = patch_centres(size // extractor.patch_size, size // extractor.patch_size, extractor.patch_size)
+    with ThreadPoolExecutor(workers, thread_name_prefix="onboard") as pool:
+        jobs = pool.map(lambda pose: _render_template(mesh, pose, size, padding, extractor, erode_px, centres), poses)
+        templates = list(tqdm(jobs, total=len(poses), desc="onboarding: templates", disable=not progress,
+                              leave=False))
+    for name, index in (("rendering", 4), ("patch features", 5)):
+        seconds[name] = float(sum(t[index] for t in templates))
+    groups = np.concatenate([np.full(len(t[1]), i, np.int64) for i, t in enumerate(templates)])
+    if len(groups) == 0:
+        raise ValueError("no template has foreground patches: is the mesh degenerate?")
+    return (np.stack([t[0] for t in templates]), groups, np.concatenate([t[1] for t in templates]),
+            np.concatenate([t[2] for t in templates]), np.concatenate([t[3] for t in templates]).astype(np.float32))
+
+
+def _render_template(mesh, pose: np.ndarray, size: int, padding: float, extractor, erode_px: int,
+                     centres: np.ndarray):
+    """One template: its crop intrinsics; the crop positions ``(n, 2)``, model points
+    ``(n, 3)`` and descriptors ``(n, dim)`` of its patches on the object; and the seconds
+    spent rendering and describing. The mask is eroded first so that patches on the
+    silhouette (half background) are not kept."""
+    import cv2
+
+    from pylocalize.render import Renderer
+
+    start = time.perf_counter()
+    K = template_intrinsics(mesh.vertices, pose, size, padding)
+    out = Renderer(size, size, K, supersample=3).render(mesh, pose, outputs=("rgb", "mask", "xyz"))
+    mask = out.mask[0].astype(np.uint8)
+    if erode_px > 0:
+        mask = cv2.erode(mask, np.ones((2 * erode_px + 1, 2 * erode_px + 1), np.uint8))
+    rendered = time.perf_counter()
+    pixels = np.rint(centres).astype(int)
+    keep = mask[pixels[:, 1], pixels[:, 0]] > 0
+    features = extractor(out.rgb[0]).reshape(-1, extractor.dim)
+    return (K, centres[keep], out.xyz[0][pixels[keep, 1], pixels[keep, 0]], features[keep],
+            rendered - start, time.perf_counter() - rendered)
