@@ -26,15 +26,18 @@ from pylocalize.objects.representation import BagOfWords, ObjectRepresentation, 
 from pylocalize.objects.templates import template_intrinsics
 
 logger = logging.getLogger(__name__)
-# Lloyd iterations of the vocabulary's k-means: the tf-idf shortlist only needs words that
-# split the descriptor space evenly, which 10 iterations give as well as 15 (benchmarks/README.md)
+# The vocabulary's k-means: the tf-idf shortlist (then re-ranked by cyclic matches) needs
+# words that split the descriptor space evenly, which 10 Lloyd iterations on 64 descriptors
+# per word give as well as 15 on all of them, in a fifth of the time (benchmarks/README.md)
 VOCABULARY_ITERATIONS = 10
+VOCABULARY_POINTS_PER_WORD = 64
 
 
 def onboard(mesh, extractor=None, num_views: int = 57, num_inplane: int = 14, size: int = 420,
             padding: float = 0.2, distance: Optional[float] = None, pca_dim: int = 96, num_words: int = 2048,
             num_assign: int = 3, erode_px: int = 3, seed: int = 0, progress: bool = False,
-            mesh_units: Optional[str] = None, num_workers: Optional[int] = None) -> ObjectRepresentation:
+            mesh_units: Optional[str] = None, num_workers: Optional[int] = None,
+            supersample: int = 3) -> ObjectRepresentation:
     """Builds the representation of an object from its mesh.
 
     Parameters
@@ -62,6 +65,8 @@ def onboard(mesh, extractor=None, num_views: int = 57, num_inplane: int = 14, si
         else millimetres), with a log line saying so.
     num_workers : int, optional
         Threads rendering and describing templates (default: ``pylocalize.get_num_threads()``).
+    supersample : {1, 3, 5, 7}
+        Anti-aliasing samples per template pixel side (:class:`~pylocalize.render.Renderer`).
     """
     from pylocalize.geometry import viewpoint_poses
     from pylocalize.render import load_mesh
@@ -78,10 +83,12 @@ def onboard(mesh, extractor=None, num_views: int = 57, num_inplane: int = 14, si
     poses = viewpoint_poses(num_views, num_inplane, radius=distance or 2.5 * diameter, center=mesh.center)
     seconds: Dict[str, float] = {}
     start = time.perf_counter()
-    Ks, groups, xys, xyzs, descriptors = _render_templates(mesh, poses, size, padding, extractor, erode_px,
-                                                           num_workers, progress, seconds)
+    renderer = {"size": size, "padding": padding, "supersample": supersample, "erode_px": erode_px}
+    Ks, groups, xys, xyzs, descriptors = _render_templates(mesh, poses, renderer, extractor, num_workers, progress,
+                                                           seconds)
     bow = BagOfWords.fit_vocabulary(descriptors, pca_dim, num_words, num_assign, seed,
-                                    iterations=VOCABULARY_ITERATIONS, seconds=seconds)
+                                    iterations=VOCABULARY_ITERATIONS, points_per_word=VOCABULARY_POINTS_PER_WORD,
+                                    seconds=seconds)
     clock = time.perf_counter()
     # the bags of words count the stored (quantised) descriptors, which the pose stages read
     codes = QuantisedDescriptors.encode(bow.reduce(descriptors))
@@ -114,7 +121,7 @@ def _mesh_units(mesh_units: Optional[str], diameter: float) -> str:
     return guess
 
 
-def _render_templates(mesh, poses, size, padding, extractor, erode_px, num_workers, progress, seconds):
+def _render_templates(mesh, poses, renderer: dict, extractor, num_workers, progress, seconds):
     """Every template's crop K, and its foreground patches: template ids, crop positions,
     model points and descriptors, concatenated in template order."""
     from tqdm import tqdm
@@ -122,9 +129,10 @@ def _render_templates(mesh, poses, size, padding, extractor, erode_px, num_worke
     from pylocalize.runtime import get_num_threads
 
     workers = max(1, int(num_workers or get_num_threads()))
-    centres = patch_centres(size // extractor.patch_size, size // extractor.patch_size, extractor.patch_size)
+    side = renderer["size"] // extractor.patch_size
+    centres = patch_centres(side, side, extractor.patch_size)
     with ThreadPoolExecutor(workers, thread_name_prefix="onboard") as pool:
-        jobs = pool.map(lambda pose: _render_template(mesh, pose, size, padding, extractor, erode_px, centres), poses)
+        jobs = pool.map(lambda pose: _render_template(mesh, pose, extractor, centres, **renderer), poses)
         templates = list(tqdm(jobs, total=len(poses), desc="onboarding: templates", disable=not progress,
                               leave=False))
     for name, index in (("rendering", 4), ("patch features", 5)):
@@ -136,8 +144,8 @@ def _render_templates(mesh, poses, size, padding, extractor, erode_px, num_worke
             np.concatenate([t[2] for t in templates]), np.concatenate([t[3] for t in templates]).astype(np.float32))
 
 
-def _render_template(mesh, pose: np.ndarray, size: int, padding: float, extractor, erode_px: int,
-                     centres: np.ndarray):
+def _render_template(mesh, pose: np.ndarray, extractor, centres: np.ndarray, size: int, padding: float,
+                     supersample: int, erode_px: int):
     """One template: its crop intrinsics; the crop positions ``(n, 2)``, model points
     ``(n, 3)`` and descriptors ``(n, dim)`` of its patches on the object; and the seconds
     spent rendering and describing. The mask is eroded first so that patches on the
@@ -148,7 +156,7 @@ def _render_template(mesh, pose: np.ndarray, size: int, padding: float, extracto
 
     start = time.perf_counter()
     K = template_intrinsics(mesh.vertices, pose, size, padding)
-    out = Renderer(size, size, K, supersample=3).render(mesh, pose, outputs=("rgb", "mask", "xyz"))
+    out = Renderer(size, size, K, supersample=supersample).render(mesh, pose, outputs=("rgb", "mask", "xyz"))
     mask = out.mask[0].astype(np.uint8)
     if erode_px > 0:
         mask = cv2.erode(mask, np.ones((2 * erode_px + 1, 2 * erode_px + 1), np.uint8))

@@ -231,11 +231,11 @@ class BagOfWords:
 
     @classmethod
     def fit_vocabulary(cls, descriptors: np.ndarray, pca_dim: int, num_words: int, num_assign: int = 3, seed: int = 0,
-                       max_train: int = 200_000, iterations: int = 15,
+                       max_train: int = 200_000, iterations: int = 15, points_per_word: int = 256,
                        seconds: Optional[Dict[str, float]] = None) -> "BagOfWords":
         """PCA of ``descriptors`` (n, dim) to ``pca_dim`` and a k-means vocabulary of
-        ``num_words`` in the reduced space (idf: all ones until set); ``seconds`` gets each
-        stage's time when given."""
+        ``num_words`` in the reduced space, trained on at most ``points_per_word`` descriptors
+        per word (idf: all ones until set); ``seconds`` gets each stage's time when given."""
         seconds = {} if seconds is None else seconds
         clock = _Stopwatch()
         rng = np.random.default_rng(seed)
@@ -247,7 +247,8 @@ class BagOfWords:
         bow = cls(mean, vt[:dim], np.zeros((1, dim)), np.ones(1), num_assign)
         reduced = bow.reduce(descriptors)
         seconds["PCA"] = clock.lap()
-        bow.words, _ = kmeans(reduced, min(num_words, len(reduced)), iterations=iterations, seed=seed)
+        bow.words, _ = kmeans(reduced, min(num_words, len(reduced)), iterations=iterations, seed=seed,
+                              max_points_per_centroid=points_per_word)
         bow.idf = np.ones(len(bow.words), np.float32)
         seconds["vocabulary"] = clock.lap()
         return bow
