@@ -301,3 +301,24 @@ def test_mesh_units_guessed_given_and_kept(tmp_path, caplog):
     assert ObjectRepresentation.load(tmp_path / "cm.pyloc").mesh_units == "cm"
     with pytest.raises(ValueError, match="mesh units must be one of mm, cm, m"):
         onboard(box, num_views=4, num_inplane=2, size=112, mesh_units="inch")
+
+
+def test_template_features_on_the_object_box_equal_the_whole_image():
+    """Dense SIFT on the object's box grown by its reach gives the whole template's
+    descriptors at every kept patch, bit for bit, whatever the view."""
+    import cv2
+
+    from pylocalize.geometry import viewpoint_poses
+    from pylocalize.objects.onboarding import patch_features
+
+    mesh = textured_box_object(0)
+    extractor = DenseSIFTExtractor()
+    centres = np.rint(patch_centres(24, 24, 14)).astype(int)
+    for pose in viewpoint_poses(6, 2, radius=2.5 * mesh.extent, center=mesh.center):
+        K = template_intrinsics(mesh.vertices, pose, 336, 0.2)
+        out = Renderer(336, 336, K, supersample=3).render(mesh, pose, outputs=("rgb", "mask"))
+        eroded = cv2.erode(out.mask[0].astype(np.uint8), np.ones((7, 7), np.uint8))
+        keep = eroded[centres[:, 1], centres[:, 0]] > 0
+        assert keep.sum() > 20
+        whole = extractor(out.rgb[0]).reshape(-1, extractor.dim)[keep]
+        np.testing.assert_array_equal(patch_features(extractor, out.rgb[0], out.mask[0], keep), whole)

@@ -53,6 +53,15 @@ class DenseSIFTExtractor:
     def __call__(self, image: np.ndarray) -> np.ndarray:
         return self.feature_map(image, self.patch_size)
 
+    @property
+    def reach_px(self) -> int:
+        """Pixels from a patch centre that its descriptor depends on: the cell centres (1.5
+        cells), bilinear sampling (1), the pooling kernel (a cell), the gradient (1) and the
+        blur (4). A crop that keeps this much around the patches, with nothing but the
+        background beyond, gives the same descriptors as the whole image."""
+        cell = self.support * self.patch_size / 4.0
+        return int(np.ceil(1.5 * cell)) + 1 + max(1, int(round(cell))) + 1 + 4
+
     def feature_map(self, image: np.ndarray, stride: int) -> np.ndarray:
         """Descriptors on a grid of step ``stride`` (cell ``(i, j)`` centred at pixel
         ``(j * stride + (stride - 1) / 2, i * stride + (stride - 1) / 2)``): a denser map than

@@ -163,6 +163,31 @@ def _render_template(mesh, pose: np.ndarray, extractor, centres: np.ndarray, siz
     rendered = time.perf_counter()
     pixels = np.rint(centres).astype(int)
     keep = mask[pixels[:, 1], pixels[:, 0]] > 0
-    features = extractor(out.rgb[0]).reshape(-1, extractor.dim)
-    return (K, centres[keep], out.xyz[0][pixels[keep, 1], pixels[keep, 0]], features[keep],
+    features = patch_features(extractor, out.rgb[0], out.mask[0], keep)
+    return (K, centres[keep], out.xyz[0][pixels[keep, 1], pixels[keep, 0]], features,
             rendered - start, time.perf_counter() - rendered)
+
+
+def patch_features(extractor, rgb: np.ndarray, mask: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Descriptors (n, dim) of the patches ``keep`` (bool over the row-major patch grid) of
+    a template rendered on a black background, the object's pixels ``mask``.
+
+    An extractor whose descriptors see only ``reach_px`` around their patch (dense SIFT)
+    runs on the object's box grown by that reach, on the patch grid: beyond it the template
+    is background, so the descriptors are those of the whole image, for less work. Others
+    (DINOv2 attends over the whole image) run on the whole template."""
+    p = extractor.patch_size
+    reach = getattr(extractor, "reach_px", None)
+    if reach is None or not keep.any():
+        return extractor(rgb).reshape(-1, extractor.dim)[keep]
+    side_y, side_x = rgb.shape[0] // p, rgb.shape[1] // p
+    ys, xs = np.nonzero(mask)
+    # 2 px more for anti-aliased edge pixels, whose centre sample (the mask's) missed the object
+    lo_y, lo_x = (max(0, (v - reach - 2) // p) for v in (ys.min(), xs.min()))
+    hi_y = min(side_y, -(-(ys.max() + reach + 3) // p))
+    hi_x = min(side_x, -(-(xs.max() + reach + 3) // p))
+    window = keep.reshape(side_y, side_x)[lo_y:hi_y, lo_x:hi_x]
+    if window.sum() != keep.sum():  # a kept patch off the object's box: no shortcut
+        return extractor(rgb).reshape(-1, extractor.dim)[keep]
+    features = extractor(np.ascontiguousarray(rgb[lo_y * p:hi_y * p, lo_x * p:hi_x * p]))
+    return features[window]
