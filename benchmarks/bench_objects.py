@@ -81,6 +81,19 @@ def make_instance(mesh, rng, bg_paths, Image):
     return pose, image, visible, depth, float(visible.sum() / max(mask.sum(), 1))
 
 
+def onboard_and_save(mesh, args, path: Path):
+    """The object's representation, saved to ``path``, and what onboarding took: wall and CPU
+    seconds, seconds per stage, and the file's size."""
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    rep = onboard(mesh, num_views=args.views, num_inplane=args.inplane, progress=True, supersample=args.supersample)
+    measured = {"onboarding_s": time.perf_counter() - t0, "onboarding_cpu_s": time.process_time() - cpu0,
+                "onboarding_stages_s": rep.onboarding_seconds}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rep.save(path)
+    measured["representation_mb"] = path.stat().st_size / 1e6
+    return rep, measured
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -97,13 +110,7 @@ def main(argv=None) -> int:
     summary, csv_rows, overlays = {}, [], []
     for obj_id, mesh_path in objects.items():
         mesh = load_mesh(mesh_path)
-        t0, cpu0 = time.perf_counter(), time.process_time()
-        rep = onboard(mesh, num_views=args.views, num_inplane=args.inplane, progress=True,
-                      supersample=args.supersample)
-        onboarding, onboarding_cpu = time.perf_counter() - t0, time.process_time() - cpu0
-        out.mkdir(parents=True, exist_ok=True)
-        rep.save(out / f"obj_{obj_id:06d}.pyloc")
-        size_mb = (out / f"obj_{obj_id:06d}.pyloc").stat().st_size / 1e6
+        rep, onboarding = onboard_and_save(mesh, args, out / f"obj_{obj_id:06d}.pyloc")
         rng = np.random.default_rng(args.seed + obj_id)
         scene_dir = out / "test" / f"{obj_id:06d}"
         for sub in ("rgb", "mask_visib", "depth"):
@@ -121,9 +128,7 @@ def main(argv=None) -> int:
         bop.write_scene(scene_dir, images)
         result = evaluate_scene(rep, mesh, scene_dir, obj_id, scene_id=obj_id, progress=True)
         csv_rows += result["rows"]
-        summary[obj_id] = {"mesh": mesh_path.name, "instances": len(result["times"]), "onboarding_s": onboarding,
-                           "onboarding_cpu_s": onboarding_cpu, "onboarding_stages_s": rep.onboarding_seconds,
-                           "representation_mb": size_mb,
+        summary[obj_id] = {"mesh": mesh_path.name, "instances": len(result["times"]), **onboarding,
                            "templates": len(rep.template_poses),
                            "median_s_per_instance": float(np.median(result["times"])),
                            "median_s_per_stage": {stage: float(np.median(seconds))

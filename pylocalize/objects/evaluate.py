@@ -26,10 +26,7 @@ def evaluate_scene(rep, mesh, scene_dir, obj_id: int, scene_id: int = 0, extract
 
     from pylocalize.render import Renderer
 
-    units = getattr(rep, "mesh_units", "mm")
-    if units != "mm":
-        raise ValueError(f"BOP ground truth and depth are in mm but the representation's mesh is in {units}: "
-                         "onboard the dataset's model (models/obj_NNNNNN.ply, in mm)")
+    _check_millimetres(rep)
     scene_dir = Path(scene_dir)
     scene = bop.read_scene(scene_dir)
     symmetries = symmetries if symmetries is not None else [np.eye(4)]
@@ -74,6 +71,13 @@ def evaluate_scene(rep, mesh, scene_dir, obj_id: int, scene_id: int = 0, extract
     for stage, e in stages.items():
         out[stage] = {k: np.array(v) for k, v in e.items() if k != "vsd" or every_depth}
     return out
+
+
+def _check_millimetres(rep) -> None:
+    units = getattr(rep, "mesh_units", "mm")
+    if units != "mm":
+        raise ValueError(f"BOP ground truth and depth are in mm but the representation's mesh is in {units}: "
+                         "onboard the dataset's model (models/obj_NNNNNN.ply, in mm)")
 
 
 def _read_test_image(scene_dir: Path, im_id: int, depth_scale: float):

@@ -86,21 +86,28 @@ def onboard(mesh, extractor=None, num_views: int = 57, num_inplane: int = 14, si
     renderer = {"size": size, "padding": padding, "supersample": supersample, "erode_px": erode_px}
     Ks, groups, xys, xyzs, descriptors = _render_templates(mesh, poses, renderer, extractor, num_workers, progress,
                                                            seconds)
-    bow = BagOfWords.fit_vocabulary(descriptors, pca_dim, num_words, num_assign, seed,
-                                    iterations=VOCABULARY_ITERATIONS, points_per_word=VOCABULARY_POINTS_PER_WORD,
-                                    seconds=seconds)
-    clock = time.perf_counter()
-    # the bags of words count the stored (quantised) descriptors, which the pose stages read
-    codes = QuantisedDescriptors.encode(bow.reduce(descriptors))
-    counts = bow.histograms(codes.decode(), groups, len(poses))
-    bow.idf = bow.inverse_document_frequency(counts)
+    bow, codes, counts = _vocabulary_and_bags(descriptors, groups, len(poses), pca_dim, num_words, num_assign, seed,
+                                              seconds)
     rep = ObjectRepresentation(poses, Ks, groups, xys, xyzs, codes, bow, counts, size, padding,
                                extractor.patch_size, extractor.name, diameter, mesh_units)
-    seconds["bags of words"] = time.perf_counter() - clock
     seconds["total"] = time.perf_counter() - start
     rep.onboarding_seconds = seconds
     logger.info("onboarded %s in %s", rep, format_stage_seconds(seconds))
     return rep
+
+
+def _vocabulary_and_bags(descriptors, groups, num_templates, pca_dim, num_words, num_assign, seed, seconds):
+    """PCA and vocabulary, the reduced descriptors as 8-bit codes, and each template's word
+    counts, which count the stored (decoded) descriptors that the pose stages read."""
+    bow = BagOfWords.fit_vocabulary(descriptors, pca_dim, num_words, num_assign, seed,
+                                    iterations=VOCABULARY_ITERATIONS, points_per_word=VOCABULARY_POINTS_PER_WORD,
+                                    seconds=seconds)
+    clock = time.perf_counter()
+    codes = QuantisedDescriptors.encode(bow.reduce(descriptors))
+    counts = bow.histograms(codes.decode(), groups, num_templates)
+    bow.idf = bow.inverse_document_frequency(counts)
+    seconds["bags of words"] = time.perf_counter() - clock
+    return bow, codes, counts
 
 
 def format_stage_seconds(seconds: Dict[str, float]) -> str:
