@@ -295,6 +295,10 @@ def test_mesh_units_guessed_given_and_kept(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="pylocalize.objects.onboarding"):
         rep = onboard(metres, num_views=4, num_inplane=2, size=112, num_words=16, pca_dim=16)
     assert rep.mesh_units == "m" and "guessed" in caplog.text
+    from pylocalize.objects.evaluate import evaluate_scene
+
+    with pytest.raises(ValueError, match="mesh is in m: onboard the dataset's model"):
+        evaluate_scene(rep, metres, tmp_path, obj_id=1)  # BOP ground truth is in mm
     assert {"rendering", "patch features", "PCA", "vocabulary", "bags of words", "total"} <= set(rep.onboarding_seconds)
     given = onboard(box, num_views=4, num_inplane=2, size=112, num_words=16, pca_dim=16, mesh_units="cm")
     given.save(tmp_path / "cm.pyloc")
