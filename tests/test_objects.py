@@ -299,7 +299,9 @@ def test_mesh_units_guessed_given_and_kept(tmp_path, caplog):
 
     with pytest.raises(ValueError, match="mesh is in m: onboard the dataset's model"):
         evaluate_scene(rep, metres, tmp_path, obj_id=1)  # BOP ground truth is in mm
-    assert {"rendering", "patch features", "PCA", "vocabulary", "bags of words", "total"} <= set(rep.onboarding_seconds)
+    stages = {"templates", "rendering", "patch features", "PCA", "vocabulary", "bags of words", "total"}
+    assert stages <= set(rep.onboarding_seconds)
+    assert "onboarded ObjectRepresentation(8 templates" in caplog.text and "vocabulary" in caplog.text
     given = onboard(box, num_views=4, num_inplane=2, size=112, num_words=16, pca_dim=16, mesh_units="cm")
     given.save(tmp_path / "cm.pyloc")
     assert ObjectRepresentation.load(tmp_path / "cm.pyloc").mesh_units == "cm"

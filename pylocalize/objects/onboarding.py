@@ -111,10 +111,17 @@ def _vocabulary_and_bags(descriptors, groups, num_templates, pca_dim, num_words,
 
 
 def format_stage_seconds(seconds: Dict[str, float]) -> str:
-    """``"41.2 s: rendering 20.1 s, patch features 12.0 s, ..."`` from :func:`onboard`'s
-    ``onboarding_seconds`` (rendering and patch features summed over the worker threads)."""
-    stages = ", ".join(f"{name} {value:.1f} s" for name, value in seconds.items() if name != "total")
-    return f"{seconds.get('total', 0.0):.1f} s ({stages})"
+    """One line from :func:`onboard`'s ``onboarding_seconds``: ``"41.2 s: templates 30.1 s
+    on 2 threads (rendering 40.2 s, patch features 18.0 s of thread time), PCA 1.0 s, ..."``."""
+    parts = []
+    for name, value in seconds.items():
+        if name == "templates":
+            rendering, features = seconds.get("rendering", 0.0), seconds.get("patch features", 0.0)
+            parts.append(f"templates {value:.1f} s on {seconds.get('threads', 1):.0f} threads (rendering "
+                         f"{rendering:.1f} s, patch features {features:.1f} s of thread time)")
+        elif name not in ("total", "threads", "rendering", "patch features"):
+            parts.append(f"{name} {value:.1f} s")
+    return f"{seconds.get('total', 0.0):.1f} s: " + ", ".join(parts)
 
 
 def _mesh_units(mesh_units: Optional[str], diameter: float) -> str:
@@ -138,11 +145,13 @@ def _render_templates(mesh, poses, renderer: dict, extractor, num_workers, progr
     workers = max(1, int(num_workers or get_num_threads()))
     side = renderer["size"] // extractor.patch_size
     centres = patch_centres(side, side, extractor.patch_size)
+    start = time.perf_counter()
     with ThreadPoolExecutor(workers, thread_name_prefix="onboard") as pool:
         jobs = pool.map(lambda pose: _render_template(mesh, pose, extractor, centres, **renderer), poses)
         templates = list(tqdm(jobs, total=len(poses), desc="onboarding: templates", disable=not progress,
                               leave=False))
-    for name, index in (("rendering", 4), ("patch features", 5)):
+    seconds["templates"], seconds["threads"] = time.perf_counter() - start, workers
+    for name, index in (("rendering", 4), ("patch features", 5)):  # thread time, summed over the workers
         seconds[name] = float(sum(t[index] for t in templates))
     groups = np.concatenate([np.full(len(t[1]), i, np.int64) for i, t in enumerate(templates)])
     if len(groups) == 0:
