@@ -328,3 +328,22 @@ def test_template_features_on_the_object_box_equal_the_whole_image():
         assert keep.sum() > 20
         whole = extractor(out.rgb[0]).reshape(-1, extractor.dim)[keep]
         np.testing.assert_array_equal(patch_features(extractor, out.rgb[0], out.mask[0], keep), whole)
+
+
+def test_cli_onboard_prints_stages_and_records_units(tmp_path, capsys):
+    import trimesh
+
+    from pylocalize.cli import main
+
+    mesh = textured_box_object(3)
+    trimesh.Trimesh(mesh.vertices, mesh.faces, process=False).export(tmp_path / "box.ply")
+    args = ["objects", "onboard", "--mesh", str(tmp_path / "box.ply"), "--views", "4", "--inplane", "1",
+            "--size", "112", "--words", "8", "--out", str(tmp_path / "rep.pyloc")]
+    assert main(args + ["--mesh-units", "cm"]) == 0
+    out = capsys.readouterr().out
+    assert "stages:" in out and "vocabulary" in out and "saving" in out and "mesh units: cm" in out
+    assert ObjectRepresentation.load(tmp_path / "rep.pyloc").mesh_units == "cm"
+    assert main(args) == 0  # a box 150 units across: millimetres
+    assert ObjectRepresentation.load(tmp_path / "rep.pyloc").mesh_units == "mm"
+    with pytest.raises(SystemExit):
+        main(args + ["--mesh-units", "inch"])
