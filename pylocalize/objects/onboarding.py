@@ -22,7 +22,7 @@ import numpy as np
 
 from pylocalize.features.patches import DenseSIFTExtractor, patch_centres
 from pylocalize.objects import bop
-from pylocalize.objects.representation import BagOfWords, ObjectRepresentation, QuantisedDescriptors
+from pylocalize.objects.representation import BagOfWords, ObjectRepresentation
 from pylocalize.objects.templates import template_intrinsics
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def onboard(mesh, extractor=None, num_views: int = 57, num_inplane: int = 14, si
         intrinsics frame the object whatever the distance; it sets the perspective).
     pca_dim, num_words, num_assign : int
         Descriptor dimension after PCA, vocabulary size, words per patch. Reduced
-        descriptors are stored as 8-bit codes (see ``QuantisedDescriptors``).
+        descriptors are kept at float16 precision, as saved.
     erode_px : int
         Mask erosion before patches are kept, so that patches on the silhouette (half
         background) are not used.
@@ -86,9 +86,9 @@ def onboard(mesh, extractor=None, num_views: int = 57, num_inplane: int = 14, si
     renderer = {"size": size, "padding": padding, "supersample": supersample, "erode_px": erode_px}
     Ks, groups, xys, xyzs, descriptors = _render_templates(mesh, poses, renderer, extractor, num_workers, progress,
                                                            seconds)
-    bow, codes, counts = _vocabulary_and_bags(descriptors, groups, len(poses), pca_dim, num_words, num_assign, seed,
-                                              seconds)
-    rep = ObjectRepresentation(poses, Ks, groups, xys, xyzs, codes, bow, counts, size, padding,
+    bow, reduced, counts = _vocabulary_and_bags(descriptors, groups, len(poses), pca_dim, num_words, num_assign, seed,
+                                                seconds)
+    rep = ObjectRepresentation(poses, Ks, groups, xys, xyzs, reduced, bow, counts, size, padding,
                                extractor.patch_size, extractor.name, diameter, mesh_units)
     seconds["total"] = time.perf_counter() - start
     rep.onboarding_seconds = seconds
@@ -97,17 +97,17 @@ def onboard(mesh, extractor=None, num_views: int = 57, num_inplane: int = 14, si
 
 
 def _vocabulary_and_bags(descriptors, groups, num_templates, pca_dim, num_words, num_assign, seed, seconds):
-    """PCA and vocabulary, the reduced descriptors as 8-bit codes, and each template's word
-    counts, which count the stored (decoded) descriptors that the pose stages read."""
+    """PCA and vocabulary, the reduced descriptors at float16 precision (as saved), and
+    each template's word counts of them, as the pose stages will read them."""
     bow = BagOfWords.fit_vocabulary(descriptors, pca_dim, num_words, num_assign, seed,
                                     iterations=VOCABULARY_ITERATIONS, points_per_word=VOCABULARY_POINTS_PER_WORD,
                                     seconds=seconds)
     clock = time.perf_counter()
-    codes = QuantisedDescriptors.encode(bow.reduce(descriptors))
-    counts = bow.histograms(codes.decode(), groups, num_templates)
+    reduced = bow.reduce(descriptors).astype(np.float16).astype(np.float32)
+    counts = bow.histograms(reduced, groups, num_templates)
     bow.idf = bow.inverse_document_frequency(counts)
     seconds["bags of words"] = time.perf_counter() - clock
-    return bow, codes, counts
+    return bow, reduced, counts
 
 
 def format_stage_seconds(seconds: Dict[str, float]) -> str:

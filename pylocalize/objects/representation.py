@@ -3,7 +3,7 @@
 Onboarding (:func:`pylocalize.objects.onboarding.onboard`) renders templates of the
 object's mesh from Fibonacci viewpoints x in-plane rotations, extracts patch descriptors on
 the 14-px grid, keeps the foreground patches with the 3D model point each one sees, reduces
-descriptors by PCA (stored as 8-bit codes, :class:`QuantisedDescriptors`), and builds a
+descriptors by PCA (kept as float16 values), and builds a
 visual vocabulary (the core's k-means) with one tf-idf bag of words per template.
 
 Pose estimation (:meth:`ObjectRepresentation.estimate`) crops the query around the
@@ -33,8 +33,10 @@ from pylocalize.objects.refine import refine_featuremetric
 from pylocalize.objects.templates import crop_transform, square_around
 
 # Layout version of a saved representation; bumped when sections or meta change.
-# 2: descriptors as 8-bit codes, patch positions as grid cells, patches counted per
-#    template, template bags of words as sparse word counts, the mesh's units.
+# 2: descriptors as float16, patch positions as grid cells, patches counted per template,
+#    template bags of words as word counts, the mesh's units.
+# Reduced descriptors are kept at float16 precision: 8-bit codes (a quarter of the size)
+# lost the real LINEMOD photo's pose, float16 keeps it (benchmarks/README.md).
 REPRESENTATION_VERSION = 2
 FORMAT_TAG = "ObjectRepresentation"
 SELECTION_RULES = ("featuremetric", "inliers")
@@ -276,38 +278,6 @@ class BagOfWords:
         return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
 
 
-class QuantisedDescriptors:
-    """Reduced patch descriptors as 8-bit codes: per dimension, ``x = offset + code * step``
-    over the dimension's range, so the error is under half a step (1/510 of the range).
-
-    The pose stages read the decoded floats; matching and the featuremetric cost are
-    insensitive to errors this small, and a representation is a quarter of the size.
-    """
-
-    LEVELS = 255
-
-    def __init__(self, codes: np.ndarray, offset: np.ndarray, step: np.ndarray):
-        self.codes = np.ascontiguousarray(codes, np.uint8)
-        self.offset, self.step = np.asarray(offset, np.float32), np.asarray(step, np.float32)
-        if self.codes.ndim != 2 or self.offset.shape != self.codes.shape[1:] or self.step.shape != self.offset.shape:
-            raise ValueError(f"codes (n, d) with offset and step (d,), got {self.codes.shape}, {self.offset.shape}, "
-                             f"{self.step.shape}")
-
-    @classmethod
-    def encode(cls, descriptors: np.ndarray) -> "QuantisedDescriptors":
-        x = np.asarray(descriptors, np.float32)
-        if len(x) == 0:
-            return cls(np.zeros(x.shape, np.uint8), np.zeros(x.shape[1], np.float32), np.ones(x.shape[1], np.float32))
-        low, high = x.min(0), x.max(0)
-        step = np.where(high > low, (high - low) / cls.LEVELS, 1.0).astype(np.float32)
-        codes = np.clip(np.rint((x - low) / step), 0, cls.LEVELS).astype(np.uint8)
-        return cls(codes, low, step)
-
-    def decode(self) -> np.ndarray:
-        """float32 (n, d) descriptors."""
-        return self.codes * self.step + self.offset
-
-
 class ObjectRepresentation:
     """Templates of one object: poses, crop intrinsics, foreground patches (reduced
     descriptors, 2D crop positions, 3D model points) and their bags of words."""
@@ -315,9 +285,9 @@ class ObjectRepresentation:
     def __init__(self, template_poses, template_K, patch_template, patch_xy, patch_xyz, patch_desc,
                  bow: BagOfWords, template_counts, size: int, padding: float, patch_size: int,
                  extractor_name: str, diameter: float, mesh_units: str = "mm"):
-        """``patch_desc``: reduced descriptors (n, pca_dim) as floats (then quantised) or as
-        :class:`QuantisedDescriptors`; ``template_counts``: word counts (templates, words)
-        of each template's patches, whose tf-idf vectors retrieval compares."""
+        """``patch_desc``: reduced descriptors (n, pca_dim), kept at float16 precision (as
+        saved); ``template_counts``: word counts (templates, words) of each template's
+        patches, whose tf-idf vectors retrieval compares."""
         from pylocalize.objects.bop import millimetres_per_unit
 
         self.template_poses = np.asarray(template_poses, np.float64)
@@ -325,9 +295,7 @@ class ObjectRepresentation:
         self.patch_template = np.asarray(patch_template, np.int64)
         self.patch_xy = np.asarray(patch_xy, np.float32)
         self.patch_xyz = np.asarray(patch_xyz, np.float32)
-        self.patch_codes = patch_desc if isinstance(patch_desc, QuantisedDescriptors) else \
-            QuantisedDescriptors.encode(patch_desc)
-        self.patch_desc = self.patch_codes.decode()
+        self.patch_desc = np.asarray(patch_desc, np.float16).astype(np.float32)
         self.bow, self.template_counts = bow, np.asarray(template_counts, np.float32)
         self.template_bow = bow.tfidf(self.template_counts)
         self.size, self.padding, self.patch_size = int(size), float(padding), int(patch_size)
@@ -562,7 +530,7 @@ class ObjectRepresentation:
     def save(self, path) -> None:
         """Writes the representation as one versioned pylocalize container, atomically.
 
-        What the pose stages read, compactly: descriptors as 8-bit codes, patch positions as
+        What the pose stages read, compactly: descriptors as float16, patch positions as
         grid cells, patches counted per template, template bags of words as word counts
         (tf-idf is recomputed on load, exactly)."""
         import json
@@ -575,8 +543,8 @@ class ObjectRepresentation:
             "template_poses": self.template_poses, "template_K": self.template_K,
             "template_num_patches": np.diff(self._starts).astype(np.int32),
             "patch_grid": _grid_cells(self.patch_xy, self.size, self.patch_size), "patch_xyz": self.patch_xyz,
-            "patch_codes": self.patch_codes.codes, "code_offset": self.patch_codes.offset,
-            "code_step": self.patch_codes.step, "pca_mean": self.bow.mean, "pca_components": self.bow.components,
+            "patch_desc_float16": np.ascontiguousarray(self.patch_desc.astype(np.float16)).view(np.uint8),
+            "pca_mean": self.bow.mean, "pca_components": self.bow.components,
             "words": self.bow.words, "idf": self.bow.idf,
             "template_word_counts": _compact_counts(self.template_counts),
         }
@@ -599,9 +567,10 @@ class ObjectRepresentation:
             info = json.loads(bytes(sec["info"]).decode("utf-8"))
             bow = BagOfWords(sec["pca_mean"], sec["pca_components"], sec["words"], sec["idf"], meta["num_assign"])
             patch_template = np.repeat(np.arange(len(sec["template_poses"])), sec["template_num_patches"])
-            codes = QuantisedDescriptors(sec["patch_codes"], sec["code_offset"], sec["code_step"])
+            half = sec["patch_desc_float16"]
+            patch_desc = np.ascontiguousarray(half).view(np.float16).reshape(len(half), -1)
             return cls(sec["template_poses"], sec["template_K"], patch_template,
-                       _cell_centres(sec["patch_grid"], meta["patch_size"]), sec["patch_xyz"], codes,
+                       _cell_centres(sec["patch_grid"], meta["patch_size"]), sec["patch_xyz"], patch_desc,
                        bow, sec["template_word_counts"], meta["size"], info["padding"], meta["patch_size"],
                        info["extractor"], info["diameter"], info["mesh_units"])
         except LAYOUT_ERRORS as error:
