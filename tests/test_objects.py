@@ -100,8 +100,9 @@ def test_bbox_input_save_load_and_errors(tmp_path, box_and_representation):
     loaded = ObjectRepresentation.load(tmp_path / "box.pyloc")
     assert len(loaded.template_poses) == 588 and loaded.extractor_name == "dense-sift"
     assert loaded.mesh_units == rep.mesh_units == "mm"
-    # the file holds exactly what the pose stages read: codes, grid cells and counts decode
-    # to the onboarded arrays bit for bit
+    # the file holds exactly what the pose stages read: float16 descriptors, grid cells and
+    # word counts give back the onboarded arrays bit for bit
+    np.testing.assert_array_equal(rep.patch_desc.astype(np.float16).astype(np.float32), rep.patch_desc)
     for name in ("template_poses", "template_K", "patch_template", "patch_xy", "patch_xyz", "patch_desc",
                  "template_counts", "template_bow"):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(rep, name), err_msg=name)
@@ -262,26 +263,6 @@ def test_version_1_files_are_refused_with_the_fix(tmp_path):
                           {"representation_version": 1, "size": 112, "patch_size": 14, "num_assign": 3}, sections)
     with pytest.raises(pylocalize.FormatError, match="version 1; this pylocalize reads version 2.*onboard the object"):
         ObjectRepresentation.load(tmp_path / "v1.pyloc")
-
-
-def test_quantised_descriptors_against_numpy():
-    """8-bit codes decode within half a step of every value (numpy reference), the extremes
-    of each dimension exactly; a constant dimension decodes to itself."""
-    from pylocalize.objects.representation import QuantisedDescriptors
-
-    rng = np.random.default_rng(4)
-    x = (rng.normal(size=(500, 12)) * rng.uniform(0.01, 2.0, 12)).astype(np.float32)
-    x[:, 3] = 0.25
-    q = QuantisedDescriptors.encode(x)
-    assert q.codes.dtype == np.uint8 and q.codes.shape == x.shape
-    step = (x.max(0) - x.min(0)) / 255.0
-    error = np.abs(q.decode() - x)
-    assert (error <= step / 2 + 1e-6).all()
-    np.testing.assert_allclose(q.decode().min(0), x.min(0), rtol=0, atol=1e-6)
-    np.testing.assert_allclose(q.decode().max(0), x.max(0), rtol=1e-6, atol=1e-6)
-    np.testing.assert_array_equal(q.decode()[:, 3], x[:, 3])
-    with pytest.raises(ValueError, match="codes"):
-        QuantisedDescriptors(q.codes, q.offset[:5], q.step)
 
 
 def test_mesh_units_guessed_given_and_kept(tmp_path, caplog):
