@@ -83,3 +83,28 @@ def test_format_round_trip(tmp_path):
         bop.read_results_csv(tmp_path / "bad.csv")
     with pytest.raises(ValueError, match="missing"):
         bop.read_scene(tmp_path)
+
+
+def test_results_translation_in_millimetres(tmp_path):
+    """BOP results hold t in mm: a pose in metres comes back x 1000, one in mm unchanged."""
+    rng = np.random.default_rng(3)
+    t_m = rng.uniform(-0.5, 0.5, 3) + [0, 0, 1.2]
+    row = {"scene_id": 1, "im_id": 2, "obj_id": 5, "score": 0.9, "R": rot_z(30), "t": t_m, "time": 0.1}
+    bop.write_results_csv(tmp_path / "m.csv", [row], units="m")
+    np.testing.assert_allclose(bop.read_results_csv(tmp_path / "m.csv")[0]["t"], t_m * 1000.0, rtol=1e-8)
+    bop.write_results_csv(tmp_path / "cm.csv", [row], units="cm")
+    np.testing.assert_allclose(bop.read_results_csv(tmp_path / "cm.csv")[0]["t"], t_m * 10.0, rtol=1e-8)
+    row_mm = dict(row, t=t_m * 1000.0)
+    bop.write_results_csv(tmp_path / "mm.csv", [row_mm])
+    back = bop.read_results_csv(tmp_path / "mm.csv")[0]
+    np.testing.assert_allclose(back["t"], t_m * 1000.0, rtol=1e-8)
+    np.testing.assert_allclose(back["R"], rot_z(30), atol=1e-8)  # rotations are unit-free
+    with pytest.raises(ValueError, match="mesh units must be one of mm, cm, m"):
+        bop.write_results_csv(tmp_path / "x.csv", [row], units="inch")
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_mesh_units_from_size():
+    assert bop.mesh_units_from_size(DIAMETER) == "mm"  # the 119 mm box
+    assert bop.mesh_units_from_size(DIAMETER / 1000.0) == "m"
+    assert bop.millimetres_per_unit("m") == 1000.0 and bop.millimetres_per_unit("mm") == 1.0

@@ -99,8 +99,16 @@ def test_bbox_input_save_load_and_errors(tmp_path, box_and_representation):
     rep.save(tmp_path / "box.pyloc")
     loaded = ObjectRepresentation.load(tmp_path / "box.pyloc")
     assert len(loaded.template_poses) == 588 and loaded.extractor_name == "dense-sift"
+    assert loaded.mesh_units == rep.mesh_units == "mm"
+    # the file holds exactly what the pose stages read: float16 descriptors, grid cells and
+    # word counts give back the onboarded arrays bit for bit
+    np.testing.assert_array_equal(rep.patch_desc.astype(np.float16).astype(np.float32), rep.patch_desc)
+    for name in ("template_poses", "template_K", "patch_template", "patch_xy", "patch_xyz", "patch_desc",
+                 "template_counts", "template_bow"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(rep, name), err_msg=name)
     a, b = rep.estimate(image, K_QUERY, mask=mask), loaded.estimate(image, K_QUERY, mask=mask)
     assert a.templates == b.templates and a.template == b.template
+    np.testing.assert_array_equal(a.R, b.R)
     boxed = loaded.estimate(image, K_QUERY, bbox=bbox)
     assert boxed.success and pose_error(np.c_[boxed.R, boxed.t], pose)[1] < 15
     empty = loaded.estimate(image, K_QUERY, mask=np.zeros(mask.shape, bool))
@@ -236,3 +244,88 @@ def test_stages_callable_alone(box_and_representation):
         assert best.featuremetric_cost == min(h.featuremetric_cost for h in hypotheses)
         assert best.template == result.template
         np.testing.assert_allclose(best.R, result.R_coarse, atol=1e-6)
+
+
+def test_version_1_files_are_refused_with_the_fix(tmp_path):
+    """A representation saved before 8-bit codes (layout 1: float descriptors, per-patch
+    template ids) is refused with a FormatError that says to onboard again."""
+    import pylocalize
+    from pylocalize import _core
+
+    n = 4
+    sections = {"info": np.frombuffer(b'{"extractor": "dense-sift", "padding": 0.2, "diameter": 1.0}', np.uint8).copy(),
+                "template_poses": np.zeros((1, 3, 4)), "template_K": np.eye(3)[None],
+                "patch_template": np.zeros(n, np.int64),
+                "patch_xy": np.zeros((n, 2), np.float32), "patch_xyz": np.zeros((n, 3), np.float32),
+                "patch_desc": np.zeros((n, 8), np.float32), "pca_mean": np.zeros(8, np.float32),
+                "pca_components": np.eye(8, dtype=np.float32), "words": np.zeros((2, 8), np.float32),
+                "idf": np.ones(2, np.float32), "template_bow": np.zeros((1, 2), np.float32)}
+    _core.write_container(str(tmp_path / "v1.pyloc"), "ObjectRepresentation",
+                          {"representation_version": 1, "size": 112, "patch_size": 14, "num_assign": 3}, sections)
+    with pytest.raises(pylocalize.FormatError, match="version 1; this pylocalize reads version 2.*onboard the object"):
+        ObjectRepresentation.load(tmp_path / "v1.pyloc")
+
+
+def test_mesh_units_guessed_given_and_kept(tmp_path, caplog):
+    """A mesh in metres is taken for metres (with a log line), units given are kept through
+    save and load, and unknown units are refused; onboarding reports its stages."""
+    import dataclasses
+    import logging
+
+    box = textured_box_object(0)
+    metres = dataclasses.replace(box, vertices=box.vertices / 1000.0)
+    with caplog.at_level(logging.INFO, logger="pylocalize.objects.onboarding"):
+        rep = onboard(metres, num_views=4, num_inplane=2, size=112, num_words=16, pca_dim=16)
+    assert rep.mesh_units == "m" and "guessed" in caplog.text
+    from pylocalize.objects.evaluate import evaluate_scene
+
+    with pytest.raises(ValueError, match="mesh is in m: onboard the dataset's model"):
+        evaluate_scene(rep, metres, tmp_path, obj_id=1)  # BOP ground truth is in mm
+    stages = {"templates", "rendering", "patch features", "PCA", "vocabulary", "bags of words", "total"}
+    assert stages <= set(rep.onboarding_seconds)
+    assert "onboarded ObjectRepresentation(8 templates" in caplog.text and "vocabulary" in caplog.text
+    given = onboard(box, num_views=4, num_inplane=2, size=112, num_words=16, pca_dim=16, mesh_units="cm")
+    given.save(tmp_path / "cm.pyloc")
+    assert ObjectRepresentation.load(tmp_path / "cm.pyloc").mesh_units == "cm"
+    with pytest.raises(ValueError, match="mesh units must be one of mm, cm, m"):
+        onboard(box, num_views=4, num_inplane=2, size=112, mesh_units="inch")
+
+
+def test_template_features_on_the_object_box_equal_the_whole_image():
+    """Dense SIFT on the object's box grown by its reach gives the whole template's
+    descriptors at every kept patch, bit for bit, whatever the view."""
+    import cv2
+
+    from pylocalize.geometry import viewpoint_poses
+    from pylocalize.objects.onboarding import patch_features
+
+    mesh = textured_box_object(0)
+    extractor = DenseSIFTExtractor()
+    centres = np.rint(patch_centres(24, 24, 14)).astype(int)
+    for pose in viewpoint_poses(6, 2, radius=2.5 * mesh.extent, center=mesh.center):
+        K = template_intrinsics(mesh.vertices, pose, 336, 0.2)
+        out = Renderer(336, 336, K, supersample=3).render(mesh, pose, outputs=("rgb", "mask"))
+        eroded = cv2.erode(out.mask[0].astype(np.uint8), np.ones((7, 7), np.uint8))
+        keep = eroded[centres[:, 1], centres[:, 0]] > 0
+        assert keep.sum() > 20
+        whole = extractor(out.rgb[0]).reshape(-1, extractor.dim)[keep]
+        np.testing.assert_array_equal(patch_features(extractor, out.rgb[0], out.mask[0], keep), whole)
+
+
+def test_cli_onboard_prints_stages_and_records_units(tmp_path, capsys):
+    import trimesh
+
+    from pylocalize.cli import main
+
+    mesh = textured_box_object(3)
+    trimesh.Trimesh(mesh.vertices, mesh.faces, process=False).export(tmp_path / "box.ply")
+    args = ["objects", "onboard", "--mesh", str(tmp_path / "box.ply"), "--views", "4", "--inplane", "1",
+            "--size", "112", "--words", "8", "--out", str(tmp_path / "rep.pyloc")]
+    assert main(args + ["--mesh-units", "cm"]) == 0
+    out = capsys.readouterr().out
+    assert "stages:" in out and "vocabulary" in out and "saving" in out and "mesh units: cm" in out
+    assert ObjectRepresentation.load(tmp_path / "rep.pyloc").mesh_units == "cm"
+    assert main(args) == 0  # a box 150 units across: millimetres
+    assert ObjectRepresentation.load(tmp_path / "rep.pyloc").mesh_units == "mm"
+    with pytest.raises(SystemExit):
+        main(args + ["--mesh-units", "inch"])

@@ -42,7 +42,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -318,6 +318,10 @@ class Format:
     make: Callable[[Path], Path]
     use: Callable[[Path], str]
     needs_torch: bool = False
+    # golden snapshots whose layout this format no longer reads: their files must be refused
+    # with a FormatError whose message names the fix (``rebuild``)
+    retired: Tuple[str, ...] = ()
+    rebuild: str = ""
 
 
 FORMATS: Dict[str, Format] = {
@@ -328,7 +332,10 @@ FORMATS: Dict[str, Format] = {
     "cann": Format(_make_cann, _use_cann),
     "map": Format(_make_map, _use_map),
     "map-sfm": Format(_make_map_sfm, _use_map_sfm),
-    "objects": Format(_make_objects, _use_objects),
+    # layout 1 (float32 descriptors) retired by issue 18's smaller, faster onboarding
+    "objects": Format(_make_objects, _use_objects,
+                      retired=("2026-11-30-before-issue16", "2026-11-30-issue16", "2026-11-30-issue17"),
+                      rebuild="onboard the object again"),
     "cells": Format(_make_cells, _use_cells),
     "gallery": Format(_make_gallery, _use_gallery),
     "two-stage": Format(_make_two_stage, _use_two_stage),

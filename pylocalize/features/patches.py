@@ -25,7 +25,7 @@ class DenseSIFTExtractor:
 
     Computed for the whole grid at once, as fast dense SIFT implementations do: gradient
     magnitudes are split into 8 orientation channels (linear interpolation between bins),
-    each channel is pooled over square cells with a triangular (bilinear) spatial kernel,
+    each channel is pooled over square cells with a separable triangular (bilinear) kernel,
     and the 4 x 4 cells around each patch centre form its 128-d descriptor, weighted by a
     Gaussian window, normalised, clipped at 0.2 and normalised again as in SIFT.
     No orientation is assigned: templates cover in-plane rotations.
@@ -53,6 +53,15 @@ class DenseSIFTExtractor:
     def __call__(self, image: np.ndarray) -> np.ndarray:
         return self.feature_map(image, self.patch_size)
 
+    @property
+    def reach_px(self) -> int:
+        """Pixels from a patch centre that its descriptor depends on: the cell centres (1.5
+        cells), bilinear sampling (1), the pooling kernel (a cell), the gradient (1) and the
+        blur (4). A crop that keeps this much around the patches, with nothing but the
+        background beyond, gives the same descriptors as the whole image."""
+        cell = self.support * self.patch_size / 4.0
+        return int(np.ceil(1.5 * cell)) + 1 + max(1, int(round(cell))) + 1 + 4
+
     def feature_map(self, image: np.ndarray, stride: int) -> np.ndarray:
         """Descriptors on a grid of step ``stride`` (cell ``(i, j)`` centred at pixel
         ``(j * stride + (stride - 1) / 2, i * stride + (stride - 1) / 2)``): a denser map than
@@ -69,12 +78,18 @@ class DenseSIFTExtractor:
         gy = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=1)
         magnitude = np.sqrt(gx * gx + gy * gy)
         angle = (np.arctan2(gy, gx) % (2 * np.pi)) * (8 / (2 * np.pi))  # in bins, [0, 8)
-        low = np.floor(angle).astype(np.int64) % 8
-        frac = angle - np.floor(angle)
+        low = np.floor(angle)
+        frac = angle - low
+        low = low.astype(np.int64) % 8
+        # the 8 orientation channels in one (h, w, 8) image: each pixel's magnitude split
+        # between its two nearest bins, so one separable filter pools all of them
+        channels = np.zeros(gray.shape + (8,), np.float32)
+        np.put_along_axis(channels, low[..., None], (magnitude * (1 - frac))[..., None], axis=2)
+        np.put_along_axis(channels, ((low + 1) % 8)[..., None], (magnitude * frac)[..., None], axis=2)
         cell = self.support * self.patch_size / 4.0
         radius = max(1, int(round(cell)))
-        tri = 1.0 - np.abs(np.arange(-radius + 1, radius)) / radius  # bilinear cell weighting
-        kernel = np.outer(tri, tri).astype(np.float32)
+        tri = (1.0 - np.abs(np.arange(-radius + 1, radius)) / radius).astype(np.float32)  # bilinear cell weighting
+        pooled = cv2.sepFilter2D(channels, -1, tri, tri, borderType=cv2.BORDER_CONSTANT)
         centres = patch_centres(gh, gw, stride)
         offsets = (np.arange(4) - 1.5) * cell
         # sample positions of the 16 cells of every patch: (n, 4, 4) grids of x and y
@@ -84,10 +99,8 @@ class DenseSIFTExtractor:
         map_x = np.ascontiguousarray(sx.reshape(-1, 16), dtype=np.float32)
         map_y = np.ascontiguousarray(sy.reshape(-1, 16), dtype=np.float32)
         desc = np.empty((len(centres), 4, 4, 8), np.float32)
-        for b in range(8):
-            channel = magnitude * ((low == b) * (1 - frac) + (low == (b - 1) % 8) * frac)
-            pooled = cv2.filter2D(channel.astype(np.float32), -1, kernel, borderType=cv2.BORDER_CONSTANT)
-            desc[..., b] = cv2.remap(pooled, map_x, map_y, cv2.INTER_LINEAR,
+        for b in range(8):  # remap interpolates at most 4 channels at a time exactly
+            desc[..., b] = cv2.remap(np.ascontiguousarray(pooled[..., b]), map_x, map_y, cv2.INTER_LINEAR,
                                      borderMode=cv2.BORDER_CONSTANT).reshape(-1, 4, 4)
         window = np.exp(-(offsets[:, None] ** 2 + offsets[None, :] ** 2) / (2 * (2 * cell) ** 2)).astype(np.float32)
         d = np.maximum(desc * window[None, :, :, None], 0).reshape(len(centres), 128)  # filter2D may go -1e-9

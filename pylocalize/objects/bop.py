@@ -2,7 +2,10 @@
 
 Reading and writing: ``camera.json``, per-scene ``scene_camera.json`` / ``scene_gt.json`` /
 ``scene_gt_info.json``, ``models_info.json`` with symmetries, and BOP19 result CSVs
-(``scene_id,im_id,obj_id,score,R,t,time``). Poses are ``cam_from_model`` in millimetres.
+(``scene_id,im_id,obj_id,score,R,t,time``). Poses are ``cam_from_model`` in millimetres, as
+BOP requires; :func:`write_results_csv` converts translations from the mesh's units
+(:data:`MESH_UNITS`; a representation records its mesh's, see
+:func:`~pylocalize.objects.onboard`).
 
 Metrics, as the BOP toolkit defines them:
 
@@ -30,6 +33,24 @@ MSPD_THRESHOLDS = np.arange(5, 51, 5)
 VSD_TAUS = np.arange(0.05, 0.51, 0.05)
 VSD_THRESHOLDS = np.arange(0.05, 0.51, 0.05)
 VSD_DELTA_MM = 15.0
+# millimetres per mesh unit: BOP models and results are in mm, a user's mesh may be in m or cm
+MESH_UNITS = {"mm": 1.0, "cm": 10.0, "m": 1000.0}
+# a mesh whose diameter is under this many units is taken to be in metres: objects for 6D
+# pose are centimetres to a metre across, so 10 m or 10 mm bounds them either way
+METRES_BELOW_DIAMETER = 10.0
+
+
+def mesh_units_from_size(diameter: float) -> str:
+    """The likely units of a mesh of this diameter: ``"m"`` under 10 units across, else
+    ``"mm"`` (centimetre meshes cannot be told from millimetre ones: name them)."""
+    return "m" if float(diameter) < METRES_BELOW_DIAMETER else "mm"
+
+
+def millimetres_per_unit(units: str) -> float:
+    """Millimetres in one mesh unit (``"mm"``, ``"cm"`` or ``"m"``)."""
+    if units not in MESH_UNITS:
+        raise ValueError(f"mesh units must be one of {', '.join(MESH_UNITS)}, got {units!r}")
+    return MESH_UNITS[units]
 
 
 # ------------------------------------------------------------------ symmetries
@@ -189,13 +210,23 @@ def write_scene(scene_dir, images: Dict[int, dict]) -> None:
         write_bytes_atomic(scene_dir / name, json.dumps(data).encode("utf-8"))
 
 
-def write_results_csv(path, rows: Sequence[dict]) -> None:
-    """BOP19 results: one line per estimate, ``R`` and ``t`` space-separated (t in mm),
-    ``time`` in seconds (-1 when unknown)."""
+def write_results_csv(path, rows: Sequence[dict], units: str = "mm") -> None:
+    """BOP19 results: one line per estimate, ``R`` (row-major) and ``t`` space-separated,
+    ``time`` in seconds (-1 when unknown).
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        ``scene_id, im_id, obj_id, score, R, t`` and optionally ``time``; ``t`` in ``units``.
+    units : {"mm", "cm", "m"}
+        The units of the rows' ``t`` (the mesh's, e.g. ``ObjectRepresentation.mesh_units``):
+        the file holds ``t`` in millimetres, as BOP requires.
+    """
+    scale = millimetres_per_unit(units)
     lines = ["scene_id,im_id,obj_id,score,R,t,time"]
     for r in rows:
         R = " ".join(f"{v:.9g}" for v in np.asarray(r["R"]).ravel())
-        t = " ".join(f"{v:.9g}" for v in np.asarray(r["t"]).ravel())
+        t = " ".join(f"{v:.9g}" for v in np.asarray(r["t"], np.float64).ravel() * scale)
         lines.append(f"{int(r['scene_id'])},{int(r['im_id'])},{int(r['obj_id'])},{float(r['score']):.6g},{R},{t},"
                      f"{float(r.get('time', -1)):.6g}")
     from pylocalize.containers import write_bytes_atomic
@@ -204,6 +235,7 @@ def write_results_csv(path, rows: Sequence[dict]) -> None:
 
 
 def read_results_csv(path) -> List[dict]:
+    """The rows of a BOP19 results CSV (``t`` in millimetres, as written)."""
     rows = []
     lines = Path(path).read_text().splitlines()
     if not lines or lines[0].strip() != "scene_id,im_id,obj_id,score,R,t,time":

@@ -35,12 +35,17 @@ def _onboard(args) -> int:
     import time
 
     from pylocalize.objects import onboard
+    from pylocalize.objects.onboarding import format_stage_seconds
 
     t0 = time.perf_counter()
     rep = onboard(args.mesh, _patch_extractor(args.extractor, args.weights), num_views=args.views,
-                  num_inplane=args.inplane, num_words=args.words, size=args.size, progress=args.progress)
+                  num_inplane=args.inplane, num_words=args.words, size=args.size, progress=args.progress,
+                  mesh_units=args.mesh_units)
+    saving = time.perf_counter()
     rep.save(args.out)
+    rep.onboarding_seconds["saving"] = time.perf_counter() - saving
     print(f"{rep} onboarded in {time.perf_counter() - t0:.1f} s -> {args.out}")
+    print(f"  stages: {format_stage_seconds(rep.onboarding_seconds)}; mesh units: {rep.mesh_units}")
     return 0
 
 
@@ -124,7 +129,7 @@ def _eval(args) -> int:
     result = evaluate_dataset(rep, mesh, root, args.obj_id, split=args.split,
                               extractor=_patch_extractor(rep.extractor_name, args.weights), symmetries=symmetries,
                               progress=args.progress)
-    bop.write_results_csv(args.out, result["rows"])
+    bop.write_results_csv(args.out, result["rows"], units=rep.mesh_units)
     print(f"{len(result['rows'])}/{len(result['times'])} instances estimated -> {args.out}")
     for stage, recalls in summarize(result, mesh.extent).items():
         print(stage + ": " + ", ".join(f"{k} {v:.3f}" for k, v in recalls.items()))
@@ -134,6 +139,9 @@ def _eval(args) -> int:
 def _add_onboard(sub) -> None:
     o = sub.add_parser("onboard", help="render templates and build the object representation")
     o.add_argument("--mesh", required=True, help="mesh file (PLY, OBJ, ...), in the units poses should use")
+    o.add_argument("--mesh-units", choices=["mm", "cm", "m"],
+                   help="the mesh's length unit, recorded for BOP results (t in mm); poses stay in mesh units "
+                        "(default: guessed from the mesh's size, metres under 10 units across, else mm)")
     o.add_argument("--out", required=True, help="representation file to write")
     o.add_argument("--views", type=at_least(1), default=57, help="Fibonacci viewpoints")
     o.add_argument("--inplane", type=at_least(1), default=14, help="in-plane rotations per viewpoint")

@@ -16,6 +16,8 @@ def evaluate_scene(rep, mesh, scene_dir, obj_id: int, scene_id: int = 0, extract
     """Estimates every ground-truth instance of ``obj_id`` in a BOP scene folder from its RGB
     image and visible mask (``rgb/``, ``mask_visib/``; ``depth/`` when present, for VSD).
 
+    The representation's mesh must be in millimetres, as BOP's ground truth and depth.
+
     Returns ``{"rows": BOP19 result rows, "coarse"/"refined": {metric: per-instance
     errors}, "times": seconds per instance, "stage_times": {stage: seconds per instance}}``
     (stages as in :attr:`ObjectPose.timings`); a failed estimate scores as missing.
@@ -24,6 +26,7 @@ def evaluate_scene(rep, mesh, scene_dir, obj_id: int, scene_id: int = 0, extract
 
     from pylocalize.render import Renderer
 
+    _check_millimetres(rep)
     scene_dir = Path(scene_dir)
     scene = bop.read_scene(scene_dir)
     symmetries = symmetries if symmetries is not None else [np.eye(4)]
@@ -68,6 +71,13 @@ def evaluate_scene(rep, mesh, scene_dir, obj_id: int, scene_id: int = 0, extract
     for stage, e in stages.items():
         out[stage] = {k: np.array(v) for k, v in e.items() if k != "vsd" or every_depth}
     return out
+
+
+def _check_millimetres(rep) -> None:
+    units = getattr(rep, "mesh_units", "mm")
+    if units != "mm":
+        raise ValueError(f"BOP ground truth and depth are in mm but the representation's mesh is in {units}: "
+                         "onboard the dataset's model (models/obj_NNNNNN.ply, in mm)")
 
 
 def _read_test_image(scene_dir: Path, im_id: int, depth_scale: float):

@@ -1,9 +1,10 @@
 """Unseen-object 6D pose from one RGB image, after FoundPose (Ornek et al., ECCV 2024).
 
-Onboarding (:func:`onboard`) renders templates of the object's mesh from Fibonacci
-viewpoints x in-plane rotations, extracts patch descriptors on the 14-px grid, keeps the
-foreground patches with the 3D model point each one sees, reduces descriptors by PCA, and
-builds a visual vocabulary (the core's k-means) with one tf-idf bag of words per template.
+Onboarding (:func:`pylocalize.objects.onboarding.onboard`) renders templates of the
+object's mesh from Fibonacci viewpoints x in-plane rotations, extracts patch descriptors on
+the 14-px grid, keeps the foreground patches with the 3D model point each one sees, reduces
+descriptors by PCA (kept as float16 values), and builds a
+visual vocabulary (the core's k-means) with one tf-idf bag of words per template.
 
 Pose estimation (:meth:`ObjectRepresentation.estimate`) crops the query around the
 object's mask or box, extracts its patch descriptors, retrieves the templates with the
@@ -31,12 +32,16 @@ from pylocalize.geometry.absolute_pose import estimate_absolute_pose
 from pylocalize.index.bow import InvertedFile
 from pylocalize.index.knn import assign, kmeans
 from pylocalize.objects.refine import refine_featuremetric
-from pylocalize.objects.templates import crop_transform, square_around, template_intrinsics
+from pylocalize.objects.templates import crop_transform, square_around
 
 logger = logging.getLogger(__name__)
 
 # Layout version of a saved representation; bumped when sections or meta change.
-REPRESENTATION_VERSION = 1
+# 2: descriptors as float16, patch positions as grid cells, patches counted per template,
+#    template bags of words as word counts, the mesh's units.
+# Reduced descriptors are kept at float16 precision: 8-bit codes (a quarter of the size)
+# lost the real LINEMOD photo's pose, float16 keeps it (benchmarks/README.md).
+REPRESENTATION_VERSION = 2
 FORMAT_TAG = "ObjectRepresentation"
 SELECTION_RULES = ("featuremetric", "inliers")
 # Object PnP: patch centres carry several pixels of noise, which EPnP + least squares keep
@@ -223,7 +228,22 @@ class BagOfWords:
 
     @classmethod
     def fit(cls, descriptors: np.ndarray, groups: np.ndarray, num_groups: int, pca_dim: int, num_words: int,
-            num_assign: int = 3, seed: int = 0, max_train: int = 200_000) -> "BagOfWords":
+            num_assign: int = 3, seed: int = 0, max_train: int = 200_000, iterations: int = 15) -> "BagOfWords":
+        """PCA, vocabulary (:meth:`fit_vocabulary`) and the idf of ``num_groups`` documents
+        whose descriptors (n, dim) belong to ``groups`` (n,)."""
+        bow = cls.fit_vocabulary(descriptors, pca_dim, num_words, num_assign, seed, max_train, iterations)
+        bow.idf = bow.inverse_document_frequency(bow.histograms(bow.reduce(descriptors), groups, num_groups))
+        return bow
+
+    @classmethod
+    def fit_vocabulary(cls, descriptors: np.ndarray, pca_dim: int, num_words: int, num_assign: int = 3, seed: int = 0,
+                       max_train: int = 200_000, iterations: int = 15, points_per_word: int = 256,
+                       seconds: Optional[Dict[str, float]] = None) -> "BagOfWords":
+        """PCA of ``descriptors`` (n, dim) to ``pca_dim`` and a k-means vocabulary of
+        ``num_words`` in the reduced space, trained on at most ``points_per_word`` descriptors
+        per word (idf: all ones until set); ``seconds`` gets each stage's time when given."""
+        seconds = {} if seconds is None else seconds
+        clock = _Stopwatch()
         rng = np.random.default_rng(seed)
         train = descriptors if len(descriptors) <= max_train else descriptors[rng.choice(len(descriptors), max_train,
                                                                                           replace=False)]
@@ -232,12 +252,18 @@ class BagOfWords:
         _, _, vt = np.linalg.svd(train - mean, full_matrices=False)
         bow = cls(mean, vt[:dim], np.zeros((1, dim)), np.ones(1), num_assign)
         reduced = bow.reduce(descriptors)
-        num_words = min(num_words, len(reduced))
-        bow.words, _ = kmeans(reduced, num_words, iterations=15, seed=seed)
-        counts = bow.histograms(reduced, groups, num_groups)
-        document_frequency = (counts > 0).sum(0)
-        bow.idf = np.log(num_groups / np.maximum(document_frequency, 1)).astype(np.float32)
+        seconds["PCA"] = clock.lap()
+        bow.words, _ = kmeans(reduced, min(num_words, len(reduced)), iterations=iterations, seed=seed,
+                              max_points_per_centroid=points_per_word)
+        bow.idf = np.ones(len(bow.words), np.float32)
+        seconds["vocabulary"] = clock.lap()
         return bow
+
+    @staticmethod
+    def inverse_document_frequency(counts: np.ndarray) -> np.ndarray:
+        """log(documents / documents with the word) of word counts (documents, words)."""
+        document_frequency = (counts > 0).sum(0)
+        return np.log(len(counts) / np.maximum(document_frequency, 1)).astype(np.float32)
 
     def reduce(self, descriptors: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray((np.asarray(descriptors, np.float32) - self.mean) @ self.components.T)
@@ -261,17 +287,26 @@ class ObjectRepresentation:
     descriptors, 2D crop positions, 3D model points) and their bags of words."""
 
     def __init__(self, template_poses, template_K, patch_template, patch_xy, patch_xyz, patch_desc,
-                 bow: BagOfWords, template_bow, size: int, padding: float, patch_size: int,
-                 extractor_name: str, diameter: float):
+                 bow: BagOfWords, template_counts, size: int, padding: float, patch_size: int,
+                 extractor_name: str, diameter: float, mesh_units: str = "mm"):
+        """``patch_desc``: reduced descriptors (n, pca_dim), kept at float16 precision (as
+        saved); ``template_counts``: word counts (templates, words) of each template's
+        patches, whose tf-idf vectors retrieval compares."""
+        from pylocalize.objects.bop import millimetres_per_unit
+
         self.template_poses = np.asarray(template_poses, np.float64)
         self.template_K = np.asarray(template_K, np.float64)
         self.patch_template = np.asarray(patch_template, np.int64)
         self.patch_xy = np.asarray(patch_xy, np.float32)
         self.patch_xyz = np.asarray(patch_xyz, np.float32)
-        self.patch_desc = np.asarray(patch_desc, np.float32)
-        self.bow, self.template_bow = bow, np.asarray(template_bow, np.float32)
+        self.patch_desc = np.asarray(patch_desc, np.float16).astype(np.float32)
+        self.bow, self.template_counts = bow, np.asarray(template_counts, np.float32)
+        self.template_bow = bow.tfidf(self.template_counts)
         self.size, self.padding, self.patch_size = int(size), float(padding), int(patch_size)
         self.extractor_name, self.diameter = extractor_name, float(diameter)
+        millimetres_per_unit(mesh_units)
+        self.mesh_units = mesh_units
+        self.onboarding_seconds: Dict[str, float] = {}
         order = np.argsort(self.patch_template, kind="stable")
         if not np.array_equal(order, np.arange(len(order))):
             raise ValueError("patches must be sorted by template")
@@ -497,17 +532,25 @@ class ObjectRepresentation:
     # --------------------------------------------------------------- persistence
 
     def save(self, path) -> None:
-        """Writes the representation as one versioned pylocalize container, atomically."""
+        """Writes the representation as one versioned pylocalize container, atomically.
+
+        What the pose stages read, compactly: descriptors as float16, patch positions as
+        grid cells, patches counted per template, template bags of words as word counts
+        (tf-idf is recomputed on load, exactly)."""
         import json
         import os
 
-        info = {"extractor": self.extractor_name, "padding": self.padding, "diameter": self.diameter}
+        info = {"extractor": self.extractor_name, "padding": self.padding, "diameter": self.diameter,
+                "mesh_units": self.mesh_units}
         sections = {
             "info": np.frombuffer(json.dumps(info).encode("utf-8"), np.uint8).copy(),
             "template_poses": self.template_poses, "template_K": self.template_K,
-            "patch_template": self.patch_template, "patch_xy": self.patch_xy, "patch_xyz": self.patch_xyz,
-            "patch_desc": self.patch_desc, "pca_mean": self.bow.mean, "pca_components": self.bow.components,
-            "words": self.bow.words, "idf": self.bow.idf, "template_bow": self.template_bow,
+            "template_num_patches": np.diff(self._starts).astype(np.int32),
+            "patch_grid": _grid_cells(self.patch_xy, self.size, self.patch_size), "patch_xyz": self.patch_xyz,
+            "patch_desc_float16": np.ascontiguousarray(self.patch_desc.astype(np.float16)).view(np.uint8),
+            "pca_mean": self.bow.mean, "pca_components": self.bow.components,
+            "words": self.bow.words, "idf": self.bow.idf,
+            "template_word_counts": _compact_counts(self.template_counts),
         }
         meta = {"representation_version": REPRESENTATION_VERSION, "size": self.size, "patch_size": self.patch_size,
                 "num_assign": self.bow.num_assign}
@@ -516,99 +559,46 @@ class ObjectRepresentation:
 
     @classmethod
     def load(cls, path) -> "ObjectRepresentation":
-        """Reads :meth:`save` output; a corrupt file, another version or another kind of
-        file raises :class:`pylocalize.FormatError`."""
+        """Reads :meth:`save` output; a corrupt file, another version (older files: onboard
+        the object again) or another kind of file raises :class:`pylocalize.FormatError`."""
         import json
 
         from pylocalize.containers import LAYOUT_ERRORS, read_layout
 
         meta, sec = read_layout(path, FORMAT_TAG, "representation_version", REPRESENTATION_VERSION,
-                                "an object representation", "onboard the object again")
+                                "an object representation", "onboard the object again ('pylocalize objects onboard')")
         try:
             info = json.loads(bytes(sec["info"]).decode("utf-8"))
             bow = BagOfWords(sec["pca_mean"], sec["pca_components"], sec["words"], sec["idf"], meta["num_assign"])
-            return cls(sec["template_poses"], sec["template_K"], sec["patch_template"], sec["patch_xy"],
-                       sec["patch_xyz"], sec["patch_desc"], bow, sec["template_bow"], meta["size"], info["padding"],
-                       meta["patch_size"], info["extractor"], info["diameter"])
+            patch_template = np.repeat(np.arange(len(sec["template_poses"])), sec["template_num_patches"])
+            half = sec["patch_desc_float16"]
+            patch_desc = np.ascontiguousarray(half).view(np.float16).reshape(len(half), -1)
+            return cls(sec["template_poses"], sec["template_K"], patch_template,
+                       _cell_centres(sec["patch_grid"], meta["patch_size"]), sec["patch_xyz"], patch_desc,
+                       bow, sec["template_word_counts"], meta["size"], info["padding"], meta["patch_size"],
+                       info["extractor"], info["diameter"], info["mesh_units"])
         except LAYOUT_ERRORS as error:
             raise FormatError(f"{path}: not a valid {FORMAT_TAG} ({error})") from error
 
 
-def onboard(mesh, extractor=None, num_views: int = 57, num_inplane: int = 14, size: int = 420,
-            padding: float = 0.2, distance: Optional[float] = None, pca_dim: int = 256, num_words: int = 2048,
-            num_assign: int = 3, erode_px: int = 3, seed: int = 0, progress: bool = False) -> ObjectRepresentation:
-    """Builds the representation of an object from its mesh.
-
-    Parameters
-    ----------
-    mesh : pylocalize.render.Mesh or path
-    extractor : patch extractor, default :class:`DenseSIFTExtractor`
-    num_views, num_inplane : int
-        Fibonacci viewpoints and in-plane rotations per viewpoint (templates: their product).
-    size, padding : int, float
-        Templates are ``size`` x ``size`` crops of the object's bounding square enlarged by
-        ``padding``.
-    distance : float, optional
-        Camera distance in mesh units; default 2.5 x the object's diameter (the crop
-        intrinsics frame the object whatever the distance; it sets the perspective).
-    pca_dim, num_words, num_assign : int
-        Descriptor dimension after PCA, vocabulary size, words per patch.
-    erode_px : int
-        Mask erosion before patches are kept, so that patches on the silhouette (half
-        background) are not used.
-    """
-    from tqdm import tqdm
-
-    from pylocalize.geometry import viewpoint_poses
-    from pylocalize.render import load_mesh
-
-    if not hasattr(mesh, "faces"):
-        mesh = load_mesh(mesh)
-    if len(mesh.faces) == 0:
-        raise ValueError("the mesh has no faces: nothing to render")
-    extractor = extractor or DenseSIFTExtractor()
-    if size % extractor.patch_size:
-        raise ValueError(f"template size {size} must be a multiple of the patch size {extractor.patch_size}")
-    diameter = float(mesh.extent)
-    poses = viewpoint_poses(num_views, num_inplane, radius=distance or 2.5 * diameter, center=mesh.center)
-    Ks, groups, xys, xyzs, descs = [], [], [], [], []
-    start = time.perf_counter()
-    for template, pose in enumerate(tqdm(poses, desc="onboarding: templates", disable=not progress, leave=False)):
-        K, xy, xyz, desc = _render_template(mesh, pose, size, padding, extractor, erode_px)
-        Ks.append(K)
-        groups.append(np.full(len(xy), template, np.int64))
-        xys.append(xy)
-        xyzs.append(xyz)
-        descs.append(desc)
-    groups = np.concatenate(groups)
-    logger.info("onboarding: %d templates, %s patches (%.1f s)", len(poses), f"{len(groups):,}",
-                time.perf_counter() - start)
-    if len(groups) == 0:
-        raise ValueError("no template has foreground patches: is the mesh degenerate?")
-    descriptors = np.concatenate(descs).astype(np.float32)
-    with phase(logger, f"onboarding: PCA, {num_words} visual words and the templates' bags of words"):
-        bow = BagOfWords.fit(descriptors, groups, len(poses), pca_dim, num_words, num_assign, seed)
-        reduced = bow.reduce(descriptors)
-        template_bow = bow.tfidf(bow.histograms(reduced, groups, len(poses)))
-    return ObjectRepresentation(poses, np.stack(Ks), groups, np.concatenate(xys), np.concatenate(xyzs), reduced, bow,
-                                template_bow, size, padding, extractor.patch_size, extractor.name, diameter)
+def _grid_cells(xy: np.ndarray, size: int, patch_size: int) -> np.ndarray:
+    """Column and row (n, 2) in the ``size // patch_size`` patch grid of the centres ``xy``
+    (n, 2): uint8 while the grid has at most 256 columns."""
+    side = size // patch_size
+    cells = np.rint((np.asarray(xy, np.float64) - (patch_size - 1) / 2.0) / patch_size).astype(np.int64)
+    if len(xy) and (cells.min() < 0 or cells.max() >= side or
+                    not np.allclose(_cell_centres(cells, patch_size), xy, atol=1e-3)):
+        raise ValueError("patch positions must be the centres of the template's patch grid")
+    return cells.astype(np.uint8 if side <= 256 else np.int32)
 
 
-def _render_template(mesh, pose: np.ndarray, size: int, padding: float, extractor, erode_px: int):
-    """One template: its crop intrinsics, and the crop positions ``(n, 2)``, model points
-    ``(n, 3)`` and descriptors ``(n, dim)`` of its patches on the object. The mask is eroded
-    first so that patches on the silhouette (half background) are not kept."""
-    import cv2
+def _cell_centres(cells: np.ndarray, patch_size: int) -> np.ndarray:
+    """Pixel centres (n, 2) of grid cells (column, row) (n, 2), as :func:`patch_centres`."""
+    return np.asarray(cells, np.float64).reshape(-1, 2) * patch_size + (patch_size - 1) / 2.0
 
-    from pylocalize.render import Renderer
 
-    K = template_intrinsics(mesh.vertices, pose, size, padding)
-    out = Renderer(size, size, K, supersample=3).render(mesh, pose, outputs=("rgb", "mask", "xyz"))
-    mask = out.mask[0].astype(np.uint8)
-    if erode_px > 0:
-        mask = cv2.erode(mask, np.ones((2 * erode_px + 1, 2 * erode_px + 1), np.uint8))
-    centres = patch_centres(size // extractor.patch_size, size // extractor.patch_size, extractor.patch_size)
-    pixels = np.rint(centres).astype(int)
-    keep = mask[pixels[:, 1], pixels[:, 0]] > 0
-    features = extractor(out.rgb[0]).reshape(-1, extractor.dim)
-    return K, centres[keep], out.xyz[0][pixels[keep, 1], pixels[keep, 0]], features[keep]
+def _compact_counts(counts: np.ndarray) -> np.ndarray:
+    """Whole word counts in the smallest container type: uint8 up to 255, else int32."""
+    if not np.array_equal(counts, np.rint(counts)) or counts.min(initial=0) < 0:
+        raise ValueError("template word counts must be whole numbers")
+    return counts.astype(np.uint8 if counts.max(initial=0) <= 255 else np.int32)
