@@ -26,7 +26,6 @@ import numpy as np
 
 from pylocalize import _core
 from pylocalize._core import FormatError
-from pylocalize._log import phase
 from pylocalize.features.patches import DenseSIFTExtractor, patch_centres
 from pylocalize.geometry.absolute_pose import estimate_absolute_pose
 from pylocalize.index.bow import InvertedFile
