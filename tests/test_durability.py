@@ -145,6 +145,7 @@ def test_image_path_stays_inside_the_folder(tmp_path):
     os.symlink(tmp_path / "secret.png", images / "link.png")
     assert image_path(images, "link.png").read_bytes() == (tmp_path / "secret.png").read_bytes()
     assert check_image_name("a b/c.png") == "a b/c.png"
+    assert check_image_name("v1..2/c..d.png") == "v1..2/c..d.png"  # ".." inside a name is no parent step
 
 
 # ------------------------------------------------------------------ checkpoints

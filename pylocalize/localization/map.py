@@ -208,7 +208,9 @@ def check_image_name(name, error=ValueError) -> str:
         raise error(f"image name {name!r}: must be a non-empty string")
     if "\0" in name or "\n" in name or "\r" in name:
         raise error(f"image name {name!r}: contains a NUL or line break")
-    if os.path.isabs(name) or name.startswith(("/", "\\")) or ".." in PurePosixPath(name.replace("\\", "/")).parts:
+    # ".." anywhere is rare: only then split the path (maps hold tens of thousands of names)
+    if os.path.isabs(name) or name.startswith(("/", "\\")) or \
+            (".." in name and ".." in PurePosixPath(name.replace("\\", "/")).parts):
         raise error(f"image name {name!r}: must be a path relative to the image folder, without '..'")
     return name
 
@@ -713,7 +715,10 @@ class Map:
             if image_dir is not None and (not isinstance(image_dir, str) or "\0" in image_dir or "\n" in image_dir
                                           or not os.path.isabs(image_dir)):
                 raise FormatError(f"{folder}: image_dir {image_dir!r}: not an absolute folder path")
-            cameras = [Camera.from_string(c) for c in info["cameras"]]
+            # a city map holds thousands of images of a few cameras: parse each camera once
+            # (Camera is frozen, so the images can share it)
+            parsed = {text: Camera.from_string(text) for text in set(info["cameras"])}
+            cameras = [parsed[text] for text in info["cameras"]]
             if meta["map_version"] == 2:
                 index_file = INDEX_FILE
             else:
