@@ -218,6 +218,28 @@ def test_ivf_reaches_recall_of_exact(num_threads):
     np.testing.assert_allclose(sf, se, atol=1e-4)
 
 
+def test_ivf_lists_of_uint8_features_beyond_the_first_chunk():
+    """The inverted file assigns uint8 features to lists a chunk (65,536 rows) at a time. A
+    query made of copies of an image's features, probing one list per feature, finds each
+    copy (distance 0) only if the copy sits in the list nearest to it: the source image then
+    scores exactly as in exact search, for images in the first and the second chunk."""
+    rng = np.random.default_rng(12)
+    n_images, per_image = 150, 500  # 75,000 features: two chunks
+    x = rng.integers(0, 256, (n_images * per_image, 16)).astype(np.uint8)
+    ids = np.repeat(np.arange(n_images, dtype=np.int64), per_image)
+    exact, approx = pylocalize.CANNIndex(16, p0=120.0), pylocalize.CANNIndex(16, method="ivf", nprobe=1, p0=120.0)
+    for index in (exact, approx):
+        index.add(x, ids)
+    approx.train(nlist=64, seed=0)
+    sources = [3, 77, 140, 149]  # rows up to 75,000: the last two in the second chunk
+    queries = [x[i * per_image:(i + 1) * per_image] for i in sources]
+    se, ie = exact.search_batch(queries, 10)
+    sa, ia = approx.search_batch(queries, 10)
+    np.testing.assert_array_equal(ia[:, 0], sources)
+    np.testing.assert_array_equal(ie[:, 0], sources)
+    np.testing.assert_allclose(sa[:, 0], se[:, 0], rtol=1e-5)
+
+
 def test_ivf_persistence_and_updates(tmp_path):
     rng = np.random.default_rng(8)
     x, ids, vocab, pick = vocabulary_db(rng, n_images=50)

@@ -239,9 +239,8 @@ std::shared_ptr<const cann::IvfLayout> CannIndex::GetIvfLayout(int num_threads) 
   PYL_CHECK(!centroids_.empty(), "the ivf method needs train() first");
   std::lock_guard<std::mutex> guard(layout_mutex_);
   if (ivf_layout_ == nullptr) {
-    ivf_layout_ = std::make_shared<const cann::IvfLayout>(
-        cann::BuildIvfLayout(rows_.data(), FloatRows(), static_cast<knn::Element>(std::max(element_, 0)), dim_,
-                             image_ids_, centroids_, num_threads));
+    ivf_layout_ = std::make_shared<const cann::IvfLayout>(cann::BuildIvfLayout(
+        rows_.data(), static_cast<knn::Element>(std::max(element_, 0)), dim_, image_ids_, centroids_, num_threads));
   }
   return ivf_layout_;
 }

@@ -103,16 +103,38 @@ std::vector<double> ScoreCandidates(const std::vector<Candidate>& byq, const std
   return scores.Sum();
 }
 
+// The nearest list of each of the n rows. uint8 rows are converted to float a chunk at a
+// time: a float copy of every feature would cost 512 bytes per SIFT feature while the map
+// is built (gigabytes at city scale) for labels that do not depend on the chunking.
+std::vector<int64_t> AssignLists(const uint8_t* rows, knn::Element element, int64_t n, int64_t dim,
+                                 const std::vector<float>& centroids, int num_threads) {
+  constexpr int64_t kChunk = int64_t{1} << 16;
+  const int64_t nlist = static_cast<int64_t>(centroids.size()) / dim;
+  std::vector<int64_t> list(static_cast<size_t>(n));
+  std::vector<float> chunk;
+  for (int64_t r0 = 0; r0 < n; r0 += kChunk) {
+    const int64_t m = std::min(kChunk, n - r0);
+    const float* x = reinterpret_cast<const float*>(rows) + r0 * dim;
+    if (element == knn::Element::kUInt8) {
+      chunk.resize(static_cast<size_t>(m * dim));
+      const uint8_t* src = rows + r0 * dim;
+      for (int64_t i = 0; i < m * dim; ++i) chunk[static_cast<size_t>(i)] = static_cast<float>(src[i]);
+      x = chunk.data();
+    }
+    knn::AssignNearest(centroids.data(), nlist, x, m, dim, list.data() + r0, nullptr, num_threads);
+  }
+  return list;
+}
+
 }  // namespace
 
-IvfLayout BuildIvfLayout(const uint8_t* rows, const std::vector<float>& float_rows, knn::Element element, int64_t dim,
-                         const std::vector<int64_t>& image_ids, const std::vector<float>& centroids, int num_threads) {
+IvfLayout BuildIvfLayout(const uint8_t* rows, knn::Element element, int64_t dim, const std::vector<int64_t>& image_ids,
+                         const std::vector<float>& centroids, int num_threads) {
   IvfLayout L;
   const int64_t n = static_cast<int64_t>(image_ids.size());
   const int64_t nlist = static_cast<int64_t>(centroids.size()) / dim;
   L.centroids = centroids;
-  std::vector<int64_t> list(static_cast<size_t>(n));
-  knn::AssignNearest(centroids.data(), nlist, float_rows.data(), n, dim, list.data(), nullptr, num_threads);
+  const std::vector<int64_t> list = AssignLists(rows, element, n, dim, centroids, num_threads);
   L.images = DistinctImages(image_ids);
   std::vector<int64_t> order(static_cast<size_t>(n));
   std::iota(order.begin(), order.end(), 0);

@@ -67,9 +67,8 @@ ExactLayout BuildExactLayout(const uint8_t* rows, knn::Element element, int64_t 
 void SearchExact(const ExactLayout& layout, int64_t dim, const float* queries, int64_t nq, int64_t k,
                  const CannKernel& kernel, float* scores, int64_t* image_ids, int num_threads);
 
-// float_rows: the same rows as float32, to assign them to the lists of `centroids`.
-IvfLayout BuildIvfLayout(const uint8_t* rows, const std::vector<float>& float_rows, knn::Element element, int64_t dim,
-                         const std::vector<int64_t>& image_ids, const std::vector<float>& centroids, int num_threads);
+IvfLayout BuildIvfLayout(const uint8_t* rows, knn::Element element, int64_t dim, const std::vector<int64_t>& image_ids,
+                         const std::vector<float>& centroids, int num_threads);
 void SearchIvf(const IvfLayout& layout, int64_t dim, const float* queries, int64_t nq, int64_t k,
                const CannKernel& kernel, int64_t nprobe, float* scores, int64_t* image_ids, int num_threads);
 
