@@ -240,6 +240,22 @@ def test_ivf_lists_of_uint8_features_beyond_the_first_chunk():
     np.testing.assert_allclose(sa[:, 0], se[:, 0], rtol=1e-5)
 
 
+def test_ivf_trained_on_uint8_equals_training_on_the_same_values_as_float():
+    """k-means reads uint8 rows by converting only its training sample: the lists, hence the
+    results, are those of the same values given as float32."""
+    rng = np.random.default_rng(13)
+    x = rng.integers(0, 256, (6000, 24)).astype(np.uint8)
+    ids = np.repeat(np.arange(60, dtype=np.int64), 100)
+    results = []
+    for data in (x, x.astype(np.float32)):
+        index = pylocalize.CANNIndex(24, method="ivf", nprobe=2, p0=150.0)
+        index.add(data, ids)
+        index.train(nlist=32, seed=5, max_points_per_list=50)  # a subsample of 1,600 rows
+        results.append(index.search_batch([x[i * 100:i * 100 + 60] for i in (0, 31, 59)], 5))
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-6)
+
+
 def test_ivf_persistence_and_updates(tmp_path):
     rng = np.random.default_rng(8)
     x, ids, vocab, pick = vocabulary_db(rng, n_images=50)

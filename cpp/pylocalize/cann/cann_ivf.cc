@@ -197,8 +197,18 @@ void CannIndex::Train(int64_t nlist, int iterations, uint64_t seed, int64_t max_
   PYL_CHECK(nlist >= 1, "nlist must be >= 1, got ", nlist);
   PYL_CHECK(n >= nlist, "training ", nlist, " lists needs at least that many features; the index has ", n,
             ": add features first or lower nlist");
-  const std::vector<float> x = FloatRows();
-  knn::KMeansResult km = knn::KMeans(x.data(), n, dim_, nlist, iterations, seed, max_points_per_list, num_threads);
+  // k-means reads only its training subsample: convert those rows, not a float copy of all
+  const uint8_t* rows = rows_.data();
+  const int64_t dim = dim_;
+  const bool bytes = element_ == static_cast<int>(knn::Element::kUInt8);
+  const knn::RowReader row = [rows, dim, bytes](int64_t i, float* out) {
+    if (bytes) {
+      for (int64_t d = 0; d < dim; ++d) out[d] = static_cast<float>(rows[i * dim + d]);
+    } else {
+      std::memcpy(out, rows + i * dim * static_cast<int64_t>(sizeof(float)), static_cast<size_t>(dim) * sizeof(float));
+    }
+  };
+  knn::KMeansResult km = knn::KMeans(row, n, dim_, nlist, iterations, seed, max_points_per_list, num_threads);
   centroids_ = std::move(km.centroids);
   std::lock_guard<std::mutex> guard(layout_mutex_);
   ivf_layout_.reset();

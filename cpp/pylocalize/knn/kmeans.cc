@@ -79,8 +79,8 @@ namespace {
 // The training points: a subsample of at most ns rows drawn without replacement, gathered in
 // memory order into *xs. Returns the first k rows drawn (distinct random points of x), the
 // initial centroids when k-means++ would cost too much.
-std::vector<int64_t> Subsample(const float* x, int64_t n, int64_t dim, int64_t k, int64_t ns, std::mt19937_64& rng,
-                               std::vector<float>* xs) {
+std::vector<int64_t> Subsample(const RowReader& row, int64_t n, int64_t dim, int64_t k, int64_t ns,
+                               std::mt19937_64& rng, std::vector<float>* xs) {
   std::vector<int64_t> sample(static_cast<size_t>(n));
   std::iota(sample.begin(), sample.end(), 0);
   for (int64_t i = 0; i < ns; ++i) {
@@ -91,10 +91,7 @@ std::vector<int64_t> Subsample(const float* x, int64_t n, int64_t dim, int64_t k
   std::vector<int64_t> init(sample.begin(), sample.begin() + k);
   std::sort(sample.begin(), sample.end());  // gather in memory order
   xs->resize(static_cast<size_t>(ns * dim));
-  for (int64_t i = 0; i < ns; ++i) {
-    std::memcpy(xs->data() + i * dim, x + sample[static_cast<size_t>(i)] * dim,
-                static_cast<size_t>(dim) * sizeof(float));
-  }
+  for (int64_t i = 0; i < ns; ++i) row(sample[static_cast<size_t>(i)], xs->data() + i * dim);
   return init;
 }
 
@@ -195,13 +192,21 @@ void RepairEmptyClusters(int64_t dim, int64_t k, std::vector<int64_t>* count, st
 
 KMeansResult KMeans(const float* x, int64_t n, int64_t dim, int64_t k, int iterations, uint64_t seed,
                     int64_t max_points_per_centroid, int num_threads) {
+  const RowReader row = [x, dim](int64_t i, float* out) {
+    std::memcpy(out, x + i * dim, static_cast<size_t>(dim) * sizeof(float));
+  };
+  return KMeans(row, n, dim, k, iterations, seed, max_points_per_centroid, num_threads);
+}
+
+KMeansResult KMeans(const RowReader& row, int64_t n, int64_t dim, int64_t k, int iterations, uint64_t seed,
+                    int64_t max_points_per_centroid, int num_threads) {
   PYL_CHECK(k >= 1, "k must be >= 1, got ", k);
   PYL_CHECK(n >= k, "k-means needs at least k = ", k, " points, got ", n);
   PYL_CHECK(iterations >= 0, "iterations must be >= 0");
   std::mt19937_64 rng(seed);
   const int64_t ns = max_points_per_centroid > 0 ? std::min(n, k * max_points_per_centroid) : n;
   std::vector<float> xs;
-  const std::vector<int64_t> init = Subsample(x, n, dim, k, ns, rng, &xs);
+  const std::vector<int64_t> init = Subsample(row, n, dim, k, ns, rng, &xs);
   KMeansResult result;
   result.centroids.resize(static_cast<size_t>(k * dim));
   const int trials = 2 + static_cast<int>(std::log(static_cast<double>(k)));
@@ -209,10 +214,7 @@ KMeansResult KMeans(const float* x, int64_t n, int64_t dim, int64_t k, int itera
     SeedKMeansPlusPlus(xs, ns, dim, k, trials, rng, result.centroids.data());
   } else {
     // Large problems: k distinct random points (as FAISS), seeding would cost more than training.
-    for (int64_t c = 0; c < k; ++c) {
-      std::memcpy(result.centroids.data() + c * dim, x + init[static_cast<size_t>(c)] * dim,
-                  static_cast<size_t>(dim) * sizeof(float));
-    }
+    for (int64_t c = 0; c < k; ++c) row(init[static_cast<size_t>(c)], result.centroids.data() + c * dim);
   }
   std::vector<int64_t> labels(static_cast<size_t>(ns));
   std::vector<float> dist(static_cast<size_t>(ns));

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 namespace pylocalize {
@@ -27,6 +28,14 @@ struct KMeansResult {
 };
 
 KMeansResult KMeans(const float* x, int64_t n, int64_t dim, int64_t k, int iterations, uint64_t seed,
+                    int64_t max_points_per_centroid, int num_threads);
+
+// Writes row i (dim floats) to out: how KMeans reads rows stored in another element type,
+// so that only the training subsample is ever converted to float.
+using RowReader = std::function<void(int64_t i, float* out)>;
+
+// KMeans over n rows read through `row`; the same result as KMeans over those rows as floats.
+KMeansResult KMeans(const RowReader& row, int64_t n, int64_t dim, int64_t k, int iterations, uint64_t seed,
                     int64_t max_points_per_centroid, int num_threads);
 
 }  // namespace knn
