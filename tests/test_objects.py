@@ -249,7 +249,7 @@ def test_stages_callable_alone(box_and_representation):
 @pytest.mark.parametrize("version", [1, 2])
 def test_older_layouts_are_refused_with_the_fix(tmp_path, version):
     """A representation saved before float16 descriptors (layout 1: float descriptors,
-    per-patch template ids) or before 16-bit model points and covariance PCA (layout 2) is
+    per-patch template ids) or before 16-bit model points (layout 2) is
     refused with a FormatError that says to onboard again."""
     import pylocalize
     from pylocalize import _core
@@ -268,28 +268,6 @@ def test_older_layouts_are_refused_with_the_fix(tmp_path, version):
     with pytest.raises(pylocalize.FormatError,
                        match=f"version {version}; this pylocalize reads version 3.*onboard the object"):
         ObjectRepresentation.load(tmp_path / "old.pyloc")
-
-
-def test_pca_by_covariance_spans_the_svd_subspace():
-    """The covariance's eigenvectors give the SVD's projections (up to each axis' sign), in
-    variance order, whatever the chunking."""
-    from pylocalize.objects.representation import principal_components
-
-    rng = np.random.default_rng(11)
-    # correlated data with distinct variances, so that every axis is well defined
-    data = (rng.normal(size=(3000, 24)) * np.linspace(5.0, 0.5, 24)) @ np.linalg.qr(rng.normal(size=(24, 24)))[0]
-    data = (data + rng.normal(size=24) * 3).astype(np.float32)
-    mean, axes = principal_components(data, 10, chunk=700)
-    _, _, vt = np.linalg.svd(data.astype(np.float64) - data.mean(0, dtype=np.float64), full_matrices=False)
-    np.testing.assert_allclose(mean, data.mean(0, dtype=np.float64), atol=1e-5)
-    ours, reference = (data - mean) @ axes.T, (data - mean) @ vt[:10].T
-    signs = np.sign((ours * reference).sum(0))
-    np.testing.assert_allclose(ours, reference * signs, atol=1e-6 * np.abs(reference).max())
-    np.testing.assert_allclose(axes @ axes.T, np.eye(10), atol=1e-9)
-    assert np.all(np.diff(ours.var(0)) < 0)
-    # deterministic signs: the largest coordinate of each axis is positive
-    assert np.all(axes[np.arange(10), np.abs(axes).argmax(1)] > 0)
-    assert np.array_equal(principal_components(data, 10, chunk=3000)[1].round(9), axes.round(9))
 
 
 def test_model_points_kept_within_half_a_step():

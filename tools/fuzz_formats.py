@@ -332,7 +332,7 @@ FORMATS: Dict[str, Format] = {
     "cann": Format(_make_cann, _use_cann),
     "map": Format(_make_map, _use_map),
     "map-sfm": Format(_make_map_sfm, _use_map_sfm),
-    # layouts 1 (float32 descriptors) and 2 (float32 model points, SVD PCA) retired by issue
+    # layouts 1 (float32 descriptors) and 2 (float32 model points) retired by issue
     # 18's smaller, faster onboarding
     "objects": Format(_make_objects, _use_objects,
                       retired=("2026-11-30-before-issue16", "2026-11-30-issue16", "2026-11-30-issue17",

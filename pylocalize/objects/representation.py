@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 # Layout version of a saved representation; bumped when sections or meta change.
 # 2: descriptors as float16, patch positions as grid cells, patches counted per template,
 #    template bags of words as word counts, the mesh's units.
-# 3: PCA by the covariance's eigenvectors (axes signed), model points as int16 offsets.
+# 3: model points as int16 offsets in a frame.
 # Reduced descriptors are kept at float16 precision: 8-bit codes (a quarter of the size)
 # lost the real LINEMOD photo's pose, float16 keeps it (benchmarks/README.md).
 REPRESENTATION_VERSION = 3
@@ -217,25 +217,6 @@ class _Stopwatch:
         return elapsed
 
 
-def principal_components(data: np.ndarray, dim: int, chunk: int = 32_768) -> Tuple[np.ndarray, np.ndarray]:
-    """Mean (d,) and the ``dim`` leading principal axes (dim, d) of ``data`` (n, d), largest
-    variance first, each signed so that its largest-magnitude coordinate is positive.
-
-    The axes are the eigenvectors of the d x d covariance, accumulated in float64 over
-    chunks of rows: the same subspace as an SVD of the centred data, for a d x d
-    eigenproblem instead of an n x d factorisation (n is ~200k patches, d = 128)."""
-    data = np.asarray(data)
-    mean = data.mean(0, dtype=np.float64)
-    scatter = np.zeros((data.shape[1], data.shape[1]))
-    for start in range(0, len(data), chunk):
-        centred = data[start:start + chunk].astype(np.float64) - mean
-        scatter += centred.T @ centred
-    _, vectors = np.linalg.eigh(scatter)  # ascending eigenvalues
-    axes = vectors[:, ::-1][:, :dim].T
-    signs = np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(1)])
-    return mean, axes * signs[:, None]
-
-
 class BagOfWords:
     """PCA, a k-means vocabulary and tf-idf bags of words with soft assignment to the
     ``num_assign`` nearest words."""
@@ -266,8 +247,10 @@ class BagOfWords:
         rng = np.random.default_rng(seed)
         train = descriptors if len(descriptors) <= max_train else descriptors[rng.choice(len(descriptors), max_train,
                                                                                           replace=False)]
-        mean, components = principal_components(train, min(pca_dim, descriptors.shape[1]))
-        bow = cls(mean, components, np.zeros((1, len(components))), np.ones(1), num_assign)
+        mean = train.mean(0)
+        dim = min(pca_dim, descriptors.shape[1])
+        _, _, vt = np.linalg.svd(train - mean, full_matrices=False)
+        bow = cls(mean, vt[:dim], np.zeros((1, dim)), np.ones(1), num_assign)
         reduced = bow.reduce(descriptors)
         seconds["PCA"] = clock.lap()
         bow.words, _ = kmeans(reduced, min(num_words, len(reduced)), iterations=iterations, seed=seed,
