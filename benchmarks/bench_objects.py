@@ -85,7 +85,8 @@ def onboard_and_save(mesh, args, path: Path):
     """The object's representation, saved to ``path``, and what onboarding took: wall and CPU
     seconds, seconds per stage, and the file's size."""
     t0, cpu0 = time.perf_counter(), time.process_time()
-    rep = onboard(mesh, num_views=args.views, num_inplane=args.inplane, progress=True, supersample=args.supersample)
+    rep = onboard(mesh, num_views=args.views, num_inplane=args.inplane, progress=True, supersample=args.supersample,
+                  pca_dim=args.pca_dim)
     measured = {"onboarding_s": time.perf_counter() - t0, "onboarding_cpu_s": time.process_time() - cpu0,
                 "onboarding_stages_s": rep.onboarding_seconds}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -103,6 +104,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="bench_objects", help="folder for the BOP test set, results and figure")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--supersample", type=int, default=3, help="anti-aliasing of the templates' renders")
+    parser.add_argument("--pca-dim", type=int, default=96, help="descriptor dimensions kept by PCA (onboard's default)")
     args = parser.parse_args(argv)
     data, out = Path(args.data), Path(args.out)
     bg_paths, Image = backgrounds(data)

@@ -246,9 +246,11 @@ def test_stages_callable_alone(box_and_representation):
         np.testing.assert_allclose(best.R, result.R_coarse, atol=1e-6)
 
 
-def test_version_1_files_are_refused_with_the_fix(tmp_path):
-    """A representation saved before 8-bit codes (layout 1: float descriptors, per-patch
-    template ids) is refused with a FormatError that says to onboard again."""
+@pytest.mark.parametrize("version", [1, 2])
+def test_older_layouts_are_refused_with_the_fix(tmp_path, version):
+    """A representation saved before float16 descriptors (layout 1: float descriptors,
+    per-patch template ids) or before 16-bit model points (layout 2) is
+    refused with a FormatError that says to onboard again."""
     import pylocalize
     from pylocalize import _core
 
@@ -260,10 +262,32 @@ def test_version_1_files_are_refused_with_the_fix(tmp_path):
                 "patch_desc": np.zeros((n, 8), np.float32), "pca_mean": np.zeros(8, np.float32),
                 "pca_components": np.eye(8, dtype=np.float32), "words": np.zeros((2, 8), np.float32),
                 "idf": np.ones(2, np.float32), "template_bow": np.zeros((1, 2), np.float32)}
-    _core.write_container(str(tmp_path / "v1.pyloc"), "ObjectRepresentation",
-                          {"representation_version": 1, "size": 112, "patch_size": 14, "num_assign": 3}, sections)
-    with pytest.raises(pylocalize.FormatError, match="version 1; this pylocalize reads version 2.*onboard the object"):
-        ObjectRepresentation.load(tmp_path / "v1.pyloc")
+    _core.write_container(str(tmp_path / "old.pyloc"), "ObjectRepresentation",
+                          {"representation_version": version, "size": 112, "patch_size": 14, "num_assign": 3},
+                          sections)
+    with pytest.raises(pylocalize.FormatError,
+                       match=f"version {version}; this pylocalize reads version 3.*onboard the object"):
+        ObjectRepresentation.load(tmp_path / "old.pyloc")
+
+
+def test_model_points_kept_within_half_a_step():
+    """Model points saved as int16 offsets come back within half a step of 1/32767 of the
+    largest half-side (0.002 mm on a 200 mm object); bad frames are refused."""
+    from pylocalize.objects.representation import dequantize_points, quantize_points
+
+    rng = np.random.default_rng(12)
+    points = rng.uniform(-100.0, 100.0, size=(5000, 3)) + [300.0, -20.0, 5.0]
+    offsets, frame = quantize_points(points)
+    assert offsets.dtype == np.int16 and frame.shape == (4,)
+    back = dequantize_points(offsets, frame).astype(np.float64)
+    assert np.abs(back - points).max() <= frame[3] / 2 + np.abs(points).max() * 2.0 ** -23
+    assert np.abs(back - points).max() < 0.01
+    assert np.array_equal(quantize_points(np.zeros((0, 3)))[0].shape, (0, 3))
+    for bad in (np.array([0.0, 0, 0, 0]), np.array([0.0, 0, 0]), np.array([np.nan, 0, 0, 1])):
+        with pytest.raises(ValueError, match="int16 offsets and a frame"):
+            dequantize_points(offsets, bad)
+    with pytest.raises(ValueError, match="finite"):
+        quantize_points(np.full((2, 3), np.inf))
 
 
 def test_mesh_units_guessed_given_and_kept(tmp_path, caplog):

@@ -38,9 +38,10 @@ logger = logging.getLogger(__name__)
 # Layout version of a saved representation; bumped when sections or meta change.
 # 2: descriptors as float16, patch positions as grid cells, patches counted per template,
 #    template bags of words as word counts, the mesh's units.
+# 3: model points as int16 offsets in a frame.
 # Reduced descriptors are kept at float16 precision: 8-bit codes (a quarter of the size)
 # lost the real LINEMOD photo's pose, float16 keeps it (benchmarks/README.md).
-REPRESENTATION_VERSION = 2
+REPRESENTATION_VERSION = 3
 FORMAT_TAG = "ObjectRepresentation"
 SELECTION_RULES = ("featuremetric", "inliers")
 # Object PnP: patch centres carry several pixels of noise, which EPnP + least squares keep
@@ -287,9 +288,11 @@ class ObjectRepresentation:
 
     def __init__(self, template_poses, template_K, patch_template, patch_xy, patch_xyz, patch_desc,
                  bow: BagOfWords, template_counts, size: int, padding: float, patch_size: int,
-                 extractor_name: str, diameter: float, mesh_units: str = "mm"):
-        """``patch_desc``: reduced descriptors (n, pca_dim), kept at float16 precision (as
-        saved); ``template_counts``: word counts (templates, words) of each template's
+                 extractor_name: str, diameter: float, mesh_units: str = "mm", xyz_frame=None):
+        """``patch_xyz``: model points (n, 3), kept at the 16-bit precision saved
+        (:func:`quantize_points`), or the saved int16 offsets when their ``xyz_frame`` is
+        given; ``patch_desc``: reduced descriptors (n, pca_dim), kept at float16 precision
+        (as saved); ``template_counts``: word counts (templates, words) of each template's
         patches, whose tf-idf vectors retrieval compares."""
         from pylocalize.objects.bop import millimetres_per_unit
 
@@ -297,8 +300,13 @@ class ObjectRepresentation:
         self.template_K = np.asarray(template_K, np.float64)
         self.patch_template = np.asarray(patch_template, np.int64)
         self.patch_xy = np.asarray(patch_xy, np.float32)
-        self.patch_xyz = np.asarray(patch_xyz, np.float32)
+        # the saved offsets are kept, so that saving again writes the same points
+        self._xyz_offsets, self._xyz_frame = (quantize_points(patch_xyz) if xyz_frame is None else
+                                              (np.asarray(patch_xyz), np.asarray(xyz_frame, np.float64)))
+        self.patch_xyz = dequantize_points(self._xyz_offsets, self._xyz_frame)
         self.patch_desc = np.asarray(patch_desc, np.float16).astype(np.float32)
+        if not len(self.patch_template) == len(self.patch_xy) == len(self.patch_xyz) == len(self.patch_desc):
+            raise ValueError("patch templates, positions, model points and descriptors must count the same patches")
         self.bow, self.template_counts = bow, np.asarray(template_counts, np.float32)
         self.template_bow = bow.tfidf(self.template_counts)
         self.size, self.padding, self.patch_size = int(size), float(padding), int(patch_size)
@@ -534,8 +542,9 @@ class ObjectRepresentation:
         """Writes the representation as one versioned pylocalize container, atomically.
 
         What the pose stages read, compactly: descriptors as float16, patch positions as
-        grid cells, patches counted per template, template bags of words as word counts
-        (tf-idf is recomputed on load, exactly)."""
+        grid cells, model points as 16-bit offsets (:func:`quantize_points`: within
+        1/65534 of the object's extent), patches counted per template, template bags of
+        words as word counts (tf-idf is recomputed on load, exactly)."""
         import json
         import os
 
@@ -545,7 +554,9 @@ class ObjectRepresentation:
             "info": np.frombuffer(json.dumps(info).encode("utf-8"), np.uint8).copy(),
             "template_poses": self.template_poses, "template_K": self.template_K,
             "template_num_patches": np.diff(self._starts).astype(np.int32),
-            "patch_grid": _grid_cells(self.patch_xy, self.size, self.patch_size), "patch_xyz": self.patch_xyz,
+            "patch_grid": _grid_cells(self.patch_xy, self.size, self.patch_size),
+            "patch_xyz_int16": np.ascontiguousarray(self._xyz_offsets).view(np.uint8),
+            "patch_xyz_frame": self._xyz_frame,
             "patch_desc_float16": np.ascontiguousarray(self.patch_desc.astype(np.float16)).view(np.uint8),
             "pca_mean": self.bow.mean, "pca_components": self.bow.components,
             "words": self.bow.words, "idf": self.bow.idf,
@@ -569,13 +580,17 @@ class ObjectRepresentation:
         try:
             info = json.loads(bytes(sec["info"]).decode("utf-8"))
             bow = BagOfWords(sec["pca_mean"], sec["pca_components"], sec["words"], sec["idf"], meta["num_assign"])
-            patch_template = np.repeat(np.arange(len(sec["template_poses"])), sec["template_num_patches"])
-            half = sec["patch_desc_float16"]
+            counts, half = np.asarray(sec["template_num_patches"], np.int64), sec["patch_desc_float16"]
+            if counts.min(initial=0) < 0 or counts.sum() != len(half):  # before allocating by the counts
+                raise ValueError(f"patch counts per template sum to {counts.sum()}, not the {len(half)} patches")
+            patch_template = np.repeat(np.arange(len(sec["template_poses"])), counts)
+            offsets = np.ascontiguousarray(sec["patch_xyz_int16"]).view(np.int16)
             patch_desc = np.ascontiguousarray(half).view(np.float16).reshape(len(half), -1)
             return cls(sec["template_poses"], sec["template_K"], patch_template,
-                       _cell_centres(sec["patch_grid"], meta["patch_size"]), sec["patch_xyz"], patch_desc,
-                       bow, sec["template_word_counts"], meta["size"], info["padding"], meta["patch_size"],
-                       info["extractor"], info["diameter"], info["mesh_units"])
+                       _cell_centres(sec["patch_grid"], meta["patch_size"]),
+                       offsets, patch_desc, bow, sec["template_word_counts"], meta["size"],
+                       info["padding"], meta["patch_size"], info["extractor"], info["diameter"], info["mesh_units"],
+                       xyz_frame=sec["patch_xyz_frame"])
         except LAYOUT_ERRORS as error:
             raise FormatError(f"{path}: not a valid {FORMAT_TAG} ({error})") from error
 
@@ -594,6 +609,30 @@ def _grid_cells(xy: np.ndarray, size: int, patch_size: int) -> np.ndarray:
 def _cell_centres(cells: np.ndarray, patch_size: int) -> np.ndarray:
     """Pixel centres (n, 2) of grid cells (column, row) (n, 2), as :func:`patch_centres`."""
     return np.asarray(cells, np.float64).reshape(-1, 2) * patch_size + (patch_size - 1) / 2.0
+
+
+def quantize_points(points: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Points (n, 3) as int16 offsets (n, 3) and their frame ``(x0, y0, z0, step)``
+    (float64): the point is ``origin + step * offset``, the origin the centre of the points'
+    box and the step its largest half-side over 32767, so the rounding error is at most
+    half a step (0.002 mm on a 200 mm object)."""
+    points = np.asarray(points, np.float64).reshape(-1, 3)
+    if not np.isfinite(points).all():
+        raise ValueError("model points must be finite")
+    if len(points) == 0:
+        return np.zeros((0, 3), np.int16), np.array([0.0, 0.0, 0.0, 1.0])
+    origin = (points.min(0) + points.max(0)) / 2.0
+    step = max(float(np.abs(points - origin).max()), 1e-12) / 32767.0
+    return np.rint((points - origin) / step).astype(np.int16), np.append(origin, step)
+
+
+def dequantize_points(offsets: np.ndarray, frame: np.ndarray) -> np.ndarray:
+    """The float32 points (n, 3) of :func:`quantize_points`' offsets and frame."""
+    frame = np.asarray(frame, np.float64).reshape(-1)
+    offsets = np.asarray(offsets)
+    if frame.shape != (4,) or offsets.dtype != np.int16 or not (np.isfinite(frame).all() and frame[3] > 0):
+        raise ValueError("model points: expected int16 offsets and a frame (x0, y0, z0, step > 0)")
+    return (frame[:3] + frame[3] * offsets.reshape(-1, 3).astype(np.float64)).astype(np.float32)
 
 
 def _compact_counts(counts: np.ndarray) -> np.ndarray:
