@@ -95,7 +95,7 @@ def onboard_and_save(mesh, args, path: Path):
     return rep, measured
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     parser.add_argument("--instances", type=int, default=25, help="test images per object")
@@ -105,7 +105,11 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--supersample", type=int, default=3, help="anti-aliasing of the templates' renders")
     parser.add_argument("--pca-dim", type=int, default=96, help="descriptor dimensions kept by PCA (onboard's default)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     data, out = Path(args.data), Path(args.out)
     bg_paths, Image = backgrounds(data)
     objects = {1: data / "objects" / "hope" / "hope_000002.ply", 5: data / "objects" / "linemod_can" / "obj_000005.ply"}
