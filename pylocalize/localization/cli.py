@@ -32,6 +32,13 @@ def _existing(path, option: str, what: str, folder: bool = True) -> Path:
     return path
 
 
+def _load_map(path):
+    """The map at ``path`` (``--map``), or one line saying it is not there and what to give."""
+    from pylocalize.localization import Map
+
+    return Map.load(_existing(path, "--map", "map folder from 'pylocalize map build ... --out DIR'"))
+
+
 def _check_build_inputs(args) -> None:
     """The inputs of ``map build`` are there and its camera parses, before minutes of work."""
     for option, what in (("strecha", "Strecha scene folder (images/ + gt_dense_cameras/)"),
@@ -51,7 +58,6 @@ def _check_build_inputs(args) -> None:
         except ValueError as error:
             raise ValueError(f"--camera: {error}") from None
 
-logger = logging.getLogger(__name__)
 
 
 def _map_build(args) -> int:
@@ -85,9 +91,8 @@ def _map_build(args) -> int:
 
 
 def _map_export(args) -> int:
-    from pylocalize.localization import Map
 
-    m = Map.load(_existing(args.map, "--map", "map folder from 'pylocalize map build ... --out DIR'"))
+    m = _load_map(args.map)
     out = m.to_colmap(args.colmap, binary=not args.text)
     print(f"{m} -> COLMAP model ({'text' if args.text else 'binary'}) in {out}")
     return 0
@@ -98,9 +103,8 @@ def _map_geo(args) -> int:
 
     from pylocalize.containers import write_bytes_atomic
     from pylocalize.geometry import read_pose_file
-    from pylocalize.localization import Map
 
-    m = Map.load(_existing(args.map, "--map", "map folder from 'pylocalize map build ... --out DIR'"))
+    m = _load_map(args.map)
     if m.geo_origin is None:
         raise ValueError(f"{args.map}: the map is not geo-registered; `pylocalize map build --images DIR` "
                          "registers maps whose photos' EXIF GPS spreads beyond --gps-noise in two directions (its log "
@@ -191,10 +195,9 @@ def _localize(args) -> int:
     from pylocalize._log import quiet_colmap
     from pylocalize.geometry import write_pose_file
     from pylocalize.io import read_image
-    from pylocalize.localization import Map
     from pylocalize.localization.viz import save_localization_figure
 
-    m = Map.load(_existing(args.map, "--map", "map folder from 'pylocalize map build ... --out DIR'"))
+    m = _load_map(args.map)
     if args.cameras:
         _existing(args.cameras, "--cameras", "cameras file, lines 'name MODEL W H PARAMS...'", folder=False)
     keys, paths, cameras, failed = _query_cameras(args, m)
@@ -267,9 +270,8 @@ def _pairs(args) -> int:
     from pylocalize.features import extract_sift
     from pylocalize.index.pairs import write_pairs_hloc, write_pairs_kapture
     from pylocalize.io import image_keys
-    from pylocalize.localization import Map
 
-    m = Map.load(_existing(args.map, "--map", "map folder from 'pylocalize map build ... --out DIR'"))
+    m = _load_map(args.map)
     pairs, failed = {}, {}
     for key, path in image_keys(args.images):  # keys as in localize: name, or folder/name
         try:
