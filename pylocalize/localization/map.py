@@ -848,14 +848,12 @@ class Map:
         n = len(self.names)
         if n == 0:
             return ([], []) if return_scores else []
-        kk = n if k is None else min(int(k), n)
-        scores, ids = self.index.search(descriptors, kk) if return_scores or k is not None else (None, None)
-        if k is None:
-            images = list(range(n))
-            if return_scores:  # back to image order, each image's own score
-                by_image = dict(zip(ids.tolist(), scores.tolist()))
-                return images, [float(by_image.get(i, 0.0)) for i in images]
-            return images
+        if k is None and not return_scores:
+            return list(range(n))
+        scores, ids = self.index.search(descriptors, n if k is None else min(int(k), n))
+        if k is None:  # back to image order, each image's own score
+            by_image = dict(zip(ids.tolist(), scores.tolist()))
+            return list(range(n)), [float(by_image.get(i, 0.0)) for i in range(n)]
         keep = ids >= 0
         images = [int(i) for i in ids[keep]]
         return (images, [float(s) for s in scores[keep]]) if return_scores else images
