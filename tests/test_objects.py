@@ -100,9 +100,9 @@ def test_bbox_input_save_load_and_errors(tmp_path, box_and_representation):
     loaded = ObjectRepresentation.load(tmp_path / "box.pyloc")
     assert len(loaded.template_poses) == 588 and loaded.extractor_name == "dense-sift"
     assert loaded.mesh_units == rep.mesh_units == "mm"
-    # the file holds exactly what the pose stages read: float16 descriptors, grid cells and
-    # word counts give back the onboarded arrays bit for bit
-    np.testing.assert_array_equal(rep.patch_desc.astype(np.float16).astype(np.float32), rep.patch_desc)
+    # the file holds exactly what the pose stages read: 8-bit descriptor codes, grid cells
+    # and word counts give back the onboarded arrays bit for bit
+    assert (tmp_path / "box.pyloc").stat().st_size < 1.2 * rep.patch_desc.size
     for name in ("template_poses", "template_K", "patch_template", "patch_xy", "patch_xyz", "patch_desc",
                  "template_counts", "template_bow"):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(rep, name), err_msg=name)
@@ -246,11 +246,11 @@ def test_stages_callable_alone(box_and_representation):
         np.testing.assert_allclose(best.R, result.R_coarse, atol=1e-6)
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_older_layouts_are_refused_with_the_fix(tmp_path, version):
     """A representation saved before float16 descriptors (layout 1: float descriptors,
-    per-patch template ids) or before 16-bit model points (layout 2) is
-    refused with a FormatError that says to onboard again."""
+    per-patch template ids), before 16-bit model points (layout 2) or before 8-bit
+    descriptor codes (layout 3) is refused with a FormatError that says to onboard again."""
     import pylocalize
     from pylocalize import _core
 
@@ -266,8 +266,33 @@ def test_older_layouts_are_refused_with_the_fix(tmp_path, version):
                           {"representation_version": version, "size": 112, "patch_size": 14, "num_assign": 3},
                           sections)
     with pytest.raises(pylocalize.FormatError,
-                       match=f"version {version}; this pylocalize reads version 3.*onboard the object"):
+                       match=f"version {version}; this pylocalize reads version 4.*onboard the object"):
         ObjectRepresentation.load(tmp_path / "old.pyloc")
+
+
+def test_descriptor_codes_within_half_a_step():
+    """Descriptors saved as 8-bit codes come back within half a step (1/255 of each
+    dimension's own range) of a float64 reference, dimensions of very different ranges
+    alike; a constant dimension comes back exactly; bad input and frames are refused."""
+    from pylocalize.objects.representation import dequantize_descriptors, quantize_descriptors
+
+    rng = np.random.default_rng(11)
+    desc = rng.normal(size=(500, 6)) * np.array([100.0, 10.0, 1.0, 0.1, 0.01, 0.0]) + 3.0
+    codes, frame = quantize_descriptors(desc)
+    assert codes.dtype == np.uint8 and frame.shape == (2, 6)
+    back = dequantize_descriptors(codes, frame).astype(np.float64)
+    half_step = (desc.max(0) - desc.min(0)) / 255.0 / 2.0
+    assert (np.abs(back - desc) <= half_step * (1 + 1e-4) + 1e-5).all()
+    np.testing.assert_allclose(back[:, 5], 3.0, atol=1e-6)
+    assert np.abs(back[:, 4] - desc[:, 4]).max() < 0.02 * desc[:, 4].std()  # its own range, not the first one's
+    assert quantize_descriptors(np.zeros((0, 4)))[0].shape == (0, 4)
+    with pytest.raises(ValueError, match="finite"):
+        quantize_descriptors(np.full((2, 3), np.nan))
+    for bad in (np.zeros((2, 6), np.float32), np.ones((2, 5), np.float32)):
+        with pytest.raises(ValueError, match="lows and steps"):
+            dequantize_descriptors(codes, bad)
+    with pytest.raises(ValueError, match="uint8 codes"):
+        dequantize_descriptors(codes.astype(np.int16), frame)
 
 
 def test_model_points_kept_within_half_a_step():

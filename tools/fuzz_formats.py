@@ -332,11 +332,11 @@ FORMATS: Dict[str, Format] = {
     "cann": Format(_make_cann, _use_cann),
     "map": Format(_make_map, _use_map),
     "map-sfm": Format(_make_map_sfm, _use_map_sfm),
-    # layouts 1 (float32 descriptors) and 2 (float32 model points) retired by issue
-    # 18's smaller, faster onboarding
+    # layouts 1 (float32 descriptors), 2 (float32 model points) and 3 (float16
+    # descriptors) retired by issue 18's smaller, faster onboarding
     "objects": Format(_make_objects, _use_objects,
                       retired=("2026-11-30-before-issue16", "2026-11-30-issue16", "2026-11-30-issue17",
-                               "2026-11-30-issue18"),
+                               "2026-11-30-issue18", "2026-11-30-issue18-objects3"),
                       rebuild="onboard the object again"),
     "cells": Format(_make_cells, _use_cells),
     "gallery": Format(_make_gallery, _use_gallery),

@@ -22,7 +22,12 @@ import numpy as np
 
 from pylocalize.features.patches import DenseSIFTExtractor, patch_centres
 from pylocalize.objects import bop
-from pylocalize.objects.representation import BagOfWords, ObjectRepresentation
+from pylocalize.objects.representation import (
+    BagOfWords,
+    ObjectRepresentation,
+    dequantize_descriptors,
+    quantize_descriptors,
+)
 from pylocalize.objects.templates import template_intrinsics
 
 logger = logging.getLogger(__name__)
@@ -54,7 +59,7 @@ def onboard(mesh, extractor=None, num_views: int = 57, num_inplane: int = 14, si
         intrinsics frame the object whatever the distance; it sets the perspective).
     pca_dim, num_words, num_assign : int
         Descriptor dimension after PCA, vocabulary size, words per patch. Reduced
-        descriptors are kept at float16 precision, as saved.
+        descriptors are kept at the 8-bit precision saved.
     erode_px : int
         Mask erosion before patches are kept, so that patches on the silhouette (half
         background) are not used.
@@ -97,13 +102,13 @@ def onboard(mesh, extractor=None, num_views: int = 57, num_inplane: int = 14, si
 
 
 def _vocabulary_and_bags(descriptors, groups, num_templates, pca_dim, num_words, num_assign, seed, seconds):
-    """PCA and vocabulary, the reduced descriptors at float16 precision (as saved), and
+    """PCA and vocabulary, the reduced descriptors at the 8-bit precision saved, and
     each template's word counts of them, as the pose stages will read them."""
     bow = BagOfWords.fit_vocabulary(descriptors, pca_dim, num_words, num_assign, seed,
                                     iterations=VOCABULARY_ITERATIONS, points_per_word=VOCABULARY_POINTS_PER_WORD,
                                     seconds=seconds)
     clock = time.perf_counter()
-    reduced = bow.reduce(descriptors).astype(np.float16).astype(np.float32)
+    reduced = dequantize_descriptors(*quantize_descriptors(bow.reduce(descriptors)))
     counts = bow.histograms(reduced, groups, num_templates)
     bow.idf = bow.inverse_document_frequency(counts)
     seconds["bags of words"] = time.perf_counter() - clock
