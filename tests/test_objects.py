@@ -270,6 +270,21 @@ def test_older_layouts_are_refused_with_the_fix(tmp_path, version):
         ObjectRepresentation.load(tmp_path / "old.pyloc")
 
 
+def test_principal_axes_span_the_svd_subspace():
+    """The covariance PCA gives the SVD's leading axes (up to sign) on data with distinct
+    variances, each axis with its largest entry positive, unit length, in float32."""
+    from pylocalize.objects.representation import principal_axes
+
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(3000, 16)) * np.linspace(5.0, 0.5, 16) @ np.linalg.qr(rng.normal(size=(16, 16)))[0] + 7.0
+    mean = x.mean(0)
+    axes = principal_axes(x, mean, 6)
+    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+    assert axes.shape == (6, 16) and axes.dtype == np.float32
+    np.testing.assert_allclose(np.abs((axes * vt[:6]).sum(1)), 1.0, atol=1e-5)
+    assert (axes[np.arange(6), np.abs(axes).argmax(1)] > 0).all()
+
+
 def test_descriptor_codes_within_half_a_step():
     """Descriptors saved as 8-bit codes come back within half a step (1/255 of each
     dimension's own range) of a float64 reference, dimensions of very different ranges

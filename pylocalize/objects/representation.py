@@ -252,8 +252,7 @@ class BagOfWords:
                                                                                           replace=False)]
         mean = train.mean(0)
         dim = min(pca_dim, descriptors.shape[1])
-        _, _, vt = np.linalg.svd(train - mean, full_matrices=False)
-        bow = cls(mean, vt[:dim], np.zeros((1, dim)), np.ones(1), num_assign)
+        bow = cls(mean, principal_axes(train, mean, dim), np.zeros((1, dim)), np.ones(1), num_assign)
         reduced = bow.reduce(descriptors)
         seconds["PCA"] = clock.lap()
         bow.words, _ = kmeans(reduced, min(num_words, len(reduced)), iterations=iterations, seed=seed,
@@ -283,6 +282,18 @@ class BagOfWords:
     def tfidf(self, counts: np.ndarray) -> np.ndarray:
         v = counts / np.maximum(counts.sum(-1, keepdims=True), 1e-12) * self.idf
         return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+
+
+def principal_axes(x: np.ndarray, mean: np.ndarray, dim: int) -> np.ndarray:
+    """The ``dim`` leading principal axes (dim, d) of rows ``x`` (n, d) about ``mean``, from
+    the d x d covariance (accumulated in float32 by BLAS, decomposed in float64): the SVD's
+    subspace at a fraction of its time on 200,000 x 128 descriptors. Each axis's sign is
+    fixed (its largest entry positive), so the axes do not depend on the LAPACK build."""
+    centred = np.asarray(x, np.float32) - np.asarray(mean, np.float32)
+    values, vectors = np.linalg.eigh((centred.T @ centred).astype(np.float64))
+    axes = vectors[:, np.argsort(values)[::-1][:dim]].T
+    signs = np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(1)])
+    return (axes * np.where(signs == 0, 1.0, signs)[:, None]).astype(np.float32)
 
 
 class ObjectRepresentation:
