@@ -96,56 +96,69 @@ struct Region {
 // walked in opposite directions, and only one direction passes this test.
 inline bool OwnsEdge(double dx, double dy) { return dy > 0.0 || (dy == 0.0 && dx < 0.0); }
 
-// Scan-converts one projected triangle. clip_bary: barycentrics of the three vertices on
-// the original face (nullptr: the vertices are the face's own, in order).
-void RasterizeTriangle(Projected v0, Projected v1, Projected v2, const float (*clip_bary)[3], int32_t face,
-                       const Camera& cam, const Region& region, bool cull_back, GBuffer* g) {
-  Projected v[3] = {v0, v1, v2};
+// A projected triangle ready to scan, positively oriented. Edge i is opposite vertex i:
+// e_i(x, y) = a_i x + b_i y + c_i, >= 0 inside, normalised to the screen barycentric of i.
+struct EdgeSetup {
+  Projected v[3];
+  double a[3], b[3], c[3];
+  bool owns[3];
+  float fb[3][3];              // face barycentrics of each vertex (identity when unclipped)
+  int x_lo, x_hi, y_lo, y_hi;  // sample box, within the region
+};
+
+// Sets up one projected triangle; false when it covers no sample (degenerate, culled or
+// outside the region). clip_bary: barycentrics of the three vertices on the original face
+// (nullptr: the vertices are the face's own, in order).
+bool SetupTriangle(Projected v0, Projected v1, Projected v2, const float (*clip_bary)[3], const Region& region,
+                   bool cull_back, EdgeSetup* t) {
+  Projected* v = t->v;
+  v[0] = v0, v[1] = v1, v[2] = v2;
   int order[3] = {0, 1, 2};
   double area = (v[1].x - v[0].x) * (v[2].y - v[0].y) - (v[2].x - v[0].x) * (v[1].y - v[0].y);
-  if (area == 0.0 || !std::isfinite(area)) return;
+  if (area == 0.0 || !std::isfinite(area)) return false;
   // Front faces (outward normal towards the camera) have negative area in y-down images.
-  if (cull_back && area > 0.0) return;
+  if (cull_back && area > 0.0) return false;
   if (area < 0.0) {
     std::swap(v[1], v[2]);
     std::swap(order[1], order[2]);
     area = -area;
   }
-  const int x_lo = std::max(region.x0, static_cast<int>(std::ceil(std::min({v[0].x, v[1].x, v[2].x}))));
-  const int x_hi = std::min(region.x1, static_cast<int>(std::floor(std::max({v[0].x, v[1].x, v[2].x}))));
-  const int y_lo = std::max(region.y0, static_cast<int>(std::ceil(std::min({v[0].y, v[1].y, v[2].y}))));
-  const int y_hi = std::min(region.y1, static_cast<int>(std::floor(std::max({v[0].y, v[1].y, v[2].y}))));
-  if (x_lo > x_hi || y_lo > y_hi) return;
-  // Edge i is opposite vertex i: e_i(x, y) = a_i x + b_i y + c_i, >= 0 inside.
-  double a[3], b[3], c[3];
-  bool owns[3];
+  t->x_lo = std::max(region.x0, static_cast<int>(std::ceil(std::min({v[0].x, v[1].x, v[2].x}))));
+  t->x_hi = std::min(region.x1, static_cast<int>(std::floor(std::max({v[0].x, v[1].x, v[2].x}))));
+  t->y_lo = std::max(region.y0, static_cast<int>(std::ceil(std::min({v[0].y, v[1].y, v[2].y}))));
+  t->y_hi = std::min(region.y1, static_cast<int>(std::floor(std::max({v[0].y, v[1].y, v[2].y}))));
+  if (t->x_lo > t->x_hi || t->y_lo > t->y_hi) return false;
   const double inv_area = 1.0 / area;
   for (int i = 0; i < 3; ++i) {
     const int j = (i + 1) % 3, k = (i + 2) % 3;
     const double dx = v[k].x - v[j].x, dy = v[k].y - v[j].y;
-    owns[i] = OwnsEdge(dx, dy);
-    // Normalised so that e_i is the screen barycentric of vertex i.
-    a[i] = -dy * inv_area;
-    b[i] = dx * inv_area;
-    c[i] = (dy * v[j].x - dx * v[j].y) * inv_area;
-  }
-  // Face barycentrics per clipped vertex (identity for an unclipped face).
-  float fb[3][3];
-  for (int i = 0; i < 3; ++i) {
-    for (int k = 0; k < 3; ++k) {
-      fb[i][k] = clip_bary != nullptr ? clip_bary[order[i]][k] : (order[i] == k ? 1.0f : 0.0f);
+    t->owns[i] = OwnsEdge(dx, dy);
+    t->a[i] = -dy * inv_area;
+    t->b[i] = dx * inv_area;
+    t->c[i] = (dy * v[j].x - dx * v[j].y) * inv_area;
+    for (int q = 0; q < 3; ++q) {
+      t->fb[i][q] = clip_bary != nullptr ? clip_bary[order[i]][q] : (order[i] == q ? 1.0f : 0.0f);
     }
   }
+  return true;
+}
+
+// Scan-converts one projected triangle (see SetupTriangle) into the z-buffer.
+void RasterizeTriangle(Projected v0, Projected v1, Projected v2, const float (*clip_bary)[3], int32_t face,
+                       const Camera& cam, const Region& region, bool cull_back, GBuffer* g) {
+  EdgeSetup t;
+  if (!SetupTriangle(v0, v1, v2, clip_bary, region, cull_back, &t)) return;
+  const Projected* v = t.v;
   const float inv_near = static_cast<float>(1.0 / cam.near_plane);
   const float inv_far = static_cast<float>(1.0 / cam.far_plane);
-  for (int y = y_lo; y <= y_hi; ++y) {
-    if (((y - y_lo) & 63) == 63) InterruptPoint();  // one face can cover a huge image
+  for (int y = t.y_lo; y <= t.y_hi; ++y) {
+    if (((y - t.y_lo) & 63) == 63) InterruptPoint();  // one face can cover a huge image
     double e[3];
-    for (int i = 0; i < 3; ++i) e[i] = a[i] * x_lo + b[i] * y + c[i];
+    for (int i = 0; i < 3; ++i) e[i] = t.a[i] * t.x_lo + t.b[i] * y + t.c[i];
     const size_t row = g->Index(y, 0, cam.w);
-    for (int x = x_lo; x <= x_hi; ++x, e[0] += a[0], e[1] += a[1], e[2] += a[2]) {
+    for (int x = t.x_lo; x <= t.x_hi; ++x, e[0] += t.a[0], e[1] += t.a[1], e[2] += t.a[2]) {
       if (e[0] < 0.0 || e[1] < 0.0 || e[2] < 0.0) continue;
-      if ((e[0] == 0.0 && !owns[0]) || (e[1] == 0.0 && !owns[1]) || (e[2] == 0.0 && !owns[2])) continue;
+      if ((e[0] == 0.0 && !t.owns[0]) || (e[1] == 0.0 && !t.owns[1]) || (e[2] == 0.0 && !t.owns[2])) continue;
       const double invz = e[0] * v[0].iz + e[1] * v[1].iz + e[2] * v[2].iz;
       const float fiz = static_cast<float>(invz);
       const size_t s = row + static_cast<size_t>(x);
@@ -155,8 +168,8 @@ void RasterizeTriangle(Projected v0, Projected v1, Projected v2, const float (*c
       const double w0 = e[0] * v[0].iz * zr, w1 = e[1] * v[1].iz * zr, w2 = e[2] * v[2].iz * zr;
       g->inv_z[s] = fiz;
       g->face[s] = face;
-      g->b0[s] = static_cast<float>(w0 * fb[0][0] + w1 * fb[1][0] + w2 * fb[2][0]);
-      g->b1[s] = static_cast<float>(w0 * fb[0][1] + w1 * fb[1][1] + w2 * fb[2][1]);
+      g->b0[s] = static_cast<float>(w0 * t.fb[0][0] + w1 * t.fb[1][0] + w2 * t.fb[2][0]);
+      g->b1[s] = static_cast<float>(w0 * t.fb[0][1] + w1 * t.fb[1][1] + w2 * t.fb[2][1]);
     }
   }
 }
