@@ -49,6 +49,33 @@ def test_fronto_parallel_plane_has_exact_depth():
     assert out.rgb.shape == (1, H, W, 3) and out.xyz.shape == (1, H, W, 3)
 
 
+def grid_plane(n, half, z):
+    """A square of side 2 * half at depth z, cut into n x n quads of two triangles each."""
+    t = np.linspace(-half, half, n + 1)
+    x, y = np.meshgrid(t, t)
+    v = np.stack([x.ravel(), y.ravel(), np.full(x.size, z)], 1).astype(np.float32)
+    i = (np.arange(n)[:, None] * (n + 1) + np.arange(n)[None, :]).ravel()
+    f = np.concatenate([np.stack([i, i + 1, i + n + 2], 1), np.stack([i, i + n + 2, i + n + 1], 1)])
+    return Mesh(v, f.astype(np.int32))
+
+
+def test_many_small_faces_cover_every_sample_once_across_row_chunks():
+    # Faces are drawn chunk by chunk of rows; at supersample 3 this image has about ten
+    # chunks, and small faces straddle their borders. A hole or a face drawn only in one
+    # chunk would leave background in some sample of an interior pixel.
+    z, half = 3.0, 0.9  # edges project to u = 34.5 and 124.5, between pixel centres
+    out = Renderer(W, H, K, shading="unlit", supersample=3).render(grid_plane(37, half, z), IDENTITY)
+    u, v = pixel_grid()
+    x, y = (u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z
+    inside = (np.abs(x) < half) & (np.abs(y) < half)
+    np.testing.assert_array_equal(out.mask[0], inside)
+    np.testing.assert_allclose(out.depth[0][inside], z, rtol=1e-6)
+    np.testing.assert_allclose(out.xyz[0][inside], np.stack([x, y, np.full_like(x, z)], -1)[inside], atol=1e-5)
+    interior = (np.abs(x) < half - 1.5 * z / K[0, 0]) & (np.abs(y) < half - 1.5 * z / K[1, 1])
+    assert interior.sum() > 5000 and (out.rgb[0][interior] == 204).all()  # default colour 0.8, every sample
+    assert (out.rgb[0][~inside & ~np.roll(inside, 1, 0) & ~np.roll(inside, -1, 0)] == 0).all()
+
+
 def test_tilted_plane_depth_matches_ray_plane_intersection():
     R = look_at([0.3, -0.4, -3.0], [0, 0, 0], up=[0, -1, 0])
     mesh = quad(z=0.0, half=5.0)

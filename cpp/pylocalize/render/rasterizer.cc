@@ -66,11 +66,13 @@ inline Projected Project(Vec3 p, const Camera& cam) {
 }
 
 // Z-buffer of the nearest fragment per sample, kept as 1/z (larger is nearer) so occluded
-// fragments are rejected without a division.
+// fragments are rejected without a division. It holds one chunk of sample rows, from
+// row0 on, so that it stays in cache while the chunk's faces are drawn.
 struct GBuffer {
   std::vector<float> inv_z;
   std::vector<int32_t> face;
   std::vector<float> b0, b1;
+  int row0 = 0;
   void Reset(size_t n) {
     if (inv_z.size() < n) {
       inv_z.resize(n);
@@ -78,6 +80,9 @@ struct GBuffer {
       b0.resize(n);
       b1.resize(n);
     }
+  }
+  size_t Index(int y, int x, int w) const {
+    return static_cast<size_t>(y - row0) * static_cast<size_t>(w) + static_cast<size_t>(x);
   }
 };
 
@@ -91,56 +96,69 @@ struct Region {
 // walked in opposite directions, and only one direction passes this test.
 inline bool OwnsEdge(double dx, double dy) { return dy > 0.0 || (dy == 0.0 && dx < 0.0); }
 
-// Scan-converts one projected triangle. clip_bary: barycentrics of the three vertices on
-// the original face (nullptr: the vertices are the face's own, in order).
-void RasterizeTriangle(Projected v0, Projected v1, Projected v2, const float (*clip_bary)[3], int32_t face,
-                       const Camera& cam, const Region& region, bool cull_back, GBuffer* g) {
-  Projected v[3] = {v0, v1, v2};
+// A projected triangle ready to scan, positively oriented. Edge i is opposite vertex i:
+// e_i(x, y) = a_i x + b_i y + c_i, >= 0 inside, normalised to the screen barycentric of i.
+struct EdgeSetup {
+  Projected v[3];
+  double a[3], b[3], c[3];
+  bool owns[3];
+  float fb[3][3];              // face barycentrics of each vertex (identity when unclipped)
+  int x_lo, x_hi, y_lo, y_hi;  // sample box, within the region
+};
+
+// Sets up one projected triangle; false when it covers no sample (degenerate, culled or
+// outside the region). clip_bary: barycentrics of the three vertices on the original face
+// (nullptr: the vertices are the face's own, in order).
+bool SetupTriangle(Projected v0, Projected v1, Projected v2, const float (*clip_bary)[3], const Region& region,
+                   bool cull_back, EdgeSetup* t) {
+  Projected* v = t->v;
+  v[0] = v0, v[1] = v1, v[2] = v2;
   int order[3] = {0, 1, 2};
   double area = (v[1].x - v[0].x) * (v[2].y - v[0].y) - (v[2].x - v[0].x) * (v[1].y - v[0].y);
-  if (area == 0.0 || !std::isfinite(area)) return;
+  if (area == 0.0 || !std::isfinite(area)) return false;
   // Front faces (outward normal towards the camera) have negative area in y-down images.
-  if (cull_back && area > 0.0) return;
+  if (cull_back && area > 0.0) return false;
   if (area < 0.0) {
     std::swap(v[1], v[2]);
     std::swap(order[1], order[2]);
     area = -area;
   }
-  const int x_lo = std::max(region.x0, static_cast<int>(std::ceil(std::min({v[0].x, v[1].x, v[2].x}))));
-  const int x_hi = std::min(region.x1, static_cast<int>(std::floor(std::max({v[0].x, v[1].x, v[2].x}))));
-  const int y_lo = std::max(region.y0, static_cast<int>(std::ceil(std::min({v[0].y, v[1].y, v[2].y}))));
-  const int y_hi = std::min(region.y1, static_cast<int>(std::floor(std::max({v[0].y, v[1].y, v[2].y}))));
-  if (x_lo > x_hi || y_lo > y_hi) return;
-  // Edge i is opposite vertex i: e_i(x, y) = a_i x + b_i y + c_i, >= 0 inside.
-  double a[3], b[3], c[3];
-  bool owns[3];
+  t->x_lo = std::max(region.x0, static_cast<int>(std::ceil(std::min({v[0].x, v[1].x, v[2].x}))));
+  t->x_hi = std::min(region.x1, static_cast<int>(std::floor(std::max({v[0].x, v[1].x, v[2].x}))));
+  t->y_lo = std::max(region.y0, static_cast<int>(std::ceil(std::min({v[0].y, v[1].y, v[2].y}))));
+  t->y_hi = std::min(region.y1, static_cast<int>(std::floor(std::max({v[0].y, v[1].y, v[2].y}))));
+  if (t->x_lo > t->x_hi || t->y_lo > t->y_hi) return false;
   const double inv_area = 1.0 / area;
   for (int i = 0; i < 3; ++i) {
     const int j = (i + 1) % 3, k = (i + 2) % 3;
     const double dx = v[k].x - v[j].x, dy = v[k].y - v[j].y;
-    owns[i] = OwnsEdge(dx, dy);
-    // Normalised so that e_i is the screen barycentric of vertex i.
-    a[i] = -dy * inv_area;
-    b[i] = dx * inv_area;
-    c[i] = (dy * v[j].x - dx * v[j].y) * inv_area;
-  }
-  // Face barycentrics per clipped vertex (identity for an unclipped face).
-  float fb[3][3];
-  for (int i = 0; i < 3; ++i) {
-    for (int k = 0; k < 3; ++k) {
-      fb[i][k] = clip_bary != nullptr ? clip_bary[order[i]][k] : (order[i] == k ? 1.0f : 0.0f);
+    t->owns[i] = OwnsEdge(dx, dy);
+    t->a[i] = -dy * inv_area;
+    t->b[i] = dx * inv_area;
+    t->c[i] = (dy * v[j].x - dx * v[j].y) * inv_area;
+    for (int q = 0; q < 3; ++q) {
+      t->fb[i][q] = clip_bary != nullptr ? clip_bary[order[i]][q] : (order[i] == q ? 1.0f : 0.0f);
     }
   }
+  return true;
+}
+
+// Scan-converts one projected triangle (see SetupTriangle) into the z-buffer.
+void RasterizeTriangle(Projected v0, Projected v1, Projected v2, const float (*clip_bary)[3], int32_t face,
+                       const Camera& cam, const Region& region, bool cull_back, GBuffer* g) {
+  EdgeSetup t;
+  if (!SetupTriangle(v0, v1, v2, clip_bary, region, cull_back, &t)) return;
+  const Projected* v = t.v;
   const float inv_near = static_cast<float>(1.0 / cam.near_plane);
   const float inv_far = static_cast<float>(1.0 / cam.far_plane);
-  for (int y = y_lo; y <= y_hi; ++y) {
-    if (((y - y_lo) & 63) == 63) InterruptPoint();  // one face can cover a huge image
+  for (int y = t.y_lo; y <= t.y_hi; ++y) {
+    if (((y - t.y_lo) & 63) == 63) InterruptPoint();  // one face can cover a huge image
     double e[3];
-    for (int i = 0; i < 3; ++i) e[i] = a[i] * x_lo + b[i] * y + c[i];
-    const size_t row = static_cast<size_t>(y) * static_cast<size_t>(cam.w);
-    for (int x = x_lo; x <= x_hi; ++x, e[0] += a[0], e[1] += a[1], e[2] += a[2]) {
+    for (int i = 0; i < 3; ++i) e[i] = t.a[i] * t.x_lo + t.b[i] * y + t.c[i];
+    const size_t row = g->Index(y, 0, cam.w);
+    for (int x = t.x_lo; x <= t.x_hi; ++x, e[0] += t.a[0], e[1] += t.a[1], e[2] += t.a[2]) {
       if (e[0] < 0.0 || e[1] < 0.0 || e[2] < 0.0) continue;
-      if ((e[0] == 0.0 && !owns[0]) || (e[1] == 0.0 && !owns[1]) || (e[2] == 0.0 && !owns[2])) continue;
+      if ((e[0] == 0.0 && !t.owns[0]) || (e[1] == 0.0 && !t.owns[1]) || (e[2] == 0.0 && !t.owns[2])) continue;
       const double invz = e[0] * v[0].iz + e[1] * v[1].iz + e[2] * v[2].iz;
       const float fiz = static_cast<float>(invz);
       const size_t s = row + static_cast<size_t>(x);
@@ -150,8 +168,8 @@ void RasterizeTriangle(Projected v0, Projected v1, Projected v2, const float (*c
       const double w0 = e[0] * v[0].iz * zr, w1 = e[1] * v[1].iz * zr, w2 = e[2] * v[2].iz * zr;
       g->inv_z[s] = fiz;
       g->face[s] = face;
-      g->b0[s] = static_cast<float>(w0 * fb[0][0] + w1 * fb[1][0] + w2 * fb[2][0]);
-      g->b1[s] = static_cast<float>(w0 * fb[0][1] + w1 * fb[1][1] + w2 * fb[2][1]);
+      g->b0[s] = static_cast<float>(w0 * t.fb[0][0] + w1 * t.fb[1][0] + w2 * t.fb[2][0]);
+      g->b1[s] = static_cast<float>(w0 * t.fb[0][1] + w1 * t.fb[1][1] + w2 * t.fb[2][1]);
     }
   }
 }
@@ -274,10 +292,20 @@ Shaded ShadeSample(const MeshView& m, const Pose& pose, const RenderOptions& o, 
 
 inline uint8_t ToByte(float v) { return static_cast<uint8_t>(std::clamp(v * 255.0f + 0.5f, 0.0f, 255.0f)); }
 
+// Faces listed per chunk of sample rows they may cover, in mesh order within each chunk,
+// so that depth ties resolve exactly as if the whole view were drawn in one pass.
+struct FaceBins {
+  int chunk_rows = 0;          // sample rows per chunk, whole pixel rows
+  std::vector<int64_t> start;  // chunk c lists faces[start[c] .. start[c + 1])
+  std::vector<int64_t> next;   // fill cursor per chunk
+  std::vector<int32_t> faces;
+};
+
 struct Scratch {
   std::vector<Vec3> cam;
   std::vector<Projected> proj;
   std::vector<Vec3> face_normals;
+  FaceBins bins;
   GBuffer g;
 };
 
@@ -333,32 +361,96 @@ Region TransformVertices(const MeshView& m, const Pose& pose, const Camera& cam,
   return region;
 }
 
-// Stage 3, rasterization: the nearest face and its barycentrics per sample of `region`
-// into sc->g; faces wholly behind the near plane are skipped, crossing ones clipped.
-void RasterizeFaces(const MeshView& m, const Camera& cam, const Region& region, bool cull_back, Scratch* sc) {
+// The sample rows face f may cover, [*y0, *y1] within `region`; false when none. A face
+// crossing the near plane may reach any row once clipped, one wholly behind it none.
+bool FaceRows(const MeshView& m, int64_t f, const Camera& cam, const Region& region, const Scratch& sc, int* y0,
+              int* y1) {
+  const float near_z = static_cast<float>(cam.near_plane);
+  const int32_t* idx = m.faces + 3 * f;
+  const int outside = (sc.cam[idx[0]].z < near_z) + (sc.cam[idx[1]].z < near_z) + (sc.cam[idx[2]].z < near_z);
+  if (outside == 3) return false;
+  double lo = region.y0, hi = region.y1;
+  if (outside == 0) {
+    const double a = sc.proj[idx[0]].y, b = sc.proj[idx[1]].y, c = sc.proj[idx[2]].y;
+    // The same bounds as RasterizeTriangle's; NaN compares false and leaves the region's.
+    lo = std::max(lo, std::ceil(std::min({a, b, c})));
+    hi = std::min(hi, std::floor(std::max({a, b, c})));
+  }
+  if (!(lo <= hi)) return false;
+  *y0 = static_cast<int>(lo);
+  *y1 = static_cast<int>(hi);
+  return true;
+}
+
+// Counts (fill = false) or lists (fill = true) the faces of every chunk.
+void FillBins(const MeshView& m, const Camera& cam, const Region& region, bool fill, Scratch* sc) {
+  FaceBins& bins = sc->bins;
+  for (int64_t f = 0; f < m.num_faces; ++f) {
+    if ((f & 16383) == 16383) InterruptPoint();
+    int y0, y1;
+    if (!FaceRows(m, f, cam, region, *sc, &y0, &y1)) continue;
+    for (int c = y0 / bins.chunk_rows; c <= y1 / bins.chunk_rows; ++c) {
+      if (fill) {
+        bins.faces[static_cast<size_t>(bins.next[c]++)] = static_cast<int32_t>(f);
+      } else {
+        ++bins.start[c + 1];
+      }
+    }
+  }
+}
+
+// Bins the faces into chunks of whole pixel rows whose G-buffer (16 bytes a sample) fits a
+// core's L2 cache: drawn in mesh order over the whole view, faces hit the z-buffer at random
+// and most of the time went on cache misses. Faces that would be listed in many chunks
+// (slivers, clipped faces) could make the lists outgrow the mesh: then one chunk it is.
+void BinFaces(const MeshView& m, const Camera& cam, const Region& region, int s, Scratch* sc) {
+  constexpr size_t kChunkBytes = 256 * 1024;
+  FaceBins& bins = sc->bins;
+  const size_t pixel_row_bytes = static_cast<size_t>(cam.w) * static_cast<size_t>(s) * 16;
+  bins.chunk_rows = s * static_cast<int>(std::max<size_t>(1, kChunkBytes / pixel_row_bytes));
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    const int num_chunks = (cam.h + bins.chunk_rows - 1) / bins.chunk_rows;
+    bins.start.assign(static_cast<size_t>(num_chunks) + 1, 0);
+    if (!region.empty()) FillBins(m, cam, region, false, sc);
+    for (int c = 0; c < num_chunks; ++c) bins.start[c + 1] += bins.start[c];
+    const int64_t total = bins.start[num_chunks];
+    if (attempt == 0 && num_chunks > 1 && total > 8 * m.num_faces + (int64_t{1} << 20)) {
+      bins.chunk_rows = cam.h;
+      continue;
+    }
+    bins.faces.resize(static_cast<size_t>(total));
+    bins.next.assign(bins.start.begin(), bins.start.end() - 1);
+    if (!region.empty()) FillBins(m, cam, region, true, sc);
+    return;
+  }
+}
+
+// Stage 3, rasterization of one chunk: the nearest face and its barycentrics per sample of
+// `region` (the chunk's rows of the view's region) into sc->g; crossing faces are clipped.
+void RasterizeChunk(const MeshView& m, const Camera& cam, const Region& region, int chunk, bool cull_back,
+                    Scratch* sc) {
   GBuffer* g = &sc->g;
-  g->Reset(static_cast<size_t>(cam.h) * static_cast<size_t>(cam.w));
-  if (region.empty()) return;
   for (int y = region.y0; y <= region.y1; ++y) {
-    const size_t row = static_cast<size_t>(y) * static_cast<size_t>(cam.w);
+    const size_t row = g->Index(y, 0, cam.w);
     std::fill(g->inv_z.begin() + row + region.x0, g->inv_z.begin() + row + region.x1 + 1, 0.0f);
     std::fill(g->face.begin() + row + region.x0, g->face.begin() + row + region.x1 + 1, -1);
   }
   const float near_z = static_cast<float>(cam.near_plane);
-  for (int64_t f = 0; f < m.num_faces; ++f) {
+  const int64_t first = sc->bins.start[chunk], last = sc->bins.start[chunk + 1];
+  for (int64_t k = first; k < last; ++k) {
     // Per block of faces, so Ctrl-C stops a big mesh within milliseconds.
-    if ((f & 1023) == 1023) InterruptPoint();
-    const int32_t* idx = m.faces + 3 * f;
+    if (((k - first) & 1023) == 1023) InterruptPoint();
+    const int32_t f = sc->bins.faces[static_cast<size_t>(k)];
+    const int32_t* idx = m.faces + 3 * static_cast<int64_t>(f);
     const Vec3& p0 = sc->cam[idx[0]];
     const Vec3& p1 = sc->cam[idx[1]];
     const Vec3& p2 = sc->cam[idx[2]];
     const int outside = (p0.z < near_z) + (p1.z < near_z) + (p2.z < near_z);
     if (outside == 0) {
-      RasterizeTriangle(sc->proj[idx[0]], sc->proj[idx[1]], sc->proj[idx[2]], nullptr, static_cast<int32_t>(f), cam,
-                        region, cull_back, g);
-    } else if (outside < 3) {
+      RasterizeTriangle(sc->proj[idx[0]], sc->proj[idx[1]], sc->proj[idx[2]], nullptr, f, cam, region, cull_back, g);
+    } else {
       const Vec3 p[3] = {p0, p1, p2};
-      ClipAndRasterize(p, static_cast<int32_t>(f), cam, region, cull_back, g);
+      ClipAndRasterize(p, f, cam, region, cull_back, g);
     }
   }
 }
@@ -400,7 +492,7 @@ PixelSamples ShadePixel(const MeshView& m, const Pose& pose, const RenderOptions
     for (int j = 0; j < s; ++j) {
       const int sy = sy0 + i, sx = sx0 + j;
       const bool inside = sy >= region.y0 && sy <= region.y1 && sx >= region.x0 && sx <= region.x1;
-      const size_t k = static_cast<size_t>(sy) * static_cast<size_t>(cam.w) + static_cast<size_t>(sx);
+      const size_t k = inside ? g.Index(sy, sx, cam.w) : 0;
       const int32_t face = inside ? g.face[k] : -1;
       if (face < 0) {
         for (int ch = 0; ch < 3; ++ch) px.color[ch] += o.background[ch] * (1.0f / 255.0f);
@@ -437,28 +529,43 @@ void WritePixel(const RenderTargets& out, int64_t pix, const PixelSamples& px, f
   if (out.normals != nullptr) Store3(out.normals, pix, px.have_center ? px.center.normal : Vec3{0, 0, 0});
 }
 
-// Renders output rows [r0, r1) of one view: the stages above, in order.
-void RenderRows(const MeshView& m, const Pose& pose, const RenderOptions& o, int64_t view, int r0, int r1,
-                const RenderTargets& out, Scratch* sc) {
+// Stages 5 and 6 for output rows [v0, v1) of the band starting at output row r0, whose
+// samples lie in sc->g; `region` is the part of the view's region in these rows.
+void ShadeRows(const MeshView& m, const Pose& pose, const RenderOptions& o, const ViewShading& vs, const Camera& cam,
+               const Region& region, int64_t view, int r0, int v0, int v1, const RenderTargets& out, Scratch* sc) {
   const int s = o.supersample;
-  const int row0 = r0 * s;
-  const Camera cam = BandCamera(o, row0, r1 * s);
-  const Region region = TransformVertices(m, pose, cam, sc);
-  RasterizeFaces(m, cam, region, o.cull_back, sc);
-  const ViewShading vs = PrepareShading(m, o, out, sc);
   const int64_t base = view * o.height * o.width;
   const float inv_samples = 1.0f / static_cast<float>(s * s);
   PixelSamples empty;  // a pixel no face can reach: background in every sample
   for (int ch = 0; ch < 3; ++ch) empty.color[ch] = o.background[ch] * (1.0f / 255.0f) * (s * s);
-  for (int v = r0; v < r1; ++v) {
+  for (int v = v0; v < v1; ++v) {
     InterruptPoint();
-    const int sy0 = v * s - row0;
+    const int sy0 = (v - r0) * s;
     const bool row_in = !region.empty() && sy0 + s - 1 >= region.y0 && sy0 <= region.y1;
     for (int u = 0; u < o.width; ++u) {
       const int64_t pix = base + static_cast<int64_t>(v) * o.width + u;
       const bool in = row_in && u * s + s - 1 >= region.x0 && u * s <= region.x1;
       WritePixel(out, pix, in ? ShadePixel(m, pose, o, vs, cam, region, sc->g, sy0, u) : empty, inv_samples);
     }
+  }
+}
+
+// Renders output rows [r0, r1) of one view: the stages above, chunk by chunk of rows.
+void RenderRows(const MeshView& m, const Pose& pose, const RenderOptions& o, int64_t view, int r0, int r1,
+                const RenderTargets& out, Scratch* sc) {
+  const int s = o.supersample;
+  const Camera cam = BandCamera(o, r0 * s, r1 * s);
+  const Region region = TransformVertices(m, pose, cam, sc);
+  const ViewShading vs = PrepareShading(m, o, out, sc);
+  BinFaces(m, cam, region, s, sc);
+  const int chunk_rows = sc->bins.chunk_rows;
+  sc->g.Reset(static_cast<size_t>(chunk_rows) * static_cast<size_t>(cam.w));
+  for (int y0 = 0; y0 < cam.h; y0 += chunk_rows) {
+    const int y1 = std::min(cam.h, y0 + chunk_rows);
+    const Region rows{region.x0, region.x1, std::max(region.y0, y0), std::min(region.y1, y1 - 1)};
+    sc->g.row0 = y0;
+    if (!rows.empty()) RasterizeChunk(m, cam, rows, y0 / chunk_rows, o.cull_back, sc);
+    ShadeRows(m, pose, o, vs, cam, rows, view, r0, r0 + y0 / s, r0 + y1 / s, out, sc);
   }
 }
 

@@ -11,8 +11,10 @@
 // edges are drawn once) into a z-buffer that keeps the face id and perspective-correct
 // barycentrics of the nearest fragment; a second, deferred pass shades only the visible
 // samples (Lambert + ambient with the light at the camera, or unlit) and fills the
-// geometric buffers. Supersampling renders s x s samples per pixel (s odd) and averages
-// RGB; the geometric buffers come from the centre sample, exactly at the pixel centre.
+// geometric buffers. Both passes run chunk by chunk of rows, each chunk drawing the faces
+// binned to it in mesh order, so that its z-buffer stays in cache. Supersampling renders
+// s x s samples per pixel (s odd) and averages RGB; the geometric buffers come from the
+// centre sample, exactly at the pixel centre.
 #pragma once
 
 #include <cstdint>
