@@ -96,6 +96,31 @@ def load_lund(data: Path, max_features: int, min_shared: int):
     return names, list(m.descriptors), _shared_points_pairs(names, m.point_ids, min_shared)
 
 
+def real_images(args):
+    """Strecha views, every real image's name and descriptors, and the co-visible pairs
+    (from ``--cache`` when it exists; written there otherwise)."""
+    import pickle
+
+    settings = {"data": str(Path(args.data).resolve()), "max_features": args.max_features,
+                "min_shared": args.min_shared}
+    if args.cache and Path(args.cache).is_file():
+        with open(args.cache, "rb") as f:
+            cached = pickle.load(f)
+        if cached.get("settings") != settings:
+            raise SystemExit(f"{args.cache} holds other settings ({cached.get('settings')}): delete it or drop --cache")
+        return cached["images"]
+    data = Path(args.data)
+    views = load_strecha(data, args.max_features)
+    covisible = strecha_covisible(views, args.max_features, args.min_shared)
+    lund_names, lund_descriptors, lund_covisible = load_lund(data, args.max_features, args.min_shared)
+    out = (views, [v["name"] for v in views] + lund_names, [v["descriptors"] for v in views] + lund_descriptors,
+           covisible | lund_covisible)
+    if args.cache:
+        with open(args.cache, "wb") as f:
+            pickle.dump({"settings": settings, "images": out}, f)
+    return out
+
+
 def pooled_index(descriptors, distractors=None, seed: int = 0):
     """A CANN index configured as a map's (:class:`~pylocalize.localization.Map`) over the
     real images' ``descriptors`` (image ids 0..n-1) and then the ``distractors`` (an iterator
@@ -184,14 +209,17 @@ def leave_one_out(views, index, ks, max_features: int) -> list:
     return rows
 
 
-def print_tables(summary) -> None:
-    for label, r in summary["retrieval"].items():
+def print_retrieval(retrieval) -> None:
+    for label, r in retrieval.items():
         print(f"{label}: first-ranked image co-visible {100 * r['first_covisible']:.1f} % of {r['queries']} queries "
               f"({', '.join(f'{s} {100 * v:.1f} %' for s, v in r['first_covisible_by_set'].items())}), in the top 2 "
               f"{100 * r['top2_covisible']:.1f} %, a distractor first {100 * r['first_distractor']:.1f} %")
+
+
+def print_localization(summary) -> None:
     print(f"\n{'variant':<12} {'queries':>7} {'median cm':>9} {'median deg':>10} {'(25cm,2deg)':>11} "
           f"{'(5cm,0.5deg)':>12} {'after SIFT s':>12} {'retrieval s':>11}")
-    for variant, s in summary["localization"].items():
+    for variant, s in summary.items():
         print(f"{variant:<12} {s['queries']:>7} {s['median_t_cm']:>9.2f} {s['median_r_deg']:>10.3f} "
               f"{100 * s['within_25cm_2deg']:>10.1f}% {100 * s['within_5cm_05deg']:>11.1f}% "
               f"{s['median_after_features_s']:>12.3f} {s['median_retrieval_s']:>11.3f}")
@@ -228,25 +256,23 @@ def main(argv=None) -> int:
     parser.add_argument("--k", type=int, nargs="+", default=[2, 3], help="images retrieved for localization")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the summary and every localization row here")
+    parser.add_argument("--cache", help="pickle file keeping the real images' features and ground truth between runs")
     args = parser.parse_args(argv)
     if not (Path(args.data) / "strecha").is_dir() or not (Path(args.data) / "lund").is_dir():
         print(f"no Strecha or Lund data under {args.data}: give --data (the shared data folder)")
         return 1
     pylocalize.set_num_threads(-1)
     t0 = time.perf_counter()
-    views = load_strecha(Path(args.data), args.max_features)
-    covisible = strecha_covisible(views, args.max_features, args.min_shared)
-    lund_names, lund_descriptors, lund_covisible = load_lund(Path(args.data), args.max_features, args.min_shared)
-    names = [v["name"] for v in views] + lund_names
-    descriptors = [v["descriptors"] for v in views] + lund_descriptors
-    print(f"{len(views)} Strecha and {len(lund_names)} Lund images (SfM), {(len(covisible) + len(lund_covisible)) // 2}"
-          f" co-visible pairs; features and ground truth in {time.perf_counter() - t0:.0f} s")
-    retrieval, index, facts = retrieval_tables(args, names, descriptors, covisible | lund_covisible)
+    views, names, descriptors, covisible = real_images(args)
+    print(f"{len(names)} real images ({len(views)} Strecha), {len(covisible) // 2} co-visible pairs; features and "
+          f"ground truth in {time.perf_counter() - t0:.0f} s")
+    retrieval, index, facts = retrieval_tables(args, names, descriptors, covisible)
     print(f"pooled index: {facts['images']} images, {facts['features']:,} features, built in {facts['build_s']:.0f} s")
+    print_retrieval(retrieval)
     rows = leave_one_out(views, index, args.k, args.max_features)
     summary = {"retrieval": retrieval, "localization": bench_localization.summarize_strecha(rows), "index": facts,
                "seconds": time.perf_counter() - t0, "load_average": os.getloadavg(), "args": vars(args)}
-    print_tables(summary)
+    print_localization(summary["localization"])
     if args.json:
         Path(args.json).write_text(json.dumps({"summary": summary, "rows": rows}, indent=1, default=float))
     return 0
