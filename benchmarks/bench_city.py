@@ -56,16 +56,20 @@ def _centre(pose):
     return -pose[:, :3].T @ pose[:, 3]
 
 
-def _localize(m, queries):
+def pose_within(cam_from_world, true, max_m: float = 0.25, max_deg: float = 2.0) -> bool:
+    """Whether an estimated pose is within (``max_m``, ``max_deg``) of the true one."""
     from pylocalize.geometry.poses import rotation_error_deg
 
+    return bool(np.linalg.norm(_centre(cam_from_world) - _centre(true)) < max_m
+                and rotation_error_deg(cam_from_world[:, :3], true[:, :3]) < max_deg)
+
+
+def _localize(m, queries):
     ok, latency = [], []
     for i in range(len(queries)):
         result = m.localize_features(queries.keypoints[i], queries.descriptors[i], queries.camera, covariance=False)
         latency.append(sum(result.timings.values()))
-        true = queries.cam_from_world[i]
-        ok.append(result.success and np.linalg.norm(_centre(result.cam_from_world) - _centre(true)) < 0.25
-                  and rotation_error_deg(result.cam_from_world[:, :3], true[:, :3]) < 2.0)
+        ok.append(result.success and pose_within(result.cam_from_world, queries.cam_from_world[i]))
     return float(np.mean(ok)), 1000 * float(np.median(latency)), 1000 * float(np.percentile(latency, 90))
 
 
@@ -84,10 +88,9 @@ def _retrieval_recall(m, queries, n: int) -> float:
     return recall_at(RECALL_K, found, truth)
 
 
-def run_size(name: str, n_queries: int, n_recall: int, seed: int, workdir: Path) -> dict:
-    """One row of the table, in this process."""
+def generate(name: str, seed: int):
+    """The city of size ``name``, its database images, and the first fields of its row."""
     from pylocalize.datasets.city import generate_city
-    from pylocalize.localization import Map
 
     bx, by = city_blocks(SIZES[name])
     city = generate_city(blocks_x=bx, blocks_y=by, seed=seed)
@@ -95,8 +98,23 @@ def run_size(name: str, n_queries: int, n_recall: int, seed: int, workdir: Path)
     db = city.database(progress=True, workers=2)
     row = {"size": name, "blocks": [bx, by], "images": len(db), "features": db.num_features,
            "generate_s": time.perf_counter() - t0}
+    return city, db, row
+
+
+def city_map(city, db):
+    """The map of a city's database images, built straight from their features and true 3D points."""
+    from pylocalize.localization import Map
+
+    return Map(db.names, db.cameras, db.cam_from_world, db.keypoints, db.descriptors, db.point_ids, city.landmarks)
+
+
+def run_size(name: str, n_queries: int, n_recall: int, seed: int, workdir: Path) -> dict:
+    """One row of the table, in this process."""
+    from pylocalize.localization import Map
+
+    city, db, row = generate(name, seed)
     t0 = time.perf_counter()
-    m = Map(db.names, db.cameras, db.cam_from_world, db.keypoints, db.descriptors, db.point_ids, city.landmarks)
+    m = city_map(city, db)
     row["build_s"] = time.perf_counter() - t0
     row["method"] = m.index.method
     del db

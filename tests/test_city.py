@@ -13,6 +13,7 @@ import pytest
 from pylocalize.datasets.city import (
     CityOptions,
     generate_city,
+    iter_pool_distractors,
     iter_sift_distractors,
     real_sift_distractors,
     sift_descriptor_pool,
@@ -295,3 +296,22 @@ def test_real_sift_distractors():
     np.testing.assert_array_equal(streamed[17].keypoints, distractors.keypoints[17])
     with pytest.raises(ValueError, match="fewer features"):
         real_sift_distractors(1, len(pool) + 1, sources, max_features=1000)
+    # a pool at hand (the same features, extracted by the caller) gives the same images
+    from_pool = list(iter_pool_distractors(30, 400, reference, seed=2))
+    for a, b in zip(from_pool, streamed):
+        assert a.name == b.name
+        np.testing.assert_array_equal(a.descriptors, b.descriptors)
+        np.testing.assert_array_equal(a.keypoints, b.keypoints)
+
+
+def test_pool_distractors_errors():
+    pool = np.random.default_rng(0).integers(0, 256, (50, 128), dtype=np.uint8)
+    with pytest.raises(ValueError, match="uint8"):
+        iter_pool_distractors(2, 10, pool.astype(np.float32))
+    with pytest.raises(ValueError, match="fewer features"):
+        iter_pool_distractors(2, 51, pool)
+    with pytest.raises(ValueError, match="n_images"):
+        iter_pool_distractors(-1, 10, pool)
+    images = list(iter_pool_distractors(3, 50, pool, seed=1))
+    # every image takes each pool row once (drawn without replacement)
+    assert all(len({row.tobytes() for row in im.descriptors}) == 50 for im in images)

@@ -698,25 +698,46 @@ def sift_descriptor_pool(source_images: Sequence, max_features: int = 4000, extr
     return _POOLS[key]
 
 
+def _check_counts(n_images, features_per_image, seed) -> None:
+    for name, value in (("n_images", n_images), ("features_per_image", features_per_image), ("seed", seed)):
+        if int(value) != value or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+
+
 def iter_sift_distractors(n_images: int, features_per_image: int, source_images: Sequence, seed: int = 0,
                           image_size: Tuple[int, int] = (1024, 768), max_features: int = 4000,
                           extractor: str = "opencv", progress: bool = False) -> Iterator[CityImage]:
     """The images of :func:`real_sift_distractors` one at a time (``cam_from_world`` None),
     for streaming thousands of them to disk; image ``i`` draws from its own generator, so
     it is the same whichever way the images are made."""
-    for name, value in (("n_images", n_images), ("features_per_image", features_per_image), ("seed", seed)):
-        if int(value) != value or value < 0:
-            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    _check_counts(n_images, features_per_image, seed)  # before a long extraction
     pool = sift_descriptor_pool(source_images, max_features, extractor, progress)
+    return iter_pool_distractors(n_images, features_per_image, pool, seed, image_size, progress)
+
+
+def iter_pool_distractors(n_images: int, features_per_image: int, pool: np.ndarray, seed: int = 0,
+                          image_size: Tuple[int, int] = (1024, 768), progress: bool = False) -> Iterator[CityImage]:
+    """:func:`iter_sift_distractors` from a descriptor ``pool`` (uint8 (n, 128)) already at
+    hand, e.g. the stacked features of photos a caller has extracted anyway: the same pool
+    gives the same images."""
+    _check_counts(n_images, features_per_image, seed)
+    pool = np.asarray(pool)
+    if pool.ndim != 2 or pool.shape[1] != DESCRIPTOR_DIM or pool.dtype != np.uint8:
+        raise ValueError(f"pool must be uint8 (n, {DESCRIPTOR_DIM}) descriptors, got {pool.dtype} {pool.shape}")
     if features_per_image > len(pool):
         raise ValueError(f"features_per_image={features_per_image} exceeds the {len(pool)} descriptors of the "
                          "source images: give more images or ask for fewer features")
+    return _pool_images(int(n_images), int(features_per_image), pool, seed, image_size, progress)
+
+
+def _pool_images(n_images: int, features_per_image: int, pool: np.ndarray, seed: int, image_size,
+                 progress: bool) -> Iterator[CityImage]:
     from tqdm import tqdm
 
     width, height = (int(s) for s in image_size)
-    for i in tqdm(range(int(n_images)), desc="distractors", disable=not progress, leave=False):
+    for i in tqdm(range(n_images), desc="distractors", disable=not progress, leave=False):
         rng = np.random.default_rng([seed, 4, i])
-        rows = rng.choice(len(pool), int(features_per_image), replace=False)
+        rows = rng.choice(len(pool), features_per_image, replace=False)
         keypoints = _random_keypoints(rng, len(rows), width, height)
         yield CityImage(f"distractor/{i:06d}", None, keypoints, pool[rows], np.full(len(rows), -1, np.int64))
 
