@@ -55,7 +55,7 @@ class ProductQuantizer:
     codebooks = property(lambda self: self._impl.codebooks,
                          doc="float32 (m, 256, dim / m): centroid c of sub-space j is ``codebooks[j, c]``.")
 
-    def train(self, x: np.ndarray, iterations: int = 16, seed: int = 0, max_points_per_centroid: int = 256) -> None:
+    def train(self, x: np.ndarray, iterations: int = 16, seed: int = 0, max_points_per_centroid: int = 64) -> None:
         """Learns the codebooks by k-means in each sub-space from ``x``, float32 (n, dim), n >= 256
         (k-means samples at most ``256 * max_points_per_centroid`` rows)."""
         self._impl.train(x, int_scalar(iterations, "iterations"), int_scalar(seed, "seed"),
@@ -134,7 +134,7 @@ class CANNPQIndex:
                 f"ntotal={self.ntotal}, num_images={self.num_images})")
 
     def train(self, x: np.ndarray, nlist: int, iterations: int = 8, seed: int = 0, max_points_per_list: int = 64,
-              pq_iterations: int = 16, pq_max_points_per_centroid: int = 256,
+              pq_iterations: int = 16, pq_max_points_per_centroid: int = 64,
               max_pq_training_rows: int = 65536) -> None:
         """Learns the lists and the product quantizer from a sample of descriptors (once).
 
