@@ -21,8 +21,8 @@ namespace pq {
 constexpr int64_t kCentroids = 256;  // per sub-space: one byte per sub-vector
 
 struct TrainParams {
-  int iterations = 16;                    // Lloyd iterations per sub-space
-  uint64_t seed = 0;                      // sub-space j uses seed + j
+  int iterations = 16;                   // Lloyd iterations per sub-space
+  uint64_t seed = 0;                     // sub-space j uses seed + j
   int64_t max_points_per_centroid = 64;  // k-means subsample: at most 16,384 rows (its seeding is serial)
   void Validate() const;
 };
