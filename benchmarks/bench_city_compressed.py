@@ -4,8 +4,9 @@ CANNIndex (ivf), at the same city size, in one run.
 
 The city map is built, saved and loaded memory-mapped as in ``bench_city.py``; a CANNPQIndex
 is trained on a sample of its descriptors, filled, saved and loaded memory-mapped. Per
-retrieval variant: resident bytes per map feature (the index's ``memory_bytes`` and the
-process's resident-memory growth from loading and querying it), recall@10 against exact CANN
+retrieval variant: resident bytes per map feature (the index's ``memory_bytes``, and the
+process's resident-memory growth from loading the index and retrieving with it, or for
+CANNIndex the whole map), recall@10 against exact CANN
 scores on sampled queries, retrieval latency alone, and localization success within
 (0.25 m, 2 deg) with the median latency after features, the variant replacing the map's
 retrieval (``Map.localize_features(retrieval=...)``). Re-ranking re-scores the best R images
@@ -50,19 +51,17 @@ def build_pq(m, path: Path, by_residual: bool, nprobe: int, seed: int) -> float:
     return build_s
 
 
-def retrieval_variant(search, m, queries, n_recall: int) -> dict:
-    """Retrieval latency, localization success and latency; ``found`` (the first ``n_recall``
-    queries' best 10) for the recall against exact CANN."""
+def retrieval_variant(search, m, queries, n_recall: int, rss0_mb: float) -> dict:
+    """Retrieval latency, the resident memory growth since ``rss0_mb`` right after the retrieval
+    alone (before localization pages in the map's descriptors), localization success and
+    latency; ``found`` (the first ``n_recall`` queries' best 10) for the recall against exact CANN."""
     t0 = time.perf_counter()
     found = np.stack([search(d) for d in queries.descriptors[:n_recall]])
-    row = {"retrieval_ms": 1000 * (time.perf_counter() - t0) / n_recall, "found": found}
+    row = {"retrieval_ms": 1000 * (time.perf_counter() - t0) / n_recall, "found": found,
+           "rss_bytes_per_feature": (_memory_mb("VmRSS") - rss0_mb) * 2**20 / sum(len(d) for d in m.descriptors)}
     row["success"], row["latency_ms"], row["latency_p90_ms"] = _localize(
         m, queries, retrieval=lambda kp, d: [int(i) for i in search(d) if i >= 0])
     return row
-
-
-def _bytes_per_feature(rss0_mb: float, n: int) -> float:
-    return (_memory_mb("VmRSS") - rss0_mb) * 2**20 / n
 
 
 def run(size: str, n_queries: int, n_recall: int, rerank: int, seed: int, workdir: Path) -> dict:
@@ -84,22 +83,21 @@ def run(size: str, n_queries: int, n_recall: int, rerank: int, seed: int, workdi
     m = Map.load(workdir / "map")
     queries = city.queries(n_queries, seed=seed + 1)
     m.index.search(queries.descriptors[0], 1)  # builds the ivf layout: not a query's cost
-    rows = {"cann ivf": retrieval_variant(lambda d: m.index.search(d, RECALL_K)[1], m, queries, n_recall)}
-    # the map as a whole (descriptors, points, index) and its index alone
-    rows["cann ivf"].update(rss_bytes_per_feature=_bytes_per_feature(rss0, n),
-                            bytes_per_feature=m.index.memory_bytes / n)
-    for by_residual in (True, False):
+    # the map as a whole (descriptors, points, index) in resident memory; its index alone in bytes
+    rows = {"cann ivf": retrieval_variant(lambda d: m.index.search(d, RECALL_K)[1], m, queries, n_recall, rss0)}
+    rows["cann ivf"]["bytes_per_feature"] = m.index.memory_bytes / n
+    for by_residual in (False, True):
         name = "pq residual" if by_residual else "pq"
         build_s = build_pq(m, workdir / "pq.pyloc", by_residual, m.index.nprobe, seed)
         gc.collect()
         rss0 = _memory_mb("VmRSS")
         pq = CANNPQIndex.load(workdir / "pq.pyloc", mmap=True)
-        rows[name] = retrieval_variant(lambda d: pq.search(d, RECALL_K)[1], m, queries, n_recall)
+        rows[name] = retrieval_variant(lambda d: pq.search(d, RECALL_K)[1], m, queries, n_recall, rss0)
         rows[name + f" + rerank {rerank}"] = retrieval_variant(
-            lambda d: pq.search_reranked(d, RECALL_K, m.descriptors, rerank=rerank)[1], m, queries, n_recall)
-        for key in (name, name + f" + rerank {rerank}"):  # the index alone (the map's descriptors were paged in)
-            rows[key].update(build_s=build_s, bytes_per_feature=pq.memory_bytes / n,
-                             rss_bytes_per_feature=_bytes_per_feature(rss0, n))
+            lambda d: pq.search_reranked(d, RECALL_K, m.descriptors, rerank=rerank)[1], m, queries, n_recall, rss0)
+        for key in (name, name + f" + rerank {rerank}"):
+            rows[key].update(build_s=build_s, bytes_per_feature=pq.memory_bytes / n)
+        rows[name + f" + rerank {rerank}"]["rss_bytes_per_feature"] = rows[name]["rss_bytes_per_feature"]
         pq = None  # unmapped before the next variant
         gc.collect()
     m.index.method = "exact"

@@ -138,7 +138,7 @@ def test_city_recall_against_exact_cann(city_index):
     truth = np.stack([exact.search(d, 10)[1] for d in queries.descriptors])
     found = np.stack([index.search(d, 10)[1] for d in queries.descriptors])
     reranked = np.stack([index.search_reranked(d, 10, db.descriptors, rerank=30)[1] for d in queries.descriptors])
-    # measured (seeded): 0.76 from the codes alone, 0.99 re-ranked
+    # measured (seeded): 0.77 from the codes alone, 0.98 re-ranked
     assert recall_at(10, found, truth) >= 0.7
     assert recall_at(10, reranked, truth) >= 0.95
     # re-ranked scores are the exact ones
@@ -186,16 +186,17 @@ def test_save_load_round_trip(tmp_path, by_residual):
     assert loaded.search(q, 1)[1][0] == 999
 
 
-def test_memory_per_feature(tmp_path):
+@pytest.mark.parametrize("by_residual", [True, False])
+def test_memory_per_feature(tmp_path, by_residual):
     rng = np.random.default_rng(5)
     x = np.clip(rng.normal(30, 20, (60_000, 128)), 0, 255).astype(np.uint8)
     ids = np.arange(len(x)) // 500
-    index = CANNPQIndex(128, nprobe=4)
+    index = CANNPQIndex(128, nprobe=4, by_residual=by_residual)
     index.train(x[:20_000], nlist=64, seed=0, pq_iterations=2, pq_max_points_per_centroid=8, iterations=2)
     index.add(x, ids)
     index.save(tmp_path / "pq.pyloc")
     loaded = CANNPQIndex.load(tmp_path / "pq.pyloc")
-    per_feature = 32 + 4 + 4  # code, image index, norm term
+    per_feature = 32 + 4 + 4 * loaded.by_residual  # code, image index, norm term
     fixed = loaded.memory_bytes - per_feature * len(x)
     assert 0 < fixed < 500_000  # centroids, codebooks, list offsets, the image table
     assert loaded.memory_bytes / len(x) < 48

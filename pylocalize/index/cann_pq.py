@@ -9,9 +9,11 @@ d(q, m) the distance from query feature q to the nearest feature of image m with
 ``nprobe`` k-means lists nearest to q, but holds each database feature as an ``m``-byte
 product-quantizer code (Jégou, Douze, Schmid, TPAMI 2011) instead of its descriptor:
 distances are asymmetric (the query exact, the database feature decoded), looked up in a
-table per query feature. A SIFT feature then costs 32 bytes of code, 4 of image index and,
-with residual codes (the default, as faiss's ``IndexIVFPQ``), 4 of norm term: ~40 bytes
-instead of the 128-byte descriptor and its search copy.
+table per query feature. A SIFT feature then costs 32 bytes of code and 4 of image index
+(with residual codes, as faiss's ``IndexIVFPQ``, 4 more of norm term): ~36 bytes instead of
+the 128-byte descriptor and its search copy. Residual codes are an option, not the default:
+on generated cities they retrieve no better for 4 more bytes a feature and a slower search
+(figures in benchmarks/README.md, city section).
 
 Quantized distances move images a little in the ranking. :meth:`CANNPQIndex.search_reranked`
 puts back exact order where it matters: it re-scores the best ``rerank`` images with the
@@ -101,7 +103,7 @@ class CANNPQIndex:
     serializes; the GIL is released, and Ctrl-C stops a long call made from the main thread.
     """
 
-    def __init__(self, dim: int, m: int = 32, by_residual: bool = True, nprobe: int = 16, kernel: str = "cann",
+    def __init__(self, dim: int, m: int = 32, by_residual: bool = False, nprobe: int = 16, kernel: str = "cann",
                  p0: float = 120.0, p1: float = 0.4592, sigma: float = 60.0, *,
                  _impl: Optional[_core.CannPqIndex] = None):
         if int_scalar(nprobe, "nprobe") < 1:
