@@ -12,8 +12,8 @@ distances are asymmetric (the query exact, the database feature decoded), looked
 table per query feature. A SIFT feature then costs 32 bytes of code and 4 of image index
 (with residual codes, as faiss's ``IndexIVFPQ``, 4 more of norm term): ~36 bytes instead of
 the 128-byte descriptor and its search copy. Residual codes are an option, not the default:
-on generated cities they retrieve no better for 4 more bytes a feature and a slower search
-(figures in benchmarks/README.md, city section).
+on generated cities they retrieve no better for 4 more bytes a feature (figures in
+benchmarks/README.md, city section).
 
 Quantized distances move images a little in the ranking. :meth:`CANNPQIndex.search_reranked`
 puts back exact order where it matters: it re-scores the best ``rerank`` images with the
