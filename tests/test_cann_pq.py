@@ -262,3 +262,33 @@ def test_bad_arguments():
     index.nprobe = 0
     with pytest.raises(ValueError, match="nprobe must be >= 1"):
         index.search(x[:3], 3)
+
+
+def test_compressed_city_map_localizes_like_uncompressed(city_index, tmp_path):
+    from pylocalize.geometry import rotation_error_deg
+    from pylocalize.localization import Map
+
+    city, db, _, _, _ = city_index
+    m = Map(db.names, db.cameras, db.cam_from_world, db.keypoints, db.descriptors, db.point_ids, city.landmarks)
+    queries = city.queries(15, seed=11)
+
+    def localize(a_map):
+        return [a_map.localize_features(queries.keypoints[i], queries.descriptors[i], queries.camera,
+                                        covariance=False) for i in range(len(queries))]
+
+    plain = localize(m)
+    m.compress(seed=0)
+    assert isinstance(m.index, CANNPQIndex) and m.index.nlist > 1
+    m.save(tmp_path / "map")
+    loaded = Map.load(tmp_path / "map")
+    assert isinstance(loaded.index, CANNPQIndex) and loaded.rerank == m.rerank
+    np.testing.assert_array_equal(loaded.retrieve(queries.descriptors[0], 10), m.retrieve(queries.descriptors[0], 10))
+    compressed = localize(loaded)
+    assert sum(r.success for r in compressed) >= sum(r.success for r in plain) - 1
+    for a, b in zip(plain, compressed):
+        if a.success and b.success:  # the same pose, up to the matches a different candidate set gives
+            centre = lambda pose: -pose[:, :3].T @ pose[:, 3]  # noqa: E731
+            assert np.linalg.norm(centre(a.cam_from_world) - centre(b.cam_from_world)) < 0.05
+            assert rotation_error_deg(a.cam_from_world[:, :3], b.cam_from_world[:, :3]) < 0.5
+    with pytest.raises(ValueError, match="rerank must be an int >= 1"):
+        m.compress(rerank=0)
