@@ -56,9 +56,8 @@ std::vector<float> FloatRows(const py::object& obj, const char* name, int64_t di
   return out;
 }
 
-void BindQuantizer(py::module_& m) {
-  py::class_<LockedQuantizer>(m, "ProductQuantizer")
-      .def(py::init<int64_t, int64_t>(), py::arg("dim"), py::arg("m"))
+void BindQuantizer(py::class_<LockedQuantizer>& cls) {
+  cls.def(py::init<int64_t, int64_t>(), py::arg("dim"), py::arg("m"))
       .def_property_readonly("dim", [](const LockedQuantizer& self) { return self.pq.dim(); })
       .def_property_readonly("m", [](const LockedQuantizer& self) { return self.pq.m(); })
       .def_property_readonly("is_trained",
@@ -77,22 +76,26 @@ void BindQuantizer(py::module_& m) {
             self.pq.Train(a.data(), a.shape(0), pq::TrainParams{iterations, seed, max_points_per_centroid},
                           GetNumThreads());
           },
-          py::arg("x"), py::arg("iterations"), py::arg("seed"), py::arg("max_points_per_centroid"))
-      .def(
-          "encode",
-          [](const LockedQuantizer& self, const py::object& x) {
-            knn::Element element;
-            int64_t n;
-            py::array keep;
-            const void* data = Rows(x, "x", self.pq.dim(), &element, &n, &keep);
-            py::array_t<uint8_t> codes({n, self.pq.m()});
-            uint8_t* out = codes.mutable_data();
-            ReleaseGil release;
-            std::shared_lock<std::shared_mutex> lock(self.mutex);
-            self.pq.EncodeRows(data, element, n, out, GetNumThreads());
-            return codes;
-          },
-          py::arg("x"))
+          py::arg("x"), py::arg("iterations"), py::arg("seed"), py::arg("max_points_per_centroid"));
+}
+
+// Codes in and out, and the ADC tables.
+void BindQuantizerCodes(py::class_<LockedQuantizer>& cls) {
+  cls.def(
+         "encode",
+         [](const LockedQuantizer& self, const py::object& x) {
+           knn::Element element;
+           int64_t n;
+           py::array keep;
+           const void* data = Rows(x, "x", self.pq.dim(), &element, &n, &keep);
+           py::array_t<uint8_t> codes({n, self.pq.m()});
+           uint8_t* out = codes.mutable_data();
+           ReleaseGil release;
+           std::shared_lock<std::shared_mutex> lock(self.mutex);
+           self.pq.EncodeRows(data, element, n, out, GetNumThreads());
+           return codes;
+         },
+         py::arg("x"))
       .def(
           "decode",
           [](const LockedQuantizer& self, const py::object& codes) {
@@ -261,7 +264,9 @@ void BindFiles(py::class_<CannPqIndex>& cls) {
 }  // namespace
 
 void BindCannPq(py::module_& m) {
-  BindQuantizer(m);
+  py::class_<LockedQuantizer> quantizer(m, "ProductQuantizer");
+  BindQuantizer(quantizer);
+  BindQuantizerCodes(quantizer);
   py::class_<CannPqIndex> cls(m, "CannPqIndex");
   cls.def(py::init<int64_t, int64_t, bool>(), py::arg("dim"), py::arg("m"), py::arg("by_residual"));
   BindBuild(cls);
