@@ -81,8 +81,10 @@ def test_pq_matches_numpy_reference():
     np.testing.assert_allclose(adc, ref, rtol=1e-4)
 
 
-def brute_scores(xr, ir, q, kernel):
-    d = np.sqrt(((q.astype(np.float64)[:, None, :] - xr.astype(np.float64)[None]) ** 2).sum(-1))
+def brute_scores(xr, ir, q, kernel, bias=0.0):
+    """S(m) by the definition, distances d^2 - bias (the index's quantization error)."""
+    d2 = ((q.astype(np.float64)[:, None, :] - xr.astype(np.float64)[None]) ** 2).sum(-1)
+    d = np.sqrt(np.maximum(d2 - bias, 0))
     images = np.unique(ir)
     return images, np.array([kernel(d[:, ir == m].min(1)).mean() for m in images])
 
@@ -110,7 +112,10 @@ def test_index_matches_bruteforce_over_decoded(by_residual, dtype, num_threads):
     np.testing.assert_allclose(xr[key_r], ref[key], rtol=1e-5, atol=1e-4)
     np.testing.assert_array_equal(ir[key_r], ids[key])
     q = (centres[4] + rng.normal(0, 20, (40, 32))).astype(np.float32)
-    images, expected = brute_scores(xr, ir, q, kernel_cann)
+    # the mean squared error of the codes of the training rows (all of x here), by numpy
+    error = ((residual - numpy_decode(numpy_encode(residual, index.codebooks), index.codebooks)) ** 2).sum(1).mean()
+    assert index.quantization_error == pytest.approx(error, rel=1e-4) and error > 0
+    images, expected = brute_scores(xr, ir, q, kernel_cann, index.quantization_error)
     scores, got = index.search(q, 10)
     lookup = dict(zip(images.tolist(), expected.tolist()))
     np.testing.assert_allclose(scores, [lookup[i] for i in got], atol=1e-4)
@@ -138,8 +143,9 @@ def test_city_recall_against_exact_cann(city_index):
     truth = np.stack([exact.search(d, 10)[1] for d in queries.descriptors])
     found = np.stack([index.search(d, 10)[1] for d in queries.descriptors])
     reranked = np.stack([index.search_reranked(d, 10, db.descriptors, rerank=30)[1] for d in queries.descriptors])
-    # measured (seeded): 0.77 from the codes alone, 0.98 re-ranked
-    assert recall_at(10, found, truth) >= 0.7
+    # measured (seeded): 0.83 from the codes alone (0.77 without the quantization error
+    # subtracted), 1.0 re-ranked
+    assert recall_at(10, found, truth) >= 0.8
     assert recall_at(10, reranked, truth) >= 0.95
     # re-ranked scores are the exact ones
     d = queries.descriptors[0]

@@ -150,6 +150,7 @@ void BindBuild(py::class_<CannPqIndex>& cls) {
       .def_property_readonly("nlist", WithoutGil(&CannPqIndex::nlist))
       .def_property_readonly("is_trained", WithoutGil(&CannPqIndex::is_trained))
       .def_property_readonly("memory_bytes", WithoutGil(&CannPqIndex::MemoryBytes))
+      .def_property_readonly("quantization_error", WithoutGil(&CannPqIndex::quantization_error))
       .def(
           "train",
           [](CannPqIndex& self, const py::object& x, int64_t nlist, int iterations, uint64_t seed,

@@ -9,7 +9,9 @@ d(q, m) the distance from query feature q to the nearest feature of image m with
 ``nprobe`` k-means lists nearest to q, but holds each database feature as an ``m``-byte
 product-quantizer code (Jégou, Douze, Schmid, TPAMI 2011) instead of its descriptor:
 distances are asymmetric (the query exact, the database feature decoded), looked up in a
-table per query feature. A SIFT feature then costs 32 bytes of code and 4 of image index
+table per query feature, less the mean squared quantization error of the training sample
+(:attr:`CANNPQIndex.quantization_error`): a code's error adds to the distance on average, and
+at 32 bytes it is a large part of the kernel's cutoff. A SIFT feature then costs 32 bytes of code and 4 of image index
 (with residual codes, as faiss's ``IndexIVFPQ``, 4 more of norm term): ~36 bytes instead of
 the 128-byte descriptor and its search copy. Residual codes are an option, not the default:
 on generated cities they retrieve no better for 4 more bytes a feature (figures in
@@ -125,6 +127,8 @@ class CANNPQIndex:
     is_trained = property(lambda self: self._impl.is_trained, doc="Whether lists and codebooks are learned.")
     memory_bytes = property(lambda self: self._impl.memory_bytes,
                             doc="Bytes held: codes, image indexes, norm terms, lists, centroids, codebooks.")
+    quantization_error = property(lambda self: self._impl.quantization_error,
+                                  doc="Mean squared quantization error, subtracted from every ADC distance.")
     centroids = property(lambda self: self._impl.centroids, doc="float32 (nlist, dim): the lists' centroids.")
     codebooks = property(lambda self: self._impl.codebooks, doc="float32 (m, 256, dim / m): the sub-quantizers.")
 

@@ -37,6 +37,23 @@ std::vector<int64_t> SampleRows(int64_t n, int64_t count, uint64_t seed) {
   return rows;
 }
 
+// Mean of ||x - decode(encode(x))||^2 over n rows.
+double MeanSquaredError(const pq::ProductQuantizer& pq, const std::vector<float>& x, int64_t n, int num_threads) {
+  const int64_t dim = pq.dim();
+  std::vector<uint8_t> codes(static_cast<size_t>(n * pq.m()));
+  pq.Encode(x.data(), n, codes.data(), num_threads);
+  std::vector<float> decoded(static_cast<size_t>(dim));
+  double total = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    pq.Decode(codes.data() + i * pq.m(), 1, decoded.data());
+    for (int64_t d = 0; d < dim; ++d) {
+      const double e = static_cast<double>(x[static_cast<size_t>(i * dim + d)]) - decoded[static_cast<size_t>(d)];
+      total += e * e;
+    }
+  }
+  return total / static_cast<double>(std::max<int64_t>(n, 1));
+}
+
 }  // namespace
 
 void CannPqTrainParams::Validate() const {
@@ -107,6 +124,7 @@ void CannPqIndex::Train(const void* rows, knn::Element element, int64_t n, const
     }
   }
   pq_.Train(x.data(), ns, params.pq, num_threads);
+  quantization_error_ = MeanSquaredError(pq_, x, ns, num_threads);
   centroids_ = std::move(km.centroids);
   owned_.assign(static_cast<size_t>(params.nlist), OwnedList{});
 }
@@ -236,6 +254,7 @@ void CannPqIndex::Search(const CannPqSearchOptions& options, const float* querie
     const float cut2 = static_cast<float>(cut * cut);
     cann::ThreadScores per_thread(threads, num_images, options.kernel);
     const int64_t width = m_ * pq::kCentroids;
+    const float bias = static_cast<float>(quantization_error_);
     ParallelFor((nq + kQueryGroup - 1) / kQueryGroup, threads, [&](int64_t g, int tid) {
       const int64_t q0 = g * kQueryGroup, count = std::min(kQueryGroup, nq - q0);
       std::vector<float> tables;
@@ -244,7 +263,7 @@ void CannPqIndex::Search(const CannPqSearchOptions& options, const float* querie
       for (int64_t q = q0; q < q0 + count; ++q) {
         for (int64_t p = q * nprobe; p < (q + 1) * nprobe; ++p) {
           InterruptPoint();
-          const float base = by_residual_ ? probe_d2[static_cast<size_t>(p)] : qnorm[static_cast<size_t>(q)];
+          const float base = (by_residual_ ? probe_d2[static_cast<size_t>(p)] : qnorm[static_cast<size_t>(q)]) - bias;
           ScanList(View(probe[static_cast<size_t>(p)]), tables.data() + (q - q0) * width, base, cut2, &acc);
         }
         acc.CloseFeature();
@@ -277,6 +296,11 @@ void CannPqIndex::Reconstruct(std::vector<float>* out, std::vector<int64_t>* ima
 std::vector<float> CannPqIndex::Centroids() const {
   std::shared_lock<std::shared_mutex> lock(mutex_);
   return centroids_;
+}
+
+double CannPqIndex::quantization_error() const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  return quantization_error_;
 }
 
 std::vector<float> CannPqIndex::Codebooks() const {

@@ -113,6 +113,7 @@ ContainerWriter CannPqIndex::Writer() const {
   }
   w.AddSection("images", DType::kInt64, {static_cast<int64_t>(images_.size())}, images_.data());
   if (nlist == 0) return w;
+  w.SetMeta("quantization_error", DoubleBits(quantization_error_));
   w.AddSection("centroids", DType::kFloat32, {nlist, dim_}, centroids_.data());
   w.AddSection("codebooks", DType::kFloat32, {m_, pq::kCentroids, pq_.dsub()}, pq_.codebooks().data());
   w.AddSection("list_offsets", DType::kInt64, {nlist + 1}, packed_->offsets.data());
@@ -163,6 +164,9 @@ std::unique_ptr<CannPqIndex> CannPqIndex::FromContainer(const Container& c) {
   CheckFiniteSection(reinterpret_cast<const float*>(bv.data), bv.size(), "codebooks");
   const auto* cp = reinterpret_cast<const float*>(cv.data);
   index->centroids_.assign(cp, cp + cv.size());
+  index->quantization_error_ = BitsDouble(c.Meta("quantization_error"));
+  PYL_CHECK_FORMAT(std::isfinite(index->quantization_error_) && index->quantization_error_ >= 0,
+                   "CANNPQIndex file has quantization_error ", index->quantization_error_, " (corrupt)");
   index->pq_.SetCodebooks(reinterpret_cast<const float*>(bv.data));
   index->ReadLists(c, n);
   return index;

@@ -83,7 +83,9 @@ void CheckScores(std::mt19937_64& rng, bool by_residual) {
   for (int64_t q = 0; q < 20; ++q) {
     std::map<int64_t, double> best;
     for (int64_t i = 0; i < n; ++i) {
-      const double d2 = SquaredDistance(queries.data() + q * dim, xr.data() + i * dim, dim);
+      // less the mean squared quantization error, as the index's search
+      const double d2 = std::max(
+          0.0, SquaredDistance(queries.data() + q * dim, xr.data() + i * dim, dim) - index.quantization_error());
       auto it = best.find(ir[static_cast<size_t>(i)]);
       if (it == best.end() || d2 < it->second) best[ir[static_cast<size_t>(i)]] = d2;
     }
