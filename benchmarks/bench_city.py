@@ -64,10 +64,13 @@ def pose_within(cam_from_world, true, max_m: float = 0.25, max_deg: float = 2.0)
                 and rotation_error_deg(cam_from_world[:, :3], true[:, :3]) < max_deg)
 
 
-def _localize(m, queries):
+def _localize(m, queries, retrieval=None):
+    """Success within (0.25 m, 2 deg) and median and p90 latency (ms) after features;
+    ``retrieval`` replaces the map's CANN search (as in :meth:`Map.localize_features`)."""
     ok, latency = [], []
     for i in range(len(queries)):
-        result = m.localize_features(queries.keypoints[i], queries.descriptors[i], queries.camera, covariance=False)
+        result = m.localize_features(queries.keypoints[i], queries.descriptors[i], queries.camera, covariance=False,
+                                     retrieval=retrieval)
         latency.append(sum(result.timings.values()))
         ok.append(result.success and pose_within(result.cam_from_world, queries.cam_from_world[i]))
     return float(np.mean(ok)), 1000 * float(np.median(latency)), 1000 * float(np.percentile(latency, 90))

@@ -4,6 +4,7 @@ The core (``pylocalize._core``) holds the search kernels; this package names the
 API. Main names:
 
 - :class:`CANNIndex` — image retrieval from local features (constrained nearest neighbours).
+- :class:`CANNPQIndex` — the same over product-quantized features (32-byte codes).
 - :class:`BinaryIndex` — exact Hamming k-NN / range search over binary codes.
 - :class:`MultiBitIndex`, :func:`binarize` — multi-bit codes scored by symmetric
   distance calculation (SDC), with optional exact re-ranking.
@@ -14,7 +15,7 @@ API. Main names:
 
 from pylocalize._core import FormatError, __version__
 from pylocalize.codes import binarize, pack_bits, reconstruct, unpack_bits
-from pylocalize.index import BinaryIndex, CANNIndex, MultiBitIndex, assign, kmeans
+from pylocalize.index import BinaryIndex, CANNIndex, CANNPQIndex, MultiBitIndex, assign, kmeans
 from pylocalize.runtime import (
     detected_simd_level,
     get_num_threads,
@@ -28,6 +29,7 @@ from pylocalize.runtime import (
 __all__ = [
     "BinaryIndex",
     "CANNIndex",
+    "CANNPQIndex",
     "FormatError",
     "MultiBitIndex",
     "__version__",

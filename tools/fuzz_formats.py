@@ -137,6 +137,26 @@ def _use_cann(path: Path) -> str:
     return _fingerprint(len(exact), exact.search(q, 5), ivf.search(q, 5) if ivf.is_trained else None)
 
 
+def _make_cann_pq(folder: Path) -> Path:
+    import pylocalize
+
+    rng = _rng_data(7)
+    x = (rng.normal(size=(600, 16)) * 40).astype(np.float32)
+    index = pylocalize.CANNPQIndex(16, m=4, nprobe=3)
+    index.train(x, nlist=6, seed=0, pq_iterations=4)
+    index.add(x, rng.integers(0, 20, 600))
+    index.save(folder / "cann_pq.pyloc")
+    return folder / "cann_pq.pyloc"
+
+
+def _use_cann_pq(path: Path, mmap: bool = False) -> str:
+    import pylocalize
+
+    q = (_rng_data(8).normal(size=(20, 16)) * 40).astype(np.float32)
+    index = pylocalize.CANNPQIndex.load(path, mmap=mmap)
+    return _fingerprint(len(index), index.search(q, 5), index.reconstruct())
+
+
 def _make_map(folder: Path) -> Path:
     from pylocalize.geometry import Camera
     from pylocalize.localization import Map
@@ -330,6 +350,8 @@ FORMATS: Dict[str, Format] = {
     "multibit": Format(_make_multibit, _use_multibit),
     "multibit-mmap": Format(_make_multibit, lambda p: _use_multibit(p, mmap=True)),
     "cann": Format(_make_cann, _use_cann),
+    "cann-pq": Format(_make_cann_pq, _use_cann_pq),
+    "cann-pq-mmap": Format(_make_cann_pq, lambda p: _use_cann_pq(p, mmap=True)),
     "map": Format(_make_map, _use_map),
     "map-sfm": Format(_make_map_sfm, _use_map_sfm),
     # layouts 1 (float32 descriptors), 2 (float32 model points) and 3 (float16

@@ -134,6 +134,7 @@ void BindUtil(py::module_& m);
 void BindHamming(py::module_& m);
 void BindRender(py::module_& m);
 void BindCann(py::module_& m);
+void BindCannPq(py::module_& m);
 void BindKnn(py::module_& m);
 void BindBow(py::module_& m);
 

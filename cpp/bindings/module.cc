@@ -7,6 +7,7 @@ PYBIND11_MODULE(_core, m) {
   pylocalize::bindings::BindHamming(m);
   pylocalize::bindings::BindRender(m);
   pylocalize::bindings::BindCann(m);
+  pylocalize::bindings::BindCannPq(m);
   pylocalize::bindings::BindKnn(m);
   pylocalize::bindings::BindBow(m);
 }

@@ -2,7 +2,8 @@
 
 A :class:`Map` holds posed database images (names, COLMAP cameras, ``cam_from_world``),
 their SIFT keypoints and descriptors with the 3D point each observes, the 3D points, and
-a :class:`CANNIndex` over every database feature. It is built from
+a :class:`CANNIndex` over every database feature (or, after :meth:`Map.compress`, a
+:class:`~pylocalize.index.cann_pq.CANNPQIndex` of 32-byte codes). It is built from
 
 - images with known poses (:meth:`Map.from_views`, :meth:`Map.from_strecha`,
   :meth:`Map.from_pose_file`, :meth:`Map.from_colmap` for a COLMAP model's cameras and
@@ -51,6 +52,7 @@ from pylocalize.geometry import read_pose_file
 from pylocalize.geometry.absolute_pose import AbsolutePose, estimate_absolute_pose
 from pylocalize.geometry.camera import Camera, CameraDevice, is_focal_guess, read_cameras_file
 from pylocalize.index.cann import CANNIndex
+from pylocalize.index.cann_pq import CANNPQIndex
 from pylocalize.io import image_files, image_size, load_pixels, read_image  # noqa: F401 (read_image's old path)
 from pylocalize.localization.georegister import DEFAULT_GPS_NOISE_M, camera_geodetic, gps_of_images
 from pylocalize.localization.georegister import georegister as georegister_map
@@ -90,6 +92,13 @@ RETRIEVAL_OPTIONS = {"p0": 200.0}
 # database image once a map has tens of thousands of features.
 IVF_MIN_FEATURES = 20_000
 IVF_NPROBE = 4
+
+
+# A compressed map (Map.compress) re-scores this many retrieved images exactly against its
+# memory-mapped descriptors, so that quantized distances only choose the candidates.
+COMPRESSED_RERANK = 20
+# Descriptors the product quantizer of a compressed map learns from.
+COMPRESS_SAMPLE = 200_000
 
 
 def _configure_retrieval(index: CANNIndex) -> CANNIndex:
@@ -313,7 +322,7 @@ class Map:
 
     def __init__(self, names: Sequence[str], cameras: Sequence[Camera], cam_from_world, keypoints, descriptors,
                  point_ids, points3D, extractor: str = "opencv", max_features: int = 4000,
-                 index: Optional[CANNIndex] = None):
+                 index: Optional[Union[CANNIndex, CANNPQIndex]] = None):
         n = len(names)
         self.names = [check_image_name(name) for name in names]
         self.cameras = list(cameras)
@@ -348,6 +357,7 @@ class Map:
                 index.train(seed=0)
             index = _configure_retrieval(index)
         self.index = index
+        self.rerank = COMPRESSED_RERANK  # images a compressed index re-scores exactly (compress)
 
     def __repr__(self) -> str:
         return f"Map({len(self.names)} images, {len(self.points3D)} points, {self.extractor} SIFT)"
@@ -641,6 +651,8 @@ class Map:
                 info["sfm_model"], info["sfm_files"] = sfm_model
             if self.geo_origin is not None:
                 info["geo_origin"] = [float(v) for v in self.geo_origin]
+            if isinstance(self.index, CANNPQIndex):  # older readers refuse its file (another container tag)
+                info["index_kind"], info["rerank"] = "cann-pq", self.rerank
             sections["info"] = np.frombuffer(json.dumps(info).encode("utf-8"), np.uint8).copy()
             meta = {"map_version": MAP_VERSION, "num_images": len(self.names), "max_features": self.max_features,
                     "index_bytes": (path / index_file).stat().st_size, "index_features": len(self.index)}
@@ -730,8 +742,10 @@ class Map:
             if meta["map_version"] != 2 and (folder / index_file).stat().st_size != meta["index_bytes"]:
                 raise ValueError(f"{index_file} has {(folder / index_file).stat().st_size} bytes, the map recorded "
                                  f"{meta['index_bytes']}: not the index this map was saved with")
-            index = CANNIndex.load(folder / index_file)
-            if index.stored_options is None:  # saved before indexes stored their search options
+            compressed = info.get("index_kind") == "cann-pq"
+            index = (CANNPQIndex.load(folder / index_file, mmap=True) if compressed
+                     else CANNIndex.load(folder / index_file))
+            if not compressed and index.stored_options is None:  # saved before indexes stored their options
                 index = _configure_retrieval(CANNIndex.load(folder / index_file, **RETRIEVAL_OPTIONS))
             if len(index) != counts.sum() or len(index) != meta.get("index_features", len(index)):
                 raise ValueError(f"the retrieval index holds {len(index)} features, the map {counts.sum()}")
@@ -739,6 +753,10 @@ class Map:
                     np.split(sec["descriptors"], split), np.split(sec["point_ids"], split), sec["points3D"],
                     info["extractor"], meta["max_features"], index=index)
             m.image_dir = image_dir
+            if compressed:
+                m.rerank = info["rerank"]
+                if isinstance(m.rerank, bool) or not isinstance(m.rerank, int) or m.rerank < 1:
+                    raise FormatError(f"{folder}: rerank {m.rerank!r}: not a count of images")
             m.devices = _read_devices(info, len(names))
             m.sfm_model_dir, m.sfm_model_files, m.geo_origin = _read_sfm_and_geo(folder, info)
             return m
@@ -837,6 +855,38 @@ class Map:
         keypoints, descriptors = extract_sift(pixels, self.max_features, self.extractor)
         return QueryFeatures(keypoints, descriptors, cam)
 
+    def compress(self, m: int = 32, rerank: int = COMPRESSED_RERANK, seed: int = 0) -> None:
+        """Holds the retrieval index as ``m``-byte product-quantizer codes (:class:`CANNPQIndex`)
+        instead of every descriptor: about 36 bytes a feature in memory instead of 128+.
+
+        :meth:`retrieve` then takes the ``rerank`` images the codes score best and ranks them
+        by their exact CANN scores against the map's descriptors (memory-mapped in a loaded
+        map), so only those images' descriptors are read. The lists and the probed count are
+        the current index's when it has an inverted file (else ``2 sqrt(N)`` lists, nprobe
+        ``IVF_NPROBE``); the quantizer learns from at most ``COMPRESS_SAMPLE`` descriptors.
+        :meth:`save` keeps the compressed index.
+        """
+        counts = np.array([len(d) for d in self.descriptors], np.int64)
+        total = int(counts.sum())
+        if total < 256:
+            raise ValueError(f"compress needs at least 256 map features to learn codes, the map has {total}")
+        if isinstance(rerank, (bool, np.bool_)) or not isinstance(rerank, (int, np.integer)) or rerank < 1:
+            raise ValueError(f"rerank must be an int >= 1, got {rerank!r}")
+        if isinstance(self.index, CANNIndex) and self.index.is_trained:
+            nlist, nprobe = self.index.nlist, self.index.nprobe
+        else:
+            nlist, nprobe = min(total, max(1, round(2 * np.sqrt(total)))), IVF_NPROBE
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        rows = np.sort(np.random.default_rng(seed).choice(total, min(total, COMPRESS_SAMPLE), replace=False))
+        image = np.searchsorted(offsets, rows, side="right") - 1
+        sample = np.concatenate([self.descriptors[i][rows[image == i] - offsets[i]] for i in np.unique(image)])
+        index = CANNPQIndex(128, m=m, nprobe=nprobe, **RETRIEVAL_OPTIONS)
+        index.train(sample, nlist=nlist, seed=seed)
+        for i, d in enumerate(self.descriptors):  # an image at a time: no copy of every descriptor
+            if len(d):
+                index.add(d, i)
+        self.index, self.rerank = index, int(rerank)
+
     def retrieve(self, descriptors: np.ndarray, k: Optional[int], return_scores: bool = False):
         """Stage 2: the ``k`` database images CANN ranks best for a query's descriptors, as
         indices into :attr:`names`, best first (every image, in index order, when ``k`` is
@@ -850,7 +900,11 @@ class Map:
             return ([], []) if return_scores else []
         if k is None and not return_scores:
             return list(range(n))
-        scores, ids = self.index.search(descriptors, n if k is None else min(int(k), n))
+        kk = n if k is None else min(int(k), n)
+        if isinstance(self.index, CANNPQIndex):  # codes choose the candidates, exact scores rank them
+            scores, ids = self.index.search_reranked(descriptors, kk, self.descriptors, rerank=max(kk, self.rerank))
+        else:
+            scores, ids = self.index.search(descriptors, kk)
         if k is None:  # back to image order, each image's own score
             by_image = dict(zip(ids.tolist(), scores.tolist()))
             return list(range(n)), [float(by_image.get(i, 0.0)) for i in range(n)]
