@@ -690,7 +690,7 @@ class Map:
             identity = _file_identity(file)
             meta, sec = _read_map_file(file, mmap)
             try:
-                return cls._from_sections(folder, meta, sec)
+                return cls._from_sections(folder, meta, sec, mmap)
             except _IndexMissing as missing:
                 if attempt == 2 or _file_identity(file) == identity:
                     what = "SfM model" if str(missing).startswith("sfm-") else "retrieval index"
@@ -698,7 +698,7 @@ class Map:
                                       "`pylocalize map build`") from None
 
     @classmethod
-    def _from_sections(cls, folder: Path, meta: dict, sec: dict) -> "Map":
+    def _from_sections(cls, folder: Path, meta: dict, sec: dict, mmap: bool = True) -> "Map":
         import json
 
         try:
@@ -730,9 +730,9 @@ class Map:
             if meta["map_version"] != 2 and (folder / index_file).stat().st_size != meta["index_bytes"]:
                 raise ValueError(f"{index_file} has {(folder / index_file).stat().st_size} bytes, the map recorded "
                                  f"{meta['index_bytes']}: not the index this map was saved with")
-            index = CANNIndex.load(folder / index_file)
+            index = CANNIndex.load(folder / index_file, mmap=mmap)
             if index.stored_options is None:  # saved before indexes stored their search options
-                index = _configure_retrieval(CANNIndex.load(folder / index_file, **RETRIEVAL_OPTIONS))
+                index = _configure_retrieval(CANNIndex.load(folder / index_file, mmap=mmap, **RETRIEVAL_OPTIONS))
             if len(index) != counts.sum() or len(index) != meta.get("index_features", len(index)):
                 raise ValueError(f"the retrieval index holds {len(index)} features, the map {counts.sum()}")
             m = cls(names, cameras, sec["cam_from_world"], np.split(sec["keypoints"], split),
