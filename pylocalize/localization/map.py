@@ -733,6 +733,8 @@ class Map:
             index = CANNIndex.load(folder / index_file, mmap=mmap)
             if index.stored_options is None:  # saved before indexes stored their search options
                 index = _configure_retrieval(CANNIndex.load(folder / index_file, mmap=mmap, **RETRIEVAL_OPTIONS))
+            if index.method == "ivf" and not index.is_trained:  # a map save trains before choosing ivf
+                raise ValueError("the retrieval index searches by method 'ivf' but has no trained lists")
             if len(index) != counts.sum() or len(index) != meta.get("index_features", len(index)):
                 raise ValueError(f"the retrieval index holds {len(index)} features, the map {counts.sum()}")
             m = cls(names, cameras, sec["cam_from_world"], np.split(sec["keypoints"], split),
