@@ -671,7 +671,8 @@ class Map:
     @classmethod
     def load(cls, path, mmap: bool = True) -> "Map":
         """Reads a map written by :meth:`save` (or by pylocalize before index files had
-        unique names: layout 2, ``cann.pyloc``); descriptors stay memory-mapped with ``mmap``.
+        unique names: layout 2, ``cann.pyloc``); with ``mmap``, descriptors stay memory-mapped and
+        so does the retrieval index's ivf layout (searched in place: :meth:`CANNIndex.load`).
 
         Raises
         ------
