@@ -216,3 +216,35 @@ def test_golden_layout_1_file_still_searches_the_same(tmp_path):
     assert new.mapped_bytes > 0
     for method in ("ivf", "exact", "grid"):
         _same(old, new, q, method)
+
+
+def test_searches_during_changes_of_a_mapped_index(tmp_path):
+    """Searches running while a mapped index is changed see it before or after each change
+    (the copy-on-write leaves the layout they hold untouched), never a mix or a crash."""
+    import threading
+
+    x, ids, q = _data(12)
+    x2, ids2, _ = _data(13, n=300)
+    index = _trained(x, ids)
+    index.save(tmp_path / "c.pyloc")
+    states = []
+    for change in (lambda i: None, lambda i: i.remove_images([1, 2, 3]), lambda i: i.add(x2, ids2 + 100)):
+        change(index)
+        states.append(index.search(q, 8)[1].tolist())
+    mapped = pylocalize.CANNIndex.load(tmp_path / "c.pyloc", mmap=True)
+    seen, stop = [], threading.Event()
+
+    def search():
+        while not stop.is_set():
+            seen.append(mapped.search(q, 8)[1].tolist())
+
+    threads = [threading.Thread(target=search) for _ in range(2)]
+    for t in threads:
+        t.start()
+    mapped.remove_images([1, 2, 3])
+    mapped.add(x2, ids2 + 100)
+    stop.set()
+    for t in threads:
+        t.join()
+    seen.append(mapped.search(q, 8)[1].tolist())
+    assert all(s in states for s in seen) and seen[-1] == states[-1]
