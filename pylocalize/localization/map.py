@@ -64,6 +64,9 @@ from pylocalize.localization.triangulation import select_pairs, triangulate
 # Optional JSON keys added since need no new layout: "devices" (the EXIF device of each image,
 # for queries to reuse the map's calibrated cameras) is absent from older maps, which load
 # without it.
+# The index file carries its own layout version (CANNIndex meta "layout"; 2: a trained index
+# stores its ivf search layout, mapped at load), which CANNIndex.load reads: the map's
+# sections do not change with it.
 MAP_VERSION = 3
 MAP_FILE = "map.pyloc"
 INDEX_FILE = "cann.pyloc"  # the index of a layout-2 map
