@@ -38,7 +38,8 @@ RECALL_K = 10
 
 
 def _memory_mb(field: str) -> float:
-    """``VmRSS`` (resident now) or ``VmHWM`` (peak) of this process, MB (Linux)."""
+    """``VmRSS`` (resident now), ``RssAnon`` (its heap part) or ``VmHWM`` (peak) of this process, MB
+    (Linux)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
@@ -126,13 +127,16 @@ def run_size(name: str, n_queries: int, n_recall: int, seed: int, workdir: Path)
     row["save_s"] = time.perf_counter() - t0
     del m
     gc.collect()
-    rss_before = _memory_mb("VmRSS")
+    rss_before, anon_before = _memory_mb("VmRSS"), _memory_mb("RssAnon")
     t0 = time.perf_counter()
     m = Map.load(workdir / "map")
     row["load_s"] = time.perf_counter() - t0
     queries = city.queries(n_queries, seed=seed + 1)
     row["success"], row["latency_ms"], row["latency_p90_ms"] = _localize(m, queries)
     row["loaded_rss_mb"] = _memory_mb("VmRSS") - rss_before  # what the map costs once queried
+    # of which heap (anonymous) memory: the rest is pages of mapped files, which the kernel
+    # can drop and read again (the map's descriptors, the index's mapped layout)
+    row["loaded_anon_mb"] = _memory_mb("RssAnon") - anon_before
     row["recall@10"] = _retrieval_recall(m, queries, n_recall)
     row["peak_rss_mb"] = _memory_mb("VmHWM")
     row["map_bytes"] = sum(f.stat().st_size for f in (workdir / "map").iterdir() if f.is_file())

@@ -314,7 +314,8 @@ def test_search_options_stored(tmp_path):
 
 def test_search_options_of_old_files(tmp_path):
     """A file written before the options were stored loads with the constructor defaults, and
-    saving it again adds only the options' metadata: sections and other metadata unchanged."""
+    saving it again adds the options' metadata and, the index being trained, stores its ivf
+    layout (layout 2) from which the file's features come back unchanged."""
     old = pylocalize.CANNIndex.load(GOLDEN_CANN)
     assert old.stored_options is None
     defaults = pylocalize.CANNIndex(old.dim).search_options
@@ -329,11 +330,22 @@ def test_search_options_of_old_files(tmp_path):
     assert {k: v for k, v in meta2.items() if k in meta} == meta
     assert set(meta2) - set(meta) == {"search_method", "search_nprobe", "kernel", "kernel_p0", "kernel_p1",
                                       "kernel_sigma", "grid_num_grids", "grid_num_radii", "grid_dims",
-                                      "grid_cell_factor", "grid_max_bin", "grid_seed"}
-    assert sections2.keys() == sections.keys()
-    for name in sections:
-        np.testing.assert_array_equal(sections2[name], sections[name])
+                                      "grid_cell_factor", "grid_max_bin", "grid_seed", "layout", "ivf_block"}
+    assert meta2["layout"] == 2 and "descriptors" not in sections2
+    np.testing.assert_array_equal(sections2["centroids"], sections["centroids"])
+    rows, ids = layout_features(sections2, old.dim)
+    np.testing.assert_array_equal(rows, sections["descriptors"])
+    np.testing.assert_array_equal(ids, sections["image_ids"])
     assert pylocalize.CANNIndex.load(tmp_path / "resaved.pyloc").search_options == defaults
+
+
+def layout_features(sections, dim):
+    """The features in insertion order, read from a layout-2 file's sections with numpy: the
+    blocks are 16 slots each, a block dimension-major; feature i is in slot ivf_feature_slot[i]."""
+    slot = sections["ivf_feature_slot"]
+    blocks = np.asarray(sections["ivf_blocks"]).reshape(-1, dim, 16)
+    rows = blocks[slot // 16, :, slot % 16]
+    return rows, sections["ivf_images"][sections["ivf_slot_image"][slot]]
 
 
 @pytest.mark.parametrize("key,value", [("search_method", 3), ("kernel", -1), ("search_nprobe", 0),

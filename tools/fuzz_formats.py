@@ -132,8 +132,9 @@ def _use_cann(path: Path) -> str:
     import pylocalize
 
     q = (_rng_data(6).normal(size=(20, 16)) * 40).astype(np.float32)
-    exact = pylocalize.CANNIndex.load(path, method="exact")  # the sample stores method="ivf"
-    ivf = pylocalize.CANNIndex.load(path, method="ivf", nprobe=4)
+    # the sample stores method="ivf"; read into memory, and searched in place memory-mapped
+    exact = pylocalize.CANNIndex.load(path, mmap=False, method="exact")
+    ivf = pylocalize.CANNIndex.load(path, mmap=True, method="ivf", nprobe=4)
     return _fingerprint(len(exact), exact.search(q, 5), ivf.search(q, 5) if ivf.is_trained else None)
 
 

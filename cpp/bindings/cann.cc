@@ -151,6 +151,7 @@ void BindStructures(py::class_<CannIndex>& cls) {
           py::arg("seed"), py::arg("r_max"))
       .def_property_readonly("grid_memory_bytes", WithoutGil(&CannIndex::GridMemoryBytes))
       .def_property_readonly("memory_bytes", WithoutGil(&CannIndex::MemoryBytes))
+      .def_property_readonly("mapped_bytes", WithoutGil(&CannIndex::MappedBytes))
       .def_property_readonly("is_trained", WithoutGil(&CannIndex::is_trained))
       .def_property_readonly("nlist", WithoutGil(&CannIndex::nlist));
 }
@@ -236,7 +237,7 @@ void BindOptionsAndFiles(py::class_<CannIndex>& cls) {
           "search_options",
           [](const CannIndex& self) { return OptionsDict(WithoutGil(&CannIndex::search_options)(self)); })
       .def("save", &CannIndex::Save, py::arg("path"), py::call_guard<ReleaseGil>())
-      .def_static("load", &CannIndex::Load, py::arg("path"), py::call_guard<ReleaseGil>());
+      .def_static("load", &CannIndex::Load, py::arg("path"), py::arg("mmap") = false, py::call_guard<ReleaseGil>());
   BindSerialization(cls);
 }
 

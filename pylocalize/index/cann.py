@@ -170,7 +170,11 @@ class CANNIndex:
 
     is_trained = property(lambda self: self._impl.is_trained, doc="Whether the ivf lists are trained.")
     memory_bytes = property(lambda self: self._impl.memory_bytes,
-                            doc="Bytes held: features, ids and the search layouts built so far.")
+                            doc="Heap bytes held: features, ids and the search layouts built so far (not the "
+                                "pages of a memory-mapped file: see ``mapped_bytes``).")
+    mapped_bytes = property(lambda self: self._impl.mapped_bytes,
+                            doc="Bytes of the memory-mapped file the index searches in place (0 when not "
+                                "loaded with ``mmap=True``, or once a change copied the features out).")
     nlist = property(lambda self: self._impl.nlist, doc="Number of ivf lists (0 before training).")
 
     def train(self, nlist: Optional[int] = None, iterations: int = 8, seed: int = 0,
@@ -269,7 +273,8 @@ class CANNIndex:
 
     def save(self, path: PathLike) -> None:
         """Writes the features, trained lists and search options (pylocalize container,
-        atomically)."""
+        atomically). A trained index stores its ivf search layout in place of the features in
+        insertion order (one copy of the descriptors), so that :meth:`load` searches at once."""
         self._store_options()
         self._impl.save(os.fspath(path))
 
@@ -282,10 +287,20 @@ class CANNIndex:
         return index
 
     @classmethod
-    def load(cls, path: PathLike, **options) -> "CANNIndex":
+    def load(cls, path: PathLike, mmap: bool = True, **options) -> "CANNIndex":
         """Reads an index written by :meth:`save`, with the search options it stored;
-        ``options`` (as in the constructor) replace stored ones."""
-        return cls._from_impl(_core.CannIndex.load(os.fspath(path)), options)
+        ``options`` (as in the constructor) replace stored ones.
+
+        With ``mmap``, the ivf layout of a trained index is searched in place in the mapped
+        file: nothing is copied or rebuilt, and the pages a search touches are read then. The
+        file must then stay unchanged (saves replace it atomically, which is safe). Adding,
+        removing, training, or searching by another method first copies the features out of
+        the layout (in insertion order). Every section's checksum is verified either way:
+        a damaged file raises :class:`pylocalize.FormatError`. Files of trained indexes
+        written before the layout was stored (layout 1) load as before and build the layout
+        at the first ivf search.
+        """
+        return cls._from_impl(_core.CannIndex.load(os.fspath(path), mmap=bool(mmap)), options)
 
     def serialize(self) -> np.ndarray:
         """The features and search options as bytes (``uint8`` array) in the container format."""

@@ -66,6 +66,9 @@ from pylocalize.localization.triangulation import select_pairs, triangulate
 # Optional JSON keys added since need no new layout: "devices" (the EXIF device of each image,
 # for queries to reuse the map's calibrated cameras) is absent from older maps, which load
 # without it.
+# The index file carries its own layout version (CANNIndex meta "layout"; 2: a trained index
+# stores its ivf search layout, mapped at load), which CANNIndex.load reads: the map's
+# sections do not change with it.
 MAP_VERSION = 3
 MAP_FILE = "map.pyloc"
 INDEX_FILE = "cann.pyloc"  # the index of a layout-2 map
@@ -683,7 +686,8 @@ class Map:
     @classmethod
     def load(cls, path, mmap: bool = True) -> "Map":
         """Reads a map written by :meth:`save` (or by pylocalize before index files had
-        unique names: layout 2, ``cann.pyloc``); descriptors stay memory-mapped with ``mmap``.
+        unique names: layout 2, ``cann.pyloc``); with ``mmap``, descriptors stay memory-mapped and
+        so does the retrieval index's ivf layout (searched in place: :meth:`CANNIndex.load`).
 
         Raises
         ------
@@ -702,7 +706,7 @@ class Map:
             identity = _file_identity(file)
             meta, sec = _read_map_file(file, mmap)
             try:
-                return cls._from_sections(folder, meta, sec)
+                return cls._from_sections(folder, meta, sec, mmap)
             except _IndexMissing as missing:
                 if attempt == 2 or _file_identity(file) == identity:
                     what = "SfM model" if str(missing).startswith("sfm-") else "retrieval index"
@@ -710,7 +714,7 @@ class Map:
                                       "`pylocalize map build`") from None
 
     @classmethod
-    def _from_sections(cls, folder: Path, meta: dict, sec: dict) -> "Map":
+    def _from_sections(cls, folder: Path, meta: dict, sec: dict, mmap: bool = True) -> "Map":
         import json
 
         try:
@@ -743,10 +747,12 @@ class Map:
                 raise ValueError(f"{index_file} has {(folder / index_file).stat().st_size} bytes, the map recorded "
                                  f"{meta['index_bytes']}: not the index this map was saved with")
             compressed = info.get("index_kind") == "cann-pq"
-            index = (CANNPQIndex.load(folder / index_file, mmap=True) if compressed
-                     else CANNIndex.load(folder / index_file))
+            index = (CANNPQIndex.load(folder / index_file, mmap=mmap) if compressed
+                     else CANNIndex.load(folder / index_file, mmap=mmap))
             if not compressed and index.stored_options is None:  # saved before indexes stored their options
-                index = _configure_retrieval(CANNIndex.load(folder / index_file, **RETRIEVAL_OPTIONS))
+                index = _configure_retrieval(CANNIndex.load(folder / index_file, mmap=mmap, **RETRIEVAL_OPTIONS))
+            if not compressed and index.method == "ivf" and not index.is_trained:  # a save trains before ivf
+                raise ValueError("the retrieval index searches by method 'ivf' but has no trained lists")
             if len(index) != counts.sum() or len(index) != meta.get("index_features", len(index)):
                 raise ValueError(f"the retrieval index holds {len(index)} features, the map {counts.sum()}")
             m = cls(names, cameras, sec["cam_from_world"], np.split(sec["keypoints"], split),

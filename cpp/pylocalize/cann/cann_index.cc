@@ -14,6 +14,10 @@ namespace pylocalize {
 namespace {
 
 constexpr const char* kTag = "CANNIndex";
+// Layout version in the meta "layout": 1 (no key): insertion-order rows, and the ivf
+// centroids once trained. 2: a trained index stores its ivf layout (blocks, norms, lists,
+// slot images and each feature's slot) instead of the rows; an untrained one as layout 1.
+constexpr int64_t kLayout = 2;
 
 // int64 metadata holds the doubles of the search options bit for bit.
 int64_t DoubleBits(double v) {
@@ -124,6 +128,11 @@ size_t CannIndex::ElementSize() const { return element_ == static_cast<int>(knn:
 
 int64_t CannIndex::ntotal() const {
   std::shared_lock<std::shared_mutex> lock(mutex_);
+  return ntotal_locked();
+}
+
+int64_t CannIndex::ntotal_locked() const {
+  if (loaded_layout_ != nullptr) return static_cast<int64_t>(loaded_layout_->feature_slot.size());
   return static_cast<int64_t>(image_ids_.size());
 }
 
@@ -144,6 +153,7 @@ std::vector<int64_t> CannIndex::ImageIds() const {
   std::vector<int64_t> ids;
   {
     std::shared_lock<std::shared_mutex> lock(mutex_);
+    if (loaded_layout_ != nullptr) return loaded_layout_->images;  // distinct and ascending already
     ids = image_ids_;
   }
   std::sort(ids.begin(), ids.end());
@@ -159,6 +169,7 @@ void CannIndex::Add(const void* descriptors, knn::Element element, const int64_t
               " at position ", i, "; renumber the images to non-negative ids");
   }
   std::unique_lock<std::shared_mutex> lock(mutex_);
+  MaterializeLocked();
   if (element_ < 0) element_ = static_cast<int>(element);
   PYL_CHECK(element_ == static_cast<int>(element), "this index holds ", element_ == 0 ? "float32" : "uint8",
             " descriptors: convert with .astype(np.", element_ == 0 ? "float32" : "uint8", ")");
@@ -178,6 +189,7 @@ void CannIndex::Add(const void* descriptors, knn::Element element, const int64_t
 int64_t CannIndex::RemoveImages(const int64_t* ids, int64_t n) {
   std::unordered_set<int64_t> drop(ids, ids + n);
   std::unique_lock<std::shared_mutex> lock(mutex_);
+  MaterializeLocked();
   const size_t row = static_cast<size_t>(dim_) * ElementSize();
   size_t out = 0;
   int64_t removed = 0;
@@ -200,6 +212,7 @@ int64_t CannIndex::RemoveImages(const int64_t* ids, int64_t n) {
 
 void CannIndex::Reset() {
   std::unique_lock<std::shared_mutex> lock(mutex_);
+  loaded_layout_.reset();  // nothing to keep: no copy needed
   rows_.clear();
   image_ids_.clear();
   centroids_.clear();
@@ -207,12 +220,37 @@ void CannIndex::Reset() {
   DropLayouts();
 }
 
-std::vector<float> CannIndex::FloatRows() const {
-  std::vector<float> out(image_ids_.size() * static_cast<size_t>(dim_));
+void CannIndex::ReadFeatures(Features* out) const {
+  if (loaded_layout_ == nullptr) {
+    out->rows = rows_.data();
+    out->image_ids = &image_ids_;
+    return;
+  }
+  // A const search (exact, grid) on a loaded index: recovered into a temporary, so that the
+  // index itself keeps one copy of the features (in the file) until something changes it.
+  cann::IvfInsertionOrder(*loaded_layout_, &out->recovered_rows, &out->recovered_ids);
+  out->rows = out->recovered_rows.data();
+  out->image_ids = &out->recovered_ids;
+}
+
+void CannIndex::MaterializeLocked() {
+  if (loaded_layout_ == nullptr) return;
+  // Copy-on-write: a change needs the insertion-order rows it edits, and must not write
+  // into the file's pages (mapped read-only) that searches in flight may still be reading.
+  std::vector<uint8_t> rows;
+  std::vector<int64_t> ids;
+  cann::IvfInsertionOrder(*loaded_layout_, &rows, &ids);
+  rows_ = std::move(rows);
+  image_ids_ = std::move(ids);
+  loaded_layout_.reset();
+}
+
+std::vector<float> CannIndex::FloatRows(const Features& f) const {
+  std::vector<float> out(f.image_ids->size() * static_cast<size_t>(dim_));
   if (element_ == static_cast<int>(knn::Element::kUInt8)) {
-    for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<float>(rows_[i]);
+    for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<float>(f.rows[i]);
   } else if (!out.empty()) {
-    std::memcpy(out.data(), rows_.data(), out.size() * sizeof(float));
+    std::memcpy(out.data(), f.rows, out.size() * sizeof(float));
   }
   return out;
 }
@@ -228,8 +266,10 @@ std::shared_ptr<const cann::ExactLayout> CannIndex::GetExactLayout() const {
   std::shared_lock<std::shared_mutex> lock(mutex_);
   std::lock_guard<std::mutex> guard(layout_mutex_);
   if (exact_layout_ == nullptr) {
+    Features f;
+    ReadFeatures(&f);
     exact_layout_ = std::make_shared<const cann::ExactLayout>(
-        cann::BuildExactLayout(rows_.data(), static_cast<knn::Element>(std::max(element_, 0)), dim_, image_ids_));
+        cann::BuildExactLayout(f.rows, static_cast<knn::Element>(std::max(element_, 0)), dim_, *f.image_ids));
   }
   return exact_layout_;
 }
@@ -237,7 +277,12 @@ std::shared_ptr<const cann::ExactLayout> CannIndex::GetExactLayout() const {
 std::shared_ptr<const cann::IvfLayout> CannIndex::GetIvfLayout(int num_threads) const {
   std::shared_lock<std::shared_mutex> lock(mutex_);
   PYL_CHECK(!centroids_.empty(), "the ivf method needs train() first");
+  return IvfLayoutLocked(num_threads);
+}
+
+std::shared_ptr<const cann::IvfLayout> CannIndex::IvfLayoutLocked(int num_threads) const {
   std::lock_guard<std::mutex> guard(layout_mutex_);
+  if (ivf_layout_ == nullptr && loaded_layout_ != nullptr) ivf_layout_ = loaded_layout_;
   if (ivf_layout_ == nullptr) {
     ivf_layout_ = std::make_shared<const cann::IvfLayout>(cann::BuildIvfLayout(
         rows_.data(), static_cast<knn::Element>(std::max(element_, 0)), dim_, image_ids_, centroids_, num_threads));
@@ -251,7 +296,7 @@ void CannIndex::SetGridParams(const cann::GridParams& params, double r_max) {
   std::unique_lock<std::shared_mutex> lock(mutex_);
   // Refused here too (not only when the grids are built at the first search), so the
   // error comes from the call that chose the parameters.
-  cann::CheckGridMemory(params, static_cast<int64_t>(image_ids_.size()), dim_);
+  cann::CheckGridMemory(params, ntotal_locked(), dim_);
   grid_params_ = params;
   grid_r_max_ = r_max;
   std::lock_guard<std::mutex> guard(layout_mutex_);
@@ -263,8 +308,10 @@ std::shared_ptr<const cann::GridLayout> CannIndex::GetGridLayout(int num_threads
   PYL_CHECK(grid_r_max_ > 0, "the grid method needs its parameters first (set_grid_params)");
   std::lock_guard<std::mutex> guard(layout_mutex_);
   if (grid_layout_ == nullptr) {
+    Features f;
+    ReadFeatures(&f);
     grid_layout_ = std::make_shared<const cann::GridLayout>(
-        cann::BuildGridLayout(FloatRows(), dim_, image_ids_, grid_r_max_, grid_params_, num_threads));
+        cann::BuildGridLayout(FloatRows(f), dim_, *f.image_ids, grid_r_max_, grid_params_, num_threads));
   }
   return grid_layout_;
 }
@@ -274,10 +321,19 @@ int64_t CannIndex::MemoryBytes() const {
   std::lock_guard<std::mutex> guard(layout_mutex_);
   int64_t bytes =
       static_cast<int64_t>(rows_.size() + image_ids_.size() * sizeof(int64_t) + centroids_.size() * sizeof(float));
-  if (exact_layout_ != nullptr) bytes += exact_layout_->MemoryBytes();
-  if (ivf_layout_ != nullptr) bytes += ivf_layout_->MemoryBytes();
-  if (grid_layout_ != nullptr) bytes += grid_layout_->MemoryBytes();
+  if (exact_layout_ != nullptr) bytes += exact_layout_->HeapBytes();
+  if (ivf_layout_ != nullptr) {
+    // A layout read without mmap borrows the heap buffer the file was read into.
+    bytes +=
+        ivf_layout_->HeapBytes() + (ivf_layout_ == loaded_layout_ && !file_mapped_ ? ivf_layout_->MappedBytes() : 0);
+  }
+  if (grid_layout_ != nullptr) bytes += grid_layout_->HeapBytes();
   return bytes;
+}
+
+int64_t CannIndex::MappedBytes() const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  return loaded_layout_ != nullptr && file_mapped_ ? loaded_layout_->MappedBytes() : 0;
 }
 
 int64_t CannIndex::GridMemoryBytes() const {
@@ -360,35 +416,90 @@ std::optional<CannSearchOptions> CannIndex::search_options() const {
   return search_options_;
 }
 
-ContainerWriter CannIndex::Writer() const {
+ContainerWriter CannIndex::Writer(std::shared_ptr<const cann::IvfLayout>* keep) const {
   ContainerWriter w(kTag);
+  w.SetMeta("layout", kLayout);
   w.SetMeta("dim", dim_);
   w.SetMeta("element", element_);
-  w.SetMeta("ntotal", static_cast<int64_t>(image_ids_.size()));
-  const int64_t n = static_cast<int64_t>(image_ids_.size());
-  w.AddSection("descriptors", element_ == static_cast<int>(knn::Element::kUInt8) ? DType::kUInt8 : DType::kFloat32,
-               {n, dim_}, rows_.data());
-  w.AddSection("image_ids", DType::kInt64, {n}, image_ids_.data());
-  if (!centroids_.empty()) {
-    w.AddSection("centroids", DType::kFloat32, {static_cast<int64_t>(centroids_.size()) / dim_, dim_},
-                 centroids_.data());
-  }
+  const int64_t n = ntotal_locked();
+  w.SetMeta("ntotal", n);
+  const DType dtype = element_ == static_cast<int>(knn::Element::kUInt8) ? DType::kUInt8 : DType::kFloat32;
   if (search_options_.has_value()) WriteSearchOptions(*search_options_, &w);
+  if (centroids_.empty()) {
+    w.AddSection("descriptors", dtype, {n, dim_}, rows_.data());
+    w.AddSection("image_ids", DType::kInt64, {n}, image_ids_.data());
+    return w;
+  }
+  // Trained: the ivf layout instead of the insertion-order rows, so that a load searches
+  // without rebuilding it and the file holds one copy of the descriptors.
+  *keep = IvfLayoutLocked(GetNumThreads());
+  const cann::IvfLayout& L = **keep;
+  const int64_t num_slots = static_cast<int64_t>(L.rows.norms.size());
+  w.SetMeta("ivf_block", knn::kBlock);
+  w.AddSection("centroids", DType::kFloat32, {static_cast<int64_t>(centroids_.size()) / dim_, dim_}, centroids_.data());
+  w.AddSection("ivf_blocks", dtype, {num_slots, dim_}, L.rows.blocks.data());
+  w.AddSection("ivf_norms", DType::kFloat32, {num_slots}, L.rows.norms.data());
+  w.AddSection("ivf_list_block", DType::kInt64, {static_cast<int64_t>(L.list_block.size())}, L.list_block.data());
+  w.AddSection("ivf_slot_image", DType::kInt32, {num_slots}, L.slot_image.data());
+  w.AddSection("ivf_images", DType::kInt64, {static_cast<int64_t>(L.images.size())}, L.images.data());
+  w.AddSection("ivf_feature_slot", DType::kInt64, {n}, L.feature_slot.data());
   return w;
 }
 
 void CannIndex::Save(const std::string& path) const {
   std::shared_lock<std::shared_mutex> lock(mutex_);
-  Writer().WriteFile(path);
+  std::shared_ptr<const cann::IvfLayout> keep;
+  Writer(&keep).WriteFile(path);
 }
 
 std::vector<uint8_t> CannIndex::Serialize() const {
   std::shared_lock<std::shared_mutex> lock(mutex_);
-  return Writer().ToBytes();
+  std::shared_ptr<const cann::IvfLayout> keep;
+  return Writer(&keep).ToBytes();
+}
+
+// A layout-2 file of a trained index: its ivf layout, borrowed from the container's bytes
+// (a mapping or the buffer the file was read into), so nothing is copied or rebuilt.
+void CannIndex::ReadIvfLayout(const Container& c, int64_t n) {
+  PYL_CHECK_FORMAT(c.Meta("ivf_block") == knn::kBlock, "CANNIndex file has ivf blocks of ", c.Meta("ivf_block"),
+                   " features, this pylocalize uses ", knn::kBlock, ": rebuild the index");
+  const ArrayView& cv = c.Section("centroids", DType::kFloat32);
+  PYL_CHECK_FORMAT(cv.shape.size() == 2 && cv.shape[1] == dim_ && cv.shape[0] >= 1,
+                   "CANNIndex centroids do not match dim (corrupt)");
+  const auto* cp = reinterpret_cast<const float*>(cv.data);
+  centroids_.assign(cp, cp + cv.size());
+  const knn::Element element = static_cast<knn::Element>(element_);
+  const std::shared_ptr<const void> owner = c.owner();
+  auto L = std::make_shared<cann::IvfLayout>();
+  L->centroids = centroids_;
+  L->rows.element = element;
+  L->rows.dim = dim_;
+  const ArrayView& blocks = c.Section("ivf_blocks", element == knn::Element::kUInt8 ? DType::kUInt8 : DType::kFloat32);
+  L->rows.blocks = ConstArray<uint8_t>(blocks.data, blocks.nbytes, owner);
+  const ArrayView& norms = c.Section("ivf_norms", DType::kFloat32);
+  L->rows.norms = ConstArray<float>(reinterpret_cast<const float*>(norms.data), norms.size(), owner);
+  const ArrayView& lb = c.Section("ivf_list_block", DType::kInt64);
+  L->list_block.assign(reinterpret_cast<const int64_t*>(lb.data),
+                       reinterpret_cast<const int64_t*>(lb.data) + lb.size());
+  const ArrayView& si = c.Section("ivf_slot_image", DType::kInt32);
+  L->slot_image = ConstArray<int32_t>(reinterpret_cast<const int32_t*>(si.data), si.size(), owner);
+  const ArrayView& im = c.Section("ivf_images", DType::kInt64);
+  L->images.assign(reinterpret_cast<const int64_t*>(im.data), reinterpret_cast<const int64_t*>(im.data) + im.size());
+  const ArrayView& fs = c.Section("ivf_feature_slot", DType::kInt64);
+  L->feature_slot = ConstArray<int64_t>(reinterpret_cast<const int64_t*>(fs.data), fs.size(), owner);
+  cann::ValidateIvfLayout(*L, n, dim_);
+  loaded_layout_ = L;
+  ivf_layout_ = L;
+  file_mapped_ = c.mapped();
 }
 
 std::unique_ptr<CannIndex> CannIndex::FromContainer(const Container& c) {
   c.ExpectTag(kTag);
+  // Files written before the layout key are layout 1 (insertion-order rows only).
+  const int64_t layout = c.meta().count("layout") ? c.Meta("layout") : 1;
+  PYL_CHECK_FORMAT(layout == 1 || layout == kLayout, "CANNIndex file of layout version ", layout,
+                   "; this pylocalize reads layouts 1 and ", kLayout,
+                   " (a newer pylocalize wrote it, or it is corrupt)");
   const int64_t dim = c.Meta("dim"), element = c.Meta("element"), n = c.Meta("ntotal");
   PYL_CHECK_FORMAT(dim > 0 && dim <= kMaxDim && element >= -1 && element <= 1 && n >= 0,
                    "CANNIndex file has invalid dim, element or ntotal (corrupt)");
@@ -397,6 +508,10 @@ std::unique_ptr<CannIndex> CannIndex::FromContainer(const Container& c) {
   index->search_options_ = ReadSearchOptions(c);
   if (element < 0) {
     PYL_CHECK_FORMAT(n == 0, "CANNIndex file has features but no element type (corrupt)");
+    return index;
+  }
+  if (layout == kLayout && c.HasSection("ivf_feature_slot")) {
+    index->ReadIvfLayout(c, n);
     return index;
   }
   const ArrayView& d = c.Section("descriptors", element == 1 ? DType::kUInt8 : DType::kFloat32);
@@ -409,7 +524,7 @@ std::unique_ptr<CannIndex> CannIndex::FromContainer(const Container& c) {
     PYL_CHECK_FORMAT(ip[i] >= 0, "CANNIndex file has image id ", ip[i], " (negative: corrupt)");
   }
   index->image_ids_.assign(ip, ip + n);
-  if (c.HasSection("centroids")) {
+  if (c.HasSection("centroids")) {  // layout 1: trained lists without their layout
     const ArrayView& cv = c.Section("centroids", DType::kFloat32);
     PYL_CHECK_FORMAT(cv.shape.size() == 2 && cv.shape[1] == dim && cv.shape[0] >= 1,
                      "CANNIndex centroids do not match dim (corrupt)");
@@ -419,8 +534,8 @@ std::unique_ptr<CannIndex> CannIndex::FromContainer(const Container& c) {
   return index;
 }
 
-std::unique_ptr<CannIndex> CannIndex::Load(const std::string& path) {
-  return FromContainer(Container::FromFile(path, /*mmap=*/false));
+std::unique_ptr<CannIndex> CannIndex::Load(const std::string& path, bool mmap) {
+  return FromContainer(Container::FromFile(path, mmap));
 }
 
 std::unique_ptr<CannIndex> CannIndex::Deserialize(std::vector<uint8_t> bytes) {

@@ -9,10 +9,13 @@
 // an image ranks high when many query features find a close match inside that one image:
 // appearance and the single-camera constraint at once, with no global descriptor.
 //
-// Features are kept in insertion order (the source of truth, saved to files) and, for
-// search, in one layout per method (layouts.h), built lazily on a snapshot of the features
-// and dropped after a change. Each method is its own file, as faiss splits IndexFlat and
-// IndexIVFFlat: cann_exact.cc computes every distance with the blocked SIMD dot kernels,
+// Features are kept in insertion order (the source of truth) and, for search, in one
+// layout per method (layouts.h), built lazily on a snapshot of the features and dropped
+// after a change. A trained index saves its ivf layout instead of the insertion-order rows
+// (one copy of the descriptors on disk, layout version 2); loading such a file borrows the
+// layout from the file, memory-mapped or read, without rebuilding it, and the insertion
+// order is recovered from the layout only when a change, or another method, needs it. Each method is its own file, as
+// faiss splits IndexFlat and IndexIVFFlat: cann_exact.cc computes every distance with the blocked SIMD dot kernels,
 // cann_ivf.cc probes an inverted file, cann_grid.cc looks up random grids (grid.h). They
 // share the blocked layout builder (blocked_rows.h) and the scoring (scoring.h).
 #pragma once
@@ -117,11 +120,17 @@ class CannIndex {
   void SetSearchOptions(const CannSearchOptions& options);
   std::optional<CannSearchOptions> search_options() const;
 
-  // Bytes held now: stored features and ids, and every search layout built so far.
+  // Heap bytes held now: stored features and ids, and every search layout built so far
+  // (a layout read into memory by Load(mmap=false) or Deserialize included). Bytes of a
+  // memory-mapped file are not counted here: the kernel pages them in and out as searches
+  // touch them; MappedBytes() counts them.
   int64_t MemoryBytes() const;
+  int64_t MappedBytes() const;
 
   void Save(const std::string& path) const;
-  static std::unique_ptr<CannIndex> Load(const std::string& path);
+  // mmap: the layout of a trained index stays in the mapped file (zero copy); every
+  // section's CRC is checked either way.
+  static std::unique_ptr<CannIndex> Load(const std::string& path, bool mmap = false);
   std::vector<uint8_t> Serialize() const;
   static std::unique_ptr<CannIndex> Deserialize(std::vector<uint8_t> bytes);
 
@@ -135,22 +144,43 @@ class CannIndex {
   Snapshot TakeSnapshot(CannMethod method, int num_threads) const;
   std::shared_ptr<const cann::ExactLayout> GetExactLayout() const;
   std::shared_ptr<const cann::IvfLayout> GetIvfLayout(int num_threads) const;
+  std::shared_ptr<const cann::IvfLayout> IvfLayoutLocked(int num_threads) const;  // mutex_ held
   std::shared_ptr<const cann::GridLayout> GetGridLayout(int num_threads) const;
   // One query image on a snapshot, arguments already checked.
   void SearchIn(const Snapshot& snapshot, const CannSearchParams& params, const float* queries, int64_t nq, int64_t k,
                 float* scores, int64_t* image_ids, int num_threads) const;
-  // Rows as float32 (widened from uint8), insertion order.
-  std::vector<float> FloatRows() const;
+  // The features in insertion order: rows_ and image_ids_, or a copy recovered from
+  // loaded_layout_ while the index holds them only there. Needs mutex_ held.
+  struct Features {
+    const uint8_t* rows = nullptr;
+    const std::vector<int64_t>* image_ids = nullptr;
+    std::vector<uint8_t> recovered_rows;
+    std::vector<int64_t> recovered_ids;
+  };
+  void ReadFeatures(Features* out) const;
+  // Copy-on-write before a change: recovers rows_ and image_ids_ from loaded_layout_ and
+  // lets go of it. Needs mutex_ held exclusively.
+  void MaterializeLocked();
+  // The rows of `f` as float32 (widened from uint8).
+  std::vector<float> FloatRows(const Features& f) const;
   void DropLayouts();  // after a change; needs mutex_ held exclusively
-  ContainerWriter Writer() const;
+  // The writer of this index (mutex_ held); *keep holds the ivf layout it points into.
+  ContainerWriter Writer(std::shared_ptr<const cann::IvfLayout>* keep) const;
   static std::unique_ptr<CannIndex> FromContainer(const Container& c);
+  void ReadIvfLayout(const Container& c, int64_t n);
   size_t ElementSize() const;
+  int64_t ntotal_locked() const;  // mutex_ held
 
   int64_t dim_;
   int element_ = -1;                // knn::Element, -1 before the first add
-  std::vector<uint8_t> rows_;       // insertion order, n x dim elements
-  std::vector<int64_t> image_ids_;  // n
-  std::vector<float> centroids_;    // nlist x dim once trained
+  std::vector<uint8_t> rows_;       // insertion order, n x dim elements (empty while loaded_layout_)
+  std::vector<int64_t> image_ids_;  // n (empty while loaded_layout_)
+  // The ivf layout read from a file, which then holds the features instead of rows_ and
+  // image_ids_ (so that a loaded index holds one copy of them, often in a mapped file); null
+  // after the first change. Guarded by mutex_; also ivf_layout_ while set.
+  std::shared_ptr<const cann::IvfLayout> loaded_layout_;
+  bool file_mapped_ = false;      // loaded_layout_ borrows a mapped file, not a heap buffer
+  std::vector<float> centroids_;  // nlist x dim once trained
   std::optional<CannSearchOptions> search_options_;
   // The layouts: null until a search needs one, and after a change.
   mutable std::shared_ptr<const cann::ExactLayout> exact_layout_;

@@ -153,17 +153,71 @@ IvfLayout BuildIvfLayout(const uint8_t* rows, knn::Element element, int64_t dim,
   }
   const int64_t num_slots = L.list_block.back() * knn::kBlock;
   std::vector<int64_t> source(static_cast<size_t>(num_slots), -1);
-  L.slot_image.assign(static_cast<size_t>(num_slots), -1);
+  std::vector<int32_t> slot_image(static_cast<size_t>(num_slots), -1);
+  // Where each feature went: what a saved layout needs to give back the insertion order.
+  std::vector<int64_t> feature_slot(static_cast<size_t>(n));
   std::vector<int64_t> fill(static_cast<size_t>(nlist), 0);
   for (int64_t src : order) {
     const int64_t l = list[static_cast<size_t>(src)];
     const int64_t slot = L.list_block[static_cast<size_t>(l)] * knn::kBlock + fill[static_cast<size_t>(l)]++;
     source[static_cast<size_t>(slot)] = src;
-    L.slot_image[static_cast<size_t>(slot)] = static_cast<int32_t>(
+    feature_slot[static_cast<size_t>(src)] = slot;
+    slot_image[static_cast<size_t>(slot)] = static_cast<int32_t>(
         std::lower_bound(L.images.begin(), L.images.end(), image_ids[static_cast<size_t>(src)]) - L.images.begin());
   }
   L.rows = BuildBlockedRows(rows, element, dim, source);
+  L.slot_image = ConstArray<int32_t>(std::move(slot_image));
+  L.feature_slot = ConstArray<int64_t>(std::move(feature_slot));
   return L;
+}
+
+void ValidateIvfLayout(const IvfLayout& L, int64_t n, int64_t dim) {
+  const int64_t nlist = static_cast<int64_t>(L.centroids.size()) / dim;
+  const int64_t num_slots = static_cast<int64_t>(L.rows.norms.size());
+  PYL_CHECK_FORMAT(nlist >= 1 && static_cast<int64_t>(L.list_block.size()) == nlist + 1 && L.list_block[0] == 0,
+                   "CANNIndex ivf lists do not match the centroids (corrupt)");
+  for (int64_t l = 0; l < nlist; ++l) {
+    PYL_CHECK_FORMAT(L.list_block[static_cast<size_t>(l + 1)] >= L.list_block[static_cast<size_t>(l)],
+                     "CANNIndex ivf list ", l, " has a negative size (corrupt)");
+  }
+  PYL_CHECK_FORMAT(
+      num_slots % knn::kBlock == 0 && L.list_block.back() == num_slots / knn::kBlock &&
+          static_cast<int64_t>(L.rows.blocks.size()) == num_slots * dim * static_cast<int64_t>(L.rows.element_size()) &&
+          static_cast<int64_t>(L.slot_image.size()) == num_slots && static_cast<int64_t>(L.feature_slot.size()) == n &&
+          n <= num_slots,
+      "CANNIndex ivf sections disagree in size (corrupt)");
+  for (size_t i = 0; i < L.images.size(); ++i) {
+    PYL_CHECK_FORMAT(L.images[i] >= 0 && (i == 0 || L.images[i] > L.images[i - 1]),
+                     "CANNIndex ivf image ids are not distinct, ascending and >= 0 (corrupt)");
+  }
+  // A search indexes `images` with every slot's entry: checked here, once, not per query.
+  const int32_t num_images = static_cast<int32_t>(L.images.size());
+  int64_t used = 0;
+  for (int64_t s = 0; s < num_slots; ++s) {
+    const int32_t image = L.slot_image[static_cast<size_t>(s)];
+    PYL_CHECK_FORMAT(image >= -1 && image < num_images, "CANNIndex ivf slot ", s, " names image ", image, " of ",
+                     num_images, " (corrupt)");
+    used += image >= 0;
+  }
+  PYL_CHECK_FORMAT(used == n, "CANNIndex ivf layout holds ", used, " features, the file says ", n, " (corrupt)");
+}
+
+void IvfInsertionOrder(const IvfLayout& L, std::vector<uint8_t>* rows, std::vector<int64_t>* image_ids) {
+  const int64_t n = static_cast<int64_t>(L.feature_slot.size());
+  const int64_t num_slots = static_cast<int64_t>(L.slot_image.size());
+  const size_t row_bytes = static_cast<size_t>(L.rows.dim) * L.rows.element_size();
+  rows->resize(static_cast<size_t>(n) * row_bytes);
+  image_ids->resize(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    if ((i & 65535) == 65535) InterruptPoint();
+    const int64_t slot = L.feature_slot[static_cast<size_t>(i)];
+    // Checked here rather than at load: a search never reads feature_slot, so a mapped
+    // load need not touch it; two features naming one slot would only duplicate a row.
+    PYL_CHECK_FORMAT(slot >= 0 && slot < num_slots && L.slot_image[static_cast<size_t>(slot)] >= 0,
+                     "CANNIndex ivf feature ", i, " is in slot ", slot, ", not a feature's slot (corrupt file)");
+    L.rows.GetRow(slot, rows->data() + static_cast<size_t>(i) * row_bytes);
+    (*image_ids)[static_cast<size_t>(i)] = L.images[static_cast<size_t>(L.slot_image[static_cast<size_t>(slot)])];
+  }
 }
 
 void SearchIvf(const IvfLayout& L, int64_t dim, const float* queries, int64_t nq, int64_t k, const CannKernel& kernel,
@@ -193,6 +247,7 @@ void SearchIvf(const IvfLayout& L, int64_t dim, const float* queries, int64_t nq
 
 void CannIndex::Train(int64_t nlist, int iterations, uint64_t seed, int64_t max_points_per_list, int num_threads) {
   std::unique_lock<std::shared_mutex> lock(mutex_);
+  MaterializeLocked();  // k-means reads the rows, and the old lists' layout is replaced
   const int64_t n = static_cast<int64_t>(image_ids_.size());
   PYL_CHECK(nlist >= 1, "nlist must be >= 1, got ", nlist);
   PYL_CHECK(n >= nlist, "training ", nlist, " lists needs at least that many features; the index has ", n,

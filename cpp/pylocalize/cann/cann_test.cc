@@ -1,8 +1,8 @@
 // Checks the pieces every CANN method shares against brute-force loops: the blocked layout
 // builder (blocked_rows.h), the score accumulator (scoring.h), and the exact and ivf searches
 // of CannIndex against S(m) computed from its definition in double. Also a save/load round
-// trip of the stored search options. Built by CMake with -DPYLOCALIZE_BUILD_TESTS=ON (ctest);
-// exit status 0 when everything agrees.
+// trip of the stored search options, and a trained index loaded from its saved layout. Built by CMake with
+// -DPYLOCALIZE_BUILD_TESTS=ON (ctest); exit status 0 when everything agrees.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -10,6 +10,8 @@
 #include <cstring>
 #include <numeric>
 #include <random>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "pylocalize/cann/blocked_rows.h"
@@ -166,6 +168,54 @@ void CheckSearches(std::mt19937_64& rng) {
   Check(!CannIndex(dim).search_options().has_value(), "no options before they are set");
 }
 
+// Scores and image ids of one search, for comparing two indexes exactly.
+std::pair<std::vector<float>, std::vector<int64_t>> Ranked(const CannIndex& index, CannMethod method,
+                                                           const std::vector<float>& q, int64_t nq) {
+  CannSearchParams params;
+  params.method = method;
+  params.kernel.p0 = 60.0;
+  params.nprobe = 3;
+  std::vector<float> scores(10);
+  std::vector<int64_t> found(10);
+  index.Search(params, q.data(), nq, 10, scores.data(), found.data(), 2);
+  return {scores, found};
+}
+
+// A trained index saved with its ivf layout and loaded mapped (zero copy) or read searches
+// as the saved one, by ivf and exact (recovered insertion order), before and after an Add.
+void CheckLoadedLayout(std::mt19937_64& rng) {
+  const int64_t dim = 16, n = 900, nq = 11;
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::vector<uint8_t> x(static_cast<size_t>(n * dim));
+  for (uint8_t& v : x) v = static_cast<uint8_t>(byte(rng));
+  std::vector<float> q(static_cast<size_t>(nq * dim));
+  for (float& v : q) v = static_cast<float>(byte(rng));
+  std::vector<int64_t> ids(static_cast<size_t>(n));
+  for (int64_t& id : ids) id = static_cast<int64_t>(rng() % 40);
+  CannIndex index(dim);
+  index.Add(x.data(), knn::Element::kUInt8, ids.data(), n);
+  index.Train(12, 5, 1, 64, 2);
+  const std::string path = "pylocalize_cann_test_layout.pyloc";
+  index.Save(path);
+  for (bool mmap : {true, false}) {
+    std::unique_ptr<CannIndex> loaded = CannIndex::Load(path, mmap);
+    Check(loaded->ntotal() == n && loaded->ImageIds() == index.ImageIds(), "loaded features");
+    Check(mmap ? loaded->MappedBytes() > n * dim : loaded->MappedBytes() == 0, "mapped bytes",
+          static_cast<double>(loaded->MappedBytes()));
+    for (CannMethod method : {CannMethod::kIvf, CannMethod::kExact}) {
+      Check(Ranked(*loaded, method, q, nq) == Ranked(index, method, q, nq), "loaded layout searches the same");
+    }
+    loaded->Add(x.data(), knn::Element::kUInt8, ids.data(), 50);
+    CannIndex grown(dim);  // the same lists (same k-means), then the same add
+    grown.Add(x.data(), knn::Element::kUInt8, ids.data(), n);
+    grown.Train(12, 5, 1, 64, 2);
+    grown.Add(x.data(), knn::Element::kUInt8, ids.data(), 50);
+    Check(loaded->MappedBytes() == 0, "copied out of the file before a change");
+    Check(Ranked(*loaded, CannMethod::kIvf, q, nq) == Ranked(grown, CannMethod::kIvf, q, nq), "add after load");
+  }
+  std::remove(path.c_str());
+}
+
 }  // namespace
 }  // namespace pylocalize
 
@@ -174,6 +224,7 @@ int main() {
   pylocalize::CheckBlockedRows(rng);
   pylocalize::CheckAccumulator(rng);
   pylocalize::CheckSearches(rng);
+  pylocalize::CheckLoadedLayout(rng);
   std::printf("cann %s\n", pylocalize::g_failures == 0 ? "ok" : "FAILED");
   return pylocalize::g_failures == 0 ? 0 : 1;
 }

@@ -2,7 +2,8 @@
 // (which caches them and counts their memory) and the method's own file, which builds
 // and searches it (cann_exact.cc, cann_ivf.cc, cann_grid.cc), as faiss keeps one file per
 // index type. A layout is built on one snapshot of the features and never changed after:
-// a search holds a shared_ptr to the one it started on.
+// a search holds a shared_ptr to the one it started on. The ivf layout is also what a
+// trained index saves, and a loaded one borrows its large arrays from the mapped file.
 #pragma once
 
 #include <algorithm>
@@ -22,21 +23,28 @@ struct ExactLayout {
   BlockedRows rows;
   std::vector<int64_t> images;   // distinct image ids, ascending
   std::vector<int64_t> offsets;  // features of images[i]: slots [offsets[i], offsets[i+1])
-  int64_t MemoryBytes() const {
-    return rows.MemoryBytes() + static_cast<int64_t>((images.size() + offsets.size()) * sizeof(int64_t));
+  int64_t HeapBytes() const {
+    return rows.HeapBytes() + static_cast<int64_t>((images.size() + offsets.size()) * sizeof(int64_t));
   }
 };
 
 // Method ivf: features ordered by (list, image), each list padded to whole knn blocks.
+// The per-slot and per-feature arrays are borrowed from the file of a memory-mapped index;
+// the small per-list and per-image ones are always owned.
 struct IvfLayout {
   std::vector<float> centroids;  // the lists' centroids, nlist x dim
   BlockedRows rows;
-  std::vector<int64_t> list_block;  // nlist + 1: first block of each list
-  std::vector<int32_t> slot_image;  // per slot: index into `images`, -1 for padding
-  std::vector<int64_t> images;      // distinct image ids, ascending
-  int64_t MemoryBytes() const {
-    return rows.MemoryBytes() + static_cast<int64_t>(slot_image.size() * sizeof(int32_t) +
-                                                     (images.size() + list_block.size()) * sizeof(int64_t));
+  std::vector<int64_t> list_block;   // nlist + 1: first block of each list
+  ConstArray<int32_t> slot_image;    // per slot: index into `images`, -1 for padding
+  std::vector<int64_t> images;       // distinct image ids, ascending
+  ConstArray<int64_t> feature_slot;  // per feature in insertion order: its slot
+  int64_t HeapBytes() const {
+    return rows.HeapBytes() + slot_image.heap_bytes() + feature_slot.heap_bytes() +
+           static_cast<int64_t>(centroids.size() * sizeof(float) +
+                                (images.size() + list_block.size()) * sizeof(int64_t));
+  }
+  int64_t MappedBytes() const {
+    return rows.MappedBytes() + slot_image.borrowed_bytes() + feature_slot.borrowed_bytes();
   }
 };
 
@@ -46,7 +54,7 @@ struct GridLayout {
   std::vector<float> rows;             // n x dim, insertion order
   std::vector<int32_t> feature_image;  // index into `images`
   std::vector<int64_t> images;         // distinct image ids, ascending
-  int64_t MemoryBytes() const {
+  int64_t HeapBytes() const {
     return grids.MemoryBytes() +
            static_cast<int64_t>(rows.size() * sizeof(float) + feature_image.size() * sizeof(int32_t));
   }
@@ -69,6 +77,12 @@ void SearchExact(const ExactLayout& layout, int64_t dim, const float* queries, i
 
 IvfLayout BuildIvfLayout(const uint8_t* rows, knn::Element element, int64_t dim, const std::vector<int64_t>& image_ids,
                          const std::vector<float>& centroids, int num_threads);
+// Refuses (FormatError) an ivf layout read from a file whose arrays disagree in size or
+// index outside each other, before a search trusts them; n features, dim, nlist centroids.
+void ValidateIvfLayout(const IvfLayout& layout, int64_t n, int64_t dim);
+// The features in insertion order, recovered from the layout: rows (n x dim elements) and
+// image ids. Refuses (FormatError) a feature_slot entry outside the layout's features.
+void IvfInsertionOrder(const IvfLayout& layout, std::vector<uint8_t>* rows, std::vector<int64_t>* image_ids);
 void SearchIvf(const IvfLayout& layout, int64_t dim, const float* queries, int64_t nq, int64_t k,
                const CannKernel& kernel, int64_t nprobe, float* scores, int64_t* image_ids, int num_threads);
 
