@@ -19,19 +19,6 @@ constexpr const char* kTag = "CANNIndex";
 // slot images and each feature's slot) instead of the rows; an untrained one as layout 1.
 constexpr int64_t kLayout = 2;
 
-// int64 metadata holds the doubles of the search options bit for bit.
-int64_t DoubleBits(double v) {
-  int64_t bits;
-  std::memcpy(&bits, &v, sizeof(bits));
-  return bits;
-}
-
-double BitsDouble(int64_t bits) {
-  double v;
-  std::memcpy(&v, &bits, sizeof(v));
-  return v;
-}
-
 // The search options in the metadata (key, value): doubles as their IEEE-754 bits, the
 // grid seed (uint64) as its two's-complement int64. A file without "search_method" was
 // written before the options were stored.

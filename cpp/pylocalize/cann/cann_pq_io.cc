@@ -14,18 +14,6 @@ namespace {
 
 constexpr const char* kTag = "CANNPQIndex";
 
-int64_t DoubleBits(double v) {
-  int64_t bits;
-  std::memcpy(&bits, &v, sizeof(bits));
-  return bits;
-}
-
-double BitsDouble(int64_t bits) {
-  double v;
-  std::memcpy(&v, &bits, sizeof(v));
-  return v;
-}
-
 // Packed arrays made by Pack(): what PackedLists::owner keeps alive for an index built in memory.
 struct PackedStorage {
   std::vector<uint8_t> codes;

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <stdexcept>
@@ -43,6 +44,19 @@ struct ArrayView {
   uint64_t nbytes = 0;
   int64_t size() const;  // number of elements
 };
+
+// Container metadata values are int64: a double (a search option) is kept in one bit for bit.
+inline int64_t DoubleBits(double v) {
+  int64_t bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  return bits;
+}
+
+inline double BitsDouble(int64_t bits) {
+  double v;
+  std::memcpy(&v, &bits, sizeof(v));
+  return v;
+}
 
 class ContainerWriter {
  public:
