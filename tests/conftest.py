@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,22 @@ SIMD_LEVELS = pylocalize.supported_simd_levels()
 # sys.path, and the checkout's pylocalize/ has no compiled core where the package was
 # installed from it (as in CI).
 CHILD_CWD = tempfile.mkdtemp(prefix="pylocalize-tests-")
+
+# Sizes in the container layout (cpp/pylocalize/util/format.h)
+CONTAINER_HEADER, CONTAINER_META_ENTRY, CONTAINER_SECTION_ENTRY = 64, 32, 88
+
+
+def container_sections(data: bytes) -> dict:
+    """name -> (entry offset, payload offset, nbytes) from a container's section table; the
+    section's CRC-32 is the uint32 at entry offset + 80."""
+    num_meta, num_sections = struct.unpack_from("<HI", data, 10)
+    out = {}
+    for s in range(num_sections):
+        e = CONTAINER_HEADER + num_meta * CONTAINER_META_ENTRY + s * CONTAINER_SECTION_ENTRY
+        name = data[e:e + 24].rstrip(b"\0").decode()
+        offset, nbytes = struct.unpack_from("<QQ", data, e + 64)
+        out[name] = (e, offset, nbytes)
+    return out
 
 
 def child_env() -> dict:

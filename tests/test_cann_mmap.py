@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import container_sections
 
 import pylocalize
 from pylocalize import _core
 
 DIM = 32
-HEADER, META_ENTRY, SECTION_ENTRY = 64, 32, 88  # cpp/pylocalize/util/format.h
 
 
 def _data(seed, n=4000, images=40, dtype=np.uint8):
@@ -137,18 +137,6 @@ def test_layout_read_back_with_numpy(tmp_path):
     assert (d.argmin(1) == lists[used]).mean() > 0.99  # float ties may go either way
 
 
-def _sections(data: bytes) -> dict:
-    """name -> (entry offset, payload offset, nbytes) from the container's section table."""
-    num_meta, num_sections = struct.unpack_from("<HI", data, 10)
-    out = {}
-    for s in range(num_sections):
-        e = HEADER + num_meta * META_ENTRY + s * SECTION_ENTRY
-        name = data[e:e + 24].rstrip(b"\0").decode()
-        offset, nbytes = struct.unpack_from("<QQ", data, e + 64)
-        out[name] = (e, offset, nbytes)
-    return out
-
-
 @pytest.mark.parametrize("name", ["ivf_blocks", "ivf_norms", "ivf_list_block", "ivf_slot_image", "ivf_images",
                                   "ivf_feature_slot", "centroids"])
 @pytest.mark.parametrize("mmap", [True, False])
@@ -156,7 +144,7 @@ def test_damaged_layout_is_refused(tmp_path, name, mmap):
     x, ids, q = _data(8)
     _trained(x, ids).save(tmp_path / "c.pyloc")
     data = bytearray((tmp_path / "c.pyloc").read_bytes())
-    entry, offset, nbytes = _sections(bytes(data))[name]
+    entry, offset, nbytes = container_sections(bytes(data))[name]
     data[offset + nbytes // 2] ^= 0x10
     (tmp_path / "bad.pyloc").write_bytes(bytes(data))
     with pytest.raises(pylocalize.FormatError, match="checksum"):
@@ -171,7 +159,7 @@ def test_crafted_layout_is_refused(tmp_path, name, value):
     x, ids, q = _data(9)
     _trained(x, ids).save(tmp_path / "c.pyloc")
     data = bytearray((tmp_path / "c.pyloc").read_bytes())
-    entry, offset, nbytes = _sections(bytes(data))[name]
+    entry, offset, nbytes = container_sections(bytes(data))[name]
     fmt = "<i" if name == "ivf_slot_image" else "<q"
     struct.pack_into(fmt, data, offset + 8, value)
     struct.pack_into("<I", data, entry + 80, zlib.crc32(bytes(data[offset:offset + nbytes])))

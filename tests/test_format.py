@@ -7,6 +7,7 @@ import zlib
 
 import numpy as np
 import pytest
+from conftest import container_sections
 
 import pylocalize
 from pylocalize import _core
@@ -47,6 +48,34 @@ def test_crc_is_standard_crc32(tmp_path):
     assert data[:6] == b"PYLOC\x00"
     (header_crc,) = struct.unpack_from("<I", data, 60)
     assert header_crc == zlib.crc32(data[:60])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_large_section_crc_is_standard_crc32(tmp_path, threads):
+    """Sections of 16 MB and more are checked in pieces on every thread and the pieces'
+    CRCs combined: the result must still be zlib's CRC-32 of the whole section, and a flipped
+    bit in any piece (first, middle, the short last one) must still be caught."""
+    size = 37 * 2**20 + 13  # nine 4 MB pieces and a short tenth
+    payload = np.random.default_rng(5).integers(0, 256, size, dtype=np.uint8)
+    previous = _core.get_num_threads()
+    _core.set_num_threads(threads)
+    try:
+        path = tmp_path / "big.pyloc"
+        _core.write_container(str(path), "Thing", {}, {"big": payload})
+        data = bytearray(path.read_bytes())
+        entry, offset, nbytes = container_sections(bytes(data))["big"]
+        assert nbytes == size
+        assert struct.unpack_from("<I", data, entry + 80)[0] == zlib.crc32(payload.tobytes())
+        for at in (5, 4 * 2**20 - 1, 4 * 2**20, 21 * 2**20 + 7, size - 1):
+            data[offset + at] ^= 0x01
+            path.write_bytes(bytes(data))
+            with pytest.raises(pylocalize.FormatError, match="checksum"):
+                _core.read_container(str(path), mmap=True)
+            data[offset + at] ^= 0x01
+        path.write_bytes(bytes(data))
+        np.testing.assert_array_equal(_core.read_container(str(path), mmap=True)[3]["big"], payload)
+    finally:
+        _core.set_num_threads(previous)
 
 
 def test_truncated_file(tmp_path):

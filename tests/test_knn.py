@@ -44,3 +44,52 @@ def test_kmeans_n_iter_is_a_deprecated_alias():
         np.testing.assert_array_equal(pylocalize.kmeans(x, 5, 3, seed=1)[0], expected[0])  # positional: no warning
     with pytest.raises(TypeError, match="both"):
         pylocalize.kmeans(x, 5, iterations=4, n_iter=3)
+
+
+def _clustered(rng, n, modes, dim):
+    centres = rng.uniform(0, 120, (modes, dim))
+    return (centres[rng.integers(0, modes, n)] + rng.normal(0, 12, (n, dim))).astype(np.float32)
+
+
+def _brute(x, c, m):
+    d2 = ((x[:, None, :].astype(np.float64) - c[None].astype(np.float64)) ** 2).sum(-1)
+    order = np.argsort(d2, axis=1, kind="stable")[:, :m]
+    return order, np.take_along_axis(d2, order, 1)
+
+
+def test_coarse_quantizer_flat_is_exact():
+    from pylocalize.index.knn import CoarseQuantizer
+
+    rng = np.random.default_rng(11)
+    c, x = _clustered(rng, 500, 60, 16), _clustered(rng, 300, 60, 16)
+    q = CoarseQuantizer(c)
+    assert not q.two_level and len(q) == 500
+    labels, dist = q.assign(x, 3)
+    truth, truth_d = _brute(x, c, 3)
+    np.testing.assert_array_equal(labels[:, 0], truth[:, 0])
+    np.testing.assert_allclose(dist, truth_d, rtol=1e-4, atol=1e-2)
+
+
+def test_coarse_quantizer_two_level_against_brute_force():
+    """Two-level: every answer's distance is the true distance to that centroid, answers are
+    best first, each centroid finds itself, most rows find their true nearest, and probing
+    every group makes it exact."""
+    from pylocalize.index.knn import CoarseQuantizer
+
+    rng = np.random.default_rng(12)
+    c, x = _clustered(rng, 1500, 150, 24), _clustered(rng, 2000, 150, 24)
+    q = CoarseQuantizer(c)
+    assert q.two_level
+    labels, dist = q.assign(x, 4)
+    true_d = ((x[:, None, :].astype(np.float64) - c[labels].astype(np.float64)) ** 2).sum(-1)
+    np.testing.assert_allclose(dist, true_d, rtol=1e-4, atol=1e-2)
+    assert np.all(np.diff(dist, axis=1) >= -1e-2)
+    truth, _ = _brute(x, c, 1)
+    assert np.mean(labels[:, 0] == truth[:, 0]) > 0.8
+    np.testing.assert_array_equal(q.assign(c, 1)[0], np.arange(len(c)))
+    every = CoarseQuantizer(c, group_probe=10_000)  # all groups probed: the flat answer
+    np.testing.assert_array_equal(every.assign(x, 1)[0], truth[:, 0])
+    with pytest.raises(ValueError, match="group_probe"):
+        CoarseQuantizer(c, group_probe=0)
+    with pytest.raises(ValueError, match="m must be"):
+        q.assign(x, 0)

@@ -1,5 +1,6 @@
-// Bindings for cpp/pylocalize/knn: k-means and nearest-centroid assignment.
+// Bindings for cpp/pylocalize/knn: k-means, nearest-centroid assignment and the coarse quantizer.
 #include "common.h"
+#include "pylocalize/knn/coarse_quantizer.h"
 #include "pylocalize/knn/kmeans.h"
 #include "pylocalize/util/threads.h"
 
@@ -45,6 +46,35 @@ void BindKnn(py::module_& m) {
         return py::make_tuple(labels, dist);
       },
       py::arg("x"), py::arg("centroids"), py::arg("m") = 1);
+  py::class_<knn::CoarseQuantizer>(m, "CoarseQuantizer")
+      .def(py::init([](const py::object& centroids, uint64_t seed, int64_t group_probe) {
+             auto c = CheckArray<float>(centroids, "centroids", 2);
+             for (int64_t i = 0; i < c.size(); ++i)
+               PYL_CHECK(std::isfinite(c.data()[i]), "centroids contain NaN or Inf");
+             ReleaseGil release;
+             return knn::CoarseQuantizer(std::vector<float>(c.data(), c.data() + c.size()), c.shape(1), seed,
+                                         group_probe);
+           }),
+           py::arg("centroids"), py::arg("seed") = 0, py::arg("group_probe") = knn::kGroupProbe)
+      .def_property_readonly("two_level", &knn::CoarseQuantizer::two_level)
+      .def_property_readonly("size", &knn::CoarseQuantizer::size)
+      .def(
+          "assign",
+          [](const knn::CoarseQuantizer& q, const py::object& x, int64_t m) {
+            auto a = CheckArray<float>(x, "x", 2, q.dim());
+            const int64_t n = a.shape(0);
+            PYL_CHECK(m >= 1 && m <= q.size(), "m must be in 1..", q.size(), ", got ", m);
+            py::array_t<int64_t> labels({n, m});
+            py::array_t<float> dist({n, m});
+            int64_t* lp = labels.mutable_data();
+            float* dp = dist.mutable_data();
+            {
+              ReleaseGil release;
+              q.Assign(a.data(), n, m, lp, dp, GetNumThreads());
+            }
+            return py::make_tuple(labels, dist);
+          },
+          py::arg("x"), py::arg("m") = 1);
 }
 
 }  // namespace bindings

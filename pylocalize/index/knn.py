@@ -58,3 +58,36 @@ def assign(x: np.ndarray, centroids: np.ndarray, m: int = 1) -> Tuple[np.ndarray
     if m == 1:
         return labels[:, 0], dist[:, 0]
     return labels, dist
+
+
+class CoarseQuantizer:
+    """The nearest of many centroids, as an inverted file finds a feature's list and the
+    lists a query feature probes.
+
+    Exact (every centroid) below 1,024 centroids. From 1,024 on, two-level: the centroids
+    are grouped by k-means into about ``sqrt(k)`` groups, and a row is compared with the
+    group centres and then only with the members of its ``group_probe`` nearest groups
+    (default 8), about ``(1 + group_probe) sqrt(k)`` distances instead of ``k``. It misses a
+    row's true nearest centroid only when that one lies outside those groups
+    (``benchmarks/bench_coarse_quantizer.py`` measures how often). :class:`CANNIndex`
+    (method ``"ivf"``) and :class:`CANNPQIndex` assign with it.
+    """
+
+    def __init__(self, centroids: np.ndarray, seed: int = 0, group_probe: Optional[int] = None):
+        centroids = np.ascontiguousarray(centroids, np.float32)
+        if centroids.ndim != 2 or len(centroids) == 0:
+            raise ValueError(f"centroids must be a non-empty (k, dim) array, got shape {centroids.shape}")
+        options = {} if group_probe is None else {"group_probe": int_scalar(group_probe, "group_probe")}
+        self._impl = _core.CoarseQuantizer(centroids, int_scalar(seed, "seed"), **options)
+
+    two_level = property(lambda self: self._impl.two_level, doc="Whether rows are assigned through groups.")
+
+    def __len__(self) -> int:
+        return self._impl.size
+
+    def assign(self, x: np.ndarray, m: int = 1) -> Tuple[np.ndarray, np.ndarray]:
+        """The ``m`` nearest centroids found for each row, as :func:`assign` returns them."""
+        labels, dist = self._impl.assign(np.ascontiguousarray(x, np.float32), int_scalar(m, "m"))
+        if m == 1:
+            return labels[:, 0], dist[:, 0]
+        return labels, dist

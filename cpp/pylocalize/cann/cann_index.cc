@@ -458,7 +458,7 @@ void CannIndex::ReadIvfLayout(const Container& c, int64_t n) {
   const knn::Element element = static_cast<knn::Element>(element_);
   const std::shared_ptr<const void> owner = c.owner();
   auto L = std::make_shared<cann::IvfLayout>();
-  L->centroids = centroids_;
+  L->quantizer = knn::CoarseQuantizer(centroids_, dim_);
   L->rows.element = element;
   L->rows.dim = dim_;
   const ArrayView& blocks = c.Section("ivf_blocks", element == knn::Element::kUInt8 ? DType::kUInt8 : DType::kFloat32);

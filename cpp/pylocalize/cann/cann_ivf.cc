@@ -28,7 +28,7 @@ std::vector<std::vector<int32_t>> QueriesByList(const IvfLayout& L, int64_t dim,
                                                 int64_t nprobe, int num_threads) {
   const int64_t nlist = static_cast<int64_t>(L.list_block.size()) - 1;
   std::vector<int64_t> probes(static_cast<size_t>(nq * nprobe));
-  knn::AssignNearestM(L.centroids.data(), nlist, queries, nq, dim, nprobe, probes.data(), nullptr, num_threads);
+  L.quantizer.Assign(queries, nq, nprobe, probes.data(), nullptr, num_threads);
   std::vector<std::vector<int32_t>> by_list(static_cast<size_t>(nlist));
   for (int64_t q = 0; q < nq; ++q) {
     for (int64_t j = 0; j < nprobe; ++j) {
@@ -45,8 +45,11 @@ void ScanList(const IvfLayout& L, int64_t dim, int64_t l, const std::vector<int3
   if (qs.empty() || b0 == b1) return;
   InterruptPoint();
   const int64_t ld = (b1 - b0) * knn::kBlock;
+  const float* norms = L.rows.norms.data() + b0 * knn::kBlock;
+  const int32_t* images = L.slot_image.data() + b0 * knn::kBlock;
   std::vector<float> qrows(static_cast<size_t>(kQueryGroup * dim));
   std::vector<float> tile(static_cast<size_t>(kQueryGroup * ld));
+  std::vector<Candidate> kept(static_cast<size_t>(ld));
   for (size_t g = 0; g < qs.size(); g += kQueryGroup) {
     const int64_t ng = std::min<int64_t>(kQueryGroup, static_cast<int64_t>(qs.size() - g));
     for (int64_t j = 0; j < ng; ++j) {
@@ -58,12 +61,14 @@ void ScanList(const IvfLayout& L, int64_t dim, int64_t l, const std::vector<int3
       const int32_t q = qs[g + j];
       const float qn = qnorm[static_cast<size_t>(q)];
       const float* row = tile.data() + j * ld;
+      // Branch-free: about one pair in eight passes, too unpredictable for a branch
+      size_t n = 0;
       for (int64_t c = 0; c < ld; ++c) {
-        const int64_t slot = b0 * knn::kBlock + c;
-        const float d2 = qn + L.rows.norms[static_cast<size_t>(slot)] - 2.0f * row[c];
-        const int32_t image = L.slot_image[static_cast<size_t>(slot)];
-        if (d2 < cut2 && image >= 0) out->push_back({q, image, std::max(0.0f, d2)});
+        const float d2 = qn + norms[c] - 2.0f * row[c];
+        kept[n] = {q, images[c], std::max(0.0f, d2)};
+        n += static_cast<size_t>((d2 < cut2) & (images[c] >= 0));
       }
+      out->insert(out->end(), kept.begin(), kept.begin() + static_cast<std::ptrdiff_t>(n));
     }
   }
 }
@@ -107,9 +112,8 @@ std::vector<double> ScoreCandidates(const std::vector<Candidate>& byq, const std
 // time: a float copy of every feature would cost 512 bytes per SIFT feature while the map
 // is built (gigabytes at city scale) for labels that do not depend on the chunking.
 std::vector<int64_t> AssignLists(const uint8_t* rows, knn::Element element, int64_t n, int64_t dim,
-                                 const std::vector<float>& centroids, int num_threads) {
+                                 const knn::CoarseQuantizer& quantizer, int num_threads) {
   constexpr int64_t kChunk = int64_t{1} << 16;
-  const int64_t nlist = static_cast<int64_t>(centroids.size()) / dim;
   std::vector<int64_t> list(static_cast<size_t>(n));
   std::vector<float> chunk;
   for (int64_t r0 = 0; r0 < n; r0 += kChunk) {
@@ -121,7 +125,7 @@ std::vector<int64_t> AssignLists(const uint8_t* rows, knn::Element element, int6
       for (int64_t i = 0; i < m * dim; ++i) chunk[static_cast<size_t>(i)] = static_cast<float>(src[i]);
       x = chunk.data();
     }
-    knn::AssignNearest(centroids.data(), nlist, x, m, dim, list.data() + r0, nullptr, num_threads);
+    quantizer.Assign(x, m, 1, list.data() + r0, nullptr, num_threads);
   }
   return list;
 }
@@ -132,9 +136,9 @@ IvfLayout BuildIvfLayout(const uint8_t* rows, knn::Element element, int64_t dim,
                          const std::vector<float>& centroids, int num_threads) {
   IvfLayout L;
   const int64_t n = static_cast<int64_t>(image_ids.size());
-  const int64_t nlist = static_cast<int64_t>(centroids.size()) / dim;
-  L.centroids = centroids;
-  const std::vector<int64_t> list = AssignLists(rows, element, n, dim, centroids, num_threads);
+  L.quantizer = knn::CoarseQuantizer(centroids, dim);
+  const int64_t nlist = L.quantizer.size();
+  const std::vector<int64_t> list = AssignLists(rows, element, n, dim, L.quantizer, num_threads);
   L.images = DistinctImages(image_ids);
   std::vector<int64_t> order(static_cast<size_t>(n));
   std::iota(order.begin(), order.end(), 0);
@@ -172,7 +176,8 @@ IvfLayout BuildIvfLayout(const uint8_t* rows, knn::Element element, int64_t dim,
 }
 
 void ValidateIvfLayout(const IvfLayout& L, int64_t n, int64_t dim) {
-  const int64_t nlist = static_cast<int64_t>(L.centroids.size()) / dim;
+  const int64_t nlist = L.quantizer.size();
+  PYL_CHECK_FORMAT(L.quantizer.dim() == dim, "CANNIndex ivf centroids do not match dim (corrupt)");
   const int64_t num_slots = static_cast<int64_t>(L.rows.norms.size());
   PYL_CHECK_FORMAT(nlist >= 1 && static_cast<int64_t>(L.list_block.size()) == nlist + 1 && L.list_block[0] == 0,
                    "CANNIndex ivf lists do not match the centroids (corrupt)");

@@ -87,12 +87,12 @@ int64_t CannPqIndex::num_images() const {
 
 int64_t CannPqIndex::nlist() const {
   std::shared_lock<std::shared_mutex> lock(mutex_);
-  return static_cast<int64_t>(centroids_.size()) / dim_;
+  return quantizer_.size();
 }
 
 bool CannPqIndex::is_trained() const {
   std::shared_lock<std::shared_mutex> lock(mutex_);
-  return !centroids_.empty();
+  return quantizer_.size() > 0;
 }
 
 void CannPqIndex::Train(const void* rows, knn::Element element, int64_t n, const CannPqTrainParams& params,
@@ -103,7 +103,7 @@ void CannPqIndex::Train(const void* rows, knn::Element element, int64_t n, const
             n, "; pass a larger sample or lower nlist");
   if (element == knn::Element::kFloat32) CheckFinite(static_cast<const float*>(rows), n, dim_, "training rows");
   std::unique_lock<std::shared_mutex> lock(mutex_);
-  PYL_CHECK(centroids_.empty(), "this index is already trained; make a new one to train again");
+  PYL_CHECK(quantizer_.size() == 0, "this index is already trained; make a new one to train again");
   const int64_t dim = dim_;
   const knn::RowReader row = [rows, element, dim](int64_t i, float* out) {
     pq::RowsToFloat(rows, element, dim, i, 1, out);
@@ -115,17 +115,18 @@ void CannPqIndex::Train(const void* rows, knn::Element element, int64_t n, const
   const int64_t ns = static_cast<int64_t>(sample.size());
   std::vector<float> x(static_cast<size_t>(ns * dim_));
   for (int64_t i = 0; i < ns; ++i) row(sample[static_cast<size_t>(i)], x.data() + i * dim_);
+  knn::CoarseQuantizer quantizer(std::move(km.centroids), dim_);
   if (by_residual_) {
     std::vector<int64_t> list(static_cast<size_t>(ns));
-    knn::AssignNearest(km.centroids.data(), params.nlist, x.data(), ns, dim_, list.data(), nullptr, num_threads);
+    quantizer.Assign(x.data(), ns, 1, list.data(), nullptr, num_threads);
     for (int64_t i = 0; i < ns; ++i) {
-      const float* c = km.centroids.data() + list[static_cast<size_t>(i)] * dim_;
+      const float* c = quantizer.centroids().data() + list[static_cast<size_t>(i)] * dim_;
       for (int64_t d = 0; d < dim_; ++d) x[static_cast<size_t>(i * dim_ + d)] -= c[d];
     }
   }
   pq_.Train(x.data(), ns, params.pq, num_threads);
   quantization_error_ = MeanSquaredError(pq_, x, ns, num_threads);
-  centroids_ = std::move(km.centroids);
+  quantizer_ = std::move(quantizer);
   owned_.assign(static_cast<size_t>(params.nlist), OwnedList{});
 }
 
@@ -148,7 +149,7 @@ void CannPqIndex::Add(const void* rows, knn::Element element, const int64_t* ima
   }
   if (element == knn::Element::kFloat32) CheckFinite(static_cast<const float*>(rows), n, dim_, "descriptors");
   std::unique_lock<std::shared_mutex> lock(mutex_);
-  PYL_CHECK(!centroids_.empty(), "add() needs train() first: train on a sample of the descriptors");
+  PYL_CHECK(quantizer_.size() > 0, "add() needs train() first: train on a sample of the descriptors");
   if (packed_.has_value()) Unpack();
   std::vector<float> chunk;
   for (int64_t r0 = 0; r0 < n; r0 += kAddChunk) {
@@ -161,12 +162,11 @@ void CannPqIndex::Add(const void* rows, knn::Element element, const int64_t* ima
 
 // Assigns, encodes and appends one chunk of float rows (overwritten with residuals).
 void CannPqIndex::AddChunk(float* x, const int64_t* image_ids, int64_t n, int num_threads) {
-  const int64_t nlist = static_cast<int64_t>(centroids_.size()) / dim_;
   std::vector<int64_t> list(static_cast<size_t>(n));
-  knn::AssignNearest(centroids_.data(), nlist, x, n, dim_, list.data(), nullptr, num_threads);
+  quantizer_.Assign(x, n, 1, list.data(), nullptr, num_threads);
   if (by_residual_) {
     for (int64_t i = 0; i < n; ++i) {
-      const float* c = centroids_.data() + list[static_cast<size_t>(i)] * dim_;
+      const float* c = quantizer_.centroids().data() + list[static_cast<size_t>(i)] * dim_;
       for (int64_t d = 0; d < dim_; ++d) x[i * dim_ + d] -= c[d];
     }
   }
@@ -181,7 +181,7 @@ void CannPqIndex::AddChunk(float* x, const int64_t* image_ids, int64_t n, int nu
     if (by_residual_) {
       // 2 <c, r> + ||r||^2, in double: the part of ||q - c - r||^2 that only the feature knows
       pq_.Decode(code, 1, decoded.data());
-      const float* c = centroids_.data() + list[static_cast<size_t>(i)] * dim_;
+      const float* c = quantizer_.centroids().data() + list[static_cast<size_t>(i)] * dim_;
       double term = 0.0;
       for (int64_t d = 0; d < dim_; ++d)
         term += (2.0 * c[d] + decoded[static_cast<size_t>(d)]) * decoded[static_cast<size_t>(d)];
@@ -244,11 +244,11 @@ void CannPqIndex::Search(const CannPqSearchOptions& options, const float* querie
   const int64_t num_images = static_cast<int64_t>(images_.size());
   std::vector<double> total(static_cast<size_t>(num_images), 0.0);
   if (nq > 0 && ntotal_ > 0) {
-    const int64_t nlist = static_cast<int64_t>(centroids_.size()) / dim_;
+    const int64_t nlist = quantizer_.size();
     const int64_t nprobe = std::min(options.nprobe, nlist);
     std::vector<int64_t> probe(static_cast<size_t>(nq * nprobe));
     std::vector<float> probe_d2(static_cast<size_t>(nq * nprobe));
-    knn::AssignNearestM(centroids_.data(), nlist, queries, nq, dim_, nprobe, probe.data(), probe_d2.data(), threads);
+    quantizer_.Assign(queries, nq, nprobe, probe.data(), probe_d2.data(), threads);
     const std::vector<float> qnorm = knn::SquaredNorms(queries, nq, dim_);
     const double cut = options.kernel.Cutoff();
     const float cut2 = static_cast<float>(cut * cut);
@@ -279,14 +279,15 @@ void CannPqIndex::Reconstruct(std::vector<float>* out, std::vector<int64_t>* ima
   out->resize(static_cast<size_t>(ntotal_ * dim_));
   image_ids->resize(static_cast<size_t>(ntotal_));
   float* x = out->data();
-  const int64_t nlist = static_cast<int64_t>(centroids_.size()) / dim_;
+  const int64_t nlist = quantizer_.size();
   int64_t row = 0;
   for (int64_t l = 0; l < nlist; ++l) {
     const ListView v = View(l);
     pq_.Decode(v.codes, v.size, x + row * dim_);
     for (int64_t i = 0; i < v.size; ++i, ++row) {
       if (by_residual_) {
-        for (int64_t d = 0; d < dim_; ++d) x[row * dim_ + d] += centroids_[static_cast<size_t>(l * dim_ + d)];
+        for (int64_t d = 0; d < dim_; ++d)
+          x[row * dim_ + d] += quantizer_.centroids()[static_cast<size_t>(l * dim_ + d)];
       }
       (*image_ids)[static_cast<size_t>(row)] = images_[static_cast<size_t>(v.images[i])];
     }
@@ -295,7 +296,7 @@ void CannPqIndex::Reconstruct(std::vector<float>* out, std::vector<int64_t>* ima
 
 std::vector<float> CannPqIndex::Centroids() const {
   std::shared_lock<std::shared_mutex> lock(mutex_);
-  return centroids_;
+  return quantizer_.centroids();
 }
 
 double CannPqIndex::quantization_error() const {
@@ -332,7 +333,7 @@ int64_t CannPqIndex::MemoryBytes() const {
                                     l.norm_terms.capacity() * sizeof(float) + sizeof(OwnedList));
     }
   }
-  bytes += static_cast<int64_t>(centroids_.size() * sizeof(float));
+  bytes += quantizer_.HeapBytes();
   // the codebooks, their norms and their blocked copy
   bytes += static_cast<int64_t>((2 * pq_.codebooks().size() + pq_.centroid_norms().size()) * sizeof(float));
   // the image table: ids, and the id -> index map (a node of key, value and next pointer, a bucket)

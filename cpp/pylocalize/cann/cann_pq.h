@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "pylocalize/cann/scoring.h"
+#include "pylocalize/knn/coarse_quantizer.h"
 #include "pylocalize/knn/kernels.h"
 #include "pylocalize/pq/product_quantizer.h"
 #include "pylocalize/util/format.h"
@@ -147,7 +148,7 @@ class CannPqIndex {
   int64_t dim_, m_;
   bool by_residual_;
   pq::ProductQuantizer pq_;
-  std::vector<float> centroids_;  // nlist x dim
+  knn::CoarseQuantizer quantizer_;  // the lists' centroids (nlist x dim)
   double quantization_error_ = 0.0;
   int64_t ntotal_ = 0;
   std::vector<OwnedList> owned_;  // while built (empty once packed)

@@ -70,7 +70,7 @@ void CannPqIndex::Pack() {
 }
 
 void CannPqIndex::Unpack() {
-  const int64_t nlist = static_cast<int64_t>(centroids_.size()) / dim_;
+  const int64_t nlist = quantizer_.size();
   owned_.assign(static_cast<size_t>(nlist), OwnedList{});
   for (int64_t l = 0; l < nlist; ++l) {
     const ListView v = View(l);
@@ -84,7 +84,7 @@ void CannPqIndex::Unpack() {
 
 ContainerWriter CannPqIndex::Writer() const {
   ContainerWriter w(kTag);
-  const int64_t nlist = static_cast<int64_t>(centroids_.size()) / dim_;
+  const int64_t nlist = quantizer_.size();
   w.SetMeta("dim", dim_);
   w.SetMeta("m", m_);
   w.SetMeta("by_residual", by_residual_ ? 1 : 0);
@@ -102,7 +102,7 @@ ContainerWriter CannPqIndex::Writer() const {
   w.AddSection("images", DType::kInt64, {static_cast<int64_t>(images_.size())}, images_.data());
   if (nlist == 0) return w;
   w.SetMeta("quantization_error", DoubleBits(quantization_error_));
-  w.AddSection("centroids", DType::kFloat32, {nlist, dim_}, centroids_.data());
+  w.AddSection("centroids", DType::kFloat32, {nlist, dim_}, quantizer_.centroids().data());
   w.AddSection("codebooks", DType::kFloat32, {m_, pq::kCentroids, pq_.dsub()}, pq_.codebooks().data());
   w.AddSection("list_offsets", DType::kInt64, {nlist + 1}, packed_->offsets.data());
   w.AddSection("codes", DType::kUInt8, {ntotal_, m_}, packed_->codes);
@@ -113,13 +113,13 @@ ContainerWriter CannPqIndex::Writer() const {
 
 void CannPqIndex::Save(const std::string& path) {
   std::unique_lock<std::shared_mutex> lock(mutex_);
-  if (!centroids_.empty()) Pack();
+  if (quantizer_.size() > 0) Pack();
   Writer().WriteFile(path);
 }
 
 std::vector<uint8_t> CannPqIndex::Serialize() {
   std::unique_lock<std::shared_mutex> lock(mutex_);
-  if (!centroids_.empty()) Pack();
+  if (quantizer_.size() > 0) Pack();
   return Writer().ToBytes();
 }
 
@@ -151,7 +151,7 @@ std::unique_ptr<CannPqIndex> CannPqIndex::FromContainer(const Container& c) {
   CheckFiniteSection(reinterpret_cast<const float*>(cv.data), cv.size(), "centroids");
   CheckFiniteSection(reinterpret_cast<const float*>(bv.data), bv.size(), "codebooks");
   const auto* cp = reinterpret_cast<const float*>(cv.data);
-  index->centroids_.assign(cp, cp + cv.size());
+  index->quantizer_ = knn::CoarseQuantizer(std::vector<float>(cp, cp + cv.size()), index->dim_);
   index->quantization_error_ = BitsDouble(c.Meta("quantization_error"));
   PYL_CHECK_FORMAT(std::isfinite(index->quantization_error_) && index->quantization_error_ >= 0,
                    "CANNPQIndex file has quantization_error ", index->quantization_error_, " (corrupt)");
@@ -162,7 +162,7 @@ std::unique_ptr<CannPqIndex> CannPqIndex::FromContainer(const Container& c) {
 
 // The packed lists of a file: views into the container's bytes, which `owner` keeps alive.
 void CannPqIndex::ReadLists(const Container& c, int64_t n) {
-  const int64_t nlist = static_cast<int64_t>(centroids_.size()) / dim_;
+  const int64_t nlist = quantizer_.size();
   const ArrayView& ov = c.Section("list_offsets", DType::kInt64);
   const ArrayView& codes = c.Section("codes", DType::kUInt8);
   const ArrayView& fi = c.Section("feature_images", DType::kInt32);

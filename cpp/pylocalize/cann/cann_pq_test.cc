@@ -13,21 +13,14 @@
 #include <vector>
 
 #include "pylocalize/pq/product_quantizer.h"
+#include "pylocalize/util/testing.h"
 
 namespace pylocalize {
 namespace {
 
-int g_failures = 0;
+using testing::Check;
 
-void Check(bool ok, const char* what, double a = 0, double b = 0) {
-  if (!ok && ++g_failures <= 20) std::printf("FAIL %s (%g, %g)\n", what, a, b);
-}
-
-double SquaredDistance(const float* a, const float* b, int64_t dim) {
-  double s = 0.0;
-  for (int64_t d = 0; d < dim; ++d) s += (static_cast<double>(a[d]) - b[d]) * (static_cast<double>(a[d]) - b[d]);
-  return s;
-}
+using testing::SquaredDistance;
 
 // n rows around n / per_image image centres, image i's rows i * per_image ...
 std::vector<float> Clustered(std::mt19937_64& rng, int64_t n, int64_t per_image, int64_t dim) {
@@ -114,8 +107,8 @@ int main() {
   pylocalize::CheckAdc(rng);
   pylocalize::CheckScores(rng, true);
   pylocalize::CheckScores(rng, false);
-  if (pylocalize::g_failures > 0) {
-    std::printf("%d checks failed\n", pylocalize::g_failures);
+  if (pylocalize::testing::g_failures > 0) {
+    std::printf("%d checks failed\n", pylocalize::testing::g_failures);
     return 1;
   }
   std::printf("cann_pq_test: all checks passed\n");

@@ -17,15 +17,12 @@
 #include "pylocalize/cann/blocked_rows.h"
 #include "pylocalize/cann/cann_index.h"
 #include "pylocalize/cann/scoring.h"
+#include "pylocalize/util/testing.h"
 
 namespace pylocalize {
 namespace {
 
-int g_failures = 0;
-
-void Check(bool ok, const char* what, double a = 0, double b = 0) {
-  if (!ok && ++g_failures <= 20) std::printf("FAIL %s (%g, %g)\n", what, a, b);
-}
+using testing::Check;
 
 // Every slot holds its source row, element for element, with its squared norm; padding is zero.
 void CheckBlockedRows(std::mt19937_64& rng) {
@@ -225,6 +222,6 @@ int main() {
   pylocalize::CheckAccumulator(rng);
   pylocalize::CheckSearches(rng);
   pylocalize::CheckLoadedLayout(rng);
-  std::printf("cann %s\n", pylocalize::g_failures == 0 ? "ok" : "FAILED");
-  return pylocalize::g_failures == 0 ? 0 : 1;
+  std::printf("cann %s\n", pylocalize::testing::g_failures == 0 ? "ok" : "FAILED");
+  return pylocalize::testing::g_failures == 0 ? 0 : 1;
 }

@@ -13,6 +13,7 @@
 #include "pylocalize/cann/blocked_rows.h"
 #include "pylocalize/cann/grid.h"
 #include "pylocalize/cann/scoring.h"
+#include "pylocalize/knn/coarse_quantizer.h"
 
 namespace pylocalize {
 namespace cann {
@@ -32,16 +33,15 @@ struct ExactLayout {
 // The per-slot and per-feature arrays are borrowed from the file of a memory-mapped index;
 // the small per-list and per-image ones are always owned.
 struct IvfLayout {
-  std::vector<float> centroids;  // the lists' centroids, nlist x dim
+  knn::CoarseQuantizer quantizer;  // the lists' centroids, and how rows find their lists
   BlockedRows rows;
   std::vector<int64_t> list_block;   // nlist + 1: first block of each list
   ConstArray<int32_t> slot_image;    // per slot: index into `images`, -1 for padding
   std::vector<int64_t> images;       // distinct image ids, ascending
   ConstArray<int64_t> feature_slot;  // per feature in insertion order: its slot
   int64_t HeapBytes() const {
-    return rows.HeapBytes() + slot_image.heap_bytes() + feature_slot.heap_bytes() +
-           static_cast<int64_t>(centroids.size() * sizeof(float) +
-                                (images.size() + list_block.size()) * sizeof(int64_t));
+    return rows.HeapBytes() + slot_image.heap_bytes() + feature_slot.heap_bytes() + quantizer.HeapBytes() +
+           static_cast<int64_t>((images.size() + list_block.size()) * sizeof(int64_t));
   }
   int64_t MappedBytes() const {
     return rows.MappedBytes() + slot_image.borrowed_bytes() + feature_slot.borrowed_bytes();

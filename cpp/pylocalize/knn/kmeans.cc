@@ -7,6 +7,7 @@
 #include <numeric>
 #include <random>
 
+#include "pylocalize/knn/coarse_quantizer.h"
 #include "pylocalize/knn/kernels.h"
 #include "pylocalize/util/check.h"
 #include "pylocalize/util/cpu.h"
@@ -15,58 +16,10 @@
 
 namespace pylocalize {
 namespace knn {
-namespace {
-
-struct BlockedCentroids {
-  std::vector<float> blocks;
-  std::vector<float> norms;  // padded lanes: +inf, so they never win
-  int64_t nblocks;
-};
-
-BlockedCentroids Block(const float* c, int64_t k, int64_t dim) {
-  BlockedCentroids b;
-  b.nblocks = (k + kBlock - 1) / kBlock;
-  b.blocks.assign(static_cast<size_t>(b.nblocks * dim * kBlock), 0.0f);
-  b.norms.assign(static_cast<size_t>(b.nblocks * kBlock), std::numeric_limits<float>::infinity());
-  for (int64_t i = 0; i < k; ++i) {
-    double norm = 0.0;
-    for (int64_t d = 0; d < dim; ++d) {
-      const float v = c[i * dim + d];
-      b.blocks[static_cast<size_t>(((i / kBlock) * dim + d) * kBlock + i % kBlock)] = v;
-      norm += static_cast<double>(v) * v;
-    }
-    b.norms[static_cast<size_t>(i)] = static_cast<float>(norm);
-  }
-  return b;
-}
-
-}  // namespace
-
 void AssignNearestM(const float* centroids, int64_t k, const float* x, int64_t n, int64_t dim, int64_t m,
                     int64_t* labels, float* distances, int num_threads) {
   PYL_CHECK(k >= 1 && m >= 1 && m <= k, "need 1 <= m <= k centroids");
-  const BlockedCentroids b = Block(centroids, k, dim);
-  constexpr int64_t kRows = 64;
-  const int64_t ld = b.nblocks * kBlock;
-  ParallelFor((n + kRows - 1) / kRows, num_threads, [&](int64_t t, int) {
-    InterruptPoint();
-    const int64_t r0 = t * kRows, r1 = std::min(n, r0 + kRows);
-    std::vector<float> tile(static_cast<size_t>((r1 - r0) * ld));
-    DotTile(x + r0 * dim, r1 - r0, dim, b.blocks.data(), Element::kFloat32, b.nblocks, tile.data(), ld);
-    for (int64_t r = r0; r < r1; ++r) {
-      const float* row = tile.data() + (r - r0) * ld;
-      double xn = 0.0;
-      for (int64_t d = 0; d < dim; ++d) xn += static_cast<double>(x[r * dim + d]) * x[r * dim + d];
-      TopK<float> top(m);
-      for (int64_t c = 0; c < k; ++c) top.Push(b.norms[static_cast<size_t>(c)] - 2.0f * row[c], c);
-      float* dst = distances != nullptr ? distances + r * m : nullptr;
-      std::vector<float> dd(static_cast<size_t>(m));
-      top.Extract(dd.data(), labels + r * m, 0.0f);
-      if (dst != nullptr) {
-        for (int64_t j = 0; j < m; ++j) dst[j] = std::max(0.0f, dd[static_cast<size_t>(j)] + static_cast<float>(xn));
-      }
-    }
-  });
+  AssignBlocked(Block(centroids, k, dim), x, n, dim, m, labels, distances, num_threads);
 }
 
 void AssignNearest(const float* centroids, int64_t k, const float* x, int64_t n, int64_t dim, int64_t* labels,
@@ -191,15 +144,15 @@ void RepairEmptyClusters(int64_t dim, int64_t k, std::vector<int64_t>* count, st
 }  // namespace
 
 KMeansResult KMeans(const float* x, int64_t n, int64_t dim, int64_t k, int iterations, uint64_t seed,
-                    int64_t max_points_per_centroid, int num_threads) {
+                    int64_t max_points_per_centroid, int num_threads, bool plus_plus) {
   const RowReader row = [x, dim](int64_t i, float* out) {
     std::memcpy(out, x + i * dim, static_cast<size_t>(dim) * sizeof(float));
   };
-  return KMeans(row, n, dim, k, iterations, seed, max_points_per_centroid, num_threads);
+  return KMeans(row, n, dim, k, iterations, seed, max_points_per_centroid, num_threads, plus_plus);
 }
 
 KMeansResult KMeans(const RowReader& row, int64_t n, int64_t dim, int64_t k, int iterations, uint64_t seed,
-                    int64_t max_points_per_centroid, int num_threads) {
+                    int64_t max_points_per_centroid, int num_threads, bool plus_plus) {
   PYL_CHECK(k >= 1, "k must be >= 1, got ", k);
   PYL_CHECK(n >= k, "k-means needs at least k = ", k, " points, got ", n);
   PYL_CHECK(iterations >= 0, "iterations must be >= 0");
@@ -210,7 +163,7 @@ KMeansResult KMeans(const RowReader& row, int64_t n, int64_t dim, int64_t k, int
   KMeansResult result;
   result.centroids.resize(static_cast<size_t>(k * dim));
   const int trials = 2 + static_cast<int>(std::log(static_cast<double>(k)));
-  if (static_cast<double>(ns) * static_cast<double>(k) * static_cast<double>(dim) * trials <= 4e9) {
+  if (plus_plus && static_cast<double>(ns) * static_cast<double>(k) * static_cast<double>(dim) * trials <= 4e9) {
     SeedKMeansPlusPlus(xs, ns, dim, k, trials, rng, result.centroids.data());
   } else {
     // Large problems: k distinct random points (as FAISS), seeding would cost more than training.
@@ -220,7 +173,12 @@ KMeansResult KMeans(const RowReader& row, int64_t n, int64_t dim, int64_t k, int
   std::vector<float> dist(static_cast<size_t>(ns));
   for (int it = 0; it <= iterations; ++it) {
     InterruptPoint();
-    AssignNearest(result.centroids.data(), k, xs.data(), ns, dim, labels.data(), dist.data(), num_threads);
+    // Many centroids: the two-level quantizer, as the inverted file will assign with it
+    if (k >= kTwoLevelMinCentroids) {
+      CoarseQuantizer(result.centroids, dim, seed).Assign(xs.data(), ns, 1, labels.data(), dist.data(), num_threads);
+    } else {
+      AssignNearest(result.centroids.data(), k, xs.data(), ns, dim, labels.data(), dist.data(), num_threads);
+    }
     result.inertia = std::accumulate(dist.begin(), dist.end(), 0.0);
     if (it == iterations) break;
     std::vector<int64_t> count = UpdateCentroids(xs, ns, dim, k, labels, result.centroids.data());

@@ -27,8 +27,10 @@ struct KMeansResult {
   double inertia = 0.0;          // sum of squared distances of the training points
 };
 
+// plus_plus = false seeds with k distinct random points whatever the cost of k-means++ (for
+// grouping centroids, where seeding would cost more than the grouping is worth).
 KMeansResult KMeans(const float* x, int64_t n, int64_t dim, int64_t k, int iterations, uint64_t seed,
-                    int64_t max_points_per_centroid, int num_threads);
+                    int64_t max_points_per_centroid, int num_threads, bool plus_plus = true);
 
 // Writes row i (dim floats) to out: how KMeans reads rows stored in another element type,
 // so that only the training subsample is ever converted to float.
@@ -36,7 +38,7 @@ using RowReader = std::function<void(int64_t i, float* out)>;
 
 // KMeans over n rows read through `row`; the same result as KMeans over those rows as floats.
 KMeansResult KMeans(const RowReader& row, int64_t n, int64_t dim, int64_t k, int iterations, uint64_t seed,
-                    int64_t max_points_per_centroid, int num_threads);
+                    int64_t max_points_per_centroid, int num_threads, bool plus_plus = true);
 
 }  // namespace knn
 }  // namespace pylocalize
