@@ -149,7 +149,8 @@ class CANNPQIndex:
         x : float32 or uint8 (n, dim)
             A sample of the database's descriptors, ``n >= max(nlist, 256)``.
         nlist : int
-            Number of lists; about ``2 * sqrt(N)`` for N database features.
+            Number of lists; about ``4 sqrt(N)`` for N database features
+            (:func:`~pylocalize.index.cann.default_nlist`).
         iterations, max_points_per_list : int
             Lloyd iterations and subsample per list of the coarse k-means.
         seed : int

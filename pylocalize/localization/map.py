@@ -51,7 +51,7 @@ from pylocalize.features import EXTRACTORS, extract_sift, match_descriptors
 from pylocalize.geometry import read_pose_file
 from pylocalize.geometry.absolute_pose import AbsolutePose, estimate_absolute_pose
 from pylocalize.geometry.camera import Camera, CameraDevice, is_focal_guess, read_cameras_file
-from pylocalize.index.cann import CANNIndex
+from pylocalize.index.cann import CANNIndex, default_nlist
 from pylocalize.index.cann_pq import CANNPQIndex
 from pylocalize.io import image_files, image_size, load_pixels, read_image  # noqa: F401 (read_image's old path)
 from pylocalize.localization.georegister import DEFAULT_GPS_NOISE_M, camera_geodetic, gps_of_images
@@ -868,7 +868,7 @@ class Map:
         :meth:`retrieve` then takes the ``rerank`` images the codes score best and ranks them
         by their exact CANN scores against the map's descriptors (memory-mapped in a loaded
         map), so only those images' descriptors are read. The lists and the probed count are
-        the current index's when it has an inverted file (else ``2 sqrt(N)`` lists, nprobe
+        the current index's when it has an inverted file (else :func:`default_nlist` lists, nprobe
         ``IVF_NPROBE``); the quantizer learns from at most ``COMPRESS_SAMPLE`` descriptors.
         :meth:`save` keeps the compressed index.
         """
@@ -881,7 +881,7 @@ class Map:
         if isinstance(self.index, CANNIndex) and self.index.is_trained:
             nlist, nprobe = self.index.nlist, self.index.nprobe
         else:
-            nlist, nprobe = min(total, max(1, round(2 * np.sqrt(total)))), IVF_NPROBE
+            nlist, nprobe = min(total, default_nlist(total)), IVF_NPROBE
         offsets = np.concatenate([[0], np.cumsum(counts)])
         rows = np.sort(np.random.default_rng(seed).choice(total, min(total, COMPRESS_SAMPLE), replace=False))
         image = np.searchsorted(offsets, rows, side="right") - 1
