@@ -36,6 +36,7 @@ import numpy as np
 import pylocalize
 from pylocalize.features import extract_sift
 from pylocalize.geometry import Camera, similarity_from_points, transform_pose
+from pylocalize.index.cann_pq import CANNPQIndex
 from pylocalize.index.vlad import VLAD
 from pylocalize.localization import Map, pose_error, read_strecha_camera
 from pylocalize.localization.map import read_image
@@ -82,7 +83,11 @@ def strecha(args, rows):
             variants["exhaustive"] = dict(k=None)
             variants[f"vlad k={max(args.k)}"] = dict(
                 retrieval=lambda kp, d: encoder.rank(encoder.encode(d), gallery)[: max(args.k)])
+            if args.compressed:  # after the others: compress() replaces the map's index
+                variants.update({f"cann k={k} compressed": dict(k=k, _compress=True) for k in args.k})
             for variant, options in variants.items():
+                if options.pop("_compress", False) and not isinstance(m.index, CANNPQIndex):
+                    m.compress()
                 r = m.localize(images[q], cameras[q], **options)
                 t_err, r_err = pose_error(r.cam_from_world, gt[q][1]) if r.success else (np.inf, np.inf)
                 rows.append(dict(dataset="strecha", scene=scene, query=names[q], variant=variant, success=r.success,
@@ -257,6 +262,8 @@ def main(argv=None) -> int:
     parser.add_argument("--pooled", action="store_true",
                         help="also localize in one map of all four Strecha scenes (--folds held-out folds)")
     parser.add_argument("--folds", type=int, default=4)
+    parser.add_argument("--compressed", action="store_true",
+                        help="also localize each Strecha query with the map compressed (Map.compress: 32-byte codes)")
     parser.add_argument("--json", help="write every row and the summary here")
     parser.add_argument("--figure", default="bench_localization.png")
     args = parser.parse_args(argv)
