@@ -306,6 +306,21 @@ class CannPqIndex:
     @property
     def search_options(self) -> typing.Any: ...
 
+class CoarseQuantizer:
+    def __init__(
+        self,
+        centroids: typing.Any,
+        seed: typing.SupportsInt | typing.SupportsIndex = 0,
+        group_probe: typing.SupportsInt | typing.SupportsIndex = 8,
+    ) -> None: ...
+    def assign(
+        self, x: typing.Any, m: typing.SupportsInt | typing.SupportsIndex = 1
+    ) -> tuple[numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.float32]]: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def two_level(self) -> bool: ...
+
 class InvertedFile:
     def __init__(self, num_words: typing.SupportsInt | typing.SupportsIndex) -> None: ...
     def add(

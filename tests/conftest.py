@@ -38,6 +38,20 @@ def container_sections(data: bytes) -> dict:
     return out
 
 
+def reseal_section(data: bytearray, name: str) -> None:
+    """Recomputes the checksums of section ``name`` after the bytes of its payload were
+    changed in place, as a buggy writer would leave them: the section's CRC in the table,
+    then the table's and the header's CRCs."""
+    import zlib
+
+    num_meta, num_sections = struct.unpack_from("<HI", data, 10)
+    entry, offset, nbytes = container_sections(bytes(data))[name]
+    struct.pack_into("<I", data, entry + 80, zlib.crc32(bytes(data[offset:offset + nbytes])))
+    tables_end = CONTAINER_HEADER + num_meta * CONTAINER_META_ENTRY + num_sections * CONTAINER_SECTION_ENTRY
+    struct.pack_into("<I", data, 56, zlib.crc32(bytes(data[CONTAINER_HEADER:tables_end])))
+    struct.pack_into("<I", data, 60, zlib.crc32(bytes(data[:60])))
+
+
 def child_env() -> dict:
     """Environment of a child Python that imports the same pylocalize as these tests."""
     env = dict(os.environ)

@@ -7,12 +7,11 @@ The file's layout is also read back with numpy (an independent reader of the for
 from __future__ import annotations
 
 import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import container_sections
+from conftest import container_sections, reseal_section
 
 import pylocalize
 from pylocalize import _core
@@ -163,7 +162,7 @@ def test_crafted_layout_is_refused(tmp_path, name, value):
     entry, offset, nbytes = container_sections(bytes(data))[name]
     fmt = "<i" if name == "ivf_slot_image" else "<q"
     struct.pack_into(fmt, data, offset + 8, value)
-    struct.pack_into("<I", data, entry + 80, zlib.crc32(bytes(data[offset:offset + nbytes])))
+    reseal_section(data, name)
     (tmp_path / "bad.pyloc").write_bytes(bytes(data))
     with pytest.raises(pylocalize.FormatError, match="corrupt"):
         index = pylocalize.CANNIndex.load(tmp_path / "bad.pyloc", method="exact")
@@ -237,3 +236,24 @@ def test_searches_during_changes_of_a_mapped_index(tmp_path):
         t.join()
     seen.append(mapped.search(q, 8)[1].tolist())
     assert all(s in states for s in seen) and seen[-1] == states[-1]
+
+
+@pytest.mark.parametrize("value", [np.inf, np.nan, 3e38])
+def test_crafted_centroids_are_refused_or_harmless(tmp_path, value):
+    """A centroid of Inf or NaN (checksums recomputed) is refused; a huge finite one, whose
+    squared norm overflows to Inf, loads and searches within the index (a list distance of
+    Inf once made the coarse quantizer return no list, and the search read outside them)."""
+    x, ids, q = _data(10)
+    _trained(x, ids).save(tmp_path / "c.pyloc")
+    data = bytearray((tmp_path / "c.pyloc").read_bytes())
+    entry, offset, nbytes = container_sections(bytes(data))["centroids"]
+    struct.pack_into("<f", data, offset + 4 * DIM, value)  # the second centroid's first value
+    reseal_section(data, "centroids")
+    (tmp_path / "bad.pyloc").write_bytes(bytes(data))
+    if not np.isfinite(value):
+        with pytest.raises(pylocalize.FormatError, match="centroid"):
+            pylocalize.CANNIndex.load(tmp_path / "bad.pyloc")
+        return
+    index = pylocalize.CANNIndex.load(tmp_path / "bad.pyloc", method="ivf", nprobe=4)
+    scores, images = index.search(q, 5)
+    assert np.isin(images[images >= 0], np.unique(ids)).all() and np.isfinite(scores).all()

@@ -13,6 +13,13 @@
 namespace pylocalize {
 namespace {
 
+// Centroids a file gives: a NaN or Inf would make every list distance meaningless.
+void CheckFiniteCentroids(const float* c, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    PYL_CHECK_FORMAT(std::isfinite(c[i]), "CANNIndex centroid value ", i, " is ", c[i], " (corrupt)");
+  }
+}
+
 constexpr const char* kTag = "CANNIndex";
 // Layout version in the meta "layout": 1 (no key): insertion-order rows, and the ivf
 // centroids once trained. 2: a trained index stores its ivf layout (blocks, norms, lists,
@@ -454,6 +461,7 @@ void CannIndex::ReadIvfLayout(const Container& c, int64_t n) {
   PYL_CHECK_FORMAT(cv.shape.size() == 2 && cv.shape[1] == dim_ && cv.shape[0] >= 1,
                    "CANNIndex centroids do not match dim (corrupt)");
   const auto* cp = reinterpret_cast<const float*>(cv.data);
+  CheckFiniteCentroids(cp, cv.size());
   centroids_.assign(cp, cp + cv.size());
   const knn::Element element = static_cast<knn::Element>(element_);
   const std::shared_ptr<const void> owner = c.owner();
@@ -516,6 +524,7 @@ std::unique_ptr<CannIndex> CannIndex::FromContainer(const Container& c) {
     PYL_CHECK_FORMAT(cv.shape.size() == 2 && cv.shape[1] == dim && cv.shape[0] >= 1,
                      "CANNIndex centroids do not match dim (corrupt)");
     const auto* cp = reinterpret_cast<const float*>(cv.data);
+    CheckFiniteCentroids(cp, cv.size());
     index->centroids_.assign(cp, cp + cv.size());
   }
   return index;

@@ -29,6 +29,7 @@ double SquaredNorm(const float* x, int64_t dim) {
 
 BlockedCentroids Block(const float* c, int64_t k, int64_t dim) {
   BlockedCentroids b;
+  b.k = k;
   b.nblocks = (k + kBlock - 1) / kBlock;
   b.blocks.assign(static_cast<size_t>(b.nblocks * dim * kBlock), 0.0f);
   b.norms.assign(static_cast<size_t>(b.nblocks * kBlock), std::numeric_limits<float>::infinity());
@@ -53,11 +54,8 @@ void AssignBlocked(const BlockedCentroids& b, const float* x, int64_t n, int64_t
     std::vector<float> dd(static_cast<size_t>(m));
     for (int64_t r = r0; r < r1; ++r) {
       const float* row = tile.data() + (r - r0) * ld;
-      for (int64_t c = 0; c < ld; ++c) {
-        if (b.norms[static_cast<size_t>(c)] != std::numeric_limits<float>::infinity()) {
-          top.Push(b.norms[static_cast<size_t>(c)] - 2.0f * row[c], c);
-        }
-      }
+      // every centroid is offered, so m <= k labels always come back, whatever the values
+      for (int64_t c = 0; c < b.k; ++c) top.Push(b.norms[static_cast<size_t>(c)] - 2.0f * row[c], c);
       top.Extract(dd.data(), labels + r * m, std::numeric_limits<float>::infinity());
       if (distances != nullptr) {
         const float xn = static_cast<float>(SquaredNorm(x + r * dim, dim));
@@ -86,7 +84,7 @@ CoarseQuantizer::CoarseQuantizer(std::vector<float> centroids, int64_t dim, uint
   for (int64_t g : group) ++count[static_cast<size_t>(g)];
   group_start_.assign(static_cast<size_t>(ngroups + 1), 0);
   for (int64_t g = 0; g < ngroups; ++g) {
-    // an empty group's centre never wins a probe
+    // an empty group's centre loses every probe to a non-empty group's
     if (count[static_cast<size_t>(g)] == 0)
       centres_.norms[static_cast<size_t>(g)] = std::numeric_limits<float>::infinity();
     group_start_[static_cast<size_t>(g + 1)] =

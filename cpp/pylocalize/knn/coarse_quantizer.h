@@ -27,6 +27,7 @@ struct BlockedCentroids {
   std::vector<float> blocks;
   std::vector<float> norms;
   int64_t nblocks = 0;
+  int64_t k = 0;  // the centroids; lanes from k on are padding
 };
 
 BlockedCentroids Block(const float* centroids, int64_t k, int64_t dim);
