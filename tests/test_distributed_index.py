@@ -281,7 +281,7 @@ def test_missing_or_corrupt_shard_file_names_the_shard(ray_local, tmp_path):
     ShardedBinaryIndex.from_index(local_binary(codes, ids), 2, layout).close()
     files = [tmp_path / s["file"] for s in json.loads(layout.read_text())["shards"]]
     data = bytearray(files[1].read_bytes())
-    _, offset, nbytes = container_sections(bytes(data))["codes"]
+    _, offset, nbytes = container_sections(bytes(data))["blocks"]
     data[offset + nbytes // 2] ^= 0xFF
     files[1].write_bytes(bytes(data))
     with pytest.raises(FormatError, match=f"shard 1 \\({files[1]}\\)"):

@@ -33,7 +33,7 @@ import numpy as np
 from pylocalize import _core
 from pylocalize._core import FormatError
 from pylocalize._folders import FolderLock, remove_unreferenced, unique_name
-from pylocalize.distributed._runtime import ensure_ray
+from pylocalize.distributed._runtime import ensure_ray, require_ray
 from pylocalize.distributed.layout import (
     ShardEntry,
     ShardLayout,
@@ -104,6 +104,8 @@ class _ShardedIndex:
         self.batch_size = int_scalar(batch_size, "batch_size")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds or None (no limit), got {timeout}")
         self.timeout, self.params, self.next_id = timeout, dict(layout.params), layout.next_id
         self._ray = ensure_ray()
         self._shards: List[_Shard] = []
@@ -166,6 +168,7 @@ class _ShardedIndex:
             A missing or invalid layout file, or a shard file missing, corrupt or not the one
             the layout recorded (the message names the shard and its file).
         """
+        require_ray()  # before anything else: without Ray, say how to install it
         layout_path = Path(os.path.abspath(layout_path))
         return cls(ShardLayout.read(layout_path), layout_path, **kwargs)
 
@@ -173,6 +176,7 @@ class _ShardedIndex:
     def from_index(cls, source, num_shards: int, layout_path: PathLike, *, parallel: bool = False, **kwargs):
         """Shards ``source`` (an index, or the path of an index file) into ``num_shards``
         files beside ``layout_path`` (:func:`shard_index`) and opens them (:meth:`open`)."""
+        require_ray()
         shard_index(source, num_shards, layout_path, parallel=parallel, kind=cls.KIND)
         return cls.open(layout_path, **kwargs)
 
@@ -596,6 +600,7 @@ SHARDED_CLASSES = {cls.KIND: cls for cls in (ShardedBinaryIndex, ShardedMultiBit
 
 def open_sharded(layout_path: PathLike, **kwargs) -> _ShardedIndex:
     """The sharded index of the kind its layout file records (:meth:`_ShardedIndex.open`)."""
+    require_ray()
     layout_path = Path(os.path.abspath(layout_path))
     layout = ShardLayout.read(layout_path)
     return SHARDED_CLASSES[layout.kind](layout, layout_path, **kwargs)
