@@ -5,10 +5,14 @@ missing and corrupt shard files; the ``index shard`` command."""
 from __future__ import annotations
 
 import json
+import logging
+import shutil
+import tempfile
+import time
 
 import numpy as np
 import pytest
-from conftest import brute_knn, container_sections, hamming_matrix, python_child
+from conftest import brute_knn, child_env, container_sections, hamming_matrix, python_child
 
 import pylocalize
 from pylocalize import BinaryIndex, CANNIndex, FormatError, MultiBitIndex
@@ -192,7 +196,12 @@ def test_binary_changes_save_and_reopen(ray_local, tmp_path):
             target.add(new[:5])  # the next default ids survive the save
         assert_same(reopened.search(new[:5], 3), local.search(new[:5], 3))
         reopened.save(layout)
-    assert not set(first_files) & {p.name for p in tmp_path.glob("shards-*.pyloc")}  # replaced and removed
+    # a shard that changed went to a new file (the old one removed), an unchanged one kept its file
+    after = json.loads(layout.read_text())["shards"]
+    assert sorted(p.name for p in tmp_path.glob("shards-*.pyloc")) == sorted(s["file"] for s in after)
+    assert any(a["count"] != b["count"] for a, b in zip(after, doc["shards"]))
+    for a, b in zip(after, doc["shards"]):
+        assert (a["file"] != b["file"]) == (a["count"] != b["count"])
 
 
 def test_cann_changes_keep_images_whole(ray_local, tmp_path):
@@ -232,47 +241,69 @@ def test_a_change_refused_by_a_shard_leaves_every_shard_as_it_was(ray_local, tmp
 
 
 # -- faults ---------------------------------------------------------------------------------------
-def kill_first_shard_once(index, monkeypatch, ray):
+def kill_shard_0(index, ray) -> None:
+    """``ray.kill`` (restart allowed) of shard 0's actor, returning once its process is gone."""
+    pid = index.describe()[0]["pid"]
+    ray.kill(index.shard_actors()[0], no_restart=False)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(")")[-1].split()[0] in "ZX":
+                    return
+        except FileNotFoundError:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the killed actor's process {pid} is still there after 60 s")
+
+
+def kill_during_next_call(index, monkeypatch, ray) -> None:
     """Kills shard 0's actor once, right after the next call's tasks are submitted."""
-    original = index._get
-    state = {"killed": False}
+    original, state = index._get, {"killed": False}
 
     def get(tasks, refs):
         if not state["killed"]:
             state["killed"] = True
-            ray.kill(index.shard_actors()[0], no_restart=False)
+            kill_shard_0(index, ray)
         return original(tasks, refs)
 
     monkeypatch.setattr(index, "_get", get)
-    return state
 
 
-def test_killed_actor_restarts_with_the_same_results(ray_local, tmp_path, monkeypatch):
+def test_killed_actor_restarts_with_the_same_results(ray_local, tmp_path, monkeypatch, caplog):
     codes, ids, queries = binary_data(seed=7, n=800)
     local = local_binary(codes, ids)
-    with ShardedBinaryIndex.from_index(local, 2, tmp_path / "shards.json", batch_size=4) as index:
+    caplog.set_level(logging.INFO, logger="pylocalize.distributed")
+
+    def restores():
+        return [r.getMessage().split(") ")[-1] for r in caplog.records if "restarted" in r.getMessage()]
+
+    with ShardedBinaryIndex.from_index(local, 2, tmp_path / "shards.json", batch_size=2) as index:
         pid = index.describe()[0]["pid"]
-        kill_first_shard_once(index, monkeypatch, ray_local)
-        assert_same(index.search(queries, 10), local.search(queries, 10))  # reloads its file
+        kill_during_next_call(index, monkeypatch, ray_local)  # killed mid-batch: its tasks are retried
+        assert_same(index.search(queries, 10), local.search(queries, 10))
         monkeypatch.undo()
         assert index.describe()[0]["pid"] != pid
-        # unsaved changes: the restarted actor maps the file without them, so they are replayed
+        kill_shard_0(index, ray_local)
+        assert_same(index.search(queries, 10), local.search(queries, 10))
+        assert restores() == []  # the restarted actor mapped its file, which is the shard's state
+        # unsaved changes: a restarted actor maps the file without them, so they are replayed
         new = np.random.default_rng(8).integers(0, 256, (50, 32), dtype=np.uint8)
         for target in (local, index):
             target.add(new)
             target.remove_ids(ids[:30])
-        pid = index.describe()[0]["pid"]
-        kill_first_shard_once(index, monkeypatch, ray_local)
+        kill_shard_0(index, ray_local)
         assert_same(index.search(queries, 10), local.search(queries, 10))
-        monkeypatch.undo()
-        assert index.describe()[0]["pid"] != pid
-        # killed while a change is in flight (to ids shard 0 holds): applied once, not twice
-        held = np.setdiff1d(ids, ids[:30])[:7]
-        kill_first_shard_once(index, monkeypatch, ray_local)
+        assert restores() == ["restarted: reloading its file and 2 unsaved changes"]
+        # a change sent to a restarting actor: applied once, not twice
+        held = np.setdiff1d(ids, ids[:30])[:7]  # ids shard 0 holds
+        kill_shard_0(index, ray_local)
         for target in (local, index):
             target.add(new[:7], held)
-        monkeypatch.undo()
+        assert restores()[1:] == ["restarted: reloading its file and 3 unsaved changes"]
         assert index.ntotal == local.ntotal
+        assert_same(index.search(queries, 10), local.search(queries, 10))
+        kill_during_next_call(index, monkeypatch, ray_local)
         assert_same(index.search(queries, 10), local.search(queries, 10))
 
 
@@ -310,34 +341,53 @@ import sys
 import numpy as np
 import ray
 from ray.cluster_utils import Cluster
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 import pylocalize
 from pylocalize.distributed import ShardedBinaryIndex
 
+
+def lose_a_node(cluster, worker):
+    rng = np.random.default_rng(11)
+    codes = rng.integers(0, 256, (500, 32), dtype=np.uint8)
+    local = pylocalize.BinaryIndex(256)
+    local.add(codes)
+    queries = np.concatenate([codes[:10], rng.integers(0, 256, (10, 32), dtype=np.uint8)])
+    # the shards on the worker node (soft: when it is gone, they may restart on the head)
+    on_worker = NodeAffinitySchedulingStrategy(worker.node_id, soft=True)
+    index = ShardedBinaryIndex.from_index(local, 2, sys.argv[1], actor_options={"scheduling_strategy": on_worker},
+                                          timeout=60)
+    nodes = [info["node"] for info in index.describe()]
+    assert nodes == [worker.node_id] * 2 and worker.node_id != cluster.head_node.node_id, nodes
+    cluster.remove_node(worker)
+    for got, expected in zip(index.search(queries, 7), local.search(queries, 7)):
+        np.testing.assert_array_equal(got, expected)
+    after = [info["node"] for info in index.describe()]
+    assert worker.node_id not in after, after
+    print("survived", nodes, after)
+
+
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-worker = cluster.add_node(num_cpus=1)
-cluster.wait_for_nodes()
-ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
-rng = np.random.default_rng(11)
-codes = rng.integers(0, 256, (500, 32), dtype=np.uint8)
-local = pylocalize.BinaryIndex(256)
-local.add(codes)
-queries = np.concatenate([codes[:10], rng.integers(0, 256, (10, 32), dtype=np.uint8)])
-index = ShardedBinaryIndex.from_index(local, 2, sys.argv[1], actor_options={"scheduling_strategy": "SPREAD"},
-                                      timeout=60)
-nodes = [info["node"] for info in index.describe()]
-assert worker.node_id in nodes and len(set(nodes)) == 2, nodes
-cluster.remove_node(worker)
-for got, expected in zip(index.search(queries, 7), local.search(queries, 7)):
-    np.testing.assert_array_equal(got, expected)
-after = [info["node"] for info in index.describe()]
-assert worker.node_id not in after, after
-print("survived", nodes, after)
+try:
+    worker = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+    lose_a_node(cluster, worker)
+finally:
+    ray.shutdown()
+    cluster.shutdown()
 """
 
 
 def test_lost_node_is_survived_with_shard_files_on_shared_storage(tmp_path):
     pytest.importorskip("ray")
-    result = python_child(NODE_LOSS, str(tmp_path / "shards.json"), capture_output=True, text=True, timeout=150)
+    # a temporary folder of its own: Cluster writes its address into Ray's, where any ray.init()
+    # on the machine would find it and join this cluster (short: Ray's socket paths are limited)
+    ray_tmp = tempfile.mkdtemp(prefix="ray-")
+    try:
+        result = python_child(NODE_LOSS, str(tmp_path / "shards.json"), capture_output=True,
+                              text=True, timeout=150, env=dict(child_env(), RAY_TMPDIR=ray_tmp))
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert "survived" in result.stdout
 
