@@ -76,6 +76,9 @@ def _shard_error(shard: _Shard, error: BaseException) -> BaseException:
     """``error`` raised in ``shard``'s actor, as the same kind of exception naming the shard."""
     cause = getattr(error, "cause", None) or error
     message = f"{shard.name()}: {cause}"
+    if isinstance(cause, (FormatError, FileNotFoundError)):
+        message += ("; a layout's shard files are written together by one save: put back the file that save wrote, "
+                    "or shard the index again")
     for kind in (FormatError, FileNotFoundError, IsADirectoryError, PermissionError, ValueError, MemoryError,
                  OSError, RuntimeError):
         if isinstance(cause, kind):
@@ -389,14 +392,22 @@ class _ShardedIndex:
             remove_unreferenced(folder, pattern, keep=[Path(s.path).name for s in self._shards])
 
 
+def _check_k(k) -> int:
+    if int_scalar(k, "k") < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return int(k)
+
+
 # -- the three kinds -------------------------------------------------------------------------
 class _CodeShards(_ShardedIndex):
     """Ids of the code indexes: default ids continue after the largest id ever added, as in one index."""
 
-    def _check_codes(self, codes, code_size: int) -> np.ndarray:
+    def _check_codes(self, codes, code_size: int, name: str = "codes") -> np.ndarray:
+        """Checked here, before a change reaches some shards and not others (or a search all of them)."""
         codes = np.asarray(codes)
         if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] != code_size:
-            raise ValueError(f"codes must be uint8 (n, {code_size}), got {codes.dtype} {codes.shape}")
+            raise ValueError(f"{name} must be uint8 (n, {code_size}): packed codes of this index's length, got "
+                             f"{codes.dtype} {codes.shape}")
         return np.ascontiguousarray(codes)
 
     def _new_ids(self, n: int, ids) -> np.ndarray:
@@ -445,12 +456,12 @@ class ShardedBinaryIndex(_CodeShards):
 
     def search(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
         """``(distances int32 (nq, k), ids int64 (nq, k))`` as :meth:`BinaryIndex.search`."""
-        k = int_scalar(k, "k")
-        return self._topk(self._put_chunks({"queries": self._check_codes(queries, self.code_size)}), k, {})
+        k = _check_k(k)
+        return self._topk(self._put_chunks({"queries": self._check_codes(queries, self.code_size, "queries")}), k, {})
 
     def range_search(self, queries: np.ndarray, radius: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(lims, distances, ids)`` as :meth:`BinaryIndex.range_search`."""
-        queries, radius = self._check_codes(queries, self.code_size), int_scalar(radius, "radius")
+        queries, radius = self._check_codes(queries, self.code_size, "queries"), int_scalar(radius, "radius")
         chunks = self._put_chunks({"queries": queries})
         merged = [merge_ranges(parts, len(parts[0][0]) - 1) for parts in self._fan_out("range_search", chunks, radius)]
         lims = np.concatenate([[0]] + [m[0][1:] for m in merged]).astype(np.int64)
@@ -496,8 +507,8 @@ class ShardedMultiBitIndex(_CodeShards):
     def search(self, query_codes: np.ndarray, k: int, *, query_vectors: Optional[np.ndarray] = None,
                rerank: int = 0, candidates: int = 0) -> Tuple[np.ndarray, np.ndarray]:
         """``(scores float32 (nq, k), ids int64 (nq, k))`` as :meth:`MultiBitIndex.search`."""
-        k, rerank, candidates = int_scalar(k, "k"), int_scalar(rerank, "rerank"), int_scalar(candidates, "candidates")
-        batch = {"queries": self._check_codes(query_codes, self.code_size)}
+        k, rerank, candidates = _check_k(k), int_scalar(rerank, "rerank"), int_scalar(candidates, "candidates")
+        batch = {"queries": self._check_codes(query_codes, self.code_size, "query_codes")}
         if rerank > 0:
             if query_vectors is None:
                 raise ValueError("rerank > 0 needs query_vectors (float32, one per query code)")
@@ -589,7 +600,7 @@ class ShardedCANNIndex(_ShardedIndex):
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         kwargs = {"method": self.method, "nprobe": int_scalar(self.nprobe, "nprobe")}
-        k = int_scalar(k, "k")
+        k = _check_k(k)
         chunks = self._put_chunks({"queries": list(query_sets)})
         parts = [merge_topk(values, k, True)[:2] for values in self._fan_out("search", chunks, k, kwargs)]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
@@ -615,7 +626,11 @@ def _kind_of(source) -> str:
     if not isinstance(source, (str, os.PathLike)):
         raise ValueError(f"shard a BinaryIndex, MultiBitIndex or CANNIndex, or the path of one's file; got "
                          f"{type(source).__name__}")
-    tag = _core.read_container(os.fspath(source), mmap=True)[0]
+    try:
+        tag = _core.read_container(os.fspath(source), mmap=True)[0]
+    except FormatError as error:
+        raise FormatError(f"{source}: not an index file ({error}); give a BinaryIndex, MultiBitIndex or CANNIndex "
+                          "file (.pyloc)") from None
     if tag not in INDEX_CLASSES:
         raise FormatError(f"{source} holds a {tag}; a BinaryIndex, MultiBitIndex or CANNIndex file can be sharded")
     return tag
