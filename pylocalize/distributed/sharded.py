@@ -353,6 +353,7 @@ class _ShardedIndex:
             s.count += len(r)
 
     def _remove(self, keys) -> int:
+        """Removes the entries of ``keys`` from the shards holding them; returns how many."""
         keys = np.unique(as_ids(keys).reshape(-1))
         changes = {}
         for s in self._shards:
