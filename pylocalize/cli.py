@@ -18,6 +18,7 @@ import pylocalize
 from pylocalize._cli import Parser, run
 from pylocalize.bench.cli import add_parser as add_bench
 from pylocalize.demo import add_parser as add_demo
+from pylocalize.distributed.cli import add_parser as add_index
 from pylocalize.geo.cli import add_parser as add_geo
 from pylocalize.io import IMAGE_SUFFIXES  # noqa: F401 (its old path, before pylocalize/io.py)
 from pylocalize.localization.cli import add_parser as add_localization
@@ -39,8 +40,8 @@ def _info(args) -> int:
 
 
 # The commands in the order `pylocalize --help` lists them: the package first, then the
-# demo, then each task's commands (the localization ones side by side), benchmarks last.
-COMMANDS = (add_demo, add_render, add_localization, add_objects, add_geo, add_posetext, add_bench)
+# demo, then each task's commands (the localization ones side by side), sharded indexes, benchmarks last.
+COMMANDS = (add_demo, add_render, add_localization, add_objects, add_geo, add_posetext, add_index, add_bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -80,7 +80,7 @@ def test_each_part_registers_its_own_commands(tmp_path, capsys):
                 for name in action.choices]
 
     assert commands(build_parser()) == ["info", "demo", "render", "map", "localize", "evaluate", "pairs", "objects",
-                                        "geo", "posetext", "bench"]
+                                        "geo", "posetext", "index", "bench"]
     for module, names in ((localization_cli, ["map", "localize", "evaluate", "pairs"]), (objects_cli, ["objects"])):
         parser = argparse.ArgumentParser()
         module.add_parser(parser.add_subparsers())

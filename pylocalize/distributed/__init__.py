@@ -1,0 +1,24 @@
+"""pylocalize beyond one machine, on Ray (the ``dist`` extra: ``pip install "pylocalize[dist]"``).
+
+- :class:`ShardedBinaryIndex`, :class:`ShardedMultiBitIndex`, :class:`ShardedCANNIndex`: an
+  index split into shard files, each served by a Ray actor that memory-maps it; searches fan
+  out and merge to the results of one index (exact searches: identically, ties included).
+  :func:`shard_index` writes the shard files and the layout file; :func:`open_sharded` opens a
+  layout file of any kind. ``pylocalize index shard`` does it from the command line.
+
+Ray is imported only when a distributed object is made, so this package imports without it;
+the first use without Ray raises an ``ImportError`` that says how to install it.
+"""
+
+from pylocalize.distributed._runtime import INSTALL_HINT, connect, require_ray
+from pylocalize.distributed.layout import ShardLayout
+from pylocalize.distributed.sharded import (
+    ShardedBinaryIndex,
+    ShardedCANNIndex,
+    ShardedMultiBitIndex,
+    open_sharded,
+    shard_index,
+)
+
+__all__ = ["INSTALL_HINT", "ShardLayout", "ShardedBinaryIndex", "ShardedCANNIndex", "ShardedMultiBitIndex",
+           "connect", "open_sharded", "require_ray", "shard_index"]
