@@ -113,3 +113,14 @@ def brute_knn(dist: np.ndarray, ids: np.ndarray, k: int, largest: bool = False):
 
 def random_codes(rng, n, nbits):
     return rng.integers(0, 256, (n, nbits // 8), dtype=np.uint8)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """Ray started in this process with 2 CPUs and no dashboard, for the distributed tests;
+    the tests skip where Ray is not installed."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,1 @@
+"""Distributed pylocalize on Ray (extra ``dist``)."""
