@@ -242,8 +242,10 @@ def _get_or_reason(ray, ref):
 def _run_pool(ray, pool: list, queries: list, progress: bool):
     """``(results in input order, how many actors were restarted)``: each query on the next free
     actor; an actor that died for good leaves the pool, its query failed with the reason."""
-    from ray.exceptions import ActorDiedError
+    from ray import exceptions
     from tqdm import tqdm
+
+    died = getattr(exceptions, "ActorDiedError", exceptions.RayActorError)  # older Ray has only the latter
 
     results: List[Optional[LocalizationResult]] = [None] * len(queries)
     todo, idle, running, restarted = deque(range(len(queries))), list(range(len(pool))), {}, set()
@@ -262,7 +264,7 @@ def _run_pool(ray, pool: list, queries: list, progress: bool):
             bar.update()
             try:
                 results[i], was_restarted = ray.get(ref)
-            except ActorDiedError as error:  # restarts used up: the actor stays out of the pool
+            except died as error:  # restarts used up: the actor stays out of the pool
                 results[i] = LocalizationResult(False, reason=f"its Ray actor died more often than max_restarts "
                                                               f"({_first_line(error)})")
                 continue
