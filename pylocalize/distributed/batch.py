@@ -103,7 +103,12 @@ class _Localizer:
         return self.busy
 
     def localize(self, image, camera):
-        """``(LocalizationResult, whether this actor is a restart)`` of one query."""
+        """``(LocalizationResult, whether this actor is a restart)`` of one query.
+
+        Through :meth:`Map.localize_many`, which runs it on a new thread: RANSAC's random state
+        is per thread (pycolmap's), so the query starts from a fresh one, whichever queries this
+        actor ran before, and gives what the local run gives a query on a thread of its own.
+        """
         self.busy += 1
         try:  # pycolmap's SIFT logs each extractor it creates, as the command line keeps quiet
             with quiet_colmap() if self.map.extractor == "colmap" else nullcontext():
