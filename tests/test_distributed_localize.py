@@ -202,3 +202,22 @@ def test_ray_stays_optional(demo):
     assert "Traceback" not in child.stderr
     assert 'pylocalize localize: error: --ray: batch localization over Ray needs Ray: pip install ' \
            '"pylocalize[dist]"' in child.stderr
+
+
+def test_an_address_where_no_cluster_answers_is_one_line(demo):
+    """``--ray HOST:PORT`` where nothing listens stops at once (Ray itself would retry for
+    minutes), as does an address that is not one (a child interpreter: Ray not yet started)."""
+    import socket
+
+    pytest.importorskip("ray")
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for address, message in ((f"127.0.0.1:{port}", f"no Ray cluster answers at 127.0.0.1:{port}"),
+                             ("nonsense", "Ray address 'nonsense': give 'auto' or the cluster's HOST:PORT")):
+        child = python_child("import sys\nfrom pylocalize.cli import main\nsys.exit(main(sys.argv[1:]))\n",
+                             *_localize_command(demo, demo.tmp / "unreached.txt", "--ray", address),
+                             capture_output=True, text=True, timeout=120)
+        assert child.returncode == 1 and "Traceback" not in child.stderr, child.stderr
+        assert f"pylocalize localize: error: {message}" in child.stderr
+    assert not (demo.tmp / "unreached.txt").exists()

@@ -26,6 +26,7 @@ import inspect
 import logging
 import os
 import uuid
+import warnings
 from collections import deque
 from contextlib import nullcontext
 from pathlib import Path
@@ -64,14 +65,33 @@ def connect(address: Optional[str] = None):
     ray = import_ray()
     if ray.is_initialized():
         return ray
-    if address is not None and (not isinstance(address, str) or not address.strip()):
-        raise ValueError(f"Ray address {address!r}: give 'auto' or the cluster's HOST:PORT")
+    if address not in (None, "auto"):
+        address = _check_cluster_answers(address)
     try:
-        ray.init(address=None if address in (None, "auto") else address.strip())
+        ray.init(address=None if address in (None, "auto") else address)
     except ConnectionError as error:
         raise ConnectionError(f"no Ray cluster at {address} ({error}); start one with `ray start --head` there, "
                               "or give 'auto' to start Ray in this process") from None
     return ray
+
+
+def _check_cluster_answers(address, timeout_s: float = 10.0) -> str:
+    """``address`` (``HOST:PORT`` or ``ray://HOST:PORT``) once something listens there:
+    ``ray.init`` retries an address where nothing listens for minutes, silently."""
+    import socket
+
+    if not isinstance(address, str):
+        raise ValueError(f"Ray address {address!r}: give 'auto' or the cluster's HOST:PORT")
+    address = address.strip()
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"Ray address {address!r}: give 'auto' or the cluster's HOST:PORT (e.g. 10.0.0.5:6379)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as error:
+        raise ConnectionError(f"no Ray cluster answers at {address} ({error}); start one there with "
+                              "`ray start --head`, or give 'auto' to start Ray in this process") from None
+    return address
 
 
 class _Localizer:
@@ -92,7 +112,9 @@ class _Localizer:
             self.map = Map.load(map_path, mmap=True)
         except Exception as error:  # any load failure is the caller's to see, as it is
             self.error = error
-        self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        with warnings.catch_warnings():  # Ray's property reads its own deprecated actor_id
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
 
     def ready(self):
         """None once the map is loaded, else the error loading it raised."""
