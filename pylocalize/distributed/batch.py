@@ -140,11 +140,24 @@ class _Localizer:
         return result, self.restarted
 
 
-def _check_options(options: dict) -> None:
+def _check_arguments(map_path, options: dict, start_timeout_s: float, **counts) -> Path:
+    """The map's absolute path, once the localization options, the counts (``name=(value,
+    lowest)``, None for a default) and the timeout are right and the map file is there: before
+    any actor starts."""
     unknown = sorted(set(options) - set(LOCALIZE_OPTIONS))
     if unknown:
         raise TypeError(f"unknown localization options {', '.join(unknown)}: Map.localize takes "
                         f"{', '.join(LOCALIZE_OPTIONS)}")
+    for name, (value, low) in counts.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if not start_timeout_s > 0:
+        raise ValueError(f"start_timeout_s must be positive, got {start_timeout_s!r}")
+    map_path = Path(map_path).absolute()
+    if not (map_path / MAP_FILE if map_path.is_dir() else map_path).is_file():
+        raise FileNotFoundError(f"{map_path}: no map here (expected a directory with {MAP_FILE}); give a folder "
+                                "written by `pylocalize map build` or Map.save")
+    return map_path
 
 
 def _as_query(image):
@@ -194,15 +207,8 @@ def localize_many_ray(map_path, images: Sequence, cameras=None, address: Optiona
     ImportError
         Ray is not installed.
     """
-    _check_options(options)
-    for name, value, low in (("actors", actors, 1), ("threads", threads, 1), ("max_restarts", max_restarts, 0),
-                             ("max_task_retries", max_task_retries, 0)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    map_path = Path(map_path).absolute()
-    if not (map_path / MAP_FILE if map_path.is_dir() else map_path).is_file():
-        raise FileNotFoundError(f"{map_path}: no map here (expected a directory with {MAP_FILE}); give a folder "
-                                "written by `pylocalize map build` or Map.save")
+    map_path = _check_arguments(map_path, options, start_timeout_s, actors=(actors, 1), threads=(threads, 1),
+                                max_restarts=(max_restarts, 0), max_task_retries=(max_task_retries, 0))
     queries = list(zip(map(_as_query, images), _per_item(cameras, len(images), "queries")))
     if not queries:
         return []
