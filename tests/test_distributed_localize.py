@@ -104,36 +104,58 @@ def test_batch_over_ray_gives_the_local_results_in_input_order(ray_local, demo):
     assert wait_for_free_cpus(ray_local, 2)  # the pool is gone with the batch
 
 
-def test_an_actor_killed_mid_batch_is_restarted_with_the_same_results(ray_local, demo, caplog):
+def kill_an_actor_mid_query(ray) -> tuple:
+    """``(thread, names killed)``: a thread that kills the first pool actor it finds localizing
+    a query, as a crash of its process would (Ray restarts it if it may)."""
     from ray.exceptions import RayError
 
     killed = []
 
-    def kill_one_mid_query():
+    def run():
         deadline = time.monotonic() + 120
         while not killed and time.monotonic() < deadline:
-            for name in ray_local.util.list_named_actors():
+            for name in ray.util.list_named_actors():
                 if not name.startswith(ACTOR_PREFIX):
                     continue
                 try:
-                    actor = ray_local.get_actor(name)
-                    busy = ray_local.get(actor.in_progress.remote(), timeout=30)
+                    actor = ray.get_actor(name)
+                    busy = ray.get(actor.in_progress.remote(), timeout=30)
                 except (ValueError, RayError):  # not started yet, or gone
                     continue
                 if busy:
-                    ray_local.kill(actor, no_restart=False)  # as a crash would: Ray restarts it
+                    ray.kill(actor, no_restart=False)
                     killed.append(name)
                     return
             time.sleep(0.02)
 
-    killer = threading.Thread(target=kill_one_mid_query, daemon=True)
-    killer.start()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, killed
+
+
+def test_an_actor_killed_mid_batch_is_restarted_with_the_same_results(ray_local, demo, caplog):
+    killer, killed = kill_an_actor_mid_query(ray_local)
     with caplog.at_level(logging.INFO, logger="pylocalize"):
         results = localize_many_ray(demo.map_dir, demo.queries, demo.scene.K, actors=2)
     killer.join(timeout=30)
     assert killed, "no actor was seen localizing a query"
     assert_same_results(results, demo.local)
     assert "1 Ray actor(s) were restarted" in caplog.text
+    assert wait_for_free_cpus(ray_local, 2)
+
+
+def test_an_actor_that_may_not_restart_fails_its_query_alone(ray_local, demo):
+    """Without restarts, the query its actor held fails with the reason; the batch goes on
+    with the other actor."""
+    killer, killed = kill_an_actor_mid_query(ray_local)
+    results = localize_many_ray(demo.map_dir, demo.queries, demo.scene.K, actors=2, max_restarts=0,
+                                max_task_retries=0)
+    killer.join(timeout=30)
+    assert killed, "no actor was seen localizing a query"
+    died = [i for i, r in enumerate(results) if "its Ray actor died more often than max_restarts" in r.reason]
+    assert len(died) == 1 and not results[died[0]].success
+    assert_same_results([r for i, r in enumerate(results) if i not in died],
+                        [r for i, r in enumerate(demo.local) if i not in died])
     assert wait_for_free_cpus(ray_local, 2)
 
 
