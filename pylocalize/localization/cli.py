@@ -2,7 +2,8 @@
 
 - ``map build``: a map from posed images (a Strecha folder, a COLMAP model, a pose file) or
   from images alone (structure-from-motion);
-- ``localize``: the poses of query images in a map, written as a pose file;
+- ``localize``: the poses of query images in a map, written as a pose file (``--ray``: on a
+  Ray cluster, :mod:`pylocalize.distributed.batch`, the same file);
 - ``evaluate``: pose errors and recall of a pose file against ground truth;
 - ``pairs``: retrieval pairs of query images in a map, as hloc or kapture pairs files.
 
