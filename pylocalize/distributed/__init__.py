@@ -5,12 +5,15 @@
   out and merge to the results of one index (exact searches: identically, ties included).
   :func:`shard_index` writes the shard files and the layout file; :func:`open_sharded` opens a
   layout file of any kind. ``pylocalize index shard`` does it from the command line.
+- :func:`localize_many_ray`: a batch of queries localized on a pool of Ray actors, each
+  memory-mapping the saved map (``pylocalize localize --ray``), one result per query in order.
 
 Ray is imported only when a distributed object is made, so this package imports without it;
 the first use without Ray raises an ``ImportError`` that says how to install it.
 """
 
 from pylocalize.distributed._runtime import INSTALL_HINT, connect, require_ray
+from pylocalize.distributed.batch import localize_many_ray
 from pylocalize.distributed.layout import ShardLayout
 from pylocalize.distributed.sharded import (
     ShardedBinaryIndex,
@@ -21,4 +24,4 @@ from pylocalize.distributed.sharded import (
 )
 
 __all__ = ["INSTALL_HINT", "ShardLayout", "ShardedBinaryIndex", "ShardedCANNIndex", "ShardedMultiBitIndex",
-           "connect", "open_sharded", "require_ray", "shard_index"]
+           "connect", "localize_many_ray", "open_sharded", "require_ray", "shard_index"]

@@ -6,7 +6,10 @@ work without it, and the first object that needs it says how to install it.
 
 from __future__ import annotations
 
+from typing import Optional
+
 INSTALL_HINT = 'pip install "pylocalize[dist]"'
+RAY_MISSING = f"pylocalize.distributed runs on Ray, which is not installed: {INSTALL_HINT}"
 
 
 def require_ray():
@@ -14,8 +17,7 @@ def require_ray():
     try:
         import ray
     except ImportError as error:
-        raise ImportError(f"pylocalize.distributed runs on Ray, which is not installed: {INSTALL_HINT} "
-                          f"(or pip install 'ray>=2.9')") from error
+        raise ImportError(RAY_MISSING) from error
     return ray
 
 
@@ -28,26 +30,50 @@ def ensure_ray():
     return ray
 
 
-def connect(address: str):
-    """Joins the Ray cluster at ``address`` (the command line's ``--ray``) and returns ``ray``.
+def connect(address: Optional[str] = None):
+    """Joins a Ray cluster (the command line's ``--ray``) and returns ``ray``; a process that
+    already has a Ray session keeps it.
 
-    ``"auto"`` is the cluster running on this machine (``ray start --head``) or named by
-    ``RAY_ADDRESS``, ``"local"`` a new one-machine cluster inside this process, anything else a
-    cluster's address (``HOST:PORT`` or ``ray://HOST:PORT``). A process that already has a Ray
-    session keeps it.
+    ``None`` or ``"auto"``: the cluster running on this machine (``ray start --head``, or
+    ``RAY_ADDRESS``), else a new one inside this process; ``"local"``: always a new one-machine
+    cluster inside this process; anything else a cluster's address (``HOST:PORT`` or
+    ``ray://HOST:PORT``), checked to answer first (``ray.init`` retries an address where
+    nothing listens for minutes, silently). Raises ``ConnectionError`` when nothing answers.
     """
     ray = require_ray()
     if ray.is_initialized():
         return ray
     if address == "local":
-        ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
+        ray.init(address="local", include_dashboard=False, configure_logging=False, log_to_driver=False)
         return ray
+    if address not in (None, "auto"):
+        address = _check_cluster_answers(address)
     try:
-        ray.init(address=address, configure_logging=False, log_to_driver=False)
+        ray.init(address=None if address in (None, "auto") else address, configure_logging=False,
+                 log_to_driver=False)
     except ConnectionError as error:
         raise ConnectionError(f"--ray {address}: no Ray cluster to join ({error}); start one with "
-                              "`ray start --head` and use --ray auto, or use --ray local") from None
+                              "`ray start --head` there, or use --ray auto or --ray local") from None
     return ray
+
+
+def _check_cluster_answers(address, timeout_s: float = 10.0) -> str:
+    """``address`` (``HOST:PORT`` or ``ray://HOST:PORT``) once something listens there."""
+    import socket
+
+    if not isinstance(address, str):
+        raise ValueError(f"Ray address {address!r}: give 'auto', 'local' or the cluster's HOST:PORT")
+    address = address.strip()
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"Ray address {address!r}: give 'auto', 'local' or the cluster's HOST:PORT "
+                         "(e.g. 10.0.0.5:6379)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as error:
+        raise ConnectionError(f"no Ray cluster answers at {address} ({error}); start one there with "
+                              "`ray start --head`, or use --ray auto to start Ray in this process") from None
+    return address
 
 
 def node_id() -> str:

@@ -2,7 +2,8 @@
 
 - ``map build``: a map from posed images (a Strecha folder, a COLMAP model, a pose file) or
   from images alone (structure-from-motion);
-- ``localize``: the poses of query images in a map, written as a pose file;
+- ``localize``: the poses of query images in a map, written as a pose file (``--ray``: on a
+  Ray cluster, :mod:`pylocalize.distributed.batch`, the same file);
 - ``evaluate``: pose errors and recall of a pose file against ground truth;
 - ``pairs``: retrieval pairs of query images in a map, as hloc or kapture pairs files.
 
@@ -206,8 +207,11 @@ def _localize(args) -> int:
 
         raise ValueError(f"--images {' '.join(args.images)}: no image files there (suffixes "
                          f"{', '.join(IMAGE_SUFFIXES)}); give image files or folders holding them")
-    with quiet_colmap() if m.extractor == "colmap" else nullcontext():  # pycolmap's SIFT logs each extractor
-        results = m.localize_many(paths, cameras, workers=args.workers, progress=args.progress)
+    if args.ray:
+        results = _localize_on_ray(args, paths, cameras)
+    else:
+        with quiet_colmap() if m.extractor == "colmap" else nullcontext():  # pycolmap's SIFT logs each extractor
+            results = m.localize_many(paths, cameras, workers=args.workers, progress=args.progress)
     estimates, notes = [], {}
     for key, path, result in zip(keys, paths, results):
         if result.success:
@@ -233,6 +237,21 @@ def _localize(args) -> int:
         print(f"{guessed} of the localized queries had guessed intrinsics (marked in {args.out})")
     print(f"{len(estimates)} localized, {len(failed)} failed -> {args.out}")
     return _batch_status(len(estimates), len(failed), args.allow_failures)
+
+
+def _localize_on_ray(args, paths, cameras) -> list:
+    """The results of ``localize --ray``: the queries on a pool of Ray actors, each loading the
+    map from ``--map`` (a path every node of the cluster must see)."""
+    from pylocalize.distributed._runtime import RAY_MISSING
+    from pylocalize.distributed.batch import localize_many_ray
+
+    try:
+        return localize_many_ray(args.map, paths, cameras, address=args.ray, actors=args.workers,
+                                 progress=args.progress)
+    except ImportError as error:
+        if str(error) != RAY_MISSING:
+            raise
+        raise RuntimeError(f"--ray: {error}") from None  # one line that says how to install Ray
 
 
 def _batch_status(done: int, failed: int, allow_failures: bool, what: str = "localized") -> int:
@@ -349,7 +368,12 @@ def _add_localize(subparsers) -> None:
     p.add_argument("--camera", help="'MODEL W H PARAMS...' (COLMAP convention) for every query, or 'map': the "
                                     "map's calibrated camera (scaled to the query's size)")
     p.add_argument("--cameras", help="cameras file, lines 'name MODEL W H PARAMS...'")
-    p.add_argument("--workers", type=at_least(1), default=None, help="queries localized in parallel")
+    p.add_argument("--workers", type=at_least(1), default=None,
+                   help="queries localized in parallel (with --ray: Ray actors; default one per free CPU)")
+    p.add_argument("--ray", metavar="auto|ADDRESS",
+                   help="localize on a Ray cluster (extra dist): 'auto' joins the Ray running on this machine or "
+                        "starts one in this process, ADDRESS (HOST:PORT) connects to a cluster; the map and the "
+                        "query files must be at the same paths on every node")
     p.add_argument("--out", required=True, help="pose file to write (name qw qx qy qz tx ty tz)")
     p.add_argument("--viz", help="folder for one figure per query (matches, reprojections, retrieved images)")
     p.add_argument("--allow-failures", action="store_true",

@@ -945,15 +945,17 @@ class Map:
 
     def estimate_pose(self, points2D: np.ndarray, point3D_ids: np.ndarray, camera: Camera,
                       max_error_px: float = 4.0, covariance: bool = True,
-                      estimate_focal: bool = False) -> Optional[AbsolutePose]:
+                      estimate_focal: bool = False, seed: Optional[int] = 0) -> Optional[AbsolutePose]:
         """Stage 4: the query's ``cam_from_world`` from 2D-3D matches (``points2D`` float
         (m, 2) in OpenCV pixels, ``point3D_ids`` int (m,) into :attr:`points3D`), by
         LO-RANSAC and refinement (:func:`~pylocalize.geometry.absolute_pose.estimate_absolute_pose`);
         with ``estimate_focal`` the focal length too (the estimated camera is the result's
-        ``camera``). None when no pose is found (or fewer than 4 matches are given)."""
+        ``camera``). None when no pose is found (or fewer than 4 matches are given).
+        ``seed``: RANSAC's, so that a query gets the same pose on any thread, in any batch and
+        on any worker of a cluster (pycolmap's own random state is per thread); None draws one."""
         points3D = self.points3D[np.asarray(point3D_ids, dtype=np.int64)]
         return estimate_absolute_pose(points2D, points3D, camera, max_error_px, covariance=covariance,
-                                      estimate_focal=estimate_focal)
+                                      estimate_focal=estimate_focal, seed=seed)
 
     def localize(self, image, camera: Union[CameraLike, QueryCamera, None] = None, k: Optional[int] = 10,
                  ratio: float = 0.8, max_error_px: float = 4.0, min_inliers: int = 12,
