@@ -22,12 +22,8 @@ def require_ray():
 
 
 def ensure_ray():
-    """``ray``, started if this process has no session yet (Ray's own default: the cluster of
-    ``RAY_ADDRESS`` if set, else a local one)."""
-    ray = require_ray()
-    if not ray.is_initialized():
-        ray.init(configure_logging=False, log_to_driver=False)
-    return ray
+    """``ray``, started if this process has no session yet (as :func:`connect` with ``None``)."""
+    return connect()
 
 
 def connect(address: Optional[str] = None):

@@ -70,8 +70,9 @@ def add_parser(subparsers) -> None:
                    help=f"folder for the shard files and the layout file {LAYOUT_NAME} (storage every node "
                         "reads, for a cluster)")
     s.add_argument("--ray", metavar="auto|local|ADDRESS",
-                   help="write the shards as Ray tasks on this cluster and open them there: 'auto' (the running "
-                        "cluster), 'local' (a new one in this process) or a cluster address; default: no Ray")
+                   help="write the shards as Ray tasks on this cluster and open them there: 'auto' (the Ray "
+                        "running on this machine, else a new one in this process), 'local' (always a new one in "
+                        "this process) or a cluster's HOST:PORT; default: no Ray")
     s.add_argument("--timeout", type=float, default=600.0, help="--ray: seconds to wait for the shards to open")
     s.set_defaults(func=_shard)
 

@@ -370,10 +370,10 @@ def _add_localize(subparsers) -> None:
     p.add_argument("--cameras", help="cameras file, lines 'name MODEL W H PARAMS...'")
     p.add_argument("--workers", type=at_least(1), default=None,
                    help="queries localized in parallel (with --ray: Ray actors; default one per free CPU)")
-    p.add_argument("--ray", metavar="auto|ADDRESS",
+    p.add_argument("--ray", metavar="auto|local|ADDRESS",
                    help="localize on a Ray cluster (extra dist): 'auto' joins the Ray running on this machine or "
-                        "starts one in this process, ADDRESS (HOST:PORT) connects to a cluster; the map and the "
-                        "query files must be at the same paths on every node")
+                        "starts one in this process, 'local' always starts one here, ADDRESS (HOST:PORT) connects "
+                        "to a cluster; the map and the query files must be at the same paths on every node")
     p.add_argument("--out", required=True, help="pose file to write (name qw qx qy qz tx ty tz)")
     p.add_argument("--viz", help="folder for one figure per query (matches, reprojections, retrieved images)")
     p.add_argument("--allow-failures", action="store_true",
