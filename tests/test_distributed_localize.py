@@ -177,7 +177,8 @@ def test_a_missing_or_corrupt_map_is_a_clear_error(ray_local, demo, tmp_path):
     with pytest.raises(pylocalize.FormatError, match="retrieval index .* is missing; rebuild"):
         localize_many_ray(tmp_path / "no_index", queries, demo.scene.K, actors=1)
     # more actors than the cluster has CPUs: an error once start_timeout_s is over, not a wait
-    with pytest.raises(TimeoutError, match="1 of 3 Ray actors did not start within 5 s"):
+    # (at least one of 3 cannot start on 2 CPUs; on a loaded machine more may miss the 5 s)
+    with pytest.raises(TimeoutError, match="[123] of 3 Ray actors did not start within 5 s"):
         localize_many_ray(demo.map_dir, demo.queries, demo.scene.K, actors=3, start_timeout_s=5)
     assert wait_for_free_cpus(ray_local, 2)  # a failed start leaves no actor behind
     # mistakes of the call itself, before any actor starts
