@@ -65,15 +65,20 @@ def pose_within(cam_from_world, true, max_m: float = 0.25, max_deg: float = 2.0)
                 and rotation_error_deg(cam_from_world[:, :3], true[:, :3]) < max_deg)
 
 
-def _localize(m, queries, retrieval=None):
+def _localize(m, queries, retrieval=None, stages=None):
     """Success within (0.25 m, 2 deg) and median and p90 latency (ms) after features;
-    ``retrieval`` replaces the map's CANN search (as in :meth:`Map.localize_features`)."""
-    ok, latency = [], []
+    ``retrieval`` replaces the map's CANN search (as in :meth:`Map.localize_features`).
+    ``stages``, a dict, receives the median ms of each stage (retrieval, matching, pose)."""
+    ok, latency, per_stage = [], [], {}
     for i in range(len(queries)):
         result = m.localize_features(queries.keypoints[i], queries.descriptors[i], queries.camera, covariance=False,
                                      retrieval=retrieval)
         latency.append(sum(result.timings.values()))
+        for stage, seconds in result.timings.items():
+            per_stage.setdefault(stage, []).append(seconds)
         ok.append(result.success and pose_within(result.cam_from_world, queries.cam_from_world[i]))
+    if stages is not None:
+        stages.update({f"{stage}_ms": 1000 * float(np.median(v)) for stage, v in per_stage.items()})
     return float(np.mean(ok)), 1000 * float(np.median(latency)), 1000 * float(np.percentile(latency, 90))
 
 
@@ -132,7 +137,9 @@ def run_size(name: str, n_queries: int, n_recall: int, seed: int, workdir: Path)
     m = Map.load(workdir / "map")
     row["load_s"] = time.perf_counter() - t0
     queries = city.queries(n_queries, seed=seed + 1)
-    row["success"], row["latency_ms"], row["latency_p90_ms"] = _localize(m, queries)
+    stages = {}
+    row["success"], row["latency_ms"], row["latency_p90_ms"] = _localize(m, queries, stages=stages)
+    row["stages"] = stages
     row["loaded_rss_mb"] = _memory_mb("VmRSS") - rss_before  # what the map costs once queried
     # of which heap (anonymous) memory: the rest is pages of mapped files, which the kernel
     # can drop and read again (the map's descriptors, the index's mapped layout)
@@ -161,6 +168,8 @@ def print_table(rows, exponents) -> None:
         print(f"{r['size']:>5} {r['images']:>7} {r['features']:>11,} {r['build_s']:>8.1f} {r['save_s']:>7.1f} "
               f"{r['load_s']:>7.2f} {r['peak_rss_mb']:>8.0f} {r['map_bytes'] / 1e6:>8.0f} {r['recall@10']:>9.3f} "
               f"{100 * r['success']:>7.1f}% {r['latency_ms']:>9.1f} {r['latency_p90_ms']:>7.1f}")
+    for r in rows:  # where the latency goes
+        print(f"{r['size']:>5} median ms per stage: " + ", ".join(f"{k[:-3]} {v:.1f}" for k, v in r["stages"].items()))
     if exponents:
         print("growth exponents (cost ~ N^b): " + ", ".join(f"{k} {v:.2f}" for k, v in exponents.items()))
 
