@@ -135,7 +135,16 @@ def ray_local():
     the tests skip where Ray is not installed."""
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
-        # address="local": a cluster of its own, never one a test or a user left running here
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        # Ray's workers start in the driver's working folder and import from it first: started
+        # from a checkout, they would import its pylocalize/, which has no compiled core where
+        # the package was installed from it (as in CI). So Ray starts from CHILD_CWD.
+        # address="local": a cluster of its own, never one a test or a user left running here.
+        here = os.getcwd()
+        os.chdir(CHILD_CWD)
+        try:
+            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
+        finally:
+            os.chdir(here)
     yield ray
     ray.shutdown()
