@@ -31,15 +31,21 @@ def _timed(fn, repeat: int):
     return best, out
 
 
-def _features(n: int, dim: int, seed: int):
-    """SIFT-like uint8 rows around 4096 prototypes, one image per 2000 features, and queries."""
+def prototype_features(n: int, dim: int, seed: int, per_image: int = 2000):
+    """SIFT-like uint8 rows around 4096 prototypes, ``per_image`` features per image:
+    ``(rows, image ids, prototypes, rng)``, the generator left where the rows end."""
     rng = np.random.default_rng(seed)
     protos = rng.uniform(0, 120, (4096, dim))
     x = np.empty((n, dim), np.uint8)
     for i in range(0, n, 1 << 18):
         m = min(1 << 18, n - i)
         x[i:i + m] = np.clip(protos[rng.integers(0, len(protos), m)] + rng.normal(0, 12, (m, dim)), 0, 255)
-    ids = np.arange(n, dtype=np.int64) // 2000
+    return x, np.arange(n, dtype=np.int64) // per_image, protos, rng
+
+
+def _features(n: int, dim: int, seed: int):
+    """SIFT-like uint8 rows around 4096 prototypes, one image per 2000 features, and queries."""
+    x, ids, protos, rng = prototype_features(n, dim, seed)
     q = np.clip(protos[rng.integers(0, len(protos), 500)] + rng.normal(0, 12, (500, dim)), 0, 255)
     return x, ids, q.astype(np.float32)
 

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_cann_load import prototype_features
 
 
 def _median_seconds(fn, repeat: int):
@@ -45,17 +46,6 @@ def _load() -> str:
 
 def _row(name: str, nq: int, seconds: float) -> None:
     print(f"  {name:<38} {seconds * 1e3:9.1f} ms per batch of {nq:>5}  {nq / seconds:10.1f} QPS   {_load()}")
-
-
-def _features(n: int, dim: int, seed: int, per_image: int = 2000):
-    """SIFT-like uint8 rows around 4096 prototypes, ``per_image`` features per image."""
-    rng = np.random.default_rng(seed)
-    protos = rng.uniform(0, 120, (4096, dim))
-    x = np.empty((n, dim), np.uint8)
-    for i in range(0, n, 1 << 18):
-        m = min(1 << 18, n - i)
-        x[i:i + m] = np.clip(protos[rng.integers(0, len(protos), m)] + rng.normal(0, 12, (m, dim)), 0, 255)
-    return x, np.arange(n, dtype=np.int64) // per_image, protos
 
 
 def bench_codes(args, folder: Path, cores: int) -> dict:
@@ -124,7 +114,7 @@ def bench_cann(args, folder: Path, cores: int) -> dict:
     import pylocalize
     from pylocalize.distributed import ShardedCANNIndex
 
-    x, ids, protos = _features(args.features, 128, args.seed)
+    x, ids, protos, _ = prototype_features(args.features, 128, args.seed)
     rng = np.random.default_rng(args.seed + 1)
     queries = [np.clip(protos[rng.integers(0, len(protos), args.query_features)]
                        + rng.normal(0, 12, (args.query_features, 128)), 0, 255).astype(np.uint8)
