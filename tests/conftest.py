@@ -142,8 +142,10 @@ def ray_local():
         here = os.getcwd()
         os.chdir(CHILD_CWD)
         try:
+            # and they import the package these tests import (a relative PYTHONPATH would
+            # resolve in CHILD_CWD)
             ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
+                     configure_logging=False, runtime_env={"env_vars": {"PYTHONPATH": child_env()["PYTHONPATH"]}})
         finally:
             os.chdir(here)
     yield ray

@@ -78,9 +78,9 @@ class _Localizer:
     def localize(self, image, camera):
         """``(LocalizationResult, whether this actor is a restart)`` of one query.
 
-        Through :meth:`Map.localize_many`, which runs it on a new thread: RANSAC's random state
-        is per thread (pycolmap's), so the query starts from a fresh one, whichever queries this
-        actor ran before, and gives what the local run gives a query on a thread of its own.
+        Through :meth:`Map.localize_many`, so that a query that raises becomes its own failed
+        result, with the reason the local batch gives (RANSAC is seeded per query, so the pose
+        is the local run's whatever this actor ran before).
         """
         self.busy += 1
         try:  # pycolmap's SIFT logs each extractor it creates, as the command line keeps quiet

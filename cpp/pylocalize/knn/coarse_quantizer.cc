@@ -160,14 +160,12 @@ void CoarseQuantizer::SearchGroups(const float* x, int64_t n, int64_t gp, const 
                                    int num_threads) const {
   const int64_t ngroups = static_cast<int64_t>(group_start_.size()) - 1;
   std::vector<int64_t> start(static_cast<size_t>(ngroups + 1), 0);
-  for (int64_t g : groups) {
-    if (g >= 0) ++start[static_cast<size_t>(g + 1)];  // -1: fewer non-empty groups than probes
-  }
+  for (int64_t g : groups) ++start[static_cast<size_t>(g + 1)];
   for (int64_t g = 0; g < ngroups; ++g) start[static_cast<size_t>(g + 1)] += start[static_cast<size_t>(g)];
   std::vector<int64_t> pairs(groups.size());  // (row, probe) pairs r * gp + j, by group
   std::vector<int64_t> pos(start.begin(), start.end() - 1);
   for (size_t p = 0; p < groups.size(); ++p) {
-    if (groups[p] >= 0) pairs[static_cast<size_t>(pos[static_cast<size_t>(groups[p])]++)] = static_cast<int64_t>(p);
+    pairs[static_cast<size_t>(pos[static_cast<size_t>(groups[p])]++)] = static_cast<int64_t>(p);
   }
   cand_label->assign(static_cast<size_t>(n * gp * m), -1);
   cand_d2->assign(static_cast<size_t>(n * gp * m), std::numeric_limits<float>::infinity());
