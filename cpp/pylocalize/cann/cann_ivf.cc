@@ -38,37 +38,53 @@ std::vector<std::vector<int32_t>> QueriesByList(const IvfLayout& L, int64_t dim,
   return by_list;
 }
 
+// A thread's buffers for ScanList, kept across lists: allocating (and zeroing) a tile per
+// list cost as much as a tenth of a city-scale search.
+struct ScanScratch {
+  std::vector<float> qrows, tile;
+  std::vector<int32_t> passed;
+};
+
 // Scans list l for its query features `qs`, appending the pairs closer than the cutoff.
 void ScanList(const IvfLayout& L, int64_t dim, int64_t l, const std::vector<int32_t>& qs, const float* queries,
-              const std::vector<float>& qnorm, float cut2, std::vector<Candidate>* out) {
+              const std::vector<float>& qnorm, float cut2, ScanScratch* s, std::vector<Candidate>* out) {
   const int64_t b0 = L.list_block[static_cast<size_t>(l)], b1 = L.list_block[static_cast<size_t>(l + 1)];
   if (qs.empty() || b0 == b1) return;
   InterruptPoint();
   const int64_t ld = (b1 - b0) * knn::kBlock;
   const float* norms = L.rows.norms.data() + b0 * knn::kBlock;
   const int32_t* images = L.slot_image.data() + b0 * knn::kBlock;
-  std::vector<float> qrows(static_cast<size_t>(kQueryGroup * dim));
-  std::vector<float> tile(static_cast<size_t>(kQueryGroup * ld));
-  std::vector<Candidate> kept(static_cast<size_t>(ld));
+  // A list's features fill its slots from the first and padding (image -1) ends it: the
+  // trailing padding is not scanned (a padding slot elsewhere, in a damaged file, is still
+  // never a candidate)
+  int64_t used = ld;
+  while (used > 0 && images[used - 1] < 0) --used;
+  s->qrows.resize(static_cast<size_t>(kQueryGroup * dim));
+  s->tile.resize(std::max(s->tile.size(), static_cast<size_t>(kQueryGroup * ld)));
+  s->passed.resize(std::max(s->passed.size(), static_cast<size_t>(used)));
   for (size_t g = 0; g < qs.size(); g += kQueryGroup) {
     const int64_t ng = std::min<int64_t>(kQueryGroup, static_cast<int64_t>(qs.size() - g));
     for (int64_t j = 0; j < ng; ++j) {
-      std::memcpy(qrows.data() + j * dim, queries + static_cast<int64_t>(qs[g + j]) * dim,
+      std::memcpy(s->qrows.data() + j * dim, queries + static_cast<int64_t>(qs[g + j]) * dim,
                   static_cast<size_t>(dim) * sizeof(float));
     }
-    knn::DotTile(qrows.data(), ng, dim, L.rows.block(b0), L.rows.element, b1 - b0, tile.data(), ld);
+    knn::DotTile(s->qrows.data(), ng, dim, L.rows.block(b0), L.rows.element, b1 - b0, s->tile.data(), ld);
     for (int64_t j = 0; j < ng; ++j) {
       const int32_t q = qs[g + j];
       const float qn = qnorm[static_cast<size_t>(q)];
-      const float* row = tile.data() + j * ld;
-      // Branch-free: about one pair in eight passes, too unpredictable for a branch
+      const float* row = s->tile.data() + j * ld;
+      // About one pair in eight passes, too unpredictable for a branch: the slots that pass
+      // are listed branch-free (4-byte stores), then only they become candidates
+      int32_t* passed = s->passed.data();
       size_t n = 0;
-      for (int64_t c = 0; c < ld; ++c) {
-        const float d2 = qn + norms[c] - 2.0f * row[c];
-        kept[n] = {q, images[c], std::max(0.0f, d2)};
-        n += static_cast<size_t>((d2 < cut2) & (images[c] >= 0));
+      for (int64_t c = 0; c < used; ++c) {
+        passed[n] = static_cast<int32_t>(c);
+        n += static_cast<size_t>(qn + norms[c] - 2.0f * row[c] < cut2);
       }
-      out->insert(out->end(), kept.begin(), kept.begin() + static_cast<std::ptrdiff_t>(n));
+      for (size_t i = 0; i < n; ++i) {
+        const int32_t c = passed[i];
+        if (images[c] >= 0) out->push_back({q, images[c], std::max(0.0f, qn + norms[c] - 2.0f * row[c])});
+      }
     }
   }
 }
@@ -238,8 +254,10 @@ void SearchIvf(const IvfLayout& L, int64_t dim, const float* queries, int64_t nq
     const double cut = kernel.Cutoff();
     const float cut2 = static_cast<float>(cut * cut);
     std::vector<std::vector<Candidate>> found(static_cast<size_t>(threads));
+    std::vector<ScanScratch> scratch(static_cast<size_t>(threads));
     ParallelFor(nlist, threads, [&](int64_t l, int tid) {
-      ScanList(L, dim, l, by_list[static_cast<size_t>(l)], queries, qnorm, cut2, &found[static_cast<size_t>(tid)]);
+      ScanList(L, dim, l, by_list[static_cast<size_t>(l)], queries, qnorm, cut2, &scratch[static_cast<size_t>(tid)],
+               &found[static_cast<size_t>(tid)]);
     });
     std::vector<int64_t> start;
     const std::vector<Candidate> byq = GroupByQuery(&found, nq, &start);

@@ -16,6 +16,7 @@ namespace knn {
 namespace {
 
 constexpr int64_t kTileRows = 64;        // rows per DotTile
+constexpr int64_t kTileBlocks = 16;      // centroid blocks per DotTile: 128 KB of dim-128 floats, in L2
 constexpr int64_t kChunkRows = 1 << 16;  // rows whose candidates are held at once
 constexpr int kGroupIterations = 10;
 
@@ -23,6 +24,39 @@ double SquaredNorm(const float* x, int64_t dim) {
   double s = 0.0;
   for (int64_t d = 0; d < dim; ++d) s += static_cast<double>(x[d]) * x[d];
   return s;
+}
+
+// Offers the n centroids of one tile row, ||c||^2 - 2 <x, c> for slot c, to `top` under
+// the id id(c) (< 0: padding, skipped). Every slot is offered until `top` is full; after
+// that almost none can enter, so each chunk is first tested against the threshold in a
+// loop the compiler vectorizes and only its survivors reach Push. Push still decides (ties
+// to the smaller id), so the result is that of offering every slot in turn.
+template <class IdOf>
+void OfferRow(const float* norms, const float* dots, int64_t n, IdOf id_of, TopK<float>* top) {
+  constexpr int64_t kChunk = 16;
+  int64_t c = 0;
+  for (; c < n && !top->full(); ++c) {
+    const int64_t id = id_of(c);
+    if (id >= 0) top->Push(norms[c] - 2.0f * dots[c], id);
+  }
+  float threshold = top->Threshold();
+  for (; c < n; c += kChunk) {
+    const int64_t m = std::min(kChunk, n - c);
+    float v[kChunk];
+    bool any = false;
+    for (int64_t j = 0; j < m; ++j) {
+      v[j] = norms[c + j] - 2.0f * dots[c + j];
+      any |= v[j] <= threshold;
+    }
+    if (!any) continue;
+    for (int64_t j = 0; j < m; ++j) {
+      const int64_t id = id_of(c + j);
+      if (v[j] <= threshold && id >= 0) {
+        top->Push(v[j], id);
+        threshold = top->Threshold();
+      }
+    }
+  }
 }
 
 }  // namespace
@@ -44,19 +78,29 @@ BlockedCentroids Block(const float* c, int64_t k, int64_t dim) {
 
 void AssignBlocked(const BlockedCentroids& b, const float* x, int64_t n, int64_t dim, int64_t m, int64_t* labels,
                    float* distances, int num_threads) {
-  const int64_t ld = b.nblocks * kBlock;
+  // Tiles of kTileRows rows x kTileBlocks blocks: a tile of every centroid of a large set
+  // (matching a query's features against ~10^4 map features) would not stay in cache
+  // between the dot products and the selection
+  const int64_t tile_blocks = std::min(b.nblocks, kTileBlocks);
+  const int64_t ld = tile_blocks * kBlock;
   ParallelFor((n + kTileRows - 1) / kTileRows, num_threads, [&](int64_t t, int) {
     InterruptPoint();
     const int64_t r0 = t * kTileRows, r1 = std::min(n, r0 + kTileRows);
     std::vector<float> tile(static_cast<size_t>((r1 - r0) * ld));
-    DotTile(x + r0 * dim, r1 - r0, dim, b.blocks.data(), Element::kFloat32, b.nblocks, tile.data(), ld);
-    TopK<float> top(m);
+    std::vector<TopK<float>> top(static_cast<size_t>(r1 - r0), TopK<float>(m));
+    for (int64_t c0 = 0; c0 < b.nblocks; c0 += tile_blocks) {
+      const int64_t nb = std::min(tile_blocks, b.nblocks - c0);
+      const int64_t first = c0 * kBlock, count = std::min(nb * kBlock, b.k - first);
+      DotTile(x + r0 * dim, r1 - r0, dim, b.blocks.data() + c0 * dim * kBlock, Element::kFloat32, nb, tile.data(), ld);
+      for (int64_t r = r0; r < r1; ++r) {
+        // every centroid is offered, so m <= k labels always come back, whatever the values
+        OfferRow(b.norms.data() + first, tile.data() + (r - r0) * ld, count,
+                 [first](int64_t c) { return first + c; }, &top[static_cast<size_t>(r - r0)]);
+      }
+    }
     std::vector<float> dd(static_cast<size_t>(m));
     for (int64_t r = r0; r < r1; ++r) {
-      const float* row = tile.data() + (r - r0) * ld;
-      // every centroid is offered, so m <= k labels always come back, whatever the values
-      for (int64_t c = 0; c < b.k; ++c) top.Push(b.norms[static_cast<size_t>(c)] - 2.0f * row[c], c);
-      top.Extract(dd.data(), labels + r * m, std::numeric_limits<float>::infinity());
+      top[static_cast<size_t>(r - r0)].Extract(dd.data(), labels + r * m, std::numeric_limits<float>::infinity());
       if (distances != nullptr) {
         const float xn = static_cast<float>(SquaredNorm(x + r * dim, dim));
         for (int64_t j = 0; j < m; ++j) distances[r * m + j] = std::max(0.0f, dd[static_cast<size_t>(j)] + xn);
@@ -184,12 +228,10 @@ void CoarseQuantizer::SearchGroups(const float* x, int64_t n, int64_t gp, const 
       }
       DotTile(xs.data(), nt, dim_, members_.blocks.data() + b0 * dim_ * kBlock, Element::kFloat32, b1 - b0, tile.data(),
               ld);
+      const float* norms = members_.norms.data() + b0 * kBlock;
+      const int64_t* ids = member_id_.data() + b0 * kBlock;
       for (int64_t t = 0; t < nt; ++t) {
-        for (int64_t c = 0; c < ld; ++c) {
-          const int64_t slot = b0 * kBlock + c, id = member_id_[static_cast<size_t>(slot)];
-          if (id >= 0)
-            top.Push(members_.norms[static_cast<size_t>(slot)] - 2.0f * tile[static_cast<size_t>(t * ld + c)], id);
-        }
+        OfferRow(norms, tile.data() + t * ld, ld, [ids](int64_t c) { return ids[c]; }, &top);
         const size_t at = static_cast<size_t>(pairs[static_cast<size_t>(i + t)] * m);
         top.Extract(cand_d2->data() + at, cand_label->data() + at, std::numeric_limits<float>::infinity());
       }
