@@ -94,8 +94,9 @@ void AssignBlocked(const BlockedCentroids& b, const float* x, int64_t n, int64_t
       DotTile(x + r0 * dim, r1 - r0, dim, b.blocks.data() + c0 * dim * kBlock, Element::kFloat32, nb, tile.data(), ld);
       for (int64_t r = r0; r < r1; ++r) {
         // every centroid is offered, so m <= k labels always come back, whatever the values
-        OfferRow(b.norms.data() + first, tile.data() + (r - r0) * ld, count,
-                 [first](int64_t c) { return first + c; }, &top[static_cast<size_t>(r - r0)]);
+        OfferRow(
+            b.norms.data() + first, tile.data() + (r - r0) * ld, count, [first](int64_t c) { return first + c; },
+            &top[static_cast<size_t>(r - r0)]);
       }
     }
     std::vector<float> dd(static_cast<size_t>(m));
