@@ -34,17 +34,23 @@ def test_kmeans_and_assign(simd_level):
 def test_assign_many_centroids_matches_brute_force_with_ties(simd_level):
     """Centroids spanning several tiles of the kernel (an uneven last one), duplicated so that
     distances tie exactly (integer data): the m nearest, ties to the smaller index, as numpy
-    finds them; as when matching a query's features against a map's."""
+    finds them, as float32 and as uint8; as when matching a query's features against a map's."""
     rng = np.random.default_rng(12)
-    base = rng.integers(0, 40, (350, 32)).astype(np.float32)
-    c = np.concatenate([base, base[::-1]])  # 700 centroids, every one twice
-    x = rng.integers(0, 40, (130, 32)).astype(np.float32)
+    base = rng.integers(0, 40, (1100, 128)).astype(np.float32)
+    c = np.concatenate([base, base[::-1]])  # 2,200 centroids, every one twice
+    x = rng.integers(0, 40, (130, 128)).astype(np.float32)
     full = ((x[:, None].astype(np.float64) - c[None]) ** 2).sum(-1)
     for m in (1, 2, 7):
         labels, dist = pylocalize.assign(x, c, m=m)
         labels, dist = labels.reshape(len(x), m), dist.reshape(len(x), m)
         np.testing.assert_array_equal(labels, np.argsort(full, axis=1, kind="stable")[:, :m])
         np.testing.assert_array_equal(dist, np.sort(full, axis=1)[:, :m].astype(np.float32))
+        # descriptors against descriptors: uint8 gives exactly the float result
+        labels8, dist8 = pylocalize.assign(x.astype(np.uint8), c.astype(np.uint8), m=m)
+        np.testing.assert_array_equal(labels8.reshape(len(x), m), labels)
+        np.testing.assert_array_equal(dist8.reshape(len(x), m), dist)
+    with pytest.raises(ValueError, match="x must have dtype uint8"):
+        pylocalize.assign(x, c.astype(np.uint8))
 
 
 def test_kmeans_n_iter_is_a_deprecated_alias():

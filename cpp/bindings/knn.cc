@@ -31,19 +31,28 @@ void BindKnn(py::module_& m) {
   m.def(
       "assign",
       [](const py::object& x, const py::object& centroids, int64_t m) {
-        auto c = CheckArray<float>(centroids, "centroids", 2);
-        auto a = CheckArray<float>(x, "x", 2, c.shape(1));
-        const int64_t n = a.shape(0), k = c.shape(0);
-        PYL_CHECK(m >= 1 && m <= k, "m must be in 1..", k, ", got ", m);
-        py::array_t<int64_t> labels({n, m});
-        py::array_t<float> dist({n, m});
-        int64_t* lp = labels.mutable_data();
-        float* dp = dist.mutable_data();
-        {
-          ReleaseGil release;
-          knn::AssignNearestM(c.data(), k, a.data(), n, c.shape(1), m, lp, dp, GetNumThreads());
+        // uint8 rows and centroids (descriptors against descriptors) stay uint8
+        const bool bytes = py::isinstance<py::array>(centroids) &&
+                           py::reinterpret_borrow<py::array>(centroids).dtype().equal(py::dtype::of<uint8_t>());
+        const auto run = [&](auto c, auto a) {
+          const int64_t n = a.shape(0), k = c.shape(0);
+          PYL_CHECK(m >= 1 && m <= k, "m must be in 1..", k, ", got ", m);
+          py::array_t<int64_t> labels({n, m});
+          py::array_t<float> dist({n, m});
+          int64_t* lp = labels.mutable_data();
+          float* dp = dist.mutable_data();
+          {
+            ReleaseGil release;
+            knn::AssignNearestM(c.data(), k, a.data(), n, c.shape(1), m, lp, dp, GetNumThreads());
+          }
+          return py::make_tuple(labels, dist);
+        };
+        if (bytes) {
+          auto c = CheckArray<uint8_t>(centroids, "centroids", 2);
+          return run(c, CheckArray<uint8_t>(x, "x", 2, c.shape(1)));
         }
-        return py::make_tuple(labels, dist);
+        auto c = CheckArray<float>(centroids, "centroids", 2);
+        return run(c, CheckArray<float>(x, "x", 2, c.shape(1)));
       },
       py::arg("x"), py::arg("centroids"), py::arg("m") = 1);
   py::class_<knn::CoarseQuantizer>(m, "CoarseQuantizer")

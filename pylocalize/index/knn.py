@@ -53,7 +53,12 @@ def kmeans(x: np.ndarray, k: int, iterations: int = 20, seed: int = 0, max_point
 
 def assign(x: np.ndarray, centroids: np.ndarray, m: int = 1) -> Tuple[np.ndarray, np.ndarray]:
     """The ``m`` nearest centroids of each row: ``labels int64`` and squared L2 ``distances
-    float32``, shaped ``(n,)`` for ``m = 1`` and ``(n, m)`` otherwise, nearest first."""
+    float32``, shaped ``(n,)`` for ``m = 1`` and ``(n, m)`` otherwise, nearest first (ties
+    to the smaller index).
+
+    ``x`` and ``centroids`` both float32, or both uint8 (descriptors against descriptors,
+    as in matching): uint8 gives the same result as their float32 copies, from a quarter of
+    the bytes and, on AVX2, integer multiply-adds."""
     labels, dist = _core.assign(x, centroids, int_scalar(m, "m"))
     if m == 1:
         return labels[:, 0], dist[:, 0]

@@ -16,7 +16,7 @@ namespace knn {
 namespace {
 
 constexpr int64_t kTileRows = 64;        // rows per DotTile
-constexpr int64_t kTileBlocks = 16;      // centroid blocks per DotTile: 128 KB of dim-128 floats, in L2
+constexpr int64_t kTileBytes = 1 << 17;  // centroid bytes per DotTile: 128 KB, in L2
 constexpr int64_t kChunkRows = 1 << 16;  // rows whose candidates are held at once
 constexpr int kGroupIterations = 10;
 
@@ -61,27 +61,42 @@ void OfferRow(const float* norms, const float* dots, int64_t n, IdOf id_of, TopK
 
 }  // namespace
 
-BlockedCentroids Block(const float* c, int64_t k, int64_t dim) {
+namespace {
+
+template <class T>
+BlockedCentroids BlockAs(const T* c, int64_t k, int64_t dim, Element element) {
   BlockedCentroids b;
+  b.element = element;
   b.k = k;
   b.nblocks = (k + kBlock - 1) / kBlock;
-  b.blocks.assign(static_cast<size_t>(b.nblocks * dim * kBlock), 0.0f);
+  b.blocks.assign(static_cast<size_t>(b.nblocks * dim * kBlock) * sizeof(T), 0);
   b.norms.assign(static_cast<size_t>(b.nblocks * kBlock), std::numeric_limits<float>::infinity());
+  T* out = reinterpret_cast<T*>(b.blocks.data());
   for (int64_t i = 0; i < k; ++i) {
+    double norm = 0.0;
     for (int64_t d = 0; d < dim; ++d) {
-      b.blocks[static_cast<size_t>(((i / kBlock) * dim + d) * kBlock + i % kBlock)] = c[i * dim + d];
+      const T v = c[i * dim + d];
+      out[static_cast<size_t>(((i / kBlock) * dim + d) * kBlock + i % kBlock)] = v;
+      norm += static_cast<double>(v) * static_cast<double>(v);
     }
-    b.norms[static_cast<size_t>(i)] = static_cast<float>(SquaredNorm(c + i * dim, dim));
+    b.norms[static_cast<size_t>(i)] = static_cast<float>(norm);
   }
   return b;
 }
 
+}  // namespace
+
+BlockedCentroids Block(const float* c, int64_t k, int64_t dim) { return BlockAs(c, k, dim, Element::kFloat32); }
+
+BlockedCentroids Block(const uint8_t* c, int64_t k, int64_t dim) { return BlockAs(c, k, dim, Element::kUInt8); }
+
 void AssignBlocked(const BlockedCentroids& b, const float* x, int64_t n, int64_t dim, int64_t m, int64_t* labels,
                    float* distances, int num_threads) {
-  // Tiles of kTileRows rows x kTileBlocks blocks: a tile of every centroid of a large set
-  // (matching a query's features against ~10^4 map features) would not stay in cache
+  // Tiles of kTileRows rows x kTileBytes of centroids: a tile of every centroid of a large
+  // set (matching a query's features against ~10^4 map features) would not stay in cache
   // between the dot products and the selection
-  const int64_t tile_blocks = std::min(b.nblocks, kTileBlocks);
+  const int64_t block_bytes = dim * kBlock * (b.element == Element::kUInt8 ? 1 : 4);
+  const int64_t tile_blocks = std::min(b.nblocks, std::max<int64_t>(1, kTileBytes / block_bytes));
   const int64_t ld = tile_blocks * kBlock;
   ParallelFor((n + kTileRows - 1) / kTileRows, num_threads, [&](int64_t t, int) {
     InterruptPoint();
@@ -91,7 +106,7 @@ void AssignBlocked(const BlockedCentroids& b, const float* x, int64_t n, int64_t
     for (int64_t c0 = 0; c0 < b.nblocks; c0 += tile_blocks) {
       const int64_t nb = std::min(tile_blocks, b.nblocks - c0);
       const int64_t first = c0 * kBlock, count = std::min(nb * kBlock, b.k - first);
-      DotTile(x + r0 * dim, r1 - r0, dim, b.blocks.data() + c0 * dim * kBlock, Element::kFloat32, nb, tile.data(), ld);
+      DotTile(x + r0 * dim, r1 - r0, dim, b.block(c0, dim), b.element, nb, tile.data(), ld);
       for (int64_t r = r0; r < r1; ++r) {
         // every centroid is offered, so m <= k labels always come back, whatever the values
         OfferRow(
@@ -227,8 +242,7 @@ void CoarseQuantizer::SearchGroups(const float* x, int64_t n, int64_t gp, const 
         const float* row = x + (pairs[static_cast<size_t>(i + t)] / gp) * dim_;
         std::copy(row, row + dim_, xs.begin() + t * dim_);
       }
-      DotTile(xs.data(), nt, dim_, members_.blocks.data() + b0 * dim_ * kBlock, Element::kFloat32, b1 - b0, tile.data(),
-              ld);
+      DotTile(xs.data(), nt, dim_, members_.block(b0, dim_), members_.element, b1 - b0, tile.data(), ld);
       const float* norms = members_.norms.data() + b0 * kBlock;
       const int64_t* ids = member_id_.data() + b0 * kBlock;
       for (int64_t t = 0; t < nt; ++t) {
@@ -242,7 +256,7 @@ void CoarseQuantizer::SearchGroups(const float* x, int64_t n, int64_t gp, const 
 
 int64_t CoarseQuantizer::HeapBytes() const {
   const auto blocked = [](const BlockedCentroids& b) {
-    return static_cast<int64_t>((b.blocks.size() + b.norms.size()) * sizeof(float));
+    return static_cast<int64_t>(b.blocks.size() + b.norms.size() * sizeof(float));
   };
   return static_cast<int64_t>(centroids_.size() * sizeof(float) +
                               (group_start_.size() + member_id_.size()) * sizeof(int64_t)) +

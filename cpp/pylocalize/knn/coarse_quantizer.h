@@ -15,6 +15,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "pylocalize/knn/kernels.h"
+
 namespace pylocalize {
 namespace knn {
 
@@ -22,15 +24,24 @@ constexpr int64_t kTwoLevelMinCentroids = 1024;
 constexpr int64_t kGroupProbe = 8;
 
 // Centroids in knn blocks (kernels.h) with their squared norms; padded lanes have norm
-// +inf, so they never win.
+// +inf, so they never win. float32, or uint8 when the centroids are descriptors themselves
+// (matching a query's features against a map's: a quarter of the bytes, and the integer
+// kernel when the rows are small integers too).
 struct BlockedCentroids {
-  std::vector<float> blocks;
+  Element element = Element::kFloat32;
+  std::vector<uint8_t> blocks;  // nblocks x dim x kBlock elements
   std::vector<float> norms;
   int64_t nblocks = 0;
   int64_t k = 0;  // the centroids; lanes from k on are padding
+
+  // The first element of block b, as DotTile takes it.
+  const void* block(int64_t b, int64_t dim) const {
+    return blocks.data() + static_cast<size_t>(b * dim * kBlock) * (element == Element::kUInt8 ? 1 : sizeof(float));
+  }
 };
 
 BlockedCentroids Block(const float* centroids, int64_t k, int64_t dim);
+BlockedCentroids Block(const uint8_t* centroids, int64_t k, int64_t dim);
 
 // The m nearest of the blocked centroids to each of n rows, best first (ties to the smaller
 // index): labels (n x m, -1 past the centroids) and squared L2 distances (n x m, optional).

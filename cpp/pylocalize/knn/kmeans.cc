@@ -16,10 +16,20 @@
 
 namespace pylocalize {
 namespace knn {
+
 void AssignNearestM(const float* centroids, int64_t k, const float* x, int64_t n, int64_t dim, int64_t m,
                     int64_t* labels, float* distances, int num_threads) {
   PYL_CHECK(k >= 1 && m >= 1 && m <= k, "need 1 <= m <= k centroids");
   AssignBlocked(Block(centroids, k, dim), x, n, dim, m, labels, distances, num_threads);
+}
+
+void AssignNearestM(const uint8_t* centroids, int64_t k, const uint8_t* x, int64_t n, int64_t dim, int64_t m,
+                    int64_t* labels, float* distances, int num_threads) {
+  PYL_CHECK(k >= 1 && m >= 1 && m <= k, "need 1 <= m <= k centroids");
+  // the rows as floats (the kernels' query type): small integers, which the uint8 kernels
+  // multiply exactly
+  const std::vector<float> rows(x, x + n * dim);
+  AssignBlocked(Block(centroids, k, dim), rows.data(), n, dim, m, labels, distances, num_threads);
 }
 
 void AssignNearest(const float* centroids, int64_t k, const float* x, int64_t n, int64_t dim, int64_t* labels,

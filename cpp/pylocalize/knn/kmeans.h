@@ -21,6 +21,10 @@ void AssignNearest(const float* centroids, int64_t k, const float* x, int64_t n,
 // The `m` nearest centroids of each row, best first: labels (n x m), distances (n x m).
 void AssignNearestM(const float* centroids, int64_t k, const float* x, int64_t n, int64_t dim, int64_t m,
                     int64_t* labels, float* distances, int num_threads);
+// The same for uint8 rows and centroids (descriptors against descriptors): the same labels
+// and distances as their float copies give, computed on a quarter of the bytes.
+void AssignNearestM(const uint8_t* centroids, int64_t k, const uint8_t* x, int64_t n, int64_t dim, int64_t m,
+                    int64_t* labels, float* distances, int num_threads);
 
 struct KMeansResult {
   std::vector<float> centroids;  // k x dim
