@@ -2,13 +2,15 @@
 """City-scale maps: how build, memory, load, retrieval and localization costs grow with the map.
 
 Each size is a generated street-grid city (:mod:`pylocalize.datasets.city`) with about that
-many map features; the map is built straight from the city's features and true 3D points
-(no triangulation: the cost measured is pylocalize's, not the generator's), saved, loaded
-memory-mapped, and queried with simulated queries through :meth:`Map.localize_features`.
-Each size runs in a subprocess of its own, so that its peak memory is its own.
+many map features, streamed to files and memory-mapped back (as features come from a store);
+the map is built straight from those features and the true 3D points (no triangulation: the
+cost measured is pylocalize's, not the generator's), saved, loaded memory-mapped, and queried
+with simulated queries through :meth:`Map.localize_features`. Each size runs in a subprocess
+of its own, so that its peak memory is its own.
 
-Per size: index build time (CANN add + inverted-file training), peak and loaded resident
-memory, save and load times, CANN recall@10 of the map's search method against exact CANN
+Per size: index build time (CANN add + inverted-file training), peak resident memory (with
+the pages of mapped files) and peak heap while building and saving (what the map itself
+holds), loaded resident memory, save and load times, CANN recall@10 of the map's search method against exact CANN
 scores on sampled queries, localization success within (0.25 m, 2 deg) and the median and
 90th-percentile latency after features. Across sizes: the exponent b of each cost ~ N^b
 (least squares in log-log), N the number of map features.
@@ -28,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -97,14 +100,67 @@ def _retrieval_recall(m, queries, n: int) -> float:
     return recall_at(RECALL_K, found, truth)
 
 
-def generate(name: str, seed: int):
-    """The city of size ``name``, its database images, and the first fields of its row."""
+class PeakHeap:
+    """The largest ``RssAnon`` (heap: memory the kernel cannot drop, unlike the pages of
+    mapped files) seen while it runs, sampled every ``period`` seconds on a thread; the
+    kernel keeps only the peak of the whole resident set (``VmHWM``)."""
+
+    def __init__(self, period: float = 0.2):
+        import threading
+
+        self.peak_mb, self._stop = _memory_mb("RssAnon"), threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(period,), daemon=True)
+        self._thread.start()
+
+    def _run(self, period):
+        while not self._stop.wait(period):
+            self.peak_mb = max(self.peak_mb, _memory_mb("RssAnon"))
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return max(self.peak_mb, _memory_mb("RssAnon"))
+
+
+def database_on_disk(city, folder: Path):
+    """The city's database images streamed to files in ``folder`` and memory-mapped back,
+    per image, as :class:`~pylocalize.datasets.city.FeatureImages`: the map is built from
+    features on disk, as a real one is from a feature store, so that the memory measured is
+    the map's and not the generated city's (20 GB of features at 50M would not fit beside
+    the map on 24 GB)."""
+    from pylocalize.datasets.city import FeatureImages
+
+    fields = {"keypoints": (np.float32, (2,)), "descriptors": (np.uint8, (128,)), "point_ids": (np.int64, ())}
+    counts = []
+    files = {f: open(folder / f"{f}.bin", "wb") for f in fields}
+    try:
+        for image in city.iter_images(progress=True, workers=2):
+            counts.append(len(image.point_ids))
+            for f, (dtype, _) in fields.items():
+                files[f].write(np.ascontiguousarray(getattr(image, f), dtype=dtype).tobytes())
+    finally:
+        for file in files.values():
+            file.close()
+    split = np.cumsum(counts)[:-1]
+    per_image = {}
+    for f, (dtype, tail) in fields.items():
+        total = int(sum(counts))
+        data = np.memmap(folder / f"{f}.bin", dtype=dtype, mode="r", shape=(total,) + tail) if total else \
+            np.zeros((0,) + tail, dtype)
+        per_image[f] = np.split(data, split)
+    return FeatureImages(list(city.names), city.camera, city.cam_from_world.copy(), per_image["keypoints"],
+                         per_image["descriptors"], per_image["point_ids"])
+
+
+def generate(name: str, seed: int, folder: Optional[Path] = None):
+    """The city of size ``name``, its database images (on disk in ``folder``, else in
+    memory), and the first fields of its row."""
     from pylocalize.datasets.city import generate_city
 
     bx, by = city_blocks(SIZES[name])
     city = generate_city(blocks_x=bx, blocks_y=by, seed=seed)
     t0 = time.perf_counter()
-    db = city.database(progress=True, workers=2)
+    db = database_on_disk(city, folder) if folder is not None else city.database(progress=True, workers=2)
     row = {"size": name, "blocks": [bx, by], "images": len(db), "features": db.num_features,
            "generate_s": time.perf_counter() - t0}
     return city, db, row
@@ -121,7 +177,8 @@ def run_size(name: str, n_queries: int, n_recall: int, seed: int, workdir: Path)
     """One row of the table, in this process."""
     from pylocalize.localization import Map
 
-    city, db, row = generate(name, seed)
+    city, db, row = generate(name, seed, workdir)
+    heap = PeakHeap()
     t0 = time.perf_counter()
     m = city_map(city, db)
     row["build_s"] = time.perf_counter() - t0
@@ -132,6 +189,7 @@ def run_size(name: str, n_queries: int, n_recall: int, seed: int, workdir: Path)
     row["save_s"] = time.perf_counter() - t0
     del m
     gc.collect()
+    row["peak_heap_mb"] = heap.stop()  # of building and saving the map
     rss_before, anon_before = _memory_mb("VmRSS"), _memory_mb("RssAnon")
     t0 = time.perf_counter()
     m = Map.load(workdir / "map")
@@ -154,7 +212,7 @@ def growth_exponents(rows) -> dict:
     """b of cost ~ N^b per column, by least squares on log-log (two sizes or more)."""
     n = np.log([r["features"] for r in rows])
     out = {}
-    for key in ("build_s", "load_s", "peak_rss_mb", "latency_ms", "map_bytes"):
+    for key in ("build_s", "load_s", "peak_rss_mb", "peak_heap_mb", "latency_ms", "map_bytes"):
         values = np.array([r[key] for r in rows], dtype=float)
         if len(rows) >= 2 and (values > 0).all():
             out[key] = float(np.polyfit(n, np.log(values), 1)[0])
@@ -163,10 +221,11 @@ def growth_exponents(rows) -> dict:
 
 def print_table(rows, exponents) -> None:
     print(f"{'size':>5} {'images':>7} {'features':>11} {'build s':>8} {'save s':>7} {'load s':>7} "
-          f"{'peak MB':>8} {'map MB':>8} {'recall@10':>9} {'success':>8} {'median ms':>9} {'p90 ms':>7}")
+          f"{'peak MB':>8} {'heap MB':>8} {'map MB':>8} {'recall@10':>9} {'success':>8} {'median ms':>9} {'p90 ms':>7}")
     for r in rows:
         print(f"{r['size']:>5} {r['images']:>7} {r['features']:>11,} {r['build_s']:>8.1f} {r['save_s']:>7.1f} "
-              f"{r['load_s']:>7.2f} {r['peak_rss_mb']:>8.0f} {r['map_bytes'] / 1e6:>8.0f} {r['recall@10']:>9.3f} "
+              f"{r['load_s']:>7.2f} {r['peak_rss_mb']:>8.0f} {r.get('peak_heap_mb', float('nan')):>8.0f} "
+              f"{r['map_bytes'] / 1e6:>8.0f} {r['recall@10']:>9.3f} "
               f"{100 * r['success']:>7.1f}% {r['latency_ms']:>9.1f} {r['latency_p90_ms']:>7.1f}")
     for r in rows:  # where the latency goes
         print(f"{r['size']:>5} median ms per stage: " + ", ".join(f"{k[:-3]} {v:.1f}" for k, v in r["stages"].items()))

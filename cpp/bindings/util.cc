@@ -1,6 +1,7 @@
 // Bindings for cpp/pylocalize/util: SIMD level, threads, errors, the container format.
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "common.h"
@@ -129,13 +130,39 @@ void BindContainers(py::module_& m) {
         std::vector<py::array> keep;
         for (auto kv : sections) {
           const std::string name = py::cast<std::string>(kv.first);
-          PYL_CHECK(py::isinstance<py::array>(kv.second), "section '", name, "' must be a numpy array");
-          py::array a = py::reinterpret_borrow<py::array>(kv.second);
-          PYL_CHECK(a.flags() & py::array::c_style, "section '", name,
-                    "' must be C-contiguous; pass np.ascontiguousarray(...)");
-          std::vector<int64_t> shape(a.shape(), a.shape() + a.ndim());
-          w.AddSection(name, FromNumpy(a.dtype(), name), shape, a.data());
-          keep.push_back(a);
+          // An array, or a non-empty list of arrays stacked along their first axis (a map's
+          // per-image arrays), written one after the other without joining them in memory
+          const bool listed = py::isinstance<py::list>(kv.second) || py::isinstance<py::tuple>(kv.second);
+          std::vector<py::array> parts;
+          if (listed) {
+            for (auto item : py::reinterpret_borrow<py::sequence>(kv.second)) {
+              PYL_CHECK(py::isinstance<py::array>(item), "section '", name,
+                        "' must be a numpy array or a list of them");
+              parts.push_back(py::reinterpret_borrow<py::array>(item));
+            }
+            PYL_CHECK(!parts.empty(), "section '", name, "' is an empty list; pass an empty array instead");
+          } else {
+            PYL_CHECK(py::isinstance<py::array>(kv.second), "section '", name, "' must be a numpy array");
+            parts.push_back(py::reinterpret_borrow<py::array>(kv.second));
+          }
+          const py::array& first = parts.front();
+          PYL_CHECK(first.ndim() >= 1 || !listed, "section '", name, "': listed arrays must be at least 1-D");
+          std::vector<int64_t> shape(first.shape(), first.shape() + first.ndim());
+          std::vector<ContainerWriter::Piece> pieces;
+          for (size_t i = 0; i < parts.size(); ++i) {
+            const py::array& a = parts[i];
+            PYL_CHECK(a.flags() & py::array::c_style, "section '", name,
+                      "' must be C-contiguous; pass np.ascontiguousarray(...)");
+            if (i > 0) {
+              PYL_CHECK(a.dtype().equal(first.dtype()) && a.ndim() == first.ndim() &&
+                            std::equal(a.shape() + 1, a.shape() + a.ndim(), first.shape() + 1),
+                        "section '", name, "': piece ", i, " has another dtype or trailing shape than the first");
+              shape[0] += a.shape(0);
+            }
+            pieces.emplace_back(a.data(), static_cast<uint64_t>(a.nbytes()));
+            keep.push_back(a);
+          }
+          w.AddSection(name, FromNumpy(first.dtype(), name), shape, std::move(pieces));
         }
         if (path.is_none()) {
           std::vector<uint8_t> bytes;
@@ -152,7 +179,8 @@ void BindContainers(py::module_& m) {
         return py::none();
       },
       py::arg("path"), py::arg("tag"), py::arg("meta"), py::arg("sections"),
-      "Writes a pylocalize container to path (atomically), or returns its bytes if path is None.");
+      "Writes a pylocalize container to path (atomically), or returns its bytes if path is None. A section is an "
+      "array or a list of arrays stacked along their first axis (written in turn, never joined in memory).");
   m.def(
       "read_container",
       [](py::object source, bool mmap, bool verify) {

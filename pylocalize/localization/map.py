@@ -320,6 +320,24 @@ def _extract_all(images, max_features, extractor, progress, desc="map: features"
     return [None if isinstance(f, ValueError) else f for f in feats]
 
 
+def _add_in_chunks(index: CANNIndex, descriptors: Sequence[np.ndarray], chunk: int = 1 << 20) -> None:
+    """Adds each image's descriptors to ``index`` under its image index, about ``chunk``
+    features at a time: joining a city-scale map's descriptors at once would hold them
+    twice more (the joined copy and the index's)."""
+    start = 0
+    while start < len(descriptors):
+        stop, size = start, 0
+        while stop < len(descriptors) and (size == 0 or size + len(descriptors[stop]) <= chunk):
+            size += len(descriptors[stop])
+            stop += 1
+        if size:
+            index.add(np.concatenate(descriptors[start:stop]),
+                      np.concatenate([np.full(len(descriptors[i]), i, np.int64) for i in range(start, stop)]))
+        start = stop
+    if len(descriptors) and not len(index):  # no features: the first add still fixes the dtype
+        index.add(np.concatenate(descriptors), np.zeros(0, np.int64))
+
+
 class Map:
     """A localization map: posed database images, their features and 3D points."""
 
@@ -353,9 +371,7 @@ class Map:
         self.geo_origin: Optional[np.ndarray] = None
         if index is None:
             index = CANNIndex(128, **RETRIEVAL_OPTIONS)
-            if n:
-                index.add(np.concatenate(self.descriptors),
-                          np.concatenate([np.full(len(d), i, np.int64) for i, d in enumerate(self.descriptors)]))
+            _add_in_chunks(index, self.descriptors)
             if len(index) >= IVF_MIN_FEATURES:
                 index.train(seed=0)
             index = _configure_retrieval(index)
@@ -630,16 +646,19 @@ class Map:
         path.mkdir(parents=True, exist_ok=True)
         counts = np.array([len(k) for k in self.keypoints], np.int64)
 
-        def join(arrays, empty):
-            return np.ascontiguousarray(np.concatenate(arrays) if len(arrays) else empty)
+        def pieces(arrays, empty):
+            # the per-image arrays are written in turn, never joined: a city-scale map's
+            # features would otherwise be held twice while it is saved
+            parts = [np.ascontiguousarray(a, dtype=empty.dtype).reshape((-1,) + empty.shape[1:]) for a in arrays]
+            return parts if parts else empty
 
         sections = {
             "names": np.frombuffer("\n".join(self.names).encode("utf-8"), np.uint8).copy(),
             "cam_from_world": np.ascontiguousarray(self.cam_from_world),
             "counts": counts,
-            "keypoints": join(self.keypoints, np.zeros((0, 2), np.float32)).astype(np.float32),
-            "descriptors": join(self.descriptors, np.zeros((0, 128), np.uint8)),
-            "point_ids": join(self.point_ids, np.zeros(0, np.int64)).astype(np.int64),
+            "keypoints": pieces(self.keypoints, np.zeros((0, 2), np.float32)),
+            "descriptors": pieces(self.descriptors, np.zeros((0, 128), np.uint8)),
+            "point_ids": pieces(self.point_ids, np.zeros(0, np.int64)),
             "points3D": np.ascontiguousarray(self.points3D),
         }
         with FolderLock(path, LOCK_FILE, wait=True):

@@ -160,6 +160,13 @@ void ContainerWriter::SetMeta(const std::string& key, int64_t value) {
 }
 
 void ContainerWriter::AddSection(const std::string& name, DType dtype, std::vector<int64_t> shape, const void* data) {
+  uint64_t n = DTypeSize(dtype);
+  for (int64_t s : shape) n *= static_cast<uint64_t>(std::max<int64_t>(s, 0));
+  AddSection(name, dtype, std::move(shape), std::vector<Piece>{{data, n}});
+}
+
+void ContainerWriter::AddSection(const std::string& name, DType dtype, std::vector<int64_t> shape,
+                                 std::vector<Piece> pieces) {
   PYL_CHECK(!name.empty() && name.size() < kKeySize, "section name '", name, "' must have 1..23 chars");
   PYL_CHECK(shape.size() <= kMaxDims, "section '", name, "' has more than 4 dimensions");
   uint64_t n = 1;
@@ -167,7 +174,11 @@ void ContainerWriter::AddSection(const std::string& name, DType dtype, std::vect
     PYL_CHECK(s >= 0, "section '", name, "' has a negative dimension");
     n *= static_cast<uint64_t>(s);
   }
-  sections_.push_back({name, dtype, std::move(shape), data, n * DTypeSize(dtype)});
+  uint64_t given = 0;
+  for (const Piece& p : pieces) given += p.second;
+  PYL_CHECK(given == n * DTypeSize(dtype), "section '", name, "': its pieces hold ", given, " bytes, its shape ",
+            n * DTypeSize(dtype));
+  sections_.push_back({name, dtype, std::move(shape), std::move(pieces), n * DTypeSize(dtype)});
 }
 
 std::vector<uint8_t> ContainerWriter::Tables(uint64_t* total_size, std::vector<uint64_t>* offsets) const {
@@ -197,7 +208,9 @@ std::vector<uint8_t> ContainerWriter::Tables(uint64_t* total_size, std::vector<u
     const size_t p = pos + kKeySize + 8 + 8 * kMaxDims;
     Put<uint64_t>(&head, p, offset);
     Put<uint64_t>(&head, p + 8, s.nbytes);
-    Put<uint32_t>(&head, p + 16, Crc32(s.data, s.nbytes));
+    uint32_t crc = 0;
+    for (const Piece& piece : s.pieces) crc = Crc32(piece.first, piece.second, crc);
+    Put<uint32_t>(&head, p + 16, crc);
     offsets->push_back(offset);
     offset = AlignUp(offset + s.nbytes);
     pos += kSectionEntrySize;
@@ -215,8 +228,10 @@ std::vector<uint8_t> ContainerWriter::ToBytes() const {
   std::vector<uint8_t> out = Tables(&total, &offsets);
   out.resize(total, 0);
   for (size_t i = 0; i < sections_.size(); ++i) {
-    if (sections_[i].nbytes > 0) {
-      std::memcpy(out.data() + offsets[i], sections_[i].data, sections_[i].nbytes);
+    uint64_t at = offsets[i];
+    for (const Piece& piece : sections_[i].pieces) {
+      if (piece.second > 0) std::memcpy(out.data() + at, piece.first, piece.second);
+      at += piece.second;
     }
   }
   return out;
@@ -231,7 +246,7 @@ void ContainerWriter::WriteFile(const std::string& path) const {
   uint64_t pos = head.size();
   for (size_t i = 0; i < sections_.size(); ++i) {
     file.WriteZeros(offsets[i] - pos);
-    file.Write(sections_[i].data, sections_[i].nbytes);
+    for (const Piece& piece : sections_[i].pieces) file.Write(piece.first, piece.second);
     pos = offsets[i] + sections_[i].nbytes;
   }
   file.Commit();

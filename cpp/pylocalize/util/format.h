@@ -64,6 +64,11 @@ class ContainerWriter {
   void SetMeta(const std::string& key, int64_t value);
   // The data is not copied: it must stay alive until the write.
   void AddSection(const std::string& name, DType dtype, std::vector<int64_t> shape, const void* data);
+  // A section stored as consecutive pieces (pointer, bytes), e.g. the per-image arrays of
+  // a map: written one after the other, never joined in memory. The pieces must add up to
+  // the shape's bytes.
+  using Piece = std::pair<const void*, uint64_t>;
+  void AddSection(const std::string& name, DType dtype, std::vector<int64_t> shape, std::vector<Piece> pieces);
   std::vector<uint8_t> ToBytes() const;
   // All-or-nothing and durable (AtomicFile): the old file or the new one, never a mix.
   void WriteFile(const std::string& path) const;
@@ -73,7 +78,7 @@ class ContainerWriter {
     std::string name;
     DType dtype;
     std::vector<int64_t> shape;
-    const void* data;
+    std::vector<Piece> pieces;
     uint64_t nbytes;
   };
   std::vector<uint8_t> Tables(uint64_t* total_size, std::vector<uint64_t>* offsets) const;
