@@ -16,7 +16,7 @@ from conftest import brute_knn, child_env, container_sections, hamming_matrix, p
 
 import pylocalize
 from pylocalize import BinaryIndex, CANNIndex, FormatError, MultiBitIndex
-from pylocalize.distributed import ShardedBinaryIndex, ShardedCANNIndex, ShardedMultiBitIndex, open_sharded
+from pylocalize.distributed import ShardedBinaryIndex, ShardedCANNIndex, ShardedMultiBitIndex, open_sharded, shard_index
 from pylocalize.distributed.layout import ShardLayout, from_runs, partition, place, quotas, to_runs
 
 SHARD_COUNTS = [1, 2, 3]
@@ -105,6 +105,32 @@ def test_runs_quotas_and_placement():
                                                                                        [[67, 99]]]
     shard = place(np.arange(4, dtype=np.int64), np.array([5, 1, 1, 1]), np.array([0, 0]))
     assert shard.tolist() == [0, 1, 1, 1]
+
+
+def test_cann_shards_balance_features_and_keep_images_whole(tmp_path):
+    """CANN shards take about as many features each (what their memory and search time grow
+    with), never splitting an image, however uneven the images; the per-image counts come
+    from the index whether it is in memory or a mapped, trained file."""
+    rng = np.random.default_rng(8)
+    sizes = [400, 10, 10, 10, 300, 10, 10, 10, 10, 250, 10, 10]  # features per image, uneven
+    ids = np.repeat(np.arange(len(sizes)) * 3 + 5, sizes)
+    local = CANNIndex(16, p0=9.0)
+    local.add(rng.standard_normal((len(ids), 16)).astype(np.float32), ids)
+    np.testing.assert_array_equal(local.image_feature_counts(), sizes)
+    local.train(nlist=4, seed=0)
+    local.save(tmp_path / "trained.pyloc")
+    mapped = CANNIndex.load(tmp_path / "trained.pyloc", mmap=True)
+    np.testing.assert_array_equal(mapped.image_ids(), np.unique(ids))
+    np.testing.assert_array_equal(mapped.image_feature_counts(), sizes)
+    layout = shard_index(tmp_path / "trained.pyloc", 3, tmp_path / "cann.json")
+    # reference: consecutive images, an image going to the third of the features where it starts
+    starts = np.cumsum(sizes) - sizes
+    expected = np.minimum(starts * 3 // len(ids), 2)
+    for shard, entry in enumerate(layout.shards):
+        np.testing.assert_array_equal(entry.keys, np.unique(ids)[expected == shard])
+        assert entry.count == sum(np.asarray(sizes)[expected == shard])
+    # (by image count the first shard would hold 400 + 3 x 10 features, the last 250 + 3 x 10)
+    assert max(e.count for e in layout.shards) - min(e.count for e in layout.shards) <= 90
 
 
 def test_layout_file_errors_name_the_fix(tmp_path):

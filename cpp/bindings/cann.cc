@@ -123,8 +123,14 @@ void BindFeatures(py::class_<CannIndex>& cls) {
           },
           py::arg("image_ids"))
       .def("reset", &CannIndex::Reset, py::call_guard<ReleaseGil>())
-      .def("image_ids", [](const CannIndex& self) {
-        std::vector<int64_t> v = WithoutGil(&CannIndex::ImageIds)(self);
+      .def("image_ids",
+           [](const CannIndex& self) {
+             std::vector<int64_t> v = WithoutGil(&CannIndex::ImageIds)(self);
+             const py::ssize_t n = static_cast<py::ssize_t>(v.size());
+             return MoveArray(std::move(v), {n});
+           })
+      .def("image_feature_counts", [](const CannIndex& self) {
+        std::vector<int64_t> v = WithoutGil(&CannIndex::ImageFeatureCounts)(self);
         const py::ssize_t n = static_cast<py::ssize_t>(v.size());
         return MoveArray(std::move(v), {n});
       });

@@ -641,9 +641,9 @@ def _source_keys(kind: str, index, data) -> Tuple[np.ndarray, np.ndarray, Option
     """``(keys, sizes, next_id, params)`` of ``index`` (whose file or bytes are ``data``): its
     distinct ids (image ids) with the entries of each, its next default id, and its sizes."""
     if kind == "CANNIndex":
-        # features per image are not exposed: shards are balanced by image count
-        keys = index.image_ids()
-        return keys, np.ones(len(keys), np.int64), None, {"dim": index.dim}
+        # shards are balanced by features (what a shard's memory and search time grow with),
+        # an image never split
+        return index.image_ids(), index.image_feature_counts(), None, {"dim": index.dim}
     keys, sizes = np.unique(index.ids(), return_counts=True)
     meta = _core.read_container(data, mmap=True)[2]
     params = {"nbits": index.nbits} if kind == "BinaryIndex" else {"dim": index.dim, "bits_per_dim": index.bits_per_dim}
@@ -655,7 +655,7 @@ def shard_index(source, num_shards: int, layout_path: PathLike, *, parallel: boo
     """Splits an index into ``num_shards`` shard files and a layout file ``layout_path``.
 
     Codes are split by id into consecutive id ranges, CANN features by image (consecutive image
-    ids, about as many images per shard); each shard file is a copy of the index without the
+    ids, about as many features per shard, an image never split); each shard file is a copy of the index without the
     other shards' entries, so it keeps the index's options (and a CANN index's trained lists).
 
     Parameters

@@ -261,6 +261,10 @@ class CANNIndex:
         """The distinct database image ids, ascending."""
         return self._impl.image_ids()
 
+    def image_feature_counts(self) -> np.ndarray:
+        """``int64``: the features of each image of :meth:`image_ids`, in the same order."""
+        return self._impl.image_feature_counts()
+
     @property
     def search_options(self) -> dict:
         """The options :meth:`save` stores: ``method``, ``nprobe``, ``kernel``, ``p0``, ``p1``,

@@ -155,6 +155,27 @@ std::vector<int64_t> CannIndex::ImageIds() const {
   return ids;
 }
 
+std::vector<int64_t> CannIndex::ImageFeatureCounts() const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  if (loaded_layout_ != nullptr) {  // a mapped index counts its slots: it has no insertion-order ids
+    const cann::IvfLayout& L = *loaded_layout_;
+    std::vector<int64_t> counts(L.images.size(), 0);
+    for (size_t s = 0; s < L.slot_image.size(); ++s) {
+      if (L.slot_image[s] >= 0) ++counts[static_cast<size_t>(L.slot_image[s])];
+    }
+    return counts;
+  }
+  std::vector<int64_t> ids = image_ids_;
+  lock.unlock();
+  std::sort(ids.begin(), ids.end());
+  std::vector<int64_t> counts;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (i == 0 || ids[i] != ids[i - 1]) counts.push_back(0);
+    ++counts.back();
+  }
+  return counts;
+}
+
 void CannIndex::Add(const void* descriptors, knn::Element element, const int64_t* image_ids, int64_t n) {
   if (n <= 0) return;
   for (int64_t i = 0; i < n; ++i) {

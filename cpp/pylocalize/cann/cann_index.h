@@ -86,6 +86,8 @@ class CannIndex {
   int64_t RemoveImages(const int64_t* image_ids, int64_t n);
   void Reset();
   std::vector<int64_t> ImageIds() const;  // the distinct image ids, ascending
+  // The features of each of ImageIds(), in the same order (how shards are balanced).
+  std::vector<int64_t> ImageFeatureCounts() const;
 
   // S(m) of one query image's features (queries: nq x dim float32, finite), best k
   // images: scores descending, ties to the smaller image id, padded with (-inf, -1).
