@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -416,6 +418,48 @@ def test_lost_node_is_survived_with_shard_files_on_shared_storage(tmp_path):
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert "survived" in result.stdout
+
+
+SHADOWED_DRIVER = r"""
+import pylocalize
+from pylocalize.distributed._runtime import connect
+
+ray = connect("local")
+
+
+@ray.remote
+def where():
+    import pylocalize
+    return pylocalize.__file__
+
+
+print("worker", ray.get(where.remote(), timeout=60))
+print("driver", pylocalize.__file__)
+ray.shutdown()
+"""
+
+
+def test_workers_import_the_package_of_the_driver_not_a_checkout_in_its_folder(tmp_path):
+    """Run from a source checkout whose pylocalize/ cannot be imported (no compiled core),
+    Ray's workers still import the package the driver runs, not the checkout: Ray puts the
+    driver's folder first on their import path, so connect() starts Ray from the package's."""
+    pytest.importorskip("ray")
+    checkout = tmp_path / "checkout"
+    (checkout / "pylocalize").mkdir(parents=True)
+    (checkout / "pylocalize" / "__init__.py").write_text("raise ImportError('the checkout was imported')\n")
+    driver = tmp_path / "driver.py"
+    driver.write_text(SHADOWED_DRIVER)
+    ray_tmp = tempfile.mkdtemp(prefix="ray-")
+    try:
+        # a script (not -c, which would put the checkout first on the driver's path too), as
+        # the `pylocalize` command is
+        result = subprocess.run([sys.executable, str(driver)], capture_output=True, text=True, timeout=150,
+                                cwd=checkout, env=dict(child_env(), RAY_TMPDIR=ray_tmp))
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if line.startswith(("worker", "driver")))
+    assert lines["worker"] == lines["driver"] and not lines["driver"].startswith(str(checkout)), result.stdout
 
 
 # -- command line ---------------------------------------------------------------------------------

@@ -6,6 +6,9 @@ work without it, and the first object that needs it says how to install it.
 
 from __future__ import annotations
 
+import contextlib
+import os
+from pathlib import Path
 from typing import Optional
 
 INSTALL_HINT = 'pip install "pylocalize[dist]"'
@@ -40,17 +43,39 @@ def connect(address: Optional[str] = None):
     if ray.is_initialized():
         return ray
     if address == "local":
-        ray.init(address="local", include_dashboard=False, configure_logging=False, log_to_driver=False)
+        with _from_package_folder():
+            ray.init(address="local", include_dashboard=False, configure_logging=False, log_to_driver=False)
         return ray
     if address not in (None, "auto"):
         address = _check_cluster_answers(address)
     try:
-        ray.init(address=None if address in (None, "auto") else address, configure_logging=False,
-                 log_to_driver=False)
+        with _from_package_folder():
+            ray.init(address=None if address in (None, "auto") else address, configure_logging=False,
+                     log_to_driver=False)
     except ConnectionError as error:
         raise ConnectionError(f"--ray {address}: no Ray cluster to join ({error}); start one with "
                               "`ray start --head` there, or use --ray auto or --ray local") from None
     return ray
+
+
+@contextlib.contextmanager
+def _from_package_folder():
+    """Runs ``ray.init`` from the folder that holds the imported ``pylocalize`` package.
+
+    Ray puts the driver's working folder first on its workers' import path: started from a
+    source checkout of an installed package (whose ``pylocalize/`` has no compiled core), the
+    workers would import the checkout instead of the package this process runs, and every
+    actor would die on an import error that names neither. From the package's own folder they
+    import what this process imports.
+    """
+    import pylocalize
+
+    here = os.getcwd()
+    os.chdir(Path(pylocalize.__file__).resolve().parents[1])
+    try:
+        yield
+    finally:
+        os.chdir(here)
 
 
 def _check_cluster_answers(address, timeout_s: float = 10.0) -> str:
