@@ -1,6 +1,6 @@
 """Batch localization over Ray (``pylocalize.distributed.batch``, ``localize --ray``) against the
 local :meth:`Map.localize_many` on the demo's generated courtyard: the same results in input
-order with failures per query, an actor killed mid-batch, a missing or corrupt map, the command
+order with failures per query, an actor killed mid-batch, a node lost mid-batch, a missing or corrupt map, the command
 line, and Ray kept optional.
 
 Ray runs in this process with 2 CPUs (the ``ray_local`` fixture of conftest.py).
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import python_child
+from conftest import child_env, python_child
 
 import pylocalize
 from pylocalize.cli import main
@@ -139,6 +140,77 @@ def test_an_actor_killed_mid_batch_is_restarted_with_the_same_results(ray_local,
     assert_same_results(results, demo.local)
     assert "1 Ray actor(s) were restarted" in caplog.text
     assert wait_for_free_cpus(ray_local, 2)
+
+
+NODE_LOSS = r"""
+import sys
+import threading
+import time
+
+import numpy as np
+import ray
+from ray.cluster_utils import Cluster
+
+from pylocalize.distributed.batch import ACTOR_PREFIX, localize_many_ray
+from pylocalize.localization import Map
+
+map_path, files = sys.argv[1], sys.argv[2:]
+K = np.load(map_path + "/../K.npy")
+queries = files * 4  # long enough to lose a node in the middle
+local = [Map.load(map_path).localize_many([q], K)[0] for q in files] * 4
+# the head runs no actor: the pool's actor goes to one of two workers, and when its node is
+# lost it can only restart on the other
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+try:
+    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+    out = {}
+    batch = threading.Thread(target=lambda: out.update(results=localize_many_ray(map_path, queries, K, actors=1)))
+    batch.start()
+    deadline, lost = time.monotonic() + 120, None
+    while lost is None and time.monotonic() < deadline:
+        for name in ray.util.list_named_actors():
+            if name.startswith(ACTOR_PREFIX):
+                try:
+                    actor = ray.get_actor(name)
+                    if ray.get(actor.in_progress.remote(), timeout=30):
+                        lost = ray.get(actor.node.remote(), timeout=30)
+                except (ValueError, ray.exceptions.RayError):
+                    pass
+        time.sleep(0.05)
+    assert lost is not None, "no actor was seen localizing a query"
+    running = batch.is_alive()
+    cluster.remove_node(next(w for w in workers if w.node_id == lost))
+    batch.join(300)
+    assert running and not batch.is_alive(), (running, batch.is_alive())
+    got = out["results"]
+    assert len(got) == len(local)
+    for g, w in zip(got, local):
+        assert (g.success, g.reason) == (w.success, w.reason), (g.reason, w.reason)
+        if w.success:
+            np.testing.assert_allclose(g.cam_from_world, w.cam_from_world, rtol=0, atol=1e-6)
+    print("survived", sum(g.success for g in got), "of", len(got))
+finally:
+    ray.shutdown()
+    cluster.shutdown()
+"""
+
+
+def test_a_lost_node_is_survived_with_the_map_on_shared_storage(demo):
+    """The node running the pool's actor is removed from a two-node cluster mid-batch: the
+    actor restarts on the other node (the map is on storage both see) and every query gets
+    the local result."""
+    pytest.importorskip("ray")
+    np.save(demo.tmp / "K.npy", demo.scene.K)
+    ray_tmp = tempfile.mkdtemp(prefix="ray-")  # a Cluster of its own, never joined by ray.init elsewhere
+    try:
+        result = python_child(NODE_LOSS, str(demo.map_dir), *map(str, demo.files), capture_output=True, text=True,
+                              timeout=300, env=dict(child_env(), RAY_TMPDIR=ray_tmp))
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert "survived" in result.stdout
 
 
 def test_an_actor_that_may_not_restart_fails_its_query_alone(ray_local, demo):

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from pylocalize._log import phase, quiet_colmap
-from pylocalize.distributed._runtime import connect
+from pylocalize.distributed._runtime import connect, node_id
 from pylocalize.localization.map import MAP_FILE, LocalizationResult, Map, _per_item
 
 logger = logging.getLogger(__name__)
@@ -74,6 +74,10 @@ class _Localizer:
     def in_progress(self) -> int:
         """Queries being localized now (the actor runs this beside a query: max_concurrency 2)."""
         return self.busy
+
+    def node(self) -> str:
+        """The id of the Ray node this actor runs on (which node a loss would take it with)."""
+        return node_id()
 
     def localize(self, image, camera):
         """``(LocalizationResult, whether this actor is a restart)`` of one query.
