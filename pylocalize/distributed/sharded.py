@@ -655,8 +655,9 @@ def shard_index(source, num_shards: int, layout_path: PathLike, *, parallel: boo
     """Splits an index into ``num_shards`` shard files and a layout file ``layout_path``.
 
     Codes are split by id into consecutive id ranges, CANN features by image (consecutive image
-    ids, about as many features per shard, an image never split); each shard file is a copy of the index without the
-    other shards' entries, so it keeps the index's options (and a CANN index's trained lists).
+    ids, about as many features per shard, an image never split); each shard file is a copy
+    of the index without the other shards' entries, so it keeps the index's options (and a
+    CANN index's trained lists).
 
     Parameters
     ----------
