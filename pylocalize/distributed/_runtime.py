@@ -6,6 +6,7 @@ work without it, and the first object that needs it says how to install it.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Optional
 
 INSTALL_HINT = 'pip install "pylocalize[dist]"'
@@ -19,6 +20,18 @@ def require_ray():
     except ImportError as error:
         raise ImportError(RAY_MISSING) from error
     return ray
+
+
+@contextmanager
+def install_hint(option: str = "--ray"):
+    """For a command's ``option``: Ray missing becomes one line (a ``RuntimeError``, which the
+    command line prints as ``pylocalize <command>: error: --ray: ... pip install ...``)."""
+    try:
+        yield
+    except ImportError as error:
+        if str(error) != RAY_MISSING:
+            raise
+        raise RuntimeError(f"{option}: {error}") from None
 
 
 def ensure_ray():
