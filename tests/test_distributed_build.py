@@ -10,6 +10,7 @@ Ray runs in this process with 2 CPUs (the ``ray_local`` fixture of conftest.py).
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,12 +30,12 @@ MAX_FEATURES = 1200
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
-    """10 views of the demo's courtyard (480x360) exported as files, a pose file and a cameras
+    """16 views of the demo's courtyard (480x360) exported as files, a pose file and a cameras
     file; each image's features by ``extract_sift`` of its file, the independent reference."""
     from pylocalize.datasets.synthetic import courtyard_scene
 
     folder = tmp_path_factory.mktemp("distributed_build")
-    courtyard = courtyard_scene(num_views=10, seed=5, width=480, height=360)
+    courtyard = courtyard_scene(num_views=16, seed=5, width=480, height=360)
     courtyard.export(folder, image_format="png")
     paths = [folder / "images" / name for name in courtyard.names]
     reference = [extract_sift(path, MAX_FEATURES) for path in paths]
@@ -71,11 +72,33 @@ def test_a_map_built_with_ray_equals_the_local_map(ray_local, scene, tmp_path):
     local = Map.from_pose_file(*args, max_features=MAX_FEATURES)
     distributed = Map.from_pose_file(*args, max_features=MAX_FEATURES, extraction=ray_extraction(tmp_path))
     assert distributed.names == local.names == scene.courtyard.names
-    assert_same_features(zip(distributed.keypoints, distributed.descriptors), zip(local.keypoints, local.descriptors))
-    assert len(local.points3D) > 1000
+    assert_same_features(list(zip(distributed.keypoints, distributed.descriptors)),
+                         list(zip(local.keypoints, local.descriptors)))
+    assert len(local.points3D) > 200
     np.testing.assert_allclose(distributed.points3D, local.points3D, rtol=0, atol=1e-9)
     for got, want in zip(distributed.point_ids, local.point_ids):
         np.testing.assert_array_equal(got, want)
+
+
+def test_a_map_from_images_alone_with_ray_is_the_local_map(ray_local, scene, tmp_path, caplog):
+    """Structure-from-motion (deterministic) on the Ray features gives the local map point for
+    point, and a photo that cannot be read is skipped with the local warning."""
+    shutil.copytree(scene.folder / "images", tmp_path / "images")
+    (tmp_path / "images" / "broken.png").write_bytes(b"not a png")
+    maps, warnings = [], []
+    for extraction in (None, ray_extraction(tmp_path)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="pylocalize.localization.map"):
+            maps.append(Map.from_images(tmp_path / "images", camera=scene.courtyard.camera.to_string(),
+                                        max_features=MAX_FEATURES, deterministic=True, extraction=extraction))
+        warnings.append([r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()])
+    local, distributed = maps
+    assert warnings[0] == warnings[1] and len(warnings[0]) == 1
+    assert "skipped 1 of 17 images that cannot be read: broken.png: not a readable image" in warnings[0][0]
+    assert distributed.names == local.names and len(local.names) >= 12 and "broken.png" not in local.names
+    assert len(local.points3D) > 200
+    np.testing.assert_array_equal(distributed.points3D, local.points3D)
+    np.testing.assert_array_equal(distributed.cam_from_world, local.cam_from_world)
 
 
 def test_unreadable_images_are_handled_as_locally(ray_local, scene, tmp_path, monkeypatch, caplog):
@@ -113,21 +136,23 @@ def test_a_missing_or_corrupt_shard_is_an_error_naming_it(ray_local, scene, tmp_
     from pylocalize.distributed.extract import read_feature_shards, write_feature_shards
 
     shards = write_feature_shards(scene.paths, tmp_path / "shards", MAX_FEATURES, actors=2, images_per_shard=4)
-    assert [len(s.indices) for s in shards] == [4, 4, 2]
+    n = len(shards)
+    assert n >= 3 and max(len(s.indices) for s in shards) <= 4
     assert sorted(np.concatenate([s.indices for s in shards])) == list(range(len(scene.paths)))
     assert_same_features(list(read_feature_shards(shards, scene.paths)), scene.reference)
     second = shards[1].path
+    named = f"feature shard 2 of {n} \\({re.escape(str(second))}\\)"
     good = second.read_bytes()
     data = bytearray(good)
     data[len(data) // 2] ^= 0x40
     second.write_bytes(bytes(data))
-    with pytest.raises(pylocalize.FormatError, match=f"feature shard 2 of 3 \\({second}\\).*extract the features"):
+    with pytest.raises(pylocalize.FormatError, match=f"{named}: .*extract the features"):
         list(read_feature_shards(shards, scene.paths))
     second.write_bytes(shards[0].path.read_bytes())  # a sound shard, of other images
-    with pytest.raises(pylocalize.FormatError, match="feature shard 2 of 3 .* not the shard written for these images"):
+    with pytest.raises(pylocalize.FormatError, match=f"{named}: not the shard written for these images"):
         list(read_feature_shards(shards, scene.paths))
     second.unlink()
-    with pytest.raises(FileNotFoundError, match=f"feature shard 2 of 3 \\({second}\\) is missing"):
+    with pytest.raises(FileNotFoundError, match=f"{named} is missing"):
         list(read_feature_shards(shards, scene.paths))
     second.write_bytes(good)
     assert_same_features(list(read_feature_shards(shards, scene.paths)), scene.reference)
@@ -178,10 +203,11 @@ def test_cli_objects_onboard_ray_gives_the_local_representation(ray_local, box_f
     assert main(args + ["--out", str(tmp_path / "ray.pyloc"), "--ray", "local"]) == 0
     *_, local = _core.read_container(str(tmp_path / "local.pyloc"))
     *_, distributed = _core.read_container(str(tmp_path / "ray.pyloc"))
-    assert sorted(distributed) == sorted(local) and {"patch_template", "template_counts"} <= set(local)
+    assert sorted(distributed) == sorted(local) and {"patch_desc_uint8", "template_word_counts"} <= set(local)
     for name in local:
         np.testing.assert_array_equal(np.asarray(distributed[name]), np.asarray(local[name]), err_msg=name)
-    assert len(np.unique(np.asarray(local["patch_template"]))) == 12  # every template has patches
+    counts = np.asarray(local["template_num_patches"])
+    assert len(counts) == 12 and counts.min() > 0  # every template has patches to compare
 
 
 def test_ray_executor_keeps_the_order_and_raises_the_functions_error(ray_local):

@@ -17,12 +17,11 @@ import math
 from typing import Callable, Iterable, Iterator, Optional
 
 from pylocalize.distributed._runtime import connect
+from pylocalize.runtime import set_num_threads
 
 
 def _apply(function: Callable, chunk: list) -> list:
     """A task: ``function`` of each item of one chunk, on the one core thread Ray gave it."""
-    from pylocalize.runtime import set_num_threads
-
     set_num_threads(1)
     return [function(item) for item in chunk]
 

@@ -27,6 +27,7 @@ import os
 import shutil
 import tempfile
 import uuid
+import warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator, List, NamedTuple, Optional, Sequence
@@ -38,7 +39,9 @@ from pylocalize._core import FormatError
 from pylocalize._log import quiet_colmap
 from pylocalize.containers import LAYOUT_ERRORS, read_layout
 from pylocalize.distributed._runtime import connect, ensure_ray
-from pylocalize.features.sift import check_extractor
+from pylocalize.features.sift import SiftExtractor, check_extractor
+from pylocalize.localization.map import image_features
+from pylocalize.runtime import set_num_threads
 
 logger = logging.getLogger(__name__)
 
@@ -178,17 +181,23 @@ def write_feature_shards(images: Sequence, folder, max_features: int = 4000, ext
 
 @contextmanager
 def _data_context(progress: bool, start_timeout_s: float):
-    """``ray.data``, with Ray Data's own progress bars off (ours counts images) and a bound on
-    the wait for the actor pool, for the time of one run."""
+    """``ray.data`` for one run: a bound on the wait for the actor pool, and Ray Data quiet (its
+    progress bars off, ours counts images; its log of each run's plan, and the deprecation
+    warnings its context raises about itself, kept out of the caller's output)."""
     import ray.data
 
-    context = ray.data.DataContext.get_current()
-    old = context.enable_progress_bars, context.wait_for_min_actors_s
-    context.enable_progress_bars, context.wait_for_min_actors_s = False, int(math.ceil(start_timeout_s))
-    try:
-        yield ray.data
-    finally:
-        context.enable_progress_bars, context.wait_for_min_actors_s = old
+    data_log = logging.getLogger("ray.data")
+    with warnings.catch_warnings():  # the context warns as its fields are set (copies of it too)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context = ray.data.DataContext.get_current()
+        old = context.enable_progress_bars, context.wait_for_min_actors_s, data_log.level
+        context.enable_progress_bars, context.wait_for_min_actors_s = False, int(math.ceil(start_timeout_s))
+        data_log.setLevel(logging.ERROR)  # Ray Data's failures come back as exceptions
+        try:
+            yield ray.data
+        finally:
+            context.enable_progress_bars, context.wait_for_min_actors_s = old[:2]
+            data_log.setLevel(old[2])
 
 
 def _blocks_argument(from_items, blocks: int) -> dict:
@@ -243,17 +252,12 @@ class _ShardWriter:
     start, writes the batch as one feature shard, and returns each image's shard name."""
 
     def __init__(self, folder: str, run: str, max_features: int, extractor: str):
-        from pylocalize.features import SiftExtractor
-        from pylocalize.runtime import set_num_threads
-
         set_num_threads(1)  # the one CPU Ray gave this actor
         self.folder, self.run, self.quiet = Path(folder), run, extractor == "colmap"
         with quiet_colmap() if self.quiet else nullcontext():  # pycolmap's SIFT logs its creation
             self.sift = SiftExtractor(max_features, extractor)
 
     def __call__(self, batch: dict) -> dict:
-        from pylocalize.localization.map import image_features
-
         indices = np.asarray(batch["index"], np.int64)
         paths = [str(path) for path in batch["image"]]
         features = []
