@@ -128,6 +128,14 @@ def test_unreadable_images_are_handled_as_locally(ray_local, scene, tmp_path, mo
                            max_features=MAX_FEATURES, extraction=extraction)
         errors.append(str(error.value))
     assert errors[0] == errors[1] and errors[0].startswith(f"{Path('images/broken.png')}: not a readable image")
+    # pixels the extractor refuses are no unreadable file: raised at their image, skipping or not
+    from PIL import Image
+
+    Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(tmp_path / "images" / "tiny.png")
+    for extraction in (None, ray_extraction(tmp_path)):
+        with pytest.raises(ValueError, match="^image of 10x10 pixels is too small for SIFT$"):
+            _extract_all([files[0], Path("images/tiny.png"), files[4]], MAX_FEATURES, "opencv", False,
+                         skip_unreadable=True, extraction=extraction)
     with pytest.raises(ValueError, match="image 0 is an array: the Ray extraction reads image files"):
         _extract_all(scene.courtyard.images[:2], MAX_FEATURES, "opencv", False, extraction=ray_extraction(tmp_path))
 
