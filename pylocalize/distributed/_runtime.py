@@ -6,8 +6,8 @@ work without it, and the first object that needs it says how to install it.
 
 from __future__ import annotations
 
-import contextlib
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -22,6 +22,18 @@ def require_ray():
     except ImportError as error:
         raise ImportError(RAY_MISSING) from error
     return ray
+
+
+@contextmanager
+def install_hint(option: str = "--ray"):
+    """For a command's ``option``: Ray missing becomes one line (a ``RuntimeError``, which the
+    command line prints as ``pylocalize <command>: error: --ray: ... pip install ...``)."""
+    try:
+        yield
+    except ImportError as error:
+        if str(error) != RAY_MISSING:
+            raise
+        raise RuntimeError(f"{option}: {error}") from None
 
 
 def ensure_ray():
@@ -58,7 +70,7 @@ def connect(address: Optional[str] = None):
     return ray
 
 
-@contextlib.contextmanager
+@contextmanager
 def _from_package_folder():
     """Runs ``ray.init`` from the folder that holds the imported ``pylocalize`` package.
 

@@ -48,6 +48,55 @@ def root_sift_u8(descriptors: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(d * 512.0), 0, 255).astype(np.uint8)
 
 
+def check_extractor(extractor: str) -> str:
+    """``extractor`` if it names one of :data:`EXTRACTORS`, else a ``ValueError`` that lists them."""
+    if extractor not in EXTRACTORS:
+        raise ValueError(f"unknown extractor {extractor!r}; use one of {EXTRACTORS}")
+    return extractor
+
+
+class SiftExtractor:
+    """SIFT of one extractor and feature budget, made once and applied to many images
+    (:func:`extract_sift` of each): a worker that extracts a stream of images creates its
+    detector once.
+
+    One instance serves one thread at a time (OpenCV's and pycolmap's detectors keep state
+    between calls); threads make one each.
+    """
+
+    def __init__(self, max_features: int = 4000, extractor: str = "opencv"):
+        self.max_features, self.extractor = int(max_features), check_extractor(extractor)
+        if extractor == "opencv":
+            import cv2
+
+            # contrast threshold 0.02 / 3 layers per octave = COLMAP's default peak threshold,
+            # so both extractors keep the same low-contrast features
+            self._sift = cv2.SIFT_create(nfeatures=self.max_features, contrastThreshold=0.02)
+        else:
+            import pycolmap
+
+            options = pycolmap.FeatureExtractionOptions()
+            options.sift.max_num_features = self.max_features
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self._sift = pycolmap.Sift(options, device=pycolmap.Device.auto)
+
+    def __call__(self, image) -> Tuple[np.ndarray, np.ndarray]:
+        """``(keypoints, descriptors)`` of one image, as :func:`extract_sift` returns them."""
+        gray = to_gray(load_pixels(image))
+        if self.extractor == "opencv":
+            points, raw = self._sift.detectAndCompute(gray, None)
+            if raw is None or not points:
+                return np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8)
+            keypoints = np.array([p.pt for p in points], dtype=np.float32)
+            return keypoints, root_sift_u8(raw)
+        keypoints, descriptors = self._sift.extract(gray.astype(np.float32) / 255.0)
+        keypoints = np.asarray(keypoints, dtype=np.float32)[:, :2] - 0.5
+        # pycolmap already returns L2-normalised RootSIFT
+        descriptors = np.clip(np.rint(np.asarray(descriptors, dtype=np.float32) * 512.0), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(keypoints), np.ascontiguousarray(descriptors)
+
+
 def extract_sift(image, max_features: int = 4000,
                  extractor: str = "opencv") -> Tuple[np.ndarray, np.ndarray]:
     """SIFT features of one image.
@@ -66,29 +115,5 @@ def extract_sift(image, max_features: int = 4000,
     descriptors : uint8 (n, 128)
         RootSIFT.
     """
-    if extractor not in EXTRACTORS:
-        raise ValueError(f"unknown extractor {extractor!r}; use one of {EXTRACTORS}")
-    gray = to_gray(load_pixels(image))
-    if extractor == "opencv":
-        import cv2
-
-        # contrast threshold 0.02 / 3 layers per octave = COLMAP's default peak threshold,
-        # so both extractors keep the same low-contrast features
-        sift = cv2.SIFT_create(nfeatures=int(max_features), contrastThreshold=0.02)
-        points, raw = sift.detectAndCompute(gray, None)
-        if raw is None or not points:
-            return np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8)
-        keypoints = np.array([p.pt for p in points], dtype=np.float32)
-        return keypoints, root_sift_u8(raw)
-    import pycolmap
-
-    options = pycolmap.FeatureExtractionOptions()
-    options.sift.max_num_features = int(max_features)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        sift = pycolmap.Sift(options, device=pycolmap.Device.auto)
-    keypoints, descriptors = sift.extract(gray.astype(np.float32) / 255.0)
-    keypoints = np.asarray(keypoints, dtype=np.float32)[:, :2] - 0.5
-    # pycolmap already returns L2-normalised RootSIFT
-    descriptors = np.clip(np.rint(np.asarray(descriptors, dtype=np.float32) * 512.0), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(keypoints), np.ascontiguousarray(descriptors)
+    check_extractor(extractor)
+    return SiftExtractor(max_features, extractor)(image)

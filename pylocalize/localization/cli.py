@@ -1,7 +1,8 @@
 """``pylocalize map build``, ``localize``, ``evaluate``: visual localization from the command line.
 
 - ``map build``: a map from posed images (a Strecha folder, a COLMAP model, a pose file) or
-  from images alone (structure-from-motion);
+  from images alone (structure-from-motion); ``--ray``: its features extracted on a Ray
+  cluster (:mod:`pylocalize.distributed.extract`, the same map);
 - ``localize``: the poses of query images in a map, written as a pose file (``--ray``: on a
   Ray cluster, :mod:`pylocalize.distributed.batch`, the same file);
 - ``evaluate``: pose errors and recall of a pose file against ground truth;
@@ -61,11 +62,24 @@ def _check_build_inputs(args) -> None:
 
 
 
+def _ray_extraction(args):
+    """``map build --ray``: the features extracted on that Ray cluster (Ray Data), their shards
+    in a temporary folder beside ``--out`` (the images and that folder must be at the same
+    paths on every node)."""
+    from pylocalize.distributed._runtime import connect, install_hint
+    from pylocalize.distributed.extract import RayExtraction
+
+    with install_hint("--ray"):
+        connect(args.ray)
+    return RayExtraction(folder=Path(args.out).absolute().parent)
+
+
 def _map_build(args) -> int:
     from pylocalize.localization import Map
 
     _check_build_inputs(args)
-    options = {"max_features": args.max_features, "extractor": args.extractor, "progress": args.progress}
+    options = {"max_features": args.max_features, "extractor": args.extractor, "progress": args.progress,
+               "extraction": _ray_extraction(args) if args.ray else None}
     if args.strecha:
         exclude = [e for e in (args.exclude or "").split(",") if e]
         m = Map.from_strecha(args.strecha, exclude=exclude, **options)
@@ -242,16 +256,12 @@ def _localize(args) -> int:
 def _localize_on_ray(args, paths, cameras) -> list:
     """The results of ``localize --ray``: the queries on a pool of Ray actors, each loading the
     map from ``--map`` (a path every node of the cluster must see)."""
-    from pylocalize.distributed._runtime import RAY_MISSING
+    from pylocalize.distributed._runtime import install_hint
     from pylocalize.distributed.batch import localize_many_ray
 
-    try:
+    with install_hint("--ray"):
         return localize_many_ray(args.map, paths, cameras, address=args.ray, actors=args.workers,
                                  progress=args.progress)
-    except ImportError as error:
-        if str(error) != RAY_MISSING:
-            raise
-        raise RuntimeError(f"--ray: {error}") from None  # one line that says how to install Ray
 
 
 def _batch_status(done: int, failed: int, allow_failures: bool, what: str = "localized") -> int:
@@ -343,6 +353,11 @@ def _add_map(subparsers) -> None:
     b.add_argument("--deterministic", action="store_true",
                    help="structure-from-motion on one thread with seeded randomness: the same images and --seed "
                         "give the same map (slower)")
+    b.add_argument("--ray", metavar="auto|local|ADDRESS",
+                   help="extract the features on a Ray cluster (extra dist; Ray Data, the same features): 'auto' "
+                        "joins the Ray running on this machine or starts one in this process, 'local' always starts "
+                        "one here, ADDRESS (HOST:PORT) connects to a cluster; the images and the folder of --out must "
+                        "be at the same paths on every node")
     b.add_argument("--out", required=True, help="map directory to write")
     b.set_defaults(func=_map_build)
     e = map_sub.add_parser("export", help="write a map as a COLMAP model (cameras, images, points3D)")

@@ -47,7 +47,8 @@ from pylocalize._folders import FolderLock, remove_unreferenced, unique_name
 from pylocalize._log import phase, quiet_colmap
 from pylocalize.containers import LAYOUT_ERRORS, read_layout
 from pylocalize.datasets.strecha import read_strecha_scene
-from pylocalize.features import EXTRACTORS, extract_sift, match_descriptors
+from pylocalize.features import SiftExtractor, extract_sift, match_descriptors
+from pylocalize.features.sift import check_extractor
 from pylocalize.geometry import read_pose_file
 from pylocalize.geometry.absolute_pose import AbsolutePose, estimate_absolute_pose
 from pylocalize.geometry.camera import Camera, CameraDevice, is_focal_guess, read_cameras_file
@@ -287,32 +288,54 @@ def _per_item(cameras, n: int, what: str) -> list:
     return per_item
 
 
-def _extract_all(images, max_features, extractor, progress, desc="map: features", skip_unreadable=False):
-    """Features of many images on a thread pool (the extractors release the GIL).
+def image_features(image, sift: SiftExtractor):
+    """``(keypoints, descriptors)`` of one image (an array or a file) by ``sift``, or the
+    ``ValueError`` reading its file raised, returned for the caller to skip or raise (a map
+    build's extraction, local or distributed, decides the same way: :func:`_extract_all`)."""
+    try:
+        pixels = load_pixels(image)
+    except ValueError as error:
+        return error
+    return sift(pixels)
 
-    An image file that cannot be read stops the build with a ``ValueError`` naming it; with
-    ``skip_unreadable`` its features are ``None`` instead and one warning counts the skipped
-    images and says why each was.
-    """
+
+def _extract_on_threads(images, max_features, extractor, progress, desc):
+    """:func:`image_features` of each image in order, on a local thread pool (the extractors
+    release the GIL); one extractor per image, as threads must not share one."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm import tqdm
 
-    def features(image):
-        try:
-            pixels = load_pixels(image)
-        except ValueError as error:
-            if not skip_unreadable:
-                raise ValueError(f"{error}; every posed image must be readable: replace the file, or leave the "
-                                 "image out of the poses") from None
-            return error
-        return extract_sift(pixels, max_features, extractor)
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        yield from tqdm(pool.map(lambda image: image_features(image, SiftExtractor(max_features, extractor)), images),
+                        total=len(images), desc=desc, disable=not progress, leave=False)
 
+
+def _extract_all(images, max_features, extractor, progress, desc="map: features", skip_unreadable=False,
+                 extraction=None):
+    """Features of many images, on a local thread pool or by ``extraction``.
+
+    An image file that cannot be read stops the build with a ``ValueError`` naming it; with
+    ``skip_unreadable`` its features are ``None`` instead and one warning counts the skipped
+    images and says why each was.
+
+    ``extraction``, when given, runs in place of the thread pool: a callable taking
+    ``(images, max_features, extractor, progress, desc)`` and returning an iterable of each
+    image's :func:`image_features` in image order, raising an image's extraction error at its
+    place (:class:`pylocalize.distributed.RayExtraction` runs it on Ray Data).
+    """
+    check_extractor(extractor)
+    run = extraction or _extract_on_threads
+    feats = []
     # pycolmap's SIFT logs each extractor it creates
-    with phase(logger, f"{desc} of {len(images)} images"), quiet_colmap() if extractor == "colmap" else nullcontext(), \
-            ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        feats = list(tqdm(pool.map(features, images), total=len(images), desc=desc, disable=not progress,
-                          leave=False))
+    with phase(logger, f"{desc} of {len(images)} images"), quiet_colmap() if extractor == "colmap" else nullcontext():
+        for f in run(images, max_features, extractor, progress, desc):
+            if isinstance(f, ValueError) and not skip_unreadable:
+                raise ValueError(f"{f}; every posed image must be readable: replace the file, or leave the image out "
+                                 "of the poses")
+            feats.append(f)
+    if len(feats) != len(images):
+        raise RuntimeError(f"{desc}: the extraction returned features of {len(feats)} of {len(images)} images")
     skipped = [(image, f) for image, f in zip(images, feats) if isinstance(f, ValueError)]
     if skipped:
         why = "; ".join(str(error).replace(str(image), Path(image).name, 1) for image, error in skipped)
@@ -350,9 +373,7 @@ class Map:
         self.cam_from_world = np.asarray(cam_from_world, dtype=np.float64).reshape(n, 3, 4)
         self.keypoints, self.descriptors, self.point_ids = list(keypoints), list(descriptors), list(point_ids)
         self.points3D = np.asarray(points3D, dtype=np.float64).reshape(-1, 3)
-        if extractor not in EXTRACTORS:
-            raise ValueError(f"unknown extractor {extractor!r}; use one of {EXTRACTORS}")
-        self.extractor, self.max_features = extractor, int(max_features)
+        self.extractor, self.max_features = check_extractor(extractor), int(max_features)
         if not (len(self.cameras) == len(self.keypoints) == len(self.descriptors) == len(self.point_ids) == n):
             raise ValueError("need one camera, pose, keypoint, descriptor and point-id array per image")
         for i, (k, d, p) in enumerate(zip(self.keypoints, self.descriptors, self.point_ids)):
@@ -454,17 +475,19 @@ class Map:
     @classmethod
     def from_views(cls, images: Sequence, cameras, cam_from_world, names: Sequence[str],
                    max_features: int = 4000, extractor: str = "opencv", progress: bool = False,
-                   **options) -> "Map":
+                   extraction: Optional[Callable] = None, **options) -> "Map":
         """A map from images (uint8 arrays or file paths) with known cameras and poses.
 
         ``cameras`` is one camera for all images or one per image, each a :class:`Camera`,
-        a camera string or a 3x3 K (OpenCV convention). Further ``options`` go to
-        :meth:`from_features`.
+        a camera string or a 3x3 K (OpenCV convention). ``extraction`` extracts the
+        features instead of a local thread pool, with the same result (e.g.
+        :class:`pylocalize.distributed.RayExtraction`: on a Ray cluster). Further ``options``
+        go to :meth:`from_features`.
         """
         n = len(images)
         if len(names) != n:
             raise ValueError(f"{n} images but {len(names)} names")
-        feats = _extract_all(images, max_features, extractor, progress)
+        feats = _extract_all(images, max_features, extractor, progress, extraction=extraction)
         sizes = [(int(np.asarray(im).shape[1]), int(np.asarray(im).shape[0])) if not isinstance(im, (str, os.PathLike))
                  else image_size(im) for im in images]
         cams = [as_camera(c, w, h) for c, (w, h) in zip(_per_item(cameras, n, "images"), sizes)]
@@ -533,7 +556,8 @@ class Map:
     def from_images(cls, image_dir, camera: Optional[CameraLike] = None, max_features: int = 4000,
                     extractor: str = "opencv", seed: int = 0, sfm: str = "incremental",
                     retriangulate: bool = True, progress: bool = False, georegister: bool = True,
-                    gps_noise_m: float = DEFAULT_GPS_NOISE_M, deterministic: bool = False) -> "Map":
+                    gps_noise_m: float = DEFAULT_GPS_NOISE_M, deterministic: bool = False,
+                    extraction: Optional[Callable] = None) -> "Map":
         """A map from images alone, by structure-from-motion with pycolmap (``sfm``:
         "incremental" or "global", the mapper tried first; see :mod:`~pylocalize.localization.sfm`).
 
@@ -556,12 +580,15 @@ class Map:
         random numbers, so the same folder and ``seed`` give the same map, point for point
         (same machine and pycolmap build). Without it, SfM is multi-threaded and two runs
         differ slightly (a few points more or fewer, poses within their accuracy).
+
+        ``extraction`` extracts the features instead of a local thread pool, with the same
+        result (e.g. :class:`pylocalize.distributed.RayExtraction`: on a Ray cluster).
         """
         image_dir = Path(image_dir)
         files = image_files(image_dir)
         if len(files) < 3:
             raise ValueError(f"{image_dir}: structure-from-motion needs at least 3 images, found {len(files)}")
-        feats = _extract_all(files, max_features, extractor, progress, skip_unreadable=True)
+        feats = _extract_all(files, max_features, extractor, progress, skip_unreadable=True, extraction=extraction)
         names = [p.name for p, f in zip(files, feats) if f is not None]
         feats = [f for f in feats if f is not None]
         if len(names) < 3:

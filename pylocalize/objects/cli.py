@@ -1,6 +1,7 @@
 """``pylocalize objects onboard|estimate|eval``: 6D pose of unseen objects from their mesh (FoundPose).
 
-- ``objects onboard``: render templates of a mesh and build the object representation;
+- ``objects onboard``: render templates of a mesh and build the object representation
+  (``--ray``: the templates as Ray tasks, :class:`pylocalize.distributed.RayExecutor`);
 - ``objects estimate``: the object's pose in one RGB image, given its mask or box;
 - ``objects eval``: estimate and score every instance of an object in a BOP scene.
 
@@ -38,9 +39,17 @@ def _onboard(args) -> int:
     from pylocalize.objects.onboarding import format_stage_seconds
 
     t0 = time.perf_counter()
+    executor = None
+    if args.ray:  # the templates as Ray tasks on that cluster
+        from pylocalize.distributed._runtime import connect, install_hint
+        from pylocalize.distributed.executor import RayExecutor
+
+        with install_hint("--ray"):
+            connect(args.ray)
+        executor = RayExecutor()
     rep = onboard(args.mesh, _patch_extractor(args.extractor, args.weights), num_views=args.views,
                   num_inplane=args.inplane, num_words=args.words, size=args.size, progress=args.progress,
-                  mesh_units=args.mesh_units)
+                  mesh_units=args.mesh_units, executor=executor)
     saving = time.perf_counter()
     rep.save(args.out)
     rep.onboarding_seconds["saving"] = time.perf_counter() - saving
@@ -150,6 +159,10 @@ def _add_onboard(sub) -> None:
     o.add_argument("--extractor", choices=["dense-sift", "dinov2"], default="dense-sift",
                    help="patch descriptors (dinov2 needs the torch extra and --weights)")
     o.add_argument("--weights", help="local DINOv2 model directory (save_pretrained layout)")
+    o.add_argument("--ray", metavar="auto|local|ADDRESS",
+                   help="render and describe the templates as Ray tasks (extra dist; the same representation): "
+                        "'auto' joins the Ray running on this machine or starts one in this process, 'local' always "
+                        "starts one here, ADDRESS (HOST:PORT) connects to a cluster")
     o.set_defaults(func=_onboard)
 
 

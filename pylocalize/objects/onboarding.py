@@ -6,16 +6,19 @@ each one sees, reduces descriptors by PCA and builds a k-means vocabulary with o
 bag of words per template (:class:`~pylocalize.objects.representation.BagOfWords`).
 
 Templates are rendered and described on a pool of threads: the core's rasterizer and
-OpenCV release the GIL, so the two overlap on the cores. Each stage's time is logged
-(logger ``pylocalize.objects.onboarding``, level INFO) and kept in
-``ObjectRepresentation.onboarding_seconds``.
+OpenCV release the GIL, so the two overlap on the cores; or by an executor the caller gives
+(:class:`pylocalize.distributed.RayExecutor`: as Ray tasks on a cluster), with the same
+result. Each stage's time is logged (logger ``pylocalize.objects.onboarding``, level INFO)
+and kept in ``ObjectRepresentation.onboarding_seconds``.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from typing import Dict, Optional
 
 import numpy as np
@@ -42,7 +45,7 @@ def onboard(mesh, extractor=None, num_views: int = 57, num_inplane: int = 14, si
             padding: float = 0.2, distance: Optional[float] = None, pca_dim: int = 96, num_words: int = 2048,
             num_assign: int = 3, erode_px: int = 3, seed: int = 0, progress: bool = False,
             mesh_units: Optional[str] = None, num_workers: Optional[int] = None,
-            supersample: int = 3) -> ObjectRepresentation:
+            supersample: int = 3, executor=None) -> ObjectRepresentation:
     """Builds the representation of an object from its mesh.
 
     Parameters
@@ -72,6 +75,11 @@ def onboard(mesh, extractor=None, num_views: int = 57, num_inplane: int = 14, si
         Threads rendering and describing templates (default: ``pylocalize.get_num_threads()``).
     supersample : {1, 3, 5, 7}
         Anti-aliasing samples per template pixel side (:class:`~pylocalize.render.Renderer`).
+    executor : optional
+        Renders and describes the templates instead of the pool of ``num_workers`` threads: an
+        object whose ``map(function, poses)`` gives each pose's result in order, as a
+        ``concurrent.futures.Executor`` does (:class:`pylocalize.distributed.RayExecutor`: Ray
+        tasks). The representation is the same.
     """
     from pylocalize.geometry import viewpoint_poses
     from pylocalize.render import load_mesh
@@ -90,7 +98,7 @@ def onboard(mesh, extractor=None, num_views: int = 57, num_inplane: int = 14, si
     start = time.perf_counter()
     renderer = {"size": size, "padding": padding, "supersample": supersample, "erode_px": erode_px}
     Ks, groups, xys, xyzs, descriptors = _render_templates(mesh, poses, renderer, extractor, num_workers, progress,
-                                                           seconds)
+                                                           seconds, executor)
     bow, reduced, counts = _vocabulary_and_bags(descriptors, groups, len(poses), pca_dim, num_words, num_assign, seed,
                                                 seconds)
     rep = ObjectRepresentation(poses, Ks, groups, xys, xyzs, reduced, bow, counts, size, padding,
@@ -140,21 +148,26 @@ def _mesh_units(mesh_units: Optional[str], diameter: float) -> str:
     return guess
 
 
-def _render_templates(mesh, poses, renderer: dict, extractor, num_workers, progress, seconds):
+def _render_templates(mesh, poses, renderer: dict, extractor, num_workers, progress, seconds, executor=None):
     """Every template's crop K, and its foreground patches: template ids, crop positions,
-    model points and descriptors, concatenated in template order."""
+    model points and descriptors, concatenated in template order; on a local thread pool,
+    or by ``executor``."""
     from tqdm import tqdm
 
     from pylocalize.runtime import get_num_threads
 
-    workers = max(1, int(num_workers or get_num_threads()))
     side = renderer["size"] // extractor.patch_size
     centres = patch_centres(side, side, extractor.patch_size)
+    # one picklable function of the pose, so that an executor may run it in other processes
+    render = functools.partial(_render_template, mesh=mesh, extractor=extractor, centres=centres, **renderer)
     start = time.perf_counter()
-    with ThreadPoolExecutor(workers, thread_name_prefix="onboard") as pool:
-        jobs = pool.map(lambda pose: _render_template(mesh, pose, extractor, centres, **renderer), poses)
-        templates = list(tqdm(jobs, total=len(poses), desc="onboarding: templates", disable=not progress,
-                              leave=False))
+    workers = max(1, int(num_workers or get_num_threads()))
+    if executor is not None:  # the workers it spreads over, for the log (a concurrent.futures pool keeps its count)
+        workers = getattr(executor, "num_workers", None) or getattr(executor, "_max_workers", 1)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="onboard") if executor is None else nullcontext(executor)
+    with pool as runner:
+        templates = list(tqdm(runner.map(render, poses), total=len(poses), desc="onboarding: templates",
+                              disable=not progress, leave=False))
     seconds["templates"], seconds["threads"] = time.perf_counter() - start, workers
     for name, index in (("rendering", 4), ("patch features", 5)):  # thread time, summed over the workers
         seconds[name] = float(sum(t[index] for t in templates))
@@ -165,7 +178,7 @@ def _render_templates(mesh, poses, renderer: dict, extractor, num_workers, progr
             np.concatenate([t[2] for t in templates]), np.concatenate([t[3] for t in templates]).astype(np.float32))
 
 
-def _render_template(mesh, pose: np.ndarray, extractor, centres: np.ndarray, size: int, padding: float,
+def _render_template(pose: np.ndarray, mesh, extractor, centres: np.ndarray, size: int, padding: float,
                      supersample: int, erode_px: int):
     """One template: its crop intrinsics; the crop positions ``(n, 2)``, model points
     ``(n, 3)`` and descriptors ``(n, dim)`` of its patches on the object; and the seconds
