@@ -22,22 +22,12 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from bench_distributed_localize import _best
 
 STRECHA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "strecha" / "castle-P19" / "images"
-
-
-def _best(fn, repeats: int):
-    """(output of the last run, fastest seconds)."""
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return out, best
 
 
 def _image_files(folder, work: Path) -> list:
