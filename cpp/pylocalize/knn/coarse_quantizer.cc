@@ -95,7 +95,7 @@ void AssignBlocked(const BlockedCentroids& b, const float* x, int64_t n, int64_t
   // Tiles of kTileRows rows x kTileBytes of centroids: a tile of every centroid of a large
   // set (matching a query's features against ~10^4 map features) would not stay in cache
   // between the dot products and the selection
-  const int64_t block_bytes = dim * kBlock * (b.element == Element::kUInt8 ? 1 : 4);
+  const int64_t block_bytes = dim * kBlock * static_cast<int64_t>(b.element_size());
   const int64_t tile_blocks = std::min(b.nblocks, std::max<int64_t>(1, kTileBytes / block_bytes));
   const int64_t ld = tile_blocks * kBlock;
   ParallelFor((n + kTileRows - 1) / kTileRows, num_threads, [&](int64_t t, int) {

@@ -34,9 +34,10 @@ struct BlockedCentroids {
   int64_t nblocks = 0;
   int64_t k = 0;  // the centroids; lanes from k on are padding
 
+  size_t element_size() const { return element == Element::kUInt8 ? 1 : sizeof(float); }
   // The first element of block b, as DotTile takes it.
   const void* block(int64_t b, int64_t dim) const {
-    return blocks.data() + static_cast<size_t>(b * dim * kBlock) * (element == Element::kUInt8 ? 1 : sizeof(float));
+    return blocks.data() + static_cast<size_t>(b * dim * kBlock) * element_size();
   }
 };
 
