@@ -471,3 +471,18 @@ def test_localize_composes_its_stages(scene_and_map):
     alone = m.estimate_pose(kp[matches.query_ids].astype(np.float64), matches.point3D_ids, camera)
     t_err, r_err = pose_errors(alone.cam_from_world, pose)
     assert t_err < 0.01 and r_err < 0.1
+
+
+def test_feature_layer_shares_the_map_arrays_and_names_what_is_missing():
+    rng = np.random.default_rng(0)
+    kp = [rng.uniform(0, 100, (5, 2)).astype(np.float32) for _ in range(2)]
+    desc = [rng.integers(0, 256, (5, 128), dtype=np.uint8) for _ in range(2)]
+    ids = [np.array([0, 1, -1, 2, -1]), np.array([2, -1, 0, -1, 1])]
+    cam = Camera.from_string("PINHOLE 100 100 80 80 50 50")
+    pose = np.hstack([np.eye(3), np.zeros((3, 1))])
+    m = Map(["a.png", "b.png"], [cam, cam], [pose, pose], kp, desc, ids, rng.normal(size=(3, 3)))
+    layer = m.feature_layer()
+    assert m.feature_layers == ["sift"] and layer.name == "sift" and layer.metric == "l2"
+    assert layer.descriptors[1] is m.descriptors[1] and layer.points3D is m.points3D
+    with pytest.raises(ValueError, match="holds no 'orb' features"):
+        m.feature_layer("orb")

@@ -4,6 +4,7 @@
 # from here, where it lived first.
 from pylocalize.datasets.strecha import read_strecha_camera
 from pylocalize.localization.evaluate import evaluate_poses, load_poses, pose_error
-from pylocalize.localization.map import LocalizationResult, Map
+from pylocalize.localization.map import FeatureLayer, LocalizationResult, Map
 
-__all__ = ["LocalizationResult", "Map", "evaluate_poses", "load_poses", "pose_error", "read_strecha_camera"]
+__all__ = ["FeatureLayer", "LocalizationResult", "Map", "evaluate_poses", "load_poses", "pose_error",
+           "read_strecha_camera"]

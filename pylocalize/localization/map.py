@@ -361,6 +361,22 @@ def _add_in_chunks(index: CANNIndex, descriptors: Sequence[np.ndarray], chunk: i
         index.add(np.concatenate(descriptors), np.zeros(0, np.int64))
 
 
+class FeatureLayer(NamedTuple):
+    """One kind of local feature of a map's database images with the 3D points they observe:
+    what 2D-3D matching reads, per frame (:meth:`Map.localize`) or along a stream (tracking).
+
+    ``metric`` says how descriptors compare: ``"l2"`` for RootSIFT stored as uint8 (n, 128),
+    ``"hamming"`` for binary descriptors packed 8 bits a byte, uint8 (n, bytes).
+    """
+
+    name: str
+    keypoints: List[np.ndarray]  # per image, float32 (n, 2), OpenCV pixels
+    descriptors: List[np.ndarray]  # per image, uint8 (n, d)
+    point_ids: List[np.ndarray]  # per image, int (n,): index into points3D, -1 for none
+    points3D: np.ndarray  # float64 (m, 3), world frame
+    metric: str
+
+
 class Map:
     """A localization map: posed database images, their features and 3D points."""
 
@@ -963,6 +979,17 @@ class Map:
         keep = ids >= 0
         images = [int(i) for i in ids[keep]]
         return (images, [float(s) for s in scores[keep]]) if return_scores else images
+
+    @property
+    def feature_layers(self) -> List[str]:
+        """Names of the kinds of local features this map holds (:meth:`feature_layer`)."""
+        return ["sift"]
+
+    def feature_layer(self, name: str = "sift") -> FeatureLayer:
+        """The map's features of one kind (:attr:`feature_layers`), sharing its arrays."""
+        if name == "sift":
+            return FeatureLayer("sift", self.keypoints, self.descriptors, self.point_ids, self.points3D, "l2")
+        raise ValueError(f"this map holds no {name!r} features; it holds {self.feature_layers}")
 
     def num_observations(self, images: Sequence[int]) -> int:
         """Features of the database ``images`` (indices, repeats counted once) that observe a
