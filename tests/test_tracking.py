@@ -313,3 +313,91 @@ def test_tracker_on_a_binary_layer_matches_by_hamming_distance(courtyard, stream
     estimate = np.array([r.cam_from_world for r in tracked])
     errors = np.linalg.norm(camera_centres(estimate) - camera_centres(truth), axis=1)
     assert np.median(errors) < 0.05
+
+
+# ---------------------------------------------------------------- sequence metrics on analytic trajectories
+
+
+def _circle(n=40):
+    """Cameras round a circle of radius 3 m looking at its centre."""
+    angles = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    eyes = np.c_[3 * np.cos(angles), 3 * np.sin(angles), 1.5 + 0.2 * np.sin(3 * angles)]
+    return np.array([look_at(e, np.array([0.0, 0.0, 1.0]), up=(0, 0, 1)) for e in eyes])
+
+
+def _moved_world(poses, s, R, t):
+    """The same cameras after the world is mapped by x -> s R x + t."""
+    from pylocalize.geometry import transform_pose
+
+    return np.array([transform_pose(p, s, R, t) for p in poses])
+
+
+def test_ate_aligns_away_a_rigid_or_similar_world_and_measures_offsets():
+    gt = _circle()
+    R, t = _rotation([0.3, -0.2, 1.0], 40.0), np.array([5.0, -2.0, 0.7])
+    rigid = _moved_world(gt, 1.0, R, t)
+    assert absolute_trajectory_error(rigid, gt, "se3")["rmse"] < 1e-9
+    assert absolute_trajectory_error(rigid, gt, "none")["rmse"] > 1.0
+    scaled = _moved_world(gt, 2.5, R, t)
+    assert absolute_trajectory_error(scaled, gt, "sim3")["rmse"] < 1e-9
+    assert np.isclose(absolute_trajectory_error(scaled, gt, "sim3")["scale"], 1 / 2.5)
+    assert absolute_trajectory_error(scaled, gt, "se3")["rmse"] > 0.5
+    # without alignment, a centre moved by d is an error of |d| at that frame; NaN frames are skipped
+    est = gt.copy()
+    est[7, :, 3] -= est[7, :, :3] @ np.array([0.03, 0.0, 0.04])  # centre + (3, 0, 4) cm
+    est[9] = np.nan
+    ate = absolute_trajectory_error(est, gt, "none")
+    assert ate["frames"] == 39 and np.isnan(ate["errors"][9])
+    assert np.isclose(ate["max"], 0.05) and np.isclose(ate["rmse"], np.sqrt(0.05 ** 2 / 39))
+    with pytest.raises(ValueError, match="one of each per frame"):
+        absolute_trajectory_error(est[:5], gt)
+
+
+def test_rpe_sees_steps_not_the_world_frame():
+    from pylocalize.localization.trajectory import relative_pose_error
+
+    gt = _circle()
+    moved = _moved_world(gt, 1.0, _rotation([1, 1, 0], 25.0), np.array([1.0, 2.0, 3.0]))
+    rpe = relative_pose_error(moved, gt)
+    assert rpe["pairs"] == 39 and rpe["translation"]["max"] < 1e-9 and rpe["rotation"]["max"] < 1e-6
+    # one centre moved by 5 cm: the two steps into and out of it are 5 cm wrong, no others
+    est = gt.copy()
+    est[10, :, 3] -= est[10, :, :3] @ np.array([0.0, 0.05, 0.0])
+    errors = relative_pose_error(est, gt)["translation"]
+    assert np.isclose(errors["max"], 0.05) and np.isclose(errors["rmse"], np.sqrt(2 * 0.05 ** 2 / 39))
+    assert relative_pose_error(est, gt, delta=5)["pairs"] == 35
+
+
+def test_latency_status_and_recovery_summaries():
+    from pylocalize.localization.trajectory import latency_percentiles, status_shares
+
+    lat = latency_percentiles(np.arange(1, 101) / 1000)
+    assert np.isclose(lat["p50"], 50.5) and np.isclose(lat["p90"], 90.1) and np.isclose(lat["hz_median"], 1000 / 50.5)
+    shares = status_shares(["tracked"] * 6 + ["relocalized"] * 3 + ["lost"])
+    assert shares == {"tracked": 0.6, "relocalized": 0.3, "lost": 0.1}
+    statuses = ["relocalized", "tracked", "lost", "lost", "relocalized", "tracked", "lost"]
+    assert recovery_frames(statuses, [1, 2, 6]) == {1: 1, 2: 3, 6: None}
+    with pytest.raises(ValueError, match="unknown statuses"):
+        status_shares(["tracked", "drifting"])
+
+
+def test_tum_trajectory_files_hold_world_from_cam_and_read_back(tmp_path):
+    from pylocalize.localization.trajectory import read_tum, write_tum
+
+    # a camera at (1, 2, 3) looking along world +x: TUM holds its centre and world_from_cam rotation
+    pose = look_at(np.array([1.0, 2.0, 3.0]), np.array([2.0, 2.0, 3.0]), up=(0, 0, 1))
+    poses = np.stack([pose, np.full((3, 4), np.nan), _circle()[3]])
+    write_tum(tmp_path / "traj.txt", [0.5, 0.6, 0.7], poses, comments={1: "lost: no inliers"})
+    lines = (tmp_path / "traj.txt").read_text().splitlines()
+    assert lines[2] == "# 0.600000: lost: no inliers" and len([x for x in lines if not x.startswith("#")]) == 2
+    values = np.array(lines[1].split(), float)
+    assert np.allclose(values[:4], [0.5, 1.0, 2.0, 3.0])
+    from pylocalize.geometry import matrix_from_quaternion
+
+    qx, qy, qz, qw = values[4:]
+    assert np.allclose(matrix_from_quaternion([qw, qx, qy, qz]), pose[:, :3].T, atol=1e-8)
+    stamps, back = read_tum(tmp_path / "traj.txt")
+    assert np.allclose(stamps, [0.5, 0.7]) and np.allclose(back, poses[[0, 2]], atol=1e-7)
+    (tmp_path / "bad.txt").write_text("0.1 1 2 3 0 0 0\n")
+    with pytest.raises(ValueError, match="bad.txt:1"):
+        read_tum(tmp_path / "bad.txt")
