@@ -57,6 +57,13 @@ METRICS = ("l2", "hamming")
 # Descriptor distance above which no match is made, per metric: RootSIFT stored as uint8 has
 # norm 512 (unrelated descriptors lie ~350-450 apart); ORB's 256 bits, the usual 64.
 DEFAULT_MAX_DISTANCE = {"l2": 300.0, "hamming": 64.0}
+# OpenCV's SIFT finds its first octave on the image upsampled twice (centre-aligned) but
+# halves those coordinates as they are, so its keypoints sit a quarter of an input pixel
+# right of and below the pixel-centre convention. A map and a query of one resolution share
+# the shift; a frame extracted at another scale must be brought to the map's (the quarter
+# pixel removed at the frame's scale, added back at the map's): left in, it turned the pose
+# by ~0.03 deg at half resolution (benchmarks/README.md).
+OPENCV_SIFT_SHIFT_PX = 0.25
 
 
 class SiftFrameFeatures:
@@ -86,7 +93,8 @@ class SiftFrameFeatures:
             gray = cv2.resize(gray, None, fx=self.scale, fy=self.scale, interpolation=cv2.INTER_AREA)
         keypoints, descriptors = self._sift(gray)
         # pixel centres at integers in both images: x_full + 0.5 = (x_small + 0.5) / scale
-        return ((keypoints + 0.5) / self.scale - 0.5).astype(np.float32), descriptors
+        shift = OPENCV_SIFT_SHIFT_PX if self._sift.extractor == "opencv" else 0.0
+        return ((keypoints - shift + 0.5) / self.scale - 0.5 + shift).astype(np.float32), descriptors
 
 
 @dataclass
@@ -138,7 +146,7 @@ class TrackerOptions:
     ratio: float = 0.85
     max_distance: Optional[float] = None
     max_error_px: float = 4.0
-    loss_scale_px: float = 2.0
+    loss_scale_px: float = 1.0
     min_inliers: int = 20
     min_inlier_ratio: float = 0.4
     relocalize_k: int = 10
@@ -423,6 +431,14 @@ class Tracker:
         self._velocity_dt: Optional[float] = None
         self._time: Optional[float] = None  # the last frame's, posed or not
         self._frames = 0
+
+    def continue_from(self, other: "Tracker") -> None:
+        """Takes over the stream state (last pose, velocity, clock) of ``other``, a tracker of
+        the same camera on another map: the next frame is predicted as ``other`` would have
+        (a map swapped mid-stream, or each frame against its own leave-one-out map)."""
+        self._last, self._last_time = other._last, other._last_time
+        self._velocity, self._velocity_dt = other._velocity, other._velocity_dt
+        self._time, self._frames = other._time, other._frames
 
     # -- local map
 
