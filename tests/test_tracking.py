@@ -401,3 +401,75 @@ def test_tum_trajectory_files_hold_world_from_cam_and_read_back(tmp_path):
     (tmp_path / "bad.txt").write_text("0.1 1 2 3 0 0 0\n")
     with pytest.raises(ValueError, match="bad.txt:1"):
         read_tum(tmp_path / "bad.txt")
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def test_track_command_writes_the_trajectory_from_frames_or_a_video(tmp_path, courtyard, stream, capsys):
+    import cv2
+    from PIL import Image
+
+    from pylocalize.cli import main
+    from pylocalize.localization.trajectory import read_tum, write_tum
+
+    scene, m = courtyard
+    path, frames = stream
+    m.save(tmp_path / "map")
+    (tmp_path / "frames").mkdir()
+    names = [f"{k:04d}.png" for k in range(12)]
+    for name, frame in zip(names, frames):
+        Image.fromarray(frame).save(tmp_path / "frames" / name)
+    # TUM rgb.txt style, in another order than the frames: matched by name
+    (tmp_path / "rgb.txt").write_text("# timestamp filename\n" + "".join(
+        f"{path.timestamps[k] + 100:.6f} rgb/{names[k]}\n" for k in reversed(range(12))))
+    write_tum(tmp_path / "gt.txt", path.timestamps[:12] + 100, path.cam_from_world[:12])
+    common = ["--map", str(tmp_path / "map"), "--camera", scene.camera.to_string(), "--scale", "1", "--max-features",
+              "600"]
+    status = main(["-q", "track", "--images", str(tmp_path / "frames"), "--timestamps", str(tmp_path / "rgb.txt"),
+                   "--gt", str(tmp_path / "gt.txt"), "--out", str(tmp_path / "traj.txt"),
+                   "--figure", str(tmp_path / "traj.png")] + common)
+    out = capsys.readouterr().out
+    assert status == 0, out
+    stamps, poses = read_tum(tmp_path / "traj.txt")
+    assert np.allclose(stamps, path.timestamps[:12] + 100, atol=1e-6)
+    assert np.median(np.linalg.norm(camera_centres(poses) - camera_centres(path.cam_from_world[:12]), axis=1)) < 0.03
+    rows = (tmp_path / "traj.frames.tsv").read_text().splitlines()
+    assert len(rows) == 13 and rows[1].split("\t")[1] == "relocalized" and rows[2].split("\t")[1] == "tracked"
+    assert "ATE (map frame, no alignment) over 12 frames" in out and (tmp_path / "traj.png").stat().st_size > 10_000
+    # the same frames as a video: its frame rate gives the timestamps
+    writer = cv2.VideoWriter(str(tmp_path / "walk.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (320, 240))
+    for frame in frames[:12]:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    status = main(["-q", "track", "--video", str(tmp_path / "walk.avi"), "--out", str(tmp_path / "video.txt")] + common)
+    assert status == 0, capsys.readouterr()
+    stamps, poses = read_tum(tmp_path / "video.txt")
+    assert np.allclose(stamps, np.arange(12) / 30.0, atol=1e-6)
+    assert np.median(np.linalg.norm(camera_centres(poses) - camera_centres(path.cam_from_world[:12]), axis=1)) < 0.03
+
+
+def test_track_command_errors_say_the_fix(tmp_path, courtyard, capsys):
+    from pylocalize.cli import main
+
+    scene, m = courtyard
+    camera = scene.camera.to_string()
+    (tmp_path / "frames").mkdir()
+    status = main(["track", "--map", str(tmp_path / "nowhere"), "--images", str(tmp_path / "frames"), "--camera",
+                   camera, "--out", str(tmp_path / "t.txt")])
+    assert status == 1 and "--map" in capsys.readouterr().err
+    m.save(tmp_path / "map")
+    status = main(["track", "--map", str(tmp_path / "map"), "--images", str(tmp_path / "frames"), "--camera", camera,
+                   "--out", str(tmp_path / "t.txt")])
+    assert status == 1 and "no image files there" in capsys.readouterr().err
+    (tmp_path / "frames" / "a.png").write_bytes(b"")
+    (tmp_path / "stamps.txt").write_text("0.1\nzero\n")
+    status = main(["track", "--map", str(tmp_path / "map"), "--images", str(tmp_path / "frames"), "--camera", camera,
+                   "--timestamps", str(tmp_path / "stamps.txt"), "--out", str(tmp_path / "t.txt")])
+    assert status == 1 and "stamps.txt:2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["track", "--map", str(tmp_path / "map"), "--images", "x", "--video", "y", "--camera", camera,
+              "--out", "t"])
+    with pytest.raises(SystemExit):
+        main(["track", "--map", str(tmp_path / "map"), "--images", "x", "--camera", camera, "--out", "t",
+              "--fps", "0"])
