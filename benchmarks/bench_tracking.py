@@ -111,13 +111,6 @@ def synthetic(args):
     path = walking_path(n, seed=args.seed + 1, **events)
     frames = list(render_path(scene, path, progress=True))
     camera = scene.camera
-    options = TrackerOptions(scale=args.scale, max_features=args.max_features)
-    tracker = Tracker(m, camera, options=options)
-    results = []
-    for frame, stamp in tqdm(list(zip(frames, path.timestamps)), desc="track", leave=False):
-        results.append(tracker.track(frame, stamp))
-    features = {k: tracker.extractor(frames[k]) for k, r in enumerate(results) if r.status == "tracked"}
-    peer = matching_peer(tracker, frames, results, features)
     every = args.baseline_every
     baseline, baseline_seconds = {}, {}
     for k in tqdm(range(0, n, every), desc="localize per frame", leave=False):
@@ -125,38 +118,48 @@ def synthetic(args):
         baseline[k] = m.localize(frames[k], camera, covariance=False)
         baseline_seconds[k] = time.perf_counter() - t0
     gt = path.cam_from_world
-    poses = estimates_array(results)
-    t_err, r_err = errors(poses, gt)
     base_poses = np.full_like(gt, np.nan)
     for k, r in baseline.items():
         if r.success:
             base_poses[k] = r.cam_from_world
     bt_err, br_err = errors(base_poses, gt)
     same = np.array(sorted(baseline))
-    summary = sequence_summary(results, gt)
-    track_ms = np.array([r.timings["total"] for r in results]) * 1000
     base_ms = np.array([baseline_seconds[k] for k in same]) * 1000
-    statuses = [r.status for r in results]
     out = {
         "frames": n, "size": [args.width, args.height], "map": {"images": len(m.names), "points": len(m.points3D)},
         "events": {int(k): v for k, v in path.events.items()},
-        "tracker": {**summary, "median_t_err_m": float(np.nanmedian(t_err[same])),
-                    "median_r_err_deg": float(np.nanmedian(r_err[same])),
-                    "median_t_err_all_m": float(np.nanmedian(t_err)),
-                    "recovery_frames": recovery_frames(statuses, list(path.events)),
-                    "ms_by_step": {step: 1000 * float(np.median([r.timings.get(step, 0.0) for r in results
-                                                                 if r.status == "tracked"]))
-                                   for step in ("features", "local map", "matching", "pose")},
-                    "ms_relocalized": [float(track_ms[k]) for k, s in enumerate(statuses) if s == "relocalized"]},
         "per_frame_localize": {"frames": len(same), "with_pose": float(np.isfinite(bt_err[same]).mean()),
                                "median_t_err_m": float(np.nanmedian(bt_err[same])),
                                "median_r_err_deg": float(np.nanmedian(br_err[same])),
                                "latency_ms": {p: float(np.percentile(base_ms, q)) for p, q in
                                               (("p50", 50), ("p90", 90), ("p99", 99))}},
-        "matching_peer": peer,
+        "tracker": {},
     }
-    out["speedup_median"] = float(np.median(base_ms) / np.median(track_ms[same]))
-    out["speedup_mean"] = float(np.mean(base_ms) / np.mean(track_ms[same]))
+    for scale in args.scales:
+        tracker = Tracker(m, camera, options=TrackerOptions(scale=scale, max_features=args.max_features))
+        results = []
+        for frame, stamp in tqdm(list(zip(frames, path.timestamps)), desc=f"track at scale {scale}", leave=False):
+            results.append(tracker.track(frame, stamp))
+        poses = estimates_array(results)
+        t_err, r_err = errors(poses, gt)
+        summary = sequence_summary(results, gt)
+        track_ms = np.array([r.timings["total"] for r in results]) * 1000
+        statuses = [r.status for r in results]
+        out["tracker"][scale] = {
+            **summary, "median_t_err_m": float(np.nanmedian(t_err[same])),
+            "median_r_err_deg": float(np.nanmedian(r_err[same])),
+            "recovery_frames": recovery_frames(statuses, list(path.events)),
+            "ms_by_step": {step: 1000 * float(np.median([r.timings.get(step, 0.0) for r in results
+                                                         if r.status == "tracked"]))
+                           for step in ("features", "local map", "matching", "pose")},
+            "ms_relocalized": [float(track_ms[k]) for k, s in enumerate(statuses) if s == "relocalized"],
+            "speedup_median": float(np.median(base_ms) / np.median(track_ms[same])),
+            "speedup_mean": float(np.mean(base_ms) / np.mean(track_ms[same]))}
+        if scale == args.scales[0]:
+            features = {k: tracker.extractor(frames[k]) for k, r in enumerate(results) if r.status == "tracked"}
+            out["matching_peer"] = matching_peer(tracker, frames, results, features)
+            headline = poses, statuses
+    poses, statuses = headline
     if args.figure:
         plot_trajectory(args.figure, poses, gt, statuses, path.timestamps, m.points3D,
                         title=f"courtyard walk, {n} frames at {args.width}x{args.height}: tracker")
@@ -169,9 +172,8 @@ def strecha(args):
     from pylocalize.features import extract_sift
     from pylocalize.io import read_image
 
-    scenes = ("fountain-P11", "Herz-Jesus-P8", "castle-P19", "entry-P10")
     rows = []
-    for scene in scenes:
+    for scene in args.scenes:
         folder = Path(args.data) / "strecha" / scene
         cams = sorted((folder / "gt_dense_cameras").glob("*.camera"))
         names = [c.name[: -len(".camera")] for c in cams]
@@ -185,7 +187,8 @@ def strecha(args):
             db = [i for i in range(len(names)) if i != q]
             m = Map.from_features([names[i] for i in db], [cameras[i] for i in db], np.stack([gt[i][1] for i in db]),
                                   [feats[i][0] for i in db], [feats[i][1] for i in db], max_features=4000)
-            tracker = Tracker(m, cameras[q], options=TrackerOptions(scale=args.scale, max_features=args.max_features))
+            options = TrackerOptions(scale=args.scales[0], max_features=args.max_features)
+            tracker = Tracker(m, cameras[q], options=options)
             if previous is not None:
                 tracker.continue_from(previous)
             # a sparse sequence: one second between images (constant velocity over that step)
@@ -217,28 +220,31 @@ def strecha(args):
 
 
 def print_synthetic(s):
-    tr, base = s["tracker"], s["per_frame_localize"]
-    lat = tr["latency_ms"]
+    base = s["per_frame_localize"]
     print(f"\nSynthetic walk: {s['frames']} frames at {s['size'][0]}x{s['size'][1]}, map of {s['map']['images']} "
           f"images / {s['map']['points']} points; events {s['events']}")
     print(f"{'':24s} {'Hz (median)':>11s} {'p50 ms':>8s} {'p90 ms':>8s} {'p99 ms':>8s} {'pose':>6s} "
-          f"{'median err':>18s}")
-    print(f"{'tracker':24s} {lat['hz_median']:11.1f} {lat['p50']:8.1f} {lat['p90']:8.1f} {lat['p99']:8.1f} "
-          f"{100 * tr['with_pose']:5.1f}% {100 * tr['median_t_err_m']:8.2f} cm {tr['median_r_err_deg']:.3f} deg")
+          f"{'median err':>18s} {'speed-up':>8s}")
     bl = base["latency_ms"]
     print(f"{'localize per frame':24s} {1000 / bl['p50']:11.1f} {bl['p50']:8.1f} {bl['p90']:8.1f} {bl['p99']:8.1f} "
           f"{100 * base['with_pose']:5.1f}% {100 * base['median_t_err_m']:8.2f} cm {base['median_r_err_deg']:.3f} deg")
-    shares = tr["shares"]
-    print(f"speed-up per frame: {s['speedup_median']:.2f}x (medians), {s['speedup_mean']:.2f}x (means); error ratio "
-          f"{tr['median_t_err_m'] / base['median_t_err_m']:.2f} (position), "
-          f"{tr['median_r_err_deg'] / base['median_r_err_deg']:.2f} (rotation)")
-    print(f"tracked {100 * shares['tracked']:.1f} %, relocalized {100 * shares['relocalized']:.1f} %, lost "
-          f"{100 * shares['lost']:.1f} %; recovery (frames): {tr['recovery_frames']}")
-    print(f"tracked frames, median ms by step: {tr['ms_by_step']}; relocalized frames: "
-          f"{[round(v) for v in tr['ms_relocalized']]} ms")
-    print(f"ATE (no alignment) RMSE {100 * tr['ate']['rmse']:.2f} cm, median {100 * tr['ate']['median']:.2f} cm, "
-          f"max {100 * tr['ate']['max']:.2f} cm; RPE RMSE {100 * tr['rpe']['translation']['rmse']:.2f} cm, "
-          f"{tr['rpe']['rotation']['rmse']:.3f} deg")
+    for scale, tr in s["tracker"].items():
+        lat = tr["latency_ms"]
+        print(f"{'tracker, SIFT at ' + str(scale):24s} {lat['hz_median']:11.1f} {lat['p50']:8.1f} {lat['p90']:8.1f} "
+              f"{lat['p99']:8.1f} {100 * tr['with_pose']:5.1f}% {100 * tr['median_t_err_m']:8.2f} cm "
+              f"{tr['median_r_err_deg']:.3f} deg {tr['speedup_median']:7.2f}x")
+    for scale, tr in s["tracker"].items():
+        shares = tr["shares"]
+        print(f"\nscale {scale}: speed-up {tr['speedup_median']:.2f}x (medians), {tr['speedup_mean']:.2f}x (means); "
+              f"error ratio {tr['median_t_err_m'] / base['median_t_err_m']:.2f} (position), "
+              f"{tr['median_r_err_deg'] / base['median_r_err_deg']:.2f} (rotation)")
+        print(f"  tracked {100 * shares['tracked']:.1f} %, relocalized {100 * shares['relocalized']:.1f} %, lost "
+              f"{100 * shares['lost']:.1f} %; recovery (frames): {tr['recovery_frames']}")
+        print("  tracked frames, median ms by step: " + ", ".join(f"{k} {v:.1f}" for k, v in tr["ms_by_step"].items())
+              + f"; relocalized frames: {[round(v) for v in tr['ms_relocalized']]} ms")
+        print(f"  ATE (no alignment) RMSE {100 * tr['ate']['rmse']:.2f} cm, median {100 * tr['ate']['median']:.2f} cm, "
+              f"max {100 * tr['ate']['max']:.2f} cm; RPE RMSE {100 * tr['rpe']['translation']['rmse']:.2f} cm, "
+              f"{tr['rpe']['rotation']['rmse']:.3f} deg")
     peer = s["matching_peer"]
     print(f"guided matching (grid, radius) {peer['grid_ms']:.2f} ms vs core kNN over the same "
           f"~{peer['visible_points']} points {peer['core_knn_ms']:.2f} ms "
@@ -261,13 +267,16 @@ def main(argv=None) -> int:
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--views", type=int, default=40, help="map images on the courtyard loop")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scale", type=float, default=0.5, help="tracker: SIFT resolution factor")
+    p.add_argument("--scales", type=float, nargs="+", default=[0.5],
+                   help="tracker: SIFT resolution factors, each tracked over the same frames (the first for Strecha)")
     p.add_argument("--max-features", type=int, default=1000, help="tracker: features per frame")
     p.add_argument("--baseline-every", type=int, default=1, help="localize every n-th frame per frame")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cache", default="/tmp/pylocalize-bench-tracking", help="folder for the built map")
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     p.add_argument("--strecha", action="store_true", help="also the Strecha scenes as sparse sequences")
+    p.add_argument("--scenes", nargs="+", default=["fountain-P11", "Herz-Jesus-P8", "castle-P19", "entry-P10"],
+                   help="Strecha scenes")
     p.add_argument("--skip-synthetic", action="store_true")
     p.add_argument("--json")
     p.add_argument("--figure")

@@ -31,8 +31,9 @@ byte) by popcount. Distances are computed only for the frame feature / candidate
 inside the search radius (a few per feature), found with a uniform grid: cheaper than a
 kNN of every frame feature against every visible candidate (benchmarks/README.md).
 
-Limits: one camera (no rig); relocalization needs the map's SIFT (CANN over 128-d
-descriptors), so a frame of another layer relocalizes from its pixels.
+Limits: one camera (no rig); relocalization runs CANN over the map's SIFT: a frame tracked
+on a binary layer of the map relocalizes with the map's localization on that layer
+(``Map.localize_features(..., features=name)``), then, failing that, from its pixels.
 """
 
 from __future__ import annotations
@@ -393,8 +394,9 @@ class Tracker:
     extractor : callable, optional
         ``image -> (keypoints float (n, 2) in the frame's OpenCV pixels, descriptors uint8
         (n, d))`` in the layer's descriptor space; default for ``"sift"``:
-        :class:`SiftFrameFeatures` with the options' scale and feature budget. Other layers
-        need theirs given.
+        :class:`SiftFrameFeatures` with the options' scale and feature budget; for a binary
+        layer of the map (``Map.layers``), its own extractor. A :class:`FeatureLayer` made
+        elsewhere needs its extractor given.
     options : TrackerOptions, optional
 
     Call :meth:`track` with each frame in order; :meth:`reset` forgets the past (a new
@@ -409,10 +411,15 @@ class Tracker:
             raise ValueError("camera: give a Camera or a 'MODEL W H PARAMS...' string of the stream's frames")
         self.options = options or TrackerOptions()
         self.layer = _layer_of(m, features)
+        # a binary layer the map holds (Map.add_layer) brings its extractor and its own relocalization
+        self._map_layer = getattr(m, "layers", {}).get(self.layer.name) if isinstance(features, str) else None
         if extractor is None:
-            if self.layer.name != "sift":
+            if self.layer.name == "sift":
+                extractor = SiftFrameFeatures(self.options.scale, self.options.max_features, m.extractor)
+            elif self._map_layer is not None and callable(getattr(self._map_layer, "extractor", None)):
+                extractor = self._map_layer.extractor()
+            else:
                 raise ValueError(f"layer {self.layer.name!r}: give the extractor of its features (extractor=...)")
-            extractor = SiftFrameFeatures(self.options.scale, self.options.max_features, m.extractor)
         self.extractor = extractor
         # per map image: its observations of 3D points (point ids, descriptors), and where it looks from
         self._observed = []
@@ -574,6 +581,10 @@ class Tracker:
             attempts.append(("cann", lambda: self.map.localize_features(
                 keypoints, descriptors, query, k=o.relocalize_k, max_error_px=o.max_error_px,
                 min_inliers=o.min_inliers, covariance=False)))
+        elif self._map_layer is not None:  # the map's own localization on a binary layer
+            attempts.append((f"{self.layer.name} votes", lambda: self.map.localize_features(
+                keypoints, descriptors, query, k=o.relocalize_k, max_error_px=o.max_error_px,
+                min_inliers=o.min_inliers, covariance=False, features=self.layer.name)))
         if image is not None:
             attempts.append(("cann full frame", lambda: self.map.localize(
                 image, query, k=o.relocalize_k, max_error_px=o.max_error_px, min_inliers=o.min_inliers,
