@@ -269,7 +269,7 @@ def project_points(points3D: np.ndarray, cam_from_world: np.ndarray, camera: Cam
 def pairs_within(a: np.ndarray, b: np.ndarray, radius: float) -> Tuple[np.ndarray, np.ndarray]:
     """Every pair ``(i, j)`` of 2D points with ``|a[i] - b[j]| <= radius``, found through a
     uniform grid of cells ``radius`` wide (each point of ``a`` looks in its cell and the
-    eight around it). Returns ``(i int64, j int64)``, grouped by grid row, not sorted."""
+    eight around it). Returns ``(i int64, j int64)``, grouped by ``i`` in increasing order."""
     a, b = np.asarray(a, dtype=np.float64).reshape(-1, 2), np.asarray(b, dtype=np.float64).reshape(-1, 2)
     empty = (np.zeros(0, np.int64), np.zeros(0, np.int64))
     if not len(a) or not len(b):
@@ -281,21 +281,26 @@ def pairs_within(a: np.ndarray, b: np.ndarray, radius: float) -> Tuple[np.ndarra
     key_b = cell_b[:, 1] * columns + cell_b[:, 0]
     order = np.argsort(key_b, kind="stable")
     sorted_keys = key_b[order]
-    ii, jj = [], []
-    # keys run along grid rows, so the three cells of a row around a point are one key range
+    # keys run along grid rows, so the three cells of a row around a point are one key range;
+    # each row's pairs go straight to their place in the output, grouped by point of a
+    lo, counts = [], []
     for dy in (-1, 0, 1):
         row = (cell_a[:, 1] + dy) * columns + cell_a[:, 0]
-        lo = np.searchsorted(sorted_keys, row - 1, "left")
-        counts = np.searchsorted(sorted_keys, row + 1, "right") - lo
-        total = int(counts.sum())
-        if not total:
-            continue
-        starts = np.repeat(lo - (np.cumsum(counts) - counts), counts)
-        ii.append(np.repeat(np.arange(len(a)), counts))
-        jj.append(order[starts + np.arange(total)])
-    if not ii:
+        lo.append(np.searchsorted(sorted_keys, row - 1, "left"))
+        counts.append(np.searchsorted(sorted_keys, row + 1, "right") - lo[-1])
+    per_point = counts[0] + counts[1] + counts[2]
+    total = int(per_point.sum())
+    if not total:
         return empty
-    i, j = np.concatenate(ii), np.concatenate(jj)
+    i = np.repeat(np.arange(len(a)), per_point)
+    j = np.empty(total, np.int64)
+    start = np.cumsum(per_point) - per_point  # where each point of a starts in the output
+    for r in range(3):
+        n = int(counts[r].sum())
+        if n:
+            within = np.arange(n) - np.repeat(np.cumsum(counts[r]) - counts[r], counts[r])
+            j[np.repeat(start, counts[r]) + within] = order[np.repeat(lo[r], counts[r]) + within]
+            start = start + counts[r]
     d = a[i] - b[j]
     keep = np.einsum("ij,ij->i", d, d) <= radius * radius
     return i[keep], j[keep]
@@ -345,19 +350,18 @@ def guided_matches(keypoints: np.ndarray, descriptors: np.ndarray, projections: 
     if not len(i):
         return empty
     dist = descriptor_distances(descriptors, candidate_descriptors, i, j, metric)
-    order = np.lexsort((j, dist, i))  # per feature, nearest first (ties: smaller candidate id)
-    i, j, dist = i[order], j[order], dist[order]
+    # per feature (pairs come grouped by feature): the nearest candidate, ties to the smaller
+    # id, and the nearest of another point, by reductions over each group, without sorting
     first = np.flatnonzero(np.r_[True, i[1:] != i[:-1]])
     counts = np.diff(np.r_[first, len(i)])
-    best_group = np.repeat(groups[j[first]], counts)
-    other = np.flatnonzero(groups[j] != best_group)  # rows of another point, nearest first per feature
-    second = np.full(len(keypoints), np.inf)
-    if len(other):
-        first_other = other[np.r_[True, i[other][1:] != i[other][:-1]]]
-        second[i[first_other]] = dist[first_other]
-    best_i, best_j, best_d = i[first], j[first], dist[first]
+    best_d = np.minimum.reduceat(dist, first)
+    big = np.iinfo(np.int64).max
+    best_j = np.minimum.reduceat(np.where(dist == np.repeat(best_d, counts), j, big), first)
+    other_point = groups[j] != np.repeat(groups[best_j], counts)
+    second = np.minimum.reduceat(np.where(other_point, dist, np.inf), first)
+    best_i = i[first]
     limit = DEFAULT_MAX_DISTANCE[metric] if max_distance is None else float(max_distance)
-    keep = (best_d <= limit) & (best_d < ratio * second[best_i])
+    keep = (best_d <= limit) & (best_d < ratio * second)
     best_i, best_j, best_d = best_i[keep], best_j[keep], best_d[keep]
     # one feature per 3D point: its nearest (ties: the smaller feature id)
     by_point = np.lexsort((best_i, best_d, groups[best_j]))
