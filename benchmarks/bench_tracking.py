@@ -10,7 +10,9 @@ Synthetic (default 500 frames at 640x480, 30 Hz): a walk round the courtyard
   relocalization when lost), features included in every frame's latency;
 - localized frame by frame with :meth:`Map.localize` (SIFT of the full frame, the map's
   feature budget, CANN top 10, matching, LO-RANSAC), the strongest peer we have: the
-  per-frame pipeline of the same map.
+  per-frame pipeline of the same map. It takes turns with the first tracker frame by frame,
+  so that a shared machine's load weighs on both alike (further ``--scales`` and ``--orb``
+  run after, on their own).
 
 Reported: rate (median latency) and latency percentiles of both and their ratio, median
 position and rotation error of both on the same frames, share of frames with a pose, tracked,
@@ -63,11 +65,13 @@ def errors(poses, gt):
     return t_err, r_err
 
 
-def load_or_build_map(scene, cache: Path, key: str):
-    path = cache / f"map-{key}"
+def load_or_build_map(scene, cache: Path, key: str, orb: bool = False):
+    path = cache / f"map-{key}{'-orb' if orb else ''}"
     if path.is_dir():
         return Map.load(path)
-    m = Map.from_views(scene.images, scene.K, scene.cam_from_world, scene.names, max_features=3000, progress=True)
+    layers = {"layers": ("sift", "orb")} if orb else {}  # binary layers: Map.add_layer (issue 21, binmap)
+    m = Map.from_views(scene.images, scene.K, scene.cam_from_world, scene.names, max_features=3000, progress=True,
+                       **layers)
     m.save(path)
     return m
 
@@ -103,7 +107,7 @@ def synthetic(args):
     cache.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     scene = courtyard_scene(args.views, seed=args.seed, width=args.width, height=args.height)
-    m = load_or_build_map(scene, cache, f"{args.views}-{args.seed}-{args.width}x{args.height}")
+    m = load_or_build_map(scene, cache, f"{args.views}-{args.seed}-{args.width}x{args.height}", args.orb)
     print(f"scene and {m}: {time.perf_counter() - t0:.0f} s")
     n = args.frames
     events = {"teleports": [int(0.7 * n)], "drops": [(int(0.4 * n), 20)],
@@ -111,12 +115,21 @@ def synthetic(args):
     path = walking_path(n, seed=args.seed + 1, **events)
     frames = list(render_path(scene, path, progress=True))
     camera = scene.camera
+    configs = [(f"SIFT at {scale}", {"options": TrackerOptions(scale=scale, max_features=args.max_features)})
+               for scale in args.scales]
+    if args.orb:
+        configs.append(("ORB (map layer)", {"features": "orb"}))
+    # the first tracker and per-frame localization take turns frame by frame, so that the load of
+    # a shared machine weighs on both alike and their ratio holds
     every = args.baseline_every
-    baseline, baseline_seconds = {}, {}
-    for k in tqdm(range(0, n, every), desc="localize per frame", leave=False):
-        t0 = time.perf_counter()
-        baseline[k] = m.localize(frames[k], camera, covariance=False)
-        baseline_seconds[k] = time.perf_counter() - t0
+    baseline, baseline_seconds, first_results = {}, {}, []
+    first = Tracker(m, camera, **configs[0][1])
+    for k in tqdm(range(n), desc=f"track ({configs[0][0]}) and localize per frame", leave=False):
+        first_results.append(first.track(frames[k], path.timestamps[k]))
+        if k % every == 0:
+            t0 = time.perf_counter()
+            baseline[k] = m.localize(frames[k], camera, covariance=False)
+            baseline_seconds[k] = time.perf_counter() - t0
     gt = path.cam_from_world
     base_poses = np.full_like(gt, np.nan)
     for k, r in baseline.items():
@@ -132,20 +145,24 @@ def synthetic(args):
                                "median_t_err_m": float(np.nanmedian(bt_err[same])),
                                "median_r_err_deg": float(np.nanmedian(br_err[same])),
                                "latency_ms": {p: float(np.percentile(base_ms, q)) for p, q in
-                                              (("p50", 50), ("p90", 90), ("p99", 99))}},
+                                              (("p50", 50), ("p90", 90), ("p99", 99))},
+                               "per_frame": {"t_err_m": bt_err.tolist(), "r_err_deg": br_err.tolist(),
+                                             "ms": base_ms.tolist()}},
         "tracker": {},
     }
-    for scale in args.scales:
-        tracker = Tracker(m, camera, options=TrackerOptions(scale=scale, max_features=args.max_features))
-        results = []
-        for frame, stamp in tqdm(list(zip(frames, path.timestamps)), desc=f"track at scale {scale}", leave=False):
-            results.append(tracker.track(frame, stamp))
+    for label, config in configs:
+        if label == configs[0][0]:
+            tracker, results = first, first_results
+        else:
+            tracker, results = Tracker(m, camera, **config), []
+            for frame, stamp in tqdm(list(zip(frames, path.timestamps)), desc=f"track, {label}", leave=False):
+                results.append(tracker.track(frame, stamp))
         poses = estimates_array(results)
         t_err, r_err = errors(poses, gt)
         summary = sequence_summary(results, gt)
         track_ms = np.array([r.timings["total"] for r in results]) * 1000
         statuses = [r.status for r in results]
-        out["tracker"][scale] = {
+        out["tracker"][label] = {
             **summary, "median_t_err_m": float(np.nanmedian(t_err[same])),
             "median_r_err_deg": float(np.nanmedian(r_err[same])),
             "recovery_frames": recovery_frames(statuses, list(path.events)),
@@ -154,8 +171,10 @@ def synthetic(args):
                            for step in ("features", "local map", "matching", "pose")},
             "ms_relocalized": [float(track_ms[k]) for k, s in enumerate(statuses) if s == "relocalized"],
             "speedup_median": float(np.median(base_ms) / np.median(track_ms[same])),
-            "speedup_mean": float(np.mean(base_ms) / np.mean(track_ms[same]))}
-        if scale == args.scales[0]:
+            "speedup_mean": float(np.mean(base_ms) / np.mean(track_ms[same])),
+            "per_frame": {"t_err_m": t_err.tolist(), "r_err_deg": r_err.tolist(), "status": statuses,
+                          "ms": track_ms.tolist(), "inliers": [r.num_inliers for r in results]}}
+        if label == configs[0][0]:
             features = {k: tracker.extractor(frames[k]) for k, r in enumerate(results) if r.status == "tracked"}
             out["matching_peer"] = matching_peer(tracker, frames, results, features)
             headline = poses, statuses
@@ -228,14 +247,14 @@ def print_synthetic(s):
     bl = base["latency_ms"]
     print(f"{'localize per frame':24s} {1000 / bl['p50']:11.1f} {bl['p50']:8.1f} {bl['p90']:8.1f} {bl['p99']:8.1f} "
           f"{100 * base['with_pose']:5.1f}% {100 * base['median_t_err_m']:8.2f} cm {base['median_r_err_deg']:.3f} deg")
-    for scale, tr in s["tracker"].items():
+    for label, tr in s["tracker"].items():
         lat = tr["latency_ms"]
-        print(f"{'tracker, SIFT at ' + str(scale):24s} {lat['hz_median']:11.1f} {lat['p50']:8.1f} {lat['p90']:8.1f} "
+        print(f"{'tracker, ' + label:24s} {lat['hz_median']:11.1f} {lat['p50']:8.1f} {lat['p90']:8.1f} "
               f"{lat['p99']:8.1f} {100 * tr['with_pose']:5.1f}% {100 * tr['median_t_err_m']:8.2f} cm "
               f"{tr['median_r_err_deg']:.3f} deg {tr['speedup_median']:7.2f}x")
-    for scale, tr in s["tracker"].items():
+    for label, tr in s["tracker"].items():
         shares = tr["shares"]
-        print(f"\nscale {scale}: speed-up {tr['speedup_median']:.2f}x (medians), {tr['speedup_mean']:.2f}x (means); "
+        print(f"\n{label}: speed-up {tr['speedup_median']:.2f}x (medians), {tr['speedup_mean']:.2f}x (means); "
               f"error ratio {tr['median_t_err_m'] / base['median_t_err_m']:.2f} (position), "
               f"{tr['median_r_err_deg'] / base['median_r_err_deg']:.2f} (rotation)")
         print(f"  tracked {100 * shares['tracked']:.1f} %, relocalized {100 * shares['relocalized']:.1f} %, lost "
@@ -269,7 +288,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scales", type=float, nargs="+", default=[0.5],
                    help="tracker: SIFT resolution factors, each tracked over the same frames (the first for Strecha)")
-    p.add_argument("--max-features", type=int, default=1000, help="tracker: features per frame")
+    p.add_argument("--max-features", type=int, default=1000, help="tracker: SIFT features per frame")
+    p.add_argument("--orb", action="store_true",
+                   help="also track on an ORB layer of the map (needs binary layers, Map.add_layer)")
     p.add_argument("--baseline-every", type=int, default=1, help="localize every n-th frame per frame")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cache", default="/tmp/pylocalize-bench-tracking", help="folder for the built map")
