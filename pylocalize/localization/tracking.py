@@ -17,7 +17,8 @@ drifts) but spends on it what tracking needs, not what a photo from nowhere need
    that radius and one feature per 3D point;
 5. *pose from the prior* (:func:`~pylocalize.geometry.absolute_pose.refine_absolute_pose`):
    Cauchy-robust refinement from the predicted pose; if it keeps too few inliers, matching
-   again in a wider radius, then LO-RANSAC over those matches;
+   again in a wider radius, then LO-RANSAC over those matches (a pose found so is matched
+   again in the normal radius around it and refined);
 6. *relocalization*, when tracking is lost (first frame, a teleported "kidnapped" robot, a
    long gap): the full pipeline, CANN retrieval over the map (:meth:`Map.localize_features`
    on the frame's features, then :meth:`Map.localize` on the full frame).
@@ -536,26 +537,35 @@ class Tracker:
             timings["total"] = time.perf_counter() - start
         return result
 
+    def _guided(self, pose, radius, keypoints, descriptors, timings):
+        """Guided matches ``(feature ids, point ids)`` of the frame in the view of ``pose``."""
+        o = self.options
+        t0 = time.perf_counter()
+        pixels, cand_desc, point_ids = self.local_map(pose, margin_px=radius)
+        timings["local map"] = timings.get("local map", 0.0) + time.perf_counter() - t0
+        t0 = time.perf_counter()
+        feature_ids, cand_ids = guided_matches(keypoints, descriptors, pixels, cand_desc, point_ids, radius,
+                                               self.layer.metric, o.ratio, o.max_distance)
+        timings["matching"] = timings.get("matching", 0.0) + time.perf_counter() - t0
+        return feature_ids, point_ids[cand_ids]
+
+    def _refine(self, pose, matches, keypoints, timings):
+        t0 = time.perf_counter()
+        refined = refine_absolute_pose(keypoints[matches[0]], self.layer.points3D[matches[1]], self.camera, pose,
+                                       self.options.loss_scale_px, self.options.max_error_px, iterations=1)
+        timings["pose"] = timings.get("pose", 0.0) + time.perf_counter() - t0
+        return refined
+
     def _track_from(self, predicted, keypoints, descriptors, timestamp, timings) -> TrackingResult:
         o = self.options
         matches, pose, method = (np.zeros(0, np.int64),) * 2, None, ""
         for radius, attempt in ((o.search_radius_px, "prior"), (o.search_radius_px * o.wide_radius_factor, "wide")):
             method = attempt
-            t0 = time.perf_counter()
-            pixels, cand_desc, point_ids = self.local_map(predicted, margin_px=radius)
-            timings["local map"] = timings.get("local map", 0.0) + time.perf_counter() - t0
-            t0 = time.perf_counter()
-            feature_ids, cand_ids = guided_matches(keypoints, descriptors, pixels, cand_desc, point_ids, radius,
-                                                   self.layer.metric, o.ratio, o.max_distance)
-            matches = (feature_ids, point_ids[cand_ids])
-            timings["matching"] = timings.get("matching", 0.0) + time.perf_counter() - t0
-            if len(feature_ids) < o.min_inliers:
+            matches = self._guided(predicted, radius, keypoints, descriptors, timings)
+            if len(matches[0]) < o.min_inliers:
                 continue
-            t0 = time.perf_counter()
-            pose = refine_absolute_pose(keypoints[feature_ids], self.layer.points3D[matches[1]], self.camera,
-                                        predicted, o.loss_scale_px, o.max_error_px, iterations=1)
-            timings["pose"] = timings.get("pose", 0.0) + time.perf_counter() - t0
-            if self._accepted(pose, len(feature_ids)):
+            pose = self._refine(predicted, matches, keypoints, timings)
+            if self._accepted(pose, len(matches[0])):
                 break
             pose = None
         if pose is None and len(matches[0]) >= o.min_inliers:
@@ -569,6 +579,14 @@ class Tracker:
         if pose is None:
             return TrackingResult("lost", None, timestamp, num_matches=len(matches[0]), predicted=predicted,
                                   reason=f"tracking kept too few inliers of {len(matches[0])} guided matches")
+        if method != "prior":
+            # found from a poor prior (wide radius, RANSAC): match again within the normal radius
+            # around the pose found, for the matches the wide radius lost to its ratio test
+            again = self._guided(pose.cam_from_world, o.search_radius_px, keypoints, descriptors, timings)
+            if len(again[0]) >= o.min_inliers:
+                refined = self._refine(pose.cam_from_world, again, keypoints, timings)
+                if self._accepted(refined, len(again[0])) and refined.num_inliers >= pose.num_inliers:
+                    pose, matches = refined, again
         return TrackingResult("tracked", pose.cam_from_world, timestamp, method, pose.num_inliers, len(matches[0]),
                               predicted)
 
