@@ -10,11 +10,24 @@ from PIL import Image
 
 from pylocalize.objects import bop
 
+# what an evaluation gives the estimator of each instance: its visible mask, or that mask's box
+GIVEN = ("mask", "box")
+
+
+def mask_box(mask: np.ndarray) -> tuple:
+    """``(x, y, w, h)`` of a mask's pixels (an empty mask: an empty box)."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return (0, 0, 0, 0)
+    return (int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1))
+
 
 def evaluate_scene(rep, mesh, scene_dir, obj_id: int, scene_id: int = 0, extractor=None, max_points: int = 5000,
-                   symmetries=None, progress: bool = False) -> dict:
+                   symmetries=None, progress: bool = False, given: str = "mask", segment: str = "grabcut") -> dict:
     """Estimates every ground-truth instance of ``obj_id`` in a BOP scene folder from its RGB
-    image and visible mask (``rgb/``, ``mask_visib/``; ``depth/`` when present, for VSD).
+    image and visible mask (``rgb/``, ``mask_visib/``; ``depth/`` when present, for VSD), or
+    with ``given="box"`` from the visible mask's box alone (BOP's ``bbox_visib``), the object's
+    pixels then found as ``segment`` says (:meth:`ObjectRepresentation.estimate`).
 
     The representation's mesh must be in millimetres, as BOP's ground truth and depth.
 
@@ -27,6 +40,8 @@ def evaluate_scene(rep, mesh, scene_dir, obj_id: int, scene_id: int = 0, extract
     from pylocalize.render import Renderer
 
     _check_millimetres(rep)
+    if given not in GIVEN:
+        raise ValueError(f"given must be one of {GIVEN}, got {given!r}")
     scene_dir = Path(scene_dir)
     scene = bop.read_scene(scene_dir)
     symmetries = symmetries if symmetries is not None else [np.eye(4)]
@@ -48,8 +63,9 @@ def evaluate_scene(rep, mesh, scene_dir, obj_id: int, scene_id: int = 0, extract
             mask_path = scene_dir / "mask_visib" / f"{im_id:06d}_{k:06d}.png"
             with Image.open(mask_path) as im:
                 mask = np.asarray(im.convert("L")) > 127
+            region = {"mask": mask} if given == "mask" else {"bbox": mask_box(mask), "segment": segment}
             t0 = time.perf_counter()
-            r = rep.estimate(image, entry["K"], mask=mask, extractor=extractor)
+            r = rep.estimate(image, entry["K"], extractor=extractor, **region)
             times.append(time.perf_counter() - t0)
             for stage, seconds in r.timings.items():
                 stage_times.setdefault(stage, []).append(seconds)
@@ -124,14 +140,14 @@ def scene_folders(path, split: str = "test"):
 
 
 def evaluate_dataset(rep, mesh, path, obj_id: int, split: str = "test", extractor=None, symmetries=None,
-                     progress: bool = False) -> dict:
+                     progress: bool = False, given: str = "mask", segment: str = "grabcut") -> dict:
     """:func:`evaluate_scene` over every scene of a BOP dataset (or one scene folder);
     per-instance errors are concatenated across scenes."""
     merged = None
     for scene_dir in scene_folders(path, split):
         scene_id = int(scene_dir.name) if scene_dir.name.isdigit() else 0
         result = evaluate_scene(rep, mesh, scene_dir, obj_id, scene_id=scene_id, extractor=extractor,
-                                symmetries=symmetries, progress=progress)
+                                symmetries=symmetries, progress=progress, given=given, segment=segment)
         if merged is None:
             merged = result
             continue
