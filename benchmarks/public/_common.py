@@ -100,3 +100,9 @@ def write_json(path: Path, data) -> None:
     from pylocalize.containers import write_bytes_atomic
 
     write_bytes_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=float).encode("utf-8"))
+
+
+def image_width(path) -> int:
+    from pylocalize.io import image_size
+
+    return image_size(path)[0]
