@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 
-def representations(dataset, obj_ids, args) -> dict:
+def representations(dataset, obj_ids, extractor, args) -> dict:
     """``{obj_id: ObjectRepresentation}``, loaded from ``--reps`` or onboarded there."""
     from pylocalize.objects import ObjectRepresentation, onboard
     from pylocalize.objects.evaluate import check_millimetres
@@ -44,10 +44,14 @@ def representations(dataset, obj_ids, args) -> dict:
             rep = ObjectRepresentation.load(path)
         else:
             with _common.phase(_common.logger, f"onboard object {obj_id}"):
-                rep = onboard(load_mesh(dataset.mesh_path(obj_id)), num_views=args.views, num_inplane=args.inplane,
-                              num_words=args.words, size=args.size, mesh_units="mm", progress=args.progress)
+                rep = onboard(load_mesh(dataset.mesh_path(obj_id)), extractor, num_views=args.views,
+                              num_inplane=args.inplane, num_words=args.words, size=args.size, mesh_units="mm",
+                              progress=args.progress)
             rep.save(path)
         check_millimetres(rep)
+        if rep.extractor_name != args.extractor:
+            raise ValueError(f"{path} was onboarded with {rep.extractor_name}; give --extractor {rep.extractor_name}"
+                             " (and --weights for dinov2) or another --reps folder")
         out[obj_id] = rep
     return out
 
@@ -82,6 +86,7 @@ def oracle_recalls(dataset, result, models_info) -> dict:
 
 def main(args) -> int:
     from pylocalize.objects import bop
+    from pylocalize.objects.cli import _patch_extractor
     from pylocalize.objects.evaluate import estimate_targets
 
     dataset = bop.core_dataset(args.datasets, args.dataset)
@@ -89,9 +94,11 @@ def main(args) -> int:
     images = _common.evenly(sorted({(t.scene_id, t.im_id) for t in targets}), args.limit)
     targets = [t for t in targets if (t.scene_id, t.im_id) in set(images)]
     detections = bop.read_detections(args.detections) if args.detections else None
-    reps = representations(dataset, sorted({t.obj_id for t in targets}), args)
+    extractor = _patch_extractor(args.extractor, args.weights)
+    reps = representations(dataset, sorted({t.obj_id for t in targets}), extractor, args)
     with _common.phase(_common.logger, f"estimate {len(targets)} targets in {len(images)} images"):
-        result = estimate_targets(reps, dataset, targets, detections, progress=args.progress)
+        result = estimate_targets(reps, dataset, targets, detections, {obj_id: extractor for obj_id in reps},
+                                  progress=args.progress)
     if not result["rows"]:
         raise ValueError("no instance could be estimated: nothing to write (the BOP toolkit refuses an empty file)")
     out = Path(args.out or f"outputs/bop/pylocalize_{dataset.name}-test.csv")
@@ -127,6 +134,9 @@ def parser():
     p.add_argument("--inplane", type=int, default=14, help="onboarding: in-plane rotations per viewpoint")
     p.add_argument("--words", type=int, default=2048, help="onboarding: visual words")
     p.add_argument("--size", type=int, default=420, help="onboarding: template size (a multiple of 14)")
+    p.add_argument("--extractor", choices=["dense-sift", "dinov2"], default="dense-sift",
+                   help="patch descriptors (dinov2, FoundPose's, needs the torch extra and --weights)")
+    p.add_argument("--weights", help="a local DINOv2 model directory, for --extractor dinov2")
     return p
 
 
