@@ -27,7 +27,7 @@ NUM_QUERIES = 4
 @pytest.fixture(scope="module")
 def views():
     """The courtyard's database views and a few query views, rendered once for every layout."""
-    scene = courtyard_scene(num_views=14, seed=3, width=480, height=360)
+    scene = courtyard_scene(num_views=12, seed=3, width=400, height=300)
     query_poses = scene.query_poses(NUM_QUERIES, seed=1)
     query_images, query_depths = scene.render(query_poses)
     return scene, query_poses, query_images, query_depths
@@ -131,7 +131,7 @@ def test_cambridge_script_end_to_end(tmp_path, views, capsys):
     truth = _write_cambridge(folder, scene, query_poses, query_images)
     script = _script("cambridge")
     out = tmp_path / "out"
-    assert script._common.main_of(script.parser(), [str(folder), "--out", str(out), "--max-features", "1500",
+    assert script._common.main_of(script.parser(), [str(folder), "--out", str(out), "--max-features", "1200",
                                                     "--limit", "2", "-q"]) == 0
     table = capsys.readouterr().out
     assert "| ShopFacade" in table and "median error (cm)" in table
@@ -194,6 +194,8 @@ def test_seven_scenes_reader(tmp_path, views):
     with pytest.raises(ValueError, match="TestSplit.txt:1: expected a line 'sequenceN'"):
         read_seven_scenes_scene(folder)
     bad = tmp_path / "frame-000000.pose.txt"
+    bad.write_text("1.#QNAN -1.#IND 0 0\n" * 4)
+    assert np.isnan(read_seven_scenes_pose(bad)).all()  # a lost pose, as MSVC writes NaN
     bad.write_text("1 0 0 0\n0 1 0 0\n0 0 1 0\n")
     with pytest.raises(ValueError, match="expected a 4x4 camera-to-world"):
         read_seven_scenes_pose(bad)
@@ -206,7 +208,7 @@ def test_seven_scenes_script_end_to_end(tmp_path, views, capsys):
     script = _script("seven_scenes")
     out = tmp_path / "out"
     assert script._common.main_of(script.parser(), [str(folder), "--out", str(out), "--focal", str(scene.K[0, 0]),
-                                                    "--max-features", "1500", "-q"]) == 0
+                                                    "--max-features", "1200", "-q"]) == 0
     assert "(5 cm, 5 deg) %" in capsys.readouterr().out
     poses = read_pose_file(out / "chess_poses.txt")
     metrics = json.loads((out / "metrics.json").read_text())["chess"]
@@ -301,7 +303,7 @@ def test_aachen_script_end_to_end(tmp_path, views, capsys):
     script = _script("aachen")
     out = tmp_path / "out" / "poses.txt"
     assert script._common.main_of(script.parser(), [str(tmp_path / "aachen"), "--out", str(out), "--ground-truth",
-                                                    str(gt), "--max-features", "1500", "-q"]) == 0
+                                                    str(gt), "--max-features", "1200", "-q"]) == 0
     table = capsys.readouterr().out
     assert check_submission(out, truth)[1] == []  # every query has a pose in the benchmark's format
     poses = read_pose_file(out)

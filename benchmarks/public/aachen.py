@@ -62,7 +62,7 @@ def main(args) -> int:
 
 
 def parser():
-    p = _common.make_parser(__doc__.splitlines()[0], main)
+    p = _common.make_parser(__doc__.splitlines()[0], main, limit="queries per condition")
     p.add_argument("dataset", help="the dataset folder (images_upright/, 3D-models/, queries/)")
     p.add_argument("--out", default="outputs/aachen_v1.1_pylocalize.txt", help="the pose file to submit")
     p.add_argument("--model", help="the COLMAP model of the database images (default: found in the folder)")

@@ -123,17 +123,17 @@ def main(args) -> int:
 
 
 def parser():
-    p = _common.make_parser(__doc__.splitlines()[0], main)
+    p = _common.make_parser(__doc__.splitlines()[0], main, limit="test images")
     p.add_argument("datasets", help="the folder of BOP datasets (or the dataset's own folder)")
     p.add_argument("dataset", help="core dataset name: lmo, tless, tudl, icbin, itodd, hb, ycbv")
     p.add_argument("--detections", help="default detections (COCO-style JSON); default: ground-truth boxes")
     p.add_argument("--targets", help="targets file (default: <dataset>/test_targets_bop19.json)")
     p.add_argument("--reps", default="outputs/bop/reps", help="folder of object representations (made when missing)")
     p.add_argument("--out", help="results CSV (default: outputs/bop/pylocalize_<dataset>-test.csv)")
-    p.add_argument("--views", type=int, default=57, help="onboarding: Fibonacci viewpoints")
-    p.add_argument("--inplane", type=int, default=14, help="onboarding: in-plane rotations per viewpoint")
-    p.add_argument("--words", type=int, default=2048, help="onboarding: visual words")
-    p.add_argument("--size", type=int, default=420, help="onboarding: template size (a multiple of 14)")
+    p.add_argument("--views", type=_common.at_least(1), default=57, help="onboarding: Fibonacci viewpoints")
+    p.add_argument("--inplane", type=_common.at_least(1), default=14, help="onboarding: in-plane turns per view")
+    p.add_argument("--words", type=_common.at_least(2), default=2048, help="onboarding: visual words")
+    p.add_argument("--size", type=_common.at_least(14), default=420, help="onboarding: template side (x14)")
     p.add_argument("--extractor", choices=["dense-sift", "dinov2"], default="dense-sift",
                    help="patch descriptors (dinov2, FoundPose's, needs the torch extra and --weights)")
     p.add_argument("--weights", help="a local DINOv2 model directory, for --extractor dinov2")

@@ -123,7 +123,7 @@ def main(args) -> int:
 
 
 def parser():
-    p = _common.make_parser(__doc__.splitlines()[0], main)
+    p = _common.make_parser(__doc__.splitlines()[0], main, limit="queries")
     p.add_argument("--queries", required=True, help="the benchmark's CSV (image id, latitude, longitude)")
     p.add_argument("--query-images", required=True, help="the folder of the query images")
     p.add_argument("--gallery", required=True, help="the gallery's CSV (image id, latitude, longitude)")

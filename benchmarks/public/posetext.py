@@ -57,7 +57,7 @@ def main(args) -> int:
 
 
 def parser():
-    p = _common.make_parser(__doc__.splitlines()[0], main)
+    p = _common.make_parser(__doc__.splitlines()[0], main, limit="poses of the split")
     p.add_argument("posescript", help="the PoseScript release folder (captions and split files)")
     p.add_argument("--joints", required=True, help="the exported joint positions (.npy by pose id, or .npz)")
     p.add_argument("--model", required=True, help="a model from 'pylocalize posetext train' (.pt)")

@@ -7,7 +7,8 @@ sequences as ``sequenceN`` (the folder ``seq-0N``).
 
 A pose file is the 4x4 camera-to-world matrix of the frame (KinectFusion's tracking, camera
 looking along +z with x right and y down), so ``cam_from_world`` is its inverse. Frames whose
-pose is not finite (tracking lost) are left out with a warning.
+pose is not finite (tracking lost: ``inf``, ``nan``, or MSVC's ``1.#QNAN``) are left out with a
+warning.
 
 The dataset publishes no RGB calibration: the RGB frames are taken as a pinhole camera with the
 principal point at the image centre and a focal length of 525 px, the value DSAC* and ACE use
@@ -36,12 +37,18 @@ POSE_SUFFIX = ".pose.txt"
 RGB_FOCAL = 525.0
 
 
+def _number(text: str) -> float:
+    """A value of a pose file; MSVC's spellings of a lost pose (``1.#QNAN``, ``-1.#IND``,
+    ``1.#INF``) read as NaN."""
+    return float("nan") if "#" in text else float(text)
+
+
 def read_seven_scenes_pose(path) -> np.ndarray:
     """``cam_from_world`` 3x4 of a ``frame-XXXXXX.pose.txt`` (a camera-to-world 4x4), or an
     array of NaN when the file holds a non-finite pose. Raises ``ValueError`` for a file that
     is not a 4x4 rigid transformation."""
     try:
-        values = np.array([float(v) for v in Path(path).read_text().split()])
+        values = np.array([_number(v) for v in Path(path).read_text().split()])
     except ValueError:
         values = np.zeros(0)
     if values.size != 16:

@@ -335,7 +335,7 @@ def core_dataset(datasets_folder, name: str) -> BopDataset:
     if name not in CORE_DATASETS:
         raise ValueError(f"{name!r} is not a BOP core dataset; use one of {', '.join(CORE_DATASETS)}")
     folder = Path(datasets_folder)
-    if folder.name != name and (folder / name).is_dir():
+    if folder.name != name:
         folder = folder / name
     split, modality = CORE_DATASETS[name]
     for part in ("models", split):
