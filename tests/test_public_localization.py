@@ -277,7 +277,9 @@ def test_hloc_layout_reader_and_submission_format(tmp_path, views):
     np.testing.assert_allclose(values[4:], query_poses[0][:, 3], atol=1e-12)
     assert check_submission(path, truth) == (NUM_QUERIES, [])
     assert check_submission(path, [*truth, "query/day/x/IMG_9.jpg"]) == (NUM_QUERIES, ["IMG_9.jpg"])
-    with pytest.raises(ValueError, match="IMG_0000.jpg is not a query's file name"):
+    assert submission_name("query/night/rear/1417.jpg", folders=1) == "rear/1417.jpg"
+    assert submission_name("x.jpg", folders=2) == "x.jpg"
+    with pytest.raises(ValueError, match="IMG_0000.jpg is not a query's name in the submission"):
         check_submission(path, list(truth)[1:])
     path.write_text(lines[0].replace(name, name + " 0") + "\n")
     with pytest.raises(ValueError, match="submission.txt:1: expected 'name qw qx qy qz tx ty tz'"):
@@ -285,7 +287,7 @@ def test_hloc_layout_reader_and_submission_format(tmp_path, views):
     path.write_text("IMG_0000.jpg 1 1 0 0 0 0 0\n")
     with pytest.raises(ValueError, match="not a unit one"):
         check_submission(path, truth)
-    with pytest.raises(ValueError, match="share the file name IMG_0000.jpg"):
+    with pytest.raises(ValueError, match="share the name IMG_0000.jpg"):
         write_submission(path, {"query/day/a/IMG_0000.jpg": query_poses[0],
                                 "query/night/b/IMG_0000.jpg": query_poses[1]})
     (tmp_path / "empty" / "images_upright").mkdir(parents=True)

@@ -42,8 +42,8 @@ def main(args) -> int:
     poses = _common.localize(m, dataset.image_folder, names, [cameras[n] for n in names], args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_submission(out, poses)
-    written, _ = check_submission(out, names)
+    write_submission(out, poses, folders=args.name_folders)
+    written, _ = check_submission(out, names, folders=args.name_folders)
     truth = load_poses(args.ground_truth) if args.ground_truth else None
     rows = []
     for condition, names in queries.items():
@@ -68,6 +68,8 @@ def parser():
     p.add_argument("--model", help="the COLMAP model of the database images (default: found in the folder)")
     p.add_argument("--queries", nargs="+", help="query lists with intrinsics (default: queries/*_with_intrinsics.txt)")
     p.add_argument("--ground-truth", help="a pose file of the queries, to score them here")
+    p.add_argument("--name-folders", type=_common.at_least(0), default=0,
+                   help="folders kept in the submitted names (0: the file name, as Aachen; 1: RobotCar's rear/x.jpg)")
     _common.add_localization_options(p, map_stride=False)
     return p
 

@@ -14,7 +14,8 @@ A dataset folder holds
 The ground truth of the queries is withheld: the benchmark scores a pose file uploaded to
 visuallocalization.net, one ``name qw qx qy qz tx ty tz`` line per query with the
 ``cam_from_world`` rotation as a unit quaternion (scalar first) and translation, where ``name``
-is the query image's file name without its folders (hloc writes it so).
+is the query image's file name without its folders (hloc writes it so; RobotCar Seasons keeps the
+camera folder, ``folders=1``).
 :func:`write_submission` writes that file and :func:`check_submission` checks one.
 """
 
@@ -125,31 +126,35 @@ def read_hloc_dataset(folder, model: Optional[str] = None, query_lists: Sequence
     return HlocDataset(folder, image_folder, model_folder, read_query_lists(lists))
 
 
-def submission_name(query: str) -> str:
-    """The name visuallocalization.net expects for a query: its file name without folders."""
-    return PurePosixPath(query).name
+def submission_name(query: str, folders: int = 0) -> str:
+    """The name visuallocalization.net expects for a query: its file name without folders (Aachen,
+    CMU Seasons), or with its last ``folders`` folders (1 for RobotCar Seasons' ``rear/xxx.jpg``,
+    hloc's ``prepend_camera_name``)."""
+    parts = PurePosixPath(query).parts
+    return "/".join(parts[max(0, len(parts) - 1 - int(folders)):])
 
 
-def write_submission(path, poses: Mapping[str, np.ndarray]) -> None:
-    """Writes ``{query name: cam_from_world 3x4}`` as a visuallocalization.net pose file.
+def write_submission(path, poses: Mapping[str, np.ndarray], folders: int = 0) -> None:
+    """Writes ``{query name: cam_from_world 3x4}`` as a visuallocalization.net pose file, names as
+    :func:`submission_name` makes them.
 
-    Raises ``ValueError`` when two queries share a file name (the file could not tell them
-    apart) or a pose is not a rotation and a finite translation."""
+    Raises ``ValueError`` when two queries share a name (the file could not tell them apart) or a
+    pose is not a rotation and a finite translation."""
     by_name: Dict[str, str] = {}
     for query in poses:
-        name = submission_name(query)
+        name = submission_name(query, folders)
         if name in by_name:
-            raise ValueError(f"queries {by_name[name]} and {query} share the file name {name}, which is all the "
+            raise ValueError(f"queries {by_name[name]} and {query} share the name {name}, which is all the "
                              "submission format keeps")
         by_name[name] = query
-    write_pose_file(path, ((submission_name(q), pose) for q, pose in poses.items()))
+    write_pose_file(path, ((submission_name(q, folders), pose) for q, pose in poses.items()))
 
 
-def check_submission(path, queries: Iterable[str]) -> Tuple[int, List[str]]:
+def check_submission(path, queries: Iterable[str], folders: int = 0) -> Tuple[int, List[str]]:
     """Checks a pose file against the submission format for these queries.
 
     Every line must be ``name qw qx qy qz tx ty tz`` with a finite unit quaternion and
-    translation, ``name`` the file name of one of the queries, each at most once.
+    translation, ``name`` one query's :func:`submission_name`, each at most once.
 
     Returns
     -------
@@ -160,7 +165,7 @@ def check_submission(path, queries: Iterable[str]) -> Tuple[int, List[str]]:
     ValueError
         Naming the first line that breaks the format.
     """
-    expected = {submission_name(q) for q in queries}
+    expected = {submission_name(q, folders) for q in queries}
     seen = set()
     for number, line in enumerate(Path(path).read_text().splitlines(), 1):
         parts = line.split()
@@ -177,7 +182,7 @@ def check_submission(path, queries: Iterable[str]) -> Tuple[int, List[str]]:
         if abs(np.linalg.norm(values[:4]) - 1) > UNIT_QUATERNION_TOLERANCE:
             raise ValueError(f"{path}:{number}: the quaternion is not a unit one (norm {np.linalg.norm(values[:4])})")
         if parts[0] not in expected:
-            raise ValueError(f"{path}:{number}: {parts[0]} is not a query's file name")
+            raise ValueError(f"{path}:{number}: {parts[0]} is not a query's name in the submission")
         if parts[0] in seen:
             raise ValueError(f"{path}:{number}: {parts[0]} has a second pose")
         seen.add(parts[0])
