@@ -144,6 +144,18 @@ def test_core_dataset_targets_and_detections(lmo):
         assert distractor.obj_id == OBJ_ID + 1 and distractor.mask is None
         assert best.obj_id == OBJ_ID and best.bbox == tuple(box) and best.time == 0.125
         np.testing.assert_array_equal(best.mask, mask)
+    # the inputs of a target: its visible ground-truth boxes (BOP19: at least 10 % visible), or its
+    # inst_count best detections of the object, the mask when there is one
+    from pylocalize.objects.evaluate import _target_inputs
+
+    entry = {"gt": [{"obj_id": OBJ_ID}, {"obj_id": OBJ_ID}, {"obj_id": OBJ_ID + 1}],
+             "gt_info": [{"bbox_visib": [1, 2, 3, 4], "visib_fract": 0.05},
+                         {"bbox_visib": [5, 6, 7, 8], "visib_fract": 0.6}, {"bbox_visib": [0, 0, 9, 9]}]}
+    target = bop.Target(SCENE_ID, 3, OBJ_ID, 1)
+    assert _target_inputs(target, entry, None) == [(1, {"bbox": [5.0, 6.0, 7.0, 8.0]})]
+    (gt_index, region), = _target_inputs(target, entry, detections)
+    assert gt_index is None and np.array_equal(region["mask"], truth[3][1])
+    assert _target_inputs(target._replace(obj_id=OBJ_ID + 1), entry, detections) == [(None, {"bbox": (0, 0, 10, 10)})]
     with pytest.raises(ValueError, match="detection 0 is not scene_id, image_id, category_id"):
         (root / "bad.json").write_text(json.dumps([{"scene_id": 1, "image_id": 2, "score": 1.0, "bbox": [0, 0, 1, 1]}]))
         bop.read_detections(root / "bad.json")

@@ -166,10 +166,15 @@ def summarize(result: dict, diameter: float) -> dict:
             for stage in ("coarse", "refined")}
 
 
+# BOP19 targets only instances of which at least this fraction is visible
+MIN_VISIBLE_FRACTION = 0.1
+
+
 def _target_inputs(target, scene_entry: dict, detections) -> List[Tuple[Optional[int], dict]]:
     """``(ground-truth instance index or None, estimate keyword arguments)`` for each instance of a
     target: its ``inst_count`` best detections of the object (mask when the detection has one,
-    else box), or, without detections, the visible boxes of its ground-truth instances."""
+    else box), or, without detections, the visible boxes of its ground-truth instances that BOP19
+    targets (visible fraction at least 10 %)."""
     if detections is not None:
         found = [d for d in detections.get((target.scene_id, target.im_id), []) if d.obj_id == target.obj_id]
         return [(None, {"mask": d.mask} if d.mask is not None and d.mask.any() else {"bbox": d.bbox})
@@ -179,6 +184,8 @@ def _target_inputs(target, scene_entry: dict, detections) -> List[Tuple[Optional
         if gt["obj_id"] != target.obj_id:
             continue
         info = scene_entry["gt_info"][k] if k < len(scene_entry["gt_info"]) else {}
+        if info.get("visib_fract", 1.0) < MIN_VISIBLE_FRACTION:
+            continue  # not a target instance of the BOP19 protocol
         box = info.get("bbox_visib", info.get("bbox_obj"))
         if box is None:
             raise ValueError(f"scene {target.scene_id} image {target.im_id}: scene_gt_info.json has no bbox_visib for "
@@ -211,7 +218,8 @@ def estimate_targets(representations: Dict[int, object], dataset: "bop.BopDatase
     rows_of_image: Dict[Tuple[int, int], List[dict]] = {}
     seconds: Dict[Tuple[int, int], float] = {}
     instances = []
-    for target in tqdm(targets, desc=f"{dataset.name} targets", disable=not progress, leave=False):
+    image, last_key = None, None
+    for target in tqdm(sorted(targets), desc=f"{dataset.name} targets", disable=not progress, leave=False):
         if target.scene_id not in scenes:
             scenes[target.scene_id] = bop.read_scene(dataset.scene_folder(target.scene_id))
         entry = scenes[target.scene_id].get(target.im_id)
@@ -222,7 +230,8 @@ def estimate_targets(representations: Dict[int, object], dataset: "bop.BopDatase
         if key not in seconds:
             found = detections.get(key, []) if detections is not None else []
             seconds[key] = max([0.0] + [d.time for d in found[:1]])  # the detector's time, once per image
-        image = read_image(dataset.image_path(*key))
+        if key != last_key:  # targets are sorted by image: each image is read once
+            image, last_key = read_image(dataset.image_path(*key)), key
         rep = representations[target.obj_id]
         extractor = (extractors or {}).get(target.obj_id)
         for gt_index, region in _target_inputs(target, entry, detections):
