@@ -22,12 +22,13 @@ from pylocalize._log import phase, quiet_colmap
 logger = logging.getLogger("pylocalize.benchmarks.public")
 
 
-def make_parser(description: str, main: Callable, limit: str = "queries per scene") -> Parser:
-    """The parser of a script, with the options every script shares; ``limit`` says what
-    ``--limit`` counts in this dataset."""
+def make_parser(description: str, main: Callable, limit: Optional[str] = "queries per scene") -> Parser:
+    """The parser of a script, with the options every benchmark shares; ``limit`` says what
+    ``--limit`` counts in this dataset (None: a script that scores nothing takes no --limit)."""
     parser = Parser(description=description, prog=Path(sys.argv[0]).name)
-    parser.add_argument("--limit", type=at_least(1), default=None, metavar="N",
-                        help=f"score at most N {limit} (evenly spaced), for a quick run; default: all")
+    if limit is not None:
+        parser.add_argument("--limit", type=at_least(1), default=None, metavar="N",
+                            help=f"score at most N {limit} (evenly spaced), for a quick run; default: all")
     parser.set_defaults(func=main)
     return parser
 
