@@ -87,3 +87,37 @@ def test_geo_script_end_to_end(tmp_path, capsys):
     assert summary["n"] == len(PLACES) and summary["median_km"] == pytest.approx(np.median(errors))
     # each query's crop overlaps its place's gallery crops: retrieval puts most within a kilometre
     assert summary["1km"] >= 80 and "| im2gps3k_places365.csv | VLAD (SIFT)" in printed
+
+
+def test_geo_script_with_a_backbone(tmp_path):
+    """--weights: each image's embedding is the backbone's CLS token (a tiny random DINOv2 here),
+    and the predictions are the gallery vote over those embeddings."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from pylocalize.geo import GeoGallery
+    from pylocalize.geo.backbones import TokenExtractor
+    from pylocalize.io import read_image
+
+    truth = _write_places(tmp_path)
+    torch.manual_seed(0)
+    config = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=64, patch_size=16, image_size=224)
+    transformers.Dinov2Model(config).eval().save_pretrained(tmp_path / "dinov2")
+    spec = importlib.util.spec_from_file_location("public_geo", PUBLIC / "geo.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "predictions.csv"
+    assert script._common.main_of(script.parser(), [
+        "--queries", str(tmp_path / "im2gps3k_places365.csv"), "--query-images", str(tmp_path / "im2gps3ktest"),
+        "--gallery", str(tmp_path / "gallery.csv"), "--gallery-images", str(tmp_path / "gallery"), "--k", "3",
+        "--weights", str(tmp_path / "dinov2"), "--out", str(out), "-q"]) == 0
+    predicted = np.array([[float(v) for v in line.split(",")[1:]] for line in out.read_text().splitlines()[1:]])
+    extractor = TokenExtractor(tmp_path / "dinov2", device="cpu")
+    gallery = read_geotagged_csv(tmp_path / "gallery.csv")
+    cls = [extractor([read_image(tmp_path / folder / name)])[:, 0]
+           for folder, name in [("gallery", n) for n in gallery.ids]
+           + [("im2gps3ktest", f"{p}_query.jpg") for p in range(len(PLACES))]]
+    embeddings = np.concatenate(cls)
+    expected = GeoGallery(embeddings[:len(gallery.ids)], gallery.latlon).predict(embeddings[len(gallery.ids):], k=3)
+    np.testing.assert_allclose(predicted, expected, atol=1e-6)
+    assert json.loads(out.with_suffix(".json").read_text())["n"] == len(truth)
