@@ -118,6 +118,11 @@ def test_cambridge_reader(tmp_path, views):
     bad.write_text("a\nb\n\nseq1/frame00001.png 1 2 3 1 0 0\n")
     with pytest.raises(ValueError, match=r"bad.txt:4: expected 'name X Y Z W P Q R'"):
         read_cambridge_split(bad)
+    bad.write_text("NVM_V3\n\n1\nseq1/frame00001.jpg 500 1 0 0 0 0 0 0 0 0\n")  # identity at the origin: valid
+    np.testing.assert_array_equal(read_nvm_cameras(bad)["seq1/frame00001.jpg"].cam_from_world, np.eye(3, 4))
+    bad.write_text("a\nb\n\nseq1/frame00001.png 1 2 3 0 0 0 0\n")
+    with pytest.raises(ValueError, match="bad.txt:4: the quaternion of seq1/frame00001.png is zero"):
+        read_cambridge_split(bad)
     bad.write_text("NVM_V3\n\n1\nseq1/frame00001.jpg 500 1 0 0\n")
     with pytest.raises(ValueError, match=r"bad.txt:4: expected 'name f qw qx qy qz Cx Cy Cz k 0'"):
         read_nvm_cameras(bad)

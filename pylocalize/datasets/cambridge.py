@@ -53,7 +53,7 @@ def _floats(parts, path, number, what) -> np.ndarray:
         values = np.array([float(v) for v in parts], np.float64)
     except ValueError:
         values = np.array([np.nan])
-    if not np.isfinite(values).all() or (len(values) >= 4 and np.linalg.norm(values[3:7]) == 0):
+    if not np.isfinite(values).all():
         raise ValueError(f"{path}:{number}: expected {what}, got {' '.join(parts)!r}")
     return values
 
@@ -75,6 +75,8 @@ def read_cambridge_split(path) -> Dict[str, np.ndarray]:
         if len(parts) != 8:
             raise ValueError(f"{path}:{number}: expected {what}, got {line.strip()!r}")
         values = _floats(parts[1:], path, number, what)
+        if np.linalg.norm(values[3:7]) == 0:
+            raise ValueError(f"{path}:{number}: the quaternion of {parts[0]} is zero")
         poses[parts[0]] = cam_from_world_of_centre(values[3:7], values[:3])
     if not poses:
         raise ValueError(f"{path}: no frames after its {SPLIT_HEADER_LINES} header lines")
