@@ -100,7 +100,7 @@ def read_joints(path, pose_ids: Sequence[int]) -> np.ndarray:
             raise ValueError(f"{path}: {len(joints)} joint arrays but {len(ids)} pose ids")
         row_of = {int(i): r for r, i in enumerate(ids)}
     elif path.suffix == ".npy":
-        joints = np.load(path, allow_pickle=False)
+        joints = np.load(path, mmap_mode="r", allow_pickle=False)  # 100k poses: read only the split's rows
         row_of = None
     else:
         raise ValueError(f"{path}: expected a .npy (row = pose id) or .npz (joints, pose_ids) file")
