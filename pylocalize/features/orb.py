@@ -6,11 +6,14 @@ descriptors, compared by Hamming distance on the core's popcount kernels
 feature of a map (:meth:`pylocalize.localization.Map.add_layer`) for localizing frames of a
 stream.
 
-OpenCV's ORB keeps the corners with the best Harris scores, which gather on the most
-textured parts of an image; pose estimation wants them spread. :class:`OrbExtractor`
-therefore detects ``oversample`` times the budget, then keeps the best corners of each cell
-of a ``grid`` (an even share per cell, the rest to the best corners left anywhere) and
-describes only those.
+OpenCV's ORB shares the budget among pyramid levels and keeps the corners with the best
+Harris scores, which gather on the most textured parts of an image. With ``oversample > 1``
+:class:`OrbExtractor` detects that many times the budget, then keeps the best corners of
+each cell of a ``grid`` (an even share per cell, the rest to the best corners left anywhere)
+and describes only those. On the generated courtyard at 640x480 the grid found fewer correct
+2D-3D matches than OpenCV's own choice, at a higher cost (``benchmarks/README.md``,
+``bench_binary_features.py --sweep``): it is off by default (``oversample=1``), for scenes
+whose texture crowds one part of the frame.
 
 Keypoints use the OpenCV pixel convention of pylocalize (pixel centres at integers), in the
 image's own pixels whatever pyramid level found them. Descriptors are uint8 (n, 32), OpenCV's
@@ -45,14 +48,15 @@ class OrbExtractor:
     grid : (int, int)
         Cells across and down among which the kept features are shared.
     oversample : float
-        Corners detected per feature kept, for the grid to choose from.
+        Corners detected per feature kept, for the grid to choose from; 1 (default): no
+        grid, OpenCV's best ``max_features``.
 
     One instance serves one thread at a time (OpenCV's detector keeps state between
     calls); threads make one each.
     """
 
     def __init__(self, max_features: int = 2000, fast_threshold: int = 12, num_levels: int = 8,
-                 scale_factor: float = 1.2, grid: Tuple[int, int] = (8, 6), oversample: float = 3.0):
+                 scale_factor: float = 1.2, grid: Tuple[int, int] = (8, 6), oversample: float = 1.0):
         import cv2
 
         if isinstance(max_features, bool) or int(max_features) != max_features or max_features < 1:

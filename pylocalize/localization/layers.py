@@ -58,6 +58,14 @@ def check_kind(name: str) -> str:
     return name
 
 
+def binary_extractor(name: str, options: Optional[dict] = None):
+    """A new extractor of binary layer ``name`` with ``options`` (its constructor's
+    arguments); ``ValueError`` for another name or options the extractor refuses."""
+    if name not in BINARY_EXTRACTORS:
+        raise ValueError(f"{name!r} is not a binary feature layer; binary layers: {', '.join(BINARY_EXTRACTORS)}")
+    return BINARY_EXTRACTORS[name][0](**(options or {}))
+
+
 class BinaryLayer:
     """A binary feature layer and the :class:`BinaryIndex` over its observed descriptors
     (those with a 3D point), in image order: what its 2D-3D matching and image votes search.
@@ -70,10 +78,8 @@ class BinaryLayer:
     def __init__(self, name: str, keypoints: Sequence[np.ndarray], descriptors: Sequence[np.ndarray],
                  point_ids: Sequence[np.ndarray], points3D: np.ndarray, options: Optional[dict] = None,
                  num_images: Optional[int] = None):
-        if name not in BINARY_EXTRACTORS:
-            raise ValueError(f"{name!r} is not a binary feature layer; binary layers: {', '.join(BINARY_EXTRACTORS)}")
-        kind, width = BINARY_EXTRACTORS[name]
-        self.name, self.options = name, kind(**(options or {})).options()
+        self.name, self.options = name, binary_extractor(name, options).options()
+        width = BINARY_EXTRACTORS[name][1]
         self.keypoints, self.descriptors, self.point_ids = list(keypoints), list(descriptors), list(point_ids)
         self.points3D = np.asarray(points3D)
         n = len(self.keypoints) if num_images is None else num_images
@@ -114,7 +120,7 @@ class BinaryLayer:
 
     def extractor(self):
         """A new extractor of this layer's kind and options (one per thread)."""
-        return BINARY_EXTRACTORS[self.name][0](**self.options)
+        return binary_extractor(self.name, self.options)
 
     def num_observations(self, images: Sequence[int]) -> int:
         return sum(int(self._offsets[i + 1] - self._offsets[i]) for i in set(images))

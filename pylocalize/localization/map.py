@@ -11,6 +11,11 @@ a :class:`CANNIndex` over every database feature (or, after :meth:`Map.compress`
   (:mod:`~pylocalize.localization.triangulation`);
 - images only (:meth:`Map.from_images`): incremental SfM with pycolmap on our features.
 
+A map may also hold binary feature layers beside SIFT (:meth:`Map.add_layer`, ``layers=("sift",
+"orb")`` of the builders; :mod:`~pylocalize.localization.layers`): ORB of the same images with
+their own 3D points, matched by Hamming distance on the core's :class:`BinaryIndex`, the fast
+features for frames of a stream (``localize(..., features="orb")``).
+
 A query is localized (:meth:`Map.localize`) in four stages, each a method of its own:
 :meth:`Map.extract` (its SIFT features), :meth:`Map.retrieve` (database images by CANN),
 :meth:`Map.match_2d3d` (its features against those of the retrieved images that observe 3D
@@ -57,7 +62,7 @@ from pylocalize.index.cann_pq import CANNPQIndex
 from pylocalize.io import image_files, image_size, load_pixels, read_image  # noqa: F401 (read_image's old path)
 from pylocalize.localization.georegister import DEFAULT_GPS_NOISE_M, camera_geodetic, gps_of_images
 from pylocalize.localization.georegister import georegister as georegister_map
-from pylocalize.localization.layers import BINARY_EXTRACTORS, BinaryLayer, FeatureLayer, check_kind
+from pylocalize.localization.layers import BINARY_EXTRACTORS, BinaryLayer, FeatureLayer, binary_extractor, check_kind
 from pylocalize.localization.sfm import reconstruct
 from pylocalize.localization.triangulation import select_pairs, triangulate
 
@@ -549,7 +554,10 @@ class Map:
         if name not in BINARY_EXTRACTORS:
             raise ValueError(f"{name!r}: a map adds binary feature layers ({', '.join(BINARY_EXTRACTORS)}); its SIFT "
                              "comes with it")
-        make = BinaryLayer(name, [], [], [], np.zeros((0, 3)), extractor_options, 0).extractor  # checks the options
+        binary_extractor(name, extractor_options)  # refuses bad options before any work
+
+        def make():
+            return binary_extractor(name, extractor_options)
         if images is None:
             if self.image_dir is None:
                 raise ValueError("the map does not know its image folder: give the database images")
@@ -1122,7 +1130,8 @@ class Map:
             return FeatureLayer("sift", self.keypoints, self.descriptors, self.point_ids, self.points3D, "l2")
         if name in self.layers:
             return self.layers[name].layer
-        how = f"; build it with layers=('sift', {name!r}) or add_layer({name!r})" if name in BINARY_EXTRACTORS else ""
+        how = (f"; build the map with `pylocalize map build --features sift,{name}` (layers=('sift', {name!r})) or "
+               f"add the layer with Map.add_layer({name!r})") if name in BINARY_EXTRACTORS else ""
         raise ValueError(f"this map holds no {name!r} features; it holds {self.feature_layers}{how}")
 
     def _binary_layer(self, features: str) -> Optional[BinaryLayer]:
