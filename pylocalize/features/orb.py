@@ -90,13 +90,16 @@ class OrbExtractor:
         """``(keypoints float32 (n, 2), descriptors uint8 (n, 32))`` of one image (uint8 or
         [0, 1] float pixels, grey or RGB, or an image file), ``n <= max_features``."""
         gray = to_gray(load_pixels(image), "ORB")
-        corners = self._orb.detect(gray, None)
-        if not corners:
-            return np.zeros((0, 2), np.float32), np.zeros((0, DESCRIPTOR_BYTES), np.uint8)
-        xy = np.array([c.pt for c in corners], dtype=np.float32)
-        response = np.array([c.response for c in corners], dtype=np.float32)
-        keep = spread(xy, response, gray.shape[1], gray.shape[0], self.grid, self.max_features)
-        corners, raw = self._orb.compute(gray, [corners[i] for i in keep])
+        if self.oversample == 1.0:  # no choice to make: one pass builds the pyramid once
+            corners, raw = self._orb.detectAndCompute(gray, None)
+        else:
+            corners = self._orb.detect(gray, None)
+            if not corners:
+                return np.zeros((0, 2), np.float32), np.zeros((0, DESCRIPTOR_BYTES), np.uint8)
+            xy = np.array([c.pt for c in corners], dtype=np.float32)
+            response = np.array([c.response for c in corners], dtype=np.float32)
+            keep = spread(xy, response, gray.shape[1], gray.shape[0], self.grid, self.max_features)
+            corners, raw = self._orb.compute(gray, [corners[i] for i in keep])
         if raw is None or not corners:
             return np.zeros((0, 2), np.float32), np.zeros((0, DESCRIPTOR_BYTES), np.uint8)
         keypoints = np.array([c.pt for c in corners], dtype=np.float32).reshape(-1, 2)
