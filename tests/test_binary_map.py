@@ -180,6 +180,8 @@ def test_binary_2d3d_matching_equals_numpy_brute_force():
     assert scores == sorted(scores, reverse=True) and [votes[i] for i in images] == scores
     with pytest.raises(ValueError, match=r"\(n, 32\)"):
         m.match_2d3d(rng.integers(0, 256, (5, 128), dtype=np.uint8), [0], features="orb")
+    with pytest.raises(ValueError, match="image index 3 is outside"):
+        m.match_2d3d(query, [0, 1, 3], features="orb")
 
 
 def layer_codes(layer):

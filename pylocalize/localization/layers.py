@@ -122,15 +122,23 @@ class BinaryLayer:
         """A new extractor of this layer's kind and options (one per thread)."""
         return binary_extractor(self.name, self.options)
 
+    def _images(self, images: Sequence[int]) -> List[int]:
+        """Database image indices, sorted and once each; ``ValueError`` for one outside the map."""
+        order = sorted(set(int(i) for i in images))
+        if order and (order[0] < 0 or order[-1] >= len(self.keypoints)):
+            raise ValueError(f"image index {order[0] if order[0] < 0 else order[-1]} is outside the map's "
+                             f"{len(self.keypoints)} images")
+        return order
+
     def num_observations(self, images: Sequence[int]) -> int:
-        return sum(int(self._offsets[i + 1] - self._offsets[i]) for i in set(images))
+        return sum(int(self._offsets[i + 1] - self._offsets[i]) for i in self._images(images))
 
     def match_2d3d(self, descriptors: np.ndarray, images: Sequence[int], ratio: float) -> Tuple[np.ndarray, np.ndarray]:
         """``(query_ids, point3D_ids)``: the group-aware, mutual ratio test of
         :meth:`Map.match_2d3d` by Hamming distance, against the observed features of
         ``images``; every image searches the layer's index as it is, a subset a new index
         of its rows."""
-        order = sorted(set(int(i) for i in images))
+        order = self._images(images)
         if not order:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         if len(order) == len(self.keypoints):
