@@ -33,6 +33,10 @@ from pylocalize.index.binary import BinaryIndex
 BINARY_EXTRACTORS = {"orb": (OrbExtractor, DESCRIPTOR_BYTES)}
 FEATURE_KINDS = ("sift",) + tuple(BINARY_EXTRACTORS)
 LAYER_SECTIONS = ("counts", "keypoints", "descriptors", "point_ids", "points3D")
+# Query features whose matches vote for database images (evenly spaced among the query's): the
+# vote scans the whole layer, so it costs this many features' search, not the query's 2000;
+# a few hundred matches pick the co-visible images as well as all of them
+VOTE_FEATURES = 500
 
 
 class FeatureLayer(NamedTuple):
@@ -151,13 +155,16 @@ class BinaryLayer:
         return pairs[:, 0], self._point_of_row[rows[pairs[:, 1]]]
 
     def vote(self, descriptors: np.ndarray, ratio: float) -> np.ndarray:
-        """Votes ``int64 (num_images,)``: the 3D points the query's descriptors match in the
-        whole layer (group-aware ratio test on the layer's index, no mutual check) that each
-        image observes. The retrieval of a binary layer: a query given as binary features
-        has nothing CANN could search."""
+        """Votes ``int64 (num_images,)``: the 3D points the query's descriptors (at most
+        :data:`VOTE_FEATURES` of them, evenly spaced) match in the whole layer (group-aware
+        ratio test on the layer's index, no mutual check) that each image observes. The
+        retrieval of a binary layer: a query given as binary features has nothing CANN could
+        search."""
         votes = np.zeros(len(self.keypoints), np.int64)
         if len(self._codes) < 2 or len(descriptors) == 0:
             return votes
+        if len(descriptors) > VOTE_FEATURES:
+            descriptors = descriptors[np.linspace(0, len(descriptors) - 1, VOTE_FEATURES).astype(np.int64)]
         pairs = match_descriptors(descriptors, self._codes, ratio, mutual=False, groups_b=self._point_of_row,
                                   metric="hamming", index_b=self.index)
         seen = np.isin(self._point_of_row, self._point_of_row[pairs[:, 1]])
