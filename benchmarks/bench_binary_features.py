@@ -31,7 +31,7 @@ import numpy as np
 
 import pylocalize
 from pylocalize.datasets.synthetic import courtyard_scene
-from pylocalize.features import OrbExtractor, match_descriptors
+from pylocalize.features import OrbExtractor, SiftExtractor, match_descriptors
 from pylocalize.localization import Map, pose_error
 
 
@@ -150,6 +150,11 @@ def main():
         print(f"{features:<10}{str(k):>5}{s['features_ms']:>12.1f}{s['retrieval_ms']:>13.1f}{s['matching_ms']:>12.1f}"
               f"{s['pose_ms']:>9.1f}{100 * s['success']:>8.0f}%{s['correct']:>9.0f}{s['t_err_cm']:>9.2f}"
               f"{s['r_err_deg']:>10.3f}")
+    sift, orb = SiftExtractor(args.features), m.layers["orb"].extractor()
+    t_sift = np.median([best_of(lambda: sift(image), args.repeats)[1] for image in queries])
+    t_orb = np.median([best_of(lambda: orb(image), args.repeats)[1] for image in queries])
+    print(f"extraction alone, best of {args.repeats} per query: SIFT {1e3 * t_sift:.1f} ms, ORB {1e3 * t_orb:.1f} ms: "
+          f"ratio {t_sift / t_orb:.2f}x")
     knn_ms, match_ms, peer_ms, equal, n = matching_peer(m, queries, K, args.threads, args.repeats)
     print(f"Hamming 2-NN of the query's ORB against its candidates (last: {n} codes): BinaryIndex {knn_ms:.2f} ms "
           f"(index built in it), BFMatcher(NORM_HAMMING).knnMatch {peer_ms:.2f} ms: ratio {peer_ms / knn_ms:.2f}x; "
