@@ -9,6 +9,7 @@
 #include "cuda/gpu_index.h"
 #include "cuda/select.cuh"
 #include "pylocalize/util/check.h"
+#include "pylocalize/util/threads.h"
 
 namespace pylocalize {
 namespace gpu {
@@ -124,6 +125,7 @@ void BinaryCodes::Search(const uint8_t* queries, int64_t nq, int64_t k, int32_t*
     Check(cudaMemset(top.count, 0, static_cast<size_t>(nb) * sizeof(int32_t)), "cudaMemset");
     for (int64_t c0 = 0; c0 < n_; c0 += cols) {
       const int64_t nc = std::min(cols, n_ - c0);
+      InterruptPoint();  // Ctrl-C between tiles
       HammingTile(q, nb, dev_->codes, n_, words_, c0, nc, tile, cols);
       MergeTile(tile, nb, cols, nc, dev_->ids, c0, top);
     }
@@ -150,6 +152,7 @@ hamming::RangeResult BinaryCodes::RangeSearch(const uint8_t* queries, int64_t nq
           "upload");
     for (int64_t c0 = 0; c0 < n_; c0 += cols) {
       const int64_t nc = std::min(cols, n_ - c0);
+      InterruptPoint();  // Ctrl-C between tiles
       HammingTile(q, nb, dev_->codes, n_, words_, c0, nc, tile, cols);
       const dim3 grid(static_cast<unsigned>(CeilDiv(nc, kThreads)), static_cast<unsigned>(nb));
       Check(cudaMemset(count, 0, static_cast<size_t>(nb) * 8), "cudaMemset");

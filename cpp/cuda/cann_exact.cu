@@ -11,6 +11,7 @@
 #include "pylocalize/cann/cann_index.h"
 #include "pylocalize/cann/layouts.h"
 #include "pylocalize/util/check.h"
+#include "pylocalize/util/threads.h"
 
 namespace pylocalize {
 namespace gpu {
@@ -114,6 +115,7 @@ void CannExact::Search(const float* queries, int64_t nq, int64_t k, const CannKe
             "cudaFuncSetAttribute");
     }
     for (int64_t b0 = 0; b0 < nq; b0 += batch) {
+      InterruptPoint();  // Ctrl-C between batches
       const int64_t nb = std::min(batch, nq - b0);
       Check(cudaMemcpy(q, queries + b0 * dim_, static_cast<size_t>(nb * dim_) * 4, cudaMemcpyHostToDevice), "upload");
       Check(cudaMemcpy(qn, qnorm.data() + b0, static_cast<size_t>(nb) * 4, cudaMemcpyHostToDevice), "upload");

@@ -8,6 +8,7 @@
 #include "cuda/select.cuh"
 #include "pylocalize/knn/kernels.h"
 #include "pylocalize/util/check.h"
+#include "pylocalize/util/threads.h"
 
 namespace pylocalize {
 namespace gpu {
@@ -85,6 +86,7 @@ void FloatRows::Search(const float* x, int64_t nq, int64_t k, bool inner_product
     Check(cudaMemcpy(q, x + b0 * dim_, static_cast<size_t>(nb * dim_) * 4, cudaMemcpyHostToDevice), "upload");
     Check(cudaMemset(top.count, 0, static_cast<size_t>(nb) * sizeof(int32_t)), "cudaMemset");
     for (int64_t c0 = 0; c0 < n_; c0 += cols) {
+      InterruptPoint();  // Ctrl-C between tiles
       const int64_t nc = std::min(cols, n_ - c0);
       const dim3 grid(static_cast<unsigned>(CeilDiv(nc, kThreads)),
                       static_cast<unsigned>(CeilDiv(nb, kQueriesPerThread)));

@@ -8,6 +8,7 @@
 #include "cuda/gpu_index.h"
 #include "cuda/select.cuh"
 #include "pylocalize/util/check.h"
+#include "pylocalize/util/threads.h"
 
 namespace pylocalize {
 namespace gpu {
@@ -82,6 +83,7 @@ void SdcCodes::SearchKeys(const uint64_t* query_words, int64_t nq, int64_t k, co
     }
     Check(cudaMemset(top.count, 0, static_cast<size_t>(nb) * sizeof(int32_t)), "cudaMemset");
     for (int64_t c0 = 0; c0 < n_; c0 += cols) {
+      InterruptPoint();  // Ctrl-C between tiles
       const int64_t nc = std::min(cols, n_ - c0);
       const dim3 grid(static_cast<unsigned>(CeilDiv(nc, kThreads)),
                       static_cast<unsigned>(CeilDiv(nb, kQueriesPerThread)));
