@@ -18,6 +18,7 @@ __all__: list[str] = [
     "FormatError",
     "GpuBinaryCodes",
     "GpuCannExact",
+    "GpuCannIvf",
     "GpuFloatRows",
     "GpuSdcCodes",
     "InvertedFile",
@@ -371,6 +372,18 @@ class GpuSdcCodes:
         query_vectors: typing.Any = None,
         rerank: typing.SupportsInt = 0,
         candidates: typing.SupportsInt = 0,
+    ) -> tuple[numpy.typing.NDArray[numpy.float32], numpy.typing.NDArray[numpy.int64]]: ...
+
+class GpuCannIvf:
+    def __init__(self, index: CannIndex, device: typing.SupportsInt = 0) -> None: ...
+    def is_current(self, index: CannIndex) -> bool: ...
+    def search(
+        self,
+        queries: typing.Any,
+        k: typing.SupportsInt,
+        kernel: CannKernel,
+        nprobe: typing.SupportsInt,
+        dim: typing.SupportsInt,
     ) -> tuple[numpy.typing.NDArray[numpy.float32], numpy.typing.NDArray[numpy.int64]]: ...
 
 class GpuFloatRows:

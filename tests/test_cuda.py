@@ -175,6 +175,35 @@ def test_cann_exact_matches_cpu(dtype, kernel):
     cpu.add(x[:100], np.full(100, 99999, np.int64))
     for a, b in zip(dev.search(queries[0], 20), cpu.search(queries[0], 20)):
         np.testing.assert_array_equal(a, b)
-    dev.method = "ivf"
+    dev.method = "grid"
     with pytest.raises(ValueError, match="searches on the CPU only"):
         dev.search(queries[0], 5)
+
+
+@gpu
+@fused
+@pytest.mark.parametrize("dtype", [np.float32, np.uint8])
+def test_cann_ivf_matches_one_cpu_thread(dtype):
+    rng = np.random.default_rng(12)
+    n, dim = 30000, 32
+    x = rng.integers(0, 60, (n, dim)).astype(dtype)
+    image_ids = rng.integers(0, 500, n).astype(np.int64)
+    cpu = pylocalize.CANNIndex(dim, method="ivf", p0=150.0)
+    cpu.add(x, image_ids)
+    cpu.train(64, seed=1)
+    dev = pylocalize.CANNIndex.deserialize(cpu.serialize()).to_gpu()
+    queries = [x[rng.integers(0, n, 300)] + rng.integers(0, 3, (300, dim)).astype(dtype) for _ in range(3)]
+    threads = pylocalize.get_num_threads()
+    pylocalize.set_num_threads(1)  # the CPU's sum in query order, as the GPU adds
+    try:
+        for nprobe in (1, 4, 64):
+            cpu.nprobe = dev.nprobe = nprobe
+            for q in queries:
+                for a, b in zip(dev.search(q, 20), cpu.search(q, 20)):
+                    np.testing.assert_array_equal(a, b)
+        dev.add(x[:50], np.full(50, 7777, np.int64))  # a change: the device copy is rebuilt
+        cpu.add(x[:50], np.full(50, 7777, np.int64))
+        for a, b in zip(dev.search(queries[0], 20), cpu.search(queries[0], 20)):
+            np.testing.assert_array_equal(a, b)
+    finally:
+        pylocalize.set_num_threads(threads)

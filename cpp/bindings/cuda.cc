@@ -10,6 +10,7 @@
 #include "pylocalize/cann/cann_index.h"
 #include "pylocalize/hamming/binary_index.h"
 #include "pylocalize/hamming/multibit.h"
+#include "pylocalize/util/threads.h"
 #endif
 
 namespace pylocalize {
@@ -166,6 +167,38 @@ void BindDeviceIndexes(py::module_& m) {
             return py::make_tuple(s, i);
           },
           py::arg("queries"), py::arg("k"), py::arg("kernel"), py::arg("dim"));
+
+  py::class_<gpu::CannIvf>(m, "GpuCannIvf")
+      .def(py::init([](const CannIndex& index, int device) {
+             CheckDevice(device);
+             ReleaseGil release;
+             return std::make_unique<gpu::CannIvf>(index.GetIvfLayout(GetNumThreads()), index.dim(), device);
+           }),
+           py::arg("index"), py::arg("device") = 0)
+      .def(
+          "is_current",
+          [](const gpu::CannIvf& self, const CannIndex& index) {
+            ReleaseGil release;
+            return index.GetIvfLayout(GetNumThreads()).get() == self.layout();
+          },
+          py::arg("index"))
+      .def(
+          "search",
+          [](const gpu::CannIvf& self, const py::object& queries, int64_t k, const CannKernel& kernel, int64_t nprobe,
+             int64_t dim) {
+            auto q = CheckArray<float>(queries, "query descriptors", 2, dim);
+            PYL_CHECK(k >= 1, "k must be >= 1, got ", k);
+            py::array_t<float> s(k);
+            py::array_t<int64_t> i(k);
+            float* sp = s.mutable_data();
+            int64_t* ip = i.mutable_data();
+            {
+              ReleaseGil release;
+              self.Search(q.data(), q.shape(0), k, kernel, nprobe, sp, ip);
+            }
+            return py::make_tuple(s, i);
+          },
+          py::arg("queries"), py::arg("k"), py::arg("kernel"), py::arg("nprobe"), py::arg("dim"));
 }
 
 }  // namespace

@@ -127,11 +127,24 @@ PYL_HD int64_t PowerOfTwoAtLeast(int64_t n) {
 
 // ---- CANN ------------------------------------------------------------------------------
 
-// What one (query feature, image) pair adds to the image's sum: min_key is the smallest
-// ||x||^2 - 2 q.x over the image's features, q_norm = ||q||^2.
-PYL_HD double CannContribution(int type, double p0, double p1, double sigma, float min_key, float q_norm) {
-  const double d2 = static_cast<double>(min_key) + static_cast<double>(q_norm);
+// What a (query feature, image) pair at squared distance d2 adds to the image's sum
+// (cann::ScoreAccumulator::Add).
+PYL_HD double CannPairContribution(int type, double p0, double p1, double sigma, double d2) {
   return cann::KernelValue(type, p0, p1, sigma, sqrt(d2 > 0.0 ? d2 : 0.0));
+}
+
+// Method exact: min_key is the smallest ||x||^2 - 2 q.x over the image's features, q_norm = ||q||^2.
+PYL_HD double CannContribution(int type, double p0, double p1, double sigma, float min_key, float q_norm) {
+  return CannPairContribution(type, p0, p1, sigma, static_cast<double>(min_key) + static_cast<double>(q_norm));
+}
+
+// Method ivf: the squared distance of a query feature to the feature in a probed list's slot,
+// as the CPU tests it against the kernel's cutoff (cut2) and offers it; a negative result
+// means the pair is not a candidate.
+PYL_HD float IvfCandidate(float q_norm, float x_norm, float dot, float cut2) {
+  const float e = q_norm + x_norm - 2.0f * dot;
+  if (!(e < cut2)) return -1.0f;
+  return e > 0.0f ? e : 0.0f;
 }
 
 }  // namespace gpu

@@ -1,7 +1,7 @@
 // Runs the logic of the CUDA kernels (device_logic.h) on the CPU and checks it against the
 // CPU indexes bit for bit: Hamming k-NN (BinaryIndex), SDC k-NN exhaustive, progressive and
 // re-ranked (MultiBitIndex, through its KeyScan hook), L2 k-NN on float32 and uint8 rows
-// (knn::AssignNearestM) and CANN exact (CannIndex). The selection is run as the kernel in
+// (knn::AssignNearestM) and CANN exact and ivf (CannIndex). The selection is run as the kernel in
 // select.cuh runs it: tiles, segments filtered against the running k-th pair, a bitonic
 // merge. Built by CMake with -DPYLOCALIZE_BUILD_TESTS=ON, with or without CUDA (ctest).
 #include "cuda/device_logic.h"
@@ -311,6 +311,72 @@ void CheckCannExact(std::mt19937_64& rng) {
   }
 }
 
+// CANN ivf: the probed lists' slots within the cutoff, per (query feature, image) minima,
+// the kernel summed in query order, against CannIndex::Search with one thread (with more the
+// CPU adds its threads' partial sums in the order they finish).
+void CheckCannIvf(std::mt19937_64& rng) {
+  if (ActiveSimdLevel() == SimdLevel::kScalar) {
+    std::printf("CANN ivf: skipped at the scalar SIMD level (it rounds q * x unfused)\n");
+    return;
+  }
+  const int64_t dim = 16, n = 3000, nq = 50;
+  std::normal_distribution<float> normal(0.0f, 30.0f);
+  std::vector<float> x(static_cast<size_t>(n * dim)), q(static_cast<size_t>(nq * dim));
+  for (auto& v : x) v = normal(rng);
+  for (int64_t i = 0; i < nq; ++i) {  // near database features: pairs within the cutoff
+    for (int64_t d = 0; d < dim; ++d) q[i * dim + d] = x[(i * 37) * dim + d] + normal(rng) * 0.1f;
+  }
+  std::vector<int64_t> image_ids(static_cast<size_t>(n));
+  for (auto& id : image_ids) id = static_cast<int64_t>(rng() % 120);
+  CannIndex index(dim);
+  index.Add(x.data(), knn::Element::kFloat32, image_ids.data(), n);
+  index.Train(24, 4, 1, 256, 2);
+  const auto layout = index.GetIvfLayout(2);
+  const int64_t num_images = static_cast<int64_t>(layout->images.size());
+  const int64_t nlist = static_cast<int64_t>(layout->list_block.size()) - 1;
+  for (int64_t nprobe : {1, 3, 100}) {
+    const int64_t k = 15, np = std::min(nprobe, nlist);
+    CannSearchParams params;
+    params.method = CannMethod::kIvf;
+    params.nprobe = nprobe;
+    params.kernel.p0 = 60.0;
+    std::vector<float> s_ref(static_cast<size_t>(k)), s_dev(s_ref.size());
+    std::vector<int64_t> i_ref(s_ref.size()), i_dev(s_ref.size());
+    index.Search(params, q.data(), nq, k, s_ref.data(), i_ref.data(), 1);
+    const std::vector<float> qn = knn::SquaredNorms(q.data(), nq, dim);
+    std::vector<int64_t> probes(static_cast<size_t>(nq * np));
+    layout->quantizer.Assign(q.data(), nq, np, probes.data(), nullptr, 2);
+    const float cut2 = static_cast<float>(params.kernel.Cutoff() * params.kernel.Cutoff());
+    const auto* blocks = reinterpret_cast<const float*>(layout->rows.blocks.data());
+    std::vector<double> total(static_cast<size_t>(num_images), 0.0);
+    for (int64_t a = 0; a < nq; ++a) {
+      std::vector<float> best(static_cast<size_t>(num_images), gpu::PadKey<float>());
+      for (int64_t j = 0; j < np; ++j) {
+        const int64_t l = probes[static_cast<size_t>(a * np + j)];
+        for (int64_t s = layout->list_block[l] * knn::kBlock; s < layout->list_block[l + 1] * knn::kBlock; ++s) {
+          const int32_t image = layout->slot_image[static_cast<size_t>(s)];
+          if (image < 0) continue;
+          const float* xs = blocks + (s / knn::kBlock) * dim * knn::kBlock + s % knn::kBlock;
+          const float d2 = gpu::IvfCandidate(qn[static_cast<size_t>(a)], layout->rows.norms[static_cast<size_t>(s)],
+                                             gpu::Dot(&q[a * dim], xs, dim, knn::kBlock), cut2);
+          if (d2 >= 0.0f) best[static_cast<size_t>(image)] = std::min(best[static_cast<size_t>(image)], d2);
+        }
+      }
+      for (int64_t i = 0; i < num_images; ++i) {
+        if (best[static_cast<size_t>(i)] < gpu::PadKey<float>()) {
+          total[static_cast<size_t>(i)] += gpu::CannPairContribution(0, params.kernel.p0, params.kernel.p1,
+                                                                     params.kernel.sigma, best[static_cast<size_t>(i)]);
+        }
+      }
+    }
+    cann::TopImages(total, layout->images, nq, k, s_dev.data(), i_dev.data());
+    Check(i_dev == i_ref, "CANN ivf images match CannIndex", static_cast<double>(nprobe));
+    Check(std::memcmp(s_dev.data(), s_ref.data(), s_ref.size() * sizeof(float)) == 0,
+          "CANN ivf scores match CannIndex bit for bit", static_cast<double>(nprobe));
+    Check(s_ref[0] > 0.0f, "CANN ivf test has scoring pairs", s_ref[0]);
+  }
+}
+
 }  // namespace
 }  // namespace pylocalize
 
@@ -321,6 +387,7 @@ int main() {
   pylocalize::CheckSdc(rng);
   pylocalize::CheckL2(rng);
   pylocalize::CheckCannExact(rng);
+  pylocalize::CheckCannIvf(rng);
   if (pylocalize::testing::g_failures > 0) {
     std::printf("%d failure(s)\n", pylocalize::testing::g_failures);
     return 1;

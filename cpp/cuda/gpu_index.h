@@ -19,7 +19,8 @@
 namespace pylocalize {
 namespace cann {
 struct ExactLayout;
-}
+struct IvfLayout;
+}  // namespace cann
 
 namespace gpu {
 
@@ -107,6 +108,26 @@ class CannExact {
   int64_t dim_;
   int device_;
   struct Device;  // its device memory (defined in its .cu file)
+  std::unique_ptr<Device> dev_;
+};
+
+// CANN method ivf on the ivf layout of a trained CannIndex (CannIndex::GetIvfLayout()): the
+// lists a query feature probes are found on the CPU (the layout's coarse quantizer); the lists
+// are scanned, and the kernel summed, on the device. Scores are CannIndex's with one thread
+// (with more, the CPU adds its threads' partial sums in the order they finish).
+class CannIvf {
+ public:
+  CannIvf(std::shared_ptr<const cann::IvfLayout> layout, int64_t dim, int device);
+  ~CannIvf();
+  const cann::IvfLayout* layout() const { return layout_.get(); }
+  void Search(const float* queries, int64_t nq, int64_t k, const CannKernel& kernel, int64_t nprobe, float* scores,
+              int64_t* image_ids) const;
+
+ private:
+  std::shared_ptr<const cann::IvfLayout> layout_;
+  int64_t dim_;
+  int device_;
+  struct Device;
   std::unique_ptr<Device> dev_;
 };
 

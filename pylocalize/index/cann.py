@@ -115,9 +115,11 @@ class CANNIndex(OnDevice):
     sigma : float
         Width of the Gaussian kernel ``exp(-r^2 / (2 sigma^2))``.
     device : {"cpu", "cuda", "cuda:N"}
-        Where searches run (see :meth:`to_gpu`): on a GPU, method "exact" with the CPU's
-        images and scores (descriptors of up to 3072 dimensions); the other methods search
-        on the CPU only and raise ``ValueError`` there.
+        Where searches run (see :meth:`to_gpu`): on a GPU, methods "exact" and "ivf" with
+        the CPU's images and scores (descriptors of up to 3072 dimensions; for "ivf", the
+        scores of a one-thread CPU search: with more threads the CPU sums its threads' parts
+        in the order they finish, which can move a score's last bit). Method "grid" searches
+        on the CPU only and raises ``ValueError`` on a GPU.
 
     Notes
     -----
@@ -158,25 +160,33 @@ class CANNIndex(OnDevice):
         self._set_device(device)
 
     def _make_device_copy(self, ordinal: int):
-        return _core.GpuCannExact(self._impl, ordinal)
+        return {}  # a copy per method, made on its first search
 
-    def _device_copy(self):
-        # Every change (add, remove, reset, a load's copy-on-write) replaces the exact layout:
-        # a copy of an older one is stale, whichever path changed the index.
-        copy = super()._device_copy()
-        if not copy.is_current(self._impl):
-            self._changed()
-            copy = super()._device_copy()
+    def _method_copy(self):
+        """The device copy of the current method's layout. Every change (add, remove, reset,
+        train, a load's copy-on-write) replaces the layout: a copy of an older one is stale,
+        whichever path changed the index."""
+        copies = self._device_copy()
+        copy = copies.get(self.method)
+        if copy is None or not copy.is_current(self._impl):
+            make = _core.GpuCannExact if self.method == "exact" else _core.GpuCannIvf
+            copies.pop(self.method, None)  # free the stale copy's device memory first
+            copy = copies[self.method] = make(self._impl, self._ordinal)
         return copy
 
     def _search_on_device(self, query_descriptors, k: int):
-        if self.method != "exact":
-            raise ValueError(f"method {self.method!r} searches on the CPU only: set method='exact' for the GPU, "
-                             "or call to_cpu()")
+        if self.method not in ("exact", "ivf"):
+            raise ValueError(f"method {self.method!r} searches on the CPU only: use method 'exact' or 'ivf' on "
+                             "the GPU, or call to_cpu()")
+        if self.method == "ivf" and not self.is_trained:
+            raise ValueError("the ivf method needs train() first")
         q = np.asarray(query_descriptors)
         if q.dtype == np.uint8:  # the CPU widens uint8 query descriptors the same way
             q = q.astype(np.float32)
-        return self._device_copy().search(q, k, self._kernel, self.dim)
+        copy = self._method_copy()
+        if self.method == "exact":
+            return copy.search(q, k, self._kernel, self.dim)
+        return copy.search(q, k, self._kernel, int_scalar(self.nprobe, "nprobe"), self.dim)
 
     def _prepare(self) -> str:
         """Validates the current method (it may be changed between searches) and

@@ -128,8 +128,10 @@ class CannIndex {
 
   // The exact method's layout of the current features (built on first use, shared by the
   // searches until a change): what a device copy uploads (cpp/cuda). A new pointer means the
-  // features changed.
+  // index changed.
   std::shared_ptr<const cann::ExactLayout> GetExactLayout() const;
+  // The same for the ivf method's layout (needs Train()).
+  std::shared_ptr<const cann::IvfLayout> GetIvfLayout(int num_threads) const;
 
   // Heap bytes held now: stored features and ids, and every search layout built so far
   // (a layout read into memory by Load(mmap=false) or Deserialize included). Bytes of a
@@ -153,7 +155,6 @@ class CannIndex {
     std::shared_ptr<const cann::GridLayout> grid;
   };
   Snapshot TakeSnapshot(CannMethod method, int num_threads) const;
-  std::shared_ptr<const cann::IvfLayout> GetIvfLayout(int num_threads) const;
   std::shared_ptr<const cann::IvfLayout> IvfLayoutLocked(int num_threads) const;  // mutex_ held
   std::shared_ptr<const cann::GridLayout> GetGridLayout(int num_threads) const;
   // One query image on a snapshot, arguments already checked.
