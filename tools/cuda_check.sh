@@ -11,6 +11,7 @@ out="${1:-cuda-check}"
 shift || true
 mkdir -p "$out"
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
+. tools/nvcc_env.sh
 cmake -S . -B build/cuda -G Ninja -DCMAKE_BUILD_TYPE=Release -DPYLOCALIZE_CUDA=ON -DPYLOCALIZE_BUILD_TESTS=ON \
   -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCHITECTURES:-90}" -Dpybind11_DIR="$(python -m pybind11 --cmakedir)" \
   -DPython_EXECUTABLE="$(which python)" > "$out/cmake.txt"
