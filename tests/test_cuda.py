@@ -85,6 +85,42 @@ def test_binary_knn_and_range_match_cpu(nbits):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.fixture
+def small_batches(monkeypatch):
+    """Query batches of a few rows (cpp/cuda/device.cuh RowsPerBatch), so that every search
+    streams its queries through many batches, as it does when they outgrow the device."""
+    monkeypatch.setenv("PYLOCALIZE_CUDA_BATCH_BYTES", "300000")
+
+
+@gpu
+def test_binary_streams_query_batches(small_batches):
+    rng = np.random.default_rng(2)
+    codes = _codes(rng, 5000, 32)
+    cpu = pylocalize.BinaryIndex(256)
+    cpu.add(codes)
+    dev = pylocalize.BinaryIndex.deserialize(cpu.serialize()).to_gpu()
+    q = _codes(rng, 37, 32)
+    for a, b in zip(dev.search(q, 9), cpu.search(q, 9)):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(dev.range_search(q, 110), cpu.range_search(q, 110)):
+        np.testing.assert_array_equal(a, b)
+
+
+@gpu
+@fused
+def test_cann_and_assign_stream_query_batches(small_batches):
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 60, (8000, 16)).astype(np.float32)
+    cpu = pylocalize.CANNIndex(16, p0=100.0)
+    cpu.add(x, rng.integers(0, 2000, 8000).astype(np.int64))
+    dev = pylocalize.CANNIndex.deserialize(cpu.serialize()).to_gpu()
+    q = x[:500] + 1
+    for a, b in zip(dev.search(q, 10), cpu.search(q, 10)):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(assign(q, x, 3, device="cuda"), assign(q, x, 3)):
+        np.testing.assert_array_equal(a, b)
+
+
 @gpu
 def test_binary_many_tiles_and_changes():
     rng = np.random.default_rng(1)
@@ -108,7 +144,7 @@ def test_binary_many_tiles_and_changes():
 @pytest.mark.parametrize("bits_per_dim", [1, 2, 3, 4])
 def test_sdc_matches_cpu(bits_per_dim):
     rng = np.random.default_rng(bits_per_dim)
-    dim, n = 96, 4000
+    dim, n = 96, 70_000 if bits_per_dim == 2 else 4000  # 2 bits: more codes than one device tile
     x = rng.normal(size=(n, dim)).astype(np.float32)
     x[n // 2:n // 2 + 300] = x[:300]  # ties
     xq = rng.normal(size=(25, dim)).astype(np.float32)
@@ -136,6 +172,8 @@ def test_assign_matches_cpu(dtype):
         c = rng.normal(size=(5000, 40)).astype(np.float32)
         x = rng.normal(size=(300, 40)).astype(np.float32)
     c[4000:] = c[:1000]
+    if dtype == np.float32:  # more rows than one device tile
+        c = np.concatenate([c, rng.normal(size=(35000, 40)).astype(np.float32)])
     for m in (1, 8):
         for a, b in zip(assign(x, c, m, device="cuda"), assign(x, c, m)):
             np.testing.assert_array_equal(a, b)

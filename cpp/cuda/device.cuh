@@ -4,7 +4,9 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <new>
 #include <stdexcept>
 #include <string>
@@ -66,11 +68,18 @@ inline void UseDevice(int device) { Check(cudaSetDevice(device), "cudaSetDevice"
 
 // How many query rows a batch takes when each costs bytes_per_row of scratch: a quarter of
 // the free device memory (at most 1 GiB), so that queries of any number stream through.
+// PYLOCALIZE_CUDA_BATCH_BYTES lowers the budget (at least one row a batch): tests use it to
+// run many batches.
 inline int64_t RowsPerBatch(int64_t bytes_per_row, int64_t max_rows) {
   size_t free_bytes = 0, total_bytes = 0;
   Check(cudaMemGetInfo(&free_bytes, &total_bytes), "cudaMemGetInfo");
-  const int64_t budget = std::min<int64_t>(static_cast<int64_t>(free_bytes / 4), int64_t{1} << 30);
-  const int64_t rows = budget / std::max<int64_t>(bytes_per_row, 1);
+  int64_t budget = std::min<int64_t>(static_cast<int64_t>(free_bytes / 4), int64_t{1} << 30);
+  const char* cap = std::getenv("PYLOCALIZE_CUDA_BATCH_BYTES");
+  int64_t rows = budget / std::max<int64_t>(bytes_per_row, 1);
+  if (cap != nullptr && *cap != '\0') {
+    budget = std::min<int64_t>(budget, std::max<long long>(std::atoll(cap), 0));
+    rows = std::max<int64_t>(1, budget / std::max<int64_t>(bytes_per_row, 1));
+  }
   if (rows < 1) throw std::bad_alloc();
   return std::min(rows, std::max<int64_t>(max_rows, 1));
 }
