@@ -130,7 +130,7 @@ PYL_HD int64_t PowerOfTwoAtLeast(int64_t n) {
 // What a (query feature, image) pair at squared distance d2 adds to the image's sum
 // (cann::ScoreAccumulator::Add).
 PYL_HD double CannPairContribution(int type, double p0, double p1, double sigma, double d2) {
-  return cann::KernelValue(type, p0, p1, sigma, sqrt(d2 > 0.0 ? d2 : 0.0));
+  return cann::KernelValueSquared(type, p0, p1, sigma, d2);
 }
 
 // Method exact: min_key is the smallest ||x||^2 - 2 q.x over the image's features, q_norm = ||q||^2.

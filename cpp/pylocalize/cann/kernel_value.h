@@ -18,5 +18,11 @@ PYL_HD double KernelValue(int type, double p0, double p1, double sigma, double r
   return pow(1.0 - pow(r / p0, a), 1.0 / a);
 }
 
+// s(sqrt(max(0, d2))): the kernel at a squared distance, what every method adds per (query
+// feature, image) pair (ScoreAccumulator::Add, and the CUDA scoring).
+PYL_HD double KernelValueSquared(int type, double p0, double p1, double sigma, double d2) {
+  return KernelValue(type, p0, p1, sigma, sqrt(d2 > 0.0 ? d2 : 0.0));
+}
+
 }  // namespace cann
 }  // namespace pylocalize

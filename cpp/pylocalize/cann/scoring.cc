@@ -17,6 +17,10 @@ void CannKernel::Validate() const {
 
 double CannKernel::operator()(double r) const { return cann::KernelValue(static_cast<int>(type), p0, p1, sigma, r); }
 
+double CannKernel::AtSquared(double d2) const {
+  return cann::KernelValueSquared(static_cast<int>(type), p0, p1, sigma, d2);
+}
+
 double CannKernel::Cutoff() const {
   if (type == CannKernelType::kCann) return p0;
   return sigma * std::sqrt(2.0 * std::log(1e12));
