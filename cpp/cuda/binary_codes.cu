@@ -19,11 +19,12 @@ constexpr int64_t kTileCols = int64_t{1} << 16;
 constexpr int kQueriesPerThread = 8;  // a thread keeps its code in registers for these
 constexpr int kThreads = 256;
 
-// tile[q * ld + c] = Hamming distance of query q to code col0 + c. W > 0: words per code
-// known at compile time (the code stays in registers); 0: words at run time.
+// tile[q * ld + c] = Hamming distance of query q to code col0 + c, its segment marked when it
+// passes (marks.any == nullptr: range search, no marks). W > 0: words per code known at
+// compile time (the code stays in registers); 0: words at run time.
 template <int W>
 __global__ void HammingTileKernel(const uint64_t* queries, int64_t nq, const uint64_t* codes, int64_t n, int64_t words,
-                                  int64_t col0, int64_t ncols, int32_t* tile, int64_t ld) {
+                                  int64_t col0, int64_t ncols, int32_t* tile, int64_t ld, SegmentMarks<int32_t> marks) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= ncols) return;
   const int64_t q0 = static_cast<int64_t>(blockIdx.y) * kQueriesPerThread;
@@ -32,22 +33,32 @@ __global__ void HammingTileKernel(const uint64_t* queries, int64_t nq, const uin
   if (W > 0) {
     uint64_t r[W > 0 ? W : 1];
     for (int w = 0; w < W; ++w) r[w] = x[w * n];
-    for (int64_t q = q0; q < q1; ++q) tile[q * ld + c] = HammingDistance(queries + q * W, r, W, 1);
+    for (int64_t q = q0; q < q1; ++q) {
+      const int32_t d = HammingDistance(queries + q * W, r, W, 1);
+      tile[q * ld + c] = d;
+      MarkSegment(marks, q, col0, c, d);
+    }
   } else {
-    for (int64_t q = q0; q < q1; ++q) tile[q * ld + c] = HammingDistance(queries + q * words, x, words, n);
+    for (int64_t q = q0; q < q1; ++q) {
+      const int32_t d = HammingDistance(queries + q * words, x, words, n);
+      tile[q * ld + c] = d;
+      MarkSegment(marks, q, col0, c, d);
+    }
   }
 }
 
 void HammingTile(const uint64_t* queries, int64_t nq, const uint64_t* codes, int64_t n, int64_t words, int64_t col0,
-                 int64_t ncols, int32_t* tile, int64_t ld) {
+                 int64_t ncols, int32_t* tile, int64_t ld, const SegmentMarks<int32_t>& marks) {
   const dim3 grid(static_cast<unsigned>(CeilDiv(ncols, kThreads)),
                   static_cast<unsigned>(CeilDiv(nq, kQueriesPerThread)));
   switch (words) {
-    case 1: HammingTileKernel<1><<<grid, kThreads>>>(queries, nq, codes, n, words, col0, ncols, tile, ld); break;
-    case 2: HammingTileKernel<2><<<grid, kThreads>>>(queries, nq, codes, n, words, col0, ncols, tile, ld); break;
-    case 4: HammingTileKernel<4><<<grid, kThreads>>>(queries, nq, codes, n, words, col0, ncols, tile, ld); break;
-    case 8: HammingTileKernel<8><<<grid, kThreads>>>(queries, nq, codes, n, words, col0, ncols, tile, ld); break;
-    default: HammingTileKernel<0><<<grid, kThreads>>>(queries, nq, codes, n, words, col0, ncols, tile, ld); break;
+    case 1: HammingTileKernel<1><<<grid, kThreads>>>(queries, nq, codes, n, words, col0, ncols, tile, ld, marks); break;
+    case 2: HammingTileKernel<2><<<grid, kThreads>>>(queries, nq, codes, n, words, col0, ncols, tile, ld, marks); break;
+    case 4: HammingTileKernel<4><<<grid, kThreads>>>(queries, nq, codes, n, words, col0, ncols, tile, ld, marks); break;
+    case 8: HammingTileKernel<8><<<grid, kThreads>>>(queries, nq, codes, n, words, col0, ncols, tile, ld, marks); break;
+    default:
+      HammingTileKernel<0><<<grid, kThreads>>>(queries, nq, codes, n, words, col0, ncols, tile, ld, marks);
+      break;
   }
   CheckLaunch("HammingTileKernel");
 }
@@ -118,6 +129,7 @@ void BinaryCodes::Search(const uint8_t* queries, int64_t nq, int64_t k, int32_t*
   uint64_t* q = scratch.Alloc<uint64_t>(batch * words_);
   int32_t* tile = scratch.Alloc<int32_t>(batch * cols);
   const TopKState<int32_t> top = NewTopK<int32_t>(&scratch, batch, k);
+  const SegmentMarks<int32_t> marks = NewSegmentMarks(&scratch, top, dev_->ids, batch, cols);
   for (int64_t b0 = 0; b0 < nq; b0 += batch) {
     const int64_t nb = std::min(batch, nq - b0);
     Check(cudaMemcpy(q, qwords.data() + b0 * words_, static_cast<size_t>(nb * words_) * 8, cudaMemcpyHostToDevice),
@@ -126,8 +138,9 @@ void BinaryCodes::Search(const uint8_t* queries, int64_t nq, int64_t k, int32_t*
     for (int64_t c0 = 0; c0 < n_; c0 += cols) {
       const int64_t nc = std::min(cols, n_ - c0);
       InterruptPoint();  // Ctrl-C between tiles
-      HammingTile(q, nb, dev_->codes, n_, words_, c0, nc, tile, cols);
-      MergeTile(tile, nb, cols, nc, dev_->ids, c0, top);
+      ClearSegmentMarks(marks, nb);
+      HammingTile(q, nb, dev_->codes, n_, words_, c0, nc, tile, cols, marks);
+      MergeTile(tile, nb, cols, nc, dev_->ids, c0, top, &marks);
     }
     DownloadTopK(top, nb, distances + b0 * k, ids + b0 * k);
   }
@@ -153,7 +166,7 @@ hamming::RangeResult BinaryCodes::RangeSearch(const uint8_t* queries, int64_t nq
     for (int64_t c0 = 0; c0 < n_; c0 += cols) {
       const int64_t nc = std::min(cols, n_ - c0);
       InterruptPoint();  // Ctrl-C between tiles
-      HammingTile(q, nb, dev_->codes, n_, words_, c0, nc, tile, cols);
+      HammingTile(q, nb, dev_->codes, n_, words_, c0, nc, tile, cols, SegmentMarks<int32_t>{});
       const dim3 grid(static_cast<unsigned>(CeilDiv(nc, kThreads)), static_cast<unsigned>(nb));
       Check(cudaMemset(count, 0, static_cast<size_t>(nb) * 8), "cudaMemset");
       RangeCountKernel<<<grid, kThreads>>>(tile, cols, nc, radius, count);

@@ -36,13 +36,16 @@ struct Top {
 };
 
 // MergeTileKernel of select.cuh for one row, its threads run one after the other: the
-// columns [0, ncols) of `keys` with labels label(c), in segments of `segment` columns.
+// columns [0, ncols) of `keys` with labels label(c), in segments of `segment` columns, of
+// which only those `marked` (by the tile kernel's MarkSegment) are read.
 template <class D, class Label>
-void MergeRow(const D* keys, int64_t ncols, Label label, int64_t k, int64_t segment, Top<D>* top) {
+void MergeRow(const D* keys, int64_t ncols, Label label, int64_t k, int64_t segment, const std::vector<bool>& marked,
+              Top<D>* top) {
   const int64_t p = gpu::PowerOfTwoAtLeast(k + segment);
   std::vector<D> key(static_cast<size_t>(p));
   std::vector<int64_t> lab(static_cast<size_t>(p));
   for (int64_t seg = 0; seg < ncols; seg += segment) {
+    if (!marked[static_cast<size_t>(seg / segment)]) continue;
     const int64_t kept = static_cast<int64_t>(top->keys.size());
     const bool full = kept == k;
     const D t_key = full ? top->keys.back() : gpu::PadKey<D>();
@@ -82,9 +85,17 @@ void Select(const std::vector<D>& keys, int64_t nq, int64_t n, Label label, int6
   for (int64_t q = 0; q < nq; ++q) {
     Top<D> top;
     for (int64_t c0 = 0; c0 < n; c0 += tile_cols) {
-      MergeRow(
-          keys.data() + q * n + c0, std::min(tile_cols, n - c0), [&](int64_t c) { return label(c0 + c); }, k, segment,
-          &top);
+      const int64_t nc = std::min(tile_cols, n - c0);
+      // MarkSegment: the segments with a key passing the k-th pair kept before this tile
+      const bool full = static_cast<int64_t>(top.keys.size()) == k;
+      std::vector<bool> marked(static_cast<size_t>((nc + segment - 1) / segment), false);
+      for (int64_t c = 0; c < nc; ++c) {
+        if (gpu::Passes(keys[q * n + c0 + c], label(c0 + c), full, full ? top.keys.back() : gpu::PadKey<D>(),
+                        full ? top.labels.back() : int64_t{-1})) {
+          marked[static_cast<size_t>(c / segment)] = true;
+        }
+      }
+      MergeRow(keys.data() + q * n + c0, nc, [&](int64_t c) { return label(c0 + c); }, k, segment, marked, &top);
     }
     for (int64_t i = 0; i < k; ++i) {
       const bool kept = i < static_cast<int64_t>(top.keys.size());

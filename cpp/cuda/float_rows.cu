@@ -21,14 +21,17 @@ constexpr int kThreads = 256;
 // tile[q * ld + c]: ||x||^2 - 2 <q, x> (L2) or -<q, x> (inner product) for row col0 + c.
 template <class T>
 __global__ void DotTileKernel(const float* queries, int64_t nq, const T* rows, const float* norms, int64_t n,
-                              int64_t dim, bool inner_product, int64_t col0, int64_t ncols, float* tile, int64_t ld) {
+                              int64_t dim, bool inner_product, int64_t col0, int64_t ncols, float* tile, int64_t ld,
+                              SegmentMarks<float> marks) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= ncols) return;
   const int64_t q0 = static_cast<int64_t>(blockIdx.y) * kQueriesPerThread;
   const int64_t q1 = q0 + kQueriesPerThread < nq ? q0 + kQueriesPerThread : nq;
   for (int64_t q = q0; q < q1; ++q) {
     const float dot = Dot(queries + q * dim, rows + col0 + c, dim, n);
-    tile[q * ld + c] = inner_product ? -dot : L2Key(norms[col0 + c], dot);
+    const float key = inner_product ? -dot : L2Key(norms[col0 + c], dot);
+    tile[q * ld + c] = key;
+    MarkSegment(marks, q, col0, c, key);
   }
 }
 
@@ -81,6 +84,7 @@ void FloatRows::Search(const float* x, int64_t nq, int64_t k, bool inner_product
   float* q = scratch.Alloc<float>(batch * dim_);
   float* tile = scratch.Alloc<float>(batch * cols);
   const TopKState<float> top = NewTopK<float>(&scratch, batch, k);
+  const SegmentMarks<float> marks = NewSegmentMarks(&scratch, top, static_cast<const int64_t*>(nullptr), batch, cols);
   for (int64_t b0 = 0; b0 < nq; b0 += batch) {
     const int64_t nb = std::min(batch, nq - b0);
     Check(cudaMemcpy(q, x + b0 * dim_, static_cast<size_t>(nb * dim_) * 4, cudaMemcpyHostToDevice), "upload");
@@ -90,15 +94,16 @@ void FloatRows::Search(const float* x, int64_t nq, int64_t k, bool inner_product
       const int64_t nc = std::min(cols, n_ - c0);
       const dim3 grid(static_cast<unsigned>(CeilDiv(nc, kThreads)),
                       static_cast<unsigned>(CeilDiv(nb, kQueriesPerThread)));
+      ClearSegmentMarks(marks, nb);
       if (element_size_ == 4) {
         DotTileKernel<float><<<grid, kThreads>>>(q, nb, static_cast<const float*>(dev_->rows), dev_->norms, n_, dim_,
-                                                 inner_product, c0, nc, tile, cols);
+                                                 inner_product, c0, nc, tile, cols, marks);
       } else {
         DotTileKernel<uint8_t><<<grid, kThreads>>>(q, nb, static_cast<const uint8_t*>(dev_->rows), dev_->norms, n_,
-                                                   dim_, inner_product, c0, nc, tile, cols);
+                                                   dim_, inner_product, c0, nc, tile, cols, marks);
       }
       CheckLaunch("DotTileKernel");
-      MergeTile(tile, nb, cols, nc, nullptr, c0, top);
+      MergeTile(tile, nb, cols, nc, nullptr, c0, top, &marks);
     }
     DownloadTopK(top, nb, distances + b0 * k, labels + b0 * k);
   }

@@ -20,7 +20,7 @@ constexpr int kThreads = 256;
 
 __global__ void SdcTileKernel(const uint64_t* queries, int64_t nq, const int32_t* sign_bounds, const uint64_t* codes,
                               const float* inv_norms, int64_t n, int u, int64_t wp, float a, float b, int64_t col0,
-                              int64_t ncols, float* tile, int64_t ld) {
+                              int64_t ncols, float* tile, int64_t ld, SegmentMarks<float> marks) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= ncols) return;
   const int64_t q0 = static_cast<int64_t>(blockIdx.y) * kQueriesPerThread;
@@ -34,6 +34,7 @@ __global__ void SdcTileKernel(const uint64_t* queries, int64_t nq, const int32_t
       key = SdcKey(SdcSum(qw, x, u, wp, n), scale, a, b);
     }
     tile[q * ld + c] = key;
+    MarkSegment(marks, q, col0, c, key);
   }
 }
 
@@ -75,6 +76,8 @@ void SdcCodes::SearchKeys(const uint64_t* query_words, int64_t nq, int64_t k, co
   int32_t* bounds = sign_bounds != nullptr ? scratch.Alloc<int32_t>(batch) : nullptr;
   float* tile = scratch.Alloc<float>(batch * cols);
   const TopKState<float> top = NewTopK<float>(&scratch, batch, k);
+  const int64_t* labels_of = by_position ? nullptr : dev_->ids;
+  const SegmentMarks<float> marks = NewSegmentMarks(&scratch, top, labels_of, batch, cols);
   for (int64_t b0 = 0; b0 < nq; b0 += batch) {
     const int64_t nb = std::min(batch, nq - b0);
     Check(cudaMemcpy(q, query_words + b0 * w, static_cast<size_t>(nb * w) * 8, cudaMemcpyHostToDevice), "upload");
@@ -87,10 +90,11 @@ void SdcCodes::SearchKeys(const uint64_t* query_words, int64_t nq, int64_t k, co
       const int64_t nc = std::min(cols, n_ - c0);
       const dim3 grid(static_cast<unsigned>(CeilDiv(nc, kThreads)),
                       static_cast<unsigned>(CeilDiv(nb, kQueriesPerThread)));
+      ClearSegmentMarks(marks, nb);
       SdcTileKernel<<<grid, kThreads>>>(q, nb, bounds, dev_->codes, dev_->inv_norms, n_, bits_, wp_, a_, b_, c0, nc,
-                                        tile, cols);
+                                        tile, cols, marks);
       CheckLaunch("SdcTileKernel");
-      MergeTile(tile, nb, cols, nc, by_position ? nullptr : dev_->ids, c0, top);
+      MergeTile(tile, nb, cols, nc, labels_of, c0, top, &marks);
     }
     DownloadTopK(top, nb, keys + b0 * k, labels + b0 * k);
   }

@@ -31,11 +31,37 @@ inline int64_t SelectSharedBytes(int64_t k, int64_t key_size) {
   return p * (key_size + static_cast<int64_t>(sizeof(int64_t)));
 }
 
+// What a tile kernel needs to mark, per row, the segments of kSelectSegment columns holding
+// a key that passes the row's running k-th pair. It reads the pair before this tile's merge,
+// which only tightens it: an unmarked segment has nothing to merge, and MergeTileKernel skips
+// reading it (once the top-k is full, most segments). any == nullptr: no marks.
+template <class D>
+struct SegmentMarks {
+  TopKState<D> top;
+  const int64_t* labels;  // as MergeTile's
+  uint8_t* any;           // rows x nseg
+  int64_t nseg;
+};
+
+// Marks the segment of column c (label: labels[col0 + c], or col0 + c) if its key passes.
+template <class D>
+__device__ inline void MarkSegment(const SegmentMarks<D>& m, int64_t row, int64_t col0, int64_t c, D key) {
+  if (m.any == nullptr) return;
+  const int64_t k = m.top.k;
+  const bool full = m.top.count[row] == k;
+  const int64_t label = m.labels != nullptr ? m.labels[col0 + c] : col0 + c;
+  if (Passes(key, label, full, full ? m.top.keys[row * k + k - 1] : PadKey<D>(),
+             full ? m.top.labels[row * k + k - 1] : int64_t{-1})) {
+    m.any[row * m.nseg + c / kSelectSegment] = 1;  // every writer writes 1: no race to lose
+  }
+}
+
 // Row r of `tile` (rows ld apart) holds the keys of columns [0, ncols); column c's label is
-// labels[col0 + c], or col0 + c without labels.
+// labels[col0 + c], or col0 + c without labels. any (rows x nseg, or nullptr): the segments
+// a tile kernel marked (SegmentMarks); the others are skipped.
 template <class D>
 __global__ void MergeTileKernel(const D* tile, int64_t ld, int64_t ncols, const int64_t* labels, int64_t col0,
-                                TopKState<D> top) {
+                                TopKState<D> top, const uint8_t* any, int64_t nseg) {
   extern __shared__ int64_t shared[];
   const int64_t k = top.k;
   const int64_t p = PowerOfTwoAtLeast(k + kSelectSegment);
@@ -51,6 +77,7 @@ __global__ void MergeTileKernel(const D* tile, int64_t ld, int64_t ncols, const 
   D* top_keys = top.keys + row * k;
   int64_t* top_labels = top.labels + row * k;
   for (int64_t seg = 0; seg < ncols; seg += kSelectSegment) {
+    if (any != nullptr && any[row * nseg + seg / kSelectSegment] == 0) continue;  // the whole block skips
     __syncthreads();  // the previous segment's readers of the shared state are done
     if (tid == 0) {
       n_cand = 0;
@@ -104,14 +131,29 @@ TopKState<D> NewTopK(DeviceMemory* mem, int64_t nrows, int64_t k) {
   return t;
 }
 
+// Marks for nrows rows of tiles of `cols` columns, with the labels MergeTile gets.
+template <class D>
+SegmentMarks<D> NewSegmentMarks(DeviceMemory* mem, const TopKState<D>& top, const int64_t* labels, int64_t nrows,
+                                int64_t cols) {
+  const int64_t nseg = CeilDiv(cols, kSelectSegment);
+  return SegmentMarks<D>{top, labels, mem->Alloc<uint8_t>(nrows * nseg), nseg};
+}
+
+// Unmarks every segment of the first nrows rows: before each tile kernel.
+template <class D>
+void ClearSegmentMarks(const SegmentMarks<D>& m, int64_t nrows) {
+  Check(cudaMemset(m.any, 0, static_cast<size_t>(nrows * m.nseg)), "cudaMemset");
+}
+
+// Merges a tile into the running top-k; marks (or nullptr): the segments worth reading.
 template <class D>
 void MergeTile(const D* tile, int64_t nrows, int64_t ld, int64_t ncols, const int64_t* labels, int64_t col0,
-               const TopKState<D>& top) {
+               const TopKState<D>& top, const SegmentMarks<D>* marks = nullptr) {
   const int64_t bytes = SelectSharedBytes(top.k, sizeof(D));
   Check(cudaFuncSetAttribute(MergeTileKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)),
         "cudaFuncSetAttribute");
-  MergeTileKernel<D><<<static_cast<unsigned>(nrows), kSelectThreads, static_cast<size_t>(bytes)>>>(tile, ld, ncols,
-                                                                                                   labels, col0, top);
+  MergeTileKernel<D><<<static_cast<unsigned>(nrows), kSelectThreads, static_cast<size_t>(bytes)>>>(
+      tile, ld, ncols, labels, col0, top, marks != nullptr ? marks->any : nullptr, marks != nullptr ? marks->nseg : 0);
   CheckLaunch("MergeTileKernel");
 }
 
