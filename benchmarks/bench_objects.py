@@ -14,6 +14,9 @@ AR_VSD, AR_MSSD, AR_MSPD, AR and ADD / ADD-S recall, coarse (PnP) vs refined
 (featuremetric), onboarding time and time per instance.
 
     python benchmarks/bench_objects.py [--data ../shared/data] [--instances 25] [--out bench_objects]
+        [--given mask|box] [--segment grabcut|box]
+
+The real photos are always estimated from a box drawn by hand (``--segment`` applies).
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ import numpy as np
 
 from pylocalize.geometry import look_at
 from pylocalize.objects import bop, onboard
-from pylocalize.objects.evaluate import evaluate_scene, summarize
+from pylocalize.objects.evaluate import GIVEN, evaluate_scene, summarize
+from pylocalize.objects.segmentation import SEGMENTATIONS
 from pylocalize.render import Renderer, load_mesh
 
 K = np.array([[600.0, 0, 319.5], [0, 600.0, 239.5], [0, 0, 1]])
@@ -95,7 +99,7 @@ def onboard_and_save(mesh, args, path: Path):
     return rep, measured
 
 
-def real_photo(rep, mesh, data: Path, out: Path, real, obj_id: int) -> dict:
+def real_photo(rep, mesh, data: Path, out: Path, real, obj_id: int, segment: str) -> dict:
     """The pose in a real photo from its hand-drawn box, its overlay figure, and where the
     frame has a depth image, the depth agreement of the pose in the photo and in 17 warped
     versions of it (:func:`warped_frames`)."""
@@ -108,7 +112,7 @@ def real_photo(rep, mesh, data: Path, out: Path, real, obj_id: int) -> dict:
         K_real = np.asarray(camera["cam_K"]).reshape(3, 3)
     with Image.open(data / photo) as im:
         image = np.asarray(im.convert("RGB"))
-    r = rep.estimate(image, K_real, bbox=box)
+    r = rep.estimate(image, K_real, bbox=box, segment=segment)
     if r.success:
         from pylocalize.objects.viz import pose_overlay
 
@@ -129,7 +133,7 @@ def real_photo(rep, mesh, data: Path, out: Path, real, obj_id: int) -> dict:
           f"{agreement['refined']:.0%} (refined) of the posed model's pixels")
     warped = []
     for frame, depth, K_warped, box_warped in warped_frames(image, measured, K_real, box):
-        w = rep.estimate(frame, K_warped, bbox=box_warped)
+        w = rep.estimate(frame, K_warped, bbox=box_warped, segment=segment)
         warped.append(depth_agreement(mesh, K_warped, depth, w.R, w.t) if w.success else 0.0)
     print(f"  17 warped frames: depth agrees on >= 50 % of the pixels in {sum(a >= 0.5 for a in warped)}, "
           f"mean {np.mean(warped):.0%} (" + " ".join(f"{a:.2f}" for a in warped) + ")")
@@ -183,6 +187,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--supersample", type=int, default=3, help="anti-aliasing of the templates' renders")
     parser.add_argument("--pca-dim", type=int, default=96, help="descriptor dimensions kept by PCA (onboard's default)")
+    parser.add_argument("--given", choices=GIVEN, default="mask",
+                        help="estimate each generated instance from its visible mask, or from that mask's box only")
+    parser.add_argument("--segment", choices=SEGMENTATIONS, default="grabcut",
+                        help="with --given box: the object's pixels found in the box by GrabCut, or the whole box")
     return parser.parse_args(argv)
 
 
@@ -210,7 +218,8 @@ def main(argv=None) -> int:
                              "gt": [{"obj_id": obj_id, "R": pose[:, :3], "t": pose[:, 3]}],
                              "gt_info": [{"visib_fract": visib}]}
         bop.write_scene(scene_dir, images)
-        result = evaluate_scene(rep, mesh, scene_dir, obj_id, scene_id=obj_id, progress=True)
+        result = evaluate_scene(rep, mesh, scene_dir, obj_id, scene_id=obj_id, progress=True, given=args.given,
+                                segment=args.segment)
         csv_rows += result["rows"]
         summary[obj_id] = {"mesh": mesh_path.name, "instances": len(result["times"]), **onboarding,
                            "templates": len(rep.template_poses),
@@ -218,7 +227,7 @@ def main(argv=None) -> int:
                            "median_s_per_stage": {stage: float(np.median(seconds))
                                                   for stage, seconds in result["stage_times"].items()},
                            **summarize(result, mesh.extent)}
-        summary[obj_id].update(real_photo(rep, mesh, data, out, REAL[obj_id], obj_id))
+        summary[obj_id].update(real_photo(rep, mesh, data, out, REAL[obj_id], obj_id, args.segment))
         for row in result["rows"][:3]:
             from pylocalize.objects.viz import pose_overlay
 

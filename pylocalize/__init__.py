@@ -9,7 +9,8 @@ API. Main names:
 - :class:`MultiBitIndex`, :func:`binarize` — multi-bit codes scored by symmetric
   distance calculation (SDC), with optional exact re-ranking.
 - :func:`pack_bits`, :func:`unpack_bits` — bit packing in the core's layout.
-- :func:`set_num_threads`, :func:`get_num_threads`, :func:`simd_level`, :func:`has_cuda`.
+- :func:`set_num_threads`, :func:`get_num_threads`, :func:`simd_level`, :func:`has_cuda`,
+  :func:`cuda_built`.
 - :class:`FormatError` — a file that is not a valid pylocalize container.
 """
 
@@ -17,6 +18,7 @@ from pylocalize._core import FormatError, __version__
 from pylocalize.codes import binarize, pack_bits, reconstruct, unpack_bits
 from pylocalize.index import BinaryIndex, CANNIndex, CANNPQIndex, MultiBitIndex, assign, kmeans
 from pylocalize.runtime import (
+    cuda_built,
     detected_simd_level,
     get_num_threads,
     has_cuda,
@@ -35,6 +37,7 @@ __all__ = [
     "__version__",
     "assign",
     "binarize",
+    "cuda_built",
     "detected_simd_level",
     "get_num_threads",
     "has_cuda",

@@ -16,12 +16,19 @@ __all__: list[str] = [
     "CannKernel",
     "CannPqIndex",
     "FormatError",
+    "GpuBinaryCodes",
+    "GpuCannExact",
+    "GpuCannIvf",
+    "GpuFloatRows",
+    "GpuSdcCodes",
     "InvertedFile",
     "MultiBitIndex",
     "ProductQuantizer",
     "Shading",
     "assign",
     "binarize",
+    "cuda_built",
+    "cuda_device_count",
     "detected_simd_level",
     "get_num_threads",
     "has_cuda",
@@ -340,6 +347,58 @@ class InvertedFile:
     @property
     def num_words(self) -> int: ...
 
+# The device copies below exist only in a build with -DPYLOCALIZE_CUDA=ON (cpp/bindings/cuda.cc),
+# so pybind11-stubgen run on the default build does not write them: keep them by hand.
+class GpuBinaryCodes:
+    def __init__(self, index: BinaryIndex, device: typing.SupportsInt = 0) -> None: ...
+    @property
+    def ntotal(self) -> int: ...
+    def search(
+        self, queries: typing.Any, k: typing.SupportsInt, code_size: typing.SupportsInt
+    ) -> tuple[numpy.typing.NDArray[numpy.int32], numpy.typing.NDArray[numpy.int64]]: ...
+    def range_search(
+        self, queries: typing.Any, radius: typing.SupportsInt, code_size: typing.SupportsInt
+    ) -> tuple[
+        numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int32], numpy.typing.NDArray[numpy.int64]
+    ]: ...
+
+class GpuSdcCodes:
+    def __init__(self, index: MultiBitIndex, device: typing.SupportsInt = 0) -> None: ...
+    def search(
+        self,
+        index: MultiBitIndex,
+        query_codes: typing.Any,
+        k: typing.SupportsInt,
+        query_vectors: typing.Any = None,
+        rerank: typing.SupportsInt = 0,
+        candidates: typing.SupportsInt = 0,
+    ) -> tuple[numpy.typing.NDArray[numpy.float32], numpy.typing.NDArray[numpy.int64]]: ...
+
+class GpuCannIvf:
+    def __init__(self, index: CannIndex, device: typing.SupportsInt = 0) -> None: ...
+    def is_current(self, index: CannIndex) -> bool: ...
+    def search(
+        self,
+        queries: typing.Any,
+        k: typing.SupportsInt,
+        kernel: CannKernel,
+        nprobe: typing.SupportsInt,
+        dim: typing.SupportsInt,
+    ) -> tuple[numpy.typing.NDArray[numpy.float32], numpy.typing.NDArray[numpy.int64]]: ...
+
+class GpuFloatRows:
+    def __init__(self, rows: typing.Any, device: typing.SupportsInt = 0) -> None: ...
+    def search(
+        self, x: typing.Any, k: typing.SupportsInt, metric: str, dim: typing.SupportsInt
+    ) -> tuple[numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.float32]]: ...
+
+class GpuCannExact:
+    def __init__(self, index: CannIndex, device: typing.SupportsInt = 0) -> None: ...
+    def is_current(self, index: CannIndex) -> bool: ...
+    def search(
+        self, queries: typing.Any, k: typing.SupportsInt, kernel: CannKernel, dim: typing.SupportsInt
+    ) -> tuple[numpy.typing.NDArray[numpy.float32], numpy.typing.NDArray[numpy.int64]]: ...
+
 def assign(
     x: typing.Any, centroids: typing.Any, m: typing.SupportsInt | typing.SupportsIndex = 1
 ) -> tuple[numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.float32]]: ...
@@ -352,7 +411,20 @@ def detected_simd_level() -> str:
     """
 
 def get_num_threads() -> int: ...
-def has_cuda() -> bool: ...
+def cuda_built() -> bool:
+    """
+    Whether this build has the CUDA kernels (-DPYLOCALIZE_CUDA=ON).
+    """
+
+def cuda_device_count() -> int:
+    """
+    CUDA devices usable now (0 without the CUDA build, a driver or a device).
+    """
+
+def has_cuda() -> bool:
+    """
+    Whether the CUDA kernels are built and a CUDA device is usable.
+    """
 def has_openmp() -> bool: ...
 def kmeans(
     x: typing.Any,

@@ -36,7 +36,11 @@ def _info(args) -> int:
           f"supported {', '.join(pylocalize.supported_simd_levels())})")
     print(f"threads: {pylocalize.get_num_threads()} of {_core.num_cores()} cores"
           f" (OpenMP {'on' if _core.has_openmp() else 'off'})")
-    print(f"cuda: {'yes' if pylocalize.has_cuda() else 'no'}")
+    if not _core.cuda_built():
+        print("cuda: no (built without -DPYLOCALIZE_CUDA=ON)")
+    else:
+        devices = _core.cuda_device_count()
+        print(f"cuda: {'yes' if devices else 'no'} (built with CUDA; {devices} usable device(s))")
     return 0
 
 

@@ -54,8 +54,15 @@ def set_simd_level(level: str) -> None:
 
 
 def has_cuda() -> bool:
-    """Whether the extension was built with CUDA kernels (``-DPYLOCALIZE_CUDA=ON``)."""
+    """Whether CUDA searches can run: the extension was built with the CUDA kernels
+    (``-DPYLOCALIZE_CUDA=ON``, :func:`cuda_built`) and a CUDA device is usable now."""
     return _core.has_cuda()
+
+
+def cuda_built() -> bool:
+    """Whether the extension was built with the CUDA kernels (``-DPYLOCALIZE_CUDA=ON``),
+    whatever the machine has; :func:`has_cuda` also needs a usable device."""
+    return _core.cuda_built()
 
 
 def _check_env() -> None:

@@ -93,3 +93,20 @@ def test_cli_onboards_with_dinov2_weights(tmp_path, tiny_model, capsys):
     assert main(args + ["--weights", str(path)]) == 0
     rep = ObjectRepresentation.load(tmp_path / "rep.pyloc")
     assert rep.extractor_name == "dinov2" and len(rep.template_poses) == 4
+
+
+def test_extractor_pickles_with_its_weights(tiny_model, tmp_path):
+    """What Ray tasks receive (onboarding with --ray): the same features, and no need for the
+    weights folder where it is unpickled."""
+    import pickle
+    import shutil
+
+    path, _ = tiny_model
+    shutil.copytree(path, tmp_path / "weights")
+    extractor = DINOv2Extractor(tmp_path / "weights", layer=2)
+    data = pickle.dumps(extractor)
+    shutil.rmtree(tmp_path / "weights")
+    copy = pickle.loads(data)
+    image = np.random.default_rng(1).integers(0, 256, (56, 84, 3), dtype=np.uint8)
+    assert (copy.layer, copy.num_registers, copy.dim) == (extractor.layer, extractor.num_registers, extractor.dim)
+    np.testing.assert_array_equal(copy(image), extractor(image))

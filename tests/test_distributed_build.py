@@ -242,3 +242,32 @@ def test_ray_stays_optional(scene, box_file, tmp_path, command):
     assert (f'pylocalize {name}: error: --ray: pylocalize.distributed runs on Ray, which is not installed: '
             'pip install "pylocalize[dist]"') in child.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_dinov2_onboarding_as_ray_tasks_gives_the_local_representation(ray_local, tmp_path):
+    """The extractor travels to the tasks with its torch model (a tiny random DINOv2 saved and
+    loaded through the path real weights take; no download is possible here)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from pylocalize.datasets.synthetic import textured_box_object
+    from pylocalize.distributed import RayExecutor
+    from pylocalize.features.dinov2 import DINOv2Extractor
+    from pylocalize.objects import onboard
+
+    torch.manual_seed(0)
+    config = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                       intermediate_size=64, patch_size=14, image_size=56)
+    transformers.Dinov2Model(config).save_pretrained(tmp_path / "dinov2")
+    extractor = DINOv2Extractor(tmp_path / "dinov2")
+    mesh = textured_box_object(2)
+    options = dict(num_views=6, num_inplane=2, size=112, num_words=16)
+    local = onboard(mesh, extractor, **options)
+    distributed = onboard(mesh, extractor, executor=RayExecutor(chunks_per_cpu=2), **options)
+    assert distributed.extractor_name == local.extractor_name == "dinov2" and local.patch_desc.shape[1] == 32
+    local.save(tmp_path / "local.pyloc")
+    distributed.save(tmp_path / "ray.pyloc")
+    *_, want = pylocalize._core.read_container(str(tmp_path / "local.pyloc"))
+    *_, got = pylocalize._core.read_container(str(tmp_path / "ray.pyloc"))
+    assert sorted(got) == sorted(want) and "patch_desc_uint8" in want
+    for name in want:
+        np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(want[name]), err_msg=name)

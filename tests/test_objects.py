@@ -109,8 +109,12 @@ def test_bbox_input_save_load_and_errors(tmp_path, box_and_representation):
     a, b = rep.estimate(image, K_QUERY, mask=mask), loaded.estimate(image, K_QUERY, mask=mask)
     assert a.templates == b.templates and a.template == b.template
     np.testing.assert_array_equal(a.R, b.R)
-    boxed = loaded.estimate(image, K_QUERY, bbox=bbox)
-    assert boxed.success and pose_error(np.c_[boxed.R, boxed.t], pose)[1] < 15
+    boxed = loaded.estimate(image, K_QUERY, bbox=bbox)  # the object's pixels found in the box (GrabCut)
+    assert boxed.success and pose_error(np.c_[boxed.R, boxed.t], pose)[1] < 15 and "segmentation" in boxed.timings
+    whole_box = loaded.estimate(image, K_QUERY, bbox=bbox, segment="box")
+    assert whole_box.success and "segmentation" not in whole_box.timings
+    with pytest.raises(ValueError, match="segment must be one of"):
+        loaded.estimate(image, K_QUERY, bbox=bbox, segment="sam")
     empty = loaded.estimate(image, K_QUERY, mask=np.zeros(mask.shape, bool))
     assert not empty.success and "no foreground" in empty.reason
     with pytest.raises(ValueError, match="3x3"):
@@ -191,6 +195,13 @@ def test_bop_scene_evaluation_through_the_cli(tmp_path, box_and_representation, 
     assert "3/3 instances" in out and "AR_VSD" in out
     recalls = [float(line.split("AR ")[1].split(",")[0]) for line in out.splitlines() if line.startswith("refined")]
     assert recalls and recalls[0] > 0.5
+    # from each visible mask's box alone: GrabCut finds the object's pixels in it
+    assert main(["objects", "eval", "--bop", str(scene), "--rep", str(tmp_path / "box.pyloc"), "--mesh",
+                 str(tmp_path / "box.ply"), "--obj-id", "7", "--out", str(tmp_path / "boxes.csv"),
+                 "--given", "box"]) == 0
+    out = capsys.readouterr().out
+    recalls = [float(line.split("AR ")[1].split(",")[0]) for line in out.splitlines() if line.startswith("refined")]
+    assert "3/3 instances" in out and recalls[0] > 0.5
     # a dataset layout: models/ with mesh and symmetries, test/<scene>/, two scenes
     import json
     import shutil

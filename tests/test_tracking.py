@@ -473,3 +473,17 @@ def test_track_command_errors_say_the_fix(tmp_path, courtyard, capsys):
     with pytest.raises(SystemExit):
         main(["track", "--map", str(tmp_path / "map"), "--images", "x", "--camera", camera, "--out", "t",
               "--fps", "0"])
+
+
+def test_tracker_on_the_maps_own_orb_layer_takes_its_extractor_and_relocalization(courtyard, stream):
+    scene, _ = courtyard
+    path, frames = stream
+    m = Map.from_views(scene.images, scene.K, scene.cam_from_world, scene.names, max_features=1500,
+                       layers=("sift", "orb"))
+    tracker = Tracker(m, scene.camera, features="orb")
+    results = [tracker.track(f, t) for f, t in zip(frames[:8], path.timestamps[:8])]
+    assert results[0].status == "relocalized" and results[0].method == "orb votes"
+    assert all(r.success for r in results) and [r.status for r in results[1:]].count("tracked") >= 6
+    errors = np.linalg.norm(camera_centres(np.array([r.cam_from_world for r in results]))
+                            - camera_centres(path.cam_from_world[:8]), axis=1)
+    assert np.median(errors) < 0.05

@@ -185,6 +185,35 @@ def _use_map(path: Path) -> str:
                         [m.points3D[p[p >= 0]] for p in m.point_ids])
 
 
+def _make_map_orb(folder: Path) -> Path:
+    """A map with an ORB layer beside its SIFT (issue 21): optional sections of map.pyloc."""
+    from pylocalize.localization import Map
+    from pylocalize.localization.layers import BinaryLayer
+
+    _make_map(folder)
+    m = Map.load(folder / "map", mmap=False)
+    rng = _rng_data(9)
+    n, per = len(m.names), 40
+    kps = [rng.uniform(0, 480, (per, 2)).astype(np.float32) for _ in range(n)]
+    descs = [rng.integers(0, 256, (per, 32), dtype=np.uint8) for _ in range(n)]
+    ids = [np.where(rng.random(per) < 0.6, rng.integers(0, 60, per), -1).astype(np.int64) for _ in range(n)]
+    m.layers["orb"] = BinaryLayer("orb", kps, descs, ids, rng.normal(size=(60, 3)), {"max_features": 500})
+    m.save(folder / "map")
+    return folder / "map"
+
+
+def _use_map_orb(path: Path) -> str:
+    from pylocalize.localization import Map
+
+    m = Map.load(path)
+    layer = m.feature_layer("orb")
+    q = _rng_data(10).integers(0, 256, (30, 32), dtype=np.uint8)
+    return _fingerprint(_use_map(path), m.feature_layers, sorted(m.layers["orb"].options.items()), layer.keypoints,
+                        layer.descriptors, layer.point_ids, layer.points3D, m.match_2d3d(q, [0, 2], features="orb"),
+                        m.match_2d3d(q, range(len(m.names)), features="orb"),
+                        m.retrieve(q, 3, return_scores=True, features="orb"))
+
+
 def _make_map_sfm(folder: Path) -> Path:
     """A map as SfM leaves it: the kept COLMAP model folder and a geo origin beside the index."""
     from pylocalize.localization import Map
@@ -355,6 +384,7 @@ FORMATS: Dict[str, Format] = {
     "cann-pq-mmap": Format(_make_cann_pq, lambda p: _use_cann_pq(p, mmap=True)),
     "map": Format(_make_map, _use_map),
     "map-sfm": Format(_make_map_sfm, _use_map_sfm),
+    "map-orb": Format(_make_map_orb, _use_map_orb),
     # layouts 1 (float32 descriptors), 2 (float32 model points) and 3 (float16
     # descriptors) retired by issue 18's smaller, faster onboarding
     "objects": Format(_make_objects, _use_objects,

@@ -137,6 +137,7 @@ void BindCann(py::module_& m);
 void BindCannPq(py::module_& m);
 void BindKnn(py::module_& m);
 void BindBow(py::module_& m);
+void BindCuda(py::module_& m);
 
 }  // namespace bindings
 }  // namespace pylocalize

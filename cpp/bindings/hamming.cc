@@ -109,6 +109,35 @@ void BindBinaryIndex(py::module_& m) {
   BindIdsAndPersistence(binary);
 }
 
+}  // namespace
+
+py::tuple SearchMultiBit(const MultiBitIndex& self, const py::object& query_codes, int64_t k,
+                         const py::object& query_vectors, int64_t rerank, int64_t candidates,
+                         const MultiBitIndex::KeyScan* scan) {
+  auto q = CheckArray<uint8_t>(query_codes, "query_codes", 2, self.code_size());
+  PYL_CHECK(k >= 1, "k must be >= 1, got ", k);
+  const int64_t nq = q.shape(0);
+  py::array_t<float> qv;
+  const float* qvp = nullptr;
+  if (!query_vectors.is_none()) {
+    qv = CheckArray<float>(query_vectors, "query_vectors", 2, self.dim());
+    PYL_CHECK(qv.shape(0) == nq, "query_vectors must have one row per query code");
+    CheckFinite(qv.data(), qv.size(), "query_vectors");
+    qvp = qv.data();
+  }
+  py::array_t<float> s({nq, k});
+  py::array_t<int64_t> i({nq, k});
+  float* sp = s.mutable_data();
+  int64_t* ip = i.mutable_data();
+  {
+    ReleaseGil release;
+    self.Search(q.data(), nq, k, qvp, rerank, candidates, sp, ip, scan);
+  }
+  return py::make_tuple(s, i);
+}
+
+namespace {
+
 void BindMultiBitIndex(py::module_& m) {
   py::class_<MultiBitIndex> multibit(m, "MultiBitIndex");
   multibit.def(py::init<int64_t, int>(), py::arg("dim"), py::arg("bits_per_dim"))
@@ -141,26 +170,7 @@ void BindMultiBitIndex(py::module_& m) {
           "search",
           [](const MultiBitIndex& self, const py::object& query_codes, int64_t k, const py::object& query_vectors,
              int64_t rerank, int64_t candidates) {
-            auto q = CheckArray<uint8_t>(query_codes, "query_codes", 2, self.code_size());
-            PYL_CHECK(k >= 1, "k must be >= 1, got ", k);
-            const int64_t nq = q.shape(0);
-            py::array_t<float> qv;
-            const float* qvp = nullptr;
-            if (!query_vectors.is_none()) {
-              qv = CheckArray<float>(query_vectors, "query_vectors", 2, self.dim());
-              PYL_CHECK(qv.shape(0) == nq, "query_vectors must have one row per query code");
-              CheckFinite(qv.data(), qv.size(), "query_vectors");
-              qvp = qv.data();
-            }
-            py::array_t<float> s({nq, k});
-            py::array_t<int64_t> i({nq, k});
-            float* sp = s.mutable_data();
-            int64_t* ip = i.mutable_data();
-            {
-              ReleaseGil release;
-              self.Search(q.data(), nq, k, qvp, rerank, candidates, sp, ip);
-            }
-            return py::make_tuple(s, i);
+            return SearchMultiBit(self, query_codes, k, query_vectors, rerank, candidates, nullptr);
           },
           py::arg("query_codes"), py::arg("k"), py::arg("query_vectors") = py::none(), py::arg("rerank") = 0,
           py::arg("candidates") = 0)

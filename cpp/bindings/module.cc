@@ -10,4 +10,5 @@ PYBIND11_MODULE(_core, m) {
   pylocalize::bindings::BindCannPq(m);
   pylocalize::bindings::BindKnn(m);
   pylocalize::bindings::BindBow(m);
+  pylocalize::bindings::BindCuda(m);
 }

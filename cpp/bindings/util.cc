@@ -104,13 +104,6 @@ void BindRuntime(py::module_& m) {
   m.def("get_num_threads", &GetNumThreads);
   m.def("set_num_threads", &SetNumThreads, py::arg("n"));
   m.def("num_cores", &NumCores);
-  m.def("has_cuda", [] {
-#ifdef PYLOCALIZE_WITH_CUDA
-    return true;
-#else
-    return false;
-#endif
-  });
   m.def("has_openmp", [] {
 #ifdef _OPENMP
     return true;

@@ -64,6 +64,30 @@ class DINOv2Extractor:
     def __repr__(self) -> str:
         return f"DINOv2Extractor({self.weights!r}, layer={self.layer}, dim={self.dim}, device={self.device!r})"
 
+    def __getstate__(self) -> dict:
+        # transformers models do not pickle (they hold context variables), so an extractor
+        # sent to other processes (Ray tasks: onboarding with --ray) carries the model's
+        # config and weights instead, and needs no copy of the weights folder there
+        state = self.__dict__.copy()
+        model = state.pop("model")
+        state["model_config"] = model.config.to_dict()
+        state["model_weights"] = {name: value.detach().cpu() for name, value in model.state_dict().items()}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        import torch
+        from transformers import AutoConfig, Dinov2Model, Dinov2WithRegistersModel
+
+        config, weights = dict(state.pop("model_config")), state.pop("model_weights")
+        self.__dict__.update(state)
+        config = AutoConfig.for_model(config.pop("model_type"), **config)
+        cls = Dinov2WithRegistersModel if config.model_type == "dinov2_with_registers" else Dinov2Model
+        model = cls(config)
+        model.load_state_dict(weights)
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            self.device = "cpu"  # the process it went to has no GPU
+        self.model = model.to(self.device).eval()
+
     def __call__(self, image: np.ndarray) -> np.ndarray:
         import torch
 

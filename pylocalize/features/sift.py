@@ -25,8 +25,9 @@ from pylocalize.io import load_pixels
 EXTRACTORS = ("opencv", "colmap")
 
 
-def to_gray(image: np.ndarray) -> np.ndarray:
-    """uint8 (H, W) from uint8 or [0, 1] float images, grey or RGB(A)."""
+def to_gray(image: np.ndarray, extractor: str = "SIFT") -> np.ndarray:
+    """uint8 (H, W) from uint8 or [0, 1] float images, grey or RGB(A); ``extractor`` names
+    what the image is for in the error an image under 16 pixels gets."""
     img = np.asarray(image)
     if img.ndim == 3 and img.shape[2] in (3, 4):
         img = img[..., :3].astype(np.float32).mean(-1) if img.dtype != np.uint8 else \
@@ -37,7 +38,7 @@ def to_gray(image: np.ndarray) -> np.ndarray:
         scale = 255.0 if np.asarray(image).dtype.kind == "f" else 1.0
         img = np.clip(np.rint(img.astype(np.float32) * scale), 0, 255).astype(np.uint8)
     if min(img.shape) < 16:
-        raise ValueError(f"image of {img.shape[1]}x{img.shape[0]} pixels is too small for SIFT")
+        raise ValueError(f"image of {img.shape[1]}x{img.shape[0]} pixels is too small for {extractor}")
     return np.ascontiguousarray(img)
 
 

@@ -17,9 +17,8 @@ import numpy as np
 
 from pylocalize._cli import at_least, run_alone
 from pylocalize._core import FormatError
-
-_LAT_NAMES = ("lat", "latitude")
-_LON_NAMES = ("lon", "lng", "long", "longitude")
+from pylocalize.datasets.geotagged import LAT_NAMES as _LAT_NAMES
+from pylocalize.datasets.geotagged import LON_NAMES as _LON_NAMES
 
 
 def read_latlon_csv(path) -> np.ndarray:

@@ -6,6 +6,10 @@ deterministic: best first, ties to the smaller id, rows padded with id ``-1``.
 Many queries run in parallel over queries; one or a few run in parallel over the
 database, so a single query also uses every thread. Files use the versioned pylocalize
 container (magic, version, CRC-32), written atomically, optionally memory-mapped.
+
+``device="cuda"`` (or :meth:`to_gpu`) searches with the CUDA kernels of a build with
+``-DPYLOCALIZE_CUDA=ON`` on a device copy of the codes, with the CPU's results bit for bit
+(``k`` up to 2048); the other verbs stay on the CPU.
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ import numpy as np
 from pylocalize import _core
 from pylocalize.index._args import as_ids
 from pylocalize.index._args import int_scalar as _int_scalar
+from pylocalize.index._device import Device, OnDevice
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-class BinaryIndex:
+class BinaryIndex(OnDevice):
     """Exact k-NN and range search in Hamming space.
 
     Parameters
@@ -30,6 +35,9 @@ class BinaryIndex:
     nbits : int
         Code length in bits, a positive multiple of 8. 64, 128, 256, 512 and 1024 bits
         (and 192) have unrolled kernels; any other size uses the generic kernel.
+    device : {"cpu", "cuda", "cuda:N"}
+        Where searches run (see :meth:`to_gpu`). A search on a GPU is not synchronized with
+        changes made from another thread.
 
     Notes
     -----
@@ -51,8 +59,12 @@ class BinaryIndex:
     [0, 1, 2, 3, 4]
     """
 
-    def __init__(self, nbits: int, *, _impl: Optional[_core.BinaryIndex] = None):
+    def __init__(self, nbits: int, *, device: Device = "cpu", _impl: Optional[_core.BinaryIndex] = None):
         self._impl = _impl if _impl is not None else _core.BinaryIndex(_int_scalar(nbits, "nbits"))
+        self._set_device(device)
+
+    def _make_device_copy(self, ordinal: int):
+        return _core.GpuBinaryCodes(self._impl, ordinal)
 
     @property
     def nbits(self) -> int:
@@ -73,7 +85,8 @@ class BinaryIndex:
         return self.ntotal
 
     def __repr__(self) -> str:
-        return f"BinaryIndex(nbits={self.nbits}, ntotal={self.ntotal})"
+        where = "" if self._ordinal is None else f", device={self.device!r}"
+        return f"BinaryIndex(nbits={self.nbits}, ntotal={self.ntotal}{where})"
 
     def add(self, codes: np.ndarray, ids: Optional[np.ndarray] = None) -> None:
         """Adds codes ``uint8 (n, nbits/8)``.
@@ -86,6 +99,7 @@ class BinaryIndex:
             so far (0, 1, 2, ... for a fresh index). Integers ``>= 0``: ``-1`` marks
             empty result slots.
         """
+        self._changed()
         self._impl.add(codes, None if ids is None else as_ids(ids))
 
     def search(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -104,6 +118,8 @@ class BinaryIndex:
         ids : numpy.ndarray of int64, shape (nq, k)
             Ids of the neighbours, ties to the smaller id; ``-1`` in padded slots.
         """
+        if self._ordinal is not None:
+            return self._device_copy().search(queries, _int_scalar(k, "k"), self.code_size)
         return self._impl.search(queries, _int_scalar(k, "k"))
 
     def range_search(self, queries: np.ndarray, radius: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -117,14 +133,18 @@ class BinaryIndex:
             Per query ascending, ties to the smaller id.
         ids : numpy.ndarray of int64
         """
+        if self._ordinal is not None:
+            return self._device_copy().range_search(queries, _int_scalar(radius, "radius"), self.code_size)
         return self._impl.range_search(queries, _int_scalar(radius, "radius"))
 
     def remove_ids(self, ids: np.ndarray) -> int:
         """Removes every code whose id is in ``ids``; returns how many were removed."""
+        self._changed()
         return self._impl.remove_ids(as_ids(ids).reshape(-1))
 
     def reset(self) -> None:
         """Removes every code."""
+        self._changed()
         self._impl.reset()
 
     def codes(self) -> np.ndarray:
@@ -172,7 +192,7 @@ class BinaryIndex:
         return (BinaryIndex.deserialize, (self.serialize(),))
 
 
-class MultiBitIndex:
+class MultiBitIndex(OnDevice):
     """Search over multi-bit codes by symmetric distance calculation (SDC).
 
     Codes come from :func:`pylocalize.binarize` (or any encoder writing the same layout):
@@ -190,6 +210,9 @@ class MultiBitIndex:
         Dimension of the encoded vectors.
     bits_per_dim : int
         1 to 4 bits per dimension.
+    device : {"cpu", "cuda", "cuda:N"}
+        Where the SDC scan runs (see :meth:`to_gpu`); re-ranking by the float vectors stays
+        on the CPU. A search on a GPU is not synchronized with changes from another thread.
 
     Notes
     -----
@@ -200,10 +223,15 @@ class MultiBitIndex:
     made from the main thread.
     """
 
-    def __init__(self, dim: int, bits_per_dim: int, *, _impl: Optional[_core.MultiBitIndex] = None):
+    def __init__(self, dim: int, bits_per_dim: int, *, device: Device = "cpu",
+                 _impl: Optional[_core.MultiBitIndex] = None):
         if _impl is None:
             _impl = _core.MultiBitIndex(_int_scalar(dim, "dim"), _int_scalar(bits_per_dim, "bits_per_dim"))
         self._impl = _impl
+        self._set_device(device)
+
+    def _make_device_copy(self, ordinal: int):
+        return _core.GpuSdcCodes(self._impl, ordinal)
 
     dim = property(lambda self: self._impl.dim, doc="Dimension of the encoded vectors.")
     bits_per_dim = property(lambda self: self._impl.bits_per_dim, doc="Bits per dimension.")
@@ -230,6 +258,7 @@ class MultiBitIndex:
         vectors : numpy.ndarray of float32, shape (n, dim), optional
             Kept for exact re-ranking; every add of an index must pass them or none must.
         """
+        self._changed()
         self._impl.add(codes, None if ids is None else as_ids(ids), vectors)
 
     def search(self, query_codes: np.ndarray, k: int, *,
@@ -264,16 +293,21 @@ class MultiBitIndex:
         ids : numpy.ndarray of int64, shape (nq, k)
             Ties to the smaller id; ``-1`` in padded slots.
         """
-        return self._impl.search(query_codes, _int_scalar(k, "k"), query_vectors,
-                                 _int_scalar(rerank, "rerank"), _int_scalar(candidates, "candidates"))
+        args = (query_codes, _int_scalar(k, "k"), query_vectors, _int_scalar(rerank, "rerank"),
+                _int_scalar(candidates, "candidates"))
+        if self._ordinal is not None:
+            return self._device_copy().search(self._impl, *args)
+        return self._impl.search(*args)
 
     def remove_ids(self, ids: np.ndarray) -> int:
         """Removes every code (and its float vector) whose id is in ``ids``; returns how many
         were removed. The rest searches as an index built from it would."""
+        self._changed()
         return self._impl.remove_ids(as_ids(ids).reshape(-1))
 
     def reset(self) -> None:
         """Removes every code (and vector)."""
+        self._changed()
         self._impl.reset()
 
     def ids(self) -> np.ndarray:

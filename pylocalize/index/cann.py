@@ -41,6 +41,7 @@ import numpy as np
 
 from pylocalize import _core
 from pylocalize.index._args import as_ids, int_scalar
+from pylocalize.index._device import Device, OnDevice
 
 PathLike = Union[str, "os.PathLike[str]"]
 METHODS = ("exact", "ivf", "grid")
@@ -86,7 +87,7 @@ def _check_grid(grid: dict) -> None:
         raise ValueError(f"grid seed must be in 0..2**64-1, got {grid['seed']}")
 
 
-class CANNIndex:
+class CANNIndex(OnDevice):
     """Ranks database images for a query image's local features.
 
     Parameters
@@ -113,6 +114,12 @@ class CANNIndex:
         Parameters of the CANN kernel (s = 0 beyond p0).
     sigma : float
         Width of the Gaussian kernel ``exp(-r^2 / (2 sigma^2))``.
+    device : {"cpu", "cuda", "cuda:N"}
+        Where searches run (see :meth:`to_gpu`): on a GPU, methods "exact" and "ivf" with
+        the CPU's images and scores (descriptors of up to 3072 dimensions; for "ivf", the
+        scores of a one-thread CPU search: with more threads the CPU sums its threads' parts
+        in the order they finish, which can move a score's last bit). Method "grid" searches
+        on the CPU only and raises ``ValueError`` on a GPU.
 
     Notes
     -----
@@ -131,7 +138,7 @@ class CANNIndex:
 
     def __init__(self, dim: int, metric: str = "l2", method: str = "exact", kernel: str = "cann",
                  p0: float = 120.0, p1: float = 0.4592, sigma: float = 60.0, nprobe: int = 16,
-                 grid: Optional[dict] = None, *, _impl: Optional[_core.CannIndex] = None):
+                 grid: Optional[dict] = None, *, device: Device = "cpu", _impl: Optional[_core.CannIndex] = None):
         if metric != "l2":
             raise ValueError(f"metric must be 'l2', got {metric!r}")
         if method not in METHODS:
@@ -150,6 +157,36 @@ class CANNIndex:
         _check_grid(self.grid)
         self._grid_configured = False
         self._stored_options: Optional[dict] = None
+        self._set_device(device)
+
+    def _make_device_copy(self, ordinal: int):
+        return {}  # a copy per method, made on its first search
+
+    def _method_copy(self):
+        """The device copy of the current method's layout. Every change (add, remove, reset,
+        train, a load's copy-on-write) replaces the layout: a copy of an older one is stale,
+        whichever path changed the index."""
+        copies = self._device_copy()
+        copy = copies.get(self.method)
+        if copy is None or not copy.is_current(self._impl):
+            make = _core.GpuCannExact if self.method == "exact" else _core.GpuCannIvf
+            copies.pop(self.method, None)  # free the stale copy's device memory first
+            copy = copies[self.method] = make(self._impl, self._ordinal)
+        return copy
+
+    def _search_on_device(self, query_descriptors, k: int):
+        if self.method not in ("exact", "ivf"):
+            raise ValueError(f"method {self.method!r} searches on the CPU only: use method 'exact' or 'ivf' on "
+                             "the GPU, or call to_cpu()")
+        if self.method == "ivf" and not self.is_trained:
+            raise ValueError("the ivf method needs train() first")
+        q = np.asarray(query_descriptors)
+        if q.dtype == np.uint8:  # the CPU widens uint8 query descriptors the same way
+            q = q.astype(np.float32)
+        copy = self._method_copy()
+        if self.method == "exact":
+            return copy.search(q, k, self._kernel, self.dim)
+        return copy.search(q, k, self._kernel, int_scalar(self.nprobe, "nprobe"), self.dim)
 
     def _prepare(self) -> str:
         """Validates the current method (it may be changed between searches) and
@@ -241,11 +278,18 @@ class CANNIndex:
         image_ids : int64 (k,)
             Ties go to the smaller image id; ``-1`` in padded slots.
         """
+        if self._ordinal is not None:
+            return self._search_on_device(query_descriptors, int_scalar(k, "k"))
         return self._impl.search(query_descriptors, int_scalar(k, "k"), self._kernel, self._prepare(),
                                  int_scalar(self.nprobe, "nprobe"))
 
     def search_batch(self, query_sets: Sequence[np.ndarray], k: int) -> Tuple[np.ndarray, np.ndarray]:
         """:meth:`search` for many query images in parallel: ``(scores (n, k), image_ids (n, k))``."""
+        if self._ordinal is not None:
+            k = int_scalar(k, "k")
+            results = [self._search_on_device(q, k) for q in query_sets]
+            return (np.stack([r[0] for r in results]).reshape(-1, k).astype(np.float32, copy=False),
+                    np.stack([r[1] for r in results]).reshape(-1, k).astype(np.int64, copy=False))
         return self._impl.search_batch(list(query_sets), int_scalar(k, "k"), self._kernel, self._prepare(),
                                        int_scalar(self.nprobe, "nprobe"))
 

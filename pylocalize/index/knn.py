@@ -16,6 +16,7 @@ import numpy as np
 
 from pylocalize import _core
 from pylocalize.index._args import int_scalar
+from pylocalize.index._device import Device, parse_device
 
 
 def kmeans(x: np.ndarray, k: int, iterations: int = 20, seed: int = 0, max_points_per_centroid: int = 256, *,
@@ -51,15 +52,31 @@ def kmeans(x: np.ndarray, k: int, iterations: int = 20, seed: int = 0, max_point
     return centroids, labels
 
 
-def assign(x: np.ndarray, centroids: np.ndarray, m: int = 1) -> Tuple[np.ndarray, np.ndarray]:
+def assign(x: np.ndarray, centroids: np.ndarray, m: int = 1, *,
+           device: Device = "cpu") -> Tuple[np.ndarray, np.ndarray]:
     """The ``m`` nearest centroids of each row: ``labels int64`` and squared L2 ``distances
     float32``, shaped ``(n,)`` for ``m = 1`` and ``(n, m)`` otherwise, nearest first (ties
     to the smaller index).
 
     ``x`` and ``centroids`` both float32, or both uint8 (descriptors against descriptors,
     as in matching): uint8 gives the same result as their float32 copies, from a quarter of
-    the bytes and, on AVX2, integer multiply-adds."""
-    labels, dist = _core.assign(x, centroids, int_scalar(m, "m"))
+    the bytes and, on AVX2, integer multiply-adds.
+
+    ``device="cuda"`` (or ``"cuda:N"``) assigns with the CUDA kernels, with the same labels
+    and distances (``m`` up to 2048); the centroids are copied to the device for the call."""
+    ordinal = parse_device(device)
+    if ordinal is not None:
+        centroids = np.asarray(centroids)
+        if not isinstance(x, np.ndarray) or x.dtype != centroids.dtype:
+            raise ValueError("x and centroids must both be float32 or both uint8 numpy arrays")
+        rows = _core.GpuFloatRows(centroids, ordinal)
+        k = centroids.shape[0]
+        if not 1 <= int_scalar(m, "m") <= k:
+            raise ValueError(f"m must be in 1..{k}, got {m}")
+        labels, dist = rows.search(x.astype(np.float32) if x.dtype == np.uint8 else x, int(m), "l2",
+                                   centroids.shape[1])
+    else:
+        labels, dist = _core.assign(x, centroids, int_scalar(m, "m"))
     if m == 1:
         return labels[:, 0], dist[:, 0]
     return labels, dist

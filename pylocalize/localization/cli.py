@@ -2,9 +2,11 @@
 
 - ``map build``: a map from posed images (a Strecha folder, a COLMAP model, a pose file) or
   from images alone (structure-from-motion); ``--ray``: its features extracted on a Ray
-  cluster (:mod:`pylocalize.distributed.extract`, the same map);
+  cluster (:mod:`pylocalize.distributed.extract`, the same map); ``--features sift,orb``:
+  an ORB layer beside SIFT (:mod:`pylocalize.localization.layers`);
 - ``localize``: the poses of query images in a map, written as a pose file (``--ray``: on a
-  Ray cluster, :mod:`pylocalize.distributed.batch`, the same file);
+  Ray cluster, :mod:`pylocalize.distributed.batch`, the same file; ``--features orb``: by
+  the map's ORB layer);
 - ``evaluate``: pose errors and recall of a pose file against ground truth;
 - ``pairs``: retrieval pairs of query images in a map, as hloc or kapture pairs files.
 
@@ -74,12 +76,24 @@ def _ray_extraction(args):
     return RayExtraction(folder=Path(args.out).absolute().parent)
 
 
+def _build_layers(args) -> dict:
+    """``map build --features``: ``{kind: extractor options}`` for the map builders' ``layers``."""
+    from pylocalize.localization.layers import FEATURE_KINDS
+
+    kinds = [k.strip() for k in args.features.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in FEATURE_KINDS]
+    if unknown or "sift" not in kinds:
+        raise SystemExit(f"--features {args.features}: give a comma-separated list of {', '.join(FEATURE_KINDS)} "
+                         "holding sift (a map always holds SIFT), e.g. --features sift,orb")
+    return {kind: ({"max_features": args.orb_features} if kind == "orb" else {}) for kind in kinds}
+
+
 def _map_build(args) -> int:
     from pylocalize.localization import Map
 
     _check_build_inputs(args)
     options = {"max_features": args.max_features, "extractor": args.extractor, "progress": args.progress,
-               "extraction": _ray_extraction(args) if args.ray else None}
+               "extraction": _ray_extraction(args) if args.ray else None, "layers": _build_layers(args)}
     if args.strecha:
         exclude = [e for e in (args.exclude or "").split(",") if e]
         m = Map.from_strecha(args.strecha, exclude=exclude, **options)
@@ -213,6 +227,7 @@ def _localize(args) -> int:
     from pylocalize.localization.viz import save_localization_figure
 
     m = _load_map(args.map)
+    m.feature_layer(args.features)  # a map without the layer: one line saying how to build one
     if args.cameras:
         _existing(args.cameras, "--cameras", "cameras file, lines 'name MODEL W H PARAMS...'", folder=False)
     keys, paths, cameras, failed = _query_cameras(args, m)
@@ -225,7 +240,8 @@ def _localize(args) -> int:
         results = _localize_on_ray(args, paths, cameras)
     else:
         with quiet_colmap() if m.extractor == "colmap" else nullcontext():  # pycolmap's SIFT logs each extractor
-            results = m.localize_many(paths, cameras, workers=args.workers, progress=args.progress)
+            results = m.localize_many(paths, cameras, workers=args.workers, progress=args.progress,
+                                      features=args.features)
     estimates, notes = [], {}
     for key, path, result in zip(keys, paths, results):
         if result.success:
@@ -261,7 +277,7 @@ def _localize_on_ray(args, paths, cameras) -> list:
 
     with install_hint("--ray"):
         return localize_many_ray(args.map, paths, cameras, address=args.ray, actors=args.workers,
-                                 progress=args.progress)
+                                 progress=args.progress, features=args.features)
 
 
 def _batch_status(done: int, failed: int, allow_failures: bool, what: str = "localized") -> int:
@@ -342,6 +358,10 @@ def _add_map(subparsers) -> None:
     b.add_argument("--images", help="image folder; alone: structure-from-motion from the images only")
     b.add_argument("--extractor", choices=["opencv", "colmap"], default="opencv", help="SIFT implementation")
     b.add_argument("--max-features", type=at_least(1), default=4000, help="SIFT features per image")
+    b.add_argument("--features", default="sift", metavar="KINDS",
+                   help="kinds of local features the map holds, comma-separated: sift, and orb (fast binary "
+                        "features for localizing frames, matched by Hamming distance) beside it: sift,orb")
+    b.add_argument("--orb-features", type=at_least(1), default=2000, help="ORB features per image (--features orb)")
     b.add_argument("--seed", type=int, default=0, help="structure-from-motion random seed")
     b.add_argument("--sfm", choices=["incremental", "global"], default="incremental",
                    help="structure-from-motion mapper tried first (images only)")
@@ -391,6 +411,8 @@ def _add_localize(subparsers) -> None:
                         "to a cluster; the map and the query files must be at the same paths on every node")
     p.add_argument("--out", required=True, help="pose file to write (name qw qx qy qz tx ty tz)")
     p.add_argument("--viz", help="folder for one figure per query (matches, reprojections, retrieved images)")
+    p.add_argument("--features", choices=["sift", "orb"], default="sift",
+                   help="the map's features to localize with: orb needs a map built with --features sift,orb")
     p.add_argument("--allow-failures", action="store_true",
                    help="exit 0 when some queries fail (not all): by default any failure exits 1")
     p.set_defaults(func=_localize)

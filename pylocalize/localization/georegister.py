@@ -157,11 +157,13 @@ def fit_georegistration(names: Sequence[str], cam_from_world: np.ndarray, gps: D
 
 
 def apply_registration(m, registration: GeoRegistration) -> None:
-    """Moves map ``m`` (its poses, points and kept SfM model) into the registration's ENU
+    """Moves map ``m`` (its poses, points, its feature layers' points and kept SfM model) into the registration's ENU
     frame and records the origin in ``m.geo_origin``."""
     s, R, t = registration.scale, registration.rotation, registration.translation
     m.cam_from_world = np.stack([transform_pose(P, s, R, t) for P in m.cam_from_world]).reshape(-1, 3, 4)
     m.points3D = np.ascontiguousarray(m.points3D @ (s * R).T + t)
+    for layer in m.layers.values():  # binary feature layers hold points of their own
+        layer.points3D = np.ascontiguousarray(layer.points3D @ (s * R).T + t)
     model = m.sfm_model()
     if model is not None:  # the kept SfM model moves with the map, in memory until the next save
         import pycolmap

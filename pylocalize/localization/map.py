@@ -11,6 +11,11 @@ a :class:`CANNIndex` over every database feature (or, after :meth:`Map.compress`
   (:mod:`~pylocalize.localization.triangulation`);
 - images only (:meth:`Map.from_images`): incremental SfM with pycolmap on our features.
 
+A map may also hold binary feature layers beside SIFT (:meth:`Map.add_layer`, ``layers=("sift",
+"orb")`` of the builders; :mod:`~pylocalize.localization.layers`): ORB of the same images with
+their own 3D points, matched by Hamming distance on the core's :class:`BinaryIndex`, the fast
+features for frames of a stream (``localize(..., features="orb")``).
+
 A query is localized (:meth:`Map.localize`) in four stages, each a method of its own:
 :meth:`Map.extract` (its SIFT features), :meth:`Map.retrieve` (database images by CANN),
 :meth:`Map.match_2d3d` (its features against those of the retrieved images that observe 3D
@@ -57,6 +62,7 @@ from pylocalize.index.cann_pq import CANNPQIndex
 from pylocalize.io import image_files, image_size, load_pixels, read_image  # noqa: F401 (read_image's old path)
 from pylocalize.localization.georegister import DEFAULT_GPS_NOISE_M, camera_geodetic, gps_of_images
 from pylocalize.localization.georegister import georegister as georegister_map
+from pylocalize.localization.layers import BINARY_EXTRACTORS, BinaryLayer, FeatureLayer, binary_extractor, check_kind
 from pylocalize.localization.sfm import reconstruct
 from pylocalize.localization.triangulation import select_pairs, triangulate
 
@@ -66,7 +72,9 @@ from pylocalize.localization.triangulation import select_pairs, triangulate
 # commit point of a save) with its size and feature count. Layout 2 is still read.
 # Optional JSON keys added since need no new layout: "devices" (the EXIF device of each image,
 # for queries to reuse the map's calibrated cameras) is absent from older maps, which load
-# without it.
+# without it. Nor do optional sections: binary feature layers (layers.py; "orb.keypoints" ...
+# and "layers" in the JSON, the extractor options of each) are absent from older maps, which
+# load with SIFT alone, and a reader from before them loads a map holding them as SIFT alone.
 # The index file carries its own layout version (CANNIndex meta "layout"; 2: a trained index
 # stores its ivf search layout, mapped at load), which CANNIndex.load reads: the map's
 # sections do not change with it.
@@ -124,7 +132,8 @@ class LocalizationResult:
     points2D : float64 (num_matches, 2) or None
         Query keypoints of the 2D-3D matches (OpenCV convention).
     point3D_ids : int64 (num_matches,) or None
-        The map point of each match (index into ``Map.points3D``).
+        The map point of each match: an index into the points of the features matched
+        (``Map.feature_layer(features).points3D``; ``Map.points3D`` for SIFT).
     covariance : float64 (6, 6) or None
         Covariance of the pose (rotation as axis-angle, then translation), from the
         refinement's Jacobian at the solution.
@@ -144,6 +153,8 @@ class LocalizationResult:
         is less trustworthy than one of a known camera even when ``success``.
     focal_estimated : bool
         The focal length was estimated with the pose (see ``estimate_focal`` of :meth:`Map.localize`).
+    features : str
+        The map's feature layer the query was matched against (``"sift"``, ``"orb"``).
     """
 
     success: bool
@@ -161,6 +172,7 @@ class LocalizationResult:
     camera_source: str = ""
     intrinsics_guessed: bool = False
     focal_estimated: bool = False
+    features: str = "sift"
 
     def __repr__(self) -> str:
         """One line: outcome, inliers of matches, camera centre, camera source, reason (the
@@ -191,7 +203,7 @@ class QueryFeatures(NamedTuple):
     """Output of :meth:`Map.extract`."""
 
     keypoints: np.ndarray  # float32 (n, 2), OpenCV pixels
-    descriptors: np.ndarray  # uint8 (n, 128) RootSIFT
+    descriptors: np.ndarray  # uint8 (n, 128) RootSIFT, or a binary layer's (n, bytes)
     camera: Camera  # the query's camera, checked against the image size
 
 
@@ -200,7 +212,7 @@ class Matches2D3D(NamedTuple):
     map point ``point3D_ids[j]``; sorted by query keypoint."""
 
     query_ids: np.ndarray  # int64 (m,), indices into the query's keypoints
-    point3D_ids: np.ndarray  # int64 (m,), indices into Map.points3D
+    point3D_ids: np.ndarray  # int64 (m,), indices into the layer's points3D (Map.points3D for SIFT)
 
 
 @contextmanager
@@ -288,8 +300,9 @@ def _per_item(cameras, n: int, what: str) -> list:
     return per_item
 
 
-def image_features(image, sift: SiftExtractor):
-    """``(keypoints, descriptors)`` of one image (an array or a file) by ``sift``, or the
+def image_features(image, sift: Callable):
+    """``(keypoints, descriptors)`` of one image (an array or a file) by ``sift`` (an
+    extractor: :class:`SiftExtractor`, :class:`~pylocalize.features.OrbExtractor`), or the
     ``ValueError`` reading its file raised, returned for the caller to skip or raise (a map
     build's extraction, local or distributed, decides the same way: :func:`_extract_all`)."""
     try:
@@ -299,21 +312,31 @@ def image_features(image, sift: SiftExtractor):
     return sift(pixels)
 
 
-def _extract_on_threads(images, max_features, extractor, progress, desc):
+def _on_threads(images, make_extractor: Callable, progress, desc):
     """:func:`image_features` of each image in order, on a local thread pool (the extractors
-    release the GIL); one extractor per image, as threads must not share one."""
+    release the GIL); one extractor per image (``make_extractor()``), as threads must not
+    share one."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm import tqdm
 
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        yield from tqdm(pool.map(lambda image: image_features(image, SiftExtractor(max_features, extractor)), images),
+        yield from tqdm(pool.map(lambda image: image_features(image, make_extractor()), images),
                         total=len(images), desc=desc, disable=not progress, leave=False)
 
 
+def _extract_on_threads(images, max_features, extractor, progress, desc):
+    """SIFT of each image in order, on a local thread pool (:func:`_on_threads`)."""
+    return _on_threads(images, lambda: SiftExtractor(max_features, extractor), progress, desc)
+
+
 def _extract_all(images, max_features, extractor, progress, desc="map: features", skip_unreadable=False,
-                 extraction=None):
+                 extraction=None, make_extractor: Optional[Callable] = None):
     """Features of many images, on a local thread pool or by ``extraction``.
+
+    SIFT of ``extractor`` and ``max_features``; or, given ``make_extractor`` (a callable
+    making an extractor, such as a binary layer's :class:`~pylocalize.features.OrbExtractor`),
+    those features on the local thread pool (``extraction`` must then be None).
 
     An image file that cannot be read stops the build with a ``ValueError`` naming it; with
     ``skip_unreadable`` its features are ``None`` instead and one warning counts the skipped
@@ -324,8 +347,14 @@ def _extract_all(images, max_features, extractor, progress, desc="map: features"
     image's :func:`image_features` in image order, raising an image's extraction error at its
     place (:class:`pylocalize.distributed.RayExtraction` runs it on Ray Data).
     """
-    check_extractor(extractor)
-    run = extraction or _extract_on_threads
+    if make_extractor is not None:
+        if extraction is not None:
+            raise ValueError("a distributed extraction extracts SIFT only: extract other features locally")
+        def run(images, max_features, extractor, progress, desc):
+            return _on_threads(images, make_extractor, progress, desc)
+    else:
+        check_extractor(extractor)
+        run = extraction or _extract_on_threads
     feats = []
     # pycolmap's SIFT logs each extractor it creates
     with phase(logger, f"{desc} of {len(images)} images"), quiet_colmap() if extractor == "colmap" else nullcontext():
@@ -341,6 +370,30 @@ def _extract_all(images, max_features, extractor, progress, desc="map: features"
         why = "; ".join(str(error).replace(str(image), Path(image).name, 1) for image, error in skipped)
         logger.warning("skipped %d of %d images that cannot be read: %s", len(skipped), len(images), why)
     return [None if isinstance(f, ValueError) else f for f in feats]
+
+
+def _image_sizes(images) -> List[tuple]:
+    """``(width, height)`` of each image, an array or a file (read from its header)."""
+    return [(int(np.asarray(im).shape[1]), int(np.asarray(im).shape[0])) if not isinstance(im, (str, os.PathLike))
+            else image_size(im) for im in images]
+
+
+def _check_layers(layers) -> Dict[str, dict]:
+    """``{name: extractor options}`` of a map build's ``layers`` argument (names, or names
+    with each binary layer's extractor options), or ``ValueError`` saying what is wrong."""
+    if isinstance(layers, str):
+        layers = [layers]
+    named = dict(layers) if isinstance(layers, dict) else {name: {} for name in layers}
+    for name, options in named.items():
+        check_kind(name)
+        if not isinstance(options, dict):
+            raise ValueError(f"layers: the options of {name!r} must be a dict of its extractor's arguments")
+    if "sift" not in named:
+        raise ValueError(f"layers {list(named)}: a map always holds SIFT (its retrieval and its own 3D points); add "
+                         "'sift', e.g. layers=('sift', 'orb')")
+    if named["sift"]:
+        raise ValueError("layers: SIFT's options are the builder's max_features and extractor")
+    return named
 
 
 def _add_in_chunks(index: CANNIndex, descriptors: Sequence[np.ndarray], chunk: int = 1 << 20) -> None:
@@ -359,22 +412,6 @@ def _add_in_chunks(index: CANNIndex, descriptors: Sequence[np.ndarray], chunk: i
         start = stop
     if len(descriptors) and not len(index):  # no features: the first add still fixes the dtype
         index.add(np.concatenate(descriptors), np.zeros(0, np.int64))
-
-
-class FeatureLayer(NamedTuple):
-    """One kind of local feature of a map's database images with the 3D points they observe:
-    what 2D-3D matching reads, per frame (:meth:`Map.localize`) or along a stream (tracking).
-
-    ``metric`` says how descriptors compare: ``"l2"`` for RootSIFT stored as uint8 (n, 128),
-    ``"hamming"`` for binary descriptors packed 8 bits a byte, uint8 (n, bytes).
-    """
-
-    name: str
-    keypoints: List[np.ndarray]  # per image, float32 (n, 2), OpenCV pixels
-    descriptors: List[np.ndarray]  # per image, uint8 (n, d)
-    point_ids: List[np.ndarray]  # per image, int (n,): index into points3D, -1 for none
-    points3D: np.ndarray  # float64 (m, 3), world frame
-    metric: str
 
 
 class Map:
@@ -406,6 +443,8 @@ class Map:
         self.sfm_model_files: Optional[dict] = None  # {file: [size, CRC-32]} of the saved model
         # (lat, lon, alt) of the east-north-up frame the map lives in, if geo-registered
         self.geo_origin: Optional[np.ndarray] = None
+        # binary feature layers beside SIFT, by name (add_layer; layers.py)
+        self.layers: Dict[str, BinaryLayer] = {}
         if index is None:
             index = CANNIndex(128, **RETRIEVAL_OPTIONS)
             _add_in_chunks(index, self.descriptors)
@@ -416,7 +455,8 @@ class Map:
         self.rerank = COMPRESSED_RERANK  # images a compressed index re-scores exactly (compress)
 
     def __repr__(self) -> str:
-        return f"Map({len(self.names)} images, {len(self.points3D)} points, {self.extractor} SIFT)"
+        extra = "".join(f", {layer.name}: {len(layer.points3D)} points" for layer in self.layers.values())
+        return f"Map({len(self.names)} images, {len(self.points3D)} points, {self.extractor} SIFT{extra})"
 
     def sfm_model(self):
         """The ``pycolmap.Reconstruction`` structure-from-motion made this map from (in the
@@ -477,40 +517,102 @@ class Map:
             raise ValueError("need one camera and one cam_from_world (3x4) per image")
         empty = [np.full(len(k), -1, np.int64) for k in keypoints]
         m = cls(names, cameras, poses, keypoints, descriptors, empty, np.zeros((0, 3)), extractor, max_features)
-        retrieved = []
-        if retrieval_pairs > 0 and n > 1:
-            k = min(retrieval_pairs + 1, n)
-            retrieved = [m.index.search(d, k)[1] if len(d) else [] for d in descriptors]
-        pairs = select_pairs(poses, neighbours, retrieved)
+        pairs = m._image_pairs(neighbours, retrieval_pairs)
         point_ids, points = triangulate(cameras, poses, keypoints, descriptors, pairs, ratio=ratio,
                                         max_epipolar_px=max_epipolar_px, max_reprojection_px=max_reprojection_px,
                                         min_angle_deg=min_angle_deg, progress=progress)
         m.point_ids, m.points3D = point_ids, points
         return m
 
+    def _image_pairs(self, neighbours: int, retrieval_pairs: int) -> List[tuple]:
+        """The database image pairs a map build matches (:func:`select_pairs`): each image with
+        its ``neighbours`` nearest cameras and its ``retrieval_pairs`` best CANN retrieval
+        results (by SIFT) among the other images."""
+        n = len(self.names)
+        retrieved = []
+        if retrieval_pairs > 0 and n > 1:
+            k = min(retrieval_pairs + 1, n)
+            retrieved = [self.index.search(d, k)[1] if len(d) else [] for d in self.descriptors]
+        return select_pairs(self.cam_from_world, neighbours, retrieved)
+
+    def add_layer(self, name: str, images: Optional[Sequence] = None, neighbours: int = 8,
+                  retrieval_pairs: int = 5, ratio: float = 0.8, max_epipolar_px: float = 2.0,
+                  max_reprojection_px: float = 3.0, min_angle_deg: float = 1.5, progress: bool = False,
+                  **extractor_options) -> BinaryLayer:
+        """Adds (or replaces) the binary feature layer ``name`` (``"orb"``): its features of the
+        database images, matched by Hamming distance between the image pairs SIFT's map build
+        matches (:meth:`_image_pairs`), kept where they agree with the known epipolar
+        geometry, and triangulated under the known poses (:func:`triangulate`), with its own
+        3D points (:mod:`~pylocalize.localization.layers` says why).
+
+        ``images``: the database images in map order (uint8 arrays or files); default the
+        map's image files in :attr:`image_dir`. ``extractor_options`` go to the layer's
+        extractor (:class:`~pylocalize.features.OrbExtractor`: ``max_features``,
+        ``fast_threshold``, ...) and are saved with the map, so queries extract alike.
+        The other options are :meth:`from_features`'s.
+        """
+        if name not in BINARY_EXTRACTORS:
+            raise ValueError(f"{name!r}: a map adds binary feature layers ({', '.join(BINARY_EXTRACTORS)}); its SIFT "
+                             "comes with it")
+        binary_extractor(name, extractor_options)  # refuses bad options before any work
+
+        def make():
+            return binary_extractor(name, extractor_options)
+        if images is None:
+            if self.image_dir is None:
+                raise ValueError("the map does not know its image folder: give the database images")
+            images = [image_path(self.image_dir, n) for n in self.names]
+        if len(images) != len(self.names):
+            raise ValueError(f"{len(images)} images for a map of {len(self.names)}: give the database images in map "
+                             "order")
+        for (width, height), camera in zip(_image_sizes(images), self.cameras):
+            if (width, height) != (camera.width, camera.height):
+                raise ValueError(f"an image of {width}x{height} for a map camera of {camera.width}x{camera.height}: "
+                                 "give the database images in map order, at the size the map was built from")
+        feats = _extract_all(images, 0, None, progress, desc=f"map: {name} features", make_extractor=make)
+        keypoints, descriptors = [f[0] for f in feats], [f[1] for f in feats]
+        pairs = self._image_pairs(neighbours, retrieval_pairs)
+        point_ids, points = triangulate(self.cameras, self.cam_from_world, keypoints, descriptors, pairs, ratio=ratio,
+                                        max_epipolar_px=max_epipolar_px, max_reprojection_px=max_reprojection_px,
+                                        min_angle_deg=min_angle_deg, progress=progress, metric="hamming")
+        self.layers[name] = BinaryLayer(name, keypoints, descriptors, point_ids, points, extractor_options,
+                                        len(self.names))
+        return self.layers[name]
+
     @classmethod
     def from_views(cls, images: Sequence, cameras, cam_from_world, names: Sequence[str],
                    max_features: int = 4000, extractor: str = "opencv", progress: bool = False,
-                   extraction: Optional[Callable] = None, **options) -> "Map":
+                   extraction: Optional[Callable] = None, layers: Union[Sequence[str], Dict[str, dict]] = ("sift",),
+                   **options) -> "Map":
         """A map from images (uint8 arrays or file paths) with known cameras and poses.
 
         ``cameras`` is one camera for all images or one per image, each a :class:`Camera`,
         a camera string or a 3x3 K (OpenCV convention). ``extraction`` extracts the
         features instead of a local thread pool, with the same result (e.g.
-        :class:`pylocalize.distributed.RayExtraction`: on a Ray cluster). Further ``options``
-        go to :meth:`from_features`.
+        :class:`pylocalize.distributed.RayExtraction`: on a Ray cluster). ``layers``: the
+        kinds of features the map holds, ``"sift"`` always and binary layers beside it
+        (``("sift", "orb")``; or ``{"sift": {}, "orb": {"max_features": 1000}}`` with each
+        binary layer's extractor options: :meth:`add_layer`). Further ``options`` go to
+        :meth:`from_features`.
         """
         n = len(images)
         if len(names) != n:
             raise ValueError(f"{n} images but {len(names)} names")
+        layers = _check_layers(layers)
         feats = _extract_all(images, max_features, extractor, progress, extraction=extraction)
-        sizes = [(int(np.asarray(im).shape[1]), int(np.asarray(im).shape[0])) if not isinstance(im, (str, os.PathLike))
-                 else image_size(im) for im in images]
-        cams = [as_camera(c, w, h) for c, (w, h) in zip(_per_item(cameras, n, "images"), sizes)]
+        cams = [as_camera(c, w, h) for c, (w, h) in zip(_per_item(cameras, n, "images"), _image_sizes(images))]
         m = cls.from_features(names, cams, cam_from_world, [f[0] for f in feats], [f[1] for f in feats],
                               extractor=extractor, max_features=max_features, progress=progress, **options)
         m.devices = [CameraDevice.from_image(im) if isinstance(im, (str, os.PathLike)) else None for im in images]
+        m._add_layers(layers, images, progress, options)
         return m
+
+    def _add_layers(self, layers: Dict[str, dict], images, progress: bool, options: dict) -> None:
+        """The binary ``layers`` (name -> extractor options) of a map build, with the build's
+        triangulation ``options``."""
+        for name, extractor_options in layers.items():
+            if name != "sift":
+                self.add_layer(name, images, progress=progress, **options, **extractor_options)
 
     @classmethod
     def from_strecha(cls, folder, exclude: Sequence[str] = (), **options) -> "Map":
@@ -573,7 +675,8 @@ class Map:
                     extractor: str = "opencv", seed: int = 0, sfm: str = "incremental",
                     retriangulate: bool = True, progress: bool = False, georegister: bool = True,
                     gps_noise_m: float = DEFAULT_GPS_NOISE_M, deterministic: bool = False,
-                    extraction: Optional[Callable] = None) -> "Map":
+                    extraction: Optional[Callable] = None,
+                    layers: Union[Sequence[str], Dict[str, dict]] = ("sift",)) -> "Map":
         """A map from images alone, by structure-from-motion with pycolmap (``sfm``:
         "incremental" or "global", the mapper tried first; see :mod:`~pylocalize.localization.sfm`).
 
@@ -599,7 +702,10 @@ class Map:
 
         ``extraction`` extracts the features instead of a local thread pool, with the same
         result (e.g. :class:`pylocalize.distributed.RayExtraction`: on a Ray cluster).
+        ``layers``: binary feature layers beside SIFT, as in :meth:`from_views`, built
+        under the reconstructed poses (before geo-registration moves the map).
         """
+        layers = _check_layers(layers)
         image_dir = Path(image_dir)
         files = image_files(image_dir)
         if len(files) < 3:
@@ -625,6 +731,7 @@ class Map:
                                   extractor=extractor, max_features=max_features, progress=progress)
         m.image_dir = str(image_dir.resolve())
         m.devices = [CameraDevice.from_image(image_path(image_dir, name)) for name in m.names]
+        m._add_layers(layers, None, progress, {})
         m.sfm_reconstruction = rec
         if georegister:
             gps = gps_of_images({name: image_path(image_dir, name) for name in m.names})
@@ -704,6 +811,11 @@ class Map:
             "point_ids": pieces(self.point_ids, np.zeros(0, np.int64)),
             "points3D": np.ascontiguousarray(self.points3D),
         }
+        for layer in self.layers.values():
+            if len(layer.keypoints) != len(self.names):
+                raise ValueError(f"feature layer {layer.name!r} holds {len(layer.keypoints)} images, the map "
+                                 f"{len(self.names)}: add the layer again (add_layer) after changing the images")
+            sections.update(layer.sections())
         with FolderLock(path, LOCK_FILE, wait=True):
             index_file = unique_name("cann", ".pyloc")
             self.index.save(path / index_file)
@@ -716,6 +828,8 @@ class Map:
                 info["sfm_model"], info["sfm_files"] = sfm_model
             if self.geo_origin is not None:
                 info["geo_origin"] = [float(v) for v in self.geo_origin]
+            if self.layers:
+                info["layers"] = {name: layer.options for name, layer in self.layers.items()}
             if isinstance(self.index, CANNPQIndex):  # older readers refuse its file (another container tag)
                 info["index_kind"], info["rerank"] = "cann-pq", self.rerank
             sections["info"] = np.frombuffer(json.dumps(info).encode("utf-8"), np.uint8).copy()
@@ -827,6 +941,11 @@ class Map:
                     raise FormatError(f"{folder}: rerank {m.rerank!r}: not a count of images")
             m.devices = _read_devices(info, len(names))
             m.sfm_model_dir, m.sfm_model_files, m.geo_origin = _read_sfm_and_geo(folder, info)
+            layers = info.get("layers", {})  # absent from maps saved before binary layers
+            if not isinstance(layers, dict):
+                raise ValueError("its feature layers are not a JSON object")
+            m.layers = {name: BinaryLayer.from_sections(name, options, sec, len(names))
+                        for name, options in layers.items()}
             return m
         except (FormatError, _IndexMissing):
             raise
@@ -909,18 +1028,24 @@ class Map:
     # localize() runs four stages, each a method a caller (or a test) can run alone:
     # extract -> retrieve -> match_2d3d -> estimate_pose.
 
-    def extract(self, image, camera: CameraLike) -> QueryFeatures:
-        """Stage 1: the query's SIFT features (this map's extractor and feature budget) and
-        its camera, checked against the image size.
+    def extract(self, image, camera: CameraLike, features: str = "sift") -> QueryFeatures:
+        """Stage 1: the query's features of kind ``features`` (SIFT: this map's extractor and
+        feature budget; a binary layer: its extractor and options) and its camera, checked
+        against the image size.
 
         ``image`` is uint8 (H, W, 3) or (H, W), or a file path; ``camera`` a Camera, a
         ``"MODEL W H PARAMS..."`` string or a 3x3 K (OpenCV convention). Raises
-        ``ValueError`` for an unreadable image, a bad camera or an image too small for SIFT.
+        ``ValueError`` for an unreadable image, a bad camera, an image too small for the
+        extractor or features the map does not hold.
         """
+        layer = self._binary_layer(features)
         pixels = load_pixels(image)
         height, width = pixels.shape[:2]
         cam = as_camera(camera, width, height)
-        keypoints, descriptors = extract_sift(pixels, self.max_features, self.extractor)
+        if layer is not None:
+            keypoints, descriptors = layer.extractor()(pixels)
+        else:
+            keypoints, descriptors = extract_sift(pixels, self.max_features, self.extractor)
         return QueryFeatures(keypoints, descriptors, cam)
 
     def compress(self, m: int = 32, rerank: int = COMPRESSED_RERANK, seed: int = 0) -> None:
@@ -955,20 +1080,34 @@ class Map:
                 index.add(d, i)
         self.index, self.rerank = index, int(rerank)
 
-    def retrieve(self, descriptors: np.ndarray, k: Optional[int], return_scores: bool = False):
+    def retrieve(self, descriptors: np.ndarray, k: Optional[int], return_scores: bool = False,
+                 features: str = "sift", ratio: float = 0.8):
         """Stage 2: the ``k`` database images CANN ranks best for a query's descriptors, as
         indices into :attr:`names`, best first (every image, in index order, when ``k`` is
         None: exhaustive matching).
 
         With ``return_scores``, returns ``(images, scores)``: the CANN score S(m) of each
         image (higher is more similar; the scores of all images when ``k`` is None).
+
+        For a binary layer (``features="orb"``), the images are ranked by votes instead
+        (:meth:`BinaryLayer.vote <pylocalize.localization.layers.BinaryLayer.vote>`: the
+        layer's 3D points the descriptors match on its :class:`BinaryIndex`, with ``ratio``,
+        that each image observes; ties to the smaller index; images without votes are not
+        returned): CANN scores SIFT, and a query given as binary features has none.
         """
+        layer = self._binary_layer(features)
         n = len(self.names)
         if n == 0:
             return ([], []) if return_scores else []
         if k is None and not return_scores:
             return list(range(n))
         kk = n if k is None else min(int(k), n)
+        if layer is not None:
+            votes = layer.vote(_check_query_descriptors(descriptors, layer.descriptor_bytes), ratio)
+            if k is None:
+                return list(range(n)), [float(v) for v in votes]
+            images = [int(i) for i in np.lexsort((np.arange(n), -votes))[:kk] if votes[i] > 0]
+            return (images, [float(votes[i]) for i in images]) if return_scores else images
         if isinstance(self.index, CANNPQIndex):  # codes choose the candidates, exact scores rank them
             scores, ids = self.index.search_reranked(descriptors, kk, self.descriptors, rerank=max(kk, self.rerank))
         else:
@@ -983,20 +1122,36 @@ class Map:
     @property
     def feature_layers(self) -> List[str]:
         """Names of the kinds of local features this map holds (:meth:`feature_layer`)."""
-        return ["sift"]
+        return ["sift", *self.layers]
 
     def feature_layer(self, name: str = "sift") -> FeatureLayer:
         """The map's features of one kind (:attr:`feature_layers`), sharing its arrays."""
         if name == "sift":
             return FeatureLayer("sift", self.keypoints, self.descriptors, self.point_ids, self.points3D, "l2")
-        raise ValueError(f"this map holds no {name!r} features; it holds {self.feature_layers}")
+        if name in self.layers:
+            return self.layers[name].layer
+        how = (f"; build the map with `pylocalize map build --features sift,{name}` (layers=('sift', {name!r})) or "
+               f"add the layer with Map.add_layer({name!r})") if name in BINARY_EXTRACTORS else ""
+        raise ValueError(f"this map holds no {name!r} features; it holds {self.feature_layers}{how}")
 
-    def num_observations(self, images: Sequence[int]) -> int:
+    def _binary_layer(self, features: str) -> Optional[BinaryLayer]:
+        """The binary layer ``features`` names, None for SIFT; ``ValueError`` if the map has no such layer."""
+        if features == "sift":
+            return None
+        if features not in self.layers:
+            self.feature_layer(features)  # raises, saying how to add it
+        return self.layers[features]
+
+    def num_observations(self, images: Sequence[int], features: str = "sift") -> int:
         """Features of the database ``images`` (indices, repeats counted once) that observe a
         3D point: the candidates :meth:`match_2d3d` matches against."""
+        layer = self._binary_layer(features)
+        if layer is not None:
+            return layer.num_observations(images)
         return sum(int((self.point_ids[i] >= 0).sum()) for i in set(images))
 
-    def match_2d3d(self, descriptors: np.ndarray, images: Sequence[int], ratio: float = 0.8) -> Matches2D3D:
+    def match_2d3d(self, descriptors: np.ndarray, images: Sequence[int], ratio: float = 0.8,
+                   features: str = "sift") -> Matches2D3D:
         """Stage 3: 2D-3D matches of a query's descriptors against the features of the
         database ``images`` (indices) that observe a 3D point.
 
@@ -1005,7 +1160,15 @@ class Map:
         point in several images look alike and must not fail the ratio test), and when the
         query feature is also the candidate's nearest query feature (mutual check); see
         :func:`~pylocalize.features.match_descriptors` with ``groups_b``.
+
+        ``features``: the layer matched; a binary one (``"orb"``) by Hamming distance on the
+        core's :class:`BinaryIndex` (the layer's own index when ``images`` are all of them),
+        its point ids into that layer's ``points3D``.
         """
+        layer = self._binary_layer(features)
+        if layer is not None:
+            return Matches2D3D(*layer.match_2d3d(_check_query_descriptors(descriptors, layer.descriptor_bytes),
+                                                 images, ratio))
         # candidates in image-index order: matches must not depend on near-tied retrieval ranks
         order = sorted(set(images))
         if not order:
@@ -1018,22 +1181,25 @@ class Map:
 
     def estimate_pose(self, points2D: np.ndarray, point3D_ids: np.ndarray, camera: Camera,
                       max_error_px: float = 4.0, covariance: bool = True,
-                      estimate_focal: bool = False, seed: Optional[int] = 0) -> Optional[AbsolutePose]:
+                      estimate_focal: bool = False, seed: Optional[int] = 0,
+                      features: str = "sift") -> Optional[AbsolutePose]:
         """Stage 4: the query's ``cam_from_world`` from 2D-3D matches (``points2D`` float
-        (m, 2) in OpenCV pixels, ``point3D_ids`` int (m,) into :attr:`points3D`), by
+        (m, 2) in OpenCV pixels, ``point3D_ids`` int (m,) into the ``points3D`` of layer
+        ``features``: :attr:`points3D` for SIFT), by
         LO-RANSAC and refinement (:func:`~pylocalize.geometry.absolute_pose.estimate_absolute_pose`);
         with ``estimate_focal`` the focal length too (the estimated camera is the result's
         ``camera``). None when no pose is found (or fewer than 4 matches are given).
         ``seed``: RANSAC's, so that a query gets the same pose on any thread, in any batch and
         on any worker of a cluster (pycolmap's own random state is per thread); None draws one."""
-        points3D = self.points3D[np.asarray(point3D_ids, dtype=np.int64)]
+        points3D = self.feature_layer(features).points3D[np.asarray(point3D_ids, dtype=np.int64)]
         return estimate_absolute_pose(points2D, points3D, camera, max_error_px, covariance=covariance,
                                       estimate_focal=estimate_focal, seed=seed)
 
     def localize(self, image, camera: Union[CameraLike, QueryCamera, None] = None, k: Optional[int] = 10,
                  ratio: float = 0.8, max_error_px: float = 4.0, min_inliers: int = 12,
                  retrieval: Optional[Callable[[np.ndarray, np.ndarray], Sequence[int]]] = None,
-                 covariance: bool = True, estimate_focal: Optional[bool] = None) -> LocalizationResult:
+                 covariance: bool = True, estimate_focal: Optional[bool] = None,
+                 features: str = "sift") -> LocalizationResult:
         """Estimates the ``cam_from_world`` pose of a query image: :meth:`extract`,
         :meth:`retrieve`, :meth:`match_2d3d`, :meth:`estimate_pose`, each timed.
 
@@ -1057,33 +1223,43 @@ class Map:
             Estimate the focal length with the pose; default: when the focal length is a guess
             (a :class:`QueryCamera` with ``guessed``), as a guessed focal length misplaces the
             camera by metres. The result says where the intrinsics came from either way.
+        features : str
+            The map's features to localize with (:attr:`feature_layers`): ``"sift"``, or a
+            binary layer such as ``"orb"`` (faster features, Hamming matching; retrieval by
+            the votes of :meth:`retrieve`). ``ValueError`` if the map does not hold them.
         """
+        self._binary_layer(features)  # a map without the layer is the caller's mistake, not a failed query
         timings: Dict[str, float] = {}
         try:
             with _timed(timings, "features"):
                 query = self._query_camera_of(image, camera)
-                kp, desc, cam = self.extract(image, query.camera)
+                kp, desc, cam = self.extract(image, query.camera, features)
         except Exception as error:  # a broken image or camera must not stop a batch
-            return LocalizationResult(False, reason=f"bad query: {error}")
+            return LocalizationResult(False, reason=f"bad query: {error}", features=features)
         return self._localize_features(kp, desc, QueryCamera(cam, query.source, query.guessed), timings, k, ratio,
-                                       max_error_px, min_inliers, retrieval, covariance, estimate_focal)
+                                       max_error_px, min_inliers, retrieval, covariance, estimate_focal, features)
 
     def localize_features(self, keypoints: np.ndarray, descriptors: np.ndarray,
                           camera: Union[Camera, str, QueryCamera], k: Optional[int] = 10, ratio: float = 0.8,
                           max_error_px: float = 4.0, min_inliers: int = 12,
                           retrieval: Optional[Callable[[np.ndarray, np.ndarray], Sequence[int]]] = None,
-                          covariance: bool = True, estimate_focal: Optional[bool] = None) -> LocalizationResult:
+                          covariance: bool = True, estimate_focal: Optional[bool] = None,
+                          features: str = "sift") -> LocalizationResult:
         """:meth:`localize` from a query's features instead of its image: :meth:`retrieve`,
         :meth:`match_2d3d` and :meth:`estimate_pose`, for simulated queries, other feature
         extractors, or features computed elsewhere (e.g. on the robot).
 
         ``keypoints`` float (n, 2) in OpenCV pixels and ``descriptors`` uint8 (n, 128) in the
-        map's descriptor space (RootSIFT as uint8 ``512 * d``); ``camera`` a :class:`Camera`, a
-        camera string or a :class:`QueryCamera` (a bare K cannot say the image size). Other
-        parameters as in :meth:`localize`. Raises ``ValueError`` for arrays of the wrong shape
-        or type; a query that cannot be localized gives ``success=False`` and the reason.
+        map's descriptor space (RootSIFT as uint8 ``512 * d``), or, with ``features`` naming
+        a binary layer, that layer's descriptors (ORB: uint8 (n, 32)); ``camera`` a
+        :class:`Camera`, a camera string or a :class:`QueryCamera` (a bare K cannot say the
+        image size). Other parameters as in :meth:`localize`. Raises ``ValueError`` for arrays
+        of the wrong shape or type; a query that cannot be localized gives ``success=False``
+        and the reason.
         """
-        keypoints, descriptors = _check_query_features(keypoints, descriptors)
+        layer = self._binary_layer(features)
+        keypoints, descriptors = _check_query_features(keypoints, descriptors,
+                                                       128 if layer is None else layer.descriptor_bytes)
         query = camera if isinstance(camera, QueryCamera) else QueryCamera(camera, "given", False)
         if isinstance(query.camera, str):
             query = query._replace(camera=Camera.from_string(query.camera))
@@ -1091,31 +1267,33 @@ class Map:
             raise ValueError("camera: give a Camera or a 'MODEL W H PARAMS...' string (features alone do not tell "
                              "the image size a K needs)")
         return self._localize_features(keypoints, descriptors, query, {}, k, ratio, max_error_px, min_inliers,
-                                       retrieval, covariance, estimate_focal)
+                                       retrieval, covariance, estimate_focal, features)
 
     def _localize_features(self, kp, desc, query: QueryCamera, timings: Dict[str, float], k, ratio, max_error_px,
-                           min_inliers, retrieval, covariance, estimate_focal) -> LocalizationResult:
+                           min_inliers, retrieval, covariance, estimate_focal, features="sift") -> LocalizationResult:
         """Stages 2-4 of :meth:`localize` (``timings`` may already hold the features')."""
         cam = query.camera
         estimate_focal = query.guessed if estimate_focal is None else bool(estimate_focal)
         common = {"timings": timings, "camera": cam, "camera_source": query.source,
-                  "intrinsics_guessed": query.guessed}
+                  "intrinsics_guessed": query.guessed, "features": features}
         if len(kp) < min_inliers:
             return LocalizationResult(False, reason=f"only {len(kp)} features", **common)
         with _timed(timings, "retrieval"):
-            retrieved = list(retrieval(kp, desc)) if retrieval is not None else self.retrieve(desc, k)
+            retrieved = list(retrieval(kp, desc)) if retrieval is not None else \
+                self.retrieve(desc, k, features=features, ratio=ratio)
         common["retrieved"] = [self.names[i] for i in retrieved]
-        if not retrieved or self.num_observations(retrieved) < min_inliers:
+        if not retrieved or self.num_observations(retrieved, features) < min_inliers:
             return LocalizationResult(False, reason="retrieved images observe too few 3D points", **common)
         with _timed(timings, "matching"):
-            query_ids, point3D_ids = self.match_2d3d(desc, retrieved, ratio)
+            query_ids, point3D_ids = self.match_2d3d(desc, retrieved, ratio, features)
         common["num_matches"] = len(query_ids)
         if len(query_ids) < min_inliers:
             return LocalizationResult(False, reason=f"only {len(query_ids)} 2D-3D matches", **common)
         points2D = kp[query_ids].astype(np.float64)
         common.update(points2D=points2D, point3D_ids=point3D_ids)
         with _timed(timings, "pose"):
-            pose = self.estimate_pose(points2D, point3D_ids, cam, max_error_px, covariance, estimate_focal)
+            pose = self.estimate_pose(points2D, point3D_ids, cam, max_error_px, covariance, estimate_focal,
+                                      features=features)
         return _pose_result(pose, min_inliers, common)
 
     def _query_camera_of(self, image, camera) -> QueryCamera:
@@ -1161,19 +1339,26 @@ class Map:
 PLAUSIBLE_FOCAL_FACTORS = (0.2, 12.0)
 
 
-def _check_query_features(keypoints, descriptors):
-    """``(keypoints float64 (n, 2), descriptors uint8 (n, 128))`` of a query given as features,
-    or ``ValueError`` saying what is wrong."""
+def _check_query_features(keypoints, descriptors, width: int = 128):
+    """``(keypoints float64 (n, 2), descriptors uint8 (n, width))`` of a query given as
+    features, or ``ValueError`` saying what is wrong."""
     kp = np.asarray(keypoints)
-    desc = np.asarray(descriptors)
     if kp.ndim != 2 or kp.shape[1] != 2 or kp.dtype.kind not in "fiu" or not np.isfinite(kp).all():
         raise ValueError(f"keypoints must be finite numbers of shape (n, 2), got {kp.dtype} {kp.shape}")
-    if desc.ndim != 2 or desc.shape[1] != 128 or desc.dtype != np.uint8:
-        raise ValueError(f"descriptors must be uint8 of shape (n, 128) (RootSIFT as 512 * d, clipped), got "
-                         f"{desc.dtype} {desc.shape}")
+    desc = _check_query_descriptors(descriptors, width)
     if len(kp) != len(desc):
         raise ValueError(f"{len(kp)} keypoints but {len(desc)} descriptors: give one descriptor per keypoint")
-    return kp.astype(np.float64), np.ascontiguousarray(desc)
+    return kp.astype(np.float64), desc
+
+
+def _check_query_descriptors(descriptors, width: int) -> np.ndarray:
+    """A query's descriptors as uint8 (n, width) rows (RootSIFT as ``512 * d`` for 128,
+    packed binary descriptors otherwise), or ``ValueError`` saying what they should be."""
+    desc = np.asarray(descriptors)
+    if desc.ndim != 2 or desc.shape[1] != width or desc.dtype != np.uint8:
+        what = "RootSIFT as 512 * d, clipped" if width == 128 else f"{8 * width}-bit binary descriptors, packed"
+        raise ValueError(f"descriptors must be uint8 of shape (n, {width}) ({what}), got {desc.dtype} {desc.shape}")
+    return np.ascontiguousarray(desc)
 
 
 def _pose_result(pose: Optional[AbsolutePose], min_inliers: int, common: dict) -> LocalizationResult:

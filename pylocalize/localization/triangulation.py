@@ -65,8 +65,11 @@ def select_pairs(cam_from_world: np.ndarray, neighbours: int,
 def triangulate(cameras, cam_from_world: np.ndarray, keypoints: Sequence[np.ndarray],
                 descriptors: Sequence[np.ndarray], pairs: Sequence[Tuple[int, int]], ratio: float = 0.8,
                 max_epipolar_px: float = 2.0, max_reprojection_px: float = 3.0, min_angle_deg: float = 1.5,
-                progress: bool = False) -> Tuple[List[np.ndarray], np.ndarray]:
+                progress: bool = False, metric: str = "l2") -> Tuple[List[np.ndarray], np.ndarray]:
     """Tracks and 3D points.
+
+    ``metric``: how the descriptors compare (:func:`~pylocalize.features.match_descriptors`),
+    ``"l2"`` for SIFT, ``"hamming"`` for binary descriptors such as ORB.
 
     Returns
     -------
@@ -83,7 +86,7 @@ def triangulate(cameras, cam_from_world: np.ndarray, keypoints: Sequence[np.ndar
     if offsets[-1] == 0:
         return point_ids, np.zeros((0, 3))
     with phase(logger, f"map: matching {len(pairs)} image pairs"):
-        roots = _track_roots(Ks, poses, xy, descriptors, pairs, offsets, ratio, max_epipolar_px, progress)
+        roots = _track_roots(Ks, poses, xy, descriptors, pairs, offsets, ratio, max_epipolar_px, progress, metric)
     image_of = np.repeat(np.arange(n), np.diff(offsets))
     all_xy = np.concatenate(xy)
     order = np.argsort(roots, kind="stable")
@@ -106,7 +109,8 @@ def triangulate(cameras, cam_from_world: np.ndarray, keypoints: Sequence[np.ndar
     return point_ids, points
 
 
-def _track_roots(Ks, poses, xy, descriptors, pairs, offsets, ratio, max_epipolar_px, progress) -> np.ndarray:
+def _track_roots(Ks, poses, xy, descriptors, pairs, offsets, ratio, max_epipolar_px, progress,
+                 metric) -> np.ndarray:
     """Per feature (numbered across images), the root of its track: features joined by
     ratio-test matches that agree with the known epipolar geometry (union-find)."""
     parent = np.arange(offsets[-1])
@@ -120,7 +124,7 @@ def _track_roots(Ks, poses, xy, descriptors, pairs, offsets, ratio, max_epipolar
         return root
 
     for a, b in tqdm(pairs, desc="map: matching", disable=not progress, leave=False):
-        m = match_descriptors(descriptors[a], descriptors[b], ratio)
+        m = match_descriptors(descriptors[a], descriptors[b], ratio, metric=metric)
         if len(m) == 0:
             continue
         F = fundamental_matrix(Ks[a], poses[a], Ks[b], poses[b])

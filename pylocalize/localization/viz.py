@@ -25,7 +25,7 @@ def draw_matches(ax, image: np.ndarray, result, m, camera) -> None:
     ax.scatter(*xy[inliers].T, s=6, c="lime", label=f"inliers ({inliers.sum()})")
     if result.success:
         P = result.cam_from_world
-        cam = m.points3D[result.point3D_ids[inliers]] @ P[:, :3].T + P[:, 3]
+        cam = m.feature_layer(result.features).points3D[result.point3D_ids[inliers]] @ P[:, :3].T + P[:, 3]
         front = cam[:, 2] > 1e-6
         proj = camera.project(cam[front])
         for (x0, y0), (x1, y1) in zip(xy[inliers][front], proj):

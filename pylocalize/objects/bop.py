@@ -18,13 +18,23 @@ Metrics, as the BOP toolkit defines them:
 
 Symmetries: discrete ones from ``symmetries_discrete``; continuous ones are discretised so
 that no model point moves by more than 1 % of the diameter between steps.
+
+The core datasets of the BOP challenge (:data:`CORE_DATASETS`: lmo, tless, tudl, icbin, itodd,
+hb, ycbv) are read by name from a folder of datasets as the toolkit lays them out:
+``<name>/models/``, ``<name>/<test split>/<scene_id>/`` and ``<name>/test_targets_bop19.json``
+(the instances to estimate: ``scene_id, im_id, obj_id, inst_count``). Detections to start from
+are the challenge's default ones, a COCO-style JSON list (``scene_id, image_id, category_id,
+score, bbox [x, y, w, h]``, ``segmentation`` as COCO run-length encoding, ``time``), read by
+:func:`read_detections`. :func:`check_results_csv` checks a results file as the toolkit's
+``check_results_bop19.py`` does.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -35,6 +45,15 @@ VSD_THRESHOLDS = np.arange(0.05, 0.51, 0.05)
 VSD_DELTA_MM = 15.0
 # millimetres per mesh unit: BOP models and results are in mm, a user's mesh may be in m or cm
 MESH_UNITS = {"mm": 1.0, "cm": 10.0, "m": 1000.0}
+# the test split folder and image folder of each core dataset of the BOP challenge (the
+# toolkit's dataset_params: T-LESS and HB test on their Primesense images, ITODD is grey)
+CORE_DATASETS = {"lmo": ("test", "rgb"), "tless": ("test_primesense", "rgb"), "tudl": ("test", "rgb"),
+                 "icbin": ("test", "rgb"), "itodd": ("test", "gray"), "hb": ("test_primesense", "rgb"),
+                 "ycbv": ("test", "rgb")}
+TEST_TARGETS = "test_targets_bop19.json"
+RESULTS_HEADER = "scene_id,im_id,obj_id,score,R,t,time"
+# the toolkit's checker accepts estimates of one image whose times differ by up to this (s)
+TIME_TOLERANCE_S = 0.001
 # a mesh whose diameter is under this many units is taken to be in metres: objects for 6D
 # pose are centimetres to a metre across, so 10 m or 10 mm bounds them either way
 METRES_BELOW_DIAMETER = 10.0
@@ -223,7 +242,7 @@ def write_results_csv(path, rows: Sequence[dict], units: str = "mm") -> None:
         the file holds ``t`` in millimetres, as BOP requires.
     """
     scale = millimetres_per_unit(units)
-    lines = ["scene_id,im_id,obj_id,score,R,t,time"]
+    lines = [RESULTS_HEADER]
     for r in rows:
         R = " ".join(f"{v:.9g}" for v in np.asarray(r["R"]).ravel())
         t = " ".join(f"{v:.9g}" for v in np.asarray(r["t"], np.float64).ravel() * scale)
@@ -238,7 +257,7 @@ def read_results_csv(path) -> List[dict]:
     """The rows of a BOP19 results CSV (``t`` in millimetres, as written)."""
     rows = []
     lines = Path(path).read_text().splitlines()
-    if not lines or lines[0].strip() != "scene_id,im_id,obj_id,score,R,t,time":
+    if not lines or lines[0].strip() != RESULTS_HEADER:
         raise ValueError(f"{path}: not a BOP19 results CSV (header scene_id,im_id,obj_id,score,R,t,time)")
     for number, line in enumerate(lines[1:], 2):
         parts = line.split(",")
@@ -256,3 +275,163 @@ def camera_size(camera_json) -> Optional[tuple]:
     """(width, height) from a dataset's ``camera.json``."""
     info = _read_json(Path(camera_json))
     return int(info["width"]), int(info["height"])
+
+
+def check_results_csv(path) -> int:
+    """Checks a BOP19 results file as the BOP toolkit's checker does: the header, seven
+    comma-separated fields per line, a 3x3 ``R`` and a 3-vector ``t``, at least one estimate,
+    and one time per image (every estimate of an image carries the image's time, or -1).
+    Returns the number of estimates; raises ``ValueError`` naming the first line that fails."""
+    rows = read_results_csv(path)
+    if not rows:
+        raise ValueError(f"{path}: no estimates; the BOP toolkit refuses an empty results file")
+    times: Dict[Tuple[int, int], float] = {}
+    for number, row in enumerate(rows, 2):
+        if row["time"] < 0:
+            continue
+        key = (row["scene_id"], row["im_id"])
+        if abs(times.setdefault(key, row["time"]) - row["time"]) > TIME_TOLERANCE_S:
+            raise ValueError(f"{path}:{number}: scene {key[0]} image {key[1]} has estimates with different times "
+                             f"({times[key]:g} and {row['time']:g} s); every estimate of an image carries the "
+                             "image's time")
+    return len(rows)
+
+
+# ------------------------------------------------------------------- core datasets
+
+
+@dataclass
+class BopDataset:
+    """A core BOP dataset found by name: its folder, test split folder, image folder name."""
+
+    name: str
+    folder: Path
+    split_folder: Path
+    modality: str
+
+    @property
+    def models_folder(self) -> Path:
+        return self.folder / "models"
+
+    def mesh_path(self, obj_id: int) -> Path:
+        return self.models_folder / f"obj_{obj_id:06d}.ply"
+
+    def scene_folder(self, scene_id: int) -> Path:
+        return self.split_folder / f"{scene_id:06d}"
+
+    def image_path(self, scene_id: int, im_id: int) -> Path:
+        """The test image (PNG; the toolkit's names, JPG and TIF tried after)."""
+        folder = self.scene_folder(scene_id) / self.modality
+        for suffix in (".png", ".jpg", ".tif"):
+            if (folder / f"{im_id:06d}{suffix}").is_file():
+                return folder / f"{im_id:06d}{suffix}"
+        raise FileNotFoundError(f"{folder}: no image {im_id:06d} (.png, .jpg or .tif)")
+
+
+def core_dataset(datasets_folder, name: str) -> BopDataset:
+    """The core dataset ``name`` (:data:`CORE_DATASETS`) inside a folder of BOP datasets (or
+    the dataset's own folder). Raises ``ValueError`` for an unknown name, ``FileNotFoundError``
+    naming the missing part."""
+    if name not in CORE_DATASETS:
+        raise ValueError(f"{name!r} is not a BOP core dataset; use one of {', '.join(CORE_DATASETS)}")
+    folder = Path(datasets_folder)
+    if folder.name != name:
+        folder = folder / name
+    split, modality = CORE_DATASETS[name]
+    for part in ("models", split):
+        if not (folder / part).is_dir():
+            raise FileNotFoundError(f"{folder / part}: missing; unzip the dataset's {name}_base.zip, "
+                                    f"{name}_models.zip and {name}_test_bop19.zip into {folder.parent}")
+    return BopDataset(name, folder, folder / split, modality)
+
+
+class Target(NamedTuple):
+    """An image and object whose instances are to be estimated (``test_targets_bop19.json``)."""
+
+    scene_id: int
+    im_id: int
+    obj_id: int
+    inst_count: int
+
+
+def read_test_targets(path) -> List[Target]:
+    """The targets of ``test_targets_bop19.json``, sorted by scene, image and object."""
+    entries = _read_json(Path(path))
+    try:
+        targets = [Target(int(e["scene_id"]), int(e["im_id"]), int(e["obj_id"]), int(e["inst_count"]))
+                   for e in entries]
+    except (TypeError, KeyError, ValueError):
+        raise ValueError(f"{path}: not a BOP targets file (a list of scene_id, im_id, obj_id, inst_count)") from None
+    return sorted(targets)
+
+
+class Detection(NamedTuple):
+    """One detection: box ``(x, y, w, h)`` in pixels, its mask (None for a box-only
+    detection), score, and the detector's time for the whole image (seconds, -1 unknown)."""
+
+    obj_id: int
+    score: float
+    bbox: Tuple[float, float, float, float]
+    mask: Optional[np.ndarray]
+    time: float
+
+
+def read_detections(path) -> Dict[Tuple[int, int], List[Detection]]:
+    """``{(scene_id, im_id): detections, best score first}`` from a COCO-style JSON list of
+    detections (the BOP challenge's default detections)."""
+    entries = _read_json(Path(path))
+    out: Dict[Tuple[int, int], List[Detection]] = {}
+    for number, e in enumerate(entries if isinstance(entries, list) else [None]):
+        try:
+            segmentation = e.get("segmentation")
+            mask = rle_to_mask(segmentation) if segmentation else None
+            detection = Detection(int(e["category_id"]), float(e["score"]), tuple(float(v) for v in e["bbox"]), mask,
+                                  float(e.get("time", -1)))
+            key = (int(e["scene_id"]), int(e["image_id"]))
+        except (AttributeError, TypeError, KeyError, ValueError) as error:
+            raise ValueError(f"{path}: detection {number} is not scene_id, image_id, category_id, score, bbox "
+                             f"[, segmentation, time] ({error})") from None
+        if len(detection.bbox) != 4:
+            raise ValueError(f"{path}: detection {number}: bbox must be [x, y, w, h]")
+        out.setdefault(key, []).append(detection)
+    for detections in out.values():
+        detections.sort(key=lambda d: -d.score)
+    return out
+
+
+def _rle_string_counts(text: str) -> List[int]:
+    """Run lengths of COCO's compressed RLE string: each value in 5-bit groups (low first) as
+    characters from '0', bit 0x20 saying another group follows, 0x10 of the last the sign;
+    from the third value on, the value is the difference to the one two places before."""
+    counts: List[int] = []
+    p = 0
+    while p < len(text):
+        value, shift, more = 0, 0, True
+        while more:
+            c = ord(text[p]) - 48
+            value |= (c & 0x1F) << shift
+            more = bool(c & 0x20)
+            p += 1
+            shift += 5
+            if not more and c & 0x10:
+                value -= 1 << shift
+        if len(counts) > 2:
+            value += counts[-2]
+        counts.append(value)
+    return counts
+
+
+def rle_to_mask(rle: dict) -> np.ndarray:
+    """A boolean mask from COCO run-length encoding ``{"size": [h, w], "counts": ...}``:
+    run lengths over the pixels in column-major order, starting with a background run;
+    ``counts`` a list of ints or COCO's compressed string."""
+    try:
+        height, width = (int(v) for v in rle["size"])
+        counts = rle["counts"]
+        counts = _rle_string_counts(counts) if isinstance(counts, str) else [int(c) for c in counts]
+    except (TypeError, KeyError, ValueError):
+        raise ValueError("segmentation must be COCO RLE {'size': [h, w], 'counts': [...] or '...'}") from None
+    if any(c < 0 for c in counts) or sum(counts) != height * width:
+        raise ValueError(f"segmentation: run lengths sum to {sum(counts)}, the mask has {height} x {width} pixels")
+    values = np.arange(len(counts)) % 2 == 1
+    return np.repeat(values, counts).reshape(width, height).T.copy()

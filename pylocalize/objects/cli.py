@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from pylocalize._cli import at_least, run_alone
+from pylocalize.objects.evaluate import GIVEN
+from pylocalize.objects.segmentation import SEGMENTATIONS
 
 
 def _patch_extractor(name, weights):
@@ -92,7 +94,8 @@ def _estimate(args) -> int:
     image = read_image(args.image)
     K = _intrinsics(args.K)
     mask, bbox = _object_region(args)
-    result = rep.estimate(image, K, mask=mask, bbox=bbox, extractor=_patch_extractor(rep.extractor_name, args.weights))
+    result = rep.estimate(image, K, mask=mask, bbox=bbox, extractor=_patch_extractor(rep.extractor_name, args.weights),
+                          segment=args.segment)
     out = {"success": result.success, "reason": result.reason, "score": result.score,
            "inliers": result.num_inliers, "matches": result.num_matches, "templates": result.templates,
            "timings": result.timings}
@@ -137,7 +140,7 @@ def _eval(args) -> int:
     symmetries = _symmetries(args, models)
     result = evaluate_dataset(rep, mesh, root, args.obj_id, split=args.split,
                               extractor=_patch_extractor(rep.extractor_name, args.weights), symmetries=symmetries,
-                              progress=args.progress)
+                              progress=args.progress, given=args.given, segment=args.segment)
     bop.write_results_csv(args.out, result["rows"], units=rep.mesh_units)
     print(f"{len(result['rows'])}/{len(result['times'])} instances estimated -> {args.out}")
     for stage, recalls in summarize(result, mesh.extent).items():
@@ -166,6 +169,11 @@ def _add_onboard(sub) -> None:
     o.set_defaults(func=_onboard)
 
 
+def _add_segment(parser) -> None:
+    parser.add_argument("--segment", choices=SEGMENTATIONS, default="grabcut",
+                        help="with a box and no mask: the object's pixels found in it by GrabCut, or the whole box")
+
+
 def _add_estimate(sub) -> None:
     o = sub.add_parser("estimate", help="the object's pose in one RGB image")
     o.add_argument("--rep", required=True, help="representation from 'objects onboard'")
@@ -177,6 +185,7 @@ def _add_estimate(sub) -> None:
     o.add_argument("--viz", help="PNG: the posed model's contour over the image (needs --mesh)")
     o.add_argument("--mesh", help="the onboarded mesh, for --viz")
     o.add_argument("--weights", help="DINOv2 model directory, for a representation onboarded with dinov2")
+    _add_segment(o)
     o.set_defaults(func=_estimate)
 
 
@@ -191,6 +200,9 @@ def _add_eval(sub) -> None:
     o.add_argument("--models-info", help="models_info.json, for the object's symmetries (default: models/)")
     o.add_argument("--out", required=True, help="BOP19 results CSV")
     o.add_argument("--weights", help="DINOv2 model directory, for a representation onboarded with dinov2")
+    o.add_argument("--given", choices=GIVEN, default="mask",
+                   help="what each instance is estimated from: its visible mask, or only that mask's box")
+    _add_segment(o)
     o.set_defaults(func=_eval)
 
 

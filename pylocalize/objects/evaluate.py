@@ -4,17 +4,31 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
 
 from pylocalize.objects import bop
 
+# what an evaluation gives the estimator of each instance: its visible mask, or that mask's box
+GIVEN = ("mask", "box")
+
+
+def mask_box(mask: np.ndarray) -> tuple:
+    """``(x, y, w, h)`` of a mask's pixels (an empty mask: an empty box)."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return (0, 0, 0, 0)
+    return (int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1))
+
 
 def evaluate_scene(rep, mesh, scene_dir, obj_id: int, scene_id: int = 0, extractor=None, max_points: int = 5000,
-                   symmetries=None, progress: bool = False) -> dict:
+                   symmetries=None, progress: bool = False, given: str = "mask", segment: str = "grabcut") -> dict:
     """Estimates every ground-truth instance of ``obj_id`` in a BOP scene folder from its RGB
-    image and visible mask (``rgb/``, ``mask_visib/``; ``depth/`` when present, for VSD).
+    image and visible mask (``rgb/``, ``mask_visib/``; ``depth/`` when present, for VSD), or
+    with ``given="box"`` from the visible mask's box alone (BOP's ``bbox_visib``), the object's
+    pixels then found as ``segment`` says (:meth:`ObjectRepresentation.estimate`).
 
     The representation's mesh must be in millimetres, as BOP's ground truth and depth.
 
@@ -26,13 +40,13 @@ def evaluate_scene(rep, mesh, scene_dir, obj_id: int, scene_id: int = 0, extract
 
     from pylocalize.render import Renderer
 
-    _check_millimetres(rep)
+    check_millimetres(rep)
+    if given not in GIVEN:
+        raise ValueError(f"given must be one of {GIVEN}, got {given!r}")
     scene_dir = Path(scene_dir)
     scene = bop.read_scene(scene_dir)
     symmetries = symmetries if symmetries is not None else [np.eye(4)]
-    points = np.asarray(mesh.vertices, np.float64)
-    if len(points) > max_points:  # metrics on a vertex subsample, like the toolkit's eval models
-        points = points[np.random.default_rng(0).choice(len(points), max_points, replace=False)]
+    points = metric_points(mesh, max_points)
     stages = {stage: {k: [] for k in ("mssd", "mspd", "add", "adds", "vsd")} for stage in ("coarse", "refined")}
     rows, times, widths, stage_times = [], [], [], {}
     every_depth = True  # VSD only when every image has a depth map, never over a silent subset
@@ -48,8 +62,9 @@ def evaluate_scene(rep, mesh, scene_dir, obj_id: int, scene_id: int = 0, extract
             mask_path = scene_dir / "mask_visib" / f"{im_id:06d}_{k:06d}.png"
             with Image.open(mask_path) as im:
                 mask = np.asarray(im.convert("L")) > 127
+            region = {"mask": mask} if given == "mask" else {"bbox": mask_box(mask), "segment": segment}
             t0 = time.perf_counter()
-            r = rep.estimate(image, entry["K"], mask=mask, extractor=extractor)
+            r = rep.estimate(image, entry["K"], extractor=extractor, **region)
             times.append(time.perf_counter() - t0)
             for stage, seconds in r.timings.items():
                 stage_times.setdefault(stage, []).append(seconds)
@@ -58,9 +73,9 @@ def evaluate_scene(rep, mesh, scene_dir, obj_id: int, scene_id: int = 0, extract
                 if test_depth is not None else None
             for stage, (R, t) in (("coarse", (r.R_coarse, r.t_coarse)), ("refined", (r.R, r.t))):
                 if not r.success:
-                    _score_missing(stages[stage])
+                    score_missing(stages[stage])
                     continue
-                _score_pose(stages[stage], R, t, gt, entry["K"], points, symmetries)
+                score_pose(stages[stage], R, t, gt, entry["K"], points, symmetries)
                 if test_depth is not None:
                     est_depth = renderer.render(mesh, np.c_[R, t], outputs=("depth",)).depth[0]
                     stages[stage]["vsd"].append(bop.vsd(est_depth, gt_depth, test_depth, float(mesh.extent)))
@@ -73,7 +88,16 @@ def evaluate_scene(rep, mesh, scene_dir, obj_id: int, scene_id: int = 0, extract
     return out
 
 
-def _check_millimetres(rep) -> None:
+def metric_points(mesh, max_points: int = 5000) -> np.ndarray:
+    """The model points the metrics use: the mesh's vertices, a seeded subsample of
+    ``max_points`` when there are more (as the toolkit scores on its eval models)."""
+    points = np.asarray(mesh.vertices, np.float64)
+    if len(points) > max_points:
+        points = points[np.random.default_rng(0).choice(len(points), max_points, replace=False)]
+    return points
+
+
+def check_millimetres(rep) -> None:
     units = getattr(rep, "mesh_units", "mm")
     if units != "mm":
         raise ValueError(f"BOP ground truth and depth are in mm but the representation's mesh is in {units}: "
@@ -95,7 +119,7 @@ def _read_test_image(scene_dir: Path, im_id: int, depth_scale: float):
         return image, np.asarray(im, np.float64) * depth_scale
 
 
-def _score_pose(errors: dict, R, t, gt: dict, K, points, symmetries) -> None:
+def score_pose(errors: dict, R, t, gt: dict, K, points, symmetries) -> None:
     """Appends one estimate's MSSD, MSPD, ADD and ADD-S against the ground truth ``gt``."""
     errors["mssd"].append(bop.mssd(R, t, gt["R"], gt["t"], points, symmetries))
     errors["mspd"].append(bop.mspd(R, t, gt["R"], gt["t"], K, points, symmetries))
@@ -103,7 +127,7 @@ def _score_pose(errors: dict, R, t, gt: dict, K, points, symmetries) -> None:
     errors["adds"].append(bop.adds(R, t, gt["R"], gt["t"], points))
 
 
-def _score_missing(errors: dict) -> None:
+def score_missing(errors: dict) -> None:
     """A failed estimate scores as missing: infinite errors, VSD 1 at every threshold."""
     for key in ("mssd", "mspd", "add", "adds"):
         errors[key].append(np.inf)
@@ -124,14 +148,14 @@ def scene_folders(path, split: str = "test"):
 
 
 def evaluate_dataset(rep, mesh, path, obj_id: int, split: str = "test", extractor=None, symmetries=None,
-                     progress: bool = False) -> dict:
+                     progress: bool = False, given: str = "mask", segment: str = "grabcut") -> dict:
     """:func:`evaluate_scene` over every scene of a BOP dataset (or one scene folder);
     per-instance errors are concatenated across scenes."""
     merged = None
     for scene_dir in scene_folders(path, split):
         scene_id = int(scene_dir.name) if scene_dir.name.isdigit() else 0
         result = evaluate_scene(rep, mesh, scene_dir, obj_id, scene_id=scene_id, extractor=extractor,
-                                symmetries=symmetries, progress=progress)
+                                symmetries=symmetries, progress=progress, given=given, segment=segment)
         if merged is None:
             merged = result
             continue
@@ -156,3 +180,84 @@ def summarize(result: dict, diameter: float) -> dict:
         raise ValueError("no instance of the object in the scene")
     return {stage: bop.average_recalls(result[stage], np.full(n, diameter), np.asarray(result["widths"], float))
             for stage in ("coarse", "refined")}
+
+
+# BOP19 targets only instances of which at least this fraction is visible
+MIN_VISIBLE_FRACTION = 0.1
+
+
+def _target_inputs(target, scene_entry: dict, detections) -> List[Tuple[Optional[int], dict]]:
+    """``(ground-truth instance index or None, estimate keyword arguments)`` for each instance of a
+    target: its ``inst_count`` best detections of the object (mask when the detection has one,
+    else box), or, without detections, the visible boxes of its ground-truth instances that BOP19
+    targets (visible fraction at least 10 %)."""
+    if detections is not None:
+        found = [d for d in detections.get((target.scene_id, target.im_id), []) if d.obj_id == target.obj_id]
+        return [(None, {"mask": d.mask} if d.mask is not None and d.mask.any() else {"bbox": d.bbox})
+                for d in found[:target.inst_count]]
+    inputs = []
+    for k, gt in enumerate(scene_entry["gt"]):
+        if gt["obj_id"] != target.obj_id:
+            continue
+        info = scene_entry["gt_info"][k] if k < len(scene_entry["gt_info"]) else {}
+        if info.get("visib_fract", 1.0) < MIN_VISIBLE_FRACTION:
+            continue  # not a target instance of the BOP19 protocol
+        box = info.get("bbox_visib", info.get("bbox_obj"))
+        if box is None:
+            raise ValueError(f"scene {target.scene_id} image {target.im_id}: scene_gt_info.json has no bbox_visib for "
+                             f"instance {k}; give detections instead")
+        if box[2] > 0 and box[3] > 0:  # a fully hidden instance has an empty box and no input
+            inputs.append((k, {"bbox": [float(v) for v in box]}))
+    return inputs
+
+
+def estimate_targets(representations: Dict[int, object], dataset: "bop.BopDataset", targets: Sequence,
+                     detections: Optional[dict] = None, extractors: Optional[Dict[int, object]] = None,
+                     progress: bool = False) -> dict:
+    """Estimates the instances of BOP targets (:func:`bop.read_test_targets`) of a core dataset.
+
+    Each target's instances start from ``detections`` (:func:`bop.read_detections`; the
+    object's ``inst_count`` best) or, when None, from the visible boxes of the ground truth.
+    An image's time is the sum of its estimates' and the detector's time, as BOP counts it.
+
+    Returns ``{"rows": BOP19 result rows (t in mesh units), "instances": [(target, ground-truth
+    index or None, ObjectPose)], "images": number of images}``.
+    """
+    from tqdm import tqdm
+
+    from pylocalize.io import read_image
+
+    missing = sorted({t.obj_id for t in targets} - set(representations))
+    if missing:
+        raise ValueError(f"no representation for objects {missing}; onboard them first")
+    scenes: Dict[int, dict] = {}
+    rows_of_image: Dict[Tuple[int, int], List[dict]] = {}
+    seconds: Dict[Tuple[int, int], float] = {}
+    instances = []
+    image, last_key = None, None
+    for target in tqdm(sorted(targets), desc=f"{dataset.name} targets", disable=not progress, leave=False):
+        if target.scene_id not in scenes:
+            scenes[target.scene_id] = bop.read_scene(dataset.scene_folder(target.scene_id))
+        entry = scenes[target.scene_id].get(target.im_id)
+        if entry is None:
+            raise ValueError(f"{dataset.scene_folder(target.scene_id)}: no image {target.im_id} in scene_camera.json, "
+                             "which the targets list")
+        key = (target.scene_id, target.im_id)
+        if key not in seconds:
+            found = detections.get(key, []) if detections is not None else []
+            seconds[key] = max([0.0] + [d.time for d in found[:1]])  # the detector's time, once per image
+        if key != last_key:  # targets are sorted by image: each image is read once
+            image, last_key = read_image(dataset.image_path(*key)), key
+        rep = representations[target.obj_id]
+        extractor = (extractors or {}).get(target.obj_id)
+        for gt_index, region in _target_inputs(target, entry, detections):
+            t0 = time.perf_counter()
+            result = rep.estimate(image, entry["K"], extractor=extractor, **region)
+            seconds[key] += time.perf_counter() - t0
+            instances.append((target, gt_index, result))
+            if result.success:
+                rows_of_image.setdefault(key, []).append({"scene_id": target.scene_id, "im_id": target.im_id,
+                                                          "obj_id": target.obj_id, "score": result.score,
+                                                          "R": result.R, "t": result.t})
+    rows = [dict(row, time=seconds[key]) for key, image_rows in rows_of_image.items() for row in image_rows]
+    return {"rows": rows, "instances": instances, "images": len(seconds)}

@@ -31,6 +31,7 @@ from pylocalize.geometry.absolute_pose import estimate_absolute_pose
 from pylocalize.index.bow import InvertedFile
 from pylocalize.index.knn import assign, kmeans
 from pylocalize.objects.refine import refine_featuremetric
+from pylocalize.objects.segmentation import SEGMENTATIONS, segment_in_box
 from pylocalize.objects.templates import crop_transform, square_around
 
 logger = logging.getLogger(__name__)
@@ -360,7 +361,7 @@ class ObjectRepresentation:
     def estimate(self, image: np.ndarray, K, mask: Optional[np.ndarray] = None, bbox: Optional[Sequence[float]] = None,
                  extractor=None, num_templates: int = 5, num_candidates: int = 50, max_matches: int = 300,
                  max_error_patches: float = 1.0, min_inliers: int = 6, erode_px: int = 3,
-                 refine: bool = True, select: str = "featuremetric") -> ObjectPose:
+                 refine: bool = True, select: str = "featuremetric", segment: str = "grabcut") -> ObjectPose:
         """The object's pose in a query image.
 
         The stages, each a method: :meth:`crop_query` (crop and patch features),
@@ -391,10 +392,16 @@ class ObjectRepresentation:
         select : {"featuremetric", "inliers"}
             Which PnP hypothesis wins: the lowest mean featuremetric cost of its template's
             points at the PnP pose (default), or the most inliers (see :meth:`select_hypothesis`).
+        segment : {"grabcut", "box"}
+            With a ``bbox`` and no ``mask``: the object's pixels found in the box by GrabCut
+            (:func:`~pylocalize.objects.segmentation.segment_in_box`; default), or every
+            patch of the box (background included).
         """
         K, image, mask = _checked_query(image, K, mask)
         if select not in SELECTION_RULES:
             raise ValueError(f"select must be 'featuremetric' or 'inliers', got {select!r}")
+        if segment not in SEGMENTATIONS:
+            raise ValueError(f"segment must be one of {SEGMENTATIONS}, got {segment!r}")
         box, reason = _object_box(mask, bbox)
         if box is None:
             return ObjectPose(False, reason=reason)
@@ -403,6 +410,9 @@ class ObjectRepresentation:
             raise ValueError(f"extractor patch size {extractor.patch_size} != onboarding {self.patch_size}")
         timings = {}
         clock = _Stopwatch()
+        if mask is None and segment == "grabcut":
+            mask = segment_in_box(image, bbox)
+            timings["segmentation"] = clock.lap()
         query = self.crop_query(image, K, box, mask, extractor, erode_px)
         if len(query.xy) < min_inliers:
             return ObjectPose(False, reason=f"only {len(query.xy)} patches on the object", timings=timings)

@@ -75,14 +75,13 @@ std::optional<CannSearchOptions> ReadSearchOptions(const Container& c) {
   return o;
 }
 
-// Checks query features: a NaN or Inf would score every image 0 (or NaN) without a sign.
-void CheckQueries(const float* queries, int64_t nq, int64_t dim) {
+}  // namespace
+
+void cann::CheckQueries(const float* queries, int64_t nq, int64_t dim) {
   for (int64_t i = 0; i < nq * dim; ++i) {
     PYL_CHECK(std::isfinite(queries[i]), "query descriptors contain NaN or Inf");
   }
 }
-
-}  // namespace
 
 CannMethod CannMethodFromName(const std::string& name) {
   if (name == "exact") return CannMethod::kExact;
@@ -384,7 +383,7 @@ void CannIndex::Search(const CannSearchParams& params, const float* queries, int
                        int64_t* image_ids, int num_threads) const {
   PYL_CHECK(k >= 1, "k must be >= 1, got ", k);
   params.Validate();
-  CheckQueries(queries, nq, dim_);
+  cann::CheckQueries(queries, nq, dim_);
   const int threads = num_threads > 0 ? num_threads : GetNumThreads();
   SearchIn(TakeSnapshot(params.method, threads), params, queries, nq, k, scores, image_ids, threads);
 }
@@ -398,7 +397,7 @@ void CannIndex::SearchBatch(const CannSearchParams& params, const std::vector<co
   const int64_t n = static_cast<int64_t>(queries.size());
   for (int64_t i = 0; i < n; ++i) {
     try {
-      CheckQueries(queries[static_cast<size_t>(i)], nq[static_cast<size_t>(i)], dim_);
+      cann::CheckQueries(queries[static_cast<size_t>(i)], nq[static_cast<size_t>(i)], dim_);
     } catch (const std::invalid_argument& e) {
       PYL_CHECK(false, "query set ", i, ": ", e.what());
     }

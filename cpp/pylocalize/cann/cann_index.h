@@ -62,6 +62,10 @@ struct CannSearchOptions {
 };
 
 namespace cann {
+// Refuses (ValueError) query descriptors with a NaN or Inf: they would score every image 0
+// (or NaN) without a sign. queries: nq x dim.
+void CheckQueries(const float* queries, int64_t nq, int64_t dim);
+
 struct ExactLayout;
 struct IvfLayout;
 struct GridLayout;
@@ -122,6 +126,13 @@ class CannIndex {
   void SetSearchOptions(const CannSearchOptions& options);
   std::optional<CannSearchOptions> search_options() const;
 
+  // The exact method's layout of the current features (built on first use, shared by the
+  // searches until a change): what a device copy uploads (cpp/cuda). A new pointer means the
+  // index changed.
+  std::shared_ptr<const cann::ExactLayout> GetExactLayout() const;
+  // The same for the ivf method's layout (needs Train()).
+  std::shared_ptr<const cann::IvfLayout> GetIvfLayout(int num_threads) const;
+
   // Heap bytes held now: stored features and ids, and every search layout built so far
   // (a layout read into memory by Load(mmap=false) or Deserialize included). Bytes of a
   // memory-mapped file are not counted here: the kernel pages them in and out as searches
@@ -144,8 +155,6 @@ class CannIndex {
     std::shared_ptr<const cann::GridLayout> grid;
   };
   Snapshot TakeSnapshot(CannMethod method, int num_threads) const;
-  std::shared_ptr<const cann::ExactLayout> GetExactLayout() const;
-  std::shared_ptr<const cann::IvfLayout> GetIvfLayout(int num_threads) const;
   std::shared_ptr<const cann::IvfLayout> IvfLayoutLocked(int num_threads) const;  // mutex_ held
   std::shared_ptr<const cann::GridLayout> GetGridLayout(int num_threads) const;
   // One query image on a snapshot, arguments already checked.

@@ -1,5 +1,6 @@
 #include "pylocalize/cann/scoring.h"
 
+#include "pylocalize/cann/kernel_value.h"
 #include "pylocalize/util/check.h"
 #include "pylocalize/util/topk.h"
 
@@ -14,11 +15,10 @@ void CannKernel::Validate() const {
   }
 }
 
-double CannKernel::operator()(double r) const {
-  if (type == CannKernelType::kGaussian) return std::exp(-r * r / (2.0 * sigma * sigma));
-  if (r >= p0) return 0.0;
-  const double a = p1 / (1.0 - p1);
-  return std::pow(1.0 - std::pow(r / p0, a), 1.0 / a);
+double CannKernel::operator()(double r) const { return cann::KernelValue(static_cast<int>(type), p0, p1, sigma, r); }
+
+double CannKernel::AtSquared(double d2) const {
+  return cann::KernelValueSquared(static_cast<int>(type), p0, p1, sigma, d2);
 }
 
 double CannKernel::Cutoff() const {

@@ -24,6 +24,8 @@ struct CannKernel {
   double sigma = 60.0;
   void Validate() const;
   double operator()(double r) const;
+  // s(sqrt(max(0, d2))), the kernel at a squared distance.
+  double AtSquared(double d2) const;
   // Distance beyond which s(r) is 0 (or negligible, < 1e-12, for the Gaussian).
   double Cutoff() const;
 };
@@ -52,7 +54,7 @@ class ScoreAccumulator {
   // Adds s(sqrt(min d2)) of every offered image; the next Offer opens a new query feature.
   void CloseFeature();
   // Adds s(sqrt(max(0, d2))) to `image`.
-  void Add(int64_t image, double d2) { totals_[static_cast<size_t>(image)] += kernel_(std::sqrt(std::max(0.0, d2))); }
+  void Add(int64_t image, double d2) { totals_[static_cast<size_t>(image)] += kernel_.AtSquared(d2); }
   const std::vector<double>& totals() const { return totals_; }
 
  private:

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <limits>
 #include <mutex>
+#include <tuple>
 
 #include "pylocalize/util/check.h"
 #include "pylocalize/util/cpu.h"
@@ -230,8 +231,32 @@ std::vector<int32_t> MultiBitIndex::SignThresholds(const uint64_t* qwords, int64
   return out;
 }
 
+std::pair<float, float> MultiBitIndex::SdcConstants() const {
+  // <q_hat, x_hat> = sum 2^-(i+j) (dim - 2 |q_i ^ x_j|) = A - B * S,
+  // where S is the kernel's integer sum with weights 2^(2(u-1)-i-j).
+  double a = 0.0;
+  for (int i = 0; i < bits_; ++i) {
+    for (int j = 0; j < bits_; ++j) {
+      a += std::ldexp(static_cast<double>(dim_), -(i + j));
+    }
+  }
+  return {static_cast<float>(a), static_cast<float>(std::ldexp(1.0, 1 - 2 * (bits_ - 1)))};
+}
+
+MultiBitIndex::Rows MultiBitIndex::ExportRows() const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  Rows r;
+  const int64_t n = store_.size(), w = store_.words_per_code();
+  r.words_per_plane = words_per_plane_;
+  r.words.resize(static_cast<size_t>(n * w));
+  for (int64_t i = 0; i < n; ++i) store_.GetRow(i, r.words.data() + i * w);
+  r.ids.assign(ids_.data(), ids_.data() + n);
+  r.inv_norms.assign(inv_norms_.begin(), inv_norms_.begin() + n);
+  return r;
+}
+
 void MultiBitIndex::Search(const uint8_t* query_codes, int64_t nq, int64_t k, const float* query_vectors,
-                           int64_t rerank, int64_t candidates, float* scores, int64_t* ids) const {
+                           int64_t rerank, int64_t candidates, float* scores, int64_t* ids, const KeyScan* scan) const {
   PYL_CHECK(k > 0, "k must be >= 1, got ", k);
   PYL_CHECK(rerank >= 0, "rerank must be >= 0");
   PYL_CHECK(candidates >= 0, "candidates must be >= 0 (0: score every code)");
@@ -247,19 +272,10 @@ void MultiBitIndex::Search(const uint8_t* query_codes, int64_t nq, int64_t k, co
   const bool reranking = rerank > 0;
   hamming::ScanSource src{&store_, reranking ? nullptr : ids_.data(), reranking ? true : ids_.ascending(), &SdcTile,
                           &ctx};
-  // <q_hat, x_hat> = sum 2^-(i+j) (dim - 2 |q_i ^ x_j|) = A - B * S,
-  // where S is the kernel's integer sum with weights 2^(2(u-1)-i-j).
-  double a = 0.0;
-  for (int i = 0; i < bits_; ++i) {
-    for (int j = 0; j < bits_; ++j) {
-      a += std::ldexp(static_cast<double>(dim_), -(i + j));
-    }
-  }
   src.scales = inv_norms_.data();
   src.scale_min = inv_norm_min_;
   src.scale_max = inv_norm_max_;
-  src.sdc_a = static_cast<float>(a);
-  src.sdc_b = static_cast<float>(std::ldexp(1.0, 1 - 2 * (bits_ - 1)));
+  std::tie(src.sdc_a, src.sdc_b) = SdcConstants();
   const int64_t kc = reranking ? std::max(rerank, k) : k;
   const float inf = std::numeric_limits<float>::infinity();
   std::vector<float> keys(static_cast<size_t>(nq * kc));
@@ -267,11 +283,18 @@ void MultiBitIndex::Search(const uint8_t* query_codes, int64_t nq, int64_t k, co
   const int64_t stride = bits_ * words_per_plane_;
   const bool progressive = candidates > 0 && bits_ > 1 && candidates < store_.size();
   std::vector<int32_t> sign_bounds;
-  if (progressive) {
-    sign_bounds = SignThresholds(qwords.data(), nq, candidates);
-    src.sign_thresholds = sign_bounds.data();
-  }
-  hamming::KnnScan<float>(src, qwords.data(), nq, stride, kc, keys.data(), cand.data(), inf, GetNumThreads());
+  // The kc best keys of nq query rows: by `scan` (a device) or the CPU kernels.
+  const auto scan_keys = [&](const uint64_t* qw, int64_t n, const int32_t* bounds, float* out_keys,
+                             int64_t* out_labels) {
+    if (scan != nullptr) {
+      (*scan)(qw, n, kc, bounds, reranking, out_keys, out_labels);
+      return;
+    }
+    src.sign_thresholds = bounds;
+    hamming::KnnScan<float>(src, qw, n, stride, kc, out_keys, out_labels, inf, GetNumThreads());
+  };
+  if (progressive) sign_bounds = SignThresholds(qwords.data(), nq, candidates);
+  scan_keys(qwords.data(), nq, progressive ? sign_bounds.data() : nullptr, keys.data(), cand.data());
   if (progressive) {
     // The sampled bound lets through at least `rank` codes but may still leave fewer
     // than kc for a query far from most codes: score those few queries exhaustively.
@@ -288,9 +311,7 @@ void MultiBitIndex::Search(const uint8_t* query_codes, int64_t nq, int64_t k, co
       }
       std::vector<float> rkeys(redo.size() * static_cast<size_t>(kc));
       std::vector<int64_t> rcand(redo.size() * static_cast<size_t>(kc));
-      src.sign_thresholds = nullptr;
-      hamming::KnnScan<float>(src, rq.data(), static_cast<int64_t>(redo.size()), stride, kc, rkeys.data(), rcand.data(),
-                              inf, GetNumThreads());
+      scan_keys(rq.data(), static_cast<int64_t>(redo.size()), nullptr, rkeys.data(), rcand.data());
       for (size_t r = 0; r < redo.size(); ++r) {
         std::copy(rkeys.begin() + r * kc, rkeys.begin() + (r + 1) * kc, keys.begin() + redo[r] * kc);
         std::copy(rcand.begin() + r * kc, rcand.begin() + (r + 1) * kc, cand.begin() + redo[r] * kc);

@@ -21,9 +21,11 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <shared_mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "pylocalize/hamming/code_store.h"
@@ -59,13 +61,32 @@ class MultiBitIndex {
   // SDC score; the bound on that distance is a quantile of an evenly spaced sample of the
   // codes, so results are deterministic. A query left with fewer than k (or rerank)
   // candidates is scored exhaustively. 0 scores every code (exact SDC).
+  //
+  // scan, when given, finds the candidates instead of the CPU kernels (a device copy of the
+  // codes, cpp/cuda): for nq query rows of words it writes the kc best SDC keys per query
+  // ascending with their labels (ids, or positions when by_position), padded with (+inf,
+  // -1); sign_bounds (nq, or nullptr) are the progressive search's strict bounds.
+  using KeyScan = std::function<void(const uint64_t* query_words, int64_t nq, int64_t kc, const int32_t* sign_bounds,
+                                     bool by_position, float* keys, int64_t* labels)>;
   void Search(const uint8_t* query_codes, int64_t nq, int64_t k, const float* query_vectors, int64_t rerank,
-              int64_t candidates, float* scores, int64_t* ids) const;
+              int64_t candidates, float* scores, int64_t* ids, const KeyScan* scan = nullptr) const;
   // Removes every code (and float vector) whose id is in ids; returns how many. What is
   // left searches as an index built from it would.
   int64_t RemoveIds(const int64_t* ids, int64_t n);
   void Reset();
   std::vector<int64_t> Ids() const;
+
+  // What a device copy of the index needs (cpp/cuda): the codes as rows of
+  // bits_per_dim * words_per_plane words, their ids and 1 / |x_hat|, in insertion order.
+  struct Rows {
+    int64_t words_per_plane = 0;
+    std::vector<uint64_t> words;
+    std::vector<int64_t> ids;
+    std::vector<float> inv_norms;
+  };
+  Rows ExportRows() const;
+  // The constants of <q_hat, x_hat> = a - b * S (S: the kernels' integer sum).
+  std::pair<float, float> SdcConstants() const;
 
   void Save(const std::string& path) const;
   static std::unique_ptr<MultiBitIndex> Load(const std::string& path, bool mmap);
