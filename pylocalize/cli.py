@@ -22,6 +22,7 @@ from pylocalize.distributed.cli import add_parser as add_index
 from pylocalize.geo.cli import add_parser as add_geo
 from pylocalize.io import IMAGE_SUFFIXES  # noqa: F401 (its old path, before pylocalize/io.py)
 from pylocalize.localization.cli import add_parser as add_localization
+from pylocalize.localization.track_cli import add_parser as add_track
 from pylocalize.objects.cli import add_parser as add_objects
 from pylocalize.posetext.cli import add_parser as add_posetext
 from pylocalize.render.cli import add_parser as add_render
@@ -45,7 +46,7 @@ def _info(args) -> int:
 
 # The commands in the order `pylocalize --help` lists them: the package first, then the
 # demo, then each task's commands (the localization ones side by side), sharded indexes, benchmarks last.
-COMMANDS = (add_demo, add_render, add_localization, add_objects, add_geo, add_posetext, add_index, add_bench)
+COMMANDS = (add_demo, add_render, add_localization, add_track, add_objects, add_geo, add_posetext, add_index, add_bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

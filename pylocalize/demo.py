@@ -5,6 +5,10 @@
   2D-3D matching and LO-RANSAC PnP, prints errors and timings, and writes a figure
   (query with inlier matches, retrieved image, top view of map and cameras), the
   estimated poses and the results as JSON.
+- ``run_tracking_demo`` (``pylocalize demo --kind tracking``): renders a walk through the
+  courtyard at video rate (a teleport, dropped frames and an occluder on the way), tracks it
+  against the map frame by frame, prints the share of frames tracked, latency and trajectory
+  errors, and writes the trajectory (TUM) and its figure against the ground truth.
 - ``run_binary_demo`` (``pylocalize demo --kind binary``): binary retrieval on generated
   descriptors: sign codes, a random-projection hash, multi-bit SDC and SDC + re-ranking,
   with recall@10 and queries per second.
@@ -196,6 +200,63 @@ def _plot_localization(path: Path, scene, m, query_poses, query_images, results)
     plt.close(fig)
 
 
+def run_tracking_demo(out_dir: str | Path = "pylocalize-demo", num_views: int = 30, num_frames: int = 150,
+                      width: int = 640, height: int = 480, seed: int = 0, progress: bool = True) -> dict:
+    """Tracks a rendered walk through the courtyard against a map of it (``num_frames`` at 30 Hz;
+    a teleport two thirds of the way, 20 frames dropped a third of the way, an occluder
+    sweeping past near the start). Returns the summary also written to ``out_dir/results.json``."""
+    from pylocalize.datasets.camera_paths import render_path, walking_path
+    from pylocalize.datasets.synthetic import courtyard_scene
+    from pylocalize.localization import Map
+    from pylocalize.localization.tracking import Tracker, track_stream
+    from pylocalize.localization.trajectory import estimates_array, plot_trajectory, sequence_summary, write_tum
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    scene = courtyard_scene(num_views, seed=seed, width=width, height=height)
+    t_scene = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    m = Map.from_views(scene.images, scene.K, scene.cam_from_world, scene.names, max_features=3000,
+                       progress=progress)
+    t_map = time.perf_counter() - t0
+    events = {"teleports": [2 * num_frames // 3], "drops": [(num_frames // 3, 20)],
+              "occlusions": [(num_frames // 6, 8)]}
+    path = walking_path(num_frames, seed=seed + 1, **events)
+    frames = list(render_path(scene, path, progress=progress))
+    results = track_stream(Tracker(m, scene.camera), frames, path.timestamps, progress=progress)
+    poses = estimates_array(results)
+    write_tum(out / "trajectory.txt", path.timestamps, poses)
+    write_tum(out / "ground_truth.txt", path.timestamps, path.cam_from_world)
+    statuses = [r.status for r in results]
+    plot_trajectory(out / "tracking.png", poses, path.cam_from_world, statuses, path.timestamps, m.points3D,
+                    title=f"courtyard walk, {num_frames} frames at {width}x{height}")
+    summary = {"scene": {"views": num_views, "size": [width, height], "seconds": t_scene},
+               "map": {"images": len(m.names), "points": len(m.points3D), "seconds": t_map},
+               "events": {int(k): v for k, v in path.events.items()},
+               **sequence_summary(results, path.cam_from_world),
+               "frames_detail": [{"t": float(t), "status": r.status, "method": r.method, "inliers": r.num_inliers,
+                                  "ms": 1000 * r.timings.get("total", 0.0)} for t, r in zip(path.timestamps, results)]}
+    write_bytes_atomic(out / "results.json", json.dumps(summary, indent=2).encode("utf-8"))
+    return summary
+
+
+def _print_tracking(summary: dict, out_dir) -> None:
+    shares, latency, ate = summary["shares"], summary["latency_ms"], summary["ate"]
+    print(f"\nmap: {summary['map']['images']} images, {summary['map']['points']} 3D points, built in "
+          f"{summary['map']['seconds']:.1f} s")
+    print(f"{summary['frames']} frames: {100 * shares['tracked']:.1f} % tracked, {100 * shares['relocalized']:.1f} % "
+          f"relocalized, {100 * shares['lost']:.1f} % lost")
+    for index, event in summary["events"].items():
+        after = summary["frames_detail"][index]
+        print(f"  frame {index} ({event}): {after['status']}")
+    print(f"latency per frame: median {latency['p50']:.1f} ms ({latency['hz_median']:.1f} Hz), "
+          f"p90 {latency['p90']:.1f} ms")
+    print(f"position error: median {100 * ate['median']:.2f} cm, max {100 * ate['max']:.2f} cm; rotation median "
+          f"{summary['rotation_median_deg']:.3f} deg")
+    print(f"trajectory (TUM), ground truth, figure and results written to {out_dir}/")
+
+
 # ------------------------------------------------------------------ command line
 
 
@@ -230,14 +291,20 @@ def _demo(args) -> int:
     if args.kind == "binary":
         _print_binary(run_binary_demo(args.out, nb=args.nb, nq=args.nq, seed=args.seed), args.out)
         return 0
+    if args.kind == "tracking":
+        summary = run_tracking_demo(args.out, num_views=args.views, num_frames=args.frames, width=args.width or 640,
+                                    height=args.height or 480, seed=args.seed, progress=args.progress)
+        _print_tracking(summary, args.out)
+        return 0
     try:  # COLMAP logs every extractor it creates; the demo shows progress bars instead
         import pycolmap
 
         pycolmap.logging.minloglevel = 2
     except (ImportError, AttributeError):
         pass
-    summary = run_localization_demo(args.out, num_views=args.views, num_queries=args.queries, width=args.width,
-                                    height=args.height, seed=args.seed, progress=args.progress)
+    summary = run_localization_demo(args.out, num_views=args.views, num_queries=args.queries,
+                                    width=args.width or 800, height=args.height or 600, seed=args.seed,
+                                    progress=args.progress)
     _print_localization(summary, args.out)
     return 0
 
@@ -246,13 +313,14 @@ def add_parser(subparsers) -> None:
     """Adds the ``demo`` command to an argparse sub-parser set, as ``pylocalize.cli.build_parser``
     builds its commands."""
     p = subparsers.add_parser("demo", help="run the main job on built-in generated data")
-    p.add_argument("--kind", choices=["localization", "binary"], default="localization",
-                   help="what to run: localization, or binary retrieval")
+    p.add_argument("--kind", choices=["localization", "tracking", "binary"], default="localization",
+                   help="what to run: localization, tracking a rendered walk, or binary retrieval")
     p.add_argument("--out", default="pylocalize-demo", help="output folder")
-    p.add_argument("--views", type=at_least(4), default=24, help="localization: mapping views")
+    p.add_argument("--views", type=at_least(4), default=24, help="localization and tracking: mapping views")
     p.add_argument("--queries", type=at_least(1), default=8, help="localization: held-out query views")
-    p.add_argument("--width", type=at_least(64), default=800, help="localization: image width")
-    p.add_argument("--height", type=at_least(64), default=600, help="localization: image height")
+    p.add_argument("--frames", type=at_least(30), default=150, help="tracking: frames of the walk (30 Hz)")
+    p.add_argument("--width", type=at_least(64), help="image width (default: 800 localization, 640 tracking)")
+    p.add_argument("--height", type=at_least(64), help="image height (default: 600 localization, 480 tracking)")
     p.add_argument("--nb", type=at_least(100), default=200_000, help="binary: database size")
     p.add_argument("--nq", type=at_least(1), default=1000, help="binary: number of queries")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated data")

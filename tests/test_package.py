@@ -73,15 +73,17 @@ def test_each_part_registers_its_own_commands(tmp_path, capsys):
     from pylocalize.cli import build_parser
     from pylocalize.geometry import look_at, write_pose_file
     from pylocalize.localization import cli as localization_cli
+    from pylocalize.localization import track_cli
     from pylocalize.objects import cli as objects_cli
 
     def commands(parser):
         return [name for action in parser._actions if isinstance(action, argparse._SubParsersAction)
                 for name in action.choices]
 
-    assert commands(build_parser()) == ["info", "demo", "render", "map", "localize", "evaluate", "pairs", "objects",
-                                        "geo", "posetext", "index", "bench"]
-    for module, names in ((localization_cli, ["map", "localize", "evaluate", "pairs"]), (objects_cli, ["objects"])):
+    assert commands(build_parser()) == ["info", "demo", "render", "map", "localize", "evaluate", "pairs", "track",
+                                        "objects", "geo", "posetext", "index", "bench"]
+    for module, names in ((localization_cli, ["map", "localize", "evaluate", "pairs"]), (track_cli, ["track"]),
+                          (objects_cli, ["objects"])):
         parser = argparse.ArgumentParser()
         module.add_parser(parser.add_subparsers())
         assert commands(parser) == names

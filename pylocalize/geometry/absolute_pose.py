@@ -219,6 +219,61 @@ def _lo_ransac(points2D, points3D, camera: Camera, max_error_px: float, ransac: 
         covariance=None if cov is None else np.asarray(cov, dtype=np.float64), camera=estimated)
 
 
+def refine_absolute_pose(points2D, points3D, camera: Camera, cam_from_world: np.ndarray,
+                         loss_scale_px: float = 2.0, max_error_px: float = 4.0,
+                         iterations: int = 2) -> Optional[AbsolutePose]:
+    """The pose that best explains ``points2D`` as images of ``points3D``, by non-linear
+    refinement from a prior ``cam_from_world`` (no RANSAC): a tracker's step, where the
+    prior is a frame's predicted pose and most correspondences are right.
+
+    pycolmap's refinement minimises a Cauchy-robust reprojection error (``loss_scale_px``)
+    over the correspondences; the inliers are then those within ``max_error_px`` of the
+    refined pose, and the refinement runs again on them alone, ``iterations`` times in all,
+    so that outliers far from the prior stop pulling once they are known. Returns None
+    when fewer than 4 correspondences are given, fewer than 4 stay inliers, or the
+    refinement fails.
+    """
+    import pycolmap
+
+    points2D = _as_points(points2D, 2, "points2D")
+    points3D = _as_points(points3D, 3, "points3D")
+    if len(points2D) != len(points3D):
+        raise ValueError(f"{len(points2D)} points2D but {len(points3D)} points3D: give one 3D point per 2D point")
+    if not (loss_scale_px > 0 and max_error_px > 0):
+        raise ValueError(f"loss_scale_px and max_error_px must be positive, got {loss_scale_px}, {max_error_px}")
+    pose = np.asarray(cam_from_world, dtype=np.float64)
+    if pose.shape != (3, 4) or not np.isfinite(pose).all():
+        raise ValueError(f"cam_from_world must be a finite 3x4 [R | t], got shape {pose.shape}")
+    if len(points2D) < 4:
+        return None
+    options = pycolmap.AbsolutePoseRefinementOptions()
+    options.loss_function_scale = float(loss_scale_px)
+    options.print_summary = False
+    colmap_camera = camera.to_pycolmap()
+    inliers = np.ones(len(points2D), bool)
+    for _ in range(max(1, int(iterations))):
+        rigid = pycolmap.Rigid3d(pycolmap.Rotation3d(pose[:, :3]), pose[:, 3].copy())
+        result = pycolmap.refine_absolute_pose(rigid, points2D + 0.5, points3D, inliers, colmap_camera, options)
+        if result is None:
+            return None
+        pose = np.asarray(result["cam_from_world"].matrix(), dtype=np.float64)[:3]
+        inliers = reprojection_errors(points2D, points3D, camera, pose) < max_error_px
+        if inliers.sum() < 4:
+            return None
+    return AbsolutePose(cam_from_world=pose, inlier_mask=inliers)
+
+
+def reprojection_errors(points2D, points3D, camera: Camera, cam_from_world: np.ndarray) -> np.ndarray:
+    """Pixel distance of each 2D point to the projection of its 3D point under the pose
+    (inf for points behind the camera)."""
+    points_cam = np.asarray(points3D, dtype=np.float64) @ cam_from_world[:, :3].T + cam_from_world[:, 3]
+    errors = np.full(len(points_cam), np.inf)
+    front = points_cam[:, 2] > 1e-9
+    if front.any():
+        errors[front] = np.linalg.norm(camera.project(points_cam[front]) - np.asarray(points2D)[front], axis=1)
+    return errors
+
+
 def _epnp_ransac(points2D, points3D, camera: Camera, K, max_error_px: float, max_trials, confidence):
     """OpenCV's RANSAC over EPnP, then Levenberg-Marquardt on the inliers (``K``: the
     caller's matrix when given as one, used as it is)."""

@@ -160,9 +160,11 @@ def read_pose_file(path) -> Dict[str, np.ndarray]:
     return poses
 
 
-def similarity_from_points(src: np.ndarray, dst: np.ndarray) -> Tuple[float, np.ndarray, np.ndarray]:
+def similarity_from_points(src: np.ndarray, dst: np.ndarray,
+                           scale: bool = True) -> Tuple[float, np.ndarray, np.ndarray]:
     """Least-squares similarity ``dst ~ s R src + t`` between corresponding 3D points
-    (Umeyama's closed form); needs at least 3 points not on one line.
+    (Umeyama's closed form); needs at least 3 points not on one line. ``scale=False`` fixes
+    ``s = 1`` (the rigid motion of Horn's and Kabsch's method).
 
     Returns ``(s, R, t)``.
     """
@@ -177,7 +179,7 @@ def similarity_from_points(src: np.ndarray, dst: np.ndarray) -> Tuple[float, np.
     variance = (a ** 2).sum() / len(src)
     if variance < 1e-24:
         raise ValueError("the source points coincide: no similarity is defined")
-    s = float(np.trace(np.diag(S) @ D) / variance)
+    s = float(np.trace(np.diag(S) @ D) / variance) if scale else 1.0
     return s, R, mu_d - s * R @ mu_s
 
 
@@ -244,3 +246,63 @@ def transform_pose(cam_from_world: np.ndarray, s: float, R: np.ndarray, t: np.nd
     R_new = P[:, :3] @ R.T
     centre = s * R @ (-P[:, :3].T @ P[:, 3]) + t
     return np.hstack([R_new, (-R_new @ centre)[:, None]])
+
+
+def _skew(v: np.ndarray) -> np.ndarray:
+    return np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
+
+
+def _so3_exp(w: np.ndarray) -> np.ndarray:
+    theta = float(np.linalg.norm(w))
+    W = _skew(w)
+    if theta < 1e-8:
+        return np.eye(3) + W
+    return np.eye(3) + np.sin(theta) / theta * W + (1 - np.cos(theta)) / theta ** 2 * W @ W
+
+
+def _so3_log(R: np.ndarray) -> np.ndarray:
+    cos = np.clip((np.trace(R) - 1) / 2, -1.0, 1.0)
+    skew = np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]]) / 2
+    theta = float(np.arctan2(np.linalg.norm(skew), cos))
+    if theta < 1e-8:
+        return skew
+    if np.pi - theta < 1e-6:  # near 180 degrees the skew part vanishes: the axis from R + I
+        column = R + np.eye(3)
+        axis = column[:, int(np.argmax(np.linalg.norm(column, axis=0)))]
+        return theta * axis / np.linalg.norm(axis)
+    return theta / np.sin(theta) * skew
+
+
+def _se3_left_jacobian(w: np.ndarray) -> np.ndarray:
+    theta = float(np.linalg.norm(w))
+    W = _skew(w)
+    if theta < 1e-8:
+        return np.eye(3) + W / 2
+    return np.eye(3) + (1 - np.cos(theta)) / theta ** 2 * W + (theta - np.sin(theta)) / theta ** 3 * W @ W
+
+
+def motion_power(motion: np.ndarray, a: float) -> np.ndarray:
+    """The rigid motion ``motion`` (3x4 ``[R | t]``) applied ``a`` times, ``a`` any real:
+    the same screw motion (constant angular and linear velocity) run for ``a`` times as long,
+    through the SE(3) logarithm and exponential. ``a = 0`` is the identity, ``a = 1``
+    ``motion`` itself, ``a = 2`` ``motion`` composed with itself; a constant-velocity model
+    predicts a pose over any time step with it.
+    """
+    motion = np.asarray(motion, dtype=np.float64)
+    if motion.shape != (3, 4) or not np.isfinite(motion).all():
+        raise ValueError(f"motion must be a finite 3x4 [R | t], got shape {motion.shape}")
+    w = _so3_log(motion[:, :3])
+    u = np.linalg.solve(_se3_left_jacobian(w), motion[:, 3])
+    w, u = a * w, a * u
+    return np.hstack([_so3_exp(w), (_se3_left_jacobian(w) @ u)[:, None]])
+
+
+def compose_poses(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The 3x4 rigid motion ``a @ b`` (``b`` first, then ``a``) of two 3x4 ``[R | t]``."""
+    return np.hstack([a[:, :3] @ b[:, :3], (a[:, :3] @ b[:, 3] + a[:, 3])[:, None]])
+
+
+def invert_pose(pose: np.ndarray) -> np.ndarray:
+    """The inverse of a 3x4 rigid motion ``[R | t]``: ``[R^T | -R^T t]``."""
+    R = pose[:, :3]
+    return np.hstack([R.T, (-R.T @ pose[:, 3])[:, None]])
