@@ -119,6 +119,11 @@ def synthetic(args):
                for scale in args.scales]
     if args.orb:
         configs.append(("ORB (map layer)", {"features": "orb"}))
+        for features, levels in args.orb_stream:  # frames described with fewer features and pyramid levels
+            from pylocalize.features.orb import OrbExtractor
+
+            configs.append((f"ORB {features} x {levels} levels",
+                            {"features": "orb", "extractor": OrbExtractor(max_features=features, num_levels=levels)}))
     # the first tracker and per-frame localization take turns frame by frame, so that the load of
     # a shared machine weighs on both alike and their ratio holds
     every = args.baseline_every
@@ -291,6 +296,9 @@ def main(argv=None) -> int:
     p.add_argument("--max-features", type=int, default=1000, help="tracker: SIFT features per frame")
     p.add_argument("--orb", action="store_true",
                    help="also track on an ORB layer of the map (needs binary layers, Map.add_layer)")
+    p.add_argument("--orb-stream", type=int, nargs=2, action="append", default=[], metavar=("FEATURES", "LEVELS"),
+                   help="with --orb: also track with an ORB extractor of FEATURES features and LEVELS pyramid levels "
+                        "per frame (the map's layer keeps its own); repeatable")
     p.add_argument("--baseline-every", type=int, default=1, help="localize every n-th frame per frame")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cache", default="/tmp/pylocalize-bench-tracking", help="folder for the built map")
