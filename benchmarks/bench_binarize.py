@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _timing import best_of  # benchmarks/ is not a package: from the script's own folder
 from tqdm import tqdm
 
 import pylocalize
@@ -115,15 +116,6 @@ def minilm_vectors(n: int, nq: int, seed: int, cache: Path | None):
     return db, q
 
 
-def timed(fn, repeat):
-    best, out = np.inf, None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
-
-
 def bench_set(name, db, q, args, results, work: Path):
     import faiss
 
@@ -131,7 +123,7 @@ def bench_set(name, db, q, args, results, work: Path):
     dim, nq = db.shape[1], len(q)
     flat = faiss.IndexFlatIP(dim)
     flat.add(db)
-    t_flat, (_, truth) = timed(lambda: flat.search(q, 10), args.repeat)
+    t_flat, (_, truth) = best_of(lambda: flat.search(q, 10), args.repeat)
     results.append(dict(set=name, method="float (faiss.IndexFlatIP)", bits=32, recall_at_10=1.0,
                         qps=nq / t_flat, bytes_per_vector=4 * dim))
     print(f"\n== {name}: {len(db):,} database vectors, {nq:,} queries, dim {dim}; "
@@ -152,7 +144,7 @@ def bench_set(name, db, q, args, results, work: Path):
         ham = pylocalize.BinaryIndex(bits * dim)
         ham.add(pylocalize.pack_bits(dbc @ proj > 0))
         qh = pylocalize.pack_bits(qc @ proj > 0)
-        t, (_, ids) = timed(lambda: ham.search(qh, 10), args.repeat)
+        t, (_, ids) = best_of(lambda: ham.search(qh, 10), args.repeat)
         report("sign (random projection)", bits, ids, t, code_bytes)
 
         mb = pylocalize.MultiBitIndex(dim, bits)
@@ -160,15 +152,15 @@ def bench_set(name, db, q, args, results, work: Path):
         # that ranking (it helps RootSIFT, which is non-negative, and costs MiniLM), so both
         mb.add(pylocalize.binarize(db, bits))
         qcodes = pylocalize.binarize(q, bits)
-        t, (_, ids) = timed(lambda: mb.search(qcodes, 10), args.repeat)
+        t, (_, ids) = best_of(lambda: mb.search(qcodes, 10), args.repeat)
         report("training-free, uncentred", bits, ids, t, code_bytes)
         mb.reset()
         mb.add(pylocalize.binarize(dbc, bits))
         qcodes = pylocalize.binarize(qc, bits)
-        t, (_, ids) = timed(lambda: mb.search(qcodes, 10), args.repeat)
+        t, (_, ids) = best_of(lambda: mb.search(qcodes, 10), args.repeat)
         report("training-free", bits, ids, t, code_bytes)
         if bits > 1:
-            t, (_, ids) = timed(lambda: mb.search(qcodes, 10, candidates=args.candidates), args.repeat)
+            t, (_, ids) = best_of(lambda: mb.search(qcodes, 10, candidates=args.candidates), args.repeat)
             report(f"training-free, progressive {args.candidates}", bits, ids, t, code_bytes)
 
         if bits in args.learned_bits:
@@ -182,7 +174,7 @@ def bench_set(name, db, q, args, results, work: Path):
             lb = pylocalize.MultiBitIndex(model.out_dim, model.bits_per_dim)
             lb.add(model.encode(db))
             lq = model.encode(q)
-            t, (_, ids) = timed(lambda: lb.search(lq, 10), args.repeat)
+            t, (_, ids) = best_of(lambda: lb.search(lq, 10), args.repeat)
             layout = f"{model.out_dim}x{model.bits_per_dim}"
             report(f"learned ({layout}, {fit_s:.0f} s fit)", bits, ids, t, code_bytes)
             tqdm.write(f"{name:8s} layouts (held-out recall@10 at their linear start): "
@@ -195,7 +187,7 @@ def bench_set(name, db, q, args, results, work: Path):
             peer = faiss.IndexPQ(dim, code_bytes, 8, faiss.METRIC_INNER_PRODUCT)
             peer.train(db[rng.choice(len(db), min(args.train, len(db)), replace=False)])
             peer.add(db)
-            t, (_, ids) = timed(lambda: peer.search(q, 10), args.repeat)
+            t, (_, ids) = best_of(lambda: peer.search(q, 10), args.repeat)
             report(f"faiss PQ (PQ{code_bytes}x8, asymmetric)", bits, ids, t, code_bytes)
 
         from pylocalize.index.two_stage import TwoStageIndex
@@ -203,7 +195,7 @@ def bench_set(name, db, q, args, results, work: Path):
         two = TwoStageIndex(work / f"{name}-{bits}", dim, bits, center=mean)
         two.add(db)
         for rerank in args.rerank:
-            t, (_, ids) = timed(lambda: two.search(q, 10, candidates=rerank), args.repeat)
+            t, (_, ids) = best_of(lambda: two.search(q, 10, candidates=rerank), args.repeat)
             report(f"two-stage (re-rank {rerank})", bits, ids, t, code_bytes)
 
 

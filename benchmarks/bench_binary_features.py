@@ -25,24 +25,14 @@ defaults.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
+from _timing import best_of  # benchmarks/ is not a package: from the script's own folder
 
 import pylocalize
 from pylocalize.datasets.synthetic import courtyard_scene
 from pylocalize.features import OrbExtractor, SiftExtractor, match_descriptors
 from pylocalize.localization import Map, pose_error
-
-
-def best_of(fn, repeats):
-    """``(result, seconds)``: the last result and the fastest of ``repeats`` runs."""
-    best = np.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return out, best
 
 
 def correct_matches(m, features, result, pose, camera_K, max_px=3.0) -> int:
@@ -97,11 +87,11 @@ def matching_peer(m, queries, K, threads, repeats):
             index.add(cand)
             return index.search(desc, 2)
 
-        (dist, _), t = best_of(knn, repeats)
+        t, (dist, _) = best_of(knn, repeats)
         ours_knn.append(t)
-        _, t = best_of(lambda: match_descriptors(desc, cand, 0.8, groups_b=groups, metric="hamming"), repeats)
+        t, _ = best_of(lambda: match_descriptors(desc, cand, 0.8, groups_b=groups, metric="hamming"), repeats)
         ours_match.append(t)
-        found, t = best_of(lambda: bf.knnMatch(desc, cand, k=2), repeats)
+        t, found = best_of(lambda: bf.knnMatch(desc, cand, k=2), repeats)
         peer.append(t)
         theirs = np.array([[d.distance for d in pair] for pair in found])
         equal &= bool(np.array_equal(theirs, dist.astype(np.float64)))
@@ -151,8 +141,8 @@ def main():
               f"{s['pose_ms']:>9.1f}{100 * s['success']:>8.0f}%{s['correct']:>9.0f}{s['t_err_cm']:>9.2f}"
               f"{s['r_err_deg']:>10.3f}")
     sift, orb = SiftExtractor(args.features), m.layers["orb"].extractor()
-    t_sift = np.median([best_of(lambda: sift(image), args.repeats)[1] for image in queries])
-    t_orb = np.median([best_of(lambda: orb(image), args.repeats)[1] for image in queries])
+    t_sift = np.median([best_of(lambda: sift(image), args.repeats)[0] for image in queries])
+    t_orb = np.median([best_of(lambda: orb(image), args.repeats)[0] for image in queries])
     print(f"extraction alone, best of {args.repeats} per query: SIFT {1e3 * t_sift:.1f} ms, ORB {1e3 * t_orb:.1f} ms: "
           f"ratio {t_sift / t_orb:.2f}x")
     knn_ms, match_ms, peer_ms, equal, n = matching_peer(m, queries, K, args.threads, args.repeats)

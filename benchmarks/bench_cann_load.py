@@ -19,16 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-
-def _timed(fn, repeat: int):
-    """(best seconds, last result) of ``repeat`` calls."""
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+from _timing import best_of  # benchmarks/ is not a package: from the script's own folder
 
 
 def prototype_features(n: int, dim: int, seed: int, per_image: int = 2000):
@@ -74,10 +65,10 @@ def main() -> None:
               f"= {path.stat().st_size / x.nbytes:.3f} x the descriptors")
         del index
         for verify in (True, False):
-            s, _ = _timed(lambda: _core.read_container(str(path), mmap=True, verify=verify), args.repeat)
+            s, _ = best_of(lambda: _core.read_container(str(path), mmap=True, verify=verify), args.repeat)
             print(f"open mapped container, verify={verify}: {s:.3f} s")
         for mmap in (True, False):
-            s, loaded = _timed(lambda: pylocalize.CANNIndex.load(path, mmap=mmap), args.repeat)
+            s, loaded = best_of(lambda: pylocalize.CANNIndex.load(path, mmap=mmap), args.repeat)
             t0 = time.perf_counter()
             loaded.search(q, 10)
             first = time.perf_counter() - t0

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from bench_cann_load import _timed
+from _timing import best_of
 
 
 def city_descriptors(seed: int):
@@ -41,8 +41,8 @@ def run(nlist: int, group_probe: int, x: np.ndarray, rows: np.ndarray, seed: int
     centroids, _ = kmeans(x[rng.choice(len(x), min(len(x), 32 * nlist), replace=False)], nlist, iterations=6,
                           seed=seed)
     quantizer = CoarseQuantizer(centroids, group_probe=group_probe)
-    t_flat, (exact, exact_d) = _timed(lambda: assign(rows, centroids, 4), 2)
-    t_two, (found, found_d) = _timed(lambda: quantizer.assign(rows, 4), 2)
+    t_flat, (exact, exact_d) = best_of(lambda: assign(rows, centroids, 4), 2)
+    t_two, (found, found_d) = best_of(lambda: quantizer.assign(rows, 4), 2)
     row = {"nlist": nlist, "group_probe": group_probe, "rows": len(rows), "two_level": quantizer.two_level,
            "top1": float(np.mean(found[:, 0] == exact[:, 0])),
            "top4_overlap": float(np.mean([len(set(a) & set(b)) / 4 for a, b in zip(found, exact)])),
@@ -54,11 +54,11 @@ def run(nlist: int, group_probe: int, x: np.ndarray, rows: np.ndarray, seed: int
         return row
     flat = faiss.IndexFlatL2(centroids.shape[1])
     flat.add(centroids)
-    row["faiss_flat_s"], _ = _timed(lambda: flat.search(rows, 4), 2)
+    row["faiss_flat_s"], _ = best_of(lambda: flat.search(rows, 4), 2)
     hnsw = faiss.IndexHNSWFlat(centroids.shape[1], 32)
     hnsw.add(centroids)
     hnsw.hnsw.efSearch = 64
-    row["faiss_hnsw_s"], (_, h) = _timed(lambda: hnsw.search(rows, 4), 2)
+    row["faiss_hnsw_s"], (_, h) = best_of(lambda: hnsw.search(rows, 4), 2)
     row["faiss_hnsw_top1"] = float(np.mean(h[:, 0] == exact[:, 0]))
     return row
 

@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from bench_distributed_localize import _best
+from _timing import best_of
 
 STRECHA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "strecha" / "castle-P19" / "images"
 
@@ -52,9 +52,9 @@ def _extraction(files, work: Path, args) -> None:
     from pylocalize.distributed import RayExtraction
     from pylocalize.localization.map import _extract_all
 
-    local, t_local = _best(lambda: _extract_all(files, args.max_features, "opencv", False), args.repeats)
+    t_local, local = best_of(lambda: _extract_all(files, args.max_features, "opencv", False), args.repeats)
     ray_run = RayExtraction(folder=work / "shards", actors=args.cpus)
-    remote, t_ray = _best(lambda: _extract_all(files, args.max_features, "opencv", False, extraction=ray_run),
+    t_ray, remote = best_of(lambda: _extract_all(files, args.max_features, "opencv", False, extraction=ray_run),
                           args.repeats)
     n = len(files)
     features = sum(len(f[0]) for f in local)
@@ -81,8 +81,8 @@ def _onboarding(args) -> None:
     mesh = textured_box_object(0)
     options = {"num_views": args.views, "num_inplane": args.inplane, "size": 224, "num_words": 256,
                "mesh_units": "mm"}
-    local, t_local = _best(lambda: onboard(mesh, num_workers=args.cpus, **options), args.repeats)
-    remote, t_ray = _best(lambda: onboard(mesh, executor=RayExecutor(), **options), args.repeats)
+    t_local, local = best_of(lambda: onboard(mesh, num_workers=args.cpus, **options), args.repeats)
+    t_ray, remote = best_of(lambda: onboard(mesh, executor=RayExecutor(), **options), args.repeats)
     print(f"onboarding: {local}; the same representation: {_same_representation(local, remote)}")
     print(f"  {'path':<44} {'seconds':>8} {'templates s':>12} {'vs local':>9}")
     for name, rep, seconds in ((f"local, {args.cpus} threads", local, t_local),

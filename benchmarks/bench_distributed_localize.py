@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _timing import best_of  # benchmarks/ is not a package: from the script's own folder
 
 
 def _scene(work: Path, num_queries: int):
@@ -46,16 +47,6 @@ def _scene(work: Path, num_queries: int):
         files.append(work / f"query_{i:03d}.png")
         Image.fromarray(image).save(files[-1])
     return work / "map", files, scene.K
-
-
-def _best(fn, repeats: int):
-    """(output of the last run, fastest seconds)."""
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return out, best
 
 
 def _compare(a, b) -> str:
@@ -78,7 +69,7 @@ def _pool_start(ray, map_dir: Path, actors: int, repeats: int) -> float:
         while ray.available_resources().get("CPU", 0) < actors:  # freed before the next run
             time.sleep(0.01)
 
-    return _best(start_and_end, repeats)[1]
+    return best_of(start_and_end, repeats)[0]
 
 
 def main() -> None:
@@ -98,13 +89,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         map_dir, files, K = _scene(Path(tmp), args.queries)
         m = Map.load(map_dir)
-        local, t_local = _best(lambda: m.localize_many(files, K, workers=args.workers), args.repeats)
+        t_local, local = best_of(lambda: m.localize_many(files, K, workers=args.workers), args.repeats)
         # RANSAC's random state is per thread: in a batch, a query's pose also depends on the
         # queries its thread ran before; each actor query starts from a fresh state
         alone = [m.localize_many([f], K)[0] for f in files]
         ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
         try:
-            remote, t_ray = _best(lambda: localize_many_ray(map_dir, files, K, actors=args.cpus), args.repeats)
+            t_ray, remote = best_of(lambda: localize_many_ray(map_dir, files, K, actors=args.cpus), args.repeats)
             t_start = _pool_start(ray, map_dir, args.cpus, args.repeats)
         finally:
             ray.shutdown()

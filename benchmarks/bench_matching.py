@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from bench_cann_load import _timed
+from _timing import best_of
 
 M = 8  # candidates per query feature (match_descriptors' default)
 
@@ -48,9 +48,9 @@ def run(query: np.ndarray, candidates: np.ndarray, repeat: int) -> dict:
     from pylocalize.index.knn import assign
 
     row = {"queries": len(query), "candidates": len(candidates)}
-    row["uint8_s"], (labels8, _) = _timed(lambda: assign(query, candidates, M), repeat)
+    row["uint8_s"], (labels8, _) = best_of(lambda: assign(query, candidates, M), repeat)
     q32, c32 = query.astype(np.float32), candidates.astype(np.float32)
-    row["float32_s"], (labels32, _) = _timed(lambda: assign(q32, c32, M), repeat)
+    row["float32_s"], (labels32, _) = best_of(lambda: assign(q32, c32, M), repeat)
     if not np.array_equal(labels8, labels32):
         raise AssertionError("uint8 and float32 assignment disagree")
     try:
@@ -61,7 +61,7 @@ def run(query: np.ndarray, candidates: np.ndarray, repeat: int) -> dict:
         faiss.omp_set_num_threads(pylocalize.get_num_threads())
         flat = faiss.IndexFlatL2(c32.shape[1])
         flat.add(c32)
-        row["faiss_s"], (_, faiss_labels) = _timed(lambda: flat.search(q32, M), repeat)
+        row["faiss_s"], (_, faiss_labels) = best_of(lambda: flat.search(q32, M), repeat)
         row["faiss_top1_agree"] = float(np.mean(faiss_labels[:, 0] == labels8[:, 0]))
     try:
         import cv2
@@ -70,7 +70,7 @@ def run(query: np.ndarray, candidates: np.ndarray, repeat: int) -> dict:
     if cv2 is not None:
         cv2.setNumThreads(pylocalize.get_num_threads())
         matcher = cv2.BFMatcher(cv2.NORM_L2)
-        row["opencv_k2_s"], _ = _timed(lambda: matcher.knnMatch(q32, c32, k=2), repeat)
+        row["opencv_k2_s"], _ = best_of(lambda: matcher.knnMatch(q32, c32, k=2), repeat)
     return row
 
 

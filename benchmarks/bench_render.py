@@ -22,6 +22,7 @@ import sys
 import time
 
 import numpy as np
+from _timing import best_of  # benchmarks/ is not a package: from the script's own folder
 
 import pylocalize
 from pylocalize.bench.opengl import ModernGLRenderer
@@ -43,16 +44,6 @@ def textured_sphere(rings=100, segments=100, seed=0) -> Mesh:
     a, b, c, d = idx[:-1, :-1], idx[:-1, 1:], idx[1:, 1:], idx[1:, :-1]
     faces = np.concatenate([np.stack([a, c, b], -1).reshape(-1, 3), np.stack([a, d, c], -1).reshape(-1, 3)])
     return Mesh(v.reshape(-1, 3), faces, uvs=uv.reshape(-1, 2), texture=procedural_texture(rng, 1024, 1024))
-
-
-def timed(fn, repeat):
-    fn()
-    best = np.inf
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def main(argv=None) -> int:
@@ -79,13 +70,14 @@ def main(argv=None) -> int:
     ours = Renderer(420, 420, K, near=10, far=2000)
     for t in threads:
         pylocalize.set_num_threads(t)
-        sec, full = timed(lambda: ours.render(mesh, poses, outputs=("rgb", "depth", "mask", "xyz")), args.repeat)
+        sec, full = best_of(lambda: ours.render(mesh, poses, outputs=("rgb", "depth", "mask", "xyz")), args.repeat,
+                            warmup=True)
         print(f"pylocalize {t} thread(s), rgb+depth+mask+xyz: {len(poses) / sec:8.0f} views/s")
-        sec, _ = timed(lambda: ours.render(mesh, poses, outputs=("rgb", "depth")), args.repeat)
+        sec, _ = best_of(lambda: ours.render(mesh, poses, outputs=("rgb", "depth")), args.repeat, warmup=True)
         print(f"pylocalize {t} thread(s), rgb+depth:           {len(poses) / sec:8.0f} views/s")
     if have_gl:
         gl = ModernGLRenderer(mesh, K, 420, 420, 10, 2000)
-        sec, (rgb, depth) = timed(lambda: gl.render(poses), args.repeat)
+        sec, (rgb, depth) = best_of(lambda: gl.render(poses), args.repeat, warmup=True)
         print(f"moderngl (llvmpipe), rgb+depth:               {len(poses) / sec:8.0f} views/s")
         gl_mask = depth < 1
         iou = (full.mask & gl_mask).sum() / max(1, (full.mask | gl_mask).sum())
@@ -104,12 +96,12 @@ def main(argv=None) -> int:
     ours = Renderer(1536, 1024, Ks, near=0.05, far=100, ambient=0.6)
     for t in threads:
         pylocalize.set_num_threads(t)
-        times = [timed(lambda: ours.render(scene.mesh, p, outputs=("rgb", "depth")), args.repeat)[0]
+        times = [best_of(lambda: ours.render(scene.mesh, p, outputs=("rgb", "depth")), args.repeat, warmup=True)[0]
                  for p in scene.cam_from_world]
         print(f"pylocalize {t} thread(s): {1e3 * np.median(times):7.1f} ms per view")
     if have_gl:
         gl = ModernGLRenderer(scene.mesh, Ks, 1536, 1024, 0.05, 100, ambient=0.6)
-        times = [timed(lambda: gl.render(p[None]), args.repeat)[0] for p in scene.cam_from_world]
+        times = [best_of(lambda: gl.render(p[None]), args.repeat, warmup=True)[0] for p in scene.cam_from_world]
         print(f"moderngl (llvmpipe):  {1e3 * np.median(times):7.1f} ms per view")
     return 0
 
