@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -65,14 +66,18 @@ def errors(poses, gt):
     return t_err, r_err
 
 
-def load_or_build_map(scene, cache: Path, key: str, orb: bool = False):
+def load_or_build_map(scene, cache: Path, key: str, orb: bool = False, patches: bool = True):
     path = cache / f"map-{key}{'-orb' if orb else ''}"
     if path.is_dir():
-        return Map.load(path)
-    layers = {"layers": ("sift", "orb")} if orb else {}  # binary layers: Map.add_layer (issue 21, binmap)
-    m = Map.from_views(scene.images, scene.K, scene.cam_from_world, scene.names, max_features=3000, progress=True,
-                       **layers)
-    m.save(path)
+        m = Map.load(path)
+    else:
+        layers = {"layers": ("sift", "orb")} if orb else {}  # binary layers: Map.add_layer (issue 21, binmap)
+        m = Map.from_views(scene.images, scene.K, scene.cam_from_world, scene.names, max_features=3000, progress=True,
+                           **layers)
+        m.save(path)
+    if patches and "sift" not in m.patches:  # the points' image patches, for sub-pixel tracking
+        m.add_patches("sift", scene.images, progress=True)
+        m.save(path)
     return m
 
 
@@ -107,7 +112,8 @@ def synthetic(args):
     cache.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     scene = courtyard_scene(args.views, seed=args.seed, width=args.width, height=args.height)
-    m = load_or_build_map(scene, cache, f"{args.views}-{args.seed}-{args.width}x{args.height}", args.orb)
+    m = load_or_build_map(scene, cache, f"{args.views}-{args.seed}-{args.width}x{args.height}", args.orb,
+                          args.patches)
     print(f"scene and {m}: {time.perf_counter() - t0:.0f} s")
     n = args.frames
     events = {"teleports": [int(0.7 * n)], "drops": [(int(0.4 * n), 20)],
@@ -124,6 +130,15 @@ def synthetic(args):
 
             configs.append((f"ORB {features} x {levels} levels",
                             {"features": "orb", "extractor": OrbExtractor(max_features=features, num_levels=levels)}))
+        if args.lead == "orb":  # the last ORB configuration takes turns with per-frame localization
+            configs.insert(0, configs.pop())
+    if args.patches:
+        for label, config in list(configs):
+            if args.without_patches:
+                options = config.get("options", TrackerOptions())
+                configs.append((f"{label}, no patches", {**config, "options": replace(options, patches=None)}))
+        configs = [(f"{label} + patches" if "no patches" not in label else label, config)
+                   for label, config in configs]
     # the first tracker and per-frame localization take turns frame by frame, so that the load of
     # a shared machine weighs on both alike and their ratio holds
     every = args.baseline_every
@@ -173,15 +188,16 @@ def synthetic(args):
             "recovery_frames": recovery_frames(statuses, list(path.events)),
             "ms_by_step": {step: 1000 * float(np.median([r.timings.get(step, 0.0) for r in results
                                                          if r.status == "tracked"]))
-                           for step in ("features", "local map", "matching", "pose")},
+                           for step in ("features", "local map", "matching", "pose", "patches")},
             "ms_relocalized": [float(track_ms[k]) for k, s in enumerate(statuses) if s == "relocalized"],
             "speedup_median": float(np.median(base_ms) / np.median(track_ms[same])),
             "speedup_mean": float(np.mean(base_ms) / np.mean(track_ms[same])),
             "per_frame": {"t_err_m": t_err.tolist(), "r_err_deg": r_err.tolist(), "status": statuses,
                           "ms": track_ms.tolist(), "inliers": [r.num_inliers for r in results]}}
-        if label == configs[0][0]:
+        if label == configs[0][0] and tracker.layer.metric == "l2":  # the peer kNN is the float one
             features = {k: tracker.extractor(frames[k]) for k, r in enumerate(results) if r.status == "tracked"}
             out["matching_peer"] = matching_peer(tracker, frames, results, features)
+        if label == configs[0][0]:
             headline = poses, statuses
     poses, statuses = headline
     if args.figure:
@@ -211,6 +227,8 @@ def strecha(args):
             db = [i for i in range(len(names)) if i != q]
             m = Map.from_features([names[i] for i in db], [cameras[i] for i in db], np.stack([gt[i][1] for i in db]),
                                   [feats[i][0] for i in db], [feats[i][1] for i in db], max_features=4000)
+            if args.patches:
+                m.add_patches("sift", [images[i] for i in db])
             options = TrackerOptions(scale=args.scales[0], max_features=args.max_features)
             tracker = Tracker(m, cameras[q], options=options)
             if previous is not None:
@@ -247,14 +265,14 @@ def print_synthetic(s):
     base = s["per_frame_localize"]
     print(f"\nSynthetic walk: {s['frames']} frames at {s['size'][0]}x{s['size'][1]}, map of {s['map']['images']} "
           f"images / {s['map']['points']} points; events {s['events']}")
-    print(f"{'':24s} {'Hz (median)':>11s} {'p50 ms':>8s} {'p90 ms':>8s} {'p99 ms':>8s} {'pose':>6s} "
+    print(f"{'':40s} {'Hz (median)':>11s} {'p50 ms':>8s} {'p90 ms':>8s} {'p99 ms':>8s} {'pose':>6s} "
           f"{'median err':>18s} {'speed-up':>8s}")
     bl = base["latency_ms"]
-    print(f"{'localize per frame':24s} {1000 / bl['p50']:11.1f} {bl['p50']:8.1f} {bl['p90']:8.1f} {bl['p99']:8.1f} "
+    print(f"{'localize per frame':40s} {1000 / bl['p50']:11.1f} {bl['p50']:8.1f} {bl['p90']:8.1f} {bl['p99']:8.1f} "
           f"{100 * base['with_pose']:5.1f}% {100 * base['median_t_err_m']:8.2f} cm {base['median_r_err_deg']:.3f} deg")
     for label, tr in s["tracker"].items():
         lat = tr["latency_ms"]
-        print(f"{'tracker, ' + label:24s} {lat['hz_median']:11.1f} {lat['p50']:8.1f} {lat['p90']:8.1f} "
+        print(f"{'tracker, ' + label:40s} {lat['hz_median']:11.1f} {lat['p50']:8.1f} {lat['p90']:8.1f} "
               f"{lat['p99']:8.1f} {100 * tr['with_pose']:5.1f}% {100 * tr['median_t_err_m']:8.2f} cm "
               f"{tr['median_r_err_deg']:.3f} deg {tr['speedup_median']:7.2f}x")
     for label, tr in s["tracker"].items():
@@ -269,6 +287,8 @@ def print_synthetic(s):
         print(f"  ATE (no alignment) RMSE {100 * tr['ate']['rmse']:.2f} cm, median {100 * tr['ate']['median']:.2f} cm, "
               f"max {100 * tr['ate']['max']:.2f} cm; RPE RMSE {100 * tr['rpe']['translation']['rmse']:.2f} cm, "
               f"{tr['rpe']['rotation']['rmse']:.3f} deg")
+    if "matching_peer" not in s:
+        return
     peer = s["matching_peer"]
     print(f"guided matching (grid, radius) {peer['grid_ms']:.2f} ms vs core kNN over the same "
           f"~{peer['visible_points']} points {peer['core_knn_ms']:.2f} ms "
@@ -299,6 +319,13 @@ def main(argv=None) -> int:
     p.add_argument("--orb-stream", type=int, nargs=2, action="append", default=[], metavar=("FEATURES", "LEVELS"),
                    help="with --orb: also track with an ORB extractor of FEATURES features and LEVELS pyramid levels "
                         "per frame (the map's layer keeps its own); repeatable")
+    p.add_argument("--lead", choices=("sift", "orb"), default="sift",
+                   help="which tracker takes turns with per-frame localization frame by frame (orb: the last ORB "
+                        "configuration)")
+    p.add_argument("--no-patches", dest="patches", action="store_false",
+                   help="no point patches in the map (no sub-pixel refinement, Map.add_patches)")
+    p.add_argument("--without-patches", action="store_true",
+                   help="also run every tracker configuration without the patch refinement")
     p.add_argument("--baseline-every", type=int, default=1, help="localize every n-th frame per frame")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cache", default="/tmp/pylocalize-bench-tracking", help="folder for the built map")

@@ -25,6 +25,7 @@ __all__: list[str] = [
     "MultiBitIndex",
     "ProductQuantizer",
     "Shading",
+    "align_patches",
     "assign",
     "binarize",
     "cuda_built",
@@ -398,6 +399,23 @@ class GpuCannExact:
     def search(
         self, queries: typing.Any, k: typing.SupportsInt, kernel: CannKernel, dim: typing.SupportsInt
     ) -> tuple[numpy.typing.NDArray[numpy.float32], numpy.typing.NDArray[numpy.int64]]: ...
+
+def align_patches(
+    image: typing.Any,
+    references: typing.Any,
+    affines: typing.Any,
+    start_xy: typing.Any,
+    template_size: typing.SupportsInt | typing.SupportsIndex = 8,
+    max_iterations: typing.SupportsInt | typing.SupportsIndex = 10,
+    max_step_px: typing.SupportsFloat | typing.SupportsIndex = 1.0,
+    converged_px: typing.SupportsFloat | typing.SupportsIndex = 0.01,
+    max_shift_px: typing.SupportsFloat | typing.SupportsIndex = 4.0,
+    min_stddev: typing.SupportsFloat | typing.SupportsIndex = 1.0,
+) -> tuple:
+    """
+    Sub-pixel alignment of reference patches, warped into the frame, near predicted centres;
+    see pylocalize.localization.patches.align_patches for the documented API.
+    """
 
 def assign(
     x: typing.Any, centroids: typing.Any, m: typing.SupportsInt | typing.SupportsIndex = 1

@@ -133,6 +133,7 @@ void BindSerialization(py::class_<Index, Extra...>& cls) {
 void BindUtil(py::module_& m);
 void BindHamming(py::module_& m);
 void BindRender(py::module_& m);
+void BindImage(py::module_& m);
 void BindCann(py::module_& m);
 void BindCannPq(py::module_& m);
 void BindKnn(py::module_& m);

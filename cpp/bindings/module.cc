@@ -6,6 +6,7 @@ PYBIND11_MODULE(_core, m) {
   pylocalize::bindings::BindUtil(m);
   pylocalize::bindings::BindHamming(m);
   pylocalize::bindings::BindRender(m);
+  pylocalize::bindings::BindImage(m);
   pylocalize::bindings::BindCann(m);
   pylocalize::bindings::BindCannPq(m);
   pylocalize::bindings::BindKnn(m);

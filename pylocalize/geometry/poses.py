@@ -252,7 +252,8 @@ def _skew(v: np.ndarray) -> np.ndarray:
     return np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
 
 
-def _so3_exp(w: np.ndarray) -> np.ndarray:
+def so3_exp(w: np.ndarray) -> np.ndarray:
+    """The rotation of the angle-axis vector ``w`` (Rodrigues' formula)."""
     theta = float(np.linalg.norm(w))
     W = _skew(w)
     if theta < 1e-8:
@@ -294,7 +295,7 @@ def motion_power(motion: np.ndarray, a: float) -> np.ndarray:
     w = _so3_log(motion[:, :3])
     u = np.linalg.solve(_se3_left_jacobian(w), motion[:, 3])
     w, u = a * w, a * u
-    return np.hstack([_so3_exp(w), (_se3_left_jacobian(w) @ u)[:, None]])
+    return np.hstack([so3_exp(w), (_se3_left_jacobian(w) @ u)[:, None]])
 
 
 def compose_poses(a: np.ndarray, b: np.ndarray) -> np.ndarray:

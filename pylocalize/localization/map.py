@@ -378,6 +378,38 @@ def _image_sizes(images) -> List[tuple]:
             else image_size(im) for im in images]
 
 
+def _patch_sections(m: "Map", features: str, patches: List[np.ndarray]) -> Dict[str, object]:
+    """The sections of ``map.pyloc`` holding the point patches of layer ``features``."""
+    layer = m.feature_layer(features)
+    observed = [int((np.asarray(ids) >= 0).sum()) for ids in layer.point_ids]
+    if [len(p) for p in patches] != observed:
+        raise ValueError(f"the {features!r} point patches do not fit the layer's observations: add them again "
+                         f"(Map.add_patches({features!r})) after changing its features")
+    empty = np.zeros((0, 0, 0), np.uint8)
+    return {f"patches.{features}.counts": np.array(observed, np.int64),
+            f"patches.{features}.data": [np.ascontiguousarray(p, np.uint8) for p in patches] if patches else empty}
+
+
+def _read_patches(m: "Map", features: str, size, sections: dict) -> List[np.ndarray]:
+    """The point patches of layer ``features`` from a map file's sections; ``ValueError``
+    naming them when a section is missing or does not fit the layer."""
+    layer = m.feature_layer(features)
+    what = f"point patches of {features!r}"
+    for part in ("counts", "data"):
+        if f"patches.{features}.{part}" not in sections:
+            raise ValueError(f"{what}: section patches.{features}.{part} is missing")
+    counts = np.asarray(sections[f"patches.{features}.counts"])
+    data = sections[f"patches.{features}.data"]
+    observed = np.array([int((np.asarray(ids) >= 0).sum()) for ids in layer.point_ids], np.int64)
+    if counts.dtype != np.int64 or counts.shape != observed.shape or (counts != observed).any():
+        raise ValueError(f"{what}: their counts do not fit the layer's observations")
+    if (isinstance(size, bool) or not isinstance(size, int) or data.dtype != np.uint8 or data.ndim != 3
+            or len(data) != counts.sum() or (len(data) and data.shape[1:] != (size, size))):
+        raise ValueError(f"{what}: section patches.{features}.data is {data.dtype} {data.shape}, expected uint8 "
+                         f"({int(counts.sum())}, {size}, {size})")
+    return np.split(data, np.cumsum(counts)[:-1]) if len(counts) else []
+
+
 def _check_layers(layers) -> Dict[str, dict]:
     """``{name: extractor options}`` of a map build's ``layers`` argument (names, or names
     with each binary layer's extractor options), or ``ValueError`` saying what is wrong."""
@@ -445,6 +477,9 @@ class Map:
         self.geo_origin: Optional[np.ndarray] = None
         # binary feature layers beside SIFT, by name (add_layer; layers.py)
         self.layers: Dict[str, BinaryLayer] = {}
+        # per feature layer, per image: uint8 (n, s, s) patches of its observed features
+        # (add_patches; patches.py), for sub-pixel tracking
+        self.patches: Dict[str, List[np.ndarray]] = {}
         if index is None:
             index = CANNIndex(128, **RETRIEVAL_OPTIONS)
             _add_in_chunks(index, self.descriptors)
@@ -606,6 +641,36 @@ class Map:
         m.devices = [CameraDevice.from_image(im) if isinstance(im, (str, os.PathLike)) else None for im in images]
         m._add_layers(layers, images, progress, options)
         return m
+
+    def add_patches(self, features: str = "sift", images: Optional[Sequence] = None,
+                    progress: bool = False) -> List[np.ndarray]:
+        """Adds (or replaces) the image patches of the 3D points of layer ``features``: one
+        per observation, cut from the database image around the point's projection
+        (:mod:`~pylocalize.localization.patches`). A :class:`~pylocalize.localization.tracking.Tracker`
+        aligns them in each frame to refine its pose to a fraction of a pixel.
+
+        ``images``: the database images in map order (uint8 arrays or files); default the
+        map's image files in :attr:`image_dir`. About 256 bytes per observation.
+        """
+        from pylocalize.localization.patches import observation_patches
+        from pylocalize.localization.tracking import keypoint_shift_px
+
+        layer = self.feature_layer(features)
+        if images is None:
+            if self.image_dir is None:
+                raise ValueError("the map does not know its image folder: give the database images")
+            images = [image_path(self.image_dir, n) for n in self.names]
+        if len(images) != len(self.names):
+            raise ValueError(f"{len(images)} images for a map of {len(self.names)}: give the database images in map "
+                             "order")
+        for (width, height), camera in zip(_image_sizes(images), self.cameras):
+            if (width, height) != (camera.width, camera.height):
+                raise ValueError(f"an image of {width}x{height} for a map camera of {camera.width}x{camera.height}: "
+                                 "give the database images in map order, at the size the map was built from")
+        self.patches[features] = observation_patches(images, self.cameras, self.cam_from_world, layer.point_ids,
+                                                     layer.points3D, keypoint_shift_px(self, features),
+                                                     progress=progress)
+        return self.patches[features]
 
     def _add_layers(self, layers: Dict[str, dict], images, progress: bool, options: dict) -> None:
         """The binary ``layers`` (name -> extractor options) of a map build, with the build's
@@ -816,6 +881,8 @@ class Map:
                 raise ValueError(f"feature layer {layer.name!r} holds {len(layer.keypoints)} images, the map "
                                  f"{len(self.names)}: add the layer again (add_layer) after changing the images")
             sections.update(layer.sections())
+        for features, patches in self.patches.items():
+            sections.update(_patch_sections(self, features, patches))
         with FolderLock(path, LOCK_FILE, wait=True):
             index_file = unique_name("cann", ".pyloc")
             self.index.save(path / index_file)
@@ -830,6 +897,8 @@ class Map:
                 info["geo_origin"] = [float(v) for v in self.geo_origin]
             if self.layers:
                 info["layers"] = {name: layer.options for name, layer in self.layers.items()}
+            if self.patches:
+                info["patches"] = {name: int(p[0].shape[1]) if p else 0 for name, p in self.patches.items()}
             if isinstance(self.index, CANNPQIndex):  # older readers refuse its file (another container tag)
                 info["index_kind"], info["rerank"] = "cann-pq", self.rerank
             sections["info"] = np.frombuffer(json.dumps(info).encode("utf-8"), np.uint8).copy()
@@ -946,6 +1015,10 @@ class Map:
                 raise ValueError("its feature layers are not a JSON object")
             m.layers = {name: BinaryLayer.from_sections(name, options, sec, len(names))
                         for name, options in layers.items()}
+            patches = info.get("patches", {})  # absent from maps saved before point patches
+            if not isinstance(patches, dict):
+                raise ValueError("its point patches are not a JSON object")
+            m.patches = {name: _read_patches(m, name, size, sec) for name, size in patches.items()}
             return m
         except (FormatError, _IndexMissing):
             raise

@@ -19,7 +19,11 @@ drifts) but spends on it what tracking needs, not what a photo from nowhere need
    Cauchy-robust refinement from the predicted pose; if it keeps too few inliers, matching
    again in a wider radius, then LO-RANSAC over those matches (a pose found so is matched
    again in the normal radius around it and refined);
-6. *relocalization*, when tracking is lost (first frame, a teleported "kidnapped" robot, a
+6. *sub-pixel refinement* (:mod:`~pylocalize.localization.patches`), where the map holds
+   image patches of its points (:meth:`Map.add_patches`): each point in view, its patch
+   warped into the frame by the pose found and aligned there by Lucas-Kanade, then the pose
+   refined on those positions: precise where fast keypoints are not (benchmarks/README.md);
+7. *relocalization*, when tracking is lost (first frame, a teleported "kidnapped" robot, a
    long gap): the full pipeline, CANN retrieval over the map (:meth:`Map.localize_features`
    on the frame's features, then :meth:`Map.localize` on the full frame).
 
@@ -50,6 +54,7 @@ from pylocalize.geometry.absolute_pose import estimate_absolute_pose, refine_abs
 from pylocalize.geometry.camera import Camera
 from pylocalize.geometry.poses import compose_poses, invert_pose, motion_power
 from pylocalize.localization.map import FeatureLayer, Map, QueryCamera
+from pylocalize.localization.patches import align_patches, local_affines, prepare_image
 from pylocalize.localization.triangulation import camera_centres
 
 logger = logging.getLogger(__name__)
@@ -66,6 +71,12 @@ DEFAULT_MAX_DISTANCE = {"l2": 300.0, "hamming": 64.0}
 # pixel removed at the frame's scale, added back at the map's): left in, it turned the pose
 # by ~0.03 deg at half resolution (benchmarks/README.md).
 OPENCV_SIFT_SHIFT_PX = 0.25
+
+
+def keypoint_shift_px(m: Map, features: str = "sift") -> float:
+    """How far right of and below the true image position the keypoints of a map's layer
+    sit (:data:`OPENCV_SIFT_SHIFT_PX` for OpenCV's SIFT, else 0)."""
+    return OPENCV_SIFT_SHIFT_PX if features == "sift" and m.extractor == "opencv" else 0.0
 
 
 class SiftFrameFeatures:
@@ -137,6 +148,14 @@ class TrackerOptions:
     max_extrapolation_s : float
         The constant-velocity model predicts at most this far past the last pose; beyond,
         the last pose itself is the prediction.
+    patches : str or None
+        The feature layer whose point patches (:meth:`Map.add_patches`) refine every pose
+        to a fraction of a pixel; None, or a map without them, skips the step.
+    min_zncc : float
+        An aligned patch counts only if its normalized cross-correlation with its warped
+        reference reaches this.
+    patch_error_px : float
+        Inlier threshold of the refinement on aligned patches.
     """
 
     scale: float = 0.5
@@ -153,9 +172,13 @@ class TrackerOptions:
     min_inlier_ratio: float = 0.4
     relocalize_k: int = 10
     max_extrapolation_s: float = 1.0
+    patches: Optional[str] = "sift"
+    min_zncc: float = 0.8
+    patch_error_px: float = 1.0
 
     def __post_init__(self):
-        positive = ("scale", "search_radius_px", "max_error_px", "loss_scale_px", "max_extrapolation_s")
+        positive = ("scale", "search_radius_px", "max_error_px", "loss_scale_px", "max_extrapolation_s",
+                    "patch_error_px")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"TrackerOptions.{name} must be positive, got {getattr(self, name)}")
@@ -169,6 +192,8 @@ class TrackerOptions:
                              f"{self.ratio}, {self.min_inlier_ratio}")
         if not self.wide_radius_factor >= 1 or not 0 < self.max_view_angle_deg <= 180:
             raise ValueError("TrackerOptions.wide_radius_factor must be >= 1 and max_view_angle_deg in (0, 180]")
+        if not -1 <= self.min_zncc <= 1:
+            raise ValueError(f"TrackerOptions.min_zncc must be in [-1, 1], got {self.min_zncc}")
         if self.max_distance is not None and not self.max_distance > 0:
             raise ValueError(f"TrackerOptions.max_distance must be positive or None, got {self.max_distance}")
 
@@ -191,10 +216,12 @@ class TrackingResult:
     predicted : float64 (3, 4) or None
         The prediction the frame was tracked from (None: nothing to predict from).
     timings : dict
-        Seconds per step (``features``, ``local map``, ``matching``, ``pose``,
+        Seconds per step (``features``, ``local map``, ``matching``, ``pose``, ``patches``,
         ``relocalization``) and ``total``.
     reason : str
         Why tracking gave way to relocalization, or why the frame is lost.
+    patch_inliers : int
+        Aligned point patches the pose was refined on (0: not refined on patches).
     """
 
     status: str
@@ -206,6 +233,7 @@ class TrackingResult:
     predicted: Optional[np.ndarray] = None
     timings: Dict[str, float] = field(default_factory=dict)
     reason: str = ""
+    patch_inliers: int = 0
 
     @property
     def success(self) -> bool:
@@ -216,6 +244,8 @@ class TrackingResult:
         if self.method:
             parts.append(f"by {self.method}")
         parts.append(f"{self.num_inliers}/{self.num_matches} inliers")
+        if self.patch_inliers:
+            parts.append(f"{self.patch_inliers} patches")
         parts.append(f"{1000 * self.timings.get('total', 0.0):.1f} ms")
         if self.reason:
             parts.append(f"reason: {self.reason}")
@@ -431,6 +461,12 @@ class Tracker:
         for ids, desc in zip(self.layer.point_ids, self.layer.descriptors):
             has = np.asarray(ids) >= 0
             self._observed.append((np.asarray(ids)[has].astype(np.int64), np.ascontiguousarray(desc[has])))
+        # the point patches that refine each pose: per map image, the 3D point of each patch
+        self._patch_layer = self.options.patches if self.options.patches in getattr(m, "patches", {}) else None
+        if self._patch_layer is not None:
+            ids = self.map.feature_layer(self._patch_layer).point_ids
+            self._patch_points = [np.asarray(i)[np.asarray(i) >= 0].astype(np.int64) for i in ids]
+            self._patch_shift = keypoint_shift_px(m, self._patch_layer)
         self._centres = camera_centres(m.cam_from_world) if len(m.names) else np.zeros((0, 3))
         self._axes = m.cam_from_world[:, 2, :3] if len(m.names) else np.zeros((0, 3))  # optical axes in the world
         self.reset()
@@ -531,6 +567,10 @@ class Tracker:
             reason = "no previous pose" if result is None else result.reason
             result = self._relocalize(keypoints, descriptors, image, timestamp, timings, reason)
             result.predicted = predicted
+        if result.success and image is not None and self._patch_layer is not None:
+            t0 = time.perf_counter()
+            result.cam_from_world, result.patch_inliers = self.refine_on_patches(result.cam_from_world, image)
+            timings["patches"] = time.perf_counter() - t0
         self._update(result)
         result.timings = timings
         if _timings is None:
@@ -555,6 +595,52 @@ class Tracker:
                                        self.options.loss_scale_px, self.options.max_error_px, iterations=1)
         timings["pose"] = timings.get("pose", 0.0) + time.perf_counter() - t0
         return refined
+
+    def refine_on_patches(self, cam_from_world: np.ndarray, image) -> Tuple[np.ndarray, int]:
+        """The pose refined on the map's point patches aligned in ``image`` (the frame's
+        pixels), and how many aligned patches it kept as inliers; the pose as given, and 0,
+        when too few patches align.
+
+        Each point the nearby map images observe that projects into the view is taken with
+        the patch of its nearest observing image, warped by :func:`local_affines` and aligned
+        near its projection (:func:`align_patches`); those aligning with enough correlation
+        are the 2D points of a Cauchy-robust refinement from the pose.
+        """
+        o = self.options
+        layer = self.map.feature_layer(self._patch_layer)
+        images = self.nearby_images(cam_from_world)
+        if not len(images):
+            return cam_from_world, 0
+        ids = np.concatenate([self._patch_points[i] for i in images])
+        owner = np.concatenate([np.full(len(self._patch_points[i]), i) for i in images])
+        row = np.concatenate([np.arange(len(self._patch_points[i])) for i in images])
+        ids, first = np.unique(ids, return_index=True)  # images in order of distance: the nearest view of each
+        owner, row = owner[first], row[first]
+        points3D = layer.points3D[ids]
+        pixels, visible = project_points(points3D, cam_from_world, self.camera)
+        points3D, pixels, owner, row = points3D[visible], pixels[visible], owner[visible], row[visible]
+        if len(points3D) < o.min_inliers:
+            return cam_from_world, 0
+        # the patches were cut at the points' true positions; the layer's keypoints (which the
+        # points were triangulated from) sit shift_px off them
+        start = pixels - self._patch_shift
+        affines, valid = local_affines(points3D, start, cam_from_world, self.camera, self.map.cam_from_world[owner],
+                                       [self.map.cameras[i] for i in owner])
+        patches = self.map.patches[self._patch_layer]
+        references = np.empty((len(owner),) + patches[owner[0]].shape[1:], np.uint8)
+        for i in np.unique(owner):
+            here = owner == i
+            references[here] = patches[i][row[here]]
+        xy, zncc, converged = align_patches(prepare_image(image), references, affines, start)
+        good = valid & converged & (zncc >= o.min_zncc)
+        if good.sum() < o.min_inliers:
+            return cam_from_world, 0
+        refined = refine_absolute_pose(xy[good] + self._patch_shift, points3D[good], self.camera, cam_from_world,
+                                       loss_scale_px=0.5 * o.patch_error_px, max_error_px=o.patch_error_px,
+                                       iterations=2)
+        if refined is None or refined.num_inliers < o.min_inliers:
+            return cam_from_world, 0
+        return refined.cam_from_world, refined.num_inliers
 
     def _track_from(self, predicted, keypoints, descriptors, timestamp, timings) -> TrackingResult:
         o = self.options
