@@ -219,6 +219,7 @@ def run_tracking_demo(out_dir: str | Path = "pylocalize-demo", num_views: int = 
     t0 = time.perf_counter()
     m = Map.from_views(scene.images, scene.K, scene.cam_from_world, scene.names, max_features=3000,
                        progress=progress)
+    m.add_patches("sift", scene.images, progress=progress)  # sub-pixel refinement of every tracked pose
     t_map = time.perf_counter() - t0
     events = {"teleports": [2 * num_frames // 3], "drops": [(num_frames // 3, 20)],
               "occlusions": [(num_frames // 6, 8)]}

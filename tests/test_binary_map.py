@@ -344,8 +344,10 @@ def test_cli_builds_a_map_with_orb_and_localizes_with_it(tmp_path, scene_and_map
              "--camera", camera, "--max-features", "800", "--orb-features", "800", "--out", str(tmp_path / "map")]
     assert main(build + ["--features", "orb"]) == 2
     assert "--features orb: give a comma-separated list" in capsys.readouterr().err
-    assert main(build + ["--features", "sift,orb"]) == 0
+    assert main(build + ["--features", "sift,orb", "--patches"]) == 0
     assert "orb:" in capsys.readouterr().out
+    assert [len(p) for p in Map.load(tmp_path / "map").patches["sift"]] == \
+        [int((Map.load(tmp_path / "map").point_ids[i] >= 0).sum()) for i in range(len(scene.names))]
     pose = scene.query_poses(1, seed=8)[0]
     Image.fromarray(scene.render(pose)[0][0]).save(tmp_path / "q.png")
     localize = ["localize", "--map", str(tmp_path / "map"), "--images", str(tmp_path / "q.png"), "--camera", camera,

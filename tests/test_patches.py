@@ -21,7 +21,7 @@ from pylocalize.localization.patches import (
     prepare_image,
     sample_patches,
 )
-from pylocalize.localization.tracking import Tracker, TrackerOptions, project_points
+from pylocalize.localization.tracking import Tracker, TrackerOptions, project_points, spread_evenly
 from pylocalize.localization.triangulation import camera_centres
 
 
@@ -138,6 +138,26 @@ def test_gauss_newton_refinement_agrees_with_pycolmaps(model):
     # the distorted model's error is minimised on undistorted points: the same pose to 1e-4
     assert np.abs(ours.cam_from_world - theirs).max() < (1e-5 if camera.is_pinhole else 1e-4)
     assert np.abs(ours.cam_from_world - pose).max() < 2e-3
+
+
+def test_spread_evenly_lets_the_grid_cells_take_turns():
+    rng = np.random.default_rng(5)
+    # crowded top-left corner, a sparse rest of the image
+    pixels = np.concatenate([rng.uniform(0, 60, (400, 2)), rng.uniform(0, [320, 240], (100, 2))])
+    chosen = spread_evenly(pixels, 120, (320, 240))
+    assert len(chosen) == 120 and len(np.unique(chosen)) == 120 and (np.diff(chosen) > 0).all()
+    cells = (pixels[:, 1] // 32).astype(int) * 10 + (pixels[:, 0] // 32).astype(int)
+    have = np.bincount(cells, minlength=80)
+    got = np.bincount(cells[chosen], minlength=80)
+    # round robin: a cell gets all its points, or as many as the fullest turn reached
+    level = got.max()
+    assert all(g == h or g >= level - 1 for g, h in zip(got, have))
+    assert got[have > 0].min() >= 1  # every occupied cell is represented
+    # within a cell, the first points in order
+    for cell in np.flatnonzero(got):
+        members = np.flatnonzero(cells == cell)
+        assert np.array_equal(np.sort(chosen[cells[chosen] == cell]), members[:got[cell]])
+    assert np.array_equal(spread_evenly(pixels, 1000, (320, 240)), np.arange(500))
 
 
 @pytest.fixture(scope="module")

@@ -30,8 +30,16 @@ def to_gray(image: np.ndarray, extractor: str = "SIFT") -> np.ndarray:
     what the image is for in the error an image under 16 pixels gets."""
     img = np.asarray(image)
     if img.ndim == 3 and img.shape[2] in (3, 4):
-        img = img[..., :3].astype(np.float32).mean(-1) if img.dtype != np.uint8 else \
-            (img[..., :3].astype(np.uint16).sum(-1) // 3).astype(np.uint8)
+        if img.dtype == np.uint8:
+            # (r + g + b) // 3 channel by channel: a reduction over the last axis of three
+            # costs 15x as much (a tracker pays it on every frame)
+            total = img[..., 0].astype(np.uint16)
+            total += img[..., 1]
+            total += img[..., 2]
+            total //= 3
+            img = total.astype(np.uint8)
+        else:
+            img = img[..., :3].astype(np.float32).mean(-1)
     elif img.ndim != 2:
         raise ValueError(f"image must be (H, W), (H, W, 3) or (H, W, 4), got shape {img.shape}")
     if img.dtype != np.uint8:

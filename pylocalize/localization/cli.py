@@ -111,6 +111,8 @@ def _map_build(args) -> int:
                             deterministic=args.deterministic, **options)
     else:
         raise SystemExit("give --strecha DIR, --colmap DIR --images DIR, --poses FILE --images DIR, or --images DIR")
+    if args.patches:
+        m.add_patches("sift", progress=args.progress)  # the map's image folder is known: every builder above set it
     m.save(args.out)
     geo = ""
     if m.geo_origin is not None:
@@ -361,6 +363,9 @@ def _add_map(subparsers) -> None:
     b.add_argument("--features", default="sift", metavar="KINDS",
                    help="kinds of local features the map holds, comma-separated: sift, and orb (fast binary "
                         "features for localizing frames, matched by Hamming distance) beside it: sift,orb")
+    b.add_argument("--patches", action="store_true",
+                   help="also keep an image patch of each SIFT observation (~256 bytes each), so that `pylocalize "
+                        "track` refines every pose to a fraction of a pixel")
     b.add_argument("--orb-features", type=at_least(1), default=2000, help="ORB features per image (--features orb)")
     b.add_argument("--seed", type=int, default=0, help="structure-from-motion random seed")
     b.add_argument("--sfm", choices=["incremental", "global"], default="incremental",

@@ -48,12 +48,7 @@ def prepare_image(image) -> np.ndarray:
 
     from pylocalize.features.sift import to_gray
 
-    image = np.asarray(image)
-    if image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] in (3, 4):
-        gray = cv2.cvtColor(image[..., :3], cv2.COLOR_RGB2GRAY)  # a tenth of to_gray's time; both sides alike
-    else:
-        gray = to_gray(image)
-    gray = np.asarray(gray, dtype=np.float32)
+    gray = np.asarray(to_gray(image), dtype=np.float32)
     return cv2.GaussianBlur(gray, (0, 0), BLUR_SIGMA)
 
 

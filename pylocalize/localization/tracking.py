@@ -73,6 +73,23 @@ DEFAULT_MAX_DISTANCE = {"l2": 300.0, "hamming": 64.0}
 OPENCV_SIFT_SHIFT_PX = 0.25
 
 
+def spread_evenly(pixels: np.ndarray, k: int, size: Tuple[int, int], cell_px: int = 32) -> np.ndarray:
+    """Indices of at most ``k`` of ``pixels`` (n, 2) spread evenly over an image of ``size``
+    (width, height): the cells of a ``cell_px`` grid take turns giving one point each, in
+    the points' order within a cell; all of them, in order, when ``k >= n``."""
+    n = len(pixels)
+    if k >= n:
+        return np.arange(n)
+    columns = int(np.ceil(size[0] / cell_px))
+    cells = (np.clip(pixels[:, 1] // cell_px, 0, None) * columns + np.clip(pixels[:, 0] // cell_px, 0, columns - 1))
+    order = np.argsort(cells, kind="stable")
+    sorted_cells = cells[order]
+    starts = np.searchsorted(sorted_cells, sorted_cells, side="left")
+    turn = np.arange(n) - starts  # rank of each point within its cell
+    chosen = order[np.lexsort((sorted_cells, turn))[:k]]
+    return np.sort(chosen)
+
+
 def keypoint_shift_px(m: Map, features: str = "sift") -> float:
     """How far right of and below the true image position the keypoints of a map's layer
     sit (:data:`OPENCV_SIFT_SHIFT_PX` for OpenCV's SIFT, else 0)."""
@@ -156,6 +173,9 @@ class TrackerOptions:
         reference reaches this.
     patch_error_px : float
         Inlier threshold of the refinement on aligned patches.
+    max_patches : int
+        Patches aligned per frame at most, spread evenly over the image (a grid's cells take
+        turns): beyond a few hundred, more cost time for little precision.
     """
 
     scale: float = 0.5
@@ -175,6 +195,7 @@ class TrackerOptions:
     patches: Optional[str] = "sift"
     min_zncc: float = 0.8
     patch_error_px: float = 1.0
+    max_patches: int = 500
 
     def __post_init__(self):
         positive = ("scale", "search_radius_px", "max_error_px", "loss_scale_px", "max_extrapolation_s",
@@ -184,7 +205,7 @@ class TrackerOptions:
                 raise ValueError(f"TrackerOptions.{name} must be positive, got {getattr(self, name)}")
         if not self.scale <= 1:
             raise ValueError(f"TrackerOptions.scale must be in (0, 1], got {self.scale}")
-        for name in ("max_features", "nearby_images", "min_inliers", "relocalize_k"):
+        for name in ("max_features", "nearby_images", "min_inliers", "relocalize_k", "max_patches"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrackerOptions.{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.ratio <= 1 or not 0 <= self.min_inlier_ratio <= 1:
@@ -618,7 +639,9 @@ class Tracker:
         owner, row = owner[first], row[first]
         points3D = layer.points3D[ids]
         pixels, visible = project_points(points3D, cam_from_world, self.camera)
-        points3D, pixels, owner, row = points3D[visible], pixels[visible], owner[visible], row[visible]
+        keep = np.flatnonzero(visible)
+        keep = keep[spread_evenly(pixels[keep], o.max_patches, (self.camera.width, self.camera.height))]
+        points3D, pixels, owner, row = points3D[keep], pixels[keep], owner[keep], row[keep]
         if len(points3D) < o.min_inliers:
             return cam_from_world, 0
         # the patches were cut at the points' true positions; the layer's keypoints (which the
