@@ -44,3 +44,19 @@ def test_extract_sift_reads_a_path_as_its_pixels(tmp_path):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="no such image file"):
         extract_sift(tmp_path / "missing.jpg")
+
+
+def test_to_gray_is_the_channel_mean_rounded_down_for_every_layout():
+    """The grey image SIFT and ORB see, against numpy's mean of the three channels."""
+    from pylocalize.features.sift import to_gray
+
+    rng = np.random.default_rng(11)
+    rgb = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    expected = (rgb.astype(np.int64).sum(-1) // 3).astype(np.uint8)
+    assert np.array_equal(to_gray(rgb), expected)
+    rgba = np.concatenate([rgb, np.full((40, 50, 1), 7, np.uint8)], axis=2)
+    assert np.array_equal(to_gray(rgba), expected)
+    assert np.array_equal(to_gray(rgb[..., 0]), rgb[..., 0])
+    assert np.array_equal(to_gray(rgb.astype(np.float32) / 255), np.rint(rgb.mean(-1)).astype(np.uint8))
+    with pytest.raises(ValueError, match="too small"):
+        to_gray(rgb[:8])

@@ -148,8 +148,8 @@ def _track(args) -> int:
     lost = {k: f"lost: {r.reason}" for k, r in enumerate(results) if not r.success}
     write_tum(args.out, stamps, poses, comments=lost)
     status_file = Path(args.out).with_suffix(".frames.tsv")
-    lines = ["timestamp\tstatus\tmethod\tinliers\tmatches\tms"]
-    lines += [f"{t:.6f}\t{r.status}\t{r.method or '-'}\t{r.num_inliers}\t{r.num_matches}\t"
+    lines = ["timestamp\tstatus\tmethod\tinliers\tmatches\tpatch_inliers\tms"]
+    lines += [f"{t:.6f}\t{r.status}\t{r.method or '-'}\t{r.num_inliers}\t{r.num_matches}\t{r.patch_inliers}\t"
               f"{1000 * r.timings.get('total', 0):.1f}" for t, r in zip(stamps, results)]
     from pylocalize.containers import write_bytes_atomic
 
