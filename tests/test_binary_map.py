@@ -355,6 +355,23 @@ def test_cli_builds_a_map_with_orb_and_localizes_with_it(tmp_path, scene_and_map
     assert main(localize + ["--features", "orb"]) == 0
     t_err, r_err = pose_errors(read_pose_file(tmp_path / "out.txt")["q.png"], pose)
     assert t_err < 0.05 and r_err < 0.3
+    # a short walk tracked on ORB of the stream's budget, every pose refined on the patches
+    from pylocalize.datasets.camera_paths import render_path, walking_path
+    from pylocalize.localization.trajectory import read_tum
+
+    path = walking_path(8, seed=2)
+    (tmp_path / "frames").mkdir()
+    for k, frame in enumerate(render_path(scene, path)):
+        Image.fromarray(frame).save(tmp_path / "frames" / f"{k:03d}.png")
+    assert main(["track", "--map", str(tmp_path / "map"), "--images", str(tmp_path / "frames"), "--camera", camera,
+                 "--features", "orb", "--max-features", "600", "--levels", "3", "--out",
+                 str(tmp_path / "traj.txt")]) == 0
+    from pylocalize.localization.triangulation import camera_centres
+
+    _, poses = read_tum(tmp_path / "traj.txt")
+    assert np.median(np.linalg.norm(camera_centres(poses) - camera_centres(path.cam_from_world), axis=1)) < 0.01
+    rows = [r.split("\t") for r in (tmp_path / "traj.frames.tsv").read_text().splitlines()]
+    assert rows[0][5] == "patch_inliers" and min(int(r[5]) for r in rows[1:]) >= 20
     assert Map.load(tmp_path / "map").layers["orb"].options["max_features"] == 800
     # a map without ORB: one line that says how to build one
     assert main(build[:-1] + [str(tmp_path / "sift_only")]) == 0

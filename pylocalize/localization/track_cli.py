@@ -135,7 +135,15 @@ def _track(args) -> int:
     else:
         fps = args.fps or video_fps or 30.0
         stamp_of = lambda k: k / fps  # noqa: E731 (the frame clock)
-    tracker = Tracker(m, camera, features=args.features, options=options)
+    extractor = None
+    if args.features != "sift" and args.features in getattr(m, "layers", {}):
+        # the frames' binary features: the layer's options, with the stream's feature budget and
+        # pyramid (fewer than a map image's: benchmarks/README.md, "Real-time tracking")
+        from pylocalize.localization.layers import binary_extractor
+
+        extractor = binary_extractor(args.features, {**m.layers[args.features].options,
+                                                     "max_features": args.max_features, "num_levels": args.levels})
+    tracker = Tracker(m, camera, features=args.features, extractor=extractor, options=options)
     from tqdm import tqdm
 
     results, stamps = [], []
@@ -218,6 +226,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--scale", type=_positive_float, default=0.5,
                    help="frames are resized by this before SIFT (speed against keypoint precision)")
     p.add_argument("--max-features", type=at_least(1), default=1000, help="features per frame")
+    p.add_argument("--levels", type=at_least(1), default=3,
+                   help="pyramid levels of a binary layer's frame features (--features orb)")
     p.add_argument("--radius", type=_positive_float, default=15.0,
                    help="search radius of guided matching, in frame pixels")
     p.add_argument("--allow-failures", action="store_true",
