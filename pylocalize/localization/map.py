@@ -593,17 +593,7 @@ class Map:
 
         def make():
             return binary_extractor(name, extractor_options)
-        if images is None:
-            if self.image_dir is None:
-                raise ValueError("the map does not know its image folder: give the database images")
-            images = [image_path(self.image_dir, n) for n in self.names]
-        if len(images) != len(self.names):
-            raise ValueError(f"{len(images)} images for a map of {len(self.names)}: give the database images in map "
-                             "order")
-        for (width, height), camera in zip(_image_sizes(images), self.cameras):
-            if (width, height) != (camera.width, camera.height):
-                raise ValueError(f"an image of {width}x{height} for a map camera of {camera.width}x{camera.height}: "
-                                 "give the database images in map order, at the size the map was built from")
+        images = self._database_images(images)
         feats = _extract_all(images, 0, None, progress, desc=f"map: {name} features", make_extractor=make)
         keypoints, descriptors = [f[0] for f in feats], [f[1] for f in feats]
         pairs = self._image_pairs(neighbours, retrieval_pairs)
@@ -642,6 +632,22 @@ class Map:
         m._add_layers(layers, images, progress, options)
         return m
 
+    def _database_images(self, images: Optional[Sequence]) -> Sequence:
+        """The database images in map order (uint8 arrays or files; default the files in
+        :attr:`image_dir`), checked one per map image, each of its camera's size."""
+        if images is None:
+            if self.image_dir is None:
+                raise ValueError("the map does not know its image folder: give the database images")
+            images = [image_path(self.image_dir, n) for n in self.names]
+        if len(images) != len(self.names):
+            raise ValueError(f"{len(images)} images for a map of {len(self.names)}: give the database images in map "
+                             "order")
+        for (width, height), camera in zip(_image_sizes(images), self.cameras):
+            if (width, height) != (camera.width, camera.height):
+                raise ValueError(f"an image of {width}x{height} for a map camera of {camera.width}x{camera.height}: "
+                                 "give the database images in map order, at the size the map was built from")
+        return images
+
     def add_patches(self, features: str = "sift", images: Optional[Sequence] = None,
                     progress: bool = False) -> List[np.ndarray]:
         """Adds (or replaces) the image patches of the 3D points of layer ``features``: one
@@ -656,17 +662,7 @@ class Map:
         from pylocalize.localization.tracking import keypoint_shift_px
 
         layer = self.feature_layer(features)
-        if images is None:
-            if self.image_dir is None:
-                raise ValueError("the map does not know its image folder: give the database images")
-            images = [image_path(self.image_dir, n) for n in self.names]
-        if len(images) != len(self.names):
-            raise ValueError(f"{len(images)} images for a map of {len(self.names)}: give the database images in map "
-                             "order")
-        for (width, height), camera in zip(_image_sizes(images), self.cameras):
-            if (width, height) != (camera.width, camera.height):
-                raise ValueError(f"an image of {width}x{height} for a map camera of {camera.width}x{camera.height}: "
-                                 "give the database images in map order, at the size the map was built from")
+        images = self._database_images(images)
         self.patches[features] = observation_patches(images, self.cameras, self.cam_from_world, layer.point_ids,
                                                      layer.points3D, keypoint_shift_px(self, features),
                                                      progress=progress)
