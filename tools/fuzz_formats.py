@@ -202,6 +202,25 @@ def _make_map_orb(folder: Path) -> Path:
     return folder / "map"
 
 
+def _make_map_patches(folder: Path) -> Path:
+    """A map with point patches of its SIFT observations (issue 21): optional sections of map.pyloc."""
+    from pylocalize.localization import Map
+
+    _make_map(folder)
+    m = Map.load(folder / "map", mmap=False)
+    rng = _rng_data(11)
+    m.patches["sift"] = [rng.integers(0, 256, (int((ids >= 0).sum()), 16, 16), dtype=np.uint8) for ids in m.point_ids]
+    m.save(folder / "map")
+    return folder / "map"
+
+
+def _use_map_patches(path: Path) -> str:
+    from pylocalize.localization import Map
+
+    m = Map.load(path)
+    return _fingerprint(_use_map(path), sorted(m.patches), m.patches["sift"])
+
+
 def _use_map_orb(path: Path) -> str:
     from pylocalize.localization import Map
 
@@ -385,6 +404,7 @@ FORMATS: Dict[str, Format] = {
     "map": Format(_make_map, _use_map),
     "map-sfm": Format(_make_map_sfm, _use_map_sfm),
     "map-orb": Format(_make_map_orb, _use_map_orb),
+    "map-patches": Format(_make_map_patches, _use_map_patches),
     # layouts 1 (float32 descriptors), 2 (float32 model points) and 3 (float16
     # descriptors) retired by issue 18's smaller, faster onboarding
     "objects": Format(_make_objects, _use_objects,
