@@ -168,20 +168,18 @@ def courtyard():
     return scene, m
 
 
-def test_map_patches_are_centred_on_the_points_and_saved_with_the_map(tmp_path, courtyard):
+def test_map_patches_are_centred_on_the_keypoints_and_saved_with_the_map(tmp_path, courtyard):
     import cv2
 
     scene, m = courtyard
     observed = [(np.asarray(ids) >= 0).sum() for ids in m.point_ids]
     assert [len(p) for p in m.patches["sift"]] == observed
     assert m.patches["sift"][0].shape[1:] == (PATCH_SIZE, PATCH_SIZE) and m.patches["sift"][0].dtype == np.uint8
-    # the centre of patch j of image 0: the blurred image at point j's projection, less
-    # OpenCV SIFT's quarter pixel (getRectSubPix: an independent bilinear sampler)
+    # patch j of image 0: the blurred image around observation j's keypoint, less OpenCV
+    # SIFT's quarter pixel (getRectSubPix: an independent bilinear sampler)
     gray = prepare_image(scene.images[0])
-    ids = np.asarray(m.point_ids[0])
-    ids = ids[ids >= 0][:20]
-    pixels, _ = project_points(m.points3D[ids], m.cam_from_world[0], scene.camera)
-    for j, (x, y) in enumerate(pixels - 0.25):
+    keypoints = np.asarray(m.keypoints[0])[np.asarray(m.point_ids[0]) >= 0][:20]
+    for j, (x, y) in enumerate(keypoints - 0.25):
         window = cv2.getRectSubPix(gray, (PATCH_SIZE, PATCH_SIZE), (float(x), float(y)))
         assert np.abs(window.astype(np.float32) - m.patches["sift"][0][j]).max() <= 1.0
     m.save(tmp_path / "map")

@@ -651,7 +651,7 @@ class Map:
     def add_patches(self, features: str = "sift", images: Optional[Sequence] = None,
                     progress: bool = False) -> List[np.ndarray]:
         """Adds (or replaces) the image patches of the 3D points of layer ``features``: one
-        per observation, cut from the database image around the point's projection
+        per observation, cut from the database image around its keypoint
         (:mod:`~pylocalize.localization.patches`). A :class:`~pylocalize.localization.tracking.Tracker`
         aligns them in each frame to refine its pose to a fraction of a pixel.
 
@@ -663,9 +663,8 @@ class Map:
 
         layer = self.feature_layer(features)
         images = self._database_images(images)
-        self.patches[features] = observation_patches(images, self.cameras, self.cam_from_world, layer.point_ids,
-                                                     layer.points3D, keypoint_shift_px(self, features),
-                                                     progress=progress)
+        self.patches[features] = observation_patches(images, layer.keypoints, layer.point_ids,
+                                                     keypoint_shift_px(self, features), progress=progress)
         return self.patches[features]
 
     def _add_layers(self, layers: Dict[str, dict], images, progress: bool, options: dict) -> None:

@@ -11,11 +11,11 @@ positions.
 
 A map keeps one patch per observation of a 3D point (:meth:`Map.add_patches
 <pylocalize.localization.map.Map.add_patches>`): ``PATCH_SIZE`` x ``PATCH_SIZE`` pixels of
-the (slightly blurred) map image, centred on the point's projection. Centred on the point,
-not on the keypoint that observed it, because the pose is refined against the 3D point.
-The frame is blurred alike, then each patch warped under the local affine map between the
-views that the plane through the point facing the map image induces, and the
-``TEMPLATE_SIZE`` x ``TEMPLATE_SIZE`` template aligned near its projection.
+the (slightly blurred) map image, centred on the keypoint of the observation
+(:func:`observation_patches` says why). The frame is blurred alike, then each patch warped
+under the local affine map between the views that the plane through the point facing the map
+image induces, and the ``TEMPLATE_SIZE`` x ``TEMPLATE_SIZE`` template aligned near the
+point's projection.
 
 In ``map.pyloc`` the patches of layer ``NAME`` are the sections ``patches.NAME.counts``
 (patches per image) and ``patches.NAME.data`` (uint8 (n, size, size), the observed features
@@ -73,15 +73,18 @@ def sample_patches(image: np.ndarray, centres: np.ndarray, size: int = PATCH_SIZ
     return np.clip(np.rint(out), 0, 255).astype(np.uint8).reshape(-1, size, size)
 
 
-def observation_patches(images: Sequence, cameras: Sequence[Camera], cam_from_world: np.ndarray,
-                        point_ids: Sequence[np.ndarray], points3D: np.ndarray, shift_px: float = 0.0,
-                        size: int = PATCH_SIZE, progress: bool = False) -> List[np.ndarray]:
+def observation_patches(images: Sequence, keypoints: Sequence[np.ndarray], point_ids: Sequence[np.ndarray],
+                        shift_px: float = 0.0, size: int = PATCH_SIZE, progress: bool = False) -> List[np.ndarray]:
     """Per image, the patches of its observed features (``point_ids >= 0``, in order), each
-    centred on its 3D point's projection into the image.
+    centred on the feature's keypoint: aligned in a frame, a patch finds there what the
+    keypoint measured, so the frame's position and the 3D point triangulated from the
+    keypoints relate as a feature match's do (centred on the point's projection instead, a
+    patch would carry that image's pose error and the point's residual in it into the frame:
+    measured worse on real photos, benchmarks/README.md).
 
     ``shift_px``: how far right of and below the true position the layer's keypoints sit
-    (OpenCV SIFT's quarter pixel, ``tracking.OPENCV_SIFT_SHIFT_PX``): the 3D points were
-    triangulated from those keypoints, so the patch is cut that far back up and left.
+    (OpenCV SIFT's quarter pixel, ``tracking.OPENCV_SIFT_SHIFT_PX``): the patch is cut that
+    far back up and left, on the image's true position.
     """
     from tqdm import tqdm
 
@@ -89,11 +92,7 @@ def observation_patches(images: Sequence, cameras: Sequence[Camera], cam_from_wo
 
     patches = []
     for k, image in enumerate(tqdm(images, desc="map: point patches", disable=not progress, leave=False)):
-        ids = np.asarray(point_ids[k])
-        ids = ids[ids >= 0]
-        pose = cam_from_world[k]
-        points_cam = np.asarray(points3D)[ids] @ pose[:, :3].T + pose[:, 3]
-        centres = cameras[k].project(points_cam) - shift_px if len(ids) else np.zeros((0, 2))
+        centres = np.asarray(keypoints[k], dtype=np.float64)[np.asarray(point_ids[k]) >= 0] - shift_px
         patches.append(sample_patches(prepare_image(load_pixels(image)), centres, size))
     return patches
 

@@ -173,6 +173,10 @@ class TrackerOptions:
         reference reaches this.
     patch_error_px : float
         Inlier threshold of the refinement on aligned patches.
+    max_patch_angle_deg : float
+        A point's patch is used only if a map image saw it from within this angle of the
+        frame's viewing direction (a video's frames lie between map images; a photo metres
+        from every map image is refined on its features alone).
     max_patches : int
         Patches aligned per frame at most, spread evenly over the image (a grid's cells take
         turns): beyond a few hundred, more cost time for little precision.
@@ -195,11 +199,12 @@ class TrackerOptions:
     patches: Optional[str] = "sift"
     min_zncc: float = 0.8
     patch_error_px: float = 1.0
+    max_patch_angle_deg: float = 10.0
     max_patches: int = 500
 
     def __post_init__(self):
         positive = ("scale", "search_radius_px", "max_error_px", "loss_scale_px", "max_extrapolation_s",
-                    "patch_error_px")
+                    "patch_error_px", "max_patch_angle_deg")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"TrackerOptions.{name} must be positive, got {getattr(self, name)}")
@@ -623,9 +628,12 @@ class Tracker:
         when too few patches align.
 
         Each point the nearby map images observe that projects into the view is taken with
-        the patch of its nearest observing image, warped by :func:`local_affines` and aligned
-        near its projection (:func:`align_patches`); those aligning with enough correlation
-        are the 2D points of a Cauchy-robust refinement from the pose.
+        the patch of the observing image that saw it from the direction nearest the frame's,
+        if within ``max_patch_angle_deg`` (a patch warped across a wider angle, under the
+        assumption of a plane facing its image, would pull the point off), warped by
+        :func:`local_affines` and aligned near its projection (:func:`align_patches`); those
+        aligning with enough correlation are the 2D points of a Cauchy-robust refinement from
+        the pose.
         """
         o = self.options
         layer = self.map.feature_layer(self._patch_layer)
@@ -635,8 +643,16 @@ class Tracker:
         ids = np.concatenate([self._patch_points[i] for i in images])
         owner = np.concatenate([np.full(len(self._patch_points[i]), i) for i in images])
         row = np.concatenate([np.arange(len(self._patch_points[i])) for i in images])
-        ids, first = np.unique(ids, return_index=True)  # images in order of distance: the nearest view of each
-        owner, row = owner[first], row[first]
+        # per point, the observation whose viewing ray is nearest the frame's
+        points3D = layer.points3D[ids]
+        to_frame = -cam_from_world[:, :3].T @ cam_from_world[:, 3] - points3D
+        to_image = self._centres[owner] - points3D
+        cos = np.einsum("nk,nk->n", to_frame, to_image) / np.maximum(
+            np.linalg.norm(to_frame, axis=1) * np.linalg.norm(to_image, axis=1), 1e-12)
+        order = np.lexsort((-cos, ids))
+        first = order[np.r_[True, ids[order][1:] != ids[order][:-1]]]
+        first = first[cos[first] >= np.cos(np.radians(o.max_patch_angle_deg))]
+        ids, owner, row = ids[first], owner[first], row[first]
         points3D = layer.points3D[ids]
         pixels, visible = project_points(points3D, cam_from_world, self.camera)
         keep = np.flatnonzero(visible)

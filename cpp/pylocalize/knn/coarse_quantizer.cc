@@ -15,9 +15,10 @@ namespace pylocalize {
 namespace knn {
 namespace {
 
-constexpr int64_t kTileRows = 64;        // rows per DotTile
-constexpr int64_t kTileBytes = 1 << 17;  // centroid bytes per DotTile: 128 KB, in L2
-constexpr int64_t kChunkRows = 1 << 16;  // rows whose candidates are held at once
+constexpr int64_t kTileRows = 64;                        // rows per DotTile
+constexpr int64_t kTileBytes = 1 << 17;                  // centroid bytes per DotTile: 128 KB, in L2
+constexpr int64_t kMinWorkPerThread = int64_t{1} << 24;  // multiply-adds: ~5 ms of one core
+constexpr int64_t kChunkRows = 1 << 16;                  // rows whose candidates are held at once
 constexpr int kGroupIterations = 10;
 
 double SquaredNorm(const float* x, int64_t dim) {
@@ -98,6 +99,12 @@ void AssignBlocked(const BlockedCentroids& b, const float* x, int64_t n, int64_t
   const int64_t block_bytes = dim * kBlock * static_cast<int64_t>(b.element_size());
   const int64_t tile_blocks = std::min(b.nblocks, std::max<int64_t>(1, kTileBytes / block_bytes));
   const int64_t ld = tile_blocks * kBlock;
+  // A small problem (an object crop's few hundred patches against a template's) runs on one
+  // thread: waking a pool costs more than it saves, ~10x more on a loaded machine
+  // (benchmarks/README.md, objects); each thread gets at least kMinWorkPerThread products.
+  const int64_t work = n * b.nblocks * kBlock * dim;
+  num_threads = static_cast<int>(std::min<int64_t>(num_threads <= 0 ? GetNumThreads() : num_threads,
+                                                   std::max<int64_t>(1, work / kMinWorkPerThread)));
   ParallelFor((n + kTileRows - 1) / kTileRows, num_threads, [&](int64_t t, int) {
     InterruptPoint();
     const int64_t r0 = t * kTileRows, r1 = std::min(n, r0 + kTileRows);
