@@ -43,12 +43,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
 def _torch():
-    try:
-        import torch
-    except ImportError as error:
-        raise ImportError("the learned descriptor needs torch: pip install 'pylocalize[torch]' "
-                          "(install torch==2.13.0 first on CPU-only machines)") from error
-    return torch
+    from pylocalize.checkpoints import import_torch
+
+    return import_torch("the learned object descriptor")
 
 
 def descriptor_path(representation_path) -> Path:
@@ -58,35 +55,10 @@ def descriptor_path(representation_path) -> Path:
 
 
 def build_network(dim: int = 48, width: int = 32):
-    """The descriptor network: three stride-2 convolutions to 1/8 resolution, three
-    dilated convolutions (dilation 1, 2, 4: a receptive field of about 200 px, so a patch
-    sees where on the object it lies), upsampled to 1/4 and fused with the 1/4 features,
-    then two 1x1 layers to ``dim`` L2-normalised channels (a 3x3 fusion
-    at 1/4 resolution would cost more than the rest of the network)."""
-    torch = _torch()
-    nn = torch.nn
+    """A fresh :class:`pylocalize.objects.networks.DescriptorNet` (imports torch)."""
+    from pylocalize.objects.networks import DescriptorNet
 
-    class DescriptorNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            w = width
-            self.down = nn.Sequential(nn.Conv2d(3, w, 3, 2, 1), nn.ReLU(inplace=True),
-                                      nn.Conv2d(w, w, 3, 2, 1), nn.ReLU(inplace=True),
-                                      nn.Conv2d(w, 3 * w // 2, 3, 1, 1), nn.ReLU(inplace=True))
-            self.context = nn.Sequential(nn.Conv2d(3 * w // 2, 2 * w, 3, 2, 1), nn.ReLU(inplace=True),
-                                         nn.Conv2d(2 * w, 2 * w, 3, 1, 1), nn.ReLU(inplace=True),
-                                         nn.Conv2d(2 * w, 2 * w, 3, 1, 2, dilation=2), nn.ReLU(inplace=True),
-                                         nn.Conv2d(2 * w, 2 * w, 3, 1, 4, dilation=4), nn.ReLU(inplace=True))
-            self.fuse = nn.Sequential(nn.Conv2d(3 * w // 2 + 2 * w, 2 * w, 1), nn.ReLU(inplace=True),
-                                      nn.Conv2d(2 * w, dim, 1))
-
-        def forward(self, x):
-            fine = self.down(x)
-            coarse = nn.functional.interpolate(self.context(fine), size=fine.shape[-2:], mode="bilinear",
-                                               align_corners=False)
-            return nn.functional.normalize(self.fuse(torch.cat([fine, coarse], 1)), dim=1)
-
-    return DescriptorNet()
+    return DescriptorNet(dim, width)
 
 
 def _to_tensor(images: np.ndarray):
@@ -108,7 +80,7 @@ class LearnedPatchExtractor:
     patch_size : int
         Patch grid step in pixels (14: the object pipeline's).
 
-    The network runs on one torch thread (set process-wide on first use): onboarding's pool
+    The network runs on one torch thread (:class:`pylocalize.training.torch_threads`): onboarding's pool
     describes templates in parallel, and on a loaded 2-core machine two OpenMP threads per
     call ran 5-9x slower than one (0.37 s against 0.04 s a 420-px crop, measured).
     """
@@ -187,12 +159,12 @@ class LearnedPatchExtractor:
         cache = self._cache
         if getattr(cache, "key", None) == key:
             return cache.value
-        if torch.get_num_threads() != 1:
-            torch.set_num_threads(1)
+        from pylocalize.training import torch_threads
+
         h, w = img.shape[:2]
         ph, pw = -h % STRIDE, -w % STRIDE  # the network's grid needs a multiple of its stride
         padded = np.pad(img[..., :3], ((0, ph), (0, pw), (0, 0))) if ph or pw else img[..., :3]
-        with torch.no_grad():
+        with torch.no_grad(), torch_threads(1):
             value = self.net(_to_tensor(padded[None]))[0]
         cache.key, cache.value, cache.padded = key, value, padded.shape[:2]
         return value
@@ -466,11 +438,11 @@ def train_object_descriptor(mesh, backgrounds=None, steps: int = 2000, seconds: 
         raise ValueError(f"steps, batch_pairs and num_pairs must be >= 1, got {steps}, {batch_pairs}, {num_pairs}")
     if seconds is not None and seconds <= 0:
         raise ValueError(f"seconds must be > 0 or None, got {seconds}")
+    from pylocalize.training import flush_denormals, torch_threads
+
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(num_threads)))
-    try:
+    with torch_threads(num_threads), flush_denormals():
         start = time.perf_counter()
         bgs = background_images(backgrounds, size, rng)
         pairs = render_pairs(mesh, num_pairs, size, padding, max_degrees, rng, progress)
@@ -513,8 +485,6 @@ def train_object_descriptor(mesh, backgrounds=None, steps: int = 2000, seconds: 
         logger.info("learned descriptor: %d steps in %.1f s, loss %.3f -> %.3f", step,
                     time.perf_counter() - rendered, np.mean(losses[:20]) if losses else float("nan"),
                     np.mean(losses[-20:]) if losses else float("nan"))
-    finally:
-        torch.set_num_threads(threads)
     extractor = LearnedPatchExtractor.from_network(net, dim, width, patch_size)
     extractor.training_seconds = {"rendering": rendered - start, "training": time.perf_counter() - rendered,
                                   "steps": step}
