@@ -360,23 +360,24 @@ def _pair_batch(pair: list, backgrounds: list, crop: int, size: int, rng: np.ran
 def correspondence_loss(query_desc, template_desc, query_xyz: np.ndarray, query_valid: np.ndarray,
                         template_xyz: np.ndarray, template_valid: np.ndarray, sigma: float, temperature: float,
                         samples: int, rng: np.random.Generator):
-    """InfoNCE of one pair: up to ``samples`` visible query cells against every template
-    cell (object and background); the target of each is a Gaussian of 3D distance over the
-    template's object cells (``sigma`` in model units), for query points the template sees
-    (one within 2 sigma). ``None`` when no query point is seen in the template."""
+    """InfoNCE of one query crop: up to ``samples`` visible query cells against every
+    template cell (object and background; ``template_desc`` (dim, m), ``template_xyz``
+    (m, 3), ``template_valid`` (m,)); the target of each is a Gaussian of 3D distance over
+    the templates' object cells (``sigma`` in model units), for query points a template sees
+    (one within 2 sigma). ``None`` when no query point is seen in the templates."""
     torch = _torch()
     q_idx = np.flatnonzero(query_valid.ravel())
     if len(q_idx) > samples:
         q_idx = rng.choice(q_idx, samples, replace=False)
-    t_obj = np.flatnonzero(template_valid.ravel())
+    t_obj = np.flatnonzero(np.ravel(template_valid))
     if len(q_idx) == 0 or len(t_obj) == 0:
         return None
-    qx, tx = query_xyz.reshape(-1, 3)[q_idx], template_xyz.reshape(-1, 3)[t_obj]
+    qx, tx = query_xyz.reshape(-1, 3)[q_idx], np.reshape(template_xyz, (-1, 3))[t_obj]
     d2 = (qx * qx).sum(1)[:, None] + (tx * tx).sum(1)[None, :] - 2 * qx @ tx.T
     seen = d2.min(1) < (2 * sigma) ** 2
     if not seen.any():
         return None
-    target = np.zeros((int(seen.sum()), template_valid.size), np.float32)
+    target = np.zeros((int(seen.sum()), np.size(template_valid)), np.float32)
     weights = np.exp(-np.maximum(d2[seen], 0) / (2 * sigma ** 2))
     target[:, t_obj] = weights / weights.sum(1, keepdims=True)
     dim = query_desc.shape[0]
@@ -468,8 +469,15 @@ def train_object_descriptor(mesh, backgrounds=None, steps: int = 2000, seconds: 
                 continue
             images = np.stack([b[0] for b in batch] + [b[1] for b in batch])
             desc = net(_to_tensor(images))
-            terms = [correspondence_loss(desc[i], desc[len(batch) + i], b[3], b[2], b[5], b[4], sigma, temperature,
-                                         samples, rng) for i, b in enumerate(batch)]
+            # every query cell against the template cells of every pair of the batch: the
+            # other pairs' views (anywhere on the view sphere) teach descriptors to differ
+            # across the whole object, which template retrieval needs, not only between
+            # nearby views
+            templates = desc[len(batch):].permute(1, 0, 2, 3).reshape(desc.shape[1], -1)
+            template_xyz = np.concatenate([b[5].reshape(-1, 3) for b in batch])
+            template_valid = np.concatenate([b[4].ravel() for b in batch])
+            terms = [correspondence_loss(desc[i], templates, b[3], b[2], template_xyz, template_valid, sigma,
+                                         temperature, samples, rng) for i, b in enumerate(batch)]
             terms = [t for t in terms if t is not None]
             if terms:
                 loss = torch.stack(terms).mean()
