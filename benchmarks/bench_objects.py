@@ -210,6 +210,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="estimate each generated instance from its visible mask, or from that mask's box only")
     parser.add_argument("--segment", choices=SEGMENTATIONS, default="grabcut",
                         help="with --given box: the object's pixels found in the box by GrabCut, or the whole box")
+    parser.add_argument("--objects", type=int, nargs="+", choices=[1, 5], default=[1, 5],
+                        help="objects to run: 1 the HOPE bottle, 5 the LINEMOD can")
     parser.add_argument("--extractor", choices=["dense-sift", "learned"], default="dense-sift",
                         help="patch descriptors: dense SIFT, or a per-object network trained at onboarding (torch)")
     parser.add_argument("--train-seconds", type=float, default=240.0, help="learned: training budget per object")
@@ -229,6 +231,7 @@ def main(argv=None) -> int:
     data, out = Path(args.data), Path(args.out)
     bg_paths, Image = backgrounds(data)
     objects = {1: data / "objects" / "hope" / "hope_000002.ply", 5: data / "objects" / "linemod_can" / "obj_000005.ply"}
+    objects = {obj_id: objects[obj_id] for obj_id in args.objects}
     summary, csv_rows, overlays = {}, [], []
     for obj_id, mesh_path in objects.items():
         mesh = load_mesh(mesh_path)
