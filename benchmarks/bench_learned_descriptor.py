@@ -10,7 +10,7 @@ object's diameter. Reported: the share of right matches among the patches whose 
 second view sees, for dense SIFT and each learned descriptor given.
 
     python benchmarks/bench_learned_descriptor.py --descriptors DIR [DIR ...] [--pairs 12]
-        [--backgrounds DATA/strecha/castle-P19/images]
+        [--backgrounds DATA/strecha/castle-P19/images] [--objects 1 5]
 
 ``DIR`` holds ``obj_000001.pyloc.descriptor`` (HOPE bottle) and ``obj_000005.pyloc.descriptor``
 (LINEMOD can), as ``bench_objects.py --extractor learned --out DIR`` writes them.
@@ -58,11 +58,14 @@ def main(argv=None) -> int:
     parser.add_argument("--backgrounds", default=None, help="photos behind the query views "
                                                             "(default: DATA/strecha/castle-P19/images)")
     parser.add_argument("--pairs", type=int, default=12)
+    parser.add_argument("--objects", type=int, nargs="+", choices=[1, 5], default=[1, 5],
+                        help="objects to run: 1 the HOPE bottle, 5 the LINEMOD can")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
     objects = {1: Path(args.data) / "objects" / "hope" / "hope_000002.ply",
                5: Path(args.data) / "objects" / "linemod_can" / "obj_000005.ply"}
-    for obj_id, mesh_path in objects.items():
+    for obj_id in args.objects:
+        mesh_path = objects[obj_id]
         mesh = load_mesh(mesh_path)
         rng = np.random.default_rng(args.seed)
         bgs = background_images(args.backgrounds or Path(args.data) / "strecha" / "castle-P19" / "images", SIZE, rng)
