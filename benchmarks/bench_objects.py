@@ -15,6 +15,11 @@ AR_VSD, AR_MSSD, AR_MSPD, AR and ADD / ADD-S recall, coarse (PnP) vs refined
 
     python benchmarks/bench_objects.py [--data ../shared/data] [--instances 25] [--out bench_objects]
         [--given mask|box] [--segment grabcut|box]
+        [--extractor dense-sift|learned] [--train-seconds 240] [--train-backgrounds DIR] [--reuse-descriptor]
+
+``--extractor learned`` trains the per-object descriptor (:mod:`pylocalize.objects.learned`)
+over crops of the Lund photos (by default), which are also among the test images'
+backgrounds (29 of the 77 photos; other crops of them).
 
 The real photos are always estimated from a box drawn by hand (``--segment`` applies).
 """
@@ -86,20 +91,34 @@ def make_instance(mesh, rng, bg_paths, Image):
 
 
 def onboard_and_save(mesh, args, path: Path):
-    """The object's representation, saved to ``path``, and what onboarding took: wall and CPU
-    seconds, seconds per stage, and the file's size."""
+    """The object's representation, saved to ``path``, its patch extractor, and what
+    onboarding took: wall and CPU seconds (training the learned descriptor included), seconds
+    per stage, and the file's size. With ``--extractor learned`` the descriptor is trained
+    first (or read back from beside ``path`` with ``--reuse-descriptor``) and saved there."""
     t0, cpu0 = time.perf_counter(), time.process_time()
-    rep = onboard(mesh, num_views=args.views, num_inplane=args.inplane, progress=True, supersample=args.supersample,
-                  pca_dim=args.pca_dim)
+    extractor, trained = None, {}
+    if args.extractor == "learned":
+        from pylocalize.objects.learned import LearnedPatchExtractor, descriptor_path, train_object_descriptor
+
+        if args.reuse_descriptor and descriptor_path(path).is_file():
+            extractor = LearnedPatchExtractor.load(descriptor_path(path))
+        else:
+            extractor = train_object_descriptor(mesh, args.train_backgrounds, steps=args.train_steps,
+                                                seconds=args.train_seconds, seed=args.seed, progress=True)
+            trained = {"learned descriptor": time.perf_counter() - t0}
+    rep = onboard(mesh, extractor, num_views=args.views, num_inplane=args.inplane, progress=True,
+                  supersample=args.supersample, pca_dim=args.pca_dim)
     measured = {"onboarding_s": time.perf_counter() - t0, "onboarding_cpu_s": time.process_time() - cpu0,
-                "onboarding_stages_s": rep.onboarding_seconds}
+                "onboarding_stages_s": {**trained, **rep.onboarding_seconds}}
     path.parent.mkdir(parents=True, exist_ok=True)
     rep.save(path)
     measured["representation_mb"] = path.stat().st_size / 1e6
-    return rep, measured
+    if extractor is not None:
+        extractor.save(descriptor_path(path))
+    return rep, extractor, measured
 
 
-def real_photo(rep, mesh, data: Path, out: Path, real, obj_id: int, segment: str) -> dict:
+def real_photo(rep, mesh, data: Path, out: Path, real, obj_id: int, segment: str, extractor=None) -> dict:
     """The pose in a real photo from its hand-drawn box, its overlay figure, and where the
     frame has a depth image, the depth agreement of the pose in the photo and in 17 warped
     versions of it (:func:`warped_frames`)."""
@@ -112,7 +131,7 @@ def real_photo(rep, mesh, data: Path, out: Path, real, obj_id: int, segment: str
         K_real = np.asarray(camera["cam_K"]).reshape(3, 3)
     with Image.open(data / photo) as im:
         image = np.asarray(im.convert("RGB"))
-    r = rep.estimate(image, K_real, bbox=box, segment=segment)
+    r = rep.estimate(image, K_real, bbox=box, segment=segment, extractor=extractor)
     if r.success:
         from pylocalize.objects.viz import pose_overlay
 
@@ -133,7 +152,7 @@ def real_photo(rep, mesh, data: Path, out: Path, real, obj_id: int, segment: str
           f"{agreement['refined']:.0%} (refined) of the posed model's pixels")
     warped = []
     for frame, depth, K_warped, box_warped in warped_frames(image, measured, K_real, box):
-        w = rep.estimate(frame, K_warped, bbox=box_warped, segment=segment)
+        w = rep.estimate(frame, K_warped, bbox=box_warped, segment=segment, extractor=extractor)
         warped.append(depth_agreement(mesh, K_warped, depth, w.R, w.t) if w.success else 0.0)
     print(f"  17 warped frames: depth agrees on >= 50 % of the pixels in {sum(a >= 0.5 for a in warped)}, "
           f"mean {np.mean(warped):.0%} (" + " ".join(f"{a:.2f}" for a in warped) + ")")
@@ -191,7 +210,20 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="estimate each generated instance from its visible mask, or from that mask's box only")
     parser.add_argument("--segment", choices=SEGMENTATIONS, default="grabcut",
                         help="with --given box: the object's pixels found in the box by GrabCut, or the whole box")
-    return parser.parse_args(argv)
+    parser.add_argument("--objects", type=int, nargs="+", choices=[1, 5], default=[1, 5],
+                        help="objects to run: 1 the HOPE bottle, 5 the LINEMOD can")
+    parser.add_argument("--extractor", choices=["dense-sift", "learned"], default="dense-sift",
+                        help="patch descriptors: dense SIFT, or a per-object network trained at onboarding (torch)")
+    parser.add_argument("--train-seconds", type=float, default=240.0, help="learned: training budget per object")
+    parser.add_argument("--train-steps", type=int, default=2000, help="learned: most training steps per object")
+    parser.add_argument("--train-backgrounds", default=None,
+                        help="learned: folder of photos behind the training renders (default: DATA/lund/images)")
+    parser.add_argument("--reuse-descriptor", action="store_true",
+                        help="learned: read the descriptor saved beside the representation in --out, if there")
+    args = parser.parse_args(argv)
+    if args.train_backgrounds is None:
+        args.train_backgrounds = str(Path(args.data) / "lund" / "images")
+    return args
 
 
 def main(argv=None) -> int:
@@ -199,10 +231,11 @@ def main(argv=None) -> int:
     data, out = Path(args.data), Path(args.out)
     bg_paths, Image = backgrounds(data)
     objects = {1: data / "objects" / "hope" / "hope_000002.ply", 5: data / "objects" / "linemod_can" / "obj_000005.ply"}
+    objects = {obj_id: objects[obj_id] for obj_id in args.objects}
     summary, csv_rows, overlays = {}, [], []
     for obj_id, mesh_path in objects.items():
         mesh = load_mesh(mesh_path)
-        rep, onboarding = onboard_and_save(mesh, args, out / f"obj_{obj_id:06d}.pyloc")
+        rep, extractor, onboarding = onboard_and_save(mesh, args, out / f"obj_{obj_id:06d}.pyloc")
         rng = np.random.default_rng(args.seed + obj_id)
         scene_dir = out / "test" / f"{obj_id:06d}"
         for sub in ("rgb", "mask_visib", "depth"):
@@ -218,8 +251,8 @@ def main(argv=None) -> int:
                              "gt": [{"obj_id": obj_id, "R": pose[:, :3], "t": pose[:, 3]}],
                              "gt_info": [{"visib_fract": visib}]}
         bop.write_scene(scene_dir, images)
-        result = evaluate_scene(rep, mesh, scene_dir, obj_id, scene_id=obj_id, progress=True, given=args.given,
-                                segment=args.segment)
+        result = evaluate_scene(rep, mesh, scene_dir, obj_id, scene_id=obj_id, extractor=extractor, progress=True,
+                                given=args.given, segment=args.segment)
         csv_rows += result["rows"]
         summary[obj_id] = {"mesh": mesh_path.name, "instances": len(result["times"]), **onboarding,
                            "templates": len(rep.template_poses),
@@ -227,7 +260,7 @@ def main(argv=None) -> int:
                            "median_s_per_stage": {stage: float(np.median(seconds))
                                                   for stage, seconds in result["stage_times"].items()},
                            **summarize(result, mesh.extent)}
-        summary[obj_id].update(real_photo(rep, mesh, data, out, REAL[obj_id], obj_id, args.segment))
+        summary[obj_id].update(real_photo(rep, mesh, data, out, REAL[obj_id], obj_id, args.segment, extractor))
         for row in result["rows"][:3]:
             from pylocalize.objects.viz import pose_overlay
 

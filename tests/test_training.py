@@ -49,7 +49,7 @@ def test_package_imports_without_torch():
     code = NO_TORCH + (
         "import pylocalize, pylocalize.codes, pylocalize.codes.learned, pylocalize.index, "
         "pylocalize.index.two_stage, pylocalize.geo, pylocalize.geo.model, pylocalize.posetext, "
-        "pylocalize.training, pylocalize.checkpoints\n"
+        "pylocalize.training, pylocalize.checkpoints, pylocalize.objects.learned\n"
         "from pylocalize.codes.learned import BinarizerOptions, RecurrentBinarizer\n"
         "BinarizerOptions(epochs=3)\n"
         "try:\n"
@@ -58,7 +58,8 @@ def test_package_imports_without_torch():
         "    assert 'pip install' in str(error), error\n"
         "else:\n"
         "    raise AssertionError('a binarizer was made without torch')\n"
-        "for name in ('pylocalize.codes.networks', 'pylocalize.geo.networks', 'pylocalize.posetext.networks'):\n"
+        "for name in ('pylocalize.codes.networks', 'pylocalize.geo.networks', 'pylocalize.posetext.networks',\n"
+        "             'pylocalize.objects.networks'):\n"
         "    try:\n"
         "        __import__(name)\n"
         "    except ImportError as error:\n"

@@ -6,7 +6,7 @@
 - ``objects eval``: estimate and score every instance of an object in a BOP scene.
 
 ``pylocalize/cli.py`` wires them in with ``add_parser(subparsers)``; the renderer, the
-patch extractors (and torch, for DINOv2) are imported only when a command runs.
+patch extractors (and torch, for DINOv2 and the learned descriptor) are imported only when a command runs.
 """
 
 from __future__ import annotations
@@ -21,8 +21,16 @@ from pylocalize.objects.evaluate import GIVEN
 from pylocalize.objects.segmentation import SEGMENTATIONS
 
 
-def _patch_extractor(name, weights):
-    """The patch extractor a representation was (or will be) onboarded with."""
+def _patch_extractor(name, weights, rep_path=None):
+    """The patch extractor a representation was (or will be) onboarded with; a learned one
+    is read from ``weights`` or from beside the representation file ``rep_path``."""
+    if name == "learned":
+        from pylocalize.objects.learned import LearnedPatchExtractor, descriptor_path
+
+        try:
+            return LearnedPatchExtractor.load(weights or descriptor_path(rep_path))
+        except (FileNotFoundError, ImportError) as error:
+            raise SystemExit(str(error)) from None
     if name == "dinov2":
         if not weights:
             raise SystemExit("--extractor dinov2 needs --weights DIR (a local DINOv2 model directory)")
@@ -49,11 +57,21 @@ def _onboard(args) -> int:
         with install_hint("--ray"):
             connect(args.ray)
         executor = RayExecutor()
-    rep = onboard(args.mesh, _patch_extractor(args.extractor, args.weights), num_views=args.views,
+    if args.extractor == "learned":  # trained on the object's renders first, kept beside the representation
+        from pylocalize.objects.learned import descriptor_path, train_object_descriptor
+
+        extractor = train_object_descriptor(args.mesh, args.backgrounds, steps=args.train_steps,
+                                            seconds=args.train_seconds, size=args.size, progress=args.progress)
+    else:
+        extractor = _patch_extractor(args.extractor, args.weights)
+    rep = onboard(args.mesh, extractor, num_views=args.views,
                   num_inplane=args.inplane, num_words=args.words, size=args.size, progress=args.progress,
                   mesh_units=args.mesh_units, executor=executor)
     saving = time.perf_counter()
     rep.save(args.out)
+    if args.extractor == "learned":
+        extractor.save(descriptor_path(args.out))
+        print(f"learned descriptor -> {descriptor_path(args.out)}")
     rep.onboarding_seconds["saving"] = time.perf_counter() - saving
     print(f"{rep} onboarded in {time.perf_counter() - t0:.1f} s -> {args.out}")
     print(f"  stages: {format_stage_seconds(rep.onboarding_seconds)}; mesh units: {rep.mesh_units}")
@@ -94,8 +112,8 @@ def _estimate(args) -> int:
     image = read_image(args.image)
     K = _intrinsics(args.K)
     mask, bbox = _object_region(args)
-    result = rep.estimate(image, K, mask=mask, bbox=bbox, extractor=_patch_extractor(rep.extractor_name, args.weights),
-                          segment=args.segment)
+    extractor = _patch_extractor(rep.extractor_name, args.weights, args.rep)
+    result = rep.estimate(image, K, mask=mask, bbox=bbox, extractor=extractor, segment=args.segment)
     out = {"success": result.success, "reason": result.reason, "score": result.score,
            "inliers": result.num_inliers, "matches": result.num_matches, "templates": result.templates,
            "timings": result.timings}
@@ -138,9 +156,9 @@ def _eval(args) -> int:
         raise SystemExit(f"no mesh: give --mesh, or a dataset folder with {models}/obj_{args.obj_id:06d}.ply")
     mesh = load_mesh(mesh_path)
     symmetries = _symmetries(args, models)
-    result = evaluate_dataset(rep, mesh, root, args.obj_id, split=args.split,
-                              extractor=_patch_extractor(rep.extractor_name, args.weights), symmetries=symmetries,
-                              progress=args.progress, given=args.given, segment=args.segment)
+    extractor = _patch_extractor(rep.extractor_name, args.weights, args.rep)
+    result = evaluate_dataset(rep, mesh, root, args.obj_id, split=args.split, extractor=extractor,
+                              symmetries=symmetries, progress=args.progress, given=args.given, segment=args.segment)
     bop.write_results_csv(args.out, result["rows"], units=rep.mesh_units)
     print(f"{len(result['rows'])}/{len(result['times'])} instances estimated -> {args.out}")
     for stage, recalls in summarize(result, mesh.extent).items():
@@ -159,9 +177,14 @@ def _add_onboard(sub) -> None:
     o.add_argument("--inplane", type=at_least(1), default=14, help="in-plane rotations per viewpoint")
     o.add_argument("--words", type=at_least(2), default=2048, help="visual words")
     o.add_argument("--size", type=at_least(14), default=420, help="template crop size (a multiple of 14)")
-    o.add_argument("--extractor", choices=["dense-sift", "dinov2"], default="dense-sift",
-                   help="patch descriptors (dinov2 needs the torch extra and --weights)")
+    o.add_argument("--extractor", choices=["dense-sift", "dinov2", "learned"], default="dense-sift",
+                   help="patch descriptors (dinov2 needs the torch extra and --weights; learned: a per-object "
+                        "network trained here on the mesh's renders, torch extra, written to OUT.descriptor)")
     o.add_argument("--weights", help="local DINOv2 model directory (save_pretrained layout)")
+    o.add_argument("--backgrounds", help="learned: a folder of any photos to put behind the training renders "
+                                         "(default: procedural textures)")
+    o.add_argument("--train-seconds", type=float, default=240.0, help="learned: training time budget")
+    o.add_argument("--train-steps", type=at_least(1), default=2000, help="learned: most training steps")
     o.add_argument("--ray", metavar="auto|local|ADDRESS",
                    help="render and describe the templates as Ray tasks (extra dist; the same representation): "
                         "'auto' joins the Ray running on this machine or starts one in this process, 'local' always "
@@ -184,7 +207,8 @@ def _add_estimate(sub) -> None:
     o.add_argument("--out", required=True, help="pose JSON (R, t in mesh units, cam_from_model)")
     o.add_argument("--viz", help="PNG: the posed model's contour over the image (needs --mesh)")
     o.add_argument("--mesh", help="the onboarded mesh, for --viz")
-    o.add_argument("--weights", help="DINOv2 model directory, for a representation onboarded with dinov2")
+    o.add_argument("--weights", help="DINOv2 model directory (onboarded with dinov2), or the learned descriptor file "
+                        "(onboarded with learned; default: REP.descriptor)")
     _add_segment(o)
     o.set_defaults(func=_estimate)
 
@@ -199,7 +223,8 @@ def _add_eval(sub) -> None:
     o.add_argument("--obj-id", type=int, required=True)
     o.add_argument("--models-info", help="models_info.json, for the object's symmetries (default: models/)")
     o.add_argument("--out", required=True, help="BOP19 results CSV")
-    o.add_argument("--weights", help="DINOv2 model directory, for a representation onboarded with dinov2")
+    o.add_argument("--weights", help="DINOv2 model directory (onboarded with dinov2), or the learned descriptor file "
+                        "(onboarded with learned; default: REP.descriptor)")
     o.add_argument("--given", choices=GIVEN, default="mask",
                    help="what each instance is estimated from: its visible mask, or only that mask's box")
     _add_segment(o)
