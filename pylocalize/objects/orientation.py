@@ -149,17 +149,22 @@ def spread_points(xy: np.ndarray, strength: np.ndarray, count: int) -> np.ndarra
     rel = (xy - xy.min(0)).astype(np.int64)
     extent = int(rel.max()) + 1
     order = np.argsort(-strength, kind="stable")
-    chosen = order[:count]
-    cell = max(1, extent // 2)
-    while cell >= 1:  # coarse to fine, 10 % at a time: the first grid with enough cells
-        ids = (rel[order, 1] // cell) * (extent // cell + 1) + rel[order, 0] // cell
-        _, first = np.unique(ids, return_index=True)  # the strongest point of each cell (order is by strength)
-        if len(first) >= count:
-            winners = order[np.sort(first)]
-            chosen = winners[:count]
-            break
-        cell = min(cell - 1, int(cell * 0.9))
-    return chosen
+
+    def cell_winners(cell: int) -> np.ndarray:  # the strongest point of each cell (order is by strength)
+        _, first = np.unique((rel[order, 1] // cell) * (extent // cell + 1) + rel[order, 0] // cell,
+                             return_index=True)
+        return order[np.sort(first)]
+
+    # the coarsest cell that still leaves ``count`` occupied cells, by bisection (cells
+    # occupied grow, roughly, as the cell shrinks)
+    lo, hi = 1, max(1, extent)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if len(cell_winners(mid)) >= count:
+            lo = mid
+        else:
+            hi = mid - 1
+    return cell_winners(lo)[:count]
 
 
 def template_features(rgb: np.ndarray, mask: np.ndarray, num_features: int = 96, contour_share: float = 0.5,
@@ -177,8 +182,22 @@ def template_features(rgb: np.ndarray, mask: np.ndarray, num_features: int = 96,
     import cv2
 
     mask = np.asarray(mask, bool)
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return np.zeros((0, 2), np.int16), np.zeros(0, np.uint8)
+    # the object's box and a margin for the blur and the silhouette's outer side: the rest
+    # of the render is black
+    margin = 6
+    x0, y0 = max(0, xs.min() - margin), max(0, ys.min() - margin)
+    x1, y1 = min(mask.shape[1], xs.max() + margin + 1), min(mask.shape[0], ys.max() + margin + 1)
+    mask, rgb = mask[y0:y1, x0:x1], np.asarray(rgb)[y0:y1, x0:x1]
     silhouette = (mask * 255).astype(np.uint8)
-    contour_bins, contour_magnitude = quantized_orientations(silhouette, min_magnitude=min_magnitude)
+    # the silhouette's orientation from the mask's own gradient: clean, so no majority vote
+    gx, gy = image_gradients(silhouette)
+    contour_magnitude = np.sqrt((gx * gx + gy * gy).astype(np.float32))
+    edge = (contour_magnitude >= min_magnitude) & (silhouette != cv2.erode(silhouette, np.ones((3, 3), np.uint8)))
+    contour_bins = np.full(mask.shape, NO_ORIENTATION, np.uint8)
+    contour_bins[edge] = orientation_bins(gx[edge], gy[edge])
     inner = cv2.erode(silhouette, np.ones((7, 7), np.uint8)) > 0
     inner_bins, inner_magnitude = quantized_orientations(rgb, min_magnitude=min_magnitude, mask=inner)
     picked_xy, picked_bins = [], []
@@ -192,7 +211,7 @@ def template_features(rgb: np.ndarray, mask: np.ndarray, num_features: int = 96,
             continue
         xy = np.stack([xs, ys], 1)
         keep = spread_points(xy, magnitude[ys, xs], count)
-        picked_xy.append(xy[keep])
+        picked_xy.append(xy[keep] + [x0, y0])
         picked_bins.append(bins[ys[keep], xs[keep]])
     if not picked_xy:
         return np.zeros((0, 2), np.int16), np.zeros(0, np.uint8)
