@@ -97,6 +97,18 @@ def test_responses_and_scores_match_brute_force():
     assert again[0] == pytest.approx(scores[2], abs=1e-6)
 
 
+def test_query_responses_from_the_mask_box_equal_the_whole_crop():
+    """Quantising only the mask's box (plus the filters' reach) changes nothing."""
+    rng = np.random.default_rng(6)
+    crop = cv2.GaussianBlur(rng.integers(0, 256, (120, 130, 3), dtype=np.uint8), (0, 0), 2)
+    for y0, x0 in [(30, 40), (0, 0), (70, 90)]:  # inside, and touching the crop's edges
+        mask = np.zeros((120, 130), bool)
+        mask[y0:y0 + 50, x0:x0 + 40] = True
+        whole, _ = ori.quantized_orientations(crop, min_magnitude=5.0, mask=mask)
+        np.testing.assert_array_equal(ori.query_responses(crop, mask, 4, 5.0),
+                                      ori.response_maps(ori.spread(whole, 4)))
+
+
 def test_spread_points_cover_the_shape():
     """Points picked on a circle's contour spread around it, not bunched at the strongest."""
     angles = np.linspace(0, 2 * np.pi, 400, endpoint=False)

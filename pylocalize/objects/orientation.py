@@ -327,8 +327,19 @@ def score_templates(responses: np.ndarray, templates: OrientationTemplates, cent
 def query_responses(crop: np.ndarray, mask: Optional[np.ndarray], T: int, min_magnitude: float = 40.0) -> np.ndarray:
     """Response maps of a query crop (:func:`quantized_orientations`, :func:`spread`,
     :func:`response_maps`), from the gradients inside ``mask`` only when given: background
-    texture must not vote."""
-    bins, _ = quantized_orientations(crop, min_magnitude=min_magnitude, mask=mask)
+    texture must not vote. With a mask, only its box (and the blur's margin) is quantised."""
+    if mask is None:
+        bins, _ = quantized_orientations(crop, min_magnitude=min_magnitude)
+        return response_maps(spread(bins, T))
+    mask = np.asarray(mask, bool)
+    bins = np.full(mask.shape, NO_ORIENTATION, np.uint8)
+    ys, xs = np.nonzero(mask)
+    if len(xs):
+        margin = 4  # the blur's and the Sobel's reach, so the box's pixels get their full-crop values
+        y0, x0 = max(0, ys.min() - margin), max(0, xs.min() - margin)
+        y1, x1 = min(mask.shape[0], ys.max() + margin + 1), min(mask.shape[1], xs.max() + margin + 1)
+        bins[y0:y1, x0:x1], _ = quantized_orientations(np.ascontiguousarray(crop[y0:y1, x0:x1]),
+                                                       min_magnitude=min_magnitude, mask=mask[y0:y1, x0:x1])
     return response_maps(spread(bins, T))
 
 
@@ -365,6 +376,17 @@ class ShapeMatches:
         return np.argsort(-self.scores, kind="stable")[:k]
 
 
+def voting_region(crop_mask: Optional[np.ndarray], margin_px: int = MASK_MARGIN_PX) -> Optional[np.ndarray]:
+    """The query pixels whose gradients vote: the object's mask dilated by ``margin_px``, so
+    that its silhouette (on the mask's edge) counts; all (None) without a mask."""
+    import cv2
+
+    if crop_mask is None:
+        return None
+    side = 2 * margin_px + 1
+    return cv2.dilate(np.asarray(crop_mask, np.uint8), np.ones((side, side), np.uint8)) > 0
+
+
 def match_shapes(templates: OrientationTemplates, crop: np.ndarray, crop_mask: Optional[np.ndarray],
                  T: Optional[int] = None, steps: int = SEARCH_STEPS, scales: Sequence[float] = SEARCH_SCALES,
                  mask_margin_px: int = MASK_MARGIN_PX) -> ShapeMatches:
@@ -372,13 +394,7 @@ def match_shapes(templates: OrientationTemplates, crop: np.ndarray, crop_mask: O
     over ``steps`` steps of ``T`` px, default :data:`SPREAD_SHARE` of the crop, and
     ``scales``), from the gradients inside the crop's object mask dilated by
     ``mask_margin_px`` (so that its silhouette counts) when given."""
-    import cv2
-
     T = T or max(2, int(round(SPREAD_SHARE * crop.shape[1])))
-    region = None
-    if crop_mask is not None:
-        side = 2 * mask_margin_px + 1
-        region = cv2.dilate(np.asarray(crop_mask, np.uint8), np.ones((side, side), np.uint8)) > 0
-    responses = query_responses(crop, region, T)
+    responses = query_responses(crop, voting_region(crop_mask, mask_margin_px), T)
     centre = (crop.shape[1] - 1) / 2.0
     return ShapeMatches(*score_templates(responses, templates, centre, search_offsets(T, steps), scales))
