@@ -18,8 +18,9 @@ AR_VSD, AR_MSSD, AR_MSPD, AR and ADD / ADD-S recall, coarse (PnP) vs refined
 
 The real photos are always estimated from a box drawn by hand (``--segment`` applies).
 ``--retrieval`` takes a comma-separated list of template retrievals (``estimate(retrieval=)``:
-bag of words, LINE-2D gradient-orientation shape matching, or both), each scored on the same
-onboarded objects and instances.
+bag of words, LINE-2D gradient-orientation shape matching, or both; default ``bow+line2d``,
+estimate's), each scored on the same onboarded objects and instances; ``--representations``
+loads the objects an earlier run saved instead of onboarding them.
 """
 
 from __future__ import annotations
@@ -204,8 +205,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--segment", choices=SEGMENTATIONS, default="grabcut",
                         help="with --given box: the object's pixels found in the box by GrabCut, or the whole box")
     parser.add_argument("--representations", help="folder of an earlier run's obj_NNNNNN.pyloc to load, not onboard")
-    parser.add_argument("--retrieval", default="bow",
-                        help="comma-separated template retrievals to compare: " + ", ".join(RETRIEVALS))
+    parser.add_argument("--retrieval", default="bow+line2d",
+                        help="comma-separated template retrievals to compare (estimate's default: bow+line2d): "
+                             + ", ".join(RETRIEVALS))
     return parser.parse_args(argv)
 
 
