@@ -85,7 +85,7 @@ class PoseHypothesis:
 
     @property
     def inlier_ratio(self) -> float:
-        return self.num_inliers / self.num_matches if self.num_matches else 0.0
+        return self.num_inliers / self.num_matches
 
 
 @dataclass
