@@ -172,6 +172,9 @@ def test_orientation_templates_find_a_texture_less_rotation(lumpy_representation
                                rep.default_extractor())
         scores = rep.match_shapes(query).scores
         view = np.arange(12) + template // 12 * 12  # the 12 in-plane rotations of the view
+        some = rep.match_shapes(query, view)  # scoring a shortlist alone gives its scores
+        np.testing.assert_array_equal(some.scores[view], scores[view])
+        assert (np.delete(some.scores, view) == -1).all()
         best = int(view[np.argmax(scores[view])])
         assert pose_error(rep.template_poses[best], pose)[1] < 15, (template, best)
         ranks.append(int((scores > scores[template]).sum()))

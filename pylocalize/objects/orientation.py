@@ -389,12 +389,21 @@ def voting_region(crop_mask: Optional[np.ndarray], margin_px: int = MASK_MARGIN_
 
 def match_shapes(templates: OrientationTemplates, crop: np.ndarray, crop_mask: Optional[np.ndarray],
                  T: Optional[int] = None, steps: int = SEARCH_STEPS, scales: Sequence[float] = SEARCH_SCALES,
-                 mask_margin_px: int = MASK_MARGIN_PX) -> ShapeMatches:
-    """Scores every template on a query crop framed like the templates (:func:`score_templates`
-    over ``steps`` steps of ``T`` px, default :data:`SPREAD_SHARE` of the crop, and
-    ``scales``), from the gradients inside the crop's object mask dilated by
-    ``mask_margin_px`` (so that its silhouette counts) when given."""
+                 mask_margin_px: int = MASK_MARGIN_PX, subset: Optional[Sequence[int]] = None) -> ShapeMatches:
+    """Scores the templates on a query crop framed like them (:func:`score_templates` over
+    ``steps`` steps of ``T`` px, default :data:`SPREAD_SHARE` of the crop, and ``scales``),
+    from the gradients inside the crop's object mask dilated by ``mask_margin_px`` (so that
+    its silhouette counts) when given. Only the templates ``subset`` when given: the others
+    score -1, offset 0, scale 1."""
     T = T or max(2, int(round(SPREAD_SHARE * crop.shape[1])))
     responses = query_responses(crop, voting_region(crop_mask, mask_margin_px), T)
     centre = (crop.shape[1] - 1) / 2.0
-    return ShapeMatches(*score_templates(responses, templates, centre, search_offsets(T, steps), scales))
+    if subset is None:
+        return ShapeMatches(*score_templates(responses, templates, centre, search_offsets(T, steps), scales))
+    subset = np.asarray(subset, np.int64)
+    found = score_templates(responses, templates, centre, search_offsets(T, steps), scales, subset=subset)
+    num_templates = len(templates.bins)
+    scores = np.full(num_templates, -1.0, np.float32)
+    offsets, best_scales = np.zeros((num_templates, 2), np.int64), np.ones(num_templates, np.float32)
+    scores[subset], offsets[subset], best_scales[subset] = found
+    return ShapeMatches(scores, offsets, best_scales)

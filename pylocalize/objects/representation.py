@@ -148,9 +148,6 @@ class QueryPatches:
         refinement, once computed (:meth:`ObjectRepresentation.query_feature_map`).
     mask : bool (size, size) or None
         The object's pixels in the crop (uneroded), when a mask was given or segmented.
-    shape_matches :
-        Every template's gradient-orientation score, once computed
-        (:meth:`ObjectRepresentation.match_shapes`).
     """
 
     crop: np.ndarray
@@ -161,7 +158,6 @@ class QueryPatches:
     feature_map: Optional[np.ndarray] = None
     stride: int = 0
     mask: Optional[np.ndarray] = None
-    shape_matches: Optional["shapes.ShapeMatches"] = None
 
 
 @dataclass
@@ -517,27 +513,26 @@ class ObjectRepresentation:
         if retrieval not in RETRIEVALS:
             raise ValueError(f"retrieval must be one of {RETRIEVALS}, got {retrieval!r}")
         k = max(num_candidates, num_templates)
-        shortlist = self.bow_shortlist(query.descriptors, k) if retrieval != "line2d" else \
-            [int(i) for i in self.match_shapes(query).ranking(k)]
+        shape = self.match_shapes(query) if retrieval == "line2d" else None
+        shortlist = self.bow_shortlist(query.descriptors, k) if shape is None else [int(i) for i in shape.ranking(k)]
         matches = [self.cyclic_matches(query, template) for template in shortlist
                    if self.num_template_patches(template) >= min_patches]
         if retrieval == "bow":
             matches.sort(key=lambda m: -m.num_consistent(self.patch_size))  # stable: ties stay in shortlist order
         else:
-            shape = self.match_shapes(query).scores
-            matches.sort(key=lambda m: -m.num_consistent(self.patch_size) * shape[m.template])
+            # only the shortlist's shape scores count: the bag of words' 50 are scored alone
+            shape = shape or self.match_shapes(query, [m.template for m in matches])
+            matches.sort(key=lambda m: -m.num_consistent(self.patch_size) * shape.scores[m.template])
         return matches[:num_templates]
 
-    def match_shapes(self, query: QueryPatches) -> "shapes.ShapeMatches":
-        """Every template's gradient-orientation score on the query crop (LINE-2D,
+    def match_shapes(self, query: QueryPatches, templates: Optional[Sequence[int]] = None) -> "shapes.ShapeMatches":
+        """The templates' gradient-orientation scores on the query crop (LINE-2D,
         :func:`~pylocalize.objects.orientation.match_shapes`), from the gradients on the
-        object's mask when there is one; computed once per query."""
+        object's mask when there is one; of ``templates`` only when given (the others -1)."""
         if self.orientation is None:
             raise ValueError("this representation has no orientation features (saved before them): onboard the "
                              "object again, or use retrieval='bow'")
-        if query.shape_matches is None:
-            query.shape_matches = shapes.match_shapes(self.orientation, query.crop, query.mask)
-        return query.shape_matches
+        return shapes.match_shapes(self.orientation, query.crop, query.mask, subset=templates)
 
     def bow_shortlist(self, descriptors: np.ndarray, k: int) -> List[int]:
         """The ``k`` templates whose tf-idf bags of words are nearest (cosine) to those of
