@@ -37,6 +37,14 @@ NUM_BINS = 8  # orientations over [0, 180) degrees, 22.5 degrees each
 NO_ORIENTATION = 255  # a pixel or feature slot without an orientation
 # |cos| similarity stored in 0..SIMILARITY_SCALE, so responses gather and sum as bytes
 SIMILARITY_SCALE = 100
+# Spread of the query's responses, as a share of the crop's side (8 px of the default 420),
+# and the search window in steps of it: templates lie up to half their spacing (about 13
+# degrees of view or in-plane rotation) from the query, which moves the silhouette of an
+# object that fills the crop by tens of pixels (benchmarks/README.md)
+SPREAD_SHARE = 8 / 420
+SEARCH_STEPS = 3
+SEARCH_SCALES = (1.0,)
+MASK_MARGIN_PX = 5  # the query mask's dilation: its own silhouette must vote
 
 
 @dataclass
@@ -341,16 +349,6 @@ def query_responses(crop: np.ndarray, mask: Optional[np.ndarray], T: int, min_ma
         bins[y0:y1, x0:x1], _ = quantized_orientations(np.ascontiguousarray(crop[y0:y1, x0:x1]),
                                                        min_magnitude=min_magnitude, mask=mask[y0:y1, x0:x1])
     return response_maps(spread(bins, T))
-
-
-# Spread of the query's responses, as a share of the crop's side (8 px of the default 420),
-# and the search window in steps of it: templates lie up to half their spacing (about 13
-# degrees of view or in-plane rotation) from the query, which moves the silhouette of an
-# object that fills the crop by tens of pixels (benchmarks/README.md)
-SPREAD_SHARE = 8 / 420
-SEARCH_STEPS = 3
-SEARCH_SCALES = (1.0,)
-MASK_MARGIN_PX = 5  # the query mask's dilation: its own silhouette must vote
 
 
 @dataclass
