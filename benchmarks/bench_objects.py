@@ -14,7 +14,7 @@ AR_VSD, AR_MSSD, AR_MSPD, AR and ADD / ADD-S recall, coarse (PnP) vs refined
 (featuremetric), onboarding time and time per instance.
 
     python benchmarks/bench_objects.py [--data ../shared/data] [--instances 25] [--out bench_objects]
-        [--given mask|box] [--segment grabcut|box]
+        [--given mask|box] [--segment grabcut|box] [--retrieval bow,bow+line2d] [--representations DIR]
         [--extractor dense-sift|learned] [--train-seconds 240] [--train-backgrounds DIR] [--reuse-descriptor]
 
 ``--extractor learned`` trains the per-object descriptor (:mod:`pylocalize.objects.learned`)
@@ -22,6 +22,10 @@ over crops of the Lund photos (by default), which are also among the test images
 backgrounds (29 of the 77 photos; other crops of them).
 
 The real photos are always estimated from a box drawn by hand (``--segment`` applies).
+``--retrieval`` takes a comma-separated list of template retrievals (``estimate(retrieval=)``:
+bag of words, LINE-2D gradient-orientation shape matching, or both; default ``bow+line2d``,
+estimate's), each scored on the same onboarded objects and instances; ``--representations``
+loads the objects an earlier run saved instead of onboarding them.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import numpy as np
 from pylocalize.geometry import look_at
 from pylocalize.objects import bop, onboard
 from pylocalize.objects.evaluate import GIVEN, evaluate_scene, summarize
+from pylocalize.objects.representation import RETRIEVALS
 from pylocalize.objects.segmentation import SEGMENTATIONS
 from pylocalize.render import Renderer, load_mesh
 
@@ -94,7 +99,17 @@ def onboard_and_save(mesh, args, path: Path):
     """The object's representation, saved to ``path``, its patch extractor, and what
     onboarding took: wall and CPU seconds (training the learned descriptor included), seconds
     per stage, and the file's size. With ``--extractor learned`` the descriptor is trained
-    first (or read back from beside ``path`` with ``--reuse-descriptor``) and saved there."""
+    first (or read back from beside ``path`` with ``--reuse-descriptor``) and saved there. With
+    ``--representations``, the one saved there by an earlier run (no onboarding times then)."""
+    if args.representations:
+        from pylocalize.objects import ObjectRepresentation
+        from pylocalize.objects.learned import LearnedPatchExtractor, descriptor_path
+
+        saved = Path(args.representations) / path.name
+        rep = ObjectRepresentation.load(saved)
+        extractor = LearnedPatchExtractor.load(descriptor_path(saved)) if rep.extractor_name == "learned" else None
+        return rep, extractor, {"onboarding_s": float("nan"), "onboarding_cpu_s": float("nan"),
+                                "onboarding_stages_s": {}, "representation_mb": saved.stat().st_size / 1e6}
     t0, cpu0 = time.perf_counter(), time.process_time()
     extractor, trained = None, {}
     if args.extractor == "learned":
@@ -118,7 +133,7 @@ def onboard_and_save(mesh, args, path: Path):
     return rep, extractor, measured
 
 
-def real_photo(rep, mesh, data: Path, out: Path, real, obj_id: int, segment: str, extractor=None) -> dict:
+def real_photo(rep, mesh, data: Path, out: Path, real, obj_id: int, segment: str, **options) -> dict:
     """The pose in a real photo from its hand-drawn box, its overlay figure, and where the
     frame has a depth image, the depth agreement of the pose in the photo and in 17 warped
     versions of it (:func:`warped_frames`)."""
@@ -131,7 +146,7 @@ def real_photo(rep, mesh, data: Path, out: Path, real, obj_id: int, segment: str
         K_real = np.asarray(camera["cam_K"]).reshape(3, 3)
     with Image.open(data / photo) as im:
         image = np.asarray(im.convert("RGB"))
-    r = rep.estimate(image, K_real, bbox=box, segment=segment, extractor=extractor)
+    r = rep.estimate(image, K_real, bbox=box, segment=segment, **options)
     if r.success:
         from pylocalize.objects.viz import pose_overlay
 
@@ -152,7 +167,7 @@ def real_photo(rep, mesh, data: Path, out: Path, real, obj_id: int, segment: str
           f"{agreement['refined']:.0%} (refined) of the posed model's pixels")
     warped = []
     for frame, depth, K_warped, box_warped in warped_frames(image, measured, K_real, box):
-        w = rep.estimate(frame, K_warped, bbox=box_warped, segment=segment, extractor=extractor)
+        w = rep.estimate(frame, K_warped, bbox=box_warped, segment=segment, **options)
         warped.append(depth_agreement(mesh, K_warped, depth, w.R, w.t) if w.success else 0.0)
     print(f"  17 warped frames: depth agrees on >= 50 % of the pixels in {sum(a >= 0.5 for a in warped)}, "
           f"mean {np.mean(warped):.0%} (" + " ".join(f"{a:.2f}" for a in warped) + ")")
@@ -220,6 +235,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="learned: folder of photos behind the training renders (default: DATA/lund/images)")
     parser.add_argument("--reuse-descriptor", action="store_true",
                         help="learned: read the descriptor saved beside the representation in --out, if there")
+    parser.add_argument("--representations", help="folder of an earlier run's obj_NNNNNN.pyloc to load, not onboard")
+    parser.add_argument("--retrieval", default="bow+line2d",
+                        help="comma-separated template retrievals to compare (estimate's default: bow+line2d): "
+                             + ", ".join(RETRIEVALS))
     args = parser.parse_args(argv)
     if args.train_backgrounds is None:
         args.train_backgrounds = str(Path(args.data) / "lund" / "images")
@@ -228,6 +247,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    retrievals = args.retrieval.split(",")
+    unknown = [r for r in retrievals if r not in RETRIEVALS]
+    if unknown:
+        raise SystemExit(f"--retrieval: unknown {unknown}; choose among {RETRIEVALS}")
     data, out = Path(args.data), Path(args.out)
     bg_paths, Image = backgrounds(data)
     objects = {1: data / "objects" / "hope" / "hope_000002.ply", 5: data / "objects" / "linemod_can" / "obj_000005.ply"}
@@ -251,28 +274,34 @@ def main(argv=None) -> int:
                              "gt": [{"obj_id": obj_id, "R": pose[:, :3], "t": pose[:, 3]}],
                              "gt_info": [{"visib_fract": visib}]}
         bop.write_scene(scene_dir, images)
-        result = evaluate_scene(rep, mesh, scene_dir, obj_id, scene_id=obj_id, extractor=extractor, progress=True,
-                                given=args.given, segment=args.segment)
-        csv_rows += result["rows"]
-        summary[obj_id] = {"mesh": mesh_path.name, "instances": len(result["times"]), **onboarding,
-                           "templates": len(rep.template_poses),
-                           "median_s_per_instance": float(np.median(result["times"])),
-                           "median_s_per_stage": {stage: float(np.median(seconds))
-                                                  for stage, seconds in result["stage_times"].items()},
-                           **summarize(result, mesh.extent)}
-        summary[obj_id].update(real_photo(rep, mesh, data, out, REAL[obj_id], obj_id, args.segment, extractor))
+        for retrieval in retrievals:
+            result = evaluate_scene(rep, mesh, scene_dir, obj_id, scene_id=obj_id, extractor=extractor, progress=True,
+                                    given=args.given, segment=args.segment, retrieval=retrieval)
+            if retrieval == retrievals[0]:
+                csv_rows += result["rows"]
+            summary[f"{obj_id} {retrieval}"] = {
+                "mesh": mesh_path.name, "retrieval": retrieval, "instances": len(result["times"]), **onboarding,
+                "templates": len(rep.template_poses), "median_s_per_instance": float(np.median(result["times"])),
+                "median_s_per_stage": {stage: float(np.median(seconds))
+                                       for stage, seconds in result["stage_times"].items()},
+                **summarize(result, mesh.extent)}
+            print(f"retrieval {retrieval}:", end=" ")
+            summary[f"{obj_id} {retrieval}"].update(real_photo(rep, mesh, data, out, REAL[obj_id], obj_id,
+                                                               args.segment, extractor=extractor,
+                                                               retrieval=retrieval))
         for row in result["rows"][:3]:
             from pylocalize.objects.viz import pose_overlay
 
             with Image.open(scene_dir / "rgb" / f"{row['im_id']:06d}.png") as im:
                 overlays.append(pose_overlay(np.asarray(im.convert("RGB")), mesh, K, row["R"], row["t"]))
     bop.write_results_csv(out / "results.csv", csv_rows)
-    print(f"{'object':<22} {'stage':<8} {'AR':>6} {'VSD':>6} {'MSSD':>6} {'MSPD':>6} {'ADD':>6} {'ADD-S':>6}")
+    print(f"{'object':<22} {'retrieval':<11} {'stage':<8} {'AR':>6} {'VSD':>6} {'MSSD':>6} {'MSPD':>6} {'ADD':>6} "
+          f"{'ADD-S':>6}")
     for s in summary.values():
         for stage in ("coarse", "refined"):
             a = s[stage]
-            print(f"{s['mesh']:<22} {stage:<8} {a['AR']:>6.3f} {a['AR_VSD']:>6.3f} {a['AR_MSSD']:>6.3f} "
-                  f"{a['AR_MSPD']:>6.3f} {a['ADD@0.1d']:>6.3f} {a['ADD-S@0.1d']:>6.3f}")
+            print(f"{s['mesh']:<22} {s['retrieval']:<11} {stage:<8} {a['AR']:>6.3f} {a['AR_VSD']:>6.3f} "
+                  f"{a['AR_MSSD']:>6.3f} {a['AR_MSPD']:>6.3f} {a['ADD@0.1d']:>6.3f} {a['ADD-S@0.1d']:>6.3f}")
         stages = ", ".join(f"{stage} {seconds * 1000:.0f} ms" for stage, seconds in s["median_s_per_stage"].items())
         onboarding_stages = ", ".join(f"{k} {v:.1f} s" for k, v in s["onboarding_stages_s"].items())
         print(f"  {s['templates']} templates onboarded in {s['onboarding_s']:.1f} s "

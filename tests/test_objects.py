@@ -230,7 +230,7 @@ def test_stages_callable_alone(box_and_representation):
 
     mesh, rep = box_and_representation
     _, image, mask = random_view(mesh, np.random.default_rng(21))
-    result = rep.estimate(image, K_QUERY, mask=mask)
+    result = rep.estimate(image, K_QUERY, mask=mask, retrieval="bow")  # the paper's retrieval, stage by stage
     assert result.success and all(isinstance(h, PoseHypothesis) for h in result.hypotheses)
     ys, xs = np.nonzero(mask)
     query = rep.crop_query(image, K_QUERY, (xs.min(), ys.min(), xs.max(), ys.max()), mask, rep.default_extractor())

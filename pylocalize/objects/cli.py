@@ -18,6 +18,7 @@ import numpy as np
 
 from pylocalize._cli import at_least, run_alone
 from pylocalize.objects.evaluate import GIVEN
+from pylocalize.objects.representation import RETRIEVALS
 from pylocalize.objects.segmentation import SEGMENTATIONS
 
 
@@ -113,7 +114,8 @@ def _estimate(args) -> int:
     K = _intrinsics(args.K)
     mask, bbox = _object_region(args)
     extractor = _patch_extractor(rep.extractor_name, args.weights, args.rep)
-    result = rep.estimate(image, K, mask=mask, bbox=bbox, extractor=extractor, segment=args.segment)
+    result = rep.estimate(image, K, mask=mask, bbox=bbox, extractor=extractor, segment=args.segment,
+                          retrieval=args.retrieval)
     out = {"success": result.success, "reason": result.reason, "score": result.score,
            "inliers": result.num_inliers, "matches": result.num_matches, "templates": result.templates,
            "timings": result.timings}
@@ -210,6 +212,9 @@ def _add_estimate(sub) -> None:
     o.add_argument("--weights", help="DINOv2 model directory (onboarded with dinov2), or the learned descriptor file "
                         "(onboarded with learned; default: REP.descriptor)")
     _add_segment(o)
+    o.add_argument("--retrieval", choices=RETRIEVALS, default=None,
+                   help="template retrieval (default: bow+line2d where the representation has orientation "
+                        "features, else bow)")
     o.set_defaults(func=_estimate)
 
 

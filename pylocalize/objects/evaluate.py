@@ -24,13 +24,15 @@ def mask_box(mask: np.ndarray) -> tuple:
 
 
 def evaluate_scene(rep, mesh, scene_dir, obj_id: int, scene_id: int = 0, extractor=None, max_points: int = 5000,
-                   symmetries=None, progress: bool = False, given: str = "mask", segment: str = "grabcut") -> dict:
+                   symmetries=None, progress: bool = False, given: str = "mask", segment: str = "grabcut",
+                   **estimate_options) -> dict:
     """Estimates every ground-truth instance of ``obj_id`` in a BOP scene folder from its RGB
     image and visible mask (``rgb/``, ``mask_visib/``; ``depth/`` when present, for VSD), or
     with ``given="box"`` from the visible mask's box alone (BOP's ``bbox_visib``), the object's
     pixels then found as ``segment`` says (:meth:`ObjectRepresentation.estimate`).
 
     The representation's mesh must be in millimetres, as BOP's ground truth and depth.
+    ``estimate_options`` go to :meth:`ObjectRepresentation.estimate` (``retrieval=...``).
 
     Returns ``{"rows": BOP19 result rows, "coarse"/"refined": {metric: per-instance
     errors}, "times": seconds per instance, "stage_times": {stage: seconds per instance}}``
@@ -64,7 +66,7 @@ def evaluate_scene(rep, mesh, scene_dir, obj_id: int, scene_id: int = 0, extract
                 mask = np.asarray(im.convert("L")) > 127
             region = {"mask": mask} if given == "mask" else {"bbox": mask_box(mask), "segment": segment}
             t0 = time.perf_counter()
-            r = rep.estimate(image, entry["K"], extractor=extractor, **region)
+            r = rep.estimate(image, entry["K"], extractor=extractor, **region, **estimate_options)
             times.append(time.perf_counter() - t0)
             for stage, seconds in r.timings.items():
                 stage_times.setdefault(stage, []).append(seconds)

@@ -25,6 +25,7 @@ import numpy as np
 
 from pylocalize.features.patches import DenseSIFTExtractor, patch_centres
 from pylocalize.objects import bop
+from pylocalize.objects.orientation import OrientationTemplates, template_features
 from pylocalize.objects.representation import (
     BagOfWords,
     ObjectRepresentation,
@@ -45,7 +46,7 @@ def onboard(mesh, extractor=None, num_views: int = 57, num_inplane: int = 14, si
             padding: float = 0.2, distance: Optional[float] = None, pca_dim: int = 96, num_words: int = 2048,
             num_assign: int = 3, erode_px: int = 3, seed: int = 0, progress: bool = False,
             mesh_units: Optional[str] = None, num_workers: Optional[int] = None,
-            supersample: int = 3, executor=None) -> ObjectRepresentation:
+            supersample: int = 3, executor=None, num_orientation_features: int = 96) -> ObjectRepresentation:
     """Builds the representation of an object from its mesh.
 
     Parameters
@@ -80,6 +81,10 @@ def onboard(mesh, extractor=None, num_views: int = 57, num_inplane: int = 14, si
         object whose ``map(function, poses)`` gives each pose's result in order, as a
         ``concurrent.futures.Executor`` does (:class:`pylocalize.distributed.RayExecutor`: Ray
         tasks). The representation is the same.
+    num_orientation_features : int
+        Gradient-orientation features per template (LINE-2D,
+        :func:`~pylocalize.objects.orientation.template_features`): silhouette and inner-edge
+        points whose orientations score the templates by shape; 0 for none.
     """
     from pylocalize.geometry import viewpoint_poses
     from pylocalize.render import load_mesh
@@ -97,12 +102,13 @@ def onboard(mesh, extractor=None, num_views: int = 57, num_inplane: int = 14, si
     seconds: Dict[str, float] = {}
     start = time.perf_counter()
     renderer = {"size": size, "padding": padding, "supersample": supersample, "erode_px": erode_px}
-    Ks, groups, xys, xyzs, descriptors = _render_templates(mesh, poses, renderer, extractor, num_workers, progress,
-                                                           seconds, executor)
+    renderer["num_orientation_features"] = num_orientation_features
+    Ks, groups, xys, xyzs, descriptors, orientation = _render_templates(mesh, poses, renderer, extractor, num_workers,
+                                                                        progress, seconds, executor)
     bow, reduced, counts = _vocabulary_and_bags(descriptors, groups, len(poses), pca_dim, num_words, num_assign, seed,
                                                 seconds)
     rep = ObjectRepresentation(poses, Ks, groups, xys, xyzs, reduced, bow, counts, size, padding,
-                               extractor.patch_size, extractor.name, diameter, mesh_units)
+                               extractor.patch_size, extractor.name, diameter, mesh_units, orientation=orientation)
     seconds["total"] = time.perf_counter() - start
     rep.onboarding_seconds = seconds
     logger.info("onboarded %s in %s", rep, format_stage_seconds(seconds))
@@ -174,15 +180,19 @@ def _render_templates(mesh, poses, renderer: dict, extractor, num_workers, progr
     groups = np.concatenate([np.full(len(t[1]), i, np.int64) for i, t in enumerate(templates)])
     if len(groups) == 0:
         raise ValueError("no template has foreground patches: is the mesh degenerate?")
+    count = renderer["num_orientation_features"]
+    orientation = OrientationTemplates.stack([t[6] for t in templates], count) if count > 0 else None
     return (np.stack([t[0] for t in templates]), groups, np.concatenate([t[1] for t in templates]),
-            np.concatenate([t[2] for t in templates]), np.concatenate([t[3] for t in templates]).astype(np.float32))
+            np.concatenate([t[2] for t in templates]), np.concatenate([t[3] for t in templates]).astype(np.float32),
+            orientation)
 
 
 def _render_template(pose: np.ndarray, mesh, extractor, centres: np.ndarray, size: int, padding: float,
-                     supersample: int, erode_px: int):
+                     supersample: int, erode_px: int, num_orientation_features: int = 0):
     """One template: its crop intrinsics; the crop positions ``(n, 2)``, model points
-    ``(n, 3)`` and descriptors ``(n, dim)`` of its patches on the object; and the seconds
-    spent rendering and describing. The mask is eroded first so that patches on the
+    ``(n, 3)`` and descriptors ``(n, dim)`` of its patches on the object; the seconds
+    spent rendering and describing; and its orientation features ``(xy, bins)`` (none
+    when ``num_orientation_features`` is 0). The mask is eroded first so that patches on the
     silhouette (half background) are not kept."""
     import cv2
 
@@ -198,8 +208,10 @@ def _render_template(pose: np.ndarray, mesh, extractor, centres: np.ndarray, siz
     pixels = np.rint(centres).astype(int)
     keep = mask[pixels[:, 1], pixels[:, 0]] > 0
     features = patch_features(extractor, out.rgb[0], out.mask[0], keep)
+    orientation = (template_features(out.rgb[0], out.mask[0], num_orientation_features)
+                   if num_orientation_features > 0 else None)
     return (K, centres[keep], out.xyz[0][pixels[keep, 1], pixels[keep, 0]], features,
-            rendered - start, time.perf_counter() - rendered)
+            rendered - start, time.perf_counter() - rendered, orientation)
 
 
 def patch_features(extractor, rgb: np.ndarray, mask: np.ndarray, keep: np.ndarray) -> np.ndarray:
