@@ -177,6 +177,9 @@ class TrackerOptions:
         A point's patch is used only if a map image saw it from within this angle of the
         frame's viewing direction (a video's frames lie between map images; a photo metres
         from every map image is refined on its features alone).
+    min_patch_share : float
+        The patches' pose replaces the features' only if at least this share of the
+        features' inliers (and ``min_inliers``) align as inliers.
     max_patches : int
         Patches aligned per frame at most, spread evenly over the image (a grid's cells take
         turns): beyond a few hundred, more cost time for little precision.
@@ -199,7 +202,8 @@ class TrackerOptions:
     patches: Optional[str] = "sift"
     min_zncc: float = 0.8
     patch_error_px: float = 1.0
-    max_patch_angle_deg: float = 10.0
+    max_patch_angle_deg: float = 20.0
+    min_patch_share: float = 0.5
     max_patches: int = 500
 
     def __post_init__(self):
@@ -218,6 +222,8 @@ class TrackerOptions:
                              f"{self.ratio}, {self.min_inlier_ratio}")
         if not self.wide_radius_factor >= 1 or not 0 < self.max_view_angle_deg <= 180:
             raise ValueError("TrackerOptions.wide_radius_factor must be >= 1 and max_view_angle_deg in (0, 180]")
+        if not 0 <= self.min_patch_share:
+            raise ValueError(f"TrackerOptions.min_patch_share must be >= 0, got {self.min_patch_share}")
         if not -1 <= self.min_zncc <= 1:
             raise ValueError(f"TrackerOptions.min_zncc must be in [-1, 1], got {self.min_zncc}")
         if self.max_distance is not None and not self.max_distance > 0:
@@ -595,7 +601,11 @@ class Tracker:
             result.predicted = predicted
         if result.success and image is not None and self._patch_layer is not None:
             t0 = time.perf_counter()
-            result.cam_from_world, result.patch_inliers = self.refine_on_patches(result.cam_from_world, image)
+            # the patches replace the features' pose only where they are as many as half its
+            # inliers: a few patches (a photo far from every map view) pose worse than many
+            # features (benchmarks/README.md, Strecha)
+            least = max(self.options.min_inliers, int(np.ceil(self.options.min_patch_share * result.num_inliers)))
+            result.cam_from_world, result.patch_inliers = self.refine_on_patches(result.cam_from_world, image, least)
             timings["patches"] = time.perf_counter() - t0
         self._update(result)
         result.timings = timings
@@ -622,10 +632,11 @@ class Tracker:
         timings["pose"] = timings.get("pose", 0.0) + time.perf_counter() - t0
         return refined
 
-    def refine_on_patches(self, cam_from_world: np.ndarray, image) -> Tuple[np.ndarray, int]:
+    def refine_on_patches(self, cam_from_world: np.ndarray, image,
+                          min_patches: Optional[int] = None) -> Tuple[np.ndarray, int]:
         """The pose refined on the map's point patches aligned in ``image`` (the frame's
         pixels), and how many aligned patches it kept as inliers; the pose as given, and 0,
-        when too few patches align.
+        when fewer than ``min_patches`` (default the options' ``min_inliers``) stay inliers.
 
         Each point the nearby map images observe that projects into the view is taken with
         the patch of the observing image that saw it from the direction nearest the frame's,
@@ -636,6 +647,7 @@ class Tracker:
         the pose.
         """
         o = self.options
+        min_patches = o.min_inliers if min_patches is None else int(min_patches)
         layer = self.map.feature_layer(self._patch_layer)
         images = self.nearby_images(cam_from_world)
         if not len(images):
@@ -658,7 +670,7 @@ class Tracker:
         keep = np.flatnonzero(visible)
         keep = keep[spread_evenly(pixels[keep], o.max_patches, (self.camera.width, self.camera.height))]
         points3D, pixels, owner, row = points3D[keep], pixels[keep], owner[keep], row[keep]
-        if len(points3D) < o.min_inliers:
+        if len(points3D) < min_patches:
             return cam_from_world, 0
         # the patches were cut at the points' true positions; the layer's keypoints (which the
         # points were triangulated from) sit shift_px off them
@@ -672,12 +684,12 @@ class Tracker:
             references[here] = patches[i][row[here]]
         xy, zncc, converged = align_patches(prepare_image(image), references, affines, start)
         good = valid & converged & (zncc >= o.min_zncc)
-        if good.sum() < o.min_inliers:
+        if good.sum() < min_patches:
             return cam_from_world, 0
         refined = refine_absolute_pose(xy[good] + self._patch_shift, points3D[good], self.camera, cam_from_world,
                                        loss_scale_px=0.5 * o.patch_error_px, max_error_px=o.patch_error_px,
                                        iterations=2)
-        if refined is None or refined.num_inliers < o.min_inliers:
+        if refined is None or refined.num_inliers < min_patches:
             return cam_from_world, 0
         return refined.cam_from_world, refined.num_inliers
 
