@@ -25,29 +25,20 @@ from pathlib import Path
 import numpy as np
 
 from pylocalize.features.patches import DenseSIFTExtractor
-from pylocalize.geometry import look_at
 from pylocalize.objects.learned import (
     LearnedPatchExtractor,
-    _nearby_pose,
     augment_query,
     background_images,
     descriptor_path,
+    render_view_pair,
 )
-from pylocalize.objects.templates import template_intrinsics
-from pylocalize.render import Renderer, load_mesh
+from pylocalize.render import load_mesh
 
 SIZE, PATCH = 420, 14
 
 
 def view_pair(mesh, rng):
-    d = rng.normal(size=3)
-    pose = look_at(mesh.center + d / np.linalg.norm(d) * 2.5 * mesh.extent, mesh.center, up=rng.normal(size=3))
-    views = []
-    for p in (pose, _nearby_pose(pose, mesh.center, 15.0, rng)):
-        out = Renderer(SIZE, SIZE, template_intrinsics(mesh.vertices, p, SIZE, 0.2), supersample=3).render(
-            mesh, p, outputs=("rgb", "mask", "xyz"))
-        views.append((out.rgb[0], out.xyz[0], out.mask[0].astype(bool)))
-    return views
+    return render_view_pair(mesh, SIZE, rng)
 
 
 def main(argv=None) -> int:

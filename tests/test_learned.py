@@ -16,12 +16,11 @@ from pylocalize.datasets.synthetic import textured_box_object  # noqa: E402
 from pylocalize.geometry import look_at  # noqa: E402
 from pylocalize.objects.learned import (  # noqa: E402
     LearnedPatchExtractor,
-    _nearby_pose,
     build_network,
     descriptor_path,
+    render_view_pair,
     train_object_descriptor,
 )
-from pylocalize.objects.templates import template_intrinsics  # noqa: E402
 from pylocalize.render import Renderer  # noqa: E402
 
 SIZE = 112
@@ -30,17 +29,7 @@ SIZE = 112
 def view_pairs(mesh, count: int, seed: int):
     """Pairs of nearby template-framed views: (rgb, xyz, mask) of each."""
     rng = np.random.default_rng(seed)
-    pairs = []
-    for _ in range(count):
-        d = rng.normal(size=3)
-        pose = look_at(mesh.center + d / np.linalg.norm(d) * 2.5 * mesh.extent, mesh.center, up=rng.normal(size=3))
-        views = []
-        for p in (pose, _nearby_pose(pose, mesh.center, 15.0, rng)):
-            out = Renderer(SIZE, SIZE, template_intrinsics(mesh.vertices, p, SIZE, 0.2), supersample=3).render(
-                mesh, p, outputs=("rgb", "mask", "xyz"))
-            views.append((out.rgb[0], out.xyz[0], out.mask[0].astype(bool)))
-        pairs.append(views)
-    return pairs
+    return [render_view_pair(mesh, SIZE, rng) for _ in range(count)]
 
 
 def matching_accuracy(extractor, pairs, stride: int = 4, tolerance: float = 6.0) -> float:

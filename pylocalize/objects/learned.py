@@ -263,6 +263,24 @@ def _nearby_pose(pose: np.ndarray, center: np.ndarray, max_degrees: float, rng: 
     return np.c_[R, pose[:, :3] @ (center - R_delta @ center) + pose[:, 3]]
 
 
+def render_view_pair(mesh, size: int, rng: np.random.Generator, max_degrees: float = 15.0,
+                     padding: float = 0.2) -> list:
+    """Two template-framed renders of nearby views of ``mesh``, ``[(rgb, xyz, mask), ...]``:
+    the surface points a descriptor should match between them (its tests and benchmark)."""
+    from pylocalize.geometry import look_at
+    from pylocalize.objects.templates import template_intrinsics
+    from pylocalize.render import Renderer
+
+    d = rng.normal(size=3)
+    pose = look_at(mesh.center + d / np.linalg.norm(d) * 2.5 * mesh.extent, mesh.center, up=rng.normal(size=3))
+    views = []
+    for p in (pose, _nearby_pose(pose, mesh.center, max_degrees, rng)):
+        out = Renderer(size, size, template_intrinsics(mesh.vertices, p, size, padding), supersample=3).render(
+            mesh, p, outputs=("rgb", "mask", "xyz"))
+        views.append((out.rgb[0], out.xyz[0], out.mask[0].astype(bool)))
+    return views
+
+
 def render_pairs(mesh, num_pairs: int, size: int, padding: float, max_degrees: float, rng: np.random.Generator,
                  progress: bool = False) -> list:
     """``num_pairs`` pairs of renders of nearby views, each framed like a template: a query
