@@ -234,7 +234,8 @@ def add_parser(subparsers) -> None:
                    help="exit 0 when some frames have no pose (not all): by default any such frame exits 1")
     p.set_defaults(func=_track)
     p.epilog = ("Each frame is predicted from the last pose (constant velocity over the timestamps), matched to "
-                "the map points projected near its features, and refined from the prediction; a frame that "
+                "the map points projected near its features, and refined from the prediction, then to a fraction "
+                "of a pixel on the map's point patches where it holds them (map build --patches); a frame that "
                 "cannot be tracked is relocalized by CANN retrieval over the whole map.")
 
 
