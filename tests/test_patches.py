@@ -45,7 +45,7 @@ def test_alignment_finds_known_sub_pixel_shifts_blind_to_gain_and_bias():
     references = sample_patches(image, truth)
     start = truth + rng.uniform(-2.0, 2.0, truth.shape)
     frame = image * 1.4 + 12.0  # another exposure: normalized intensities do not see it
-    xy, zncc, converged = align_patches(frame, references, np.tile(IDENTITY, (200, 1)), start)
+    xy, zncc, converged, _ = align_patches(frame, references, np.tile(IDENTITY, (200, 1)), start)
     assert converged.mean() > 0.95
     assert np.median(np.linalg.norm(xy[converged] - truth[converged], axis=1)) < 0.02
     assert np.abs(xy[converged] - truth[converged]).max() < 0.1
@@ -66,12 +66,13 @@ def test_alignment_resamples_the_reference_under_its_warp():
     in_frame = truth @ frame_from_image[:, :2].T + frame_from_image[:, 2]
     image_from_frame = np.linalg.inv(frame_from_image[:, :2])
     references = sample_patches(image, truth)
-    xy, zncc, converged = align_patches(frame, references, np.tile(image_from_frame.ravel(), (50, 1)), in_frame + 1.0)
+    warps = np.tile(image_from_frame.ravel(), (50, 1))
+    xy, zncc, converged, _ = align_patches(frame, references, warps, in_frame + 1.0)
     assert converged.mean() > 0.9
     # resampled twice (the frame, the template), bilinear: a twentieth of a pixel typical
     assert np.median(np.linalg.norm(xy[converged] - in_frame[converged], axis=1)) < 0.1
     # without the warp the template is the wrong shape: it correlates less, lands further off
-    xy0, zncc0, converged0 = align_patches(frame, references, np.tile(IDENTITY, (50, 1)), in_frame + 1.0)
+    xy0, zncc0, converged0, _ = align_patches(frame, references, np.tile(IDENTITY, (50, 1)), in_frame + 1.0)
     assert np.median(zncc[converged]) > 0.98 and np.median(zncc0) < np.median(zncc[converged]) - 0.1
     assert np.median(np.linalg.norm(xy0 - in_frame, axis=1)) > 2 * np.median(np.linalg.norm(xy - in_frame, axis=1))
 
@@ -81,15 +82,85 @@ def test_alignment_refuses_flat_patches_the_border_and_bad_input():
     references = sample_patches(image, np.array([[100.0, 100.0], [100.0, 100.0], [100.0, 100.0]]))
     references[1] = 128  # flat: nothing to align on
     start = np.array([[100.5, 100.0], [100.0, 100.0], [2.0, 2.0]])  # the third's window leaves the image
-    _, _, converged = align_patches(image, references, np.tile(IDENTITY, (3, 1)), start)
+    _, _, converged, _ = align_patches(image, references, np.tile(IDENTITY, (3, 1)), start)
     assert converged.tolist() == [True, False, False]
     # a warp that reaches outside the stored patch
-    _, _, converged = align_patches(image, references[:1], np.array([[3.0, 0.0, 0.0, 3.0]]), start[:1])
+    _, _, converged, _ = align_patches(image, references[:1], np.array([[3.0, 0.0, 0.0, 3.0]]), start[:1])
     assert not converged[0]
     with pytest.raises(ValueError, match="one row per reference patch"):
         align_patches(image, references, np.tile(IDENTITY, (2, 1)), start)
     with pytest.raises(ValueError, match="2-D grey"):
         align_patches(np.zeros((10, 10, 3)), references, np.tile(IDENTITY, (3, 1)), start)
+
+
+def test_alignment_information_predicts_its_scatter():
+    """Aligned in 50 noisy frames, each patch's scatter follows its information: the predicted
+    variances rank as the measured ones do, and the patches of a striped texture (blurred
+    along y) are known more precise across the stripes (x) only. The scale is optimistic by a
+    common factor (the noise of an interpolated frame is not white), which the weighted pose
+    does not use."""
+    import cv2
+
+    rng = np.random.default_rng(6)
+    image = _texture(6, (240, 480))
+    image[:, 240:] = cv2.GaussianBlur(image[:, 240:], (0, 0), sigmaX=0.5, sigmaY=4.0)
+    truth = np.r_[rng.uniform(30, 210, (20, 2)), rng.uniform([270, 30], [450, 210], (20, 2))]
+    references = sample_patches(image, truth)
+    errors, informations = [], []
+    for _ in range(50):
+        frame = image + rng.normal(0, 4.0, image.shape).astype(np.float32)
+        xy, _, converged, information = align_patches(frame, references, np.tile(IDENTITY, (40, 1)),
+                                                      truth + rng.uniform(-0.5, 0.5, truth.shape))
+        assert converged.mean() > 0.75  # an edge-like patch may wander along its edge
+        errors.append(np.where(converged[:, None], xy - truth, np.nan))
+        informations.append(information)
+    errors, information = np.array(errors), np.mean(informations, axis=0)
+    assert np.allclose(information, information.transpose(0, 2, 1))
+    scatter = np.nanmean(errors[..., :, None] * errors[..., None, :], axis=0)
+    predicted = np.linalg.inv(information)
+    log_variance = [np.log(np.trace(c, axis1=1, axis2=2)) for c in (predicted, scatter)]
+    assert np.corrcoef(*log_variance)[0, 1] > 0.7
+    texture, stripes = slice(0, 20), slice(20, 40)
+    assert 1 / 3 < np.median(information[texture, 1, 1] / information[texture, 0, 0]) < 3
+    assert 1 / 3 < np.median(scatter[texture, 1, 1] / scatter[texture, 0, 0]) < 3
+    assert np.median(information[stripes, 1, 1] / information[stripes, 0, 0]) < 0.35
+    assert np.median(scatter[stripes, 1, 1] / scatter[stripes, 0, 0]) > 3
+
+
+def test_refinement_weighted_by_information():
+    """Points measured with anisotropic noise of known covariance: weighted by its inverse
+    the pose is closer to the truth than unweighted (over 20 draws); identity information is
+    the unweighted refinement, and only the information's relative size matters."""
+    camera = Camera.from_string("PINHOLE 640 480 500 500 319.5 239.5")
+    rng = np.random.default_rng(7)
+    pose = np.c_[pycolmap.Rotation3d(np.array([0.02, 0.05, -0.01])).matrix(), [0.2, 0.1, 0.0]]
+    errors, centre = {"weighted": [], "plain": []}, camera_centres(pose[None])[0]
+    for _ in range(20):
+        points = rng.uniform(-3, 3, (200, 3)) + [0, 0, 8]
+        angles = rng.uniform(0, np.pi, 200)
+        axes = np.stack([np.c_[np.cos(angles), np.sin(angles)], np.c_[-np.sin(angles), np.cos(angles)]], axis=2)
+        sigmas = np.c_[np.full(200, 0.05), np.full(200, 1.0)]  # precise along one axis, not the other
+        covariance = np.einsum("nij,nj,nkj->nik", axes, sigmas ** 2, axes)
+        noise = np.einsum("nij,nj->ni", axes, sigmas * rng.normal(size=(200, 2)))
+        pixels = camera.project(points @ pose[:, :3].T + pose[:, 3]) + noise
+        prior = pose + np.c_[np.zeros((3, 3)), [0.01, -0.01, 0.02]]
+        information = np.linalg.inv(covariance)
+        weighted = refine_absolute_pose(pixels, points, camera, prior, loss_scale_px=3.0, max_error_px=10.0,
+                                        information=information)
+        plain = refine_absolute_pose(pixels, points, camera, prior, loss_scale_px=3.0, max_error_px=10.0)
+        for name, result in (("weighted", weighted), ("plain", plain)):
+            errors[name].append(np.linalg.norm(camera_centres(result.cam_from_world[None])[0] - centre))
+        scaled = refine_absolute_pose(pixels, points, camera, prior, loss_scale_px=3.0, max_error_px=10.0,
+                                      information=information * 1e4)
+        assert np.abs(scaled.cam_from_world - weighted.cam_from_world).max() < 1e-9
+    assert np.mean(errors["weighted"]) < 0.5 * np.mean(errors["plain"]), errors
+    identity = refine_absolute_pose(pixels, points, camera, prior, loss_scale_px=3.0, max_error_px=10.0,
+                                    information=np.tile(np.eye(2), (200, 1, 1)))
+    assert np.abs(identity.cam_from_world - plain.cam_from_world).max() < 1e-9
+    with pytest.raises(ValueError, match=r"\(n, 2, 2\)"):
+        refine_absolute_pose(pixels, points, camera, prior, information=np.ones((200, 3)))
+    with pytest.raises(ValueError, match="positive median trace"):
+        refine_absolute_pose(pixels, points, camera, prior, information=np.zeros((200, 2, 2)))
 
 
 def test_local_affines_of_analytic_views():

@@ -32,15 +32,17 @@ void BindImage(py::module_& m) {
         py::array_t<double> xy({n, static_cast<int64_t>(2)});
         py::array_t<float> zncc(n);
         py::array_t<bool> converged(n);
+        py::array_t<double> information({n, static_cast<int64_t>(3)});
         {
           // one thread: a frame's thousand patches take a few ms, less than waking a pool on
           // a loaded robot computer (measured: 2 threads were 3x slower under load)
           ReleaseGil release;
           image::AlignPatches(img.data(), img.shape(0), img.shape(1), refs.data(), static_cast<int>(refs.shape(1)),
                               a.data(), n, template_size, start.data(), o, xy.mutable_data(), zncc.mutable_data(),
-                              reinterpret_cast<uint8_t*>(converged.mutable_data()), /*num_threads=*/1);
+                              reinterpret_cast<uint8_t*>(converged.mutable_data()), information.mutable_data(),
+                              /*num_threads=*/1);
         }
-        return std::make_tuple(xy, zncc, converged);
+        return std::make_tuple(xy, zncc, converged, information);
       },
       py::arg("image"), py::arg("references"), py::arg("affines"), py::arg("start_xy"), py::arg("template_size") = 8,
       py::arg("max_iterations") = 10, py::arg("max_step_px") = 1.0, py::arg("converged_px") = 0.01,

@@ -224,7 +224,7 @@ def _lo_ransac(points2D, points3D, camera: Camera, max_error_px: float, ransac: 
 
 def refine_absolute_pose(points2D, points3D, camera: Camera, cam_from_world: np.ndarray,
                          loss_scale_px: float = 2.0, max_error_px: float = 4.0,
-                         iterations: int = 2) -> Optional[AbsolutePose]:
+                         iterations: int = 2, information: Optional[np.ndarray] = None) -> Optional[AbsolutePose]:
     """The pose that best explains ``points2D`` as images of ``points3D``, by non-linear
     refinement from a prior ``cam_from_world`` (no RANSAC): a tracker's step, where the
     prior is a frame's predicted pose and most correspondences are right.
@@ -235,6 +235,13 @@ def refine_absolute_pose(points2D, points3D, camera: Camera, cam_from_world: np.
     ``iterations`` times in all, so that outliers far from the prior stop pulling once they
     are known. Returns None when fewer than 4 correspondences are given, fewer than 4 stay
     inliers, or the refinement fails.
+
+    ``information``: optional ``(n, 2, 2)`` inverse covariances of the 2D points (symmetric,
+    positive semi-definite; a patch alignment's, :func:`~pylocalize.localization.patches.
+    align_patches`). Each residual is then whitened by it, so a precise point pulls harder
+    and an edge-like one only across its edge. Only their relative size matters: they are
+    scaled to a median trace of 2, which keeps ``loss_scale_px`` in pixels for a point of
+    median precision; the inliers are still those within ``max_error_px`` pixels.
     """
     points2D = _as_points(points2D, 2, "points2D")
     points3D = _as_points(points3D, 3, "points3D")
@@ -245,6 +252,7 @@ def refine_absolute_pose(points2D, points3D, camera: Camera, cam_from_world: np.
     pose = np.asarray(cam_from_world, dtype=np.float64)
     if pose.shape != (3, 4) or not np.isfinite(pose).all():
         raise ValueError(f"cam_from_world must be a finite 3x4 [R | t], got shape {pose.shape}")
+    whiten = None if information is None else _whitening(information, len(points2D))
     if len(points2D) < 4:
         return None
     # distortion is taken out of the 2D points once; the error is then that of the ideal
@@ -254,7 +262,8 @@ def refine_absolute_pose(points2D, points3D, camera: Camera, cam_from_world: np.
     K = camera.K
     inliers = np.ones(len(points2D), bool)
     for _ in range(max(1, int(iterations))):
-        pose = _gauss_newton_pose(ideal[inliers], points3D[inliers], K, pose, float(loss_scale_px))
+        pose = _gauss_newton_pose(ideal[inliers], points3D[inliers], K, pose, float(loss_scale_px),
+                                  whiten=None if whiten is None else whiten[inliers])
         if pose is None:
             return None
         inliers = reprojection_errors(points2D, points3D, camera, pose) < max_error_px
@@ -263,12 +272,32 @@ def refine_absolute_pose(points2D, points3D, camera: Camera, cam_from_world: np.
     return AbsolutePose(cam_from_world=pose, inlier_mask=inliers)
 
 
+def _whitening(information, n: int) -> np.ndarray:
+    """``(n, 2, 2)`` symmetric matrices W with W^T W the given information scaled to a median
+    trace of 2 (:func:`refine_absolute_pose`)."""
+    info = np.asarray(information, dtype=np.float64)
+    if info.shape != (n, 2, 2) or not np.isfinite(info).all():
+        raise ValueError(f"information must be finite, (n, 2, 2) for the {n} points, got shape {info.shape}")
+    info = 0.5 * (info + info.transpose(0, 2, 1))
+    if not n:
+        return info
+    scale = 0.5 * np.median(info[:, 0, 0] + info[:, 1, 1])
+    if not scale > 0:
+        raise ValueError("information must be positive semi-definite matrices with a positive median trace")
+    # symmetric square root by eigen-decomposition, W = V sqrt(L) V^T (rounding's negative
+    # eigenvalues clipped)
+    values, vectors = np.linalg.eigh(info / scale)
+    return np.einsum("nij,nj,nkj->nik", vectors, np.sqrt(np.maximum(values, 0.0)), vectors)
+
+
 def _gauss_newton_pose(points2D: np.ndarray, points3D: np.ndarray, K: np.ndarray, pose: np.ndarray,
-                       loss_scale: float, max_iterations: int = 10, tolerance: float = 1e-6) -> Optional[np.ndarray]:
+                       loss_scale: float, max_iterations: int = 10, tolerance: float = 1e-6,
+                       whiten: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
     """Iteratively reweighted Gauss-Newton (Levenberg-Marquardt damped) on the pinhole
     reprojection error under a Cauchy loss of scale ``loss_scale`` pixels, from ``pose``;
     updates ``exp(omega) @ [R | t] + [0 | v]`` in the camera frame. None if a point ends
-    behind the camera or the system is degenerate.
+    behind the camera or the system is degenerate. ``whiten`` (n, 2, 2): each residual and
+    its Jacobian rows are multiplied by its matrix first (:func:`_whitening`).
 
     Written out rather than pycolmap's refinement: that one costs ~10 ms a call whatever
     the problem (solver set-up), this one ~1 ms for a frame's few hundred points, and a
@@ -283,7 +312,7 @@ def _gauss_newton_pose(points2D: np.ndarray, points3D: np.ndarray, K: np.ndarray
         if not (p[:, 2] > 1e-9).all():
             return None, None
         r = np.stack([fx * p[:, 0] / p[:, 2] + cx, fy * p[:, 1] / p[:, 2] + cy], axis=1) - points2D
-        return p, r
+        return p, (r if whiten is None else np.einsum("nij,nj->ni", whiten, r))
 
     def cost(r):
         return float(np.log1p((r * r).sum(1) / loss_scale ** 2).sum())
@@ -300,6 +329,9 @@ def _gauss_newton_pose(points2D: np.ndarray, points3D: np.ndarray, K: np.ndarray
         a, b = fx * inv_z, fy * inv_z
         ju = np.stack([-a * x * y * inv_z, a * (z + x * x * inv_z), -a * y, a, np.zeros_like(z), -a * x * inv_z], 1)
         jv = np.stack([-b * (z + y * y * inv_z), b * x * y * inv_z, b * x, np.zeros_like(z), b, -b * y * inv_z], 1)
+        if whiten is not None:
+            ju, jv = (whiten[:, 0, 0, None] * ju + whiten[:, 0, 1, None] * jv,
+                      whiten[:, 1, 0, None] * ju + whiten[:, 1, 1, None] * jv)
         weight = 1.0 / (1.0 + (r * r).sum(1) / loss_scale ** 2)  # IRLS weight of the Cauchy loss
         H = (ju * weight[:, None]).T @ ju + (jv * weight[:, None]).T @ jv
         g = (ju * (weight * r[:, 0])[:, None]).sum(0) + (jv * (weight * r[:, 1])[:, None]).sum(0)

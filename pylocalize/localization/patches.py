@@ -160,10 +160,13 @@ def align_patches(image: np.ndarray, references: np.ndarray, affines: np.ndarray
 
     Returns
     -------
-    ``(xy float64 (n, 2), zncc float32 (n,), converged bool (n,))``: the aligned centres, the
-    normalized cross-correlation with the template there, and whether the alignment
-    converged inside the image within ``max_shift_px`` (and the template lay inside its
-    reference).
+    ``(xy float64 (n, 2), zncc float32 (n,), converged bool (n,), information float64 (n, 2, 2))``:
+    the aligned centres, the normalized cross-correlation with the template there, whether
+    the alignment converged inside the image within ``max_shift_px`` (and the template lay
+    inside its reference), and each centre's information in 1/px^2 (its inverse covariance:
+    the alignment's Hessian over the residual's variance; large along strong gradients and
+    for close matches, zero where nothing was aligned), for a pose weighted by it
+    (:func:`~pylocalize.geometry.absolute_pose.refine_absolute_pose`).
     """
     image = np.ascontiguousarray(image, dtype=np.float32)
     if image.ndim != 2:
@@ -171,5 +174,7 @@ def align_patches(image: np.ndarray, references: np.ndarray, affines: np.ndarray
     references = np.ascontiguousarray(references, dtype=np.uint8)
     affines = np.ascontiguousarray(affines, dtype=np.float64).reshape(-1, 4)
     start_xy = np.ascontiguousarray(start_xy, dtype=np.float64).reshape(-1, 2)
-    return _core.align_patches(image, references, affines, start_xy, int(template_size), int(max_iterations),
-                               1.0, 0.01, float(max_shift_px), float(min_stddev))
+    xy, zncc, converged, information = _core.align_patches(image, references, affines, start_xy, int(template_size),
+                                                           int(max_iterations), 1.0, 0.01, float(max_shift_px),
+                                                           float(min_stddev))
+    return xy, zncc, converged, information[:, [0, 1, 1, 2]].reshape(-1, 2, 2)

@@ -179,10 +179,12 @@ class TrackerOptions:
         from every map image is refined on its features alone).
     min_patch_share : float
         The patches' pose replaces the features' only if at least this share of the
-        features' inliers (and ``min_inliers``) align as inliers.
+        features' inliers (at most ``max_patches`` of them; and ``min_inliers``) align as
+        inliers.
     max_patches : int
         Patches aligned per frame at most, spread evenly over the image (a grid's cells take
-        turns): beyond a few hundred, more cost time for little precision.
+        turns): the pose's error falls with their number, their cost grows with it (1,000
+        patches: ~20 ms; benchmarks/README.md).
     """
 
     scale: float = 0.5
@@ -204,7 +206,7 @@ class TrackerOptions:
     patch_error_px: float = 1.0
     max_patch_angle_deg: float = 20.0
     min_patch_share: float = 0.5
-    max_patches: int = 500
+    max_patches: int = 1000
 
     def __post_init__(self):
         positive = ("scale", "search_radius_px", "max_error_px", "loss_scale_px", "max_extrapolation_s",
@@ -602,9 +604,11 @@ class Tracker:
         if result.success and image is not None and self._patch_layer is not None:
             t0 = time.perf_counter()
             # the patches replace the features' pose only where they are as many as half its
-            # inliers: a few patches (a photo far from every map view) pose worse than many
-            # features (benchmarks/README.md, Strecha)
-            least = max(self.options.min_inliers, int(np.ceil(self.options.min_patch_share * result.num_inliers)))
+            # inliers (or of the patches' cap, which a dense feature layer's inliers exceed):
+            # a few patches (a photo far from every map view) pose worse than many features
+            # (benchmarks/README.md, Strecha)
+            o = self.options
+            least = max(o.min_inliers, int(np.ceil(o.min_patch_share * min(result.num_inliers, o.max_patches))))
             result.cam_from_world, result.patch_inliers = self.refine_on_patches(result.cam_from_world, image, least)
             timings["patches"] = time.perf_counter() - t0
         self._update(result)
@@ -644,7 +648,8 @@ class Tracker:
         assumption of a plane facing its image, would pull the point off), warped by
         :func:`local_affines` and aligned near its projection (:func:`align_patches`); those
         aligning with enough correlation are the 2D points of a Cauchy-robust refinement from
-        the pose.
+        the pose, each weighted by its alignment's information (a corner counts in both
+        directions, an edge across it only, a close match more than a poor one).
         """
         o = self.options
         min_patches = o.min_inliers if min_patches is None else int(min_patches)
@@ -682,13 +687,13 @@ class Tracker:
         for i in np.unique(owner):
             here = owner == i
             references[here] = patches[i][row[here]]
-        xy, zncc, converged = align_patches(prepare_image(image), references, affines, start)
+        xy, zncc, converged, information = align_patches(prepare_image(image), references, affines, start)
         good = valid & converged & (zncc >= o.min_zncc)
         if good.sum() < min_patches:
             return cam_from_world, 0
         refined = refine_absolute_pose(xy[good] + self._patch_shift, points3D[good], self.camera, cam_from_world,
                                        loss_scale_px=0.5 * o.patch_error_px, max_error_px=o.patch_error_px,
-                                       iterations=2)
+                                       iterations=2, information=information[good])
         if refined is None or refined.num_inliers < min_patches:
             return cam_from_world, 0
         return refined.cam_from_world, refined.num_inliers

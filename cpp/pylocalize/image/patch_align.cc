@@ -77,13 +77,14 @@ bool WarpTemplate(const uint8_t* reference, int ref_size, const double* a, int s
 
 void AlignOne(const float* image, int64_t height, int64_t width, const float* tmpl, int size, double x, double y,
               const PatchAlignOptions& o, std::vector<float>& window, std::vector<float>& normalized, double* out_xy,
-              float* out_zncc, uint8_t* out_converged) {
+              float* out_zncc, uint8_t* out_converged, double* out_information) {
   const int side = size + 2;
   const int count = size * size;
   out_xy[0] = x;
   out_xy[1] = y;
   *out_zncc = 0;
   *out_converged = 0;
+  out_information[0] = out_information[1] = out_information[2] = 0;
   // the template, zero-mean and unit-variance
   double sum = 0, sum2 = 0;
   for (int p = 0; p < count; ++p) {
@@ -148,10 +149,34 @@ void AlignOne(const float* image, int64_t height, int64_t width, const float* tm
   for (int i = 1; i <= size; ++i)
     for (int j = 1; j <= size; ++j)
       zncc += (window[i * side + j] - m.mean) * m.inv_std * normalized[(i - 1) * size + (j - 1)];
+  zncc /= count;
   out_xy[0] = x + ux;
   out_xy[1] = y + uy;
-  *out_zncc = static_cast<float>(zncc / count);
+  *out_zncc = static_cast<float>(zncc);
   *out_converged = converged ? 1 : 0;
+  // The position's information (inverse covariance): the Hessian of the template's
+  // normalized intensities (the inverse-compositional one: the template, cut from a map
+  // image, is not the noisy frame, whose own gradients would count the noise as texture)
+  // over the residual's variance per pixel. Both normalized, the residual's sum of squares
+  // is 2 count (1 - zncc); its variance is floored at kMinResidualVariance, about the noise
+  // of an 8-bit image, so a perfect match is not taken as infinitely precise.
+  constexpr double kMinResidualVariance = 0.02;
+  double hxx = 0, hxy = 0, hyy = 0;
+  for (int i = 0; i < size; ++i)
+    for (int j = 0; j < size; ++j) {
+      // central differences inside the template, one-sided on its edge
+      const int j0 = std::max(0, j - 1), j1 = std::min(size - 1, j + 1);
+      const int i0 = std::max(0, i - 1), i1 = std::min(size - 1, i + 1);
+      const double gx = (normalized[i * size + j1] - normalized[i * size + j0]) / (j1 - j0);
+      const double gy = (normalized[i1 * size + j] - normalized[i0 * size + j]) / (i1 - i0);
+      hxx += gx * gx;
+      hxy += gx * gy;
+      hyy += gy * gy;
+    }
+  const double variance = std::max(kMinResidualVariance, 2.0 * (1.0 - zncc) * count / std::max(1, count - 2));
+  out_information[0] = hxx / variance;
+  out_information[1] = hxy / variance;
+  out_information[2] = hyy / variance;
 }
 
 }  // namespace
@@ -159,7 +184,7 @@ void AlignOne(const float* image, int64_t height, int64_t width, const float* tm
 void AlignPatches(const float* image, int64_t height, int64_t width, const uint8_t* references, int ref_size,
                   const double* affines, int64_t n, int template_size, const double* start_xy,
                   const PatchAlignOptions& options, double* out_xy, float* out_zncc, uint8_t* out_converged,
-                  int num_threads) {
+                  double* out_information, int num_threads) {
   const int size = template_size;
   PYL_CHECK(size >= 2 && ref_size >= 2, "template and reference patch sizes must be at least 2, got ", size, " and ",
             ref_size);
@@ -180,10 +205,11 @@ void AlignPatches(const float* image, int64_t height, int64_t width, const uint8
         out_xy[2 * k + 1] = start_xy[2 * k + 1];
         out_zncc[k] = 0;
         out_converged[k] = 0;
+        out_information[3 * k] = out_information[3 * k + 1] = out_information[3 * k + 2] = 0;
         continue;
       }
       AlignOne(image, height, width, tmpl.data(), size, start_xy[2 * k], start_xy[2 * k + 1], options, window,
-               normalized, out_xy + 2 * k, out_zncc + k, out_converged + k);
+               normalized, out_xy + 2 * k, out_zncc + k, out_converged + k, out_information + 3 * k);
     }
   });
 }

@@ -30,11 +30,15 @@ struct PatchAlignOptions {
 // is at (x, y). `start_xy`: (n, 2) predicted centres. Writes the aligned centres to `out_xy`
 // (n, 2), the normalized cross-correlation there to `out_zncc` (n), and to `out_converged`
 // (n) 1 where the template lay inside its reference and the iterations converged inside
-// the image within max_shift_px of the start, else 0.
+// the image within max_shift_px of the start, else 0; and to `out_information` (n, 3) the
+// aligned position's information [xx, xy, yy] in 1/px^2 (the inverse of its covariance: the
+// Hessian of the normalized intensities over the residual's variance per pixel), so that a
+// corner counts in both directions, an edge-like patch along its gradient only, and a poor
+// match less (zeros where the alignment ran no further than the template).
 void AlignPatches(const float* image, int64_t height, int64_t width, const uint8_t* references, int ref_size,
                   const double* affines, int64_t n, int template_size, const double* start_xy,
                   const PatchAlignOptions& options, double* out_xy, float* out_zncc, uint8_t* out_converged,
-                  int num_threads = 1);
+                  double* out_information, int num_threads = 1);
 
 }  // namespace image
 }  // namespace pylocalize
