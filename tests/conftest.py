@@ -52,6 +52,14 @@ def reseal_section(data: bytearray, name: str) -> None:
     struct.pack_into("<I", data, 60, zlib.crc32(bytes(data[:60])))
 
 
+def pytest_configure(config):
+    """Under CI (``CI`` set, as ``.ci/run`` runs), one line per test, its name written
+    before it runs: a run that ends without pytest's summary (a native library exiting
+    the process) then shows which test it was in."""
+    if os.environ.get("CI") and config.option.verbose < 1:
+        config.option.verbose = 1
+
+
 def child_env() -> dict:
     """Environment of a child Python that imports the same pylocalize as these tests."""
     env = dict(os.environ)
