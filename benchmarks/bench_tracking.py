@@ -222,20 +222,28 @@ def strecha(args):
         feats = [extract_sift(im, 4000) for im in images]
         h, w = images[0].shape[:2]
         cameras = [Camera.from_K(K, w, h) for K, _ in gt]
-        previous = None
+        base_options = TrackerOptions(scale=args.scales[0], max_features=args.max_features)
+        variants = {"tracker": base_options}
+        for angle in args.patch_angles or []:
+            variants[f"patches within {angle:g} deg"] = replace(base_options, max_patch_angle_deg=angle)
+        if args.patches and args.without_patches:
+            variants["no patches"] = replace(base_options, patches=None)
+        previous = {}
         for q in tqdm(range(len(names)), desc=scene, leave=False):
             db = [i for i in range(len(names)) if i != q]
             m = Map.from_features([names[i] for i in db], [cameras[i] for i in db], np.stack([gt[i][1] for i in db]),
                                   [feats[i][0] for i in db], [feats[i][1] for i in db], max_features=4000)
             if args.patches:
                 m.add_patches("sift", [images[i] for i in db])
-            options = TrackerOptions(scale=args.scales[0], max_features=args.max_features)
-            tracker = Tracker(m, cameras[q], options=options)
-            if previous is not None:
-                tracker.continue_from(previous)
-            # a sparse sequence: one second between images (constant velocity over that step)
-            r = tracker.track(images[q], float(q))
-            previous = tracker
+            results = {}
+            for label, options in variants.items():
+                tracker = Tracker(m, cameras[q], options=options)
+                if label in previous:
+                    tracker.continue_from(previous[label])
+                # a sparse sequence: one second between images (constant velocity over that step)
+                results[label] = tracker.track(images[q], float(q))
+                previous[label] = tracker
+            r = results["tracker"]
             t0 = time.perf_counter()
             base = m.localize(images[q], cameras[q], covariance=False)
             base_s = time.perf_counter() - t0
@@ -247,10 +255,21 @@ def strecha(args):
                 else:
                     t, rr = errors(pose[None], gt[q][1][None])
                     row[key + "t_err"], row[key + "r_err"] = float(t[0]), float(rr[0])
+            for label, result in results.items():
+                if label != "tracker":
+                    t, rr = (errors(result.cam_from_world[None], gt[q][1][None]) if result.success else
+                             ([np.inf], [np.inf]))
+                    row.setdefault("variants", {})[label] = {"t_err": float(t[0]), "r_err": float(rr[0])}
             rows.append(row)
     t = np.array([r["t_err"] for r in rows])
     bt = np.array([r["base_t_err"] for r in rows])
-    return {"rows": rows, "frames": len(rows),
+    variants = {}
+    for label in rows[0].get("variants", {}) if rows else ():
+        vt = np.array([r["variants"][label]["t_err"] for r in rows])
+        vr = np.array([r["variants"][label]["r_err"] for r in rows])
+        variants[label] = {"median_t_err_m": float(np.median(vt)), "median_r_err_deg": float(np.median(vr)),
+                           "within_5cm_0.5deg": float(np.mean((vt < 0.05) & (vr < 0.5)))}
+    return {"rows": rows, "frames": len(rows), "variants": variants,
             "with_pose": float(np.isfinite(t).mean()),
             "statuses": {s: sum(r["status"] == s for r in rows) for s in ("tracked", "relocalized", "lost")},
             "median_t_err_m": float(np.median(t)), "median_r_err_deg": float(np.median([r["r_err"] for r in rows])),
@@ -300,6 +319,9 @@ def print_strecha(s):
           f"{100 * s['with_pose']:.0f} %, statuses {s['statuses']}")
     print(f"tracker: median {100 * s['median_t_err_m']:.2f} cm, {s['median_r_err_deg']:.3f} deg, within (5 cm, "
           f"0.5 deg) {100 * s['within_5cm_0.5deg']:.1f} %, {s['median_ms']:.0f} ms")
+    for label, v in s.get("variants", {}).items():
+        print(f"tracker, {label}: median {100 * v['median_t_err_m']:.2f} cm, {v['median_r_err_deg']:.3f} deg, "
+              f"within (5 cm, 0.5 deg) {100 * v['within_5cm_0.5deg']:.1f} %")
     print(f"localize per frame: median {100 * s['base_median_t_err_m']:.2f} cm, {s['base_median_r_err_deg']:.3f} deg, "
           f"{s['base_median_ms']:.0f} ms")
 
@@ -326,6 +348,9 @@ def main(argv=None) -> int:
                    help="no point patches in the map (no sub-pixel refinement, Map.add_patches)")
     p.add_argument("--without-patches", action="store_true",
                    help="also run every tracker configuration without the patch refinement")
+    p.add_argument("--patch-angles", type=float, nargs="+",
+                   help="Strecha: also track with patches taken from map views up to each of these angles (degrees; "
+                        "TrackerOptions.max_patch_angle_deg)")
     p.add_argument("--baseline-every", type=int, default=1, help="localize every n-th frame per frame")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cache", default="/tmp/pylocalize-bench-tracking", help="folder for the built map")

@@ -7,7 +7,8 @@ is known to a pixel or two, every map point that frame sees can be found again t
 fraction of a pixel by direct alignment (the final step of PTAM and SVO): its patch, as a
 map image saw it, is warped into the frame's view and aligned there by Lucas-Kanade on
 normalized intensities (the core's ``align_patches``), and the pose is refined on those
-positions.
+positions, each weighted by its alignment's information (its inverse covariance: a corner
+pins both coordinates, an edge-like patch only the one across it).
 
 A map keeps one patch per observation of a 3D point (:meth:`Map.add_patches
 <pylocalize.localization.map.Map.add_patches>`): ``PATCH_SIZE`` x ``PATCH_SIZE`` pixels of

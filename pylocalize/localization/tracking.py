@@ -22,7 +22,8 @@ drifts) but spends on it what tracking needs, not what a photo from nowhere need
 6. *sub-pixel refinement* (:mod:`~pylocalize.localization.patches`), where the map holds
    image patches of its points (:meth:`Map.add_patches`): each point in view, its patch
    warped into the frame by the pose found and aligned there by Lucas-Kanade, then the pose
-   refined on those positions: precise where fast keypoints are not (benchmarks/README.md);
+   refined on those positions, weighted by each alignment's information: precise where fast
+   keypoints are not (benchmarks/README.md);
 7. *relocalization*, when tracking is lost (first frame, a teleported "kidnapped" robot, a
    long gap): the full pipeline, CANN retrieval over the map (:meth:`Map.localize_features`
    on the frame's features, then :meth:`Map.localize` on the full frame).
