@@ -176,8 +176,11 @@ class TrackerOptions:
         Inlier threshold of the refinement on aligned patches.
     max_patch_angle_deg : float
         A point's patch is used only if a map image saw it from within this angle of the
-        frame's viewing direction (a video's frames lie between map images; a photo metres
-        from every map image is refined on its features alone).
+        frame's viewing direction (the nearest such view's patch is taken). Beyond, the warp
+        of a plane facing that view misshapes the patch; within, the correlation gate and
+        the information weights drop or discount the patches it still misshapes (45 degrees
+        refines a walk's frames far from every map view and leaves the Strecha photos as
+        20 did, benchmarks/README.md).
     min_patch_share : float
         The patches' pose replaces the features' only if at least this share of the
         features' inliers (at most ``max_patches`` of them; and ``min_inliers``) align as
@@ -205,7 +208,7 @@ class TrackerOptions:
     patches: Optional[str] = "sift"
     min_zncc: float = 0.8
     patch_error_px: float = 1.0
-    max_patch_angle_deg: float = 20.0
+    max_patch_angle_deg: float = 45.0
     min_patch_share: float = 0.5
     max_patches: int = 1000
 
