@@ -17,9 +17,11 @@ from pylocalize.localization import Map
 from pylocalize.localization.patches import (
     PATCH_SIZE,
     align_patches,
+    align_patches_fitted,
     local_affines,
     prepare_image,
     sample_patches,
+    template_fits,
 )
 from pylocalize.localization.tracking import Tracker, TrackerOptions, project_points, spread_evenly
 from pylocalize.localization.triangulation import camera_centres
@@ -75,6 +77,33 @@ def test_alignment_resamples_the_reference_under_its_warp():
     xy0, zncc0, converged0, _ = align_patches(frame, references, np.tile(IDENTITY, (50, 1)), in_frame + 1.0)
     assert np.median(zncc[converged]) > 0.98 and np.median(zncc0) < np.median(zncc[converged]) - 0.1
     assert np.median(np.linalg.norm(xy0 - in_frame, axis=1)) > 2 * np.median(np.linalg.norm(xy - in_frame, axis=1))
+
+
+def test_fitted_alignment_takes_the_largest_template_the_warp_keeps_inside():
+    """Identity and 1.6x warps fit a 10 x 10 template in a 16 x 16 patch (4.5 x 1.6 = 7.2 px
+    of its 7.5); a 1.8x warp only an 8 x 8 one; 2.5x neither. Each patch's result is that of
+    align_patches with the size it fits."""
+    import cv2
+
+    warps = np.array([IDENTITY, [1.6, 0, 0, 1.6], [1.8, 0, 0, 1.8], [2.5, 0, 0, 2.5]])
+    assert template_fits(warps, 10).tolist() == [True, True, False, False]
+    assert template_fits(warps, 8).tolist() == [True, True, True, False]
+    image = _texture(8, (300, 300))
+    rng = np.random.default_rng(8)
+    truth = rng.uniform(110, 190, (40, 2))
+    references = sample_patches(image, truth)
+    scale = np.repeat([1.0, 1.6, 1.8, 2.5], 10)  # the frame shrinks the image by the warp's factor about each point
+    frames = {s: cv2.resize(image, None, fx=1 / s, fy=1 / s, interpolation=cv2.INTER_AREA)
+              for s in (1.0, 1.6, 1.8, 2.5)}
+    for s in frames:
+        rows = scale == s
+        start = (truth[rows] + 0.5) / s - 0.5 + 0.3
+        fitted = align_patches_fitted(frames[s], references[rows], np.tile([s, 0, 0, s], (10, 1)), start)
+        size = 10 if s <= 1.6 else 8
+        alone = align_patches(frames[s], references[rows], np.tile([s, 0, 0, s], (10, 1)), start, template_size=size)
+        for got, want in zip(fitted, alone):
+            np.testing.assert_array_equal(got, want)
+        assert fitted[2].mean() > (0.8 if s < 2.5 else -1) and (s < 2.5 or not fitted[2].any())
 
 
 def test_alignment_refuses_flat_patches_the_border_and_bad_input():

@@ -37,6 +37,10 @@ from pylocalize.geometry import Camera
 PATCH_SIZE = 16
 # side of the template aligned in the frame (PTAM's and SVO's 8 x 8)
 TEMPLATE_SIZE = 8
+# sides of the templates a tracker tries, largest first, each where the patch's warp keeps it
+# inside the stored patch (:func:`align_patches_fitted`): 10 x 10 measured 0.94x the error of
+# 8 x 8 between map views, but does not fit the wider warps far from them
+TEMPLATE_SIZES = (10, TEMPLATE_SIZE)
 # Gaussian blur (sigma, pixels) of map images and frames before patches are cut and aligned:
 # it widens Lucas-Kanade's basin and tames aliasing when a patch is resampled
 BLUR_SIGMA = 0.7
@@ -179,3 +183,33 @@ def align_patches(image: np.ndarray, references: np.ndarray, affines: np.ndarray
                                                            int(max_iterations), 1.0, 0.01, float(max_shift_px),
                                                            float(min_stddev))
     return xy, zncc, converged, information[:, [0, 1, 1, 2]].reshape(-1, 2, 2)
+
+
+def template_fits(affines: np.ndarray, template_size: int, ref_size: int = PATCH_SIZE) -> np.ndarray:
+    """Whether a ``template_size`` template, warped by each of ``affines`` (n, 4), lies inside
+    a stored patch of side ``ref_size`` (the core refuses a template that does not)."""
+    half = 0.5 * (template_size - 1)
+    corners = np.array([[-half, -half], [half, -half], [-half, half], [half, half]])
+    warped = np.einsum("nij,cj->nci", np.asarray(affines, dtype=np.float64).reshape(-1, 2, 2), corners)
+    return (np.abs(warped) <= 0.5 * (ref_size - 1)).all(axis=(1, 2))
+
+
+def align_patches_fitted(image: np.ndarray, references: np.ndarray, affines: np.ndarray, start_xy: np.ndarray,
+                         template_sizes: Sequence[int] = TEMPLATE_SIZES, **options):
+    """:func:`align_patches`, each patch with the largest of ``template_sizes`` that its warp
+    keeps inside its stored patch (the last size for those no size fits, which the core then
+    reports as not converged). More pixels make a more precise position; a frame far from
+    every map view (a wide warp) still gets the smaller template. Same returns."""
+    affines = np.asarray(affines, dtype=np.float64).reshape(-1, 4)
+    n = len(affines)
+    xy, zncc = np.zeros((n, 2)), np.zeros(n, np.float32)
+    converged, information = np.zeros(n, bool), np.zeros((n, 2, 2))
+    left = np.ones(n, bool)
+    for k, size in enumerate(template_sizes):
+        rows = np.flatnonzero(left & (template_fits(affines, size, references.shape[-1])
+                                      if k + 1 < len(template_sizes) else True))
+        if len(rows):
+            xy[rows], zncc[rows], converged[rows], information[rows] = align_patches(
+                image, references[rows], affines[rows], np.asarray(start_xy)[rows], template_size=size, **options)
+        left[rows] = False
+    return xy, zncc, converged, information

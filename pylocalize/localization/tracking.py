@@ -55,7 +55,7 @@ from pylocalize.geometry.absolute_pose import estimate_absolute_pose, refine_abs
 from pylocalize.geometry.camera import Camera
 from pylocalize.geometry.poses import compose_poses, invert_pose, motion_power
 from pylocalize.localization.map import FeatureLayer, Map, QueryCamera
-from pylocalize.localization.patches import align_patches, local_affines, prepare_image
+from pylocalize.localization.patches import align_patches_fitted, local_affines, prepare_image
 from pylocalize.localization.triangulation import camera_centres
 
 logger = logging.getLogger(__name__)
@@ -650,7 +650,7 @@ class Tracker:
         the patch of the observing image that saw it from the direction nearest the frame's,
         if within ``max_patch_angle_deg`` (a patch warped across a wider angle, under the
         assumption of a plane facing its image, would pull the point off), warped by
-        :func:`local_affines` and aligned near its projection (:func:`align_patches`); those
+        :func:`local_affines` and aligned near its projection (:func:`align_patches_fitted`); those
         aligning with enough correlation are the 2D points of a Cauchy-robust refinement from
         the pose, each weighted by its alignment's information (a corner counts in both
         directions, an edge across it only, a close match more than a poor one).
@@ -691,7 +691,7 @@ class Tracker:
         for i in np.unique(owner):
             here = owner == i
             references[here] = patches[i][row[here]]
-        xy, zncc, converged, information = align_patches(prepare_image(image), references, affines, start)
+        xy, zncc, converged, information = align_patches_fitted(prepare_image(image), references, affines, start)
         good = valid & converged & (zncc >= o.min_zncc)
         if good.sum() < min_patches:
             return cam_from_world, 0
