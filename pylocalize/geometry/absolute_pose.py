@@ -340,17 +340,22 @@ def _gauss_newton_pose(points2D: np.ndarray, points3D: np.ndarray, K: np.ndarray
                 step = -np.linalg.solve(H + damping * np.diag(np.diag(H) + 1e-12), g)
             except np.linalg.LinAlgError:
                 return None
+            if np.abs(step).max() < tolerance:
+                # converged: a step this small moves nothing (and at the minimum, rounding can
+                # make it raise the cost, which would only raise the damping step after step)
+                return np.c_[R, t]
             rotation = so3_exp(step[:3])
             R_new, t_new = rotation @ R, rotation @ t + step[3:]
             p_new, r_new = residuals(R_new, t_new)
-            if p_new is not None and cost(r_new) <= current:
+            new_cost = cost(r_new) if p_new is not None else np.inf
+            if new_cost <= current:
                 break
             damping *= 10.0
             if damping > 1e6:
                 return np.c_[R, t]  # no step lowers the cost: at the minimum
         R, t, p, r, damping = R_new, t_new, p_new, r_new, max(damping / 10.0, 1e-9)
-        previous, current = current, cost(r)
-        if np.abs(step).max() < tolerance or previous - current < 1e-6 * previous:
+        previous, current = current, new_cost
+        if previous - current < 1e-5 * previous:
             break
     return np.c_[R, t]
 
