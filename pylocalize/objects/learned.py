@@ -411,6 +411,55 @@ def correspondence_loss(query_desc, template_desc, query_xyz: np.ndarray, query_
     return -(torch.from_numpy(target) * torch.log_softmax(logits, 1)).sum(1).mean()
 
 
+def _checked_training_options(mesh, size: int, crop: Optional[int], steps: int, seconds: Optional[float],
+                              batch_pairs: int, num_pairs: int) -> int:
+    """The training crop (default the smaller of 192 and ``size``), once every option of
+    :func:`train_object_descriptor` is checked."""
+    if len(mesh.faces) == 0:
+        raise ValueError("the mesh has no faces: nothing to render")
+    crop = min(192, size) if crop is None else int(crop)
+    if crop % STRIDE or not STRIDE * 4 <= crop <= size:
+        raise ValueError(f"crop must be a multiple of {STRIDE} between {4 * STRIDE} and size={size}, got {crop}")
+    if size % STRIDE:
+        raise ValueError(f"size must be a multiple of {STRIDE}, got {size}")
+    if steps < 1 or batch_pairs < 1 or num_pairs < 1:
+        raise ValueError(f"steps, batch_pairs and num_pairs must be >= 1, got {steps}, {batch_pairs}, {num_pairs}")
+    if seconds is not None and seconds <= 0:
+        raise ValueError(f"seconds must be > 0 or None, got {seconds}")
+    return crop
+
+
+def _learning_rate(base: float, step: int, steps: int, elapsed: float, seconds: Optional[float]) -> float:
+    """Warm-up over 20 steps, then cosine decay over whichever budget, ``steps`` or
+    ``seconds``, runs out first."""
+    done = max(step / steps, 0.0 if seconds is None else elapsed / seconds)
+    return base * min(1.0, (step + 1) / 20) * 0.5 * (1 + np.cos(np.pi * min(done, 1.0)))
+
+
+def _training_step(net, optimizer, batch, sigma: float, temperature: float, samples: int, rng) -> Optional[float]:
+    """One optimizer step on a batch of augmented view pairs (:func:`_pair_batch`); its loss,
+    or None when no pair had a cell to learn from."""
+    torch = _torch()
+    images = np.stack([b[0] for b in batch] + [b[1] for b in batch])
+    desc = net(_to_tensor(images))
+    # every query cell against the template cells of every pair of the batch: the other
+    # pairs' views (anywhere on the view sphere) teach descriptors to differ across the whole
+    # object, which template retrieval needs, not only between nearby views
+    templates = desc[len(batch):].permute(1, 0, 2, 3).reshape(desc.shape[1], -1)
+    template_xyz = np.concatenate([b[5].reshape(-1, 3) for b in batch])
+    template_valid = np.concatenate([b[4].ravel() for b in batch])
+    terms = [correspondence_loss(desc[i], templates, b[3], b[2], template_xyz, template_valid, sigma,
+                                 temperature, samples, rng) for i, b in enumerate(batch)]
+    terms = [t for t in terms if t is not None]
+    if not terms:
+        return None
+    loss = torch.stack(terms).mean()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
 def train_object_descriptor(mesh, backgrounds=None, steps: int = 2000, seconds: Optional[float] = 240.0,
                             seed: int = 0, progress: bool = False, dim: int = 48, width: int = 32,
                             size: int = 420, padding: float = 0.2, crop: Optional[int] = None, batch_pairs: int = 4,
@@ -451,20 +500,11 @@ def train_object_descriptor(mesh, backgrounds=None, steps: int = 2000, seconds: 
     from tqdm import tqdm
 
     from pylocalize.render import load_mesh
+    from pylocalize.training import flush_denormals, torch_threads
+
     if not hasattr(mesh, "faces"):
         mesh = load_mesh(mesh)
-    if len(mesh.faces) == 0:
-        raise ValueError("the mesh has no faces: nothing to render")
-    crop = min(192, size) if crop is None else int(crop)
-    if crop % STRIDE or not STRIDE * 4 <= crop <= size:
-        raise ValueError(f"crop must be a multiple of {STRIDE} between {4 * STRIDE} and size={size}, got {crop}")
-    if size % STRIDE:
-        raise ValueError(f"size must be a multiple of {STRIDE}, got {size}")
-    if steps < 1 or batch_pairs < 1 or num_pairs < 1:
-        raise ValueError(f"steps, batch_pairs and num_pairs must be >= 1, got {steps}, {batch_pairs}, {num_pairs}")
-    if seconds is not None and seconds <= 0:
-        raise ValueError(f"seconds must be > 0 or None, got {seconds}")
-    from pylocalize.training import flush_denormals, torch_threads
+    crop = _checked_training_options(mesh, size, crop, steps, seconds, batch_pairs, num_pairs)
 
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -484,40 +524,23 @@ def train_object_descriptor(mesh, backgrounds=None, steps: int = 2000, seconds: 
         bar = tqdm(total=steps, desc="learned descriptor: training", disable=not progress, leave=False)
         step = 0
         while step < steps and (seconds is None or time.perf_counter() - rendered < seconds):
-            # warm-up, then cosine decay over whichever budget, steps or seconds, runs out first
-            done = max(step / steps, 0.0 if seconds is None else (time.perf_counter() - rendered) / seconds)
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate * min(1.0, (step + 1) / 20) * 0.5 * (1 + np.cos(np.pi * min(done, 1.0)))
+                group["lr"] = _learning_rate(learning_rate, step, steps, time.perf_counter() - rendered, seconds)
             batch = [b for b in (_pair_batch(pairs[i], bgs, crop, size, rng)
                                  for i in rng.integers(len(pairs), size=batch_pairs)) if b is not None]
             if not batch:
                 continue
-            images = np.stack([b[0] for b in batch] + [b[1] for b in batch])
-            desc = net(_to_tensor(images))
-            # every query cell against the template cells of every pair of the batch: the
-            # other pairs' views (anywhere on the view sphere) teach descriptors to differ
-            # across the whole object, which template retrieval needs, not only between
-            # nearby views
-            templates = desc[len(batch):].permute(1, 0, 2, 3).reshape(desc.shape[1], -1)
-            template_xyz = np.concatenate([b[5].reshape(-1, 3) for b in batch])
-            template_valid = np.concatenate([b[4].ravel() for b in batch])
-            terms = [correspondence_loss(desc[i], templates, b[3], b[2], template_xyz, template_valid, sigma,
-                                         temperature, samples, rng) for i, b in enumerate(batch)]
-            terms = [t for t in terms if t is not None]
-            if terms:
-                loss = torch.stack(terms).mean()
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                losses.append(float(loss.detach()))
+            loss = _training_step(net, optimizer, batch, sigma, temperature, samples, rng)
+            if loss is not None:
+                losses.append(loss)
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
             step += 1
             bar.update(1)
         bar.close()
         net.eval()
+        first, last = (np.mean(losses[:20]), np.mean(losses[-20:])) if losses else (np.nan, np.nan)
         logger.info("learned descriptor: %d steps in %.1f s, loss %.3f -> %.3f", step,
-                    time.perf_counter() - rendered, np.mean(losses[:20]) if losses else float("nan"),
-                    np.mean(losses[-20:]) if losses else float("nan"))
+                    time.perf_counter() - rendered, first, last)
     extractor = LearnedPatchExtractor.from_network(net, dim, width, patch_size)
     extractor.training_seconds = {"rendering": rendered - start, "training": time.perf_counter() - rendered,
                                   "steps": step}

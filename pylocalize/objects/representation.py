@@ -420,17 +420,7 @@ class ObjectRepresentation:
             ``"bow"`` for files saved before them.
         """
         K, image, mask = _checked_query(image, K, mask)
-        if retrieval is None:
-            retrieval = "bow+line2d" if self.orientation is not None else "bow"
-        if retrieval not in RETRIEVALS:
-            raise ValueError(f"retrieval must be one of {RETRIEVALS}, got {retrieval!r}")
-        if retrieval != "bow" and self.orientation is None:
-            raise ValueError(f"retrieval={retrieval!r} needs orientation features, which this representation "
-                             "(saved before them) lacks: onboard the object again, or use retrieval='bow'")
-        if select not in SELECTION_RULES:
-            raise ValueError(f"select must be 'featuremetric' or 'inliers', got {select!r}")
-        if segment not in SEGMENTATIONS:
-            raise ValueError(f"segment must be one of {SEGMENTATIONS}, got {segment!r}")
+        retrieval = self._checked_estimate_options(retrieval, select, segment)
         box, reason = _object_box(mask, bbox)
         if box is None:
             return ObjectPose(False, reason=reason)
@@ -465,6 +455,22 @@ class ObjectRepresentation:
         return ObjectPose(True, R=R, t=t, score=best.inlier_ratio, num_inliers=best.num_inliers,
                           num_matches=best.num_matches, templates=ranked, template=best.template, R_coarse=best.R,
                           t_coarse=best.t, timings=timings, hypotheses=hypotheses)
+
+    def _checked_estimate_options(self, retrieval: Optional[str], select: str, segment: str) -> str:
+        """The retrieval :meth:`estimate` runs (its default where None), once the options are
+        checked against their choices and this representation."""
+        if retrieval is None:
+            retrieval = "bow+line2d" if self.orientation is not None else "bow"
+        if retrieval not in RETRIEVALS:
+            raise ValueError(f"retrieval must be one of {RETRIEVALS}, got {retrieval!r}")
+        if retrieval != "bow" and self.orientation is None:
+            raise ValueError(f"retrieval={retrieval!r} needs orientation features, which this representation "
+                             "(saved before them) lacks: onboard the object again, or use retrieval='bow'")
+        if select not in SELECTION_RULES:
+            raise ValueError(f"select must be 'featuremetric' or 'inliers', got {select!r}")
+        if segment not in SEGMENTATIONS:
+            raise ValueError(f"segment must be one of {SEGMENTATIONS}, got {segment!r}")
+        return retrieval
 
     def crop_query(self, image: np.ndarray, K: np.ndarray, box, mask: Optional[np.ndarray], extractor,
                    erode_px: int = 3) -> QueryPatches:
