@@ -15,8 +15,8 @@ A map keeps one patch per observation of a 3D point (:meth:`Map.add_patches
 the (slightly blurred) map image, centred on the keypoint of the observation
 (:func:`observation_patches` says why). The frame is blurred alike, then each patch warped
 under the local affine map between the views that the plane through the point facing the map
-image induces, and the ``TEMPLATE_SIZE`` x ``TEMPLATE_SIZE`` template aligned near the
-point's projection.
+image induces, and a square template aligned near the point's projection (the largest of
+``TEMPLATE_SIZES`` that the warp keeps inside the patch, :func:`align_patches_fitted`).
 
 In ``map.pyloc`` the patches of layer ``NAME`` are the sections ``patches.NAME.counts``
 (patches per image) and ``patches.NAME.data`` (uint8 (n, size, size), the observed features

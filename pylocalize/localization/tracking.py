@@ -188,7 +188,7 @@ class TrackerOptions:
     max_patches : int
         Patches aligned per frame at most, spread evenly over the image (a grid's cells take
         turns): the pose's error falls with their number, their cost grows with it (1,000
-        patches: ~20 ms; benchmarks/README.md).
+        patches: ~15 ms a frame; benchmarks/README.md).
     """
 
     scale: float = 0.5
