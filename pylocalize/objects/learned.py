@@ -436,6 +436,11 @@ def _learning_rate(base: float, step: int, steps: int, elapsed: float, seconds: 
     return base * min(1.0, (step + 1) / 20) * 0.5 * (1 + np.cos(np.pi * min(done, 1.0)))
 
 
+def _log_training_end(steps: int, seconds: float, losses) -> None:
+    first, last = (np.mean(losses[:20]), np.mean(losses[-20:])) if losses else (np.nan, np.nan)
+    logger.info("learned descriptor: %d steps in %.1f s, loss %.3f -> %.3f", steps, seconds, first, last)
+
+
 def _training_step(net, optimizer, batch, sigma: float, temperature: float, samples: int, rng) -> Optional[float]:
     """One optimizer step on a batch of augmented view pairs (:func:`_pair_batch`); its loss,
     or None when no pair had a cell to learn from."""
@@ -512,17 +517,14 @@ def train_object_descriptor(mesh, backgrounds=None, steps: int = 2000, seconds: 
         start = time.perf_counter()
         bgs = background_images(backgrounds, size, rng)
         pairs = render_pairs(mesh, num_pairs, size, padding, max_degrees, rng, progress)
-        # a template pixel spans about diameter * (1 + padding) / size model units
-        sigma = sigma_px * float(mesh.extent) * (1 + padding) / size
+        sigma = sigma_px * float(mesh.extent) * (1 + padding) / size  # a template pixel, in model units
         rendered = time.perf_counter()
-        logger.info("learned descriptor: %d view pairs rendered in %.1f s over %d backgrounds; training up to %d "
-                    "steps / %s s on %d threads", num_pairs, rendered - start, len(bgs), steps,
-                    "no limit" if seconds is None else f"{seconds:.0f}", torch.get_num_threads())
+        logger.info("learned descriptor: %d view pairs in %.1f s, %d backgrounds; up to %d steps / %s s, %d threads",
+                    num_pairs, rendered - start, len(bgs), steps, seconds or "no limit", torch.get_num_threads())
         net = build_network(dim, width)
         optimizer = torch.optim.Adam(net.parameters(), lr=learning_rate)
-        losses = []
+        losses, step = [], 0
         bar = tqdm(total=steps, desc="learned descriptor: training", disable=not progress, leave=False)
-        step = 0
         while step < steps and (seconds is None or time.perf_counter() - rendered < seconds):
             for group in optimizer.param_groups:
                 group["lr"] = _learning_rate(learning_rate, step, steps, time.perf_counter() - rendered, seconds)
@@ -538,9 +540,7 @@ def train_object_descriptor(mesh, backgrounds=None, steps: int = 2000, seconds: 
             bar.update(1)
         bar.close()
         net.eval()
-        first, last = (np.mean(losses[:20]), np.mean(losses[-20:])) if losses else (np.nan, np.nan)
-        logger.info("learned descriptor: %d steps in %.1f s, loss %.3f -> %.3f", step,
-                    time.perf_counter() - rendered, first, last)
+        _log_training_end(step, time.perf_counter() - rendered, losses)
     extractor = LearnedPatchExtractor.from_network(net, dim, width, patch_size)
     extractor.training_seconds = {"rendering": rendered - start, "training": time.perf_counter() - rendered,
                                   "steps": step}

@@ -420,13 +420,10 @@ class ObjectRepresentation:
             ``"bow"`` for files saved before them.
         """
         K, image, mask = _checked_query(image, K, mask)
-        retrieval = self._checked_estimate_options(retrieval, select, segment)
+        retrieval, extractor = self._checked_estimate_options(retrieval, select, segment, extractor)
         box, reason = _object_box(mask, bbox)
         if box is None:
             return ObjectPose(False, reason=reason)
-        extractor = extractor or self.default_extractor()
-        if extractor.patch_size != self.patch_size:
-            raise ValueError(f"extractor patch size {extractor.patch_size} != onboarding {self.patch_size}")
         timings = {}
         clock = _Stopwatch()
         if mask is None and segment == "grabcut":
@@ -456,9 +453,9 @@ class ObjectRepresentation:
                           num_matches=best.num_matches, templates=ranked, template=best.template, R_coarse=best.R,
                           t_coarse=best.t, timings=timings, hypotheses=hypotheses)
 
-    def _checked_estimate_options(self, retrieval: Optional[str], select: str, segment: str) -> str:
-        """The retrieval :meth:`estimate` runs (its default where None), once the options are
-        checked against their choices and this representation."""
+    def _checked_estimate_options(self, retrieval: Optional[str], select: str, segment: str, extractor):
+        """The retrieval and the extractor :meth:`estimate` runs (their defaults where None),
+        once the options are checked against their choices and this representation."""
         if retrieval is None:
             retrieval = "bow+line2d" if self.orientation is not None else "bow"
         if retrieval not in RETRIEVALS:
@@ -470,7 +467,10 @@ class ObjectRepresentation:
             raise ValueError(f"select must be 'featuremetric' or 'inliers', got {select!r}")
         if segment not in SEGMENTATIONS:
             raise ValueError(f"segment must be one of {SEGMENTATIONS}, got {segment!r}")
-        return retrieval
+        extractor = extractor or self.default_extractor()
+        if extractor.patch_size != self.patch_size:
+            raise ValueError(f"extractor patch size {extractor.patch_size} != onboarding {self.patch_size}")
+        return retrieval, extractor
 
     def crop_query(self, image: np.ndarray, K: np.ndarray, box, mask: Optional[np.ndarray], extractor,
                    erode_px: int = 3) -> QueryPatches:
