@@ -8,10 +8,17 @@ the items are split into chunks, one Ray task each, a few per CPU of the cluster
 chunk does not hold the others back. Each task runs the core on one thread, the CPU Ray gave
 it. Results come back in item order; an exception of the function is raised as it was raised
 in the task (not Ray's wrapping of it). Ray is imported when ``map`` runs.
+
+Tasks are never cancelled: in Ray 2.60 ``ray.cancel`` of a task whose reply is on its way
+aborts the driver process (a failed check, "Tried to complete task that was not pending", in
+the core worker's task manager; 30 maps that raise reproduce it). So at most twice the
+cluster's task slots are in flight, and a map that stops early (the function raised, or the
+caller left the generator) submits no more and lets those few finish unobserved.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import math
 from typing import Callable, Iterable, Iterator, Optional
@@ -65,7 +72,8 @@ class RayExecutor:
     def map(self, function: Callable, items: Iterable) -> Iterator:
         """``function(item)`` of every item, computed as Ray tasks; yields the results in order.
 
-        The tasks are submitted at once; a generator left early cancels those not yet done.
+        Chunks are submitted as earlier ones are read, at most twice the cluster's task slots
+        ahead; a generator left early submits no more (see the module's note on cancelling).
         """
         items = list(items)
         return self._results(function, items) if items else iter(())
@@ -74,23 +82,26 @@ class RayExecutor:
         from ray.exceptions import RayTaskError
 
         ray = connect(self.address)
-        size = math.ceil(len(items) / (self.num_workers * self.chunks_per_cpu))
+        workers = self.num_workers
+        size = math.ceil(len(items) / (workers * self.chunks_per_cpu))
         function_ref = ray.put(function)
         remote = _remote_apply(ray, self.num_cpus)
-        refs = [remote.remote(function_ref, items[i:i + size]) for i in range(0, len(items), size)]
-        done = 0
-        try:
-            for ref in refs:
-                try:
-                    chunk = ray.get(ref)
-                except RayTaskError as error:  # the function's own exception, as it raised it
-                    cause = getattr(error, "cause", None)
-                    raise (cause if isinstance(cause, Exception) else error) from None
-                done += 1
-                yield from chunk
-        finally:
-            for ref in refs[done:]:
-                ray.cancel(ref)
+        starts = iter(range(0, len(items), size))
+        in_flight = collections.deque()
+        for start in starts:
+            in_flight.append(remote.remote(function_ref, items[start:start + size]))
+            if len(in_flight) == 2 * workers:
+                break
+        while in_flight:
+            try:
+                chunk = ray.get(in_flight.popleft())
+            except RayTaskError as error:  # the function's own exception, as it raised it
+                cause = getattr(error, "cause", None)
+                raise (cause if isinstance(cause, Exception) else error) from None
+            start = next(starts, None)
+            if start is not None:
+                in_flight.append(remote.remote(function_ref, items[start:start + size]))
+            yield from chunk
 
 
 __all__ = ["RayExecutor"]
