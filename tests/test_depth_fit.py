@@ -9,7 +9,7 @@ import pytest
 
 from pylocalize.datasets.synthetic import textured_box_object
 from pylocalize.geometry import look_at
-from pylocalize.objects.depth import refine_with_depth
+from pylocalize.objects.depth import depth_agreement, pose_from_depth, refine_with_depth
 from pylocalize.render import Renderer
 
 K = np.array([[600.0, 0, 319.5], [0, 600.0, 239.5], [0, 0, 1]])
@@ -71,3 +71,24 @@ def test_inputs_it_cannot_use_are_errors(scene):
         refine_with_depth(mesh, K, depth, R[:2], t)
     with pytest.raises(ValueError, match="meets no measured depth"):  # the model beside the object
         refine_with_depth(mesh, K, depth, R, t + np.array([600.0, 0, 0]))
+
+
+def test_agreement_counts_the_pixels_the_occluder_leaves(scene):
+    mesh, R, t, depth = scene
+    clean = np.squeeze(Renderer(640, 480, K).render(mesh, np.c_[R, t], outputs=("depth",)).depth)
+    seen = (clean > 0) & (depth > 0)
+    expected = (np.abs(clean[seen] - depth[seen]) < 10.0).mean()  # the occluded quarter is 60 mm off
+    assert depth_agreement(mesh, K, depth, R, t, 10.0) == pytest.approx(expected, abs=1e-6)
+    assert 0.7 < expected < 0.8
+    assert depth_agreement(mesh, K, depth, R, t + np.array([600.0, 0, 0]), 10.0) == 0.0
+
+
+def test_pose_from_depth_picks_the_start_the_depth_supports(scene):
+    mesh, R, t, depth = scene
+    turned = _axis_angle(R.T @ np.array([0.0, 0.0, 1.0]), 180.0)  # about the box's axis seen edge-on
+    starts = [(R @ turned, t), (_axis_angle((1, 0, 1), 8.0) @ R, t + np.array([5.0, -3.0, 20.0])),
+              (R, t + np.array([600.0, 0, 0]))]
+    fit, agreement = pose_from_depth(mesh, K, depth, starts, tolerance=10.0)
+    assert _rotation_deg(fit.R, R) < 0.5 and np.linalg.norm(fit.t - t) < 1.5
+    assert agreement == pytest.approx(depth_agreement(mesh, K, depth, fit.R, fit.t, 10.0))
+    assert pose_from_depth(mesh, K, depth, [(R, t + np.array([600.0, 0, 0]))]) is None

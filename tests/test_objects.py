@@ -164,6 +164,45 @@ def test_cli_estimate_and_overlay(tmp_path, box_and_representation):
     assert drawn.sum() > 100 and (drawn & ~boundary).sum() < 0.05 * drawn.sum()
 
 
+def test_cli_estimate_with_depth_fits_the_pose_to_it(tmp_path, box_and_representation, capsys):
+    """RGB-D: with --depth (and --mesh) the pose is the hypothesis the depth supports best,
+    fitted to it: far closer than the RGB pose; bad depth inputs are errors that say why."""
+    import json
+
+    import trimesh
+    from PIL import Image
+
+    from pylocalize.cli import main
+
+    mesh, rep = box_and_representation
+    pose, image, mask = random_view(mesh, np.random.default_rng(7))
+    depth = Renderer(640, 480, K_QUERY).render(mesh, pose, outputs=("depth",)).depth[0]
+    rep.save(tmp_path / "box.pyloc")
+    trimesh.Trimesh(mesh.vertices, mesh.faces, process=False).export(tmp_path / "box.ply")
+    Image.fromarray(image).save(tmp_path / "query.png")
+    Image.fromarray((mask * 255).astype(np.uint8)).save(tmp_path / "mask.png")
+    Image.fromarray(np.rint(depth * 10).astype(np.uint16)).save(tmp_path / "depth.png")  # 0.1 mm units
+    common = ["objects", "estimate", "--rep", str(tmp_path / "box.pyloc"), "--image", str(tmp_path / "query.png"),
+              "--K", "500,520,319.5,239.5", "--mask", str(tmp_path / "mask.png")]
+    assert main(common + ["--out", str(tmp_path / "rgb.json")]) == 0
+    assert main(common + ["--out", str(tmp_path / "rgbd.json"), "--depth", str(tmp_path / "depth.png"),
+                          "--depth-scale", "0.1", "--mesh", str(tmp_path / "box.ply")]) == 0
+    rgb, rgbd = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("rgb", "rgbd"))
+    assert rgbd["depth"]["used"] and rgbd["depth"]["agreement"] > 0.95
+    centre_mm, rotation_deg = pose_error(np.c_[np.array(rgbd["R"]), np.array(rgbd["t"])], pose)
+    rgb_centre_mm, _ = pose_error(np.c_[np.array(rgb["R"]), np.array(rgb["t"])], pose)
+    assert centre_mm < 1.5 and rotation_deg < 0.3 and centre_mm < rgb_centre_mm, (centre_mm, rotation_deg,
+                                                                                   rgb_centre_mm)
+    capsys.readouterr()
+    assert main(common + ["--out", str(tmp_path / "x.json"), "--depth", str(tmp_path / "depth.png")]) == 2
+    assert "error: --depth needs --mesh" in capsys.readouterr().err
+    Image.fromarray(np.zeros((10, 10), np.uint16)).save(tmp_path / "small.png")
+    assert main(common + ["--out", str(tmp_path / "x.json"), "--depth", str(tmp_path / "small.png"),
+                          "--mesh", str(tmp_path / "box.ply")]) == 2
+    assert "registered to the colour image" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
+
+
 def test_bop_scene_evaluation_through_the_cli(tmp_path, box_and_representation, capsys):
     import trimesh
     from PIL import Image

@@ -114,11 +114,19 @@ def _estimate(args) -> int:
     K = _intrinsics(args.K)
     mask, bbox = _object_region(args)
     extractor = _patch_extractor(rep.extractor_name, args.weights, args.rep)
+    if args.depth and not args.mesh:
+        raise SystemExit("--depth needs --mesh: the fit to the depth renders the onboarded mesh")
+    depth = _depth_image(args) if args.depth else None
+    if depth is not None and depth.shape != image.shape[:2]:
+        raise SystemExit(f"--depth is {depth.shape[1]}x{depth.shape[0]} and the image {image.shape[1]}x"
+                         f"{image.shape[0]}: give the depth registered to the colour image")
     result = rep.estimate(image, K, mask=mask, bbox=bbox, extractor=extractor, segment=args.segment,
                           retrieval=args.retrieval)
     out = {"success": result.success, "reason": result.reason, "score": result.score,
            "inliers": result.num_inliers, "matches": result.num_matches, "templates": result.templates,
            "timings": result.timings}
+    if result.success and depth is not None:
+        _fit_to_depth(result, depth, args.mesh, K, out)
     if result.success:
         out["R"], out["t"] = result.R.tolist(), result.t.tolist()
     write_bytes_atomic(args.out, json.dumps(out, indent=2).encode("utf-8"))
@@ -129,6 +137,38 @@ def _estimate(args) -> int:
         save_pose_overlay(args.viz, image, args.mesh, K, result)
         print(f"overlay -> {args.viz}")
     return 0 if result.success else 1
+
+
+def _depth_image(args):
+    """--depth read as float32 mesh units (times --depth-scale), or ``SystemExit`` naming it."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(args.depth) as im:
+            depth = np.asarray(im).astype(np.float32) * args.depth_scale
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"--depth {args.depth}: cannot read it as an image ({error})") from None
+    if depth.ndim != 2:
+        raise SystemExit(f"--depth {args.depth}: a one-channel depth image is needed, got shape {depth.shape}")
+    return depth
+
+
+def _fit_to_depth(result, depth, mesh_path, K, out: dict) -> None:
+    """Replaces the RGB pose of ``result`` by the one the measured depth supports best among
+    its hypotheses and itself (:func:`~pylocalize.objects.depth.pose_from_depth`), and says so
+    in ``out``; leaves it where no start meets the depth."""
+    from pylocalize.objects.depth import pose_from_depth
+    from pylocalize.render import load_mesh
+
+    starts = [(result.R, result.t)] + [(h.R, h.t) for h in result.hypotheses]
+    best = pose_from_depth(load_mesh(mesh_path), K, depth, starts)
+    if best is None:
+        out["depth"] = {"used": False, "reason": "no hypothesis meets the measured depth"}
+        return
+    fit, agreement = best
+    result.R, result.t = fit.R, fit.t
+    out["depth"] = {"used": True, "agreement": agreement, "iterations": fit.iterations}
 
 
 def _symmetries(args, models: Path):
@@ -208,7 +248,11 @@ def _add_estimate(sub) -> None:
     o.add_argument("--bbox", help="x,y,w,h in pixels")
     o.add_argument("--out", required=True, help="pose JSON (R, t in mesh units, cam_from_model)")
     o.add_argument("--viz", help="PNG: the posed model's contour over the image (needs --mesh)")
-    o.add_argument("--mesh", help="the onboarded mesh, for --viz")
+    o.add_argument("--mesh", help="the onboarded mesh, for --viz and --depth")
+    o.add_argument("--depth", help="depth PNG of the same camera (RGB-D): the pose is then the hypothesis the "
+                                   "measured depth supports best, fitted to it (needs --mesh)")
+    o.add_argument("--depth-scale", type=float, default=1.0,
+                   help="mesh units per depth unit (BOP's depth_scale when the mesh is in mm)")
     o.add_argument("--weights", help="DINOv2 model directory (onboarded with dinov2), or the learned descriptor file "
                         "(onboarded with learned; default: REP.descriptor)")
     _add_segment(o)

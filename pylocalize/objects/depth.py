@@ -14,7 +14,7 @@ measured depth.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -56,26 +56,20 @@ def refine_with_depth(mesh, K, depth, R, t, iterations: int = 30, max_distance: 
 
     Raises ``ValueError`` for a depth image that is not 2D, a pose of the wrong shape, or a
     start where the rendered model meets no measured depth."""
-    from pylocalize.render import Renderer
-
-    depth = np.asarray(depth, np.float32)
-    if depth.ndim != 2:
-        raise ValueError(f"depth must be an (H, W) image, got shape {depth.shape}")
-    K = np.asarray(K, np.float64)
-    R, t = np.asarray(R, np.float64), np.asarray(t, np.float64).reshape(-1)
-    if K.shape != (3, 3) or R.shape != (3, 3) or t.shape != (3,):
-        raise ValueError(f"K and R must be 3x3 and t of length 3, got {K.shape}, {R.shape}, {t.shape}")
+    depth, K, R, t = _checked(depth, K, R, t)
     extent = float(mesh.extent)
     threshold = 0.1 * extent if max_distance is None else float(max_distance)
     floor = 0.01 * extent if min_distance is None else float(min_distance)
-    renderer = Renderer(depth.shape[1], depth.shape[0], K, shading="unlit")
+    renderer = _renderer(depth, K)
     t = _along_the_ray_to_the_depth(renderer, mesh, depth, R, t)
     run, share = 0, 0.0
     while run < iterations:
         model, camera, normals, measured = _surface_and_measurements(renderer, mesh, K, depth, R, t)
         if len(model) == 0 or len(measured) == 0:
-            raise ValueError("the model at the starting pose meets no measured depth: start from a pose that "
-                             "overlaps the object in the depth image")
+            if run == 0:
+                raise ValueError("the model at the starting pose meets no measured depth: start from a pose that "
+                                 "overlaps the object in the depth image")
+            break  # a fit from a poor start that drifted off the measurements: its last pose
         nearest, squared = assign(camera, measured, 1)
         distance = np.sqrt(squared)
         keep = distance < threshold
@@ -93,6 +87,67 @@ def refine_with_depth(mesh, K, depth, R, t, iterations: int = 30, max_distance: 
         if moved < 1e-4 * extent:
             break
     return DepthFit(R, t, share, threshold, run)
+
+
+def depth_agreement(mesh, K, depth, R, t, tolerance: float) -> float:
+    """Share of the model's visible pixels at ``[R | t]`` that have a measured depth whose
+    rendered depth lies within ``tolerance`` (mesh units) of it; 0 where none has one."""
+    depth, K, R, t = _checked(depth, K, R, t)
+    return _agreement(_renderer(depth, K), mesh, depth, R, t, tolerance)
+
+
+def pose_from_depth(mesh, K, depth, starts, tolerance: Optional[float] = None, num_fits: int = 3,
+                    iterations: int = 30) -> Optional[Tuple[DepthFit, float]]:
+    """The pose among several starts (``(R, t)`` pairs: an RGB method's hypotheses) that the
+    measured depth supports best: every start moved along its ray onto the depth and scored
+    by :func:`depth_agreement` within ``tolerance`` (default: 5 % of the model's extent), the
+    best ``num_fits`` refined (:func:`refine_with_depth`), and the fit that agrees best
+    returned with its agreement; None when no start meets the measured depth. Cheap scoring
+    first: a fit from a wrong start runs all its iterations."""
+    tolerance = 0.05 * float(mesh.extent) if tolerance is None else float(tolerance)
+    renderer, scored = None, []
+    for R, t in starts:
+        depth, K, R, t = _checked(depth, K, R, t)
+        renderer = renderer or _renderer(depth, K)
+        t = _along_the_ray_to_the_depth(renderer, mesh, depth, R, t)
+        scored.append((_agreement(renderer, mesh, depth, R, t, tolerance), R, t))
+    scored.sort(key=lambda s: -s[0])
+    best = None
+    for agreement, R, t in scored[:num_fits]:
+        if agreement == 0.0:
+            break
+        fit = refine_with_depth(mesh, K, depth, R, t, iterations=iterations)
+        fitted = _agreement(renderer, mesh, depth, fit.R, fit.t, tolerance)
+        if best is None or fitted > best[1]:
+            best = (fit, fitted)
+    return best
+
+
+def _checked(depth, K, R, t):
+    """The inputs as float32 depth and float64 K, R, t, or ``ValueError`` naming the one
+    whose shape is wrong."""
+    depth = np.asarray(depth, np.float32)
+    if depth.ndim != 2:
+        raise ValueError(f"depth must be an (H, W) image, got shape {depth.shape}")
+    K = np.asarray(K, np.float64)
+    R, t = np.asarray(R, np.float64), np.asarray(t, np.float64).reshape(-1)
+    if K.shape != (3, 3) or R.shape != (3, 3) or t.shape != (3,):
+        raise ValueError(f"K and R must be 3x3 and t of length 3, got {K.shape}, {R.shape}, {t.shape}")
+    return depth, K, R, t
+
+
+def _renderer(depth, K):
+    from pylocalize.render import Renderer
+
+    return Renderer(depth.shape[1], depth.shape[0], K, shading="unlit")
+
+
+def _agreement(renderer, mesh, depth, R, t, tolerance: float) -> float:
+    out = renderer.render(mesh, np.c_[R, t], outputs=("mask", "depth"))
+    seen = np.squeeze(out.mask, 0) & (depth > 0)
+    if not seen.any():
+        return 0.0
+    return float((np.abs(np.squeeze(out.depth, 0)[seen] - depth[seen]) < tolerance).mean())
 
 
 def _along_the_ray_to_the_depth(renderer, mesh, depth, R, t) -> np.ndarray:
@@ -143,8 +198,10 @@ def _point_to_plane_step(points: np.ndarray, normals: np.ndarray, targets: np.nd
     residual = np.einsum("ij,ij->i", normals, p - targets)
     weight = np.sqrt(1.0 / (1.0 + (residual / scale) ** 2))
     J = np.c_[np.cross(p, normals), normals]
-    step = np.linalg.lstsq(J * weight[:, None], -residual * weight, rcond=None)[0]
+    # a motion the planes do not see (along the edge where two faces of a box meet) gets no
+    # step: left to the cut-off, noise would move the pose metres along it
+    step = np.linalg.lstsq(J * weight[:, None], -residual * weight, rcond=1e-6)[0]
     return step[:3], step[3:]
 
 
-__all__ = ["DepthFit", "refine_with_depth"]
+__all__ = ["DepthFit", "depth_agreement", "pose_from_depth", "refine_with_depth"]
