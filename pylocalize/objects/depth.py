@@ -10,6 +10,13 @@ kNN), drops pairs farther apart than a threshold that shrinks as the fit converg
 (occluders, background, holes), and moves the pose by the point-to-plane least-squares
 step. The benchmark also uses it to give the real frame a pose reference fitted to its
 measured depth.
+
+With an RGB-D camera, after the RGB estimate (``pylocalize objects estimate --depth`` does
+this)::
+
+    pose = rep.estimate(image, K, bbox=box)
+    starts = [(pose.R, pose.t)] + [(h.R, h.t) for h in pose.hypotheses]
+    fit, agreement = pose_from_depth(mesh, K, depth_mm, starts)
 """
 
 from __future__ import annotations
