@@ -40,7 +40,7 @@ import numpy as np
 
 from pylocalize.geometry import look_at
 from pylocalize.objects import bop, onboard
-from pylocalize.objects.depth import depth_agreement, pose_from_depth
+from pylocalize.objects.depth import depth_agreement, estimate_with_depth, pose_from_depth
 from pylocalize.objects.evaluate import GIVEN, evaluate_scene, metric_points, summarize
 from pylocalize.objects.representation import RETRIEVALS
 from pylocalize.objects.segmentation import SEGMENTATIONS
@@ -174,11 +174,9 @@ def real_photo(rep, mesh, data: Path, out: Path, real, obj_id: int, segment: str
         w = r if k == 0 else rep.estimate(frame, K_frame, bbox=box_frame, segment=segment, **options)
         truth = (Rz @ R_ref, Rz @ t_ref)
         errors["RGB"].append(pose_errors(w.R, w.t, mesh, points, K_frame, depth, *truth) if w.success else None)
-        # RGB-D: the hypothesis the frame's depth supports best, fitted to it
-        best = pose_from_depth(mesh, K_frame, depth, [(w.R, w.t)] + [(h.R, h.t) for h in w.hypotheses],
-                               tolerance=DEPTH_TOLERANCE_MM) if w.success else None
-        errors["RGB-D"].append(pose_errors(best[0].R, best[0].t, mesh, points, K_frame, depth, *truth)
-                               if best else None)
+        # RGB-D: the hypothesis the frame's depth supports best, fitted to it (as `objects estimate --depth`)
+        d, _ = estimate_with_depth(rep, mesh, frame, K_frame, depth, bbox=box_frame, segment=segment, **options)
+        errors["RGB-D"].append(pose_errors(d.R, d.t, mesh, points, K_frame, depth, *truth) if d.success else None)
     e = errors["RGB"][0]
     print(f"  photo: rotation {e['rotation_deg']:.1f} deg, MSPD {e['mspd_px']:.1f} px, depth "
           f"{e['depth_agreement_20mm']:.0%} (coarse "

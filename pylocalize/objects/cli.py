@@ -120,13 +120,20 @@ def _estimate(args) -> int:
     if depth is not None and depth.shape != image.shape[:2]:
         raise SystemExit(f"--depth is {depth.shape[1]}x{depth.shape[0]} and the image {image.shape[1]}x"
                          f"{image.shape[0]}: give the depth registered to the colour image")
-    result = rep.estimate(image, K, mask=mask, bbox=bbox, extractor=extractor, segment=args.segment,
-                          retrieval=args.retrieval)
+    options = dict(mask=mask, bbox=bbox, extractor=extractor, segment=args.segment, retrieval=args.retrieval)
+    if depth is None:
+        result = rep.estimate(image, K, **options)
+    else:
+        from pylocalize.objects.depth import estimate_with_depth
+        from pylocalize.render import load_mesh
+
+        result, agreement = estimate_with_depth(rep, load_mesh(args.mesh), image, K, depth, **options)
     out = {"success": result.success, "reason": result.reason, "score": result.score,
            "inliers": result.num_inliers, "matches": result.num_matches, "templates": result.templates,
            "timings": result.timings}
     if result.success and depth is not None:
-        _fit_to_depth(result, depth, args.mesh, K, out)
+        out["depth"] = ({"used": True, "agreement": agreement} if agreement is not None else
+                        {"used": False, "reason": "no hypothesis meets the measured depth: the RGB pose"})
     if result.success:
         out["R"], out["t"] = result.R.tolist(), result.t.tolist()
     write_bytes_atomic(args.out, json.dumps(out, indent=2).encode("utf-8"))
@@ -152,23 +159,6 @@ def _depth_image(args):
     if depth.ndim != 2:
         raise SystemExit(f"--depth {args.depth}: a one-channel depth image is needed, got shape {depth.shape}")
     return depth
-
-
-def _fit_to_depth(result, depth, mesh_path, K, out: dict) -> None:
-    """Replaces the RGB pose of ``result`` by the one the measured depth supports best among
-    its hypotheses and itself (:func:`~pylocalize.objects.depth.pose_from_depth`), and says so
-    in ``out``; leaves it where no start meets the depth."""
-    from pylocalize.objects.depth import pose_from_depth
-    from pylocalize.render import load_mesh
-
-    starts = [(result.R, result.t)] + [(h.R, h.t) for h in result.hypotheses]
-    best = pose_from_depth(load_mesh(mesh_path), K, depth, starts)
-    if best is None:
-        out["depth"] = {"used": False, "reason": "no hypothesis meets the measured depth"}
-        return
-    fit, agreement = best
-    result.R, result.t = fit.R, fit.t
-    out["depth"] = {"used": True, "agreement": agreement, "iterations": fit.iterations}
 
 
 def _symmetries(args, models: Path):

@@ -5,18 +5,14 @@ Where a depth image comes with the photo, the depth pins the object's distance a
 far better than the RGB path's patch matches can: a PnP pose that is right in rotation can
 still be 10 % too near (benchmarks/README.md, the real LINEMOD frame). :func:`refine_with_depth`
 renders the model at the current pose (so only its visible surface takes part), pairs each
-visible model point with the nearest measured point around the object (the core's exact
-kNN), drops pairs farther apart than a threshold that shrinks as the fit converges
-(occluders, background, holes), and moves the pose by the point-to-plane least-squares
-step. The benchmark also uses it to give the real frame a pose reference fitted to its
+visible model point with the nearest measured point in a window around its pixel (the depth
+image is a grid, so no search tree is needed), drops pairs farther apart than a threshold
+that shrinks as the fit converges (occluders, background, holes), and moves the pose by the
+point-to-plane least-squares step. The benchmark also uses it to give the real frame a pose reference fitted to its
 measured depth.
 
-With an RGB-D camera, after the RGB estimate (``pylocalize objects estimate --depth`` does
-this)::
-
-    pose = rep.estimate(image, K, bbox=box)
-    starts = [(pose.R, pose.t)] + [(h.R, h.t) for h in pose.hypotheses]
-    fit, agreement = pose_from_depth(mesh, K, depth_mm, starts)
+With an RGB-D camera: ``pose, agreement = estimate_with_depth(rep, mesh, image, K, depth,
+bbox=box)`` (``pylocalize objects estimate --depth``).
 """
 
 from __future__ import annotations
@@ -25,7 +21,6 @@ from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from pylocalize.index.knn import assign
 from pylocalize.objects.refine import _rotation
 
 
@@ -69,23 +64,25 @@ def refine_with_depth(mesh, K, depth, R, t, iterations: int = 30, max_distance: 
     floor = 0.01 * extent if min_distance is None else float(min_distance)
     renderer = _renderer(depth, K)
     t = _along_the_ray_to_the_depth(renderer, mesh, depth, R, t)
+    cloud = _measured_points(depth, K)
     run, share = 0, 0.0
     while run < iterations:
-        model, camera, normals, measured = _surface_and_measurements(renderer, mesh, K, depth, R, t)
-        if len(model) == 0 or len(measured) == 0:
+        model, camera, normals, pixels = _visible_surface(renderer, mesh, R, t)
+        radius = int(np.clip(np.ceil(threshold * K[0, 0] / max(float(np.median(camera[:, 2])), 1e-9)), 1, 6)) \
+            if len(camera) else 1
+        measured, distance = _nearest_in_window(cloud, camera, pixels, radius)
+        if not np.isfinite(distance).any():
             if run == 0:
                 raise ValueError("the model at the starting pose meets no measured depth: start from a pose that "
                                  "overlaps the object in the depth image")
             break  # a fit from a poor start that drifted off the measurements: its last pose
-        nearest, squared = assign(camera, measured, 1)
-        distance = np.sqrt(squared)
         keep = distance < threshold
         share = float(keep.mean())
         if keep.sum() < 3:
             break
         run += 1
-        centre = camera[keep].mean(0).astype(np.float64)
-        omega, tau = _point_to_plane_step(camera[keep] - centre, normals[keep], measured[nearest[keep]] - centre,
+        centre = camera[keep].mean(0)
+        omega, tau = _point_to_plane_step(camera[keep] - centre, normals[keep], measured[keep] - centre,
                                           threshold / 3)
         dR = _rotation(omega)  # about the surface's centre: far better conditioned than about the camera
         R, t = dR @ R, dR @ (t - centre) + centre + tau
@@ -130,6 +127,31 @@ def pose_from_depth(mesh, K, depth, starts, tolerance: Optional[float] = None, n
     return best
 
 
+# RGB-D estimation scores more PnP hypotheses than RGB alone: the depth, not the
+# featuremetric cost, picks among them (the real LINEMOD frame's 17 warps: 14 within 15
+# degrees and 30 px from 10 hypotheses, 12 from 5; benchmarks/README.md)
+RGBD_TEMPLATES = 10
+
+
+def estimate_with_depth(rep, mesh, image, K, depth, **estimate_options):
+    """The object's pose in an RGB-D frame: :meth:`ObjectRepresentation.estimate
+    <pylocalize.objects.ObjectRepresentation.estimate>` on the colour image (with
+    ``RGBD_TEMPLATES`` hypotheses unless ``num_templates`` is given), then the hypothesis the
+    measured depth supports best, fitted to it (:func:`pose_from_depth`). Returns the
+    estimate with ``R, t`` replaced by the fit, and the fit's depth agreement (None, and the
+    RGB pose, where no hypothesis meets the depth)."""
+    estimate_options.setdefault("num_templates", RGBD_TEMPLATES)
+    result = rep.estimate(image, K, **estimate_options)
+    if not result.success:
+        return result, None
+    best = pose_from_depth(mesh, K, depth, [(result.R, result.t)] + [(h.R, h.t) for h in result.hypotheses])
+    if best is None:
+        return result, None
+    fit, agreement = best
+    result.R, result.t = fit.R, fit.t
+    return result, agreement
+
+
 def _checked(depth, K, R, t):
     """The inputs as float32 depth and float64 K, R, t, or ``ValueError`` naming the one
     whose shape is wrong."""
@@ -169,29 +191,43 @@ def _along_the_ray_to_the_depth(renderer, mesh, depth, R, t) -> np.ndarray:
     return t * (1.0 + gap / t[2])
 
 
-def _surface_and_measurements(renderer, mesh, K, depth, R, t, max_points: int = 4000):
-    """The model's visible surface at ``[R | t]`` (model points float64, the same in the
-    camera frame float32, and their camera-frame normals; at most ``max_points``, evenly
-    strided) and the measured 3D points (camera frame, float32) in the rendered box grown by
-    half its size on each side."""
+def _measured_points(depth: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """The depth image back-projected: camera-frame points (H, W, 3) float64, NaN where the
+    depth is unknown."""
+    h, w = depth.shape
+    v, u = np.mgrid[0:h, 0:w]
+    z = np.where(depth > 0, depth, np.nan).astype(np.float64)
+    return np.stack([(u - K[0, 2]) * z / K[0, 0], (v - K[1, 2]) * z / K[1, 1], z], -1)
+
+
+def _visible_surface(renderer, mesh, R, t, max_points: int = 1500):
+    """The model's visible surface at ``[R | t]``: model points, the same in the camera
+    frame, their camera-frame normals (float64) and their pixels (int, x then y); at most
+    ``max_points``, evenly strided."""
     out = renderer.render(mesh, np.c_[R, t], outputs=("mask", "xyz", "normals"))
     v, u = np.nonzero(np.squeeze(out.mask, 0))
-    if len(v) == 0:
-        empty = np.zeros((0, 3), np.float32)
-        return empty, empty, empty, empty
     step = max(1, len(v) // max_points)
-    model = np.squeeze(out.xyz, 0)[v[::step], u[::step]].astype(np.float64)
-    camera = (model @ R.T + t).astype(np.float32)
-    normals = np.squeeze(out.normals, 0)[v[::step], u[::step]].astype(np.float64)
-    h, w = depth.shape
-    grow_u, grow_v = (u.max() - u.min()) // 2 + 1, (v.max() - v.min()) // 2 + 1
-    u0, u1 = max(0, u.min() - grow_u), min(w, u.max() + grow_u + 1)
-    v0, v1 = max(0, v.min() - grow_v), min(h, v.max() + grow_v + 1)
-    mv, mu = np.nonzero(depth[v0:v1, u0:u1] > 0)
-    mv, mu = mv + v0, mu + u0
-    z = depth[mv, mu].astype(np.float64)
-    measured = np.c_[(mu - K[0, 2]) * z / K[0, 0], (mv - K[1, 2]) * z / K[1, 1], z].astype(np.float32)
-    return model, camera, normals, measured
+    v, u = v[::step], u[::step]
+    model = np.squeeze(out.xyz, 0)[v, u].astype(np.float64)
+    normals = np.squeeze(out.normals, 0)[v, u].astype(np.float64)
+    return model, model @ R.T + t, normals, np.c_[u, v]
+
+
+def _nearest_in_window(cloud: np.ndarray, points: np.ndarray, pixels: np.ndarray, radius: int):
+    """For each camera-frame point, the nearest measured point among the pixels within
+    ``radius`` of its own (the depth image is a grid: a window stands in for a search tree)
+    and the distance to it; inf where the window holds no measurement."""
+    h, w = cloud.shape[:2]
+    offsets = np.arange(-radius, radius + 1)
+    du, dv = (a.ravel() for a in np.meshgrid(offsets, offsets))
+    uu = np.clip(pixels[:, :1] + du, 0, w - 1)
+    vv = np.clip(pixels[:, 1:] + dv, 0, h - 1)
+    candidates = cloud[vv, uu]  # (n, window, 3)
+    squared = np.sum((candidates - points[:, None, :]) ** 2, axis=-1)
+    squared = np.where(np.isnan(squared), np.inf, squared)
+    best = np.argmin(squared, axis=1) if len(points) else np.zeros(0, int)
+    rows = np.arange(len(points))
+    return np.nan_to_num(candidates[rows, best]), np.sqrt(squared[rows, best])
 
 
 def _point_to_plane_step(points: np.ndarray, normals: np.ndarray, targets: np.ndarray, scale: float):
@@ -211,4 +247,5 @@ def _point_to_plane_step(points: np.ndarray, normals: np.ndarray, targets: np.nd
     return step[:3], step[3:]
 
 
-__all__ = ["DepthFit", "depth_agreement", "pose_from_depth", "refine_with_depth"]
+__all__ = ["DepthFit", "RGBD_TEMPLATES", "depth_agreement", "estimate_with_depth", "pose_from_depth",
+           "refine_with_depth"]
