@@ -8,8 +8,9 @@ renders the model at the current pose (so only its visible surface takes part), 
 visible model point with the nearest measured point in a window around its pixel (the depth
 image is a grid, so no search tree is needed), drops pairs farther apart than a threshold
 that shrinks as the fit converges (occluders, background, holes), and moves the pose by the
-point-to-plane least-squares step. The benchmark also uses it to give the real frame a pose reference fitted to its
-measured depth.
+point-to-plane least-squares step. :func:`pose_from_depth` picks among several starts (an
+RGB method's hypotheses) by :func:`depth_agreement`. The benchmark also uses them to give the
+real frame a pose reference fitted to its measured depth.
 
 With an RGB-D camera: ``pose, agreement = estimate_with_depth(rep, mesh, image, K, depth,
 bbox=box)`` (``pylocalize objects estimate --depth``).
@@ -128,13 +129,14 @@ def pose_from_depth(mesh, K, depth, starts, tolerance: Optional[float] = None, n
 
 
 # RGB-D estimation scores more PnP hypotheses than RGB alone: the depth, not the
-# featuremetric cost, picks among them (the real LINEMOD frame's 17 warps: 14 within 15
+# featuremetric cost, picks among them (the real LINEMOD frame's 17 warps: 13 within 15
 # degrees and 30 px from 10 hypotheses, 12 from 5; benchmarks/README.md)
 RGBD_TEMPLATES = 10
 
 
 def estimate_with_depth(rep, mesh, image, K, depth, **estimate_options):
-    """The object's pose in an RGB-D frame: :meth:`ObjectRepresentation.estimate
+    """The object's pose in an RGB-D frame (``depth`` registered to ``image``, in the mesh's
+    units): :meth:`ObjectRepresentation.estimate
     <pylocalize.objects.ObjectRepresentation.estimate>` on the colour image (with
     ``RGBD_TEMPLATES`` hypotheses unless ``num_templates`` is given), then the hypothesis the
     measured depth supports best, fitted to it (:func:`pose_from_depth`). Returns the
@@ -172,6 +174,7 @@ def _renderer(depth, K):
 
 
 def _agreement(renderer, mesh, depth, R, t, tolerance: float) -> float:
+    """:func:`depth_agreement` with a renderer made once for many poses."""
     out = renderer.render(mesh, np.c_[R, t], outputs=("mask", "depth"))
     seen = np.squeeze(out.mask, 0) & (depth > 0)
     if not seen.any():
@@ -231,8 +234,9 @@ def _nearest_in_window(cloud: np.ndarray, points: np.ndarray, pixels: np.ndarray
 
 
 def _point_to_plane_step(points: np.ndarray, normals: np.ndarray, targets: np.ndarray, scale: float):
-    """The small motion ``(omega, tau)`` (a rotation vector and a translation, applied on the
-    left in the camera frame) that best moves each surface point along its normal onto the
+    """The small motion ``(omega, tau)`` (a rotation vector about the points' origin, which the
+    caller puts at their centre, and a translation, in the camera frame) that best moves each
+    surface point along its normal onto the
     plane through its paired measurement: point-to-plane, which lets flat faces slide into
     place where point-to-point pairs hold them back. Residuals are weighted by the Cauchy
     loss of ``scale``: pairs with an occluder or the background, still inside the pairing
