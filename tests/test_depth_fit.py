@@ -92,3 +92,49 @@ def test_pose_from_depth_picks_the_start_the_depth_supports(scene):
     assert _rotation_deg(fit.R, R) < 0.5 and np.linalg.norm(fit.t - t) < 1.5
     assert agreement == pytest.approx(depth_agreement(mesh, K, depth, fit.R, fit.t, 10.0))
     assert pose_from_depth(mesh, K, depth, [(R, t + np.array([600.0, 0, 0]))]) is None
+
+
+def _ellipsoid_scan():
+    """An ellipsoid of 20,480 triangles (axes 90, 60 and 40 mm): a dense scan, which the
+    fits render simplified."""
+    import trimesh
+
+    from pylocalize.render import Mesh
+    from pylocalize.render.mesh import vertex_normals
+
+    sphere = trimesh.creation.icosphere(subdivisions=5)
+    vertices = sphere.vertices * np.array([90.0, 60.0, 40.0])
+    return Mesh(vertices, sphere.faces, vertex_normals=vertex_normals(vertices, sphere.faces))
+
+
+def test_a_dense_scan_is_fitted_on_its_simplified_shape_to_its_full_accuracy():
+    from pylocalize.objects.depth import FIT_TRIANGLES
+
+    rng = np.random.default_rng(5)
+    mesh = _ellipsoid_scan()
+    assert len(mesh.faces) > FIT_TRIANGLES
+    pose = look_at([250.0, 180.0, -320.0])
+    R, t = pose[:, :3], pose[:, 3]
+    depth = np.squeeze(Renderer(640, 480, K).render(mesh, pose, outputs=("depth",)).depth).copy()
+    depth[depth > 0] += rng.normal(0, 0.5, (depth > 0).sum())
+    fit = refine_with_depth(mesh, K, depth, _axis_angle((2, -1, 1), 7.0) @ R, t + np.array([6.0, -4.0, 15.0]))
+    assert _rotation_deg(fit.R, R) < 0.5 and np.linalg.norm(fit.t - t) < 1.0, (_rotation_deg(fit.R, R), fit.t - t)
+    assert fit.inlier_share > 0.9
+    # the agreement pose_from_depth reports is measured on the full mesh, as depth_agreement's
+    best, agreement = pose_from_depth(mesh, K, depth, [(fit.R, fit.t)], tolerance=2.0)
+    assert agreement == pytest.approx(depth_agreement(mesh, K, depth, best.R, best.t, 2.0)) and agreement > 0.9
+
+
+def test_an_object_cut_by_the_image_border_is_fitted():
+    """The fits look only at a window around the object; where the object leaves the
+    image, the window ends at the border and the visible part still decides the pose."""
+    mesh = _ellipsoid_scan()
+    pose = look_at([250.0, 180.0, -320.0])
+    R, t = pose[:, :3], pose[:, 3]
+    centre = R @ mesh.center + t
+    u = K[0, 0] * centre[0] / centre[2] + K[0, 2]
+    t = t + np.array([(620.0 - u) * centre[2] / K[0, 0], 0.0, 0.0])  # its centre 20 px from the border
+    depth = np.squeeze(Renderer(640, 480, K).render(mesh, np.c_[R, t], outputs=("depth",)).depth)
+    assert (depth[:, -1] > 0).sum() > 50  # cut by the border
+    fit = refine_with_depth(mesh, K, depth, _axis_angle((1, 1, 0), 5.0) @ R, t + np.array([4.0, 3.0, -10.0]))
+    assert _rotation_deg(fit.R, R) < 0.5 and np.linalg.norm(fit.t - t) < 1.0, (_rotation_deg(fit.R, R), fit.t - t)

@@ -376,3 +376,31 @@ def test_matches_opengl_reference():
     assert (out.mask == gl_mask).mean() > 0.995  # only silhouette pixels may differ
     both = out.mask & gl_mask
     assert np.abs(out.rgb[both].astype(int) - gl_rgb[both].astype(int)).mean() < 2.0
+
+
+def _ellipsoid(subdivisions=5, axes=(60.0, 42.0, 30.0)):
+    sphere = trimesh.creation.icosphere(subdivisions=subdivisions)
+    vertices = sphere.vertices * np.asarray(axes)
+    from pylocalize.render.mesh import vertex_normals
+
+    return Mesh(vertices, sphere.faces, vertex_normals=vertex_normals(vertices, sphere.faces))
+
+
+def test_simplified_mesh_keeps_the_shape_within_its_cell():
+    mesh = _ellipsoid()  # 20,480 triangles
+    cell = 6.0
+    coarse = mesh.simplified(cell)
+    assert 500 < len(coarse.faces) < len(mesh.faces) // 4
+    assert coarse.colors is None and coarse.uvs is None
+    K_wide = np.array([[300.0, 0.0, 79.5], [0.0, 300.0, 59.5], [0.0, 0.0, 1.0]])
+    renderer = Renderer(W, H, K_wide, cull_back=True)  # culling: the faces must still face outwards
+    for eye in fibonacci_sphere(6) * 400.0:
+        pose = look_at(eye)
+        fine, simple = (renderer.render(m, pose, outputs=("mask", "depth", "normals")) for m in (mesh, coarse))
+        both = fine.mask[0] & simple.mask[0]
+        assert both.sum() / (fine.mask[0] | simple.mask[0]).sum() > 0.95
+        gap = np.abs(fine.depth[0][both] - simple.depth[0][both])
+        assert np.median(gap) < 0.25 * cell and np.percentile(gap, 99) < cell  # the rest: grazing rays
+        assert np.median(np.sum(fine.normals[0][both] * simple.normals[0][both], -1)) > 0.98
+    with pytest.raises(ValueError, match="cell must be positive"):
+        mesh.simplified(0.0)

@@ -72,6 +72,28 @@ class Mesh:
         """Centre of the bounding box (float64 (3,))."""
         return ((self.vertices.min(0) + self.vertices.max(0)) / 2).astype(np.float64)
 
+    def simplified(self, cell: float) -> "Mesh":
+        """The shape alone, with its vertices merged on a grid of ``cell`` (mesh units):
+        vertex clustering. Each vertex moves by at most about ``cell``, triangles that
+        collapse go, colours and texture are dropped and normals recomputed. Rendering
+        costs time per triangle: a fit that needs only depth, masks and normals renders a
+        scan of 50,000 triangles several times faster at a millimetre's loss."""
+        if not cell > 0:
+            raise ValueError(f"cell must be positive, got {cell}")
+        v = self.vertices.astype(np.float64)
+        keys = np.floor((v - v.min(0)) / cell).astype(np.int64)
+        _, cluster, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+        cluster = cluster.reshape(-1)
+        merged = np.zeros((len(counts), 3))
+        np.add.at(merged, cluster, v)
+        merged /= counts[:, None]
+        faces = cluster[self.faces]
+        faces = faces[(faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])]
+        if len(faces):  # the same triangle from several fine ones: keep it once per orientation
+            first = np.argmin(faces, axis=1)[:, None]
+            faces = np.unique(np.take_along_axis(faces, (first + np.arange(3)) % 3, axis=1), axis=0)
+        return Mesh(vertices=merged, faces=faces, vertex_normals=vertex_normals(merged, faces))
+
 
 def _array(x, dtype, name, cols, rows=None):
     a = np.asarray(x)
