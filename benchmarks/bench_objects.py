@@ -16,6 +16,7 @@ AR_VSD, AR_MSSD, AR_MSPD, AR and ADD / ADD-S recall, coarse (PnP) vs refined
     python benchmarks/bench_objects.py [--data ../shared/data] [--instances 25] [--out bench_objects]
         [--given mask|box] [--segment grabcut|box] [--retrieval bow,bow+line2d] [--representations DIR]
         [--extractor dense-sift|learned] [--train-seconds 240] [--train-backgrounds DIR] [--reuse-descriptor]
+        [--depth]
 
 ``--extractor learned`` trains the per-object descriptor (:mod:`pylocalize.objects.learned`)
 over crops of the Lund photos (by default), which are also among the test images'
@@ -25,7 +26,9 @@ The real photos are always estimated from a box drawn by hand (``--segment`` app
 ``--retrieval`` takes a comma-separated list of template retrievals (``estimate(retrieval=)``:
 bag of words, LINE-2D gradient-orientation shape matching, or both; default ``bow+line2d``,
 estimate's), each scored on the same onboarded objects and instances; ``--representations``
-loads the objects an earlier run saved instead of onboarding them.
+loads the objects an earlier run saved instead of onboarding them. ``--depth`` scores every
+generated instance in RGB-D as well, on depth images given a structured-light camera's noise
+and holes (the RGB rows' VSD then sees the same noisy depth).
 """
 
 from __future__ import annotations
@@ -95,6 +98,15 @@ def make_instance(mesh, rng, bg_paths, Image):
             depth[oy:oy + h, ox:ox + w] = np.where(mask[oy:oy + h, ox:ox + w], depth[oy:oy + h, ox:ox + w] - 50, 300)
     image = np.clip(image, 0, 255).astype(np.uint8)
     return pose, image, visible, depth, float(visible.sum() / max(mask.sum(), 1))
+
+
+def sensor_depth(depth: np.ndarray, rng) -> np.ndarray:
+    """A rendered depth image (mm) as a structured-light camera measures it: noise growing
+    with the square of the distance (0.5 mm + 1.5 mm at 1 m, about a Kinect's), rounded to
+    the millimetre, and 3 % of the pixels missing."""
+    measured = np.rint(depth + rng.normal(size=depth.shape) * (0.5 + 1.5 * (depth / 1000.0) ** 2))
+    measured[(rng.random(depth.shape) < 0.03) | (depth <= 0)] = 0
+    return measured.astype(np.float32)
 
 
 def onboard_and_save(mesh, args, path: Path):
@@ -278,6 +290,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--reuse-descriptor", action="store_true",
                         help="learned: read the descriptor saved beside the representation in --out, if there")
     parser.add_argument("--representations", help="folder of an earlier run's obj_NNNNNN.pyloc to load, not onboard")
+    parser.add_argument("--depth", action="store_true",
+                        help="also score every generated instance in RGB-D (evaluate_scene(depth=True)), on depth "
+                             "images with a structured-light camera's noise and holes (sensor_depth)")
     parser.add_argument("--retrieval", default="bow+line2d",
                         help="comma-separated template retrievals to compare (estimate's default: bow+line2d): "
                              + ", ".join(RETRIEVALS))
@@ -302,12 +317,15 @@ def main(argv=None) -> int:
         mesh = load_mesh(mesh_path)
         rep, extractor, onboarding = onboard_and_save(mesh, args, out / f"obj_{obj_id:06d}.pyloc")
         rng = np.random.default_rng(args.seed + obj_id)
+        sensor_rng = np.random.default_rng(args.seed + 100 + obj_id)  # apart, so that the images stay the same
         scene_dir = out / "test" / f"{obj_id:06d}"
         for sub in ("rgb", "mask_visib", "depth"):
             (scene_dir / sub).mkdir(parents=True, exist_ok=True)
         images = {}
         for im_id in range(args.instances):
             pose, image, visible, depth, visib = make_instance(mesh, rng, bg_paths, Image)
+            if args.depth:
+                depth = sensor_depth(depth, sensor_rng)
             Image.fromarray(image).save(scene_dir / "rgb" / f"{im_id:06d}.png")
             Image.fromarray((visible * 255).astype(np.uint8)).save(scene_dir / "mask_visib" / f"{im_id:06d}_000000.png")
             Image.fromarray(np.clip(np.rint(depth / DEPTH_SCALE), 0, 65535).astype(np.uint16)).save(
@@ -317,16 +335,19 @@ def main(argv=None) -> int:
                              "gt_info": [{"visib_fract": visib}]}
         bop.write_scene(scene_dir, images)
         for retrieval in retrievals:
-            result = evaluate_scene(rep, mesh, scene_dir, obj_id, scene_id=obj_id, extractor=extractor, progress=True,
-                                    given=args.given, segment=args.segment, retrieval=retrieval)
-            if retrieval == retrievals[0]:
-                csv_rows += result["rows"]
-            summary[f"{obj_id} {retrieval}"] = {
-                "mesh": mesh_path.name, "retrieval": retrieval, "instances": len(result["times"]), **onboarding,
-                "templates": len(rep.template_poses), "median_s_per_instance": float(np.median(result["times"])),
-                "median_s_per_stage": {stage: float(np.median(seconds))
-                                       for stage, seconds in result["stage_times"].items()},
-                **summarize(result, mesh.extent)}
+            for modality in ("RGB", "RGB-D") if args.depth else ("RGB",):
+                result = evaluate_scene(rep, mesh, scene_dir, obj_id, scene_id=obj_id, extractor=extractor,
+                                        progress=True, given=args.given, segment=args.segment,
+                                        depth=modality == "RGB-D", retrieval=retrieval)
+                if retrieval == retrievals[0] and modality == "RGB":
+                    csv_rows += result["rows"]
+                name = retrieval if modality == "RGB" else f"{retrieval} RGB-D"
+                summary[f"{obj_id} {name}"] = {
+                    "mesh": mesh_path.name, "retrieval": name, "instances": len(result["times"]), **onboarding,
+                    "templates": len(rep.template_poses), "median_s_per_instance": float(np.median(result["times"])),
+                    "median_s_per_stage": {stage: float(np.median(seconds))
+                                           for stage, seconds in result["stage_times"].items()},
+                    **summarize(result, mesh.extent)}
             print(f"retrieval {retrieval}:", end=" ")
             summary[f"{obj_id} {retrieval}"].update(real_photo(rep, mesh, data, out, REAL[obj_id], obj_id,
                                                                args.segment, extractor=extractor,
@@ -337,12 +358,12 @@ def main(argv=None) -> int:
             with Image.open(scene_dir / "rgb" / f"{row['im_id']:06d}.png") as im:
                 overlays.append(pose_overlay(np.asarray(im.convert("RGB")), mesh, K, row["R"], row["t"]))
     bop.write_results_csv(out / "results.csv", csv_rows)
-    print(f"{'object':<22} {'retrieval':<11} {'stage':<8} {'AR':>6} {'VSD':>6} {'MSSD':>6} {'MSPD':>6} {'ADD':>6} "
+    print(f"{'object':<22} {'retrieval':<17} {'stage':<8} {'AR':>6} {'VSD':>6} {'MSSD':>6} {'MSPD':>6} {'ADD':>6} "
           f"{'ADD-S':>6}")
     for s in summary.values():
         for stage in ("coarse", "refined"):
             a = s[stage]
-            print(f"{s['mesh']:<22} {s['retrieval']:<11} {stage:<8} {a['AR']:>6.3f} {a['AR_VSD']:>6.3f} "
+            print(f"{s['mesh']:<22} {s['retrieval']:<17} {stage:<8} {a['AR']:>6.3f} {a['AR_VSD']:>6.3f} "
                   f"{a['AR_MSSD']:>6.3f} {a['AR_MSPD']:>6.3f} {a['ADD@0.1d']:>6.3f} {a['ADD-S@0.1d']:>6.3f}")
         stages = ", ".join(f"{stage} {seconds * 1000:.0f} ms" for stage, seconds in s["median_s_per_stage"].items())
         onboarding_stages = ", ".join(f"{k} {v:.1f} s" for k, v in s["onboarding_stages_s"].items())

@@ -138,3 +138,40 @@ def test_an_object_cut_by_the_image_border_is_fitted():
     assert (depth[:, -1] > 0).sum() > 50  # cut by the border
     fit = refine_with_depth(mesh, K, depth, _axis_angle((1, 1, 0), 5.0) @ R, t + np.array([4.0, 3.0, -10.0]))
     assert _rotation_deg(fit.R, R) < 0.5 and np.linalg.norm(fit.t - t) < 1.0, (_rotation_deg(fit.R, R), fit.t - t)
+
+
+def test_the_object_region_keeps_a_face_off_the_wall_behind():
+    """A plate in front of a wall, a quarter of it hidden by an occluder: a pose that lays
+    the plate flat on the wall, elsewhere in the image, agrees with the depth better than
+    the right one, so the depth alone picks the wall; with the region of the object's box
+    (:func:`object_region`) the wall pose's pixels fall outside it and the right pose wins."""
+    import trimesh
+
+    from pylocalize.objects.depth import object_region
+    from pylocalize.render import Mesh
+
+    plate = trimesh.creation.box(extents=(100.0, 80.0, 6.0))
+    mesh = Mesh(plate.vertices, plate.faces)
+    pose = look_at([120.0, -90.0, -420.0])
+    R, t = pose[:, :3], pose[:, 3]
+    rendered = Renderer(640, 480, K).render(mesh, pose, outputs=("depth", "mask"))
+    mask = np.squeeze(rendered.mask)
+    wall = 650.0
+    depth = np.where(mask, np.squeeze(rendered.depth), wall).astype(np.float32)
+    v, u = np.nonzero(mask)
+    left = u < np.percentile(u, 25)
+    depth[v[left], u[left]] -= 60.0
+    flat_R = look_at([0.0, 0.0, -1.0])[:, :3]  # facing the camera squarely, its front face on the wall
+    flat_t = np.array([-200.0, -130.0, wall + 3.0])  # up and left, clear of the plate in the image
+    assert depth_agreement(mesh, K, depth, flat_R, flat_t, 5.0) > 0.95
+    starts = [(flat_R, flat_t), (_axis_angle((1, 0, 1), 4.0) @ R, t + np.array([3.0, -2.0, 8.0]))]
+    wrong, _ = pose_from_depth(mesh, K, depth, starts, tolerance=5.0)
+    assert np.linalg.norm(wrong.t - t) > 100.0  # on the wall
+    region = object_region(depth.shape, mask=mask)
+    assert region[mask].all() and region.mean() < 0.2
+    fit, agreement = pose_from_depth(mesh, K, depth, starts, tolerance=5.0, region=region)
+    assert _rotation_deg(fit.R, R) < 0.5 and np.linalg.norm(fit.t - t) < 1.5 and 0.6 < agreement < 0.85
+    assert depth_agreement(mesh, K, depth, flat_R, flat_t, 5.0, region=region) == 0.0
+    assert object_region(depth.shape) is None
+    with pytest.raises(ValueError, match="region must be a mask of the depth image's shape"):
+        pose_from_depth(mesh, K, depth, starts, region=region[:10])

@@ -203,43 +203,84 @@ def test_cli_estimate_with_depth_fits_the_pose_to_it(tmp_path, box_and_represent
     assert not (tmp_path / "x.json").exists()
 
 
-def test_bop_scene_evaluation_through_the_cli(tmp_path, box_and_representation, capsys):
+def _box_scene(tmp_path, mesh, rep, images: int = 3):
+    """A BOP scene folder (``000002``) of the box at seeded random poses, with masks and
+    depth (0.1 mm units), beside ``box.pyloc`` and ``box.ply``."""
     import trimesh
     from PIL import Image
 
-    from pylocalize.cli import main
     from pylocalize.objects import bop
 
-    mesh, rep = box_and_representation
     rep.save(tmp_path / "box.pyloc")
     trimesh.Trimesh(mesh.vertices, mesh.faces, process=False).export(tmp_path / "box.ply")
     scene = tmp_path / "000002"
     for sub in ("rgb", "mask_visib", "depth"):
         (scene / sub).mkdir(parents=True)
     rng = np.random.default_rng(11)
-    images = {}
-    for im_id in range(3):
+    entries = {}
+    for im_id in range(images):
         pose, image, mask = random_view(mesh, rng)
         depth = Renderer(640, 480, K_QUERY).render(mesh, pose, outputs=("depth",)).depth[0]
         Image.fromarray(image).save(scene / "rgb" / f"{im_id:06d}.png")
         Image.fromarray((mask * 255).astype(np.uint8)).save(scene / "mask_visib" / f"{im_id:06d}_000000.png")
         Image.fromarray(np.rint(depth * 10).astype(np.uint16)).save(scene / "depth" / f"{im_id:06d}.png")
-        images[im_id] = {"K": K_QUERY, "depth_scale": 0.1, "gt": [{"obj_id": 7, "R": pose[:, :3], "t": pose[:, 3]}]}
-    bop.write_scene(scene, images)
+        entries[im_id] = {"K": K_QUERY, "depth_scale": 0.1, "gt": [{"obj_id": 7, "R": pose[:, :3], "t": pose[:, 3]}]}
+    bop.write_scene(scene, entries)
+    return scene
+
+
+def _refined_recalls(out: str):
+    return [float(line.split("AR ")[1].split(",")[0]) for line in out.splitlines() if line.startswith("refined")]
+
+
+def test_bop_scene_evaluation_with_depth(tmp_path, box_and_representation, capsys):
+    """``objects eval --depth``: each instance from its RGB-D frame; the depth-fitted poses
+    score at least as the RGB ones and every instance near exactly; a scene without depth
+    images is an error that says so."""
+    import shutil
+
+    from pylocalize.cli import main
+    from pylocalize.objects import bop
+
+    mesh, rep = box_and_representation
+    scene = _box_scene(tmp_path, mesh, rep)
+    common = ["objects", "eval", "--bop", str(scene), "--rep", str(tmp_path / "box.pyloc"), "--mesh",
+              str(tmp_path / "box.ply"), "--obj-id", "7"]
+    assert main(common + ["--out", str(tmp_path / "rgb.csv")]) == 0
+    rgb = _refined_recalls(capsys.readouterr().out)[0]
+    assert main(common + ["--out", str(tmp_path / "rgbd.csv"), "--depth"]) == 0
+    out = capsys.readouterr().out
+    rgbd = _refined_recalls(out)[0]
+    assert "3/3 instances" in out and rgbd >= rgb and rgbd > 0.9, (rgb, rgbd)
+    truth = bop.read_scene(scene)
+    for row in bop.read_results_csv(tmp_path / "rgbd.csv"):
+        gt = truth[row["im_id"]]["gt"][0]
+        assert np.linalg.norm(row["t"] - gt["t"]) < 2.0, row["t"] - gt["t"]
+    shutil.rmtree(scene / "depth")
+    assert main(common + ["--out", str(tmp_path / "x.csv"), "--depth"]) == 1
+    assert "needs the depth of every image" in capsys.readouterr().err
+
+
+def test_bop_scene_evaluation_through_the_cli(tmp_path, box_and_representation, capsys):
+    from pylocalize.cli import main
+    from pylocalize.objects import bop
+
+    mesh, rep = box_and_representation
+    scene = _box_scene(tmp_path, mesh, rep)
     assert main(["objects", "eval", "--bop", str(scene), "--rep", str(tmp_path / "box.pyloc"), "--mesh",
                  str(tmp_path / "box.ply"), "--obj-id", "7", "--out", str(tmp_path / "results.csv")]) == 0
     rows = bop.read_results_csv(tmp_path / "results.csv")
     assert len(rows) == 3 and {r["scene_id"] for r in rows} == {2}
     out = capsys.readouterr().out
     assert "3/3 instances" in out and "AR_VSD" in out
-    recalls = [float(line.split("AR ")[1].split(",")[0]) for line in out.splitlines() if line.startswith("refined")]
+    recalls = _refined_recalls(out)
     assert recalls and recalls[0] > 0.5
     # from each visible mask's box alone: GrabCut finds the object's pixels in it
     assert main(["objects", "eval", "--bop", str(scene), "--rep", str(tmp_path / "box.pyloc"), "--mesh",
                  str(tmp_path / "box.ply"), "--obj-id", "7", "--out", str(tmp_path / "boxes.csv"),
                  "--given", "box"]) == 0
     out = capsys.readouterr().out
-    recalls = [float(line.split("AR ")[1].split(",")[0]) for line in out.splitlines() if line.startswith("refined")]
+    recalls = _refined_recalls(out)
     assert "3/3 instances" in out and recalls[0] > 0.5
     # a dataset layout: models/ with mesh and symmetries, test/<scene>/, two scenes
     import json

@@ -12,10 +12,11 @@ numbers). The estimates are written as a BOP19 CSV (``OUT``, named ``METHOD_DATA
 the toolkit wants), checked as the toolkit's ``check_results_bop19.py`` checks it, and summarised:
 instances estimated and seconds per image; with ground-truth boxes also AR_MSSD and AR_MSPD
 (the toolkit adds AR_VSD and the official AR: ``python scripts/eval_bop19_pose.py
---result_filenames OUT``).
+--result_filenames OUT``). ``--depth`` runs the RGB-D track: each test image's depth
+(``depth/``) picks the hypothesis it supports best and fits it.
 
     python benchmarks/public/bop.py data/bop lmo --reps outputs/bop/reps \
-        --detections data/bop/default_detections/cnos-fastsam_lmo-test.json [--limit 20]
+        --detections data/bop/default_detections/cnos-fastsam_lmo-test.json [--limit 20] [--depth]
 """
 
 from __future__ import annotations
@@ -96,9 +97,14 @@ def main(args) -> int:
     detections = bop.read_detections(args.detections) if args.detections else None
     extractor = _patch_extractor(args.extractor, args.weights)
     reps = representations(dataset, sorted({t.obj_id for t in targets}), extractor, args)
+    meshes = None
+    if args.depth:
+        from pylocalize.render import load_mesh
+
+        meshes = {obj_id: load_mesh(dataset.mesh_path(obj_id)) for obj_id in reps}
     with _common.phase(_common.logger, f"estimate {len(targets)} targets in {len(images)} images"):
         result = estimate_targets(reps, dataset, targets, detections, {obj_id: extractor for obj_id in reps},
-                                  progress=args.progress)
+                                  progress=args.progress, meshes=meshes)
     if not result["rows"]:
         raise ValueError("no instance could be estimated: nothing to write (the BOP toolkit refuses an empty file)")
     out = Path(args.out or f"outputs/bop/pylocalize_{dataset.name}-test.csv")
@@ -106,10 +112,12 @@ def main(args) -> int:
     bop.write_results_csv(out, result["rows"], units="mm")
     written = bop.check_results_csv(out)
     times = {(r["scene_id"], r["im_id"]): r["time"] for r in result["rows"]}
-    row = {"dataset": dataset.name, "input": "detections" if detections is not None else "ground-truth boxes",
+    row = {"dataset": dataset.name, "modality": "RGB-D" if args.depth else "RGB",
+           "input": "detections" if detections is not None else "ground-truth boxes",
            "images": result["images"], "instances": len(result["instances"]), "estimated": written,
            "seconds_per_image": float(np.mean(list(times.values())))}
-    columns = [("dataset", "dataset", "s"), ("input", "input", "s"), ("images", "images", "d"),
+    columns = [("dataset", "dataset", "s"), ("modality", "modality", "s"), ("input", "input", "s"),
+               ("images", "images", "d"),
                ("instances", "instances", "d"), ("estimated", "estimated", "d"),
                ("seconds_per_image", "s / image", ".2f")]
     if detections is None:
@@ -137,6 +145,8 @@ def parser():
     p.add_argument("--extractor", choices=["dense-sift", "dinov2"], default="dense-sift",
                    help="patch descriptors (dinov2, FoundPose's, needs the torch extra and --weights)")
     p.add_argument("--weights", help="a local DINOv2 model directory, for --extractor dinov2")
+    p.add_argument("--depth", action="store_true",
+                   help="the RGB-D track: each image's depth picks the hypothesis and fits it (needs depth/)")
     return p
 
 

@@ -327,6 +327,15 @@ class BopDataset:
                 return folder / f"{im_id:06d}{suffix}"
         raise FileNotFoundError(f"{folder}: no image {im_id:06d} (.png, .jpg or .tif)")
 
+    def depth_path(self, scene_id: int, im_id: int) -> Path:
+        """The test image's depth (PNG; TIF, as ITODD's, tried after)."""
+        folder = self.scene_folder(scene_id) / "depth"
+        for suffix in (".png", ".tif"):
+            if (folder / f"{im_id:06d}{suffix}").is_file():
+                return folder / f"{im_id:06d}{suffix}"
+        raise FileNotFoundError(f"{folder}: no depth image {im_id:06d} (.png or .tif); the RGB-D track needs the "
+                                "test images' depth (in the dataset's test zip), or run on RGB alone")
+
 
 def core_dataset(datasets_folder, name: str) -> BopDataset:
     """The core dataset ``name`` (:data:`CORE_DATASETS`) inside a folder of BOP datasets (or

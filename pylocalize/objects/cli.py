@@ -190,7 +190,8 @@ def _eval(args) -> int:
     symmetries = _symmetries(args, models)
     extractor = _patch_extractor(rep.extractor_name, args.weights, args.rep)
     result = evaluate_dataset(rep, mesh, root, args.obj_id, split=args.split, extractor=extractor,
-                              symmetries=symmetries, progress=args.progress, given=args.given, segment=args.segment)
+                              symmetries=symmetries, progress=args.progress, given=args.given, segment=args.segment,
+                              depth=args.depth)
     bop.write_results_csv(args.out, result["rows"], units=rep.mesh_units)
     print(f"{len(result['rows'])}/{len(result['times'])} instances estimated -> {args.out}")
     for stage, recalls in summarize(result, mesh.extent).items():
@@ -266,6 +267,8 @@ def _add_eval(sub) -> None:
                         "(onboarded with learned; default: REP.descriptor)")
     o.add_argument("--given", choices=GIVEN, default="mask",
                    help="what each instance is estimated from: its visible mask, or only that mask's box")
+    o.add_argument("--depth", action="store_true",
+                   help="RGB-D: also use each image's depth/ (the hypothesis it supports best, fitted to it)")
     _add_segment(o)
     o.set_defaults(func=_eval)
 

@@ -104,11 +104,43 @@ def _fit(mesh, extent: float, depth, K, R, t, iterations: int, max_distance: Opt
     return DepthFit(R, t, share, threshold, run)
 
 
-def depth_agreement(mesh, K, depth, R, t, tolerance: float) -> float:
+def depth_agreement(mesh, K, depth, R, t, tolerance: float, region: Optional[np.ndarray] = None) -> float:
     """Share of the model's visible pixels at ``[R | t]`` that have a measured depth whose
     rendered depth lies within ``tolerance`` (mesh units) of it; 0 where none has one. A
-    measure: the full mesh, where the fits rank their poses on its simplified shape."""
-    return _agreement(mesh, *_checked(depth, K, R, t), tolerance)
+    measure: the full mesh, where the fits rank their poses on its simplified shape.
+
+    ``region`` (bool (H, W), optional): where the object can be (:func:`object_region`);
+    the model's pixels outside it count as disagreeing, whatever the depth there."""
+    depth, K, R, t = _checked(depth, K, R, t)
+    return _agreement(mesh, depth, K, R, t, tolerance, _checked_region(region, depth))
+
+
+def object_region(shape, mask: Optional[np.ndarray] = None, bbox=None, margin: float = 0.1) -> Optional[np.ndarray]:
+    """Where an object given by its 2D ``mask`` or ``bbox`` (x, y, w, h) can be in an image
+    of ``shape`` (H, W): its box grown by ``margin`` of its size and 2 px on every side
+    (the box of the mask, so that the parts an occluder hides stay in); None when neither
+    is given. A measured depth alone cannot tell the object from the scene: a face of a
+    box fits any wall or table, and without the region a fit slides there."""
+    if mask is not None:
+        ys, xs = np.nonzero(np.asarray(mask))
+        bbox = (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1) if len(xs) else None
+    if bbox is None:
+        return None
+    x, y, w, h = (float(v) for v in bbox)
+    grow_x, grow_y = margin * w + 2, margin * h + 2
+    region = np.zeros(shape[:2], bool)
+    region[max(0, int(np.floor(y - grow_y))):max(0, int(np.ceil(y + h + grow_y))),
+           max(0, int(np.floor(x - grow_x))):max(0, int(np.ceil(x + w + grow_x)))] = True
+    return region
+
+
+def _checked_region(region, depth: np.ndarray) -> Optional[np.ndarray]:
+    if region is None:
+        return None
+    region = np.asarray(region, bool)
+    if region.shape != depth.shape:
+        raise ValueError(f"region must be a mask of the depth image's shape {depth.shape}, got {region.shape}")
+    return region
 
 
 # pose_from_depth's stages: (iterations, surface points) of the coarse fit every scored
@@ -122,39 +154,43 @@ FULL_FITS = 2
 
 
 def pose_from_depth(mesh, K, depth, starts, tolerance: Optional[float] = None, num_fits: int = 8,
-                    iterations: int = 30) -> Optional[Tuple[DepthFit, float]]:
+                    iterations: int = 30, region: Optional[np.ndarray] = None) -> Optional[Tuple[DepthFit, float]]:
     """The pose among several starts (``(R, t)`` pairs: an RGB method's hypotheses) that the
     measured depth supports best. Every start is moved along its ray onto the depth and
     scored by :func:`depth_agreement` within ``tolerance`` (default: 5 % of the model's
     extent); the best ``num_fits`` get a coarse fit (``COARSE_FIT``), the ``FULL_FITS``
     that then agree best a full one (:func:`refine_with_depth`), and the full fit that
     agrees best is returned with its agreement; None when no start meets the measured
-    depth."""
+    depth. With a ``region`` (:func:`object_region`) the fits pair only measurements inside
+    it and the agreements count the model's pixels outside it as disagreeing."""
     full, extent = mesh, float(mesh.extent)
     tolerance = 0.05 * extent if tolerance is None else float(tolerance)
     mesh = _shape_of(full)
+    depth, K = _checked(depth, K, np.eye(3), np.zeros(3))[:2]
+    region = _checked_region(region, depth)
+    measured = depth if region is None else np.where(region, depth, 0.0).astype(np.float32)  # what the fits pair
     scored = []
     for R, t in starts:
-        depth, K, R, t = _checked(depth, K, R, t)
-        t = _along_the_ray_to_the_depth(mesh, depth, K, R, t)
-        scored.append((_agreement(mesh, depth, K, R, t, tolerance), R, t))
+        R, t = _checked(depth, K, R, t)[2:]
+        t = _along_the_ray_to_the_depth(mesh, measured, K, R, t)
+        scored.append((_agreement(mesh, depth, K, R, t, tolerance, region), R, t))
     scored.sort(key=lambda s: -s[0])
     coarse = []
     for agreement, R, t in scored[:num_fits]:
         if agreement == 0.0:
             break
-        fit = _fit(mesh, extent, depth, K, R, t, COARSE_FIT[0], None, None, COARSE_FIT[1])
-        coarse.append((_agreement(mesh, depth, K, fit.R, fit.t, tolerance), fit))
+        fit = _fit(mesh, extent, measured, K, R, t, COARSE_FIT[0], None, None, COARSE_FIT[1])
+        coarse.append((_agreement(mesh, depth, K, fit.R, fit.t, tolerance, region), fit))
     coarse.sort(key=lambda s: -s[0])
     best = None
     for _, start in coarse[:FULL_FITS]:
-        fit = _fit(mesh, extent, depth, K, start.R, start.t, iterations, None, None)
-        fitted = _agreement(mesh, depth, K, fit.R, fit.t, tolerance)
+        fit = _fit(mesh, extent, measured, K, start.R, start.t, iterations, None, None)
+        fitted = _agreement(mesh, depth, K, fit.R, fit.t, tolerance, region)
         if best is None or fitted > best[1]:
             best = (fit, fitted)
     if best is None or mesh is full:
         return best
-    return best[0], _agreement(full, depth, K, best[0].R, best[0].t, tolerance)  # the measure on the full mesh
+    return best[0], _agreement(full, depth, K, best[0].R, best[0].t, tolerance, region)  # measured on the full mesh
 
 
 # RGB-D estimation scores more PnP hypotheses than RGB alone: the depth, not the
@@ -168,14 +204,17 @@ def estimate_with_depth(rep, mesh, image, K, depth, **estimate_options):
     units): :meth:`ObjectRepresentation.estimate
     <pylocalize.objects.ObjectRepresentation.estimate>` on the colour image (with
     ``RGBD_TEMPLATES`` hypotheses unless ``num_templates`` is given), then the hypothesis the
-    measured depth supports best, fitted to it (:func:`pose_from_depth`). Returns the
-    estimate with ``R, t`` replaced by the fit, and the fit's depth agreement (None, and the
-    RGB pose, where no hypothesis meets the depth)."""
+    measured depth supports best within the object's region (the given mask's or box's,
+    :func:`object_region`), fitted to it (:func:`pose_from_depth`). Returns the estimate
+    with ``R, t`` replaced by the fit, and the fit's depth agreement (None, and the RGB
+    pose, where no hypothesis meets the depth)."""
     estimate_options.setdefault("num_templates", RGBD_TEMPLATES)
     result = rep.estimate(image, K, **estimate_options)
     if not result.success:
         return result, None
-    best = pose_from_depth(mesh, K, depth, [(result.R, result.t)] + [(h.R, h.t) for h in result.hypotheses])
+    region = object_region(np.shape(depth), estimate_options.get("mask"), estimate_options.get("bbox"))
+    best = pose_from_depth(mesh, K, depth, [(result.R, result.t)] + [(h.R, h.t) for h in result.hypotheses],
+                           region=region)
     if best is None:
         return result, None
     fit, agreement = best
@@ -231,6 +270,8 @@ class _Window(NamedTuple):
     depth: np.ndarray
     K: np.ndarray
     renderer: object
+    rows: slice
+    columns: slice
 
     @classmethod
     def around(cls, mesh, depth, K, R, t, pad: int = 0) -> "_Window":
@@ -253,29 +294,38 @@ class _Window(NamedTuple):
         K = K.copy()
         K[0, 2] -= x0
         K[1, 2] -= y0
-        return cls(depth[y0:y1, x0:x1], K, Renderer(x1 - x0, y1 - y0, K, shading="unlit"))
+        rows, columns = slice(y0, y1), slice(x0, x1)
+        return cls(depth[rows, columns], K, Renderer(x1 - x0, y1 - y0, K, shading="unlit"), rows, columns)
 
 
-def _depths_under_the_model(mesh, depth, K, R, t) -> Tuple[np.ndarray, np.ndarray]:
+def _depths_under_the_model(mesh, depth, K, R, t, region: Optional[np.ndarray] = None):
     """The rendered and the measured depth at the model's pixels at ``[R | t]`` that have a
-    measurement (two 1-D arrays, empty where none has one)."""
+    measurement and lie in ``region`` (two 1-D arrays, empty where none has one), and how
+    many of the model's pixels lie outside ``region`` (0 without one)."""
     window = _Window.around(mesh, depth, K, R, t)
     out = window.renderer.render(mesh, np.c_[R, t], outputs=("mask", "depth"))
-    seen = np.squeeze(out.mask, 0) & (window.depth > 0)
-    return np.squeeze(out.depth, 0)[seen], window.depth[seen]
+    model = np.squeeze(out.mask, 0)
+    outside = 0
+    if region is not None:
+        inside = region[window.rows, window.columns]
+        outside = int((model & ~inside).sum())
+        model = model & inside
+    seen = model & (window.depth > 0)
+    return np.squeeze(out.depth, 0)[seen], window.depth[seen], outside
 
 
-def _agreement(mesh, depth, K, R, t, tolerance: float) -> float:
+def _agreement(mesh, depth, K, R, t, tolerance: float, region: Optional[np.ndarray] = None) -> float:
     """:func:`depth_agreement` on checked inputs."""
-    rendered, measured = _depths_under_the_model(mesh, depth, K, R, t)
-    return float((np.abs(rendered - measured) < tolerance).mean()) if len(rendered) else 0.0
+    rendered, measured, outside = _depths_under_the_model(mesh, depth, K, R, t, region)
+    counted = len(rendered) + outside
+    return float((np.abs(rendered - measured) < tolerance).sum() / counted) if counted else 0.0
 
 
 def _along_the_ray_to_the_depth(mesh, depth, K, R, t) -> np.ndarray:
     """``t`` moved along its viewing ray by the median gap between the measured and the
     rendered depth under the model: RGB poses err most in distance (a tenth of it is common),
     beyond the reach of nearest-point pairing; moving along the ray keeps the projection."""
-    rendered, measured = _depths_under_the_model(mesh, depth, K, R, t)
+    rendered, measured, _ = _depths_under_the_model(mesh, depth, K, R, t)
     if not len(rendered) or t[2] <= 0:
         return t
     return t * (1.0 + float(np.median(measured - rendered)) / t[2])
@@ -351,5 +401,5 @@ def _point_to_plane_step(points: np.ndarray, normals: np.ndarray, targets: np.nd
     return step[:3], step[3:]
 
 
-__all__ = ["DepthFit", "RGBD_TEMPLATES", "depth_agreement", "estimate_with_depth", "pose_from_depth",
+__all__ = ["DepthFit", "RGBD_TEMPLATES", "depth_agreement", "estimate_with_depth", "object_region", "pose_from_depth",
            "refine_with_depth"]

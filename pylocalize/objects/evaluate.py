@@ -25,11 +25,14 @@ def mask_box(mask: np.ndarray) -> tuple:
 
 def evaluate_scene(rep, mesh, scene_dir, obj_id: int, scene_id: int = 0, extractor=None, max_points: int = 5000,
                    symmetries=None, progress: bool = False, given: str = "mask", segment: str = "grabcut",
-                   **estimate_options) -> dict:
+                   depth: bool = False, **estimate_options) -> dict:
     """Estimates every ground-truth instance of ``obj_id`` in a BOP scene folder from its RGB
     image and visible mask (``rgb/``, ``mask_visib/``; ``depth/`` when present, for VSD), or
     with ``given="box"`` from the visible mask's box alone (BOP's ``bbox_visib``), the object's
-    pixels then found as ``segment`` says (:meth:`ObjectRepresentation.estimate`).
+    pixels then found as ``segment`` says (:meth:`ObjectRepresentation.estimate`). With
+    ``depth=True`` each estimate also uses the image's depth (RGB-D:
+    :func:`~pylocalize.objects.depth.estimate_with_depth`, its fit scored as the refined
+    stage); every image then needs one.
 
     The representation's mesh must be in millimetres, as BOP's ground truth and depth.
     ``estimate_options`` go to :meth:`ObjectRepresentation.estimate` (``retrieval=...``).
@@ -55,6 +58,9 @@ def evaluate_scene(rep, mesh, scene_dir, obj_id: int, scene_id: int = 0, extract
     for im_id in tqdm(sorted(scene), desc=f"scene {scene_dir.name}", disable=not progress, leave=False):
         entry = scene[im_id]
         image, test_depth = _read_test_image(scene_dir, im_id, entry["depth_scale"])
+        if depth and test_depth is None:
+            raise ValueError(f"{scene_dir}/depth has no image {im_id:06d}: an RGB-D evaluation needs the depth of "
+                             "every image (or evaluate on RGB alone)")
         height, width = image.shape[:2]
         every_depth &= test_depth is not None
         renderer = Renderer(width, height, entry["K"])
@@ -66,7 +72,8 @@ def evaluate_scene(rep, mesh, scene_dir, obj_id: int, scene_id: int = 0, extract
                 mask = np.asarray(im.convert("L")) > 127
             region = {"mask": mask} if given == "mask" else {"bbox": mask_box(mask), "segment": segment}
             t0 = time.perf_counter()
-            r = rep.estimate(image, entry["K"], extractor=extractor, **region, **estimate_options)
+            r = _estimate(rep, mesh, image, entry["K"], test_depth if depth else None, extractor=extractor,
+                          **region, **estimate_options)
             times.append(time.perf_counter() - t0)
             for stage, seconds in r.timings.items():
                 stage_times.setdefault(stage, []).append(seconds)
@@ -90,6 +97,16 @@ def evaluate_scene(rep, mesh, scene_dir, obj_id: int, scene_id: int = 0, extract
     return out
 
 
+def _estimate(rep, mesh, image, K, depth: Optional[np.ndarray], **options):
+    """The instance's pose from the colour image, or where ``depth`` (mm) is given, from the
+    RGB-D frame."""
+    if depth is None:
+        return rep.estimate(image, K, **options)
+    from pylocalize.objects.depth import estimate_with_depth
+
+    return estimate_with_depth(rep, mesh, image, K, depth.astype(np.float32), **options)[0]
+
+
 def metric_points(mesh, max_points: int = 5000) -> np.ndarray:
     """The model points the metrics use: the mesh's vertices, a seeded subsample of
     ``max_points`` when there are more (as the toolkit scores on its eval models)."""
@@ -106,6 +123,18 @@ def check_millimetres(rep) -> None:
                          "onboard the dataset's model (models/obj_NNNNNN.ply, in mm)")
 
 
+def _read_depth(path: Path, depth_scale: float) -> np.ndarray:
+    """A BOP depth image in mm (float64), or ``ValueError`` naming a file that is not one."""
+    try:
+        with Image.open(path) as im:
+            depth = np.asarray(im, np.float64) * depth_scale
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read it as a depth image ({error})") from None
+    if depth.ndim != 2:
+        raise ValueError(f"{path}: a depth image has one channel, this one has shape {depth.shape}")
+    return depth
+
+
 def _read_test_image(scene_dir: Path, im_id: int, depth_scale: float):
     """``(rgb uint8 (H, W, 3), depth in mm or None)`` of a BOP test image."""
     candidates = (scene_dir / "rgb" / f"{im_id:06d}.{e}" for e in ("png", "jpg"))
@@ -115,10 +144,7 @@ def _read_test_image(scene_dir: Path, im_id: int, depth_scale: float):
     with Image.open(rgb_path) as im:
         image = np.asarray(im.convert("RGB"))
     depth_path = scene_dir / "depth" / f"{im_id:06d}.png"
-    if not depth_path.is_file():
-        return image, None
-    with Image.open(depth_path) as im:
-        return image, np.asarray(im, np.float64) * depth_scale
+    return image, _read_depth(depth_path, depth_scale) if depth_path.is_file() else None
 
 
 def score_pose(errors: dict, R, t, gt: dict, K, points, symmetries) -> None:
@@ -150,14 +176,15 @@ def scene_folders(path, split: str = "test"):
 
 
 def evaluate_dataset(rep, mesh, path, obj_id: int, split: str = "test", extractor=None, symmetries=None,
-                     progress: bool = False, given: str = "mask", segment: str = "grabcut") -> dict:
+                     progress: bool = False, given: str = "mask", segment: str = "grabcut",
+                     depth: bool = False) -> dict:
     """:func:`evaluate_scene` over every scene of a BOP dataset (or one scene folder);
     per-instance errors are concatenated across scenes."""
     merged = None
     for scene_dir in scene_folders(path, split):
         scene_id = int(scene_dir.name) if scene_dir.name.isdigit() else 0
         result = evaluate_scene(rep, mesh, scene_dir, obj_id, scene_id=scene_id, extractor=extractor,
-                                symmetries=symmetries, progress=progress, given=given, segment=segment)
+                                symmetries=symmetries, progress=progress, given=given, segment=segment, depth=depth)
         if merged is None:
             merged = result
             continue
@@ -215,12 +242,15 @@ def _target_inputs(target, scene_entry: dict, detections) -> List[Tuple[Optional
 
 def estimate_targets(representations: Dict[int, object], dataset: "bop.BopDataset", targets: Sequence,
                      detections: Optional[dict] = None, extractors: Optional[Dict[int, object]] = None,
-                     progress: bool = False) -> dict:
+                     progress: bool = False, meshes: Optional[Dict[int, object]] = None) -> dict:
     """Estimates the instances of BOP targets (:func:`bop.read_test_targets`) of a core dataset.
 
     Each target's instances start from ``detections`` (:func:`bop.read_detections`; the
     object's ``inst_count`` best) or, when None, from the visible boxes of the ground truth.
     An image's time is the sum of its estimates' and the detector's time, as BOP counts it.
+    With ``meshes`` (``{obj_id: Mesh}``, in mm) the estimates are RGB-D: each image's depth
+    (:meth:`bop.BopDataset.depth_path`) picks and fits the pose
+    (:func:`~pylocalize.objects.depth.estimate_with_depth`).
 
     Returns ``{"rows": BOP19 result rows (t in mesh units), "instances": [(target, ground-truth
     index or None, ObjectPose)], "images": number of images}``.
@@ -232,6 +262,9 @@ def estimate_targets(representations: Dict[int, object], dataset: "bop.BopDatase
     missing = sorted({t.obj_id for t in targets} - set(representations))
     if missing:
         raise ValueError(f"no representation for objects {missing}; onboard them first")
+    if meshes is not None and sorted({t.obj_id for t in targets} - set(meshes)):
+        raise ValueError(f"no mesh for objects {sorted({t.obj_id for t in targets} - set(meshes))}: RGB-D estimation "
+                         "fits each object's mesh to the depth")
     scenes: Dict[int, dict] = {}
     rows_of_image: Dict[Tuple[int, int], List[dict]] = {}
     seconds: Dict[Tuple[int, int], float] = {}
@@ -250,11 +283,13 @@ def estimate_targets(representations: Dict[int, object], dataset: "bop.BopDatase
             seconds[key] = max([0.0] + [d.time for d in found[:1]])  # the detector's time, once per image
         if key != last_key:  # targets are sorted by image: each image is read once
             image, last_key = read_image(dataset.image_path(*key)), key
+            depth = _read_depth(dataset.depth_path(*key), entry["depth_scale"]) if meshes is not None else None
         rep = representations[target.obj_id]
         extractor = (extractors or {}).get(target.obj_id)
         for gt_index, region in _target_inputs(target, entry, detections):
             t0 = time.perf_counter()
-            result = rep.estimate(image, entry["K"], extractor=extractor, **region)
+            result = _estimate(rep, (meshes or {}).get(target.obj_id), image, entry["K"], depth, extractor=extractor,
+                               **region)
             seconds[key] += time.perf_counter() - t0
             instances.append((target, gt_index, result))
             if result.success:
