@@ -175,3 +175,28 @@ def test_the_object_region_keeps_a_face_off_the_wall_behind():
     assert object_region(depth.shape) is None
     with pytest.raises(ValueError, match="region must be a mask of the depth image's shape"):
         pose_from_depth(mesh, K, depth, starts, region=region[:10])
+
+
+def test_a_tie_goes_to_the_start_given_first():
+    """A plate turned by half a turn about its normal meets the depth on the same pixels as
+    the right pose: the depth cannot choose, and the start the caller ranked first (the RGB
+    method's own choice) is kept, in either order."""
+    import trimesh
+
+    from pylocalize.render import Mesh
+
+    plate = trimesh.creation.box(extents=(100.0, 80.0, 6.0))
+    mesh = Mesh(plate.vertices, plate.faces)
+    pose = look_at([120.0, -90.0, -420.0])
+    R, t = pose[:, :3], pose[:, 3]
+    depth = np.squeeze(Renderer(640, 480, K).render(mesh, pose, outputs=("depth",)).depth)
+    depth = np.where(depth > 0, depth + np.random.default_rng(2).normal(0, 1.0, depth.shape), 0).astype(np.float32)
+    turned = R @ _axis_angle((0, 0, 1), 180.0)
+    for first, second in ((R, turned), (turned, R)):
+        fit, agreement = pose_from_depth(mesh, K, depth, [(first, t), (second, t)], tolerance=1.5)
+        assert _rotation_deg(fit.R, first) < 0.5 and agreement > 0.8
+    # a near tie (an object almost symmetric, an occluder over what is not) goes the same way
+    from pylocalize.objects.depth import TIE, _ranked
+
+    near, clear = [(0.634, 1, "later"), (0.634 - TIE / 2, 0, "first")], [(0.634, 1, "later"), (0.62, 0, "first")]
+    assert _ranked(near)[0][2] == "first" and _ranked(clear)[0][2] == "later"

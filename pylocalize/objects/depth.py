@@ -151,6 +151,10 @@ def _checked_region(region, depth: np.ndarray) -> Optional[np.ndarray]:
 # 2 full ones in 0.29 s, 14 from 3 full fits in 0.27 s; benchmarks/README.md).
 COARSE_FIT = (6, 400)
 FULL_FITS = 2
+# agreements closer than this are a tie, which goes to the start given first (the RGB
+# method's own choice): where an occluder hides what tells a can from its turned self, both
+# poses agree with the depth on the same pixels, and the colour image had a reason
+TIE = 0.01
 
 
 def pose_from_depth(mesh, K, depth, starts, tolerance: Optional[float] = None, num_fits: int = 8,
@@ -170,27 +174,36 @@ def pose_from_depth(mesh, K, depth, starts, tolerance: Optional[float] = None, n
     region = _checked_region(region, depth)
     measured = depth if region is None else np.where(region, depth, 0.0).astype(np.float32)  # what the fits pair
     scored = []
-    for R, t in starts:
+    for order, (R, t) in enumerate(starts):
         R, t = _checked(depth, K, R, t)[2:]
         t = _along_the_ray_to_the_depth(mesh, measured, K, R, t)
-        scored.append((_agreement(mesh, depth, K, R, t, tolerance, region), R, t))
-    scored.sort(key=lambda s: -s[0])
+        scored.append((_agreement(mesh, depth, K, R, t, tolerance, region), order, DepthFit(R, t, 0.0, 0.0, 0)))
     coarse = []
-    for agreement, R, t in scored[:num_fits]:
+    for agreement, order, start in _ranked(scored)[:num_fits]:
         if agreement == 0.0:
             break
-        fit = _fit(mesh, extent, measured, K, R, t, COARSE_FIT[0], None, None, COARSE_FIT[1])
-        coarse.append((_agreement(mesh, depth, K, fit.R, fit.t, tolerance, region), fit))
-    coarse.sort(key=lambda s: -s[0])
-    best = None
-    for _, start in coarse[:FULL_FITS]:
+        fit = _fit(mesh, extent, measured, K, start.R, start.t, COARSE_FIT[0], None, None, COARSE_FIT[1])
+        coarse.append((_agreement(mesh, depth, K, fit.R, fit.t, tolerance, region), order, fit))
+    full_fits = []
+    for _, order, start in _ranked(coarse)[:FULL_FITS]:
         fit = _fit(mesh, extent, measured, K, start.R, start.t, iterations, None, None)
-        fitted = _agreement(mesh, depth, K, fit.R, fit.t, tolerance, region)
-        if best is None or fitted > best[1]:
-            best = (fit, fitted)
-    if best is None or mesh is full:
-        return best
-    return best[0], _agreement(full, depth, K, best[0].R, best[0].t, tolerance, region)  # measured on the full mesh
+        full_fits.append((_agreement(mesh, depth, K, fit.R, fit.t, tolerance, region), order, fit))
+    if not full_fits:
+        return None
+    agreement, _, best = _ranked(full_fits)[0]
+    if mesh is not full:
+        agreement = _agreement(full, depth, K, best.R, best.t, tolerance, region)  # measured on the full mesh
+    return best, agreement
+
+
+def _ranked(candidates) -> list:
+    """``(agreement, order, fit)`` candidates best first: by agreement, except that the
+    earliest start among those within ``TIE`` of the best comes first."""
+    by_agreement = sorted(candidates, key=lambda c: (-c[0], c[1]))
+    if not by_agreement:
+        return []
+    first = min((c for c in by_agreement if c[0] >= by_agreement[0][0] - TIE), key=lambda c: c[1])
+    return [first] + [c for c in by_agreement if c is not first]
 
 
 # RGB-D estimation scores more PnP hypotheses than RGB alone: the depth, not the
