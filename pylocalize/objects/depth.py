@@ -23,6 +23,7 @@ bbox=box)`` (``pylocalize objects estimate --depth``).
 
 from __future__ import annotations
 
+import time
 from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
@@ -216,18 +217,23 @@ def estimate_with_depth(rep, mesh, image, K, depth, **estimate_options):
     """The object's pose in an RGB-D frame (``depth`` registered to ``image``, in the mesh's
     units): :meth:`ObjectRepresentation.estimate
     <pylocalize.objects.ObjectRepresentation.estimate>` on the colour image (with
-    ``RGBD_TEMPLATES`` hypotheses unless ``num_templates`` is given), then the hypothesis the
+    ``RGBD_TEMPLATES`` hypotheses unless ``num_templates`` is given, and no featuremetric
+    refinement unless ``refine=True``), then the hypothesis the
     measured depth supports best within the object's region (the given mask's or box's,
     :func:`object_region`), fitted to it (:func:`pose_from_depth`). Returns the estimate
     with ``R, t`` replaced by the fit, and the fit's depth agreement (None, and the RGB
     pose, where no hypothesis meets the depth)."""
     estimate_options.setdefault("num_templates", RGBD_TEMPLATES)
+    # the featuremetric refinement would only move the first start, which the depth fit moves anyway
+    estimate_options.setdefault("refine", False)
     result = rep.estimate(image, K, **estimate_options)
     if not result.success:
         return result, None
+    start = time.perf_counter()
     region = object_region(np.shape(depth), estimate_options.get("mask"), estimate_options.get("bbox"))
     best = pose_from_depth(mesh, K, depth, [(result.R, result.t)] + [(h.R, h.t) for h in result.hypotheses],
                            region=region)
+    result.timings["depth_fit"] = time.perf_counter() - start
     if best is None:
         return result, None
     fit, agreement = best
