@@ -190,7 +190,8 @@ def real_photo(rep, mesh, data: Path, out: Path, real, obj_id: int, segment: str
         errors["RGB"].append(pose_errors(w.R, w.t, mesh, points, K_frame, depth, *truth) if w.success else None)
         # RGB-D: the hypothesis the frame's depth supports best, fitted to it (as `objects estimate --depth`)
         start = time.perf_counter()
-        d, _ = estimate_with_depth(rep, mesh, frame, K_frame, depth, bbox=box_frame, segment=segment, **options)
+        d, _ = estimate_with_depth(rep, mesh, frame, K_frame, depth, bbox=box_frame, segment=segment,
+                                   **{**options, "retrieval": None})
         seconds["RGB-D"].append(time.perf_counter() - start)
         errors["RGB-D"].append(pose_errors(d.R, d.t, mesh, points, K_frame, depth, *truth) if d.success else None)
     e = errors["RGB"][0]
@@ -334,24 +335,25 @@ def main(argv=None) -> int:
                              "gt": [{"obj_id": obj_id, "R": pose[:, :3], "t": pose[:, 3]}],
                              "gt_info": [{"visib_fract": visib}]}
         bop.write_scene(scene_dir, images)
-        for retrieval in retrievals:
-            for modality in ("RGB", "RGB-D") if args.depth else ("RGB",):
-                result = evaluate_scene(rep, mesh, scene_dir, obj_id, scene_id=obj_id, extractor=extractor,
-                                        progress=True, given=args.given, segment=args.segment,
-                                        depth=modality == "RGB-D", retrieval=retrieval)
-                if retrieval == retrievals[0] and modality == "RGB":
-                    csv_rows += result["rows"]
-                name = retrieval if modality == "RGB" else f"{retrieval} RGB-D"
-                summary[f"{obj_id} {name}"] = {
-                    "mesh": mesh_path.name, "retrieval": name, "instances": len(result["times"]), **onboarding,
-                    "templates": len(rep.template_poses), "median_s_per_instance": float(np.median(result["times"])),
-                    "median_s_per_stage": {stage: float(np.median(seconds))
-                                           for stage, seconds in result["stage_times"].items()},
-                    **summarize(result, mesh.extent)}
-            print(f"retrieval {retrieval}:", end=" ")
-            summary[f"{obj_id} {retrieval}"].update(real_photo(rep, mesh, data, out, REAL[obj_id], obj_id,
-                                                               args.segment, extractor=extractor,
-                                                               retrieval=retrieval))
+        # the RGB rows, one per retrieval, each with the real photo; then RGB-D once, with its
+        # own retrieval (estimate_with_depth's default)
+        runs = [(retrieval, retrieval, False) for retrieval in retrievals] + ([("RGB-D", None, True)] if args.depth
+                                                                             else [])
+        for name, retrieval, depth in runs:
+            result = evaluate_scene(rep, mesh, scene_dir, obj_id, scene_id=obj_id, extractor=extractor, progress=True,
+                                    given=args.given, segment=args.segment, depth=depth, retrieval=retrieval)
+            if retrieval == retrievals[0]:
+                csv_rows += result["rows"]
+            summary[f"{obj_id} {name}"] = {
+                "mesh": mesh_path.name, "retrieval": name, "instances": len(result["times"]), **onboarding,
+                "templates": len(rep.template_poses), "median_s_per_instance": float(np.median(result["times"])),
+                "median_s_per_stage": {stage: float(np.median(seconds))
+                                       for stage, seconds in result["stage_times"].items()},
+                **summarize(result, mesh.extent)}
+            if not depth:
+                print(f"retrieval {retrieval}:", end=" ")
+                summary[f"{obj_id} {name}"].update(real_photo(rep, mesh, data, out, REAL[obj_id], obj_id,
+                                                              args.segment, extractor=extractor, retrieval=retrieval))
         for row in result["rows"][:3]:
             from pylocalize.objects.viz import pose_overlay
 

@@ -216,6 +216,15 @@ def test_shape_retrieval_through_estimate_save_and_load(tmp_path, lumpy_represen
                                    default=180.0) < 30
     assert near["bow+line2d"] >= 6 and near["bow+line2d"] > near["bow"], near
     assert loaded.estimate(image, K, mask=out.mask[0], retrieval="line2d").templates
+    # "union": the re-ranked bag-of-words and shape shortlists in turn, each template once
+    import itertools
+
+    ranked = {r: loaded.estimate(image, K, mask=out.mask[0], retrieval=r, num_templates=8, refine=False).templates
+              for r in ("bow+line2d", "line2d", "union")}
+    in_turn = [t for pair in itertools.zip_longest(ranked["bow+line2d"], ranked["line2d"]) for t in pair
+               if t is not None]
+    assert ranked["union"] == list(dict.fromkeys(in_turn))[:8] and len(ranked["union"]) == 8
+    assert set(ranked["union"]) - set(ranked["bow+line2d"])  # the shape shortlist brought its own
     with pytest.raises(ValueError, match="retrieval must be one of"):
         loaded.estimate(image, K, mask=out.mask[0], retrieval="shape")
     # a file written before orientation features: the same sections less theirs
