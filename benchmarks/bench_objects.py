@@ -191,7 +191,7 @@ def real_photo(rep, mesh, data: Path, out: Path, real, obj_id: int, segment: str
         # RGB-D: the hypothesis the frame's depth supports best, fitted to it (as `objects estimate --depth`)
         start = time.perf_counter()
         d, _ = estimate_with_depth(rep, mesh, frame, K_frame, depth, bbox=box_frame, segment=segment,
-                                   **{**options, "retrieval": None})
+                                   **{**options, "retrieval": None})  # RGB-D with estimate's default retrieval
         seconds["RGB-D"].append(time.perf_counter() - start)
         errors["RGB-D"].append(pose_errors(d.R, d.t, mesh, points, K_frame, depth, *truth) if d.success else None)
     e = errors["RGB"][0]
@@ -335,8 +335,8 @@ def main(argv=None) -> int:
                              "gt": [{"obj_id": obj_id, "R": pose[:, :3], "t": pose[:, 3]}],
                              "gt_info": [{"visib_fract": visib}]}
         bop.write_scene(scene_dir, images)
-        # the RGB rows, one per retrieval, each with the real photo; then RGB-D once, with its
-        # own retrieval (estimate_with_depth's default)
+        # the RGB rows, one per retrieval, each with the real photo; then RGB-D once, with
+        # estimate's default retrieval
         runs = [(retrieval, retrieval, False) for retrieval in retrievals] + ([("RGB-D", None, True)] if args.depth
                                                                              else [])
         for name, retrieval, depth in runs:

@@ -249,7 +249,7 @@ def _add_estimate(sub) -> None:
     _add_segment(o)
     o.add_argument("--retrieval", choices=RETRIEVALS, default=None,
                    help="template retrieval (default: bow+line2d where the representation has orientation "
-                        "features, with --depth union; else bow)")
+                        "features, else bow)")
     o.set_defaults(func=_estimate)
 
 

@@ -217,9 +217,8 @@ def estimate_with_depth(rep, mesh, image, K, depth, **estimate_options):
     """The object's pose in an RGB-D frame (``depth`` registered to ``image``, in the mesh's
     units): :meth:`ObjectRepresentation.estimate
     <pylocalize.objects.ObjectRepresentation.estimate>` on the colour image (with
-    ``RGBD_TEMPLATES`` hypotheses unless ``num_templates`` is given, from the ``"union"``
-    retrieval unless ``retrieval`` is, and no featuremetric refinement unless
-    ``refine=True``), then the hypothesis the
+    ``RGBD_TEMPLATES`` hypotheses unless ``num_templates`` is given, and no featuremetric
+    refinement unless ``refine=True``), then the hypothesis the
     measured depth supports best within the object's region (the given mask's or box's,
     :func:`object_region`), fitted to it (:func:`pose_from_depth`). Returns the estimate
     with ``R, t`` replaced by the fit, and the fit's depth agreement (None, and the RGB
@@ -227,10 +226,6 @@ def estimate_with_depth(rep, mesh, image, K, depth, **estimate_options):
     estimate_options.setdefault("num_templates", RGBD_TEMPLATES)
     # the featuremetric refinement would only move the first start, which the depth fit moves anyway
     estimate_options.setdefault("refine", False)
-    if estimate_options.get("retrieval") is None and getattr(rep, "orientation", None) is not None:
-        # both shortlists in turn: the depth, not the colour, picks among their hypotheses
-        # (the generated can set: 25 of 25 within 5 degrees, 24 from bow+line2d; benchmarks/README.md)
-        estimate_options["retrieval"] = "union"
     result = rep.estimate(image, K, **estimate_options)
     if not result.success:
         return result, None

@@ -53,7 +53,8 @@ FORMAT_TAG = "ObjectRepresentation"
 SELECTION_RULES = ("featuremetric", "inliers")
 # Template retrieval: tf-idf bags of words of patch descriptors ("bow"), gradient-orientation
 # shape matching ("line2d", :mod:`~pylocalize.objects.orientation`), both, or the shortlists
-# of both taken in turn ("union": where a depth image picks among many hypotheses).
+# of both taken in turn ("union"; with depth it gained one generated can instance and lost one
+# HOPE instance, so the default stays "bow+line2d": benchmarks/README.md).
 RETRIEVALS = ("bow", "line2d", "bow+line2d", "union")
 # Object PnP: patch centres carry several pixels of noise, which EPnP + least squares keep
 # and LO-RANSAC's 1 px robust refinement discounts (measured: benchmarks/README.md).
