@@ -272,6 +272,8 @@ def _shape_of(mesh):
         return cached[2]
     v = mesh.vertices.astype(np.float64)[mesh.faces]
     area = 0.5 * np.linalg.norm(np.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0]), axis=1).sum()
+    if not area > 0:
+        return mesh  # no surface to simplify (every triangle degenerate): rendered as it is
     # a clustering grid of cell c leaves about 2 area / c^2 triangles on a surface
     shape = mesh.simplified(float(np.sqrt(2.0 * area / FIT_TRIANGLES)))
     mesh.__dict__["_fit_shape"] = (mesh.vertices, mesh.faces, shape)
