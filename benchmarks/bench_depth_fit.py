@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_objects import sensor_depth  # benchmarks/ is not a package: from the script's own folder
 
 from pylocalize.geometry import look_at
 from pylocalize.objects import bop
@@ -66,9 +67,8 @@ def make_scene(mesh, rng, distance: float):
     w, h = int(0.35 * (xs.max() - xs.min())), int(0.35 * (ys.max() - ys.min()))
     ox, oy = rng.integers(xs.min(), xs.max() - w + 1), rng.integers(ys.min(), ys.max() - h + 1)
     depth[oy:oy + h, ox:ox + w] -= 50.0  # the occluder
-    depth = np.rint(depth + rng.normal(size=depth.shape) * (0.5 + 1.5 * (depth / 1000.0) ** 2))
-    depth[rng.random(depth.shape) < 0.03] = 0
-    return pose[:, :3], pose[:, 3], depth.astype(np.float32), object_region(depth.shape, mask=mask)
+    depth = sensor_depth(depth, rng)
+    return pose[:, :3], pose[:, 3], depth, object_region(depth.shape, mask=mask)
 
 
 def errors(R, t, R_true, t_true, points):
