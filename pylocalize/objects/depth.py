@@ -125,8 +125,10 @@ def object_region(shape, mask: Optional[np.ndarray] = None, bbox=None, margin: f
     is given. A measured depth alone cannot tell the object from the scene: a face of a
     box fits any wall or table, and without the region a fit slides there."""
     if mask is not None:
-        ys, xs = np.nonzero(np.asarray(mask))
-        bbox = (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1) if len(xs) else None
+        from pylocalize.objects.evaluate import mask_box
+
+        box = mask_box(np.asarray(mask))
+        bbox = box if box[2] > 0 else None
     if bbox is None:
         return None
     x, y, w, h = (float(v) for v in bbox)
@@ -280,6 +282,18 @@ def _shape_of(mesh):
     return shape
 
 
+def _box_corners(mesh) -> np.ndarray:
+    """The 8 corners of the mesh's bounding box (float64 (8, 3)), kept on the mesh as
+    :func:`_shape_of` keeps its shape: every step of every fit asks for them."""
+    cached = mesh.__dict__.get("_box_corners")
+    if cached is not None and cached[0] is mesh.vertices:
+        return cached[1]
+    lo, hi = mesh.vertices.min(0).astype(np.float64), mesh.vertices.max(0).astype(np.float64)
+    corners = np.stack(np.meshgrid(*zip(lo, hi), indexing="ij"), -1).reshape(-1, 3)
+    mesh.__dict__["_box_corners"] = (mesh.vertices, corners)
+    return corners
+
+
 # the widest window (pixels each side) searched for a model point's nearest measurement
 MAX_RADIUS = 6
 
@@ -304,8 +318,7 @@ class _Window(NamedTuple):
         from pylocalize.render import Renderer
 
         h, w = depth.shape
-        lo, hi = mesh.vertices.min(0).astype(np.float64), mesh.vertices.max(0).astype(np.float64)
-        corners = np.stack(np.meshgrid(*zip(lo, hi), indexing="ij"), -1).reshape(-1, 3) @ R.T + t
+        corners = _box_corners(mesh) @ R.T + t
         x0, y0, x1, y1 = 0, 0, w, h
         if (corners[:, 2] > 0).all():
             pixels = corners @ K.T

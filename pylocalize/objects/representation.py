@@ -415,13 +415,10 @@ class ObjectRepresentation:
             (:func:`~pylocalize.objects.segmentation.segment_in_box`; default), or every
             patch of the box (background included).
         retrieval : {"bow", "line2d", "bow+line2d", "union"}, optional
-            How templates are found (:meth:`retrieve_templates`): a bag-of-words shortlist
-            re-ranked by cyclic matches, the same re-ranked by cyclic matches times
-            gradient-orientation (LINE-2D) shape scores, a shortlist by shape re-ranked so, or
-            the last two in turn.
-            Default: ``"bow+line2d"`` where the representation has orientation features
-            (+0.07 to +0.12 AR on the generated HOPE and LINEMOD sets, benchmarks/README.md),
-            ``"bow"`` for files saved before them.
+            How templates are found (:meth:`retrieve_templates`). Default:
+            ``"bow+line2d"`` where the representation has orientation features (+0.07 to
+            +0.12 AR on the generated HOPE and LINEMOD sets, benchmarks/README.md), ``"bow"``
+            for files saved before them.
         """
         K, image, mask = _checked_query(image, K, mask)
         retrieval, extractor = self._checked_estimate_options(retrieval, select, segment, extractor)
