@@ -15,7 +15,7 @@ AR_VSD, AR_MSSD, AR_MSPD, AR and ADD / ADD-S recall, coarse (PnP) vs refined
 
     python benchmarks/bench_objects.py [--data ../shared/data] [--instances 25] [--out bench_objects]
         [--given mask|box] [--segment grabcut|box] [--retrieval bow,bow+line2d] [--representations DIR]
-        [--extractor dense-sift|learned] [--train-seconds 240] [--train-backgrounds DIR] [--reuse-descriptor]
+        [--extractor dense-sift|learned|auto] [--train-steps 800] [--train-backgrounds DIR] [--reuse-descriptor]
         [--depth]
 
 ``--extractor learned`` trains the per-object descriptor (:mod:`pylocalize.objects.learned`)
@@ -45,6 +45,7 @@ from pylocalize.geometry import look_at
 from pylocalize.objects import bop, onboard
 from pylocalize.objects.depth import depth_agreement, estimate_with_depth, pose_from_depth
 from pylocalize.objects.evaluate import GIVEN, evaluate_scene, metric_points, summarize
+from pylocalize.objects.learned import TRAIN_SECONDS_CAP, TRAIN_STEPS
 from pylocalize.objects.representation import RETRIEVALS
 from pylocalize.objects.segmentation import SEGMENTATIONS
 from pylocalize.render import Renderer, load_mesh
@@ -125,8 +126,19 @@ def onboard_and_save(mesh, args, path: Path):
         return rep, extractor, {"onboarding_s": float("nan"), "onboarding_cpu_s": float("nan"),
                                 "onboarding_stages_s": {}, "representation_mb": saved.stat().st_size / 1e6}
     t0, cpu0 = time.perf_counter(), time.process_time()
-    extractor, trained = None, {}
-    if args.extractor == "learned":
+    extractor, trained, chosen = None, {}, {}
+    if args.extractor == "auto":
+        from pylocalize.objects.choice import onboard_with_best_descriptor
+        from pylocalize.objects.learned import descriptor_path
+
+        rep, extractor, choice = onboard_with_best_descriptor(
+            mesh, args.train_backgrounds, seed=args.seed, progress=True,
+            train_options={"steps": args.train_steps, "seconds": args.train_seconds},
+            num_views=args.views, num_inplane=args.inplane, supersample=args.supersample, pca_dim=args.pca_dim)
+        print(f"descriptor chosen on held-out frames: {choice.name} "
+              f"({', '.join(f'{n} {s:.3f}' for n, s in choice.scores.items())})")
+        chosen = {"descriptor": choice.name, "held_out_scores": choice.scores}
+    elif args.extractor == "learned":
         from pylocalize.objects.learned import LearnedPatchExtractor, descriptor_path, train_object_descriptor
 
         if args.reuse_descriptor and descriptor_path(path).is_file():
@@ -135,10 +147,11 @@ def onboard_and_save(mesh, args, path: Path):
             extractor = train_object_descriptor(mesh, args.train_backgrounds, steps=args.train_steps,
                                                 seconds=args.train_seconds, seed=args.seed, progress=True)
             trained = {"learned descriptor": time.perf_counter() - t0}
-    rep = onboard(mesh, extractor, num_views=args.views, num_inplane=args.inplane, progress=True,
-                  supersample=args.supersample, pca_dim=args.pca_dim)
+    if args.extractor != "auto":
+        rep = onboard(mesh, extractor, num_views=args.views, num_inplane=args.inplane, progress=True,
+                      supersample=args.supersample, pca_dim=args.pca_dim)
     measured = {"onboarding_s": time.perf_counter() - t0, "onboarding_cpu_s": time.process_time() - cpu0,
-                "onboarding_stages_s": {**trained, **rep.onboarding_seconds}}
+                "onboarding_stages_s": {**trained, **rep.onboarding_seconds}, **chosen}
     path.parent.mkdir(parents=True, exist_ok=True)
     rep.save(path)
     measured["representation_mb"] = path.stat().st_size / 1e6
@@ -282,10 +295,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="with --given box: the object's pixels found in the box by GrabCut, or the whole box")
     parser.add_argument("--objects", type=int, nargs="+", choices=[1, 5], default=[1, 5],
                         help="objects to run: 1 the HOPE bottle, 5 the LINEMOD can")
-    parser.add_argument("--extractor", choices=["dense-sift", "learned"], default="dense-sift",
-                        help="patch descriptors: dense SIFT, or a per-object network trained at onboarding (torch)")
-    parser.add_argument("--train-seconds", type=float, default=240.0, help="learned: training budget per object")
-    parser.add_argument("--train-steps", type=int, default=2000, help="learned: most training steps per object")
+    parser.add_argument("--extractor", choices=["dense-sift", "learned", "auto"], default="dense-sift",
+                        help="patch descriptors: dense SIFT, a per-object network trained at onboarding (torch), or "
+                             "auto: both, the one that poses held-out frames better kept (objects.choice)")
+    parser.add_argument("--train-steps", type=int, default=TRAIN_STEPS, help="learned: training steps per object")
+    parser.add_argument("--train-seconds", type=float, default=TRAIN_SECONDS_CAP,
+                        help="learned: stop training early after this many seconds")
     parser.add_argument("--train-backgrounds", default=None,
                         help="learned: folder of photos behind the training renders (default: DATA/lund/images)")
     parser.add_argument("--reuse-descriptor", action="store_true",

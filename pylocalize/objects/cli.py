@@ -18,6 +18,7 @@ import numpy as np
 
 from pylocalize._cli import at_least, run_alone
 from pylocalize.objects.evaluate import GIVEN
+from pylocalize.objects.learned import TRAIN_SECONDS_CAP, TRAIN_STEPS
 from pylocalize.objects.representation import RETRIEVALS
 from pylocalize.objects.segmentation import SEGMENTATIONS
 
@@ -58,19 +59,29 @@ def _onboard(args) -> int:
         with install_hint("--ray"):
             connect(args.ray)
         executor = RayExecutor()
-    if args.extractor == "learned":  # trained on the object's renders first, kept beside the representation
-        from pylocalize.objects.learned import descriptor_path, train_object_descriptor
+    options = dict(num_views=args.views, num_inplane=args.inplane, num_words=args.words, size=args.size,
+                   progress=args.progress, mesh_units=args.mesh_units, executor=executor)
+    if args.extractor == "auto":  # both descriptors, scored on held-out frames; the winner is kept
+        from pylocalize.objects.choice import onboard_with_best_descriptor
+
+        rep, extractor, choice = onboard_with_best_descriptor(
+            args.mesh, args.backgrounds, num_frames=args.check_frames,
+            train_options={"steps": args.train_steps, "seconds": args.train_seconds}, **options)
+        print(f"held-out check ({args.check_frames} frames, mean of AR_MSSD and AR_MSPD): "
+              + ", ".join(f"{name} {score:.3f}" for name, score in choice.scores.items()) + f" -> {choice.name}")
+    elif args.extractor == "learned":  # trained on the object's renders first, kept beside the representation
+        from pylocalize.objects.learned import train_object_descriptor
 
         extractor = train_object_descriptor(args.mesh, args.backgrounds, steps=args.train_steps,
                                             seconds=args.train_seconds, size=args.size, progress=args.progress)
+        rep = onboard(args.mesh, extractor, **options)
     else:
-        extractor = _patch_extractor(args.extractor, args.weights)
-    rep = onboard(args.mesh, extractor, num_views=args.views,
-                  num_inplane=args.inplane, num_words=args.words, size=args.size, progress=args.progress,
-                  mesh_units=args.mesh_units, executor=executor)
+        rep = onboard(args.mesh, _patch_extractor(args.extractor, args.weights), **options)
     saving = time.perf_counter()
     rep.save(args.out)
-    if args.extractor == "learned":
+    if rep.extractor_name == "learned":
+        from pylocalize.objects.learned import descriptor_path
+
         extractor.save(descriptor_path(args.out))
         print(f"learned descriptor -> {descriptor_path(args.out)}")
     rep.onboarding_seconds["saving"] = time.perf_counter() - saving
@@ -210,14 +221,18 @@ def _add_onboard(sub) -> None:
     o.add_argument("--inplane", type=at_least(1), default=14, help="in-plane rotations per viewpoint")
     o.add_argument("--words", type=at_least(2), default=2048, help="visual words")
     o.add_argument("--size", type=at_least(14), default=420, help="template crop size (a multiple of 14)")
-    o.add_argument("--extractor", choices=["dense-sift", "dinov2", "learned"], default="dense-sift",
+    o.add_argument("--extractor", choices=["dense-sift", "dinov2", "learned", "auto"], default="dense-sift",
                    help="patch descriptors (dinov2 needs the torch extra and --weights; learned: a per-object "
-                        "network trained here on the mesh's renders, torch extra, written to OUT.descriptor)")
+                        "network trained here on the mesh's renders, torch extra, written to OUT.descriptor; auto: "
+                        "onboards with dense-sift and learned and keeps the one that poses held-out frames better)")
     o.add_argument("--weights", help="local DINOv2 model directory (save_pretrained layout)")
-    o.add_argument("--backgrounds", help="learned: a folder of any photos to put behind the training renders "
-                                         "(default: procedural textures)")
-    o.add_argument("--train-seconds", type=float, default=240.0, help="learned: training time budget")
-    o.add_argument("--train-steps", type=at_least(1), default=2000, help="learned: most training steps")
+    o.add_argument("--backgrounds", help="learned, auto: a folder of any photos to put behind the training renders "
+                                         "(auto holds a quarter out for its check; default: procedural textures)")
+    o.add_argument("--check-frames", type=at_least(1), default=16,
+                   help="auto: held-out frames both descriptors are scored on")
+    o.add_argument("--train-steps", type=at_least(1), default=TRAIN_STEPS, help="learned: training steps")
+    o.add_argument("--train-seconds", type=float, default=TRAIN_SECONDS_CAP,
+                   help="learned: stop training early after this many seconds (a loaded machine)")
     o.add_argument("--ray", metavar="auto|local|ADDRESS",
                    help="render and describe the templates as Ray tasks (extra dist; the same representation): "
                         "'auto' joins the Ray running on this machine or starts one in this process, 'local' always "

@@ -1,0 +1,180 @@
+"""Which patch descriptor an object is onboarded with, decided per object by a held-out check.
+
+Neither dense SIFT nor the per-object learned descriptor (:mod:`pylocalize.objects.learned`)
+wins for every object (``benchmarks/README.md``: the learned one is ahead on the HOPE bottle
+and behind on the LINEMOD can). So ``objects onboard --extractor auto``
+(:func:`onboard_with_best_descriptor`) onboards the object with each, poses both on the same
+held-out frames, and keeps the one that scores higher.
+
+The held-out frames (:func:`held_out_frames`) are what a user's photos look like and what the
+descriptor's training did not see: the object rendered at random views and distances in a
+640x480 camera, over crops of background photos kept out of training, with the training's
+lighting, colour, blur, noise and occluder augmentation. Each is posed from the object's box,
+as a detector would give it, and scored by BOP's average recall of MSSD and MSPD (identity
+symmetry unless given: a symmetric object's equivalent poses count as wrong for both
+descriptors alike). A tie goes to the candidate given first, dense SIFT, which needs no
+torch and runs faster.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+
+from pylocalize.objects import bop
+
+logger = logging.getLogger(__name__)
+
+HELD_OUT_SHARE = 0.25  # of the background photos, kept out of training for the check
+MIN_VISIBLE = 0.5  # a held-out frame shows at least this share of the object's silhouette
+
+
+class HeldOutFrame(NamedTuple):
+    image: np.ndarray  # uint8 (H, W, 3)
+    K: np.ndarray
+    R: np.ndarray  # the true pose, model to camera
+    t: np.ndarray
+    bbox: Tuple[int, int, int, int]  # the visible object's box (x, y, w, h)
+
+
+class DescriptorChoice(NamedTuple):
+    name: str  # the winner's extractor name
+    scores: Dict[str, float]  # each candidate's mean of AR_MSSD and AR_MSPD on the held-out frames
+    errors: Dict[str, Dict[str, np.ndarray]]  # each candidate's per-frame "mssd" and "mspd" (inf: failed)
+
+
+def split_backgrounds(backgrounds, rng: np.random.Generator) -> Tuple[Optional[list], Optional[list]]:
+    """``(training, held_out)`` photo lists from a folder or a list of photos (paths or
+    arrays): a random ``HELD_OUT_SHARE`` (at least one) held out. One photo serves both, with
+    a warning; None (procedural textures) stays None for both."""
+    if backgrounds is None:
+        return None, None
+    from pathlib import Path
+
+    from pylocalize.io import is_image_file
+
+    if isinstance(backgrounds, (str, bytes)) or hasattr(backgrounds, "__fspath__"):
+        folder = Path(backgrounds)
+        if not folder.is_dir():
+            raise ValueError(f"backgrounds: {folder} is not a folder of photos")
+        backgrounds = sorted(p for p in folder.rglob("*") if is_image_file(p))
+    backgrounds = list(backgrounds)
+    if not backgrounds:
+        raise ValueError("backgrounds: no photos (give None for procedural textures)")
+    if len(backgrounds) == 1:
+        logger.warning("one background photo: training and the held-out check see crops of the same photo")
+        return backgrounds, backgrounds
+    order = rng.permutation(len(backgrounds))
+    held = max(1, int(round(HELD_OUT_SHARE * len(backgrounds))))
+    return [backgrounds[i] for i in order[held:]], [backgrounds[i] for i in order[:held]]
+
+
+def held_out_frames(mesh, backgrounds, num_frames: int = 16, seed: int = 0, width: int = 640,
+                    height: int = 480, focal: float = 600.0) -> List[HeldOutFrame]:
+    """``num_frames`` frames of ``mesh`` at random poses over crops of ``backgrounds`` (photos
+    as :func:`~pylocalize.objects.learned.background_images` takes them; None: procedural
+    textures), augmented as the learned descriptor's training queries are, each with its true
+    pose and visible box. Frames where less than ``MIN_VISIBLE`` of the object shows are
+    drawn again."""
+    from pylocalize.geometry import look_at
+    from pylocalize.objects.evaluate import mask_box
+    from pylocalize.objects.learned import augment_query, background_images
+    from pylocalize.render import Renderer, load_mesh
+
+    if not hasattr(mesh, "faces"):
+        mesh = load_mesh(mesh)
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    rng = np.random.default_rng(seed)
+    if backgrounds is None:  # training already warned that it saw no photos
+        from pylocalize.datasets.synthetic import procedural_texture
+
+        photos = [procedural_texture(rng, height, width) for _ in range(8)]
+    else:
+        photos = background_images(backgrounds, min(width, height), rng)
+    K = np.array([[focal, 0, (width - 1) / 2], [0, focal, (height - 1) / 2], [0, 0, 1.0]])
+    renderer = Renderer(width, height, K, supersample=3)
+    frames, draws = [], 0
+    while len(frames) < num_frames:
+        draws += 1
+        if draws > 20 * num_frames:
+            raise RuntimeError(f"{draws} random views showed under {MIN_VISIBLE:.0%} of the object: is the mesh empty?")
+        d = rng.normal(size=3)
+        pose = look_at(mesh.center + d / np.linalg.norm(d) * rng.uniform(2.5, 5.0) * mesh.extent, mesh.center,
+                       up=rng.normal(size=3))
+        pose[:, 3] += [rng.uniform(-0.15, 0.15) * pose[2, 3], rng.uniform(-0.1, 0.1) * pose[2, 3], 0]
+        out = renderer.render(mesh, pose, outputs=("rgb", "mask"))
+        mask = out.mask[0].astype(bool)
+        image, visible = augment_query(out.rgb[0], mask, photos, rng)
+        if visible.sum() < MIN_VISIBLE * max(mask.sum(), 1) or mask.sum() < 100:
+            continue
+        frames.append(HeldOutFrame(image.astype(np.uint8), K, pose[:, :3], pose[:, 3], mask_box(visible)))
+    return frames
+
+
+def score_candidates(candidates: Dict[str, tuple], mesh, frames: Sequence[HeldOutFrame], symmetries=None,
+                     progress: bool = False, **estimate_options) -> DescriptorChoice:
+    """Poses every frame with every candidate, ``{name: (representation, extractor)}``, from
+    the frame's box, and picks the candidate with the highest mean of AR_MSSD and AR_MSPD
+    (a tie: the first given). A frame that fails to pose scores as a miss."""
+    from tqdm import tqdm
+
+    from pylocalize.objects.evaluate import metric_points
+
+    if not candidates:
+        raise ValueError("no candidate descriptors to choose from")
+    if not frames:
+        raise ValueError("no held-out frames to score the candidates on")
+    points = metric_points(mesh)
+    symmetries = symmetries or [np.eye(4)]
+    diameter, width = float(mesh.extent), frames[0].image.shape[1]
+    scores, errors = {}, {}
+    for name, (rep, extractor) in candidates.items():
+        found = {"mssd": [], "mspd": []}
+        for frame in tqdm(frames, desc=f"held-out check: {name}", disable=not progress, leave=False):
+            result = rep.estimate(frame.image, frame.K, bbox=frame.bbox, extractor=extractor, **estimate_options)
+            if result.success:
+                found["mssd"].append(bop.mssd(result.R, result.t, frame.R, frame.t, points, symmetries))
+                found["mspd"].append(bop.mspd(result.R, result.t, frame.R, frame.t, frame.K, points, symmetries))
+            else:
+                found["mssd"].append(np.inf)
+                found["mspd"].append(np.inf)
+        errors[name] = {key: np.asarray(values) for key, values in found.items()}
+        recalls = bop.average_recalls(errors[name], np.full(len(frames), diameter), np.full(len(frames), width))
+        scores[name] = 0.5 * (recalls["AR_MSSD"] + recalls["AR_MSPD"])
+    best = max(scores.values())
+    name = next(n for n, s in scores.items() if s >= best)  # the first given wins a tie
+    logger.info("held-out check on %d frames: %s -> %s", len(frames),
+                ", ".join(f"{n} {s:.3f}" for n, s in scores.items()), name)
+    return DescriptorChoice(name, scores, errors)
+
+
+def onboard_with_best_descriptor(mesh, backgrounds=None, num_frames: int = 16, seed: int = 0,
+                                 progress: bool = False, train_options: Optional[dict] = None,
+                                 **onboard_options):
+    """Onboards ``mesh`` with dense SIFT and with a learned descriptor trained on it (photos
+    of ``backgrounds`` held out for the check, :func:`split_backgrounds`), scores both on
+    ``num_frames`` held-out frames (:func:`held_out_frames`, :func:`score_candidates`) and
+    returns ``(representation, extractor, choice)`` of the winner; ``extractor`` is the
+    :class:`~pylocalize.objects.learned.LearnedPatchExtractor` to save beside the
+    representation, or None for dense SIFT. Needs torch (the ``torch`` extra)."""
+    from pylocalize.features.patches import DenseSIFTExtractor
+    from pylocalize.objects.learned import train_object_descriptor
+    from pylocalize.objects.onboarding import onboard
+    from pylocalize.render import load_mesh
+
+    if not hasattr(mesh, "faces"):
+        mesh = load_mesh(mesh)
+    training, held_out = split_backgrounds(backgrounds, np.random.default_rng(seed))
+    learned = train_object_descriptor(mesh, training, seed=seed, progress=progress,
+                                      size=onboard_options.get("size", 420), **(train_options or {}))
+    candidates = {}
+    for name, extractor in (("dense-sift", DenseSIFTExtractor()), ("learned", learned)):
+        candidates[name] = (onboard(mesh, extractor, seed=seed, progress=progress, **onboard_options), extractor)
+    # another seed than training's: other crops, views and augmentation
+    frames = held_out_frames(mesh, held_out, num_frames, seed=seed + 1)
+    choice = score_candidates(candidates, mesh, frames, progress=progress)
+    rep, extractor = candidates[choice.name]
+    return rep, (extractor if choice.name == "learned" else None), choice

@@ -1,0 +1,120 @@
+"""The per-object choice of patch descriptor by a held-out check (pylocalize.objects.choice)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import cv2
+import numpy as np
+import pytest
+
+from pylocalize.datasets.synthetic import textured_box_object
+from pylocalize.objects import ObjectRepresentation, onboard
+from pylocalize.objects.choice import held_out_frames, score_candidates, split_backgrounds
+
+
+@pytest.fixture(scope="module")
+def box():
+    mesh = textured_box_object(0)
+    return mesh, onboard(mesh, num_views=20, num_inplane=8, size=224)
+
+
+def test_held_out_frames_show_the_object_at_its_true_pose_over_the_photos_given():
+    mesh = textured_box_object(1)
+    green = np.zeros((300, 400, 3), np.uint8)
+    green[..., 1] = 255
+    frames = held_out_frames(mesh, [green], num_frames=5, seed=3)
+    again = held_out_frames(mesh, [green], num_frames=5, seed=3)
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(frames, again))  # seeded
+    for frame in frames:
+        assert frame.image.shape == (480, 640, 3) and frame.image.dtype == np.uint8
+        # the visible box lies inside the true pose's projection of the mesh
+        cam = mesh.vertices @ frame.R.T + frame.t
+        uv = cam[:, :2] / cam[:, 2:] * [frame.K[0, 0], frame.K[1, 1]] + frame.K[:2, 2]
+        x, y, w, h = frame.bbox
+        assert w > 10 and h > 10
+        assert uv[:, 0].min() - 2 <= x and x + w <= uv[:, 0].max() + 2
+        assert uv[:, 1].min() - 2 <= y and y + h <= uv[:, 1].max() + 2
+        # away from the object, the background is the green photo (lit, blurred and noisy)
+        outside = np.ones(frame.image.shape[:2], bool)
+        outside[max(0, y - 20):y + h + 20, max(0, x - 20):x + w + 20] = False
+        corners = frame.image[outside].astype(float)
+        assert np.median(corners[:, 1]) > 200 and np.median(corners[:, [0, 2]]) < 30
+
+
+def test_split_backgrounds_holds_a_quarter_of_the_photos_out(tmp_path, caplog):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(8):
+        cv2.imwrite(str(folder / f"{i}.png"), np.full((20, 20, 3), i * 30, np.uint8))
+    training, held = split_backgrounds(folder, np.random.default_rng(0))
+    assert len(training) == 6 and len(held) == 2 and not set(training) & set(held)
+    assert sorted(training + held) == sorted(folder.glob("*.png"))
+    assert split_backgrounds(None, np.random.default_rng(0)) == (None, None)
+    with caplog.at_level(logging.WARNING, logger="pylocalize.objects.choice"):
+        one = split_backgrounds([folder / "0.png"], np.random.default_rng(0))
+    assert one == ([folder / "0.png"], [folder / "0.png"]) and "same photo" in caplog.text
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no photos"):
+        split_backgrounds(tmp_path / "empty", np.random.default_rng(0))
+    with pytest.raises(ValueError, match="not a folder"):
+        split_backgrounds(tmp_path / "nowhere", np.random.default_rng(0))
+
+
+class Turned:
+    """A representation whose every pose is turned 90 degrees about the object's x axis."""
+
+    def __init__(self, rep: ObjectRepresentation):
+        self.rep = rep
+
+    def estimate(self, *args, **kwargs):
+        result = self.rep.estimate(*args, **kwargs)
+        if not result.success:
+            return result
+        turn = cv2.Rodrigues(np.array([np.pi / 2, 0, 0]))[0]
+        return dataclasses.replace(result, R=result.R @ turn)
+
+
+def test_the_candidate_with_the_right_poses_wins_whichever_comes_first(box):
+    mesh, rep = box
+    frames = held_out_frames(mesh, None, num_frames=6, seed=5)
+    choice = score_candidates({"turned": (Turned(rep), None), "dense-sift": (rep, None)}, mesh, frames)
+    assert choice.name == "dense-sift"
+    assert choice.scores["dense-sift"] > 0.3  # the held-out frames can be posed
+    assert choice.scores["turned"] < choice.scores["dense-sift"] - 0.2
+    assert choice.errors["turned"]["mssd"].shape == (6,)
+    # the same representation twice: a tie, which the first given wins
+    assert score_candidates({"b": (rep, None), "a": (rep, None)}, mesh, frames).name == "b"
+    with pytest.raises(ValueError, match="no candidate"):
+        score_candidates({}, mesh, frames)
+    with pytest.raises(ValueError, match="no held-out frames"):
+        score_candidates({"a": (rep, None)}, mesh, [])
+
+
+def test_onboard_auto_keeps_the_winner_through_the_cli(tmp_path, capsys):
+    pytest.importorskip("torch")
+    import trimesh
+
+    from pylocalize.cli import main
+    from pylocalize.objects.learned import descriptor_path
+
+    mesh = textured_box_object(2)
+    trimesh.Trimesh(mesh.vertices, mesh.faces, process=False).export(tmp_path / "box.ply")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        cv2.imwrite(str(photos / f"{i}.png"), rng.integers(0, 256, (90, 120, 3), dtype=np.uint8))
+    rep_path = tmp_path / "rep.pyloc"
+    assert main(["objects", "onboard", "--mesh", str(tmp_path / "box.ply"), "--views", "12", "--inplane", "6",
+                 "--size", "112", "--words", "64", "--out", str(rep_path), "--extractor", "auto",
+                 "--backgrounds", str(photos), "--train-steps", "3", "--check-frames", "3"]) == 0
+    line = next(s for s in capsys.readouterr().out.splitlines() if s.startswith("held-out check"))
+    scores = dict(item.rsplit(" ", 1) for item in line.split(": ", 1)[1].split(" -> ")[0].split(", "))
+    winner = line.rsplit(" -> ", 1)[1]
+    assert set(scores) == {"dense-sift", "learned"}
+    assert winner == max(scores, key=lambda n: (float(scores[n]), n == "dense-sift"))
+    rep = ObjectRepresentation.load(rep_path)
+    assert rep.extractor_name == winner
+    assert descriptor_path(rep_path).is_file() == (winner == "learned")
