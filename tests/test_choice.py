@@ -11,7 +11,7 @@ import pytest
 
 from pylocalize.datasets.synthetic import textured_box_object
 from pylocalize.objects import ObjectRepresentation, onboard
-from pylocalize.objects.choice import held_out_frames, score_candidates, split_backgrounds
+from pylocalize.objects.choice import camera_faults, held_out_frames, relight, score_candidates, split_backgrounds
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,32 @@ def test_held_out_frames_show_the_object_at_its_true_pose_over_the_photos_given(
         outside[max(0, y - 20):y + h + 20, max(0, x - 20):x + w + 20] = False
         corners = frame.image[outside].astype(float)
         assert np.median(corners[:, 1]) > 200 and np.median(corners[:, [0, 2]]) < 30
+
+
+def test_relight_is_brightest_towards_a_light_in_front_and_ambient_away_from_it():
+    # the normals of a hemisphere facing the camera, on a grey surface
+    u, v = np.meshgrid(np.linspace(-1, 1, 101), np.linspace(-1, 1, 101))
+    inside = u ** 2 + v ** 2 < 0.999
+    normals = np.zeros((101, 101, 3), np.float32)
+    normals[inside] = np.stack([u[inside], v[inside], -np.sqrt(1 - u[inside] ** 2 - v[inside] ** 2)], 1)
+    albedo = np.where(inside[..., None], 100, 0).astype(np.uint8).repeat(3, 2)
+    for seed in range(10):
+        lit = relight(albedo, normals, np.random.default_rng(seed)).mean(2)
+        assert lit.dtype == np.float32 and lit.shape == (101, 101)
+        brightest = normals[np.unravel_index(np.argmax(np.where(inside, lit, -1)), lit.shape)]
+        assert -brightest[2] > np.cos(np.deg2rad(61))  # the light is at most 60 degrees off the viewing axis
+        # the rim turned away from the light gets the ambient light alone: 20-50 % of the diffuse peak
+        ratio = np.percentile(lit[inside], 1) / np.percentile(lit[inside], 90)
+        assert 0.1 < ratio < 0.7
+
+
+def test_camera_faults_keep_the_exposure_roughly_and_add_noise():
+    grey = np.full((120, 160, 3), 128.0, np.float32)
+    for seed in range(5):
+        shot = camera_faults(grey, np.random.default_rng(seed))
+        assert shot.dtype == np.uint8 and shot.shape == grey.shape
+        assert 255 * (128 / 255) ** 1.25 - 5 < shot.mean() < 255 * (128 / 255) ** 0.8 + 5
+        assert shot.std() > 0.5
 
 
 def test_split_backgrounds_holds_a_quarter_of_the_photos_out(tmp_path, caplog):

@@ -6,10 +6,12 @@ and behind on the LINEMOD can). So ``objects onboard --extractor auto``
 (:func:`onboard_with_best_descriptor`) onboards the object with each, poses both on the same
 held-out frames, and keeps the one that scores higher.
 
-The held-out frames (:func:`held_out_frames`) are what a user's photos look like and what the
-descriptor's training did not see: the object rendered at random views and distances in a
-640x480 camera, over crops of background photos kept out of training, with the training's
-lighting, colour, blur, noise and occluder augmentation. Each is posed from the object's box,
+The held-out frames (:func:`held_out_frames`) are meant to look like a user's photos and
+unlike anything either descriptor was built from: the object rendered at random views and
+distances in a 640x480 camera, lit by a directional light with a highlight (templates and
+training renders are lit from the camera), over crops of background photos kept out of
+training, through a camera's blur, noise, exposure and JPEG compression (not the training's
+augmentation, which would favour the learned descriptor). Each is posed from the object's box,
 as a detector would give it, and scored by BOP's average recall of MSSD and MSPD (identity
 symmetry unless given: a symmetric object's equivalent poses count as wrong for both
 descriptors alike). A tie goes to the candidate given first, dense SIFT, which needs no
@@ -75,12 +77,16 @@ def held_out_frames(mesh, backgrounds, num_frames: int = 16, seed: int = 0, widt
                     height: int = 480, focal: float = 600.0) -> List[HeldOutFrame]:
     """``num_frames`` frames of ``mesh`` at random poses over crops of ``backgrounds`` (photos
     as :func:`~pylocalize.objects.learned.background_images` takes them; None: procedural
-    textures), augmented as the learned descriptor's training queries are, each with its true
-    pose and visible box. Frames where less than ``MIN_VISIBLE`` of the object shows are
-    drawn again."""
+    textures), each with its true pose and visible box.
+
+    The frames are made unlike both the templates and the learned descriptor's training
+    queries, as real photos are: a directional light with a specular highlight
+    (:func:`relight`) where templates and training renders are lit from the camera, then a
+    camera's blur, noise, exposure and JPEG compression (:func:`camera_faults`), and maybe an
+    occluder. Frames where less than ``MIN_VISIBLE`` of the object shows are drawn again."""
     from pylocalize.geometry import look_at
     from pylocalize.objects.evaluate import mask_box
-    from pylocalize.objects.learned import augment_query, background_images
+    from pylocalize.objects.learned import background_images
     from pylocalize.render import Renderer, load_mesh
 
     if not hasattr(mesh, "faces"):
@@ -95,7 +101,7 @@ def held_out_frames(mesh, backgrounds, num_frames: int = 16, seed: int = 0, widt
     else:
         photos = background_images(backgrounds, min(width, height), rng)
     K = np.array([[focal, 0, (width - 1) / 2], [0, focal, (height - 1) / 2], [0, 0, 1.0]])
-    renderer = Renderer(width, height, K, supersample=3)
+    renderer = Renderer(width, height, K, shading="unlit", supersample=3)
     frames, draws = [], 0
     while len(frames) < num_frames:
         draws += 1
@@ -105,13 +111,70 @@ def held_out_frames(mesh, backgrounds, num_frames: int = 16, seed: int = 0, widt
         pose = look_at(mesh.center + d / np.linalg.norm(d) * rng.uniform(2.5, 5.0) * mesh.extent, mesh.center,
                        up=rng.normal(size=3))
         pose[:, 3] += [rng.uniform(-0.15, 0.15) * pose[2, 3], rng.uniform(-0.1, 0.1) * pose[2, 3], 0]
-        out = renderer.render(mesh, pose, outputs=("rgb", "mask"))
+        out = renderer.render(mesh, pose, outputs=("rgb", "normals", "mask"))
         mask = out.mask[0].astype(bool)
-        image, visible = augment_query(out.rgb[0], mask, photos, rng)
-        if visible.sum() < MIN_VISIBLE * max(mask.sum(), 1) or mask.sum() < 100:
+        if mask.sum() < 100:
             continue
-        frames.append(HeldOutFrame(image.astype(np.uint8), K, pose[:, :3], pose[:, 3], mask_box(visible)))
+        image = np.where(mask[..., None], relight(out.rgb[0], out.normals[0], rng), _photo_crop(photos, width, height,
+                                                                                               rng))
+        visible = mask.copy()
+        if rng.random() < 0.5:  # an occluder: a piece of another photo over up to 40 % of the object's box
+            x, y, w, h = mask_box(mask)
+            ow, oh = (max(1, int(side * np.sqrt(rng.uniform(0.1, 0.4)))) for side in (w, h))
+            ox, oy = x + rng.integers(-ow // 2, w), y + rng.integers(-oh // 2, h)
+            x0, y0, x1, y1 = max(ox, 0), max(oy, 0), min(ox + ow, width), min(oy + oh, height)
+            if x1 > x0 and y1 > y0:
+                image[y0:y1, x0:x1] = _photo_crop(photos, width, height, rng)[y0:y1, x0:x1]
+                visible[y0:y1, x0:x1] = False
+        if visible.sum() < MIN_VISIBLE * mask.sum():
+            continue
+        frames.append(HeldOutFrame(camera_faults(image, rng), K, pose[:, :3], pose[:, 3], mask_box(visible)))
     return frames
+
+
+def relight(albedo: np.ndarray, normals: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """An unlit render ``albedo`` (uint8) lit by a white directional light up to 60 degrees
+    off the viewing axis, with ambient light and a Blinn-Phong highlight of random strength
+    and sharpness (``normals``: camera frame, facing the camera, z < 0); float32."""
+    off, around = np.deg2rad(rng.uniform(0, 60)), rng.uniform(0, 2 * np.pi)
+    light = np.array([np.sin(off) * np.cos(around), np.sin(off) * np.sin(around), -np.cos(off)], np.float32)
+    halfway = light + np.array([0, 0, -1], np.float32)  # between the light and the viewer
+    halfway /= np.linalg.norm(halfway)
+    ambient = rng.uniform(0.2, 0.5)
+    diffuse = np.maximum(normals @ light, 0)[..., None]
+    specular = rng.uniform(0, 0.5) * np.maximum(normals @ halfway, 0)[..., None] ** rng.uniform(8, 64)
+    tint = rng.uniform(0.85, 1.15, 3).astype(np.float32)  # the light's colour
+    return (albedo.astype(np.float32) * (ambient + (1 - ambient) * diffuse) * rng.uniform(0.8, 1.5)
+            + 255 * specular) * tint
+
+
+def _photo_crop(photos: list, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+    """A random crop of a random photo, of the frame's aspect and 40-100 % of the photo's
+    height, resized to the frame (float32)."""
+    import cv2
+
+    photo = photos[rng.integers(len(photos))]
+    h = max(1, int(rng.uniform(0.4, 1.0) * min(photo.shape[0], photo.shape[1] * height / width)))
+    w = max(1, min(photo.shape[1], round(h * width / height)))
+    y, x = rng.integers(0, photo.shape[0] - h + 1), rng.integers(0, photo.shape[1] - w + 1)
+    return cv2.resize(photo[y:y + h, x:x + w], (width, height), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
+def camera_faults(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """What a camera does to the light it gets (float RGB in, uint8 out): defocus blur,
+    shot and read noise, an exposure curve, JPEG compression at quality 60-95."""
+    import cv2
+
+    sigma = rng.uniform(0, 1.5)
+    if sigma > 0.3:
+        image = cv2.GaussianBlur(image, (0, 0), sigma)
+    image = image + rng.normal(size=image.shape).astype(np.float32) * np.sqrt(
+        rng.uniform(0.5, 2.0) * np.maximum(image, 0) + rng.uniform(1, 9))
+    image = 255 * (np.clip(image, 0, 255) / 255) ** rng.uniform(0.8, 1.25)
+    quality = int(rng.integers(60, 96))
+    ok, jpeg = cv2.imencode(".jpg", np.clip(image, 0, 255).astype(np.uint8)[..., ::-1],
+                            [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.imdecode(jpeg, cv2.IMREAD_COLOR)[..., ::-1].copy()
 
 
 def score_candidates(candidates: Dict[str, tuple], mesh, frames: Sequence[HeldOutFrame], symmetries=None,
