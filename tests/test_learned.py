@@ -161,3 +161,22 @@ def test_onboard_and_estimate_through_the_cli(tmp_path, capsys):
     assert main(["objects", "estimate", "--rep", str(rep_path), "--image", str(tmp_path / "q.png"),
                  "--K", "150,150,79.5,59.5", "--mask", str(tmp_path / "m.png"), "--out", str(tmp_path / "p.json")]) != 0
     assert "onboard with '--extractor learned'" in capsys.readouterr().err
+
+
+def test_the_same_seed_trains_the_same_network_where_the_time_cap_does_not_bind():
+    mesh = textured_box_object(1)
+    options = dict(steps=4, seconds=1000.0, seed=3, dim=8, width=8, size=SIZE, crop=64, num_pairs=3, samples=32)
+    first, second = (train_object_descriptor(mesh, None, **options) for _ in range(2))
+    for name, weights in first.weights.items():
+        np.testing.assert_array_equal(weights, second.weights[name], err_msg=name)
+
+
+def test_learning_rate_follows_the_steps_unless_the_cap_will_come_first():
+    from pylocalize.objects.learned import WARMUP_STEPS, _learning_rate
+
+    # 400 of 800 steps in 100 s: the steps will fit in 300 s, so the clock plays no part
+    assert _learning_rate(1.0, 400, 800, 100.0, 300.0) == pytest.approx(0.5)
+    assert _learning_rate(1.0, 400, 800, 100.0, 300.0) == _learning_rate(1.0, 400, 800, 140.0, 300.0)
+    # 400 steps in 225 s: the cap comes first, and the decay follows the clock (3/4 done)
+    assert _learning_rate(1.0, 400, 800, 225.0, 300.0) == pytest.approx(0.5 * (1 + np.cos(0.75 * np.pi)))
+    assert _learning_rate(1.0, 0, 800, 5.0, 300.0) == pytest.approx(1 / WARMUP_STEPS)  # warm-up: steps alone

@@ -438,11 +438,18 @@ def _checked_training_options(mesh, size: int, crop: Optional[int], steps: int, 
     return crop
 
 
+WARMUP_STEPS = 20
+
+
 def _learning_rate(base: float, step: int, steps: int, elapsed: float, seconds: Optional[float]) -> float:
-    """Warm-up over 20 steps, then cosine decay over whichever budget, ``steps`` or
-    ``seconds``, runs out first."""
-    done = max(step / steps, 0.0 if seconds is None else elapsed / seconds)
-    return base * min(1.0, (step + 1) / 20) * 0.5 * (1 + np.cos(np.pi * min(done, 1.0)))
+    """Warm-up over ``WARMUP_STEPS`` steps, then cosine decay over ``steps``; or over
+    ``seconds`` once the steps so far say that the time cap will come first (a loaded
+    machine). Where the steps will fit, the schedule depends on the step alone, so that the
+    same seed trains the same network: a clock in it made every run differ."""
+    done = step / steps
+    if seconds is not None and step >= WARMUP_STEPS and elapsed / step * steps > seconds:
+        done = max(done, elapsed / seconds)
+    return base * min(1.0, (step + 1) / WARMUP_STEPS) * 0.5 * (1 + np.cos(np.pi * min(done, 1.0)))
 
 
 def _log_training_end(steps: int, seconds: float, losses) -> None:
