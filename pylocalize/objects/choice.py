@@ -14,8 +14,9 @@ training, through a camera's blur, noise, exposure and JPEG compression (not the
 augmentation, which would favour the learned descriptor). Each is posed from the object's box,
 as a detector would give it, and scored by BOP's average recall of MSSD and MSPD (identity
 symmetry unless given: a symmetric object's equivalent poses count as wrong for both
-descriptors alike). A tie goes to the candidate given first, dense SIFT, which needs no
-torch and runs faster.
+descriptors alike). Dense SIFT, which needs no torch and runs faster, is kept unless the
+learned descriptor beats it for sure: by more than twice the standard error of its gains
+over the same frames (:func:`score_candidates`).
 """
 
 from __future__ import annotations
@@ -168,8 +169,11 @@ def camera_faults(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     sigma = rng.uniform(0, 1.5)
     if sigma > 0.3:
         image = cv2.GaussianBlur(image, (0, 0), sigma)
+    # noise of 1.7-6.3 grey levels at mid-grey, the range the noise estimate (Immerkaer's
+    # mask, median absolute response) puts real photos in: the LINEMOD, HOPE and Lund photos
+    # measure as this range's low half does
     image = image + rng.normal(size=image.shape).astype(np.float32) * np.sqrt(
-        rng.uniform(0.5, 2.0) * np.maximum(image, 0) + rng.uniform(1, 9))
+        rng.uniform(0.02, 0.3) * np.maximum(image, 0) + rng.uniform(0.25, 2.0))
     image = 255 * (np.clip(image, 0, 255) / 255) ** rng.uniform(0.8, 1.25)
     quality = int(rng.integers(60, 96))
     ok, jpeg = cv2.imencode(".jpg", np.clip(image, 0, 255).astype(np.uint8)[..., ::-1],
@@ -177,11 +181,24 @@ def camera_faults(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return cv2.imdecode(jpeg, cv2.IMREAD_COLOR)[..., ::-1].copy()
 
 
+def frame_scores(errors: Dict[str, np.ndarray], diameter: float, width: int) -> np.ndarray:
+    """Each frame's share of BOP's MSSD and MSPD thresholds it meets, averaged over the two
+    (its mean over frames is the mean of AR_MSSD and AR_MSPD)."""
+    mssd = np.asarray(errors["mssd"])[:, None] / diameter < bop.MSSD_THRESHOLDS[None, :]
+    mspd = np.asarray(errors["mspd"])[:, None] / (width / 640.0) < bop.MSPD_THRESHOLDS[None, :]
+    return 0.5 * (mssd.mean(1) + mspd.mean(1))
+
+
 def score_candidates(candidates: Dict[str, tuple], mesh, frames: Sequence[HeldOutFrame], symmetries=None,
-                     progress: bool = False, **estimate_options) -> DescriptorChoice:
+                     margin_z: float = 2.0, progress: bool = False, **estimate_options) -> DescriptorChoice:
     """Poses every frame with every candidate, ``{name: (representation, extractor)}``, from
-    the frame's box, and picks the candidate with the highest mean of AR_MSSD and AR_MSPD
-    (a tie: the first given). A frame that fails to pose scores as a miss."""
+    the frame's box, and scores each by the mean of AR_MSSD and AR_MSPD (a frame that fails
+    to pose scores as a miss).
+
+    The first candidate (the cheaper default) is kept unless another beats it for sure: by a
+    mean per-frame gain over ``margin_z`` standard errors of the gains on the same frames
+    (a one-sided test; a held-out set of a few dozen frames is noisy, and a near-tie is not
+    worth torch and a network). Of those that do, the highest scoring wins."""
     from tqdm import tqdm
 
     from pylocalize.objects.evaluate import metric_points
@@ -193,7 +210,7 @@ def score_candidates(candidates: Dict[str, tuple], mesh, frames: Sequence[HeldOu
     points = metric_points(mesh)
     symmetries = symmetries or [np.eye(4)]
     diameter, width = float(mesh.extent), frames[0].image.shape[1]
-    scores, errors = {}, {}
+    errors, per_frame = {}, {}
     for name, (rep, extractor) in candidates.items():
         found = {"mssd": [], "mspd": []}
         for frame in tqdm(frames, desc=f"held-out check: {name}", disable=not progress, leave=False):
@@ -205,16 +222,21 @@ def score_candidates(candidates: Dict[str, tuple], mesh, frames: Sequence[HeldOu
                 found["mssd"].append(np.inf)
                 found["mspd"].append(np.inf)
         errors[name] = {key: np.asarray(values) for key, values in found.items()}
-        recalls = bop.average_recalls(errors[name], np.full(len(frames), diameter), np.full(len(frames), width))
-        scores[name] = 0.5 * (recalls["AR_MSSD"] + recalls["AR_MSPD"])
-    best = max(scores.values())
-    name = next(n for n, s in scores.items() if s >= best)  # the first given wins a tie
+        per_frame[name] = frame_scores(errors[name], diameter, width)
+    scores = {name: float(values.mean()) for name, values in per_frame.items()}
+    default = next(iter(candidates))
+    name = default
+    for challenger, values in per_frame.items():
+        gains = values - per_frame[default]
+        error = gains.std(ddof=1) / np.sqrt(len(gains)) if len(gains) > 1 else np.inf
+        if gains.mean() > margin_z * error and scores[challenger] > scores[name]:
+            name = challenger
     logger.info("held-out check on %d frames: %s -> %s", len(frames),
                 ", ".join(f"{n} {s:.3f}" for n, s in scores.items()), name)
     return DescriptorChoice(name, scores, errors)
 
 
-def onboard_with_best_descriptor(mesh, backgrounds=None, num_frames: int = 16, seed: int = 0,
+def onboard_with_best_descriptor(mesh, backgrounds=None, num_frames: int = 48, seed: int = 0,
                                  progress: bool = False, train_options: Optional[dict] = None,
                                  **onboard_options):
     """Onboards ``mesh`` with dense SIFT and with a learned descriptor trained on it (photos

@@ -67,7 +67,8 @@ def _onboard(args) -> int:
         rep, extractor, choice = onboard_with_best_descriptor(
             args.mesh, args.backgrounds, num_frames=args.check_frames,
             train_options={"steps": args.train_steps, "seconds": args.train_seconds}, **options)
-        print(f"held-out check ({args.check_frames} frames, mean of AR_MSSD and AR_MSPD): "
+        print(f"held-out check ({args.check_frames} frames, mean of AR_MSSD and AR_MSPD; dense-sift kept unless "
+              "beaten by over 2 standard errors): "
               + ", ".join(f"{name} {score:.3f}" for name, score in choice.scores.items()) + f" -> {choice.name}")
     elif args.extractor == "learned":  # trained on the object's renders first, kept beside the representation
         from pylocalize.objects.learned import train_object_descriptor
@@ -228,7 +229,7 @@ def _add_onboard(sub) -> None:
     o.add_argument("--weights", help="local DINOv2 model directory (save_pretrained layout)")
     o.add_argument("--backgrounds", help="learned, auto: a folder of any photos to put behind the training renders "
                                          "(auto holds a quarter out for its check; default: procedural textures)")
-    o.add_argument("--check-frames", type=at_least(1), default=16,
+    o.add_argument("--check-frames", type=at_least(2), default=48,
                    help="auto: held-out frames both descriptors are scored on")
     o.add_argument("--train-steps", type=at_least(1), default=TRAIN_STEPS, help="learned: training steps")
     o.add_argument("--train-seconds", type=float, default=TRAIN_SECONDS_CAP,
