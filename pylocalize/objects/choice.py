@@ -4,7 +4,7 @@ Neither dense SIFT nor the per-object learned descriptor (:mod:`pylocalize.objec
 wins for every object (``benchmarks/README.md``: the learned one is ahead on the HOPE bottle
 and behind on the LINEMOD can). So ``objects onboard --extractor auto``
 (:func:`onboard_with_best_descriptor`) onboards the object with each, poses both on the same
-held-out frames, and keeps the one that scores higher.
+held-out frames, and keeps dense SIFT unless the learned one does better for sure.
 
 The held-out frames (:func:`held_out_frames`) are meant to look like a user's photos and
 unlike anything either descriptor was built from: the object rendered at random views and
