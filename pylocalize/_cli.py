@@ -130,7 +130,8 @@ def run(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -
     """Parses ``argv`` and runs the chosen command; returns its exit status.
 
     Usage errors exit 2 with one line (argparse's and a command's ``SystemExit("...")``);
-    :data:`INPUT_ERRORS` give one line and 1; anything else is a bug in pylocalize: one line
+    :data:`INPUT_ERRORS` and a missing extra (an ``ImportError`` that says what to
+    ``pip install``) give one line and 1; anything else is a bug in pylocalize: one line
     asking for a report, and 1. ``--debug`` prints the traceback as well.
     """
     import pylocalize
@@ -150,11 +151,19 @@ def run(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -
         return _report(args, "interrupted", 130)
     except INPUT_ERRORS as error:
         return _report(args, _message(error, args), 1)
+    except ImportError as error:  # a missing extra says how to install it (checkpoints.import_torch)
+        if "pip install" in str(error):
+            return _report(args, str(error), 1)
+        return _internal_error(args, error)
     except Exception as error:  # a bug: say so in one line rather than drown the user in a traceback
-        return _report(args, f"internal error ({type(error).__name__}: {error}); please report it with the "
-                             "output of the same command with --debug", 1)
+        return _internal_error(args, error)
     finally:
         restore()
+
+
+def _internal_error(args, error: Exception) -> int:
+    return _report(args, f"internal error ({type(error).__name__}: {error}); please report it with the "
+                         "output of the same command with --debug", 1)
 
 
 def _message(error: Exception, args) -> str:

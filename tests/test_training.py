@@ -49,7 +49,8 @@ def test_package_imports_without_torch():
     code = NO_TORCH + (
         "import pylocalize, pylocalize.codes, pylocalize.codes.learned, pylocalize.index, "
         "pylocalize.index.two_stage, pylocalize.geo, pylocalize.geo.model, pylocalize.posetext, "
-        "pylocalize.training, pylocalize.checkpoints, pylocalize.objects.learned\n"
+        "pylocalize.training, pylocalize.checkpoints, pylocalize.objects.learned, pylocalize.objects.choice, "
+        "pylocalize.objects.cli\n"
         "from pylocalize.codes.learned import BinarizerOptions, RecurrentBinarizer\n"
         "BinarizerOptions(epochs=3)\n"
         "try:\n"
@@ -68,6 +69,23 @@ def test_package_imports_without_torch():
         "        raise AssertionError(name + ' imported without torch')\n")
     result = python_child(code, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_command_that_needs_torch_says_how_to_install_it(tmp_path):
+    """Without torch, onboarding with a learned or an automatically chosen descriptor stops at
+    once with the install line, not an "internal error"."""
+    code = NO_TORCH + (
+        "import sys\n"
+        "from pylocalize.cli import main\n"
+        "for extractor in ('learned', 'auto'):\n"
+        "    rc = main(['objects', 'onboard', '--mesh', sys.argv[1], '--out', sys.argv[2], '--extractor', extractor])\n"
+        "    assert rc == 1, rc\n")
+    mesh = tmp_path / "tri.obj"
+    mesh.write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n")
+    result = python_child(code, str(mesh), str(tmp_path / "rep.pyloc"), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("pip install 'pylocalize[torch]'") == 2, result.stderr
+    assert "internal error" not in result.stderr and not (tmp_path / "rep.pyloc").exists()
 
 
 @pytest.mark.parametrize("module", ["pylocalize.codes", "pylocalize.index.two_stage", "pylocalize.codes.learned"])
