@@ -15,8 +15,8 @@ AR_VSD, AR_MSSD, AR_MSPD, AR and ADD / ADD-S recall, coarse (PnP) vs refined
 
     python benchmarks/bench_objects.py [--data ../shared/data] [--instances 25] [--out bench_objects]
         [--given mask|box] [--segment grabcut|box] [--retrieval bow,bow+line2d] [--representations DIR]
-        [--extractor dense-sift|learned|auto] [--train-steps 800] [--train-backgrounds DIR] [--reuse-descriptor]
-        [--depth]
+        [--extractor dense-sift|learned|dense-sift+learned|auto] [--train-steps 800] [--train-backgrounds DIR]
+        [--reuse-descriptor] [--depth]
 
 ``--extractor learned`` trains the per-object descriptor (:mod:`pylocalize.objects.learned`)
 over crops of the Lund photos (by default), which are also among the test images'
@@ -113,16 +113,17 @@ def sensor_depth(depth: np.ndarray, rng) -> np.ndarray:
 def onboard_and_save(mesh, args, path: Path):
     """The object's representation, saved to ``path``, its patch extractor, and what
     onboarding took: wall and CPU seconds (training the learned descriptor included), seconds
-    per stage, and the file's size. With ``--extractor learned`` the descriptor is trained
+    per stage, and the file's size. With ``--extractor learned`` (or ``dense-sift+learned``) the descriptor is trained
     first (or read back from beside ``path`` with ``--reuse-descriptor``) and saved there. With
     ``--representations``, the one saved there by an earlier run (no onboarding times then)."""
     if args.representations:
         from pylocalize.objects import ObjectRepresentation
-        from pylocalize.objects.learned import LearnedPatchExtractor, descriptor_path
+        from pylocalize.objects.learned import WITH_DESCRIPTOR_FILE, descriptor_path, load_extractor
 
         saved = Path(args.representations) / path.name
         rep = ObjectRepresentation.load(saved)
-        extractor = LearnedPatchExtractor.load(descriptor_path(saved)) if rep.extractor_name == "learned" else None
+        extractor = (load_extractor(rep.extractor_name, descriptor_path(saved))
+                     if rep.extractor_name in WITH_DESCRIPTOR_FILE else None)
         return rep, extractor, {"onboarding_s": float("nan"), "onboarding_cpu_s": float("nan"),
                                 "onboarding_stages_s": {}, "representation_mb": saved.stat().st_size / 1e6}
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -138,14 +139,15 @@ def onboard_and_save(mesh, args, path: Path):
         print(f"descriptor chosen on held-out frames: {choice.name} "
               f"({', '.join(f'{n} {s:.3f}' for n, s in choice.scores.items())})")
         chosen = {"descriptor": choice.name, "held_out_scores": choice.scores}
-    elif args.extractor == "learned":
-        from pylocalize.objects.learned import LearnedPatchExtractor, descriptor_path, train_object_descriptor
+    elif args.extractor in ("learned", "dense-sift+learned"):
+        from pylocalize.objects.learned import descriptor_path, load_extractor, train_object_descriptor, with_learned
 
         if args.reuse_descriptor and descriptor_path(path).is_file():
-            extractor = LearnedPatchExtractor.load(descriptor_path(path))
+            extractor = load_extractor(args.extractor, descriptor_path(path))
         else:
-            extractor = train_object_descriptor(mesh, args.train_backgrounds, steps=args.train_steps,
-                                                seconds=args.train_seconds, seed=args.seed, progress=True)
+            extractor = with_learned(args.extractor, train_object_descriptor(
+                mesh, args.train_backgrounds, steps=args.train_steps, seconds=args.train_seconds, seed=args.seed,
+                progress=True))
             trained = {"learned descriptor": time.perf_counter() - t0}
     if args.extractor != "auto":
         rep = onboard(mesh, extractor, num_views=args.views, num_inplane=args.inplane, progress=True,
@@ -295,9 +297,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="with --given box: the object's pixels found in the box by GrabCut, or the whole box")
     parser.add_argument("--objects", type=int, nargs="+", choices=[1, 5], default=[1, 5],
                         help="objects to run: 1 the HOPE bottle, 5 the LINEMOD can")
-    parser.add_argument("--extractor", choices=["dense-sift", "learned", "auto"], default="dense-sift",
-                        help="patch descriptors: dense SIFT, a per-object network trained at onboarding (torch), or "
-                             "auto: both, the one that poses held-out frames better kept (objects.choice)")
+    parser.add_argument("--extractor", choices=["dense-sift", "learned", "dense-sift+learned", "auto"],
+                        default="dense-sift",
+                        help="patch descriptors: dense SIFT, a per-object network trained at onboarding (torch), the "
+                             "two side by side, or auto: dense SIFT or the pair, whichever poses held-out frames "
+                             "better (objects.choice)")
     parser.add_argument("--train-steps", type=int, default=TRAIN_STEPS, help="learned: training steps per object")
     parser.add_argument("--train-seconds", type=float, default=TRAIN_SECONDS_CAP,
                         help="learned: stop training early after this many seconds")

@@ -16,10 +16,13 @@ from pylocalize.datasets.synthetic import textured_box_object  # noqa: E402
 from pylocalize.geometry import look_at  # noqa: E402
 from pylocalize.objects.learned import (  # noqa: E402
     LearnedPatchExtractor,
+    SiftAndLearnedExtractor,
     build_network,
     descriptor_path,
+    load_extractor,
     render_view_pair,
     train_object_descriptor,
+    with_learned,
 )
 from pylocalize.render import Renderer  # noqa: E402
 
@@ -127,7 +130,8 @@ def test_bad_input_errors(tmp_path):
         train_object_descriptor(mesh, [np.zeros((64, 64), np.uint8)], steps=1, size=SIZE)
 
 
-def test_onboard_and_estimate_through_the_cli(tmp_path, capsys):
+@pytest.mark.parametrize("extractor", ["learned", "dense-sift+learned"])
+def test_onboard_and_estimate_through_the_cli(tmp_path, capsys, extractor):
     import trimesh
 
     from pylocalize.cli import main
@@ -143,11 +147,11 @@ def test_onboard_and_estimate_through_the_cli(tmp_path, capsys):
         backgrounds / "a.png")
     rep_path = tmp_path / "rep.pyloc"
     assert main(["objects", "onboard", "--mesh", str(tmp_path / "box.ply"), "--views", "4", "--inplane", "1",
-                 "--size", "112", "--words", "8", "--out", str(rep_path), "--extractor", "learned",
+                 "--size", "112", "--words", "8", "--out", str(rep_path), "--extractor", extractor,
                  "--backgrounds", str(backgrounds), "--train-steps", "2"]) == 0
     assert "learned descriptor ->" in capsys.readouterr().out
     rep = ObjectRepresentation.load(rep_path)
-    assert rep.extractor_name == "learned" and descriptor_path(rep_path).is_file()
+    assert rep.extractor_name == extractor and descriptor_path(rep_path).is_file()
     # estimate finds the descriptor beside the representation
     out = Renderer(160, 120, np.array([[150.0, 0, 79.5], [0, 150.0, 59.5], [0, 0, 1]])).render(
         mesh, look_at([0, -600.0, 200.0], [0, 0, 0], up=[0, 0, 1]), outputs=("rgb", "mask"))
@@ -180,3 +184,31 @@ def test_learning_rate_follows_the_steps_unless_the_cap_will_come_first():
     # 400 steps in 225 s: the cap comes first, and the decay follows the clock (3/4 done)
     assert _learning_rate(1.0, 400, 800, 225.0, 300.0) == pytest.approx(0.5 * (1 + np.cos(0.75 * np.pi)))
     assert _learning_rate(1.0, 0, 800, 5.0, 300.0) == pytest.approx(1 / WARMUP_STEPS)  # warm-up: steps alone
+
+
+def test_sift_and_learned_side_by_side_weighs_the_two_similarities(trained, tmp_path):
+    from pylocalize.features.patches import DenseSIFTExtractor
+
+    mesh, learned = trained
+    pair = SiftAndLearnedExtractor(learned, learned_weight=0.3)
+    assert (pair.name, pair.dim, pair.patch_size) == ("dense-sift+learned", 128 + learned.dim, learned.patch_size)
+    (rgb_a, _, _), (rgb_b, _, _) = view_pairs(mesh, 1, seed=4)[0]
+    a, b = pair.feature_map(rgb_a, 4), pair.feature_map(rgb_b, 4)
+    sift_a, sift_b = (DenseSIFTExtractor(learned.patch_size).feature_map(x, 4) for x in (rgb_a, rgb_b))
+    net_a, net_b = (f / np.linalg.norm(f, axis=-1, keepdims=True) for f in (learned.feature_map(rgb_a, 4),
+                                                                            learned.feature_map(rgb_b, 4)))
+    # the dot product of two cells is 0.7 x their SIFT similarity + 0.3 x their learned one
+    expected = 0.7 * np.einsum("ijk,ijk->ij", sift_a, sift_b) + 0.3 * np.einsum("ijk,ijk->ij", net_a, net_b)
+    np.testing.assert_allclose(np.einsum("ijk,ijk->ij", a, b), expected, atol=1e-5)
+    assert pair(rgb_a).shape == (SIZE // learned.patch_size, SIZE // learned.patch_size, pair.dim)
+    # saved as the learned descriptor's file, read back by name
+    pair.save(tmp_path / "d")
+    again = load_extractor("dense-sift+learned", tmp_path / "d")
+    assert isinstance(again, SiftAndLearnedExtractor)
+    np.testing.assert_allclose(again.feature_map(rgb_a, 4),
+                               SiftAndLearnedExtractor(learned).feature_map(rgb_a, 4), atol=1e-6)
+    assert isinstance(load_extractor("learned", tmp_path / "d"), LearnedPatchExtractor)
+    with pytest.raises(ValueError, match="does not use a learned descriptor"):
+        with_learned("dense-sift", learned)
+    with pytest.raises(ValueError, match="learned_weight"):
+        SiftAndLearnedExtractor(learned, learned_weight=1.0)

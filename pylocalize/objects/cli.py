@@ -18,7 +18,7 @@ import numpy as np
 
 from pylocalize._cli import at_least, run_alone
 from pylocalize.objects.evaluate import GIVEN
-from pylocalize.objects.learned import TRAIN_SECONDS_CAP, TRAIN_STEPS
+from pylocalize.objects.learned import TRAIN_SECONDS_CAP, TRAIN_STEPS, WITH_DESCRIPTOR_FILE
 from pylocalize.objects.representation import RETRIEVALS
 from pylocalize.objects.segmentation import SEGMENTATIONS
 
@@ -26,11 +26,11 @@ from pylocalize.objects.segmentation import SEGMENTATIONS
 def _patch_extractor(name, weights, rep_path=None):
     """The patch extractor a representation was (or will be) onboarded with; a learned one
     is read from ``weights`` or from beside the representation file ``rep_path``."""
-    if name == "learned":
-        from pylocalize.objects.learned import LearnedPatchExtractor, descriptor_path
+    if name in WITH_DESCRIPTOR_FILE:
+        from pylocalize.objects.learned import descriptor_path, load_extractor
 
         try:
-            return LearnedPatchExtractor.load(weights or descriptor_path(rep_path))
+            return load_extractor(name, weights or descriptor_path(rep_path))
         except (FileNotFoundError, ImportError) as error:
             raise SystemExit(str(error)) from None
     if name == "dinov2":
@@ -70,17 +70,18 @@ def _onboard(args) -> int:
         print(f"held-out check ({args.check_frames} frames, mean of AR_MSSD and AR_MSPD; dense-sift kept unless "
               "beaten by over 2 standard errors): "
               + ", ".join(f"{name} {score:.3f}" for name, score in choice.scores.items()) + f" -> {choice.name}")
-    elif args.extractor == "learned":  # trained on the object's renders first, kept beside the representation
-        from pylocalize.objects.learned import train_object_descriptor
+    elif args.extractor in WITH_DESCRIPTOR_FILE:  # trained on the renders first; its file goes beside OUT
+        from pylocalize.objects.learned import train_object_descriptor, with_learned
 
-        extractor = train_object_descriptor(args.mesh, args.backgrounds, steps=args.train_steps,
-                                            seconds=args.train_seconds, size=args.size, progress=args.progress)
+        extractor = with_learned(args.extractor, train_object_descriptor(
+            args.mesh, args.backgrounds, steps=args.train_steps, seconds=args.train_seconds, size=args.size,
+            progress=args.progress))
         rep = onboard(args.mesh, extractor, **options)
     else:
         rep = onboard(args.mesh, _patch_extractor(args.extractor, args.weights), **options)
     saving = time.perf_counter()
     rep.save(args.out)
-    if rep.extractor_name == "learned":
+    if rep.extractor_name in WITH_DESCRIPTOR_FILE:
         from pylocalize.objects.learned import descriptor_path
 
         extractor.save(descriptor_path(args.out))
@@ -222,10 +223,12 @@ def _add_onboard(sub) -> None:
     o.add_argument("--inplane", type=at_least(1), default=14, help="in-plane rotations per viewpoint")
     o.add_argument("--words", type=at_least(2), default=2048, help="visual words")
     o.add_argument("--size", type=at_least(14), default=420, help="template crop size (a multiple of 14)")
-    o.add_argument("--extractor", choices=["dense-sift", "dinov2", "learned", "auto"], default="dense-sift",
+    o.add_argument("--extractor", choices=["dense-sift", "dinov2", "learned", "dense-sift+learned", "auto"],
+                   default="dense-sift",
                    help="patch descriptors (dinov2 needs the torch extra and --weights; learned: a per-object "
-                        "network trained here on the mesh's renders, torch extra, written to OUT.descriptor; auto: "
-                        "onboards with dense-sift and learned and keeps the one that poses held-out frames better)")
+                        "network trained here on the mesh's renders, torch extra, written to OUT.descriptor; "
+                        "dense-sift+learned: both side by side; auto: onboards with dense-sift and dense-sift+learned "
+                        "and keeps the one that poses held-out frames better)")
     o.add_argument("--weights", help="local DINOv2 model directory (save_pretrained layout)")
     o.add_argument("--backgrounds", help="learned, auto: a folder of any photos to put behind the training renders "
                                          "(auto holds a quarter out for its check; default: procedural textures)")

@@ -149,8 +149,8 @@ class LearnedPatchExtractor:
         from pylocalize.containers import read_layout
 
         if not Path(path).is_file():
-            raise FileNotFoundError(f"no learned descriptor at {path}: onboard with '--extractor learned', which "
-                                    f"writes it beside the representation")
+            raise FileNotFoundError(f"no learned descriptor at {path}: onboard with '--extractor learned' (or "
+                                    "dense-sift+learned, or auto), which writes it beside the representation")
         meta, sections = read_layout(path, FORMAT_TAG, "descriptor_version", DESCRIPTOR_VERSION,
                                      "a learned descriptor", "onboard the object again with '--extractor learned'")
         try:
@@ -210,6 +210,61 @@ class LearnedPatchExtractor:
             sampled = torch.nn.functional.grid_sample(dense[None], grid, mode="bilinear", align_corners=False)[0]
             sampled = torch.nn.functional.normalize(sampled, dim=0)
         return np.ascontiguousarray(sampled.permute(1, 2, 0).numpy(), dtype=np.float32)
+
+
+class SiftAndLearnedExtractor:
+    """Dense SIFT and a learned descriptor side by side: each patch's two descriptors, each
+    of unit length, weighted ``sqrt(1 - learned_weight)`` and ``sqrt(learned_weight)`` and
+    concatenated, so a dot product is the weighted sum of the two similarities.
+
+    Each covers the other's weakness (``benchmarks/README.md``): dense SIFT is precise on
+    sharp, clean texture and falls apart under pixel noise; the learned descriptor, trained
+    with noise, holds there but varies from one training to the next. Saved as the learned
+    descriptor's file (``save``, :func:`load_extractor`), named ``"dense-sift+learned"``."""
+
+    NAME = "dense-sift+learned"
+
+    def __init__(self, learned: LearnedPatchExtractor, learned_weight: float = 0.5):
+        from pylocalize.features.patches import DenseSIFTExtractor
+
+        if not 0.0 < learned_weight < 1.0:
+            raise ValueError(f"learned_weight must be in (0, 1), got {learned_weight}")
+        self.learned, self.learned_weight = learned, float(learned_weight)
+        self.sift = DenseSIFTExtractor(learned.patch_size)
+        self.patch_size, self.dim, self.name = learned.patch_size, self.sift.dim + learned.dim, self.NAME
+
+    def __repr__(self) -> str:
+        return f"SiftAndLearnedExtractor({self.learned!r}, learned_weight={self.learned_weight})"
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        return self.feature_map(image, self.patch_size)
+
+    def feature_map(self, image: np.ndarray, stride: int) -> np.ndarray:
+        sift = self.sift.feature_map(image, stride)  # unit length already (RootSIFT)
+        learned = self.learned.feature_map(image, stride)
+        learned = learned / np.maximum(np.linalg.norm(learned, axis=-1, keepdims=True), 1e-12)
+        return np.concatenate([sift * np.sqrt(1.0 - self.learned_weight),
+                               learned * np.sqrt(self.learned_weight)], -1).astype(np.float32)
+
+    def save(self, path) -> None:
+        self.learned.save(path)
+
+
+# names of the extractors whose network is saved beside the representation (descriptor_path)
+WITH_DESCRIPTOR_FILE = ("learned", SiftAndLearnedExtractor.NAME)
+
+
+def with_learned(name: str, learned: LearnedPatchExtractor):
+    """The extractor called ``name`` (one of :data:`WITH_DESCRIPTOR_FILE`) around ``learned``."""
+    if name not in WITH_DESCRIPTOR_FILE:
+        raise ValueError(f"{name!r} does not use a learned descriptor; choose from {WITH_DESCRIPTOR_FILE}")
+    return learned if name == "learned" else SiftAndLearnedExtractor(learned)
+
+
+def load_extractor(name: str, path):
+    """The extractor a representation onboarded with ``name`` needs, its network read from
+    ``path`` (by convention :func:`descriptor_path` of the representation)."""
+    return with_learned(name, LearnedPatchExtractor.load(path))
 
 
 # ------------------------------------------------------------------------- training data
