@@ -536,6 +536,33 @@ def _training_step(net, optimizer, batch, sigma: float, temperature: float, samp
     return float(loss.detach())
 
 
+def _optimize(net, next_batch, train_step, steps: int, seconds: Optional[float], learning_rate: float,
+              progress: bool):
+    """Adam over ``steps`` batches (``next_batch()``, skipped when empty; ``train_step(batch,
+    optimizer)`` returns the loss or None) under the :func:`_learning_rate` schedule, unless
+    ``seconds`` run out first; the steps taken and the losses."""
+    from tqdm import tqdm
+
+    torch = _torch()
+    optimizer = torch.optim.Adam(net.parameters(), lr=learning_rate)
+    losses, step, start = [], 0, time.perf_counter()
+    bar = tqdm(total=steps, desc="learned descriptor: training", disable=not progress, leave=False)
+    while step < steps and (seconds is None or time.perf_counter() - start < seconds):
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(learning_rate, step, steps, time.perf_counter() - start, seconds)
+        batch = next_batch()
+        if not batch:
+            continue
+        loss = train_step(batch, optimizer)
+        if loss is not None:
+            losses.append(loss)
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        step += 1
+        bar.update(1)
+    bar.close()
+    return step, losses
+
+
 def train_object_descriptor(mesh, backgrounds=None, steps: int = TRAIN_STEPS,
                             seconds: Optional[float] = TRAIN_SECONDS_CAP,
                             seed: int = 0, progress: bool = False, dim: int = 48, width: int = 32,
@@ -575,8 +602,6 @@ def train_object_descriptor(mesh, backgrounds=None, steps: int = TRAIN_STEPS,
         slower than one on a loaded 2-core machine (OpenMP threads spin while they wait).
     """
     torch = _torch()
-    from tqdm import tqdm
-
     from pylocalize.render import load_mesh
     from pylocalize.training import flush_denormals, torch_threads
 
@@ -595,23 +620,15 @@ def train_object_descriptor(mesh, backgrounds=None, steps: int = TRAIN_STEPS,
         logger.info("learned descriptor: %d view pairs in %.1f s, %d backgrounds; up to %d steps / %s s, %d threads",
                     num_pairs, rendered - start, len(bgs), steps, seconds or "no limit", torch.get_num_threads())
         net = build_network(dim, width)
-        optimizer = torch.optim.Adam(net.parameters(), lr=learning_rate)
-        losses, step = [], 0
-        bar = tqdm(total=steps, desc="learned descriptor: training", disable=not progress, leave=False)
-        while step < steps and (seconds is None or time.perf_counter() - rendered < seconds):
-            for group in optimizer.param_groups:
-                group["lr"] = _learning_rate(learning_rate, step, steps, time.perf_counter() - rendered, seconds)
-            batch = [b for b in (_pair_batch(pairs[i], bgs, crop, size, rng)
-                                 for i in rng.integers(len(pairs), size=batch_pairs)) if b is not None]
-            if not batch:
-                continue
-            loss = _training_step(net, optimizer, batch, sigma, temperature, samples, rng)
-            if loss is not None:
-                losses.append(loss)
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-            step += 1
-            bar.update(1)
-        bar.close()
+
+        def next_batch():  # random pairs, freshly augmented
+            chosen = (_pair_batch(pairs[i], bgs, crop, size, rng) for i in rng.integers(len(pairs), size=batch_pairs))
+            return [b for b in chosen if b is not None]
+
+        def train_step(batch, optimizer):
+            return _training_step(net, optimizer, batch, sigma, temperature, samples, rng)
+
+        step, losses = _optimize(net, next_batch, train_step, steps, seconds, learning_rate, progress)
         net.eval()
         if step < steps:
             logger.warning("learned descriptor: the %.0f s cap stopped training after %d of %d steps (a busy "
