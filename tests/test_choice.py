@@ -82,7 +82,7 @@ def test_split_backgrounds_holds_a_quarter_of_the_photos_out(tmp_path, caplog):
         one = split_backgrounds([folder / "0.png"], np.random.default_rng(0))
     assert one == ([folder / "0.png"], [folder / "0.png"]) and "same photo" in caplog.text
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no photos"):
+    with pytest.raises(ValueError, match="no images"):
         split_backgrounds(tmp_path / "empty", np.random.default_rng(0))
     with pytest.raises(ValueError, match="not a folder"):
         split_backgrounds(tmp_path / "nowhere", np.random.default_rng(0))

@@ -57,15 +57,12 @@ def split_backgrounds(backgrounds, rng: np.random.Generator) -> Tuple[Optional[l
     a warning; None (procedural textures) stays None for both."""
     if backgrounds is None:
         return None, None
-    from pathlib import Path
+    import os
 
-    from pylocalize.io import is_image_file
+    from pylocalize.objects.learned import photos_in
 
-    if isinstance(backgrounds, (str, bytes)) or hasattr(backgrounds, "__fspath__"):
-        folder = Path(backgrounds)
-        if not folder.is_dir():
-            raise ValueError(f"backgrounds: {folder} is not a folder of photos")
-        backgrounds = sorted(p for p in folder.rglob("*") if is_image_file(p))
+    if isinstance(backgrounds, (str, os.PathLike)):
+        backgrounds = photos_in(backgrounds)
     backgrounds = list(backgrounds)
     if not backgrounds:
         raise ValueError("backgrounds: no photos (give None for procedural textures)")

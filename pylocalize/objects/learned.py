@@ -270,6 +270,19 @@ def load_extractor(name: str, path):
 # ------------------------------------------------------------------------- training data
 
 
+def photos_in(folder) -> list:
+    """The image files under ``folder``, subfolders too (any photos will do), sorted."""
+    from pylocalize.io import IMAGE_SUFFIXES, is_image_file
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"backgrounds: {folder} is not a folder of photos")
+    found = sorted(p for p in folder.rglob("*") if is_image_file(p))
+    if not found:
+        raise ValueError(f"backgrounds: no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
+    return found
+
+
 def background_images(backgrounds, size: int, rng: np.random.Generator, count: int = 24) -> list:
     """RGB uint8 images to composite the object over: the photos given (paths, a folder of
     them, or arrays), each resized so its short side is at least ``size``; or, with none,
@@ -284,14 +297,7 @@ def background_images(backgrounds, size: int, rng: np.random.Generator, count: i
                        "--backgrounds DIR, for a descriptor that holds up better on real clutter)")
         return [procedural_texture(rng, size, size) for _ in range(count)]
     if isinstance(backgrounds, (str, os.PathLike)):
-        folder = Path(backgrounds)
-        if not folder.is_dir():
-            raise ValueError(f"backgrounds: {folder} is not a folder of photos")
-        from pylocalize.io import IMAGE_SUFFIXES, is_image_file
-
-        backgrounds = sorted(p for p in folder.rglob("*") if is_image_file(p))  # subfolders too: any photos
-        if not backgrounds:
-            raise ValueError(f"backgrounds: no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
+        backgrounds = photos_in(backgrounds)
     images = []
     for item in backgrounds:
         if isinstance(item, np.ndarray):
