@@ -45,7 +45,7 @@ from pylocalize.geometry import look_at
 from pylocalize.objects import bop, onboard
 from pylocalize.objects.depth import depth_agreement, estimate_with_depth, pose_from_depth
 from pylocalize.objects.evaluate import GIVEN, evaluate_scene, metric_points, summarize
-from pylocalize.objects.learned import TRAIN_SECONDS_CAP, TRAIN_STEPS
+from pylocalize.objects.learned import TRAIN_SECONDS_CAP, TRAIN_STEPS, WITH_DESCRIPTOR_FILE
 from pylocalize.objects.representation import RETRIEVALS
 from pylocalize.objects.segmentation import SEGMENTATIONS
 from pylocalize.render import Renderer, load_mesh
@@ -118,7 +118,7 @@ def onboard_and_save(mesh, args, path: Path):
     ``--representations``, the one saved there by an earlier run (no onboarding times then)."""
     if args.representations:
         from pylocalize.objects import ObjectRepresentation
-        from pylocalize.objects.learned import WITH_DESCRIPTOR_FILE, descriptor_path, load_extractor
+        from pylocalize.objects.learned import descriptor_path, load_extractor
 
         saved = Path(args.representations) / path.name
         rep = ObjectRepresentation.load(saved)
@@ -139,7 +139,7 @@ def onboard_and_save(mesh, args, path: Path):
         print(f"descriptor chosen on held-out frames: {choice.name} "
               f"({', '.join(f'{n} {s:.3f}' for n, s in choice.scores.items())})")
         chosen = {"descriptor": choice.name, "held_out_scores": choice.scores}
-    elif args.extractor in ("learned", "dense-sift+learned"):
+    elif args.extractor in WITH_DESCRIPTOR_FILE:
         from pylocalize.objects.learned import descriptor_path, load_extractor, train_object_descriptor, with_learned
 
         if args.reuse_descriptor and descriptor_path(path).is_file():

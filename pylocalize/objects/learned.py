@@ -26,8 +26,10 @@ Limits: the descriptor is specific to one object and is only as good as the mesh
 texture and the renderer's Lambert shading are like the photos; it is not rotation
 invariant (templates cover in-plane rotations). Measured (``benchmarks/README.md``): after
 800 CPU steps it is ahead of dense SIFT on the HOPE bottle and on the real LINEMOD can
-frame, behind it on the generated can; so dense SIFT stays the default, and
-:mod:`pylocalize.objects.choice` (``--extractor auto``) decides per object.
+frame, behind it on the generated can. Beside dense SIFT (:class:`SiftAndLearnedExtractor`)
+it did better than either alone on most held-out sets; dense SIFT stays the default, and
+:mod:`pylocalize.objects.choice` (``--extractor auto``) decides per object between it and
+the pair.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ FORMAT_TAG = "LearnedPatchExtractor"
 DESCRIPTOR_VERSION = 1
 STRIDE = 4  # the network's output grid, in pixels
 # Training runs a fixed number of steps, so that a descriptor (and every figure measured
-# with it) does not depend on how busy the machine was: 800 steps take 220-240 s on one
+# with it) does not depend on how busy the machine was: 800 steps take 180-230 s on one
 # quiet core. The time cap only guards the onboarding budget (5 min) on a loaded machine,
 # and says so when it cuts training short.
 TRAIN_STEPS = 800
