@@ -41,8 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pylocalize.geometry import look_at
 from pylocalize.objects import bop, onboard
+from pylocalize.objects.choice import random_object_pose
 from pylocalize.objects.depth import depth_agreement, estimate_with_depth, pose_from_depth
 from pylocalize.objects.evaluate import GIVEN, evaluate_scene, metric_points, summarize
 from pylocalize.objects.learned import TRAIN_SECONDS_CAP, TRAIN_STEPS, WITH_DESCRIPTOR_FILE
@@ -74,10 +74,7 @@ def backgrounds(data: Path):
 
 
 def make_instance(mesh, rng, bg_paths, Image):
-    d = rng.normal(size=3)
-    d /= np.linalg.norm(d)
-    pose = look_at(mesh.center + d * rng.uniform(2.5, 4.5) * mesh.extent, mesh.center, up=rng.normal(size=3))
-    pose[:, 3] += [rng.uniform(-0.15, 0.15) * pose[2, 3], rng.uniform(-0.1, 0.1) * pose[2, 3], 0]
+    pose = random_object_pose(mesh, rng, (2.5, 4.5))
     out = Renderer(W, H, K, supersample=3).render(mesh, pose, outputs=("rgb", "mask", "depth"))
     rgb, mask, depth = out.rgb[0].astype(np.float32), out.mask[0], out.depth[0]
     # lighting and colour jitter of the object

@@ -85,7 +85,6 @@ def held_out_frames(mesh, backgrounds, num_frames: int = 16, seed: int = 0, widt
     (:func:`relight`) where templates and training renders are lit from the camera, then a
     camera's blur, noise, exposure and JPEG compression (:func:`camera_faults`), and maybe an
     occluder. Frames where less than ``MIN_VISIBLE`` of the object shows are drawn again."""
-    from pylocalize.geometry import look_at
     from pylocalize.objects.evaluate import mask_box
     from pylocalize.objects.learned import background_images
     from pylocalize.render import Renderer, load_mesh
@@ -107,11 +106,9 @@ def held_out_frames(mesh, backgrounds, num_frames: int = 16, seed: int = 0, widt
     while len(frames) < num_frames:
         draws += 1
         if draws > 20 * num_frames:
-            raise RuntimeError(f"{draws} random views showed under {MIN_VISIBLE:.0%} of the object: is the mesh empty?")
-        d = rng.normal(size=3)
-        pose = look_at(mesh.center + d / np.linalg.norm(d) * rng.uniform(2.5, 5.0) * mesh.extent, mesh.center,
-                       up=rng.normal(size=3))
-        pose[:, 3] += [rng.uniform(-0.15, 0.15) * pose[2, 3], rng.uniform(-0.1, 0.1) * pose[2, 3], 0]
+            raise RuntimeError(f"{draws} random views showed under {MIN_VISIBLE:.0%} of the object or under 100 of its "
+                               "pixels: is the mesh degenerate?")
+        pose = random_object_pose(mesh, rng, (2.5, 5.0))
         out = renderer.render(mesh, pose, outputs=("rgb", "normals", "mask"))
         mask = out.mask[0].astype(bool)
         if mask.sum() < 100:
@@ -131,6 +128,19 @@ def held_out_frames(mesh, backgrounds, num_frames: int = 16, seed: int = 0, widt
             continue
         frames.append(HeldOutFrame(camera_faults(image, rng), K, pose[:, :3], pose[:, 3], mask_box(visible)))
     return frames
+
+
+def random_object_pose(mesh, rng: np.random.Generator, distances=(2.5, 4.5)) -> np.ndarray:
+    """A camera looking at ``mesh`` from a random direction, ``distances`` (in diameters)
+    away, with a random roll, the object then shifted off the optical axis by up to 15 % of
+    its depth sideways and 10 % up or down: ``cam_from_model`` (3, 4)."""
+    from pylocalize.geometry import look_at
+
+    d = rng.normal(size=3)
+    d /= np.linalg.norm(d)
+    pose = look_at(mesh.center + d * rng.uniform(*distances) * mesh.extent, mesh.center, up=rng.normal(size=3))
+    pose[:, 3] += [rng.uniform(-0.15, 0.15) * pose[2, 3], rng.uniform(-0.1, 0.1) * pose[2, 3], 0]
+    return pose
 
 
 def relight(albedo: np.ndarray, normals: np.ndarray, rng: np.random.Generator) -> np.ndarray:
